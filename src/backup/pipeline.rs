@@ -1,0 +1,228 @@
+//! The backup pipeline: one thread reads the source and the previous point's hashes,
+//! one worker per core hashes and compresses, and the caller's thread writes. Bounded
+//! channels keep memory at a few batches whatever the device size.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+
+use crate::format::{self, Hash, SafeParams};
+
+/// Blocks per batch handed to a worker.
+const BATCH: u64 = 64;
+
+/// What one device's scan needs.
+pub struct Job<'a> {
+    pub safe: PathBuf,
+    pub file: &'a File,
+    pub path: &'a Path,
+    pub size: u64,
+    pub device: i64,
+    pub prev: Option<(i64, u64)>,
+    pub runs: Vec<(u64, u64)>,
+    pub params: SafeParams,
+    pub zero_hash: Hash,
+}
+
+/// What a worker decided for one block.
+pub enum BlockOutcome {
+    /// Same content as at the previous point: nothing to record.
+    Unchanged,
+    /// Now all zeros: recorded without data.
+    Zero,
+    /// New content, hashed and (maybe) compressed.
+    Data {
+        hash: Hash,
+        codec: u8,
+        stored: Vec<u8>,
+    },
+}
+
+struct Batch {
+    start: u64,
+    data: Vec<u8>,
+    prev: Vec<Option<Hash>>,
+}
+
+type Outcomes = Vec<(u64, BlockOutcome)>;
+
+fn read_batch(
+    job: &Job,
+    safe: Option<&crate::safe_reader::Safe>,
+    start: u64,
+    count: u64,
+) -> anyhow::Result<Batch> {
+    let bs = job.params.block_size as u64;
+    let mut data = vec![0u8; (count * bs) as usize];
+    let off = start * bs;
+    let len = (count * bs).min(job.size - off) as usize;
+    let mut done = 0;
+    while done < len {
+        match job.file.read_at(&mut data[done..len], off + done as u64) {
+            Ok(0) => anyhow::bail!(
+                "source {} ended at {} bytes, before its size {} (did it shrink during the backup?)",
+                job.path.display(),
+                off + done as u64,
+                job.size
+            ),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("reading source {} at offset {}", job.path.display(), off + done as u64)
+                })
+            }
+        }
+    }
+    let mut prev = vec![None; count as usize];
+    if let (Some((pp, psize)), Some(safe)) = (job.prev, safe) {
+        let prev_blocks = psize.div_ceil(bs);
+        let locs = safe.block_run(job.device, pp, start, count)?;
+        for (i, l) in locs.into_iter().enumerate() {
+            if start + (i as u64) < prev_blocks {
+                prev[i] = l.map(|l| if l.is_zero() { job.zero_hash } else { l.hash });
+            }
+        }
+    }
+    Ok(Batch { start, data, prev })
+}
+
+fn process(
+    batch: Batch,
+    params: SafeParams,
+    zero_hash: &Hash,
+    cctx: &mut Option<zstd::bulk::Compressor<'static>>,
+) -> anyhow::Result<Outcomes> {
+    let bs = params.block_size as usize;
+    let mut out = Vec::with_capacity(batch.prev.len());
+    for (i, chunk) in batch.data.chunks(bs).enumerate() {
+        let b = batch.start + i as u64;
+        let prev = batch.prev[i];
+        let outcome = if format::is_zero(chunk) {
+            if prev == Some(*zero_hash) {
+                BlockOutcome::Unchanged
+            } else {
+                BlockOutcome::Zero
+            }
+        } else {
+            let hash = *blake3::hash(chunk).as_bytes();
+            if prev == Some(hash) {
+                BlockOutcome::Unchanged
+            } else {
+                let (codec, stored) = match cctx {
+                    Some(c) => {
+                        let z = c.compress(chunk).context("zstd compression")?;
+                        if z.len() < chunk.len() {
+                            (format::CODEC_ZSTD, z)
+                        } else {
+                            (format::CODEC_RAW, chunk.to_vec())
+                        }
+                    }
+                    None => (format::CODEC_RAW, chunk.to_vec()),
+                };
+                BlockOutcome::Data {
+                    hash,
+                    codec,
+                    stored,
+                }
+            }
+        };
+        out.push((b, outcome));
+    }
+    Ok(out)
+}
+
+/// Scans `job.runs`, calling `consume` on the writer thread for every processed batch.
+pub fn run(
+    job: Job,
+    mut consume: impl FnMut(Outcomes) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let (batch_tx, batch_rx) = sync_channel::<Batch>(workers * 2);
+    let batch_rx: Arc<Mutex<Receiver<Batch>>> = Arc::new(Mutex::new(batch_rx));
+    let (out_tx, out_rx) = sync_channel::<anyhow::Result<Outcomes>>(workers * 2);
+    let job = &job;
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let reader_tx = out_tx.clone();
+        scope.spawn(move || {
+            let safe = match job.prev {
+                Some(_) => match crate::safe_reader::Safe::open(&job.safe) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        let _ = reader_tx.send(Err(e));
+                        return;
+                    }
+                },
+                None => None,
+            };
+            for &(first, count) in &job.runs {
+                let mut b = first;
+                while b < first + count {
+                    let n = BATCH.min(first + count - b);
+                    match read_batch(job, safe.as_ref(), b, n) {
+                        Ok(batch) => {
+                            if batch_tx.send(batch).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = reader_tx.send(Err(e));
+                            return;
+                        }
+                    }
+                    b += n;
+                }
+            }
+        });
+        for _ in 0..workers {
+            let rx = batch_rx.clone();
+            let tx = out_tx.clone();
+            let params = job.params;
+            let zero_hash = job.zero_hash;
+            scope.spawn(move || {
+                let mut cctx = if params.compression > 0 {
+                    match zstd::bulk::Compressor::new(params.compression) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into()));
+                            return;
+                        }
+                    }
+                } else {
+                    None
+                };
+                loop {
+                    let next = rx.lock().unwrap().recv();
+                    let Ok(batch) = next else { return };
+                    let r = process(batch, params, &zero_hash, &mut cctx);
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(out_tx);
+        // Only workers hold the batch receiver now: when they stop, the reader stops.
+        drop(batch_rx);
+        let mut result = Ok(());
+        for r in out_rx.iter() {
+            match r.and_then(&mut consume) {
+                Ok(()) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        // Dropping the receiver makes every thread's next send fail, so they all stop.
+        drop(out_rx);
+        result
+    })
+}

@@ -1,0 +1,192 @@
+//! A sharded, byte-bounded LRU, so memory while reading is set by `--cache`, not by the
+//! device size or the number of points.
+//!
+//! Decompressed blocks are keyed by block id: blocks are content-addressed and shared
+//! across points and devices, so a block read through one point is a hit for every
+//! other point that holds it.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::Mutex;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use lru::LruCache;
+
+use crate::safe_reader::{BlockError, BlockLoc, Safe};
+
+const SHARDS: usize = 16;
+
+/// Something whose memory cost the cache can weigh.
+pub trait Weigh {
+    /// Approximate heap bytes held.
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for Bytes {
+    fn weight(&self) -> usize {
+        self.len() + 64
+    }
+}
+
+impl<T> Weigh for Arc<Vec<T>> {
+    fn weight(&self) -> usize {
+        self.len() * std::mem::size_of::<T>() + 64
+    }
+}
+
+struct Shard<K: Hash + Eq, V> {
+    lru: LruCache<K, V>,
+    bytes: usize,
+}
+
+/// LRU bounded by total weight, split in shards so parallel readers rarely contend.
+pub struct WeightedLru<K: Hash + Eq, V> {
+    shards: Vec<Mutex<Shard<K, V>>>,
+    per_shard: usize,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl<K: Hash + Eq + Clone, V: Weigh + Clone> WeightedLru<K, V> {
+    /// A cache holding at most about `capacity` bytes.
+    pub fn new(capacity: usize) -> Self {
+        let per_shard = (capacity / SHARDS).max(1);
+        WeightedLru {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        lru: LruCache::unbounded(),
+                        bytes: 0,
+                    })
+                })
+                .collect(),
+            per_shard,
+            hasher: Default::default(),
+        }
+    }
+
+    fn shard(&self, k: &K) -> &Mutex<Shard<K, V>> {
+        &self.shards[self.hasher.hash_one(k) as usize % SHARDS]
+    }
+
+    /// Returns a cached value and marks it recently used.
+    pub fn get(&self, k: &K) -> Option<V> {
+        self.shard(k).lock().unwrap().lru.get(k).cloned()
+    }
+
+    /// True when `k` is cached, without touching its recency.
+    pub fn contains(&self, k: &K) -> bool {
+        self.shard(k).lock().unwrap().lru.contains(k)
+    }
+
+    /// Inserts a value, evicting least recently used ones past the byte budget.
+    pub fn put(&self, k: K, v: V) {
+        let w = v.weight();
+        let mut s = self.shard(&k).lock().unwrap();
+        if let Some(old) = s.lru.put(k, v) {
+            s.bytes -= old.weight();
+        }
+        s.bytes += w;
+        while s.bytes > self.per_shard && s.lru.len() > 1 {
+            match s.lru.pop_lru() {
+                Some((_, old)) => s.bytes -= old.weight(),
+                None => break,
+            }
+        }
+    }
+
+    /// Bytes currently held, for tests and stats.
+    pub fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap().bytes).sum()
+    }
+}
+
+/// Blocks of a map segment: one SQLite query serves this many consecutive blocks.
+pub const MAP_SEGMENT: u64 = 1024;
+
+/// Map segment key: (device id, point id, segment number).
+type SegKey = (i64, i64, u64);
+
+/// A safe with its block and map caches: the one object readers share.
+pub struct CachedSafe {
+    safe: Arc<Safe>,
+    blocks: WeightedLru<i64, Bytes>,
+    maps: WeightedLru<SegKey, Arc<Vec<Option<BlockLoc>>>>,
+}
+
+impl CachedSafe {
+    /// Wraps `safe` with caches totalling about `cache_bytes` (a sixteenth for maps).
+    pub fn new(safe: Arc<Safe>, cache_bytes: usize) -> Self {
+        let map_bytes = (cache_bytes / 16).max(1 << 20);
+        CachedSafe {
+            safe,
+            blocks: WeightedLru::new(cache_bytes.saturating_sub(map_bytes).max(1 << 20)),
+            maps: WeightedLru::new(map_bytes),
+        }
+    }
+
+    /// The underlying safe.
+    pub fn safe(&self) -> &Arc<Safe> {
+        &self.safe
+    }
+
+    /// Block locations of segment `seg` of a device at a point, cached.
+    pub fn segment(
+        &self,
+        device: i64,
+        point: i64,
+        seg: u64,
+    ) -> anyhow::Result<Arc<Vec<Option<BlockLoc>>>> {
+        let key = (device, point, seg);
+        if let Some(v) = self.maps.get(&key) {
+            return Ok(v);
+        }
+        let v = Arc::new(
+            self.safe
+                .block_run(device, point, seg * MAP_SEGMENT, MAP_SEGMENT)?,
+        );
+        self.maps.put(key, v.clone());
+        Ok(v)
+    }
+
+    /// True when a block needs no pack read (zero or cached).
+    pub fn is_ready(&self, loc: &BlockLoc) -> bool {
+        loc.is_zero() || self.blocks.contains(&loc.id)
+    }
+
+    /// The plain bytes of a block, from cache or decompressed and verified.
+    pub fn block(&self, loc: &BlockLoc) -> Result<Bytes, BlockError> {
+        if loc.is_zero() {
+            return Ok(zero_block(self.safe.params().block_size as usize));
+        }
+        if let Some(b) = self.blocks.get(&loc.id) {
+            return Ok(b);
+        }
+        let b = self.safe.load_block(loc)?;
+        self.blocks.put(loc.id, b.clone());
+        Ok(b)
+    }
+}
+
+/// One shared zero block per size, so zero reads allocate nothing.
+fn zero_block(size: usize) -> Bytes {
+    static ZERO: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let z = ZERO.get_or_init(|| Bytes::from(vec![0u8; crate::format::MAX_BLOCK_SIZE as usize]));
+    z.slice(..size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stays_within_budget_and_keeps_recent() {
+        let c: WeightedLru<u64, Bytes> = WeightedLru::new(16 * 1024 * 1024);
+        for i in 0..1000u64 {
+            c.put(i, Bytes::from(vec![i as u8; 65536]));
+        }
+        assert!(c.bytes() <= 16 * 1024 * 1024 + SHARDS * 65600);
+        assert_eq!(c.get(&999).unwrap()[0], (999 % 256) as u8);
+        assert!(c.get(&0).is_none());
+    }
+}

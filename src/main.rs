@@ -1,0 +1,208 @@
+//! The `disksafe` command line.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use disksafe::backup::{self, BackupOptions, SourceSpec};
+use disksafe::safe_reader::Safe;
+use disksafe::size::{human, parse_size};
+
+#[derive(Parser)]
+#[command(
+    name = "disksafe",
+    version,
+    about = "Block-level disk backups in a deduplicated safe, browsable read-only through FUSE"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Record one new recovery point holding every listed device.
+    Backup {
+        /// The safe directory (created if absent).
+        safe: PathBuf,
+        /// Devices to record, as [NAME=]SOURCE (a regular file or a block device).
+        #[arg(required = true)]
+        sources: Vec<String>,
+        /// zstd level for a new safe, 0 for none (default 1).
+        #[arg(long)]
+        compression: Option<i32>,
+        /// Block size for a new safe, e.g. 64K (default 64K).
+        #[arg(long, value_parser = parse_size)]
+        block_size: Option<u64>,
+        /// NAME=FILE: byte ranges (`offset length` per line) changed since the previous point.
+        #[arg(long, value_name = "NAME=FILE")]
+        changed_blocks: Vec<String>,
+    },
+    /// List the recovery points.
+    Points {
+        /// The safe directory.
+        safe: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a device as it was at a point, byte-exact (zero blocks become holes).
+    Restore {
+        /// The safe directory.
+        safe: PathBuf,
+        /// Point id or `latest`.
+        point: String,
+        /// Device name.
+        device: String,
+        /// Output file or block device, `-` for stdout.
+        output: String,
+    },
+    /// Read every stored block and index entry; exit non-zero on damage.
+    Verify {
+        /// The safe directory.
+        safe: PathBuf,
+    },
+}
+
+fn rfc3339(secs: i64) -> String {
+    disksafe::format::utc_string(secs)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Backup {
+            safe,
+            sources,
+            compression,
+            block_size,
+            changed_blocks,
+        } => {
+            if let Some(level) = compression {
+                if !(0..=22).contains(&level) {
+                    anyhow::bail!("--compression must be 0 (none) to 22, got {level}");
+                }
+            }
+            let block_size = match block_size {
+                Some(bs) => {
+                    if !(disksafe::format::MIN_BLOCK_SIZE as u64
+                        ..=disksafe::format::MAX_BLOCK_SIZE as u64)
+                        .contains(&bs)
+                        || !bs.is_power_of_two()
+                    {
+                        anyhow::bail!(
+                            "--block-size must be a power of two from 4K to 4M, got {bs}"
+                        );
+                    }
+                    Some(bs as u32)
+                }
+                None => None,
+            };
+            let sources = sources
+                .iter()
+                .map(|s| SourceSpec::parse(s))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut cb = HashMap::new();
+            for s in &changed_blocks {
+                let (n, f) = s.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("--changed-blocks takes NAME=FILE, got {s:?}")
+                })?;
+                cb.insert(n.to_string(), PathBuf::from(f));
+            }
+            let opts = BackupOptions {
+                compression,
+                block_size,
+                changed_blocks: cb,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let id = backup::backup(&safe, &sources, &opts)?;
+            println!("{id}");
+        }
+        Cmd::Points { safe, json } => {
+            let safe = Safe::open(&safe)?;
+            let points = safe.points()?;
+            if json {
+                let v: Vec<serde_json::Value> = points
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "id": p.id,
+                            "created": rfc3339(p.created),
+                            "bytes_added": p.bytes_added,
+                            "devices": p.devices.iter().map(|d| serde_json::json!({"name": d.name, "size": d.size})).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:>6}  {:<20}  {:>12}  devices",
+                    "point", "created (UTC)", "added"
+                );
+                for p in &points {
+                    let devs: Vec<String> = p
+                        .devices
+                        .iter()
+                        .map(|d| format!("{} ({})", d.name, human(d.size)))
+                        .collect();
+                    println!(
+                        "{:>6}  {:<20}  {:>12}  {}",
+                        p.id,
+                        rfc3339(p.created),
+                        human(p.bytes_added),
+                        devs.join(", ")
+                    );
+                }
+            }
+        }
+        Cmd::Restore {
+            safe,
+            point,
+            device,
+            output,
+        } => {
+            let n = disksafe::restore::restore(&safe, &point, &device, &output)?;
+            if output != "-" {
+                eprintln!("restored {} to {output}", human(n));
+            }
+        }
+        Cmd::Verify { safe } => {
+            let report = disksafe::verify::verify(&safe)?;
+            disksafe::verify::print(&report);
+            if !report.intact() {
+                eprintln!(
+                    "disksafe: {} is damaged: {} damaged range(s), {} other problem(s)",
+                    safe.display(),
+                    report.damage.len(),
+                    report.problems.len()
+                );
+                return Ok(ExitCode::from(1));
+            }
+            println!(
+                "ok: {} stored blocks and {} index entries verified",
+                report.blocks_checked, report.map_entries
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("disksafe: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

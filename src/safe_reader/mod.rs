@@ -1,0 +1,390 @@
+//! Read side of a disk safe: the SQLite index and the pack files, opened read-only.
+//!
+//! Nothing here writes to the safe. Any number of readers (restore, verify, mount) may
+//! run while a backup adds a point: they see only complete points.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use rusqlite::{Connection, OpenFlags};
+
+use crate::format::{self, Hash, RecordHeader, SafeParams, RECORD_HEADER_LEN, ZERO_BLOCK};
+
+/// Where a stored block lives, as the index says; carried with the map so a read costs
+/// no further lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockLoc {
+    /// Block id (row of `blocks`); [`ZERO_BLOCK`] for an all-zero block.
+    pub id: i64,
+    /// Pack file id.
+    pub pack: i64,
+    /// Offset of the record header in the pack.
+    pub offset: u64,
+    /// Bytes after the header.
+    pub stored_len: u32,
+    /// Plain length.
+    pub raw_len: u32,
+    /// [`format::CODEC_RAW`] or [`format::CODEC_ZSTD`].
+    pub codec: u8,
+    /// Content hash the plain bytes must match.
+    pub hash: Hash,
+}
+
+impl BlockLoc {
+    /// The location of an all-zero block (no record).
+    pub const ZERO: BlockLoc = BlockLoc {
+        id: ZERO_BLOCK,
+        pack: 0,
+        offset: 0,
+        stored_len: 0,
+        raw_len: 0,
+        codec: 0,
+        hash: [0; 32],
+    };
+
+    /// True for the all-zero block, which is never read from a pack.
+    pub fn is_zero(&self) -> bool {
+        self.id == ZERO_BLOCK
+    }
+}
+
+/// One device as recorded in one point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAt {
+    /// Device id in the index.
+    pub id: i64,
+    /// The name given at backup (`NAME=SOURCE`).
+    pub name: String,
+    /// Size in bytes at that point.
+    pub size: u64,
+}
+
+/// A complete recovery point, as listed to users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointInfo {
+    /// Positive, increasing, never reused.
+    pub id: i64,
+    /// Creation time, seconds since the Unix epoch (UTC).
+    pub created: i64,
+    /// Bytes of pack data this point added to the safe.
+    pub bytes_added: u64,
+    /// Devices recorded in this point, by name.
+    pub devices: Vec<DeviceAt>,
+}
+
+/// Why a block could not be served; carries enough for the caller to name the place.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The stored bytes do not decode to the block the index promised.
+    #[error("damaged block {id} in pack {pack} at offset {offset}: {reason}")]
+    Damaged {
+        /// Block id.
+        id: i64,
+        /// Pack id.
+        pack: i64,
+        /// Offset in the pack.
+        offset: u64,
+        /// What check failed.
+        reason: String,
+    },
+    /// The pack could not be read at all.
+    #[error("reading pack {pack}: {source}")]
+    Io {
+        /// Pack id.
+        pack: i64,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// Pack id marking a map entry whose block row is missing from the index.
+const MISSING_PACK: i64 = -1;
+
+/// An open, read-only disk safe.
+pub struct Safe {
+    dir: PathBuf,
+    params: SafeParams,
+    conns: Mutex<Vec<Connection>>,
+    packs: RwLock<HashMap<i64, Arc<File>>>,
+}
+
+/// Opens the index read-only; shared by every reader so none can write by accident.
+fn open_ro(dir: &Path) -> anyhow::Result<Connection> {
+    let db = format::db_path(dir);
+    if !dir.is_dir() {
+        bail!("{} is not a disk safe (no such directory)", dir.display());
+    }
+    if !db.is_file() {
+        bail!("{} is not a disk safe (no safe.db inside)", dir.display());
+    }
+    let conn = Connection::open_with_flags(
+        &db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening the index of {}", dir.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    Ok(conn)
+}
+
+impl Safe {
+    /// Opens a safe for reading; fails clearly on a path that is not a safe or on a
+    /// newer format. Loads no block entries: cost is independent of the safe's size.
+    pub fn open(dir: &Path) -> anyhow::Result<Safe> {
+        let conn = open_ro(dir)?;
+        let params = format::read_params(&conn, dir).map_err(|e| {
+            if e.to_string().contains("no such table") {
+                anyhow::anyhow!("{} is not a disk safe", dir.display())
+            } else {
+                e
+            }
+        })?;
+        Ok(Safe {
+            dir: dir.to_path_buf(),
+            params,
+            conns: Mutex::new(vec![conn]),
+            packs: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The safe's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Block size and compression fixed at creation.
+    pub fn params(&self) -> SafeParams {
+        self.params
+    }
+
+    /// Runs `f` on a pooled read-only connection, so parallel readers never share one.
+    pub fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> anyhow::Result<T> {
+        let conn = self.conns.lock().unwrap().pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_ro(&self.dir)?,
+        };
+        let r = f(&conn);
+        self.conns.lock().unwrap().push(conn);
+        r.with_context(|| format!("reading the index of {}", self.dir.display()))
+    }
+
+    /// Every complete point, oldest first, with its devices.
+    pub fn points(&self) -> anyhow::Result<Vec<PointInfo>> {
+        self.with_conn(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT p.id, p.created, p.bytes_added, d.id, d.name, pd.size
+                 FROM points p JOIN point_devices pd ON pd.point = p.id
+                 JOIN devices d ON d.id = pd.device
+                 WHERE p.complete = 1 ORDER BY p.id, d.name",
+            )?;
+            let mut out: Vec<PointInfo> = Vec::new();
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let id: i64 = r.get(0)?;
+                let dev = DeviceAt {
+                    id: r.get(3)?,
+                    name: r.get(4)?,
+                    size: r.get::<_, i64>(5)? as u64,
+                };
+                match out.last_mut() {
+                    Some(p) if p.id == id => p.devices.push(dev),
+                    _ => out.push(PointInfo {
+                        id,
+                        created: r.get(1)?,
+                        bytes_added: r.get::<_, i64>(2)? as u64,
+                        devices: vec![dev],
+                    }),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Resolves `latest` or a number to a complete point.
+    pub fn point(&self, spec: &str) -> anyhow::Result<PointInfo> {
+        let points = self.points()?;
+        if spec == "latest" {
+            return points.last().cloned().ok_or_else(|| {
+                anyhow::anyhow!("the safe {} has no points yet", self.dir.display())
+            });
+        }
+        let id: i64 = spec.parse().map_err(|_| {
+            anyhow::anyhow!("invalid point {spec:?}: expected a number or 'latest'")
+        })?;
+        points
+            .into_iter()
+            .find(|p| p.id == id)
+            .ok_or_else(|| anyhow::anyhow!("no recovery point {id} in {}", self.dir.display()))
+    }
+
+    /// Block locations for blocks `start..start+count` of `device` at `point`; `None`
+    /// where the device had no such block (it was smaller), which reads as zeros.
+    pub fn block_run(
+        &self,
+        device: i64,
+        point: i64,
+        start: u64,
+        count: u64,
+    ) -> anyhow::Result<Vec<Option<BlockLoc>>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        self.with_conn(|c| {
+            let mut st = c.prepare_cached(format::MAP_RUN_SQL)?;
+            let mut out = Vec::with_capacity(count as usize);
+            let mut rows = st.query(rusqlite::params![
+                device,
+                point,
+                start as i64,
+                (start + count) as i64
+            ])?;
+            while let Some(r) = rows.next()? {
+                let blk: Option<i64> = r.get(1)?;
+                out.push(match blk {
+                    None => None,
+                    Some(ZERO_BLOCK) => Some(BlockLoc::ZERO),
+                    Some(id) => {
+                        // A map row naming a block missing from `blocks` keeps pack
+                        // MISSING_PACK, so reading it fails as damage, never as zeros.
+                        let pack: i64 = r.get::<_, Option<i64>>(2)?.unwrap_or(MISSING_PACK);
+                        let hash: Vec<u8> = r.get::<_, Option<Vec<u8>>>(7)?.unwrap_or_default();
+                        let mut h = [0u8; 32];
+                        if hash.len() == 32 {
+                            h.copy_from_slice(&hash);
+                        }
+                        Some(BlockLoc {
+                            id,
+                            pack,
+                            offset: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
+                            stored_len: r.get::<_, Option<i64>>(4)?.unwrap_or(0) as u32,
+                            raw_len: r.get::<_, Option<i64>>(5)?.unwrap_or(0) as u32,
+                            codec: r.get::<_, Option<i64>>(6)?.unwrap_or(0) as u8,
+                            hash: h,
+                        })
+                    }
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn pack(&self, id: i64) -> io::Result<Arc<File>> {
+        if let Some(f) = self.packs.read().unwrap().get(&id) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(format::pack_path(&self.dir, id))?);
+        self.packs.write().unwrap().insert(id, f.clone());
+        Ok(f)
+    }
+
+    /// Reads, decompresses and checks one stored block against its content hash; a
+    /// damaged block is an error, never data.
+    pub fn load_block(&self, loc: &BlockLoc) -> Result<Bytes, BlockError> {
+        if loc.is_zero() {
+            return Ok(Bytes::from(vec![0u8; self.params.block_size as usize]));
+        }
+        let damaged = |reason: String| BlockError::Damaged {
+            id: loc.id,
+            pack: loc.pack,
+            offset: loc.offset,
+            reason,
+        };
+        if loc.pack == MISSING_PACK {
+            return Err(damaged("the index names a block it does not hold".into()));
+        }
+        if loc.stored_len as u64 > 2 * self.params.block_size as u64 + 1024
+            || loc.raw_len != self.params.block_size
+        {
+            return Err(damaged("index entry has impossible lengths".into()));
+        }
+        let file = self.pack(loc.pack).map_err(|source| BlockError::Io {
+            pack: loc.pack,
+            source,
+        })?;
+        let mut rec = vec![0u8; RECORD_HEADER_LEN + loc.stored_len as usize];
+        read_full(&file, &mut rec, loc.offset).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                damaged("pack file is shorter than the index says".into())
+            } else {
+                BlockError::Io {
+                    pack: loc.pack,
+                    source: e,
+                }
+            }
+        })?;
+        let hdr = RecordHeader::decode(&rec).map_err(damaged)?;
+        if hdr.raw_len != loc.raw_len
+            || hdr.stored_len != loc.stored_len
+            || hdr.codec != loc.codec
+            || hdr.hash != loc.hash
+        {
+            return Err(damaged("record header disagrees with the index".into()));
+        }
+        let stored = &rec[RECORD_HEADER_LEN..];
+        let plain = match hdr.codec {
+            format::CODEC_RAW => {
+                if stored.len() != loc.raw_len as usize {
+                    return Err(damaged("raw record of wrong length".into()));
+                }
+                rec.drain(..RECORD_HEADER_LEN);
+                rec
+            }
+            _ => {
+                let mut out = vec![0u8; loc.raw_len as usize];
+                let n = zstd::bulk::decompress_to_buffer(stored, &mut out[..])
+                    .map_err(|e| damaged(format!("zstd: {e}")))?;
+                if n != out.len() {
+                    return Err(damaged(format!(
+                        "decompressed to {n} bytes, expected {}",
+                        out.len()
+                    )));
+                }
+                out
+            }
+        };
+        if blake3::hash(&plain).as_bytes() != &loc.hash {
+            return Err(damaged("content hash mismatch".into()));
+        }
+        Ok(Bytes::from(plain))
+    }
+}
+
+/// pread that loops until full, so short reads never pass as data.
+pub fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Looks up a device id by name, for commands that take a device name.
+pub fn device_in_point(point: &PointInfo, name: &str) -> anyhow::Result<DeviceAt> {
+    point
+        .devices
+        .iter()
+        .find(|d| d.name == name)
+        .cloned()
+        .ok_or_else(|| {
+            let names: Vec<&str> = point.devices.iter().map(|d| d.name.as_str()).collect();
+            anyhow::anyhow!(
+                "no device {name:?} in point {} (it has: {})",
+                point.id,
+                names.join(", ")
+            )
+        })
+}

@@ -1,0 +1,273 @@
+//! `disksafe verify`: reads every stored block and every index entry, and names each
+//! damaged (point, device, byte range).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::format::{self, ZERO_BLOCK};
+use crate::safe_reader::{BlockLoc, Safe};
+
+/// One damaged stretch of one device at one point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Point id.
+    pub point: i64,
+    /// Device name.
+    pub device: String,
+    /// First damaged byte.
+    pub start: u64,
+    /// One past the last damaged byte.
+    pub end: u64,
+    /// Why (the first reason met in the range).
+    pub reason: String,
+}
+
+/// What verify found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Stored blocks read and checked.
+    pub blocks_checked: u64,
+    /// Block map entries checked.
+    pub map_entries: u64,
+    /// Damage that hits points, merged into ranges.
+    pub damage: Vec<Damage>,
+    /// Problems not tied to a device range (index corruption, bad pack headers, ...).
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    /// True when nothing is damaged.
+    pub fn intact(&self) -> bool {
+        self.damage.is_empty() && self.problems.is_empty()
+    }
+}
+
+/// Checks the whole safe; never writes to it.
+pub fn verify(dir: &Path) -> anyhow::Result<Report> {
+    let safe = Safe::open(dir)?;
+    let mut report = Report::default();
+    let bs = safe.params().block_size as u64;
+
+    let qc: String = safe.with_conn(|c| c.query_row("PRAGMA quick_check", [], |r| r.get(0)))?;
+    if qc != "ok" {
+        report.problems.push(format!("index: {qc}"));
+    }
+
+    // Pack headers and committed lengths.
+    let packs: HashMap<i64, u64> = safe.with_conn(|c| {
+        let mut st = c.prepare("SELECT id, committed_len FROM packs")?;
+        let v = st
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
+    })?;
+    for (&id, &len) in &packs {
+        let path = format::pack_path(dir, id);
+        let res = (|| -> std::io::Result<Option<String>> {
+            let mut f = File::open(&path)?;
+            let actual = f.metadata()?.len();
+            let mut magic = [0u8; 16];
+            if actual < 16 {
+                return Ok(Some("shorter than its header".into()));
+            }
+            f.read_exact(&mut magic)?;
+            if &magic != format::PACK_MAGIC {
+                return Ok(Some("bad pack magic".into()));
+            }
+            if actual < len {
+                return Ok(Some(format!("{actual} bytes, but {len} were committed")));
+            }
+            Ok(None)
+        })();
+        match res {
+            Ok(None) => {}
+            Ok(Some(p)) => report
+                .problems
+                .push(format!("pack {}: {p}", path.display())),
+            Err(e) => report
+                .problems
+                .push(format!("pack {}: {e}", path.display())),
+        }
+    }
+
+    // Every stored block, in id order, checked on all cores.
+    let mut damaged: HashMap<i64, String> = HashMap::new();
+    let mut last = 0i64;
+    loop {
+        let rows: Vec<BlockLoc> = safe.with_conn(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, pack, offset, stored_len, raw_len, codec, hash FROM blocks
+                 WHERE id > ?1 ORDER BY id LIMIT 4096",
+            )?;
+            let v = st
+                .query_map([last], |r| {
+                    let h: Vec<u8> = r.get(6)?;
+                    let mut hash = [0u8; 32];
+                    if h.len() == 32 {
+                        hash.copy_from_slice(&h);
+                    }
+                    Ok(BlockLoc {
+                        id: r.get(0)?,
+                        pack: r.get(1)?,
+                        offset: r.get::<_, i64>(2)? as u64,
+                        stored_len: r.get::<_, i64>(3)? as u32,
+                        raw_len: r.get::<_, i64>(4)? as u32,
+                        codec: r.get::<_, i64>(5)? as u8,
+                        hash,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(v)
+        })?;
+        let Some(l) = rows.last() else { break };
+        last = l.id;
+        report.blocks_checked += rows.len() as u64;
+        let bad: Vec<(i64, String)> = rows
+            .par_iter()
+            .filter_map(|loc| {
+                let end = loc.offset + (format::RECORD_HEADER_LEN as u64) + loc.stored_len as u64;
+                match packs.get(&loc.pack) {
+                    None => {
+                        return Some((loc.id, format!("pack {} is not in the index", loc.pack)))
+                    }
+                    Some(&len) if end > len => {
+                        return Some((
+                            loc.id,
+                            format!("lies past the committed end of pack {}", loc.pack),
+                        ))
+                    }
+                    _ => {}
+                }
+                safe.load_block(loc).err().map(|e| (loc.id, e.to_string()))
+            })
+            .collect();
+        damaged.extend(bad);
+    }
+
+    // Every map entry: names an existing block; and damaged blocks mapped to ranges.
+    let points = safe.points()?;
+    let sizes: HashMap<(i64, i64), u64> = points
+        .iter()
+        .flat_map(|p| p.devices.iter().map(move |d| ((p.id, d.id), d.size)))
+        .collect();
+    let names: HashMap<i64, String> = points
+        .iter()
+        .flat_map(|p| p.devices.iter().map(|d| (d.id, d.name.clone())))
+        .collect();
+    let complete: HashSet<i64> = points.iter().map(|p| p.id).collect();
+    let by_device: HashMap<i64, Vec<i64>> = {
+        let mut m: HashMap<i64, Vec<i64>> = HashMap::new();
+        for p in &points {
+            for d in &p.devices {
+                m.entry(d.id).or_default().push(p.id);
+            }
+        }
+        m
+    };
+    let missing: HashSet<i64> = safe.with_conn(|c| {
+        let mut st = c.prepare(
+            "SELECT DISTINCT m.block FROM block_map m LEFT JOIN blocks b ON b.id = m.block
+             WHERE m.block != 0 AND b.id IS NULL",
+        )?;
+        let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(v)
+    })?;
+    for id in &missing {
+        damaged.insert(
+            *id,
+            format!("the index names block {id}, which the safe does not hold"),
+        );
+    }
+    report.map_entries = safe
+        .with_conn(|c| c.query_row("SELECT COUNT(*) FROM block_map", [], |r| r.get::<_, i64>(0)))?
+        as u64;
+
+    if !damaged.is_empty() {
+        // One ordered pass: a row is valid from its point until the next row of the
+        // same (device, block).
+        let hits: Vec<(i64, u64, i64, Option<i64>, i64)> = safe.with_conn(|c| {
+            let mut st = c.prepare(
+                "SELECT device, block_no, point, block,
+                        LEAD(point) OVER (PARTITION BY device, block_no ORDER BY point)
+                 FROM block_map",
+            )?;
+            let mut out = Vec::new();
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let blk: i64 = r.get(3)?;
+                if blk != ZERO_BLOCK && damaged.contains_key(&blk) {
+                    out.push((
+                        r.get(0)?,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get(2)?,
+                        r.get(4)?,
+                        blk,
+                    ));
+                }
+            }
+            Ok(out)
+        })?;
+        let mut ranges: BTreeMap<(i64, String), Vec<(u64, u64, String)>> = BTreeMap::new();
+        for (dev, b, from, until, blk) in hits {
+            for &p in by_device.get(&dev).map(|v| v.as_slice()).unwrap_or(&[]) {
+                if p < from || until.is_some_and(|u| p >= u) || !complete.contains(&p) {
+                    continue;
+                }
+                let size = sizes.get(&(p, dev)).copied().unwrap_or(0);
+                let start = b * bs;
+                if start >= size {
+                    continue;
+                }
+                let end = (start + bs).min(size);
+                let name = names.get(&dev).cloned().unwrap_or_else(|| dev.to_string());
+                ranges
+                    .entry((p, name))
+                    .or_default()
+                    .push((start, end, damaged[&blk].clone()));
+            }
+        }
+        for ((point, device), mut v) in ranges {
+            v.sort();
+            let mut merged: Vec<(u64, u64, String)> = Vec::new();
+            for (s, e, r) in v {
+                match merged.last_mut() {
+                    Some(m) if m.1 == s => m.1 = e,
+                    _ => merged.push((s, e, r)),
+                }
+            }
+            for (start, end, reason) in merged {
+                report.damage.push(Damage {
+                    point,
+                    device: device.clone(),
+                    start,
+                    end,
+                    reason,
+                });
+            }
+        }
+        let unreferenced = damaged.len();
+        if report.damage.is_empty() {
+            report.problems.push(format!(
+                "{unreferenced} damaged block(s) that no complete point uses"
+            ));
+        }
+    }
+    Ok(report)
+}
+
+/// Prints one line per problem and per damaged range, for the `verify` command.
+pub fn print(report: &Report) {
+    for p in &report.problems {
+        println!("problem: {p}");
+    }
+    for d in &report.damage {
+        println!(
+            "damaged: point {} device {} bytes {}-{} ({})",
+            d.point, d.device, d.start, d.end, d.reason
+        );
+    }
+}
