@@ -45,12 +45,11 @@ impl PointDevice {
     }
 
     fn err(&self, offset: u64, e: impl std::fmt::Display) -> io::Error {
-        let msg = format!(
+        // Callers decide how to report it: the mount logs and answers EIO, restore fails.
+        io::Error::other(format!(
             "point {}, device {}, offset {offset}: {e}",
             self.point, self.name
-        );
-        tracing::error!("{msg}");
-        io::Error::other(msg)
+        ))
     }
 
     /// Locations of blocks `first..=last`.

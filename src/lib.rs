@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod cache;
+pub mod demo;
 pub mod device;
 pub mod format;
 pub mod readat;

@@ -60,6 +60,12 @@ enum Cmd {
         /// Output file or block device, `-` for stdout.
         output: String,
     },
+    /// A tour on sample data it makes itself: back up, list, restore, verify.
+    Demo {
+        /// Keep the demo's files here instead of a temporary directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Read every stored block and index entry; exit non-zero on damage.
     Verify {
         /// The safe directory.
@@ -168,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("restored {} to {output}", human(n));
             }
         }
+        Cmd::Demo { dir } => disksafe::demo::run(dir.as_deref())?,
         Cmd::Verify { safe } => {
             let report = disksafe::verify::verify(&safe)?;
             disksafe::verify::print(&report);
@@ -196,6 +203,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match run(cli) {

@@ -11,6 +11,9 @@ use rayon::prelude::*;
 use crate::format::{self, ZERO_BLOCK};
 use crate::safe_reader::{BlockLoc, Safe};
 
+/// (start, end, reason) of a damaged stretch before merging.
+type Span = (u64, u64, String);
+
 /// One damaged stretch of one device at one point.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damage {
@@ -211,7 +214,7 @@ pub fn verify(dir: &Path) -> anyhow::Result<Report> {
             }
             Ok(out)
         })?;
-        let mut ranges: BTreeMap<(i64, String), Vec<(u64, u64, String)>> = BTreeMap::new();
+        let mut ranges: BTreeMap<(i64, String), Vec<Span>> = BTreeMap::new();
         for (dev, b, from, until, blk) in hits {
             for &p in by_device.get(&dev).map(|v| v.as_slice()).unwrap_or(&[]) {
                 if p < from || until.is_some_and(|u| p >= u) || !complete.contains(&p) {
@@ -232,7 +235,7 @@ pub fn verify(dir: &Path) -> anyhow::Result<Report> {
         }
         for ((point, device), mut v) in ranges {
             v.sort();
-            let mut merged: Vec<(u64, u64, String)> = Vec::new();
+            let mut merged: Vec<Span> = Vec::new();
             for (s, e, r) in v {
                 match merged.last_mut() {
                     Some(m) if m.1 == s => m.1 = e,

@@ -1,0 +1,421 @@
+//! Disk safe behaviour through the real binary, checked against the source images.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn round_trip_22_points_two_devices_with_grow_and_shrink() {
+    let t = tempfile::tempdir().unwrap();
+    let safe = t.path().join("safe");
+    let (a, b) = (t.path().join("a.img"), t.path().join("b.img"));
+    let mut rng = StdRng::seed_from_u64(1);
+    make_image(&a, 6 << 20, &mut rng);
+    make_image(&b, 3 << 20, &mut rng);
+    let mut expect: Vec<(i64, String, String)> = Vec::new();
+    for i in 0..22 {
+        if i > 0 {
+            mutate(&a, rng.gen_range(1..20), 300_000, &mut rng);
+            mutate(&b, rng.gen_range(0..5), 70_000, &mut rng);
+            if i % 7 == 3 {
+                // grow by an odd amount, then later shrink below the original size
+                let f = OpenOptions::new().write(true).open(&a).unwrap();
+                let len = f.metadata().unwrap().len();
+                f.set_len(len + 1_234_567).unwrap();
+                f.write_all_at(b"grown tail", len + 1_000_000).unwrap();
+            }
+            if i % 7 == 5 {
+                let f = OpenOptions::new().write(true).open(&a).unwrap();
+                f.set_len(5 * 1024 * 1024 - 4097).unwrap();
+            }
+        }
+        let p = backup(&[
+            s(&safe),
+            &format!("disk-a={}", s(&a)),
+            &format!("disk-b={}", s(&b)),
+        ]);
+        expect.push((p, sha256_file(&a), sha256_file(&b)));
+    }
+    let ids: Vec<i64> = expect.iter().map(|e| e.0).collect();
+    assert_eq!(
+        ids,
+        (1..=22).collect::<Vec<_>>(),
+        "ids are positive and increasing"
+    );
+    for (p, sa, sb) in &expect {
+        let p = p.to_string();
+        assert_eq!(
+            &restored_sha(&safe, &p, "disk-a", t.path()),
+            sa,
+            "disk-a at point {p}"
+        );
+        assert_eq!(
+            &restored_sha(&safe, &p, "disk-b", t.path()),
+            sb,
+            "disk-b at point {p}"
+        );
+    }
+    assert_eq!(
+        restored_sha(&safe, "latest", "disk-a", t.path()),
+        expect[21].1
+    );
+    let v = ok(&["verify", s(&safe)]);
+    assert!(v.starts_with("ok:"), "{v}");
+}
+
+#[test]
+fn unchanged_and_repeated_blocks_are_stored_once() {
+    let t = tempfile::tempdir().unwrap();
+    let safe = t.path().join("safe");
+    let a = t.path().join("a.img");
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut data = vec![0u8; 4 << 20];
+    rng.fill(&mut data[..]);
+    std::fs::write(&a, &data).unwrap();
+    let p1 = backup(&[s(&safe), s(&a)]);
+    let after1 = pack_bytes(&safe);
+    assert!(after1 >= 4 << 20, "random data is stored ({after1})");
+    // Unchanged: nothing added.
+    let p2 = backup(&[s(&safe), s(&a)]);
+    assert_eq!(bytes_added(&safe, p2), 0);
+    // A second device holding the same bytes, and a block repeated inside it: no new data.
+    let b = t.path().join("b.img");
+    let mut bdata = data.clone();
+    let blk = 65536;
+    let (x, y) = bdata.split_at_mut(10 * blk);
+    y[..blk].copy_from_slice(&x[3 * blk..4 * blk]);
+    std::fs::write(&b, &bdata).unwrap();
+    let before = pack_bytes(&safe);
+    let p3 = backup(&[s(&safe), s(&a), s(&b)]);
+    assert_eq!(
+        bytes_added(&safe, p3),
+        0,
+        "dedup across devices and within one"
+    );
+    assert_eq!(pack_bytes(&safe), before, "no pack bytes at all");
+    assert_eq!(
+        restored_sha(&safe, &p3.to_string(), "b.img", t.path()),
+        sha256(&bdata)
+    );
+    assert_eq!(
+        restored_sha(&safe, &p1.to_string(), "a.img", t.path()),
+        sha256(&data)
+    );
+}
+
+#[test]
+fn zero_blocks_cost_nothing_and_restore_as_holes() {
+    let t = tempfile::tempdir().unwrap();
+    let safe = t.path().join("safe");
+    let z = t.path().join("zero.img");
+    let f = std::fs::File::create(&z).unwrap();
+    f.set_len(256 << 20).unwrap();
+    f.write_all_at(b"one non-zero block", 100 << 20).unwrap();
+    drop(f);
+    let p = backup(&[s(&safe), s(&z)]);
+    assert!(
+        bytes_added(&safe, p) < 1024,
+        "one small compressed block only"
+    );
+    let out = t.path().join("out.img");
+    ok(&["restore", s(&safe), "1", "zero.img", s(&out)]);
+    let md = std::fs::metadata(&out).unwrap();
+    assert_eq!(md.len(), 256 << 20);
+    assert!(
+        md.blocks() * 512 < 1 << 20,
+        "restored file is sparse ({} blocks)",
+        md.blocks()
+    );
+    assert_eq!(sha256_file(&out), sha256_file(&z));
+}
+
+#[test]
+fn changed_blocks_gives_the_same_points_as_a_full_scan() {
+    let t = tempfile::tempdir().unwrap();
+    let (full, cbt) = (t.path().join("full"), t.path().join("cbt"));
+    let a = t.path().join("a.img");
+    let mut rng = StdRng::seed_from_u64(3);
+    make_image(&a, 8 << 20, &mut rng);
+    backup(&[s(&full), &format!("d={}", s(&a))]);
+    backup(&[s(&cbt), &format!("d={}", s(&a))]);
+    for i in 0..5 {
+        let mut ranges = mutate(&a, 12, 200_000, &mut rng);
+        if i == 2 {
+            let f = OpenOptions::new().write(true).open(&a).unwrap();
+            let len = f.metadata().unwrap().len();
+            f.set_len(len + 777_777).unwrap();
+            f.write_all_at(b"tail", len + 5).unwrap();
+            ranges.push((len + 5, 4));
+        }
+        let list = t.path().join(format!("changes{i}"));
+        let text: String = ranges.iter().map(|(o, l)| format!("{o} {l}\n")).collect();
+        std::fs::write(&list, format!("# changed ranges\n{text}")).unwrap();
+        let pf = backup(&[s(&full), &format!("d={}", s(&a))]);
+        let pc = backup(&[
+            s(&cbt),
+            &format!("d={}", s(&a)),
+            "--changed-blocks",
+            &format!("d={}", s(&list)),
+        ]);
+        assert_eq!(bytes_added(&full, pf), bytes_added(&cbt, pc));
+        let want = sha256_file(&a);
+        assert_eq!(restored_sha(&cbt, &pc.to_string(), "d", t.path()), want);
+        assert_eq!(restored_sha(&full, &pf.to_string(), "d", t.path()), want);
+    }
+}
+
+#[test]
+fn flipped_byte_is_caught_by_verify_and_restore_refuses() {
+    let t = tempfile::tempdir().unwrap();
+    let safe = t.path().join("safe");
+    let a = t.path().join("a.img");
+    let mut rng = StdRng::seed_from_u64(4);
+    make_image(&a, 2 << 20, &mut rng);
+    backup(&[s(&safe), s(&a)]);
+    mutate(&a, 1, 1000, &mut rng);
+    backup(&[s(&safe), s(&a)]);
+    assert!(ok(&["verify", s(&safe)]).starts_with("ok:"));
+    // Flip one byte in the middle of the first pack's data.
+    let pack = safe.join("packs/00000001.pack");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pack)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, len / 2).unwrap();
+    byte[0] ^= 0x40;
+    f.write_all_at(&byte, len / 2).unwrap();
+    drop(f);
+    let o = ds(&["verify", s(&safe)]);
+    assert!(!o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("damaged: point 1 device a.img bytes "),
+        "{out}"
+    );
+    let dest = t.path().join("r.img");
+    let err = fails(&["restore", s(&safe), "1", "a.img", s(&dest)]);
+    assert!(err.contains("point 1, device a.img, offset "), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    assert!(!dest.exists(), "no partial output left behind");
+}
+
+#[test]
+fn killed_backups_leave_earlier_points_intact() {
+    let t = tempfile::tempdir().unwrap();
+    let safe = t.path().join("safe");
+    let a = t.path().join("a.img");
+    let mut rng = StdRng::seed_from_u64(5);
+    make_image(&a, 4 << 20, &mut rng);
+    let p1 = backup(&[s(&safe), "--compression", "3", s(&a)]);
+    let want1 = sha256_file(&a);
+    let big = t.path().join("big.img");
+    let mut done_points: Vec<(i64, String)> = vec![(p1, want1)];
+    for round in 0..6 {
+        make_image(&big, 96 << 20, &mut rng);
+        let mut child = Command::new(bin())
+            .args(["backup", s(&safe), s(&a), s(&big)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(5..400)));
+        child.kill().unwrap(); // SIGKILL
+        let status = child.wait().unwrap();
+        let v = ds(&["verify", s(&safe)]);
+        assert!(
+            v.status.success(),
+            "round {round}: safe not verifiable after SIGKILL: {}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+        if status.success() {
+            // It finished before the kill: that point is complete and must be right.
+            let pts: serde_json::Value =
+                serde_json::from_str(&ok(&["points", s(&safe), "--json"])).unwrap();
+            let last = pts.as_array().unwrap().last().unwrap()["id"]
+                .as_i64()
+                .unwrap();
+            done_points.push((last, sha256_file(&a)));
+        }
+        for (p, want) in &done_points {
+            assert_eq!(
+                &restored_sha(&safe, &p.to_string(), "a.img", t.path()),
+                want
+            );
+        }
+        mutate(&a, 3, 100_000, &mut rng);
+        let p = backup(&[s(&safe), s(&a)]);
+        done_points.push((p, sha256_file(&a)));
+    }
+    assert!(ok(&["verify", s(&safe)]).starts_with("ok:"));
+}
+
+#[test]
+fn readers_work_while_a_backup_runs_and_only_one_backup_writes() {
+    let t = tempfile::tempdir().unwrap();
+    let safe = t.path().join("safe");
+    let a = t.path().join("a.img");
+    let big = t.path().join("big.img");
+    let mut rng = StdRng::seed_from_u64(6);
+    make_image(&a, 4 << 20, &mut rng);
+    backup(&[s(&safe), "--compression", "9", s(&a)]);
+    let want = sha256_file(&a);
+    make_image(&big, 128 << 20, &mut rng);
+    let mut child = Command::new(bin())
+        .args(["backup", s(&safe), s(&big)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let err = fails(&["backup", s(&safe), s(&a)]);
+    assert!(err.contains("another backup is writing"), "{err}");
+    assert_eq!(restored_sha(&safe, "1", "a.img", t.path()), want);
+    let pts: serde_json::Value =
+        serde_json::from_str(&ok(&["points", s(&safe), "--json"])).unwrap();
+    assert_eq!(
+        pts.as_array().unwrap().len(),
+        1,
+        "the running backup's point is not visible"
+    );
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        restored_sha(&safe, "2", "big.img", t.path()),
+        sha256_file(&big)
+    );
+}
+
+#[test]
+fn bad_input_gets_one_line_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let safe = t.path().join("safe");
+    let a = t.path().join("a.img");
+    std::fs::write(&a, vec![7u8; 100_000]).unwrap();
+    let one_line = |e: &str, want: &str| {
+        assert!(e.contains(want), "expected {want:?} in {e:?}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+        assert!(!e.contains("panicked"), "{e}");
+    };
+    one_line(
+        &fails(&["backup", s(&safe), "/nonexistent/disk"]),
+        "cannot read source /nonexistent/disk",
+    );
+    assert!(
+        !safe.join("safe.db").exists(),
+        "no safe made for a bad source"
+    );
+    backup(&[s(&safe), s(&a)]);
+    one_line(&fails(&["points", s(&a)]), "is not a disk safe");
+    one_line(&fails(&["points", s(t.path())]), "is not a disk safe");
+    one_line(
+        &fails(&["backup", s(t.path()), s(&a)]),
+        "is not a disk safe",
+    );
+    one_line(
+        &fails(&["restore", s(&safe), "9", "a.img", "-"]),
+        "no recovery point 9",
+    );
+    one_line(
+        &fails(&["restore", s(&safe), "1", "nope", "-"]),
+        "no device \"nope\" in point 1",
+    );
+    one_line(
+        &fails(&["restore", s(&safe), "x", "a.img", "-"]),
+        "invalid point",
+    );
+    one_line(
+        &fails(&["backup", s(&safe), "--block-size", "128K", s(&a)]),
+        "created with block size 65536",
+    );
+    one_line(
+        &fails(&["backup", s(&safe), "--block-size", "3000", s(&a)]),
+        "power of two",
+    );
+    one_line(
+        &fails(&["backup", s(&safe), s(&a), "--changed-blocks", "zz=/x"]),
+        "not among the sources",
+    );
+    // A newer format version.
+    let c = rusqlite::Connection::open(safe.join("safe.db")).unwrap();
+    c.execute(
+        "UPDATE meta SET value = '99' WHERE key = 'format_version'",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    one_line(
+        &fails(&["points", s(&safe)]),
+        "newer than this disksafe supports",
+    );
+    one_line(
+        &fails(&["backup", s(&safe), s(&a)]),
+        "newer than this disksafe supports",
+    );
+}
+
+#[test]
+fn full_disk_fails_cleanly_and_keeps_the_safe() {
+    if !is_root() {
+        eprintln!(
+            "SKIP full_disk_fails_cleanly_and_keeps_the_safe: needs root to mount a small tmpfs"
+        );
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mnt = t.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs", s(&mnt)])
+        .status()
+        .unwrap();
+    if !st.success() {
+        eprintln!("SKIP full_disk_fails_cleanly_and_keeps_the_safe: cannot mount tmpfs here");
+        return;
+    }
+    struct Umount<'a>(&'a Path);
+    impl Drop for Umount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Umount(&mnt);
+    let safe = mnt.join("safe");
+    let a = t.path().join("a.img");
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut small = vec![0u8; 1 << 20];
+    rng.fill(&mut small[..]);
+    std::fs::write(&a, &small).unwrap();
+    backup(&[s(&safe), s(&a)]);
+    let big = t.path().join("big.img");
+    let mut data = vec![0u8; 16 << 20];
+    rng.fill(&mut data[..]);
+    std::fs::write(&big, &data).unwrap();
+    let err = fails(&["backup", s(&safe), s(&big)]);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("no new point was recorded"), "{err}");
+    let pts: serde_json::Value =
+        serde_json::from_str(&ok(&["points", s(&safe), "--json"])).unwrap();
+    assert_eq!(pts.as_array().unwrap().len(), 1);
+    assert!(ok(&["verify", s(&safe)]).starts_with("ok:"));
+    assert_eq!(restored_sha(&safe, "1", "a.img", t.path()), sha256(&small));
+    // Space freed: the next backup works and reclaims what the failed one left.
+    std::fs::write(&big, &data[..2 << 20]).unwrap();
+    let p = backup(&[s(&safe), s(&big)]);
+    assert_eq!(
+        restored_sha(&safe, &p.to_string(), "big.img", t.path()),
+        sha256(&data[..2 << 20])
+    );
+}
