@@ -60,6 +60,35 @@ enum Cmd {
         /// Output file or block device, `-` for stdout.
         output: String,
     },
+    /// Mount every recovery point read-only through FUSE.
+    Mount {
+        /// The safe directory.
+        safe: PathBuf,
+        /// An existing, empty directory.
+        mountpoint: PathBuf,
+        /// Show only this point (a number or `latest`) at the root.
+        #[arg(long)]
+        point: Option<String>,
+        /// Stay attached; unmount cleanly on SIGINT or SIGTERM.
+        #[arg(long)]
+        foreground: bool,
+        /// Size of the decompressed-block cache, e.g. 512M (default 256M).
+        #[arg(long, value_parser = parse_size)]
+        cache: Option<u64>,
+        /// Let other users enter; the kernel checks permissions.
+        #[arg(long)]
+        allow_other: bool,
+        /// Log file of the background server (default: in the temporary directory).
+        #[arg(long)]
+        log: Option<PathBuf>,
+        #[arg(long, hide = true)]
+        daemon_child: bool,
+    },
+    /// Unmount a disksafe mount.
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
     /// A tour on sample data it makes itself: back up, list, restore, verify.
     Demo {
         /// Keep the demo's files here instead of a temporary directory.
@@ -174,6 +203,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("restored {} to {output}", human(n));
             }
         }
+        Cmd::Mount {
+            safe,
+            mountpoint,
+            point,
+            foreground,
+            cache,
+            allow_other,
+            log,
+            daemon_child,
+        } => disksafe::fs::mount::mount(disksafe::fs::mount::MountArgs {
+            safe,
+            mountpoint,
+            point,
+            foreground,
+            cache: cache.unwrap_or(disksafe::fs::mount::DEFAULT_CACHE),
+            allow_other,
+            log,
+            daemon_child,
+        })?,
+        Cmd::Umount { mountpoint } => disksafe::fs::mount::umount(&mountpoint)?,
         Cmd::Demo { dir } => disksafe::demo::run(dir.as_deref())?,
         Cmd::Verify { safe } => {
             let report = disksafe::verify::verify(&safe)?;

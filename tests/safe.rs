@@ -273,23 +273,40 @@ fn readers_work_while_a_backup_runs_and_only_one_backup_writes() {
     make_image(&a, 4 << 20, &mut rng);
     backup(&[s(&safe), "--compression", "9", s(&a)]);
     let want = sha256_file(&a);
-    make_image(&big, 128 << 20, &mut rng);
+    make_image(&big, 384 << 20, &mut rng);
     let mut child = Command::new(bin())
         .args(["backup", s(&safe), s(&big)])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(150));
-    let err = fails(&["backup", s(&safe), s(&a)]);
-    assert!(err.contains("another backup is writing"), "{err}");
-    assert_eq!(restored_sha(&safe, "1", "a.img", t.path()), want);
-    let pts: serde_json::Value =
-        serde_json::from_str(&ok(&["points", s(&safe), "--json"])).unwrap();
-    assert_eq!(
-        pts.as_array().unwrap().len(),
-        1,
-        "the running backup's point is not visible"
+    // Sample while the backup runs; a sample counts only if the backup was still
+    // running after it was taken.
+    let mut checked = 0;
+    while child.try_wait().unwrap().is_none() {
+        let lock = ds(&["backup", s(&safe), s(&a)]);
+        let listed = ok(&["points", s(&safe), "--json"]);
+        let restored = restored_sha(&safe, "1", "a.img", t.path());
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&lock.stderr);
+        assert!(
+            !lock.status.success() && err.contains("another backup is writing"),
+            "{err}"
+        );
+        let pts: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        assert_eq!(
+            pts.as_array().unwrap().len(),
+            1,
+            "the running backup's point is not visible"
+        );
+        assert_eq!(restored, want);
+        checked += 1;
+    }
+    assert!(
+        checked > 0,
+        "the backup finished before any check ran; make the image larger"
     );
     assert!(child.wait().unwrap().success());
     assert_eq!(

@@ -622,6 +622,7 @@ fn backup_device(
         runs,
         params: w.params,
         zero_hash: w.zero_hash,
+        sparse: file.metadata()?.file_type().is_file(),
     };
     let mut stats = DeviceStats::default();
     pipeline::run(job, |batch| {

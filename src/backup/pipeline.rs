@@ -26,6 +26,8 @@ pub struct Job<'a> {
     pub runs: Vec<(u64, u64)>,
     pub params: SafeParams,
     pub zero_hash: Hash,
+    /// A regular file: holes can be found with SEEK_DATA instead of read.
+    pub sparse: bool,
 }
 
 /// What a worker decided for one block.
@@ -42,10 +44,37 @@ pub enum BlockOutcome {
     },
 }
 
+/// What the previous point held at a block.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prev {
+    /// No map row at all: reads as zeros, so a zero block needs no row.
+    Absent,
+    /// A non-zero row lies past the previous size (the device shrank, now grew): it
+    /// must be overwritten even by zeros.
+    Stale,
+    /// The block's content hash (the zero hash for a zero block).
+    Hash(Hash),
+}
+
 struct Batch {
     start: u64,
     data: Vec<u8>,
-    prev: Vec<Option<Hash>>,
+    prev: Vec<Prev>,
+}
+
+/// Offset of the next data at or after `off` in a regular file (SEEK_DATA), or `None`
+/// when the rest is a hole; block devices and filesystems without hole support report
+/// data everywhere.
+fn next_data(file: &File, off: u64) -> Option<u64> {
+    use std::os::unix::io::AsRawFd;
+    let r = unsafe { libc::lseek(file.as_raw_fd(), off as libc::off_t, libc::SEEK_DATA) };
+    if r >= 0 {
+        Some(r as u64)
+    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+        None
+    } else {
+        Some(off)
+    }
 }
 
 type Outcomes = Vec<(u64, BlockOutcome)>;
@@ -78,14 +107,17 @@ fn read_batch(
             }
         }
     }
-    let mut prev = vec![None; count as usize];
+    let mut prev = vec![Prev::Absent; count as usize];
     if let (Some((pp, psize)), Some(safe)) = (job.prev, safe) {
         let prev_blocks = psize.div_ceil(bs);
         let locs = safe.block_run(job.device, pp, start, count)?;
         for (i, l) in locs.into_iter().enumerate() {
-            if start + (i as u64) < prev_blocks {
-                prev[i] = l.map(|l| if l.is_zero() { job.zero_hash } else { l.hash });
-            }
+            prev[i] = match l {
+                None => Prev::Absent,
+                Some(l) if start + (i as u64) >= prev_blocks && !l.is_zero() => Prev::Stale,
+                Some(l) if l.is_zero() => Prev::Hash(job.zero_hash),
+                Some(l) => Prev::Hash(l.hash),
+            };
         }
     }
     Ok(Batch { start, data, prev })
@@ -103,14 +135,14 @@ fn process(
         let b = batch.start + i as u64;
         let prev = batch.prev[i];
         let outcome = if format::is_zero(chunk) {
-            if prev == Some(*zero_hash) {
+            if prev == Prev::Absent || prev == Prev::Hash(*zero_hash) {
                 BlockOutcome::Unchanged
             } else {
                 BlockOutcome::Zero
             }
         } else {
             let hash = *blake3::hash(chunk).as_bytes();
-            if prev == Some(hash) {
+            if prev == Prev::Hash(hash) {
                 BlockOutcome::Unchanged
             } else {
                 let (codec, stored) = match cctx {
@@ -161,9 +193,40 @@ pub fn run(
                 },
                 None => None,
             };
+            let bs = job.params.block_size as u64;
             for &(first, count) in &job.runs {
                 let mut b = first;
                 while b < first + count {
+                    if job.sparse {
+                        // Whole blocks inside a hole are zeros: skip them unless the
+                        // previous point had data there.
+                        let end = first + count;
+                        let hole_end = match next_data(job.file, b * bs) {
+                            None => end,
+                            Some(d) => (d / bs).min(end),
+                        };
+                        if hole_end > b {
+                            let first_row = match (&safe, job.prev) {
+                                (Some(s), Some((pp, _))) => {
+                                    match s.first_data_row(job.device, pp, b, hole_end) {
+                                        Ok(r) => r,
+                                        Err(e) => {
+                                            let _ = reader_tx.send(Err(e));
+                                            return;
+                                        }
+                                    }
+                                }
+                                _ => None,
+                            };
+                            match first_row {
+                                None => {
+                                    b = hole_end;
+                                    continue;
+                                }
+                                Some(q) => b = q,
+                            }
+                        }
+                    }
                     let n = BATCH.min(first + count - b);
                     match read_batch(job, safe.as_ref(), b, n) {
                         Ok(batch) => {

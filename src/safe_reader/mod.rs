@@ -277,6 +277,28 @@ impl Safe {
         })
     }
 
+    /// The first block in `from..to` whose newest row at `point` is not known to be
+    /// zero, so a backup can skip holes without a lookup per block.
+    pub fn first_data_row(
+        &self,
+        device: i64,
+        point: i64,
+        from: u64,
+        to: u64,
+    ) -> anyhow::Result<Option<u64>> {
+        self.with_conn(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT block_no FROM block_map WHERE device = ?1 AND block_no >= ?2
+                 AND block_no < ?3 AND point <= ?4 AND block != 0 ORDER BY block_no LIMIT 1",
+            )?;
+            let mut rows = st.query(rusqlite::params![device, from as i64, to as i64, point])?;
+            Ok(match rows.next()? {
+                Some(r) => Some(r.get::<_, i64>(0)? as u64),
+                None => None,
+            })
+        })
+    }
+
     fn pack(&self, id: i64) -> io::Result<Arc<File>> {
         if let Some(f) = self.packs.read().unwrap().get(&id) {
             return Ok(f.clone());

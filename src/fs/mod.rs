@@ -1,0 +1,764 @@
+//! The FUSE adapter: every recovery point of a safe as a read-only directory tree.
+//!
+//! ```text
+//! latest -> N                 newest point
+//! by-time/TIME -> ../N        one per point (YYYY-MM-DDTHH:MM:SSZ, clashes get .N)
+//! N/DEVICE/disk.img           the device at N, byte-exact
+//! N/DEVICE/partK.img          partition K (MBR or GPT)
+//! ```
+//!
+//! This module knows no on-disk format: it asks `safe_reader` for points, `volumes` for
+//! partitions and reads through [`PointDevice`]. Recovery points never change, so
+//! attributes, entries and page-cache contents are kept long; only the root (where new
+//! points appear) is short-lived.
+
+pub mod mount;
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+
+use crate::cache::CachedSafe;
+use crate::device::PointDevice;
+use crate::readat::ReadAt;
+use crate::safe_reader::PointInfo;
+
+/// Entries and attributes of recovery points never change.
+const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The root, `latest` and `by-time` change when a point completes.
+const SHORT_TTL: Duration = Duration::from_secs(1);
+/// Readahead window bounds for sequential readers.
+const RA_MIN: u64 = 2 << 20;
+const RA_MAX: u64 = 32 << 20;
+const RA_SLACK: u64 = 8 << 20;
+
+/// What an inode stands for; equal kinds share one inode number for the whole mount.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Kind {
+    Root,
+    ByTime,
+    Latest,
+    TimeLink(String),
+    Point(i64),
+    Device {
+        point: i64,
+        dev: i64,
+    },
+    Image {
+        point: i64,
+        dev: i64,
+        part: Option<u32>,
+    },
+}
+
+struct Node {
+    kind: Kind,
+    parent: u64,
+    /// Directory listing, filled on first use (never for the root, which is live).
+    children: Option<Arc<Vec<(OsString, u64)>>>,
+}
+
+#[derive(Default)]
+struct Nodes {
+    list: Vec<Node>,
+    by_kind: HashMap<Kind, u64>,
+}
+
+impl Nodes {
+    fn get_or_add(&mut self, kind: Kind, parent: u64) -> u64 {
+        if let Some(&ino) = self.by_kind.get(&kind) {
+            return ino;
+        }
+        self.list.push(Node {
+            kind: kind.clone(),
+            parent,
+            children: None,
+        });
+        let ino = self.list.len() as u64;
+        self.by_kind.insert(kind, ino);
+        ino
+    }
+}
+
+/// A raw image: a byte range of one device at one point.
+#[derive(Clone)]
+struct Image {
+    dev: Arc<PointDevice>,
+    start: u64,
+    len: u64,
+}
+
+/// Per-open-file sequential-read state for readahead.
+#[derive(Default, Clone, Copy)]
+struct Seq {
+    next: u64,
+    window: u64,
+    fetched_to: u64,
+}
+
+/// Options of the mounted tree.
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    /// Show only this point, at the root.
+    pub only_point: Option<i64>,
+    /// Other users may enter (the kernel checks permissions).
+    pub allow_other: bool,
+}
+
+/// The mounted filesystem.
+pub struct SafeFs {
+    cache: Arc<CachedSafe>,
+    opts: FsOptions,
+    uid: u32,
+    gid: u32,
+    mounted_at: SystemTime,
+    nodes: RwLock<Nodes>,
+    points: RwLock<Arc<Vec<PointInfo>>>,
+    devices: Mutex<HashMap<(i64, i64), Arc<PointDevice>>>,
+    images: Mutex<HashMap<u64, Image>>,
+    seq: Mutex<HashMap<u64, Seq>>,
+    next_fh: AtomicU64,
+}
+
+fn time(secs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        UNIX_EPOCH
+    }
+}
+
+impl SafeFs {
+    /// Builds the tree over a cached safe; reads the point list once.
+    pub fn new(cache: Arc<CachedSafe>, opts: FsOptions) -> anyhow::Result<SafeFs> {
+        let points = cache.safe().points()?;
+        let mut nodes = Nodes::default();
+        nodes.get_or_add(Kind::Root, 1);
+        Ok(SafeFs {
+            cache,
+            opts,
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+            mounted_at: SystemTime::now(),
+            nodes: RwLock::new(nodes),
+            points: RwLock::new(Arc::new(points)),
+            devices: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
+            seq: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    /// Re-reads the point list so points completed since the mount appear.
+    fn refresh_points(&self) -> Arc<Vec<PointInfo>> {
+        match self.cache.safe().points() {
+            Ok(p) => {
+                let p = Arc::new(p);
+                *self.points.write().unwrap() = p.clone();
+                p
+            }
+            Err(e) => {
+                tracing::warn!("cannot re-read the point list: {e:#}");
+                self.points.read().unwrap().clone()
+            }
+        }
+    }
+
+    fn point(&self, id: i64) -> Option<PointInfo> {
+        let p = self
+            .points
+            .read()
+            .unwrap()
+            .iter()
+            .find(|p| p.id == id)
+            .cloned();
+        p.or_else(|| self.refresh_points().iter().find(|p| p.id == id).cloned())
+    }
+
+    fn kind(&self, ino: u64) -> Option<Kind> {
+        let n = self.nodes.read().unwrap();
+        n.list
+            .get((ino as usize).wrapping_sub(1))
+            .map(|n| n.kind.clone())
+    }
+
+    fn device(&self, point: i64, dev: i64) -> Option<Arc<PointDevice>> {
+        if let Some(d) = self.devices.lock().unwrap().get(&(point, dev)) {
+            return Some(d.clone());
+        }
+        let p = self.point(point)?;
+        let d = p.devices.iter().find(|d| d.id == dev)?;
+        let pd = Arc::new(PointDevice::new(
+            self.cache.clone(),
+            point,
+            dev,
+            &d.name,
+            d.size,
+        ));
+        self.devices
+            .lock()
+            .unwrap()
+            .insert((point, dev), pd.clone());
+        Some(pd)
+    }
+
+    fn image(&self, ino: u64, point: i64, dev: i64, part: Option<u32>) -> Option<Image> {
+        if let Some(i) = self.images.lock().unwrap().get(&ino) {
+            return Some(i.clone());
+        }
+        let d = self.device(point, dev)?;
+        let img = match part {
+            None => Image {
+                len: d.size(),
+                dev: d,
+                start: 0,
+            },
+            Some(k) => {
+                let t = crate::volumes::read_table(&*d).ok().flatten()?;
+                let p = t.partitions.iter().find(|p| p.number == k)?;
+                Image {
+                    dev: d,
+                    start: p.start,
+                    len: p.len,
+                }
+            }
+        };
+        self.images.lock().unwrap().insert(ino, img.clone());
+        Some(img)
+    }
+
+    /// Children of a directory, built on first use (the root and by-time: every time).
+    fn children(&self, ino: u64) -> Result<Arc<Vec<(OsString, u64)>>, Errno> {
+        let kind = self.kind(ino).ok_or(Errno::ENOENT)?;
+        if !matches!(kind, Kind::Root | Kind::ByTime) {
+            let n = self.nodes.read().unwrap();
+            if let Some(c) = &n.list[ino as usize - 1].children {
+                return Ok(c.clone());
+            }
+        }
+        let names: Vec<(OsString, Kind)> = match &kind {
+            Kind::Root => match self.opts.only_point {
+                Some(p) => self.device_entries(p),
+                None => {
+                    let points = self.refresh_points();
+                    let mut v = Vec::with_capacity(points.len() + 2);
+                    if !points.is_empty() {
+                        v.push(("latest".into(), Kind::Latest));
+                    }
+                    v.push(("by-time".into(), Kind::ByTime));
+                    v.extend(
+                        points
+                            .iter()
+                            .map(|p| (p.id.to_string().into(), Kind::Point(p.id))),
+                    );
+                    v
+                }
+            },
+            Kind::ByTime => {
+                let points = self.refresh_points();
+                let mut v = Vec::new();
+                let mut seen: HashMap<String, u32> = HashMap::new();
+                for p in points.iter() {
+                    let base = crate::format::utc_string(p.created);
+                    let n = seen.entry(base.clone()).or_insert(0);
+                    *n += 1;
+                    let name = if *n == 1 { base } else { format!("{base}.{n}") };
+                    v.push((name.into(), Kind::TimeLink(p.id.to_string())));
+                }
+                v
+            }
+            Kind::Point(p) => self.device_entries(*p),
+            Kind::Device { point, dev } => {
+                let mut v = vec![(
+                    "disk.img".into(),
+                    Kind::Image {
+                        point: *point,
+                        dev: *dev,
+                        part: None,
+                    },
+                )];
+                if let Some(d) = self.device(*point, *dev) {
+                    match crate::volumes::read_table(&*d) {
+                        Ok(Some(t)) => v.extend(t.partitions.iter().map(|p| {
+                            (
+                                format!("part{}.img", p.number).into(),
+                                Kind::Image {
+                                    point: *point,
+                                    dev: *dev,
+                                    part: Some(p.number),
+                                },
+                            )
+                        })),
+                        Ok(None) => {}
+                        Err(e) => tracing::error!("reading the partition table: {e}"),
+                    }
+                }
+                v
+            }
+            _ => return Err(Errno::ENOTDIR),
+        };
+        let mut n = self.nodes.write().unwrap();
+        let list: Vec<(OsString, u64)> = names
+            .into_iter()
+            .map(|(name, k)| {
+                let child = n.get_or_add(k, ino);
+                (name, child)
+            })
+            .collect();
+        let list = Arc::new(list);
+        if !matches!(kind, Kind::Root | Kind::ByTime) {
+            n.list[ino as usize - 1].children = Some(list.clone());
+        }
+        Ok(list)
+    }
+
+    fn device_entries(&self, point: i64) -> Vec<(OsString, Kind)> {
+        self.point(point)
+            .map(|p| {
+                p.devices
+                    .iter()
+                    .map(|d| (d.name.clone().into(), Kind::Device { point, dev: d.id }))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn attr(&self, ino: u64) -> Result<(FileAttr, Duration), Errno> {
+        let kind = self.kind(ino).ok_or(Errno::ENOENT)?;
+        let newest = self.points.read().unwrap().last().map(|p| time(p.created));
+        let (ftype, perm, size, mtime, ttl) = match &kind {
+            Kind::Root => {
+                let t = match self.opts.only_point {
+                    Some(p) => self.point(p).map(|p| time(p.created)),
+                    None => newest,
+                };
+                (
+                    FileType::Directory,
+                    0o555,
+                    0,
+                    t.unwrap_or(self.mounted_at),
+                    SHORT_TTL,
+                )
+            }
+            Kind::ByTime => (
+                FileType::Directory,
+                0o555,
+                0,
+                newest.unwrap_or(self.mounted_at),
+                SHORT_TTL,
+            ),
+            Kind::Latest => {
+                let target = self.latest_target().ok_or(Errno::ENOENT)?;
+                (
+                    FileType::Symlink,
+                    0o777,
+                    target.len() as u64,
+                    newest.unwrap_or(self.mounted_at),
+                    SHORT_TTL,
+                )
+            }
+            Kind::TimeLink(t) => {
+                let p = self.point(t.parse().unwrap_or(0)).ok_or(Errno::ENOENT)?;
+                (
+                    FileType::Symlink,
+                    0o777,
+                    3 + t.len() as u64,
+                    time(p.created),
+                    LONG_TTL,
+                )
+            }
+            Kind::Point(p) | Kind::Device { point: p, .. } => {
+                let p = self.point(*p).ok_or(Errno::ENOENT)?;
+                (FileType::Directory, 0o555, 0, time(p.created), LONG_TTL)
+            }
+            Kind::Image { point, dev, part } => {
+                let p = self.point(*point).ok_or(Errno::ENOENT)?;
+                let img = self.image(ino, *point, *dev, *part).ok_or(Errno::ENOENT)?;
+                let perm = if self.opts.allow_other { 0o400 } else { 0o444 };
+                (
+                    FileType::RegularFile,
+                    perm,
+                    img.len,
+                    time(p.created),
+                    LONG_TTL,
+                )
+            }
+        };
+        let nlink = if ftype == FileType::Directory { 2 } else { 1 };
+        Ok((
+            FileAttr {
+                ino: INodeNo(ino),
+                size,
+                blocks: size.div_ceil(512),
+                atime: mtime,
+                mtime,
+                ctime: mtime,
+                crtime: mtime,
+                kind: ftype,
+                perm,
+                nlink,
+                uid: self.uid,
+                gid: self.gid,
+                rdev: 0,
+                blksize: 65536,
+                flags: 0,
+            },
+            ttl,
+        ))
+    }
+
+    fn latest_target(&self) -> Option<String> {
+        self.points.read().unwrap().last().map(|p| p.id.to_string())
+    }
+
+    /// Starts background decompression ahead of a sequential reader, so it overlaps
+    /// the reader instead of stalling it. Reads within a few MiB of the last end count
+    /// as sequential, since the kernel's parallel readahead reorders them slightly.
+    fn readahead(&self, fh: u64, img: &Image, offset: u64, len: u64) {
+        let end = offset + len;
+        let mut seqs = self.seq.lock().unwrap();
+        let s = seqs.entry(fh).or_default();
+        let sequential = offset + RA_SLACK >= s.next && offset <= s.next + RA_SLACK;
+        s.next = s.next.max(end);
+        if !sequential {
+            *s = Seq {
+                next: end,
+                window: 0,
+                fetched_to: end,
+            };
+            return;
+        }
+        s.window = (s.window * 2).clamp(RA_MIN, RA_MAX);
+        if s.fetched_to > end + s.window / 2 {
+            return; // enough is already on its way
+        }
+        let from = s.fetched_to.max(end);
+        let to = (end + s.window).min(img.len);
+        if to <= from {
+            return;
+        }
+        s.fetched_to = to;
+        drop(seqs);
+        let img = img.clone();
+        rayon::spawn(move || img.dev.prefetch(img.start + from, to - from));
+    }
+}
+
+impl fuser::Filesystem for SafeFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_MAX_PAGES);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let children = match self.children(parent.0) {
+            Ok(c) => c,
+            Err(e) => return reply.error(e),
+        };
+        let Some(&(_, ino)) = children.iter().find(|(n, _)| n == name) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.attr(ino) {
+            Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr(ino.0) {
+            Ok((a, ttl)) => reply.attr(&ttl, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.kind(ino.0) {
+            Some(Kind::Latest) => match self.latest_target() {
+                Some(t) => reply.data(t.as_bytes()),
+                None => reply.error(Errno::ENOENT),
+            },
+            Some(Kind::TimeLink(t)) => reply.data(format!("../{t}").as_bytes()),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.kind(ino.0) {
+            Some(Kind::Image { point, dev, part }) => {
+                if self.image(ino.0, point, dev, part).is_none() {
+                    return reply.error(Errno::ENOENT);
+                }
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Some(_) => reply.error(Errno::EISDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(Kind::Image { point, dev, part }) = self.kind(ino.0) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let Some(img) = self.image(ino.0, point, dev, part) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if offset >= img.len {
+            return reply.data(&[]);
+        }
+        let n = (size as u64).min(img.len - offset) as usize;
+        self.readahead(fh.0, &img, offset, n as u64);
+        let mut buf = vec![0u8; n];
+        match img.dev.read_exact_at(img.start + offset, &mut buf) {
+            Ok(()) => reply.data(&buf),
+            Err(e) => {
+                tracing::error!("read failed, answering EIO: {e}");
+                reply.error(Errno::EIO)
+            }
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.seq.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.kind(ino.0) {
+            Some(Kind::Root | Kind::ByTime | Kind::Point(_) | Kind::Device { .. }) => {
+                reply.opened(FileHandle(0), FopenFlags::empty())
+            }
+            Some(_) => reply.error(Errno::ENOTDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let children = match self.children(ino.0) {
+            Ok(c) => c,
+            Err(e) => return reply.error(e),
+        };
+        let parent = {
+            let n = self.nodes.read().unwrap();
+            n.list[ino.0 as usize - 1].parent
+        };
+        let dots = [(OsString::from("."), ino.0), (OsString::from(".."), parent)];
+        let all = dots.iter().chain(children.iter());
+        for (i, (name, child)) in all.enumerate().skip(offset as usize) {
+            let ft = match self.kind(*child) {
+                Some(Kind::Latest | Kind::TimeLink(_)) => FileType::Symlink,
+                Some(Kind::Image { .. }) => FileType::RegularFile,
+                _ => FileType::Directory,
+            };
+            if reply.add(INodeNo(*child), i as u64 + 1, ft, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let used: u64 = std::fs::read_dir(self.cache.safe().dir().join("packs"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        let files = self.nodes.read().unwrap().list.len() as u64;
+        reply.statfs(used.div_ceil(4096), 0, 0, files, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0)
+        } else {
+            reply.data(&[])
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if self.kind(ino.0).is_none() {
+            return reply.error(Errno::ENOENT);
+        }
+        if mask.contains(fuser::AccessFlags::W_OK) {
+            return reply.error(Errno::EROFS);
+        }
+        reply.ok()
+    }
+
+    // Every write operation: read-only, always.
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS)
+    }
+    fn mknod(
+        &self,
+        _r: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _d: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS)
+    }
+    fn mkdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
+        reply.error(Errno::EROFS)
+    }
+    fn unlink(&self, _r: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS)
+    }
+    fn rmdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS)
+    }
+    fn symlink(
+        &self,
+        _r: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _t: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS)
+    }
+    fn rename(
+        &self,
+        _r: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _np: INodeNo,
+        _nn: &OsStr,
+        _f: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS)
+    }
+    fn link(&self, _r: &Request, _i: INodeNo, _p: INodeNo, _n: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::EROFS)
+    }
+    fn write(
+        &self,
+        _r: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _o: u64,
+        _d: &[u8],
+        _wf: fuser::WriteFlags,
+        _f: OpenFlags,
+        _l: Option<fuser::LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS)
+    }
+    fn create(
+        &self,
+        _r: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _f: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS)
+    }
+    fn setxattr(
+        &self,
+        _r: &Request,
+        _i: INodeNo,
+        _n: &OsStr,
+        _v: &[u8],
+        _f: i32,
+        _p: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS)
+    }
+    fn removexattr(&self, _r: &Request, _i: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS)
+    }
+    fn fallocate(
+        &self,
+        _r: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _o: u64,
+        _l: u64,
+        _m: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS)
+    }
+}

@@ -1,0 +1,285 @@
+//! `disksafe mount` / `umount`: checks, daemonising, signals and kernel tuning around
+//! the FUSE session.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use super::{FsOptions, SafeFs};
+use crate::cache::CachedSafe;
+use crate::safe_reader::Safe;
+
+/// Default size of the decompressed-block cache.
+pub const DEFAULT_CACHE: u64 = 256 << 20;
+
+/// What `disksafe mount` was asked.
+#[derive(Debug, Clone)]
+pub struct MountArgs {
+    /// The safe.
+    pub safe: PathBuf,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// Show only this point (`latest` allowed).
+    pub point: Option<String>,
+    /// Stay attached; unmount on SIGINT/SIGTERM.
+    pub foreground: bool,
+    /// Block cache bytes.
+    pub cache: u64,
+    /// Let other users in (kernel permission checks).
+    pub allow_other: bool,
+    /// Log file of the background server.
+    pub log: Option<PathBuf>,
+    /// Internal: we are the background server started by `mount`.
+    pub daemon_child: bool,
+}
+
+/// Fails unless `mp` is an existing directory that is not already a mount point.
+fn check_mountpoint(mp: &Path) -> anyhow::Result<()> {
+    let md = match std::fs::metadata(mp) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "mount point {} is a dead FUSE mount; run `disksafe umount {}` first",
+            mp.display(),
+            mp.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("mount point {} does not exist", mp.display())
+        }
+        Err(e) => bail!("mount point {}: {e}", mp.display()),
+    };
+    if !md.is_dir() {
+        bail!("mount point {} is not a directory", mp.display());
+    }
+    let parent = std::fs::metadata(mp.join(".."))
+        .with_context(|| format!("mount point {}", mp.display()))?;
+    if parent.dev() != md.dev() || parent.ino() == md.ino() {
+        bail!("{} is already a mount point", mp.display());
+    }
+    Ok(())
+}
+
+/// Mounts the safe; returns once the mount is live (or, in the foreground, once it is
+/// unmounted again).
+pub fn mount(args: MountArgs) -> anyhow::Result<()> {
+    let r = mount_inner(&args);
+    if args.daemon_child {
+        if let Err(e) = &r {
+            // The parent waits on our stdout for "ready" or an error line.
+            println!("error: {e:#}");
+        }
+    }
+    r
+}
+
+fn mount_inner(args: &MountArgs) -> anyhow::Result<()> {
+    let safe = Arc::new(Safe::open(&args.safe)?);
+    let only_point = match &args.point {
+        Some(p) => Some(safe.point(p)?.id),
+        None => None,
+    };
+    let mp = std::fs::canonicalize(&args.mountpoint).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!("mount point {} does not exist", args.mountpoint.display())
+        } else {
+            anyhow::anyhow!("mount point {}: {e}", args.mountpoint.display())
+        }
+    })?;
+    check_mountpoint(&mp)?;
+    if !args.foreground && !args.daemon_child {
+        return spawn_server(args, only_point, &mp);
+    }
+    serve(args, safe, only_point, &mp)
+}
+
+/// Starts the server as a detached child and waits until it reports the mount live.
+fn spawn_server(args: &MountArgs, only_point: Option<i64>, mp: &Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the disksafe binary")?;
+    let log = args.log.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "disksafe-mount-{}-{}.log",
+            unsafe { libc::getuid() },
+            std::process::id()
+        ))
+    });
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening log file {}", log.display()))?;
+    let safe = std::fs::canonicalize(&args.safe)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount")
+        .arg(&safe)
+        .arg(mp)
+        .arg("--cache")
+        .arg(args.cache.to_string())
+        .arg("--daemon-child");
+    if let Some(p) = only_point {
+        cmd.arg("--point").arg(p.to_string());
+    }
+    if args.allow_other {
+        cmd.arg("--allow-other");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(logf));
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the mount server")?;
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line)?;
+    if line.trim() == "ready" {
+        eprintln!(
+            "mounted {} at {} (server pid {}, log {})",
+            safe.display(),
+            mp.display(),
+            child.id(),
+            log.display()
+        );
+        return Ok(());
+    }
+    let _ = child.wait();
+    let msg = line
+        .trim()
+        .strip_prefix("error: ")
+        .unwrap_or(line.trim())
+        .to_string();
+    if msg.is_empty() {
+        bail!(
+            "the mount server exited without mounting; see {}",
+            log.display()
+        );
+    }
+    bail!("{msg}")
+}
+
+fn signal_set() -> libc::sigset_t {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Runs the FUSE session until unmounted or signalled.
+fn serve(
+    args: &MountArgs,
+    safe: Arc<Safe>,
+    only_point: Option<i64>,
+    mp: &Path,
+) -> anyhow::Result<()> {
+    // Block the stop signals in every thread; this one collects them with sigtimedwait.
+    let set = signal_set();
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let cache = Arc::new(CachedSafe::new(safe.clone(), args.cache as usize));
+    let fs = SafeFs::new(
+        cache,
+        FsOptions {
+            only_point,
+            allow_other: args.allow_other,
+        },
+    )?;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::RO,
+        fuser::MountOption::FSName(format!("disksafe:{}", safe.dir().display())),
+        fuser::MountOption::Subtype("disksafe".into()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    if args.allow_other {
+        config
+            .mount_options
+            .push(fuser::MountOption::DefaultPermissions);
+        config.acl = fuser::SessionACL::All;
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    config.n_threads = Some((cores * 2).max(4));
+    config.clone_fd = true;
+    let session = fuser::Session::new(fs, mp, &config)
+        .with_context(|| format!("mounting at {}", mp.display()))?;
+    let bg = session.spawn().context("starting the FUSE session")?;
+    raise_readahead(mp);
+    tracing::info!("serving {} at {}", safe.dir().display(), mp.display());
+    if args.daemon_child {
+        println!("ready");
+        std::io::stdout().flush()?;
+        // Nobody reads our stdout any more.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+            if null >= 0 {
+                libc::dup2(null, 1);
+                libc::close(null);
+            }
+        }
+    }
+    loop {
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 300_000_000,
+        };
+        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+        if sig > 0 {
+            tracing::info!("signal {sig}: unmounting {}", mp.display());
+            return bg.umount_and_join().context("unmounting");
+        }
+        if bg.guard.is_finished() {
+            return bg.join().context("FUSE session");
+        }
+    }
+}
+
+/// Raises the kernel readahead of the mount to 1 MiB so sequential reads arrive in
+/// large pieces; best effort (needs root).
+fn raise_readahead(mp: &Path) {
+    let Ok(md) = std::fs::metadata(mp) else {
+        return;
+    };
+    let dev = md.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let path = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    match std::fs::write(&path, "1024") {
+        Ok(()) => tracing::debug!("set {path} to 1024"),
+        Err(e) => tracing::debug!("cannot raise readahead ({path}): {e}"),
+    }
+}
+
+/// Unmounts a disksafe mount, as `fusermount3 -u` does.
+pub fn umount(mp: &Path) -> anyhow::Result<()> {
+    let out = Command::new("fusermount3").arg("-u").arg(mp).output();
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => {
+            let msg = String::from_utf8_lossy(&o.stderr).trim().to_string();
+            bail!("cannot unmount {}: {msg}", mp.display())
+        }
+        Err(_) => {
+            let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
+            if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+                bail!(
+                    "cannot unmount {}: {}",
+                    mp.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            Ok(())
+        }
+    }
+}
