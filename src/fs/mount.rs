@@ -238,7 +238,17 @@ fn serve(
         let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
         if sig > 0 {
             tracing::info!("signal {sig}: unmounting {}", mp.display());
-            return bg.umount_and_join().context("unmounting");
+            if let Err(e) = bg.umount_and_join() {
+                // Busy (open files): detach now; the kernel ends the connection when
+                // this process exits, and readers of open files get ENOTCONN.
+                tracing::warn!(
+                    "unmount of {} failed ({e}); detaching it lazily",
+                    mp.display()
+                );
+                let _ = umount_with(mp, true);
+                std::process::exit(0);
+            }
+            return Ok(());
         }
         if bg.guard.is_finished() {
             return bg.join().context("FUSE session");
@@ -263,7 +273,13 @@ fn raise_readahead(mp: &Path) {
 
 /// Unmounts a disksafe mount, as `fusermount3 -u` does.
 pub fn umount(mp: &Path) -> anyhow::Result<()> {
-    let out = Command::new("fusermount3").arg("-u").arg(mp).output();
+    umount_with(mp, false)
+}
+
+fn umount_with(mp: &Path, lazy: bool) -> anyhow::Result<()> {
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg(if lazy { "-uz" } else { "-u" }).arg(mp);
+    let out = cmd.output();
     match out {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => {
@@ -272,7 +288,8 @@ pub fn umount(mp: &Path) -> anyhow::Result<()> {
         }
         Err(_) => {
             let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
-            if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+            let flags = if lazy { libc::MNT_DETACH } else { 0 };
+            if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
                 bail!(
                     "cannot unmount {}: {}",
                     mp.display(),

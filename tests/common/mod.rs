@@ -165,3 +165,141 @@ pub fn restored_sha(safe: &Path, point: &str, device: &str, dir: &Path) -> Strin
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
+
+/// True when FUSE mounts can work here (a /dev/fuse and root or fusermount3).
+pub fn fuse_available() -> bool {
+    Path::new("/dev/fuse").exists()
+        && (is_root() || Command::new("fusermount3").arg("-V").output().is_ok())
+}
+
+/// A live `disksafe mount`, unmounted on drop.
+pub struct Mounted {
+    /// The mount point.
+    pub dir: PathBuf,
+    /// The server's log file.
+    pub log: PathBuf,
+}
+
+impl Mounted {
+    /// Mounts SAFE at a new directory under `base` with extra flags.
+    pub fn new(safe: &Path, base: &Path, extra: &[&str]) -> Mounted {
+        let dir = base.join(format!("mnt{}", rand::random::<u32>()));
+        std::fs::create_dir(&dir).unwrap();
+        let log = dir.with_extension("log");
+        let mut args = vec![
+            "mount",
+            safe.to_str().unwrap(),
+            dir.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ok(&args);
+        Mounted { dir, log }
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let o = ds(&["umount", self.dir.to_str().unwrap()]);
+        if !o.status.success() {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// Partitions as `sfdisk -J` sees them: (number, start byte, length in bytes).
+pub fn sfdisk_parts(img: &Path) -> Vec<(u32, u64, u64)> {
+    let o = Command::new("sfdisk")
+        .arg("-J")
+        .arg(img)
+        .output()
+        .expect("sfdisk");
+    assert!(
+        o.status.success(),
+        "sfdisk -J {}: {}",
+        img.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let pt = &v["partitiontable"];
+    let ss = pt["sectorsize"].as_u64().unwrap_or(512);
+    let dev = pt["device"].as_str().unwrap().to_string();
+    pt["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let node = p["node"].as_str().unwrap();
+            let num: u32 = node[dev.len()..].trim_start_matches('p').parse().unwrap();
+            (
+                num,
+                p["start"].as_u64().unwrap() * ss,
+                p["size"].as_u64().unwrap() * ss,
+            )
+        })
+        .collect()
+}
+
+/// sha256 of `len` bytes at `start` of a file.
+pub fn sha256_slice(p: &Path, start: u64, len: u64) -> String {
+    let f = File::open(p).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        f.read_exact_at(&mut buf[..n], start + off).unwrap();
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    hex(&h.finalize())
+}
+
+/// Every file under `root` as (relative path, sha256 or link target or "dir").
+pub fn tree_digest(root: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            if rel == "lost+found" {
+                continue;
+            }
+            let ft = e.file_type().unwrap();
+            let v = if ft.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if ft.is_symlink() {
+                format!("-> {}", std::fs::read_link(&p).unwrap().display())
+            } else {
+                sha256_file(&p)
+            };
+            out.insert(rel, v);
+        }
+    }
+    out
+}
+
+/// Writes a small tree of files with random contents under `root`.
+pub fn make_tree(root: &Path, files: usize, rng: &mut impl Rng) {
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    for i in 0..files {
+        let dir = match i % 3 {
+            0 => root.to_path_buf(),
+            1 => root.join("sub"),
+            _ => root.join("sub/deeper"),
+        };
+        let mut data = vec![0u8; rng.gen_range(0..200_000)];
+        rng.fill_bytes(&mut data);
+        std::fs::write(dir.join(format!("file {i}.bin")), &data).unwrap();
+    }
+    std::os::unix::fs::symlink("sub/deeper", root.join("link")).unwrap();
+}

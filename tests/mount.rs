@@ -1,0 +1,622 @@
+//! The FUSE mount, checked against the source images, sfdisk and the kernel.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+macro_rules! need_fuse {
+    ($name:expr) => {
+        if !fuse_available() {
+            eprintln!(
+                "SKIP {}: FUSE is not available here (/dev/fuse, root or fusermount3)",
+                $name
+            );
+            return;
+        }
+    };
+}
+
+fn run(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn sfdisk_script(img: &Path, script: &str) {
+    let mut c = Command::new("sfdisk")
+        .args(["-q", s(img)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sfdisk (package fdisk) is needed for the mount tests");
+    use std::io::Write;
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(c.wait().unwrap().success());
+}
+
+/// A 32 MiB MBR disk: 2 primaries, an extended partition with logicals 5 and 6; an
+/// ext4 filesystem made from `tree` in partition 5, random data elsewhere.
+fn make_mbr_disk(img: &Path, tree: &Path, rng: &mut StdRng) {
+    make_image(img, 32 << 20, rng);
+    File::create(img).unwrap().set_len(0).unwrap();
+    make_image(img, 32 << 20, rng);
+    sfdisk_script(
+        img,
+        "label: dos\nsize=4M\nsize=4M\ntype=5\nsize=12M\nsize=6M\n",
+    );
+    put_ext4(img, 5, tree);
+}
+
+fn put_ext4(img: &Path, part: u32, tree: &Path) {
+    let (_, start, len) = sfdisk_parts(img).into_iter().find(|p| p.0 == part).unwrap();
+    let fsimg = img.with_extension(format!("p{part}"));
+    let _ = std::fs::remove_file(&fsimg);
+    File::create(&fsimg).unwrap().set_len(len).unwrap();
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d", s(tree), s(&fsimg)])
+        .status()
+        .expect("mkfs.ext4 (package e2fsprogs) is needed");
+    assert!(st.success());
+    let data = std::fs::read(&fsimg).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(img)
+        .unwrap()
+        .write_all_at(&data, start)
+        .unwrap();
+}
+
+fn make_gpt_disk(img: &Path, rng: &mut StdRng) {
+    make_image(img, 24 << 20, rng);
+    sfdisk_script(img, "label: gpt\nsize=2M\nsize=7M\n,\n");
+}
+
+/// Mutates only inside partitions other than `keep`, so tables and filesystems stay valid.
+fn mutate_parts(img: &Path, keep: Option<u32>, rng: &mut StdRng) {
+    let f = OpenOptions::new().write(true).open(img).unwrap();
+    for (num, start, len) in sfdisk_parts(img) {
+        if Some(num) == keep || num == 3 && keep.is_some() {
+            continue; // the ext4 partition and the MBR's extended container
+        }
+        for _ in 0..rng.gen_range(0..4) {
+            let n = rng.gen_range(1..200_000u64).min(len);
+            let off = start + rng.gen_range(0..=len - n);
+            let mut buf = vec![0u8; n as usize];
+            rng.fill(&mut buf[..]);
+            f.write_all_at(&buf, off).unwrap();
+        }
+    }
+}
+
+#[test]
+fn every_point_device_and_partition_is_byte_exact() {
+    need_fuse!("every_point_device_and_partition_is_byte_exact");
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(10);
+    let safe = t.path().join("safe");
+    let (mbr, gpt) = (t.path().join("mbr.img"), t.path().join("gpt.img"));
+    let tree1 = t.path().join("tree1");
+    make_tree(&tree1, 12, &mut rng);
+    let tree2 = t.path().join("tree2");
+    make_tree(&tree2, 20, &mut rng);
+    make_mbr_disk(&mbr, &tree1, &mut rng);
+    make_gpt_disk(&gpt, &mut rng);
+    let mut copies: Vec<(i64, PathBuf, PathBuf, PathBuf)> = Vec::new();
+    for i in 0..5 {
+        if i > 0 {
+            mutate_parts(&mbr, Some(5), &mut rng);
+            mutate_parts(&gpt, None, &mut rng);
+        }
+        if i == 3 {
+            put_ext4(&mbr, 5, &tree2);
+        }
+        let p = backup(&[
+            s(&safe),
+            &format!("mbr={}", s(&mbr)),
+            &format!("gpt={}", s(&gpt)),
+        ]);
+        let (cm, cg) = (
+            t.path().join(format!("mbr.{p}")),
+            t.path().join(format!("gpt.{p}")),
+        );
+        std::fs::copy(&mbr, &cm).unwrap();
+        std::fs::copy(&gpt, &cg).unwrap();
+        copies.push((
+            p,
+            cm,
+            cg,
+            if i >= 3 { tree2.clone() } else { tree1.clone() },
+        ));
+    }
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let root = m.dir.clone();
+
+    // Every image of every point equals the source slice that sfdisk describes.
+    for (p, cm, cg, _) in &copies {
+        for (dev, copy) in [("mbr", cm), ("gpt", cg)] {
+            let d = root.join(p.to_string()).join(dev);
+            assert_eq!(
+                sha256_file(&d.join("disk.img")),
+                sha256_file(copy),
+                "{dev} at {p}"
+            );
+            let parts = sfdisk_parts(copy);
+            let mut listed: Vec<String> = std::fs::read_dir(&d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.starts_with("part"))
+                .collect();
+            listed.sort();
+            let mut want: Vec<String> = parts
+                .iter()
+                .map(|(n, _, _)| format!("part{n}.img"))
+                .collect();
+            want.sort();
+            assert_eq!(
+                listed, want,
+                "{dev} at {p}: partitions as sfdisk numbers them"
+            );
+            for (n, start, len) in parts {
+                let img = d.join(format!("part{n}.img"));
+                assert_eq!(std::fs::metadata(&img).unwrap().len(), len);
+                assert_eq!(
+                    sha256_file(&img),
+                    sha256_slice(copy, start, len),
+                    "{dev} part{n} at {p}"
+                );
+            }
+        }
+    }
+
+    // latest, by-time and point mtimes agree with `points --json`.
+    let pts: serde_json::Value =
+        serde_json::from_str(&ok(&["points", s(&safe), "--json"])).unwrap();
+    assert_eq!(
+        std::fs::read_link(root.join("latest")).unwrap(),
+        Path::new("5")
+    );
+    let mut by_time: BTreeMap<String, String> = BTreeMap::new();
+    for e in std::fs::read_dir(root.join("by-time")).unwrap() {
+        let e = e.unwrap();
+        by_time.insert(
+            e.file_name().into_string().unwrap(),
+            std::fs::read_link(e.path())
+                .unwrap()
+                .to_string_lossy()
+                .to_string(),
+        );
+    }
+    let mut want_links = BTreeMap::new();
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for p in pts.as_array().unwrap() {
+        let created = p["created"].as_str().unwrap().to_string();
+        let n = seen.entry(created.clone()).or_insert(0);
+        *n += 1;
+        let name = if *n == 1 {
+            created
+        } else {
+            format!("{created}.{n}")
+        };
+        want_links.insert(name, format!("../{}", p["id"]));
+        let md = std::fs::metadata(root.join(p["id"].to_string())).unwrap();
+        let secs = md.mtime();
+        assert_eq!(
+            disksafe::format::utc_string(secs),
+            p["created"].as_str().unwrap()
+        );
+    }
+    assert_eq!(by_time, want_links);
+    assert_eq!(
+        std::fs::read_link(root.join("latest")).unwrap(),
+        Path::new(&pts.as_array().unwrap().last().unwrap()["id"].to_string())
+    );
+
+    // Read-only: every write is refused with EROFS.
+    let erofs = |r: std::io::Result<()>| {
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    };
+    erofs(std::fs::write(root.join("1/new"), b"x"));
+    erofs(std::fs::create_dir(root.join("1/newdir")));
+    erofs(
+        OpenOptions::new()
+            .write(true)
+            .open(root.join("1/mbr/disk.img"))
+            .map(|_| ()),
+    );
+    erofs(std::fs::remove_file(root.join("1/mbr/disk.img")));
+
+    // Concurrent readers of different points and devices get the source bytes.
+    std::thread::scope(|sc| {
+        for k in 0..6u64 {
+            let copies = &copies;
+            let root = &root;
+            sc.spawn(move || {
+                let mut rng = StdRng::seed_from_u64(100 + k);
+                for _ in 0..60 {
+                    let (p, cm, cg, _) = &copies[rng.gen_range(0..copies.len())];
+                    let (dev, copy) = if rng.gen_bool(0.5) {
+                        ("mbr", cm)
+                    } else {
+                        ("gpt", cg)
+                    };
+                    let size = std::fs::metadata(copy).unwrap().len();
+                    let len = rng.gen_range(1..(1u64 << 20));
+                    let off = rng.gen_range(0..size - len);
+                    let mut a = vec![0u8; len as usize];
+                    let mut b = vec![0u8; len as usize];
+                    File::open(root.join(p.to_string()).join(dev).join("disk.img"))
+                        .unwrap()
+                        .read_exact_at(&mut a, off)
+                        .unwrap();
+                    File::open(copy)
+                        .unwrap()
+                        .read_exact_at(&mut b, off)
+                        .unwrap();
+                    assert!(a == b, "{dev} at point {p}, offset {off}, length {len}");
+                }
+            });
+        }
+    });
+
+    // The kernel mounts a partition image from the mount (via a read-only loop device),
+    // and sees the tree mkfs.ext4 was given.
+    for (p, _, _, tree) in [&copies[0], &copies[4]] {
+        let img = root.join(p.to_string()).join("mbr/part5.img");
+        let out = Command::new("losetup")
+            .args(["-r", "-f", "--show", s(&img)])
+            .output();
+        let loopdev = match out {
+            Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap().trim().to_string(),
+            _ => {
+                eprintln!("SKIP kernel mount of part5.img: loop devices are not available here");
+                break;
+            }
+        };
+        let kmnt = t.path().join(format!("kernel{p}"));
+        std::fs::create_dir(&kmnt).unwrap();
+        let mounted = run(
+            "mount",
+            &["-t", "ext4", "-o", "ro,noload", &loopdev, s(&kmnt)],
+        );
+        let result = if mounted {
+            Some(tree_digest(&kmnt))
+        } else {
+            None
+        };
+        if mounted {
+            run("umount", &[s(&kmnt)]);
+        }
+        run("losetup", &["-d", &loopdev]);
+        let got = result.expect("the kernel mounts part5.img of the FUSE mount");
+        assert_eq!(
+            got,
+            tree_digest(tree),
+            "kernel's view of part5 at point {p}"
+        );
+    }
+
+    // A point made while mounted shows up without a remount.
+    mutate_parts(&gpt, None, &mut rng);
+    let p6 = backup(&[s(&safe), &format!("gpt={}", s(&gpt))]);
+    let names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.contains(&p6.to_string()), "{names:?}");
+    assert_eq!(
+        sha256_file(&root.join(format!("{p6}/gpt/disk.img"))),
+        sha256_file(&gpt)
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        std::fs::read_link(root.join("latest")).unwrap(),
+        Path::new(&p6.to_string())
+    );
+}
+
+#[test]
+fn real_fixture_disks_show_the_partitions_fdisk_shows() {
+    need_fuse!("real_fixture_disks_show_the_partitions_fdisk_shows");
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    if !fx.join("mbr-win-512.raw.tgz").exists() {
+        eprintln!(
+            "SKIP real_fixture_disks_show_the_partitions_fdisk_shows: ../shared/fixtures is absent"
+        );
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    assert!(Command::new("tar")
+        .args(["xf", s(&fx.join("mbr-win-512.raw.tgz")), "-C", s(t.path())])
+        .status()
+        .unwrap()
+        .success());
+    let gpt = t.path().join("gpt-512-3p.raw");
+    let o = Command::new("gunzip")
+        .arg("-c")
+        .arg(fx.join("gpt-512-3p.raw.gz"))
+        .output()
+        .unwrap();
+    std::fs::write(&gpt, o.stdout).unwrap();
+    let mbr = t.path().join("mbr-win-512.raw");
+    let safe = t.path().join("safe");
+    backup(&[
+        s(&safe),
+        &format!("win={}", s(&mbr)),
+        &format!("gpt={}", s(&gpt)),
+    ]);
+    let m = Mounted::new(&safe, t.path(), &["--point", "latest"]);
+    for (dev, img, expect_parts) in [("win", &mbr, 8usize), ("gpt", &gpt, 3)] {
+        let parts = sfdisk_parts(img);
+        assert_eq!(parts.len(), expect_parts, "fdisk's view of {dev}");
+        let d = m.dir.join(dev);
+        let mut listed: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("part"))
+            .collect();
+        listed.sort();
+        let mut want: Vec<String> = parts.iter().map(|p| format!("part{}.img", p.0)).collect();
+        want.sort();
+        assert_eq!(listed, want);
+        for (n, start, len) in parts {
+            let p = d.join(format!("part{n}.img"));
+            assert_eq!(
+                sha256_file(&p),
+                sha256_slice(img, start, len),
+                "{dev} part{n}"
+            );
+        }
+        assert_eq!(sha256_file(&d.join("disk.img")), sha256_file(img));
+    }
+}
+
+#[test]
+fn gpt_with_4096_byte_sectors() {
+    need_fuse!("gpt_with_4096_byte_sectors");
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("g4.img");
+    let mut rng = StdRng::seed_from_u64(11);
+    make_image(&img, 40 << 20, &mut rng);
+    let out = Command::new("losetup")
+        .args(["--sector-size", "4096", "-f", "--show", s(&img)])
+        .output();
+    let Some(out) = out.ok().filter(|o| o.status.success()) else {
+        eprintln!("SKIP gpt_with_4096_byte_sectors: loop devices are not available here");
+        return;
+    };
+    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    sfdisk_script(Path::new(&dev), "label: gpt\nsize=4M\nsize=9M\n,\n");
+    let parts = sfdisk_parts(Path::new(&dev));
+    run("losetup", &["-d", &dev]);
+    assert_eq!(parts.len(), 3);
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), s(&img)]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    for (n, start, len) in parts {
+        let p = m.dir.join(format!("1/g4.img/part{n}.img"));
+        assert_eq!(sha256_file(&p), sha256_slice(&img, start, len), "part{n}");
+    }
+}
+
+#[test]
+fn mount_errors_and_single_point_mode() {
+    need_fuse!("mount_errors_and_single_point_mode");
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a.img");
+    let mut rng = StdRng::seed_from_u64(12);
+    make_image(&a, 1 << 20, &mut rng);
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), s(&a)]);
+    mutate(&a, 3, 1000, &mut rng);
+    backup(&[s(&safe), s(&a)]);
+    let mp = t.path().join("mp");
+    std::fs::create_dir(&mp).unwrap();
+    let one_line = |e: String, want: &str| {
+        assert!(e.contains(want), "expected {want:?} in {e:?}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+    };
+    one_line(fails(&["mount", s(t.path()), s(&mp)]), "is not a disk safe");
+    one_line(
+        fails(&["mount", s(&safe), s(&t.path().join("nope"))]),
+        "does not exist",
+    );
+    one_line(
+        fails(&["mount", s(&safe), s(&mp), "--point", "7"]),
+        "no recovery point 7",
+    );
+    let m = Mounted::new(&safe, t.path(), &["--point", "1"]);
+    one_line(
+        fails(&["mount", s(&safe), s(&m.dir)]),
+        "already a mount point",
+    );
+    // --point: that point's devices at the root.
+    let names: Vec<String> = std::fs::read_dir(&m.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["a.img".to_string()]);
+    let got = sha256_file(&m.dir.join("a.img/disk.img"));
+    assert_eq!(got, restored_sha(&safe, "1", "a.img", t.path()));
+    assert_ne!(got, sha256_file(&a), "point 1, not the latest");
+}
+
+#[test]
+fn foreground_mount_unmounts_on_sigterm() {
+    need_fuse!("foreground_mount_unmounts_on_sigterm");
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a.img");
+    std::fs::write(&a, vec![5u8; 300_000]).unwrap();
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), s(&a)]);
+    let mp = t.path().join("mp");
+    std::fs::create_dir(&mp).unwrap();
+    let mut child = Command::new(bin())
+        .args(["mount", s(&safe), s(&mp), "--foreground"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let img = mp.join("1/a.img/disk.img");
+    let mut waited = 0;
+    while !img.exists() {
+        std::thread::sleep(Duration::from_millis(50));
+        waited += 1;
+        assert!(waited < 200, "mount did not come up");
+    }
+    assert_eq!(std::fs::read(&img).unwrap(), vec![5u8; 300_000]);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st:?}");
+    assert!(!img.exists(), "unmounted after SIGTERM");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(s(&mp)), "no mount left");
+}
+
+#[test]
+fn damaged_block_gives_eio_and_a_log_line_and_the_mount_stays_up() {
+    need_fuse!("damaged_block_gives_eio_and_a_log_line_and_the_mount_stays_up");
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a.img");
+    let mut rng = StdRng::seed_from_u64(13);
+    let mut data = vec![0u8; 2 << 20];
+    rng.fill(&mut data[..]);
+    std::fs::write(&a, &data).unwrap();
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), "--compression", "0", s(&a)]);
+    // Block 5 (64 KiB blocks, stored raw in order): flip a byte inside it.
+    let pack = safe.join("packs/00000001.pack");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pack)
+        .unwrap();
+    let off = 16 + 5 * (48 + 65536) + 48 + 100;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, off).unwrap();
+    b[0] ^= 1;
+    f.write_all_at(&b, off).unwrap();
+    drop(f);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let img = m.dir.join("1/a.img/disk.img");
+    let fh = File::open(&img).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let err = fh.read_exact_at(&mut buf, 5 * 65536 + 10).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    // Other reads still succeed, before and after the damaged block.
+    fh.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, data[..4096]);
+    fh.read_exact_at(&mut buf, 7 * 65536).unwrap();
+    assert_eq!(buf, data[7 * 65536..7 * 65536 + 4096]);
+    let log = m.log_text();
+    assert!(
+        log.contains("point 1, device a.img, offset 327680"),
+        "log: {log}"
+    );
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    st.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn memory_stays_within_the_cache_on_a_1_tib_device_with_many_points() {
+    need_fuse!("memory_stays_within_the_cache_on_a_1_tib_device_with_many_points");
+    let t = tempfile::tempdir().unwrap();
+    let big = t.path().join("big.img");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&big)
+        .unwrap();
+    f.set_len(1 << 40).unwrap();
+    let mut rng = StdRng::seed_from_u64(14);
+    let safe = t.path().join("safe");
+    let mut regions = Vec::new();
+    for _ in 0..24 {
+        let off = rng.gen_range(0..(1u64 << 40) - (8 << 20)) & !4095;
+        regions.push(off);
+    }
+    for (i, off) in regions.iter().enumerate() {
+        let mut buf = vec![0u8; 4 << 20];
+        rng.fill(&mut buf[..]);
+        f.write_all_at(&buf, *off).unwrap();
+        if i % 2 == 1 {
+            backup(&[s(&safe), s(&big)]);
+        }
+    }
+    let mp = t.path().join("mp");
+    std::fs::create_dir(&mp).unwrap();
+    let mut child = Command::new(bin())
+        .args(["mount", s(&safe), s(&mp), "--foreground", "--cache", "32M"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut waited = 0;
+    while !mp.join("latest").exists() {
+        std::thread::sleep(Duration::from_millis(50));
+        waited += 1;
+        assert!(waited < 200, "mount did not come up");
+    }
+    let base = vm_rss_kib(child.id());
+    // Read every data region at the last point, plus scattered reads at every point.
+    let img = mp.join("12/big.img/disk.img");
+    let fh = File::open(&img).unwrap();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut src = vec![0u8; 4 << 20];
+    for off in &regions {
+        fh.read_exact_at(&mut buf, *off).unwrap();
+        f.read_exact_at(&mut src, *off).unwrap();
+        assert!(buf == src, "region at {off}");
+    }
+    for p in 1..=12 {
+        let fh = File::open(mp.join(format!("{p}/big.img/disk.img"))).unwrap();
+        for _ in 0..40 {
+            let off = rng.gen_range(0..(1u64 << 40) - (1 << 20));
+            fh.read_exact_at(&mut buf[..1 << 20], off).unwrap();
+        }
+    }
+    let mut sink = vec![0u8; 1 << 20];
+    let mut r = File::open(&img).unwrap();
+    for _ in 0..256 {
+        r.read_exact(&mut sink).unwrap();
+    }
+    let rss = vm_rss_kib(child.id());
+    drop((fh, r));
+    eprintln!("server RSS: {base} KiB after mount, {rss} KiB after reading (cache 32 MiB)");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(
+        rss < 32 * 1024 + 64 * 1024,
+        "server RSS {rss} KiB (at start {base} KiB) exceeds the 32 MiB cache + 64 MiB"
+    );
+}
