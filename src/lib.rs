@@ -12,6 +12,7 @@ pub mod demo;
 pub mod device;
 pub mod format;
 pub mod fs;
+pub mod ntfs_ext;
 pub mod readat;
 pub mod restore;
 pub mod safe_reader;

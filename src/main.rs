@@ -78,6 +78,9 @@ enum Cmd {
         /// Let other users enter; the kernel checks permissions.
         #[arg(long)]
         allow_other: bool,
+        /// Show ext file trees as recorded, without replaying their journals (forensics).
+        #[arg(long)]
+        no_replay: bool,
         /// Log file of the background server (default: in the temporary directory).
         #[arg(long)]
         log: Option<PathBuf>,
@@ -210,9 +213,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             foreground,
             cache,
             allow_other,
+            no_replay,
             log,
             daemon_child,
         } => disksafe::fs::mount::mount(disksafe::fs::mount::MountArgs {
+            no_replay,
             safe,
             mountpoint,
             point,

@@ -103,7 +103,7 @@ pub fn verify(dir: &Path) -> anyhow::Result<Report> {
     loop {
         let rows: Vec<BlockLoc> = safe.with_conn(|c| {
             let mut st = c.prepare_cached(
-                "SELECT id, pack, offset, stored_len, raw_len, codec, hash FROM blocks
+                "SELECT id, pack, offset, stored_len, raw_len, codec, hash, quick FROM blocks
                  WHERE id > ?1 ORDER BY id LIMIT 4096",
             )?;
             let v = st
@@ -113,6 +113,11 @@ pub fn verify(dir: &Path) -> anyhow::Result<Report> {
                     if h.len() == 32 {
                         hash.copy_from_slice(&h);
                     }
+                    let q: Vec<u8> = r.get(7)?;
+                    let mut quick = [0u8; 16];
+                    if q.len() == 16 {
+                        quick.copy_from_slice(&q);
+                    }
                     Ok(BlockLoc {
                         id: r.get(0)?,
                         pack: r.get(1)?,
@@ -121,6 +126,7 @@ pub fn verify(dir: &Path) -> anyhow::Result<Report> {
                         raw_len: r.get::<_, i64>(4)? as u32,
                         codec: r.get::<_, i64>(5)? as u8,
                         hash,
+                        quick,
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -145,7 +151,14 @@ pub fn verify(dir: &Path) -> anyhow::Result<Report> {
                     }
                     _ => {}
                 }
-                safe.load_block(loc).err().map(|e| (loc.id, e.to_string()))
+                match safe.load_block(loc) {
+                    Err(e) => Some((loc.id, e.to_string())),
+                    Ok(b) if format::quick_hash(&b) != loc.quick => Some((
+                        loc.id,
+                        "quick hash in the index disagrees with the data".into(),
+                    )),
+                    Ok(_) => None,
+                }
             })
             .collect();
         damaged.extend(bad);

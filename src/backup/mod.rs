@@ -22,7 +22,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::format::{self, Hash, RecordHeader, SafeParams, RECORD_HEADER_LEN, ZERO_BLOCK};
+use crate::format::{self, Hash, Quick, RecordHeader, SafeParams, RECORD_HEADER_LEN, ZERO_BLOCK};
 use crate::size::human;
 
 pub use changed::parse_changed_blocks;
@@ -122,12 +122,23 @@ struct Writer {
     pack: Option<PackOut>,
     next_block_id: i64,
     session: HashMap<Hash, i64>,
-    new_blocks: Vec<(i64, Hash, i64, u64, u32, u32, u8)>,
+    new_blocks: Vec<NewBlock>,
     new_map: Vec<(i64, u64, i64)>,
     pending_bytes: u64,
     bytes_added: u64,
     point: i64,
-    zero_hash: Hash,
+    zero_quick: Quick,
+}
+
+/// A stored block whose index row is not committed yet.
+struct NewBlock {
+    id: i64,
+    hash: Hash,
+    quick: Quick,
+    pack: i64,
+    offset: u64,
+    stored_len: u32,
+    codec: u8,
 }
 
 const PACK_ROTATE: u64 = 1 << 30;
@@ -295,7 +306,7 @@ impl Writer {
             dir: dir.to_path_buf(),
             conn,
             _lock: lock,
-            zero_hash: format::zero_hash(params.block_size),
+            zero_quick: format::zero_quick(params.block_size),
             params,
             pack: None,
             next_block_id,
@@ -373,7 +384,7 @@ impl Writer {
     }
 
     /// Returns the id of a block with this content, storing it if the safe lacks it.
-    fn store(&mut self, hash: Hash, codec: u8, stored: &[u8]) -> anyhow::Result<i64> {
+    fn store(&mut self, hash: Hash, quick: Quick, codec: u8, stored: &[u8]) -> anyhow::Result<i64> {
         if let Some(id) = self.session.get(&hash) {
             return Ok(*id);
         }
@@ -407,15 +418,15 @@ impl Writer {
         let id = self.next_block_id;
         self.next_block_id += 1;
         self.session.insert(hash, id);
-        self.new_blocks.push((
+        self.new_blocks.push(NewBlock {
             id,
             hash,
-            pack_id,
+            quick,
+            pack: pack_id,
             offset,
-            stored.len() as u32,
-            block_size,
+            stored_len: stored.len() as u32,
             codec,
-        ));
+        });
         self.pending_bytes += rec_len;
         self.bytes_added += rec_len;
         Ok(id)
@@ -433,11 +444,21 @@ impl Writer {
         let tx = self.conn.unchecked_transaction()?;
         {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO blocks(id, hash, pack, offset, stored_len, raw_len, codec)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO blocks(id, hash, quick, pack, offset, stored_len, raw_len, codec)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            for (id, hash, pack, off, sl, rl, codec) in &self.new_blocks {
-                ins.execute(params![id, &hash[..], pack, *off as i64, sl, rl, codec])?;
+            let raw_len = self.params.block_size;
+            for b in &self.new_blocks {
+                ins.execute(params![
+                    b.id,
+                    &b.hash[..],
+                    &b.quick[..],
+                    b.pack,
+                    b.offset as i64,
+                    b.stored_len,
+                    raw_len,
+                    b.codec
+                ])?;
             }
             let mut map = tx.prepare_cached(
                 "INSERT OR REPLACE INTO block_map(device, block_no, point, block) VALUES (?1, ?2, ?3, ?4)",
@@ -621,7 +642,7 @@ fn backup_device(
         prev,
         runs,
         params: w.params,
-        zero_hash: w.zero_hash,
+        zero_quick: w.zero_quick,
         sparse: file.metadata()?.file_type().is_file(),
     };
     let mut stats = DeviceStats::default();
@@ -635,10 +656,11 @@ fn backup_device(
                 }
                 BlockOutcome::Data {
                     hash,
+                    quick,
                     codec,
                     stored,
                 } => {
-                    let id = w.store(hash, codec, &stored)?;
+                    let id = w.store(hash, quick, codec, &stored)?;
                     w.new_map.push((device, b, id));
                     stats.changed_blocks += 1;
                 }

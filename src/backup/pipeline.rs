@@ -1,6 +1,8 @@
-//! The backup pipeline: one thread reads the source and the previous point's hashes,
-//! one worker per core hashes and compresses, and the caller's thread writes. Bounded
-//! channels keep memory at a few batches whatever the device size.
+//! The backup pipeline: a planner thread finds holes and looks up the previous point's
+//! quick hashes; one worker per core reads its batch (so reading the source runs on
+//! every core), skips unchanged blocks by xxh3, and hashes (blake3) and compresses the
+//! changed ones; the caller's thread writes. Bounded channels keep memory at a few
+//! batches whatever the device size.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -10,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 
-use crate::format::{self, Hash, SafeParams};
+use crate::format::{self, Hash, Quick, SafeParams};
 
 /// Blocks per batch handed to a worker.
 const BATCH: u64 = 64;
@@ -25,7 +27,7 @@ pub struct Job<'a> {
     pub prev: Option<(i64, u64)>,
     pub runs: Vec<(u64, u64)>,
     pub params: SafeParams,
-    pub zero_hash: Hash,
+    pub zero_quick: Quick,
     /// A regular file: holes can be found with SEEK_DATA instead of read.
     pub sparse: bool,
 }
@@ -39,6 +41,7 @@ pub enum BlockOutcome {
     /// New content, hashed and (maybe) compressed.
     Data {
         hash: Hash,
+        quick: Quick,
         codec: u8,
         stored: Vec<u8>,
     },
@@ -52,19 +55,22 @@ enum Prev {
     /// A non-zero row lies past the previous size (the device shrank, now grew): it
     /// must be overwritten even by zeros.
     Stale,
-    /// The block's content hash (the zero hash for a zero block).
-    Hash(Hash),
+    /// The block's quick hash (the zero block's for a zero block).
+    Quick(Quick),
 }
 
+/// A batch as planned: which blocks, whether they lie in a hole, what was there before.
 struct Batch {
     start: u64,
-    data: Vec<u8>,
+    count: u64,
+    hole: bool,
     prev: Vec<Prev>,
 }
 
+type Outcomes = Vec<(u64, BlockOutcome)>;
+
 /// Offset of the next data at or after `off` in a regular file (SEEK_DATA), or `None`
-/// when the rest is a hole; block devices and filesystems without hole support report
-/// data everywhere.
+/// when the rest is a hole; filesystems without hole support report data everywhere.
 fn next_data(file: &File, off: u64) -> Option<u64> {
     use std::os::unix::io::AsRawFd;
     let r = unsafe { libc::lseek(file.as_raw_fd(), off as libc::off_t, libc::SEEK_DATA) };
@@ -77,18 +83,49 @@ fn next_data(file: &File, off: u64) -> Option<u64> {
     }
 }
 
-type Outcomes = Vec<(u64, BlockOutcome)>;
-
-fn read_batch(
+fn plan_batch(
     job: &Job,
     safe: Option<&crate::safe_reader::Safe>,
     start: u64,
     count: u64,
 ) -> anyhow::Result<Batch> {
     let bs = job.params.block_size as u64;
-    let mut data = vec![0u8; (count * bs) as usize];
     let off = start * bs;
-    let len = (count * bs).min(job.size - off) as usize;
+    let len = (count * bs).min(job.size - off);
+    let hole = job.sparse && next_data(job.file, off).is_none_or(|d| d >= off + len);
+    let mut prev = vec![Prev::Absent; count as usize];
+    if let (Some((pp, psize)), Some(safe)) = (job.prev, safe) {
+        let prev_blocks = psize.div_ceil(bs);
+        let locs = safe.block_run(job.device, pp, start, count)?;
+        for (i, l) in locs.into_iter().enumerate() {
+            prev[i] = match l {
+                None => Prev::Absent,
+                Some(l) if start + (i as u64) >= prev_blocks && !l.is_zero() => Prev::Stale,
+                Some(l) if l.is_zero() => Prev::Quick(job.zero_quick),
+                Some(l) => Prev::Quick(l.quick),
+            };
+        }
+    }
+    Ok(Batch {
+        start,
+        count,
+        hole,
+        prev,
+    })
+}
+
+/// Reads a batch's bytes into `data` (zero-padded past the end of the source).
+fn read_batch(job: &Job, b: &Batch, data: &mut Vec<u8>) -> anyhow::Result<()> {
+    let bs = job.params.block_size as u64;
+    let total = (b.count * bs) as usize;
+    data.resize(total, 0);
+    let off = b.start * bs;
+    let len = (b.count * bs).min(job.size - off) as usize;
+    if b.hole {
+        data.fill(0);
+        return Ok(());
+    }
+    data[len..].fill(0);
     let mut done = 0;
     while done < len {
         match job.file.read_at(&mut data[done..len], off + done as u64) {
@@ -102,49 +139,42 @@ fn read_batch(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 return Err(e).with_context(|| {
-                    format!("reading source {} at offset {}", job.path.display(), off + done as u64)
+                    format!(
+                        "reading source {} at offset {}",
+                        job.path.display(),
+                        off + done as u64
+                    )
                 })
             }
         }
     }
-    let mut prev = vec![Prev::Absent; count as usize];
-    if let (Some((pp, psize)), Some(safe)) = (job.prev, safe) {
-        let prev_blocks = psize.div_ceil(bs);
-        let locs = safe.block_run(job.device, pp, start, count)?;
-        for (i, l) in locs.into_iter().enumerate() {
-            prev[i] = match l {
-                None => Prev::Absent,
-                Some(l) if start + (i as u64) >= prev_blocks && !l.is_zero() => Prev::Stale,
-                Some(l) if l.is_zero() => Prev::Hash(job.zero_hash),
-                Some(l) => Prev::Hash(l.hash),
-            };
-        }
-    }
-    Ok(Batch { start, data, prev })
+    Ok(())
 }
 
 fn process(
-    batch: Batch,
+    batch: &Batch,
+    data: &[u8],
     params: SafeParams,
-    zero_hash: &Hash,
+    zero_quick: &Quick,
     cctx: &mut Option<zstd::bulk::Compressor<'static>>,
 ) -> anyhow::Result<Outcomes> {
     let bs = params.block_size as usize;
     let mut out = Vec::with_capacity(batch.prev.len());
-    for (i, chunk) in batch.data.chunks(bs).enumerate() {
+    for (i, chunk) in data.chunks(bs).enumerate() {
         let b = batch.start + i as u64;
         let prev = batch.prev[i];
-        let outcome = if format::is_zero(chunk) {
-            if prev == Prev::Absent || prev == Prev::Hash(*zero_hash) {
+        let outcome = if batch.hole || format::is_zero(chunk) {
+            if prev == Prev::Absent || prev == Prev::Quick(*zero_quick) {
                 BlockOutcome::Unchanged
             } else {
                 BlockOutcome::Zero
             }
         } else {
-            let hash = *blake3::hash(chunk).as_bytes();
-            if prev == Prev::Hash(hash) {
+            let quick = format::quick_hash(chunk);
+            if prev == Prev::Quick(quick) {
                 BlockOutcome::Unchanged
             } else {
+                let hash = *blake3::hash(chunk).as_bytes();
                 let (codec, stored) = match cctx {
                     Some(c) => {
                         let z = c.compress(chunk).context("zstd compression")?;
@@ -158,6 +188,7 @@ fn process(
                 };
                 BlockOutcome::Data {
                     hash,
+                    quick,
                     codec,
                     stored,
                 }
@@ -176,31 +207,31 @@ pub fn run(
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let (batch_tx, batch_rx) = sync_channel::<Batch>(workers * 2);
+    let (batch_tx, batch_rx) = sync_channel::<Batch>(workers * 4);
     let batch_rx: Arc<Mutex<Receiver<Batch>>> = Arc::new(Mutex::new(batch_rx));
     let (out_tx, out_rx) = sync_channel::<anyhow::Result<Outcomes>>(workers * 2);
     let job = &job;
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        let reader_tx = out_tx.clone();
+        let planner_tx = out_tx.clone();
         scope.spawn(move || {
+            let fail = |e: anyhow::Error| {
+                let _ = planner_tx.send(Err(e));
+            };
             let safe = match job.prev {
                 Some(_) => match crate::safe_reader::Safe::open(&job.safe) {
                     Ok(s) => Some(s),
-                    Err(e) => {
-                        let _ = reader_tx.send(Err(e));
-                        return;
-                    }
+                    Err(e) => return fail(e),
                 },
                 None => None,
             };
             let bs = job.params.block_size as u64;
             for &(first, count) in &job.runs {
+                let end = first + count;
                 let mut b = first;
-                while b < first + count {
+                while b < end {
                     if job.sparse {
                         // Whole blocks inside a hole are zeros: skip them unless the
                         // previous point had data there.
-                        let end = first + count;
                         let hole_end = match next_data(job.file, b * bs) {
                             None => end,
                             Some(d) => (d / bs).min(end),
@@ -210,10 +241,7 @@ pub fn run(
                                 (Some(s), Some((pp, _))) => {
                                     match s.first_data_row(job.device, pp, b, hole_end) {
                                         Ok(r) => r,
-                                        Err(e) => {
-                                            let _ = reader_tx.send(Err(e));
-                                            return;
-                                        }
+                                        Err(e) => return fail(e),
                                     }
                                 }
                                 _ => None,
@@ -227,17 +255,14 @@ pub fn run(
                             }
                         }
                     }
-                    let n = BATCH.min(first + count - b);
-                    match read_batch(job, safe.as_ref(), b, n) {
+                    let n = BATCH.min(end - b);
+                    match plan_batch(job, safe.as_ref(), b, n) {
                         Ok(batch) => {
                             if batch_tx.send(batch).is_err() {
                                 return;
                             }
                         }
-                        Err(e) => {
-                            let _ = reader_tx.send(Err(e));
-                            return;
-                        }
+                        Err(e) => return fail(e),
                     }
                     b += n;
                 }
@@ -247,7 +272,7 @@ pub fn run(
             let rx = batch_rx.clone();
             let tx = out_tx.clone();
             let params = job.params;
-            let zero_hash = job.zero_hash;
+            let zero_quick = job.zero_quick;
             scope.spawn(move || {
                 let mut cctx = if params.compression > 0 {
                     match zstd::bulk::Compressor::new(params.compression) {
@@ -260,10 +285,12 @@ pub fn run(
                 } else {
                     None
                 };
+                let mut data = Vec::new();
                 loop {
                     let next = rx.lock().unwrap().recv();
                     let Ok(batch) = next else { return };
-                    let r = process(batch, params, &zero_hash, &mut cctx);
+                    let r = read_batch(job, &batch, &mut data)
+                        .and_then(|_| process(&batch, &data, params, &zero_quick, &mut cctx));
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
                         return;
@@ -272,7 +299,7 @@ pub fn run(
             });
         }
         drop(out_tx);
-        // Only workers hold the batch receiver now: when they stop, the reader stops.
+        // Only workers hold the batch receiver now: when they stop, the planner stops.
         drop(batch_rx);
         let mut result = Ok(());
         for r in out_rx.iter() {

@@ -101,8 +101,9 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> WeightedLru<K, V> {
     }
 }
 
-/// Blocks of a map segment: one SQLite query serves this many consecutive blocks.
-pub const MAP_SEGMENT: u64 = 1024;
+/// Blocks of a map segment: one SQLite query serves this many consecutive blocks (16 MiB
+/// of device at 64 KiB blocks), small enough that a random read's miss stays cheap.
+pub const MAP_SEGMENT: u64 = 256;
 
 /// Map segment key: (device id, point id, segment number).
 type SegKey = (i64, i64, u64);
@@ -115,9 +116,10 @@ pub struct CachedSafe {
 }
 
 impl CachedSafe {
-    /// Wraps `safe` with caches totalling about `cache_bytes` (a sixteenth for maps).
+    /// Wraps `safe` with caches totalling about `cache_bytes`, a quarter of it for block
+    /// maps (about 100 bytes per device block: 64 MiB maps a 40 GiB device whole).
     pub fn new(safe: Arc<Safe>, cache_bytes: usize) -> Self {
-        let map_bytes = (cache_bytes / 16).max(1 << 20);
+        let map_bytes = (cache_bytes / 4).max(4 << 20);
         CachedSafe {
             safe,
             blocks: WeightedLru::new(cache_bytes.saturating_sub(map_bytes).max(1 << 20)),

@@ -5,7 +5,12 @@
 //! by-time/TIME -> ../N        one per point (YYYY-MM-DDTHH:MM:SSZ, clashes get .N)
 //! N/DEVICE/disk.img           the device at N, byte-exact
 //! N/DEVICE/partK.img          partition K (MBR or GPT)
+//! N/DEVICE/files/             file tree of a filesystem on the whole device
+//! N/DEVICE/partK/             file tree of partition K
 //! ```
+//!
+//! File trees come from `ntfs_ext` through the [`FsTree`] trait; their inodes are
+//! numbered `tree_id << 40 | inode`, so hard links keep one inode number.
 //!
 //! This module knows no on-disk format: it asks `safe_reader` for points, `volumes` for
 //! partitions and reads through [`PointDevice`]. Recovery points never change, so
@@ -16,6 +21,7 @@ pub mod mount;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,8 +34,13 @@ use fuser::{
 
 use crate::cache::CachedSafe;
 use crate::device::PointDevice;
-use crate::readat::ReadAt;
+use crate::ntfs_ext::{FsTree, NodeKind, TreeOptions};
+use crate::readat::{ReadAt, Slice};
 use crate::safe_reader::PointInfo;
+
+/// Inode numbers at or above this belong to file trees.
+const TREE_SHIFT: u32 = 40;
+const TREE_MASK: u64 = (1 << TREE_SHIFT) - 1;
 
 /// Entries and attributes of recovery points never change.
 const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -111,6 +122,18 @@ pub struct FsOptions {
     pub only_point: Option<i64>,
     /// Other users may enter (the kernel checks permissions).
     pub allow_other: bool,
+    /// Show file trees as recorded, without journal replay (forensics).
+    pub no_replay: bool,
+}
+
+/// (point, device, partition) of a volume whose file tree was probed.
+type VolumeKey = (i64, i64, Option<u32>);
+
+/// One opened file tree and where it hangs in the synthetic tree.
+struct TreeSlot {
+    tree: Arc<dyn FsTree>,
+    /// The device directory holding it (its `..`).
+    parent: u64,
 }
 
 /// The mounted filesystem.
@@ -124,6 +147,8 @@ pub struct SafeFs {
     points: RwLock<Arc<Vec<PointInfo>>>,
     devices: Mutex<HashMap<(i64, i64), Arc<PointDevice>>>,
     images: Mutex<HashMap<u64, Image>>,
+    trees: RwLock<Vec<TreeSlot>>,
+    tree_ids: Mutex<HashMap<VolumeKey, Option<u64>>>,
     seq: Mutex<HashMap<u64, Seq>>,
     next_fh: AtomicU64,
 }
@@ -152,6 +177,8 @@ impl SafeFs {
             points: RwLock::new(Arc::new(points)),
             devices: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
+            trees: RwLock::new(Vec::new()),
+            tree_ids: Mutex::new(HashMap::new()),
             seq: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         })
@@ -184,6 +211,9 @@ impl SafeFs {
     }
 
     fn kind(&self, ino: u64) -> Option<Kind> {
+        if ino >> TREE_SHIFT != 0 {
+            return None;
+        }
         let n = self.nodes.read().unwrap();
         n.list
             .get((ino as usize).wrapping_sub(1))
@@ -285,23 +315,48 @@ impl SafeFs {
                         part: None,
                     },
                 )];
+                let mut trees = Vec::new();
                 if let Some(d) = self.device(*point, *dev) {
+                    let whole: Arc<dyn ReadAt> = d.clone();
+                    if let Some(root) = self.tree_root(*point, *dev, None, whole, ino) {
+                        trees.push((OsString::from("files"), root));
+                    }
                     match crate::volumes::read_table(&*d) {
-                        Ok(Some(t)) => v.extend(t.partitions.iter().map(|p| {
-                            (
-                                format!("part{}.img", p.number).into(),
-                                Kind::Image {
-                                    point: *point,
-                                    dev: *dev,
-                                    part: Some(p.number),
-                                },
-                            )
-                        })),
+                        Ok(Some(t)) => {
+                            for p in &t.partitions {
+                                v.push((
+                                    format!("part{}.img", p.number).into(),
+                                    Kind::Image {
+                                        point: *point,
+                                        dev: *dev,
+                                        part: Some(p.number),
+                                    },
+                                ));
+                                let slice: Arc<dyn ReadAt> =
+                                    Arc::new(Slice::new(d.clone(), p.start, p.len));
+                                if let Some(root) =
+                                    self.tree_root(*point, *dev, Some(p.number), slice, ino)
+                                {
+                                    trees.push((format!("part{}", p.number).into(), root));
+                                }
+                            }
+                        }
                         Ok(None) => {}
-                        Err(e) => tracing::error!("reading the partition table: {e}"),
+                        Err(e) => tracing::error!(
+                            "point {point}, device {}: reading the partition table: {e}",
+                            d.name()
+                        ),
                     }
                 }
-                v
+                let mut n = self.nodes.write().unwrap();
+                let mut list: Vec<(OsString, u64)> = v
+                    .into_iter()
+                    .map(|(name, k)| (name, n.get_or_add(k, ino)))
+                    .collect();
+                list.extend(trees);
+                let list = Arc::new(list);
+                n.list[ino as usize - 1].children = Some(list.clone());
+                return Ok(list);
             }
             _ => return Err(Errno::ENOTDIR),
         };
@@ -331,7 +386,111 @@ impl SafeFs {
             .unwrap_or_default()
     }
 
+    /// Opens (once) the file tree of a device or partition; returns its root's inode.
+    fn tree_root(
+        &self,
+        point: i64,
+        dev: i64,
+        part: Option<u32>,
+        vol: Arc<dyn ReadAt>,
+        parent: u64,
+    ) -> Option<u64> {
+        let key = (point, dev, part);
+        if let Some(r) = self.tree_ids.lock().unwrap().get(&key) {
+            return *r;
+        }
+        let dname = self
+            .device(point, dev)
+            .map(|d| d.name().to_string())
+            .unwrap_or_default();
+        let label = match part {
+            Some(k) => format!("point {point}, device {dname}, partition {k}"),
+            None => format!("point {point}, device {dname}"),
+        };
+        let opts = TreeOptions {
+            no_replay: self.opts.no_replay,
+            label: label.clone(),
+        };
+        let root = match crate::ntfs_ext::open_tree(vol, &opts) {
+            Ok(Some(tree)) => {
+                let mut trees = self.trees.write().unwrap();
+                let root = tree.root();
+                trees.push(TreeSlot { tree, parent });
+                Some((trees.len() as u64) << TREE_SHIFT | root)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!("{label}: cannot open the filesystem: {e}");
+                None
+            }
+        };
+        self.tree_ids.lock().unwrap().insert(key, root);
+        root
+    }
+
+    /// The tree and in-tree inode of a tree inode number.
+    fn tree_of(&self, ino: u64) -> Option<(Arc<dyn FsTree>, u64, u64)> {
+        let id = (ino >> TREE_SHIFT) as usize;
+        if id == 0 {
+            return None;
+        }
+        let trees = self.trees.read().unwrap();
+        let slot = trees.get(id - 1)?;
+        Some((slot.tree.clone(), ino & TREE_MASK, slot.parent))
+    }
+
+    fn tree_errno(&self, ino: u64, what: &str, e: std::io::Error) -> Errno {
+        match e.raw_os_error() {
+            Some(n) if n != libc::EIO => Errno::from_i32(n),
+            _ => {
+                tracing::error!(
+                    "{what} of inode {} in tree {} failed, answering EIO: {e}",
+                    ino & TREE_MASK,
+                    ino >> TREE_SHIFT
+                );
+                Errno::EIO
+            }
+        }
+    }
+
+    fn tree_attr(&self, ino: u64) -> Result<(FileAttr, Duration), Errno> {
+        let (tree, fino, _) = self.tree_of(ino).ok_or(Errno::ENOENT)?;
+        let st = tree
+            .stat(fino)
+            .map_err(|e| self.tree_errno(ino, "stat", e))?;
+        let t = |ts: crate::ntfs_ext::Timespec| {
+            if ts.secs >= 0 {
+                UNIX_EPOCH + Duration::new(ts.secs as u64, ts.nsecs)
+            } else {
+                UNIX_EPOCH - Duration::new(ts.secs.unsigned_abs(), 0) + Duration::new(0, ts.nsecs)
+            }
+        };
+        Ok((
+            FileAttr {
+                ino: INodeNo(ino),
+                size: st.size,
+                blocks: st.blocks,
+                atime: t(st.atime),
+                mtime: t(st.mtime),
+                ctime: t(st.ctime),
+                crtime: t(st.crtime),
+                kind: file_type(st.kind),
+                perm: st.perm,
+                nlink: st.nlink,
+                uid: st.uid,
+                gid: st.gid,
+                rdev: st.rdev,
+                blksize: 65536,
+                flags: 0,
+            },
+            LONG_TTL,
+        ))
+    }
+
     fn attr(&self, ino: u64) -> Result<(FileAttr, Duration), Errno> {
+        if ino >> TREE_SHIFT != 0 {
+            return self.tree_attr(ino);
+        }
         let kind = self.kind(ino).ok_or(Errno::ENOENT)?;
         let newest = self.points.read().unwrap().last().map(|p| time(p.created));
         let (ftype, perm, size, mtime, ttl) = match &kind {
@@ -452,6 +611,29 @@ impl SafeFs {
     }
 }
 
+fn file_type(k: NodeKind) -> FileType {
+    match k {
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::Symlink => FileType::Symlink,
+        NodeKind::CharDev => FileType::CharDevice,
+        NodeKind::BlockDev => FileType::BlockDevice,
+        NodeKind::Fifo => FileType::NamedPipe,
+        NodeKind::Socket => FileType::Socket,
+    }
+}
+
+/// Answers a getxattr/listxattr size probe or data request.
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32)
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE)
+    } else {
+        reply.data(data)
+    }
+}
+
 impl fuser::Filesystem for SafeFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1 << 20);
@@ -461,6 +643,17 @@ impl fuser::Filesystem for SafeFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Some((tree, dir, _)) = self.tree_of(parent.0) {
+            let base = parent.0 & !TREE_MASK;
+            return match tree.lookup(dir, name.as_encoded_bytes()) {
+                Ok(Some(child)) => match self.attr(base | child) {
+                    Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
+                    Err(e) => reply.error(e),
+                },
+                Ok(None) => reply.error(Errno::ENOENT),
+                Err(e) => reply.error(self.tree_errno(parent.0, "lookup", e)),
+            };
+        }
         let children = match self.children(parent.0) {
             Ok(c) => c,
             Err(e) => return reply.error(e),
@@ -482,6 +675,12 @@ impl fuser::Filesystem for SafeFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        if let Some((tree, fino, _)) = self.tree_of(ino.0) {
+            return match tree.read_link(fino) {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(self.tree_errno(ino.0, "readlink", e)),
+            };
+        }
         match self.kind(ino.0) {
             Some(Kind::Latest) => match self.latest_target() {
                 Some(t) => reply.data(t.as_bytes()),
@@ -496,6 +695,13 @@ impl fuser::Filesystem for SafeFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
+        }
+        if ino.0 >> TREE_SHIFT != 0 {
+            return match self.tree_attr(ino.0) {
+                Ok((a, _)) if a.kind == FileType::Directory => reply.error(Errno::EISDIR),
+                Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(e),
+            };
         }
         match self.kind(ino.0) {
             Some(Kind::Image { point, dev, part }) => {
@@ -521,6 +727,13 @@ impl fuser::Filesystem for SafeFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        if let Some((tree, fino, _)) = self.tree_of(ino.0) {
+            let mut buf = vec![0u8; size as usize];
+            return match tree.read(fino, offset, &mut buf) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(self.tree_errno(ino.0, "read", e)),
+            };
+        }
         let Some(Kind::Image { point, dev, part }) = self.kind(ino.0) else {
             return reply.error(Errno::EINVAL);
         };
@@ -542,6 +755,17 @@ impl fuser::Filesystem for SafeFs {
         }
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
     fn release(
         &self,
         _req: &Request,
@@ -560,6 +784,16 @@ impl fuser::Filesystem for SafeFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
+        if ino.0 >> TREE_SHIFT != 0 {
+            return match self.tree_attr(ino.0) {
+                Ok((a, _)) if a.kind == FileType::Directory => reply.opened(
+                    FileHandle(0),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+                ),
+                Ok(_) => reply.error(Errno::ENOTDIR),
+                Err(e) => reply.error(e),
+            };
+        }
         match self.kind(ino.0) {
             Some(Kind::Root | Kind::ByTime | Kind::Point(_) | Kind::Device { .. }) => {
                 reply.opened(FileHandle(0), FopenFlags::empty())
@@ -577,6 +811,39 @@ impl fuser::Filesystem for SafeFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        if let Some((tree, dir, parent)) = self.tree_of(ino.0) {
+            let base = ino.0 & !TREE_MASK;
+            let entries = match tree.read_dir(dir) {
+                Ok(e) => e,
+                Err(e) => return reply.error(self.tree_errno(ino.0, "readdir", e)),
+            };
+            let up = if dir == tree.root() {
+                parent
+            } else {
+                base | tree.root()
+            };
+            let mut i = offset as usize;
+            while i < entries.len() + 2 {
+                let full = match i {
+                    0 => reply.add(ino, 1, FileType::Directory, "."),
+                    1 => reply.add(INodeNo(up), 2, FileType::Directory, ".."),
+                    _ => {
+                        let e = &entries[i - 2];
+                        reply.add(
+                            INodeNo(base | e.ino),
+                            i as u64 + 1,
+                            file_type(e.kind),
+                            OsStr::from_bytes(&e.name),
+                        )
+                    }
+                };
+                if full {
+                    break;
+                }
+                i += 1;
+            }
+            return reply.ok();
+        }
         let children = match self.children(ino.0) {
             Ok(c) => c,
             Err(e) => return reply.error(e),
@@ -591,7 +858,7 @@ impl fuser::Filesystem for SafeFs {
             let ft = match self.kind(*child) {
                 Some(Kind::Latest | Kind::TimeLink(_)) => FileType::Symlink,
                 Some(Kind::Image { .. }) => FileType::RegularFile,
-                _ => FileType::Directory,
+                _ => FileType::Directory, // synthetic directories and tree roots
             };
             if reply.add(INodeNo(*child), i as u64 + 1, ft, name) {
                 break;
@@ -600,7 +867,13 @@ impl fuser::Filesystem for SafeFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        if let Some((tree, _, _)) = self.tree_of(ino.0) {
+            let s = tree.statfs();
+            return reply.statfs(
+                s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+            );
+        }
         let used: u64 = std::fs::read_dir(self.cache.safe().dir().join("packs"))
             .map(|d| {
                 d.filter_map(|e| e.ok()?.metadata().ok())
@@ -612,27 +885,41 @@ impl fuser::Filesystem for SafeFs {
         reply.statfs(used.div_ceil(4096), 0, 0, files, 0, 4096, 255, 4096);
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::NO_XATTR);
-    }
-
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0)
-        } else {
-            reply.data(&[])
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some((tree, fino, _)) = self.tree_of(ino.0) else {
+            return reply.error(Errno::NO_XATTR);
+        };
+        match tree.xattrs(fino) {
+            Ok(list) => match list
+                .iter()
+                .find(|(n, _)| n.as_slice() == name.as_encoded_bytes())
+            {
+                Some((_, v)) => reply_xattr(reply, size, v),
+                None => reply.error(Errno::NO_XATTR),
+            },
+            Err(e) => reply.error(self.tree_errno(ino.0, "getxattr", e)),
         }
     }
 
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let names: Vec<u8> = match self.tree_of(ino.0) {
+            Some((tree, fino, _)) => match tree.xattrs(fino) {
+                Ok(list) => list
+                    .into_iter()
+                    .flat_map(|(mut n, _)| {
+                        n.push(0);
+                        n
+                    })
+                    .collect(),
+                Err(e) => return reply.error(self.tree_errno(ino.0, "listxattr", e)),
+            },
+            None => Vec::new(),
+        };
+        reply_xattr(reply, size, &names)
+    }
+
     fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        if self.kind(ino.0).is_none() {
+        if self.kind(ino.0).is_none() && self.tree_of(ino.0).is_none() {
             return reply.error(Errno::ENOENT);
         }
         if mask.contains(fuser::AccessFlags::W_OK) {

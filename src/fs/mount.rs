@@ -34,6 +34,8 @@ pub struct MountArgs {
     pub allow_other: bool,
     /// Log file of the background server.
     pub log: Option<PathBuf>,
+    /// Show file trees without journal replay (forensics).
+    pub no_replay: bool,
     /// Internal: we are the background server started by `mount`.
     pub daemon_child: bool,
 }
@@ -125,6 +127,9 @@ fn spawn_server(args: &MountArgs, only_point: Option<i64>, mp: &Path) -> anyhow:
     if args.allow_other {
         cmd.arg("--allow-other");
     }
+    if args.no_replay {
+        cmd.arg("--no-replay");
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(logf));
@@ -192,6 +197,7 @@ fn serve(
         FsOptions {
             only_point,
             allow_other: args.allow_other,
+            no_replay: args.no_replay,
         },
     )?;
     let mut config = fuser::Config::default();

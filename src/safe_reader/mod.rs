@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::format::{self, Hash, RecordHeader, SafeParams, RECORD_HEADER_LEN, ZERO_BLOCK};
+use crate::format::{self, Hash, Quick, RecordHeader, SafeParams, RECORD_HEADER_LEN, ZERO_BLOCK};
 
 /// Where a stored block lives, as the index says; carried with the map so a read costs
 /// no further lookup.
@@ -34,6 +34,8 @@ pub struct BlockLoc {
     pub codec: u8,
     /// Content hash the plain bytes must match.
     pub hash: Hash,
+    /// Quick hash of the plain bytes (change detection in backups).
+    pub quick: Quick,
 }
 
 impl BlockLoc {
@@ -46,6 +48,7 @@ impl BlockLoc {
         raw_len: 0,
         codec: 0,
         hash: [0; 32],
+        quick: [0; 16],
     };
 
     /// True for the all-zero block, which is never read from a pack.
@@ -261,6 +264,11 @@ impl Safe {
                         if hash.len() == 32 {
                             h.copy_from_slice(&hash);
                         }
+                        let q: Vec<u8> = r.get::<_, Option<Vec<u8>>>(8)?.unwrap_or_default();
+                        let mut quick = [0u8; 16];
+                        if q.len() == 16 {
+                            quick.copy_from_slice(&q);
+                        }
                         Some(BlockLoc {
                             id,
                             pack,
@@ -269,6 +277,7 @@ impl Safe {
                             raw_len: r.get::<_, Option<i64>>(5)?.unwrap_or(0) as u32,
                             codec: r.get::<_, Option<i64>>(6)?.unwrap_or(0) as u8,
                             hash: h,
+                            quick,
                         })
                     }
                 });

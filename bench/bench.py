@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""Benchmarks of disksafe against its peers, side by side in one run.
+
+    sudo python3 bench/bench.py safe     # issue: the disk safe (backup/restore/index)
+    sudo python3 bench/bench.py mount    # issue: the FUSE mount
+    sudo python3 bench/bench.py blocksize
+
+Needs root (mkfs, drop_caches, FUSE), the packages zstd fio restic qemu-utils e2fsprogs,
+and ~20 GB free under $BENCH_DIR (default /var/tmp/disksafe-bench). Prints one line per
+measurement and the ratios the issues set targets for.
+"""
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+W = os.environ.get("BENCH_DIR", "/var/tmp/disksafe-bench")
+DS = os.path.join(ROOT, "target/release/disksafe")
+EX = os.path.join(ROOT, "target/release/examples")
+IMG = os.path.join(W, "usr.img")
+BS = 65536
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, check=True, **kw)
+
+
+def out(cmd):
+    return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True).stdout
+
+
+def timed(cmd):
+    t = time.perf_counter()
+    sh(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def drop_caches():
+    sh("sync; echo 3 > /proc/sys/vm/drop_caches")
+
+
+def warm(path):
+    sh(f"cat {path} > /dev/null")
+
+
+def report(name, secs, nbytes):
+    print(f"  {name:<44} {secs:8.2f} s  {nbytes / secs / 1e6:9.0f} MB/s", flush=True)
+    return nbytes / secs
+
+
+def make_image():
+    os.makedirs(W, exist_ok=True)
+    if os.path.exists(IMG):
+        return
+    stage = os.path.join(W, "stage")
+    shutil.rmtree(stage, ignore_errors=True)
+    os.makedirs(stage)
+    for d in ["/usr/lib", "/usr/share", "/usr/bin"]:
+        sh(f"cp -a {d} {stage}/ 2>/dev/null || true")
+    sh(f"truncate -s 6G {IMG} && mkfs.ext4 -q -F -d {stage} {IMG}")
+    shutil.rmtree(stage)
+
+
+def change_blocks(path, fraction, seed, region=None):
+    """Overwrites 4 KiB in `fraction` of the 64 KiB blocks; returns the ranges file."""
+    rnd = random.Random(seed)
+    size = os.path.getsize(path)
+    nblocks = size // BS
+    lo, hi = (0, nblocks) if region is None else region
+    picks = rnd.sample(range(lo, hi), int((hi - lo) * fraction) if region else int(nblocks * fraction))
+    ranges = os.path.join(W, f"changes.{seed}")
+    with open(path, "r+b") as f, open(ranges, "w") as r:
+        for b in picks:
+            off = b * BS + rnd.randrange(0, BS - 4096)
+            f.seek(off)
+            f.write(rnd.randbytes(4096))
+            r.write(f"{off} 4096\n")
+    return ranges
+
+
+def du(path):
+    return int(out(f"du -sb {path}").split()[0])
+
+
+def bench_safe():
+    make_image()
+    size = os.path.getsize(IMG)
+    print(f"image: {IMG}, {size / 2**30:.2f} GiB (ext4 filled from /usr)")
+    s1 = os.path.join(W, "safe1")
+    shutil.rmtree(s1, ignore_errors=True)
+    warm(IMG)
+    print("first full backup vs zstd -1 -T0 (image in page cache):")
+    z = report("zstd -1 -T0", timed(f"zstd -1 -T0 -c {IMG} > /dev/null"), size)
+    d = report("disksafe backup (new safe)", timed(f"{DS} backup {s1} disk={IMG}"), size)
+    print(f"  ratio disksafe/zstd speed: {d / z:.2f}  (target >= 0.8)")
+    uniq = out(f"{EX}/unique_size {BS} 1 {IMG}").split()
+    packed = int(uniq[5])
+    safe_size = du(s1)
+    print(f"  safe size {safe_size} B vs compressed unique data {packed} B: "
+          f"{(safe_size / packed - 1) * 100:+.2f}%  (target within 2%)")
+    print("incremental backup, 1% of blocks changed, vs cat (page cache):")
+    change_blocks(IMG, 0.01, 1)
+    warm(IMG)
+    c = report("cat > /dev/null", timed(f"cat {IMG} > /dev/null"), size)
+    f = report("disksafe backup (full scan)", timed(f"{DS} backup {s1} disk={IMG}"), size)
+    ranges = change_blocks(IMG, 0.01, 2)
+    warm(IMG)
+    t = timed(f"{DS} backup {s1} disk={IMG} --changed-blocks disk={ranges}")
+    cb = report("disksafe backup --changed-blocks", t, size)
+    print(f"  ratio full-scan/cat speed: {f / c:.2f}  (target >= 0.7); "
+          f"--changed-blocks/cat: {cb / c:.1f}")
+    print("restore vs cp:")
+    o1, o2 = os.path.join(W, "restored.img"), os.path.join(W, "copied.img")
+    r = report("disksafe restore", timed(f"{DS} restore {s1} latest disk {o1}; sync {o1}"), size)
+    os.remove(o1)
+    cp = report("cp", timed(f"cp {IMG} {o2}; sync {o2}"), size)
+    os.remove(o2)
+    print(f"  ratio restore/cp speed: {r / cp:.2f}")
+    print("random 10% of blocks at point 1 vs point 200 of a 200-point safe:")
+    s3 = make_200(size)
+    res = {}
+    for p in ["1", "200"]:
+        sh(f"{EX}/bench_read {s3} {p} disk 0.1 7 > /dev/null")  # page cache warm for both
+        line = out(f"{EX}/bench_read {s3} {p} disk 0.1 7")
+        res[p] = float(line.split(" = ")[1].split()[0])
+        print("  " + line.strip())
+    print(f"  ratio point 200 time / point 1 time: {res['1'] / res['200']:.2f}  (target <= 1.1)")
+
+
+def make_200(size):
+    """A 200-point safe: every point changes 0.2% of blocks, all within one 10% region,
+    so the hot blocks carry up to 200 versions."""
+    s3 = os.path.join(W, "safe200")
+    if os.path.exists(os.path.join(s3, "done")):
+        return s3
+    shutil.rmtree(s3, ignore_errors=True)
+    img = os.path.join(W, "img200")
+    shutil.copy(IMG, img)
+    sh(f"{DS} backup {s3} disk={img} > /dev/null 2>&1")
+    nblocks = size // BS
+    region = (nblocks // 3, nblocks // 3 + nblocks // 10)
+    for i in range(199):
+        ranges = change_blocks(img, 0.02, 1000 + i, region)
+        sh(f"{DS} backup {s3} disk={img} --changed-blocks disk={ranges} > /dev/null 2>&1")
+    os.remove(img)
+    open(os.path.join(s3, "done"), "w").close()
+    return s3
+
+
+def fio_randread(path, secs=10):
+    j = out(f"fio --name=r --filename={path} --rw=randread --bs=4k --ioengine=psync "
+            f"--numjobs=4 --runtime={secs} --time_based --group_reporting "
+            f"--output-format=json --readonly")
+    return json.loads(j)["jobs"][0]["read"]["iops"]
+
+
+def seq_read(path):
+    size = os.path.getsize(path)
+    t = timed(f"dd if={path} of=/dev/null bs=1M")
+    return size / t
+
+
+class Served:
+    """A peer that serves a file through FUSE; start() returns the file's path."""
+
+    def __init__(self, start, stop):
+        self.start, self.stop = start, stop
+
+
+def bench_mount():
+    make_image()
+    size = os.path.getsize(IMG)
+    s1 = os.path.join(W, "safe-mount")
+    if not os.path.exists(s1):
+        shutil.rmtree(s1, ignore_errors=True)
+        sh(f"{DS} backup {s1} disk={IMG} > /dev/null 2>&1")
+    mnt = os.path.join(W, "mnt")
+    os.makedirs(mnt, exist_ok=True)
+
+    def ds_start():
+        sh(f"{DS} mount {s1} {mnt} --cache 512M --log {W}/mount.log 2>/dev/null")
+        return f"{mnt}/1/disk/disk.img"
+
+    def ds_stop():
+        sh(f"{DS} umount {mnt}")
+        time.sleep(0.5)
+
+    memmnt = os.path.join(W, "memmnt")
+    os.makedirs(memmnt, exist_ok=True)
+    mem = {}
+
+    def mem_start():
+        mem["p"] = subprocess.Popen([f"{EX}/memfuse", memmnt, str(size >> 20)])
+        while not os.path.exists(f"{memmnt}/file"):
+            time.sleep(0.05)
+        return f"{memmnt}/file"
+
+    def mem_stop():
+        mem["p"].terminate()
+        mem["p"].wait()
+
+    # qcow2: the image as a zstd-compressed base plus a 10-deep chain of overlays.
+    q = os.path.join(W, "qcow")
+    qfile = os.path.join(W, "qcow-export")
+    if not os.path.exists(f"{q}/l10.qcow2"):
+        shutil.rmtree(q, ignore_errors=True)
+        os.makedirs(q)
+        sh(f"qemu-img convert -c -O qcow2 -o compression_type=zstd {IMG} {q}/l0.qcow2")
+        rnd = random.Random(5)
+        for i in range(1, 11):
+            sh(f"qemu-img create -q -f qcow2 -o compression_type=zstd -b l{i-1}.qcow2 -F qcow2 {q}/l{i}.qcow2")
+            cmds = " ".join(f"-c 'write -P {i} {rnd.randrange(size // BS) * BS} 4k'" for _ in range(200))
+            sh(f"qemu-io {cmds} {q}/l{i}.qcow2 > /dev/null")
+    qsd = {}
+
+    def q_start():
+        open(qfile, "w").close()
+        qsd["p"] = subprocess.Popen([
+            "qemu-storage-daemon", "--blockdev",
+            f"driver=file,node-name=f,filename={q}/l10.qcow2,read-only=on",
+            "--blockdev", "driver=qcow2,node-name=top,file=f,read-only=on",
+            "--export", f"type=fuse,id=e,node-name=top,mountpoint={qfile}"],
+            stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            if os.path.getsize(qfile) > 0:
+                break
+            time.sleep(0.05)
+        return qfile
+
+    def q_stop():
+        qsd["p"].terminate()
+        qsd["p"].wait()
+
+    repo = os.path.join(W, "restic")
+    rmnt = os.path.join(W, "rmnt")
+    env = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_REPOSITORY=repo)
+    if not os.path.exists(repo):
+        subprocess.run(["restic", "init"], env=env, check=True, capture_output=True)
+        subprocess.run(["restic", "backup", IMG], env=env, check=True, capture_output=True)
+    os.makedirs(rmnt, exist_ok=True)
+    rs = {}
+
+    def r_start():
+        rs["p"] = subprocess.Popen(["restic", "mount", rmnt], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        path = f"{rmnt}/snapshots/latest{IMG}"
+        for _ in range(400):
+            if os.path.exists(path):
+                break
+            time.sleep(0.05)
+        return path
+
+    def r_stop():
+        rs["p"].terminate()
+        rs["p"].wait()
+        subprocess.run(["umount", rmnt], capture_output=True)
+
+    peers = [("disksafe mount", ds_start, ds_stop), ("memfuse (FUSE ceiling)", mem_start, mem_stop),
+             ("qcow2 10-deep chain (qsd fuse)", q_start, q_stop), ("restic mount", r_start, r_stop)]
+    print(f"image: {size / 2**30:.2f} GiB; sequential = dd bs=1M, random = fio 4k randread, 4 jobs, 10 s")
+    res = {}
+    warm(IMG)
+    res["cat"] = {"warm_seq": size / timed(f"cat {IMG} > /dev/null")}
+    print(f"  {'cat of the source (page cache)':<34} warm seq {res['cat']['warm_seq'] / 1e6:8.0f} MB/s")
+    for name, start, stop in peers:
+        r = {}
+        drop_caches()
+        path = start()
+        r["cold_seq"] = seq_read(path)
+        r["warm_seq"] = seq_read(path)
+        stop()
+        drop_caches()
+        path = start()
+        r["cold_iops"] = fio_randread(path)
+        r["warm_iops"] = fio_randread(path)
+        stop()
+        res[name] = r
+        print(f"  {name:<34} cold seq {r['cold_seq'] / 1e6:8.0f} MB/s  warm seq {r['warm_seq'] / 1e6:8.0f} MB/s"
+              f"  cold 4k {r['cold_iops']:9.0f} IOPS  warm 4k {r['warm_iops']:9.0f} IOPS", flush=True)
+    d, m, q2, rr = (res[p[0]] for p in peers)
+    print(f"  warm seq disksafe/FUSE ceiling: {d['warm_seq'] / m['warm_seq']:.2f} (target >= 0.9)")
+    print(f"  cold seq disksafe/qcow2: {d['cold_seq'] / q2['cold_seq']:.2f} (>= 2); /restic: {d['cold_seq'] / rr['cold_seq']:.2f} (>= 5)")
+    print(f"  cold 4k disksafe/qcow2: {d['cold_iops'] / q2['cold_iops']:.2f} (>= 2); /restic: {d['cold_iops'] / rr['cold_iops']:.2f} (>= 5)")
+    s3 = make_200(size)
+    print("point 1 vs point 200 of a 200-point safe, through the mount (cold):")
+    for p in ["1", "200"]:
+        drop_caches()
+        sh(f"{DS} mount {s3} {mnt} --log {W}/mount.log 2>/dev/null")
+        path = f"{mnt}/{p}/disk/disk.img"
+        seq = seq_read(path)
+        ds_stop()
+        drop_caches()
+        sh(f"{DS} mount {s3} {mnt} --log {W}/mount.log 2>/dev/null")
+        iops = fio_randread(path)
+        ds_stop()
+        print(f"  point {p:>3}: cold seq {seq / 1e6:8.0f} MB/s  cold 4k {iops:9.0f} IOPS", flush=True)
+
+
+def bench_blocksize():
+    make_image()
+    size = os.path.getsize(IMG)
+    print("block size: safe size, full backup time, random 4 KiB reads (fresh cache)")
+    for bs in ["16K", "64K", "256K", "1M"]:
+        s = os.path.join(W, f"bs-{bs}")
+        shutil.rmtree(s, ignore_errors=True)
+        warm(IMG)
+        t = timed(f"{DS} backup {s} --block-size {bs} disk={IMG}")
+        line = out(f"{EX}/bench_read {s} 1 disk 0.02 3")
+        line = out(f"{EX}/bench_read {s} 1 disk 0.02 3")
+        rps = float(line.split(" = ")[1].split()[0])
+        print(f"  {bs:>5}: safe {du(s) / 2**20:8.0f} MiB  backup {size / t / 1e6:6.0f} MB/s  random reads {rps:8.0f}/s", flush=True)
+        shutil.rmtree(s)
+
+
+if __name__ == "__main__":
+    sh(f"cd {ROOT} && cargo build --release --examples -q")
+    {"safe": bench_safe, "mount": bench_mount, "blocksize": bench_blocksize}[sys.argv[1]]()

@@ -1,0 +1,345 @@
+//! ext inodes, and the map from a file's logical blocks to volume blocks (extent trees
+//! of any depth, or ext2/3 direct/indirect/double/triple blocks).
+
+use std::io;
+
+use super::sb::{ext4_crc, u16le, u32le, Superblock};
+use crate::ntfs_ext::corrupt;
+use crate::ntfs_ext::tree::{NodeKind, Timespec};
+use crate::readat::ReadAt;
+
+pub const FL_ENCRYPT: u32 = 0x800;
+pub const FL_COMPR: u32 = 0x4;
+pub const FL_HUGE_FILE: u32 = 0x40000;
+pub const FL_EXTENTS: u32 = 0x80000;
+pub const FL_INLINE_DATA: u32 = 0x10000000;
+
+/// A parsed inode: the raw bytes plus the decoded fields.
+#[derive(Debug, Clone)]
+pub struct Inode {
+    pub ino: u64,
+    pub raw: Vec<u8>,
+    pub mode: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub links: u16,
+    pub blocks: u64,
+    pub flags: u32,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    pub crtime: Timespec,
+    pub file_acl: u64,
+    pub extra_isize: u16,
+}
+
+fn ts(secs: u32, extra: Option<u32>) -> Timespec {
+    let mut s = secs as i32 as i64;
+    let mut ns = 0;
+    if let Some(x) = extra {
+        s += ((x & 3) as i64) << 32;
+        ns = (x >> 2).min(999_999_999);
+    }
+    Timespec { secs: s, nsecs: ns }
+}
+
+impl Inode {
+    /// Decodes an inode; checks its checksum when metadata_csum is on (a mismatch is
+    /// logged and reading goes on).
+    pub fn parse(sb: &Superblock, ino: u64, raw: Vec<u8>, label: &str) -> io::Result<Inode> {
+        if raw.len() < 128 {
+            return Err(corrupt(format!("inode {ino}: short record")));
+        }
+        let extra_isize = if raw.len() > 128 {
+            u16le(&raw, 0x80)
+        } else {
+            0
+        };
+        if 128 + extra_isize as usize > raw.len() || extra_isize % 4 != 0 {
+            return Err(corrupt(format!(
+                "inode {ino}: extra size {extra_isize} overruns the record"
+            )));
+        }
+        let has = |field_end: usize| 128 + extra_isize as usize >= field_end;
+        if sb.has_csum() {
+            let mut r = raw.clone();
+            let want_lo = u16le(&r, 0x7C) as u32;
+            r[0x7C] = 0;
+            r[0x7D] = 0;
+            let has_hi = has(0x84);
+            let want = if has_hi {
+                let hi = u16le(&r, 0x82) as u32;
+                r[0x82] = 0;
+                r[0x83] = 0;
+                want_lo | hi << 16
+            } else {
+                want_lo
+            };
+            let mut c = ext4_crc(sb.csum_seed, &(ino as u32).to_le_bytes());
+            c = ext4_crc(c, &r[0x64..0x68]);
+            c = ext4_crc(c, &r);
+            let got = if has_hi { c } else { c & 0xFFFF };
+            if got != want {
+                tracing::warn!("{label}: inode {ino} checksum mismatch; reading on");
+            }
+        }
+        let flags = u32le(&raw, 0x20);
+        let huge = sb.ro_compat & super::sb::feat::RO_COMPAT_HUGE_FILE != 0;
+        let mut blocks = u32le(&raw, 0x1C) as u64;
+        if huge {
+            blocks |= (u16le(&raw, 0x74) as u64) << 32;
+        }
+        // i_blocks counts 512-byte sectors unless HUGE_FILE_FL says file-system blocks.
+        if huge && flags & FL_HUGE_FILE != 0 {
+            blocks = blocks.saturating_mul(sb.block_size as u64 / 512);
+        }
+        let x = |o: usize| {
+            if has(o + 4) {
+                Some(u32le(&raw, o))
+            } else {
+                None
+            }
+        };
+        Ok(Inode {
+            ino,
+            mode: u16le(&raw, 0),
+            uid: u16le(&raw, 2) as u32 | (u16le(&raw, 0x78) as u32) << 16,
+            gid: u16le(&raw, 0x18) as u32 | (u16le(&raw, 0x7A) as u32) << 16,
+            size: u32le(&raw, 4) as u64 | (u32le(&raw, 0x6C) as u64) << 32,
+            links: u16le(&raw, 0x1A),
+            blocks,
+            flags,
+            atime: ts(u32le(&raw, 0x8), x(0x8C)),
+            ctime: ts(u32le(&raw, 0xC), x(0x84)),
+            mtime: ts(u32le(&raw, 0x10), x(0x88)),
+            crtime: match x(0x90) {
+                Some(c) => ts(c, x(0x94)),
+                None => Timespec::default(),
+            },
+            file_acl: u32le(&raw, 0x68) as u64 | (u16le(&raw, 0x76) as u64) << 32,
+            extra_isize,
+            raw,
+        })
+    }
+
+    /// File type from the mode.
+    pub fn kind(&self) -> Option<NodeKind> {
+        Some(match self.mode & 0xF000 {
+            0x8000 => NodeKind::File,
+            0x4000 => NodeKind::Dir,
+            0xA000 => NodeKind::Symlink,
+            0x2000 => NodeKind::CharDev,
+            0x6000 => NodeKind::BlockDev,
+            0x1000 => NodeKind::Fifo,
+            0xC000 => NodeKind::Socket,
+            _ => return None,
+        })
+    }
+
+    /// The 60 bytes of `i_block`.
+    pub fn i_block(&self) -> &[u8] {
+        &self.raw[0x28..0x28 + 60]
+    }
+
+    /// Device number of a device node in the kernel's "new" encoding, which is what
+    /// FUSE passes on: the old 16-bit form (i_block[0]) is the same number.
+    pub fn rdev(&self) -> u32 {
+        let b = self.i_block();
+        let old = u32le(b, 0);
+        if old != 0 {
+            old & 0xFFFF
+        } else {
+            u32le(b, 4)
+        }
+    }
+
+    /// In-inode extended attribute area (after `i_extra_isize`).
+    pub fn xattr_area(&self) -> &[u8] {
+        let start = 128 + self.extra_isize as usize;
+        if self.raw.len() > start {
+            &self.raw[start..]
+        } else {
+            &[]
+        }
+    }
+}
+
+/// A run of a file's blocks: logical start, length, physical start (0 = hole), and
+/// whether it is unwritten (reads as zeros).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub logical: u64,
+    pub len: u64,
+    pub physical: u64,
+    pub unwritten: bool,
+}
+
+/// Maximum extent tree depth accepted (the kernel allows 5).
+const MAX_DEPTH: u16 = 5;
+
+fn read_block(dev: &dyn ReadAt, sb: &Superblock, blk: u64) -> io::Result<Vec<u8>> {
+    if blk == 0 || blk >= sb.blocks_count {
+        return Err(corrupt(format!("block {blk} is outside the volume")));
+    }
+    let mut b = vec![0u8; sb.block_size as usize];
+    dev.read_exact_at(blk * sb.block_size as u64, &mut b)?;
+    Ok(b)
+}
+
+/// Every extent of a file, in logical order, from an extent tree of any depth.
+pub fn extent_runs(
+    dev: &dyn ReadAt,
+    sb: &Superblock,
+    ino: &Inode,
+    label: &str,
+) -> io::Result<Vec<Run>> {
+    let mut out = Vec::new();
+    let mut budget = 1_000_000u32; // nodes visited: a loop in the tree stops here
+    walk_extents(
+        dev,
+        sb,
+        ino,
+        ino.i_block(),
+        MAX_DEPTH + 1,
+        &mut out,
+        &mut budget,
+        label,
+    )?;
+    out.sort_by_key(|r| r.logical);
+    for w in out.windows(2) {
+        if w[0].logical + w[0].len > w[1].logical {
+            return Err(corrupt(format!("inode {}: overlapping extents", ino.ino)));
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn walk_extents(
+    dev: &dyn ReadAt,
+    sb: &Superblock,
+    ino: &Inode,
+    node: &[u8],
+    max_depth: u16,
+    out: &mut Vec<Run>,
+    budget: &mut u32,
+    label: &str,
+) -> io::Result<()> {
+    if *budget == 0 {
+        return Err(corrupt(format!(
+            "inode {}: extent tree too large or looping",
+            ino.ino
+        )));
+    }
+    *budget -= 1;
+    if node.len() < 12 || u16le(node, 0) != 0xF30A {
+        return Err(corrupt(format!("inode {}: bad extent header", ino.ino)));
+    }
+    let entries = u16le(node, 2) as usize;
+    let depth = u16le(node, 6);
+    if depth >= max_depth || 12 + entries * 12 > node.len() {
+        return Err(corrupt(format!(
+            "inode {}: extent node depth {depth} or count {entries} invalid",
+            ino.ino
+        )));
+    }
+    for i in 0..entries {
+        let e = &node[12 + i * 12..24 + i * 12];
+        if depth == 0 {
+            let mut len = u16le(e, 4) as u64;
+            let unwritten = len > 32768;
+            if unwritten {
+                len -= 32768;
+            }
+            let phys = (u16le(e, 6) as u64) << 32 | u32le(e, 8) as u64;
+            if len == 0 {
+                continue;
+            }
+            if phys == 0
+                || phys
+                    .checked_add(len)
+                    .is_none_or(|end| end > sb.blocks_count)
+            {
+                return Err(corrupt(format!(
+                    "inode {}: extent points outside the volume",
+                    ino.ino
+                )));
+            }
+            out.push(Run {
+                logical: u32le(e, 0) as u64,
+                len,
+                physical: phys,
+                unwritten,
+            });
+        } else {
+            let child = (u16le(e, 8) as u64) << 32 | u32le(e, 4) as u64;
+            let b = read_block(dev, sb, child)?;
+            if sb.has_csum() {
+                let n = u16le(&b, 4) as usize; // eh_max
+                let tail = 12 + n * 12;
+                if tail + 4 <= b.len() {
+                    let mut c = ext4_crc(sb.csum_seed, &(ino.ino as u32).to_le_bytes());
+                    c = ext4_crc(c, &ino.raw[0x64..0x68]);
+                    c = ext4_crc(c, &b[..tail]);
+                    if c != u32le(&b, tail) {
+                        tracing::warn!(
+                            "{label}: extent block {child} of inode {} checksum mismatch",
+                            ino.ino
+                        );
+                    }
+                }
+            }
+            walk_extents(dev, sb, ino, &b, depth, out, budget, label)?;
+        }
+    }
+    Ok(())
+}
+
+/// Physical block of logical block `lblk` through direct/indirect pointers (0 = hole).
+pub fn indirect_block(
+    dev: &dyn ReadAt,
+    sb: &Superblock,
+    ino: &Inode,
+    lblk: u64,
+) -> io::Result<u64> {
+    let per = (sb.block_size / 4) as u64;
+    let ib = ino.i_block();
+    let ptr = |b: &[u8], i: u64| u32le(b, (i * 4) as usize) as u64;
+    if lblk < 12 {
+        return Ok(ptr(ib, lblk));
+    }
+    let mut l = lblk - 12;
+    let (mut blk, levels) = if l < per {
+        (ptr(ib, 12), 1)
+    } else {
+        l -= per;
+        if l < per * per {
+            (ptr(ib, 13), 2)
+        } else {
+            l -= per * per;
+            if l >= per * per * per {
+                return Err(corrupt(format!(
+                    "inode {}: block {lblk} beyond triple indirect",
+                    ino.ino
+                )));
+            }
+            (ptr(ib, 14), 3)
+        }
+    };
+    for level in (0..levels).rev() {
+        if blk == 0 {
+            return Ok(0);
+        }
+        let b = read_block(dev, sb, blk)?;
+        let idx = (l / per.pow(level)) % per;
+        blk = ptr(&b, idx);
+    }
+    if blk >= sb.blocks_count {
+        return Err(corrupt(format!(
+            "inode {}: block pointer {blk} outside the volume",
+            ino.ino
+        )));
+    }
+    Ok(blk)
+}

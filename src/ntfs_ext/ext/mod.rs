@@ -1,0 +1,522 @@
+//! ext2/ext3/ext4 as an [`FsTree`]: superblock and descriptors (32/64-bit, flex_bg,
+//! meta_bg, sparse_super), extents and indirect blocks, linear and htree directories,
+//! inline data, xattrs, metadata checksums, and in-memory journal replay.
+
+mod dir;
+mod inode;
+mod journal;
+mod sb;
+mod xattr;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use crate::cache::{Weigh, WeightedLru};
+use crate::ntfs_ext::corrupt;
+use crate::ntfs_ext::tree::{DirEntry, FsTree, NodeKind, Stat, StatFs, TreeOptions};
+use crate::readat::ReadAt;
+use inode::{Inode, Run};
+use sb::{feat, GroupDesc, Superblock, SB_OFFSET};
+
+/// Root directory inode.
+const ROOT: u64 = 2;
+/// Largest directory read (bytes); bigger is treated as damage.
+const MAX_DIR_BYTES: u64 = 4 << 30;
+
+/// True when the volume carries an ext2/3/4 superblock.
+pub fn probe(dev: &dyn ReadAt) -> io::Result<bool> {
+    if dev.size() < SB_OFFSET + 1024 {
+        return Ok(false);
+    }
+    let mut m = [0u8; 2];
+    dev.read_exact_at(SB_OFFSET + 0x38, &mut m)?;
+    Ok(u16::from_le_bytes(m) == 0xEF53)
+}
+
+struct DirCache {
+    entries: Arc<Vec<DirEntry>>,
+    index: HashMap<Vec<u8>, u64>,
+}
+
+impl Weigh for Arc<Inode> {
+    fn weight(&self) -> usize {
+        self.raw.len() + 160
+    }
+}
+impl Weigh for Arc<DirCache> {
+    fn weight(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| e.name.len() * 2 + 64)
+            .sum::<usize>()
+            + 64
+    }
+}
+
+/// An open ext volume.
+pub struct ExtFs {
+    dev: Arc<dyn ReadAt>,
+    sb: Superblock,
+    label: String,
+    groups: Mutex<HashMap<u64, GroupDesc>>,
+    inodes: WeightedLru<u64, Arc<Inode>>,
+    dirs: WeightedLru<u64, Arc<DirCache>>,
+    extents: WeightedLru<u64, Arc<Vec<Run>>>,
+}
+
+struct JMap<'a> {
+    fs: &'a ExtFs,
+    ino: Arc<Inode>,
+    runs: Option<Vec<Run>>,
+}
+
+impl journal::JournalMap for JMap<'_> {
+    fn physical(&self, n: u64) -> io::Result<u64> {
+        let p = match &self.runs {
+            Some(runs) => find_run(runs, n)
+                .map(|(r, _)| r.physical + (n - r.logical))
+                .unwrap_or(0),
+            None => inode::indirect_block(&*self.fs.dev, &self.fs.sb, &self.ino, n)?,
+        };
+        if p == 0 {
+            return Err(corrupt(format!("journal block {n} is not mapped")));
+        }
+        Ok(p)
+    }
+}
+
+/// The run holding logical block `l`, or the index where it would be.
+fn find_run(runs: &[Run], l: u64) -> Option<(&Run, usize)> {
+    let i = runs.partition_point(|r| r.logical + r.len <= l);
+    runs.get(i).filter(|r| r.logical <= l).map(|r| (r, i))
+}
+
+impl ExtFs {
+    /// Opens the volume, replaying its journal in memory unless told not to.
+    pub fn open(dev: Arc<dyn ReadAt>, opts: &TreeOptions) -> io::Result<ExtFs> {
+        let label = opts.label.clone();
+        let mut raw = [0u8; 1024];
+        dev.read_exact_at(SB_OFFSET, &mut raw)?;
+        let sb = Superblock::parse(&raw, &label)?;
+        let mut fs = ExtFs::with(dev.clone(), sb, label.clone());
+        let unknown = fs.sb.incompat & !feat::INCOMPAT_KNOWN;
+        if unknown != 0 {
+            tracing::warn!(
+                "{label}: unknown incompatible features {unknown:#x}; showing what can be read"
+            );
+        }
+        if fs.sb.incompat & feat::INCOMPAT_COMPRESSION != 0 {
+            tracing::warn!(
+                "{label}: compressed ext2 files cannot be decoded; their data gives EIO"
+            );
+        }
+        if fs.sb.incompat & feat::INCOMPAT_ENCRYPT != 0 {
+            tracing::warn!("{label}: volume has encrypted directories; their contents give EIO");
+        }
+        let needs_recovery = fs.sb.incompat & feat::INCOMPAT_RECOVER != 0;
+        if needs_recovery && opts.no_replay {
+            tracing::warn!("{label}: journal needs recovery; shown as recorded (no replay)");
+        } else if needs_recovery {
+            if fs.sb.incompat & feat::INCOMPAT_JOURNAL_DEV != 0 || fs.sb.journal_inum == 0 {
+                tracing::warn!(
+                    "{label}: journal needs recovery but is external; shown as recorded"
+                );
+            } else {
+                match fs.replay() {
+                    Ok(Some(r)) => {
+                        let (n, blocks) = (r.transactions, r.blocks.len());
+                        let overlay: Arc<dyn ReadAt> =
+                            Arc::new(journal::Overlay::new(dev, fs.sb.block_size as u64, r));
+                        let mut raw = [0u8; 1024];
+                        overlay.read_exact_at(SB_OFFSET, &mut raw)?;
+                        let sb = Superblock::parse(&raw, &label)?;
+                        fs = ExtFs::with(overlay, sb, label.clone());
+                        tracing::warn!(
+                            "{label}: not cleanly unmounted; replayed {n} journal transaction(s), {blocks} block(s), in memory"
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!("{label}: journal replay failed ({e}); shown as recorded")
+                    }
+                }
+            }
+        }
+        fs.inode(ROOT)?;
+        Ok(fs)
+    }
+
+    fn with(dev: Arc<dyn ReadAt>, sb: Superblock, label: String) -> ExtFs {
+        ExtFs {
+            dev,
+            sb,
+            label,
+            groups: Mutex::new(HashMap::new()),
+            inodes: WeightedLru::new(16 << 20),
+            dirs: WeightedLru::new(64 << 20),
+            extents: WeightedLru::new(16 << 20),
+        }
+    }
+
+    fn replay(&self) -> io::Result<Option<journal::Replay>> {
+        let ino = self.inode(self.sb.journal_inum as u64)?;
+        let runs = if ino.flags & inode::FL_EXTENTS != 0 {
+            Some(inode::extent_runs(&*self.dev, &self.sb, &ino, &self.label)?)
+        } else {
+            None
+        };
+        let map = JMap {
+            fs: self,
+            ino,
+            runs,
+        };
+        journal::replay(&*self.dev, self.sb.block_size as u64, &map, &self.label)
+    }
+
+    fn group(&self, g: u64) -> io::Result<GroupDesc> {
+        if let Some(d) = self.groups.lock().unwrap().get(&g) {
+            return Ok(*d);
+        }
+        let d = sb::read_group(&*self.dev, &self.sb, g)?;
+        self.groups.lock().unwrap().insert(g, d);
+        Ok(d)
+    }
+
+    fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {
+        if let Some(i) = self.inodes.get(&ino) {
+            return Ok(i);
+        }
+        if ino == 0 || ino > self.sb.inodes_count as u64 {
+            return Err(corrupt(format!("inode {ino} does not exist")));
+        }
+        let g = (ino - 1) / self.sb.inodes_per_group as u64;
+        let idx = (ino - 1) % self.sb.inodes_per_group as u64;
+        let gd = self.group(g)?;
+        if gd.flags & 0x1 != 0
+            && self.sb.ro_compat & (feat::RO_COMPAT_GDT_CSUM | feat::RO_COMPAT_METADATA_CSUM) != 0
+        {
+            // INODE_UNINIT: nothing in this group was ever allocated.
+            return Err(corrupt(format!(
+                "inode {ino} lies in a group with no initialised inodes"
+            )));
+        }
+        let isz = self.sb.inode_size as u64;
+        let off = gd.inode_table * self.sb.block_size as u64 + idx * isz;
+        let mut raw = vec![0u8; isz as usize];
+        self.dev.read_exact_at(off, &mut raw)?;
+        let i = Arc::new(Inode::parse(&self.sb, ino, raw, &self.label)?);
+        self.inodes.put(ino, i.clone());
+        Ok(i)
+    }
+
+    fn runs(&self, ino: &Inode) -> io::Result<Arc<Vec<Run>>> {
+        if let Some(r) = self.extents.get(&ino.ino) {
+            return Ok(r);
+        }
+        let r = Arc::new(inode::extent_runs(&*self.dev, &self.sb, ino, &self.label)?);
+        self.extents.put(ino.ino, r.clone());
+        Ok(r)
+    }
+
+    fn raw_xattrs(&self, ino: &Inode) -> io::Result<Vec<xattr::RawEntry>> {
+        let mut v = xattr::in_inode(ino.xattr_area())?;
+        if ino.file_acl != 0 {
+            if ino.file_acl >= self.sb.blocks_count {
+                return Err(corrupt(format!(
+                    "inode {}: xattr block outside the volume",
+                    ino.ino
+                )));
+            }
+            let mut b = vec![0u8; self.sb.block_size as usize];
+            self.dev
+                .read_exact_at(ino.file_acl * self.sb.block_size as u64, &mut b)?;
+            v.extend(xattr::in_block(&b)?);
+        }
+        Ok(v)
+    }
+
+    /// The bytes of an inline-data inode: i_block, then the `system.data` xattr.
+    fn inline_data(&self, ino: &Inode) -> io::Result<Vec<u8>> {
+        let mut d = ino.i_block().to_vec();
+        for e in xattr::in_inode(ino.xattr_area())? {
+            if e.name == b"system.data" {
+                if let xattr::Value::Bytes(b) = e.value {
+                    d.extend_from_slice(&b);
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    fn check_readable(&self, ino: &Inode) -> io::Result<()> {
+        if ino.flags & inode::FL_ENCRYPT != 0 {
+            tracing::warn!(
+                "{}: inode {} is encrypted; its contents cannot be read",
+                self.label,
+                ino.ino
+            );
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        if ino.flags & inode::FL_COMPR != 0 && self.sb.incompat & feat::INCOMPAT_COMPRESSION != 0 {
+            tracing::warn!(
+                "{}: inode {} is compressed; its contents cannot be read",
+                self.label,
+                ino.ino
+            );
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes of an inode's data at `offset` (clipped to its size).
+    fn read_data(&self, ino: &Inode, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if offset >= ino.size {
+            return Ok(0);
+        }
+        let n = buf.len().min((ino.size - offset) as usize);
+        let buf = &mut buf[..n];
+        if ino.flags & inode::FL_INLINE_DATA != 0 {
+            let d = self.inline_data(ino)?;
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = d.get(offset as usize + i).copied().unwrap_or(0);
+            }
+            return Ok(n);
+        }
+        let bs = self.sb.block_size as u64;
+        let mut done = 0usize;
+        let runs = if ino.flags & inode::FL_EXTENTS != 0 {
+            Some(self.runs(ino)?)
+        } else {
+            None
+        };
+        while done < n {
+            let pos = offset + done as u64;
+            let l = pos / bs;
+            let in_blk = pos % bs;
+            // Find a physical run starting at logical block l: (physical or 0, blocks).
+            let (phys, count, zero) = match &runs {
+                Some(runs) => match find_run(runs, l) {
+                    Some((r, _)) => (
+                        r.physical + (l - r.logical),
+                        r.logical + r.len - l,
+                        r.unwritten,
+                    ),
+                    None => {
+                        let next = runs
+                            .get(runs.partition_point(|r| r.logical + r.len <= l))
+                            .map(|r| r.logical);
+                        (0, next.map(|nx| nx - l).unwrap_or(u64::MAX), true)
+                    }
+                },
+                None => {
+                    let p = inode::indirect_block(&*self.dev, &self.sb, ino, l)?;
+                    // Coalesce following blocks that are physically contiguous.
+                    let mut c = 1u64;
+                    let want = (n - done) as u64 / bs + 2;
+                    while p != 0 && c < want && c < 256 {
+                        if inode::indirect_block(&*self.dev, &self.sb, ino, l + c)? != p + c {
+                            break;
+                        }
+                        c += 1;
+                    }
+                    (p, c, p == 0)
+                }
+            };
+            let avail = count.saturating_mul(bs).saturating_sub(in_blk);
+            let take = (avail.min((n - done) as u64)) as usize;
+            let dst = &mut buf[done..done + take];
+            if zero || phys == 0 {
+                dst.fill(0);
+            } else {
+                self.dev.read_exact_at(phys * bs + in_blk, dst)?;
+            }
+            done += take;
+        }
+        Ok(n)
+    }
+
+    fn load_dir(&self, dir: u64) -> io::Result<Arc<DirCache>> {
+        if let Some(d) = self.dirs.get(&dir) {
+            return Ok(d);
+        }
+        let ino = self.inode(dir)?;
+        if ino.kind() != Some(NodeKind::Dir) {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        self.check_readable(&ino)?;
+        let mut raw = Vec::new();
+        if ino.flags & inode::FL_INLINE_DATA != 0 {
+            let d = self.inline_data(&ino)?;
+            if d.len() > 4 {
+                dir::parse_block(&d[4..60.min(d.len())], &mut raw)?;
+                if d.len() > 60 {
+                    dir::parse_block(&d[60..], &mut raw)?;
+                }
+            }
+        } else {
+            if ino.size > MAX_DIR_BYTES {
+                return Err(corrupt(format!(
+                    "directory {dir} claims {} bytes",
+                    ino.size
+                )));
+            }
+            let bs = self.sb.block_size as usize;
+            let mut b = vec![0u8; bs];
+            let mut off = 0;
+            while off < ino.size {
+                let n = self.read_data(&ino, off, &mut b)?;
+                if n < bs {
+                    b[n..].fill(0);
+                }
+                if let Err(e) = dir::parse_block(&b[..n], &mut raw) {
+                    tracing::warn!(
+                        "{}: directory {dir} block at {off}: {e}; skipped",
+                        self.label
+                    );
+                }
+                off += bs as u64;
+            }
+        }
+        let filetype = self.sb.incompat & feat::INCOMPAT_FILETYPE != 0;
+        let mut entries = Vec::with_capacity(raw.len());
+        let mut index = HashMap::with_capacity(raw.len());
+        for r in raw {
+            let kind = match (filetype, dir::kind_of(r.ftype)) {
+                (true, Some(k)) => k,
+                _ => match self.inode(r.ino as u64).ok().and_then(|i| i.kind()) {
+                    Some(k) => k,
+                    None => continue,
+                },
+            };
+            if index.insert(r.name.clone(), r.ino as u64).is_none() {
+                entries.push(DirEntry {
+                    name: r.name,
+                    ino: r.ino as u64,
+                    kind,
+                });
+            }
+        }
+        let d = Arc::new(DirCache {
+            entries: Arc::new(entries),
+            index,
+        });
+        self.dirs.put(dir, d.clone());
+        Ok(d)
+    }
+}
+
+impl FsTree for ExtFs {
+    fn root(&self) -> u64 {
+        ROOT
+    }
+
+    fn stat(&self, ino: u64) -> io::Result<Stat> {
+        let i = self.inode(ino)?;
+        let kind = i
+            .kind()
+            .ok_or_else(|| corrupt(format!("inode {ino} has an unknown type")))?;
+        let rdev = if matches!(kind, NodeKind::CharDev | NodeKind::BlockDev) {
+            i.rdev()
+        } else {
+            0
+        };
+        Ok(Stat {
+            ino,
+            kind,
+            perm: i.mode & 0o7777,
+            nlink: (i.links as u32).max(1),
+            uid: i.uid,
+            gid: i.gid,
+            size: i.size,
+            blocks: i.blocks,
+            atime: i.atime,
+            mtime: i.mtime,
+            ctime: i.ctime,
+            crtime: i.crtime,
+            rdev,
+        })
+    }
+
+    fn read_dir(&self, ino: u64) -> io::Result<Arc<Vec<DirEntry>>> {
+        Ok(self.load_dir(ino)?.entries.clone())
+    }
+
+    fn lookup(&self, dir: u64, name: &[u8]) -> io::Result<Option<u64>> {
+        Ok(self.load_dir(dir)?.index.get(name).copied())
+    }
+
+    fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let i = self.inode(ino)?;
+        if i.kind() != Some(NodeKind::File) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.check_readable(&i)?;
+        self.read_data(&i, offset, buf)
+    }
+
+    fn read_link(&self, ino: u64) -> io::Result<Vec<u8>> {
+        let i = self.inode(ino)?;
+        if i.kind() != Some(NodeKind::Symlink) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.check_readable(&i)?;
+        if i.size > 65536 {
+            return Err(corrupt(format!("symlink {ino} is {} bytes long", i.size)));
+        }
+        let ea_blocks = if i.file_acl != 0 {
+            self.sb.block_size as u64 / 512
+        } else {
+            0
+        };
+        let fast = i.flags & (inode::FL_INLINE_DATA | inode::FL_EXTENTS) == 0
+            && i.size < 60
+            && i.blocks.saturating_sub(ea_blocks) == 0;
+        if fast {
+            return Ok(i.i_block()[..i.size as usize].to_vec());
+        }
+        let mut b = vec![0u8; i.size as usize];
+        let n = self.read_data(&i, 0, &mut b)?;
+        b.truncate(n);
+        Ok(b)
+    }
+
+    fn xattrs(&self, ino: u64) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let i = self.inode(ino)?;
+        let mut out = Vec::new();
+        for e in self.raw_xattrs(&i)? {
+            if e.name == b"system.data" {
+                continue; // inline-data storage, not a user-visible attribute
+            }
+            let mut v = match e.value {
+                xattr::Value::Bytes(b) => b,
+                xattr::Value::Inode(vi, len) => {
+                    let vino = self.inode(vi as u64)?;
+                    let mut b = vec![0u8; (len as usize).min(1 << 20)];
+                    let n = self.read_data(&vino, 0, &mut b)?;
+                    b.truncate(n);
+                    b
+                }
+            };
+            if e.name.starts_with(b"system.posix_acl_") {
+                match xattr::acl_to_vfs(&v) {
+                    Some(c) => v = c,
+                    None => continue,
+                }
+            }
+            out.push((e.name, v));
+        }
+        Ok(out)
+    }
+
+    fn statfs(&self) -> StatFs {
+        StatFs {
+            bsize: self.sb.block_size,
+            blocks: self.sb.blocks_count,
+            bfree: self.sb.free_blocks,
+            files: self.sb.inodes_count as u64,
+            ffree: self.sb.free_inodes as u64,
+            namelen: 255,
+        }
+    }
+}

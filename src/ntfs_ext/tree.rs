@@ -1,0 +1,121 @@
+//! The one filesystem-tree trait the FUSE layer sees, implemented by every parser.
+
+use std::io;
+use std::sync::Arc;
+
+/// File types a tree can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Character device node.
+    CharDev,
+    /// Block device node.
+    BlockDev,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+}
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timespec {
+    /// Seconds (may be negative).
+    pub secs: i64,
+    /// Nanoseconds, below 1e9.
+    pub nsecs: u32,
+}
+
+/// Attributes of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    /// Stable inode number inside the tree (hard links share it).
+    pub ino: u64,
+    /// File type.
+    pub kind: NodeKind,
+    /// Permission bits (mode & 0o7777).
+    pub perm: u16,
+    /// Hard-link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Allocated 512-byte sectors.
+    pub blocks: u64,
+    /// Last access.
+    pub atime: Timespec,
+    /// Last modification.
+    pub mtime: Timespec,
+    /// Last status change.
+    pub ctime: Timespec,
+    /// Creation, where the filesystem records it.
+    pub crtime: Timespec,
+    /// Device number of a device node (Linux encoding).
+    pub rdev: u32,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Name bytes (never containing `/` or NUL).
+    pub name: Vec<u8>,
+    /// Inode number inside the tree.
+    pub ino: u64,
+    /// Type, for readdir's d_type.
+    pub kind: NodeKind,
+}
+
+/// Volume-wide numbers for statfs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatFs {
+    /// Block size.
+    pub bsize: u32,
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Longest name.
+    pub namelen: u32,
+}
+
+/// How to present a volume.
+#[derive(Debug, Clone, Default)]
+pub struct TreeOptions {
+    /// Show the volume as recorded, without replaying its journal (forensics).
+    pub no_replay: bool,
+    /// A name for log lines (point, device, partition).
+    pub label: String,
+}
+
+/// A read-only file tree. Implementations cache parsed metadata; every method may be
+/// called from many threads at once.
+pub trait FsTree: Send + Sync {
+    /// Inode number of the root directory.
+    fn root(&self) -> u64;
+    /// Attributes of a node.
+    fn stat(&self, ino: u64) -> io::Result<Stat>;
+    /// The entries of a directory (without `.` and `..`), cached by the tree.
+    fn read_dir(&self, ino: u64) -> io::Result<Arc<Vec<DirEntry>>>;
+    /// Finds a name in a directory without rescanning it per lookup.
+    fn lookup(&self, dir: u64, name: &[u8]) -> io::Result<Option<u64>>;
+    /// Reads file data; returns fewer bytes only at the end of the file.
+    fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Target of a symbolic link.
+    fn read_link(&self, ino: u64) -> io::Result<Vec<u8>>;
+    /// Extended attributes as (full name, value).
+    fn xattrs(&self, ino: u64) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Volume numbers.
+    fn statfs(&self) -> StatFs;
+}
