@@ -317,5 +317,5 @@ def bench_blocksize():
 
 
 if __name__ == "__main__":
-    sh(f"cd {ROOT} && cargo build --release --examples -q")
+    sh(f"cd {ROOT} && cargo build --release --bins --examples -q")
     {"safe": bench_safe, "mount": bench_mount, "blocksize": bench_blocksize}[sys.argv[1]]()

@@ -1,116 +1,114 @@
 //! `disksafe restore`: writes a device as it was at a point, byte-exact, with zero
 //! blocks left as holes.
+//!
+//! It decodes runs of blocks straight into recycled buffers on all cores (no block
+//! cache: each block is needed once) while the calling thread writes, coalescing
+//! consecutive non-zero blocks into large writes. A regular file is written front to
+//! back without pre-sizing (ext4 is several times slower writing into a pre-sized
+//! sparse file) and extended to the device size at the end.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use rayon::prelude::*;
 
-use crate::cache::CachedSafe;
-use crate::device::PointDevice;
-use crate::format;
-use crate::readat::ReadAt;
 use crate::safe_reader::{device_in_point, Safe};
 
-/// Bytes decoded per step; large enough to keep every core decompressing.
-const CHUNK: usize = 16 << 20;
+/// Blocks decoded per step; large enough to keep every core decompressing.
+const CHUNK_BLOCKS: u64 = 256;
+/// Blocks per write call at most.
+const WRITE_BLOCKS: usize = 16;
+
+enum Out {
+    Stdout(std::io::StdoutLock<'static>),
+    File {
+        f: File,
+        sparse: bool,
+        created: bool,
+    },
+}
+
+/// A decoded run: device offset, bytes, and which blocks are all zeros.
+struct Decoded {
+    off: u64,
+    len: usize,
+    buf: Vec<u8>,
+    zero: Vec<bool>,
+}
 
 /// Restores DEVICE at POINT to OUTPUT (`-` for stdout); returns the bytes written.
 pub fn restore(safe_dir: &Path, point: &str, device: &str, output: &str) -> anyhow::Result<u64> {
-    let safe = Arc::new(Safe::open(safe_dir)?);
+    let safe = Safe::open(safe_dir)?;
     let p = safe.point(point)?;
     let d = device_in_point(&p, device)?;
-    let bs = safe.params().block_size as usize;
-    let cache = Arc::new(CachedSafe::new(safe.clone(), 64 << 20));
-    let dev = PointDevice::new(cache, p.id, d.id, &d.name, d.size);
-
-    enum Out {
-        Stdout(std::io::StdoutLock<'static>),
-        File {
-            f: File,
-            sparse: bool,
-            created: bool,
-        },
-    }
-    let mut out = if output == "-" {
-        Out::Stdout(std::io::stdout().lock())
-    } else {
-        let path = Path::new(output);
-        let existed = path.exists();
-        let is_blk = existed
-            && std::fs::metadata(path)
-                .map(|m| m.file_type().is_block_device())
-                .unwrap_or(false);
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(!is_blk)
-            .open(path)
-            .with_context(|| format!("cannot open output {output}"))?;
-        if is_blk {
-            let cap = crate::backup::source_size(&f)?;
-            if cap < d.size {
-                bail!(
-                    "output {output} holds {cap} bytes, the device needs {}",
-                    d.size
-                );
-            }
-        } else {
-            f.set_len(d.size)
-                .with_context(|| format!("sizing output {output}"))?;
-        }
-        Out::File {
-            f,
-            sparse: !is_blk,
-            created: !existed,
-        }
-    };
-
-    // Decode on a helper thread while this one writes.
-    let (tx, rx) = sync_channel::<anyhow::Result<(u64, Vec<u8>)>>(2);
+    let bs = safe.params().block_size as u64;
+    let mut out = open_output(output, d.size)?;
     let size = d.size;
+    let (tx, rx) = sync_channel::<anyhow::Result<Decoded>>(2);
+    let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(4);
     let result = std::thread::scope(|s| -> anyhow::Result<u64> {
-        s.spawn(|| {
-            let tx = tx;
-            let mut off = 0u64;
-            while off < size {
-                let n = CHUNK.min((size - off) as usize);
-                let mut buf = vec![0u8; n];
-                let r = dev
-                    .read_exact_at(off, &mut buf)
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-                    .map(|_| (off, buf));
+        let safe = &safe;
+        let d = &d;
+        s.spawn(move || {
+            let nblocks = size.div_ceil(bs);
+            let mut first = 0;
+            while first < nblocks {
+                let n = CHUNK_BLOCKS.min(nblocks - first);
+                let mut buf = recycle_rx.try_recv().unwrap_or_default();
+                buf.resize((n * bs) as usize, 0);
+                let r = decode(safe, p.id, d, first, n, bs, buf);
                 let failed = r.is_err();
                 if tx.send(r).is_err() || failed {
                     return;
                 }
-                off += n as u64;
+                first += n;
             }
         });
         let mut written = 0u64;
         for r in rx.iter() {
-            let (off, buf) = r?;
+            let dec = r?;
+            let data = &dec.buf[..dec.len];
             match &mut out {
-                Out::Stdout(w) => w.write_all(&buf).context("writing to stdout")?,
+                Out::Stdout(w) => w.write_all(data).context("writing to stdout")?,
                 Out::File { f, sparse, .. } => {
-                    for (i, chunk) in buf.chunks(bs).enumerate() {
-                        if *sparse && format::is_zero(chunk) {
+                    // Coalesce consecutive blocks that must be written.
+                    let mut i = 0;
+                    let nb = dec.zero.len();
+                    while i < nb {
+                        if *sparse && dec.zero[i] {
+                            i += 1;
                             continue;
                         }
-                        f.write_all_at(chunk, off + (i * bs) as u64)
+                        // Up to 1 MiB per write: measured fastest on ext4 here (16 MiB
+                        // writes took twice as long).
+                        let mut j = i + 1;
+                        while j < nb && j - i < WRITE_BLOCKS && !(*sparse && dec.zero[j]) {
+                            j += 1;
+                        }
+                        let a = i * bs as usize;
+                        let b = (j * bs as usize).min(dec.len);
+                        f.write_all_at(&data[a..b], dec.off + a as u64)
                             .with_context(|| format!("writing output {output}"))?;
+                        i = j;
                     }
                 }
             }
-            written += buf.len() as u64;
+            written += dec.len as u64;
+            let _ = recycle_tx.try_send(dec.buf);
         }
         match &mut out {
             Out::Stdout(w) => w.flush()?,
-            Out::File { f, .. } => f.sync_all().with_context(|| format!("syncing {output}"))?,
+            Out::File { f, sparse, .. } => {
+                if *sparse {
+                    f.set_len(size)
+                        .with_context(|| format!("sizing output {output}"))?;
+                }
+                f.sync_all().with_context(|| format!("syncing {output}"))?
+            }
         }
         Ok(written)
     });
@@ -124,5 +122,81 @@ pub fn restore(safe_dir: &Path, point: &str, device: &str, output: &str) -> anyh
             "restore of device {device} at point {} failed",
             p.id
         ))
+    })
+}
+
+fn open_output(output: &str, size: u64) -> anyhow::Result<Out> {
+    if output == "-" {
+        return Ok(Out::Stdout(std::io::stdout().lock()));
+    }
+    let path = Path::new(output);
+    let existed = path.exists();
+    let is_blk = existed
+        && std::fs::metadata(path)
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false);
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(!is_blk)
+        .open(path)
+        .with_context(|| format!("cannot open output {output}"))?;
+    if is_blk {
+        let cap = crate::backup::source_size(&f)?;
+        if cap < size {
+            bail!("output {output} holds {cap} bytes, the device needs {size}");
+        }
+    }
+    Ok(Out::File {
+        f,
+        sparse: !is_blk,
+        created: !existed,
+    })
+}
+
+/// Decodes blocks `first..first+n` into `buf` on all cores.
+fn decode(
+    safe: &Safe,
+    point: i64,
+    d: &crate::safe_reader::DeviceAt,
+    first: u64,
+    n: u64,
+    bs: u64,
+    mut buf: Vec<u8>,
+) -> anyhow::Result<Decoded> {
+    let place = |b: u64, e: &dyn std::fmt::Display| {
+        anyhow::anyhow!("point {point}, device {}, offset {}: {e}", d.name, b * bs)
+    };
+    let locs = safe
+        .block_run(d.id, point, first, n)
+        .map_err(|e| place(first, &format!("{e:#}")))?;
+    let mut zero = vec![false; n as usize];
+    buf.par_chunks_mut(bs as usize)
+        .zip(zero.par_iter_mut())
+        .zip(locs.par_iter())
+        .enumerate()
+        .try_for_each_init(
+            Vec::new,
+            |scratch, (i, ((dst, z), loc))| -> anyhow::Result<()> {
+                match loc {
+                    Some(l) if !l.is_zero() => {
+                        safe.load_block_into(l, dst, scratch)
+                            .map_err(|e| place(first + i as u64, &e))?;
+                    }
+                    _ => {
+                        dst.fill(0);
+                        *z = true;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+    let off = first * bs;
+    let len = ((n * bs).min(d.size - off)) as usize;
+    Ok(Decoded {
+        off,
+        len,
+        buf,
+        zero,
     })
 }

@@ -29,3 +29,61 @@ pub fn open_tree(
 pub(crate) fn corrupt(msg: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
 }
+
+/// A byte buffer as a volume, for fuzzing and tests of the parsers.
+pub struct MemVolume(pub Vec<u8>);
+
+impl ReadAt for MemVolume {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let len = self.0.len() as u64;
+        if offset >= len {
+            return Ok(0);
+        }
+        let n = buf.len().min((len - offset) as usize);
+        buf[..n].copy_from_slice(&self.0[offset as usize..offset as usize + n]);
+        Ok(n)
+    }
+
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+}
+
+/// Opens `data` as a volume and walks everything in it (directories, file data up to
+/// `max_read` bytes each, links, xattrs), visiting each inode once. Errors are fine;
+/// a panic or a hang is a bug. Shared by the fuzz target and the hostile-input tests.
+pub fn walk_everything(data: Vec<u8>, max_read: usize) -> std::io::Result<usize> {
+    let vol: Arc<dyn ReadAt> = Arc::new(MemVolume(data));
+    let Some(tree) = open_tree(vol, &TreeOptions::default())? else {
+        return Ok(0);
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![tree.root()];
+    let mut buf = vec![0u8; max_read];
+    while let Some(ino) = stack.pop() {
+        if !seen.insert(ino) || seen.len() > 100_000 {
+            continue;
+        }
+        let Ok(st) = tree.stat(ino) else { continue };
+        let _ = tree.xattrs(ino);
+        match st.kind {
+            NodeKind::Dir => {
+                if let Ok(entries) = tree.read_dir(ino) {
+                    for e in entries.iter().take(10_000) {
+                        let _ = tree.lookup(ino, &e.name);
+                        stack.push(e.ino);
+                    }
+                }
+            }
+            NodeKind::File => {
+                let _ = tree.read(ino, 0, &mut buf);
+                let _ = tree.read(ino, st.size.saturating_sub(7), &mut buf[..7.min(max_read)]);
+            }
+            NodeKind::Symlink => {
+                let _ = tree.read_link(ino);
+            }
+            _ => {}
+        }
+    }
+    Ok(seen.len())
+}

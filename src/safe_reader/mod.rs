@@ -320,9 +320,21 @@ impl Safe {
     /// Reads, decompresses and checks one stored block against its content hash; a
     /// damaged block is an error, never data.
     pub fn load_block(&self, loc: &BlockLoc) -> Result<Bytes, BlockError> {
-        if loc.is_zero() {
-            return Ok(Bytes::from(vec![0u8; self.params.block_size as usize]));
+        let mut out = vec![0u8; self.params.block_size as usize];
+        if !loc.is_zero() {
+            self.load_block_into(loc, &mut out, &mut Vec::new())?;
         }
+        Ok(Bytes::from(out))
+    }
+
+    /// Like [`Safe::load_block`], decoding into `dst` (one block long) with `scratch`
+    /// for the stored bytes, so bulk readers allocate nothing per block.
+    pub fn load_block_into(
+        &self,
+        loc: &BlockLoc,
+        dst: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), BlockError> {
         let damaged = |reason: String| BlockError::Damaged {
             id: loc.id,
             pack: loc.pack,
@@ -334,6 +346,7 @@ impl Safe {
         }
         if loc.stored_len as u64 > 2 * self.params.block_size as u64 + 1024
             || loc.raw_len != self.params.block_size
+            || dst.len() != loc.raw_len as usize
         {
             return Err(damaged("index entry has impossible lengths".into()));
         }
@@ -341,8 +354,8 @@ impl Safe {
             pack: loc.pack,
             source,
         })?;
-        let mut rec = vec![0u8; RECORD_HEADER_LEN + loc.stored_len as usize];
-        read_full(&file, &mut rec, loc.offset).map_err(|e| {
+        scratch.resize(RECORD_HEADER_LEN + loc.stored_len as usize, 0);
+        read_full(&file, scratch, loc.offset).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 damaged("pack file is shorter than the index says".into())
             } else {
@@ -352,7 +365,7 @@ impl Safe {
                 }
             }
         })?;
-        let hdr = RecordHeader::decode(&rec).map_err(damaged)?;
+        let hdr = RecordHeader::decode(scratch).map_err(damaged)?;
         if hdr.raw_len != loc.raw_len
             || hdr.stored_len != loc.stored_len
             || hdr.codec != loc.codec
@@ -360,32 +373,29 @@ impl Safe {
         {
             return Err(damaged("record header disagrees with the index".into()));
         }
-        let stored = &rec[RECORD_HEADER_LEN..];
-        let plain = match hdr.codec {
+        let stored = &scratch[RECORD_HEADER_LEN..];
+        match hdr.codec {
             format::CODEC_RAW => {
-                if stored.len() != loc.raw_len as usize {
+                if stored.len() != dst.len() {
                     return Err(damaged("raw record of wrong length".into()));
                 }
-                rec.drain(..RECORD_HEADER_LEN);
-                rec
+                dst.copy_from_slice(stored);
             }
             _ => {
-                let mut out = vec![0u8; loc.raw_len as usize];
-                let n = zstd::bulk::decompress_to_buffer(stored, &mut out[..])
+                let n = zstd::bulk::decompress_to_buffer(stored, dst)
                     .map_err(|e| damaged(format!("zstd: {e}")))?;
-                if n != out.len() {
+                if n != dst.len() {
                     return Err(damaged(format!(
                         "decompressed to {n} bytes, expected {}",
-                        out.len()
+                        dst.len()
                     )));
                 }
-                out
             }
-        };
-        if blake3::hash(&plain).as_bytes() != &loc.hash {
+        }
+        if blake3::hash(dst).as_bytes() != &loc.hash {
             return Err(damaged("content hash mismatch".into()));
         }
-        Ok(Bytes::from(plain))
+        Ok(())
     }
 }
 
