@@ -107,7 +107,8 @@ fn now_secs() -> i64 {
 
 struct PackOut {
     id: i64,
-    file: File,
+    /// Buffered: records are small, so one write call carries many of them.
+    file: std::io::BufWriter<File>,
     path: PathBuf,
     len: u64,
     committed: u64,
@@ -374,7 +375,7 @@ impl Writer {
             )?;
             self.pack = Some(PackOut {
                 id,
-                file,
+                file: std::io::BufWriter::with_capacity(1 << 20, file),
                 path,
                 len: format::PACK_MAGIC.len() as u64,
                 committed: format::PACK_MAGIC.len() as u64,
@@ -383,19 +384,31 @@ impl Writer {
         Ok(self.pack.as_mut().unwrap())
     }
 
+    /// Looks a batch of new hashes up in the index with one query, so `store` need not
+    /// ask per block: every hash the safe holds is in `session` afterwards.
+    fn lookup_batch(&mut self, hashes: &[Hash]) -> anyhow::Result<()> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let marks = vec!["?"; hashes.len()].join(",");
+        let sql = format!("SELECT hash, id FROM blocks WHERE hash IN ({marks})");
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let params: Vec<&[u8]> = hashes.iter().map(|h| &h[..]).collect();
+        let mut rows = st.query(rusqlite::params_from_iter(params))?;
+        while let Some(r) = rows.next()? {
+            let h: Vec<u8> = r.get(0)?;
+            if let Ok(h) = Hash::try_from(h.as_slice()) {
+                self.session.insert(h, r.get(1)?);
+            }
+        }
+        Ok(())
+    }
+
     /// Returns the id of a block with this content, storing it if the safe lacks it.
+    /// The hash must have gone through `lookup_batch` first.
     fn store(&mut self, hash: Hash, quick: Quick, codec: u8, stored: &[u8]) -> anyhow::Result<i64> {
         if let Some(id) = self.session.get(&hash) {
             return Ok(*id);
-        }
-        let existing: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT id FROM blocks WHERE hash = ?1")?
-            .query_row([&hash[..]], |r| r.get(0))
-            .optional()?;
-        if let Some(id) = existing {
-            self.session.insert(hash, id);
-            return Ok(id);
         }
         let block_size = self.params.block_size;
         let pack = self.ensure_pack()?;
@@ -406,7 +419,7 @@ impl Writer {
             hash,
         };
         let offset = pack.len;
-        let write = |f: &mut File| -> io::Result<()> {
+        let write = |f: &mut std::io::BufWriter<File>| -> io::Result<()> {
             f.write_all(&hdr.encode())?;
             f.write_all(stored)
         };
@@ -437,6 +450,10 @@ impl Writer {
         if let Some(p) = &mut self.pack {
             if p.len > p.committed {
                 p.file
+                    .flush()
+                    .with_context(|| format!("writing pack file {}", p.path.display()))?;
+                p.file
+                    .get_ref()
                     .sync_data()
                     .with_context(|| format!("syncing pack file {}", p.path.display()))?;
             }
@@ -496,8 +513,10 @@ impl Writer {
         let res = (|| -> anyhow::Result<()> {
             self.new_blocks.clear();
             self.new_map.clear();
-            if let Some(p) = &self.pack {
-                p.file.set_len(p.committed)?;
+            if let Some(p) = self.pack.take() {
+                // Drop what is still buffered, unwritten, then cut the pack back.
+                let (f, _) = p.file.into_parts();
+                f.set_len(p.committed)?;
             }
             let tx = self.conn.unchecked_transaction()?;
             tx.execute("DELETE FROM block_map WHERE point = ?1", [point])?;
@@ -647,6 +666,14 @@ fn backup_device(
     };
     let mut stats = DeviceStats::default();
     pipeline::run(job, |batch| {
+        let fresh: Vec<Hash> = batch
+            .iter()
+            .filter_map(|(_, o)| match o {
+                BlockOutcome::Data { hash, .. } if !w.session.contains_key(hash) => Some(*hash),
+                _ => None,
+            })
+            .collect();
+        w.lookup_batch(&fresh)?;
         for (b, outcome) in batch {
             match outcome {
                 BlockOutcome::Unchanged => {}

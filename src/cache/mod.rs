@@ -108,11 +108,16 @@ pub const MAP_SEGMENT: u64 = 256;
 /// Map segment key: (device id, point id, segment number).
 type SegKey = (i64, i64, u64);
 
+/// A block being decompressed by one thread, which others wait for instead of doing
+/// the same work (a reader and the readahead often want the same block).
+type Loading = Arc<std::sync::OnceLock<Result<Bytes, Arc<BlockError>>>>;
+
 /// A safe with its block and map caches: the one object readers share.
 pub struct CachedSafe {
     safe: Arc<Safe>,
     blocks: WeightedLru<i64, Bytes>,
     maps: WeightedLru<SegKey, Arc<Vec<Option<BlockLoc>>>>,
+    loading: Mutex<std::collections::HashMap<i64, Loading>>,
 }
 
 impl CachedSafe {
@@ -124,6 +129,7 @@ impl CachedSafe {
             safe,
             blocks: WeightedLru::new(cache_bytes.saturating_sub(map_bytes).max(1 << 20)),
             maps: WeightedLru::new(map_bytes),
+            loading: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -156,7 +162,8 @@ impl CachedSafe {
         loc.is_zero() || self.blocks.contains(&loc.id)
     }
 
-    /// The plain bytes of a block, from cache or decompressed and verified.
+    /// The plain bytes of a block, from cache or decompressed and verified (once, even
+    /// when several threads ask at the same time).
     pub fn block(&self, loc: &BlockLoc) -> Result<Bytes, BlockError> {
         if loc.is_zero() {
             return Ok(zero_block(self.safe.params().block_size as usize));
@@ -164,9 +171,27 @@ impl CachedSafe {
         if let Some(b) = self.blocks.get(&loc.id) {
             return Ok(b);
         }
-        let b = self.safe.load_block(loc)?;
-        self.blocks.put(loc.id, b.clone());
-        Ok(b)
+        let cell = self
+            .loading
+            .lock()
+            .unwrap()
+            .entry(loc.id)
+            .or_default()
+            .clone();
+        let mut mine = false;
+        let r = cell
+            .get_or_init(|| {
+                mine = true;
+                self.safe.load_block(loc).map_err(Arc::new)
+            })
+            .clone();
+        if mine {
+            if let Ok(b) = &r {
+                self.blocks.put(loc.id, b.clone());
+            }
+            self.loading.lock().unwrap().remove(&loc.id);
+        }
+        r.map_err(BlockError::Shared)
     }
 }
 

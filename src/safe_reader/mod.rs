@@ -96,6 +96,9 @@ pub enum BlockError {
         /// What check failed.
         reason: String,
     },
+    /// The same failure, met by another reader of the same block at the same time.
+    #[error("{0}")]
+    Shared(Arc<BlockError>),
     /// The pack could not be read at all.
     #[error("reading pack {pack}: {source}")]
     Io {
