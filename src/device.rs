@@ -4,8 +4,6 @@
 use std::io;
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use crate::cache::{CachedSafe, MAP_SEGMENT};
 use crate::readat::ReadAt;
 use crate::safe_reader::BlockLoc;
@@ -84,11 +82,8 @@ impl PointDevice {
         let end = (offset + len).min(self.size);
         let (first, last) = (offset / self.block_size, (end - 1) / self.block_size);
         if let Ok(locs) = self.locs(first, last) {
-            locs.par_iter().flatten().for_each(|l| {
-                if !self.cache.is_ready(l) {
-                    let _ = self.cache.block(l);
-                }
-            });
+            let locs: Vec<BlockLoc> = locs.into_iter().flatten().collect();
+            self.cache.fill(&locs);
         }
     }
 }
@@ -104,15 +99,14 @@ impl ReadAt for PointDevice {
         let (first, last) = (offset / bs, (end - 1) / bs);
         let locs = self.locs(first, last)?;
         // Decompress the missing blocks of a large read on all cores.
-        let missing: Vec<&BlockLoc> = locs
+        let missing: Vec<BlockLoc> = locs
             .iter()
             .flatten()
             .filter(|l| !self.cache.is_ready(l))
+            .copied()
             .collect();
         if missing.len() > 1 {
-            missing.par_iter().for_each(|l| {
-                let _ = self.cache.block(l);
-            });
+            self.cache.fill(&missing);
         }
         let mut done = 0usize;
         for (i, loc) in locs.iter().enumerate() {

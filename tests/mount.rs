@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -628,5 +628,60 @@ fn memory_stays_within_the_cache_on_a_1_tib_device_with_many_points() {
     assert!(
         rss < 32 * 1024 + 64 * 1024,
         "server RSS {rss} KiB (at start {base} KiB) exceeds the 32 MiB cache + 64 MiB"
+    );
+}
+
+#[test]
+fn allow_other_lets_others_in_but_keeps_images_private() {
+    need_fuse!("allow_other_lets_others_in_but_keeps_images_private");
+    let as_nobody = |args: &[&str]| {
+        Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+    };
+    if !is_root() || as_nobody(&["true"]).map(|ok| !ok).unwrap_or(true) {
+        eprintln!(
+            "SKIP allow_other_lets_others_in_but_keeps_images_private: needs root and runuser"
+        );
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    // The mount points must be reachable by nobody.
+    std::fs::set_permissions(
+        t.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let a = t.path().join("a.img");
+    std::fs::write(&a, vec![1u8; 200_000]).unwrap();
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), s(&a)]);
+    let private = Mounted::new(&safe, t.path(), &[]);
+    assert!(
+        !as_nobody(&["ls", s(&private.dir)]).unwrap(),
+        "without --allow-other only the owner enters"
+    );
+    let shared = Mounted::new(&safe, t.path(), &["--allow-other"]);
+    let img = shared.dir.join("1/a.img/disk.img");
+    assert!(
+        as_nobody(&["ls", s(&shared.dir.join("1/a.img"))]).unwrap(),
+        "others can list"
+    );
+    assert!(
+        !as_nobody(&["cat", s(&img)]).unwrap(),
+        "raw images are the owner's only"
+    );
+    assert_eq!(
+        std::fs::metadata(&img).unwrap().permissions().mode() & 0o777,
+        0o400
+    );
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        vec![1u8; 200_000],
+        "the owner reads it"
     );
 }

@@ -105,6 +105,9 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> WeightedLru<K, V> {
 /// of device at 64 KiB blocks), small enough that a random read's miss stays cheap.
 pub const MAP_SEGMENT: u64 = 256;
 
+/// Longest run of records read with one pread.
+const RUN_BYTES: u64 = 8 << 20;
+
 /// Map segment key: (device id, point id, segment number).
 type SegKey = (i64, i64, u64);
 
@@ -160,6 +163,51 @@ impl CachedSafe {
     /// True when a block needs no pack read (zero or cached).
     pub fn is_ready(&self, loc: &BlockLoc) -> bool {
         loc.is_zero() || self.blocks.contains(&loc.id)
+    }
+
+    /// Loads the given blocks into the cache: records that lie back to back in a pack
+    /// are read with one pread (small reads in parallel defeat the pack's readahead and
+    /// wait on the disk one by one), then decoded on all cores.
+    pub fn fill(&self, locs: &[BlockLoc]) {
+        use rayon::prelude::*;
+        let mut want: Vec<&BlockLoc> = locs.iter().filter(|l| !self.is_ready(l)).collect();
+        want.sort_by_key(|l| (l.pack, l.offset));
+        want.dedup_by_key(|l| l.id);
+        let mut runs: Vec<&[&BlockLoc]> = Vec::new();
+        let mut start = 0;
+        for i in 1..=want.len() {
+            let split = i == want.len() || {
+                let (a, b) = (want[i - 1], want[i]);
+                let end = a.offset + crate::format::RECORD_HEADER_LEN as u64 + a.stored_len as u64;
+                b.pack != a.pack || b.offset != end || end - want[start].offset > RUN_BYTES
+            };
+            if split {
+                runs.push(&want[start..i]);
+                start = i;
+            }
+        }
+        runs.par_iter().for_each(|run| {
+            let first = run[0];
+            let last = run[run.len() - 1];
+            let end =
+                last.offset + crate::format::RECORD_HEADER_LEN as u64 + last.stored_len as u64;
+            let mut span = vec![0u8; (end - first.offset) as usize];
+            if self
+                .safe
+                .read_pack(first.pack, first.offset, &mut span)
+                .is_err()
+            {
+                return; // each block then reports its own error when read
+            }
+            run.par_iter().for_each(|l| {
+                let at = (l.offset - first.offset) as usize;
+                let rec = &span[at..at + crate::format::RECORD_HEADER_LEN + l.stored_len as usize];
+                let mut out = vec![0u8; l.raw_len as usize];
+                if self.safe.decode_record(l, rec, &mut out).is_ok() {
+                    self.blocks.put(l.id, Bytes::from(out));
+                }
+            });
+        });
     }
 
     /// The plain bytes of a block, from cache or decompressed and verified (once, even

@@ -353,22 +353,46 @@ impl Safe {
         {
             return Err(damaged("index entry has impossible lengths".into()));
         }
-        let file = self.pack(loc.pack).map_err(|source| BlockError::Io {
-            pack: loc.pack,
-            source,
-        })?;
         scratch.resize(RECORD_HEADER_LEN + loc.stored_len as usize, 0);
-        read_full(&file, scratch, loc.offset).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                damaged("pack file is shorter than the index says".into())
-            } else {
-                BlockError::Io {
-                    pack: loc.pack,
-                    source: e,
+        self.read_pack(loc.pack, loc.offset, scratch)
+            .map_err(|e| match e {
+                BlockError::Io { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
+                    damaged("pack file is shorter than the index says".into())
                 }
-            }
-        })?;
-        let hdr = RecordHeader::decode(scratch).map_err(damaged)?;
+                e => e,
+            })?;
+        self.decode_record(loc, scratch, dst)
+    }
+
+    /// Reads `buf.len()` bytes of a pack at `offset`, for callers that fetch runs of
+    /// consecutive records with one read.
+    pub fn read_pack(&self, pack: i64, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        let file = self
+            .pack(pack)
+            .map_err(|source| BlockError::Io { pack, source })?;
+        read_full(&file, buf, offset).map_err(|source| BlockError::Io { pack, source })
+    }
+
+    /// Checks and decodes one record (header + stored bytes, as read from its pack)
+    /// into `dst`, verifying the content hash.
+    pub fn decode_record(
+        &self,
+        loc: &BlockLoc,
+        rec: &[u8],
+        dst: &mut [u8],
+    ) -> Result<(), BlockError> {
+        let damaged = |reason: String| BlockError::Damaged {
+            id: loc.id,
+            pack: loc.pack,
+            offset: loc.offset,
+            reason,
+        };
+        if rec.len() != RECORD_HEADER_LEN + loc.stored_len as usize
+            || dst.len() != loc.raw_len as usize
+        {
+            return Err(damaged("record of the wrong length".into()));
+        }
+        let hdr = RecordHeader::decode(rec).map_err(damaged)?;
         if hdr.raw_len != loc.raw_len
             || hdr.stored_len != loc.stored_len
             || hdr.codec != loc.codec
@@ -376,7 +400,7 @@ impl Safe {
         {
             return Err(damaged("record header disagrees with the index".into()));
         }
-        let stored = &scratch[RECORD_HEADER_LEN..];
+        let stored = &rec[RECORD_HEADER_LEN..];
         match hdr.codec {
             format::CODEC_RAW => {
                 if stored.len() != dst.len() {
