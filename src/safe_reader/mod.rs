@@ -109,6 +109,18 @@ pub enum BlockError {
     },
 }
 
+impl BlockError {
+    /// A `Damaged` error for the block at `loc`.
+    fn damaged(loc: &BlockLoc, reason: String) -> BlockError {
+        BlockError::Damaged {
+            id: loc.id,
+            pack: loc.pack,
+            offset: loc.offset,
+            reason,
+        }
+    }
+}
+
 /// Pack id marking a map entry whose block row is missing from the index.
 const MISSING_PACK: i64 = -1;
 
@@ -338,12 +350,7 @@ impl Safe {
         dst: &mut [u8],
         scratch: &mut Vec<u8>,
     ) -> Result<(), BlockError> {
-        let damaged = |reason: String| BlockError::Damaged {
-            id: loc.id,
-            pack: loc.pack,
-            offset: loc.offset,
-            reason,
-        };
+        let damaged = |reason: String| BlockError::damaged(loc, reason);
         if loc.pack == MISSING_PACK {
             return Err(damaged("the index names a block it does not hold".into()));
         }
@@ -381,12 +388,7 @@ impl Safe {
         rec: &[u8],
         dst: &mut [u8],
     ) -> Result<(), BlockError> {
-        let damaged = |reason: String| BlockError::Damaged {
-            id: loc.id,
-            pack: loc.pack,
-            offset: loc.offset,
-            reason,
-        };
+        let damaged = |reason: String| BlockError::damaged(loc, reason);
         if rec.len() != RECORD_HEADER_LEN + loc.stored_len as usize
             || dst.len() != loc.raw_len as usize
         {
