@@ -487,6 +487,8 @@ fn foreground_mount_unmounts_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let pid = child.id();
+    let guard = StopOnDrop(&mut child, mp.clone());
     let img = mp.join("1/a.img/disk.img");
     let mut waited = 0;
     while !img.exists() {
@@ -495,8 +497,8 @@ fn foreground_mount_unmounts_on_sigterm() {
         assert!(waited < 200, "mount did not come up");
     }
     assert_eq!(std::fs::read(&img).unwrap(), vec![5u8; 300_000]);
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let st = child.wait().unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let st = guard.0.wait().unwrap();
     assert!(st.success(), "{st:?}");
     assert!(!img.exists(), "unmounted after SIGTERM");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
@@ -545,6 +547,19 @@ fn damaged_block_gives_eio_and_a_log_line_and_the_mount_stays_up() {
     );
 }
 
+/// Stops a `--foreground` server and its mount even when a test fails half-way.
+struct StopOnDrop<'a>(&'a mut std::process::Child, PathBuf);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.1).output();
+    }
+}
+
 fn vm_rss_kib(pid: u32) -> u64 {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     st.lines()
@@ -591,13 +606,15 @@ fn memory_stays_within_the_cache_on_a_1_tib_device_with_many_points() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let pid = child.id();
+    let guard = StopOnDrop(&mut child, mp.clone());
     let mut waited = 0;
     while !mp.join("latest").exists() {
         std::thread::sleep(Duration::from_millis(50));
         waited += 1;
         assert!(waited < 200, "mount did not come up");
     }
-    let base = vm_rss_kib(child.id());
+    let base = vm_rss_kib(pid);
     // Read every data region at the last point, plus scattered reads at every point.
     let img = mp.join("12/big.img/disk.img");
     let fh = File::open(&img).unwrap();
@@ -620,11 +637,11 @@ fn memory_stays_within_the_cache_on_a_1_tib_device_with_many_points() {
     for _ in 0..256 {
         r.read_exact(&mut sink).unwrap();
     }
-    let rss = vm_rss_kib(child.id());
+    let rss = vm_rss_kib(pid);
     drop((fh, r));
     eprintln!("server RSS: {base} KiB after mount, {rss} KiB after reading (cache 32 MiB)");
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(guard.0.wait().unwrap().success());
     assert!(
         rss < 32 * 1024 + 64 * 1024,
         "server RSS {rss} KiB (at start {base} KiB) exceeds the 32 MiB cache + 64 MiB"
