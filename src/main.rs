@@ -92,7 +92,7 @@ enum Cmd {
         /// The mount point.
         mountpoint: PathBuf,
     },
-    /// A tour on sample data it makes itself: back up, list, restore, verify.
+    /// A tour on sample data it makes itself: back up, list, restore, verify, mount.
     Demo {
         /// Keep the demo's files here instead of a temporary directory.
         #[arg(long)]
