@@ -21,6 +21,12 @@ use sb::{feat, GroupDesc, Superblock, SB_OFFSET};
 
 /// Root directory inode.
 const ROOT: u64 = 2;
+/// Cache budgets of one opened volume (bytes): small, because a mount keeps one set
+/// per volume browsed. (A budget shared by all volumes of a mount is future work.)
+const INODE_CACHE: usize = 2 << 20;
+const DIR_CACHE: usize = 8 << 20;
+const EXTENT_CACHE: usize = 2 << 20;
+
 /// Largest directory read (bytes); bigger is treated as damage.
 const MAX_DIR_BYTES: u64 = 4 << 30;
 
@@ -153,9 +159,10 @@ impl ExtFs {
             sb,
             label,
             groups: Mutex::new(HashMap::new()),
-            inodes: WeightedLru::new(16 << 20),
-            dirs: WeightedLru::new(64 << 20),
-            extents: WeightedLru::new(16 << 20),
+            // Per opened volume; a mount may open one per point and partition browsed.
+            inodes: WeightedLru::new(INODE_CACHE),
+            dirs: WeightedLru::new(DIR_CACHE),
+            extents: WeightedLru::new(EXTENT_CACHE),
         }
     }
 
