@@ -518,17 +518,7 @@ fn damaged_block_gives_eio_and_a_log_line_and_the_mount_stays_up() {
     backup(&[s(&safe), "--compression", "0", s(&a)]);
     // Block 5 (64 KiB blocks, stored raw in order): flip a byte inside it.
     let pack = safe.join("packs/00000001.pack");
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&pack)
-        .unwrap();
-    let off = 16 + 5 * (48 + 65536) + 48 + 100;
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, off).unwrap();
-    b[0] ^= 1;
-    f.write_all_at(&b, off).unwrap();
-    drop(f);
+    flip_byte(&pack, 16 + 5 * (48 + 65536) + 48 + 100, 1);
     let m = Mounted::new(&safe, t.path(), &[]);
     let img = m.dir.join("1/a.img/disk.img");
     let fh = File::open(&img).unwrap();

@@ -188,17 +188,8 @@ fn flipped_byte_is_caught_by_verify_and_restore_refuses() {
     assert!(ok(&["verify", s(&safe)]).starts_with("ok:"));
     // Flip one byte in the middle of the first pack's data.
     let pack = safe.join("packs/00000001.pack");
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&pack)
-        .unwrap();
-    let len = f.metadata().unwrap().len();
-    let mut byte = [0u8; 1];
-    f.read_exact_at(&mut byte, len / 2).unwrap();
-    byte[0] ^= 0x40;
-    f.write_all_at(&byte, len / 2).unwrap();
-    drop(f);
+    let len = std::fs::metadata(&pack).unwrap().len();
+    flip_byte(&pack, len / 2, 0x40);
     let o = ds(&["verify", s(&safe)]);
     assert!(!o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);

@@ -125,6 +125,15 @@ pub fn mutate(p: &Path, count: usize, max_len: u64, rng: &mut impl Rng) -> Vec<(
     out
 }
 
+/// XORs one byte of a file in place with `mask`: the damage the corruption tests make.
+pub fn flip_byte(p: &Path, offset: u64, mask: u8) {
+    let f = OpenOptions::new().read(true).write(true).open(p).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= mask;
+    f.write_all_at(&b, offset).unwrap();
+}
+
 /// Total bytes of the pack files in a safe.
 pub fn pack_bytes(safe: &Path) -> u64 {
     std::fs::read_dir(safe.join("packs"))
