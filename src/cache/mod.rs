@@ -202,10 +202,11 @@ impl CachedSafe {
             run.par_iter().for_each(|l| {
                 let at = (l.offset - first.offset) as usize;
                 let rec = &span[at..at + crate::format::RECORD_HEADER_LEN + l.stored_len as usize];
-                let mut out = vec![0u8; l.raw_len as usize];
-                if self.safe.decode_record(l, rec, &mut out).is_ok() {
-                    self.blocks.put(l.id, Bytes::from(out));
-                }
+                let _ = self.load_once(l, || {
+                    let mut out = vec![0u8; l.raw_len as usize];
+                    self.safe.decode_record(l, rec, &mut out)?;
+                    Ok(Bytes::from(out))
+                });
             });
         });
     }
@@ -219,6 +220,17 @@ impl CachedSafe {
         if let Some(b) = self.blocks.get(&loc.id) {
             return Ok(b);
         }
+        self.load_once(loc, || self.safe.load_block(loc))
+    }
+
+    /// Runs `load` for a block unless another thread is already loading it (then
+    /// waits for that result), and caches what comes out: a reader and the readahead
+    /// asking for the same block decompress it once.
+    fn load_once(
+        &self,
+        loc: &BlockLoc,
+        load: impl FnOnce() -> Result<Bytes, BlockError>,
+    ) -> Result<Bytes, BlockError> {
         let cell = self
             .loading
             .lock()
@@ -230,7 +242,7 @@ impl CachedSafe {
         let r = cell
             .get_or_init(|| {
                 mine = true;
-                self.safe.load_block(loc).map_err(Arc::new)
+                load().map_err(Arc::new)
             })
             .clone();
         if mine {
