@@ -81,6 +81,9 @@ enum Cmd {
         /// Show ext file trees as recorded, without replaying their journals (forensics).
         #[arg(long)]
         no_replay: bool,
+        /// Show NTFS metadata files ($MFT, $LogFile, $Extend, ...) (forensics).
+        #[arg(long)]
+        show_system: bool,
         /// Log file of the background server (default: in the temporary directory).
         #[arg(long)]
         log: Option<PathBuf>,
@@ -214,10 +217,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cache,
             allow_other,
             no_replay,
+            show_system,
             log,
             daemon_child,
         } => disksafe::fs::mount::mount(disksafe::fs::mount::MountArgs {
             no_replay,
+            show_system,
             safe,
             mountpoint,
             point,

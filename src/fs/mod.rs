@@ -124,6 +124,8 @@ pub struct FsOptions {
     pub allow_other: bool,
     /// Show file trees as recorded, without journal replay (forensics).
     pub no_replay: bool,
+    /// Show NTFS metadata files ($MFT, $LogFile, ...) (forensics).
+    pub show_system: bool,
 }
 
 /// (point, device, partition) of a volume whose file tree was probed.
@@ -410,6 +412,9 @@ impl SafeFs {
         let opts = TreeOptions {
             no_replay: self.opts.no_replay,
             label: label.clone(),
+            uid: self.uid,
+            gid: self.gid,
+            show_system: self.opts.show_system,
         };
         let root = match crate::ntfs_ext::open_tree(vol, &opts) {
             Ok(Some(tree)) => {
@@ -889,24 +894,19 @@ impl fuser::Filesystem for SafeFs {
         let Some((tree, fino, _)) = self.tree_of(ino.0) else {
             return reply.error(Errno::NO_XATTR);
         };
-        match tree.xattrs(fino) {
-            Ok(list) => match list
-                .iter()
-                .find(|(n, _)| n.as_slice() == name.as_encoded_bytes())
-            {
-                Some((_, v)) => reply_xattr(reply, size, v),
-                None => reply.error(Errno::NO_XATTR),
-            },
+        match tree.xattr(fino, name.as_encoded_bytes()) {
+            Ok(Some(v)) => reply_xattr(reply, size, &v),
+            Ok(None) => reply.error(Errno::NO_XATTR),
             Err(e) => reply.error(self.tree_errno(ino.0, "getxattr", e)),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let names: Vec<u8> = match self.tree_of(ino.0) {
-            Some((tree, fino, _)) => match tree.xattrs(fino) {
+            Some((tree, fino, _)) => match tree.xattr_names(fino) {
                 Ok(list) => list
                     .into_iter()
-                    .flat_map(|(mut n, _)| {
+                    .flat_map(|mut n| {
                         n.push(0);
                         n
                     })

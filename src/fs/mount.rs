@@ -36,6 +36,8 @@ pub struct MountArgs {
     pub log: Option<PathBuf>,
     /// Show file trees without journal replay (forensics).
     pub no_replay: bool,
+    /// Show NTFS metadata files ($MFT, ...) (forensics).
+    pub show_system: bool,
     /// Internal: we are the background server started by `mount`.
     pub daemon_child: bool,
 }
@@ -130,6 +132,9 @@ fn spawn_server(args: &MountArgs, only_point: Option<i64>, mp: &Path) -> anyhow:
     if args.no_replay {
         cmd.arg("--no-replay");
     }
+    if args.show_system {
+        cmd.arg("--show-system");
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(logf));
@@ -198,6 +203,7 @@ fn serve(
             only_point,
             allow_other: args.allow_other,
             no_replay: args.no_replay,
+            show_system: args.show_system,
         },
     )?;
     let mut config = fuser::Config::default();

@@ -1,10 +1,11 @@
-//! Filesystem parsers (ext2/3/4; NTFS to come) behind one tree trait.
+//! Filesystem parsers (ext2/3/4 and NTFS) behind one tree trait.
 //!
 //! Everything here reads only through [`ReadAt`] and knows nothing of safes or FUSE.
 //! Every on-disk value is treated as hostile: offsets, counts and lengths are checked,
 //! loops are bounded, and damage is an error, never data.
 
 pub mod ext;
+pub mod ntfs;
 pub mod tree;
 
 use std::sync::Arc;
@@ -20,6 +21,10 @@ pub fn open_tree(
 ) -> std::io::Result<Option<Arc<dyn FsTree>>> {
     if ext::probe(&*dev)? {
         let fs = ext::ExtFs::open(dev, opts)?;
+        return Ok(Some(Arc::new(fs)));
+    }
+    if ntfs::probe(&*dev)? {
+        let fs = ntfs::NtfsFs::open(dev, opts)?;
         return Ok(Some(Arc::new(fs)));
     }
     Ok(None)
@@ -66,6 +71,7 @@ pub fn walk_everything(data: Vec<u8>, max_read: usize) -> std::io::Result<usize>
         }
         let Ok(st) = tree.stat(ino) else { continue };
         let _ = tree.xattrs(ino);
+        let _ = tree.xattr_names(ino);
         match st.kind {
             NodeKind::Dir => {
                 if let Ok(entries) = tree.read_dir(ino) {

@@ -97,6 +97,12 @@ pub struct TreeOptions {
     pub no_replay: bool,
     /// A name for log lines (point, device, partition).
     pub label: String,
+    /// Owner shown for filesystems without Unix ownership (NTFS): the mounting user.
+    pub uid: u32,
+    /// Group shown for filesystems without Unix ownership.
+    pub gid: u32,
+    /// Show the volume's own metadata files (NTFS `$MFT`, ...) for forensics.
+    pub show_system: bool,
 }
 
 /// A read-only file tree. Implementations cache parsed metadata; every method may be
@@ -116,6 +122,18 @@ pub trait FsTree: Send + Sync {
     fn read_link(&self, ino: u64) -> io::Result<Vec<u8>>;
     /// Extended attributes as (full name, value).
     fn xattrs(&self, ino: u64) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Names listxattr shows; trees with large or hidden attributes override it.
+    fn xattr_names(&self, ino: u64) -> io::Result<Vec<Vec<u8>>> {
+        Ok(self.xattrs(ino)?.into_iter().map(|(n, _)| n).collect())
+    }
+    /// One attribute's value (`None` when absent), without reading all the others.
+    fn xattr(&self, ino: u64, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        Ok(self
+            .xattrs(ino)?
+            .into_iter()
+            .find(|(n, _)| n.as_slice() == name)
+            .map(|(_, v)| v))
+    }
     /// Volume numbers.
     fn statfs(&self) -> StatFs;
 }

@@ -1,0 +1,1293 @@
+//! NTFS as an [`FsTree`]: $MFT records with fixups and attribute lists, resident and
+//! non-resident data (sparse, LZNT1-compressed, partly initialized), $I30 directory
+//! B+ trees, hard links, reparse points and Interix special files, and alternate data
+//! streams (as `user.*` xattrs and `FILE:STREAM` paths).
+//!
+//! Volumes are shown as recorded: $LogFile is not replayed (a dirty volume is logged).
+
+mod index;
+mod lznt1;
+mod names;
+mod record;
+mod reparse;
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::cache::{Weigh, WeightedLru};
+use crate::ntfs_ext::corrupt;
+use crate::ntfs_ext::tree::{DirEntry, FsTree, NodeKind, Stat, StatFs, Timespec, TreeOptions};
+use crate::readat::ReadAt;
+use index::{fattr, ns, Entry, FileName};
+use names::UpCase;
+use record::{aflag, mref, mseq, ty, Attr, Body, Boot, Record, Run};
+use reparse::{Interix, Reparse};
+
+/// Record number of the root directory.
+const ROOT: u64 = 5;
+/// Records below this are the volume's own metadata files.
+const FIRST_USER: u64 = 16;
+/// Inode numbers at or above this name alternate data streams (see `StreamTable`).
+const STREAM_BIT: u64 = 1 << 39;
+/// Per-volume cache budgets (bytes).
+const NODE_CACHE: usize = 4 << 20;
+const INDEX_CACHE: usize = 4 << 20;
+const DIR_CACHE: usize = 8 << 20;
+const UNIT_CACHE: usize = 4 << 20;
+/// Largest value read whole for metadata (attribute lists, reparse data).
+const MAX_META: u64 = 1 << 20;
+/// Most extension records one file may spread over.
+const MAX_EXTENSIONS: usize = 65_536;
+/// Largest compression unit accepted.
+const MAX_UNIT: u64 = 4 << 20;
+/// Largest stream served as an xattr value (the kernel's limit).
+const MAX_XATTR: u64 = 65_536;
+
+/// True when the volume carries an NTFS boot sector.
+pub fn probe(dev: &dyn ReadAt) -> io::Result<bool> {
+    if dev.size() < 512 {
+        return Ok(false);
+    }
+    let mut b = [0u8; 16];
+    dev.read_exact_at(0, &mut b)?;
+    Ok(record::is_ntfs(&b))
+}
+
+/// Where a stream's bytes are.
+#[derive(Debug, Clone)]
+enum Data {
+    Resident(Arc<Vec<u8>>),
+    Mapped(Arc<Mapped>),
+    /// Fragments that do not fit together; reads fail with this reason.
+    Broken(String),
+}
+
+#[derive(Debug)]
+struct Mapped {
+    runs: Vec<Run>,
+    size: u64,
+    init: u64,
+    alloc: u64,
+    /// log2 clusters per compression unit, when LZNT1-compressed.
+    comp_unit: Option<u8>,
+    used: u64,
+}
+
+impl Data {
+    fn size(&self) -> u64 {
+        match self {
+            Data::Resident(v) => v.len() as u64,
+            Data::Mapped(m) => m.size,
+            Data::Broken(_) => 0,
+        }
+    }
+    fn blocks(&self) -> u64 {
+        match self {
+            Data::Mapped(m) => m.used.div_ceil(512),
+            _ => 0,
+        }
+    }
+    fn weight(&self) -> usize {
+        match self {
+            Data::Resident(v) => v.len(),
+            Data::Mapped(m) => m.runs.len() * 24,
+            Data::Broken(s) => s.len(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Stream {
+    name: Vec<u16>,
+    data: Data,
+}
+
+/// One file as parsed from its base record and extension records.
+#[derive(Debug)]
+struct Node {
+    rec: u64,
+    seq: u16,
+    dir: bool,
+    /// Creation, data change, MFT change, access (NTFS time).
+    times: [u64; 4],
+    attrs: u32,
+    names: Vec<FileName>,
+    /// $DATA streams; the unnamed one has an empty name.
+    streams: Vec<Stream>,
+    index_root: Option<Vec<u8>>,
+    index_alloc: Option<Data>,
+    kind: NodeKind,
+    target: Option<Vec<u8>>,
+    rdev: u32,
+    /// Why the data cannot be read (encrypted, WOF, dedup).
+    opaque: Option<String>,
+    vol_flags: Option<u16>,
+}
+
+impl Node {
+    fn stream(&self, name: &[u16]) -> Option<(usize, &Stream)> {
+        self.streams
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == name)
+    }
+}
+
+impl Weigh for Arc<Node> {
+    fn weight(&self) -> usize {
+        256 + self
+            .names
+            .iter()
+            .map(|n| n.name.len() * 2 + 48)
+            .sum::<usize>()
+            + self
+                .streams
+                .iter()
+                .map(|s| s.data.weight() + 48)
+                .sum::<usize>()
+            + self.index_root.as_ref().map_or(0, |v| v.len())
+    }
+}
+
+struct Listing {
+    entries: Arc<Vec<DirEntry>>,
+    by_name: HashMap<Vec<u8>, u64>,
+}
+
+impl Weigh for Arc<Listing> {
+    fn weight(&self) -> usize {
+        64 + self
+            .entries
+            .iter()
+            .map(|e| e.name.len() * 2 + 80)
+            .sum::<usize>()
+    }
+}
+
+/// Parsed entries of one index node.
+struct IndexNode(Vec<Entry>);
+
+impl Weigh for Arc<IndexNode> {
+    fn weight(&self) -> usize {
+        64 + self
+            .0
+            .iter()
+            .map(|e| 64 + e.key.as_ref().map_or(0, |k| k.name.len() * 2))
+            .sum::<usize>()
+    }
+}
+
+/// Inode numbers handed out for `FILE:STREAM` lookups.
+#[derive(Default)]
+struct StreamTable {
+    ids: HashMap<(u64, Vec<u16>), u64>,
+    list: Vec<(u64, Vec<u16>)>,
+}
+
+/// An open NTFS volume.
+pub struct NtfsFs {
+    dev: Arc<dyn ReadAt>,
+    boot: Boot,
+    label: String,
+    uid: u32,
+    gid: u32,
+    show_system: bool,
+    mft: Arc<Mapped>,
+    records: u64,
+    upcase: UpCase,
+    nodes: WeightedLru<u64, Arc<Node>>,
+    index_nodes: WeightedLru<(u64, u64), Arc<IndexNode>>,
+    dirs: WeightedLru<u64, Arc<Listing>>,
+    units: WeightedLru<(u64, usize, u64), Arc<Vec<u8>>>,
+    streams: Mutex<StreamTable>,
+    logged: Mutex<HashSet<String>>,
+    free_clusters: OnceLock<u64>,
+}
+
+fn ntfs_time(t: u64) -> Timespec {
+    const EPOCH_DIFF: i64 = 11_644_473_600;
+    Timespec {
+        secs: (t / 10_000_000) as i64 - EPOCH_DIFF,
+        nsecs: (t % 10_000_000) as u32 * 100,
+    }
+}
+
+fn linux_dev(major: u64, minor: u64) -> u32 {
+    (((major & 0xFFF) << 8) | (minor & 0xFF) | ((minor & 0xFFF00) << 12)) as u32
+}
+
+/// Joins the fragments of one attribute (one per record holding a VCN range).
+fn merge(frags: &[&Attr]) -> Data {
+    if let [a] = frags {
+        if let Body::Resident(v) = &a.body {
+            return Data::Resident(Arc::new(v.clone()));
+        }
+    }
+    let mut nr: Vec<(&Attr, &record::NonResident)> = Vec::new();
+    for a in frags {
+        match &a.body {
+            Body::NonResident(n) => nr.push((a, n)),
+            Body::Resident(_) => {
+                return Data::Broken("resident and non-resident fragments mixed".into())
+            }
+        }
+    }
+    nr.sort_by_key(|(_, n)| n.lowest_vcn);
+    let Some(&(first_attr, first)) = nr.first() else {
+        return Data::Broken("no fragments".into());
+    };
+    if first.lowest_vcn != 0 {
+        return Data::Broken("the first fragment is missing".into());
+    }
+    let mut runs: Vec<Run> = Vec::new();
+    let mut next = 0u64;
+    for (_, n) in &nr {
+        if n.lowest_vcn != next {
+            return Data::Broken(format!(
+                "runlist fragments do not join (VCN {} expected, {} found)",
+                next, n.lowest_vcn
+            ));
+        }
+        runs.extend_from_slice(&n.runs);
+        next = runs.last().map_or(next, |r| r.vcn + r.len);
+        if n.highest_vcn.checked_add(1) > Some(next) && n.runs.is_empty() {
+            next = n.highest_vcn + 1;
+        }
+    }
+    let compressed = first_attr.flags & aflag::COMPRESSED != 0 && first.comp_unit > 0;
+    Data::Mapped(Arc::new(Mapped {
+        runs,
+        size: first.data_size,
+        init: first.init_size.min(first.data_size),
+        alloc: first.alloc_size,
+        comp_unit: compressed.then_some(first.comp_unit),
+        used: first.compressed_size.unwrap_or(first.alloc_size),
+    }))
+}
+
+impl NtfsFs {
+    /// Opens the volume: boot sector, $MFT (with its own attribute list), $UpCase,
+    /// $Volume's dirty flag and the root directory.
+    pub fn open(dev: Arc<dyn ReadAt>, opts: &TreeOptions) -> io::Result<NtfsFs> {
+        let mut b = [0u8; 512];
+        dev.read_exact_at(0, &mut b)?;
+        let boot = Boot::parse(&b)?;
+        let mft = Self::bootstrap_mft(&*dev, &boot)?;
+        let records = (mft.size / boot.record_size as u64).min(STREAM_BIT);
+        let mut fs = NtfsFs {
+            dev,
+            boot,
+            label: opts.label.clone(),
+            uid: opts.uid,
+            gid: opts.gid,
+            show_system: opts.show_system,
+            mft: Arc::new(mft),
+            records,
+            upcase: UpCase::fallback(),
+            nodes: WeightedLru::new(NODE_CACHE),
+            index_nodes: WeightedLru::new(INDEX_CACHE),
+            dirs: WeightedLru::new(DIR_CACHE),
+            units: WeightedLru::new(UNIT_CACHE),
+            streams: Mutex::new(StreamTable::default()),
+            logged: Mutex::new(HashSet::new()),
+            free_clusters: OnceLock::new(),
+        };
+        match fs.load_upcase() {
+            Ok(u) => fs.upcase = u,
+            Err(e) => tracing::warn!(
+                "{}: $UpCase unreadable ({e}); ordering names with Unicode's own case table",
+                fs.label
+            ),
+        }
+        match fs.node(3) {
+            Ok(v) if v.vol_flags.is_some_and(|f| f & 1 != 0) => tracing::warn!(
+                "{}: NTFS volume was not cleanly unmounted (dirty flag set); shown as recorded, \
+                 $LogFile not replayed",
+                fs.label
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("{}: $Volume unreadable: {e}", fs.label),
+        }
+        let root = fs.node(ROOT)?;
+        if !root.dir {
+            return Err(corrupt("NTFS root record is not a directory"));
+        }
+        Ok(fs)
+    }
+
+    /// Reads record 0 straight from the boot sector's location and follows its
+    /// attribute list, so a fragmented $MFT maps completely.
+    fn bootstrap_mft(dev: &dyn ReadAt, boot: &Boot) -> io::Result<Mapped> {
+        let rs = boot.record_size as usize;
+        let at = boot
+            .mft_lcn
+            .checked_mul(boot.cluster_size)
+            .ok_or_else(|| corrupt("boot sector: $MFT location overflows"))?;
+        let mut buf = vec![0u8; rs];
+        dev.read_exact_at(at, &mut buf)?;
+        record::apply_fixups(&mut buf, b"FILE", &|| "MFT record 0".into())?;
+        let rec0 = Record::parse(&buf, 0)?;
+        let unnamed_data = |r: &Record, vcn: u64| -> Option<record::NonResident> {
+            r.attrs.iter().find_map(|a| match &a.body {
+                Body::NonResident(n)
+                    if a.ty == ty::DATA && a.name.is_empty() && n.lowest_vcn == vcn =>
+                {
+                    Some(n.clone())
+                }
+                _ => None,
+            })
+        };
+        let first = unnamed_data(&rec0, 0).ok_or_else(|| corrupt("$MFT has no data runlist"))?;
+        let mut m = Mapped {
+            runs: first.runs.clone(),
+            size: first.data_size,
+            init: first.init_size.min(first.data_size),
+            alloc: first.alloc_size,
+            comp_unit: None,
+            used: first.alloc_size,
+        };
+        let Some(list_attr) = rec0.attrs.iter().find(|a| a.ty == ty::ATTRIBUTE_LIST) else {
+            return Ok(m);
+        };
+        let list = match &list_attr.body {
+            Body::Resident(v) => v.clone(),
+            Body::NonResident(n) => {
+                let len = n.data_size.min(MAX_META) as usize;
+                let lm = Mapped {
+                    runs: n.runs.clone(),
+                    size: len as u64,
+                    init: n.init_size,
+                    alloc: n.alloc_size,
+                    comp_unit: None,
+                    used: 0,
+                };
+                let mut v = vec![0u8; len];
+                read_runs(dev, boot.cluster_size, &lm.runs, 0, &mut v)?;
+                v
+            }
+        };
+        let mut frags: Vec<_> = record::parse_attr_list(&list)?
+            .into_iter()
+            .filter(|e| e.ty == ty::DATA && e.name.is_empty() && e.record != 0 && e.lowest_vcn > 0)
+            .collect();
+        frags.sort_by_key(|e| e.lowest_vcn);
+        for e in frags.iter().take(MAX_EXTENSIONS) {
+            let next = m.runs.last().map_or(0, |r| r.vcn + r.len);
+            if e.lowest_vcn != next {
+                return Err(corrupt(format!(
+                    "$MFT runlist fragments do not join (VCN {next} expected, {} found)",
+                    e.lowest_vcn
+                )));
+            }
+            let off = e
+                .record
+                .checked_mul(rs as u64)
+                .ok_or_else(|| corrupt("$MFT extension record number overflows"))?;
+            read_runs(dev, boot.cluster_size, &m.runs, off, &mut buf)?;
+            record::apply_fixups(&mut buf, b"FILE", &|| format!("MFT record {}", e.record))?;
+            let r = Record::parse(&buf, e.record)?;
+            let frag = unnamed_data(&r, e.lowest_vcn).ok_or_else(|| {
+                corrupt(format!("MFT record {} lacks its $MFT fragment", e.record))
+            })?;
+            m.runs.extend_from_slice(&frag.runs);
+        }
+        Ok(m)
+    }
+
+    fn load_upcase(&self) -> io::Result<UpCase> {
+        let n = self.node(10)?;
+        let (_, s) = n
+            .stream(&[])
+            .ok_or_else(|| corrupt("$UpCase has no data"))?;
+        let mut v = vec![0u8; 131_072];
+        self.read_data(&s.data, (10, 0), 0, &mut v)?;
+        UpCase::from_bytes(&v).ok_or_else(|| corrupt("$UpCase is too short"))
+    }
+
+    fn warn_once(&self, key: String, msg: impl FnOnce() -> String) {
+        if self.logged.lock().unwrap().insert(key) {
+            tracing::warn!("{}: {}", self.label, msg());
+        }
+    }
+
+    /// Reads and fixes up MFT record `n`.
+    fn record(&self, n: u64) -> io::Result<Record> {
+        if n >= self.records {
+            return Err(corrupt(format!(
+                "MFT record {n} is past the end of $MFT ({} records)",
+                self.records
+            )));
+        }
+        let rs = self.boot.record_size as u64;
+        let mut buf = vec![0u8; rs as usize];
+        if (n + 1) * rs > self.mft.init {
+            return Err(corrupt(format!(
+                "MFT record {n} lies past $MFT's initialized size"
+            )));
+        }
+        read_runs(
+            &*self.dev,
+            self.boot.cluster_size,
+            &self.mft.runs,
+            n * rs,
+            &mut buf,
+        )?;
+        record::apply_fixups(&mut buf, b"FILE", &|| format!("MFT record {n}"))?;
+        Record::parse(&buf, n)
+    }
+
+    /// The parsed file of base record `n` (cached).
+    fn node(&self, n: u64) -> io::Result<Arc<Node>> {
+        if let Some(x) = self.nodes.get(&n) {
+            return Ok(x);
+        }
+        let node = Arc::new(self.load_node(n)?);
+        self.nodes.put(n, node.clone());
+        Ok(node)
+    }
+
+    fn load_node(&self, n: u64) -> io::Result<Node> {
+        let rec = self.record(n)?;
+        if rec.flags & 1 == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("MFT record {n} is not in use"),
+            ));
+        }
+        if rec.base != 0 {
+            return Err(corrupt(format!(
+                "MFT record {n} is an extension of record {}",
+                rec.base
+            )));
+        }
+        let mut attrs = rec.attrs;
+        if let Some(al) = attrs.iter().find(|a| a.ty == ty::ATTRIBUTE_LIST) {
+            let v = self.attr_value(al)?;
+            let mut exts: Vec<u64> = Vec::new();
+            let mut seen = HashSet::new();
+            for e in record::parse_attr_list(&v)? {
+                if e.record != n && seen.insert(e.record) {
+                    exts.push(e.record);
+                }
+            }
+            if exts.len() > MAX_EXTENSIONS {
+                return Err(corrupt(format!(
+                    "MFT record {n}: attribute list names {} records",
+                    exts.len()
+                )));
+            }
+            let mut more = Vec::new();
+            for x in exts {
+                let r = self.record(x)?;
+                if r.flags & 1 == 0 || r.base != n {
+                    return Err(corrupt(format!(
+                        "MFT record {n}: attribute list points at record {x}, which is not its extension"
+                    )));
+                }
+                more.extend(r.attrs);
+            }
+            attrs.extend(more);
+        }
+        self.assemble(n, rec.seq, rec.flags & 2 != 0, &attrs)
+    }
+
+    /// Whole value of a (small) attribute, resident or not.
+    fn attr_value(&self, a: &Attr) -> io::Result<Vec<u8>> {
+        match &a.body {
+            Body::Resident(v) => Ok(v.clone()),
+            Body::NonResident(nr) => {
+                if nr.data_size > MAX_META {
+                    return Err(corrupt(format!(
+                        "metadata attribute of {} bytes",
+                        nr.data_size
+                    )));
+                }
+                let mut v = vec![0u8; nr.data_size as usize];
+                let init = nr.init_size.min(nr.data_size) as usize;
+                read_runs(
+                    &*self.dev,
+                    self.boot.cluster_size,
+                    &nr.runs,
+                    0,
+                    &mut v[..init],
+                )?;
+                Ok(v)
+            }
+        }
+    }
+
+    fn assemble(&self, n: u64, seq: u16, dir_flag: bool, attrs: &[Attr]) -> io::Result<Node> {
+        let mut node = Node {
+            rec: n,
+            seq,
+            dir: false,
+            times: [0; 4],
+            attrs: 0,
+            names: Vec::new(),
+            streams: Vec::new(),
+            index_root: None,
+            index_alloc: None,
+            kind: NodeKind::File,
+            target: None,
+            rdev: 0,
+            opaque: None,
+            vol_flags: None,
+        };
+        let mut groups: Vec<(u32, &[u16], Vec<&Attr>)> = Vec::new();
+        let mut reparse_data = None;
+        let mut encrypted = false;
+        for a in attrs {
+            match (a.ty, &a.body) {
+                (ty::STANDARD_INFORMATION, Body::Resident(v)) if v.len() >= 0x24 => {
+                    for (i, t) in node.times.iter_mut().enumerate() {
+                        *t = record::le64(v, i * 8)?;
+                    }
+                    node.attrs = record::le32(v, 0x20)?;
+                }
+                (ty::FILE_NAME, Body::Resident(v)) => node.names.push(FileName::parse(v)?),
+                (ty::VOLUME_INFORMATION, Body::Resident(v)) => {
+                    node.vol_flags = record::le16(v, 0x0A).ok()
+                }
+                (ty::INDEX_ROOT, Body::Resident(v)) if a.name == I30 => {
+                    node.index_root = Some(v.clone())
+                }
+                (ty::REPARSE_POINT, _) => reparse_data = Some(self.attr_value(a)?),
+                (ty::DATA | ty::INDEX_ALLOCATION, _) => {
+                    encrypted |= a.flags & aflag::ENCRYPTED != 0;
+                    match groups
+                        .iter_mut()
+                        .find(|(t, nm, _)| *t == a.ty && *nm == a.name.as_slice())
+                    {
+                        Some(g) => g.2.push(a),
+                        None => groups.push((a.ty, &a.name, vec![a])),
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (t, name, frags) in groups {
+            let data = merge(&frags);
+            if t == ty::DATA {
+                node.streams.push(Stream {
+                    name: name.to_vec(),
+                    data,
+                });
+            } else if name == I30 {
+                node.index_alloc = Some(data);
+            }
+        }
+        node.streams.sort_by(|a, b| a.name.cmp(&b.name));
+        node.dir = dir_flag && node.index_root.is_some();
+        if dir_flag && node.index_root.is_none() && n != 11 && n >= FIRST_USER {
+            self.warn_once(format!("noroot:{n}"), || {
+                format!("MFT record {n} is a directory without an $I30 index")
+            });
+        }
+        node.kind = if node.dir {
+            NodeKind::Dir
+        } else {
+            NodeKind::File
+        };
+        if encrypted || node.attrs & fattr::ENCRYPTED != 0 {
+            node.opaque = Some("data is EFS-encrypted".into());
+        }
+        if let Some(rd) = reparse_data {
+            match reparse::parse(&rd) {
+                Some(Reparse::Link(t)) => {
+                    node.kind = NodeKind::Symlink;
+                    node.target = Some(t);
+                }
+                Some(Reparse::Special(tag)) => {
+                    node.kind = match tag {
+                        reparse::TAG_LX_FIFO => NodeKind::Fifo,
+                        reparse::TAG_LX_CHR => NodeKind::CharDev,
+                        reparse::TAG_LX_BLK => NodeKind::BlockDev,
+                        _ => NodeKind::Socket,
+                    }
+                }
+                Some(Reparse::Opaque(_, why)) => node.opaque = Some(why.into()),
+                Some(Reparse::Other(tag)) => self.warn_once(format!("tag:{tag:#x}"), || {
+                    format!("reparse tag {tag:#010x} (first seen on MFT record {n}) is not interpreted; such files are shown as regular entries")
+                }),
+                None => self.warn_once(format!("badreparse:{n}"), || {
+                    format!("MFT record {n}: damaged reparse data (tag {:?}); shown as a regular entry", reparse::tag(&rd))
+                }),
+            }
+        }
+        if node.kind == NodeKind::File && node.attrs & fattr::SYSTEM != 0 && node.opaque.is_none() {
+            if let Some((_, s)) = node.stream(&[]) {
+                if s.data.size() <= reparse::INTERIX_MAX {
+                    let mut v = vec![0u8; s.data.size() as usize];
+                    if self.read_data(&s.data, (n, 0), 0, &mut v).is_ok() {
+                        match reparse::interix(&v) {
+                            Some(Interix::Symlink(t)) => {
+                                node.kind = NodeKind::Symlink;
+                                node.target = Some(t);
+                            }
+                            Some(Interix::Char(ma, mi)) => {
+                                node.kind = NodeKind::CharDev;
+                                node.rdev = linux_dev(ma, mi);
+                            }
+                            Some(Interix::Block(ma, mi)) => {
+                                node.kind = NodeKind::BlockDev;
+                                node.rdev = linux_dev(ma, mi);
+                            }
+                            Some(Interix::Fifo) => node.kind = NodeKind::Fifo,
+                            Some(Interix::Socket) => node.kind = NodeKind::Socket,
+                            None => {}
+                        }
+                    }
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    /// Reads stream bytes at `off`; `key` names the stream for the compression cache.
+    fn read_data(
+        &self,
+        data: &Data,
+        key: (u64, usize),
+        off: u64,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        match data {
+            Data::Broken(why) => Err(corrupt(format!("MFT record {}: {why}", key.0))),
+            Data::Resident(v) => {
+                if off >= v.len() as u64 {
+                    return Ok(0);
+                }
+                let n = buf.len().min(v.len() - off as usize);
+                buf[..n].copy_from_slice(&v[off as usize..off as usize + n]);
+                Ok(n)
+            }
+            Data::Mapped(m) => {
+                if off >= m.size {
+                    return Ok(0);
+                }
+                let n = (buf.len() as u64).min(m.size - off) as usize;
+                let buf = &mut buf[..n];
+                let valid = m.init.saturating_sub(off).min(n as u64) as usize;
+                buf[valid..].fill(0);
+                if valid > 0 {
+                    match m.comp_unit {
+                        Some(cu) => self.read_compressed(m, cu, key, off, &mut buf[..valid])?,
+                        None => read_runs(
+                            &*self.dev,
+                            self.boot.cluster_size,
+                            &m.runs,
+                            off,
+                            &mut buf[..valid],
+                        )?,
+                    }
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    fn read_compressed(
+        &self,
+        m: &Mapped,
+        cu: u8,
+        key: (u64, usize),
+        off: u64,
+        buf: &mut [u8],
+    ) -> io::Result<()> {
+        let cs = self.boot.cluster_size;
+        let unit = cs
+            .checked_shl(cu as u32)
+            .filter(|&u| u <= MAX_UNIT && cu < 32)
+            .ok_or_else(|| corrupt(format!("compression unit of 2^{cu} clusters")))?;
+        let mut pos = off;
+        let mut done = 0;
+        while done < buf.len() {
+            let idx = pos / unit;
+            let within = (pos % unit) as usize;
+            let take = (buf.len() - done).min(unit as usize - within);
+            let cache_key = (key.0, key.1, idx);
+            let data = match self.units.get(&cache_key) {
+                Some(d) => d,
+                None => {
+                    let d = Arc::new(self.decode_unit(m, idx, unit)?);
+                    self.units.put(cache_key, d.clone());
+                    d
+                }
+            };
+            buf[done..done + take].copy_from_slice(&data[within..within + take]);
+            done += take;
+            pos += take as u64;
+        }
+        Ok(())
+    }
+
+    /// One compression unit: all holes → zeros, fully allocated → stored raw,
+    /// otherwise its allocated clusters hold LZNT1 data.
+    fn decode_unit(&self, m: &Mapped, idx: u64, unit: u64) -> io::Result<Vec<u8>> {
+        let cs = self.boot.cluster_size;
+        let per = unit / cs;
+        let first = idx * per;
+        let mut allocated = 0u64;
+        let mut pieces: Vec<(u64, u64)> = Vec::new();
+        let start = m.runs.partition_point(|r| r.vcn + r.len <= first);
+        for r in &m.runs[start..] {
+            if r.vcn >= first + per {
+                break;
+            }
+            let lo = r.vcn.max(first);
+            let hi = (r.vcn + r.len).min(first + per);
+            if let Some(l) = r.lcn {
+                allocated += hi - lo;
+                pieces.push((l + (lo - r.vcn), hi - lo));
+            }
+        }
+        let mut out = vec![0u8; unit as usize];
+        if allocated == 0 {
+            return Ok(out);
+        }
+        if allocated >= per {
+            read_runs(&*self.dev, cs, &m.runs, idx * unit, &mut out)?;
+            return Ok(out);
+        }
+        let mut src = vec![0u8; (allocated * cs) as usize];
+        let mut at = 0usize;
+        for (lcn, len) in pieces {
+            let bytes = (len * cs) as usize;
+            let dev_off = lcn
+                .checked_mul(cs)
+                .ok_or_else(|| corrupt("compressed run location overflows"))?;
+            self.dev.read_exact_at(dev_off, &mut src[at..at + bytes])?;
+            at += bytes;
+        }
+        lznt1::decompress(&src, &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads one INDX node of a directory (cached).
+    fn index_node(&self, dir: &Node, block: u32, vcn: u64) -> io::Result<Arc<IndexNode>> {
+        if let Some(x) = self.index_nodes.get(&(dir.rec, vcn)) {
+            return Ok(x);
+        }
+        let alloc = dir.index_alloc.as_ref().ok_or_else(|| {
+            corrupt(format!(
+                "directory {} points into a missing $INDEX_ALLOCATION",
+                dir.rec
+            ))
+        })?;
+        let unit = if block as u64 >= self.boot.cluster_size {
+            self.boot.cluster_size
+        } else {
+            512
+        };
+        let off = vcn
+            .checked_mul(unit)
+            .ok_or_else(|| corrupt("index node VCN overflows"))?;
+        let mut buf = vec![0u8; block as usize];
+        let n = self.read_data(alloc, (dir.rec, usize::MAX), off, &mut buf)?;
+        if n < buf.len() {
+            return Err(corrupt(format!(
+                "directory {}: index node at VCN {vcn} is past the index",
+                dir.rec
+            )));
+        }
+        let what = || format!("directory {} index node at VCN {vcn}", dir.rec);
+        record::apply_fixups(&mut buf, b"INDX", &what)?;
+        if record::le64(&buf, 0x10)? != vcn {
+            return Err(corrupt(format!(
+                "{} says it is VCN {}",
+                what(),
+                record::le64(&buf, 0x10)?
+            )));
+        }
+        let entries = Arc::new(IndexNode(index::parse_node(&buf, 0x18)?));
+        self.index_nodes.put((dir.rec, vcn), entries.clone());
+        Ok(entries)
+    }
+
+    fn root_of(&self, dir: &Node) -> io::Result<index::Root> {
+        let v = dir
+            .index_root
+            .as_ref()
+            .ok_or_else(|| corrupt(format!("MFT record {} is not a directory", dir.rec)))?;
+        index::parse_root(v)
+    }
+
+    /// True when an entry is shown: not a DOS duplicate, not the root's `.`, and not
+    /// a metadata file unless asked.
+    fn visible(&self, dir: &Node, e: &Entry, k: &FileName) -> bool {
+        let r = mref(e.file);
+        k.namespace != ns::DOS && r != dir.rec && (self.show_system || r >= FIRST_USER)
+    }
+
+    /// Every entry of a directory's B+ tree (cached with a name map).
+    fn listing(&self, dir: &Node) -> io::Result<Arc<Listing>> {
+        if let Some(l) = self.dirs.get(&dir.rec) {
+            return Ok(l);
+        }
+        let root = self.root_of(dir)?;
+        let max_nodes = dir
+            .index_alloc
+            .as_ref()
+            .map_or(0, |a| a.size() / root.block_size as u64)
+            + 1;
+        let mut entries = Vec::new();
+        let mut by_name = HashMap::new();
+        let mut visited = HashSet::new();
+        let mut stack: Vec<Arc<IndexNode>> = vec![Arc::new(IndexNode(root.entries))];
+        while let Some(node) = stack.pop() {
+            for e in node.0.iter() {
+                if let Some(c) = e.child {
+                    if !visited.insert(c) || visited.len() as u64 > max_nodes {
+                        return Err(corrupt(format!(
+                            "directory {}: index nodes form a cycle",
+                            dir.rec
+                        )));
+                    }
+                    stack.push(self.index_node(dir, root.block_size, c)?);
+                }
+                let Some(k) = &e.key else { continue };
+                if !self.visible(dir, e, k) {
+                    continue;
+                }
+                let name = names::to_bytes(&k.name);
+                let ino = mref(e.file);
+                if ino >= self.records {
+                    self.warn_once(format!("badref:{}:{ino}", dir.rec), || {
+                        format!(
+                            "directory {} names record {ino}, past the end of $MFT; entry skipped",
+                            dir.rec
+                        )
+                    });
+                    continue;
+                }
+                if by_name.contains_key(&name) {
+                    continue;
+                }
+                let kind = self.entry_kind(k, ino);
+                by_name.insert(name.clone(), ino);
+                entries.push(DirEntry { name, ino, kind });
+            }
+        }
+        let l = Arc::new(Listing {
+            entries: Arc::new(entries),
+            by_name,
+        });
+        self.dirs.put(dir.rec, l.clone());
+        Ok(l)
+    }
+
+    /// Type of an entry from its index key, loading the record only for reparse points
+    /// and system files (which may be links or special files).
+    fn entry_kind(&self, k: &FileName, ino: u64) -> NodeKind {
+        if k.attrs & (fattr::REPARSE_POINT | fattr::SYSTEM) != 0 {
+            if let Ok(n) = self.node(ino) {
+                return n.kind;
+            }
+        }
+        if k.attrs & fattr::DUP_DIR != 0 {
+            NodeKind::Dir
+        } else {
+            NodeKind::File
+        }
+    }
+
+    /// Walks the B+ tree for an exact name.
+    fn find(&self, dir: &Node, target: &[u16]) -> io::Result<Option<u64>> {
+        let root = self.root_of(dir)?;
+        let mut node = Arc::new(IndexNode(root.entries));
+        let mut visited = HashSet::new();
+        loop {
+            let mut next = None;
+            for e in node.0.iter() {
+                let Some(k) = &e.key else {
+                    next = e.child;
+                    break;
+                };
+                match self.upcase.collate(target, &k.name) {
+                    std::cmp::Ordering::Greater => continue,
+                    std::cmp::Ordering::Equal => {
+                        return Ok(self.visible(dir, e, k).then_some(e.file));
+                    }
+                    std::cmp::Ordering::Less => {
+                        next = e.child;
+                        break;
+                    }
+                }
+            }
+            let Some(vcn) = next else { return Ok(None) };
+            if !visited.insert(vcn) || visited.len() > 64 {
+                return Err(corrupt(format!(
+                    "directory {}: index nodes form a cycle",
+                    dir.rec
+                )));
+            }
+            node = self.index_node(dir, root.block_size, vcn)?;
+        }
+    }
+
+    /// A node that must be a live base record reachable as an inode.
+    fn file(&self, ino: u64) -> io::Result<Arc<Node>> {
+        if ino >= self.records {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        self.node(ino)
+    }
+
+    /// Resolves an inode to its node and, for a stream inode, the stream's index.
+    fn resolve(&self, ino: u64) -> io::Result<(Arc<Node>, Option<usize>)> {
+        if ino & STREAM_BIT == 0 {
+            return Ok((self.file(ino)?, None));
+        }
+        let (rec, name) = {
+            let t = self.streams.lock().unwrap();
+            t.list
+                .get((ino & !STREAM_BIT) as usize)
+                .cloned()
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?
+        };
+        let node = self.file(rec)?;
+        let (i, _) = node
+            .stream(&name)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        Ok((node, Some(i)))
+    }
+
+    fn stream_ino(&self, rec: u64, name: Vec<u16>) -> u64 {
+        let mut t = self.streams.lock().unwrap();
+        if let Some(&i) = t.ids.get(&(rec, name.clone())) {
+            return i;
+        }
+        let i = STREAM_BIT | t.list.len() as u64;
+        t.list.push((rec, name.clone()));
+        t.ids.insert((rec, name), i);
+        i
+    }
+
+    /// `FILE:STREAM` (optionally `:$DATA`) names a named data stream of FILE.
+    fn lookup_stream(&self, dir: u64, name: &[u8]) -> io::Result<Option<u64>> {
+        let Some(colon) = name.iter().position(|&b| b == b':') else {
+            return Ok(None);
+        };
+        let (base, rest) = (&name[..colon], &name[colon + 1..]);
+        let sname = rest.strip_suffix(b":$DATA").unwrap_or(rest);
+        if base.is_empty() || sname.is_empty() {
+            return Ok(None);
+        }
+        let Some(rec) = self.lookup_plain(dir, base)? else {
+            return Ok(None);
+        };
+        let Some(units) = names::from_bytes(sname) else {
+            return Ok(None);
+        };
+        let node = self.file(rec)?;
+        let found = node
+            .streams
+            .iter()
+            .find(|s| !s.name.is_empty() && s.name == units)
+            .or_else(|| {
+                node.streams
+                    .iter()
+                    .find(|s| !s.name.is_empty() && self.upcase.eq_ignore_case(&s.name, &units))
+            });
+        Ok(found.map(|s| self.stream_ino(rec, s.name.clone())))
+    }
+
+    fn lookup_plain(&self, dir: u64, name: &[u8]) -> io::Result<Option<u64>> {
+        let d = self.file(dir)?;
+        if !d.dir {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        if let Some(l) = self.dirs.get(&dir) {
+            return Ok(l.by_name.get(name).copied());
+        }
+        if names::has_stand_in(name) {
+            return Ok(self.listing(&d)?.by_name.get(name).copied());
+        }
+        let Some(units) = names::from_bytes(name) else {
+            return Ok(None);
+        };
+        let Some(file) = self.find(&d, &units)? else {
+            return Ok(None);
+        };
+        let rec = mref(file);
+        if rec >= self.records {
+            return Err(corrupt(format!(
+                "directory {dir} names record {rec}, past the end of $MFT"
+            )));
+        }
+        let n = self.node(rec)?;
+        if mseq(file) != 0 && n.seq != 0 && mseq(file) != n.seq {
+            return Err(corrupt(format!(
+                "directory {dir}: entry for record {rec} is stale (sequence {} but the record has {})",
+                mseq(file),
+                n.seq
+            )));
+        }
+        Ok(Some(rec))
+    }
+
+    fn named_streams(node: &Node) -> impl Iterator<Item = &Stream> {
+        node.streams.iter().filter(|s| !s.name.is_empty())
+    }
+}
+
+/// The name of directory indexes.
+const I30: &[u16] = &[b'$' as u16, b'I' as u16, b'3' as u16, b'0' as u16];
+
+/// Reads `buf.len()` bytes at byte `off` of a runlist-mapped stream, in pieces as
+/// large as the runs allow; holes read as zeros, unmapped ranges are errors.
+fn read_runs(dev: &dyn ReadAt, cs: u64, runs: &[Run], off: u64, buf: &mut [u8]) -> io::Result<()> {
+    let mut pos = off;
+    let mut done = 0usize;
+    while done < buf.len() {
+        let vcn = pos / cs;
+        let i = runs.partition_point(|r| r.vcn <= vcn);
+        let r = match i.checked_sub(1).map(|i| runs[i]) {
+            Some(r) if vcn < r.vcn + r.len => r,
+            _ => return Err(corrupt(format!("no run maps byte {pos} (VCN {vcn})"))),
+        };
+        let within = pos - r.vcn * cs;
+        let avail = r.len.saturating_mul(cs).saturating_sub(within);
+        let take = ((buf.len() - done) as u64).min(avail) as usize;
+        match r.lcn {
+            None => buf[done..done + take].fill(0),
+            Some(l) => {
+                let at = l
+                    .checked_mul(cs)
+                    .and_then(|x| x.checked_add(within))
+                    .ok_or_else(|| corrupt("run location overflows"))?;
+                dev.read_exact_at(at, &mut buf[done..done + take])?;
+            }
+        }
+        done += take;
+        pos += take as u64;
+    }
+    Ok(())
+}
+
+impl FsTree for NtfsFs {
+    fn root(&self) -> u64 {
+        ROOT
+    }
+
+    fn stat(&self, ino: u64) -> io::Result<Stat> {
+        let (node, stream) = self.resolve(ino)?;
+        let t = |i: usize| ntfs_time(node.times[i]);
+        let (kind, size, blocks) = match stream {
+            Some(i) => {
+                let d = &node.streams[i].data;
+                (NodeKind::File, d.size(), d.blocks())
+            }
+            None => match node.kind {
+                NodeKind::Dir => {
+                    let a = node.index_alloc.as_ref();
+                    (
+                        NodeKind::Dir,
+                        a.map_or(0, |a| a.size()),
+                        a.map_or(0, |a| a.blocks()),
+                    )
+                }
+                NodeKind::Symlink => (
+                    NodeKind::Symlink,
+                    node.target.as_ref().map_or(0, |t| t.len() as u64),
+                    0,
+                ),
+                NodeKind::File => match node.stream(&[]) {
+                    Some((_, s)) => (NodeKind::File, s.data.size(), s.data.blocks()),
+                    None => (NodeKind::File, 0, 0),
+                },
+                k => (k, 0, 0),
+            },
+        };
+        let perm = match kind {
+            NodeKind::Dir => 0o555,
+            NodeKind::Symlink => 0o777,
+            _ => 0o444,
+        };
+        let nlink = if stream.is_some() || kind == NodeKind::Dir {
+            1
+        } else {
+            node.names
+                .iter()
+                .filter(|n| n.namespace != ns::DOS)
+                .count()
+                .max(1) as u32
+        };
+        Ok(Stat {
+            ino,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            size,
+            blocks,
+            atime: t(3),
+            mtime: t(1),
+            ctime: t(2),
+            crtime: t(0),
+            rdev: node.rdev,
+        })
+    }
+
+    fn read_dir(&self, ino: u64) -> io::Result<Arc<Vec<DirEntry>>> {
+        let d = self.file(ino)?;
+        if !d.dir || d.kind != NodeKind::Dir {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        Ok(self.listing(&d)?.entries.clone())
+    }
+
+    fn lookup(&self, dir: u64, name: &[u8]) -> io::Result<Option<u64>> {
+        if dir & STREAM_BIT != 0 {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        match self.lookup_plain(dir, name)? {
+            Some(r) => Ok(Some(r)),
+            None => self.lookup_stream(dir, name),
+        }
+    }
+
+    fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let (node, stream) = self.resolve(ino)?;
+        let i = match stream {
+            Some(i) => i,
+            None => {
+                if node.kind != NodeKind::File {
+                    return Err(io::Error::from_raw_os_error(libc::EISDIR));
+                }
+                match node.stream(&[]) {
+                    Some((i, _)) => i,
+                    None => return Ok(0),
+                }
+            }
+        };
+        if let Some(why) = &node.opaque {
+            let encrypted = why.contains("EFS");
+            if stream.is_none() || encrypted {
+                return Err(io::Error::other(format!(
+                    "{}: MFT record {}: {why}; its data cannot be read",
+                    self.label, node.rec
+                )));
+            }
+        }
+        self.read_data(&node.streams[i].data, (node.rec, i), offset, buf)
+    }
+
+    fn read_link(&self, ino: u64) -> io::Result<Vec<u8>> {
+        let (node, _) = self.resolve(ino)?;
+        node.target
+            .clone()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    fn xattrs(&self, ino: u64) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for n in self.xattr_names(ino)? {
+            match self.xattr(ino, &n) {
+                Ok(Some(v)) => out.push((n, v)),
+                Ok(None) => {}
+                Err(e) if e.raw_os_error() == Some(libc::E2BIG) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn xattr_names(&self, ino: u64) -> io::Result<Vec<Vec<u8>>> {
+        let (node, stream) = self.resolve(ino)?;
+        if stream.is_some() {
+            return Ok(Vec::new());
+        }
+        Ok(Self::named_streams(&node)
+            .map(|s| {
+                let mut n = b"user.".to_vec();
+                n.extend(names::to_bytes(&s.name));
+                n
+            })
+            .collect())
+    }
+
+    fn xattr(&self, ino: u64, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let (node, stream) = self.resolve(ino)?;
+        let mut attrs = node.attrs;
+        if node.dir {
+            attrs |= fattr::DIRECTORY;
+        }
+        let crtime = node.times[0];
+        match name {
+            b"system.ntfs_attrib" => return Ok(Some(attrs.to_le_bytes().to_vec())),
+            b"system.ntfs_attrib_be" => return Ok(Some(attrs.to_be_bytes().to_vec())),
+            b"system.ntfs_crtime" => return Ok(Some(crtime.to_le_bytes().to_vec())),
+            b"system.ntfs_crtime_be" => return Ok(Some(crtime.to_be_bytes().to_vec())),
+            _ => {}
+        }
+        let Some(sname) = name.strip_prefix(b"user.") else {
+            return Ok(None);
+        };
+        if stream.is_some() {
+            return Ok(None);
+        }
+        let Some(units) = names::from_bytes(sname) else {
+            return Ok(None);
+        };
+        let Some((i, s)) = node.stream(&units).filter(|(_, s)| !s.name.is_empty()) else {
+            return Ok(None);
+        };
+        if s.data.size() > MAX_XATTR {
+            return Err(io::Error::from_raw_os_error(libc::E2BIG));
+        }
+        if let Some(why) = node.opaque.as_ref().filter(|w| w.contains("EFS")) {
+            return Err(io::Error::other(format!("MFT record {}: {why}", node.rec)));
+        }
+        let mut v = vec![0u8; s.data.size() as usize];
+        let n = self.read_data(&s.data, (node.rec, i), 0, &mut v)?;
+        v.truncate(n);
+        Ok(Some(v))
+    }
+
+    fn statfs(&self) -> StatFs {
+        let free = *self
+            .free_clusters
+            .get_or_init(|| self.count_free().unwrap_or(0));
+        StatFs {
+            bsize: self.boot.cluster_size.min(u32::MAX as u64) as u32,
+            blocks: self.boot.total_clusters,
+            bfree: free,
+            files: self.records,
+            ffree: 0,
+            namelen: 255,
+        }
+    }
+}
+
+impl NtfsFs {
+    /// Free clusters from $Bitmap.
+    fn count_free(&self) -> io::Result<u64> {
+        let n = self.node(6)?;
+        let (i, s) = n
+            .stream(&[])
+            .ok_or_else(|| corrupt("$Bitmap has no data"))?;
+        let total = self.boot.total_clusters;
+        let bytes = total.div_ceil(8).min(s.data.size());
+        let mut used = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = 0;
+        while off < bytes {
+            let take = (bytes - off).min(buf.len() as u64) as usize;
+            self.read_data(&s.data, (6, i), off, &mut buf[..take])?;
+            used += buf[..take]
+                .iter()
+                .map(|b| b.count_ones() as u64)
+                .sum::<u64>();
+            off += take as u64;
+        }
+        Ok(total.saturating_sub(used))
+    }
+
+    /// Size of $MFT's data and allocation, for tests and diagnostics.
+    pub fn mft_extent(&self) -> (u64, u64) {
+        (self.mft.size, self.mft.alloc)
+    }
+}
