@@ -1036,6 +1036,21 @@ impl fuser::Filesystem for SafeFs {
     fn removexattr(&self, _r: &Request, _i: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
         reply.error(Errno::EROFS)
     }
+    /// No ioctls are served; answering ENOTTY quietly (as a regular file does for
+    /// isatty's TCGETS) keeps fuser from logging every probe.
+    fn ioctl(
+        &self,
+        _r: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in: &[u8],
+        _out: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY)
+    }
     fn fallocate(
         &self,
         _r: &Request,

@@ -1,0 +1,1012 @@
+//! NTFS file trees in the mount, checked against the data written into the images and
+//! against `ntfs-3g -o ro`'s view of the same images. Images are made with mkntfs and
+//! filled through an ntfs-3g mount; reparse points ntfs-3g cannot show are checked
+//! against the reparse data the test wrote.
+
+mod common;
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// True when mkntfs, ntfs-3g and FUSE are usable; prints why not otherwise.
+fn tools() -> bool {
+    if !is_root() || !fuse_available() {
+        eprintln!("SKIP: NTFS tests need root and /dev/fuse (for ntfs-3g and disksafe mounts)");
+        return false;
+    }
+    for t in ["mkntfs", "ntfs-3g", "ntfsinfo", "ntfscat"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            eprintln!("SKIP: {t} (package ntfs-3g) is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+/// An ntfs-3g mount kept in the foreground, so unmounting waits for its last write.
+struct Ntfs3g {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Ntfs3g {
+    fn mount(img: &Path, dir: &Path, opts: &str) -> Ntfs3g {
+        std::fs::create_dir_all(dir).unwrap();
+        let child = Command::new("ntfs-3g")
+            .arg("-o")
+            .arg(format!("no_detach,{opts}"))
+            .arg(img)
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let m = Ntfs3g {
+            dir: dir.to_path_buf(),
+            child: Some(child),
+        };
+        for _ in 0..200 {
+            let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            if mi.lines().any(|l| l.split(' ').nth(4) == Some(s(dir))) {
+                return m;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("ntfs-3g did not mount {}", img.display());
+    }
+}
+
+impl Drop for Ntfs3g {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Makes an NTFS image with mkntfs and fills it through a read-write ntfs-3g mount.
+fn make_ntfs(img: &Path, size: u64, sector: u32, cluster: u32, fill: impl FnOnce(&Path)) {
+    File::create(img).unwrap().set_len(size).unwrap();
+    let o = Command::new("mkntfs")
+        .args([
+            "-F",
+            "-q",
+            "-Q",
+            "-s",
+            &sector.to_string(),
+            "-c",
+            &cluster.to_string(),
+        ])
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "mkntfs: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let m = Ntfs3g::mount(img, &img.with_extension("rw"), "streams_interface=windows");
+    fill(&m.dir);
+}
+
+fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {name} on {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// One xattr's value, or the errno.
+fn get_xattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut v = vec![0u8; 65536];
+    let r = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            v.as_mut_ptr() as *mut libc::c_void,
+            v.len(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    v.truncate(r as usize);
+    Ok(v)
+}
+
+fn list_xattrs(p: &Path) -> Vec<String> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut v = vec![0u8; 1 << 20];
+    let r = unsafe { libc::llistxattr(c.as_ptr(), v.as_mut_ptr() as *mut libc::c_char, v.len()) };
+    if r <= 0 {
+        return Vec::new();
+    }
+    let mut names: Vec<String> = v[..r as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Everything a user sees of one entry.
+fn describe(p: &Path) -> String {
+    let m = std::fs::symlink_metadata(p).unwrap();
+    let ft = m.file_type();
+    let mut d = format!(
+        "mode {:o} mtime {}.{:09}",
+        m.mode() & 0o170000,
+        m.mtime(),
+        m.mtime_nsec()
+    );
+    if ft.is_file() {
+        d += &format!(" size {}", m.len());
+        d += &match std::fs::read(p) {
+            Ok(b) => format!(" sha {}", sha256(&b)),
+            Err(e) => format!(" read error {:?}", e.raw_os_error()),
+        };
+    }
+    if ft.is_symlink() {
+        d += &format!(" -> {:?}", std::fs::read_link(p).unwrap());
+    }
+    for x in list_xattrs(p) {
+        let v = get_xattr(p, &x).map(|v| sha256(&v));
+        d += &format!(" xattr {x}={v:?}");
+    }
+    for x in ["system.ntfs_attrib", "system.ntfs_crtime"] {
+        d += &format!(" {x}={:?}", get_xattr(p, x));
+    }
+    d
+}
+
+/// Walks two trees side by side; returns differences (entries, descriptions, hard-link
+/// groups), skipping top-level names in `skip`.
+fn compare_trees(want: &Path, got: &Path, skip: &[&str]) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let mut groups: [HashMap<u64, Vec<PathBuf>>; 2] = Default::default();
+    let mut stack = vec![PathBuf::new()];
+    let mut seen = 0;
+    while let Some(rel) = stack.pop() {
+        let names = |root: &Path| -> Vec<std::ffi::OsString> {
+            let mut v: Vec<_> = std::fs::read_dir(root.join(&rel))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .filter(|n| !(rel.as_os_str().is_empty() && skip.iter().any(|s| n == *s)))
+                .collect();
+            v.sort();
+            v
+        };
+        let (a, b) = (names(want), names(got));
+        if a != b {
+            diffs.push(format!(
+                "{}: entries differ: {} vs {}",
+                rel.display(),
+                a.len(),
+                b.len()
+            ));
+            continue;
+        }
+        for n in a {
+            let r = rel.join(&n);
+            seen += 1;
+            let (da, db) = (describe(&want.join(&r)), describe(&got.join(&r)));
+            if da != db {
+                diffs.push(format!("{}:\n  want {da}\n  got  {db}", r.display()));
+            }
+            for (i, root) in [want, got].iter().enumerate() {
+                let m = std::fs::symlink_metadata(root.join(&r)).unwrap();
+                if m.is_file() {
+                    groups[i].entry(m.ino()).or_default().push(r.clone());
+                }
+            }
+            if std::fs::symlink_metadata(want.join(&r)).unwrap().is_dir() {
+                stack.push(r);
+            }
+        }
+    }
+    let norm = |g: &HashMap<u64, Vec<PathBuf>>| {
+        let mut v: Vec<Vec<PathBuf>> = g
+            .values()
+            .filter(|v| v.len() > 1)
+            .map(|v| {
+                let mut v = v.clone();
+                v.sort();
+                v
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    if norm(&groups[0]) != norm(&groups[1]) {
+        diffs.push("hard-link groups differ".into());
+    }
+    assert!(
+        seen > 0 || skip.is_empty() || diffs.is_empty(),
+        "compared nothing"
+    );
+    diffs
+}
+
+fn assert_same(want: &Path, got: &Path, skip: &[&str]) {
+    let d = compare_trees(want, got, skip);
+    assert!(
+        d.is_empty(),
+        "{} differences, first: {:#?}",
+        d.len(),
+        &d[..d.len().min(8)]
+    );
+}
+
+fn reparse_link(tag: u32, subst: &str, print: &str, flags: Option<u32>) -> Vec<u8> {
+    let u = |x: &str| -> Vec<u8> { x.encode_utf16().flat_map(u16::to_le_bytes).collect() };
+    let (sb, pb) = (u(subst), u(print));
+    let mut body = Vec::new();
+    for v in [0, sb.len(), sb.len(), pb.len()] {
+        body.extend_from_slice(&(v as u16).to_le_bytes());
+    }
+    if let Some(f) = flags {
+        body.extend_from_slice(&f.to_le_bytes());
+    }
+    body.extend(sb);
+    body.extend(pb);
+    reparse_raw(tag, &body)
+}
+
+fn reparse_raw(tag: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = tag.to_le_bytes().to_vec();
+    out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A source tree with what NTFS must carry: big, tiny, empty, sparse, partly
+/// initialized and compressible files, deep paths, odd and Unicode names, hard links.
+fn make_source(root: &Path, rng: &mut StdRng, dir_entries: usize) {
+    std::fs::create_dir_all(root).unwrap();
+    let mut big = vec![0u8; 3 << 20];
+    rng.fill(&mut big[..]);
+    std::fs::write(root.join("big.bin"), &big).unwrap();
+    std::fs::write(root.join("tiny"), b"x").unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    for name in [
+        "with space.txt",
+        "ünïcødé-日本語-🎉",
+        "new\nline",
+        "Long File Name.txt",
+    ] {
+        std::fs::write(root.join(name), name.as_bytes()).unwrap();
+    }
+    let mut deep = root.to_path_buf();
+    for i in 0..40 {
+        deep.push(format!("level{i}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("bottom.txt"), b"deep").unwrap();
+    std::fs::create_dir(root.join("links")).unwrap();
+    std::fs::write(root.join("links/target"), b"linked content").unwrap();
+    std::fs::create_dir(root.join("big dir")).unwrap();
+    for i in 0..dir_entries {
+        std::fs::write(root.join(format!("big dir/entry-{i:06}")), format!("{i}")).unwrap();
+    }
+}
+
+/// Files written directly on the ntfs-3g mount (things `cp` cannot carry).
+struct Extras {
+    /// Expected content of `FILE:STREAM` paths.
+    streams: Vec<(String, String, Vec<u8>)>,
+    /// Expected link targets of crafted reparse points.
+    links: Vec<(String, String)>,
+}
+
+fn fill_ntfs(mnt: &Path, src: &Path, rng: &mut StdRng, links: usize, compress: bool) -> Extras {
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", s(src)))
+        .arg(mnt)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cp: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for i in 0..links {
+        std::fs::hard_link(
+            mnt.join("links/target"),
+            mnt.join(format!("links/hard{i:03}")),
+        )
+        .unwrap();
+    }
+    // Sparse and partly initialized files.
+    let sp = File::create(mnt.join("sparse")).unwrap();
+    sp.set_len(40 << 20).unwrap();
+    for off in [0u64, 5 << 20, (17 << 20) + 123, (40 << 20) - 21] {
+        sp.write_all_at(b"data in a sparse file", off).unwrap();
+    }
+    drop(sp);
+    let mut head = vec![0u8; 8192];
+    rng.fill(&mut head[..]);
+    std::fs::write(mnt.join("grown"), &head).unwrap();
+    File::options()
+        .write(true)
+        .open(mnt.join("grown"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    // ntfs-3g's own links and special files.
+    std::os::unix::fs::symlink("links/target", mnt.join("rel-link")).unwrap();
+    std::os::unix::fs::symlink("/abs/elsewhere", mnt.join("abs-link")).unwrap();
+    let fifo = CString::new(mnt.join("fifo").as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let chr = CString::new(mnt.join("chardev").as_os_str().as_bytes()).unwrap();
+    assert_eq!(
+        unsafe { libc::mknod(chr.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) },
+        0
+    );
+    // Alternate data streams, small and larger than any xattr.
+    let mut big_stream = vec![0u8; 200_000];
+    rng.fill(&mut big_stream[..]);
+    for (file, name, data) in [
+        ("tiny", "note", &b"a small stream"[..]),
+        (
+            "links/target",
+            "Zone.Identifier",
+            b"[ZoneTransfer]\r\nZoneId=3\r\n",
+        ),
+        ("big.bin", "big", &big_stream),
+        ("links", "on-a-dir", b"dir stream"),
+    ] {
+        std::fs::write(mnt.join(format!("{file}:{name}")), data).unwrap();
+    }
+    // An 8.3 name beside a long one: must stay hidden.
+    set_xattr(
+        &mnt.join("Long File Name.txt"),
+        "system.ntfs_dos_name",
+        b"LONGFI~1.TXT",
+    );
+    if compress {
+        std::fs::create_dir(mnt.join("compressed")).unwrap();
+        set_xattr(
+            &mnt.join("compressed"),
+            "system.ntfs_attrib_be",
+            &0x800u32.to_be_bytes(),
+        );
+        let mut text = Vec::new();
+        let mut i = 0u64;
+        while text.len() < 3 << 20 {
+            text.extend_from_slice(
+                format!("line {i} of a compressible log, value {}\n", i * 7 % 1000).as_bytes(),
+            );
+            i += 1;
+        }
+        std::fs::write(mnt.join("compressed/log.txt"), &text).unwrap();
+        let mut random = vec![0u8; 300_000];
+        rng.fill(&mut random[..]);
+        std::fs::write(mnt.join("compressed/random.bin"), &random).unwrap();
+        let mut mixed = vec![0u8; 1 << 20];
+        for chunk in mixed.chunks_mut(100_000).step_by(2) {
+            rng.fill(chunk);
+        }
+        std::fs::write(mnt.join("compressed/mixed.bin"), &mixed).unwrap();
+        let f = File::create(mnt.join("compressed/sparse-compressed")).unwrap();
+        f.set_len(10 << 20).unwrap();
+        f.write_all_at(b"compressed and sparse", 7 << 20).unwrap();
+    }
+    // Reparse points ntfs-3g cannot show; their targets are checked against this data.
+    std::fs::create_dir_all(mnt.join("reparse/sub")).unwrap();
+    std::fs::create_dir(mnt.join("reparse/junction")).unwrap();
+    for f in ["sub/rel", "abs", "unc", "wsl", "appexec1", "appexec2"] {
+        std::fs::write(mnt.join("reparse").join(f), b"").unwrap();
+    }
+    let lx = {
+        let mut b = 2u32.to_le_bytes().to_vec();
+        b.extend_from_slice(b"/usr/lib/wsl target");
+        reparse_raw(0xA000_001D, &b)
+    };
+    let crafted: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "sub/rel",
+            reparse_link(
+                0xA000_000C,
+                "..\\..\\links\\target",
+                "..\\..\\links\\target",
+                Some(1),
+            ),
+            "../../links/target",
+        ),
+        (
+            "abs",
+            reparse_link(
+                0xA000_000C,
+                "\\??\\C:\\Users\\Public\\file.txt",
+                "C:\\Users\\Public\\file.txt",
+                Some(0),
+            ),
+            "C:/Users/Public/file.txt",
+        ),
+        (
+            "unc",
+            reparse_link(
+                0xA000_000C,
+                "\\??\\UNC\\server\\share\\x",
+                "\\\\server\\share\\x",
+                Some(0),
+            ),
+            "//server/share/x",
+        ),
+        (
+            "junction",
+            reparse_link(
+                0xA000_0003,
+                "\\??\\D:\\Data\\Shared",
+                "D:\\Data\\Shared",
+                None,
+            ),
+            "D:/Data/Shared",
+        ),
+        ("wsl", lx, "/usr/lib/wsl target"),
+    ];
+    let mut out = Extras {
+        streams: Vec::new(),
+        links: Vec::new(),
+    };
+    for (f, data, target) in crafted {
+        set_xattr(
+            &mnt.join("reparse").join(f),
+            "system.ntfs_reparse_data",
+            &data,
+        );
+        out.links.push((format!("reparse/{f}"), target.to_string()));
+    }
+    let app = reparse_raw(0x8000_001B, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    set_xattr(
+        &mnt.join("reparse/appexec1"),
+        "system.ntfs_reparse_data",
+        &app,
+    );
+    set_xattr(
+        &mnt.join("reparse/appexec2"),
+        "system.ntfs_reparse_data",
+        &app,
+    );
+    // Data we cannot decode: WOF-compressed (reparse) and EFS (flag patched later).
+    std::fs::create_dir(mnt.join("opaque")).unwrap();
+    std::fs::write(mnt.join("opaque/wof.dll"), vec![b'w'; 5000]).unwrap();
+    set_xattr(
+        &mnt.join("opaque/wof.dll"),
+        "system.ntfs_reparse_data",
+        &reparse_raw(
+            0x8000_0017,
+            &[1, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+        ),
+    );
+    std::fs::write(mnt.join("opaque/secret.efs"), vec![b's'; 5000]).unwrap();
+    out.streams
+        .push(("big.bin".into(), "big".into(), big_stream));
+    out.streams
+        .push(("tiny".into(), "note".into(), b"a small stream".to_vec()));
+    out.streams
+        .push(("links".into(), "on-a-dir".into(), b"dir stream".to_vec()));
+    out
+}
+
+/// MFT record number of a file as ntfs-3g reports it (its inode number).
+fn record_of(ref_mnt: &Path, rel: &str) -> u64 {
+    std::fs::symlink_metadata(ref_mnt.join(rel)).unwrap().ino()
+}
+
+/// Byte offset of an attribute's value inside MFT record `rec` of an image whose $MFT
+/// starts contiguously (true for low record numbers on a fresh mkntfs volume).
+fn attr_value_offset(img: &Path, rec: u64, ty: u32) -> u64 {
+    let f = File::open(img).unwrap();
+    let mut b = [0u8; 512];
+    f.read_exact_at(&mut b, 0).unwrap();
+    let bps = u16::from_le_bytes([b[11], b[12]]) as u64;
+    let cs = bps * b[13] as u64;
+    let mft = u64::from_le_bytes(b[0x30..0x38].try_into().unwrap()) * cs;
+    let code = b[0x40] as i8;
+    let rs = if code > 0 {
+        code as u64 * cs
+    } else {
+        1 << (-code)
+    };
+    let at = mft + rec * rs;
+    let mut r = vec![0u8; rs as usize];
+    f.read_exact_at(&mut r, at).unwrap();
+    assert_eq!(&r[..4], b"FILE");
+    let mut off = u16::from_le_bytes([r[0x14], r[0x15]]) as usize;
+    loop {
+        let t = u32::from_le_bytes(r[off..off + 4].try_into().unwrap());
+        assert_ne!(t, 0xFFFF_FFFF, "attribute {ty:#x} not in record {rec}");
+        let len = u32::from_le_bytes(r[off + 4..off + 8].try_into().unwrap()) as usize;
+        if t == ty {
+            assert_eq!(r[off + 8], 0, "resident");
+            let vofs = u16::from_le_bytes([r[off + 0x14], r[off + 0x15]]) as usize;
+            return at + (off + vofs) as u64;
+        }
+        off += len;
+    }
+}
+
+/// ORs `bits` into the little-endian u32/u16 at `at`, which must not sit in a
+/// sector's last two bytes (those belong to the update sequence).
+fn or_bits(img: &Path, at: u64, bits: u32, width: usize) {
+    assert!(
+        at % 512 < 510 - width as u64,
+        "patch would hit a fixup slot"
+    );
+    let f = File::options().read(true).write(true).open(img).unwrap();
+    let mut b = [0u8; 4];
+    f.read_exact_at(&mut b[..width], at).unwrap();
+    let v = u32::from_le_bytes(b) | bits;
+    f.write_all_at(&v.to_le_bytes()[..width], at).unwrap();
+}
+
+fn log_count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn ntfs_rich_tree_matches_source_and_ntfs3g() {
+    if !tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let src = t.path().join("src");
+    make_source(&src, &mut rng, 20_000);
+    let img = t.path().join("rich.img");
+    let mut extras = None;
+    make_ntfs(&img, 160 << 20, 512, 4096, |m| {
+        extras = Some(fill_ntfs(m, &src, &mut rng, 150, true));
+    });
+    let extras = extras.unwrap();
+    // EFS: set the encrypted bit in the file's $STANDARD_INFORMATION (offset 0x20).
+    let efs_rec = {
+        let r = Ntfs3g::mount(&img, &t.path().join("probe"), "ro");
+        record_of(&r.dir, "opaque/secret.efs")
+    };
+    or_bits(
+        &img,
+        attr_value_offset(&img, efs_rec, 0x10) + 0x20,
+        0x4000,
+        4,
+    );
+    // The features the test is about are really in the image.
+    let info = Command::new("ntfsinfo")
+        .args(["-F", "/links/target"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&info.stdout).contains("$ATTRIBUTE_LIST"),
+        "150 links spill into an attribute list"
+    );
+    let info = Command::new("ntfsinfo")
+        .args(["-F", "/compressed/log.txt"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&info.stdout).contains("COMPRESSED"),
+        "log.txt is compressed"
+    );
+
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("win={}", s(&img))]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let files = m.dir.join("1/win/files");
+    let oracle = Ntfs3g::mount(&img, &t.path().join("ref"), "ro,streams_interface=xattr");
+
+    // Everything ntfs-3g can show is shown the same.
+    assert_same(&oracle.dir, &files, &["reparse", "opaque"]);
+    // Content equals the source given to cp.
+    for rel in [
+        "big.bin",
+        "tiny",
+        "empty",
+        "ünïcødé-日本語-🎉",
+        "new\nline",
+        "big dir/entry-019999",
+    ] {
+        assert_eq!(
+            sha256_file(&src.join(rel)),
+            sha256_file(&files.join(rel)),
+            "{rel}"
+        );
+    }
+    let deep: PathBuf = (0..40)
+        .map(|i| format!("level{i}"))
+        .collect::<PathBuf>()
+        .join("bottom.txt");
+    assert_eq!(std::fs::read(files.join(&deep)).unwrap(), b"deep");
+    // Huge directory: all entries, and lookups without a listing.
+    assert_eq!(
+        std::fs::read_dir(files.join("big dir")).unwrap().count(),
+        20_000
+    );
+    for i in [0, 7777, 19_999] {
+        let p = files.join(format!("big dir/entry-{i:06}"));
+        assert_eq!(std::fs::read_to_string(p).unwrap(), i.to_string());
+    }
+    assert!(std::fs::symlink_metadata(files.join("big dir/entry-020000")).is_err());
+    // 150 hard links: one inode, nlink 151.
+    let target = std::fs::metadata(files.join("links/target")).unwrap();
+    assert_eq!(target.nlink(), 151);
+    for i in [0, 77, 149] {
+        assert_eq!(
+            std::fs::metadata(files.join(format!("links/hard{i:03}")))
+                .unwrap()
+                .ino(),
+            target.ino()
+        );
+    }
+    // DOS 8.3 names hidden, and not found by lookup.
+    assert!(files.join("Long File Name.txt").exists());
+    assert!(std::fs::read_dir(&files)
+        .unwrap()
+        .all(|e| e.unwrap().file_name() != "LONGFI~1.TXT"));
+    assert!(std::fs::symlink_metadata(files.join("LONGFI~1.TXT")).is_err());
+    // Streams: listed as user.* xattrs, readable at any size as FILE:NAME, not listed.
+    for (file, name, data) in &extras.streams {
+        let p = files.join(file);
+        assert!(
+            list_xattrs(&p).contains(&format!("user.{name}")),
+            "{file} lists user.{name}"
+        );
+        if data.len() <= 65536 {
+            assert_eq!(&get_xattr(&p, &format!("user.{name}")).unwrap(), data);
+        } else {
+            assert_eq!(get_xattr(&p, &format!("user.{name}")), Err(libc::E2BIG));
+        }
+        let sp = files.join(format!("{file}:{name}"));
+        assert_eq!(&std::fs::read(&sp).unwrap(), data, "{file}:{name}");
+        assert_eq!(std::fs::metadata(&sp).unwrap().len(), data.len() as u64);
+    }
+    assert!(std::fs::read_dir(&files).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains(':')));
+    assert!(std::fs::symlink_metadata(files.join("tiny:nosuch")).is_err());
+    // Ownership and modes.
+    let me = unsafe { libc::geteuid() };
+    for rel in ["big.bin", "links", "rel-link"] {
+        let md = std::fs::symlink_metadata(files.join(rel)).unwrap();
+        assert_eq!(md.uid(), me);
+        let want = if md.is_dir() {
+            0o555
+        } else if md.file_type().is_symlink() {
+            0o777
+        } else {
+            0o444
+        };
+        assert_eq!(md.mode() & 0o7777, want, "{rel}");
+    }
+    // Crafted reparse points: links with the targets written.
+    for (rel, target) in &extras.links {
+        let md = std::fs::symlink_metadata(files.join(rel)).unwrap();
+        assert!(md.file_type().is_symlink(), "{rel} is a symlink");
+        assert_eq!(
+            std::fs::read_link(files.join(rel)).unwrap(),
+            Path::new(target),
+            "{rel}"
+        );
+    }
+    assert!(std::fs::symlink_metadata(files.join("reparse/appexec1"))
+        .unwrap()
+        .is_file());
+    assert!(std::fs::symlink_metadata(files.join("reparse/appexec2"))
+        .unwrap()
+        .is_file());
+    // Undecodable data: listed, reads give EIO with a log line naming the reason.
+    for (rel, why) in [("opaque/wof.dll", "WOF"), ("opaque/secret.efs", "EFS")] {
+        let md = std::fs::symlink_metadata(files.join(rel)).unwrap();
+        assert_eq!(md.len(), 5000, "{rel} lists its size");
+        let e = std::fs::read(files.join(rel)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{rel}");
+        assert!(
+            log_count(&m.log_text(), why) >= 1,
+            "log names {why}: {}",
+            m.log_text()
+        );
+    }
+    assert_eq!(
+        log_count(&m.log_text(), "0x8000001b"),
+        1,
+        "unknown tag logged once: {}",
+        m.log_text()
+    );
+    // System files hidden, shown with --show-system like ntfs-3g's show_sys_files.
+    assert!(!files.join("$MFT").exists());
+    drop(oracle);
+    let mft = Command::new("ntfscat")
+        .args(["-i", "0"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(mft.status.success() && mft.stdout.len() > 1 << 20);
+    let sys = Ntfs3g::mount(&img, &t.path().join("sys"), "ro,show_sys_files");
+    let m2 = Mounted::new(&safe, t.path(), &["--show-system"]);
+    let names = |d: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let ours = names(&m2.dir.join("1/win/files"));
+    assert!(ours.iter().any(|n| n == "$MFT") && ours.iter().any(|n| n == "$Extend"));
+    // ntfs-3g never lists $MFT (record 0 cannot be a FUSE inode there); the rest match.
+    let without_mft: Vec<_> = ours.iter().filter(|n| *n != "$MFT").cloned().collect();
+    assert_eq!(without_mft, names(&sys.dir));
+    assert_eq!(
+        std::fs::metadata(m2.dir.join("1/win/files/$UpCase"))
+            .unwrap()
+            .len(),
+        std::fs::metadata(sys.dir.join("$UpCase")).unwrap().len()
+    );
+    // ntfscat applies the update-sequence fixups; we serve the raw bytes (forensics):
+    // they agree everywhere but in the last two bytes of each 512-byte stride.
+    let ours = std::fs::read(m2.dir.join("1/win/files/$MFT")).unwrap();
+    assert_eq!(ours.len(), mft.stdout.len());
+    let masked = |b: &[u8]| -> Vec<u8> {
+        b.iter()
+            .enumerate()
+            .map(|(i, &x)| if i % 512 >= 510 { 0 } else { x })
+            .collect()
+    };
+    assert!(
+        masked(&ours) == masked(&mft.stdout),
+        "$MFT as ntfscat reads it"
+    );
+}
+
+#[test]
+fn ntfs_geometries_sectors_and_clusters() {
+    if !tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(9);
+    let src = t.path().join("src");
+    make_source(&src, &mut rng, 700);
+    let safe = t.path().join("safe");
+    let mut devs = Vec::new();
+    let cases: [(u32, u32); 3] = [(4096, 4096), (512, 512), (512, 65536)];
+    for (sector, cluster) in cases {
+        let img = t.path().join(format!("g{sector}-{cluster}.img"));
+        make_ntfs(&img, 128 << 20, sector, cluster, |m| {
+            fill_ntfs(m, &src, &mut rng, 20, cluster <= 4096);
+        });
+        devs.push(format!("g{sector}-{cluster}={}", s(&img)));
+        let info = Command::new("ntfsinfo")
+            .arg("-m")
+            .arg(&img)
+            .output()
+            .unwrap();
+        let info = String::from_utf8_lossy(&info.stdout);
+        assert!(
+            info.contains(&format!("Cluster Size: {cluster}"))
+                && info.contains(&format!("Sector Size: {sector}")),
+            "{info}"
+        );
+    }
+    let args: Vec<&str> = std::iter::once(s(&safe))
+        .chain(devs.iter().map(|d| d.as_str()))
+        .collect();
+    backup(&args);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    for (sector, cluster) in cases {
+        let img = t.path().join(format!("g{sector}-{cluster}.img"));
+        let oracle = Ntfs3g::mount(
+            &img,
+            &t.path().join(format!("ref{cluster}")),
+            "ro,streams_interface=xattr",
+        );
+        let files = m.dir.join(format!("1/g{sector}-{cluster}/files"));
+        assert_same(&oracle.dir, &files, &["reparse", "opaque"]);
+        assert_eq!(
+            sha256_file(&src.join("big.bin")),
+            sha256_file(&files.join("big.bin"))
+        );
+        assert_eq!(
+            std::fs::read_dir(files.join("big dir")).unwrap().count(),
+            700
+        );
+        assert_eq!(
+            std::fs::read(files.join("big.bin:big")).unwrap().len(),
+            200_000
+        );
+    }
+}
+
+#[test]
+fn ntfs_fragmented_mft_and_file_attribute_lists() {
+    if !tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("frag.img");
+    let mut frag = vec![0u8; 7 << 20];
+    StdRng::seed_from_u64(3).fill(&mut frag[..]);
+    make_ntfs(&img, 32 << 20, 512, 4096, |m| {
+        // Fill the volume with one-cluster files, free every other one, then grow a
+        // file and the MFT into the holes.
+        std::fs::create_dir(m.join("fill")).unwrap();
+        let mut n = 0;
+        while std::fs::write(m.join(format!("fill/{n:05}")), [0xAAu8; 4096]).is_ok() {
+            n += 1;
+        }
+        for i in (0..n).step_by(2) {
+            std::fs::remove_file(m.join(format!("fill/{i:05}"))).unwrap();
+        }
+        std::fs::write(m.join("frag.bin"), &frag).unwrap();
+        std::fs::create_dir(m.join("meta")).unwrap();
+        for k in 0..12_000 {
+            if File::create(m.join(format!("meta/m{k:05}"))).is_err() {
+                break;
+            }
+        }
+    });
+    for (what, args) in [
+        ("$MFT", vec!["-i", "0"]),
+        ("frag.bin", vec!["-F", "/frag.bin"]),
+    ] {
+        let o = Command::new("ntfsinfo")
+            .args(&args)
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("$ATTRIBUTE_LIST"),
+            "{what} has an attribute list"
+        );
+    }
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("frag={}", s(&img))]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let files = m.dir.join("1/frag/files");
+    assert_eq!(std::fs::read(files.join("frag.bin")).unwrap(), frag);
+    let oracle = Ntfs3g::mount(&img, &t.path().join("ref"), "ro,streams_interface=xattr");
+    assert_same(&oracle.dir, &files, &[]);
+}
+
+#[test]
+fn ntfs_fixtures_list_and_read_as_ntfs3g_shows_them() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    if !dir.exists() {
+        eprintln!("SKIP: ../shared/fixtures is absent; the real NTFS images cannot be checked");
+        return;
+    }
+    if !tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let safe = t.path().join("safe");
+    let mut devs = Vec::new();
+    for (name, file) in [
+        ("ntfs3", "ntfs3.raw.gz"),
+        ("attrlist", "ntfs3_attrlist.raw.gz"),
+        ("testfs1", "testfs1.gz"),
+    ] {
+        let img = t.path().join(format!("{name}.img"));
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "gunzip -c '{}' > '{}'",
+                s(&dir.join(file)),
+                s(&img)
+            ))
+            .status()
+            .unwrap();
+        assert!(o.success());
+        devs.push((name, img));
+    }
+    let mut args = vec![s(&safe).to_string()];
+    args.extend(devs.iter().map(|(n, p)| format!("{n}={}", s(p))));
+    backup(&args.iter().map(|a| a.as_str()).collect::<Vec<_>>());
+    let m = Mounted::new(&safe, t.path(), &[]);
+    for (name, img) in &devs {
+        let oracle = Ntfs3g::mount(
+            img,
+            &t.path().join(format!("ref-{name}")),
+            "ro,streams_interface=xattr",
+        );
+        let files = m.dir.join(format!("1/{name}/files"));
+        assert_same(&oracle.dir, &files, &[]);
+    }
+    // The attribute-list fixture: 100 names of one record.
+    let a = m.dir.join("1/attrlist/files");
+    let ino = std::fs::metadata(a.join("1.txt")).unwrap().ino();
+    for i in 1..=100 {
+        assert_eq!(
+            std::fs::metadata(a.join(format!("{i}.txt"))).unwrap().ino(),
+            ino
+        );
+    }
+    assert!(
+        std::fs::read_dir(m.dir.join("1/testfs1/files/many_subdirs"))
+            .unwrap()
+            .count()
+            == 512
+    );
+}
+
+#[test]
+fn ntfs_torn_record_and_dirty_volume_are_reported() {
+    if !tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("torn.img");
+    make_ntfs(&img, 16 << 20, 512, 4096, |m| {
+        std::fs::write(m.join("victim"), b"torn away").unwrap();
+        std::fs::write(m.join("survivor"), b"still here").unwrap();
+    });
+    let rec = {
+        let r = Ntfs3g::mount(&img, &t.path().join("probe"), "ro");
+        record_of(&r.dir, "victim")
+    };
+    // Tear the record: change the update-sequence trailer of its first sector.
+    let si = attr_value_offset(&img, rec, 0x10);
+    let first_sector_end = si / 512 * 512 + 510;
+    let f = File::options().read(true).write(true).open(&img).unwrap();
+    let mut b = [0u8; 2];
+    f.read_exact_at(&mut b, first_sector_end).unwrap();
+    f.write_all_at(&[b[0] ^ 0xFF, b[1]], first_sector_end)
+        .unwrap();
+    // Mark the volume dirty, as a crash-consistent point would be.
+    or_bits(&img, attr_value_offset(&img, 3, 0x70) + 0x0A, 1, 2);
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("d={}", s(&img))]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let files = m.dir.join("1/d/files");
+    assert_eq!(
+        std::fs::read(files.join("survivor")).unwrap(),
+        b"still here"
+    );
+    let e = std::fs::read(files.join("victim")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    std::fs::read_dir(&files).unwrap().for_each(drop);
+    let log = m.log_text();
+    assert!(log.contains("torn"), "log names the torn record: {log}");
+    assert_eq!(log_count(&log, "not cleanly unmounted"), 1, "{log}");
+}
