@@ -11,100 +11,13 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// True when mkntfs, ntfs-3g and FUSE are usable; prints why not otherwise.
-fn tools() -> bool {
-    if !is_root() || !fuse_available() {
-        eprintln!("SKIP: NTFS tests need root and /dev/fuse (for ntfs-3g and disksafe mounts)");
-        return false;
-    }
-    for t in ["mkntfs", "ntfs-3g", "ntfsinfo", "ntfscat"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
-            eprintln!("SKIP: {t} (package ntfs-3g) is not installed");
-            return false;
-        }
-    }
-    true
-}
-
-/// An ntfs-3g mount kept in the foreground, so unmounting waits for its last write.
-struct Ntfs3g {
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Ntfs3g {
-    fn mount(img: &Path, dir: &Path, opts: &str) -> Ntfs3g {
-        std::fs::create_dir_all(dir).unwrap();
-        let child = Command::new("ntfs-3g")
-            .arg("-o")
-            .arg(format!("no_detach,{opts}"))
-            .arg(img)
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let m = Ntfs3g {
-            dir: dir.to_path_buf(),
-            child: Some(child),
-        };
-        for _ in 0..200 {
-            let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-            if mi.lines().any(|l| l.split(' ').nth(4) == Some(s(dir))) {
-                return m;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("ntfs-3g did not mount {}", img.display());
-    }
-}
-
-impl Drop for Ntfs3g {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Makes an NTFS image with mkntfs and fills it through a read-write ntfs-3g mount.
-fn make_ntfs(img: &Path, size: u64, sector: u32, cluster: u32, fill: impl FnOnce(&Path)) {
-    File::create(img).unwrap().set_len(size).unwrap();
-    let o = Command::new("mkntfs")
-        .args([
-            "-F",
-            "-q",
-            "-Q",
-            "-s",
-            &sector.to_string(),
-            "-c",
-            &cluster.to_string(),
-        ])
-        .arg(img)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "mkntfs: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let m = Ntfs3g::mount(img, &img.with_extension("rw"), "streams_interface=windows");
-    fill(&m.dir);
 }
 
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {
@@ -584,7 +497,7 @@ fn log_count(log: &str, needle: &str) -> usize {
 
 #[test]
 fn ntfs_rich_tree_matches_source_and_ntfs3g() {
-    if !tools() {
+    if !ntfs_tools() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -801,7 +714,7 @@ fn ntfs_rich_tree_matches_source_and_ntfs3g() {
 
 #[test]
 fn ntfs_geometries_sectors_and_clusters() {
-    if !tools() {
+    if !ntfs_tools() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -860,7 +773,7 @@ fn ntfs_geometries_sectors_and_clusters() {
 
 #[test]
 fn ntfs_fragmented_mft_and_file_attribute_lists() {
-    if !tools() {
+    if !ntfs_tools() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -916,7 +829,7 @@ fn ntfs_fixtures_list_and_read_as_ntfs3g_shows_them() {
         eprintln!("SKIP: ../shared/fixtures is absent; the real NTFS images cannot be checked");
         return;
     }
-    if !tools() {
+    if !ntfs_tools() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -972,7 +885,7 @@ fn ntfs_fixtures_list_and_read_as_ntfs3g_shows_them() {
 
 #[test]
 fn ntfs_torn_record_and_dirty_volume_are_reported() {
-    if !tools() {
+    if !ntfs_tools() {
         return;
     }
     let t = tempfile::tempdir().unwrap();

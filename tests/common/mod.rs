@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -311,4 +311,93 @@ pub fn make_tree(root: &Path, files: usize, rng: &mut impl Rng) {
         std::fs::write(dir.join(format!("file {i}.bin")), &data).unwrap();
     }
     std::os::unix::fs::symlink("sub/deeper", root.join("link")).unwrap();
+}
+
+/// True when mkntfs, ntfs-3g and FUSE are usable; prints why not otherwise.
+pub fn ntfs_tools() -> bool {
+    if !is_root() || !fuse_available() {
+        eprintln!("SKIP: NTFS tests need root and /dev/fuse (for ntfs-3g and disksafe mounts)");
+        return false;
+    }
+    for t in ["mkntfs", "ntfs-3g", "ntfsinfo", "ntfscat"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            eprintln!("SKIP: {t} (package ntfs-3g) is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+/// An ntfs-3g mount kept in the foreground, so unmounting waits for its last write.
+pub struct Ntfs3g {
+    /// Where it is mounted.
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Ntfs3g {
+    /// Mounts IMG at DIR with ntfs-3g options OPTS and waits until it is live.
+    pub fn mount(img: &Path, dir: &Path, opts: &str) -> Ntfs3g {
+        std::fs::create_dir_all(dir).unwrap();
+        let child = Command::new("ntfs-3g")
+            .arg("-o")
+            .arg(format!("no_detach,{opts}"))
+            .arg(img)
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let m = Ntfs3g {
+            dir: dir.to_path_buf(),
+            child: Some(child),
+        };
+        for _ in 0..200 {
+            let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            if mi.lines().any(|l| l.split(' ').nth(4) == dir.to_str()) {
+                return m;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("ntfs-3g did not mount {}", img.display());
+    }
+}
+
+impl Drop for Ntfs3g {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Makes an NTFS image with mkntfs and fills it through a read-write ntfs-3g mount.
+pub fn make_ntfs(img: &Path, size: u64, sector: u32, cluster: u32, fill: impl FnOnce(&Path)) {
+    File::create(img).unwrap().set_len(size).unwrap();
+    let o = Command::new("mkntfs")
+        .args([
+            "-F",
+            "-q",
+            "-Q",
+            "-s",
+            &sector.to_string(),
+            "-c",
+            &cluster.to_string(),
+        ])
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "mkntfs: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let m = Ntfs3g::mount(img, &img.with_extension("rw"), "streams_interface=windows");
+    fill(&m.dir);
 }
