@@ -4,6 +4,7 @@
     sudo python3 bench/bench.py safe     # issue: the disk safe (backup/restore/index)
     sudo python3 bench/bench.py mount    # issue: the FUSE mount
     sudo python3 bench/bench.py ext       # issue: ext file trees (find, tar)
+    sudo python3 bench/bench.py ntfs      # issue: NTFS file trees (find, tar) vs ntfs-3g
     sudo python3 bench/bench.py blocksize
 
 Needs root (mkfs, drop_caches, FUSE), the packages zstd fio restic qemu-utils e2fsprogs,
@@ -376,6 +377,61 @@ def bench_ext():
     print(f"  tar throughput disksafe/kernel: {d[1] / k[1]:.2f} (target >= 0.7); disksafe vs fuse2fs: {d[1] / f[1]:.1f}x")
 
 
+def bench_ntfs():
+    """find and tar over an NTFS tree filled from /usr through ntfs-3g: disksafe vs
+    ntfs-3g -o ro of the same image, each cold (caches dropped, fresh mount)."""
+    img = os.path.join(W, "usr-ntfs.img")
+    mnt = os.path.join(W, "ntfsmnt")
+    os.makedirs(mnt, exist_ok=True)
+    if not os.path.exists(img):
+        sh(f"truncate -s 3G {img}.tmp && mkntfs -F -q -Q {img}.tmp > /dev/null 2>&1")
+        sh(f"ntfs-3g {img}.tmp {mnt}")
+        for d in ["/usr/share", "/usr/lib/x86_64-linux-gnu"]:
+            sh(f"cp -a {d} {mnt}/ 2>/dev/null || true")
+        sh(f"umount {mnt}")
+        time.sleep(2)
+        os.rename(f"{img}.tmp", img)
+    safe = os.path.join(W, "safe-ntfs")
+    if not os.path.exists(safe):
+        sh(f"{DS} backup {safe} win={img} > /dev/null 2>&1")
+
+    def n3_on():
+        sh(f"ntfs-3g -o ro {img} {mnt}")
+        return mnt
+
+    def n3_off():
+        sh(f"umount {mnt}")
+        time.sleep(1)
+
+    def ds_on():
+        sh(f"{DS} mount {safe} {mnt} --log {W}/mount-ntfs.log 2>/dev/null")
+        return f"{mnt}/1/win/files"
+
+    def ds_off():
+        sh(f"{DS} umount {mnt}")
+        time.sleep(0.5)
+
+    rows = {}
+    for name, on, off in [("ntfs-3g -o ro", n3_on, n3_off), ("disksafe", ds_on, ds_off)]:
+        drop_caches()
+        root = on()
+        t0 = time.perf_counter()
+        n = int(out(f"timeout 900 find {root} | wc -l"))
+        tf = time.perf_counter() - t0
+        off()
+        drop_caches()
+        root = on()
+        t0 = time.perf_counter()
+        nbytes = int(out(f"timeout 900 tar cf - -C {root} . | wc -c"))
+        tt = time.perf_counter() - t0
+        off()
+        rows[name] = (tf, nbytes / tt)
+        print(f"  {name:<20} find {n} entries in {tf:6.2f} s   tar: {nbytes / 1e6:.0f} MB at {nbytes / tt / 1e6:6.0f} MB/s", flush=True)
+    n3, d = rows["ntfs-3g -o ro"], rows["disksafe"]
+    print(f"  find: disksafe {n3[0] / d[0]:.2f}x faster than ntfs-3g (target >= 1.5)")
+    print(f"  tar:  disksafe {d[1] / n3[1]:.2f}x ntfs-3g's throughput (target >= 1.5)")
+
+
 def bench_blocksize():
     make_image()
     size = os.path.getsize(IMG)
@@ -394,4 +450,4 @@ def bench_blocksize():
 
 if __name__ == "__main__":
     sh(f"cd {ROOT} && cargo build --release --bins --examples -q")
-    {"safe": bench_safe, "mount": bench_mount, "ext": bench_ext, "blocksize": bench_blocksize}[sys.argv[1]]()
+    {"safe": bench_safe, "mount": bench_mount, "ext": bench_ext, "ntfs": bench_ntfs, "blocksize": bench_blocksize}[sys.argv[1]]()

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds small ext2/ext3/ext4 images from a generated tree as fuzzing seeds.
+# Builds small ext2/ext3/ext4 images (and, as root with ntfs-3g, NTFS images) from a
+# generated tree as fuzzing seeds.
 # Usage: images/make-fuzz-seeds.sh OUTDIR
 set -euo pipefail
 out=${1:?usage: $0 OUTDIR}
@@ -19,4 +20,20 @@ for opts in "-t ext4 -O inline_data" "-t ext4 -O metadata_csum,64bit" "-t ext2" 
   # shellcheck disable=SC2086
   mke2fs -q -F -b 1024 -N 64 $opts -d "$tmp/src" "$out/seed$i.img"
 done
+if [ "$(id -u)" = 0 ] && command -v mkntfs > /dev/null && command -v ntfs-3g > /dev/null; then
+  for geo in "512 512" "512 4096" "4096 4096"; do
+    set -- $geo
+    img="$out/ntfs-$1-$2.img"
+    truncate -s 2M "$img"
+    mkntfs -F -q -Q -s "$1" -c "$2" "$img" > /dev/null
+    mkdir -p "$tmp/m"
+    ntfs-3g -o streams_interface=windows "$img" "$tmp/m"
+    cp -a "$tmp/src/." "$tmp/m/"
+    echo side > "$tmp/m/a:stream"
+    mkdir "$tmp/m/c" && setfattr -n system.ntfs_attrib_be -v 0x00000800 "$tmp/m/c" 2> /dev/null || true
+    seq 1 3000 > "$tmp/m/c/text"
+    umount "$tmp/m"
+    sleep 0.5
+  done
+fi
 echo "seeds in $out"

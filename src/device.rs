@@ -136,4 +136,8 @@ impl ReadAt for PointDevice {
     fn size(&self) -> u64 {
         self.size
     }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        PointDevice::prefetch(self, offset, len)
+    }
 }

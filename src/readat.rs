@@ -13,6 +13,11 @@ pub trait ReadAt: Send + Sync {
     /// The size in bytes, so readers can clip requests at the end.
     fn size(&self) -> u64;
 
+    /// Hints that `offset..offset+len` will be read soon, so a slow layer below can
+    /// fetch it in one batch (a parser warming its metadata). Blocks the caller while
+    /// it works; the default does nothing.
+    fn prefetch(&self, _offset: u64, _len: u64) {}
+
     /// Fills `buf` completely or fails, because parsers must never see short data as valid.
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let mut done = 0;
@@ -103,5 +108,12 @@ impl<R: ReadAt + ?Sized> ReadAt for Slice<R> {
 
     fn size(&self) -> u64 {
         self.len
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        if offset < self.len {
+            let len = len.min(self.len - offset);
+            self.inner.prefetch(self.start + offset, len);
+        }
     }
 }

@@ -411,7 +411,7 @@ impl Safe {
                 dst.copy_from_slice(stored);
             }
             _ => {
-                let n = zstd::bulk::decompress_to_buffer(stored, dst)
+                let n = with_decompressor(|d| d.decompress_to_buffer(stored, dst))
                     .map_err(|e| damaged(format!("zstd: {e}")))?;
                 if n != dst.len() {
                     return Err(damaged(format!(
@@ -457,4 +457,24 @@ pub fn device_in_point(point: &PointInfo, name: &str) -> anyhow::Result<DeviceAt
                 names.join(", ")
             )
         })
+}
+
+thread_local! {
+    /// One zstd context per thread: creating one per block cost several percent of a
+    /// cold metadata walk.
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's reusable zstd decompressor.
+fn with_decompressor<T>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    DCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Decompressor::new()?);
+        }
+        f(c.as_mut().expect("set above"))
+    })
 }

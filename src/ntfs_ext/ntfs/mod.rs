@@ -43,6 +43,10 @@ const MAX_EXTENSIONS: usize = 65_536;
 const MAX_UNIT: u64 = 4 << 20;
 /// Largest stream served as an xattr value (the kernel's limit).
 const MAX_XATTR: u64 = 65_536;
+/// How much of $MFT is warmed in the background when a volume opens.
+const MFT_WARM: u64 = 64 << 20;
+/// How much of a directory's index allocation is fetched in one batch before walking.
+const INDEX_WARM: u64 = 32 << 20;
 
 /// True when the volume carries an NTFS boot sector.
 pub fn probe(dev: &dyn ReadAt) -> io::Result<bool> {
@@ -313,6 +317,10 @@ impl NtfsFs {
         if !root.dir {
             return Err(corrupt("NTFS root record is not a directory"));
         }
+        // Walks touch records all over $MFT: fetch its first part in one sequential
+        // batch, off the caller's path.
+        let (dev, mft, cs) = (fs.dev.clone(), fs.mft.clone(), fs.boot.cluster_size);
+        rayon::spawn(move || prefetch_runs(&*dev, cs, &mft.runs, MFT_WARM));
         Ok(fs)
     }
 
@@ -826,6 +834,11 @@ impl NtfsFs {
             return Ok(l);
         }
         let root = self.root_of(dir)?;
+        if let Some(Data::Mapped(m)) = &dir.index_alloc {
+            if m.runs.len() > 1 || m.size > root.block_size as u64 {
+                prefetch_runs(&*self.dev, self.boot.cluster_size, &m.runs, INDEX_WARM);
+            }
+        }
         let max_nodes = dir
             .index_alloc
             .as_ref()
@@ -1034,6 +1047,22 @@ impl NtfsFs {
 
 /// The name of directory indexes.
 const I30: &[u16] = &[b'$' as u16, b'I' as u16, b'3' as u16, b'0' as u16];
+
+/// Hints the device to fetch the allocated runs of a stream, up to `limit` bytes.
+fn prefetch_runs(dev: &dyn ReadAt, cs: u64, runs: &[Run], limit: u64) {
+    let mut left = limit;
+    for r in runs {
+        let (Some(l), true) = (r.lcn, left > 0) else {
+            continue;
+        };
+        let (Some(at), Some(len)) = (l.checked_mul(cs), r.len.checked_mul(cs)) else {
+            return;
+        };
+        let len = len.min(left);
+        dev.prefetch(at, len);
+        left -= len;
+    }
+}
 
 /// Reads `buf.len()` bytes at byte `off` of a runlist-mapped stream, in pieces as
 /// large as the runs allow; holes read as zeros, unmapped ranges are errors.
