@@ -25,7 +25,7 @@ if [ "$(id -u)" = 0 ] && command -v mkntfs > /dev/null && command -v ntfs-3g > /
     set -- $geo
     img="$out/ntfs-$1-$2.img"
     truncate -s 2M "$img"
-    mkntfs -F -q -Q -s "$1" -c "$2" "$img" > /dev/null
+    mkntfs -F -q -Q -s "$1" -c "$2" "$img" > /dev/null 2>&1
     mkdir -p "$tmp/m"
     ntfs-3g -o streams_interface=windows "$img" "$tmp/m"
     cp -a "$tmp/src/." "$tmp/m/"
@@ -33,7 +33,8 @@ if [ "$(id -u)" = 0 ] && command -v mkntfs > /dev/null && command -v ntfs-3g > /
     mkdir "$tmp/m/c" && setfattr -n system.ntfs_attrib_be -v 0x00000800 "$tmp/m/c" 2> /dev/null || true
     seq 1 3000 > "$tmp/m/c/text"
     umount "$tmp/m"
-    sleep 0.5
+    # ntfs-3g finishes writing after the unmount returns: wait for it to exit.
+    while pgrep -f "ntfs-3g.*$img" > /dev/null; do sleep 0.1; done
   done
 fi
 echo "seeds in $out"
