@@ -125,8 +125,16 @@ struct Node {
     target: Option<Vec<u8>>,
     rdev: u32,
     /// Why the data cannot be read (encrypted, WOF, dedup).
-    opaque: Option<String>,
+    opaque: Option<Opaque>,
     vol_flags: Option<u16>,
+}
+
+/// Why a file's data cannot be decoded, and whether that covers its named streams too
+/// (EFS encrypts every stream; WOF and dedup move only the unnamed one).
+#[derive(Debug)]
+struct Opaque {
+    why: String,
+    every_stream: bool,
 }
 
 impl Node {
@@ -358,23 +366,7 @@ impl NtfsFs {
         let Some(list_attr) = rec0.attrs.iter().find(|a| a.ty == ty::ATTRIBUTE_LIST) else {
             return Ok(m);
         };
-        let list = match &list_attr.body {
-            Body::Resident(v) => v.clone(),
-            Body::NonResident(n) => {
-                let len = n.data_size.min(MAX_META) as usize;
-                let lm = Mapped {
-                    runs: n.runs.clone(),
-                    size: len as u64,
-                    init: n.init_size,
-                    alloc: n.alloc_size,
-                    comp_unit: None,
-                    used: 0,
-                };
-                let mut v = vec![0u8; len];
-                read_runs(dev, boot.cluster_size, &lm.runs, 0, &mut v)?;
-                v
-            }
-        };
+        let list = attr_value(dev, boot.cluster_size, list_attr)?;
         let mut frags: Vec<_> = record::parse_attr_list(&list)?
             .into_iter()
             .filter(|e| e.ty == ty::DATA && e.name.is_empty() && e.record != 0 && e.lowest_vcn > 0)
@@ -471,7 +463,7 @@ impl NtfsFs {
         }
         let mut attrs = rec.attrs;
         if let Some(al) = attrs.iter().find(|a| a.ty == ty::ATTRIBUTE_LIST) {
-            let v = self.attr_value(al)?;
+            let v = attr_value(&*self.dev, self.boot.cluster_size, al)?;
             let mut exts: Vec<u64> = Vec::new();
             let mut seen = HashSet::new();
             for e in record::parse_attr_list(&v)? {
@@ -498,31 +490,6 @@ impl NtfsFs {
             attrs.extend(more);
         }
         self.assemble(n, rec.seq, rec.flags & 2 != 0, &attrs)
-    }
-
-    /// Whole value of a (small) attribute, resident or not.
-    fn attr_value(&self, a: &Attr) -> io::Result<Vec<u8>> {
-        match &a.body {
-            Body::Resident(v) => Ok(v.clone()),
-            Body::NonResident(nr) => {
-                if nr.data_size > MAX_META {
-                    return Err(corrupt(format!(
-                        "metadata attribute of {} bytes",
-                        nr.data_size
-                    )));
-                }
-                let mut v = vec![0u8; nr.data_size as usize];
-                let init = nr.init_size.min(nr.data_size) as usize;
-                read_runs(
-                    &*self.dev,
-                    self.boot.cluster_size,
-                    &nr.runs,
-                    0,
-                    &mut v[..init],
-                )?;
-                Ok(v)
-            }
-        }
     }
 
     fn assemble(&self, n: u64, seq: u16, dir_flag: bool, attrs: &[Attr]) -> io::Result<Node> {
@@ -560,7 +527,9 @@ impl NtfsFs {
                 (ty::INDEX_ROOT, Body::Resident(v)) if a.name == I30 => {
                     node.index_root = Some(v.clone())
                 }
-                (ty::REPARSE_POINT, _) => reparse_data = Some(self.attr_value(a)?),
+                (ty::REPARSE_POINT, _) => {
+                    reparse_data = Some(attr_value(&*self.dev, self.boot.cluster_size, a)?)
+                }
                 (ty::DATA | ty::INDEX_ALLOCATION, _) => {
                     encrypted |= a.flags & aflag::ENCRYPTED != 0;
                     match groups
@@ -598,7 +567,10 @@ impl NtfsFs {
             NodeKind::File
         };
         if encrypted || node.attrs & fattr::ENCRYPTED != 0 {
-            node.opaque = Some("data is EFS-encrypted".into());
+            node.opaque = Some(Opaque {
+                why: "data is EFS-encrypted".into(),
+                every_stream: true,
+            });
         }
         if let Some(rd) = reparse_data {
             match reparse::parse(&rd) {
@@ -614,7 +586,12 @@ impl NtfsFs {
                         _ => NodeKind::Socket,
                     }
                 }
-                Some(Reparse::Opaque(_, why)) => node.opaque = Some(why.into()),
+                Some(Reparse::Opaque(_, why)) => {
+                    node.opaque = Some(Opaque {
+                        why: why.into(),
+                        every_stream: false,
+                    })
+                }
                 Some(Reparse::Other(tag)) => self.warn_once(format!("tag:{tag:#x}"), || {
                     format!("reparse tag {tag:#010x} (first seen on MFT record {n}) is not interpreted; such files are shown as regular entries")
                 }),
@@ -1048,6 +1025,26 @@ impl NtfsFs {
 /// The name of directory indexes.
 const I30: &[u16] = &[b'$' as u16, b'I' as u16, b'3' as u16, b'0' as u16];
 
+/// Whole value of a small metadata attribute (attribute list, reparse data), resident
+/// or not; bytes past its initialized size read as zeros.
+fn attr_value(dev: &dyn ReadAt, cs: u64, a: &Attr) -> io::Result<Vec<u8>> {
+    match &a.body {
+        Body::Resident(v) => Ok(v.clone()),
+        Body::NonResident(nr) => {
+            if nr.data_size > MAX_META {
+                return Err(corrupt(format!(
+                    "metadata attribute of {} bytes",
+                    nr.data_size
+                )));
+            }
+            let mut v = vec![0u8; nr.data_size as usize];
+            let init = nr.init_size.min(nr.data_size) as usize;
+            read_runs(dev, cs, &nr.runs, 0, &mut v[..init])?;
+            Ok(v)
+        }
+    }
+}
+
 /// Hints the device to fetch the allocated runs of a stream, up to `limit` bytes.
 fn prefetch_runs(dev: &dyn ReadAt, cs: u64, runs: &[Run], limit: u64) {
     let mut left = limit;
@@ -1192,12 +1189,11 @@ impl FsTree for NtfsFs {
                 }
             }
         };
-        if let Some(why) = &node.opaque {
-            let encrypted = why.contains("EFS");
-            if stream.is_none() || encrypted {
+        if let Some(o) = &node.opaque {
+            if stream.is_none() || o.every_stream {
                 return Err(io::Error::other(format!(
-                    "{}: MFT record {}: {why}; its data cannot be read",
-                    self.label, node.rec
+                    "{}: MFT record {}: {}; its data cannot be read",
+                    self.label, node.rec, o.why
                 )));
             }
         }
@@ -1267,8 +1263,11 @@ impl FsTree for NtfsFs {
         if s.data.size() > MAX_XATTR {
             return Err(io::Error::from_raw_os_error(libc::E2BIG));
         }
-        if let Some(why) = node.opaque.as_ref().filter(|w| w.contains("EFS")) {
-            return Err(io::Error::other(format!("MFT record {}: {why}", node.rec)));
+        if let Some(o) = node.opaque.as_ref().filter(|o| o.every_stream) {
+            return Err(io::Error::other(format!(
+                "MFT record {}: {}",
+                node.rec, o.why
+            )));
         }
         let mut v = vec![0u8; s.data.size() as usize];
         let n = self.read_data(&s.data, (node.rec, i), 0, &mut v)?;

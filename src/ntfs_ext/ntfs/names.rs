@@ -90,8 +90,11 @@ pub fn from_bytes(bytes: &[u8]) -> Option<Vec<u16>> {
 
 /// True when a shown name may hold stand-ins, so a lookup must consult the listing.
 pub fn has_stand_in(bytes: &[u8]) -> bool {
-    let s = String::from_utf8_lossy(bytes);
-    s.contains(SLASH_STAND_IN) || s.contains(NUL_STAND_IN)
+    let mut slash = [0u8; 4];
+    let mut nul = [0u8; 4];
+    let slash = SLASH_STAND_IN.encode_utf8(&mut slash).as_bytes();
+    let nul = NUL_STAND_IN.encode_utf8(&mut nul).as_bytes();
+    bytes.windows(3).any(|w| w == slash || w == nul)
 }
 
 /// The volume's upper-case table, used to order directory indexes.

@@ -38,35 +38,27 @@ pub mod aflag {
     pub const SPARSE: u16 = 0x8000;
 }
 
-pub(crate) fn le16(b: &[u8], at: usize) -> io::Result<u16> {
-    b.get(at..at + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
+/// The `N` bytes at `at`, or an error naming the structure's size: every on-disk
+/// field goes through here.
+fn field<const N: usize>(b: &[u8], at: usize) -> io::Result<[u8; N]> {
+    at.checked_add(N)
+        .and_then(|end| b.get(at..end))
+        .map(|s| s.try_into().expect("slice of N bytes"))
         .ok_or_else(|| {
             corrupt(format!(
                 "field at {at} past the end of a {}-byte structure",
                 b.len()
             ))
         })
+}
+pub(crate) fn le16(b: &[u8], at: usize) -> io::Result<u16> {
+    field(b, at).map(u16::from_le_bytes)
 }
 pub(crate) fn le32(b: &[u8], at: usize) -> io::Result<u32> {
-    b.get(at..at + 4)
-        .map(|s| u32::from_le_bytes(s.try_into().unwrap()))
-        .ok_or_else(|| {
-            corrupt(format!(
-                "field at {at} past the end of a {}-byte structure",
-                b.len()
-            ))
-        })
+    field(b, at).map(u32::from_le_bytes)
 }
 pub(crate) fn le64(b: &[u8], at: usize) -> io::Result<u64> {
-    b.get(at..at + 8)
-        .map(|s| u64::from_le_bytes(s.try_into().unwrap()))
-        .ok_or_else(|| {
-            corrupt(format!(
-                "field at {at} past the end of a {}-byte structure",
-                b.len()
-            ))
-        })
+    field(b, at).map(u64::from_le_bytes)
 }
 
 /// UTF-16 units of a little-endian byte slice.
