@@ -19,58 +19,19 @@ fn s(p: &Path) -> &str {
 }
 
 fn xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let mut names = vec![0u8; 65536];
-    let n = unsafe {
-        libc::llistxattr(
-            c.as_ptr(),
-            names.as_mut_ptr() as *mut libc::c_char,
-            names.len(),
-        )
-    };
-    let mut out = BTreeMap::new();
-    if n <= 0 {
-        return out;
-    }
-    for name in names[..n as usize]
-        .split(|&b| b == 0)
-        .filter(|n| !n.is_empty())
-    {
-        let cn = CString::new(name).unwrap();
-        let mut v = vec![0u8; 65536];
-        let m = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                cn.as_ptr(),
-                v.as_mut_ptr() as *mut libc::c_void,
-                v.len(),
-            )
-        };
-        assert!(
-            m >= 0,
-            "getxattr {} on {}",
-            String::from_utf8_lossy(name),
-            p.display()
-        );
-        v.truncate(m as usize);
-        out.insert(name.to_vec(), v);
-    }
-    out
-}
-
-fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr() as *const libc::c_void,
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(r, 0, "setxattr {name}");
+    list_xattrs(p)
+        .into_iter()
+        .map(|name| {
+            let v = get_xattr(p, &name).unwrap_or_else(|e| {
+                panic!(
+                    "getxattr {} on {}: errno {e}",
+                    String::from_utf8_lossy(&name),
+                    p.display()
+                )
+            });
+            (name, v)
+        })
+        .collect()
 }
 
 /// A tree covering the list: big, tiny, empty and sparse files, deep paths,

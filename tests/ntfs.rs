@@ -20,63 +20,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr() as *const libc::c_void,
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "setxattr {name} on {}: {}",
-        p.display(),
-        std::io::Error::last_os_error()
-    );
-}
-
-/// One xattr's value, or the errno.
-fn get_xattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    let mut v = vec![0u8; 65536];
-    let r = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            v.as_mut_ptr() as *mut libc::c_void,
-            v.len(),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
-    }
-    v.truncate(r as usize);
-    Ok(v)
-}
-
-fn list_xattrs(p: &Path) -> Vec<String> {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let mut v = vec![0u8; 1 << 20];
-    let r = unsafe { libc::llistxattr(c.as_ptr(), v.as_mut_ptr() as *mut libc::c_char, v.len()) };
-    if r <= 0 {
-        return Vec::new();
-    }
-    let mut names: Vec<String> = v[..r as usize]
-        .split(|&b| b == 0)
-        .filter(|n| !n.is_empty())
-        .map(|n| String::from_utf8_lossy(n).into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 /// Everything a user sees of one entry.
 fn describe(p: &Path) -> String {
     let m = std::fs::symlink_metadata(p).unwrap();
@@ -99,10 +42,10 @@ fn describe(p: &Path) -> String {
     }
     for x in list_xattrs(p) {
         let v = get_xattr(p, &x).map(|v| sha256(&v));
-        d += &format!(" xattr {x}={v:?}");
+        d += &format!(" xattr {}={v:?}", String::from_utf8_lossy(&x));
     }
     for x in ["system.ntfs_attrib", "system.ntfs_crtime"] {
-        d += &format!(" {x}={:?}", get_xattr(p, x));
+        d += &format!(" {x}={:?}", get_xattr(p, x.as_bytes()));
     }
     d
 }
@@ -439,6 +382,16 @@ fn fill_ntfs(mnt: &Path, src: &Path, rng: &mut StdRng, links: usize, compress: b
     out
 }
 
+/// What `ntfsinfo ARGS IMG` prints: the independent view of what an image holds.
+fn ntfsinfo(img: &Path, args: &[&str]) -> String {
+    let o = Command::new("ntfsinfo")
+        .args(args)
+        .arg(img)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// MFT record number of a file as ntfs-3g reports it (its inode number).
 fn record_of(ref_mnt: &Path, rel: &str) -> u64 {
     std::fs::symlink_metadata(ref_mnt.join(rel)).unwrap().ino()
@@ -522,24 +475,13 @@ fn ntfs_rich_tree_matches_source_and_ntfs3g() {
         4,
     );
     // The features the test is about are really in the image.
-    let info = Command::new("ntfsinfo")
-        .args(["-F", "/links/target"])
-        .arg(&img)
-        .output()
-        .unwrap();
+    let info = ntfsinfo(&img, &["-F", "/links/target"]);
     assert!(
-        String::from_utf8_lossy(&info.stdout).contains("$ATTRIBUTE_LIST"),
+        info.contains("$ATTRIBUTE_LIST"),
         "150 links spill into an attribute list"
     );
-    let info = Command::new("ntfsinfo")
-        .args(["-F", "/compressed/log.txt"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&info.stdout).contains("COMPRESSED"),
-        "log.txt is compressed"
-    );
+    let info = ntfsinfo(&img, &["-F", "/compressed/log.txt"]);
+    assert!(info.contains("COMPRESSED"), "log.txt is compressed");
 
     let safe = t.path().join("safe");
     backup(&[s(&safe), &format!("win={}", s(&img))]);
@@ -599,14 +541,12 @@ fn ntfs_rich_tree_matches_source_and_ntfs3g() {
     // Streams: listed as user.* xattrs, readable at any size as FILE:NAME, not listed.
     for (file, name, data) in &extras.streams {
         let p = files.join(file);
-        assert!(
-            list_xattrs(&p).contains(&format!("user.{name}")),
-            "{file} lists user.{name}"
-        );
+        let xname = format!("user.{name}").into_bytes();
+        assert!(list_xattrs(&p).contains(&xname), "{file} lists user.{name}");
         if data.len() <= 65536 {
-            assert_eq!(&get_xattr(&p, &format!("user.{name}")).unwrap(), data);
+            assert_eq!(&get_xattr(&p, &xname).unwrap(), data);
         } else {
-            assert_eq!(get_xattr(&p, &format!("user.{name}")), Err(libc::E2BIG));
+            assert_eq!(get_xattr(&p, &xname), Err(libc::E2BIG));
         }
         let sp = files.join(format!("{file}:{name}"));
         assert_eq!(&std::fs::read(&sp).unwrap(), data, "{file}:{name}");
@@ -730,12 +670,7 @@ fn ntfs_geometries_sectors_and_clusters() {
             fill_ntfs(m, &src, &mut rng, 20, cluster <= 4096);
         });
         devs.push(format!("g{sector}-{cluster}={}", s(&img)));
-        let info = Command::new("ntfsinfo")
-            .arg("-m")
-            .arg(&img)
-            .output()
-            .unwrap();
-        let info = String::from_utf8_lossy(&info.stdout);
+        let info = ntfsinfo(&img, &["-m"]);
         assert!(
             info.contains(&format!("Cluster Size: {cluster}"))
                 && info.contains(&format!("Sector Size: {sector}")),
@@ -803,13 +738,8 @@ fn ntfs_fragmented_mft_and_file_attribute_lists() {
         ("$MFT", vec!["-i", "0"]),
         ("frag.bin", vec!["-F", "/frag.bin"]),
     ] {
-        let o = Command::new("ntfsinfo")
-            .args(&args)
-            .arg(&img)
-            .output()
-            .unwrap();
         assert!(
-            String::from_utf8_lossy(&o.stdout).contains("$ATTRIBUTE_LIST"),
+            ntfsinfo(&img, &args).contains("$ATTRIBUTE_LIST"),
             "{what} has an attribute list"
         );
     }

@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests: run the real binary, make images, hash.
 #![allow(dead_code)]
 
+use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -400,4 +402,63 @@ pub fn make_ntfs(img: &Path, size: u64, sector: u32, cluster: u32, fill: impl Fn
     );
     let m = Ntfs3g::mount(img, &img.with_extension("rw"), "streams_interface=windows");
     fill(&m.dir);
+}
+
+/// Sets an xattr on a path (not following symlinks), failing the test on error.
+pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {name} on {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// One xattr's value (not following symlinks), or the errno.
+pub fn get_xattr(p: &Path, name: &[u8]) -> Result<Vec<u8>, i32> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut v = vec![0u8; 65536];
+    let r = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            v.as_mut_ptr() as *mut libc::c_void,
+            v.len(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    v.truncate(r as usize);
+    Ok(v)
+}
+
+/// The xattr names of a path (not following symlinks), sorted.
+pub fn list_xattrs(p: &Path) -> Vec<Vec<u8>> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut v = vec![0u8; 1 << 20];
+    let r = unsafe { libc::llistxattr(c.as_ptr(), v.as_mut_ptr() as *mut libc::c_char, v.len()) };
+    if r <= 0 {
+        return Vec::new();
+    }
+    let mut names: Vec<Vec<u8>> = v[..r as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| n.to_vec())
+        .collect();
+    names.sort();
+    names
 }
