@@ -312,6 +312,29 @@ def bench_mount():
         print(f"  point {p:>3}: cold seq {seq / 1e6:8.0f} MB/s  cold 4k {iops:9.0f} IOPS", flush=True)
 
 
+def cold_find_tar(peers, sub, limit):
+    """For each (name, mount, unmount) peer, times `find | wc -l` over its root and
+    `tar cf - SUB | wc -c`, each on a fresh mount with caches dropped. Returns
+    {name: (find seconds, tar bytes per second)}."""
+    rows = {}
+    for name, on, off in peers:
+        drop_caches()
+        root = on()
+        t0 = time.perf_counter()
+        n = int(out(f"timeout {limit} find {root} | wc -l"))
+        tf = time.perf_counter() - t0
+        off()
+        drop_caches()
+        root = on()
+        t0 = time.perf_counter()
+        nbytes = int(out(f"timeout {limit} tar cf - -C {root}/{sub} . | wc -c"))
+        tt = time.perf_counter() - t0
+        off()
+        rows[name] = (tf, nbytes / tt)
+        print(f"  {name:<20} find {n} entries in {tf:6.2f} s   tar of {sub}: {nbytes / 1e6:.0f} MB at {nbytes / tt / 1e6:6.0f} MB/s", flush=True)
+    return rows
+
+
 def bench_ext():
     """find and tar over the file tree: disksafe vs the kernel (ro,noload) vs fuse2fs,
     on a pristine ext4 image (the safe benchmark scribbles over usr.img)."""
@@ -355,23 +378,8 @@ def bench_ext():
         sh(f"{DS} umount {mnt}")
         time.sleep(0.5)
 
-    rows = {}
-    for name, on, off in [("kernel (ro,noload)", kernel_on, kernel_off), ("disksafe", ds_on, ds_off),
-                          ("fuse2fs", f2_on, f2_off)]:
-        drop_caches()
-        root = on()
-        t0 = time.perf_counter()
-        n = int(out(f"timeout 600 find {root} | wc -l"))
-        tf = time.perf_counter() - t0
-        off()
-        drop_caches()
-        root = on()
-        t0 = time.perf_counter()
-        nbytes = int(out(f"timeout 600 tar cf - -C {root}/{sub} . | wc -c"))
-        tt = time.perf_counter() - t0
-        off()
-        rows[name] = (tf, nbytes / tt)
-        print(f"  {name:<20} find {n} entries in {tf:6.2f} s   tar of /{sub}: {nbytes / 1e6:.0f} MB at {nbytes / tt / 1e6:6.0f} MB/s", flush=True)
+    rows = cold_find_tar([("kernel (ro,noload)", kernel_on, kernel_off), ("disksafe", ds_on, ds_off),
+                          ("fuse2fs", f2_on, f2_off)], sub, 600)
     k, d, f = rows["kernel (ro,noload)"], rows["disksafe"], rows["fuse2fs"]
     print(f"  find time disksafe/kernel: {d[0] / k[0]:.2f} (target <= 1.5); disksafe vs fuse2fs: {f[0] / d[0]:.1f}x faster")
     print(f"  tar throughput disksafe/kernel: {d[1] / k[1]:.2f} (target >= 0.7); disksafe vs fuse2fs: {d[1] / f[1]:.1f}x")
@@ -411,22 +419,7 @@ def bench_ntfs():
         sh(f"{DS} umount {mnt}")
         time.sleep(0.5)
 
-    rows = {}
-    for name, on, off in [("ntfs-3g -o ro", n3_on, n3_off), ("disksafe", ds_on, ds_off)]:
-        drop_caches()
-        root = on()
-        t0 = time.perf_counter()
-        n = int(out(f"timeout 900 find {root} | wc -l"))
-        tf = time.perf_counter() - t0
-        off()
-        drop_caches()
-        root = on()
-        t0 = time.perf_counter()
-        nbytes = int(out(f"timeout 900 tar cf - -C {root} . | wc -c"))
-        tt = time.perf_counter() - t0
-        off()
-        rows[name] = (tf, nbytes / tt)
-        print(f"  {name:<20} find {n} entries in {tf:6.2f} s   tar: {nbytes / 1e6:.0f} MB at {nbytes / tt / 1e6:6.0f} MB/s", flush=True)
+    rows = cold_find_tar([("ntfs-3g -o ro", n3_on, n3_off), ("disksafe", ds_on, ds_off)], ".", 900)
     n3, d = rows["ntfs-3g -o ro"], rows["disksafe"]
     print(f"  find: disksafe {n3[0] / d[0]:.2f}x faster than ntfs-3g (target >= 1.5)")
     print(f"  tar:  disksafe {d[1] / n3[1]:.2f}x ntfs-3g's throughput (target >= 1.5)")
