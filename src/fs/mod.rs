@@ -27,9 +27,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Generation, INodeNo, KernelConfig, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::cache::CachedSafe;
@@ -107,13 +106,19 @@ struct Image {
     len: u64,
 }
 
-/// Per-open-file sequential-read state for readahead.
+/// One sequential reader of an image, for readahead.
 #[derive(Default, Clone, Copy)]
 struct Seq {
     next: u64,
     window: u64,
     fetched_to: u64,
+    /// When this stream was last advanced (a counter), to replace the stalest one.
+    used: u64,
 }
+
+/// Sequential streams followed per image: readers of one image at different offsets
+/// (a copy and a checksum, say) each keep their own window.
+const STREAMS: usize = 8;
 
 /// Options of the mounted tree.
 #[derive(Debug, Clone)]
@@ -151,8 +156,9 @@ pub struct SafeFs {
     images: Mutex<HashMap<u64, Image>>,
     trees: RwLock<Vec<TreeSlot>>,
     tree_ids: Mutex<HashMap<VolumeKey, Option<u64>>>,
-    seq: Mutex<HashMap<u64, Seq>>,
-    next_fh: AtomicU64,
+    /// Readahead streams per image inode (files are opened without a handle).
+    seq: Mutex<HashMap<u64, Vec<Seq>>>,
+    ticks: AtomicU64,
 }
 
 fn time(secs: i64) -> SystemTime {
@@ -182,7 +188,7 @@ impl SafeFs {
             trees: RwLock::new(Vec::new()),
             tree_ids: Mutex::new(HashMap::new()),
             seq: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            ticks: AtomicU64::new(0),
         })
     }
 
@@ -579,27 +585,94 @@ impl SafeFs {
         ))
     }
 
+    /// Calls `add(child, next offset, type, name)` for each entry of directory `ino`
+    /// from `offset` on, `.` and `..` first, until it returns true (reply full).
+    fn each_entry(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
+    ) -> Result<(), Errno> {
+        if let Some((tree, dir, parent)) = self.tree_of(ino) {
+            let base = ino & !TREE_MASK;
+            let entries = tree
+                .read_dir(dir)
+                .map_err(|e| self.tree_errno(ino, "readdir", e))?;
+            let up = if dir == tree.root() {
+                parent
+            } else {
+                base | tree.root()
+            };
+            for i in offset as usize..entries.len() + 2 {
+                let full = match i {
+                    0 => add(ino, 1, FileType::Directory, OsStr::new(".")),
+                    1 => add(up, 2, FileType::Directory, OsStr::new("..")),
+                    _ => {
+                        let e = &entries[i - 2];
+                        add(
+                            base | e.ino,
+                            i as u64 + 1,
+                            file_type(e.kind),
+                            OsStr::from_bytes(&e.name),
+                        )
+                    }
+                };
+                if full {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        let children = self.children(ino)?;
+        let parent = self.nodes.read().unwrap().list[ino as usize - 1].parent;
+        let dots = [(OsString::from("."), ino), (OsString::from(".."), parent)];
+        let all = dots.iter().chain(children.iter());
+        for (i, (name, child)) in all.enumerate().skip(offset as usize) {
+            let ft = match self.kind(*child) {
+                Some(Kind::Latest | Kind::TimeLink(_)) => FileType::Symlink,
+                Some(Kind::Image { .. }) => FileType::RegularFile,
+                _ => FileType::Directory, // synthetic directories and tree roots
+            };
+            if add(*child, i as u64 + 1, ft, name) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn latest_target(&self) -> Option<String> {
         self.points.read().unwrap().last().map(|p| p.id.to_string())
     }
 
     /// Starts background decompression ahead of a sequential reader, so it overlaps
-    /// the reader instead of stalling it. Reads within a few MiB of the last end count
-    /// as sequential, since the kernel's parallel readahead reorders them slightly.
-    fn readahead(&self, fh: u64, img: &Image, offset: u64, len: u64) {
+    /// the reader instead of stalling it. Reads within a few MiB of a stream's last end
+    /// continue it, since the kernel's parallel readahead reorders them slightly; other
+    /// reads start a new stream in place of the stalest one.
+    fn readahead(&self, ino: u64, img: &Image, offset: u64, len: u64) {
         let end = offset + len;
+        let tick = self.ticks.fetch_add(1, Ordering::Relaxed);
         let mut seqs = self.seq.lock().unwrap();
-        let s = seqs.entry(fh).or_default();
-        let sequential = offset + RA_SLACK >= s.next && offset <= s.next + RA_SLACK;
-        s.next = s.next.max(end);
-        if !sequential {
-            *s = Seq {
+        let streams = seqs.entry(ino).or_default();
+        let hit = streams
+            .iter()
+            .position(|s| offset + RA_SLACK >= s.next && offset <= s.next + RA_SLACK);
+        let Some(i) = hit else {
+            let fresh = Seq {
                 next: end,
                 window: 0,
                 fetched_to: end,
+                used: tick,
             };
+            if streams.len() < STREAMS {
+                streams.push(fresh);
+            } else if let Some(stale) = streams.iter_mut().min_by_key(|s| s.used) {
+                *stale = fresh;
+            }
             return;
-        }
+        };
+        let s = &mut streams[i];
+        s.used = tick;
+        s.next = s.next.max(end);
         s.window = (s.window * 2).clamp(RA_MIN, RA_MAX);
         if s.fetched_to > end + s.window / 2 {
             return; // enough is already on its way
@@ -628,6 +701,29 @@ fn file_type(k: NodeKind) -> FileType {
     }
 }
 
+/// Attributes for an entry whose inode cannot be read: listed with its type and no
+/// caching, so any use of it asks again and gets the real error.
+fn unknown_attr(ino: u64, kind: FileType) -> (FileAttr, Duration) {
+    let attr = FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind,
+        perm: 0,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 65536,
+        flags: 0,
+    };
+    (attr, Duration::ZERO)
+}
+
 /// Answers a getxattr/listxattr size probe or data request.
 fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
     if size == 0 {
@@ -644,6 +740,9 @@ impl fuser::Filesystem for SafeFs {
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_write(1 << 20);
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_MAX_PAGES);
+        // Listings carry attributes: a walk that stats what it lists (`tar`, `ls -l`,
+        // `cp -a`) then costs no LOOKUP per entry.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())
     }
 
@@ -697,35 +796,18 @@ impl fuser::Filesystem for SafeFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        if ino.0 >> TREE_SHIFT != 0 {
-            return match self.tree_attr(ino.0) {
-                Ok((a, _)) if a.kind == FileType::Directory => reply.error(Errno::EISDIR),
-                Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-                Err(e) => reply.error(e),
-            };
-        }
-        match self.kind(ino.0) {
-            Some(Kind::Image { point, dev, part }) => {
-                if self.image(ino.0, point, dev, part).is_none() {
-                    return reply.error(Errno::ENOENT);
-                }
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-            }
-            Some(_) => reply.error(Errno::EISDIR),
-            None => reply.error(Errno::ENOENT),
-        }
+    /// Files need no handle either: ENOSYS (the kernel offers FUSE_NO_OPEN_SUPPORT)
+    /// stops OPEN and RELEASE for good, and the kernel then opens every file
+    /// FOPEN_KEEP_CACHE. The mount is read-only, so the VFS refuses opens for writing.
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS)
     }
 
     fn read(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -749,7 +831,7 @@ impl fuser::Filesystem for SafeFs {
             return reply.data(&[]);
         }
         let n = (size as u64).min(img.len - offset) as usize;
-        self.readahead(fh.0, &img, offset, n as u64);
+        self.readahead(ino.0, &img, offset, n as u64);
         let mut buf = vec![0u8; n];
         match img.dev.read_exact_at(img.start + offset, &mut buf) {
             Ok(()) => reply.data(&buf),
@@ -760,6 +842,7 @@ impl fuser::Filesystem for SafeFs {
         }
     }
 
+    /// Nothing is ever dirty: ENOSYS stops FLUSH on every close for good.
     fn flush(
         &self,
         _req: &Request,
@@ -768,44 +851,16 @@ impl fuser::Filesystem for SafeFs {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<fuser::LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.seq.lock().unwrap().remove(&fh.0);
-        reply.ok();
-    }
-
-    fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        if ino.0 >> TREE_SHIFT != 0 {
-            return match self.tree_attr(ino.0) {
-                Ok((a, _)) if a.kind == FileType::Directory => reply.opened(
-                    FileHandle(0),
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-                ),
-                Ok(_) => reply.error(Errno::ENOTDIR),
-                Err(e) => reply.error(e),
-            };
-        }
-        match self.kind(ino.0) {
-            Some(Kind::Root | Kind::ByTime | Kind::Point(_) | Kind::Device { .. }) => {
-                reply.opened(FileHandle(0), FopenFlags::empty())
-            }
-            Some(_) => reply.error(Errno::ENOTDIR),
-            None => reply.error(Errno::ENOENT),
-        }
+    /// Directories need no handle: answering ENOSYS (the kernel offers
+    /// FUSE_NO_OPENDIR_SUPPORT) makes the kernel stop sending OPENDIR and RELEASEDIR,
+    /// two of the five round trips `find` costs per directory, and keep the listing in
+    /// its own cache (it then opens directories as FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR).
+    /// Type checks stay with the kernel and readdir.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS)
     }
 
     fn readdir(
@@ -816,60 +871,31 @@ impl fuser::Filesystem for SafeFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        if let Some((tree, dir, parent)) = self.tree_of(ino.0) {
-            let base = ino.0 & !TREE_MASK;
-            let entries = match tree.read_dir(dir) {
-                Ok(e) => e,
-                Err(e) => return reply.error(self.tree_errno(ino.0, "readdir", e)),
-            };
-            let up = if dir == tree.root() {
-                parent
-            } else {
-                base | tree.root()
-            };
-            let mut i = offset as usize;
-            while i < entries.len() + 2 {
-                let full = match i {
-                    0 => reply.add(ino, 1, FileType::Directory, "."),
-                    1 => reply.add(INodeNo(up), 2, FileType::Directory, ".."),
-                    _ => {
-                        let e = &entries[i - 2];
-                        reply.add(
-                            INodeNo(base | e.ino),
-                            i as u64 + 1,
-                            file_type(e.kind),
-                            OsStr::from_bytes(&e.name),
-                        )
-                    }
-                };
-                if full {
-                    break;
-                }
-                i += 1;
-            }
-            return reply.ok();
+        match self.each_entry(ino.0, offset, |child, next, ft, name| {
+            reply.add(INodeNo(child), next, ft, name)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        let children = match self.children(ino.0) {
-            Ok(c) => c,
-            Err(e) => return reply.error(e),
-        };
-        let parent = {
-            let n = self.nodes.read().unwrap();
-            n.list[ino.0 as usize - 1].parent
-        };
-        let dots = [(OsString::from("."), ino.0), (OsString::from(".."), parent)];
-        let all = dots.iter().chain(children.iter());
-        for (i, (name, child)) in all.enumerate().skip(offset as usize) {
-            let ft = match self.kind(*child) {
-                Some(Kind::Latest | Kind::TimeLink(_)) => FileType::Symlink,
-                Some(Kind::Image { .. }) => FileType::RegularFile,
-                _ => FileType::Directory, // synthetic directories and tree roots
-            };
-            if reply.add(INodeNo(*child), i as u64 + 1, ft, name) {
-                break;
-            }
+    }
+
+    /// Listing with attributes: the kernel then knows every child without a LOOKUP
+    /// each, which is what a tree walk (`find`, `du`, `cp -a`) asks next.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        match self.each_entry(ino.0, offset, |child, next, ft, name| {
+            let (attr, ttl) = self.attr(child).unwrap_or_else(|_| unknown_attr(child, ft));
+            reply.add(INodeNo(child), next, name, &ttl, &attr, Generation(0))
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {

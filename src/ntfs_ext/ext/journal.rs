@@ -263,4 +263,9 @@ impl ReadAt for Overlay {
     fn size(&self) -> u64 {
         self.base.size()
     }
+
+    /// Overlaid blocks come from the journal; the hint for the rest still holds.
+    fn prefetch(&self, offset: u64, len: u64) {
+        self.base.prefetch(offset, len)
+    }
 }

@@ -27,6 +27,9 @@ const INODE_CACHE: usize = 2 << 20;
 const DIR_CACHE: usize = 8 << 20;
 const EXTENT_CACHE: usize = 2 << 20;
 
+/// How much of the inode tables is warmed in the background when a volume opens.
+const ITABLE_WARM: u64 = 64 << 20;
+
 /// Largest directory read (bytes); bigger is treated as damage.
 const MAX_DIR_BYTES: u64 = 4 << 30;
 
@@ -92,6 +95,36 @@ impl journal::JournalMap for JMap<'_> {
     }
 }
 
+/// Hints the device to fetch the in-use part of every group's inode table, up to
+/// [`ITABLE_WARM`] bytes. Only a hint: damage here is found again by the reads proper.
+fn warm_inode_tables(dev: &dyn ReadAt, sb: &Superblock) {
+    let csum = sb.ro_compat & (feat::RO_COMPAT_GDT_CSUM | feat::RO_COMPAT_METADATA_CSUM) != 0;
+    let (bs, isz) = (sb.block_size as u64, sb.inode_size as u64);
+    let mut budget = ITABLE_WARM;
+    for g in 0..sb.groups() {
+        let Ok(gd) = sb::read_group(dev, sb, g) else {
+            return;
+        };
+        let used = if csum {
+            if gd.flags & 0x1 != 0 {
+                continue; // INODE_UNINIT
+            }
+            (sb.inodes_per_group as u64).saturating_sub(gd.itable_unused as u64)
+        } else {
+            sb.inodes_per_group as u64
+        };
+        let len = (used * isz).min(budget);
+        if len == 0 {
+            continue;
+        }
+        dev.prefetch(gd.inode_table.saturating_mul(bs), len);
+        budget -= len;
+        if budget == 0 {
+            return;
+        }
+    }
+}
+
 /// The run holding logical block `l`, or the index where it would be.
 fn find_run(runs: &[Run], l: u64) -> Option<(&Run, usize)> {
     let i = runs.partition_point(|r| r.logical + r.len <= l);
@@ -150,6 +183,10 @@ impl ExtFs {
             }
         }
         fs.inode(ROOT)?;
+        // A walk stats inodes all over the tables: fetch their used parts in sequential
+        // batches, off the caller's path.
+        let (dev, sb) = (fs.dev.clone(), fs.sb.clone());
+        rayon::spawn(move || warm_inode_tables(&*dev, &sb));
         Ok(fs)
     }
 

@@ -233,6 +233,8 @@ impl Superblock {
 pub struct GroupDesc {
     pub inode_table: u64,
     pub flags: u16,
+    /// Inodes at the end of the table never used (valid with group checksums only).
+    pub itable_unused: u32,
 }
 
 /// Reads the descriptor of group `g`.
@@ -252,8 +254,13 @@ pub fn read_group(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<Group
             "group descriptor {g}: inode table at block {table} is outside the volume"
         )));
     }
+    let mut itable_unused = u16le(&d, 0x1C) as u32;
+    if sb.desc_size >= 64 {
+        itable_unused |= (u16le(&d, 0x32) as u32) << 16;
+    }
     Ok(GroupDesc {
         inode_table: table,
         flags: u16le(&d, 0x12),
+        itable_unused,
     })
 }
