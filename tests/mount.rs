@@ -692,3 +692,31 @@ fn allow_other_lets_others_in_but_keeps_images_private() {
         "the owner reads it"
     );
 }
+
+#[test]
+fn mount_right_after_umount_at_the_same_place_stays_up() {
+    need_fuse!("mount_right_after_umount_at_the_same_place_stays_up");
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a.img");
+    let mut rng = StdRng::seed_from_u64(21);
+    make_image(&a, 4 << 20, &mut rng);
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), s(&a)]);
+    let want = sha256_file(&a);
+    let mp = t.path().join("mp");
+    std::fs::create_dir(&mp).unwrap();
+    let img = mp.join("1/a.img/disk.img");
+    // The server of an unmounted mount must not take the next mount down with it as
+    // it exits (it used to unmount the mount point by path once more).
+    for round in 0..3 {
+        ok(&["mount", s(&safe), s(&mp)]);
+        assert_eq!(sha256_file(&img), want, "round {round}");
+        ok(&["umount", s(&mp)]);
+        assert!(!img.exists(), "round {round}: unmounted");
+    }
+    ok(&["mount", s(&safe), s(&mp)]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let alive = img.exists();
+    let _ = ds(&["umount", s(&mp)]);
+    assert!(alive, "the last mount was taken down by an earlier server");
+}

@@ -263,7 +263,17 @@ fn serve(
             return Ok(());
         }
         if bg.guard.is_finished() {
-            return bg.join().context("FUSE session");
+            // The kernel ended the session: someone unmounted us. Joining through
+            // fuser would then unmount the mount point once more, by path, and by now
+            // it may hold a new mount (`umount; mount` in a script). Take the thread's
+            // result and leave the rest (the mount guard) undropped; the process ends.
+            // SAFETY: `bg` is forgotten right after, so `guard` is owned exactly once.
+            let guard = unsafe { std::ptr::read(&bg.guard) };
+            std::mem::forget(bg);
+            return match guard.join() {
+                Ok(r) => r.context("FUSE session"),
+                Err(_) => bail!("the FUSE session thread panicked"),
+            };
         }
     }
 }
