@@ -603,6 +603,9 @@ impl SafeFs {
             } else {
                 base | tree.root()
             };
+            if offset == 0 {
+                walk_ahead(&tree, &entries);
+            }
             for i in offset as usize..entries.len() + 2 {
                 let full = match i {
                     0 => add(ino, 1, FileType::Directory, OsStr::new(".")),
@@ -687,6 +690,36 @@ impl SafeFs {
         let img = img.clone();
         rayon::spawn(move || img.dev.prefetch(img.start + from, to - from));
     }
+}
+
+/// Subdirectories listed ahead of a walker, per listing.
+const WALK_AHEAD: usize = 32;
+/// Walk-ahead jobs queued at most; a walker that outruns them loses nothing.
+const WALK_JOBS: usize = 4;
+static WALK_QUEUED: AtomicU64 = AtomicU64::new(0);
+
+/// A listing predicts the next ones: walkers (`find`, `tar`, `cp -r`) descend into the
+/// subdirectories next. Loading the first few in the background overlaps their cold
+/// reads with the walker's round trips; errors are left for the walker to meet.
+fn walk_ahead(tree: &Arc<dyn FsTree>, entries: &Arc<Vec<crate::ntfs_ext::DirEntry>>) {
+    if !entries.iter().any(|e| e.kind == NodeKind::Dir) {
+        return;
+    }
+    if WALK_QUEUED.fetch_add(1, Ordering::AcqRel) >= WALK_JOBS as u64 {
+        WALK_QUEUED.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let (tree, entries) = (tree.clone(), entries.clone());
+    rayon::spawn(move || {
+        for e in entries
+            .iter()
+            .filter(|e| e.kind == NodeKind::Dir)
+            .take(WALK_AHEAD)
+        {
+            let _ = tree.read_dir(e.ino);
+        }
+        WALK_QUEUED.fetch_sub(1, Ordering::AcqRel);
+    });
 }
 
 fn file_type(k: NodeKind) -> FileType {
