@@ -101,7 +101,8 @@ fn warm_inode_tables(dev: &dyn ReadAt, sb: &Superblock) {
     let csum = sb.ro_compat & (feat::RO_COMPAT_GDT_CSUM | feat::RO_COMPAT_METADATA_CSUM) != 0;
     let (bs, isz) = (sb.block_size as u64, sb.inode_size as u64);
     let mut budget = ITABLE_WARM;
-    for g in 0..sb.groups() {
+    // Bounded however many groups a (hostile) superblock claims.
+    for g in 0..sb.groups().min(1 << 20) {
         let Ok(gd) = sb::read_group(dev, sb, g) else {
             return;
         };
