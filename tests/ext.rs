@@ -289,6 +289,153 @@ fn apply_times(img: &Path, src: &Path, mnt: &Path) -> bool {
     .unwrap_or(false)
 }
 
+/// A second, independent oracle: the `ext4-view` crate's reading of the same image.
+/// Every entry it lists must be in the mount with the same type, permissions, owner,
+/// size, mtime (with nanoseconds), content and link target, and each directory must
+/// list the same names. What ext4-view itself fails to read (it lacks some features:
+/// inline_data, 128-byte inodes, holes in block-mapped files) is counted, not compared;
+/// `None` where it reads nothing of the image.
+fn ext4_view_diffs(img: &Path, got: &Path) -> Option<Vec<String>> {
+    use std::ffi::OsStr;
+    let fs = match ext4_view::Ext4::load_from_path(img) {
+        Ok(fs) => fs,
+        Err(ext4_view::Ext4Error::Incompatible(why)) => {
+            eprintln!("ext4-view cannot read {}: {why}", img.display());
+            return None;
+        }
+        Err(e) => panic!("ext4-view rejects {}: {e}", img.display()),
+    };
+    let mut diffs = Vec::new();
+    let (mut compared, mut unread) = (0usize, Vec::new());
+    let mut stack: Vec<Vec<u8>> = vec![b"/".to_vec()];
+    while let Some(dir) = stack.pop() {
+        let local = got.join(OsStr::from_bytes(&dir[1..]));
+        let mut want = Vec::new();
+        let entries = match fs.read_dir(dir.as_slice()) {
+            Ok(e) => e,
+            Err(e) => {
+                unread.push(format!("{}: {e}", String::from_utf8_lossy(&dir)));
+                continue;
+            }
+        };
+        for e in entries {
+            let e = e.unwrap();
+            let name = e.file_name().as_ref().to_vec();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            want.push(name.clone());
+            let mut path = dir.clone();
+            if path.len() > 1 {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&name);
+            let show = String::from_utf8_lossy(&path).into_owned();
+            let m = match fs.symlink_metadata(path.as_slice()) {
+                Ok(m) => m,
+                Err(e) => {
+                    unread.push(format!("{show}: {e}"));
+                    continue;
+                }
+            };
+            let b = match std::fs::symlink_metadata(local.join(OsStr::from_bytes(&name))) {
+                Ok(b) => b,
+                Err(err) => {
+                    diffs.push(format!("{show}: missing in the mount ({err})"));
+                    continue;
+                }
+            };
+            let ft = m.file_type();
+            let bt = b.file_type();
+            use std::os::unix::fs::FileTypeExt;
+            let same_type = ft.is_dir() == bt.is_dir()
+                && ft.is_regular_file() == bt.is_file()
+                && ft.is_symlink() == bt.is_symlink()
+                && ft.is_char_dev() == bt.is_char_device()
+                && ft.is_block_dev() == bt.is_block_device()
+                && ft.is_fifo() == bt.is_fifo()
+                && ft.is_socket() == bt.is_socket();
+            if !same_type {
+                diffs.push(format!("{show}: type ext4-view {ft:?} vs mount {bt:?}"));
+                continue;
+            }
+            let mut d = |what: &str, x: String, y: String| {
+                if x != y {
+                    diffs.push(format!("{show}: {what} ext4-view {x} vs mount {y}"));
+                }
+            };
+            d(
+                "mode",
+                format!("{:o}", m.mode()),
+                format!("{:o}", b.mode() & 0o7777),
+            );
+            d("uid", m.uid().to_string(), b.uid().to_string());
+            d("gid", m.gid().to_string(), b.gid().to_string());
+            d(
+                "mtime",
+                m.modified().seconds().to_string(),
+                b.mtime().to_string(),
+            );
+            d(
+                "mtime_nsec",
+                m.modified().nanoseconds().to_string(),
+                b.mtime_nsec().to_string(),
+            );
+            if ft.is_dir() {
+                stack.push(path.clone());
+            } else if ft.is_regular_file() {
+                d("size", m.len().to_string(), b.len().to_string());
+                match fs.read(path.as_slice()) {
+                    Ok(data) => d(
+                        "content",
+                        sha256(&data),
+                        sha256_file(&local.join(OsStr::from_bytes(&name))),
+                    ),
+                    Err(e) => {
+                        unread.push(format!("{show}: {e}"));
+                        continue;
+                    }
+                }
+            } else if ft.is_symlink() {
+                let Ok(t) = fs.read_link(path.as_slice()) else {
+                    unread.push(format!("{show}: readlink"));
+                    continue;
+                };
+                let mine = std::fs::read_link(local.join(OsStr::from_bytes(&name))).unwrap();
+                d(
+                    "target",
+                    String::from_utf8_lossy(t.as_ref()).into_owned(),
+                    mine.to_string_lossy().into_owned(),
+                );
+            }
+            compared += 1;
+        }
+        let mut have: Vec<Vec<u8>> = std::fs::read_dir(&local)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+            .collect();
+        want.sort();
+        have.sort();
+        if want != have {
+            diffs.push(format!(
+                "{}: names differ: ext4-view {} vs mount {}",
+                String::from_utf8_lossy(&dir),
+                want.len(),
+                have.len()
+            ));
+        }
+    }
+    if !unread.is_empty() {
+        eprintln!(
+            "ext4-view could not read {} entries of {} (first: {}); compared {compared}",
+            unread.len(),
+            img.display(),
+            unread[0]
+        );
+    }
+    (compared > 0).then_some(diffs)
+}
+
 fn check_variant(name: &str, cmd: &str, opts: &[&str], want_ns: bool) {
     if !fuse_available() {
         eprintln!("SKIP ext variant {name}: FUSE is not available here");
@@ -315,6 +462,15 @@ fn check_variant(name: &str, cmd: &str, opts: &[&str], want_ns: bool) {
         diffs.len(),
         diffs.join("\n")
     );
+    match ext4_view_diffs(&img, &files) {
+        Some(diffs) => assert!(
+            diffs.is_empty(),
+            "{name}: {} differences from ext4-view:\n{}",
+            diffs.len(),
+            diffs.join("\n")
+        ),
+        None => eprintln!("{name}: second oracle (ext4-view) skipped for this image"),
+    }
     let log = m.log_text();
     assert!(!log.contains("checksum mismatch"), "{name}: {log}");
 }
