@@ -720,3 +720,69 @@ fn mount_right_after_umount_at_the_same_place_stays_up() {
     let _ = ds(&["umount", s(&mp)]);
     assert!(alive, "the last mount was taken down by an earlier server");
 }
+
+#[test]
+fn file_trees_of_many_points_share_the_cache_budget() {
+    need_fuse!("file_trees_of_many_points_share_the_cache_budget");
+    let t = tempfile::tempdir().unwrap();
+    // One ext4 volume with a 10 000-entry directory: listing it with attributes fills
+    // a few MiB of parsed inodes and names per point, so 16 points would hold ~60 MiB
+    // more than 4 points if every opened volume kept caches of its own.
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("many")).unwrap();
+    for i in 0..10_000 {
+        let name = format!("many/file-with-a-longish-name-{i:05}");
+        std::fs::write(src.join(name), i.to_string()).unwrap();
+    }
+    let vol = t.path().join("vol.img");
+    File::create(&vol).unwrap().set_len(64 << 20).unwrap();
+    let o = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-N", "12000", "-d", s(&src), s(&vol)])
+        .output()
+        .expect("mkfs.ext4 (e2fsprogs) is needed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let safe = t.path().join("safe");
+    for _ in 0..16 {
+        backup(&[s(&safe), s(&vol)]);
+    }
+    let mp = t.path().join("mp");
+    std::fs::create_dir(&mp).unwrap();
+    let mut child = Command::new(bin())
+        .args(["mount", s(&safe), s(&mp), "--foreground", "--cache", "128M"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let guard = StopOnDrop(&mut child, mp.clone());
+    let mut waited = 0;
+    while !mp.join("latest").exists() {
+        std::thread::sleep(Duration::from_millis(50));
+        waited += 1;
+        assert!(waited < 200, "mount did not come up");
+    }
+    let mut rss = Vec::new();
+    for p in 1..=16 {
+        let dir = mp.join(format!("{p}/vol.img/files/many"));
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            assert!(e.metadata().unwrap().len() > 0);
+            n += 1;
+        }
+        assert_eq!(n, 10_000, "point {p}");
+        let one = std::fs::read_to_string(dir.join("file-with-a-longish-name-01234")).unwrap();
+        assert_eq!(one, "1234", "point {p}");
+        rss.push(vm_rss_kib(pid));
+    }
+    eprintln!("server RSS (KiB) after each tree walked: {rss:?}");
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(guard.0.wait().unwrap().success());
+    let (after4, after16) = (rss[3], rss[15]);
+    assert!(
+        after16 < after4 + 24 * 1024,
+        "RSS grew by {} KiB from 4 to 16 trees walked: the trees' caches are not bounded together",
+        after16 - after4
+    );
+    assert!(after16 < 128 * 1024 + 64 * 1024, "RSS {after16} KiB");
+}

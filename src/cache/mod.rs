@@ -6,6 +6,7 @@
 //! other point that holds it.
 
 use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use std::sync::Arc;
@@ -40,18 +41,125 @@ struct Shard<K: Hash + Eq, V> {
     bytes: usize,
 }
 
-/// LRU bounded by total weight, split in shards so parallel readers rarely contend.
-pub struct WeightedLru<K: Hash + Eq, V> {
+/// A byte budget that many caches draw on together: a mount keeps parser caches per
+/// volume browsed, and however many volumes (points x partitions) are opened, their
+/// caches share this one bound. Past it, members give up their least recently used
+/// entries in turn, so caches of volumes no longer browsed drain while the busy ones
+/// refill.
+pub struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+    members: Mutex<Vec<std::sync::Weak<dyn Trim>>>,
+    cursor: AtomicUsize,
+}
+
+/// A cache that can give up one entry for a shared [`Budget`].
+trait Trim: Send + Sync {
+    /// Evicts the least recently used entry of one non-empty shard; false when empty.
+    fn trim_one(&self) -> bool;
+}
+
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Budget({} of {} bytes)", self.used(), self.limit)
+    }
+}
+
+impl Budget {
+    /// A shared budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            limit,
+            used: AtomicUsize::new(0),
+            members: Mutex::new(Vec::new()),
+            cursor: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes held by all caches on this budget, for tests and stats.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Evicts from the members in turn until the budget holds again. Called with no
+    /// shard locked, so members trimming each other cannot deadlock.
+    fn settle(&self) {
+        let mut idle_rounds = 0;
+        while self.used() > self.limit {
+            let member = {
+                let mut m = self.members.lock().unwrap();
+                m.retain(|w| w.strong_count() > 0);
+                if m.is_empty() {
+                    return;
+                }
+                let i = self.cursor.fetch_add(1, Ordering::Relaxed) % m.len();
+                m[i].upgrade()
+            };
+            let Some(member) = member else { continue };
+            if member.trim_one() {
+                idle_rounds = 0;
+            } else {
+                idle_rounds += 1;
+                if idle_rounds > self.members.lock().unwrap().len() {
+                    return; // every member is empty
+                }
+            }
+        }
+    }
+}
+
+struct Inner<K: Hash + Eq, V> {
     shards: Vec<Mutex<Shard<K, V>>>,
     per_shard: usize,
     hasher: std::collections::hash_map::RandomState,
+    budget: Option<Arc<Budget>>,
+    /// Shard to trim next for the budget.
+    next_trim: AtomicUsize,
 }
 
-impl<K: Hash + Eq + Clone, V: Weigh + Clone> WeightedLru<K, V> {
+/// LRU bounded by total weight, split in shards so parallel readers rarely contend.
+pub struct WeightedLru<K: Hash + Eq, V> {
+    inner: Arc<Inner<K, V>>,
+}
+
+impl<K: Hash + Eq + Send, V: Weigh + Send> Trim for Inner<K, V> {
+    fn trim_one(&self) -> bool {
+        for _ in 0..SHARDS {
+            let i = self.next_trim.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            let mut s = self.shards[i].lock().unwrap();
+            if let Some((_, old)) = s.lru.pop_lru() {
+                let w = old.weight();
+                s.bytes -= w;
+                if let Some(b) = &self.budget {
+                    b.used.fetch_sub(w, Ordering::Relaxed);
+                }
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl<K: Hash + Eq, V> Drop for Inner<K, V> {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            let held: usize = self.shards.iter().map(|s| s.lock().unwrap().bytes).sum();
+            b.used.fetch_sub(held, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone + Send + 'static, V: Weigh + Clone + Send + 'static> WeightedLru<K, V> {
     /// A cache holding at most about `capacity` bytes.
     pub fn new(capacity: usize) -> Self {
+        Self::with_budget(capacity, None)
+    }
+
+    /// A cache holding at most about `capacity` bytes that also draws on a shared
+    /// `budget` with other caches.
+    pub fn with_budget(capacity: usize, budget: Option<Arc<Budget>>) -> Self {
         let per_shard = (capacity / SHARDS).max(1);
-        WeightedLru {
+        let inner = Arc::new(Inner {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
@@ -62,11 +170,18 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> WeightedLru<K, V> {
                 .collect(),
             per_shard,
             hasher: Default::default(),
+            budget: budget.clone(),
+            next_trim: AtomicUsize::new(0),
+        });
+        if let Some(b) = budget {
+            let member: Arc<dyn Trim> = inner.clone();
+            b.members.lock().unwrap().push(Arc::downgrade(&member));
         }
+        WeightedLru { inner }
     }
 
     fn shard(&self, k: &K) -> &Mutex<Shard<K, V>> {
-        &self.shards[self.hasher.hash_one(k) as usize % SHARDS]
+        &self.inner.shards[self.inner.hasher.hash_one(k) as usize % SHARDS]
     }
 
     /// Returns a cached value and marks it recently used.
@@ -82,22 +197,39 @@ impl<K: Hash + Eq + Clone, V: Weigh + Clone> WeightedLru<K, V> {
     /// Inserts a value, evicting least recently used ones past the byte budget.
     pub fn put(&self, k: K, v: V) {
         let w = v.weight();
+        let budget = self.inner.budget.as_ref();
         let mut s = self.shard(&k).lock().unwrap();
+        let mut freed = 0;
         if let Some(old) = s.lru.put(k, v) {
-            s.bytes -= old.weight();
+            freed += old.weight();
         }
-        s.bytes += w;
-        while s.bytes > self.per_shard && s.lru.len() > 1 {
-            match s.lru.pop_lru() {
-                Some((_, old)) => s.bytes -= old.weight(),
-                None => break,
-            }
+        s.bytes = s.bytes + w - freed;
+        while s.bytes > self.inner.per_shard && s.lru.len() > 1 {
+            let Some((_, old)) = s.lru.pop_lru() else {
+                break;
+            };
+            let ow = old.weight();
+            s.bytes -= ow;
+            freed += ow;
+        }
+        if let Some(b) = budget {
+            // Under the shard lock, so a concurrent trim never sees its entry uncounted.
+            b.used.fetch_add(w, Ordering::Relaxed);
+            b.used.fetch_sub(freed, Ordering::Relaxed);
+        }
+        drop(s);
+        if let Some(b) = budget {
+            b.settle();
         }
     }
 
     /// Bytes currently held, for tests and stats.
     pub fn bytes(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap().bytes).sum()
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().bytes)
+            .sum()
     }
 }
 
@@ -120,20 +252,32 @@ pub struct CachedSafe {
     safe: Arc<Safe>,
     blocks: WeightedLru<i64, Bytes>,
     maps: WeightedLru<SegKey, Arc<Vec<Option<BlockLoc>>>>,
+    trees: Arc<Budget>,
     loading: Mutex<std::collections::HashMap<i64, Loading>>,
 }
 
 impl CachedSafe {
-    /// Wraps `safe` with caches totalling about `cache_bytes`, a quarter of it for block
-    /// maps (about 100 bytes per device block: 64 MiB maps a 40 GiB device whole).
+    /// Wraps `safe` with caches totalling about `cache_bytes`: a quarter for block maps
+    /// (about 100 bytes per device block: 64 MiB maps a 40 GiB device whole), an eighth
+    /// for the parsed metadata of every file tree opened (see [`Self::tree_budget`]),
+    /// the rest for blocks.
     pub fn new(safe: Arc<Safe>, cache_bytes: usize) -> Self {
         let map_bytes = (cache_bytes / 4).max(4 << 20);
+        let tree_bytes = (cache_bytes / 8).max(8 << 20);
+        let block_bytes = cache_bytes.saturating_sub(map_bytes + tree_bytes);
         CachedSafe {
             safe,
-            blocks: WeightedLru::new(cache_bytes.saturating_sub(map_bytes).max(1 << 20)),
+            blocks: WeightedLru::new(block_bytes.max(1 << 20)),
             maps: WeightedLru::new(map_bytes),
+            trees: Budget::new(tree_bytes),
             loading: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The budget all file-tree parsers of this safe share for their caches, so that
+    /// browsing many points and partitions stays within `--cache`.
+    pub fn tree_budget(&self) -> &Arc<Budget> {
+        &self.trees
     }
 
     /// The underlying safe.
@@ -275,5 +419,27 @@ mod tests {
         assert!(c.bytes() <= 16 * 1024 * 1024 + SHARDS * 65600);
         assert_eq!(c.get(&999).unwrap()[0], (999 % 256) as u8);
         assert!(c.get(&0).is_none());
+    }
+
+    #[test]
+    fn caches_sharing_a_budget_stay_within_it_together() {
+        let budget = Budget::new(4 << 20);
+        let caches: Vec<WeightedLru<u64, Bytes>> = (0..20)
+            .map(|_| WeightedLru::with_budget(16 << 20, Some(budget.clone())))
+            .collect();
+        for (n, c) in caches.iter().enumerate() {
+            for i in 0..200u64 {
+                c.put(i, Bytes::from(vec![n as u8; 65536]));
+            }
+        }
+        let held: usize = caches.iter().map(|c| c.bytes()).sum();
+        assert_eq!(held, budget.used());
+        assert!(held <= 4 << 20, "{held} bytes held");
+        // Caches filled long ago gave their entries up to the busy one.
+        assert_eq!(caches[0].bytes(), 0);
+        assert!(caches[19].bytes() >= 2 << 20, "{}", caches[19].bytes());
+        assert_eq!(caches[19].get(&199).unwrap()[0], 19);
+        drop(caches);
+        assert_eq!(budget.used(), 0, "dropped caches return their bytes");
     }
 }

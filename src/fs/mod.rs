@@ -421,6 +421,7 @@ impl SafeFs {
             uid: self.uid,
             gid: self.gid,
             show_system: self.opts.show_system,
+            budget: Some(self.cache.tree_budget().clone()),
         };
         let root = match crate::ntfs_ext::open_tree(vol, &opts) {
             Ok(Some(tree)) => {

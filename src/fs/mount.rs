@@ -196,6 +196,7 @@ fn serve(
     unsafe {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
+    limit_malloc_arenas();
     let cache = Arc::new(CachedSafe::new(safe.clone(), args.cache as usize));
     let fs = SafeFs::new(
         cache,
@@ -275,6 +276,17 @@ fn serve(
                 Err(_) => bail!("the FUSE session thread panicked"),
             };
         }
+    }
+}
+
+/// glibc gives every thread its own malloc arena, and the server's threads take turns
+/// filling and evicting the caches: freed memory then sits in many arenas and the RSS
+/// ends up far above `--cache` (110 MiB for a 32 MiB cache after walking 8 file trees,
+/// 40 MiB with one arena, no slower here). Small allocations stay per-thread (tcache).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 

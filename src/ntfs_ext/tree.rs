@@ -103,6 +103,9 @@ pub struct TreeOptions {
     pub gid: u32,
     /// Show the volume's own metadata files (NTFS `$MFT`, ...) for forensics.
     pub show_system: bool,
+    /// A byte budget the volume's caches share with every other volume opened (a
+    /// mount opens one per point and partition browsed); `None`: per-volume caps only.
+    pub budget: Option<std::sync::Arc<crate::cache::Budget>>,
 }
 
 /// A read-only file tree. Implementations cache parsed metadata; every method may be

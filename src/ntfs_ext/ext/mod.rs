@@ -21,8 +21,8 @@ use sb::{feat, GroupDesc, Superblock, SB_OFFSET};
 
 /// Root directory inode.
 const ROOT: u64 = 2;
-/// Cache budgets of one opened volume (bytes): small, because a mount keeps one set
-/// per volume browsed. (A budget shared by all volumes of a mount is future work.)
+/// Cache caps of one opened volume (bytes); all volumes of a mount also share one
+/// budget (`TreeOptions::budget`).
 const INODE_CACHE: usize = 2 << 20;
 const DIR_CACHE: usize = 8 << 20;
 const EXTENT_CACHE: usize = 2 << 20;
@@ -139,7 +139,7 @@ impl ExtFs {
         let mut raw = [0u8; 1024];
         dev.read_exact_at(SB_OFFSET, &mut raw)?;
         let sb = Superblock::parse(&raw, &label)?;
-        let mut fs = ExtFs::with(dev.clone(), sb, label.clone());
+        let mut fs = ExtFs::with(dev.clone(), sb, label.clone(), opts);
         let unknown = fs.sb.incompat & !feat::INCOMPAT_KNOWN;
         if unknown != 0 {
             tracing::warn!(
@@ -171,7 +171,7 @@ impl ExtFs {
                         let mut raw = [0u8; 1024];
                         overlay.read_exact_at(SB_OFFSET, &mut raw)?;
                         let sb = Superblock::parse(&raw, &label)?;
-                        fs = ExtFs::with(overlay, sb, label.clone());
+                        fs = ExtFs::with(overlay, sb, label.clone(), opts);
                         tracing::warn!(
                             "{label}: not cleanly unmounted; replayed {n} journal transaction(s), {blocks} block(s), in memory"
                         );
@@ -191,16 +191,17 @@ impl ExtFs {
         Ok(fs)
     }
 
-    fn with(dev: Arc<dyn ReadAt>, sb: Superblock, label: String) -> ExtFs {
+    fn with(dev: Arc<dyn ReadAt>, sb: Superblock, label: String, opts: &TreeOptions) -> ExtFs {
+        let budget = || opts.budget.clone();
         ExtFs {
             dev,
             sb,
             label,
             groups: Mutex::new(HashMap::new()),
-            // Per opened volume; a mount may open one per point and partition browsed.
-            inodes: WeightedLru::new(INODE_CACHE),
-            dirs: WeightedLru::new(DIR_CACHE),
-            extents: WeightedLru::new(EXTENT_CACHE),
+            // Per opened volume, and within the budget all volumes of a mount share.
+            inodes: WeightedLru::with_budget(INODE_CACHE, budget()),
+            dirs: WeightedLru::with_budget(DIR_CACHE, budget()),
+            extents: WeightedLru::with_budget(EXTENT_CACHE, budget()),
         }
     }
 

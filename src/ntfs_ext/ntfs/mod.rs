@@ -30,7 +30,7 @@ const ROOT: u64 = 5;
 const FIRST_USER: u64 = 16;
 /// Inode numbers at or above this name alternate data streams (see `StreamTable`).
 const STREAM_BIT: u64 = 1 << 39;
-/// Per-volume cache budgets (bytes).
+/// Per-volume cache caps (bytes); all volumes of a mount also share one budget.
 const NODE_CACHE: usize = 4 << 20;
 const INDEX_CACHE: usize = 4 << 20;
 const DIR_CACHE: usize = 8 << 20;
@@ -297,10 +297,10 @@ impl NtfsFs {
             mft: Arc::new(mft),
             records,
             upcase: UpCase::fallback(),
-            nodes: WeightedLru::new(NODE_CACHE),
-            index_nodes: WeightedLru::new(INDEX_CACHE),
-            dirs: WeightedLru::new(DIR_CACHE),
-            units: WeightedLru::new(UNIT_CACHE),
+            nodes: WeightedLru::with_budget(NODE_CACHE, opts.budget.clone()),
+            index_nodes: WeightedLru::with_budget(INDEX_CACHE, opts.budget.clone()),
+            dirs: WeightedLru::with_budget(DIR_CACHE, opts.budget.clone()),
+            units: WeightedLru::with_budget(UNIT_CACHE, opts.budget.clone()),
             streams: Mutex::new(StreamTable::default()),
             logged: Mutex::new(HashSet::new()),
             free_clusters: OnceLock::new(),
