@@ -237,6 +237,11 @@ impl<K: Hash + Eq + Clone + Send + 'static, V: Weigh + Clone + Send + 'static> W
 /// of device at 64 KiB blocks), small enough that a random read's miss stays cheap.
 pub const MAP_SEGMENT: u64 = 256;
 
+thread_local! {
+    /// A read buffer for runs of records, kept per thread between fills.
+    static SPAN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Longest run of records read with one pread.
 const RUN_BYTES: u64 = 8 << 20;
 
@@ -335,23 +340,30 @@ impl CachedSafe {
             let last = run[run.len() - 1];
             let end =
                 last.offset + crate::format::RECORD_HEADER_LEN as u64 + last.stored_len as u64;
-            let mut span = vec![0u8; (end - first.offset) as usize];
+            let len = (end - first.offset) as usize;
+            // Reused per thread (taken out, so a nested job on this thread makes its
+            // own): fresh multi-MiB buffers cost a page fault per 4 KiB on every run.
+            let mut span = SPAN.with(|b| std::mem::take(&mut *b.borrow_mut()));
+            if span.len() < len {
+                span.resize(len, 0);
+            }
+            let span_buf = &mut span[..len];
             if self
                 .safe
-                .read_pack(first.pack, first.offset, &mut span)
+                .read_pack(first.pack, first.offset, span_buf)
                 .is_err()
             {
+                SPAN.with(|b| *b.borrow_mut() = span);
                 return; // each block then reports its own error when read
             }
+            let span_ref = &span[..len];
             run.par_iter().for_each(|l| {
                 let at = (l.offset - first.offset) as usize;
-                let rec = &span[at..at + crate::format::RECORD_HEADER_LEN + l.stored_len as usize];
-                let _ = self.load_once(l, || {
-                    let mut out = vec![0u8; l.raw_len as usize];
-                    self.safe.decode_record(l, rec, &mut out)?;
-                    Ok(Bytes::from(out))
-                });
+                let rec =
+                    &span_ref[at..at + crate::format::RECORD_HEADER_LEN + l.stored_len as usize];
+                let _ = self.load_once(l, || Ok(Bytes::from(self.safe.decode_record_vec(l, rec)?)));
             });
+            SPAN.with(|b| *b.borrow_mut() = span);
         });
     }
 

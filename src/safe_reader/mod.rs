@@ -335,11 +335,12 @@ impl Safe {
     /// Reads, decompresses and checks one stored block against its content hash; a
     /// damaged block is an error, never data.
     pub fn load_block(&self, loc: &BlockLoc) -> Result<Bytes, BlockError> {
-        let mut out = vec![0u8; self.params.block_size as usize];
-        if !loc.is_zero() {
-            self.load_block_into(loc, &mut out, &mut Vec::new())?;
+        if loc.is_zero() {
+            return Ok(Bytes::from(vec![0u8; self.params.block_size as usize]));
         }
-        Ok(Bytes::from(out))
+        let mut rec = Vec::new();
+        self.read_record(loc, &mut rec)?;
+        Ok(Bytes::from(self.decode_record_vec(loc, &rec)?))
     }
 
     /// Like [`Safe::load_block`], decoding into `dst` (one block long) with `scratch`
@@ -350,25 +351,30 @@ impl Safe {
         dst: &mut [u8],
         scratch: &mut Vec<u8>,
     ) -> Result<(), BlockError> {
+        self.read_record(loc, scratch)?;
+        self.decode_record(loc, scratch, dst)
+    }
+
+    /// Reads the stored record of a block (header and bytes) into `rec`, its lengths
+    /// checked first.
+    fn read_record(&self, loc: &BlockLoc, rec: &mut Vec<u8>) -> Result<(), BlockError> {
         let damaged = |reason: String| BlockError::damaged(loc, reason);
         if loc.pack == MISSING_PACK {
             return Err(damaged("the index names a block it does not hold".into()));
         }
         if loc.stored_len as u64 > 2 * self.params.block_size as u64 + 1024
             || loc.raw_len != self.params.block_size
-            || dst.len() != loc.raw_len as usize
         {
             return Err(damaged("index entry has impossible lengths".into()));
         }
-        scratch.resize(RECORD_HEADER_LEN + loc.stored_len as usize, 0);
-        self.read_pack(loc.pack, loc.offset, scratch)
+        rec.resize(RECORD_HEADER_LEN + loc.stored_len as usize, 0);
+        self.read_pack(loc.pack, loc.offset, rec)
             .map_err(|e| match e {
                 BlockError::Io { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
                     damaged("pack file is shorter than the index says".into())
                 }
                 e => e,
-            })?;
-        self.decode_record(loc, scratch, dst)
+            })
     }
 
     /// Reads `buf.len()` bytes of a pack at `offset`, for callers that fetch runs of
@@ -388,44 +394,73 @@ impl Safe {
         rec: &[u8],
         dst: &mut [u8],
     ) -> Result<(), BlockError> {
-        let damaged = |reason: String| BlockError::damaged(loc, reason);
-        if rec.len() != RECORD_HEADER_LEN + loc.stored_len as usize
-            || dst.len() != loc.raw_len as usize
-        {
-            return Err(damaged("record of the wrong length".into()));
+        if dst.len() != loc.raw_len as usize {
+            return Err(BlockError::damaged(
+                loc,
+                "record of the wrong length".into(),
+            ));
         }
-        let hdr = RecordHeader::decode(rec).map_err(damaged)?;
-        if hdr.raw_len != loc.raw_len
-            || hdr.stored_len != loc.stored_len
-            || hdr.codec != loc.codec
-            || hdr.hash != loc.hash
-        {
-            return Err(damaged("record header disagrees with the index".into()));
-        }
-        let stored = &rec[RECORD_HEADER_LEN..];
-        match hdr.codec {
+        let stored = check_record(loc, rec)?;
+        let n = match loc.codec {
             format::CODEC_RAW => {
-                if stored.len() != dst.len() {
-                    return Err(damaged("raw record of wrong length".into()));
-                }
                 dst.copy_from_slice(stored);
+                dst.len()
             }
-            _ => {
-                let n = with_decompressor(|d| d.decompress_to_buffer(stored, dst))
-                    .map_err(|e| damaged(format!("zstd: {e}")))?;
-                if n != dst.len() {
-                    return Err(damaged(format!(
-                        "decompressed to {n} bytes, expected {}",
-                        dst.len()
-                    )));
-                }
-            }
-        }
-        if blake3::hash(dst).as_bytes() != &loc.hash {
-            return Err(damaged("content hash mismatch".into()));
-        }
-        Ok(())
+            _ => with_decompressor(|d| d.decompress_to_buffer(stored, dst))
+                .map_err(|e| BlockError::damaged(loc, format!("zstd: {e}")))?,
+        };
+        verify_decoded(loc, &dst[..n])
     }
+
+    /// Like [`Safe::decode_record`] into a new buffer, written without zeroing it first.
+    pub fn decode_record_vec(&self, loc: &BlockLoc, rec: &[u8]) -> Result<Vec<u8>, BlockError> {
+        let stored = check_record(loc, rec)?;
+        let mut out = Vec::with_capacity(loc.raw_len as usize);
+        match loc.codec {
+            format::CODEC_RAW => out.extend_from_slice(stored),
+            _ => {
+                with_decompressor(|d| d.decompress_to_buffer(stored, &mut out))
+                    .map_err(|e| BlockError::damaged(loc, format!("zstd: {e}")))?;
+            }
+        }
+        verify_decoded(loc, &out)?;
+        Ok(out)
+    }
+}
+
+/// Checks a record's length and header against its index entry; returns the stored
+/// bytes.
+fn check_record<'a>(loc: &BlockLoc, rec: &'a [u8]) -> Result<&'a [u8], BlockError> {
+    let damaged = |reason: String| BlockError::damaged(loc, reason);
+    if rec.len() != RECORD_HEADER_LEN + loc.stored_len as usize {
+        return Err(damaged("record of the wrong length".into()));
+    }
+    let hdr = RecordHeader::decode(rec).map_err(damaged)?;
+    if hdr.raw_len != loc.raw_len
+        || hdr.stored_len != loc.stored_len
+        || hdr.codec != loc.codec
+        || hdr.hash != loc.hash
+    {
+        return Err(damaged("record header disagrees with the index".into()));
+    }
+    if hdr.codec == format::CODEC_RAW && hdr.stored_len != hdr.raw_len {
+        return Err(damaged("raw record of wrong length".into()));
+    }
+    Ok(&rec[RECORD_HEADER_LEN..])
+}
+
+/// A decoded block must be whole and hash to what the index says.
+fn verify_decoded(loc: &BlockLoc, data: &[u8]) -> Result<(), BlockError> {
+    if data.len() != loc.raw_len as usize {
+        return Err(BlockError::damaged(
+            loc,
+            format!("decoded to {} bytes, expected {}", data.len(), loc.raw_len),
+        ));
+    }
+    if blake3::hash(data).as_bytes() != &loc.hash {
+        return Err(BlockError::damaged(loc, "content hash mismatch".into()));
+    }
+    Ok(())
 }
 
 /// pread that loops until full, so short reads never pass as data.
