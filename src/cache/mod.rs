@@ -237,9 +237,25 @@ impl<K: Hash + Eq + Clone + Send + 'static, V: Weigh + Clone + Send + 'static> W
 /// of device at 64 KiB blocks), small enough that a random read's miss stays cheap.
 pub const MAP_SEGMENT: u64 = 256;
 
-thread_local! {
-    /// A read buffer for runs of records, kept per thread between fills.
-    static SPAN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+/// Read buffers for runs of records, kept between fills: a fresh multi-MiB buffer costs
+/// a page fault per 4 KiB on every run. A few only, whatever the number of cores.
+static SPANS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+const SPANS_KEPT: usize = 4;
+
+/// A buffer of at least `len` bytes (contents unspecified) for [`CachedSafe::fill`].
+fn take_span(len: usize) -> Vec<u8> {
+    let mut v = SPANS.lock().unwrap().pop().unwrap_or_default();
+    if v.len() < len {
+        v.resize(len, 0);
+    }
+    v
+}
+
+fn give_span(v: Vec<u8>) {
+    let mut kept = SPANS.lock().unwrap();
+    if kept.len() < SPANS_KEPT {
+        kept.push(v);
+    }
 }
 
 /// Longest run of records read with one pread.
@@ -341,19 +357,14 @@ impl CachedSafe {
             let end =
                 last.offset + crate::format::RECORD_HEADER_LEN as u64 + last.stored_len as u64;
             let len = (end - first.offset) as usize;
-            // Reused per thread (taken out, so a nested job on this thread makes its
-            // own): fresh multi-MiB buffers cost a page fault per 4 KiB on every run.
-            let mut span = SPAN.with(|b| std::mem::take(&mut *b.borrow_mut()));
-            if span.len() < len {
-                span.resize(len, 0);
-            }
+            let mut span = take_span(len);
             let span_buf = &mut span[..len];
             if self
                 .safe
                 .read_pack(first.pack, first.offset, span_buf)
                 .is_err()
             {
-                SPAN.with(|b| *b.borrow_mut() = span);
+                give_span(span);
                 return; // each block then reports its own error when read
             }
             let span_ref = &span[..len];
@@ -363,7 +374,7 @@ impl CachedSafe {
                     &span_ref[at..at + crate::format::RECORD_HEADER_LEN + l.stored_len as usize];
                 let _ = self.load_once(l, || Ok(Bytes::from(self.safe.decode_record_vec(l, rec)?)));
             });
-            SPAN.with(|b| *b.borrow_mut() = span);
+            give_span(span);
         });
     }
 
