@@ -481,21 +481,11 @@ fn foreground_mount_unmounts_on_sigterm() {
     backup(&[s(&safe), s(&a)]);
     let mp = t.path().join("mp");
     std::fs::create_dir(&mp).unwrap();
-    let mut child = Command::new(bin())
-        .args(["mount", s(&safe), s(&mp), "--foreground"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_foreground(&safe, &mp, &[]);
     let pid = child.id();
     let guard = StopOnDrop(&mut child, mp.clone());
     let img = mp.join("1/a.img/disk.img");
-    let mut waited = 0;
-    while !img.exists() {
-        std::thread::sleep(Duration::from_millis(50));
-        waited += 1;
-        assert!(waited < 200, "mount did not come up");
-    }
+    wait_for(&img);
     assert_eq!(std::fs::read(&img).unwrap(), vec![5u8; 300_000]);
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let st = guard.0.wait().unwrap();
@@ -539,6 +529,31 @@ fn damaged_block_gives_eio_and_a_log_line_and_the_mount_stays_up() {
 
 /// Stops a `--foreground` server and its mount even when a test fails half-way.
 struct StopOnDrop<'a>(&'a mut std::process::Child, PathBuf);
+
+/// Starts `disksafe mount SAFE MP --foreground EXTRA..` as a child process.
+fn spawn_foreground(safe: &Path, mp: &Path, extra: &[&str]) -> std::process::Child {
+    Command::new(bin())
+        .args(["mount", s(safe), s(mp), "--foreground"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (up to 10 s) for a path in a mount that is coming up.
+fn wait_for(path: &Path) {
+    let mut waited = 0;
+    while !path.exists() {
+        std::thread::sleep(Duration::from_millis(50));
+        waited += 1;
+        assert!(
+            waited < 200,
+            "mount did not come up ({} missing)",
+            path.display()
+        );
+    }
+}
 
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
@@ -590,20 +605,10 @@ fn memory_stays_within_the_cache_on_a_1_tib_device_with_many_points() {
     }
     let mp = t.path().join("mp");
     std::fs::create_dir(&mp).unwrap();
-    let mut child = Command::new(bin())
-        .args(["mount", s(&safe), s(&mp), "--foreground", "--cache", "32M"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_foreground(&safe, &mp, &["--cache", "32M"]);
     let pid = child.id();
     let guard = StopOnDrop(&mut child, mp.clone());
-    let mut waited = 0;
-    while !mp.join("latest").exists() {
-        std::thread::sleep(Duration::from_millis(50));
-        waited += 1;
-        assert!(waited < 200, "mount did not come up");
-    }
+    wait_for(&mp.join("latest"));
     let base = vm_rss_kib(pid);
     // Read every data region at the last point, plus scattered reads at every point.
     let img = mp.join("12/big.img/disk.img");
@@ -747,20 +752,10 @@ fn file_trees_of_many_points_share_the_cache_budget() {
     }
     let mp = t.path().join("mp");
     std::fs::create_dir(&mp).unwrap();
-    let mut child = Command::new(bin())
-        .args(["mount", s(&safe), s(&mp), "--foreground", "--cache", "128M"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_foreground(&safe, &mp, &["--cache", "128M"]);
     let pid = child.id();
     let guard = StopOnDrop(&mut child, mp.clone());
-    let mut waited = 0;
-    while !mp.join("latest").exists() {
-        std::thread::sleep(Duration::from_millis(50));
-        waited += 1;
-        assert!(waited < 200, "mount did not come up");
-    }
+    wait_for(&mp.join("latest"));
     let mut rss = Vec::new();
     for p in 1..=16 {
         let dir = mp.join(format!("{p}/vol.img/files/many"));
