@@ -114,6 +114,8 @@ struct Seq {
     fetched_to: u64,
     /// When this stream was last advanced (a counter), to replace the stalest one.
     used: u64,
+    /// Reads that continued it.
+    hits: u32,
 }
 
 /// Sequential streams followed per image: readers of one image at different offsets
@@ -666,6 +668,7 @@ impl SafeFs {
                 window: 0,
                 fetched_to: end,
                 used: tick,
+                hits: 0,
             };
             if streams.len() < STREAMS {
                 streams.push(fresh);
@@ -677,6 +680,10 @@ impl SafeFs {
         let s = &mut streams[i];
         s.used = tick;
         s.next = s.next.max(end);
+        s.hits += 1;
+        if s.hits < 2 {
+            return; // one read near another may be chance (random readers): wait for a third
+        }
         s.window = (s.window * 2).clamp(RA_MIN, RA_MAX);
         if s.fetched_to > end + s.window / 2 {
             return; // enough is already on its way
