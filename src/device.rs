@@ -140,4 +140,8 @@ impl ReadAt for PointDevice {
     fn prefetch(&self, offset: u64, len: u64) {
         PointDevice::prefetch(self, offset, len)
     }
+
+    fn prefetches(&self) -> bool {
+        true
+    }
 }

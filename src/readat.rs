@@ -18,6 +18,12 @@ pub trait ReadAt: Send + Sync {
     /// it works; the default does nothing.
     fn prefetch(&self, _offset: u64, _len: u64) {}
 
+    /// True when [`ReadAt::prefetch`] does something, so parsers skip the work of
+    /// finding what to warm (a scan of their metadata) where it would be wasted.
+    fn prefetches(&self) -> bool {
+        false
+    }
+
     /// Fills `buf` completely or fails, because parsers must never see short data as valid.
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let mut done = 0;
@@ -115,5 +121,9 @@ impl<R: ReadAt + ?Sized> ReadAt for Slice<R> {
             let len = len.min(self.len - offset);
             self.inner.prefetch(self.start + offset, len);
         }
+    }
+
+    fn prefetches(&self) -> bool {
+        self.inner.prefetches()
     }
 }

@@ -268,4 +268,8 @@ impl ReadAt for Overlay {
     fn prefetch(&self, offset: u64, len: u64) {
         self.base.prefetch(offset, len)
     }
+
+    fn prefetches(&self) -> bool {
+        self.base.prefetches()
+    }
 }

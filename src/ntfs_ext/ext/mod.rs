@@ -186,8 +186,10 @@ impl ExtFs {
         fs.inode(ROOT)?;
         // A walk stats inodes all over the tables: fetch their used parts in sequential
         // batches, off the caller's path.
-        let (dev, sb) = (fs.dev.clone(), fs.sb.clone());
-        rayon::spawn(move || warm_inode_tables(&*dev, &sb));
+        if fs.dev.prefetches() {
+            let (dev, sb) = (fs.dev.clone(), fs.sb.clone());
+            rayon::spawn(move || warm_inode_tables(&*dev, &sb));
+        }
         Ok(fs)
     }
 

@@ -325,10 +325,16 @@ impl NtfsFs {
         if !root.dir {
             return Err(corrupt("NTFS root record is not a directory"));
         }
-        // Walks touch records all over $MFT: fetch its first part in one sequential
-        // batch, off the caller's path.
-        let (dev, mft, cs) = (fs.dev.clone(), fs.mft.clone(), fs.boot.cluster_size);
-        rayon::spawn(move || prefetch_runs(&*dev, cs, &mft.runs, MFT_WARM));
+        // Walks touch records all over $MFT and then every directory's index: fetch
+        // the first part of $MFT in one sequential batch, then the index allocations
+        // it names, off the caller's path.
+        if fs.dev.prefetches() {
+            let (dev, mft, boot) = (fs.dev.clone(), fs.mft.clone(), fs.boot.clone());
+            rayon::spawn(move || {
+                prefetch_runs(&*dev, boot.cluster_size, &mft.runs, MFT_WARM);
+                warm_indexes(&*dev, &boot, &mft);
+            });
+        }
         Ok(fs)
     }
 
@@ -1042,6 +1048,44 @@ fn attr_value(dev: &dyn ReadAt, cs: u64, a: &Attr) -> io::Result<Vec<u8>> {
             read_runs(dev, cs, &nr.runs, 0, &mut v[..init])?;
             Ok(v)
         }
+    }
+}
+
+/// Hints the device to fetch the index allocations ($I30) named by the base records in
+/// the first [`MFT_WARM`] bytes of $MFT, up to [`INDEX_WARM`] bytes in all. Only a
+/// hint: records that do not parse are skipped, and found again by the reads proper.
+fn warm_indexes(dev: &dyn ReadAt, boot: &Boot, mft: &Mapped) {
+    let rs = boot.record_size as usize;
+    let cs = boot.cluster_size;
+    let limit = MFT_WARM.min(mft.init) as usize / rs * rs;
+    let mut left = INDEX_WARM;
+    let mut chunk = vec![0u8; (1 << 20) / rs * rs];
+    let mut off = 0usize;
+    while off < limit && left > 0 {
+        let len = chunk.len().min(limit - off);
+        if read_runs(dev, cs, &mft.runs, off as u64, &mut chunk[..len]).is_err() {
+            return;
+        }
+        for (i, rec) in chunk[..len].chunks_exact_mut(rs).enumerate() {
+            let n = ((off / rs) + i) as u64;
+            if record::apply_fixups(rec, b"FILE", &|| String::new()).is_err() {
+                continue;
+            }
+            let Ok(r) = Record::parse(rec, n) else {
+                continue;
+            };
+            if r.flags & 3 != 3 || r.base != 0 {
+                continue; // not an in-use directory base record
+            }
+            for a in &r.attrs {
+                if let (ty::INDEX_ALLOCATION, Body::NonResident(nr)) = (a.ty, &a.body) {
+                    let want = nr.alloc_size.min(left);
+                    prefetch_runs(dev, cs, &nr.runs, want);
+                    left -= want;
+                }
+            }
+        }
+        off += len;
     }
 }
 
