@@ -29,6 +29,12 @@ const EXTENT_CACHE: usize = 2 << 20;
 
 /// How much of the inode tables is warmed in the background when a volume opens.
 const ITABLE_WARM: u64 = 64 << 20;
+/// How much directory data is warmed after them, in at most so many separate ranges
+/// (each may cost the device a whole block of its own, 64 KiB in a safe).
+const DIR_WARM: u64 = 32 << 20;
+const DIR_WARM_RANGES: usize = 2048;
+/// Directories looked at for it, at most.
+const DIR_WARM_INODES: usize = 1 << 17;
 
 /// Largest directory read (bytes); bigger is treated as damage.
 const MAX_DIR_BYTES: u64 = 4 << 30;
@@ -96,15 +102,18 @@ impl journal::JournalMap for JMap<'_> {
 }
 
 /// Hints the device to fetch the in-use part of every group's inode table, up to
-/// [`ITABLE_WARM`] bytes. Only a hint: damage here is found again by the reads proper.
-fn warm_inode_tables(dev: &dyn ReadAt, sb: &Superblock) {
+/// [`ITABLE_WARM`] bytes, then the blocks of the directories found in them, up to
+/// [`DIR_WARM`] bytes: what a walk reads next. Only a hint: damage here is skipped and
+/// found again by the reads proper.
+fn warm_inode_tables(dev: &dyn ReadAt, sb: &Superblock, label: &str) {
     let csum = sb.ro_compat & (feat::RO_COMPAT_GDT_CSUM | feat::RO_COMPAT_METADATA_CSUM) != 0;
     let (bs, isz) = (sb.block_size as u64, sb.inode_size as u64);
     let mut budget = ITABLE_WARM;
+    let mut tables = Vec::new();
     // Bounded however many groups a (hostile) superblock claims.
     for g in 0..sb.groups().min(1 << 20) {
         let Ok(gd) = sb::read_group(dev, sb, g) else {
-            return;
+            break;
         };
         let used = if csum {
             if gd.flags & 0x1 != 0 {
@@ -118,12 +127,93 @@ fn warm_inode_tables(dev: &dyn ReadAt, sb: &Superblock) {
         if len == 0 {
             continue;
         }
-        dev.prefetch(gd.inode_table.saturating_mul(bs), len);
+        let at = gd.inode_table.saturating_mul(bs);
+        dev.prefetch(at, len);
+        tables.push((g, at, len));
         budget -= len;
         if budget == 0 {
-            return;
+            break;
         }
     }
+    // Directories' blocks, sorted and merged so they are fetched in few batches.
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    let (mut left, mut dirs) = (DIR_WARM, 0);
+    let mut chunk = vec![0u8; (1 << 20) / isz as usize * isz as usize];
+    'tables: for (g, at, len) in tables {
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(chunk.len() as u64) as usize;
+            if dev.read_exact_at(at + off, &mut chunk[..n]).is_err() {
+                break;
+            }
+            for (i, raw) in chunk[..n].chunks_exact(isz as usize).enumerate() {
+                let mode = u16::from_le_bytes([raw[0], raw[1]]);
+                let links = u16::from_le_bytes([raw[0x1A], raw[0x1B]]);
+                if mode & 0xF000 != 0x4000 || links == 0 {
+                    continue;
+                }
+                let ino = g * sb.inodes_per_group as u64 + (off / isz) + i as u64 + 1;
+                dirs += 1;
+                if dirs > DIR_WARM_INODES {
+                    break 'tables;
+                }
+                let Ok(inode) = Inode::parse(sb, ino, raw.to_vec(), label) else {
+                    continue;
+                };
+                for (p, l) in dir_spans(dev, sb, &inode, label) {
+                    let l = l.min(left);
+                    spans.push((p, l));
+                    left -= l;
+                    if left == 0 {
+                        break 'tables;
+                    }
+                }
+            }
+            off += n as u64;
+        }
+    }
+    spans.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (p, l) in spans {
+        match merged.last_mut() {
+            Some((mp, ml)) if p <= *mp + *ml + (64 << 10) => *ml = (*ml).max(p + l - *mp),
+            _ => merged.push((p, l)),
+        }
+    }
+    tracing::debug!(
+        "{label}: warming {} directory range(s), {} bytes",
+        merged.len(),
+        merged.iter().map(|m| m.1).sum::<u64>()
+    );
+    for (p, l) in merged.into_iter().take(DIR_WARM_RANGES) {
+        dev.prefetch(p, l);
+    }
+}
+
+/// Byte ranges holding a directory's blocks (the first 64 of a block-mapped one).
+fn dir_spans(dev: &dyn ReadAt, sb: &Superblock, ino: &Inode, label: &str) -> Vec<(u64, u64)> {
+    let bs = sb.block_size as u64;
+    if ino.flags & inode::FL_INLINE_DATA != 0 {
+        return Vec::new();
+    }
+    if ino.flags & inode::FL_EXTENTS != 0 {
+        // Depth 0 or 1 only: a warm-up must stay cheap whatever a (hostile) tree holds.
+        let ib = ino.i_block();
+        if u16::from_le_bytes([ib[6], ib[7]]) > 1 {
+            return Vec::new();
+        }
+        return inode::extent_runs(dev, sb, ino, label)
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| !r.unwritten)
+            .map(|r| (r.physical.saturating_mul(bs), r.len.saturating_mul(bs)))
+            .collect();
+    }
+    (0..ino.size.div_ceil(bs).min(64))
+        .map_while(|l| inode::indirect_block(dev, sb, ino, l).ok())
+        .filter(|&p| p != 0)
+        .map(|p| (p.saturating_mul(bs), bs))
+        .collect()
 }
 
 /// The run holding logical block `l`, or the index where it would be.
@@ -187,8 +277,8 @@ impl ExtFs {
         // A walk stats inodes all over the tables: fetch their used parts in sequential
         // batches, off the caller's path.
         if fs.dev.prefetches() {
-            let (dev, sb) = (fs.dev.clone(), fs.sb.clone());
-            rayon::spawn(move || warm_inode_tables(&*dev, &sb));
+            let (dev, sb, label) = (fs.dev.clone(), fs.sb.clone(), fs.label.clone());
+            rayon::spawn(move || warm_inode_tables(&*dev, &sb, &label));
         }
         Ok(fs)
     }
