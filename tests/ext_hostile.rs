@@ -88,3 +88,14 @@ fn damaged_ext2_images_give_errors_not_panics() {
     };
     mutate_and_walk(&base, 2, 1500);
 }
+
+/// Inputs the fuzzer found (`fuzz/brief.sh`), kept in tests/data so they stay fixed.
+#[test]
+fn inputs_found_by_the_fuzzer_give_errors() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    // A superblock whose block count times block size overflows: the inode-table offset
+    // multiplication panicked (debug) or wrapped to a wrong offset (release).
+    let data = std::fs::read(dir.join("ext-fuzz-itable-overflow.img")).unwrap();
+    let e = walk_everything(data, 4096).expect_err("a damaged superblock is an error");
+    assert!(e.to_string().contains("overflow"), "{e}");
+}

@@ -128,6 +128,14 @@ impl Superblock {
             return Err(corrupt("superblock: zero or impossible per-group counts"));
         }
         let hi = |o: usize| if is64 { (u32le(b, o) as u64) << 32 } else { 0 };
+        // Every block number below the count must give a byte offset: the parser
+        // multiplies by the block size without further checks.
+        let blocks_count = u32le(b, 0x4) as u64 | hi(0x150);
+        if blocks_count.checked_mul(block_size as u64).is_none() {
+            return Err(corrupt(format!(
+                "superblock: {blocks_count} blocks of {block_size} bytes overflow"
+            )));
+        }
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&b[0x68..0x78]);
         let csum_seed = if incompat & feat::INCOMPAT_CSUM_SEED != 0 {
@@ -143,7 +151,7 @@ impl Superblock {
         }
         Ok(Superblock {
             inodes_count: u32le(b, 0x0),
-            blocks_count: u32le(b, 0x4) as u64 | hi(0x150),
+            blocks_count,
             free_blocks: u32le(b, 0xC) as u64 | hi(0x158),
             free_inodes: u32le(b, 0x10),
             first_data_block: u32le(b, 0x14),
