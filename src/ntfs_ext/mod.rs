@@ -30,6 +30,30 @@ pub fn open_tree(
     Ok(None)
 }
 
+/// Hints the device to fetch scattered byte ranges (a parser warming its metadata):
+/// sorted and merged across gaps under 64 KiB so the device fetches them in few
+/// batches, at most `max_ranges` of them.
+pub(crate) fn prefetch_spans(dev: &dyn ReadAt, mut spans: Vec<(u64, u64)>, max_ranges: usize) {
+    spans.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (p, l) in spans {
+        match merged.last_mut() {
+            Some((mp, ml)) if p <= mp.saturating_add(*ml).saturating_add(64 << 10) => {
+                *ml = (*ml).max(p.saturating_add(l) - *mp)
+            }
+            _ => merged.push((p, l)),
+        }
+    }
+    tracing::debug!(
+        "warming {} range(s), {} bytes",
+        merged.len(),
+        merged.iter().map(|m| m.1).sum::<u64>()
+    );
+    for (p, l) in merged.into_iter().take(max_ranges) {
+        dev.prefetch(p, l);
+    }
+}
+
 /// An `InvalidData` error naming the damaged structure.
 pub(crate) fn corrupt(msg: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())

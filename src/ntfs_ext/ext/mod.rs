@@ -32,7 +32,7 @@ const ITABLE_WARM: u64 = 64 << 20;
 /// How much directory data is warmed after them, in at most so many separate ranges
 /// (each may cost the device a whole block of its own, 64 KiB in a safe).
 const DIR_WARM: u64 = 32 << 20;
-const DIR_WARM_RANGES: usize = 2048;
+const WARM_RANGES: usize = 2048;
 /// Directories looked at for it, at most.
 const DIR_WARM_INODES: usize = 1 << 17;
 
@@ -172,22 +172,7 @@ fn warm_inode_tables(dev: &dyn ReadAt, sb: &Superblock, label: &str) {
             off += n as u64;
         }
     }
-    spans.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (p, l) in spans {
-        match merged.last_mut() {
-            Some((mp, ml)) if p <= *mp + *ml + (64 << 10) => *ml = (*ml).max(p + l - *mp),
-            _ => merged.push((p, l)),
-        }
-    }
-    tracing::debug!(
-        "{label}: warming {} directory range(s), {} bytes",
-        merged.len(),
-        merged.iter().map(|m| m.1).sum::<u64>()
-    );
-    for (p, l) in merged.into_iter().take(DIR_WARM_RANGES) {
-        dev.prefetch(p, l);
-    }
+    crate::ntfs_ext::prefetch_spans(dev, spans, WARM_RANGES);
 }
 
 /// Byte ranges holding a directory's blocks (the first 64 of a block-mapped one).

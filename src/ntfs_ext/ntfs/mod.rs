@@ -45,6 +45,8 @@ const MAX_UNIT: u64 = 4 << 20;
 const MAX_XATTR: u64 = 65_536;
 /// How much of $MFT is warmed in the background when a volume opens.
 const MFT_WARM: u64 = 64 << 20;
+/// Separate ranges hinted at most by the index warm-up at open.
+const WARM_RANGES: usize = 2048;
 /// How much of a directory's index allocation is fetched in one batch before walking.
 const INDEX_WARM: u64 = 32 << 20;
 
@@ -1059,6 +1061,7 @@ fn warm_indexes(dev: &dyn ReadAt, boot: &Boot, mft: &Mapped) {
     let cs = boot.cluster_size;
     let limit = MFT_WARM.min(mft.init) as usize / rs * rs;
     let mut left = INDEX_WARM;
+    let mut spans = Vec::new();
     let mut chunk = vec![0u8; (1 << 20) / rs * rs];
     let mut off = 0usize;
     while off < limit && left > 0 {
@@ -1078,15 +1081,25 @@ fn warm_indexes(dev: &dyn ReadAt, boot: &Boot, mft: &Mapped) {
                 continue; // not an in-use directory base record
             }
             for a in &r.attrs {
-                if let (ty::INDEX_ALLOCATION, Body::NonResident(nr)) = (a.ty, &a.body) {
-                    let want = nr.alloc_size.min(left);
-                    prefetch_runs(dev, cs, &nr.runs, want);
-                    left -= want;
+                let (ty::INDEX_ALLOCATION, Body::NonResident(nr)) = (a.ty, &a.body) else {
+                    continue;
+                };
+                for r in &nr.runs {
+                    let (Some(lcn), true) = (r.lcn, left > 0) else {
+                        continue;
+                    };
+                    let (Some(at), Some(len)) = (lcn.checked_mul(cs), r.len.checked_mul(cs)) else {
+                        continue;
+                    };
+                    let len = len.min(left);
+                    spans.push((at, len));
+                    left -= len;
                 }
             }
         }
         off += len;
     }
+    crate::ntfs_ext::prefetch_spans(dev, spans, WARM_RANGES);
 }
 
 /// Hints the device to fetch the allocated runs of a stream, up to `limit` bytes.
