@@ -54,17 +54,22 @@ def report(name, secs, nbytes):
     return nbytes / secs
 
 
-def make_image():
+def make_ext4_from(img, dirs, size):
+    """Makes IMG (SIZE, e.g. "6G") an ext4 holding copies of DIRS, unless it exists."""
     os.makedirs(W, exist_ok=True)
-    if os.path.exists(IMG):
+    if os.path.exists(img):
         return
-    stage = os.path.join(W, "stage")
+    stage = img + ".stage"
     shutil.rmtree(stage, ignore_errors=True)
     os.makedirs(stage)
-    for d in ["/usr/lib", "/usr/share", "/usr/bin"]:
+    for d in dirs:
         sh(f"cp -a {d} {stage}/ 2>/dev/null || true")
-    sh(f"truncate -s 6G {IMG} && mkfs.ext4 -q -F -d {stage} {IMG}")
+    sh(f"truncate -s {size} {img} && mkfs.ext4 -q -F -d {stage} {img}")
     shutil.rmtree(stage)
+
+
+def make_image():
+    make_ext4_from(IMG, ["/usr/lib", "/usr/share", "/usr/bin"], "6G")
 
 
 def change_blocks(path, fraction, seed, region=None):
@@ -339,14 +344,7 @@ def bench_ext():
     """find and tar over the file tree: disksafe vs the kernel (ro,noload) vs fuse2fs,
     on a pristine ext4 image (the safe benchmark scribbles over usr.img)."""
     img = os.path.join(W, "usrfs.img")
-    if not os.path.exists(img):
-        stage = os.path.join(W, "stage-ext")
-        shutil.rmtree(stage, ignore_errors=True)
-        os.makedirs(stage)
-        for d in ["/usr/share", "/usr/bin", "/usr/lib/x86_64-linux-gnu"]:
-            sh(f"cp -a {d} {stage}/ 2>/dev/null || true")
-        sh(f"truncate -s 5G {img} && mkfs.ext4 -q -F -d {stage} {img}")
-        shutil.rmtree(stage)
+    make_ext4_from(img, ["/usr/share", "/usr/bin", "/usr/lib/x86_64-linux-gnu"], "5G")
     IMG_EXT = img
     s1 = os.path.join(W, "safe-ext")
     if not os.path.exists(s1):
