@@ -38,12 +38,7 @@ fn xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
 /// hard links, short and long symlinks, xattrs (small and block-sized), special files,
 /// odd names.
 fn make_rich_tree(root: &Path, rng: &mut StdRng) {
-    std::fs::create_dir_all(root).unwrap();
-    let mut big = vec![0u8; 3 << 20];
-    rng.fill(&mut big[..]);
-    std::fs::write(root.join("big.bin"), &big).unwrap();
-    std::fs::write(root.join("tiny"), b"x").unwrap();
-    std::fs::write(root.join("empty"), b"").unwrap();
+    size_extremes(root, rng);
     std::fs::write(root.join("small text.txt"), b"hello, world\n").unwrap();
     let sp = File::create(root.join("sparse")).unwrap();
     sp.set_len(40 << 20).unwrap();

@@ -154,12 +154,7 @@ fn reparse_raw(tag: u32, body: &[u8]) -> Vec<u8> {
 /// A source tree with what NTFS must carry: big, tiny, empty, sparse, partly
 /// initialized and compressible files, deep paths, odd and Unicode names, hard links.
 fn make_source(root: &Path, rng: &mut StdRng, dir_entries: usize) {
-    std::fs::create_dir_all(root).unwrap();
-    let mut big = vec![0u8; 3 << 20];
-    rng.fill(&mut big[..]);
-    std::fs::write(root.join("big.bin"), &big).unwrap();
-    std::fs::write(root.join("tiny"), b"x").unwrap();
-    std::fs::write(root.join("empty"), b"").unwrap();
+    size_extremes(root, rng);
     for name in [
         "with space.txt",
         "ünïcødé-日本語-🎉",

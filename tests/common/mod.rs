@@ -299,6 +299,17 @@ pub fn tree_digest(root: &Path) -> std::collections::BTreeMap<String, String> {
     out
 }
 
+/// Creates `root` with the file sizes every tree test carries: `big.bin` (3 MiB of
+/// random bytes), `tiny` (one byte) and `empty`.
+pub fn size_extremes(root: &Path, rng: &mut impl Rng) {
+    std::fs::create_dir_all(root).unwrap();
+    let mut big = vec![0u8; 3 << 20];
+    rng.fill(&mut big[..]);
+    std::fs::write(root.join("big.bin"), &big).unwrap();
+    std::fs::write(root.join("tiny"), b"x").unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+}
+
 /// Writes a small tree of files with random contents under `root`.
 pub fn make_tree(root: &Path, files: usize, rng: &mut impl Rng) {
     std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
