@@ -106,7 +106,6 @@ impl journal::JournalMap for JMap<'_> {
 /// [`DIR_WARM`] bytes: what a walk reads next. Only a hint: damage here is skipped and
 /// found again by the reads proper.
 fn warm_inode_tables(dev: &dyn ReadAt, sb: &Superblock, label: &str) {
-    let csum = sb.ro_compat & (feat::RO_COMPAT_GDT_CSUM | feat::RO_COMPAT_METADATA_CSUM) != 0;
     let (bs, isz) = (sb.block_size as u64, sb.inode_size as u64);
     let mut budget = ITABLE_WARM;
     let mut tables = Vec::new();
@@ -115,15 +114,7 @@ fn warm_inode_tables(dev: &dyn ReadAt, sb: &Superblock, label: &str) {
         let Ok(gd) = sb::read_group(dev, sb, g) else {
             break;
         };
-        let used = if csum {
-            if gd.flags & 0x1 != 0 {
-                continue; // INODE_UNINIT
-            }
-            (sb.inodes_per_group as u64).saturating_sub(gd.itable_unused as u64)
-        } else {
-            sb.inodes_per_group as u64
-        };
-        let len = (used * isz).min(budget);
+        let len = (gd.inodes_used(sb) * isz).min(budget);
         if len == 0 {
             continue;
         }
@@ -316,10 +307,7 @@ impl ExtFs {
         let g = (ino - 1) / self.sb.inodes_per_group as u64;
         let idx = (ino - 1) % self.sb.inodes_per_group as u64;
         let gd = self.group(g)?;
-        if gd.flags & 0x1 != 0
-            && self.sb.ro_compat & (feat::RO_COMPAT_GDT_CSUM | feat::RO_COMPAT_METADATA_CSUM) != 0
-        {
-            // INODE_UNINIT: nothing in this group was ever allocated.
+        if gd.inode_uninit(&self.sb) {
             return Err(corrupt(format!(
                 "inode {ino} lies in a group with no initialised inodes"
             )));

@@ -182,6 +182,12 @@ impl Superblock {
         })
     }
 
+    /// Group descriptors carry checksums (gdt_csum or metadata_csum), so their
+    /// INODE_UNINIT flag and unused-inode counts can be trusted.
+    pub fn has_group_csums(&self) -> bool {
+        self.ro_compat & (feat::RO_COMPAT_GDT_CSUM | feat::RO_COMPAT_METADATA_CSUM) != 0
+    }
+
     /// Number of block groups.
     pub fn groups(&self) -> u64 {
         (self
@@ -243,6 +249,28 @@ pub struct GroupDesc {
     pub flags: u16,
     /// Inodes at the end of the table never used (valid with group checksums only).
     pub itable_unused: u32,
+}
+
+impl GroupDesc {
+    /// Inodes at the start of the group's table that may be in use: none when the
+    /// table was never initialised (INODE_UNINIT), the table minus its never-used tail
+    /// when group checksums vouch for these fields, else the whole table.
+    pub fn inodes_used(&self, sb: &Superblock) -> u64 {
+        let ipg = sb.inodes_per_group as u64;
+        if !sb.has_group_csums() {
+            ipg
+        } else if self.inode_uninit(sb) {
+            0
+        } else {
+            ipg.saturating_sub(self.itable_unused as u64)
+        }
+    }
+
+    /// True when the group's inode table was never initialised (INODE_UNINIT, trusted
+    /// only with group checksums): nothing in it was ever allocated.
+    pub fn inode_uninit(&self, sb: &Superblock) -> bool {
+        self.flags & 0x1 != 0 && sb.has_group_csums()
+    }
 }
 
 /// Reads the descriptor of group `g`.
