@@ -163,9 +163,13 @@ impl<K: Hash + Eq + Clone + Send + 'static, V: Weigh + Clone + Send + 'static> W
         Self::with_budget(capacity, None)
     }
 
-    /// A cache holding at most about `capacity` bytes that also draws on a shared
-    /// `budget` with other caches.
+    /// A cache drawing on a `budget` shared with other caches, or bounded by
+    /// `capacity` alone without one. Under a budget it may grow to the budget's whole
+    /// limit (or `capacity`, if larger): the budget is what bounds memory, and the cache
+    /// of the one volume being walked should get all of it rather than re-parse what a
+    /// small fixed cap evicted (a walk of 50 000 NTFS records parsed them all again).
     pub fn with_budget(capacity: usize, budget: Option<Arc<Budget>>) -> Self {
+        let capacity = budget.as_ref().map_or(capacity, |b| capacity.max(b.limit));
         let per_shard = (capacity / SHARDS).max(1);
         let inner = Arc::new(Inner {
             shards: (0..SHARDS)
@@ -475,6 +479,18 @@ mod tests {
         assert_eq!(caches[19].get(&999).unwrap()[0], 19);
         drop(caches);
         assert_eq!(budget.used(), 0, "dropped caches return their bytes");
+    }
+
+    #[test]
+    fn under_a_budget_a_cache_grows_past_its_own_capacity() {
+        let budget = Budget::new(8 << 20);
+        let nodes: WeightedLru<u64, Bytes> = WeightedLru::with_budget(1 << 20, Some(budget));
+        for i in 0..1500u64 {
+            nodes.put(i, Bytes::from(vec![i as u8; 4096]));
+        }
+        // 6 MiB put: all of it held (the 1 MiB capacity applies only without a budget).
+        assert!(nodes.bytes() >= 1500 * 4096, "{}", nodes.bytes());
+        assert_eq!(nodes.get(&0).unwrap()[0], 0);
     }
 
     #[test]

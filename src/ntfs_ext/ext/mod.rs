@@ -21,8 +21,8 @@ use sb::{feat, GroupDesc, Superblock, SB_OFFSET};
 
 /// Root directory inode.
 const ROOT: u64 = 2;
-/// Cache caps of one opened volume (bytes); all volumes of a mount also share one
-/// budget (`TreeOptions::budget`).
+/// Cache caps of one opened volume (bytes) without a shared budget; under one
+/// (`TreeOptions::budget`, a mount's) the budget bounds them instead.
 const INODE_CACHE: usize = 2 << 20;
 const DIR_CACHE: usize = 8 << 20;
 const EXTENT_CACHE: usize = 2 << 20;
