@@ -30,7 +30,8 @@ const ROOT: u64 = 5;
 const FIRST_USER: u64 = 16;
 /// Inode numbers at or above this name alternate data streams (see `StreamTable`).
 const STREAM_BIT: u64 = 1 << 39;
-/// Per-volume cache caps (bytes); all volumes of a mount also share one budget.
+/// Per-volume cache caps (bytes) without a shared budget; under one (a mount's),
+/// the budget bounds them instead.
 const NODE_CACHE: usize = 4 << 20;
 const INDEX_CACHE: usize = 4 << 20;
 const DIR_CACHE: usize = 8 << 20;
@@ -166,7 +167,28 @@ impl Weigh for Arc<Node> {
 
 struct Listing {
     entries: Arc<Vec<DirEntry>>,
-    by_name: HashMap<Vec<u8>, u64>,
+    /// Indexes into `entries`, sorted by name: a name map costing 4 bytes an entry
+    /// rather than a second copy of every name.
+    by_name: Vec<u32>,
+}
+
+impl Listing {
+    fn new(entries: Vec<DirEntry>) -> Listing {
+        let mut by_name: Vec<u32> = (0..entries.len() as u32).collect();
+        by_name.sort_unstable_by(|&a, &b| entries[a as usize].name.cmp(&entries[b as usize].name));
+        Listing {
+            entries: Arc::new(entries),
+            by_name,
+        }
+    }
+
+    fn get(&self, name: &[u8]) -> Option<u64> {
+        let i = self
+            .by_name
+            .binary_search_by(|&i| self.entries[i as usize].name.as_slice().cmp(name))
+            .ok()?;
+        Some(self.entries[self.by_name[i] as usize].ino)
+    }
 }
 
 impl Weigh for Arc<Listing> {
@@ -174,7 +196,7 @@ impl Weigh for Arc<Listing> {
         64 + self
             .entries
             .iter()
-            .map(|e| e.name.len() * 2 + 80)
+            .map(|e| e.name.len() + 52)
             .sum::<usize>()
     }
 }
@@ -762,6 +784,13 @@ impl NtfsFs {
         if let Some(x) = self.index_nodes.get(&(dir.rec, vcn)) {
             return Ok(x);
         }
+        let entries = Arc::new(self.load_index_node(dir, block, vcn)?);
+        self.index_nodes.put((dir.rec, vcn), entries.clone());
+        Ok(entries)
+    }
+
+    /// Reads and parses one INDX node of a directory.
+    fn load_index_node(&self, dir: &Node, block: u32, vcn: u64) -> io::Result<IndexNode> {
         let alloc = dir.index_alloc.as_ref().ok_or_else(|| {
             corrupt(format!(
                 "directory {} points into a missing $INDEX_ALLOCATION",
@@ -793,9 +822,7 @@ impl NtfsFs {
                 record::le64(&buf, 0x10)?
             )));
         }
-        let entries = Arc::new(IndexNode(index::parse_node(&buf, 0x18)?));
-        self.index_nodes.put((dir.rec, vcn), entries.clone());
-        Ok(entries)
+        Ok(IndexNode(index::parse_node(&buf, 0x18)?))
     }
 
     fn root_of(&self, dir: &Node) -> io::Result<index::Root> {
@@ -830,8 +857,10 @@ impl NtfsFs {
             .map_or(0, |a| a.size() / root.block_size as u64)
             + 1;
         let mut entries = Vec::new();
-        let mut by_name = HashMap::new();
+        let mut seen = HashSet::new();
         let mut visited = HashSet::new();
+        // The index nodes are not cached: the listing, cached, answers every lookup
+        // in this directory from now on.
         let mut stack: Vec<Arc<IndexNode>> = vec![Arc::new(IndexNode(root.entries))];
         while let Some(node) = stack.pop() {
             for e in node.0.iter() {
@@ -842,7 +871,10 @@ impl NtfsFs {
                             dir.rec
                         )));
                     }
-                    stack.push(self.index_node(dir, root.block_size, c)?);
+                    stack.push(match self.index_nodes.get(&(dir.rec, c)) {
+                        Some(n) => n,
+                        None => Arc::new(self.load_index_node(dir, root.block_size, c)?),
+                    });
                 }
                 let Some(k) = &e.key else { continue };
                 if !self.visible(dir, e, k) {
@@ -859,18 +891,14 @@ impl NtfsFs {
                     });
                     continue;
                 }
-                if by_name.contains_key(&name) {
+                if !seen.insert(name.clone()) {
                     continue;
                 }
                 let kind = self.entry_kind(k, ino);
-                by_name.insert(name.clone(), ino);
                 entries.push(DirEntry { name, ino, kind });
             }
         }
-        let l = Arc::new(Listing {
-            entries: Arc::new(entries),
-            by_name,
-        });
+        let l = Arc::new(Listing::new(entries));
         self.dirs.put(dir.rec, l.clone());
         Ok(l)
     }
@@ -997,10 +1025,10 @@ impl NtfsFs {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
         if let Some(l) = self.dirs.get(&dir) {
-            return Ok(l.by_name.get(name).copied());
+            return Ok(l.get(name));
         }
         if names::has_stand_in(name) {
-            return Ok(self.listing(&d)?.by_name.get(name).copied());
+            return Ok(self.listing(&d)?.get(name));
         }
         let Some(units) = names::from_bytes(name) else {
             return Ok(None);
