@@ -658,10 +658,19 @@ fn ntfs_geometries_sectors_and_clusters() {
     make_source(&src, &mut rng, 700);
     let safe = t.path().join("safe");
     let mut devs = Vec::new();
-    let cases: [(u32, u32); 3] = [(4096, 4096), (512, 512), (512, 65536)];
+    // Clusters past 4 KiB map index blocks and MFT records in parts of a cluster
+    // (VCNs in 512-byte units); 2 MiB is the largest NTFS allows.
+    let cases: [(u32, u32); 5] = [
+        (4096, 4096),
+        (512, 512),
+        (512, 65536),
+        (512, 131072),
+        (4096, 2 << 20),
+    ];
     for (sector, cluster) in cases {
         let img = t.path().join(format!("g{sector}-{cluster}.img"));
-        make_ntfs(&img, 128 << 20, sector, cluster, |m| {
+        let size = (128u64 << 20).max(cluster as u64 * 256);
+        make_ntfs(&img, size, sector, cluster, |m| {
             fill_ntfs(m, &src, &mut rng, 20, cluster <= 4096);
         });
         devs.push(format!("g{sector}-{cluster}={}", s(&img)));
