@@ -153,10 +153,10 @@ pub fn verify(dir: &Path) -> anyhow::Result<Report> {
                 }
                 match safe.load_block(loc) {
                     Err(e) => Some((loc.id, e.to_string())),
-                    Ok(b) if format::quick_hash(&b) != loc.quick => Some((
-                        loc.id,
-                        "quick hash in the index disagrees with the data".into(),
-                    )),
+                    // Reads check the quick hash; the content address too here.
+                    Ok(b) if blake3::hash(&b).as_bytes() != &loc.hash => {
+                        Some((loc.id, "content hash mismatch (blake3)".into()))
+                    }
                     Ok(_) => None,
                 }
             })

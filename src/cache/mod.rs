@@ -254,13 +254,9 @@ pub const MAP_SEGMENT: u64 = 256;
 static SPANS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 const SPANS_KEPT: usize = 4;
 
-/// A buffer of at least `len` bytes (contents unspecified) for [`CachedSafe::fill`].
-fn take_span(len: usize) -> Vec<u8> {
-    let mut v = SPANS.lock().unwrap().pop().unwrap_or_default();
-    if v.len() < len {
-        v.resize(len, 0);
-    }
-    v
+/// A pooled buffer (contents and size unspecified) for [`CachedSafe::fill`].
+fn take_span() -> Vec<u8> {
+    SPANS.lock().unwrap().pop().unwrap_or_default()
 }
 
 fn give_span(v: Vec<u8>) {
@@ -272,6 +268,10 @@ fn give_span(v: Vec<u8>) {
 
 /// Longest run of records read with one pread.
 const RUN_BYTES: u64 = 8 << 20;
+/// Runs at least this long bypass the page cache (see [`Safe::read_pack_direct`]):
+/// they are streamed once; shorter ones, random reads, keep the page cache as a
+/// second-level cache of compressed blocks.
+const DIRECT_MIN: usize = 1 << 20;
 
 /// Map segment key: (device id, point id, segment number).
 type SegKey = (i64, i64, u64);
@@ -369,17 +369,23 @@ impl CachedSafe {
             let end =
                 last.offset + crate::format::RECORD_HEADER_LEN as u64 + last.stored_len as u64;
             let len = (end - first.offset) as usize;
-            let mut span = take_span(len);
-            let span_buf = &mut span[..len];
-            if self
-                .safe
-                .read_pack(first.pack, first.offset, span_buf)
-                .is_err()
-            {
+            let mut span = take_span();
+            let read = if len >= DIRECT_MIN {
+                self.safe
+                    .read_pack_direct(first.pack, first.offset, len, &mut span)
+            } else {
+                if span.len() < len {
+                    span.resize(len, 0);
+                }
+                self.safe
+                    .read_pack(first.pack, first.offset, &mut span[..len])
+                    .map(|()| 0)
+            };
+            let Ok(base) = read else {
                 give_span(span);
                 return; // each block then reports its own error when read
-            }
-            let span_ref = &span[..len];
+            };
+            let span_ref = &span[base..base + len];
             run.par_iter().for_each(|l| {
                 let at = (l.offset - first.offset) as usize;
                 let rec =

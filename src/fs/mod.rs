@@ -700,6 +700,24 @@ impl SafeFs {
     }
 }
 
+thread_local! {
+    /// Each worker's reply buffer for reads, kept: a fresh zeroed MiB per read cost a
+    /// memset as long as the copy it was for.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `n` bytes of this thread's read buffer (contents unspecified: callers
+/// send only what they wrote).
+fn with_read_buf<R>(n: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    READ_BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < n {
+            b.resize(n, 0);
+        }
+        f(&mut b[..n])
+    })
+}
+
 /// Subdirectories listed ahead of a walker, per listing.
 const WALK_AHEAD: usize = 32;
 /// Walk-ahead jobs queued at most; a walker that outruns them loses nothing.
@@ -856,11 +874,10 @@ impl fuser::Filesystem for SafeFs {
         reply: ReplyData,
     ) {
         if let Some((tree, fino, _)) = self.tree_of(ino.0) {
-            let mut buf = vec![0u8; size as usize];
-            return match tree.read(fino, offset, &mut buf) {
+            return with_read_buf(size as usize, |buf| match tree.read(fino, offset, buf) {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(self.tree_errno(ino.0, "read", e)),
-            };
+            });
         }
         let Some(Kind::Image { point, dev, part }) = self.kind(ino.0) else {
             return reply.error(Errno::EINVAL);
@@ -873,14 +890,15 @@ impl fuser::Filesystem for SafeFs {
         }
         let n = (size as u64).min(img.len - offset) as usize;
         self.readahead(ino.0, &img, offset, n as u64);
-        let mut buf = vec![0u8; n];
-        match img.dev.read_exact_at(img.start + offset, &mut buf) {
-            Ok(()) => reply.data(&buf),
-            Err(e) => {
-                tracing::error!("read failed, answering EIO: {e}");
-                reply.error(Errno::EIO)
+        with_read_buf(n, |buf| {
+            match img.dev.read_exact_at(img.start + offset, buf) {
+                Ok(()) => reply.data(buf),
+                Err(e) => {
+                    tracing::error!("read failed, answering EIO: {e}");
+                    reply.error(Errno::EIO)
+                }
             }
-        }
+        })
     }
 
     /// Nothing is ever dirty: ENOSYS stops FLUSH on every close for good.
