@@ -857,3 +857,80 @@ fn ntfs_torn_record_and_dirty_volume_are_reported() {
     assert!(log.contains("torn"), "log names the torn record: {log}");
     assert_eq!(log_count(&log, "not cleanly unmounted"), 1, "{log}");
 }
+
+#[test]
+fn ntfs_names_with_slash_nul_or_a_lone_surrogate_are_listed_and_readable() {
+    // POSIX-namespace names may hold `/` and NUL, and any UTF-16 may hold unpaired
+    // surrogates; ntfs-3g writes none of them, so the test writes placeholder names
+    // through it and patches one UTF-16 unit in place, in the file's record and in
+    // its directory's index alike (each placeholder occurs exactly those two times).
+    if !ntfs_tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("names.img");
+    let units: [(u16, &[u8]); 3] = [
+        (0x002F, "∕".as_bytes()),  // `/` shown as U+2215
+        (0x0000, "␀".as_bytes()),  // NUL shown as U+2400
+        (0xD800, b"\xED\xA0\x80"), // the surrogate in its WTF-8 form
+    ];
+    make_ntfs(&img, 32 << 20, 512, 4096, |m| {
+        for i in 0..units.len() {
+            std::fs::create_dir(m.join(format!("d{i}"))).unwrap();
+            std::fs::write(m.join(format!("d{i}/qZ{i}Zq")), format!("content {i}")).unwrap();
+        }
+    });
+    let mut bytes = std::fs::read(&img).unwrap();
+    for (i, (unit, _)) in units.iter().enumerate() {
+        let pat: Vec<u8> = format!("qZ{i}Zq")
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let at: Vec<usize> = bytes
+            .windows(pat.len())
+            .enumerate()
+            .filter(|(_, w)| *w == pat.as_slice())
+            .map(|(o, _)| o)
+            .collect();
+        assert_eq!(at.len(), 2, "placeholder {i} in the record and the index");
+        for o in at {
+            bytes[o + 4..o + 6].copy_from_slice(&unit.to_le_bytes());
+        }
+    }
+    std::fs::write(&img, &bytes).unwrap();
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("w={}", s(&img))]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    // ntfs-3g shows the surrogate name the same way; it cannot list the `/` name
+    // (EIO) and cuts the NUL name short, so the data written is the oracle there.
+    let oracle = Ntfs3g::mount(&img, &t.path().join("ref"), "ro");
+    for (i, (_, shown)) in units.iter().enumerate() {
+        let dir = m.dir.join(format!("1/w/files/d{i}"));
+        let mut want = b"qZ".to_vec();
+        want.extend_from_slice(shown);
+        want.extend_from_slice(b"Zq");
+        let names: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+            .collect();
+        assert_eq!(names, vec![want.clone()], "d{i}");
+        let path = dir.join(std::ffi::OsStr::from_bytes(&want));
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            format!("content {i}").as_bytes(),
+            "d{i}"
+        );
+        if units[i].0 == 0xD800 {
+            let theirs = oracle.dir.join(format!("d{i}"));
+            let their_names: Vec<Vec<u8>> = std::fs::read_dir(&theirs)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+                .collect();
+            assert_eq!(their_names, vec![want.clone()], "ntfs-3g's name");
+            assert_eq!(
+                std::fs::read(theirs.join(std::ffi::OsStr::from_bytes(&want))).unwrap(),
+                std::fs::read(&path).unwrap()
+            );
+        }
+    }
+}
