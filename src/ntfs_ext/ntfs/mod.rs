@@ -1109,19 +1109,8 @@ fn warm_indexes(dev: &dyn ReadAt, boot: &Boot, mft: &Mapped) {
                 continue; // not an in-use directory base record
             }
             for a in &r.attrs {
-                let (ty::INDEX_ALLOCATION, Body::NonResident(nr)) = (a.ty, &a.body) else {
-                    continue;
-                };
-                for r in &nr.runs {
-                    let (Some(lcn), true) = (r.lcn, left > 0) else {
-                        continue;
-                    };
-                    let (Some(at), Some(len)) = (lcn.checked_mul(cs), r.len.checked_mul(cs)) else {
-                        continue;
-                    };
-                    let len = len.min(left);
-                    spans.push((at, len));
-                    left -= len;
+                if let (ty::INDEX_ALLOCATION, Body::NonResident(nr)) = (a.ty, &a.body) {
+                    run_spans(cs, &nr.runs, &mut left, &mut spans);
                 }
             }
         }
@@ -1132,17 +1121,28 @@ fn warm_indexes(dev: &dyn ReadAt, boot: &Boot, mft: &Mapped) {
 
 /// Hints the device to fetch the allocated runs of a stream, up to `limit` bytes.
 fn prefetch_runs(dev: &dyn ReadAt, cs: u64, runs: &[Run], limit: u64) {
-    let mut left = limit;
+    let (mut spans, mut left) = (Vec::new(), limit);
+    run_spans(cs, runs, &mut left, &mut spans);
+    for (at, len) in spans {
+        dev.prefetch(at, len);
+    }
+}
+
+/// Appends the byte spans of a runlist's allocated runs to `spans`, taking at most
+/// `left` bytes (and reducing it by what was taken); holes and runs whose byte
+/// position overflows are left out.
+fn run_spans(cs: u64, runs: &[Run], left: &mut u64, spans: &mut Vec<(u64, u64)>) {
     for r in runs {
-        let (Some(l), true) = (r.lcn, left > 0) else {
+        if *left == 0 {
+            return;
+        }
+        let Some(lcn) = r.lcn else { continue };
+        let (Some(at), Some(len)) = (lcn.checked_mul(cs), r.len.checked_mul(cs)) else {
             continue;
         };
-        let (Some(at), Some(len)) = (l.checked_mul(cs), r.len.checked_mul(cs)) else {
-            return;
-        };
-        let len = len.min(left);
-        dev.prefetch(at, len);
-        left -= len;
+        let len = len.min(*left);
+        spans.push((at, len));
+        *left -= len;
     }
 }
 
