@@ -73,18 +73,22 @@ impl PointDevice {
         Ok(out)
     }
 
-    /// Loads into the cache the blocks covering `offset..offset+len`, in parallel;
-    /// readahead for sequential readers so decompression overlaps their reads.
-    pub fn prefetch(&self, offset: u64, len: u64) {
-        if offset >= self.size || len == 0 {
-            return;
+    /// Loads into the cache the blocks covering the given byte ranges, all in one
+    /// fill (records read in pack order, decoded in parallel): readahead for
+    /// sequential readers, and parsers' warm-ups of scattered metadata.
+    pub fn prefetch(&self, ranges: &[(u64, u64)]) {
+        let mut locs: Vec<BlockLoc> = Vec::new();
+        for &(offset, len) in ranges {
+            if offset >= self.size || len == 0 {
+                continue;
+            }
+            let end = offset.saturating_add(len).min(self.size);
+            let (first, last) = (offset / self.block_size, (end - 1) / self.block_size);
+            if let Ok(l) = self.locs(first, last) {
+                locs.extend(l.into_iter().flatten());
+            }
         }
-        let end = (offset + len).min(self.size);
-        let (first, last) = (offset / self.block_size, (end - 1) / self.block_size);
-        if let Ok(locs) = self.locs(first, last) {
-            let locs: Vec<BlockLoc> = locs.into_iter().flatten().collect();
-            self.cache.fill(&locs);
-        }
+        self.cache.fill(&locs);
     }
 }
 
@@ -137,8 +141,8 @@ impl ReadAt for PointDevice {
         self.size
     }
 
-    fn prefetch(&self, offset: u64, len: u64) {
-        PointDevice::prefetch(self, offset, len)
+    fn prefetch(&self, ranges: &[(u64, u64)]) {
+        PointDevice::prefetch(self, ranges)
     }
 
     fn prefetches(&self) -> bool {

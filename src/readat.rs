@@ -13,10 +13,11 @@ pub trait ReadAt: Send + Sync {
     /// The size in bytes, so readers can clip requests at the end.
     fn size(&self) -> u64;
 
-    /// Hints that `offset..offset+len` will be read soon, so a slow layer below can
-    /// fetch it in one batch (a parser warming its metadata). Blocks the caller while
-    /// it works; the default does nothing.
-    fn prefetch(&self, _offset: u64, _len: u64) {}
+    /// Hints that these byte ranges (offset, length) will be read soon, so a slow
+    /// layer below can fetch them in one batch, in its own storage order (a parser
+    /// warming scattered metadata pays one sorted pass instead of a wait per range).
+    /// Blocks the caller while it works; the default does nothing.
+    fn prefetch(&self, _ranges: &[(u64, u64)]) {}
 
     /// True when [`ReadAt::prefetch`] does something, so parsers skip the work of
     /// finding what to warm (a scan of their metadata) where it would be wasted.
@@ -116,11 +117,13 @@ impl<R: ReadAt + ?Sized> ReadAt for Slice<R> {
         self.len
     }
 
-    fn prefetch(&self, offset: u64, len: u64) {
-        if offset < self.len {
-            let len = len.min(self.len - offset);
-            self.inner.prefetch(self.start + offset, len);
-        }
+    fn prefetch(&self, ranges: &[(u64, u64)]) {
+        let inner: Vec<(u64, u64)> = ranges
+            .iter()
+            .filter(|&&(o, _)| o < self.len)
+            .map(|&(o, l)| (self.start + o, l.min(self.len - o)))
+            .collect();
+        self.inner.prefetch(&inner);
     }
 
     fn prefetches(&self) -> bool {

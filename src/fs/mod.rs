@@ -696,7 +696,7 @@ impl SafeFs {
         s.fetched_to = to;
         drop(seqs);
         let img = img.clone();
-        rayon::spawn(move || img.dev.prefetch(img.start + from, to - from));
+        rayon::spawn(move || img.dev.prefetch(&[(img.start + from, to - from)]));
     }
 }
 

@@ -49,9 +49,8 @@ pub(crate) fn prefetch_spans(dev: &dyn ReadAt, mut spans: Vec<(u64, u64)>, max_r
         merged.len(),
         merged.iter().map(|m| m.1).sum::<u64>()
     );
-    for (p, l) in merged.into_iter().take(max_ranges) {
-        dev.prefetch(p, l);
-    }
+    merged.truncate(max_ranges);
+    dev.prefetch(&merged);
 }
 
 /// An `InvalidData` error naming the damaged structure.

@@ -265,8 +265,8 @@ impl ReadAt for Overlay {
     }
 
     /// Overlaid blocks come from the journal; the hint for the rest still holds.
-    fn prefetch(&self, offset: u64, len: u64) {
-        self.base.prefetch(offset, len)
+    fn prefetch(&self, ranges: &[(u64, u64)]) {
+        self.base.prefetch(ranges)
     }
 
     fn prefetches(&self) -> bool {

@@ -119,13 +119,14 @@ fn warm_inode_tables(dev: &dyn ReadAt, sb: &Superblock, label: &str) {
             continue;
         }
         let at = gd.inode_table.saturating_mul(bs);
-        dev.prefetch(at, len);
         tables.push((g, at, len));
         budget -= len;
         if budget == 0 {
             break;
         }
     }
+    let ranges: Vec<(u64, u64)> = tables.iter().map(|&(_, at, len)| (at, len)).collect();
+    dev.prefetch(&ranges);
     // Directories' blocks, sorted and merged so they are fetched in few batches.
     let mut spans: Vec<(u64, u64)> = Vec::new();
     let (mut left, mut dirs) = (DIR_WARM, 0);
