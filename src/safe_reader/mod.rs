@@ -331,12 +331,9 @@ impl Safe {
     }
 
     fn pack(&self, id: i64) -> io::Result<Arc<File>> {
-        if let Some(f) = self.packs.read().unwrap().get(&id) {
-            return Ok(f.clone());
-        }
-        let f = Arc::new(File::open(format::pack_path(&self.dir, id))?);
-        self.packs.write().unwrap().insert(id, f.clone());
-        Ok(f)
+        open_cached(&self.packs, id, || {
+            Ok(Arc::new(File::open(format::pack_path(&self.dir, id))?))
+        })
     }
 
     /// Reads, decompresses and checks one stored block against its content hash; a
@@ -394,22 +391,18 @@ impl Safe {
     }
 
     fn direct_pack(&self, id: i64) -> io::Result<Option<Arc<File>>> {
-        if let Some(f) = self.direct.read().unwrap().get(&id) {
-            return Ok(f.clone());
-        }
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = format::pack_path(&self.dir, id);
-        let f = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-        {
-            Ok(f) => Some(Arc::new(f)),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => None,
-            Err(e) => return Err(e),
-        };
-        self.direct.write().unwrap().insert(id, f.clone());
-        Ok(f)
+        open_cached(&self.direct, id, || {
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(format::pack_path(&self.dir, id))
+            {
+                Ok(f) => Ok(Some(Arc::new(f))),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     /// Reads `len` bytes of a pack at `offset` into `buf` (grown as needed) without
@@ -533,6 +526,20 @@ fn verify_decoded(loc: &BlockLoc, data: &[u8]) -> Result<(), BlockError> {
         return Err(BlockError::damaged(loc, "content hash mismatch".into()));
     }
     Ok(())
+}
+
+/// A pack handle from `map`, opened once: packs are opened lazily and kept.
+fn open_cached<T: Clone>(
+    map: &RwLock<HashMap<i64, T>>,
+    id: i64,
+    open: impl FnOnce() -> io::Result<T>,
+) -> io::Result<T> {
+    if let Some(f) = map.read().unwrap().get(&id) {
+        return Ok(f.clone());
+    }
+    let f = open()?;
+    map.write().unwrap().insert(id, f.clone());
+    Ok(f)
 }
 
 /// pread that loops until full, so short reads never pass as data.

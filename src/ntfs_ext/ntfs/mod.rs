@@ -1102,16 +1102,13 @@ fn warm_indexes(dev: &dyn ReadAt, boot: &Boot, mft: &Mapped) {
             // Flags and base reference lie in the first sector, which fixups leave
             // alone: only in-use directory base records (a few percent) get parsed.
             let dir_base = record::le16(rec, 0x16).is_ok_and(|f| f & 3 == 3)
-                && record::le64(rec, 0x20).is_ok_and(|b| b & 0xFFFF_FFFF_FFFF == 0);
+                && record::le64(rec, 0x20).is_ok_and(|b| mref(b) == 0);
             if !dir_base || record::apply_fixups(rec, b"FILE", &|| String::new()).is_err() {
                 continue;
             }
             let Ok(r) = Record::parse(rec, n) else {
                 continue;
             };
-            if r.flags & 3 != 3 || r.base != 0 {
-                continue; // not an in-use directory base record
-            }
             for a in &r.attrs {
                 if let (ty::INDEX_ALLOCATION, Body::NonResident(nr)) = (a.ty, &a.body) {
                     run_spans(cs, &nr.runs, &mut left, &mut spans);
