@@ -462,9 +462,7 @@ fn pack_reads_around_the_page_cache_return_the_same_bytes() {
         // One record, and the run from this record to the pack's end.
         for end in [l.offset + header + l.stored_len as u64, plain.len() as u64] {
             let len = (end - l.offset) as usize;
-            let at = sf
-                .read_pack_direct(l.pack, l.offset, len, &mut buf)
-                .unwrap();
+            let at = sf.read_run(l.pack, l.offset, len, &mut buf, true).unwrap();
             assert!(
                 buf[at..at + len] == plain[l.offset as usize..end as usize],
                 "block {i}: {len} bytes at {}",
@@ -473,8 +471,6 @@ fn pack_reads_around_the_page_cache_return_the_same_bytes() {
         }
         // Past the end of the pack is an error, not zeros.
         let past = plain.len() - l.offset as usize + 1;
-        assert!(sf
-            .read_pack_direct(l.pack, l.offset, past, &mut buf)
-            .is_err());
+        assert!(sf.read_run(l.pack, l.offset, past, &mut buf, true).is_err());
     }
 }

@@ -268,7 +268,7 @@ fn give_span(v: Vec<u8>) {
 
 /// Longest run of records read with one pread.
 const RUN_BYTES: u64 = 8 << 20;
-/// Runs at least this long bypass the page cache (see [`Safe::read_pack_direct`]):
+/// Runs at least this long bypass the page cache (see [`Safe::read_run`]):
 /// they are streamed once; shorter ones, random reads, keep the page cache as a
 /// second-level cache of compressed blocks.
 const DIRECT_MIN: usize = 1 << 20;
@@ -370,17 +370,10 @@ impl CachedSafe {
                 last.offset + crate::format::RECORD_HEADER_LEN as u64 + last.stored_len as u64;
             let len = (end - first.offset) as usize;
             let mut span = take_span();
-            let read = if len >= DIRECT_MIN {
-                self.safe
-                    .read_pack_direct(first.pack, first.offset, len, &mut span)
-            } else {
-                if span.len() < len {
-                    span.resize(len, 0);
-                }
-                self.safe
-                    .read_pack(first.pack, first.offset, &mut span[..len])
-                    .map(|()| 0)
-            };
+            let direct = len >= DIRECT_MIN;
+            let read = self
+                .safe
+                .read_run(first.pack, first.offset, len, &mut span, direct);
             let Ok(base) = read else {
                 give_span(span);
                 return; // each block then reports its own error when read

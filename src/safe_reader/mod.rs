@@ -405,19 +405,26 @@ impl Safe {
         })
     }
 
-    /// Reads `len` bytes of a pack at `offset` into `buf` (grown as needed) without
-    /// going through the page cache where the filesystem allows it (O_DIRECT), and
-    /// returns where in `buf` they start. For long runs streamed once: the disk then
-    /// writes straight into `buf`, saving a copy per byte and the page cache's upkeep.
-    pub fn read_pack_direct(
+    /// Reads `len` bytes of a pack at `offset` into `buf` (grown as needed) and
+    /// returns where in `buf` they start. With `direct`, and where the filesystem
+    /// allows it, around the page cache (O_DIRECT): for long runs streamed once, the
+    /// disk then writes straight into `buf`, saving a copy per byte and the page
+    /// cache's upkeep.
+    pub fn read_run(
         &self,
         pack: i64,
         offset: u64,
         len: usize,
         buf: &mut Vec<u8>,
+        direct: bool,
     ) -> Result<usize, BlockError> {
         let io_err = |source| BlockError::Io { pack, source };
-        let Some(file) = self.direct_pack(pack).map_err(io_err)? else {
+        let file = if direct {
+            self.direct_pack(pack).map_err(io_err)?
+        } else {
+            None
+        };
+        let Some(file) = file else {
             if buf.len() < len {
                 buf.resize(len, 0);
             }
