@@ -41,6 +41,21 @@ struct Shard<K: Hash + Eq, V> {
     bytes: usize,
 }
 
+impl<K: Hash + Eq, V: Weigh> Shard<K, V> {
+    /// Evicts the least recently used entry and returns its weight; the newest entry
+    /// always stays (a single listing bigger than any cap, a huge directory, must stay
+    /// cached, or every lookup in it would parse it again).
+    fn evict_oldest(&mut self) -> Option<usize> {
+        if self.lru.len() < 2 {
+            return None;
+        }
+        let (_, old) = self.lru.pop_lru()?;
+        let w = old.weight();
+        self.bytes -= w;
+        Some(w)
+    }
+}
+
 /// A byte budget that many caches draw on together: a mount keeps parser caches per
 /// volume browsed, and however many volumes (points x partitions) are opened, their
 /// caches share this one bound. Past it, members give up their least recently used
@@ -128,16 +143,7 @@ impl<K: Hash + Eq + Send, V: Weigh + Send> Trim for Inner<K, V> {
     fn trim_one(&self) -> bool {
         for _ in 0..SHARDS {
             let i = self.next_trim.fetch_add(1, Ordering::Relaxed) % SHARDS;
-            let mut s = self.shards[i].lock().unwrap();
-            // The last entry of a shard stays, as with the per-shard cap: a single
-            // listing larger than the budget (a huge directory) must stay cached, or
-            // every lookup in it would parse it again.
-            if s.lru.len() < 2 {
-                continue;
-            }
-            if let Some((_, old)) = s.lru.pop_lru() {
-                let w = old.weight();
-                s.bytes -= w;
+            if let Some(w) = self.shards[i].lock().unwrap().evict_oldest() {
                 if let Some(b) = &self.budget {
                     b.used.fetch_sub(w, Ordering::Relaxed);
                 }
@@ -216,13 +222,9 @@ impl<K: Hash + Eq + Clone + Send + 'static, V: Weigh + Clone + Send + 'static> W
             freed += old.weight();
         }
         s.bytes = s.bytes + w - freed;
-        while s.bytes > self.inner.per_shard && s.lru.len() > 1 {
-            let Some((_, old)) = s.lru.pop_lru() else {
-                break;
-            };
-            let ow = old.weight();
-            s.bytes -= ow;
-            freed += ow;
+        while s.bytes > self.inner.per_shard {
+            let Some(w) = s.evict_oldest() else { break };
+            freed += w;
         }
         if let Some(b) = budget {
             // Under the shard lock, so a concurrent trim never sees its entry uncounted.
