@@ -6,6 +6,7 @@
 //! → `volumes` (partition tables) → `fs` (FUSE adapter). The writer side lives in
 //! `backup`, apart from the readers.
 
+pub mod background;
 pub mod backup;
 pub mod cache;
 pub mod demo;

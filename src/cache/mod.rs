@@ -93,6 +93,11 @@ impl Budget {
         })
     }
 
+    /// The bound, so speculative loads (warm-ups) can leave room for real ones.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Bytes held by all caches on this budget, for tests and stats.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
@@ -275,6 +280,9 @@ const RUN_BYTES: u64 = 8 << 20;
 /// second-level cache of compressed blocks.
 const DIRECT_MIN: usize = 1 << 20;
 
+/// Fills of at most this many blocks are decoded on the caller's thread.
+const INLINE_BLOCKS: usize = 4;
+
 /// Map segment key: (device id, point id, segment number).
 type SegKey = (i64, i64, u64);
 
@@ -365,30 +373,44 @@ impl CachedSafe {
                 start = i;
             }
         }
-        runs.par_iter().for_each(|run| {
-            let first = run[0];
-            let last = run[run.len() - 1];
-            let end =
-                last.offset + crate::format::RECORD_HEADER_LEN as u64 + last.stored_len as u64;
-            let len = (end - first.offset) as usize;
-            let mut span = take_span();
-            let direct = len >= DIRECT_MIN;
-            let read = self
-                .safe
-                .read_run(first.pack, first.offset, len, &mut span, direct);
-            let Ok(base) = read else {
-                give_span(span);
-                return; // each block then reports its own error when read
-            };
-            let span_ref = &span[base..base + len];
-            run.par_iter().for_each(|l| {
-                let at = (l.offset - first.offset) as usize;
-                let rec =
-                    &span_ref[at..at + crate::format::RECORD_HEADER_LEN + l.stored_len as usize];
-                let _ = self.load_once(l, || Ok(Bytes::from(self.safe.decode_record_vec(l, rec)?)));
-            });
+        // A few blocks (an index node, a small listing) are decoded right here: handing
+        // them to the pool costs a wake-up or two, and a wait behind whatever it runs.
+        if want.len() <= INLINE_BLOCKS {
+            runs.iter().for_each(|run| self.fill_run(run, false));
+        } else {
+            runs.par_iter().for_each(|run| self.fill_run(run, true));
+        }
+    }
+
+    /// Reads one run of back-to-back records with one pread and decodes its blocks
+    /// into the cache, on all cores when `parallel`.
+    fn fill_run(&self, run: &[&BlockLoc], parallel: bool) {
+        use rayon::prelude::*;
+        let first = run[0];
+        let last = run[run.len() - 1];
+        let end = last.offset + crate::format::RECORD_HEADER_LEN as u64 + last.stored_len as u64;
+        let len = (end - first.offset) as usize;
+        let mut span = take_span();
+        let direct = len >= DIRECT_MIN;
+        let read = self
+            .safe
+            .read_run(first.pack, first.offset, len, &mut span, direct);
+        let Ok(base) = read else {
             give_span(span);
-        });
+            return; // each block then reports its own error when read
+        };
+        let span_ref = &span[base..base + len];
+        let decode = |l: &&BlockLoc| {
+            let at = (l.offset - first.offset) as usize;
+            let rec = &span_ref[at..at + crate::format::RECORD_HEADER_LEN + l.stored_len as usize];
+            let _ = self.load_once(l, || Ok(Bytes::from(self.safe.decode_record_vec(l, rec)?)));
+        };
+        if parallel {
+            run.par_iter().for_each(decode);
+        } else {
+            run.iter().for_each(decode);
+        }
+        give_span(span);
     }
 
     /// The plain bytes of a block, from cache or decompressed and verified (once, even

@@ -736,7 +736,7 @@ fn walk_ahead(tree: &Arc<dyn FsTree>, entries: &Arc<Vec<crate::ntfs_ext::DirEntr
         return;
     }
     let (tree, entries) = (tree.clone(), entries.clone());
-    rayon::spawn(move || {
+    crate::background::spawn(move || {
         for e in entries
             .iter()
             .filter(|e| e.kind == NodeKind::Dir)

@@ -24,8 +24,7 @@ pub fn open_tree(
         return Ok(Some(Arc::new(fs)));
     }
     if ntfs::probe(&*dev)? {
-        let fs = ntfs::NtfsFs::open(dev, opts)?;
-        return Ok(Some(Arc::new(fs)));
+        return Ok(Some(ntfs::NtfsFs::open(dev, opts)?));
     }
     Ok(None)
 }

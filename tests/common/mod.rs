@@ -19,9 +19,14 @@ pub fn bin() -> PathBuf {
 
 /// Runs `disksafe ARGS` and returns its output.
 pub fn ds(args: &[&str]) -> Output {
+    ds_logging(args, "warn")
+}
+
+/// Runs `disksafe ARGS` with `RUST_LOG` set to `filter` (a mount's server inherits it).
+pub fn ds_logging(args: &[&str], filter: &str) -> Output {
     Command::new(bin())
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", filter)
         .output()
         .expect("run disksafe")
 }
@@ -194,6 +199,11 @@ pub struct Mounted {
 impl Mounted {
     /// Mounts SAFE at a new directory under `base` with extra flags.
     pub fn new(safe: &Path, base: &Path, extra: &[&str]) -> Mounted {
+        Self::logging(safe, base, extra, "warn")
+    }
+
+    /// As [`Mounted::new`], the server logging what `filter` (`RUST_LOG`) lets through.
+    pub fn logging(safe: &Path, base: &Path, extra: &[&str], filter: &str) -> Mounted {
         let dir = base.join(format!("mnt{}", rand::random::<u32>()));
         std::fs::create_dir(&dir).unwrap();
         let log = dir.with_extension("log");
@@ -205,7 +215,12 @@ impl Mounted {
             log.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        ok(&args);
+        let o = ds_logging(&args, filter);
+        assert!(
+            o.status.success(),
+            "disksafe {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         Mounted { dir, log }
     }
 

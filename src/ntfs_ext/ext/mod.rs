@@ -255,7 +255,7 @@ impl ExtFs {
         // batches, off the caller's path.
         if fs.dev.prefetches() {
             let (dev, sb, label) = (fs.dev.clone(), fs.sb.clone(), fs.label.clone());
-            rayon::spawn(move || warm_inode_tables(&*dev, &sb, &label));
+            crate::background::spawn(move || warm_inode_tables(&*dev, &sb, &label));
         }
         Ok(fs)
     }
