@@ -607,26 +607,34 @@ fn ntfs_rich_tree_matches_source_and_ntfs3g() {
     assert_same(&oracle.dir, &files, &["reparse", "opaque"]);
     let (compared, _) = assert_ntfs_crate_agrees(&img, &files);
     assert!(compared > 20_000, "{compared} files compared");
-    // The same again once the warm-up has parsed the files ahead of any walk: what
-    // it cached is what a walk is then served.
+    // The same again once the warm-up has parsed the files and listed the directories
+    // ahead of any walk: what it cached is what a walk is then served.
     {
         let w = Mounted::logging(&safe, t.path(), &[], "disksafe=debug");
         let wfiles = w.dir.join("1/win/files");
         assert!(wfiles.join("big.bin").exists()); // opens the volume, starting the warm-up
-        let ahead = (0..300)
+        let counted = |log: &str, before: &str, after: &str| {
+            log.lines().find_map(|l| {
+                let (_, rest) = l.split_once(before)?;
+                rest.split_once(after)?.0.parse::<usize>().ok()
+            })
+        };
+        let (files_ahead, dirs_ahead) = (0..300)
             .find_map(|_| {
                 let log = w.log_text();
-                let n = log.lines().find_map(|l| {
-                    let (_, rest) = l.split_once(": parsed ")?;
-                    rest.split_once(" files ahead")?.0.parse::<usize>().ok()
-                });
+                let n = counted(&log, ": parsed ", " files ahead").zip(counted(
+                    &log,
+                    ": listed ",
+                    " of ",
+                ));
                 if n.is_none() {
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 }
                 n
             })
-            .unwrap_or_else(|| panic!("no warm-up line in 30 s: {}", w.log_text()));
-        assert!(ahead > 20_000, "{ahead} files parsed ahead");
+            .unwrap_or_else(|| panic!("no warm-up lines in 30 s: {}", w.log_text()));
+        assert!(files_ahead > 20_000, "{files_ahead} files parsed ahead");
+        assert!(dirs_ahead > 40, "{dirs_ahead} directories listed ahead");
         assert_same(&oracle.dir, &wfiles, &["reparse", "opaque"]);
     }
     // Content equals the source given to cp.

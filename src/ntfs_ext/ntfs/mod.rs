@@ -353,17 +353,22 @@ impl NtfsFs {
             return Err(corrupt("NTFS root record is not a directory"));
         }
         let fs = Arc::new(fs);
-        // Walks touch records all over $MFT and then every directory's index: fetch
-        // the first part of $MFT in one sequential batch, then, side by side, the
-        // index allocations it names and the parsed files, off the caller's path.
+        // Walks touch records all over $MFT and then every directory's index, and
+        // stat what they list. Off the caller's path: one job fetches the first part
+        // of $MFT in one sequential batch, then the index allocations it names, then
+        // builds listings; another parses the files of those records as their blocks
+        // arrive.
         if fs.dev.prefetches() {
             let weak = Arc::downgrade(&fs);
+            let nodes = weak.clone();
             crate::background::spawn(move || {
                 let Some(fs) = weak.upgrade() else { return };
                 prefetch_runs(&*fs.dev, fs.boot.cluster_size, &fs.mft.runs, MFT_WARM);
-                crate::background::spawn(move || warm_indexes(&*fs.dev, &fs.boot, &fs.mft));
-                warm_nodes(&weak);
+                let dirs = warm_indexes(&*fs.dev, &fs.boot, &fs.mft);
+                drop(fs);
+                warm_listings(&weak, &dirs);
             });
+            crate::background::spawn(move || warm_nodes(&nodes));
         }
         Ok(fs)
     }
@@ -1093,20 +1098,21 @@ fn attr_value(dev: &dyn ReadAt, cs: u64, a: &Attr) -> io::Result<Vec<u8>> {
 }
 
 /// Hints the device to fetch the index allocations ($I30) named by the base records in
-/// the first [`MFT_WARM`] bytes of $MFT, up to [`INDEX_WARM`] bytes in all. Only a
-/// hint: records that do not parse are skipped, and found again by the reads proper.
-fn warm_indexes(dev: &dyn ReadAt, boot: &Boot, mft: &Mapped) {
+/// the first [`MFT_WARM`] bytes of $MFT, up to [`INDEX_WARM`] bytes in all, and returns
+/// the directories' record numbers. Only a hint: records that do not parse are
+/// skipped, and found again by the reads proper.
+fn warm_indexes(dev: &dyn ReadAt, boot: &Boot, mft: &Mapped) -> Vec<u64> {
     let rs = boot.record_size as usize;
     let cs = boot.cluster_size;
     let limit = MFT_WARM.min(mft.init) as usize / rs * rs;
     let mut left = INDEX_WARM;
-    let mut spans = Vec::new();
+    let (mut spans, mut dirs) = (Vec::new(), Vec::new());
     let mut chunk = vec![0u8; (1 << 20) / rs * rs];
     let mut off = 0usize;
     while off < limit && left > 0 {
         let len = chunk.len().min(limit - off);
         if read_runs(dev, cs, &mft.runs, off as u64, &mut chunk[..len]).is_err() {
-            return;
+            break;
         }
         for (i, rec) in chunk[..len].chunks_exact_mut(rs).enumerate() {
             let n = ((off / rs) + i) as u64;
@@ -1120,6 +1126,7 @@ fn warm_indexes(dev: &dyn ReadAt, boot: &Boot, mft: &Mapped) {
             let Ok(r) = Record::parse(rec, n) else {
                 continue;
             };
+            dirs.push(n);
             for a in &r.attrs {
                 if let (ty::INDEX_ALLOCATION, Body::NonResident(nr)) = (a.ty, &a.body) {
                     run_spans(cs, &nr.runs, &mut left, &mut spans);
@@ -1129,6 +1136,37 @@ fn warm_indexes(dev: &dyn ReadAt, boot: &Boot, mft: &Mapped) {
         off += len;
     }
     crate::ntfs_ext::prefetch_spans(dev, spans, WARM_RANGES);
+    dirs
+}
+
+/// Builds the listings of directories `dirs` (in $MFT order, which is roughly the
+/// order a walk meets them) into the listing cache, under the same bound as
+/// [`warm_nodes`]: a walk then finds most listings made, their index nodes parsed.
+fn warm_listings(weak: &std::sync::Weak<NtfsFs>, dirs: &[u64]) {
+    let started = std::time::Instant::now();
+    let mut built = 0usize;
+    for &n in dirs {
+        let Some(fs) = weak.upgrade() else { return };
+        if fs.budget.as_ref().is_none_or(|b| b.used() >= b.limit() / 2) {
+            break;
+        }
+        if n < FIRST_USER || fs.dirs.contains(&n) {
+            continue;
+        }
+        if let Ok(node) = fs.node(n) {
+            if node.kind == NodeKind::Dir && fs.listing(&node).is_ok() {
+                built += 1;
+            }
+        }
+    }
+    if let Some(fs) = weak.upgrade() {
+        tracing::debug!(
+            "{}: listed {built} of {} directories ahead in {:?}",
+            fs.label,
+            dirs.len(),
+            started.elapsed()
+        );
+    }
 }
 
 /// Parses the in-use base records of the first [`MFT_WARM`] bytes of $MFT into the node
