@@ -1,11 +1,12 @@
-//! A pool of its own for work nobody waits on (readahead, walk-ahead, parsers'
-//! metadata warm-ups), so a request never queues behind it.
+//! A pool of its own for work nobody waits on (walk-ahead, parsers' metadata
+//! warm-ups), so a request never queues behind it.
 //!
 //! Requests decode blocks on rayon's global pool. When background jobs shared that
 //! pool, a directory listing that needed two index blocks waited for a warm-up's
 //! whole batch of decompression first (up to 100 ms in a cold `find`). Here they
 //! run apart, at a lower CPU priority: on a small machine the reader and the server's
-//! request threads come first, and the warm-up takes what CPU is left over.
+//! request threads come first, and the warm-up takes what CPU is left over. (Image
+//! readahead stays on the global pool at normal priority: its reader waits for it.)
 
 use std::sync::OnceLock;
 

@@ -239,7 +239,7 @@ pub struct NtfsFs {
     streams: Mutex<StreamTable>,
     logged: Mutex<HashSet<String>>,
     free_clusters: OnceLock<u64>,
-    /// The mount's shared cache budget, which bounds the node warm-up.
+    /// The mount's shared cache budget, which bounds the warm-ups.
     budget: Option<Arc<crate::cache::Budget>>,
 }
 
@@ -359,16 +359,13 @@ impl NtfsFs {
         // builds listings; another parses the files of those records as their blocks
         // arrive.
         if fs.dev.prefetches() {
-            let weak = Arc::downgrade(&fs);
-            let nodes = weak.clone();
+            let (a, b) = (fs.clone(), fs.clone());
             crate::background::spawn(move || {
-                let Some(fs) = weak.upgrade() else { return };
-                prefetch_runs(&*fs.dev, fs.boot.cluster_size, &fs.mft.runs, MFT_WARM);
-                let dirs = warm_indexes(&*fs.dev, &fs.boot, &fs.mft);
-                drop(fs);
-                warm_listings(&weak, &dirs);
+                prefetch_runs(&*a.dev, a.boot.cluster_size, &a.mft.runs, MFT_WARM);
+                let dirs = a.warm_indexes();
+                a.warm_listings(&dirs);
             });
-            crate::background::spawn(move || warm_nodes(&nodes));
+            crate::background::spawn(move || b.warm_nodes());
         }
         Ok(fs)
     }
@@ -486,6 +483,132 @@ impl NtfsFs {
         let node = Arc::new(self.load_node(n)?);
         self.nodes.put(n, node.clone());
         Ok(node)
+    }
+
+    /// Calls `f` with each in-use base record (parsed, fixups applied) among the first
+    /// [`MFT_WARM`] bytes of $MFT, or each directory's with `dirs_only`, until `f`
+    /// returns false. For warm-ups: what is unreadable or damaged is skipped, and met
+    /// again by the reads proper.
+    fn scan_records(&self, dirs_only: bool, mut f: impl FnMut(u64, Record) -> bool) {
+        let rs = self.boot.record_size as usize;
+        let limit = MFT_WARM.min(self.mft.init) as usize / rs * rs;
+        let want = if dirs_only { 3 } else { 1 };
+        let mut chunk = vec![0u8; (1 << 20) / rs * rs];
+        let mut off = 0usize;
+        while off < limit {
+            let len = chunk.len().min(limit - off);
+            let cs = self.boot.cluster_size;
+            if read_runs(
+                &*self.dev,
+                cs,
+                &self.mft.runs,
+                off as u64,
+                &mut chunk[..len],
+            )
+            .is_err()
+            {
+                return;
+            }
+            for (i, rec) in chunk[..len].chunks_exact_mut(rs).enumerate() {
+                let n = ((off / rs) + i) as u64;
+                // Flags and base reference lie in the first sector, which fixups leave
+                // alone: records are filtered before being fixed up and parsed.
+                let pick = record::le16(rec, 0x16).is_ok_and(|f| f & want == want)
+                    && record::le64(rec, 0x20).is_ok_and(|b| mref(b) == 0);
+                if !pick || record::apply_fixups(rec, b"FILE", &String::new).is_err() {
+                    continue;
+                }
+                if let Ok(r) = Record::parse(rec, n) {
+                    if !f(n, r) {
+                        return;
+                    }
+                }
+            }
+            off += len;
+        }
+    }
+
+    /// True while speculative loads may still fill the tree caches: up to half the
+    /// mount's budget, leaving the rest to what walks really ask for.
+    fn room_to_warm(&self) -> bool {
+        self.budget
+            .as_ref()
+            .is_some_and(|b| b.used() < b.limit() / 2)
+    }
+
+    /// Hints the device to fetch the index allocations ($I30) of the directories among
+    /// the first [`MFT_WARM`] bytes of $MFT, up to [`INDEX_WARM`] bytes in all, and
+    /// returns those directories' record numbers.
+    fn warm_indexes(&self) -> Vec<u64> {
+        let cs = self.boot.cluster_size;
+        let (mut spans, mut dirs, mut left) = (Vec::new(), Vec::new(), INDEX_WARM);
+        self.scan_records(true, |n, r| {
+            dirs.push(n);
+            for a in &r.attrs {
+                if let (ty::INDEX_ALLOCATION, Body::NonResident(nr)) = (a.ty, &a.body) {
+                    run_spans(cs, &nr.runs, &mut left, &mut spans);
+                }
+            }
+            left > 0
+        });
+        crate::ntfs_ext::prefetch_spans(&*self.dev, spans, WARM_RANGES);
+        dirs
+    }
+
+    /// Builds the listings of directories `dirs` (in $MFT order, roughly the order a
+    /// walk meets them) while there is room: a walk then finds most listings made.
+    fn warm_listings(&self, dirs: &[u64]) {
+        let started = std::time::Instant::now();
+        let mut built = 0usize;
+        for &n in dirs {
+            if !self.room_to_warm() {
+                break;
+            }
+            if self.dirs.contains(&n) {
+                continue;
+            }
+            if let Ok(node) = self.node(n) {
+                if node.kind == NodeKind::Dir && self.listing(&node).is_ok() {
+                    built += 1;
+                }
+            }
+        }
+        tracing::debug!(
+            "{}: listed {built} of {} directories ahead in {:?}",
+            self.label,
+            dirs.len(),
+            started.elapsed()
+        );
+    }
+
+    /// Parses the files among the first [`MFT_WARM`] bytes of $MFT into the node cache
+    /// while there is room: a walk's replies then carry attributes without parsing a
+    /// record each on the reader's time (a cold `find` spent a quarter of its time
+    /// there). Runs beside the $MFT fetch, parsing records as their blocks arrive.
+    fn warm_nodes(&self) {
+        let started = std::time::Instant::now();
+        let mut parsed = 0usize;
+        let mut full = false;
+        self.scan_records(false, |n, r| {
+            full = !self.room_to_warm();
+            if !full && !self.nodes.contains(&n) {
+                if let Ok(node) = self.node_of(n, r) {
+                    self.nodes.put(n, Arc::new(node));
+                    parsed += 1;
+                }
+            }
+            !full
+        });
+        tracing::debug!(
+            "{}: parsed {parsed} files ahead in {:?} ({})",
+            self.label,
+            started.elapsed(),
+            if full {
+                "half the cache budget is used"
+            } else {
+                "done"
+            }
+        );
     }
 
     fn load_node(&self, n: u64) -> io::Result<Node> {
@@ -1094,140 +1217,6 @@ fn attr_value(dev: &dyn ReadAt, cs: u64, a: &Attr) -> io::Result<Vec<u8>> {
             read_runs(dev, cs, &nr.runs, 0, &mut v[..init])?;
             Ok(v)
         }
-    }
-}
-
-/// Hints the device to fetch the index allocations ($I30) named by the base records in
-/// the first [`MFT_WARM`] bytes of $MFT, up to [`INDEX_WARM`] bytes in all, and returns
-/// the directories' record numbers. Only a hint: records that do not parse are
-/// skipped, and found again by the reads proper.
-fn warm_indexes(dev: &dyn ReadAt, boot: &Boot, mft: &Mapped) -> Vec<u64> {
-    let rs = boot.record_size as usize;
-    let cs = boot.cluster_size;
-    let limit = MFT_WARM.min(mft.init) as usize / rs * rs;
-    let mut left = INDEX_WARM;
-    let (mut spans, mut dirs) = (Vec::new(), Vec::new());
-    let mut chunk = vec![0u8; (1 << 20) / rs * rs];
-    let mut off = 0usize;
-    while off < limit && left > 0 {
-        let len = chunk.len().min(limit - off);
-        if read_runs(dev, cs, &mft.runs, off as u64, &mut chunk[..len]).is_err() {
-            break;
-        }
-        for (i, rec) in chunk[..len].chunks_exact_mut(rs).enumerate() {
-            let n = ((off / rs) + i) as u64;
-            // Flags and base reference lie in the first sector, which fixups leave
-            // alone: only in-use directory base records (a few percent) get parsed.
-            let dir_base = record::le16(rec, 0x16).is_ok_and(|f| f & 3 == 3)
-                && record::le64(rec, 0x20).is_ok_and(|b| mref(b) == 0);
-            if !dir_base || record::apply_fixups(rec, b"FILE", &|| String::new()).is_err() {
-                continue;
-            }
-            let Ok(r) = Record::parse(rec, n) else {
-                continue;
-            };
-            dirs.push(n);
-            for a in &r.attrs {
-                if let (ty::INDEX_ALLOCATION, Body::NonResident(nr)) = (a.ty, &a.body) {
-                    run_spans(cs, &nr.runs, &mut left, &mut spans);
-                }
-            }
-        }
-        off += len;
-    }
-    crate::ntfs_ext::prefetch_spans(dev, spans, WARM_RANGES);
-    dirs
-}
-
-/// Builds the listings of directories `dirs` (in $MFT order, which is roughly the
-/// order a walk meets them) into the listing cache, under the same bound as
-/// [`warm_nodes`]: a walk then finds most listings made, their index nodes parsed.
-fn warm_listings(weak: &std::sync::Weak<NtfsFs>, dirs: &[u64]) {
-    let started = std::time::Instant::now();
-    let mut built = 0usize;
-    for &n in dirs {
-        let Some(fs) = weak.upgrade() else { return };
-        if fs.budget.as_ref().is_none_or(|b| b.used() >= b.limit() / 2) {
-            break;
-        }
-        if n < FIRST_USER || fs.dirs.contains(&n) {
-            continue;
-        }
-        if let Ok(node) = fs.node(n) {
-            if node.kind == NodeKind::Dir && fs.listing(&node).is_ok() {
-                built += 1;
-            }
-        }
-    }
-    if let Some(fs) = weak.upgrade() {
-        tracing::debug!(
-            "{}: listed {built} of {} directories ahead in {:?}",
-            fs.label,
-            dirs.len(),
-            started.elapsed()
-        );
-    }
-}
-
-/// Parses the in-use base records of the first [`MFT_WARM`] bytes of $MFT into the node
-/// cache, while the tree caches hold under half the mount's budget: a walk's replies
-/// then carry attributes without parsing a record each on the reader's time (a cold
-/// `find` spent a quarter of its time there). Stops when the volume is dropped.
-/// Only a hint: records that do not parse are left to the reads proper.
-fn warm_nodes(weak: &std::sync::Weak<NtfsFs>) {
-    let started = std::time::Instant::now();
-    let mut chunk = Vec::new();
-    let (mut off, mut parsed) = (None, 0usize);
-    let why = loop {
-        let Some(fs) = weak.upgrade() else { return };
-        let Some(budget) = &fs.budget else { return };
-        if budget.used() >= budget.limit() / 2 {
-            break "half the cache budget is used";
-        }
-        let rs = fs.boot.record_size as usize;
-        let limit = MFT_WARM.min(fs.mft.init) as usize / rs * rs;
-        let at = *off.get_or_insert(FIRST_USER as usize * rs);
-        if at >= limit {
-            break "done";
-        }
-        chunk.resize((1 << 20) / rs * rs, 0);
-        let len = chunk.len().min(limit - at);
-        if read_runs(
-            &*fs.dev,
-            fs.boot.cluster_size,
-            &fs.mft.runs,
-            at as u64,
-            &mut chunk[..len],
-        )
-        .is_err()
-        {
-            break "$MFT unreadable";
-        }
-        for (i, rec) in chunk[..len].chunks_exact_mut(rs).enumerate() {
-            let n = ((at / rs) + i) as u64;
-            // In use and a base record: flags and base reference lie in the first
-            // sector, which fixups leave alone.
-            let base = record::le16(rec, 0x16).is_ok_and(|f| f & 1 == 1)
-                && record::le64(rec, 0x20).is_ok_and(|b| mref(b) == 0);
-            if !base || fs.nodes.contains(&n) {
-                continue;
-            }
-            let node = record::apply_fixups(rec, b"FILE", &String::new)
-                .and_then(|()| Record::parse(rec, n))
-                .and_then(|r| fs.node_of(n, r));
-            if let Ok(node) = node {
-                fs.nodes.put(n, Arc::new(node));
-                parsed += 1;
-            }
-        }
-        off = Some(at + len);
-    };
-    if let Some(fs) = weak.upgrade() {
-        tracing::debug!(
-            "{}: parsed {parsed} files ahead in {:?} ({why})",
-            fs.label,
-            started.elapsed()
-        );
     }
 }
 
