@@ -6,6 +6,7 @@
     sudo python3 bench/bench.py ext       # issue: ext file trees (find, tar)
     sudo python3 bench/bench.py ntfs      # issue: NTFS file trees (find, tar) vs ntfs-3g
     sudo python3 bench/bench.py blocksize
+    sudo python3 bench/bench.py coldseq   # where cold sequential reads spend, GiB by GiB
 
 Needs root (mkfs, drop_caches, FUSE), the packages zstd fio restic qemu-utils e2fsprogs,
 and ~20 GB free under $BENCH_DIR (default /var/tmp/disksafe-bench). Prints one line per
@@ -484,7 +485,55 @@ def bench_blocksize():
         print(f"  {bs:>5}: safe {du(s) / 2**20:8.0f} MiB  backup {size / t / 1e6:6.0f} MB/s  random reads {rps:8.0f}/s", flush=True)
         shutil.rmtree(s)
 
+def proc_cpu(pid):
+    """CPU seconds (user + system) a process has used so far."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_coldseq():
+    """A cold sequential read of the mount bench's image, GiB by GiB, through disksafe
+    and through memfuse (the same bytes served from memory: the FUSE ceiling), with
+    each server's CPU seconds per GiB. Shows where the ceiling itself falls: on VMs
+    whose host backs guest memory lazily, the kernel's copy of replies into fresh page
+    cache pages slows down several-fold once a few GiB have been filled."""
+    size = os.path.getsize(IMG)
+    s1 = os.path.join(W, "safe-mount")
+    if not os.path.exists(s1):
+        sh(f"{DS} backup {s1} disk={IMG} > /dev/null 2>&1")
+    mnt, memmnt = os.path.join(W, "mnt"), os.path.join(W, "memmnt")
+    os.makedirs(mnt, exist_ok=True)
+    os.makedirs(memmnt, exist_ok=True)
+    gibs = size >> 30
+
+    def per_gib(path, pid):
+        rows = []
+        for g in range(gibs):
+            c = proc_cpu(pid)
+            t = timed(f"dd if={path} of=/dev/null bs=1M skip={g * 1024} count=1024")
+            rows.append(((1 << 30) / t, proc_cpu(pid) - c))
+        return rows
+
+    drop_caches()
+    said = out(f"{DS} mount {s1} {mnt} --cache 512M --log {W}/mount.log 2>&1")
+    pid = int(said.split("server pid ")[1].split(",")[0])
+    ds = per_gib(f"{mnt}/1/disk/disk.img", pid)
+    sh(f"{DS} umount {mnt}")
+    time.sleep(0.5)
+    drop_caches()
+    p = subprocess.Popen([f"{EX}/memfuse", memmnt, str(size >> 20)])
+    while not os.path.exists(f"{memmnt}/file"):
+        time.sleep(0.05)
+    mem = per_gib(f"{memmnt}/file", p.pid)
+    p.terminate()
+    p.wait()
+    print("cold sequential read (dd bs=1M), GiB by GiB: MB/s and the server's CPU seconds")
+    print(f"  {'GiB':>4} {'disksafe':>10} {'cpu':>6} {'memfuse':>10} {'cpu':>6} {'ratio':>6}")
+    for g, ((d, dc), (m, mc)) in enumerate(zip(ds, mem)):
+        print(f"  {g:>4} {d / 1e6:10.0f} {dc:6.2f} {m / 1e6:10.0f} {mc:6.2f} {d / m:6.2f}")
+
 
 if __name__ == "__main__":
     sh(f"cd {ROOT} && cargo build --release --bins --examples -q")
-    {"safe": bench_safe, "mount": bench_mount, "ext": bench_ext, "ntfs": bench_ntfs, "blocksize": bench_blocksize}[sys.argv[1]]()
+    {"safe": bench_safe, "mount": bench_mount, "ext": bench_ext, "ntfs": bench_ntfs, "blocksize": bench_blocksize,
+     "coldseq": bench_coldseq}[sys.argv[1]]()
