@@ -8,7 +8,7 @@
 //! request threads come first, and the warm-up takes what CPU is left over. (Image
 //! readahead stays on the global pool at normal priority: its reader waits for it.)
 
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex, OnceLock};
 
 /// Niceness of the background threads: below requests, not starved.
 const NICE: libc::c_int = 10;
@@ -38,10 +38,33 @@ fn pool() -> Option<&'static rayon::ThreadPool> {
     .as_ref()
 }
 
+/// Jobs spawned and not yet finished, and a signal for when that reaches zero (see
+/// [`wait_idle`]).
+static PENDING: Mutex<usize> = Mutex::new(0);
+static IDLE: Condvar = Condvar::new();
+
 /// Runs `job` on the background pool. Parallel iterators inside it stay on that pool.
 pub fn spawn(job: impl FnOnce() + Send + 'static) {
+    *PENDING.lock().unwrap() += 1;
+    let job = move || {
+        job();
+        let mut n = PENDING.lock().unwrap();
+        *n -= 1;
+        if *n == 0 {
+            IDLE.notify_all();
+        }
+    };
     match pool() {
         Some(p) => p.spawn(job),
         None => rayon::spawn(job),
+    }
+}
+
+/// Waits until every background job spawned so far, and every job those spawned, has
+/// finished: tests and fuzzing check that warm-ups survive hostile volumes too.
+pub fn wait_idle() {
+    let mut n = PENDING.lock().unwrap();
+    while *n > 0 {
+        n = IDLE.wait(n).unwrap();
     }
 }

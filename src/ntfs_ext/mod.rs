@@ -76,12 +76,40 @@ impl ReadAt for MemVolume {
     }
 }
 
+/// A [`MemVolume`] that says it prefetches, so parsers run their warm-ups on it.
+struct Warmed(MemVolume);
+
+impl ReadAt for Warmed {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read_at(offset, buf)
+    }
+
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    fn prefetches(&self) -> bool {
+        true
+    }
+}
+
 /// Opens `data` as a volume and walks everything in it (directories, file data up to
-/// `max_read` bytes each, links, xattrs), visiting each inode once. Errors are fine;
-/// a panic or a hang is a bug. Shared by the fuzz target and the hostile-input tests.
+/// `max_read` bytes each, links, xattrs), visiting each inode once, with the parsers'
+/// background warm-ups running as under a mount (and waited for). Errors are fine; a
+/// panic or a hang is a bug. Shared by the fuzz targets and the hostile-input tests.
 pub fn walk_everything(data: Vec<u8>, max_read: usize) -> std::io::Result<usize> {
-    let vol: Arc<dyn ReadAt> = Arc::new(MemVolume(data));
-    let Some(tree) = open_tree(vol, &TreeOptions::default())? else {
+    let vol: Arc<dyn ReadAt> = Arc::new(Warmed(MemVolume(data)));
+    let opts = TreeOptions {
+        budget: Some(crate::cache::Budget::new(16 << 20)),
+        ..TreeOptions::default()
+    };
+    let walked = walk_tree(vol, &opts, max_read);
+    crate::background::wait_idle();
+    walked
+}
+
+fn walk_tree(vol: Arc<dyn ReadAt>, opts: &TreeOptions, max_read: usize) -> std::io::Result<usize> {
+    let Some(tree) = open_tree(vol, opts)? else {
         return Ok(0);
     };
     let mut seen = std::collections::HashSet::new();
