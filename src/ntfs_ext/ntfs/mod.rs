@@ -359,13 +359,14 @@ impl NtfsFs {
         // builds listings; another parses the files of those records as their blocks
         // arrive.
         if fs.dev.prefetches() {
-            let (a, b) = (fs.clone(), fs.clone());
+            let (fetcher, parser) = (fs.clone(), fs.clone());
             crate::background::spawn(move || {
-                prefetch_runs(&*a.dev, a.boot.cluster_size, &a.mft.runs, MFT_WARM);
-                let dirs = a.warm_indexes();
-                a.warm_listings(&dirs);
+                let f = fetcher;
+                prefetch_runs(&*f.dev, f.boot.cluster_size, &f.mft.runs, MFT_WARM);
+                let dirs = f.warm_indexes();
+                f.warm_listings(&dirs);
             });
-            crate::background::spawn(move || b.warm_nodes());
+            crate::background::spawn(move || parser.warm_nodes());
         }
         Ok(fs)
     }
