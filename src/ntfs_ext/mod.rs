@@ -108,6 +108,7 @@ pub fn walk_everything(data: Vec<u8>, max_read: usize) -> std::io::Result<usize>
     walked
 }
 
+/// The walk of [`walk_everything`], on a volume already wrapped.
 fn walk_tree(vol: Arc<dyn ReadAt>, opts: &TreeOptions, max_read: usize) -> std::io::Result<usize> {
     let Some(tree) = open_tree(vol, opts)? else {
         return Ok(0);

@@ -33,7 +33,12 @@ pub fn ds_logging(args: &[&str], filter: &str) -> Output {
 
 /// Runs `disksafe ARGS`, asserting success; returns stdout.
 pub fn ok(args: &[&str]) -> String {
-    let o = ds(args);
+    ok_logging(args, "warn")
+}
+
+/// As [`ok`], with `RUST_LOG` set to `filter`.
+pub fn ok_logging(args: &[&str], filter: &str) -> String {
+    let o = ds_logging(args, filter);
     assert!(
         o.status.success(),
         "disksafe {args:?} failed: {}",
@@ -215,12 +220,7 @@ impl Mounted {
             log.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let o = ds_logging(&args, filter);
-        assert!(
-            o.status.success(),
-            "disksafe {args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        ok_logging(&args, filter);
         Mounted { dir, log }
     }
 
