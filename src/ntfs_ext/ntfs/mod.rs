@@ -491,14 +491,13 @@ impl NtfsFs {
     /// returns false. For warm-ups: what is unreadable or damaged is skipped, and met
     /// again by the reads proper.
     fn scan_records(&self, dirs_only: bool, mut f: impl FnMut(u64, Record) -> bool) {
-        let rs = self.boot.record_size as usize;
+        let (rs, cs) = (self.boot.record_size as usize, self.boot.cluster_size);
         let limit = MFT_WARM.min(self.mft.init) as usize / rs * rs;
         let want = if dirs_only { 3 } else { 1 };
         let mut chunk = vec![0u8; (1 << 20) / rs * rs];
         let mut off = 0usize;
         while off < limit {
             let len = chunk.len().min(limit - off);
-            let cs = self.boot.cluster_size;
             if read_runs(
                 &*self.dev,
                 cs,
