@@ -197,6 +197,7 @@ fn serve(
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
     limit_malloc_arenas();
+    size_decode_pool();
     let cache = Arc::new(CachedSafe::new(safe.clone(), args.cache as usize));
     let fs = SafeFs::new(
         cache,
@@ -287,6 +288,28 @@ fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Threads of the decoding pool beyond one per core.
+const IO_SLACK: usize = 6;
+
+/// Readahead and large reads run on rayon's global pool, and each job first waits on
+/// its pack read (O_DIRECT, so no kernel readahead hides it), then decodes. With one
+/// thread per core, cores sat idle while every thread waited on the disk (10-15 %
+/// iowait in a cold `dd`); a few threads more keep decoding going meanwhile.
+/// `RAYON_NUM_THREADS`, when set, wins.
+fn size_decode_pool() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .num_threads(cores + IO_SLACK)
+        .thread_name(|i| format!("disksafe-dec-{i}"))
+        .build_global()
+    {
+        tracing::debug!("decoding pool left as it was: {e}");
     }
 }
 
