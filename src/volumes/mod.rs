@@ -160,8 +160,13 @@ fn read_gpt(dev: &dyn ReadAt, ss: u64) -> io::Result<Option<Table>> {
     if let Some(t) = gpt_at(dev, ss, 1)? {
         return Ok(Some(t));
     }
-    // Primary damaged: the backup header sits in the last sector.
-    let last = dev.size() / ss - 1;
+    // Primary damaged: the backup header sits in the last sector. A device of fewer
+    // than three sectors (protective MBR, header, entries) holds no GPT of this size.
+    let sectors = dev.size() / ss;
+    if sectors < 3 {
+        return Ok(None);
+    }
+    let last = sectors - 1;
     let mut probe = [0u8; 8];
     dev.read_exact_at(ss, &mut probe)?;
     if &probe == b"EFI PART" || has_protective_mbr(dev)? {
@@ -404,6 +409,22 @@ mod tests {
             (1 << 20) - 100 * 512,
             "clipped at the end"
         );
+    }
+
+    #[test]
+    fn devices_smaller_than_a_gpt_still_read_their_mbr() {
+        // Smaller than three 4096-byte sectors: the GPT probes must give up, not wrap
+        // around below sector 0 (a panic in debug builds, a bogus read in release).
+        for size in [1024, 2048, 2822, 4096, 8192, 12287] {
+            let mut d = vec![0u8; size];
+            d[510] = 0x55;
+            d[511] = 0xAA;
+            entry(&mut d, 0, 0x83, 1, 1);
+            let t = read_table(&Mem(d)).unwrap().unwrap();
+            assert_eq!(t.kind, TableKind::Mbr, "{size} bytes");
+            assert_eq!((t.partitions[0].start, t.partitions[0].len), (512, 512));
+            assert_eq!(read_table(&Mem(vec![0xAB; size])).unwrap(), None);
+        }
     }
 
     #[test]
