@@ -24,10 +24,11 @@ trap 'rm -rf "$work"' EXIT
   cat "$work/seeds.log"
   exit 1
 }
-mkdir -p artifacts "$work/ext" "$work/ntfs"
+mkdir -p artifacts "$work/ext" "$work/ntfs" "$work/disk"
 cp "$work"/seeds/seed*.img "$work/ext/"
+cp "$work"/seeds/disk-*.img "$work/disk/" 2> /dev/null || echo "fuzz: no disk seeds (needs sfdisk); disk starts from nothing"
 cp "$work"/seeds/ntfs-*.img "$work/ntfs/" 2> /dev/null || echo "fuzz: no NTFS seeds (needs root and ntfs-3g); ntfs_tree starts from nothing"
-for t in ext_tree:60000 ntfs_tree:5000; do
+for t in ext_tree:60000 ntfs_tree:5000 disk:20000; do
   runs=$((${t#*:} * scale))
   t=${t%:*}
   corpus="$work/${t%_tree}"

@@ -24,6 +24,44 @@ for opts in "-t ext4 -O inline_data" "-t ext4 -O metadata_csum,64bit" "-t ext2" 
   mke2fs -q -F -b 1024 -N 64 -U 6d2d8e3c-0f4b-4b1e-9a57-2f0c4c9b1a01 \
     -E hash_seed=1f6a4c2e-3b5d-4e7f-8091-a2b3c4d5e6f7 $opts -d "$tmp/src" "$out/seed$i.img"
 done
+# Partitioned disks for the disk target, the ext4 seed in their first partition: an
+# MBR with an extended partition holding logical ones, a GPT, and a GPT of 4096-byte
+# sectors. Fixed ids, so the seeds are the same every run.
+if command -v sfdisk > /dev/null; then
+  truncate -s 2M "$out/disk-mbr.img" "$out/disk-gpt.img"
+  sfdisk -q "$out/disk-mbr.img" > /dev/null << 'EOT'
+label: dos
+label-id: 0x5eed0001
+start=64, size=1024, type=83
+start=1100, size=900, type=5
+start=1120, size=200, type=83
+start=1340, size=200, type=7
+start=1560, size=400, type=83
+EOT
+  sfdisk -q "$out/disk-gpt.img" > /dev/null << 'EOT'
+label: gpt
+label-id: 5EED0000-0000-4000-8000-000000000001
+first-lba: 34
+start=40, size=1024, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=5EED0000-0000-4000-8000-000000000002
+start=1100, size=1024, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7, uuid=5EED0000-0000-4000-8000-000000000003
+EOT
+  dd if="$out/seed2.img" of="$out/disk-mbr.img" bs=512 seek=64 conv=notrunc status=none
+  dd if="$out/seed2.img" of="$out/disk-gpt.img" bs=512 seek=40 conv=notrunc status=none
+  # 4096-byte sectors need a loop device that has them (root only).
+  if [ "$(id -u)" = 0 ] && truncate -s 2M "$tmp/gpt4k.img" &&
+    loop=$(losetup -f --show --sector-size 4096 "$tmp/gpt4k.img" 2> /dev/null); then
+    sfdisk -q "$loop" > /dev/null 2>&1 << 'EOT' || true
+label: gpt
+label-id: 5EED0000-0000-4000-8000-000000000004
+first-lba: 6
+start=8, size=128, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=5EED0000-0000-4000-8000-000000000005
+start=136, size=100, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=5EED0000-0000-4000-8000-000000000006
+EOT
+    losetup -d "$loop"
+    dd if="$out/seed2.img" of="$tmp/gpt4k.img" bs=4096 seek=8 conv=notrunc status=none
+    mv "$tmp/gpt4k.img" "$out/disk-gpt4k.img"
+  fi
+fi
 if [ "$(id -u)" = 0 ] && command -v mkntfs > /dev/null && command -v ntfs-3g > /dev/null; then
   for geo in "512 512" "512 4096" "4096 4096"; do
     set -- $geo

@@ -98,7 +98,12 @@ impl ReadAt for Warmed {
 /// background warm-ups running as under a mount (and waited for). Errors are fine; a
 /// panic or a hang is a bug. Shared by the fuzz targets and the hostile-input tests.
 pub fn walk_everything(data: Vec<u8>, max_read: usize) -> std::io::Result<usize> {
-    let vol: Arc<dyn ReadAt> = Arc::new(Warmed(MemVolume(data)));
+    walk_volume(Arc::new(Warmed(MemVolume(data))), max_read)
+}
+
+/// [`walk_everything`] on any volume, such as a partition sliced out of a disk, so the
+/// disk fuzz target walks what a mount would show.
+pub fn walk_volume(vol: Arc<dyn ReadAt>, max_read: usize) -> std::io::Result<usize> {
     let opts = TreeOptions {
         budget: Some(crate::cache::Budget::new(16 << 20)),
         ..TreeOptions::default()
