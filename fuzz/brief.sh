@@ -3,8 +3,10 @@
 # toolchain (the -C flags below are what `cargo fuzz` passes, minus the nightly-only
 # sanitizer) and runs each one briefly from real seed images. Any crash, hang or
 # out-of-memory fails the run and leaves the input under fuzz/artifacts/.
-# The runs use a fixed seed and a fixed number of inputs, so a given tree passes or
-# fails the same way every time (CI stays reproducible); FUZZ_SEED=N explores anew.
+# The runs use a fixed seed, a fixed number of inputs and byte-identical ext and disk
+# seeds, so a given tree passes or fails the same way every time (CI stays
+# reproducible); FUZZ_SEED=N explores anew. The NTFS seeds still differ from run to
+# run in the times and serials mkntfs and ntfs-3g stamp into them.
 # Usage: fuzz/brief.sh [SCALE]   (default 1: ~30 s per target here)
 # For long runs with AddressSanitizer use `cargo +nightly fuzz run TARGET` instead.
 set -euo pipefail

@@ -23,6 +23,13 @@ for opts in "-t ext4 -O inline_data" "-t ext4 -O metadata_csum,64bit" "-t ext2" 
   # shellcheck disable=SC2086
   mke2fs -q -F -b 1024 -N 64 -U 6d2d8e3c-0f4b-4b1e-9a57-2f0c4c9b1a01 \
     -E hash_seed=1f6a4c2e-3b5d-4e7f-8091-a2b3c4d5e6f7 $opts -d "$tmp/src" "$out/seed$i.img"
+  # mke2fs -d copies each source file's ctime and atime, which no one can set (and
+  # reading the tree moves atime): pin them so the seeds are the same every run.
+  for ino in $(seq 1 64); do
+    echo "sif <$ino> ctime @1700000000"
+    echo "sif <$ino> atime @1700000000"
+  done > "$tmp/pin-times"
+  debugfs -w -f "$tmp/pin-times" "$out/seed$i.img" > /dev/null 2>&1
 done
 # Partitioned disks for the disk target, the ext4 seed in their first partition: an
 # MBR with an extended partition holding logical ones, a GPT, and a GPT of 4096-byte
