@@ -22,6 +22,9 @@ const IN_FAST_COMMIT: u32 = 0x20;
 const F_ESCAPE: u32 = 1;
 const F_SAME_UUID: u32 = 2;
 const F_LAST_TAG: u32 = 8;
+/// Revoke records kept at most (about 100 MB): a real journal revokes a few thousand
+/// blocks; a damaged one full of revoke blocks must not take the memory of the mount.
+const MAX_REVOKES: usize = 4 << 20;
 
 fn be32(b: &[u8], o: usize) -> u32 {
     u32::from_be_bytes(b[o..o + 4].try_into().unwrap())
@@ -115,10 +118,14 @@ pub fn replay(
     let mut revokes: HashMap<u64, u32> = HashMap::new();
     let mut pending_revokes: Vec<(u64, u32)> = Vec::new();
     let mut pos = start;
-    let mut steps = 0u64;
+    // The log runs once around the ring at most: every block it takes (descriptor,
+    // data, commit, revoke) counts, and the scan ends when the ring is used up, so a
+    // damaged log that loops on itself ends there too.
+    let ring = maxlen - first;
+    let mut taken = 0u64;
     let mut transactions = 0;
-    while steps < maxlen * 2 {
-        steps += 1;
+    'log: while taken < ring {
+        taken += 1;
         let b = read(pos)?;
         if be32(&b, 0) != MAGIC || be32(&b, 8) != seq {
             break;
@@ -141,6 +148,10 @@ pub fn replay(
                             if is64 { be32(t, 8) as u64 } else { 0 },
                         )
                     };
+                    if taken == ring {
+                        break 'log; // data blocks past the ring: not a real descriptor
+                    }
+                    taken += 1;
                     pending.push(Tag {
                         fs_block: hi << 32 | lo,
                         jblock: data,
@@ -181,6 +192,9 @@ pub fn replay(
                     } else {
                         be32(&b, o) as u64
                     };
+                    if revokes.len() + pending_revokes.len() >= MAX_REVOKES {
+                        return Err(corrupt("journal revokes more blocks than plausible"));
+                    }
                     pending_revokes.push((blk, seq));
                     o += rec;
                 }
@@ -271,5 +285,127 @@ impl ReadAt for Overlay {
 
     fn prefetches(&self) -> bool {
         self.base.prefetches()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ntfs_ext::MemVolume;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Journal block n at volume block n; counts the blocks read.
+    struct Ident(AtomicU64);
+    impl JournalMap for Ident {
+        fn physical(&self, n: u64) -> io::Result<u64> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    fn header(b: &mut [u8], kind: u32, seq: u32) {
+        b[0..4].copy_from_slice(&MAGIC.to_be_bytes());
+        b[4..8].copy_from_slice(&kind.to_be_bytes());
+        b[8..12].copy_from_slice(&seq.to_be_bytes());
+    }
+
+    /// A journal of `maxlen` blocks of `bs` bytes whose log starts at block 1 with
+    /// sequence `seq` (32-bit tags, no checksums).
+    fn journal(bs: usize, maxlen: u32, seq: u32) -> Vec<u8> {
+        let mut j = vec![0u8; bs * maxlen as usize];
+        header(&mut j, T_SB_V2, 0);
+        for (o, v) in [
+            (0xC, bs as u32),
+            (0x10, maxlen),
+            (0x14, 1),
+            (0x18, seq),
+            (0x1C, 1),
+        ] {
+            j[o..o + 4].copy_from_slice(&v.to_be_bytes());
+        }
+        j
+    }
+
+    /// A descriptor block at journal block `at` tagging the given volume blocks.
+    fn descriptor(j: &mut [u8], bs: usize, at: usize, seq: u32, targets: &[u32]) {
+        let b = &mut j[at * bs..(at + 1) * bs];
+        header(b, T_DESCRIPTOR, seq);
+        for (i, t) in targets.iter().enumerate() {
+            let o = 12 + i * 8;
+            b[o..o + 4].copy_from_slice(&t.to_be_bytes());
+            let last = if i + 1 == targets.len() {
+                F_LAST_TAG
+            } else {
+                0
+            };
+            b[o + 6..o + 8].copy_from_slice(&((F_SAME_UUID | last) as u16).to_be_bytes());
+        }
+    }
+
+    fn run(j: Vec<u8>, bs: u64) -> (io::Result<Option<Replay>>, u64) {
+        let map = Ident(AtomicU64::new(0));
+        let r = replay(&MemVolume(j), bs, &map, "test");
+        (r, map.0.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn a_log_filling_the_whole_ring_is_replayed() {
+        // Ring of blocks 1..=7, used to the last block by two transactions.
+        let bs = 1024;
+        let mut j = journal(bs, 8, 7);
+        descriptor(&mut j, bs, 1, 7, &[50, 51]);
+        j[2 * bs + 100] = 0xA2;
+        j[3 * bs + 100] = 0xA3;
+        header(&mut j[4 * bs..], T_COMMIT, 7);
+        descriptor(&mut j, bs, 5, 8, &[52]);
+        header(&mut j[7 * bs..], T_COMMIT, 8);
+        let r = run(j, bs as u64).0.unwrap().unwrap();
+        assert_eq!(r.transactions, 2);
+        let mut got: Vec<(u64, u64)> = r.blocks.iter().map(|(&f, &(p, _))| (f, p)).collect();
+        got.sort();
+        assert_eq!(got, vec![(50, 2), (51, 3), (52, 6)]);
+    }
+
+    #[test]
+    fn a_log_looping_on_itself_ends_at_the_ring() {
+        // Every block a descriptor of the same transaction, each tagging as many
+        // blocks as fit: without a bound on the blocks taken the scan would go round
+        // and round, collecting tags.
+        let bs = 1024;
+        let maxlen = 64u32;
+        let mut j = journal(bs, maxlen, 9);
+        let targets: Vec<u32> = (100..100 + (bs as u32 - 12) / 8).collect();
+        for at in 1..maxlen as usize {
+            descriptor(&mut j, bs, at, 9, &targets);
+        }
+        let (r, reads) = run(j, bs as u64);
+        let r = r.unwrap().unwrap();
+        assert_eq!(
+            (r.transactions, r.blocks.len()),
+            (0, 0),
+            "nothing committed"
+        );
+        assert!(
+            reads <= maxlen as u64,
+            "{reads} journal blocks read for a ring of {maxlen}"
+        );
+    }
+
+    #[test]
+    fn a_flood_of_revokes_is_refused() {
+        let bs = 4096;
+        let per_block = (bs - 16) / 4;
+        let blocks = MAX_REVOKES / per_block + 2;
+        let mut j = journal(bs, blocks as u32 + 1, 3);
+        for at in 1..=blocks {
+            let b = &mut j[at * bs..(at + 1) * bs];
+            header(b, T_REVOKE, 3);
+            b[12..16].copy_from_slice(&(bs as u32).to_be_bytes());
+            for (i, r) in b[16..].chunks_exact_mut(4).enumerate() {
+                r.copy_from_slice(&((at * per_block + i) as u32).to_be_bytes());
+            }
+        }
+        let e = run(j, bs as u64).0.expect_err("too many revokes");
+        assert!(e.to_string().contains("revokes"), "{e}");
     }
 }
