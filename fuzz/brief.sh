@@ -3,10 +3,11 @@
 # toolchain (the -C flags below are what `cargo fuzz` passes, minus the nightly-only
 # sanitizer) and runs each one briefly from real seed images. Any crash, hang or
 # out-of-memory fails the run and leaves the input under fuzz/artifacts/.
-# The runs use a fixed seed, a fixed number of inputs and byte-identical ext and disk
-# seeds, so a given tree passes or fails the same way every time (CI stays
-# reproducible); FUZZ_SEED=N explores anew. The NTFS seeds still differ from run to
-# run in the times and serials mkntfs and ntfs-3g stamp into them.
+# The runs use a fixed seed, a fixed number of inputs and seeds made the same way each
+# time, so a given tree passes or fails the same way every time (CI stays
+# reproducible); FUZZ_SEED=N explores anew. The seeds are byte-identical run to run
+# but for the times stamped by tools that take no fixed time: the NTFS seeds (mkntfs,
+# ntfs-3g) and the commit blocks of the two journal seeds (debugfs).
 # Usage: fuzz/brief.sh [SCALE]   (default 1: ~30 s per target here)
 # For long runs with AddressSanitizer use `cargo +nightly fuzz run TARGET` instead.
 set -euo pipefail
@@ -35,10 +36,10 @@ for t in ext_tree:60000 ntfs_tree:5000 disk:20000; do
   t=${t%:*}
   corpus="$work/${t%_tree}"
   echo "fuzz: $t, $runs inputs (seed $seed) from $(ls "$corpus" | wc -l) seed image(s)"
-  # -max_len: the seeds are whole images (up to 2 MiB); -timeout: a walk of any
+  # -max_len: the seeds are whole images (up to 3 MiB); -timeout: a walk of any
   # input must end in seconds (a hang is a bug); -rss_limit_mb: bounded memory;
   # -max_total_time: a ceiling for slow machines.
-  "./target/$host/release/$t" "$corpus" -seed="$seed" -runs="$runs" -max_len=2097152 \
+  "./target/$host/release/$t" "$corpus" -seed="$seed" -runs="$runs" -max_len=3145728 \
     -timeout=20 -rss_limit_mb=2048 -max_total_time=$((120 * scale)) \
     -artifact_prefix=artifacts/ -print_final_stats=1 2> "$work/$t.log" || {
     tail -40 "$work/$t.log"

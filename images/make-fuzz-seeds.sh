@@ -31,6 +31,19 @@ for opts in "-t ext4 -O inline_data" "-t ext4 -O metadata_csum,64bit" "-t ext2" 
   done > "$tmp/pin-times"
   debugfs -w -f "$tmp/pin-times" "$out/seed$i.img" > /dev/null 2>&1
 done
+# Two ext4 volumes that need journal recovery (committed transactions, a revoke),
+# written with debugfs's journal commands: plain jbd2 and with v3 checksums. 3 MiB:
+# the smallest volume that takes the smallest journal (1024 blocks).
+head -c 2048 "$tmp/src/dir/b" > "$tmp/jblocks"
+for v in 6 7; do
+  truncate -s 3M "$out/seed$v.img"
+  mke2fs -q -F -b 1024 -N 64 -J size=1 -t ext4 -U 6d2d8e3c-0f4b-4b1e-9a57-2f0c4c9b1a01 \
+    -E hash_seed=1f6a4c2e-3b5d-4e7f-8091-a2b3c4d5e6f7 "$out/seed$v.img"
+  csum=$([ $v = 7 ] && echo -c || true)
+  printf 'jo %s\njw -b 300,301 %s\njc\njo\njw -r 301\njw -b 302 %s\njc\n' \
+    "$csum" "$tmp/jblocks" "$tmp/jblocks" > "$tmp/journal-cmds"
+  debugfs -w -f "$tmp/journal-cmds" "$out/seed$v.img" > /dev/null 2>&1
+done
 # Partitioned disks for the disk target, the ext4 seed in their first partition: an
 # MBR with an extended partition holding logical ones, a GPT, and a GPT of 4096-byte
 # sectors. Fixed ids, so the seeds are the same every run.
