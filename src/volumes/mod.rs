@@ -368,7 +368,12 @@ mod tests {
     }
 
     fn entry(d: &mut [u8], at: usize, kind: u8, first: u32, count: u32) {
-        let e = &mut d[at + 446..at + 462];
+        entry_in(d, at, 0, kind, first, count)
+    }
+
+    /// Writes entry `slot` (0-3) of the MBR or EBR at byte `at`.
+    fn entry_in(d: &mut [u8], at: usize, slot: usize, kind: u8, first: u32, count: u32) {
+        let e = &mut d[at + 446 + slot * 16..at + 462 + slot * 16];
         e[4] = kind;
         e[8..12].copy_from_slice(&first.to_le_bytes());
         e[12..16].copy_from_slice(&count.to_le_bytes());
@@ -379,27 +384,15 @@ mod tests {
         let mut d = vec![0u8; 1 << 20];
         d[510] = 0x55;
         d[511] = 0xAA;
-        entry(&mut d, 0, 0x83, 2048, 100);
-        entry(&mut d, 0, 0x83, 2048, 100);
-        // extended at 100, an EBR pointing at itself
-        let d2 = &mut d;
-        entry(d2, 0, 0x83, 10, 20);
+        entry_in(&mut d, 0, 0, 0x83, 10, 20);
+        // Extended partition at sector 100, reaching past the end: clipped.
+        entry_in(&mut d, 0, 1, 0x05, 100, 5000);
+        // Its EBR: a logical partition, then a link to the next EBR, which is itself.
         let base = 100 * 512;
-        {
-            let e = &mut d2[446 + 16..446 + 32];
-            e[4] = 0x05;
-            e[8..12].copy_from_slice(&100u32.to_le_bytes());
-            e[12..16].copy_from_slice(&5000u32.to_le_bytes()); // past the end: clipped
-        }
-        d2[base + 510] = 0x55;
-        d2[base + 511] = 0xAA;
-        entry(d2, base, 0x83, 1, 10);
-        entry(d2, base, 0x05, 0, 10); // next EBR = itself
-                                      // second entry slot is index 1: rewrite the loop entry there
-        let e1 = &mut d2[base + 446 + 16..base + 446 + 32];
-        e1[4] = 0x05;
-        e1[8..12].copy_from_slice(&0u32.to_le_bytes());
-        e1[12..16].copy_from_slice(&10u32.to_le_bytes());
+        d[base + 510] = 0x55;
+        d[base + 511] = 0xAA;
+        entry_in(&mut d, base, 0, 0x83, 1, 10);
+        entry_in(&mut d, base, 1, 0x05, 0, 10);
         let t = read_table(&Mem(d)).unwrap().unwrap();
         assert_eq!(t.kind, TableKind::Mbr);
         let nums: Vec<u32> = t.partitions.iter().map(|p| p.number).collect();
@@ -408,6 +401,10 @@ mod tests {
             t.partitions[1].len,
             (1 << 20) - 100 * 512,
             "clipped at the end"
+        );
+        assert_eq!(
+            (t.partitions[2].start, t.partitions[2].len),
+            (101 * 512, 10 * 512)
         );
     }
 
