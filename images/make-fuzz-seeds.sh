@@ -16,6 +16,12 @@ ln "$tmp/src/a" "$tmp/src/hard"
 for i in $(seq 1 40); do echo "$i" > "$tmp/src/dir/sub/f$i"; done
 find "$tmp/src" -exec touch -h -d @1700000000 {} +
 export E2FSPROGS_FAKE_TIME=1700000000
+# mke2fs -d copies each source file's ctime and atime, which no one can set (and
+# reading the tree moves atime): debugfs pins them so the seeds are the same every run.
+for ino in $(seq 1 64); do
+  echo "sif <$ino> ctime @1700000000"
+  echo "sif <$ino> atime @1700000000"
+done > "$tmp/pin-times"
 i=0
 for opts in "-t ext4 -O inline_data" "-t ext4 -O metadata_csum,64bit" "-t ext2" "-t ext3" "-t ext4 -O ^extents,^64bit"; do
   i=$((i + 1))
@@ -23,12 +29,6 @@ for opts in "-t ext4 -O inline_data" "-t ext4 -O metadata_csum,64bit" "-t ext2" 
   # shellcheck disable=SC2086
   mke2fs -q -F -b 1024 -N 64 -U 6d2d8e3c-0f4b-4b1e-9a57-2f0c4c9b1a01 \
     -E hash_seed=1f6a4c2e-3b5d-4e7f-8091-a2b3c4d5e6f7 $opts -d "$tmp/src" "$out/seed$i.img"
-  # mke2fs -d copies each source file's ctime and atime, which no one can set (and
-  # reading the tree moves atime): pin them so the seeds are the same every run.
-  for ino in $(seq 1 64); do
-    echo "sif <$ino> ctime @1700000000"
-    echo "sif <$ino> atime @1700000000"
-  done > "$tmp/pin-times"
   debugfs -w -f "$tmp/pin-times" "$out/seed$i.img" > /dev/null 2>&1
 done
 # Two ext4 volumes that need journal recovery (committed transactions, a revoke),
@@ -70,7 +70,8 @@ EOT
   # 4096-byte sectors need a loop device that has them (root only).
   if [ "$(id -u)" = 0 ] && truncate -s 2M "$tmp/gpt4k.img" &&
     loop=$(losetup -f --show --sector-size 4096 "$tmp/gpt4k.img" 2> /dev/null); then
-    sfdisk -q "$loop" > /dev/null 2>&1 << 'EOT' || true
+    made=0
+    sfdisk -q "$loop" > /dev/null 2>&1 << 'EOT' && made=1
 label: gpt
 label-id: 5EED0000-0000-4000-8000-000000000004
 first-lba: 6
@@ -78,8 +79,10 @@ start=8, size=128, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=5EED0000-0000
 start=136, size=100, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=5EED0000-0000-4000-8000-000000000006
 EOT
     losetup -d "$loop"
-    dd if="$out/seed2.img" of="$tmp/gpt4k.img" bs=4096 seek=8 conv=notrunc status=none
-    mv "$tmp/gpt4k.img" "$out/disk-gpt4k.img"
+    if [ $made = 1 ]; then
+      dd if="$out/seed2.img" of="$tmp/gpt4k.img" bs=4096 seek=8 conv=notrunc status=none
+      mv "$tmp/gpt4k.img" "$out/disk-gpt4k.img"
+    fi
   fi
 fi
 if [ "$(id -u)" = 0 ] && command -v mkntfs > /dev/null && command -v ntfs-3g > /dev/null; then

@@ -101,8 +101,8 @@ pub fn walk_everything(data: Vec<u8>, max_read: usize) -> std::io::Result<usize>
     walk_volume(Arc::new(Warmed(MemVolume(data))), max_read)
 }
 
-/// [`walk_everything`] on any volume, such as a partition sliced out of a disk, so the
-/// disk fuzz target walks what a mount would show.
+/// [`walk_everything`] on any volume (warm-ups run when it prefetches), such as a
+/// partition sliced out of a disk, so the disk fuzz target walks what a mount shows.
 pub fn walk_volume(vol: Arc<dyn ReadAt>, max_read: usize) -> std::io::Result<usize> {
     let opts = TreeOptions {
         budget: Some(crate::cache::Budget::new(16 << 20)),

@@ -367,10 +367,6 @@ mod tests {
         }
     }
 
-    fn entry(d: &mut [u8], at: usize, kind: u8, first: u32, count: u32) {
-        entry_in(d, at, 0, kind, first, count)
-    }
-
     /// Writes entry `slot` (0-3) of the MBR or EBR at byte `at`.
     fn entry_in(d: &mut [u8], at: usize, slot: usize, kind: u8, first: u32, count: u32) {
         let e = &mut d[at + 446 + slot * 16..at + 462 + slot * 16];
@@ -416,7 +412,7 @@ mod tests {
             let mut d = vec![0u8; size];
             d[510] = 0x55;
             d[511] = 0xAA;
-            entry(&mut d, 0, 0x83, 1, 1);
+            entry_in(&mut d, 0, 0, 0x83, 1, 1);
             let t = read_table(&Mem(d)).unwrap().unwrap();
             assert_eq!(t.kind, TableKind::Mbr, "{size} bytes");
             assert_eq!((t.partitions[0].start, t.partitions[0].len), (512, 512));
