@@ -423,7 +423,7 @@ impl CachedSafe {
         if let Some(b) = self.blocks.get(&loc.id) {
             return Ok(b);
         }
-        self.load_once(loc, || self.safe.load_block(loc))
+        self.load_once(loc, || self.safe.load_block_scattered(loc))
     }
 
     /// Runs `load` for a block unless another thread is already loading it (then
