@@ -577,11 +577,11 @@ fn open_cached<T: Clone>(
 /// kernel, seeing scattered small reads, reads ahead nothing. One 128 KiB read (the
 /// kernel's own default readahead) costs about what a 20 KiB one does and brings the
 /// next few records with it: cold random 4 KiB reads of a mounted image made a third
-/// as many disk reads and ran ~10 % faster (BENCHMARKS.md). Runs read by
-/// [`CachedSafe::fill`](crate::cache::CachedSafe::fill) get none: their callers said
-/// what they need, and widening them read twice the bytes in an NTFS walk for nothing;
-/// nor do scans in pack order (verify), which it slowed by defeating the kernel's
-/// readahead.
+/// as many disk reads and ran 8 % faster (median of 16 pairs, BENCHMARKS.md). Runs
+/// read by [`CachedSafe::fill`](crate::cache::CachedSafe::fill) get none: their
+/// callers said what they need, and widening them read twice the bytes in an NTFS
+/// walk for nothing; nor do scans in pack order (verify), which it slowed by defeating
+/// the kernel's readahead.
 const PACK_READ_AHEAD: u64 = 128 << 10;
 
 /// Asks the kernel to start reading the aligned [`PACK_READ_AHEAD`] window holding
