@@ -275,10 +275,13 @@ fn give_span(v: Vec<u8>) {
 
 /// Longest run of records read with one pread.
 const RUN_BYTES: u64 = 8 << 20;
-/// Runs at least this long bypass the page cache (see [`Safe::read_run`]):
-/// they are streamed once; shorter ones, random reads, keep the page cache as a
-/// second-level cache of compressed blocks.
-const DIRECT_MIN: usize = 1 << 20;
+/// Runs at least this long bypass the page cache (see [`Safe::read_run`]): they are
+/// streamed once; shorter ones keep the page cache as a second-level cache of
+/// compressed blocks. 128 KiB (a handful of records) rather than 1 MiB: the 16-block
+/// fills of a kernel read that outran the prefetch then skip the page cache's fresh
+/// pages and copy too, which gave cold sequential reads +7 % and an ext `tar` +11 %
+/// (medians of 6 pairs, BENCHMARKS.md); an NTFS walk was unchanged.
+const DIRECT_MIN: usize = 128 << 10;
 
 /// Fills of at most this many blocks are decoded on the caller's thread.
 const INLINE_BLOCKS: usize = 4;
