@@ -389,27 +389,30 @@ impl Safe {
             return Err(damaged("index entry has impossible lengths".into()));
         }
         rec.resize(RECORD_HEADER_LEN + loc.stored_len as usize, 0);
-        let pack = loc.pack;
+        self.read_pack(loc.pack, loc.offset, rec, ahead)
+            .map_err(|e| match e {
+                BlockError::Io { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
+                    damaged("pack file is shorter than the index says".into())
+                }
+                e => e,
+            })
+    }
+
+    /// Reads `buf.len()` bytes of a pack at `offset` through the page cache; with
+    /// `ahead`, first asking for the [`PACK_READ_AHEAD`] window around them.
+    fn read_pack(
+        &self,
+        pack: i64,
+        offset: u64,
+        buf: &mut [u8],
+        ahead: bool,
+    ) -> Result<(), BlockError> {
         let file = self
             .pack(pack)
             .map_err(|source| BlockError::Io { pack, source })?;
         if ahead {
-            read_ahead(&file, loc.offset, rec.len());
+            read_ahead(&file, offset, buf.len());
         }
-        read_full(&file, rec, loc.offset).map_err(|source| match source.kind() {
-            io::ErrorKind::UnexpectedEof => {
-                damaged("pack file is shorter than the index says".into())
-            }
-            _ => BlockError::Io { pack, source },
-        })
-    }
-
-    /// Reads `buf.len()` bytes of a pack at `offset`, for runs of consecutive records
-    /// read with one read.
-    fn read_pack(&self, pack: i64, offset: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        let file = self
-            .pack(pack)
-            .map_err(|source| BlockError::Io { pack, source })?;
         read_full(&file, buf, offset).map_err(|source| BlockError::Io { pack, source })
     }
 
@@ -451,7 +454,7 @@ impl Safe {
             if buf.len() < len {
                 buf.resize(len, 0);
             }
-            self.read_pack(pack, offset, &mut buf[..len])?;
+            self.read_pack(pack, offset, &mut buf[..len], false)?;
             return Ok(0);
         };
         let a = DIRECT_ALIGN as u64;
