@@ -1,14 +1,19 @@
 #!/bin/bash
-# Cold sequential reads of the mount benchmark's 6 GiB image, disksafe against the
-# qcow2 chain, in alternated pairs: a quicker check of that one ratio than a whole
-# `bench.py mount`. Needs root and what `bench.py mount` left in $W (run it once).
-# Usage: sudo bash bench/seq-vs-qcow2.sh [PAIRS]   (default 3)
+# Cold sequential reads of the mount benchmark's 6 GiB image through disksafe, through
+# the qcow2 chain and through memfuse (the same size served from memory: the FUSE
+# ceiling), in rounds whose order rotates: a quicker check of those ratios than a
+# whole `bench.py mount`, and it shows how far the ceiling itself moves on this
+# machine. Needs root and what `bench.py mount` left in $W (run it once).
+# Usage: sudo bash bench/seq-vs-qcow2.sh [ROUNDS]   (default 3)
 set -u
 W=${W:-/var/tmp/disksafe-bench}
 D=${D:-$(dirname "$0")/../target/release/disksafe}
-mkdir -p "$W/mnt"
+M=${M:-$(dirname "$0")/../target/release/examples/memfuse}
+mkdir -p "$W/mnt" "$W/memmnt"
+size_mib=$(( $(stat -c %s "$W/usr.img") >> 20 ))
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-mbs() { dd if="$1" of=/dev/null bs=1M 2>&1 | tail -1 | awk '{print $(NF-1)}'; }
+# MB/s from dd's byte count and seconds (its own rate's unit varies: MB/s or GB/s).
+mbs() { dd if="$1" of=/dev/null bs=1M 2>&1 | tail -1 | awk '{printf "%.0f", $1 / $(NF-3) / 1e6}'; }
 ds() {
     cold
     "$D" mount "$W/safe-mount" "$W/mnt" --cache 512M > /dev/null 2>&1 || exit 1
@@ -26,6 +31,17 @@ qc() {
     echo "qcow2    $(mbs "$W/qcow-export") MB/s"
     kill $p; wait $p 2> /dev/null
 }
+mem() {
+    cold
+    "$M" "$W/memmnt" "$size_mib" & local p=$!
+    for _ in $(seq 200); do [ -e "$W/memmnt/file" ] && break; sleep 0.05; done
+    echo "memfuse  $(mbs "$W/memmnt/file") MB/s"
+    kill $p; wait $p 2> /dev/null; umount "$W/memmnt" 2> /dev/null; sleep 0.5
+}
 for i in $(seq "${1:-3}"); do
-    if [ $((i % 2)) = 1 ]; then ds; qc; else qc; ds; fi
+    case $((i % 3)) in
+        1) ds; qc; mem ;;
+        2) qc; mem; ds ;;
+        0) mem; ds; qc ;;
+    esac
 done

@@ -18,6 +18,7 @@
 //! points appear) is short-lived.
 
 pub mod mount;
+mod readahead;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -45,10 +46,6 @@ const TREE_MASK: u64 = (1 << TREE_SHIFT) - 1;
 const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The root, `latest` and `by-time` change when a point completes.
 const SHORT_TTL: Duration = Duration::from_secs(1);
-/// Readahead window bounds for sequential readers.
-const RA_MIN: u64 = 2 << 20;
-const RA_MAX: u64 = 32 << 20;
-const RA_SLACK: u64 = 8 << 20;
 
 /// What an inode stands for; equal kinds share one inode number for the whole mount.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -106,22 +103,6 @@ struct Image {
     len: u64,
 }
 
-/// One sequential reader of an image, for readahead.
-#[derive(Default, Clone, Copy)]
-struct Seq {
-    next: u64,
-    window: u64,
-    fetched_to: u64,
-    /// When this stream was last advanced (a counter), to replace the stalest one.
-    used: u64,
-    /// Reads that continued it.
-    hits: u32,
-}
-
-/// Sequential streams followed per image: readers of one image at different offsets
-/// (a copy and a checksum, say) each keep their own window.
-const STREAMS: usize = 8;
-
 /// Options of the mounted tree.
 #[derive(Debug, Clone)]
 pub struct FsOptions {
@@ -159,8 +140,7 @@ pub struct SafeFs {
     trees: RwLock<Vec<TreeSlot>>,
     tree_ids: Mutex<HashMap<VolumeKey, Option<u64>>>,
     /// Readahead streams per image inode (files are opened without a handle).
-    seq: Mutex<HashMap<u64, Vec<Seq>>>,
-    ticks: AtomicU64,
+    streams: readahead::Streams,
 }
 
 fn time(secs: i64) -> SystemTime {
@@ -189,8 +169,7 @@ impl SafeFs {
             images: Mutex::new(HashMap::new()),
             trees: RwLock::new(Vec::new()),
             tree_ids: Mutex::new(HashMap::new()),
-            seq: Mutex::new(HashMap::new()),
-            ticks: AtomicU64::new(0),
+            streams: readahead::Streams::default(),
         })
     }
 
@@ -651,52 +630,12 @@ impl SafeFs {
     }
 
     /// Starts background decompression ahead of a sequential reader, so it overlaps
-    /// the reader instead of stalling it. Reads within a few MiB of a stream's last end
-    /// continue it, since the kernel's parallel readahead reorders them slightly; other
-    /// reads start a new stream in place of the stalest one.
+    /// the reader instead of stalling it.
     fn readahead(&self, ino: u64, img: &Image, offset: u64, len: u64) {
-        let end = offset + len;
-        let tick = self.ticks.fetch_add(1, Ordering::Relaxed);
-        let mut seqs = self.seq.lock().unwrap();
-        let streams = seqs.entry(ino).or_default();
-        let hit = streams
-            .iter()
-            .position(|s| offset + RA_SLACK >= s.next && offset <= s.next + RA_SLACK);
-        let Some(i) = hit else {
-            let fresh = Seq {
-                next: end,
-                window: 0,
-                fetched_to: end,
-                used: tick,
-                hits: 0,
-            };
-            if streams.len() < STREAMS {
-                streams.push(fresh);
-            } else if let Some(stale) = streams.iter_mut().min_by_key(|s| s.used) {
-                *stale = fresh;
-            }
-            return;
-        };
-        let s = &mut streams[i];
-        s.used = tick;
-        s.next = s.next.max(end);
-        s.hits += 1;
-        if s.hits < 2 {
-            return; // one read near another may be chance (random readers): wait for a third
+        if let Some(r) = self.streams.advance(ino, offset, len, img.len) {
+            let img = img.clone();
+            rayon::spawn(move || img.dev.prefetch(&[(img.start + r.start, r.end - r.start)]));
         }
-        s.window = (s.window * 2).clamp(RA_MIN, RA_MAX);
-        if s.fetched_to > end + s.window / 2 {
-            return; // enough is already on its way
-        }
-        let from = s.fetched_to.max(end);
-        let to = (end + s.window).min(img.len);
-        if to <= from {
-            return;
-        }
-        s.fetched_to = to;
-        drop(seqs);
-        let img = img.clone();
-        rayon::spawn(move || img.dev.prefetch(&[(img.start + from, to - from)]));
     }
 }
 
