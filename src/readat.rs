@@ -46,6 +46,25 @@ pub trait ReadAt: Send + Sync {
     }
 }
 
+/// A byte buffer as a [`ReadAt`], for tests and fuzzing of every layer above a device.
+pub struct MemReader(pub Vec<u8>);
+
+impl ReadAt for MemReader {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let len = self.0.len() as u64;
+        if offset >= len {
+            return Ok(0);
+        }
+        let n = buf.len().min((len - offset) as usize);
+        buf[..n].copy_from_slice(&self.0[offset as usize..offset as usize + n]);
+        Ok(n)
+    }
+
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+}
+
 /// A plain file as a [`ReadAt`], so tests and images run through the same code as safes.
 pub struct FileReader {
     file: File,

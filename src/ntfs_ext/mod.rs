@@ -57,24 +57,8 @@ pub(crate) fn corrupt(msg: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
 }
 
-/// A byte buffer as a volume, for fuzzing and tests of the parsers.
-pub struct MemVolume(pub Vec<u8>);
-
-impl ReadAt for MemVolume {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        let len = self.0.len() as u64;
-        if offset >= len {
-            return Ok(0);
-        }
-        let n = buf.len().min((len - offset) as usize);
-        buf[..n].copy_from_slice(&self.0[offset as usize..offset as usize + n]);
-        Ok(n)
-    }
-
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
-}
+/// A byte buffer as a volume, for fuzzing and tests of the parsers (the name they know).
+pub use crate::readat::MemReader as MemVolume;
 
 /// A [`MemVolume`] that says it prefetches, so parsers run their warm-ups on it.
 struct Warmed(MemVolume);

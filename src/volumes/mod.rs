@@ -351,21 +351,7 @@ fn read_logical(
 mod tests {
     use super::*;
 
-    struct Mem(Vec<u8>);
-    impl ReadAt for Mem {
-        fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<usize> {
-            let off = off as usize;
-            if off >= self.0.len() {
-                return Ok(0);
-            }
-            let n = buf.len().min(self.0.len() - off);
-            buf[..n].copy_from_slice(&self.0[off..off + n]);
-            Ok(n)
-        }
-        fn size(&self) -> u64 {
-            self.0.len() as u64
-        }
-    }
+    use crate::readat::MemReader as Mem;
 
     /// Writes entry `slot` (0-3) of the MBR or EBR at byte `at`.
     fn entry_in(d: &mut [u8], at: usize, slot: usize, kind: u8, first: u32, count: u32) {
