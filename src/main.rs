@@ -72,7 +72,7 @@ enum Cmd {
         /// Stay attached; unmount cleanly on SIGINT or SIGTERM.
         #[arg(long)]
         foreground: bool,
-        /// Size of the decompressed-block cache, e.g. 512M (default 256M).
+        /// Size of the server's caches, e.g. 512M (default 256M, at least 16M).
         #[arg(long, value_parser = parse_size)]
         cache: Option<u64>,
         /// Let other users enter; the kernel checks permissions.

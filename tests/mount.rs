@@ -455,6 +455,15 @@ fn mount_errors_and_single_point_mode() {
         fails(&["mount", s(&safe), s(&mp), "--point", "7"]),
         "no recovery point 7",
     );
+    one_line(
+        fails(&["mount", s(&safe), s(&mp), "--cache", "1M"]),
+        "--cache must be at least 16M",
+    );
+    one_line(fails(&["umount", s(&mp)]), "is not a mount point");
+    one_line(
+        fails(&["umount", s(&t.path().join("nope"))]),
+        "does not exist",
+    );
     let m = Mounted::new(&safe, t.path(), &["--point", "1"]);
     one_line(
         fails(&["mount", s(&safe), s(&m.dir)]),

@@ -17,6 +17,10 @@ use crate::safe_reader::Safe;
 /// Default size of the decompressed-block cache.
 pub const DEFAULT_CACHE: u64 = 256 << 20;
 
+/// Smallest `--cache` accepted: the block maps, file-tree metadata and blocks each
+/// need a few MiB to work at all, and a smaller request could not be honoured.
+pub const MIN_CACHE: u64 = 16 << 20;
+
 /// What `disksafe mount` was asked.
 #[derive(Debug, Clone)]
 pub struct MountArgs {
@@ -81,6 +85,13 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
 }
 
 fn mount_inner(args: &MountArgs) -> anyhow::Result<()> {
+    if args.cache < MIN_CACHE {
+        bail!(
+            "--cache must be at least {}M (got {} bytes)",
+            MIN_CACHE >> 20,
+            args.cache
+        );
+    }
     let safe = Arc::new(Safe::open(&args.safe)?);
     let only_point = match &args.point {
         Some(p) => Some(safe.point(p)?.id),
@@ -334,6 +345,21 @@ pub fn umount(mp: &Path) -> anyhow::Result<()> {
 }
 
 fn umount_with(mp: &Path, lazy: bool) -> anyhow::Result<()> {
+    match std::fs::metadata(mp) {
+        // A dead FUSE mount (its server gone) is still a mount: unmount it.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("{} does not exist", mp.display())
+        }
+        Err(e) => bail!("{}: {e}", mp.display()),
+        Ok(md) => {
+            let parent =
+                std::fs::metadata(mp.join("..")).with_context(|| format!("{}", mp.display()))?;
+            if parent.dev() == md.dev() && parent.ino() != md.ino() {
+                bail!("{} is not a mount point", mp.display());
+            }
+        }
+    }
     let mut cmd = Command::new("fusermount3");
     cmd.arg(if lazy { "-uz" } else { "-u" }).arg(mp);
     let out = cmd.output();
