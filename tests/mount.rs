@@ -708,6 +708,53 @@ fn allow_other_lets_others_in_but_keeps_images_private() {
 }
 
 #[test]
+fn root_unmounts_another_users_mount_it_may_not_enter() {
+    need_fuse!("root_unmounts_another_users_mount_it_may_not_enter");
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a.img");
+    std::fs::write(&a, vec![3u8; 100_000]).unwrap();
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), s(&a)]);
+    let mp = t.path().join("mp");
+    std::fs::create_dir(&mp).unwrap();
+    // The safe and the mount point belong to nobody, who mounts without --allow-other.
+    let nobody = 65534;
+    let mut stack = vec![t.path().to_path_buf()];
+    while let Some(p) = stack.pop() {
+        std::os::unix::fs::chown(&p, Some(nobody), Some(nobody)).unwrap();
+        if p.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    let mounted = is_root()
+        && Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(bin())
+            .args(["mount", s(&safe), s(&mp)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|st| st.success());
+    if !mounted {
+        eprintln!(
+            "SKIP root_unmounts_another_users_mount_it_may_not_enter: needs root, runuser \
+             and a /dev/fuse that other users may open"
+        );
+        return;
+    }
+    let listed = || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(s(&mp)))
+    };
+    assert!(listed(), "nobody's mount is up");
+    assert!(std::fs::metadata(&mp).is_err(), "root may not enter it");
+    ok(&["umount", s(&mp)]);
+    assert!(!listed(), "root unmounted it");
+}
+
+#[test]
 fn mount_right_after_umount_at_the_same_place_stays_up() {
     need_fuse!("mount_right_after_umount_at_the_same_place_stays_up");
     let t = tempfile::tempdir().unwrap();
