@@ -91,7 +91,7 @@ impl Streams {
         let s = &mut streams[i];
         s.used = tick;
         s.next = s.next.max(end);
-        s.hits += 1;
+        s.hits = s.hits.saturating_add(1);
         if s.hits < 2 {
             return None;
         }
