@@ -242,6 +242,11 @@ impl<K: Hash + Eq + Clone + Send + 'static, V: Weigh + Clone + Send + 'static> W
         }
     }
 
+    /// The bytes it holds at most on its own (a budget may let it grow further).
+    pub fn capacity(&self) -> usize {
+        self.inner.per_shard * SHARDS
+    }
+
     /// Bytes currently held, for tests and stats.
     pub fn bytes(&self) -> usize {
         self.inner
@@ -325,6 +330,12 @@ impl CachedSafe {
     /// browsing many points and partitions stays within `--cache`.
     pub fn tree_budget(&self) -> &Arc<Budget> {
         &self.trees
+    }
+
+    /// Bytes of decompressed blocks the cache holds, so readahead fetches no further
+    /// ahead than stays cached until the reader gets there.
+    pub fn block_capacity(&self) -> usize {
+        self.blocks.capacity()
     }
 
     /// The underlying safe.

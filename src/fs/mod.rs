@@ -157,6 +157,7 @@ impl SafeFs {
         let points = cache.safe().points()?;
         let mut nodes = Nodes::default();
         nodes.get_or_add(Kind::Root, 1);
+        let streams = readahead::Streams::new(cache.block_capacity() as u64);
         Ok(SafeFs {
             cache,
             opts,
@@ -169,7 +170,7 @@ impl SafeFs {
             images: Mutex::new(HashMap::new()),
             trees: RwLock::new(Vec::new()),
             tree_ids: Mutex::new(HashMap::new()),
-            streams: readahead::Streams::default(),
+            streams,
         })
     }
 

@@ -9,9 +9,12 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Mutex;
 
-/// Readahead window bounds for sequential readers.
+/// Readahead window bounds for sequential readers; the largest window is also held to
+/// a quarter of the block cache (see [`Streams::new`]).
 const RA_MIN: u64 = 2 << 20;
 const RA_MAX: u64 = 32 << 20;
+/// The smallest largest window, whatever the cache: a few blocks.
+const RA_FLOOR: u64 = 256 << 10;
 /// Reads within this distance of a stream's end continue it: the kernel's parallel
 /// readahead reorders them slightly.
 const RA_SLACK: u64 = 8 << 20;
@@ -43,12 +46,25 @@ struct Table {
 }
 
 /// Sequential streams of every image being read, shared by the FUSE workers.
-#[derive(Default)]
 pub struct Streams {
     table: Mutex<Table>,
+    /// Largest window of one stream.
+    max_window: u64,
 }
 
 impl Streams {
+    /// Streams whose windows fit a block cache of `cache_bytes`: blocks decompressed
+    /// ahead must still be cached when the reader gets to them, or they are evicted
+    /// and decompressed again (with a 32 MiB block cache and 32 MiB windows a cold
+    /// read took twice the CPU). A quarter leaves room for a few streams at once and
+    /// for the blocks everything else uses.
+    pub fn new(cache_bytes: u64) -> Self {
+        Streams {
+            table: Mutex::new(Table::default()),
+            max_window: (cache_bytes / 4).clamp(RA_FLOOR, RA_MAX),
+        }
+    }
+
     /// Records a read of `len` bytes at `offset` of image `ino` (`image_len` bytes
     /// long) and returns the range, relative to the image, to decompress ahead now,
     /// if any. A stream starts fetching at its third read, so that two random reads
@@ -95,7 +111,7 @@ impl Streams {
         if s.hits < 2 {
             return None;
         }
-        s.window = (s.window * 2).clamp(RA_MIN, RA_MAX);
+        s.window = (s.window * 2).clamp(RA_MIN.min(self.max_window), self.max_window);
         if s.fetched_to > end.saturating_add(s.window / 2) {
             return None; // enough is already on its way
         }
@@ -131,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_sequential_reader_is_fetched_ahead_without_gaps_or_overlaps() {
-        let s = Streams::default();
+        let s = Streams::new(1 << 30);
         let got = read_on(&s, 1, 0, 256);
         assert!(!got.is_empty());
         // From the third read on, what is fetched joins up and stays ahead.
@@ -144,8 +160,30 @@ mod tests {
     }
 
     #[test]
+    fn a_small_cache_keeps_the_reader_and_its_fetches_close() {
+        // A 32 MiB block cache: at most 8 MiB may be fetched ahead of the reader, or
+        // blocks would be evicted before it gets to them.
+        let s = Streams::new(32 << 20);
+        let mut ahead_max = 0;
+        let mut fetched_to = 0;
+        for i in 0..512 {
+            let end = (i + 1) * MIB;
+            if let Some(r) = s.advance(5, i * MIB, MIB, LEN) {
+                fetched_to = r.end;
+            }
+            ahead_max = ahead_max.max(fetched_to.saturating_sub(end));
+        }
+        assert!(fetched_to >= 512 * MIB, "still fetched ahead");
+        assert!(ahead_max <= 8 * MIB, "{ahead_max} bytes ahead");
+        // A tiny cache still gets a few blocks ahead.
+        let s = Streams::new(1 << 20);
+        let got = read_on(&s, 6, 0, 64);
+        assert!(!got.is_empty() && got.iter().all(|r| r.end - r.start <= RA_FLOOR));
+    }
+
+    #[test]
     fn random_reads_fetch_nothing() {
-        let s = Streams::default();
+        let s = Streams::new(1 << 30);
         // A 4 KiB random reader over a large image: a read may land near an earlier
         // one by chance, but never twice in a row, so no window is ever fetched.
         let mut x: u64 = 12345;
@@ -163,7 +201,7 @@ mod tests {
 
     #[test]
     fn two_interleaved_readers_each_keep_their_window() {
-        let s = Streams::default();
+        let s = Streams::new(1 << 30);
         let (a, b) = (0, 100 << 30);
         let mut got_a = Vec::new();
         let mut got_b = Vec::new();
@@ -177,7 +215,7 @@ mod tests {
 
     #[test]
     fn nothing_is_fetched_past_the_end_of_the_image() {
-        let s = Streams::default();
+        let s = Streams::new(1 << 30);
         let len = 10 * MIB + 123;
         let got: Vec<_> = (0..11)
             .filter_map(|i| s.advance(9, i * MIB, MIB.min(len - i * MIB), len))
@@ -188,7 +226,7 @@ mod tests {
 
     #[test]
     fn the_table_stays_bounded_over_many_images() {
-        let s = Streams::default();
+        let s = Streams::new(1 << 30);
         for ino in 0..10_000 {
             read_on(&s, ino, 0, 3);
         }
