@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Mutex;
 
-/// Readahead window bounds for sequential readers; the largest window is also held to
-/// a quarter of the block cache (see [`Streams::new`]).
+/// Readahead window bounds for sequential readers; the windows of all active streams
+/// also share a quarter of the block cache (see [`Streams::new`]).
 const RA_MIN: u64 = 2 << 20;
 const RA_MAX: u64 = 32 << 20;
-/// The smallest largest window, whatever the cache: a few blocks.
+/// The largest window never drops below this, whatever the cache: a few blocks.
 const RA_FLOOR: u64 = 256 << 10;
 /// Reads within this distance of a stream's end continue it: the kernel's parallel
 /// readahead reorders them slightly.
@@ -48,20 +48,24 @@ struct Table {
 /// Sequential streams of every image being read, shared by the FUSE workers.
 pub struct Streams {
     table: Mutex<Table>,
-    /// Largest window of one stream.
-    max_window: u64,
+    /// Bytes all streams together may have fetched ahead of their readers.
+    ahead_total: u64,
 }
+
+/// A stream advanced within this many reads (of any image) counts as active when the
+/// streams share [`Streams::new`]'s allowance.
+const ACTIVE_READS: u64 = 256;
 
 impl Streams {
     /// Streams whose windows fit a block cache of `cache_bytes`: blocks decompressed
     /// ahead must still be cached when the reader gets to them, or they are evicted
     /// and decompressed again (with a 32 MiB block cache and 32 MiB windows a cold
-    /// read took twice the CPU). A quarter leaves room for a few streams at once and
-    /// for the blocks everything else uses.
+    /// read took twice the CPU). A quarter of the cache is shared by the active
+    /// streams, which leaves room for the blocks everything else uses.
     pub fn new(cache_bytes: u64) -> Self {
         Streams {
             table: Mutex::new(Table::default()),
-            max_window: (cache_bytes / 4).clamp(RA_FLOOR, RA_MAX),
+            ahead_total: (cache_bytes / 4).max(RA_FLOOR),
         }
     }
 
@@ -69,7 +73,8 @@ impl Streams {
     /// long) and returns the range, relative to the image, to decompress ahead now,
     /// if any. A stream starts fetching at its third read, so that two random reads
     /// that happen to land near each other start nothing; its window then doubles
-    /// from 2 MiB to 32 MiB and is topped up once half of it has been read.
+    /// from 2 MiB up to 32 MiB or its share of the allowance, and is topped up once
+    /// half of it has been read.
     pub fn advance(&self, ino: u64, offset: u64, len: u64, image_len: u64) -> Option<Range<u64>> {
         let end = offset.saturating_add(len);
         let mut t = self.table.lock().unwrap();
@@ -111,7 +116,17 @@ impl Streams {
         if s.hits < 2 {
             return None;
         }
-        s.window = (s.window * 2).clamp(RA_MIN.min(self.max_window), self.max_window);
+        // This stream's share: the others fetching lately keep theirs.
+        let active = t
+            .images
+            .values()
+            .flatten()
+            .filter(|s| s.hits >= 2 && tick - s.used <= ACTIVE_READS)
+            .count()
+            .max(1) as u64;
+        let cap = (self.ahead_total / active).clamp(RA_FLOOR, RA_MAX);
+        let s = &mut t.images.get_mut(&ino).expect("stream just found")[i];
+        s.window = (s.window * 2).clamp(RA_MIN.min(cap), cap);
         if s.fetched_to > end.saturating_add(s.window / 2) {
             return None; // enough is already on its way
         }
@@ -179,6 +194,37 @@ mod tests {
         let s = Streams::new(1 << 20);
         let got = read_on(&s, 6, 0, 64);
         assert!(!got.is_empty() && got.iter().all(|r| r.end - r.start <= RA_FLOOR));
+    }
+
+    #[test]
+    fn concurrent_readers_share_the_allowance() {
+        // Four readers of four images, in turn, over a 128 MiB block cache: once all
+        // four run, each keeps at most 8 MiB fetched ahead (32 MiB together).
+        let s = Streams::new(128 << 20);
+        let mut fetched_to = [0u64; 4];
+        for round in 0..512 {
+            for (k, f) in fetched_to.iter_mut().enumerate() {
+                let end = (round + 1) * MIB;
+                if let Some(r) = s.advance(k as u64, round * MIB, MIB, LEN) {
+                    *f = r.end;
+                }
+                if round >= 64 {
+                    assert!(*f >= end, "reader {k} still fetched ahead at {round}");
+                    assert!(*f - end <= 8 * MIB, "reader {k}: {} bytes ahead", *f - end);
+                }
+            }
+        }
+        // Alone again, a reader gets back to the full window.
+        let mut f = 0;
+        for round in 512..1024 {
+            if let Some(r) = s.advance(0, round * MIB, MIB, LEN) {
+                f = r.end;
+            }
+        }
+        assert!(
+            f - 1024 * MIB > 8 * MIB,
+            "a lone reader's window grows back"
+        );
     }
 
     #[test]
