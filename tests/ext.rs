@@ -701,3 +701,80 @@ fn crash_consistent_point_is_replayed_like_e2fsck() {
     drop(raw);
     assert!(ok(&["verify", s(&safe)]).starts_with("ok:"));
 }
+
+/// A device that records the ranges it is asked to prefetch.
+struct Recorder {
+    file: disksafe::readat::FileReader,
+    asked: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+impl disksafe::readat::ReadAt for Recorder {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file.read_at(offset, buf)
+    }
+    fn size(&self) -> u64 {
+        self.file.size()
+    }
+    fn prefetch(&self, ranges: &[(u64, u64)]) {
+        self.asked.lock().unwrap().extend_from_slice(ranges);
+    }
+}
+
+#[test]
+fn prefetch_of_a_file_range_asks_for_the_blocks_debugfs_lists() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut rng = StdRng::seed_from_u64(77);
+    // Small files around the big one so that it does not start at the first data block.
+    for i in 0..50 {
+        let mut b = vec![0u8; rng.gen_range(1..20_000)];
+        rng.fill(&mut b[..]);
+        std::fs::write(src.join(format!("f{i}")), b).unwrap();
+    }
+    let mut big = vec![0u8; 12 << 20];
+    rng.fill(&mut big[..]);
+    std::fs::write(src.join("big"), &big).unwrap();
+    let img = t.path().join("ext4.img");
+    mkfs("mkfs.ext4", &["-b", "1024"], &src, &img, 64 << 20);
+    // The oracle: the file's physical blocks in logical order, as e2fsprogs sees them.
+    let out = Command::new("debugfs")
+        .args(["-R", "blocks /big", s(&img)])
+        .output()
+        .expect("debugfs (package e2fsprogs) is needed");
+    let blocks: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    assert_eq!(blocks.len(), 12 << 10, "1 KiB blocks of a 12 MiB file");
+
+    let dev = std::sync::Arc::new(Recorder {
+        file: disksafe::readat::FileReader::open(&img).unwrap(),
+        asked: Default::default(),
+    });
+    let tree = disksafe::ntfs_ext::open_tree(dev.clone(), &Default::default())
+        .unwrap()
+        .unwrap();
+    let ino = tree.lookup(tree.root(), b"big").unwrap().unwrap();
+    dev.asked.lock().unwrap().clear();
+    // 5 MiB from 3 MiB + 100 bytes: logical blocks 3072 to 8192 (the last one partly).
+    tree.prefetch(ino, (3 << 20) + 100, 5 << 20);
+    let asked = dev.asked.lock().unwrap().clone();
+    let covered = |b: u64| {
+        asked
+            .iter()
+            .any(|&(o, l)| o <= b * 1024 && b * 1024 + 1024 <= o + l)
+    };
+    for (l, &p) in blocks.iter().enumerate().take(8193).skip(3072) {
+        assert!(
+            covered(p),
+            "logical block {l} (physical {p}) not asked for: {asked:?}"
+        );
+    }
+    // Nothing far outside: at most the 64 KiB merging slack per range beyond the 5 MiB.
+    let total: u64 = asked.iter().map(|r| r.1).sum();
+    assert!(
+        total <= (5 << 20) + 1024 + asked.len() as u64 * (64 << 10),
+        "{total} bytes asked for"
+    );
+}

@@ -44,6 +44,8 @@ const TREE_MASK: u64 = (1 << TREE_SHIFT) - 1;
 
 /// Entries and attributes of recovery points never change.
 const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Files of file trees up to this size get no readahead of their own.
+const TREE_RA_MIN_FILE: u64 = 4 << 20;
 /// The root, `latest` and `by-time` change when a point completes.
 const SHORT_TTL: Duration = Duration::from_secs(1);
 
@@ -630,6 +632,19 @@ impl SafeFs {
         self.points.read().unwrap().last().map(|p| p.id.to_string())
     }
 
+    /// The same for a file of a file tree (copying a database file out of `files/`):
+    /// the tree maps the range ahead to the device.
+    fn tree_readahead(&self, ino: u64, tree: &Arc<dyn FsTree>, fino: u64, offset: u64, len: u64) {
+        let Ok(st) = tree.stat(fino) else { return };
+        if st.size <= TREE_RA_MIN_FILE {
+            return; // read whole in a request or two: nothing to gain, no stream to keep
+        }
+        if let Some(r) = self.streams.advance(ino, offset, len, st.size) {
+            let tree = tree.clone();
+            rayon::spawn(move || tree.prefetch(fino, r.start, r.end - r.start));
+        }
+    }
+
     /// Starts background decompression ahead of a sequential reader, so it overlaps
     /// the reader instead of stalling it.
     fn readahead(&self, ino: u64, img: &Image, offset: u64, len: u64) {
@@ -814,6 +829,7 @@ impl fuser::Filesystem for SafeFs {
         reply: ReplyData,
     ) {
         if let Some((tree, fino, _)) = self.tree_of(ino.0) {
+            self.tree_readahead(ino.0, &tree, fino, offset, size as u64);
             return with_read_buf(size as usize, |buf| match tree.read(fino, offset, buf) {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(self.tree_errno(ino.0, "read", e)),

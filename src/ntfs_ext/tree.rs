@@ -121,6 +121,10 @@ pub trait FsTree: Send + Sync {
     fn lookup(&self, dir: u64, name: &[u8]) -> io::Result<Option<u64>>;
     /// Reads file data; returns fewer bytes only at the end of the file.
     fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Hints that `len` bytes of a file at `offset` will be read soon, so the device
+    /// below can decompress them ahead of a sequential reader; errors are left for the
+    /// read to meet. The default does nothing (a tree that cannot map files cheaply).
+    fn prefetch(&self, _ino: u64, _offset: u64, _len: u64) {}
     /// Target of a symbolic link.
     fn read_link(&self, ino: u64) -> io::Result<Vec<u8>>;
     /// Extended attributes as (full name, value).

@@ -567,6 +567,41 @@ impl FsTree for ExtFs {
         self.read_data(&i, offset, buf)
     }
 
+    /// Maps the range through the file's extents (extent-mapped files only: block-mapped
+    /// ones would need an indirect-block lookup per block) and hands the physical
+    /// ranges to the device in one batch.
+    fn prefetch(&self, ino: u64, offset: u64, len: u64) {
+        let Ok(i) = self.inode(ino) else { return };
+        if i.kind() != Some(NodeKind::File)
+            || i.flags & inode::FL_EXTENTS == 0
+            || i.flags & inode::FL_INLINE_DATA != 0
+            || offset >= i.size
+        {
+            return;
+        }
+        let Ok(runs) = self.runs(&i) else { return };
+        let bs = self.sb.block_size as u64;
+        let first = offset / bs;
+        let last = offset.saturating_add(len).min(i.size).div_ceil(bs); // exclusive
+        let mut spans = Vec::new();
+        let start = runs.partition_point(|r| r.logical.saturating_add(r.len) <= first);
+        for r in runs[start..].iter().take_while(|r| r.logical < last) {
+            if r.unwritten {
+                continue;
+            }
+            let lo = r.logical.max(first);
+            let hi = r.logical.saturating_add(r.len).min(last);
+            let (Some(p), Some(n)) = (
+                (r.physical.saturating_add(lo - r.logical)).checked_mul(bs),
+                (hi - lo).checked_mul(bs),
+            ) else {
+                continue;
+            };
+            spans.push((p, n));
+        }
+        crate::ntfs_ext::prefetch_spans(&*self.dev, spans, 64);
+    }
+
     fn read_link(&self, ino: u64) -> io::Result<Vec<u8>> {
         let i = self.inode(ino)?;
         if i.kind() != Some(NodeKind::Symlink) {
