@@ -702,24 +702,6 @@ fn crash_consistent_point_is_replayed_like_e2fsck() {
     assert!(ok(&["verify", s(&safe)]).starts_with("ok:"));
 }
 
-/// A device that records the ranges it is asked to prefetch.
-struct Recorder {
-    file: disksafe::readat::FileReader,
-    asked: std::sync::Mutex<Vec<(u64, u64)>>,
-}
-
-impl disksafe::readat::ReadAt for Recorder {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.file.read_at(offset, buf)
-    }
-    fn size(&self) -> u64 {
-        self.file.size()
-    }
-    fn prefetch(&self, ranges: &[(u64, u64)]) {
-        self.asked.lock().unwrap().extend_from_slice(ranges);
-    }
-}
-
 #[test]
 fn prefetch_of_a_file_range_asks_for_the_blocks_debugfs_lists() {
     let t = tempfile::tempdir().unwrap();
@@ -748,10 +730,7 @@ fn prefetch_of_a_file_range_asks_for_the_blocks_debugfs_lists() {
         .collect();
     assert_eq!(blocks.len(), 12 << 10, "1 KiB blocks of a 12 MiB file");
 
-    let dev = std::sync::Arc::new(Recorder {
-        file: disksafe::readat::FileReader::open(&img).unwrap(),
-        asked: Default::default(),
-    });
+    let dev = Recorder::open(&img);
     let tree = disksafe::ntfs_ext::open_tree(dev.clone(), &Default::default())
         .unwrap()
         .unwrap();

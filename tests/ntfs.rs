@@ -1087,3 +1087,59 @@ fn ntfs_names_with_slash_nul_or_a_lone_surrogate_are_listed_and_readable() {
         }
     }
 }
+
+#[test]
+fn prefetch_of_a_file_range_asks_for_the_clusters_holding_it() {
+    if !ntfs_tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(78);
+    let mut big = vec![0u8; 12 << 20];
+    rng.fill(&mut big[..]);
+    let img = t.path().join("pf.img");
+    make_ntfs(&img, 64 << 20, 512, 4096, |m| {
+        for i in 0..50 {
+            let mut b = vec![0u8; rng.gen_range(1..20_000)];
+            rng.fill(&mut b[..]);
+            std::fs::write(m.join(format!("f{i}")), b).unwrap();
+        }
+        std::fs::write(m.join("big"), &big).unwrap();
+    });
+    let dev = Recorder::open(&img);
+    let tree = disksafe::ntfs_ext::open_tree(dev.clone(), &Default::default())
+        .unwrap()
+        .unwrap();
+    let ino = tree.lookup(tree.root(), b"big").unwrap().unwrap();
+    dev.asked.lock().unwrap().clear();
+    // 5 MiB from 3 MiB + 100 bytes: clusters 768 to 2048 (the last one partly).
+    tree.prefetch(ino, (3 << 20) + 100, 5 << 20);
+    let asked = dev.asked.lock().unwrap().clone();
+    assert!(!asked.is_empty(), "nothing asked for");
+    // The oracle is the file's own bytes: each range asked for (merged across gaps of
+    // at most 64 KiB) holds clusters of the file, found by content, and together they
+    // hold every cluster of the window.
+    let image = std::fs::read(&img).unwrap();
+    let mut found = std::collections::BTreeSet::new();
+    for &(at, len) in &asked {
+        assert_eq!(at % 4096, 0, "cluster-aligned");
+        for c in (at..at + len).step_by(4096) {
+            let got = &image[c as usize..c as usize + 4096];
+            if let Some(k) = (0..big.len() / 4096).find(|&k| &big[k * 4096..(k + 1) * 4096] == got)
+            {
+                found.insert(k);
+            }
+        }
+    }
+    for k in 768..2049 {
+        assert!(
+            found.contains(&k),
+            "cluster {k} of the file not asked for: {asked:?}"
+        );
+    }
+    let total: u64 = asked.iter().map(|r| r.1).sum();
+    assert!(
+        total <= (5 << 20) + 4096 + asked.len() as u64 * (64 << 10),
+        "{total} bytes asked for"
+    );
+}

@@ -488,3 +488,31 @@ pub fn list_xattrs(p: &Path) -> Vec<Vec<u8>> {
     names.sort();
     names
 }
+
+/// An image file as a device that records the ranges it is asked to prefetch, to check
+/// what a parser asks for against another tool's map of the file.
+pub struct Recorder {
+    file: disksafe::readat::FileReader,
+    pub asked: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+impl Recorder {
+    pub fn open(img: &Path) -> std::sync::Arc<Recorder> {
+        std::sync::Arc::new(Recorder {
+            file: disksafe::readat::FileReader::open(img).unwrap(),
+            asked: Default::default(),
+        })
+    }
+}
+
+impl disksafe::readat::ReadAt for Recorder {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file.read_at(offset, buf)
+    }
+    fn size(&self) -> u64 {
+        self.file.size()
+    }
+    fn prefetch(&self, ranges: &[(u64, u64)]) {
+        self.asked.lock().unwrap().extend_from_slice(ranges);
+    }
+}

@@ -1384,6 +1384,47 @@ impl FsTree for NtfsFs {
         self.read_data(&node.streams[i].data, (node.rec, i), offset, buf)
     }
 
+    /// Maps the range through the stream's runs (uncompressed, non-resident data only:
+    /// a compressed file's units are read and cached whole anyway) and hands the
+    /// clusters to the device in one batch.
+    fn prefetch(&self, ino: u64, offset: u64, len: u64) {
+        let Ok((node, stream)) = self.resolve(ino) else {
+            return;
+        };
+        let Some(i) = stream.or_else(|| node.stream(&[]).map(|(i, _)| i)) else {
+            return;
+        };
+        let Some(Data::Mapped(m)) = node.streams.get(i).map(|s| &s.data) else {
+            return;
+        };
+        if m.comp_unit.is_some() || node.opaque.is_some() {
+            return;
+        }
+        let cs = self.boot.cluster_size;
+        let end = offset.saturating_add(len).min(m.init);
+        if offset >= end || cs == 0 {
+            return;
+        }
+        let (first, last) = (offset / cs, end.div_ceil(cs)); // clusters, last exclusive
+        let start = m
+            .runs
+            .partition_point(|r| r.vcn.saturating_add(r.len) <= first);
+        let mut spans = Vec::new();
+        for r in m.runs[start..].iter().take_while(|r| r.vcn < last) {
+            let Some(lcn) = r.lcn else { continue };
+            let lo = r.vcn.max(first);
+            let hi = r.vcn.saturating_add(r.len).min(last);
+            if hi <= lo {
+                continue;
+            }
+            let at = lcn.checked_add(lo - r.vcn).and_then(|c| c.checked_mul(cs));
+            if let (Some(at), Some(n)) = (at, (hi - lo).checked_mul(cs)) {
+                spans.push((at, n));
+            }
+        }
+        crate::ntfs_ext::prefetch_spans(&*self.dev, spans, 64);
+    }
+
     fn read_link(&self, ino: u64) -> io::Result<Vec<u8>> {
         let (node, _) = self.resolve(ino)?;
         node.target
