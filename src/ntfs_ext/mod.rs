@@ -52,6 +52,46 @@ pub(crate) fn prefetch_spans(dev: &dyn ReadAt, mut spans: Vec<(u64, u64)>, max_r
     dev.prefetch(&merged);
 }
 
+/// The device byte ranges holding bytes `offset..end` of a file, from its runs (sorted
+/// by logical start): `run` gives each run's (logical start, length, physical start or
+/// `None` for a hole), all in units of `unit` bytes. Shared by the parsers' prefetch
+/// hints; ranges that would overflow are left out.
+pub(crate) fn run_spans<R>(
+    runs: &[R],
+    run: impl Fn(&R) -> (u64, u64, Option<u64>),
+    offset: u64,
+    end: u64,
+    unit: u64,
+) -> Vec<(u64, u64)> {
+    if offset >= end || unit == 0 {
+        return Vec::new();
+    }
+    let (first, last) = (offset / unit, end.div_ceil(unit)); // last exclusive
+    let start = runs.partition_point(|r| {
+        let (l, n, _) = run(r);
+        l.saturating_add(n) <= first
+    });
+    let mut spans = Vec::new();
+    for (logical, len, physical) in runs[start..].iter().map(&run) {
+        if logical >= last {
+            break;
+        }
+        let Some(physical) = physical else { continue };
+        let lo = logical.max(first);
+        let hi = logical.saturating_add(len).min(last);
+        if hi <= lo {
+            continue;
+        }
+        let at = physical
+            .checked_add(lo - logical)
+            .and_then(|p| p.checked_mul(unit));
+        if let (Some(at), Some(n)) = (at, (hi - lo).checked_mul(unit)) {
+            spans.push((at, n));
+        }
+    }
+    spans
+}
+
 /// An `InvalidData` error naming the damaged structure.
 pub(crate) fn corrupt(msg: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
@@ -132,4 +172,38 @@ fn walk_tree(vol: Arc<dyn ReadAt>, opts: &TreeOptions, max_read: usize) -> std::
         }
     }
     Ok(seen.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_spans;
+
+    /// (logical, length, physical) runs in 4 KiB units: a hole at 10..20.
+    const RUNS: [(u64, u64, Option<u64>); 3] =
+        [(0, 10, Some(100)), (10, 10, None), (20, 5, Some(7))];
+
+    fn spans(offset: u64, end: u64) -> Vec<(u64, u64)> {
+        run_spans(&RUNS, |&r| r, offset, end, 4096)
+    }
+
+    #[test]
+    fn a_range_maps_to_its_runs_without_holes() {
+        // Bytes 8 KiB + 1 to 22 units: units 2..22, i.e. 2..10 of run one, the hole
+        // skipped, 20..22 of run three.
+        assert_eq!(
+            spans(8193, 22 * 4096),
+            vec![(102 * 4096, 8 * 4096), (7 * 4096, 2 * 4096)]
+        );
+        assert_eq!(spans(11 * 4096, 19 * 4096), vec![], "inside the hole");
+        assert_eq!(spans(30 * 4096, 40 * 4096), vec![], "past the runs");
+        assert_eq!(spans(5, 5), vec![], "empty");
+    }
+
+    #[test]
+    fn runs_that_would_overflow_are_left_out() {
+        let runs = [(0u64, 4u64, Some(u64::MAX - 1)), (4, u64::MAX, Some(1))];
+        let got = run_spans(&runs, |&r| r, 0, u64::MAX, 4096);
+        // The first run lies past any byte offset; the second is clipped at the end.
+        assert_eq!(got, vec![(4096, (u64::MAX.div_ceil(4096) - 4) * 4096)]);
+    }
 }

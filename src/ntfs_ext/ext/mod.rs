@@ -580,25 +580,14 @@ impl FsTree for ExtFs {
             return;
         }
         let Ok(runs) = self.runs(&i) else { return };
-        let bs = self.sb.block_size as u64;
-        let first = offset / bs;
-        let last = offset.saturating_add(len).min(i.size).div_ceil(bs); // exclusive
-        let mut spans = Vec::new();
-        let start = runs.partition_point(|r| r.logical.saturating_add(r.len) <= first);
-        for r in runs[start..].iter().take_while(|r| r.logical < last) {
-            if r.unwritten {
-                continue;
-            }
-            let lo = r.logical.max(first);
-            let hi = r.logical.saturating_add(r.len).min(last);
-            let (Some(p), Some(n)) = (
-                (r.physical.saturating_add(lo - r.logical)).checked_mul(bs),
-                (hi - lo).checked_mul(bs),
-            ) else {
-                continue;
-            };
-            spans.push((p, n));
-        }
+        let end = offset.saturating_add(len).min(i.size);
+        let spans = crate::ntfs_ext::run_spans(
+            &runs,
+            |r| (r.logical, r.len, (!r.unwritten).then_some(r.physical)),
+            offset,
+            end,
+            self.sb.block_size as u64,
+        );
         crate::ntfs_ext::prefetch_spans(&*self.dev, spans, 64);
     }
 

@@ -1400,28 +1400,14 @@ impl FsTree for NtfsFs {
         if m.comp_unit.is_some() || node.opaque.is_some() {
             return;
         }
-        let cs = self.boot.cluster_size;
         let end = offset.saturating_add(len).min(m.init);
-        if offset >= end || cs == 0 {
-            return;
-        }
-        let (first, last) = (offset / cs, end.div_ceil(cs)); // clusters, last exclusive
-        let start = m
-            .runs
-            .partition_point(|r| r.vcn.saturating_add(r.len) <= first);
-        let mut spans = Vec::new();
-        for r in m.runs[start..].iter().take_while(|r| r.vcn < last) {
-            let Some(lcn) = r.lcn else { continue };
-            let lo = r.vcn.max(first);
-            let hi = r.vcn.saturating_add(r.len).min(last);
-            if hi <= lo {
-                continue;
-            }
-            let at = lcn.checked_add(lo - r.vcn).and_then(|c| c.checked_mul(cs));
-            if let (Some(at), Some(n)) = (at, (hi - lo).checked_mul(cs)) {
-                spans.push((at, n));
-            }
-        }
+        let spans = crate::ntfs_ext::run_spans(
+            &m.runs,
+            |r| (r.vcn, r.len, r.lcn),
+            offset,
+            end,
+            self.boot.cluster_size,
+        );
         crate::ntfs_ext::prefetch_spans(&*self.dev, spans, 64);
     }
 
