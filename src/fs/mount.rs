@@ -46,6 +46,13 @@ pub struct MountArgs {
     pub daemon_child: bool,
 }
 
+/// True when `mp` (whose metadata is `md`) is the root of a filesystem of its own: on
+/// another device than its parent, or its own parent (`/`).
+fn is_mount_root(mp: &Path, md: &std::fs::Metadata) -> std::io::Result<bool> {
+    let parent = std::fs::metadata(mp.join(".."))?;
+    Ok(parent.dev() != md.dev() || parent.ino() == md.ino())
+}
+
 /// Fails unless `mp` is an existing directory that is not already a mount point.
 fn check_mountpoint(mp: &Path) -> anyhow::Result<()> {
     let md = match std::fs::metadata(mp) {
@@ -63,9 +70,7 @@ fn check_mountpoint(mp: &Path) -> anyhow::Result<()> {
     if !md.is_dir() {
         bail!("mount point {} is not a directory", mp.display());
     }
-    let parent = std::fs::metadata(mp.join(".."))
-        .with_context(|| format!("mount point {}", mp.display()))?;
-    if parent.dev() != md.dev() || parent.ino() == md.ino() {
+    if is_mount_root(mp, &md).with_context(|| format!("mount point {}", mp.display()))? {
         bail!("{} is already a mount point", mp.display());
     }
     Ok(())
@@ -353,10 +358,8 @@ fn umount_with(mp: &Path, lazy: bool) -> anyhow::Result<()> {
         // enter (EACCES): still mounts, which the unmount below handles or refuses.
         Err(_) => {}
         Ok(md) => {
-            if let Ok(parent) = std::fs::metadata(mp.join("..")) {
-                if parent.dev() == md.dev() && parent.ino() != md.ino() {
-                    bail!("{} is not a mount point", mp.display());
-                }
+            if let Ok(false) = is_mount_root(mp, &md) {
+                bail!("{} is not a mount point", mp.display());
             }
         }
     }
