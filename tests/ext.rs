@@ -730,15 +730,8 @@ fn prefetch_of_a_file_range_asks_for_the_blocks_debugfs_lists() {
         .collect();
     assert_eq!(blocks.len(), 12 << 10, "1 KiB blocks of a 12 MiB file");
 
-    let dev = Recorder::open(&img);
-    let tree = disksafe::ntfs_ext::open_tree(dev.clone(), &Default::default())
-        .unwrap()
-        .unwrap();
-    let ino = tree.lookup(tree.root(), b"big").unwrap().unwrap();
-    dev.asked.lock().unwrap().clear();
     // 5 MiB from 3 MiB + 100 bytes: logical blocks 3072 to 8192 (the last one partly).
-    tree.prefetch(ino, (3 << 20) + 100, 5 << 20);
-    let asked = dev.asked.lock().unwrap().clone();
+    let asked = prefetch_asks(&img, b"big", (3 << 20) + 100, 5 << 20);
     let covered = |b: u64| {
         asked
             .iter()

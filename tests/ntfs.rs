@@ -1106,15 +1106,8 @@ fn prefetch_of_a_file_range_asks_for_the_clusters_holding_it() {
         }
         std::fs::write(m.join("big"), &big).unwrap();
     });
-    let dev = Recorder::open(&img);
-    let tree = disksafe::ntfs_ext::open_tree(dev.clone(), &Default::default())
-        .unwrap()
-        .unwrap();
-    let ino = tree.lookup(tree.root(), b"big").unwrap().unwrap();
-    dev.asked.lock().unwrap().clear();
     // 5 MiB from 3 MiB + 100 bytes: clusters 768 to 2048 (the last one partly).
-    tree.prefetch(ino, (3 << 20) + 100, 5 << 20);
-    let asked = dev.asked.lock().unwrap().clone();
+    let asked = prefetch_asks(&img, b"big", (3 << 20) + 100, 5 << 20);
     assert!(!asked.is_empty(), "nothing asked for");
     // The oracle is the file's own bytes: each range asked for (merged across gaps of
     // at most 64 KiB) holds clusters of the file, found by content, and together they

@@ -491,18 +491,33 @@ pub fn list_xattrs(p: &Path) -> Vec<Vec<u8>> {
 
 /// An image file as a device that records the ranges it is asked to prefetch, to check
 /// what a parser asks for against another tool's map of the file.
-pub struct Recorder {
+struct Recorder {
     file: disksafe::readat::FileReader,
-    pub asked: std::sync::Mutex<Vec<(u64, u64)>>,
+    asked: std::sync::Mutex<Vec<(u64, u64)>>,
 }
 
 impl Recorder {
-    pub fn open(img: &Path) -> std::sync::Arc<Recorder> {
+    fn open(img: &Path) -> std::sync::Arc<Recorder> {
         std::sync::Arc::new(Recorder {
             file: disksafe::readat::FileReader::open(img).unwrap(),
             asked: Default::default(),
         })
     }
+}
+
+/// The device ranges the file tree of `img` asks for when told that `len` bytes of the
+/// root's file `name` at `offset` will be read soon (what it asks while opening the
+/// tree and looking the file up is left out).
+pub fn prefetch_asks(img: &Path, name: &[u8], offset: u64, len: u64) -> Vec<(u64, u64)> {
+    let dev = Recorder::open(img);
+    let tree = disksafe::ntfs_ext::open_tree(dev.clone(), &Default::default())
+        .unwrap()
+        .unwrap();
+    let ino = tree.lookup(tree.root(), name).unwrap().unwrap();
+    dev.asked.lock().unwrap().clear();
+    tree.prefetch(ino, offset, len);
+    let asked = dev.asked.lock().unwrap().clone();
+    asked
 }
 
 impl disksafe::readat::ReadAt for Recorder {
