@@ -141,7 +141,8 @@ pub struct SafeFs {
     images: Mutex<HashMap<u64, Image>>,
     trees: RwLock<Vec<TreeSlot>>,
     tree_ids: Mutex<HashMap<VolumeKey, Option<u64>>>,
-    /// Readahead streams per image inode (files are opened without a handle).
+    /// Readahead streams per image or large tree-file inode (files are opened without
+    /// a handle).
     streams: readahead::Streams,
 }
 

@@ -1,9 +1,11 @@
-//! Which byte ranges of raw images to decompress ahead of their readers.
+//! Which byte ranges of raw images, and of large files in file trees, to decompress
+//! ahead of their readers.
 //!
 //! The kernel's own readahead asks for at most a MiB or so ahead and waits for each
 //! reply in turn; decompressing further ahead in the background lets a sequential
 //! reader find its blocks ready. This module only decides *what* to fetch: a table of
-//! sequential streams per image, bounded in size whatever the number of images read.
+//! sequential streams per file (an "image" below: any inode read this way), bounded
+//! in size whatever the number of files read.
 
 use std::collections::HashMap;
 use std::ops::Range;
