@@ -118,7 +118,7 @@ impl ReadAt for Warmed {
 }
 
 /// Opens `data` as a volume and walks everything in it (directories, file data up to
-/// `max_read` bytes each, links, xattrs), visiting each inode once, with the parsers'
+/// `max_read` bytes each and the readahead hint for all of it, links, xattrs), visiting each inode once, with the parsers'
 /// background warm-ups running as under a mount (and waited for). Errors are fine; a
 /// panic or a hang is a bug. Shared by the fuzz targets and the hostile-input tests.
 pub fn walk_everything(data: Vec<u8>, max_read: usize) -> std::io::Result<usize> {
@@ -162,6 +162,7 @@ fn walk_tree(vol: Arc<dyn ReadAt>, opts: &TreeOptions, max_read: usize) -> std::
                 }
             }
             NodeKind::File => {
+                tree.prefetch(ino, 0, st.size);
                 let _ = tree.read(ino, 0, &mut buf);
                 let _ = tree.read(ino, st.size.saturating_sub(7), &mut buf[..7.min(max_read)]);
             }
