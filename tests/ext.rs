@@ -702,8 +702,54 @@ fn crash_consistent_point_is_replayed_like_e2fsck() {
     assert!(ok(&["verify", s(&safe)]).starts_with("ok:"));
 }
 
+/// Logical to physical data blocks of the file at `path` in `img`, from the BLOCKS or
+/// EXTENTS list of `debugfs -R stat` (entries `(a-b):p-q` and `(a):p`; pointer and
+/// extent-tree blocks such as `(IND):p` are left out).
+fn debugfs_data_blocks(img: &Path, path: &str) -> BTreeMap<u64, u64> {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("stat {path}"), s(img)])
+        .output()
+        .expect("debugfs (package e2fsprogs) is needed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let list = text
+        .split_once("BLOCKS:\n")
+        .or_else(|| text.split_once("EXTENTS:\n"))
+        .map(|(_, l)| l.lines().next().unwrap_or(""))
+        .unwrap_or_else(|| panic!("no block list in debugfs stat: {text}"));
+    let range = |r: &str| -> Option<(u64, u64)> {
+        match r.split_once('-') {
+            Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+            None => r.parse().ok().map(|a| (a, a)),
+        }
+    };
+    let mut map = BTreeMap::new();
+    for e in list.split(", ") {
+        let Some((l, p)) = e.trim().strip_prefix('(').and_then(|e| e.split_once("):")) else {
+            continue;
+        };
+        let (Some((l0, l1)), Some((p0, _))) = (range(l), range(p)) else {
+            continue; // (IND), (ETB0) and the like
+        };
+        for i in 0..=l1 - l0 {
+            map.insert(l0 + i, p0 + i);
+        }
+    }
+    map
+}
+
 #[test]
 fn prefetch_of_a_file_range_asks_for_the_blocks_debugfs_lists() {
+    prefetch_asks_for_debugfs_blocks("mkfs.ext4");
+}
+
+#[test]
+fn prefetch_of_a_block_mapped_file_asks_for_the_blocks_debugfs_lists() {
+    prefetch_asks_for_debugfs_blocks("mkfs.ext2");
+}
+
+/// 1 KiB blocks: with ext2's pointers the 12 MiB file reaches its double-indirect
+/// blocks, and the window lies there.
+fn prefetch_asks_for_debugfs_blocks(cmd: &str) {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -717,17 +763,10 @@ fn prefetch_of_a_file_range_asks_for_the_blocks_debugfs_lists() {
     let mut big = vec![0u8; 12 << 20];
     rng.fill(&mut big[..]);
     std::fs::write(src.join("big"), &big).unwrap();
-    let img = t.path().join("ext4.img");
-    mkfs("mkfs.ext4", &["-b", "1024"], &src, &img, 64 << 20);
-    // The oracle: the file's physical blocks in logical order, as e2fsprogs sees them.
-    let out = Command::new("debugfs")
-        .args(["-R", "blocks /big", s(&img)])
-        .output()
-        .expect("debugfs (package e2fsprogs) is needed");
-    let blocks: Vec<u64> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(|w| w.parse().unwrap())
-        .collect();
+    let img = t.path().join("fs.img");
+    mkfs(cmd, &["-b", "1024"], &src, &img, 64 << 20);
+    // The oracle: the file's data blocks, logical to physical, as e2fsprogs sees them.
+    let blocks = debugfs_data_blocks(&img, "/big");
     assert_eq!(blocks.len(), 12 << 10, "1 KiB blocks of a 12 MiB file");
 
     // 5 MiB from 3 MiB + 100 bytes: logical blocks 3072 to 8192 (the last one partly).
@@ -737,7 +776,7 @@ fn prefetch_of_a_file_range_asks_for_the_blocks_debugfs_lists() {
             .iter()
             .any(|&(o, l)| o <= b * 1024 && b * 1024 + 1024 <= o + l)
     };
-    for (l, &p) in blocks.iter().enumerate().take(8193).skip(3072) {
+    for (&l, &p) in blocks.range(3072..=8192) {
         assert!(
             covered(p),
             "logical block {l} (physical {p}) not asked for: {asked:?}"
@@ -749,4 +788,59 @@ fn prefetch_of_a_file_range_asks_for_the_blocks_debugfs_lists() {
         total <= (5 << 20) + 1024 + asked.len() as u64 * (64 << 10),
         "{total} bytes asked for"
     );
+}
+
+/// A block-mapped file whose data reaches its triple-indirect blocks (past 64 MiB with
+/// 1 KiB blocks), with holes at every level, reads back as the source file, in one
+/// piece and in reads that straddle the levels' boundaries.
+#[test]
+fn block_mapped_reads_through_every_indirect_level() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    let path = src.join("sparse");
+    let f = File::create(&path).unwrap();
+    let size = 80u64 << 20;
+    f.set_len(size).unwrap();
+    // Logical block (1 KiB) where each level starts: 12, 12 + 256, 12 + 256 + 65536.
+    let (single, double, triple) = (12u64 << 10, 268u64 << 10, 65804u64 << 10);
+    for (at, len) in [
+        (0, 5000),
+        (single - 700, 3000),
+        (double - 1500, 200_000),
+        (9 << 20, 1 << 20),
+        (triple - 4096, 600_000),
+        (75 << 20, 3000),
+        (size - 2000, 2000),
+    ] {
+        let mut b = vec![0u8; len];
+        rng.fill(&mut b[..]);
+        f.write_all_at(&b, at).unwrap();
+    }
+    drop(f);
+    let want = std::fs::read(&path).unwrap();
+    let img = t.path().join("ext2.img");
+    mkfs("mkfs.ext2", &["-b", "1024"], &src, &img, 96 << 20);
+    let dev = std::sync::Arc::new(disksafe::readat::FileReader::open(&img).unwrap());
+    let tree = disksafe::ntfs_ext::open_tree(dev, &Default::default())
+        .unwrap()
+        .unwrap();
+    let ino = tree.lookup(tree.root(), b"sparse").unwrap().unwrap();
+    assert_eq!(tree.stat(ino).unwrap().size, size);
+    let mut got = vec![0u8; size as usize];
+    assert_eq!(tree.read(ino, 0, &mut got).unwrap(), size as usize);
+    assert!(got == want, "whole-file read differs from the source");
+    for at in [
+        single - 10,
+        double - 10,
+        triple - 10,
+        triple + 1000,
+        size - 10,
+    ] {
+        let mut b = vec![0u8; 1 << 20];
+        let n = tree.read(ino, at, &mut b).unwrap();
+        assert_eq!(n as u64, (1u64 << 20).min(size - at));
+        assert!(b[..n] == want[at as usize..at as usize + n], "read at {at}");
+    }
 }

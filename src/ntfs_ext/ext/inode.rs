@@ -296,50 +296,200 @@ fn walk_extents(
     Ok(())
 }
 
-/// Physical block of logical block `lblk` through direct/indirect pointers (0 = hole).
-pub fn indirect_block(
+/// Runs of logical blocks `first..end` of a block-mapped (ext2/3) file, holes left
+/// out: each pointer block on the way is read once for the whole range, where a lookup
+/// per block would read it again for every block it maps.
+pub fn indirect_runs(
     dev: &dyn ReadAt,
     sb: &Superblock,
     ino: &Inode,
-    lblk: u64,
-) -> io::Result<u64> {
+    first: u64,
+    end: u64,
+) -> io::Result<Vec<Run>> {
     let per = (sb.block_size / 4) as u64;
-    let ib = ino.i_block();
-    let ptr = |b: &[u8], i: u64| u32le(b, (i * 4) as usize) as u64;
-    if lblk < 12 {
-        return Ok(ptr(ib, lblk));
-    }
-    let mut l = lblk - 12;
-    let (mut blk, levels) = if l < per {
-        (ptr(ib, 12), 1)
-    } else {
-        l -= per;
-        if l < per * per {
-            (ptr(ib, 13), 2)
-        } else {
-            l -= per * per;
-            if l >= per * per * per {
-                return Err(corrupt(format!(
-                    "inode {}: block {lblk} beyond triple indirect",
-                    ino.ino
-                )));
-            }
-            (ptr(ib, 14), 3)
-        }
-    };
-    for level in (0..levels).rev() {
-        if blk == 0 {
-            return Ok(0);
-        }
-        let b = read_block(dev, sb, blk)?;
-        let idx = (l / per.pow(level)) % per;
-        blk = ptr(&b, idx);
-    }
-    if blk >= sb.blocks_count {
+    let limit = 12 + per + per * per + per * per * per;
+    if end > limit {
         return Err(corrupt(format!(
-            "inode {}: block pointer {blk} outside the volume",
-            ino.ino
+            "inode {}: block {} beyond triple indirect",
+            ino.ino,
+            end - 1
         )));
     }
-    Ok(blk)
+    let map = IndirectMap {
+        dev,
+        sb,
+        ino,
+        per,
+        first,
+        end,
+    };
+    let ib = ino.i_block();
+    let mut out = Vec::new();
+    for l in first..end.min(12) {
+        map.walk(u32le(ib, l as usize * 4) as u64, 0, l, &mut out)?;
+    }
+    let mut base = 12u64;
+    for (slot, depth) in [(12usize, 1u32), (13, 2), (14, 3)] {
+        let span = per.pow(depth);
+        if base >= end {
+            break;
+        }
+        if base + span > first {
+            map.walk(u32le(ib, slot * 4) as u64, depth, base, &mut out)?;
+        }
+        base += span;
+    }
+    Ok(out)
+}
+
+/// One range's walk down an inode's pointer tree.
+struct IndirectMap<'a> {
+    dev: &'a dyn ReadAt,
+    sb: &'a Superblock,
+    ino: &'a Inode,
+    per: u64,
+    first: u64,
+    end: u64,
+}
+
+impl IndirectMap<'_> {
+    /// Maps pointer `p`, which covers `per^depth` blocks from logical block `base`
+    /// (overlapping the range); depth 0 points at data, and 0 is a hole.
+    fn walk(&self, p: u64, depth: u32, base: u64, out: &mut Vec<Run>) -> io::Result<()> {
+        if p == 0 {
+            return Ok(());
+        }
+        if depth == 0 {
+            if p >= self.sb.blocks_count {
+                return Err(corrupt(format!(
+                    "inode {}: block pointer {p} outside the volume",
+                    self.ino.ino
+                )));
+            }
+            match out.last_mut() {
+                Some(r) if r.logical + r.len == base && r.physical + r.len == p => r.len += 1,
+                _ => out.push(Run {
+                    logical: base,
+                    len: 1,
+                    physical: p,
+                    unwritten: false,
+                }),
+            }
+            return Ok(());
+        }
+        let b = read_block(self.dev, self.sb, p)?;
+        let span = self.per.pow(depth - 1);
+        let lo = self.first.saturating_sub(base) / span;
+        let hi = (self.end - base).div_ceil(span).min(self.per);
+        for i in lo..hi {
+            let child = u32le(&b, i as usize * 4) as u64;
+            self.walk(child, depth - 1, base + i * span, out)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::readat::MemReader;
+
+    const BS: usize = 1024;
+
+    /// A 1000-block volume of 1 KiB blocks (256 pointers a block) with pointer blocks
+    /// written at `ptrs` (block, index, value), and an inode whose 15 i_block
+    /// pointers are `ib`.
+    fn setup(ib: [u32; 15], ptrs: &[(usize, usize, u32)]) -> (MemReader, Superblock, Inode) {
+        let mut vol = vec![0u8; 1000 * BS];
+        for &(b, i, v) in ptrs {
+            vol[b * BS + i * 4..b * BS + i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        let sb = Superblock {
+            blocks_count: 1000,
+            block_size: BS as u32,
+            ..Default::default()
+        };
+        let mut raw = vec![0u8; 128];
+        raw[0..2].copy_from_slice(&0o100644u16.to_le_bytes());
+        for (i, p) in ib.iter().enumerate() {
+            raw[0x28 + i * 4..0x2C + i * 4].copy_from_slice(&p.to_le_bytes());
+        }
+        let ino = Inode::parse(&sb, 12, raw, "test").unwrap();
+        (MemReader(vol), sb, ino)
+    }
+
+    fn run(logical: u64, len: u64, physical: u64) -> Run {
+        Run {
+            logical,
+            len,
+            physical,
+            unwritten: false,
+        }
+    }
+
+    fn ib() -> [u32; 15] {
+        let mut ib = [0u32; 15];
+        for (i, p) in ib.iter_mut().take(12).enumerate() {
+            *p = 100 + i as u32;
+        }
+        ib[12] = 50; // single indirect
+        ib[14] = 60; // triple indirect (double left a hole)
+        ib
+    }
+
+    /// Single indirect: 112, 113, hole, 500. Triple: 60 -> 61 -> 62 -> [5] = 700.
+    const PTRS: [(usize, usize, u32); 7] = [
+        (50, 0, 112),
+        (50, 1, 113),
+        (50, 3, 500),
+        (60, 0, 61),
+        (61, 0, 62),
+        (62, 5, 700),
+        (62, 6, 701),
+    ];
+    const TRIPLE: u64 = 12 + 256 + 256 * 256;
+
+    #[test]
+    fn contiguous_pointers_join_and_holes_are_left_out() {
+        let (dev, sb, ino) = setup(ib(), &PTRS);
+        let runs = indirect_runs(&dev, &sb, &ino, 0, 16).unwrap();
+        assert_eq!(runs, [run(0, 14, 100), run(15, 1, 500)]);
+        // A range inside the single-indirect block starts mid-run.
+        let runs = indirect_runs(&dev, &sb, &ino, 13, 15).unwrap();
+        assert_eq!(runs, [run(13, 1, 113)]);
+    }
+
+    #[test]
+    fn every_level_is_walked_and_holes_skip_whole_subtrees() {
+        let (dev, sb, ino) = setup(ib(), &PTRS);
+        let limit = TRIPLE + 256 * 256 * 256;
+        let runs = indirect_runs(&dev, &sb, &ino, 0, limit).unwrap();
+        assert_eq!(
+            runs,
+            [run(0, 14, 100), run(15, 1, 500), run(TRIPLE + 5, 2, 700)]
+        );
+        let runs = indirect_runs(&dev, &sb, &ino, TRIPLE + 6, TRIPLE + 7).unwrap();
+        assert_eq!(runs, [run(TRIPLE + 6, 1, 701)]);
+    }
+
+    #[test]
+    fn hostile_pointers_and_ranges_are_errors() {
+        // A data pointer past the volume's end.
+        let mut ptrs = PTRS.to_vec();
+        ptrs.push((50, 4, 5000));
+        let (dev, sb, ino) = setup(ib(), &ptrs);
+        assert!(indirect_runs(&dev, &sb, &ino, 0, 16).is_ok());
+        let e = indirect_runs(&dev, &sb, &ino, 0, 17).unwrap_err();
+        assert!(e.to_string().contains("outside the volume"), "{e}");
+        // A pointer block past the volume's end.
+        let mut bad = ib();
+        bad[12] = 4000;
+        let (dev, sb, ino) = setup(bad, &PTRS);
+        assert!(indirect_runs(&dev, &sb, &ino, 0, 12).is_ok());
+        assert!(indirect_runs(&dev, &sb, &ino, 0, 13).is_err());
+        // Beyond what triple indirection addresses.
+        let limit = TRIPLE + 256 * 256 * 256;
+        let e = indirect_runs(&dev, &sb, &ino, limit - 1, limit + 1).unwrap_err();
+        assert!(e.to_string().contains("beyond triple indirect"), "{e}");
+    }
 }

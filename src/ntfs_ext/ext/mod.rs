@@ -92,7 +92,9 @@ impl journal::JournalMap for JMap<'_> {
             Some(runs) => find_run(runs, n)
                 .map(|(r, _)| r.physical + (n - r.logical))
                 .unwrap_or(0),
-            None => inode::indirect_block(&*self.fs.dev, &self.fs.sb, &self.ino, n)?,
+            None => inode::indirect_runs(&*self.fs.dev, &self.fs.sb, &self.ino, n, n + 1)?
+                .first()
+                .map_or(0, |r| r.physical),
         };
         if p == 0 {
             return Err(corrupt(format!("journal block {n} is not mapped")));
@@ -186,10 +188,10 @@ fn dir_spans(dev: &dyn ReadAt, sb: &Superblock, ino: &Inode, label: &str) -> Vec
             .map(|r| (r.physical.saturating_mul(bs), r.len.saturating_mul(bs)))
             .collect();
     }
-    (0..ino.size.div_ceil(bs).min(64))
-        .map_while(|l| inode::indirect_block(dev, sb, ino, l).ok())
-        .filter(|&p| p != 0)
-        .map(|p| (p.saturating_mul(bs), bs))
+    inode::indirect_runs(dev, sb, ino, 0, ino.size.div_ceil(bs).min(64))
+        .unwrap_or_default()
+        .iter()
+        .map(|r| (r.physical.saturating_mul(bs), r.len.saturating_mul(bs)))
         .collect()
 }
 
@@ -381,6 +383,16 @@ impl ExtFs {
         Ok(())
     }
 
+    /// The runs of a file's logical blocks `first..end`: all its (cached) extents, or
+    /// the block-mapped ones of that range.
+    fn data_runs(&self, ino: &Inode, first: u64, end: u64) -> io::Result<Arc<Vec<Run>>> {
+        if ino.flags & inode::FL_EXTENTS != 0 {
+            self.runs(ino)
+        } else {
+            inode::indirect_runs(&*self.dev, &self.sb, ino, first, end).map(Arc::new)
+        }
+    }
+
     /// Reads `buf.len()` bytes of an inode's data at `offset` (clipped to its size).
     fn read_data(&self, ino: &Inode, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         if offset >= ino.size {
@@ -397,42 +409,23 @@ impl ExtFs {
         }
         let bs = self.sb.block_size as u64;
         let mut done = 0usize;
-        let runs = if ino.flags & inode::FL_EXTENTS != 0 {
-            Some(self.runs(ino)?)
-        } else {
-            None
-        };
+        let runs = self.data_runs(ino, offset / bs, (offset + n as u64).div_ceil(bs))?;
         while done < n {
             let pos = offset + done as u64;
             let l = pos / bs;
             let in_blk = pos % bs;
-            // Find a physical run starting at logical block l: (physical or 0, blocks).
-            let (phys, count, zero) = match &runs {
-                Some(runs) => match find_run(runs, l) {
-                    Some((r, _)) => (
-                        r.physical + (l - r.logical),
-                        r.logical + r.len - l,
-                        r.unwritten,
-                    ),
-                    None => {
-                        let next = runs
-                            .get(runs.partition_point(|r| r.logical + r.len <= l))
-                            .map(|r| r.logical);
-                        (0, next.map(|nx| nx - l).unwrap_or(u64::MAX), true)
-                    }
-                },
+            // The run holding logical block l: (physical start, blocks left, zeros).
+            let (phys, count, zero) = match find_run(&runs, l) {
+                Some((r, _)) => (
+                    r.physical + (l - r.logical),
+                    r.logical + r.len - l,
+                    r.unwritten,
+                ),
                 None => {
-                    let p = inode::indirect_block(&*self.dev, &self.sb, ino, l)?;
-                    // Coalesce following blocks that are physically contiguous.
-                    let mut c = 1u64;
-                    let want = (n - done) as u64 / bs + 2;
-                    while p != 0 && c < want && c < 256 {
-                        if inode::indirect_block(&*self.dev, &self.sb, ino, l + c)? != p + c {
-                            break;
-                        }
-                        c += 1;
-                    }
-                    (p, c, p == 0)
+                    let next = runs
+                        .get(runs.partition_point(|r| r.logical + r.len <= l))
+                        .map(|r| r.logical);
+                    (0, next.map(|nx| nx - l).unwrap_or(u64::MAX), true)
                 }
             };
             let avail = count.saturating_mul(bs).saturating_sub(in_blk);
@@ -567,26 +560,27 @@ impl FsTree for ExtFs {
         self.read_data(&i, offset, buf)
     }
 
-    /// Maps the range through the file's extents (extent-mapped files only: block-mapped
-    /// ones would need an indirect-block lookup per block) and hands the physical
-    /// ranges to the device in one batch.
+    /// Maps the range through the file's extents or block pointers and hands the
+    /// physical ranges to the device in one batch.
     fn prefetch(&self, ino: u64, offset: u64, len: u64) {
         let Ok(i) = self.inode(ino) else { return };
         if i.kind() != Some(NodeKind::File)
-            || i.flags & inode::FL_EXTENTS == 0
             || i.flags & inode::FL_INLINE_DATA != 0
             || offset >= i.size
         {
             return;
         }
-        let Ok(runs) = self.runs(&i) else { return };
         let end = offset.saturating_add(len).min(i.size);
+        let bs = self.sb.block_size as u64;
+        let Ok(runs) = self.data_runs(&i, offset / bs, end.div_ceil(bs)) else {
+            return;
+        };
         let spans = crate::ntfs_ext::run_spans(
             &runs,
             |r| (r.logical, r.len, (!r.unwritten).then_some(r.physical)),
             offset,
             end,
-            self.sb.block_size as u64,
+            bs,
         );
         crate::ntfs_ext::prefetch_spans(&*self.dev, spans, 64);
     }

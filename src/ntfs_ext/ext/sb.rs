@@ -57,7 +57,7 @@ pub fn ext4_crc(seed: u32, data: &[u8]) -> u32 {
 }
 
 /// The fields of the superblock this parser uses.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Superblock {
     pub inodes_count: u32,
     pub blocks_count: u64,
