@@ -1136,3 +1136,53 @@ fn prefetch_of_a_file_range_asks_for_the_clusters_holding_it() {
         "{total} bytes asked for"
     );
 }
+
+/// A compressed file's prefetch covers every device range that reading the window then
+/// reads (its units' compressed clusters; the read path is checked against the source
+/// files elsewhere), widened to whole units and little more.
+#[test]
+fn prefetch_of_a_compressed_file_covers_what_the_read_then_reads() {
+    if !ntfs_tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(79);
+    let mut text = Vec::new();
+    while text.len() < 12 << 20 {
+        let v: u32 = rng.gen_range(0..100_000);
+        text.extend_from_slice(format!("row {} value {v}\n", text.len()).as_bytes());
+    }
+    let img = t.path().join("pfc.img");
+    make_ntfs(&img, 64 << 20, 512, 4096, |m| {
+        for i in 0..20 {
+            std::fs::write(m.join(format!("f{i}")), vec![b'x'; 5000 * i]).unwrap();
+        }
+        std::fs::create_dir(m.join("c")).unwrap();
+        set_xattr(
+            &m.join("c"),
+            "system.ntfs_attrib_be",
+            &0x800u32.to_be_bytes(),
+        );
+        std::fs::write(m.join("c/big"), &text).unwrap();
+    });
+    assert!(
+        ntfsinfo(&img, &["-F", "/c/big"]).contains("COMPRESSED"),
+        "ntfs-3g compressed the file"
+    );
+    let (offset, len) = ((3 << 20) + 100, 5 << 20);
+    let (asked, reads) = prefetch_asks_then_reads(&img, b"c/big", offset, len);
+    assert!(!reads.is_empty(), "the read read nothing");
+    for &(at, n) in &reads {
+        assert!(
+            asked.iter().any(|&(o, l)| o <= at && at + n <= o + l),
+            "read of {n} bytes at {at} not asked for: {asked:?}"
+        );
+    }
+    // Compressed, the window's units take less than the window; whole units add at
+    // most one unit (64 KiB) at either end, merging at most 64 KiB per range.
+    let total: u64 = asked.iter().map(|r| r.1).sum();
+    assert!(
+        total <= len + (128 << 10) + asked.len() as u64 * (64 << 10),
+        "{total} bytes asked for"
+    );
+}

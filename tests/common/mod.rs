@@ -490,10 +490,12 @@ pub fn list_xattrs(p: &Path) -> Vec<Vec<u8>> {
 }
 
 /// An image file as a device that records the ranges it is asked to prefetch, to check
-/// what a parser asks for against another tool's map of the file.
+/// what a parser asks for against another tool's map of the file, or against what it
+/// then reads.
 struct Recorder {
     file: disksafe::readat::FileReader,
     asked: std::sync::Mutex<Vec<(u64, u64)>>,
+    reads: std::sync::Mutex<Vec<(u64, u64)>>,
 }
 
 impl Recorder {
@@ -501,27 +503,49 @@ impl Recorder {
         std::sync::Arc::new(Recorder {
             file: disksafe::readat::FileReader::open(img).unwrap(),
             asked: Default::default(),
+            reads: Default::default(),
         })
     }
 }
 
 /// The device ranges the file tree of `img` asks for when told that `len` bytes of the
-/// root's file `name` at `offset` will be read soon (what it asks while opening the
+/// file at path `name` (from the root, `/`-separated) at `offset` will be read soon (what it asks while opening the
 /// tree and looking the file up is left out).
 pub fn prefetch_asks(img: &Path, name: &[u8], offset: u64, len: u64) -> Vec<(u64, u64)> {
+    prefetch_asks_then_reads(img, name, offset, len).0
+}
+
+/// A device range: byte offset and length.
+pub type Span = (u64, u64);
+
+/// The same, and then the device ranges the tree reads to read that range of the file.
+pub fn prefetch_asks_then_reads(
+    img: &Path,
+    name: &[u8],
+    offset: u64,
+    len: u64,
+) -> (Vec<Span>, Vec<Span>) {
     let dev = Recorder::open(img);
     let tree = disksafe::ntfs_ext::open_tree(dev.clone(), &Default::default())
         .unwrap()
         .unwrap();
-    let ino = tree.lookup(tree.root(), name).unwrap().unwrap();
+    let ino = name.split(|&b| b == b'/').fold(tree.root(), |dir, part| {
+        tree.lookup(dir, part).unwrap().unwrap()
+    });
+    tree.stat(ino).unwrap();
     dev.asked.lock().unwrap().clear();
     tree.prefetch(ino, offset, len);
     let asked = dev.asked.lock().unwrap().clone();
-    asked
+    dev.reads.lock().unwrap().clear();
+    let mut buf = vec![0u8; len as usize];
+    tree.read(ino, offset, &mut buf).unwrap();
+    let reads = dev.reads.lock().unwrap().clone();
+    (asked, reads)
 }
 
 impl disksafe::readat::ReadAt for Recorder {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reads.lock().unwrap().push((offset, buf.len() as u64));
         self.file.read_at(offset, buf)
     }
     fn size(&self) -> u64 {

@@ -1384,9 +1384,10 @@ impl FsTree for NtfsFs {
         self.read_data(&node.streams[i].data, (node.rec, i), offset, buf)
     }
 
-    /// Maps the range through the stream's runs (uncompressed, non-resident data only:
-    /// a compressed file's units are read and cached whole anyway) and hands the
-    /// clusters to the device in one batch.
+    /// Maps the range through the stream's runs (non-resident data; a compressed
+    /// stream's range widened to whole compression units) and hands the clusters to the
+    /// device in one batch: their decompression from the safe runs ahead, the units'
+    /// LZNT1 decoding stays with the reader.
     fn prefetch(&self, ino: u64, offset: u64, len: u64) {
         let Ok((node, stream)) = self.resolve(ino) else {
             return;
@@ -1397,10 +1398,21 @@ impl FsTree for NtfsFs {
         let Some(Data::Mapped(m)) = node.streams.get(i).map(|s| &s.data) else {
             return;
         };
-        if m.comp_unit.is_some() || node.opaque.is_some() {
+        if node.opaque.is_some() {
             return;
         }
-        let end = offset.saturating_add(len).min(m.init);
+        let (mut offset, mut end) = (offset, offset.saturating_add(len).min(m.init));
+        if let Some(cu) = m.comp_unit {
+            // Whole units: a unit's compressed clusters lie at its start.
+            let Some(unit) = self.boot.cluster_size.checked_shl(cu as u32) else {
+                return;
+            };
+            if unit > MAX_UNIT || cu >= 32 || offset >= end {
+                return;
+            }
+            offset -= offset % unit;
+            end = end.div_ceil(unit).saturating_mul(unit);
+        }
         let spans = crate::ntfs_ext::run_spans(
             &m.runs,
             |r| (r.vcn, r.len, r.lcn),
