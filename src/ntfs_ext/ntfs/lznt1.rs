@@ -41,6 +41,13 @@ fn decode_chunk(body: &[u8], out: &mut [u8]) -> io::Result<()> {
     while bp < body.len() {
         let flags = body[bp];
         bp += 1;
+        // Eight literals in a row (what incompressible stretches are): one copy.
+        if flags == 0 && bp + 8 <= body.len() && op + 8 <= out.len() {
+            out[op..op + 8].copy_from_slice(&body[bp..bp + 8]);
+            op += 8;
+            bp += 8;
+            continue;
+        }
         for bit in 0..8 {
             if bp >= body.len() {
                 return Ok(());
@@ -62,24 +69,37 @@ fn decode_chunk(body: &[u8], out: &mut [u8]) -> io::Result<()> {
             if op == 0 {
                 return Err(corrupt("LZNT1 back-reference at the start of a chunk"));
             }
-            let mut lg = 0;
-            let mut i = op - 1;
-            while i >= 0x10 {
-                lg += 1;
-                i >>= 1;
-            }
+            // The offset field widens as the output grows: 4 bits up to 16 bytes out,
+            // one more bit per doubling after that.
+            let lg = (usize::BITS - 1 - (op - 1).max(1).leading_zeros()).saturating_sub(3);
             let back = (token >> (12 - lg)) + 1;
             let len = (token & (0xFFF >> lg)) + 3;
             if back > op || op + len > out.len() {
                 return Err(corrupt("LZNT1 back-reference out of range"));
             }
-            for k in 0..len {
-                out[op + k] = out[op + k - back];
-            }
+            copy_match(out, op, back, len);
             op += len;
         }
     }
     Ok(())
+}
+
+/// Appends `len` bytes at `op` copied from `back` bytes earlier (checked by the caller).
+/// An overlapping match repeats its last `back` bytes: copying whole periods, each copy
+/// doubling the repeated stretch, gives the same bytes as one at a time.
+fn copy_match(out: &mut [u8], op: usize, back: usize, len: usize) {
+    let src = op - back;
+    if back >= len {
+        out.copy_within(src..src + len, op);
+        return;
+    }
+    let mut done = 0;
+    while done < len {
+        // out[src..op + done] repeats with period `back`, and `done` is a multiple of it.
+        let n = (len - done).min(back + done);
+        out.copy_within(src..src + n, op + done);
+        done += n;
+    }
 }
 
 #[cfg(test)]
@@ -155,6 +175,35 @@ mod tests {
         let mut out = vec![0u8; 65536];
         decompress(&z, &mut out).unwrap();
         assert_eq!(out, data);
+    }
+
+    /// Runs of short patterns (periods 1 to 7, long enough to overlap their source
+    /// many times) between incompressible stretches of eight and more literals.
+    #[test]
+    fn overlapping_matches_and_literal_runs() {
+        let mut data = Vec::new();
+        let mut x = 0x2545F491u32;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        while data.len() < 65536 {
+            for _ in 0..rnd() % 40 {
+                data.push(rnd() as u8);
+            }
+            let period = 1 + rnd() as usize % 7;
+            let pat: Vec<u8> = (0..period).map(|_| rnd() as u8).collect();
+            let len = 3 + rnd() as usize % 300;
+            data.extend((0..len).map(|i| pat[i % period]));
+        }
+        data.truncate(65536);
+        let z = compress(&data);
+        assert!(z.len() < data.len(), "the data compresses");
+        let mut out = vec![0u8; 65536];
+        decompress(&z, &mut out).unwrap();
+        assert!(out == data, "differs from the compressor's input");
     }
 
     #[test]
