@@ -1137,11 +1137,11 @@ fn prefetch_of_a_file_range_asks_for_the_clusters_holding_it() {
     );
 }
 
-/// A compressed file's prefetch covers every device range that reading the window then
-/// reads (its units' compressed clusters; the read path is checked against the source
+/// Reads of a compressed file, whole units and parts of units, give the source's
+/// bytes; its prefetch covers every device range that reading the window then reads (its units' compressed clusters; the read path is checked against the source
 /// files elsewhere), widened to whole units and little more.
 #[test]
-fn prefetch_of_a_compressed_file_covers_what_the_read_then_reads() {
+fn compressed_file_reads_match_the_source_and_prefetch_covers_them() {
     if !ntfs_tools() {
         return;
     }
@@ -1169,6 +1169,36 @@ fn prefetch_of_a_compressed_file_covers_what_the_read_then_reads() {
         ntfsinfo(&img, &["-F", "/c/big"]).contains("COMPRESSED"),
         "ntfs-3g compressed the file"
     );
+    // Reads inside one unit, across units, of whole aligned units (decoded in place)
+    // and mixes of both, one after another so the unit cache is in play, give the
+    // source's bytes.
+    let dev = std::sync::Arc::new(disksafe::readat::FileReader::open(&img).unwrap());
+    let tree = disksafe::ntfs_ext::open_tree(dev, &Default::default())
+        .unwrap()
+        .unwrap();
+    let c = tree.lookup(tree.root(), b"c").unwrap().unwrap();
+    let ino = tree.lookup(c, b"big").unwrap().unwrap();
+    let unit = 64u64 << 10;
+    for (at, n) in [
+        (5, 100),
+        (unit - 10, 20),
+        (0, unit as usize),
+        (unit * 3, 1 << 20),
+        (unit * 3 + 1, 1 << 20),
+        (unit * 7 - 5, (unit * 2) as usize),
+        (text.len() as u64 - 100_000, 200_000),
+    ] {
+        let mut b = vec![0u8; n];
+        let got = tree.read(ino, at, &mut b).unwrap();
+        let want = &text[at as usize..(at as usize + n).min(text.len())];
+        assert_eq!(got, want.len(), "read at {at}");
+        assert!(
+            &b[..got] == want,
+            "{n} bytes at {at} differ from the source"
+        );
+    }
+    drop(tree);
+
     let (offset, len) = ((3 << 20) + 100, 5 << 20);
     let (asked, reads) = prefetch_asks_then_reads(&img, b"c/big", offset, len);
     assert!(!reads.is_empty(), "the read read nothing");

@@ -861,6 +861,14 @@ impl NtfsFs {
             let within = (pos % unit) as usize;
             let take = (buf.len() - done).min(unit as usize - within);
             let cache_key = (key.0, key.1, idx);
+            if take as u64 == unit && !self.units.contains(&cache_key) {
+                // A whole unit (sequential copies): decoded in place, not cached, as the
+                // kernel's page cache keeps it; a copy and a unit's allocation saved.
+                self.decode_unit_into(m, idx, &mut buf[done..done + take])?;
+                done += take;
+                pos += take as u64;
+                continue;
+            }
             let data = match self.units.get(&cache_key) {
                 Some(d) => d,
                 None => {
@@ -879,6 +887,14 @@ impl NtfsFs {
     /// One compression unit: all holes → zeros, fully allocated → stored raw,
     /// otherwise its allocated clusters hold LZNT1 data.
     fn decode_unit(&self, m: &Mapped, idx: u64, unit: u64) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; unit as usize];
+        self.decode_unit_into(m, idx, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`NtfsFs::decode_unit`] into `out`, one unit long.
+    fn decode_unit_into(&self, m: &Mapped, idx: u64, out: &mut [u8]) -> io::Result<()> {
+        let unit = out.len() as u64;
         let cs = self.boot.cluster_size;
         let per = unit / cs;
         let first = idx * per;
@@ -896,13 +912,12 @@ impl NtfsFs {
                 pieces.push((l + (lo - r.vcn), hi - lo));
             }
         }
-        let mut out = vec![0u8; unit as usize];
-        if allocated == 0 {
-            return Ok(out);
-        }
         if allocated >= per {
-            read_runs(&*self.dev, cs, &m.runs, idx * unit, &mut out)?;
-            return Ok(out);
+            return read_runs(&*self.dev, cs, &m.runs, idx * unit, out);
+        }
+        out.fill(0);
+        if allocated == 0 {
+            return Ok(());
         }
         let mut src = vec![0u8; (allocated * cs) as usize];
         let mut at = 0usize;
@@ -914,8 +929,7 @@ impl NtfsFs {
             self.dev.read_exact_at(dev_off, &mut src[at..at + bytes])?;
             at += bytes;
         }
-        lznt1::decompress(&src, &mut out)?;
-        Ok(out)
+        lznt1::decompress(&src, out)
     }
 
     /// Reads one INDX node of a directory (cached).
