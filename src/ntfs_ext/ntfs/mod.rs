@@ -841,6 +841,15 @@ impl NtfsFs {
         }
     }
 
+    /// Bytes in a compression unit of 2^`cu` clusters, bounded (the value is on disk).
+    fn unit_size(&self, cu: u8) -> io::Result<u64> {
+        self.boot
+            .cluster_size
+            .checked_shl(cu as u32)
+            .filter(|&u| u <= MAX_UNIT && cu < 32)
+            .ok_or_else(|| corrupt(format!("compression unit of 2^{cu} clusters")))
+    }
+
     fn read_compressed(
         &self,
         m: &Mapped,
@@ -849,11 +858,7 @@ impl NtfsFs {
         off: u64,
         buf: &mut [u8],
     ) -> io::Result<()> {
-        let cs = self.boot.cluster_size;
-        let unit = cs
-            .checked_shl(cu as u32)
-            .filter(|&u| u <= MAX_UNIT && cu < 32)
-            .ok_or_else(|| corrupt(format!("compression unit of 2^{cu} clusters")))?;
+        let unit = self.unit_size(cu)?;
         let mut pos = off;
         let mut done = 0;
         while done < buf.len() {
@@ -1418,10 +1423,8 @@ impl FsTree for NtfsFs {
         let (mut offset, mut end) = (offset, offset.saturating_add(len).min(m.init));
         if let Some(cu) = m.comp_unit {
             // Whole units: a unit's compressed clusters lie at its start.
-            let Some(unit) = self.boot.cluster_size.checked_shl(cu as u32) else {
-                return;
-            };
-            if unit > MAX_UNIT || cu >= 32 || offset >= end {
+            let Ok(unit) = self.unit_size(cu) else { return };
+            if offset >= end {
                 return;
             }
             offset -= offset % unit;
