@@ -1,9 +1,9 @@
 #!/bin/bash
 # Cold sequential reads of one large file in a mounted file tree, for two or more
 # disksafe binaries side by side (an A/B of a change): a 600 MiB file on a 4 KiB-block
-# ext3 (block-mapped: indirect pointers) and a 400 MiB file in an NTFS-compressed
-# directory (LZNT1, 4 KiB clusters), both filled from /usr/lib, each backed up into
-# its own safe. Every round reads with each binary in turn from a fresh mount with the
+# ext3 (block-mapped: indirect pointers), and on NTFS (4 KiB clusters) a 600 MiB file
+# and a 400 MiB file in a compressed directory (LZNT1), all filled from /usr/lib, each
+# volume backed up into its own safe. Every round reads with each binary in turn from a fresh mount with the
 # page cache dropped, and prints MB/s and the server's CPU time.
 # Needs root, e2fsprogs, ntfs-3g and attr (setfattr).
 # Usage: sudo bash bench/tree-file-seq.sh ROUNDS BINARY...
@@ -22,16 +22,18 @@ if [ ! -e "$W/ext3/safe" ]; then
     mkfs.ext3 -q -F -b 4096 -d "$W/ext3/src" "$W/ext3/fs.img"
     "$1" backup "$W/ext3/safe" "vol=$W/ext3/fs.img" > /dev/null
 fi
-if [ ! -e "$W/ntfs/safe" ]; then
-    mkdir -p "$W/ntfs/m"
-    truncate -s 1G "$W/ntfs/fs.img"
-    mkntfs -q -F -Q "$W/ntfs/fs.img" 2> /dev/null
-    ntfs-3g "$W/ntfs/fs.img" "$W/ntfs/m"
-    mkdir "$W/ntfs/m/c"
-    setfattr -n system.ntfs_attrib_be -v 0x00000800 "$W/ntfs/m/c"
-    fill 400M > "$W/ntfs/m/c/big"
-    umount "$W/ntfs/m"
-    "$1" backup "$W/ntfs/safe" "vol=$W/ntfs/fs.img" > /dev/null
+N=$W/ntfs2
+if [ ! -e "$N/safe" ]; then
+    mkdir -p "$N/m"
+    truncate -s 2G "$N/fs.img"
+    mkntfs -q -F -Q "$N/fs.img" 2> /dev/null
+    ntfs-3g "$N/fs.img" "$N/m"
+    fill 600M > "$N/m/big"
+    mkdir "$N/m/c"
+    setfattr -n system.ntfs_attrib_be -v 0x00000800 "$N/m/c"
+    fill 400M > "$N/m/c/big"
+    umount "$N/m"
+    "$1" backup "$N/safe" "vol=$N/fs.img" > /dev/null
 fi
 # $1 binary, $2 safe, $3 file under the point's files/
 one() {
@@ -42,11 +44,12 @@ one() {
     pid=$(echo "$said" | sed -n 's/.*server pid \([0-9]*\).*/\1/p')
     r=$(dd if="$mnt/1/vol/files/$3" of=/dev/null bs=1M 2>&1 | tail -1 | awk '{printf "%.0f", $1 / $(NF-3) / 1e6}')
     st=($(awk '{print $14, $15}' "/proc/$pid/stat"))
-    echo "$3 $1: $r MB/s, server CPU $(( (st[0] + st[1]) * 10 )) ms"
+    echo "$(basename "$(dirname "$2")") $3 $1: $r MB/s, server CPU $(( (st[0] + st[1]) * 10 )) ms"
     "$1" umount "$mnt" > /dev/null; sleep 0.5
 }
 for r in $(seq "$rounds"); do
     echo "round $r"
     for b in "$@"; do one "$b" "$W/ext3/safe" big; done
-    for b in "$@"; do one "$b" "$W/ntfs/safe" c/big; done
+    for b in "$@"; do one "$b" "$N/safe" big; done
+    for b in "$@"; do one "$b" "$N/safe" c/big; done
 done
