@@ -356,7 +356,8 @@ fn fill_ntfs(mnt: &Path, src: &Path, rng: &mut StdRng, links: usize, compress: b
         "system.ntfs_reparse_data",
         &app,
     );
-    // Data we cannot decode: WOF-compressed (reparse) and EFS (flag patched later).
+    // Data we cannot decode: a WOF reparse point whose compressed stream is missing
+    // (WOF files proper are in tests/ntfs_wof.rs) and EFS (flag patched later).
     std::fs::create_dir(mnt.join("opaque")).unwrap();
     std::fs::write(mnt.join("opaque/wof.dll"), vec![b'w'; 5000]).unwrap();
     set_xattr(

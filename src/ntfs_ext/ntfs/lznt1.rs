@@ -87,7 +87,7 @@ fn decode_chunk(body: &[u8], out: &mut [u8]) -> io::Result<()> {
 /// Appends `len` bytes at `op` copied from `back` bytes earlier (checked by the caller).
 /// An overlapping match repeats its last `back` bytes: copying whole periods, each copy
 /// doubling the repeated stretch, gives the same bytes as one at a time.
-fn copy_match(out: &mut [u8], op: usize, back: usize, len: usize) {
+pub(super) fn copy_match(out: &mut [u8], op: usize, back: usize, len: usize) {
     let src = op - back;
     if back >= len {
         out.copy_within(src..src + len, op);

@@ -10,6 +10,7 @@ mod lznt1;
 mod names;
 mod record;
 mod reparse;
+mod xpress;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -22,7 +23,7 @@ use crate::readat::ReadAt;
 use index::{fattr, ns, Entry, FileName};
 use names::UpCase;
 use record::{aflag, mref, mseq, ty, Attr, Body, Boot, Record, Run};
-use reparse::{Interix, Reparse};
+use reparse::{Interix, Reparse, WofAlgorithm};
 
 /// Record number of the root directory.
 const ROOT: u64 = 5;
@@ -36,6 +37,26 @@ const NODE_CACHE: usize = 4 << 20;
 const INDEX_CACHE: usize = 4 << 20;
 const DIR_CACHE: usize = 8 << 20;
 const UNIT_CACHE: usize = 4 << 20;
+/// The named stream holding a WOF-compressed file's data, in UTF-16.
+const WOF_STREAM: &[u16] = &[
+    b'W' as u16,
+    b'o' as u16,
+    b'f' as u16,
+    b'C' as u16,
+    b'o' as u16,
+    b'm' as u16,
+    b'p' as u16,
+    b'r' as u16,
+    b'e' as u16,
+    b's' as u16,
+    b's' as u16,
+    b'e' as u16,
+    b'd' as u16,
+    b'D' as u16,
+    b'a' as u16,
+    b't' as u16,
+    b'a' as u16,
+];
 /// Largest value read whole for metadata (attribute lists, reparse data).
 const MAX_META: u64 = 1 << 20;
 /// Most extension records one file may spread over.
@@ -127,8 +148,11 @@ struct Node {
     kind: NodeKind,
     target: Option<Vec<u8>>,
     rdev: u32,
-    /// Why the data cannot be read (encrypted, WOF, dedup).
+    /// Why the data cannot be read (encrypted, WOF with LZX, dedup).
     opaque: Option<Opaque>,
+    /// WOF-compressed ("Compact OS"): chunk size of the XPRESS chunks in the
+    /// `WofCompressedData` stream that hold the unnamed stream's data.
+    wof: Option<u32>,
     vol_flags: Option<u16>,
 }
 
@@ -676,6 +700,7 @@ impl NtfsFs {
             target: None,
             rdev: 0,
             opaque: None,
+            wof: None,
             vol_flags: None,
         };
         let mut groups: Vec<(u32, &[u16], Vec<&Attr>)> = Vec::new();
@@ -760,6 +785,24 @@ impl NtfsFs {
                         why: why.into(),
                         every_stream: false,
                     })
+                }
+                Some(Reparse::Wof(alg)) => {
+                    let why = match alg {
+                        WofAlgorithm::Xpress(_) if node.stream(WOF_STREAM).is_none() => {
+                            Some("WOF-compressed, but its WofCompressedData stream is missing")
+                        }
+                        WofAlgorithm::Xpress(chunk) => {
+                            node.wof = Some(chunk);
+                            None
+                        }
+                        WofAlgorithm::Lzx => Some("WOF-compressed with LZX (not decoded)"),
+                    };
+                    if let Some(why) = why {
+                        node.opaque = Some(Opaque {
+                            why: why.into(),
+                            every_stream: false,
+                        });
+                    }
                 }
                 Some(Reparse::Other(tag)) => self.warn_once(format!("tag:{tag:#x}"), || {
                     format!("reparse tag {tag:#010x} (first seen on MFT record {n}) is not interpreted; such files are shown as regular entries")
@@ -935,6 +978,129 @@ impl NtfsFs {
             at += bytes;
         }
         lznt1::decompress(&src, out)
+    }
+
+    /// Reads a WOF-compressed file's data (`size` bytes in chunks of `chunk`): chunk
+    /// offsets come from the table at the start of its `WofCompressedData` stream, a
+    /// chunk stored at its full size is raw, any other is XPRESS-compressed. Whole
+    /// chunks are decoded in place; parts of chunks go through the unit cache.
+    fn read_wof(
+        &self,
+        node: &Node,
+        chunk: u32,
+        size: u64,
+        off: u64,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        if off >= size {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(size - off) as usize;
+        let chunk = chunk as u64;
+        let mut done = 0;
+        while done < n {
+            let pos = off + done as u64;
+            let idx = pos / chunk;
+            let within = (pos % chunk) as usize;
+            let ulen = chunk.min(size - idx * chunk) as usize;
+            let take = (n - done).min(ulen - within);
+            let dst = &mut buf[done..done + take];
+            // Chunks share the unit cache under a stream index no stream has.
+            let key = (node.rec, usize::MAX, idx);
+            if take == ulen && !self.units.contains(&key) {
+                self.decode_wof_chunk(node, chunk, size, idx, dst)?;
+            } else {
+                let data = match self.units.get(&key) {
+                    Some(d) => d,
+                    None => {
+                        let mut d = vec![0u8; ulen];
+                        self.decode_wof_chunk(node, chunk, size, idx, &mut d)?;
+                        let d = Arc::new(d);
+                        self.units.put(key, d.clone());
+                        d
+                    }
+                };
+                dst.copy_from_slice(&data[within..within + take]);
+            }
+            done += take;
+        }
+        Ok(n)
+    }
+
+    /// Where chunk `idx` of a WOF file lies in its `WofCompressedData` stream: byte
+    /// range, checked against the stream.
+    fn wof_chunk_range(
+        &self,
+        node: &Node,
+        chunk: u64,
+        size: u64,
+        idx: u64,
+    ) -> io::Result<(u64, u64)> {
+        let (wi, ws) = node
+            .stream(WOF_STREAM)
+            .ok_or_else(|| corrupt("no WofCompressedData stream"))?;
+        let csize = ws.data.size();
+        let chunks = size.div_ceil(chunk);
+        // Offsets of chunks 1.. from the table's end, 8 bytes each past 4 GiB.
+        let entry = if size > u32::MAX as u64 { 8 } else { 4 };
+        let table = (chunks - 1)
+            .checked_mul(entry)
+            .filter(|&t| t <= csize)
+            .ok_or_else(|| corrupt("chunk table larger than the compressed stream"))?;
+        let at = |i: u64| -> io::Result<u64> {
+            let mut b = [0u8; 8];
+            let e = &mut b[..entry as usize];
+            if self.read_data(&ws.data, (node.rec, wi), (i - 1) * entry, e)? != e.len() {
+                return Err(corrupt("chunk table cut short"));
+            }
+            Ok(u64::from_le_bytes(b))
+        };
+        let start = if idx == 0 { 0 } else { at(idx)? };
+        let end = if idx + 1 == chunks {
+            csize - table
+        } else {
+            at(idx + 1)?
+        };
+        if start > end || end > csize - table {
+            return Err(corrupt(format!(
+                "chunk {idx} lies outside the compressed stream"
+            )));
+        }
+        Ok((table + start, table + end))
+    }
+
+    /// Decodes chunk `idx` of a WOF file into `out` (its uncompressed length).
+    fn decode_wof_chunk(
+        &self,
+        node: &Node,
+        chunk: u64,
+        size: u64,
+        idx: u64,
+        out: &mut [u8],
+    ) -> io::Result<()> {
+        let (start, end) = self.wof_chunk_range(node, chunk, size, idx)?;
+        let stored = (end - start) as usize;
+        if stored > out.len() {
+            return Err(corrupt(format!(
+                "chunk {idx} is stored larger than it decodes"
+            )));
+        }
+        let (wi, ws) = node
+            .stream(WOF_STREAM)
+            .ok_or_else(|| corrupt("no WofCompressedData stream"))?;
+        if stored == out.len() {
+            let got = self.read_data(&ws.data, (node.rec, wi), start, out)?;
+            return if got == stored {
+                Ok(())
+            } else {
+                Err(corrupt(format!("chunk {idx} cut short")))
+            };
+        }
+        let mut src = vec![0u8; stored];
+        if self.read_data(&ws.data, (node.rec, wi), start, &mut src)? != stored {
+            return Err(corrupt(format!("chunk {idx} cut short")));
+        }
+        xpress::decompress(&src, out).map_err(|e| corrupt(format!("chunk {idx}: {e}")))
     }
 
     /// Reads one INDX node of a directory (cached).
@@ -1323,7 +1489,11 @@ impl FsTree for NtfsFs {
                     0,
                 ),
                 NodeKind::File => match node.stream(&[]) {
-                    Some((_, s)) => (NodeKind::File, s.data.size(), s.data.blocks()),
+                    // A WOF file's clusters are those of its compressed stream.
+                    Some((_, s)) => match node.wof.and(node.stream(WOF_STREAM)) {
+                        Some((_, w)) => (NodeKind::File, s.data.size(), w.data.blocks()),
+                        None => (NodeKind::File, s.data.size(), s.data.blocks()),
+                    },
                     None => (NodeKind::File, 0, 0),
                 },
                 k => (k, 0, 0),
@@ -1399,6 +1569,12 @@ impl FsTree for NtfsFs {
                     self.label, node.rec, o.why
                 )));
             }
+        }
+        if let (None, Some(chunk)) = (stream, node.wof) {
+            let size = node.streams[i].data.size();
+            return self
+                .read_wof(&node, chunk, size, offset, buf)
+                .map_err(|e| corrupt(format!("MFT record {}: WOF data: {e}", node.rec)));
         }
         self.read_data(&node.streams[i].data, (node.rec, i), offset, buf)
     }

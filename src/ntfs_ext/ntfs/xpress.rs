@@ -1,0 +1,292 @@
+//! XPRESS with Huffman coding ("LZ77+Huffman", MS-XCA 2.1–2.2), the compression of
+//! WOF ("Compact OS", `compact /exe:xpress4k`) files: each chunk of 4, 8 or 16 KiB is
+//! a 256-byte table of 512 four-bit code lengths, then a bit stream of literals and
+//! matches read in 16-bit little-endian words, with long match lengths in bytes
+//! between them.
+
+use std::io;
+
+use crate::ntfs_ext::corrupt;
+
+const SYMBOLS: usize = 512;
+const MAX_LEN: u32 = 15;
+/// Bits resolved by one table lookup; longer codes walk the canonical code.
+const FAST_BITS: u32 = 10;
+/// Output one Huffman table may produce (MS-XCA's block); WOF chunks are smaller.
+pub const MAX_OUTPUT: usize = 65536;
+
+/// Canonical Huffman decoder for one table.
+struct Decoder {
+    /// For each 10-bit prefix: symbol << 4 | length, or 0 when the code is longer.
+    fast: Vec<u16>,
+    /// Codes per length, and the symbols sorted by (length, value).
+    count: [u16; MAX_LEN as usize + 1],
+    sorted: Vec<u16>,
+}
+
+impl Decoder {
+    /// Builds the decoder from the table; the code must be complete (MS-XCA).
+    fn new(table: &[u8]) -> io::Result<Decoder> {
+        let len = |s: usize| -> u32 { (table[s / 2] >> (4 * (s % 2)) & 15) as u32 };
+        let mut count = [0u16; MAX_LEN as usize + 1];
+        for s in 0..SYMBOLS {
+            count[len(s) as usize] += 1;
+        }
+        // Kraft sum in units of 2^-15: a complete code fills exactly 2^15.
+        let filled: u32 = (1..=MAX_LEN)
+            .map(|l| (count[l as usize] as u32) << (MAX_LEN - l))
+            .sum();
+        if filled != 1 << MAX_LEN {
+            return Err(corrupt("XPRESS Huffman table is not a complete code"));
+        }
+        let mut sorted = Vec::with_capacity(SYMBOLS);
+        for l in 1..=MAX_LEN {
+            sorted.extend((0..SYMBOLS as u16).filter(|&s| len(s as usize) == l));
+        }
+        let mut fast = vec![0u16; 1 << FAST_BITS];
+        let mut code = 0u32;
+        let mut i = 0;
+        for l in 1..=FAST_BITS {
+            for _ in 0..count[l as usize] {
+                let span = 1u32 << (FAST_BITS - l);
+                let first = (code << (FAST_BITS - l)) as usize;
+                let entry = sorted[i] << 4 | l as u16;
+                fast[first..first + span as usize].fill(entry);
+                code += 1;
+                i += 1;
+            }
+            code <<= 1;
+        }
+        Ok(Decoder {
+            fast,
+            count,
+            sorted,
+        })
+    }
+
+    /// The symbol whose code starts `bits` (the next 15 bits, first bit highest) and
+    /// its length (always found: the code is complete).
+    fn decode(&self, bits: u32) -> Option<(u16, u32)> {
+        let e = self.fast[(bits >> (MAX_LEN - FAST_BITS)) as usize];
+        if e != 0 {
+            return Some((e >> 4, (e & 15) as u32));
+        }
+        // Longer than FAST_BITS: walk the lengths (the code is complete, so this ends).
+        let (mut code, mut first, mut index) = (0u32, 0u32, 0u32);
+        for l in 1..=MAX_LEN {
+            code |= bits >> (MAX_LEN - l) & 1;
+            let n = self.count[l as usize] as u32;
+            // Canonical codes: the prefix is never below the first code of its length.
+            match code.checked_sub(first) {
+                Some(d) if d < n => return Some((*self.sorted.get((index + d) as usize)?, l)),
+                _ => {}
+            }
+            index += n;
+            first = (first + n) << 1;
+            code <<= 1;
+        }
+        None
+    }
+}
+
+/// The input: 16-bit words feeding a 32-bit bit buffer, and bytes taken between them
+/// from the same position.
+struct Input<'a> {
+    src: &'a [u8],
+    pos: usize,
+    bits: u32,
+    /// Valid bits in `bits` beyond the 16 every step may use.
+    extra: i32,
+}
+
+impl Input<'_> {
+    /// The next word; past the end of the input, zeros (encoders stop at the last bit
+    /// they need; the caller's output bound ends the loop).
+    fn word(&mut self) -> u32 {
+        let w = match self.src.get(self.pos..self.pos + 2) {
+            Some(b) => u16::from_le_bytes([b[0], b[1]]) as u32,
+            None => 0,
+        };
+        self.pos += 2;
+        w
+    }
+
+    fn consume(&mut self, n: u32) {
+        if n == 0 {
+            return;
+        }
+        self.bits <<= n;
+        self.extra -= n as i32;
+        if self.extra < 0 {
+            let w = self.word();
+            self.bits |= w << -self.extra;
+            self.extra += 16;
+        }
+    }
+
+    fn byte(&mut self) -> io::Result<u8> {
+        let b = *self
+            .src
+            .get(self.pos)
+            .ok_or_else(|| corrupt("XPRESS match length cut short"))?;
+        self.pos += 1;
+        Ok(b)
+    }
+}
+
+/// Decompresses one chunk (one Huffman table) from `src` into all of `dst`.
+pub fn decompress(src: &[u8], dst: &mut [u8]) -> io::Result<()> {
+    if dst.len() > MAX_OUTPUT {
+        return Err(corrupt("XPRESS chunk larger than one Huffman block"));
+    }
+    let table = src
+        .get(..256)
+        .ok_or_else(|| corrupt("XPRESS chunk shorter than its Huffman table"))?;
+    let dec = Decoder::new(table)?;
+    let mut input = Input {
+        src,
+        pos: 256,
+        bits: 0,
+        extra: 16,
+    };
+    input.bits = input.word() << 16;
+    input.bits |= input.word();
+    let mut op = 0;
+    while op < dst.len() {
+        let (sym, n) = dec
+            .decode(input.bits >> (32 - MAX_LEN))
+            .ok_or_else(|| corrupt("XPRESS code not in its table"))?;
+        input.consume(n);
+        if sym < 256 {
+            dst[op] = sym as u8;
+            op += 1;
+            continue;
+        }
+        let sym = sym - 256;
+        let mut len = (sym & 15) as usize;
+        let obits = (sym >> 4) as u32;
+        if len == 15 {
+            let b = input.byte()? as usize;
+            len = if b == 255 {
+                let lo = input.byte()? as usize;
+                let hi = input.byte()? as usize;
+                let v = lo | hi << 8;
+                if v < 15 {
+                    return Err(corrupt("XPRESS match length out of range"));
+                }
+                v
+            } else {
+                b + 15
+            };
+        }
+        len += 3;
+        let back = if obits == 0 {
+            1
+        } else {
+            ((input.bits >> (32 - obits)) | 1 << obits) as usize
+        };
+        input.consume(obits);
+        if back > op || len > dst.len() - op {
+            return Err(corrupt("XPRESS match reaches outside the chunk"));
+        }
+        super::lznt1::copy_match(dst, op, back, len);
+        op += len;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table giving the listed (symbol, length) pairs, every other symbol unused.
+    fn table(lens: &[(usize, u8)]) -> Vec<u8> {
+        let mut t = vec![0u8; 256];
+        for &(s, l) in lens {
+            t[s / 2] |= l << (4 * (s % 2));
+        }
+        t
+    }
+
+    #[test]
+    fn incomplete_and_oversubscribed_codes_are_errors() {
+        let mut out = [0u8; 16];
+        // One symbol of length 1: half the code space unused.
+        let mut src = table(&[(65, 1)]);
+        src.extend_from_slice(&[0; 8]);
+        assert!(decompress(&src, &mut out).is_err());
+        // Three symbols of length 1.
+        let mut src = table(&[(65, 1), (66, 1), (67, 1)]);
+        src.extend_from_slice(&[0; 8]);
+        assert!(decompress(&src, &mut out).is_err());
+        // No table at all.
+        assert!(decompress(&[0; 100], &mut out).is_err());
+    }
+
+    #[test]
+    fn two_symbol_code_and_a_match() {
+        // 'A' = 0, and symbol 256 + 16 * 0 + 2 (match of 5 at offset 1) = 1.
+        let src_table = table(&[(b'A' as usize, 1), (256 + 2, 1)]);
+        // Bits: 0 (A), 1 (match, no offset bits): 01 then zeros.
+        let mut src = src_table.clone();
+        src.extend_from_slice(&0x4000u16.to_le_bytes());
+        src.extend_from_slice(&[0, 0]);
+        let mut out = [0u8; 6];
+        decompress(&src, &mut out).unwrap();
+        assert_eq!(&out, b"AAAAAA");
+        // A match before any output reaches outside the chunk.
+        let mut src = src_table;
+        src.extend_from_slice(&0x8000u16.to_le_bytes());
+        src.extend_from_slice(&[0, 0]);
+        assert!(decompress(&src, &mut out).is_err());
+    }
+
+    /// Random bit streams under complete codes (all 512 symbols at 9 bits; one with
+    /// lengths 1 to 15, so the slow path runs) decode or fail, never panic or overrun.
+    #[test]
+    fn random_streams_never_panic() {
+        let mut x = 0x9E37_79B9u32;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        // Lengths 1..=14 for symbols 0..14, then 15 for symbols 14 and 15 fill the
+        // rest of the code space: sum 2^-1 + ... + 2^-14 + 2 * 2^-15 = 1.
+        let mut skewed = vec![0u8; 256];
+        for s in 0..16usize {
+            let l = (s as u8 + 1).min(15);
+            skewed[s / 2] |= l << (4 * (s % 2));
+        }
+        let mut oks = 0;
+        for round in 0..3000 {
+            let mut src = if round % 2 == 0 {
+                vec![0x99u8; 256]
+            } else {
+                skewed.clone()
+            };
+            let n = (rnd() % 600) as usize;
+            src.extend((0..n).map(|_| rnd() as u8));
+            let mut out = vec![0u8; 1 + (rnd() % 16384) as usize];
+            oks += decompress(&src, &mut out).is_ok() as u32;
+        }
+        assert!(oks > 0, "some random streams decode");
+    }
+
+    #[test]
+    fn long_length_bytes_are_required() {
+        // Only a match symbol with length field 15 and one literal: the byte after the
+        // stream's first two words is missing.
+        let mut src = table(&[(b'A' as usize, 1), (256 + 15, 1)]);
+        src.extend_from_slice(&0x4000u16.to_le_bytes());
+        src.extend_from_slice(&[0, 0]);
+        let mut out = [0u8; 40];
+        assert!(decompress(&src, &mut out).is_err());
+        // With the byte: 15 + 3 + 4 = 22 bytes of 'A' after the literal.
+        src.push(4);
+        let mut out = [0u8; 23];
+        decompress(&src, &mut out).unwrap();
+        assert!(out.iter().all(|&b| b == b'A'));
+    }
+}

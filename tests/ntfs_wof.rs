@@ -1,0 +1,370 @@
+//! WOF-compressed ("Compact OS") NTFS files: data compressed with XPRESS+Huffman in
+//! the `WofCompressedData` stream behind a WOF reparse point. No Linux tool writes
+//! them, so this test writes them itself through ntfs-3g, with its own compressor
+//! below (an encoder independent of the product's decoder); libfsntfs's
+//! `fsntfsmount`, where installed, is a second, independent reader of the same files.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// XPRESS+Huffman compression of one chunk (MS-XCA 2.1): greedy LZ77 matches, a
+/// Huffman code built from the chunk's symbol counts (lengths 1 to 15), and the
+/// stream laid out as a decoder reads it: 16-bit words reserved when it would load
+/// them, match-length bytes between them.
+fn xpress_compress(data: &[u8]) -> Vec<u8> {
+    // Tokens: literal byte, or (length, offset).
+    enum Tok {
+        Lit(u8),
+        Match(usize, usize),
+    }
+    let mut toks = Vec::new();
+    // Earlier positions of each 3-byte string; the last 64 are tried.
+    let mut seen: std::collections::HashMap<&[u8], Vec<usize>> = Default::default();
+    let mut p = 0;
+    while p < data.len() {
+        let (mut best, mut best_off) = (0, 0);
+        if p + 3 <= data.len() {
+            for &q in seen
+                .get(&data[p..p + 3])
+                .into_iter()
+                .flatten()
+                .rev()
+                .take(64)
+            {
+                let off = p - q;
+                let mut l = 0;
+                while p + l < data.len() && data[p + l] == data[p + l - off] {
+                    l += 1;
+                }
+                if l > best {
+                    (best, best_off) = (l, off);
+                }
+            }
+        }
+        let step = if best >= 3 { best } else { 1 };
+        for q in p..(p + step).min(data.len().saturating_sub(2)) {
+            seen.entry(&data[q..q + 3]).or_default().push(q);
+        }
+        if best >= 3 {
+            toks.push(Tok::Match(best, best_off));
+        } else {
+            toks.push(Tok::Lit(data[p]));
+        }
+        p += step;
+    }
+    let sym = |t: &Tok| -> usize {
+        match *t {
+            Tok::Lit(b) => b as usize,
+            Tok::Match(len, off) => {
+                256 + (len - 3).min(15) + 16 * (usize::BITS - 1 - off.leading_zeros()) as usize
+            }
+        }
+    };
+    let mut freq = vec![0u64; 512];
+    for t in &toks {
+        freq[sym(t)] += 1;
+    }
+    if freq.iter().filter(|&&f| f > 0).count() < 2 {
+        let spare = if freq[0] == 0 { 0 } else { 1 };
+        freq[spare] = 1; // a code needs two symbols to be complete
+    }
+    let lens = huffman_lengths(&freq);
+    // Canonical codes: by length, then by symbol.
+    let mut codes = vec![0u32; 512];
+    let mut code = 0u32;
+    for l in 1..=15u8 {
+        for s in 0..512 {
+            if lens[s] == l {
+                codes[s] = code;
+                code += 1;
+            }
+        }
+        code <<= 1;
+    }
+    let mut out = vec![0u8; 256];
+    for s in 0..512 {
+        out[s / 2] |= lens[s] << (4 * (s % 2));
+    }
+    // Bits in decoder order; word k of the bit stream is read at words[k].
+    let mut bits: Vec<bool> = Vec::new();
+    let mut words = vec![256usize, 258];
+    out.extend_from_slice(&[0; 4]);
+    let emit = |bits: &mut Vec<bool>, words: &mut Vec<usize>, out: &mut Vec<u8>, v: u32, n: u32| {
+        for i in (0..n).rev() {
+            bits.push(v >> i & 1 == 1);
+        }
+        // The decoder loads a word whenever fewer than 16 unread bits remain.
+        while words.len() * 16 - bits.len() < 16 {
+            words.push(out.len());
+            out.extend_from_slice(&[0, 0]);
+        }
+    };
+    for t in &toks {
+        let s = sym(t);
+        emit(&mut bits, &mut words, &mut out, codes[s], lens[s] as u32);
+        if let Tok::Match(len, off) = *t {
+            let l = len - 3;
+            if l >= 15 {
+                if l - 15 < 255 {
+                    out.push((l - 15) as u8);
+                } else {
+                    out.push(255);
+                    out.extend_from_slice(&(l as u16).to_le_bytes());
+                }
+            }
+            let ob = usize::BITS - 1 - off.leading_zeros();
+            emit(
+                &mut bits,
+                &mut words,
+                &mut out,
+                (off - (1 << ob)) as u32,
+                ob,
+            );
+        }
+    }
+    for (k, &at) in words.iter().enumerate() {
+        let mut w = 0u16;
+        for i in 0..16 {
+            if bits.get(k * 16 + i) == Some(&true) {
+                w |= 1 << (15 - i);
+            }
+        }
+        out[at..at + 2].copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+/// Huffman code lengths (at most 15) for the symbols with a count; 0 for the rest.
+fn huffman_lengths(freq: &[u64]) -> Vec<u8> {
+    // Scaling the counts down flattens the tree until it fits in 15 bits.
+    for shift in 0.. {
+        let mut nodes: Vec<(u64, Vec<usize>)> = freq
+            .iter()
+            .enumerate()
+            .filter(|(_, &f)| f > 0)
+            .map(|(s, &f)| ((f >> shift).max(1), vec![s]))
+            .collect();
+        let mut lens = vec![0u8; freq.len()];
+        while nodes.len() > 1 {
+            nodes.sort_by_key(|n| std::cmp::Reverse(n.0));
+            let (a, b) = (nodes.pop().unwrap(), nodes.pop().unwrap());
+            for &s in a.1.iter().chain(&b.1) {
+                lens[s] += 1;
+            }
+            nodes.push((a.0 + b.0, [a.1, b.1].concat()));
+        }
+        if lens.iter().all(|&l| l <= 15) {
+            return lens;
+        }
+    }
+    unreachable!()
+}
+
+/// The `WofCompressedData` stream for `data`: the chunk offset table (4-byte entries,
+/// from the table's end, none for the first chunk), then each chunk compressed, or
+/// raw where compressing does not make it smaller.
+fn wof_stream(data: &[u8], chunk: usize) -> Vec<u8> {
+    let chunks: Vec<Vec<u8>> = data
+        .chunks(chunk)
+        .map(|c| {
+            let z = xpress_compress(c);
+            if z.len() < c.len() {
+                z
+            } else {
+                c.to_vec()
+            }
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut at = 0u32;
+    for c in &chunks[..chunks.len().saturating_sub(1)] {
+        at += c.len() as u32;
+        out.extend_from_slice(&at.to_le_bytes());
+    }
+    for c in &chunks {
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+/// The WOF reparse point: WOF version 1, file provider (2), its version 1, algorithm.
+fn wof_reparse(algorithm: u32) -> Vec<u8> {
+    let mut b = 0x8000_0017u32.to_le_bytes().to_vec();
+    b.extend_from_slice(&16u16.to_le_bytes());
+    b.extend_from_slice(&[0, 0]);
+    for f in [1u32, 2, 1, algorithm] {
+        b.extend_from_slice(&f.to_le_bytes());
+    }
+    b
+}
+
+/// Writes `data` at `path` as Windows' `compact /exe:ALG` leaves it: the named stream,
+/// a sparse unnamed stream of the data's size, the reparse point last.
+fn write_wof(path: &Path, data: &[u8], algorithm: u32, stream: &[u8]) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(data.len() as u64).unwrap();
+    drop(f);
+    let named = format!("{}:WofCompressedData", path.display());
+    std::fs::write(named, stream).unwrap();
+    set_xattr(path, "system.ntfs_reparse_data", &wof_reparse(algorithm));
+}
+
+struct Case {
+    name: &'static str,
+    data: Vec<u8>,
+    algorithm: u32,
+}
+
+fn cases(rng: &mut StdRng) -> Vec<Case> {
+    let mut text = Vec::new();
+    while text.len() < 100_000 {
+        let v: u32 = rng.gen_range(0..5000);
+        text.extend_from_slice(format!("event {} user {v} ok\n", text.len() % 977).as_bytes());
+    }
+    // Random stretches (stored raw), runs and repeats (long matches, long lengths).
+    let mut mixed = vec![0u8; 70_000];
+    rng.fill(&mut mixed[..20_000]);
+    for (i, b) in mixed[20_000..40_000].iter_mut().enumerate() {
+        *b = (i % 7) as u8;
+    }
+    let copy = mixed[..5000].to_vec();
+    mixed[45_000..50_000].copy_from_slice(&copy);
+    let mut exe = Vec::new();
+    while exe.len() < 300_001 {
+        let op: u8 = rng.gen_range(0..6);
+        exe.extend_from_slice(&[0x48, 0x89, op, 0x24, rng.gen(), 0, 0, 0, 0xE8]);
+    }
+    vec![
+        Case {
+            name: "text.log",
+            data: text,
+            algorithm: 0,
+        },
+        Case {
+            name: "mixed.bin",
+            data: mixed,
+            algorithm: 2,
+        },
+        Case {
+            name: "program.exe",
+            data: exe,
+            algorithm: 3,
+        },
+        Case {
+            name: "tiny",
+            data: b"tiny file".to_vec(),
+            algorithm: 0,
+        },
+        Case {
+            name: "empty",
+            data: Vec::new(),
+            algorithm: 0,
+        },
+    ]
+}
+
+#[test]
+fn wof_compressed_files_read_as_their_source() {
+    if !ntfs_tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(17);
+    let cases = cases(&mut rng);
+    assert!(
+        wof_stream(&cases[0].data, 4096).len() < cases[0].data.len() / 2,
+        "the text compresses (its chunks are XPRESS, not stored raw)"
+    );
+    let img = t.path().join("wof.img");
+    make_ntfs(&img, 32 << 20, 512, 4096, |m| {
+        for c in &cases {
+            let chunk = [4096, 32768, 8192, 16384][c.algorithm as usize];
+            write_wof(
+                &m.join(c.name),
+                &c.data,
+                c.algorithm,
+                &wof_stream(&c.data, chunk),
+            );
+        }
+        // LZX is listed but not decoded: its reads fail.
+        write_wof(&m.join("lzx.bin"), &[7u8; 5000], 1, &[0u8; 100]);
+    });
+    let dev = std::sync::Arc::new(disksafe::readat::FileReader::open(&img).unwrap());
+    let tree = disksafe::ntfs_ext::open_tree(dev, &Default::default())
+        .unwrap()
+        .unwrap();
+    for c in &cases {
+        let ino = tree
+            .lookup(tree.root(), c.name.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            tree.stat(ino).unwrap().size,
+            c.data.len() as u64,
+            "{}",
+            c.name
+        );
+        // Whole, then in pieces that cut chunks anywhere.
+        let mut whole = vec![0u8; c.data.len() + 10];
+        let n = tree.read(ino, 0, &mut whole).unwrap();
+        assert!(
+            whole[..n] == c.data[..],
+            "{} differs from its source",
+            c.name
+        );
+        let mut at = 0;
+        while at < c.data.len() {
+            let mut b = vec![0u8; rng.gen_range(1..20_000)];
+            let n = tree.read(ino, at as u64, &mut b).unwrap();
+            assert!(n > 0 && b[..n] == c.data[at..at + n], "{} at {at}", c.name);
+            at += n;
+        }
+    }
+    let lzx = tree.lookup(tree.root(), b"lzx.bin").unwrap().unwrap();
+    let e = tree.read(lzx, 0, &mut [0u8; 100]).unwrap_err();
+    assert!(e.to_string().contains("LZX"), "{e}");
+
+    // The second reader: libfsntfs decodes the same files to the same bytes, so the
+    // compressor above writes what Windows' readers read.
+    let script = r"
+import hashlib, sys, pyfsntfs
+v = pyfsntfs.volume()
+v.open(sys.argv[1])
+for name in sys.argv[2:]:
+    e = v.get_file_entry_by_path('\\' + name)
+    data = e.read() if e.get_size() else b''
+    print(name, hashlib.sha256(data).hexdigest())
+";
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(&img)
+        .args(cases.iter().map(|c| c.name))
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap(),
+        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No module named 'pyfsntfs'") => {
+            eprintln!("SKIP second reader: pyfsntfs (package python3-libfsntfs) is not installed");
+            return;
+        }
+        Ok(o) => panic!("pyfsntfs: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            eprintln!("SKIP second reader: no /usr/bin/python3 ({e})");
+            return;
+        }
+    };
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), cases.len(), "{out}");
+    for (line, c) in lines.iter().zip(&cases) {
+        assert_eq!(
+            *line,
+            format!("{} {}", c.name, sha256(&c.data)),
+            "libfsntfs reads {} differently",
+            c.name
+        );
+    }
+}
