@@ -85,6 +85,21 @@ EOT
     fi
   fi
 fi
+# A WOF-compressed file ("Compact OS", XPRESS4K, 10000 bytes): chunk 0 is XPRESS (all
+# 512 symbols 9 bits long; the literal 'A', then symbol 271, a match at offset 1 whose
+# length 4092 + 3 follows in bytes: "A" x 4096), chunks 1 and 2 are stored raw.
+wof() {
+  : > "$1"
+  truncate -s 10000 "$1"
+  {
+    printf '\x09\x01\x00\x00\x09\x11\x00\x00' # chunk table: 265, 4361
+    for _ in $(seq 256); do printf '\x99'; done
+    printf '\xc3\x20\x00\xc0\x00\x00\xff\xfc\x0f'
+    head -c 4096 /dev/zero | tr '\0' 'B'
+    head -c 1808 /dev/zero | tr '\0' 'C'
+  } > "$1:WofCompressedData"
+  setfattr -n system.ntfs_reparse_data -v 0x170000801000000001000000020000000100000000000000 "$1"
+}
 if [ "$(id -u)" = 0 ] && command -v mkntfs > /dev/null && command -v ntfs-3g > /dev/null; then
   for geo in "512 512" "512 4096" "4096 4096"; do
     set -- $geo
@@ -97,6 +112,7 @@ if [ "$(id -u)" = 0 ] && command -v mkntfs > /dev/null && command -v ntfs-3g > /
     echo side > "$tmp/m/a:stream"
     mkdir "$tmp/m/c" && setfattr -n system.ntfs_attrib_be -v 0x00000800 "$tmp/m/c" 2> /dev/null || true
     seq 1 3000 > "$tmp/m/c/text"
+    wof "$tmp/m/wof.exe"
     umount "$tmp/m"
     # ntfs-3g finishes writing after the unmount returns: wait for it to exit.
     while pgrep -f "ntfs-3g.*$img" > /dev/null; do sleep 0.1; done

@@ -274,6 +274,18 @@ mod tests {
         assert!(oks > 0, "some random streams decode");
     }
 
+    /// A chunk written by hand from the spec (every symbol 9 bits; 'A', then symbol
+    /// 271: a match at offset 1 whose length 4092 + 3 follows in bytes), which
+    /// libfsntfs also decodes to 4096 'A's (the fuzz seeds carry it in a WOF file).
+    #[test]
+    fn known_chunk() {
+        let mut src = vec![0x99u8; 256];
+        src.extend_from_slice(&[0xc3, 0x20, 0x00, 0xc0, 0x00, 0x00, 0xff, 0xfc, 0x0f]);
+        let mut out = vec![0u8; 4096];
+        decompress(&src, &mut out).unwrap();
+        assert!(out.iter().all(|&b| b == b'A'));
+    }
+
     #[test]
     fn long_length_bytes_are_required() {
         // Only a match symbol with length field 15 and one literal: the byte after the
