@@ -329,6 +329,22 @@ fn wof_compressed_files_read_as_their_source() {
     let e = tree.read(lzx, 0, &mut [0u8; 100]).unwrap_err();
     assert!(e.to_string().contains("LZX"), "{e}");
 
+    drop(tree);
+
+    // Readahead of a WOF file asks for the chunks of the range and their table
+    // entries: every device range that reading the range then reads.
+    let (offset, len) = (50_000, 120_000);
+    let (asked, reads) = prefetch_asks_then_reads(&img, b"program.exe", offset, len);
+    assert!(!reads.is_empty(), "the read read nothing");
+    for &(at, n) in &reads {
+        assert!(
+            asked.iter().any(|&(o, l)| o <= at && at + n <= o + l),
+            "read of {n} bytes at {at} not asked for: {asked:?}"
+        );
+    }
+    let total: u64 = asked.iter().map(|r| r.1).sum();
+    assert!(total <= len + (64 << 10), "{total} bytes asked for");
+
     // The second reader: libfsntfs decodes the same files to the same bytes, so the
     // compressor above writes what Windows' readers read.
     let script = r"

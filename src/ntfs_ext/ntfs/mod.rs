@@ -1587,32 +1587,56 @@ impl FsTree for NtfsFs {
         let Ok((node, stream)) = self.resolve(ino) else {
             return;
         };
-        let Some(i) = stream.or_else(|| node.stream(&[]).map(|(i, _)| i)) else {
+        let Some(mut i) = stream.or_else(|| node.stream(&[]).map(|(i, _)| i)) else {
             return;
         };
+        // Byte ranges of stream i to fetch.
+        let mut ranges = vec![(offset, offset.saturating_add(len))];
+        if let (None, Some(chunk)) = (stream, node.wof) {
+            // The range's chunks in the compressed stream, and their table entries.
+            let (size, chunk) = (node.streams[i].data.size(), chunk as u64);
+            let end = offset.saturating_add(len).min(size);
+            if offset >= end {
+                return;
+            }
+            let (c0, c1) = (offset / chunk, (end - 1) / chunk);
+            let first = self.wof_chunk_range(&node, chunk, size, c0);
+            let last = self.wof_chunk_range(&node, chunk, size, c1);
+            let (Ok((start, _)), Ok((_, stop)), Some((w, _))) =
+                (first, last, node.stream(WOF_STREAM))
+            else {
+                return;
+            };
+            let entry = if size > u32::MAX as u64 { 8 } else { 4 };
+            let table = (c0.saturating_sub(1) * entry, (c1 + 1) * entry);
+            (i, ranges) = (w, vec![table, (start, stop)]);
+        }
         let Some(Data::Mapped(m)) = node.streams.get(i).map(|s| &s.data) else {
             return;
         };
         if node.opaque.is_some() {
             return;
         }
-        let (mut offset, mut end) = (offset, offset.saturating_add(len).min(m.init));
-        if let Some(cu) = m.comp_unit {
-            // Whole units: a unit's compressed clusters lie at its start.
-            let Ok(unit) = self.unit_size(cu) else { return };
-            if offset >= end {
-                return;
+        let mut spans = Vec::new();
+        for (offset, end) in ranges {
+            let (mut offset, mut end) = (offset, end.min(m.init));
+            if let Some(cu) = m.comp_unit {
+                // Whole units: a unit's compressed clusters lie at its start.
+                let Ok(unit) = self.unit_size(cu) else { return };
+                if offset >= end {
+                    continue;
+                }
+                offset -= offset % unit;
+                end = end.div_ceil(unit).saturating_mul(unit);
             }
-            offset -= offset % unit;
-            end = end.div_ceil(unit).saturating_mul(unit);
+            spans.extend(crate::ntfs_ext::run_spans(
+                &m.runs,
+                |r| (r.vcn, r.len, r.lcn),
+                offset,
+                end,
+                self.boot.cluster_size,
+            ));
         }
-        let spans = crate::ntfs_ext::run_spans(
-            &m.runs,
-            |r| (r.vcn, r.len, r.lcn),
-            offset,
-            end,
-            self.boot.cluster_size,
-        );
         crate::ntfs_ext::prefetch_spans(&*self.dev, spans, 64);
     }
 
