@@ -384,3 +384,51 @@ for name in sys.argv[2:]:
         );
     }
 }
+
+/// Damage in a WOF file's chunk table or in one chunk fails the reads that need it,
+/// with an error naming the chunk, and no other: the chunks before it still read.
+#[test]
+fn damaged_wof_chunks_fail_alone() {
+    if !ntfs_tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..12_000u32).map(|i| (i % 251) as u8).collect();
+    let good = wof_stream(&data, 4096);
+    // Three chunks: table entries at 0 and 4 (starts of chunks 1 and 2).
+    let mut far = good.clone();
+    far[4..8].copy_from_slice(&0xFFFF_FF00u32.to_le_bytes());
+    // Chunk 1 compressed but its Huffman table gutted (no longer a complete code).
+    let c1 = u32::from_le_bytes(good[0..4].try_into().unwrap()) as usize + 8;
+    let c2 = u32::from_le_bytes(good[4..8].try_into().unwrap()) as usize + 8;
+    assert!(c2 - c1 < 4096, "chunk 1 is compressed");
+    let mut gutted = good.clone();
+    gutted[c1..c1 + 256].fill(0);
+    let img = t.path().join("bad.img");
+    make_ntfs(&img, 16 << 20, 512, 4096, |m| {
+        write_wof(&m.join("far"), &data, 0, &far);
+        write_wof(&m.join("gutted"), &data, 0, &gutted);
+    });
+    let dev = std::sync::Arc::new(disksafe::readat::FileReader::open(&img).unwrap());
+    let tree = disksafe::ntfs_ext::open_tree(dev, &Default::default())
+        .unwrap()
+        .unwrap();
+    for (name, bad) in [("far", 1), ("gutted", 1)] {
+        let ino = tree.lookup(tree.root(), name.as_bytes()).unwrap().unwrap();
+        let mut b = vec![0u8; 4096];
+        assert_eq!(tree.read(ino, 0, &mut b).unwrap(), 4096, "{name}: chunk 0");
+        assert!(b == data[..4096], "{name}: chunk 0 reads as its source");
+        let e = tree.read(ino, 4096 * bad, &mut b).unwrap_err();
+        assert!(e.to_string().contains("chunk 1"), "{name}: {e}");
+        // A read spanning the good chunk and the bad one fails as a whole.
+        assert!(tree.read(ino, 100, &mut vec![0u8; 8000]).is_err(), "{name}");
+    }
+    // The far entry also ends chunk 1 where chunk 2 cannot begin: chunk 2 fails too;
+    // the gutted file's chunk 2 is intact.
+    let far_ino = tree.lookup(tree.root(), b"far").unwrap().unwrap();
+    assert!(tree.read(far_ino, 8192, &mut [0u8; 100]).is_err());
+    let gutted_ino = tree.lookup(tree.root(), b"gutted").unwrap().unwrap();
+    let mut b = vec![0u8; 12_000 - 8192];
+    assert_eq!(tree.read(gutted_ino, 8192, &mut b).unwrap(), b.len());
+    assert!(b == data[8192..]);
+}
