@@ -39,9 +39,19 @@ impl Decoder {
         if filled != 1 << MAX_LEN {
             return Err(corrupt("XPRESS Huffman table is not a complete code"));
         }
-        let mut sorted = Vec::with_capacity(SYMBOLS);
-        for l in 1..=MAX_LEN {
-            sorted.extend((0..SYMBOLS as u16).filter(|&s| len(s as usize) == l));
+        // Symbols sorted by (length, value) in one pass: each length's slots start
+        // after all shorter lengths' counts.
+        let mut next = [0u16; MAX_LEN as usize + 2];
+        for l in 1..=MAX_LEN as usize {
+            next[l + 1] = next[l] + count[l];
+        }
+        let mut sorted = vec![0u16; next[MAX_LEN as usize + 1] as usize];
+        for s in 0..SYMBOLS {
+            let l = len(s) as usize;
+            if l > 0 {
+                sorted[next[l] as usize] = s as u16;
+                next[l] += 1;
+            }
         }
         let mut fast = vec![0u16; 1 << FAST_BITS];
         let mut code = 0u32;
