@@ -325,7 +325,35 @@ fn wof_compressed_files_read_as_their_source() {
             at += n;
         }
     }
+    // The compressed stream is not listed as an xattr of a decoded file (as Windows
+    // hides it), yet reads as FILE:WofCompressedData; an LZX file still lists it.
+    let text = tree.lookup(tree.root(), b"text.log").unwrap().unwrap();
+    let names = tree.xattrs(text).unwrap();
+    assert!(
+        !names.iter().any(|(n, _)| n == b"user.WofCompressedData"),
+        "listed: {:?}",
+        names
+            .iter()
+            .map(|(n, _)| String::from_utf8_lossy(n))
+            .collect::<Vec<_>>()
+    );
+    let raw = tree
+        .lookup(tree.root(), b"text.log:WofCompressedData")
+        .unwrap()
+        .expect("FILE:WofCompressedData looks the stream up");
+    let want = wof_stream(&cases[0].data, 4096);
+    let mut got = vec![0u8; want.len() + 1];
+    let n = tree.read(raw, 0, &mut got).unwrap();
+    assert!(
+        got[..n] == want[..],
+        "the compressed stream reads as written"
+    );
     let lzx = tree.lookup(tree.root(), b"lzx.bin").unwrap().unwrap();
+    assert!(tree
+        .xattrs(lzx)
+        .unwrap()
+        .iter()
+        .any(|(n, _)| n == b"user.WofCompressedData"));
     let e = tree.read(lzx, 0, &mut [0u8; 100]).unwrap_err();
     assert!(e.to_string().contains("LZX"), "{e}");
 

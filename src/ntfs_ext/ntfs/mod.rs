@@ -1377,8 +1377,14 @@ impl NtfsFs {
         Ok(Some(rec))
     }
 
+    /// The named streams a listing shows: a decoded WOF file's `WofCompressedData` is
+    /// left out, as Windows hides it (its content is the file's data; `cp -a` would
+    /// copy it as an xattr); `FILE:WofCompressedData` still reads it.
     fn named_streams(node: &Node) -> impl Iterator<Item = &Stream> {
-        node.streams.iter().filter(|s| !s.name.is_empty())
+        let wof = node.wof.is_some();
+        node.streams
+            .iter()
+            .filter(move |s| !(s.name.is_empty() || wof && s.name == WOF_STREAM))
     }
 }
 
