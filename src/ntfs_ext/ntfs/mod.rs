@@ -164,6 +164,18 @@ struct Opaque {
     every_stream: bool,
 }
 
+/// A WOF file's `WofCompressedData` stream, as [`NtfsFs::wof_view`] checked it.
+struct WofView<'a> {
+    /// Record and stream index, for [`NtfsFs::read_data`].
+    key: (u64, usize),
+    data: &'a Data,
+    chunk: u64,
+    size: u64,
+    /// Bytes per table entry, and of the whole table.
+    entry: u64,
+    table: u64,
+}
+
 impl Node {
     fn stream(&self, name: &[u16]) -> Option<(usize, &Stream)> {
         self.streams
@@ -902,46 +914,57 @@ impl NtfsFs {
         buf: &mut [u8],
     ) -> io::Result<()> {
         let unit = self.unit_size(cu)?;
-        let mut pos = off;
+        self.read_units(key, unit, u64::MAX, off, buf, |idx, out| {
+            self.decode_unit(m, idx, out)
+        })
+    }
+
+    /// Reads `buf` at byte `off` of data decoded a unit of `unit` bytes at a time (the
+    /// last one ending at byte `total`) by `decode(index, out)`. Whole units missing
+    /// from the cache are decoded straight into `buf` (sequential copies: the kernel's
+    /// page cache keeps them, and a copy and an allocation are saved); parts of units
+    /// go through the unit cache under `(key.0, key.1, index)`.
+    fn read_units(
+        &self,
+        key: (u64, usize),
+        unit: u64,
+        total: u64,
+        off: u64,
+        buf: &mut [u8],
+        decode: impl Fn(u64, &mut [u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
         let mut done = 0;
         while done < buf.len() {
+            let pos = off + done as u64;
             let idx = pos / unit;
             let within = (pos % unit) as usize;
-            let take = (buf.len() - done).min(unit as usize - within);
+            let ulen = unit.min(total - idx * unit) as usize;
+            let take = (buf.len() - done).min(ulen - within);
+            let dst = &mut buf[done..done + take];
             let cache_key = (key.0, key.1, idx);
-            if take as u64 == unit && !self.units.contains(&cache_key) {
-                // A whole unit (sequential copies): decoded in place, not cached, as the
-                // kernel's page cache keeps it; a copy and a unit's allocation saved.
-                self.decode_unit_into(m, idx, &mut buf[done..done + take])?;
-                done += take;
-                pos += take as u64;
-                continue;
+            if take == ulen && !self.units.contains(&cache_key) {
+                decode(idx, dst)?;
+            } else {
+                let data = match self.units.get(&cache_key) {
+                    Some(d) => d,
+                    None => {
+                        let mut d = vec![0u8; ulen];
+                        decode(idx, &mut d)?;
+                        let d = Arc::new(d);
+                        self.units.put(cache_key, d.clone());
+                        d
+                    }
+                };
+                dst.copy_from_slice(&data[within..within + take]);
             }
-            let data = match self.units.get(&cache_key) {
-                Some(d) => d,
-                None => {
-                    let d = Arc::new(self.decode_unit(m, idx, unit)?);
-                    self.units.put(cache_key, d.clone());
-                    d
-                }
-            };
-            buf[done..done + take].copy_from_slice(&data[within..within + take]);
             done += take;
-            pos += take as u64;
         }
         Ok(())
     }
 
-    /// One compression unit: all holes → zeros, fully allocated → stored raw,
-    /// otherwise its allocated clusters hold LZNT1 data.
-    fn decode_unit(&self, m: &Mapped, idx: u64, unit: u64) -> io::Result<Vec<u8>> {
-        let mut out = vec![0u8; unit as usize];
-        self.decode_unit_into(m, idx, &mut out)?;
-        Ok(out)
-    }
-
-    /// [`NtfsFs::decode_unit`] into `out`, one unit long.
-    fn decode_unit_into(&self, m: &Mapped, idx: u64, out: &mut [u8]) -> io::Result<()> {
+    /// One compression unit into `out` (one unit long): all holes → zeros, fully
+    /// allocated → stored raw, otherwise its allocated clusters hold LZNT1 data.
+    fn decode_unit(&self, m: &Mapped, idx: u64, out: &mut [u8]) -> io::Result<()> {
         let unit = out.len() as u64;
         let cs = self.boot.cluster_size;
         let per = unit / cs;
@@ -980,10 +1003,34 @@ impl NtfsFs {
         lznt1::decompress(&src, out)
     }
 
-    /// Reads a WOF-compressed file's data (`size` bytes in chunks of `chunk`): chunk
-    /// offsets come from the table at the start of its `WofCompressedData` stream, a
-    /// chunk stored at its full size is raw, any other is XPRESS-compressed. Whole
-    /// chunks are decoded in place; parts of chunks go through the unit cache.
+    /// A WOF file's compressed stream and the size of its chunk table, checked once
+    /// per read: `size` bytes of data in chunks of `chunk`, chunks 1.. located by the
+    /// table's entries (offsets from its end; 8 bytes each past 4 GiB, else 4).
+    fn wof_view<'a>(&self, node: &'a Node, chunk: u32, size: u64) -> io::Result<WofView<'a>> {
+        let (index, ws) = node
+            .stream(WOF_STREAM)
+            .ok_or_else(|| corrupt("no WofCompressedData stream"))?;
+        let chunk = chunk as u64;
+        let entry = if size > u32::MAX as u64 { 8 } else { 4 };
+        let table = size
+            .div_ceil(chunk)
+            .saturating_sub(1)
+            .checked_mul(entry)
+            .filter(|&t| t <= ws.data.size())
+            .ok_or_else(|| corrupt("chunk table larger than the compressed stream"))?;
+        Ok(WofView {
+            key: (node.rec, index),
+            data: &ws.data,
+            chunk,
+            size,
+            entry,
+            table,
+        })
+    }
+
+    /// Reads a WOF-compressed file's data (`size` bytes in chunks of `chunk`): a chunk
+    /// stored at its full size is raw, any other is XPRESS-compressed. Chunks share the
+    /// unit cache under a stream index no stream has.
     fn read_wof(
         &self,
         node: &Node,
@@ -996,109 +1043,63 @@ impl NtfsFs {
             return Ok(0);
         }
         let n = (buf.len() as u64).min(size - off) as usize;
-        let chunk = chunk as u64;
-        let mut done = 0;
-        while done < n {
-            let pos = off + done as u64;
-            let idx = pos / chunk;
-            let within = (pos % chunk) as usize;
-            let ulen = chunk.min(size - idx * chunk) as usize;
-            let take = (n - done).min(ulen - within);
-            let dst = &mut buf[done..done + take];
-            // Chunks share the unit cache under a stream index no stream has.
-            let key = (node.rec, usize::MAX, idx);
-            if take == ulen && !self.units.contains(&key) {
-                self.decode_wof_chunk(node, chunk, size, idx, dst)?;
-            } else {
-                let data = match self.units.get(&key) {
-                    Some(d) => d,
-                    None => {
-                        let mut d = vec![0u8; ulen];
-                        self.decode_wof_chunk(node, chunk, size, idx, &mut d)?;
-                        let d = Arc::new(d);
-                        self.units.put(key, d.clone());
-                        d
-                    }
-                };
-                dst.copy_from_slice(&data[within..within + take]);
-            }
-            done += take;
-        }
+        let w = self.wof_view(node, chunk, size)?;
+        self.read_units(
+            (node.rec, usize::MAX),
+            w.chunk,
+            size,
+            off,
+            &mut buf[..n],
+            |idx, out| self.decode_wof_chunk(&w, idx, out),
+        )?;
         Ok(n)
     }
 
     /// Where chunk `idx` of a WOF file lies in its `WofCompressedData` stream: byte
     /// range, checked against the stream.
-    fn wof_chunk_range(
-        &self,
-        node: &Node,
-        chunk: u64,
-        size: u64,
-        idx: u64,
-    ) -> io::Result<(u64, u64)> {
-        let (wi, ws) = node
-            .stream(WOF_STREAM)
-            .ok_or_else(|| corrupt("no WofCompressedData stream"))?;
-        let csize = ws.data.size();
-        let chunks = size.div_ceil(chunk);
-        // Offsets of chunks 1.. from the table's end, 8 bytes each past 4 GiB.
-        let entry = if size > u32::MAX as u64 { 8 } else { 4 };
-        let table = (chunks - 1)
-            .checked_mul(entry)
-            .filter(|&t| t <= csize)
-            .ok_or_else(|| corrupt("chunk table larger than the compressed stream"))?;
+    fn wof_chunk_range(&self, w: &WofView, idx: u64) -> io::Result<(u64, u64)> {
+        let csize = w.data.size();
         let at = |i: u64| -> io::Result<u64> {
             let mut b = [0u8; 8];
-            let e = &mut b[..entry as usize];
-            if self.read_data(&ws.data, (node.rec, wi), (i - 1) * entry, e)? != e.len() {
+            let e = &mut b[..w.entry as usize];
+            if self.read_data(w.data, w.key, (i - 1) * w.entry, e)? != e.len() {
                 return Err(corrupt("chunk table cut short"));
             }
             Ok(u64::from_le_bytes(b))
         };
         let start = if idx == 0 { 0 } else { at(idx)? };
-        let end = if idx + 1 == chunks {
-            csize - table
+        let end = if idx + 1 == w.size.div_ceil(w.chunk) {
+            csize - w.table
         } else {
             at(idx + 1)?
         };
-        if start > end || end > csize - table {
+        if start > end || end > csize - w.table {
             return Err(corrupt(format!(
                 "chunk {idx} lies outside the compressed stream"
             )));
         }
-        Ok((table + start, table + end))
+        Ok((w.table + start, w.table + end))
     }
 
     /// Decodes chunk `idx` of a WOF file into `out` (its uncompressed length).
-    fn decode_wof_chunk(
-        &self,
-        node: &Node,
-        chunk: u64,
-        size: u64,
-        idx: u64,
-        out: &mut [u8],
-    ) -> io::Result<()> {
-        let (start, end) = self.wof_chunk_range(node, chunk, size, idx)?;
+    fn decode_wof_chunk(&self, w: &WofView, idx: u64, out: &mut [u8]) -> io::Result<()> {
+        let (start, end) = self.wof_chunk_range(w, idx)?;
         let stored = (end - start) as usize;
         if stored > out.len() {
             return Err(corrupt(format!(
                 "chunk {idx} is stored larger than it decodes"
             )));
         }
-        let (wi, ws) = node
-            .stream(WOF_STREAM)
-            .ok_or_else(|| corrupt("no WofCompressedData stream"))?;
+        let cut = || corrupt(format!("chunk {idx} cut short"));
         if stored == out.len() {
-            let got = self.read_data(&ws.data, (node.rec, wi), start, out)?;
-            return if got == stored {
-                Ok(())
-            } else {
-                Err(corrupt(format!("chunk {idx} cut short")))
+            return match self.read_data(w.data, w.key, start, out)? {
+                n if n == stored => Ok(()),
+                _ => Err(cut()),
             };
         }
         let mut src = vec![0u8; stored];
-        if self.read_data(&ws.data, (node.rec, wi), start, &mut src)? != stored {
-            return Err(corrupt(format!("chunk {idx} cut short")));
+        if self.read_data(w.data, w.key, start, &mut src)? != stored {
+            return Err(cut());
         }
         xpress::decompress(&src, out).map_err(|e| corrupt(format!("chunk {idx}: {e}")))
     }
@@ -1593,6 +1594,9 @@ impl FsTree for NtfsFs {
         let Ok((node, stream)) = self.resolve(ino) else {
             return;
         };
+        if node.opaque.is_some() {
+            return;
+        }
         let Some(mut i) = stream.or_else(|| node.stream(&[]).map(|(i, _)| i)) else {
             return;
         };
@@ -1600,29 +1604,26 @@ impl FsTree for NtfsFs {
         let mut ranges = vec![(offset, offset.saturating_add(len))];
         if let (None, Some(chunk)) = (stream, node.wof) {
             // The range's chunks in the compressed stream, and their table entries.
-            let (size, chunk) = (node.streams[i].data.size(), chunk as u64);
+            let size = node.streams[i].data.size();
             let end = offset.saturating_add(len).min(size);
+            let Ok(w) = self.wof_view(&node, chunk, size) else {
+                return;
+            };
             if offset >= end {
                 return;
             }
-            let (c0, c1) = (offset / chunk, (end - 1) / chunk);
-            let first = self.wof_chunk_range(&node, chunk, size, c0);
-            let last = self.wof_chunk_range(&node, chunk, size, c1);
-            let (Ok((start, _)), Ok((_, stop)), Some((w, _))) =
-                (first, last, node.stream(WOF_STREAM))
+            let (c0, c1) = (offset / w.chunk, (end - 1) / w.chunk);
+            let (Ok((start, _)), Ok((_, stop))) =
+                (self.wof_chunk_range(&w, c0), self.wof_chunk_range(&w, c1))
             else {
                 return;
             };
-            let entry = if size > u32::MAX as u64 { 8 } else { 4 };
-            let table = (c0.saturating_sub(1) * entry, (c1 + 1) * entry);
-            (i, ranges) = (w, vec![table, (start, stop)]);
+            let table = (c0.saturating_sub(1) * w.entry, (c1 + 1) * w.entry);
+            (i, ranges) = (w.key.1, vec![table, (start, stop)]);
         }
         let Some(Data::Mapped(m)) = node.streams.get(i).map(|s| &s.data) else {
             return;
         };
-        if node.opaque.is_some() {
-            return;
-        }
         let mut spans = Vec::new();
         for (offset, end) in ranges {
             let (mut offset, mut end) = (offset, end.min(m.init));
