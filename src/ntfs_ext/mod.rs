@@ -118,9 +118,10 @@ impl ReadAt for Warmed {
 }
 
 /// Opens `data` as a volume and walks everything in it (directories, file data up to
-/// `max_read` bytes each and the readahead hint for all of it, links, xattrs), visiting each inode once, with the parsers'
-/// background warm-ups running as under a mount (and waited for). Errors are fine; a
-/// panic or a hang is a bug. Shared by the fuzz targets and the hostile-input tests.
+/// `max_read` bytes each and the readahead hint for all of it, links, xattrs),
+/// visiting each inode once, with the parsers' background warm-ups running as under a
+/// mount (and waited for). Errors are fine; a panic or a hang is a bug. Shared by the
+/// fuzz targets and the hostile-input tests.
 pub fn walk_everything(data: Vec<u8>, max_read: usize) -> std::io::Result<usize> {
     walk_volume(Arc::new(Warmed(MemVolume(data))), max_read)
 }
