@@ -822,10 +822,7 @@ fn block_mapped_reads_through_every_indirect_level() {
     let want = std::fs::read(&path).unwrap();
     let img = t.path().join("ext2.img");
     mkfs("mkfs.ext2", &["-b", "1024"], &src, &img, 96 << 20);
-    let dev = std::sync::Arc::new(disksafe::readat::FileReader::open(&img).unwrap());
-    let tree = disksafe::ntfs_ext::open_tree(dev, &Default::default())
-        .unwrap()
-        .unwrap();
+    let tree = open_image_tree(&img);
     let ino = tree.lookup(tree.root(), b"sparse").unwrap().unwrap();
     assert_eq!(tree.stat(ino).unwrap().size, size);
     let mut got = vec![0u8; size as usize];

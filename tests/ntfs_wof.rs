@@ -294,10 +294,7 @@ fn wof_compressed_files_read_as_their_source() {
         // LZX is listed but not decoded: its reads fail.
         write_wof(&m.join("lzx.bin"), &[7u8; 5000], 1, &[0u8; 100]);
     });
-    let dev = std::sync::Arc::new(disksafe::readat::FileReader::open(&img).unwrap());
-    let tree = disksafe::ntfs_ext::open_tree(dev, &Default::default())
-        .unwrap()
-        .unwrap();
+    let tree = open_image_tree(&img);
     for c in &cases {
         let ino = tree
             .lookup(tree.root(), c.name.as_bytes())
@@ -363,13 +360,7 @@ fn wof_compressed_files_read_as_their_source() {
     // entries: every device range that reading the range then reads.
     let (offset, len) = (50_000, 120_000);
     let (asked, reads) = prefetch_asks_then_reads(&img, b"program.exe", offset, len);
-    assert!(!reads.is_empty(), "the read read nothing");
-    for &(at, n) in &reads {
-        assert!(
-            asked.iter().any(|&(o, l)| o <= at && at + n <= o + l),
-            "read of {n} bytes at {at} not asked for: {asked:?}"
-        );
-    }
+    assert_reads_asked(&asked, &reads);
     let total: u64 = asked.iter().map(|r| r.1).sum();
     assert!(total <= len + (64 << 10), "{total} bytes asked for");
 
@@ -437,10 +428,7 @@ fn damaged_wof_chunks_fail_alone() {
         write_wof(&m.join("far"), &data, 0, &far);
         write_wof(&m.join("gutted"), &data, 0, &gutted);
     });
-    let dev = std::sync::Arc::new(disksafe::readat::FileReader::open(&img).unwrap());
-    let tree = disksafe::ntfs_ext::open_tree(dev, &Default::default())
-        .unwrap()
-        .unwrap();
+    let tree = open_image_tree(&img);
     for (name, bad) in [("far", 1), ("gutted", 1)] {
         let ino = tree.lookup(tree.root(), name.as_bytes()).unwrap().unwrap();
         let mut b = vec![0u8; 4096];
@@ -489,10 +477,7 @@ fn bench_wof_read_vs_libfsntfs() {
     make_ntfs(&img, 96 << 20, 512, 4096, |m| {
         write_wof(&m.join("big"), &data, 0, &stream)
     });
-    let dev = std::sync::Arc::new(disksafe::readat::FileReader::open(&img).unwrap());
-    let tree = disksafe::ntfs_ext::open_tree(dev, &Default::default())
-        .unwrap()
-        .unwrap();
+    let tree = open_image_tree(&img);
     let ino = tree.lookup(tree.root(), b"big").unwrap().unwrap();
     let script = r"
 import sys, time, pyfsntfs

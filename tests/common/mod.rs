@@ -489,6 +489,26 @@ pub fn list_xattrs(p: &Path) -> Vec<Vec<u8>> {
     names
 }
 
+/// The file tree of an image file, opened as the mount opens a device's.
+pub fn open_image_tree(img: &Path) -> std::sync::Arc<dyn disksafe::ntfs_ext::FsTree> {
+    let dev = std::sync::Arc::new(disksafe::readat::FileReader::open(img).unwrap());
+    disksafe::ntfs_ext::open_tree(dev, &Default::default())
+        .unwrap()
+        .expect("the image holds a file tree")
+}
+
+/// Asserts that a read read something and that every device range it read lies
+/// inside one of the ranges prefetch asked for.
+pub fn assert_reads_asked(asked: &[Span], reads: &[Span]) {
+    assert!(!reads.is_empty(), "the read read nothing");
+    for &(at, n) in reads {
+        assert!(
+            asked.iter().any(|&(o, l)| o <= at && at + n <= o + l),
+            "read of {n} bytes at {at} not asked for: {asked:?}"
+        );
+    }
+}
+
 /// An image file as a device that records the ranges it is asked to prefetch, to check
 /// what a parser asks for against another tool's map of the file, or against what it
 /// then reads.
