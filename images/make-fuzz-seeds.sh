@@ -100,6 +100,15 @@ wof() {
   } > "$1:WofCompressedData"
   setfattr -n system.ntfs_reparse_data -v 0x170000801000000001000000020000000100000000000000 "$1"
 }
+# The same with LZX (40000 bytes of "line N ok" after a CALL, two chunks): the stream
+# is the resource wimlib-imagex 1.13.5 wrote for that file (`capture --compress=LZX
+# --chunk-size=32K`), a verbatim block per chunk.
+wofx() {
+  : > "$1"
+  truncate -s 40000 "$1"
+  printf '\x6c\x00\x00\x00\x00\x33\x00\x00\x00\x00\x00\x22\x33\x00\xa9\x32\xb6\x44\xf0\xdb\x89\x36\x16\x21\xfe\x2e\xe7\xfd\x00\x0d\x00\x00\x00\x00\x80\x00\x0c\x01\xeb\x42\xbf\x07\x3e\x2f\xc0\xf9\x00\x00\x00\x00\x00\x00\x44\x00\x13\x02\xef\x13\xef\xbe\xb4\x5d\xbf\xb4\xd0\x9f\x14\xde\xb8\x8e\x5c\x38\x97\xae\xc5\x6b\xf2\xed\x00\x40\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x30\xc4\x21\x00\x02\x00\x00\x00\x00\x00\x32\x42\x00\x6d\x4e\xeb\x05\x79\xdb\x80\xb4\x2d\x8a\xf5\xfb\x00\x80\x00\x00\x00\x00\x00\x08\xc4\x0c\x59\x39\xa9\xc9\xce\xf7\x00\x00\x00\x00\x00\x00\x02\x00\x10\x33\x7d\x9f\xfa\xf7\x6a\x47\xd8\xc3\xfe\x6a\xd9\x62\xf2\xe1\x45\xfd\x4d\x49\x7d\x53\x00\x20\x00\x00\x00\x00\x18\x00' > "$1:WofCompressedData"
+  setfattr -n system.ntfs_reparse_data -v 0x170000801000000001000000020000000100000001000000 "$1"
+}
 if [ "$(id -u)" = 0 ] && command -v mkntfs > /dev/null && command -v ntfs-3g > /dev/null; then
   for geo in "512 512" "512 4096" "4096 4096"; do
     set -- $geo
@@ -113,6 +122,7 @@ if [ "$(id -u)" = 0 ] && command -v mkntfs > /dev/null && command -v ntfs-3g > /
     mkdir "$tmp/m/c" && setfattr -n system.ntfs_attrib_be -v 0x00000800 "$tmp/m/c" 2> /dev/null || true
     seq 1 3000 > "$tmp/m/c/text"
     wof "$tmp/m/wof.exe"
+    wofx "$tmp/m/wofx.txt"
     umount "$tmp/m"
     # ntfs-3g finishes writing after the unmount returns: wait for it to exit.
     while pgrep -f "ntfs-3g.*$img" > /dev/null; do sleep 0.1; done

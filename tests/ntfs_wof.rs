@@ -1,8 +1,9 @@
-//! WOF-compressed ("Compact OS") NTFS files: data compressed with XPRESS+Huffman in
-//! the `WofCompressedData` stream behind a WOF reparse point. No Linux tool writes
-//! them, so this test writes them itself through ntfs-3g, with its own compressor
-//! below (an encoder independent of the product's decoder); libfsntfs's
-//! `fsntfsmount`, where installed, is a second, independent reader of the same files.
+//! WOF-compressed ("Compact OS") NTFS files: data compressed with XPRESS+Huffman or
+//! LZX in the `WofCompressedData` stream behind a WOF reparse point. No Linux tool
+//! writes them, so these tests write them through ntfs-3g: XPRESS chunks from the
+//! compressor below (an encoder independent of the product's decoder), checked also
+//! by libfsntfs (a second, independent reader); LZX chunks from wimlib, whose WIM
+//! resources are laid out as WOF streams are.
 
 mod common;
 
@@ -291,8 +292,8 @@ fn wof_compressed_files_read_as_their_source() {
                 &wof_stream(&c.data, chunk),
             );
         }
-        // LZX is listed but not decoded: its reads fail.
-        write_wof(&m.join("lzx.bin"), &[7u8; 5000], 1, &[0u8; 100]);
+        // An algorithm WOF does not define: listed, its reads fail.
+        write_wof(&m.join("unknown.bin"), &[7u8; 5000], 9, &[0u8; 100]);
     });
     let tree = open_image_tree(&img);
     for c in &cases {
@@ -323,7 +324,7 @@ fn wof_compressed_files_read_as_their_source() {
         }
     }
     // The compressed stream is not listed as an xattr of a decoded file (as Windows
-    // hides it), yet reads as FILE:WofCompressedData; an LZX file still lists it.
+    // hides it), yet reads as FILE:WofCompressedData; an undecodable file lists it.
     let text = tree.lookup(tree.root(), b"text.log").unwrap().unwrap();
     let names = tree.xattrs(text).unwrap();
     assert!(
@@ -345,14 +346,14 @@ fn wof_compressed_files_read_as_their_source() {
         got[..n] == want[..],
         "the compressed stream reads as written"
     );
-    let lzx = tree.lookup(tree.root(), b"lzx.bin").unwrap().unwrap();
+    let unknown = tree.lookup(tree.root(), b"unknown.bin").unwrap().unwrap();
     assert!(tree
-        .xattrs(lzx)
+        .xattrs(unknown)
         .unwrap()
         .iter()
         .any(|(n, _)| n == b"user.WofCompressedData"));
-    let e = tree.read(lzx, 0, &mut [0u8; 100]).unwrap_err();
-    assert!(e.to_string().contains("LZX"), "{e}");
+    let e = tree.read(unknown, 0, &mut [0u8; 100]).unwrap_err();
+    assert!(e.to_string().contains("unknown algorithm"), "{e}");
 
     drop(tree);
 
@@ -401,6 +402,148 @@ for name in sys.argv[2:]:
             "libfsntfs reads {} differently",
             c.name
         );
+    }
+}
+
+/// The compressed streams wimlib writes for `files` (name, data) with LZX in 32 KiB
+/// chunks at compression `level`, by name: each file's WIM resource, a chunk table
+/// then chunks (raw where LZX does not shrink them), is what a WOF stream holds. The
+/// WIM is parsed here from its header and blob table; files are told apart by size.
+/// `None` where wimlib-imagex is not installed.
+fn wimlib_lzx_streams(files: &[(&str, Vec<u8>)], level: u32) -> Option<Vec<Vec<u8>>> {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for (name, data) in files {
+        std::fs::write(src.join(name), data).unwrap();
+    }
+    let wim = t.path().join("lzx.wim");
+    let out = match Command::new("wimlib-imagex")
+        .arg("capture")
+        .arg(&src)
+        .arg(&wim)
+        .arg(format!("--compress=LZX:{level}"))
+        .arg("--chunk-size=32K")
+        .output()
+    {
+        Ok(o) => o,
+        Err(_) => return None,
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let w = std::fs::read(&wim).unwrap();
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    assert_eq!(&w[..8], b"MSWIM\0\0\0");
+    assert_eq!(u32_at(&w, 20), 32768, "chunk size");
+    // A resource header: 7-byte stored size, flags, offset, original size.
+    let reshdr = |b: &[u8], o: usize| {
+        let stored = u64_at(b, o) & ((1 << 56) - 1);
+        (stored, b[o + 7], u64_at(b, o + 8), u64_at(b, o + 16))
+    };
+    let (tsize, tflags, toff, _) = reshdr(&w, 48);
+    assert_eq!(tflags & 4, 0, "the blob table is stored uncompressed");
+    let table = &w[toff as usize..(toff + tsize) as usize];
+    let streams = files
+        .iter()
+        .map(|(name, data)| {
+            let e = table
+                .chunks_exact(50)
+                .map(|e| reshdr(e, 0))
+                .find(|&(_, flags, _, orig)| orig == data.len() as u64 && flags & 2 == 0)
+                .unwrap_or_else(|| panic!("no resource for {name}"));
+            assert_eq!(e.1 & 0x10, 0, "{name}: not in a solid resource");
+            w[e.2 as usize..(e.2 + e.0) as usize].to_vec()
+        })
+        .collect();
+    Some(streams)
+}
+
+/// LZX WOF files (`compact /exe:lzx`) read as their source, whole and in pieces that
+/// cut chunks anywhere: text, x86 code whose call operands the compressor translated,
+/// random stretches and runs, a single full chunk, one byte past it, a tiny file;
+/// compressed by wimlib at two levels (its faster and its slower parser).
+#[test]
+fn lzx_wof_files_read_as_their_source() {
+    if !ntfs_tools() {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(29);
+    let mut text = Vec::new();
+    while text.len() < 150_000 {
+        let v: u32 = rng.gen_range(0..5000);
+        text.extend_from_slice(format!("row {} value {v} done\n", text.len() % 613).as_bytes());
+    }
+    // Code-like bytes: CALLs (0xE8 + rel32) to a few targets, which the x86 call
+    // translation turns into repeated absolute operands.
+    let mut code = Vec::new();
+    let targets: Vec<i32> = (0..12).map(|_| rng.gen_range(0..200_000)).collect();
+    while code.len() < 200_000 {
+        let at = code.len() as i32;
+        let t = targets[rng.gen_range(0..targets.len())];
+        code.extend_from_slice(&[0x48, 0x8B, rng.gen_range(0..8), 0xE8]);
+        code.extend_from_slice(&(t - (at + 8)).to_le_bytes());
+        code.extend_from_slice(&[0x90, 0xC3][..rng.gen_range(0..3)]);
+    }
+    let mut mixed = vec![0u8; 90_001];
+    rng.fill(&mut mixed[..30_000]);
+    for (i, b) in mixed[30_000..60_000].iter_mut().enumerate() {
+        *b = (i / 3 % 11) as u8;
+    }
+    let copy = mixed[5_000..25_000].to_vec();
+    mixed[65_000..85_000].copy_from_slice(&copy);
+    let one: Vec<u8> = text[..32768].iter().rev().copied().collect();
+    let mut past = text[1000..33769].to_vec();
+    past[32768] = b'!';
+    let files = vec![
+        ("text.log", text),
+        ("code.dll", code),
+        ("mixed.bin", mixed),
+        ("one-chunk", one),
+        ("one-past", past),
+        ("tiny", b"small file".to_vec()),
+    ];
+    let t = tempfile::tempdir().unwrap();
+    for level in [20, 100] {
+        let Some(streams) = wimlib_lzx_streams(&files, level) else {
+            eprintln!("SKIP: wimlib-imagex (package wimtools) is not installed");
+            return;
+        };
+        assert!(
+            streams[0].len() < files[0].1.len() / 3,
+            "the text is LZX-compressed, not stored raw"
+        );
+        let img = t.path().join(format!("lzx{level}.img"));
+        make_ntfs(&img, 32 << 20, 512, 4096, |m| {
+            for ((name, data), stream) in files.iter().zip(&streams) {
+                write_wof(&m.join(name), data, 1, stream);
+            }
+        });
+        let tree = open_image_tree(&img);
+        for (name, data) in &files {
+            let ino = tree.lookup(tree.root(), name.as_bytes()).unwrap().unwrap();
+            assert_eq!(tree.stat(ino).unwrap().size, data.len() as u64, "{name}");
+            let mut whole = vec![0u8; data.len() + 10];
+            let n = tree.read(ino, 0, &mut whole).unwrap();
+            assert!(
+                whole[..n] == data[..],
+                "{name} (level {level}) differs from its source"
+            );
+            let mut at = 0;
+            while at < data.len() {
+                let mut b = vec![0u8; rng.gen_range(1..50_000)];
+                let n = tree.read(ino, at as u64, &mut b).unwrap();
+                assert!(n > 0 && b[..n] == data[at..at + n], "{name} at {at}");
+                at += n;
+            }
+        }
+        drop(tree);
+        // Readahead asks for what reading an LZX file's range reads.
+        let (asked, reads) = prefetch_asks_then_reads(&img, b"code.dll", 40_000, 100_000);
+        assert_reads_asked(&asked, &reads);
     }
 }
 

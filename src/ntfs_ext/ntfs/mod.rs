@@ -5,8 +5,10 @@
 //!
 //! Volumes are shown as recorded: $LogFile is not replayed (a dirty volume is logged).
 
+mod huffman;
 mod index;
 mod lznt1;
+mod lzx;
 mod names;
 mod record;
 mod reparse;
@@ -148,11 +150,11 @@ struct Node {
     kind: NodeKind,
     target: Option<Vec<u8>>,
     rdev: u32,
-    /// Why the data cannot be read (encrypted, WOF with LZX, dedup).
+    /// Why the data cannot be read (encrypted, WIMBoot, dedup).
     opaque: Option<Opaque>,
-    /// WOF-compressed ("Compact OS"): chunk size of the XPRESS chunks in the
-    /// `WofCompressedData` stream that hold the unnamed stream's data.
-    wof: Option<u32>,
+    /// WOF-compressed ("Compact OS"): how the chunks of the `WofCompressedData`
+    /// stream that hold the unnamed stream's data are compressed.
+    wof: Option<WofAlgorithm>,
     vol_flags: Option<u16>,
 }
 
@@ -169,6 +171,7 @@ struct WofView<'a> {
     /// Record and stream index, for [`NtfsFs::read_data`].
     key: (u64, usize),
     data: &'a Data,
+    alg: WofAlgorithm,
     chunk: u64,
     size: u64,
     /// Bytes per table entry, and of the whole table.
@@ -800,14 +803,13 @@ impl NtfsFs {
                 }
                 Some(Reparse::Wof(alg)) => {
                     let why = match alg {
-                        WofAlgorithm::Xpress(_) if node.stream(WOF_STREAM).is_none() => {
+                        _ if node.stream(WOF_STREAM).is_none() => {
                             Some("WOF-compressed, but its WofCompressedData stream is missing")
                         }
-                        WofAlgorithm::Xpress(chunk) => {
-                            node.wof = Some(chunk);
+                        alg => {
+                            node.wof = Some(alg);
                             None
                         }
-                        WofAlgorithm::Lzx => Some("WOF-compressed with LZX (not decoded)"),
                     };
                     if let Some(why) = why {
                         node.opaque = Some(Opaque {
@@ -1006,11 +1008,16 @@ impl NtfsFs {
     /// A WOF file's compressed stream and the size of its chunk table, checked once
     /// per read: `size` bytes of data in chunks of `chunk`, chunks 1.. located by the
     /// table's entries (offsets from its end; 8 bytes each past 4 GiB, else 4).
-    fn wof_view<'a>(&self, node: &'a Node, chunk: u32, size: u64) -> io::Result<WofView<'a>> {
+    fn wof_view<'a>(
+        &self,
+        node: &'a Node,
+        alg: WofAlgorithm,
+        size: u64,
+    ) -> io::Result<WofView<'a>> {
         let (index, ws) = node
             .stream(WOF_STREAM)
             .ok_or_else(|| corrupt("no WofCompressedData stream"))?;
-        let chunk = chunk as u64;
+        let chunk = alg.chunk() as u64;
         let entry = if size > u32::MAX as u64 { 8 } else { 4 };
         let table = size
             .div_ceil(chunk)
@@ -1021,6 +1028,7 @@ impl NtfsFs {
         Ok(WofView {
             key: (node.rec, index),
             data: &ws.data,
+            alg,
             chunk,
             size,
             entry,
@@ -1028,13 +1036,13 @@ impl NtfsFs {
         })
     }
 
-    /// Reads a WOF-compressed file's data (`size` bytes in chunks of `chunk`): a chunk
-    /// stored at its full size is raw, any other is XPRESS-compressed. Chunks share the
-    /// unit cache under a stream index no stream has.
+    /// Reads a WOF-compressed file's data (`size` bytes in chunks): a chunk stored at
+    /// its full size is raw, any other is compressed with `alg`. Chunks share the unit
+    /// cache under a stream index no stream has.
     fn read_wof(
         &self,
         node: &Node,
-        chunk: u32,
+        alg: WofAlgorithm,
         size: u64,
         off: u64,
         buf: &mut [u8],
@@ -1043,7 +1051,7 @@ impl NtfsFs {
             return Ok(0);
         }
         let n = (buf.len() as u64).min(size - off) as usize;
-        let w = self.wof_view(node, chunk, size)?;
+        let w = self.wof_view(node, alg, size)?;
         self.read_units(
             (node.rec, usize::MAX),
             w.chunk,
@@ -1101,7 +1109,11 @@ impl NtfsFs {
         if self.read_data(w.data, w.key, start, &mut src)? != stored {
             return Err(cut());
         }
-        xpress::decompress(&src, out).map_err(|e| corrupt(format!("chunk {idx}: {e}")))
+        match w.alg {
+            WofAlgorithm::Xpress(_) => xpress::decompress(&src, out),
+            WofAlgorithm::Lzx => lzx::decompress(&src, out),
+        }
+        .map_err(|e| corrupt(format!("chunk {idx}: {e}")))
     }
 
     /// Reads one INDX node of a directory (cached).
@@ -1577,10 +1589,10 @@ impl FsTree for NtfsFs {
                 )));
             }
         }
-        if let (None, Some(chunk)) = (stream, node.wof) {
+        if let (None, Some(alg)) = (stream, node.wof) {
             let size = node.streams[i].data.size();
             return self
-                .read_wof(&node, chunk, size, offset, buf)
+                .read_wof(&node, alg, size, offset, buf)
                 .map_err(|e| corrupt(format!("MFT record {}: WOF data: {e}", node.rec)));
         }
         self.read_data(&node.streams[i].data, (node.rec, i), offset, buf)
@@ -1602,11 +1614,11 @@ impl FsTree for NtfsFs {
         };
         // Byte ranges of stream i to fetch.
         let mut ranges = vec![(offset, offset.saturating_add(len))];
-        if let (None, Some(chunk)) = (stream, node.wof) {
+        if let (None, Some(alg)) = (stream, node.wof) {
             // The range's chunks in the compressed stream, and their table entries.
             let size = node.streams[i].data.size();
             let end = offset.saturating_add(len).min(size);
-            let Ok(w) = self.wof_view(&node, chunk, size) else {
+            let Ok(w) = self.wof_view(&node, alg, size) else {
                 return;
             };
             if offset >= end {

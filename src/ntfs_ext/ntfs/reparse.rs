@@ -41,8 +41,18 @@ pub enum Reparse {
 pub enum WofAlgorithm {
     /// XPRESS with Huffman coding, in chunks of this many bytes (4, 8 or 16 KiB).
     Xpress(u32),
-    /// LZX in 32 KiB chunks (not decoded here).
+    /// LZX in 32 KiB chunks.
     Lzx,
+}
+
+impl WofAlgorithm {
+    /// Bytes of data per chunk: chunks are the unit of decoding and of the table.
+    pub fn chunk(self) -> u32 {
+        match self {
+            WofAlgorithm::Xpress(c) => c,
+            WofAlgorithm::Lzx => 32768,
+        }
+    }
 }
 
 /// Tag of a reparse buffer, if it has one.

@@ -6,97 +6,21 @@
 
 use std::io;
 
+use super::huffman::Huffman;
 use crate::ntfs_ext::corrupt;
 
 const SYMBOLS: usize = 512;
-const MAX_LEN: u32 = 15;
-/// Bits resolved by one table lookup; longer codes walk the canonical code.
-const FAST_BITS: u32 = 10;
 /// Output one Huffman table may produce (MS-XCA's block); WOF chunks are smaller.
 pub const MAX_OUTPUT: usize = 65536;
 
-/// Canonical Huffman decoder for one table.
-struct Decoder {
-    /// For each 10-bit prefix: symbol << 4 | length, or 0 when the code is longer.
-    fast: Vec<u16>,
-    /// Codes per length, and the symbols sorted by (length, value).
-    count: [u16; MAX_LEN as usize + 1],
-    sorted: Vec<u16>,
-}
-
-impl Decoder {
-    /// Builds the decoder from the table; the code must be complete (MS-XCA).
-    fn new(table: &[u8]) -> io::Result<Decoder> {
-        let len = |s: usize| -> u32 { (table[s / 2] >> (4 * (s % 2)) & 15) as u32 };
-        let mut count = [0u16; MAX_LEN as usize + 1];
-        for s in 0..SYMBOLS {
-            count[len(s) as usize] += 1;
-        }
-        // Kraft sum in units of 2^-15: a complete code fills exactly 2^15.
-        let filled: u32 = (1..=MAX_LEN)
-            .map(|l| (count[l as usize] as u32) << (MAX_LEN - l))
-            .sum();
-        if filled != 1 << MAX_LEN {
-            return Err(corrupt("XPRESS Huffman table is not a complete code"));
-        }
-        // Symbols sorted by (length, value) in one pass: each length's slots start
-        // after all shorter lengths' counts.
-        let mut next = [0u16; MAX_LEN as usize + 2];
-        for l in 1..=MAX_LEN as usize {
-            next[l + 1] = next[l] + count[l];
-        }
-        let mut sorted = vec![0u16; next[MAX_LEN as usize + 1] as usize];
-        for s in 0..SYMBOLS {
-            let l = len(s) as usize;
-            if l > 0 {
-                sorted[next[l] as usize] = s as u16;
-                next[l] += 1;
-            }
-        }
-        let mut fast = vec![0u16; 1 << FAST_BITS];
-        let mut code = 0u32;
-        let mut i = 0;
-        for l in 1..=FAST_BITS {
-            for _ in 0..count[l as usize] {
-                let span = 1u32 << (FAST_BITS - l);
-                let first = (code << (FAST_BITS - l)) as usize;
-                let entry = sorted[i] << 4 | l as u16;
-                fast[first..first + span as usize].fill(entry);
-                code += 1;
-                i += 1;
-            }
-            code <<= 1;
-        }
-        Ok(Decoder {
-            fast,
-            count,
-            sorted,
-        })
-    }
-
-    /// The symbol whose code starts `bits` (the next 15 bits, first bit highest) and
-    /// its length (always found: the code is complete).
-    fn decode(&self, bits: u32) -> Option<(u16, u32)> {
-        let e = self.fast[(bits >> (MAX_LEN - FAST_BITS)) as usize];
-        if e != 0 {
-            return Some((e >> 4, (e & 15) as u32));
-        }
-        // Longer than FAST_BITS: walk the lengths (the code is complete, so this ends).
-        let (mut code, mut first, mut index) = (0u32, 0u32, 0u32);
-        for l in 1..=MAX_LEN {
-            code |= bits >> (MAX_LEN - l) & 1;
-            let n = self.count[l as usize] as u32;
-            // Canonical codes: the prefix is never below the first code of its length.
-            match code.checked_sub(first) {
-                Some(d) if d < n => return Some((*self.sorted.get((index + d) as usize)?, l)),
-                _ => {}
-            }
-            index += n;
-            first = (first + n) << 1;
-            code <<= 1;
-        }
-        None
-    }
+/// The decoder for a chunk's table of 512 four-bit code lengths (two per byte, the
+/// lower symbol in the low nibble); the code must be complete (MS-XCA).
+fn decoder(table: &[u8]) -> io::Result<Huffman> {
+    let lengths: Vec<u8> = (0..SYMBOLS)
+        .map(|s| table[s / 2] >> (4 * (s % 2)) & 15)
+        .collect();
+    Huffman::new(&lengths, false)
+        .ok_or_else(|| corrupt("XPRESS Huffman table is not a complete code"))
 }
 
 /// The input: 16-bit words feeding a 32-bit bit buffer, and bytes taken between them
@@ -152,7 +76,7 @@ pub fn decompress(src: &[u8], dst: &mut [u8]) -> io::Result<()> {
     let table = src
         .get(..256)
         .ok_or_else(|| corrupt("XPRESS chunk shorter than its Huffman table"))?;
-    let dec = Decoder::new(table)?;
+    let dec = decoder(table)?;
     let mut input = Input {
         src,
         pos: 256,
@@ -164,7 +88,7 @@ pub fn decompress(src: &[u8], dst: &mut [u8]) -> io::Result<()> {
     let mut op = 0;
     while op < dst.len() {
         let (sym, n) = dec
-            .decode(input.bits >> (32 - MAX_LEN))
+            .decode(input.bits >> 16)
             .ok_or_else(|| corrupt("XPRESS code not in its table"))?;
         input.consume(n);
         if sym < 256 {
