@@ -405,12 +405,15 @@ for name in sys.argv[2:]:
     }
 }
 
+/// Compressed streams per file, and the WIM they came from.
+type Streams = (Vec<Vec<u8>>, Vec<u8>);
+
 /// The compressed streams wimlib writes for `files` (name, data) with LZX in 32 KiB
 /// chunks at compression `level`, by name: each file's WIM resource, a chunk table
 /// then chunks (raw where LZX does not shrink them), is what a WOF stream holds. The
 /// WIM is parsed here from its header and blob table; files are told apart by size.
-/// `None` where wimlib-imagex is not installed.
-fn wimlib_lzx_streams(files: &[(&str, Vec<u8>)], level: u32) -> Option<Vec<Vec<u8>>> {
+/// Returns them and the WIM; `None` where wimlib-imagex is not installed.
+fn wimlib_lzx_streams(files: &[(&str, Vec<u8>)], level: u32) -> Option<Streams> {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -459,7 +462,7 @@ fn wimlib_lzx_streams(files: &[(&str, Vec<u8>)], level: u32) -> Option<Vec<Vec<u
             w[e.2 as usize..(e.2 + e.0) as usize].to_vec()
         })
         .collect();
-    Some(streams)
+    Some((streams, w))
 }
 
 /// LZX WOF files (`compact /exe:lzx`) read as their source, whole and in pieces that
@@ -508,7 +511,7 @@ fn lzx_wof_files_read_as_their_source() {
     ];
     let t = tempfile::tempdir().unwrap();
     for level in [20, 100] {
-        let Some(streams) = wimlib_lzx_streams(&files, level) else {
+        let Some((streams, _)) = wimlib_lzx_streams(&files, level) else {
             eprintln!("SKIP: wimlib-imagex (package wimtools) is not installed");
             return;
         };
@@ -670,5 +673,72 @@ print(n, time.monotonic() - t)
     eprintln!(
         "WOF XPRESS4K read, {mib} MiB: disksafe {o:.0} MB/s, libfsntfs {t:.0} MB/s, ratio {:.2}",
         o / t
+    );
+}
+
+/// LZX WOF reads against wimlib, the only other LZX decoder on this machine, decoding
+/// the same chunks: `wimlib-imagex extract --to-stdout` of the file from the WIM whose
+/// resource is the WOF stream (its time includes starting the process and opening
+/// the WIM, a few ms against the ~100 ms of the read). Run with `cargo test --release
+/// --test ntfs_wof -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_wof_lzx_read_vs_wimlib() {
+    if !ntfs_tools() {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(6);
+    let mib: usize = std::env::var("WOF_BENCH_MIB").map_or(16, |v| v.parse().unwrap());
+    let mut data = Vec::new();
+    while data.len() < mib << 20 {
+        let v: u32 = rng.gen_range(0..5000);
+        data.extend_from_slice(format!("event {} user {v} ok\n", data.len() % 977).as_bytes());
+    }
+    data.truncate(mib << 20);
+    let Some((mut streams, w)) = wimlib_lzx_streams(&[("big", data.clone())], 50) else {
+        eprintln!("SKIP: wimlib-imagex (package wimtools) is not installed");
+        return;
+    };
+    let stream = streams.remove(0);
+    let t = tempfile::tempdir().unwrap();
+    let wim = t.path().join("big.wim");
+    std::fs::write(&wim, w).unwrap();
+    let img = t.path().join("bench.img");
+    make_ntfs(&img, (mib as u64 + 32) << 20, 512, 4096, |m| {
+        write_wof(&m.join("big"), &data, 1, &stream)
+    });
+    let tree = open_image_tree(&img);
+    let ino = tree.lookup(tree.root(), b"big").unwrap().unwrap();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut b = vec![0u8; 1 << 20];
+    for _ in 0..11 {
+        let t0 = std::time::Instant::now();
+        let mut at = 0u64;
+        while at < data.len() as u64 {
+            at += tree.read(ino, at, &mut b).unwrap() as u64;
+        }
+        ours.push(data.len() as f64 / t0.elapsed().as_secs_f64() / 1e6);
+        let t0 = std::time::Instant::now();
+        let o = Command::new("wimlib-imagex")
+            .arg("extract")
+            .arg(&wim)
+            .args(["1", "/big", "--to-stdout"])
+            .output()
+            .unwrap();
+        let secs = t0.elapsed().as_secs_f64();
+        assert!(
+            o.status.success() && o.stdout == data,
+            "wimlib-imagex extract"
+        );
+        theirs.push(data.len() as f64 / secs / 1e6);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (o, w) = (med(&mut ours), med(&mut theirs));
+    eprintln!(
+        "WOF LZX read, {mib} MiB: disksafe {o:.0} MB/s, wimlib {w:.0} MB/s, ratio {:.2}",
+        o / w
     );
 }
