@@ -8,6 +8,15 @@ use crate::cache::{CachedSafe, MAP_SEGMENT};
 use crate::readat::ReadAt;
 use crate::safe_reader::BlockLoc;
 
+/// Data blocks fetched per query while looking for a hole.
+const HOLE_BATCH: usize = 4096;
+/// Data blocks a hole search walks before it answers the end instead (always a true
+/// hole; a copy then reads the rest as data): 2^22 blocks, 256 GiB at 64 KiB.
+const HOLE_SCAN_MAX: u64 = 1 << 22;
+/// Data blocks counted for an image's allocated size before giving up on it (the
+/// image is then reported fully allocated): 2^20 blocks, 64 GiB at 64 KiB.
+const COUNT_MAX: u64 = 1 << 20;
+
 /// A device as it was at a point, readable by offset.
 pub struct PointDevice {
     cache: Arc<CachedSafe>,
@@ -71,6 +80,84 @@ impl PointDevice {
             b = seg_end + 1;
         }
         Ok(out)
+    }
+
+    fn data_blocks(&self, from: u64, end: u64, limit: usize) -> io::Result<Vec<u64>> {
+        self.cache
+            .safe()
+            .data_blocks(self.device, self.point, from, end, limit)
+            .map_err(|e| self.err(from * self.block_size, format!("{e:#}")))
+    }
+
+    /// The first byte in `offset..end` whose block holds data (it is neither absent
+    /// nor all zeros in the safe), or `None`: SEEK_DATA on an image.
+    pub fn next_data(&self, offset: u64, end: u64) -> io::Result<Option<u64>> {
+        let end = end.min(self.size);
+        if offset >= end {
+            return Ok(None);
+        }
+        let bs = self.block_size;
+        let found = self.data_blocks(offset / bs, end.div_ceil(bs), 1)?;
+        Ok(found
+            .first()
+            .map(|&b| (b * bs).max(offset))
+            .filter(|&o| o < end))
+    }
+
+    /// The first byte in `offset..end` of a block the safe holds no data for (absent
+    /// or all zeros), or `end`: SEEK_HOLE on an image. A search that meets no hole in
+    /// [`HOLE_SCAN_MAX`] data blocks answers `end`.
+    pub fn next_hole(&self, offset: u64, end: u64) -> io::Result<u64> {
+        let end = end.min(self.size);
+        if offset >= end {
+            return Ok(end);
+        }
+        let bs = self.block_size;
+        let end_block = end.div_ceil(bs);
+        let mut want = offset / bs;
+        let mut seen = 0u64;
+        loop {
+            if want >= end_block || seen >= HOLE_SCAN_MAX {
+                return Ok(end);
+            }
+            let found = self.data_blocks(want, end_block, HOLE_BATCH)?;
+            seen += found.len() as u64;
+            // Data blocks run on from `want` until the first gap.
+            let run = found
+                .iter()
+                .zip(want..)
+                .take_while(|(&b, w)| b == *w)
+                .count();
+            want += run as u64;
+            if run < found.len() || found.len() < HOLE_BATCH {
+                break;
+            }
+        }
+        Ok((want * bs).max(offset).min(end))
+    }
+
+    /// Bytes of `start..end` in blocks that hold data (whole blocks, at most the
+    /// range), or `None` past [`COUNT_MAX`] of them: an image's allocated size.
+    pub fn data_bytes(&self, start: u64, end: u64) -> io::Result<Option<u64>> {
+        let end = end.min(self.size);
+        if start >= end {
+            return Ok(Some(0));
+        }
+        let bs = self.block_size;
+        let (mut at, last) = (start / bs, end.div_ceil(bs));
+        let mut count = 0u64;
+        while at < last {
+            let found = self.data_blocks(at, last, HOLE_BATCH)?;
+            count += found.len() as u64;
+            if count > COUNT_MAX {
+                return Ok(None);
+            }
+            match found.last() {
+                Some(&b) if found.len() == HOLE_BATCH => at = b + 1,
+                _ => break,
+            }
+        }
+        Ok(Some((count * bs).min(end - start)))
     }
 
     /// Loads into the cache the blocks covering the given byte ranges, all in one

@@ -90,6 +90,19 @@ CREATE TABLE block_map(
 ) WITHOUT ROWID;
 ";
 
+/// Blocks that hold data (neither all zeros nor absent) at a point, in order, from a
+/// block on: rows naming a block whose newest row at or before the point is theirs.
+/// Parameters: device, point, first block, end block (exclusive), at most this many.
+/// Absent and zero blocks have no such row, so an empty region costs no row visits.
+pub const DATA_BLOCKS_SQL: &str = "
+SELECT m.block_no FROM block_map m
+WHERE m.device = ?1 AND m.block_no >= ?3 AND m.block_no < ?4 AND m.point <= ?2
+  AND m.block != 0
+  AND NOT EXISTS (SELECT 1 FROM block_map n
+                  WHERE n.device = ?1 AND n.block_no = m.block_no
+                    AND n.point > m.point AND n.point <= ?2)
+ORDER BY m.block_no LIMIT ?5";
+
 /// The block locations of a run of blocks at one point: one index seek per block, no
 /// walk down a delta chain. Yields (block_no, block id or NULL when the device had no
 /// such block yet, pack, offset, stored_len, raw_len, codec, hash); a block id of

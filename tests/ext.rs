@@ -841,3 +841,109 @@ fn block_mapped_reads_through_every_indirect_level() {
         assert!(b[..n] == want[at as usize..at as usize + n], "read at {at}");
     }
 }
+
+/// Data extents and the (SEEK_DATA, SEEK_HOLE) answers at probes.
+type Seeks = (Vec<(u64, u64)>, Vec<(Option<u64>, Option<u64>)>);
+
+fn seeks(len: u64, probes: &[u64], seek: impl Fn(u64, bool) -> Option<u64>) -> Seeks {
+    (seek_extents(len, &seek), seek_answers(probes, &seek))
+}
+
+/// SEEK_DATA and SEEK_HOLE on sparse files answer as the kernel's driver answers on
+/// the same image: holes where no block is mapped, and (ext4) unwritten fallocated
+/// extents, also around data written into the middle of one; for extent-mapped ext4
+/// and block-mapped ext2 files, through the tree and through the mount.
+#[test]
+fn sparse_files_seek_like_the_kernel() {
+    if !is_root() {
+        eprintln!("SKIP sparse_files_seek_like_the_kernel: needs root for kernel mounts");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(88);
+    for (cmd, opts) in [("mkfs.ext4", vec![]), ("mkfs.ext2", vec!["-b", "1024"])] {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let write_at = |f: &File, at: u64, n: usize, rng: &mut StdRng| {
+            let mut b = vec![0u8; n];
+            rng.fill(&mut b[..]);
+            f.write_all_at(&b, at).unwrap();
+        };
+        // mkfs -d keeps a source file's holes (and skips its zero blocks).
+        let f = File::create(src.join("sparse")).unwrap();
+        write_at(&f, 0, 100_000, &mut rng);
+        write_at(&f, 3 << 20, 512 << 10, &mut rng);
+        write_at(&f, (10 << 20) + 5, 1, &mut rng);
+        f.set_len(20 << 20).unwrap();
+        let f = File::create(src.join("late")).unwrap();
+        write_at(&f, 4 << 20, 100, &mut rng);
+        let f = File::create(src.join("dense")).unwrap();
+        write_at(&f, 0, 1 << 20, &mut rng);
+        File::create(src.join("empty")).unwrap();
+        let img = t.path().join("fs.img");
+        mkfs(cmd, &opts, &src, &img, 64 << 20);
+        let mnt = t.path().join("mnt");
+        if cmd == "mkfs.ext4" {
+            // Unwritten extents: 2 MiB fallocated inside the hole, 4 KiB written in it.
+            let ok = with_kernel_mount(&img, &mnt, |m| {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(m.join("sparse"))
+                    .unwrap();
+                // SAFETY: fallocate on an open descriptor; no memory is passed.
+                let r = unsafe {
+                    libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 12 << 20, 2 << 20)
+                };
+                assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
+                write_at(&f, (13 << 20) + 8192, 4096, &mut rng);
+                f.sync_all().unwrap();
+            });
+            if ok.is_none() {
+                eprintln!("SKIP sparse_files_seek_like_the_kernel: loop mounts unavailable");
+                return;
+            }
+        }
+        let names = ["sparse", "late", "dense", "empty"];
+        let probes: Vec<Vec<u64>> = names
+            .iter()
+            .map(|n| {
+                let len = std::fs::metadata(src.join(n)).unwrap().len();
+                let mut p: Vec<u64> = (0..30).map(|_| rng.gen_range(0..len.max(1))).collect();
+                p.extend([0, len.saturating_sub(1), len, len + 1]);
+                p
+            })
+            .collect();
+        let kernel = with_kernel_mount(&img, &mnt, |m| {
+            names
+                .iter()
+                .zip(&probes)
+                .map(|(n, p)| {
+                    let f = File::open(m.join(n)).unwrap();
+                    let len = f.metadata().unwrap().len();
+                    seeks(len, p, |o, data| lseek(&f, o, data))
+                })
+                .collect::<Vec<_>>()
+        })
+        .expect("kernel mount");
+        assert!(
+            kernel[0].0.len() >= 3,
+            "{cmd}: the sparse file has holes: {:?}",
+            kernel[0].0
+        );
+        let tree = open_image_tree(&img);
+        for ((n, p), want) in names.iter().zip(&probes).zip(&kernel) {
+            let ino = tree.lookup(tree.root(), n.as_bytes()).unwrap().unwrap();
+            let len = tree.stat(ino).unwrap().size;
+            let got = seeks(len, p, |o, data| tree.seek(ino, o, data).unwrap());
+            assert_eq!(&got, want, "{cmd}: {n}");
+        }
+        drop(tree);
+        // The same through the mount: the kernel asks the tree via FUSE_LSEEK.
+        let safe = t.path().join("safe");
+        backup(&[s(&safe), s(&img)]);
+        let m = Mounted::new(&safe, t.path(), &[]);
+        let f = File::open(m.dir.join("1/fs.img/files/sparse")).unwrap();
+        let got = seeks(20 << 20, &probes[0], |o, data| lseek(&f, o, data));
+        assert_eq!(got, kernel[0], "{cmd}: sparse, through the mount");
+    }
+}

@@ -838,3 +838,154 @@ fn file_trees_of_many_points_share_the_cache_budget() {
     );
     assert!(after16 < 64 * 1024 + 64 * 1024, "RSS {after16} KiB");
 }
+
+/// Data extents (start, end), and (SEEK_DATA, SEEK_HOLE) answers at probes.
+type Extents = Vec<(u64, u64)>;
+type Answers = Vec<(Option<u64>, Option<u64>)>;
+
+/// What SEEK_DATA / SEEK_HOLE must answer for bytes `start..start+len` of `dev`
+/// (blocks of `bs`): data wherever a block has a non-zero byte, merged extents in the
+/// image's offsets, the answers at `probes` (`None` for ENXIO), and the allocated bytes
+/// stat reports (whole blocks, at most the range).
+fn seek_oracle(
+    dev: &[u8],
+    start: u64,
+    len: u64,
+    bs: u64,
+    probes: &[u64],
+) -> (Extents, Answers, u64) {
+    let end = start + len;
+    let mut extents: Vec<(u64, u64)> = Vec::new();
+    let mut blocks = 0;
+    for (b, chunk) in dev.chunks(bs as usize).enumerate() {
+        let (bstart, bend) = (b as u64 * bs, b as u64 * bs + chunk.len() as u64);
+        let (from, to) = (bstart.max(start), bend.min(end));
+        if from >= to || chunk.iter().all(|&x| x == 0) {
+            continue;
+        }
+        blocks += 1;
+        let (from, to) = (from - start, to - start);
+        match extents.last_mut() {
+            Some(e) if e.1 == from => e.1 = to,
+            _ => extents.push((from, to)),
+        }
+    }
+    let answers = probes
+        .iter()
+        .map(|&p| {
+            if p >= len {
+                return (None, None);
+            }
+            let data = extents.iter().find(|e| e.1 > p).map(|e| e.0.max(p));
+            let hole = match extents.iter().find(|e| e.0 <= p && p < e.1) {
+                Some(e) => e.1,
+                None => p,
+            };
+            (data, Some(hole))
+        })
+        .collect();
+    (extents, answers, (blocks * bs).min(len))
+}
+
+/// SEEK_DATA and SEEK_HOLE on `disk.img` and `partK.img` find exactly the blocks that
+/// hold data at each point (a block with one non-zero byte is data; blocks zeroed at a
+/// later point, and blocks past a smaller device's end, are holes), for a partition
+/// that starts inside a block too; stat's blocks count the data blocks; `cp` then
+/// copies a disk image byte-exact with its holes kept.
+#[test]
+fn images_report_their_holes_to_seek_data_and_seek_hole() {
+    need_fuse!("images_report_their_holes_to_seek_data_and_seek_hole");
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(41);
+    const BS: u64 = 65536;
+    let mut dev = vec![0u8; 16 << 20];
+    // MBR: partition 1 from sector 2049 (inside block 16) for 8 MiB, partition 2 at
+    // 10 MiB for 4 MiB.
+    for (i, (lba, sectors)) in [(2049u32, 16384u32), (20480, 8192)].iter().enumerate() {
+        let e = 446 + 16 * i;
+        dev[e + 4] = 0x83;
+        dev[e + 8..e + 12].copy_from_slice(&lba.to_le_bytes());
+        dev[e + 12..e + 16].copy_from_slice(&sectors.to_le_bytes());
+    }
+    dev[510] = 0x55;
+    dev[511] = 0xAA;
+    let parts = [(2049 * 512u64, 16384 * 512u64), (20480 * 512, 8192 * 512)];
+    let mut fill = |dev: &mut Vec<u8>, from: usize, to: usize| rng.fill(&mut dev[from..to]);
+    fill(&mut dev, 1536 << 10, 2560 << 10);
+    dev[(5 << 20) + 100] = 1; // a block with one non-zero byte
+    fill(&mut dev, 11 << 20, (11 << 20) + 200_000);
+    let n = dev.len();
+    fill(&mut dev, n - 1000, n);
+    let src = t.path().join("disk");
+    let safe = t.path().join("safe");
+    let mut states = Vec::new();
+    std::fs::write(&src, &dev).unwrap();
+    backup(&[s(&safe), s(&src)]);
+    states.push(dev.clone());
+    // Point 2: half of the first region zeroed, data where there was a hole, the
+    // lone byte cleared.
+    dev[1536 << 10..2 << 20].fill(0);
+    fill(&mut dev, 7 << 20, (7 << 20) + (512 << 10));
+    dev[(5 << 20) + 100] = 0;
+    std::fs::write(&src, &dev).unwrap();
+    backup(&[s(&safe), s(&src)]);
+    states.push(dev.clone());
+    // Point 3: the device grows by a part of a block, data at its new end.
+    dev.resize((17 << 20) + 5000, 0);
+    let n = dev.len();
+    fill(&mut dev, n - 3000, n);
+    std::fs::write(&src, &dev).unwrap();
+    backup(&[s(&safe), s(&src)]);
+    states.push(dev.clone());
+
+    let m = Mounted::new(&safe, t.path(), &[]);
+    for (i, dev) in states.iter().enumerate() {
+        let point = m.dir.join((i + 1).to_string()).join("disk");
+        let mut images = vec![("disk.img".to_string(), 0, dev.len() as u64)];
+        for (k, &(start, len)) in parts.iter().enumerate() {
+            images.push((format!("part{}.img", k + 1), start, len));
+        }
+        for (name, start, len) in images {
+            let mut probes: Vec<u64> = (0..40).map(|_| rng.gen_range(0..len)).collect();
+            probes.extend([0, len - 1, len, len + 12345]);
+            let (want, want_answers, alloc) = seek_oracle(dev, start, len, BS, &probes);
+            let img = point.join(&name);
+            let f = std::fs::File::open(&img).unwrap();
+            let seek = |o, data| lseek(&f, o, data);
+            let (got, answers) = (seek_extents(len, seek), seek_answers(&probes, seek));
+            assert_eq!(got, want, "point {}, {name}: data extents", i + 1);
+            for ((p, a), w) in probes.iter().zip(&answers).zip(&want_answers) {
+                assert_eq!(a, w, "point {}, {name}: SEEK_DATA, SEEK_HOLE at {p}", i + 1);
+            }
+            let st = std::fs::metadata(&img).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(
+                st.blocks(),
+                alloc.div_ceil(512),
+                "point {}, {name}: blocks",
+                i + 1
+            );
+        }
+    }
+    // A user's copy: `cp` (which asks SEEK_DATA of files whose blocks are fewer than
+    // their size) keeps the holes and every byte.
+    let copy = t.path().join("copy.img");
+    let out = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(m.dir.join("3/disk/disk.img"))
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&copy).unwrap(), states[2]);
+    use std::os::unix::fs::MetadataExt;
+    let used = std::fs::metadata(&copy).unwrap().blocks() * 512;
+    assert!(
+        used < (4 << 20),
+        "the copy keeps its holes: {used} bytes used"
+    );
+}

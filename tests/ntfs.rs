@@ -1208,3 +1208,143 @@ fn compressed_file_reads_match_the_source_and_prefetch_covers_them() {
         "{total} bytes asked for"
     );
 }
+
+/// A file's data extents as ntfsinfo's view of its `$DATA` implies them: everything
+/// but `<HOLE>` runs and the bytes past the initialized size.
+fn ntfsinfo_data_extents(img: &Path, path: &str, cluster: u64) -> Vec<(u64, u64)> {
+    let info = ntfsinfo(img, &["-v", "-F", path]);
+    let data = &info[info
+        .find("Dumping attribute $DATA")
+        .expect("a $DATA attribute")..];
+    let field = |name: &str| -> u64 {
+        let l = data
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap();
+        l.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    let (size, init) = (field("Data size:"), field("Initialized size:"));
+    let mut holes: Vec<(u64, u64)> = data
+        .lines()
+        .skip_while(|l| !l.contains("Runlist:"))
+        .skip(1)
+        .map_while(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() == 3).then(|| (w[0].to_string(), w[1].to_string(), w[2].to_string()))
+        })
+        .filter(|(_, lcn, _)| lcn == "<HOLE>")
+        .map(|(vcn, _, n)| {
+            let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+            (hex(&vcn) * cluster, (hex(&vcn) + hex(&n)) * cluster)
+        })
+        .collect();
+    holes.push((init, size));
+    let mut extents = Vec::new();
+    let mut at = 0;
+    holes.sort();
+    for (a, b) in holes {
+        let (a, b) = (a.min(size), b.min(size));
+        if a > at {
+            extents.push((at, a));
+        }
+        at = at.max(b);
+    }
+    if at < size {
+        extents.push((at, size));
+    }
+    extents
+}
+
+/// SEEK_DATA and SEEK_HOLE on NTFS files: a sparse file's holes are its sparse runs
+/// and the part past its initialized size, as ntfsinfo lists them; a compressed file's
+/// all-zero compression units (stored as sparse) are holes and every other byte is
+/// data; a dense file is one extent; through the mount too.
+#[test]
+fn sparse_and_compressed_files_report_their_holes() {
+    if !ntfs_tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(83);
+    let mut noise = |n: usize| {
+        let mut b = vec![0u8; n];
+        rng.fill(&mut b[..]);
+        b
+    };
+    // Compressible text with long runs of zeros between.
+    let mut zeros = Vec::new();
+    let line = |i: usize| format!("line {i} of the log\n").into_bytes();
+    for part in 0..4 {
+        let mut i = 0;
+        while zeros.len() < part * (1 << 20) + 300_000 {
+            zeros.extend(line(i));
+            i += 1;
+        }
+        zeros.resize((part + 1) << 20, 0);
+    }
+    let dense = noise(1 << 20);
+    let pieces = [
+        (0, noise(100_000)),
+        (3 << 20, noise(512 << 10)),
+        ((10 << 20) + 5, noise(1)),
+    ];
+    let img = t.path().join("sparse.img");
+    make_ntfs(&img, 64 << 20, 512, 4096, |m| {
+        let f = File::create(m.join("sparse")).unwrap();
+        f.set_len(20 << 20).unwrap();
+        for (at, b) in &pieces {
+            f.write_all_at(b, *at).unwrap();
+        }
+        std::fs::write(m.join("dense"), &dense).unwrap();
+        std::fs::create_dir(m.join("c")).unwrap();
+        set_xattr(
+            &m.join("c"),
+            "system.ntfs_attrib_be",
+            &0x800u32.to_be_bytes(),
+        );
+        std::fs::write(m.join("c/zeros"), &zeros).unwrap();
+    });
+    let want_sparse = ntfsinfo_data_extents(&img, "/sparse", 4096);
+    assert!(
+        want_sparse.len() >= 3,
+        "ntfs-3g made holes: {want_sparse:?}"
+    );
+    let tree = open_image_tree(&img);
+    let file = |dir: u64, name: &[u8]| tree.lookup(dir, name).unwrap().unwrap();
+    let walk = |ino: u64| {
+        let len = tree.stat(ino).unwrap().size;
+        seek_extents(len, |o, d| tree.seek(ino, o, d).unwrap())
+    };
+    assert_eq!(walk(file(tree.root(), b"sparse")), want_sparse);
+    assert_eq!(walk(file(tree.root(), b"dense")), vec![(0, 1 << 20)]);
+    // The compressed file: holes only where the source is zero, and every all-zero
+    // 64 KiB unit is one.
+    let c = file(tree.root(), b"c");
+    let got = walk(file(c, b"zeros"));
+    let in_data = |p: u64| got.iter().any(|e| e.0 <= p && p < e.1);
+    for (p, &b) in zeros.iter().enumerate() {
+        assert!(
+            b == 0 || in_data(p as u64),
+            "non-zero byte at {p} in a hole: {got:?}"
+        );
+    }
+    for (u, unit) in zeros.chunks(64 << 10).enumerate() {
+        let at = u as u64 * (64 << 10);
+        assert!(
+            unit.iter().any(|&b| b != 0) || !in_data(at),
+            "all-zero unit at {at} reported as data: {got:?}"
+        );
+    }
+    assert!(tree
+        .seek(file(c, b"zeros"), zeros.len() as u64, true)
+        .unwrap()
+        .is_none());
+    drop(tree);
+    // Through the mount: the kernel asks the tree with FUSE_LSEEK.
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), s(&img)]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let f = File::open(m.dir.join("1/sparse.img/files/sparse")).unwrap();
+    let through = seek_extents(20 << 20, |o, data| lseek(&f, o, data));
+    assert_eq!(through, want_sparse, "through the mount");
+}

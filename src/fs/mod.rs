@@ -29,7 +29,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Generation, INodeNo, KernelConfig, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 
 use crate::cache::CachedSafe;
@@ -103,6 +104,9 @@ struct Image {
     dev: Arc<PointDevice>,
     start: u64,
     len: u64,
+    /// Bytes in blocks holding data (stat's blocks): below the size, `cp` and `du` see
+    /// a sparse file, and `cp` then skips the holes with SEEK_DATA.
+    alloc: u64,
 }
 
 /// Options of the mounted tree.
@@ -238,21 +242,27 @@ impl SafeFs {
             return Some(i.clone());
         }
         let d = self.device(point, dev)?;
-        let img = match part {
-            None => Image {
-                len: d.size(),
-                dev: d,
-                start: 0,
-            },
+        let (start, len) = match part {
+            None => (0, d.size()),
             Some(k) => {
                 let t = crate::volumes::read_table(&*d).ok().flatten()?;
                 let p = t.partitions.iter().find(|p| p.number == k)?;
-                Image {
-                    dev: d,
-                    start: p.start,
-                    len: p.len,
-                }
+                (p.start, p.len)
             }
+        };
+        let alloc = match d.data_bytes(start, start + len) {
+            Ok(Some(n)) => n,
+            Ok(None) => len,
+            Err(e) => {
+                tracing::warn!("{e}; its image is reported fully allocated");
+                len
+            }
+        };
+        let img = Image {
+            dev: d,
+            start,
+            len,
+            alloc,
         };
         self.images.lock().unwrap().insert(ino, img.clone());
         Some(img)
@@ -490,6 +500,7 @@ impl SafeFs {
         }
         let kind = self.kind(ino).ok_or(Errno::ENOENT)?;
         let newest = self.points.read().unwrap().last().map(|p| time(p.created));
+        let mut alloc = None;
         let (ftype, perm, size, mtime, ttl) = match &kind {
             Kind::Root => {
                 let t = match self.opts.only_point {
@@ -539,6 +550,7 @@ impl SafeFs {
                 let p = self.point(*point).ok_or(Errno::ENOENT)?;
                 let img = self.image(ino, *point, *dev, *part).ok_or(Errno::ENOENT)?;
                 let perm = if self.opts.allow_other { 0o400 } else { 0o444 };
+                alloc = Some(img.alloc);
                 (
                     FileType::RegularFile,
                     perm,
@@ -553,7 +565,7 @@ impl SafeFs {
             FileAttr {
                 ino: INodeNo(ino),
                 size,
-                blocks: size.div_ceil(512),
+                blocks: alloc.unwrap_or(size).div_ceil(512),
                 atime: mtime,
                 mtime,
                 ctime: mtime,
@@ -856,6 +868,60 @@ impl fuser::Filesystem for SafeFs {
                 }
             }
         })
+    }
+
+    /// SEEK_DATA and SEEK_HOLE (the kernel answers the other whences itself). Images
+    /// skip the blocks the safe holds no data for, so `cp`, `qemu-img convert` and the
+    /// like copy a mostly empty disk in the time its data takes; files of file trees
+    /// answer from their maps. ENOSYS would end lseek calls for the whole mount, so
+    /// every case answers.
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            return reply.error(Errno::EINVAL);
+        }
+        // A negative offset is past any end, as the kernel's own lseek takes it.
+        let offset = offset as u64;
+        if let Some((tree, fino, _)) = self.tree_of(ino.0) {
+            return match tree.seek(fino, offset, whence == libc::SEEK_DATA) {
+                Ok(Some(o)) => reply.offset(o as i64),
+                Ok(None) => reply.error(Errno::ENXIO),
+                Err(e) => reply.error(self.tree_errno(ino.0, "lseek", e)),
+            };
+        }
+        let (start, len, dev) = {
+            let Some(Kind::Image { point, dev, part }) = self.kind(ino.0) else {
+                return reply.error(Errno::EINVAL);
+            };
+            let Some(img) = self.image(ino.0, point, dev, part) else {
+                return reply.error(Errno::ENOENT);
+            };
+            (img.start, img.len, img.dev)
+        };
+        if offset >= len {
+            return reply.error(Errno::ENXIO);
+        }
+        let (at, end) = (start + offset, start + len);
+        let found = if whence == libc::SEEK_DATA {
+            dev.next_data(at, end)
+        } else {
+            dev.next_hole(at, end).map(Some)
+        };
+        match found {
+            Ok(Some(o)) => reply.offset((o - start) as i64),
+            Ok(None) => reply.error(Errno::ENXIO),
+            Err(e) => {
+                tracing::error!("lseek failed, answering EIO: {e}");
+                reply.error(Errno::EIO)
+            }
+        }
     }
 
     /// Nothing is ever dirty: ENOSYS stops FLUSH on every close for good.

@@ -125,6 +125,14 @@ pub trait FsTree: Send + Sync {
     /// below can decompress them ahead of a sequential reader; errors are left for the
     /// read to meet. The default does nothing (a tree that cannot map files cheaply).
     fn prefetch(&self, _ino: u64, _offset: u64, _len: u64) {}
+    /// Where data (`data`, SEEK_DATA) or a hole (SEEK_HOLE) starts at or after
+    /// `offset` in a file, so copies of sparse files (VM disks, databases) skip their
+    /// holes; `None` at or past the end, and for data when only holes follow. The
+    /// default takes a file as all data with its hole at the end (always true).
+    fn seek(&self, ino: u64, offset: u64, data: bool) -> io::Result<Option<u64>> {
+        let size = self.stat(ino)?.size;
+        Ok((offset < size).then_some(if data { offset } else { size }))
+    }
     /// Target of a symbolic link.
     fn read_link(&self, ino: u64) -> io::Result<Vec<u8>>;
     /// Extended attributes as (full name, value).

@@ -251,6 +251,27 @@ impl Safe {
             .ok_or_else(|| anyhow::anyhow!("no recovery point {id} in {}", self.dir.display()))
     }
 
+    /// Block numbers in `from..end` of `device` that hold data at `point`, in order, at
+    /// most `limit` of them: the map SEEK_DATA and SEEK_HOLE walk on images.
+    pub fn data_blocks(
+        &self,
+        device: i64,
+        point: i64,
+        from: u64,
+        end: u64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<u64>> {
+        let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+        self.with_conn(|c| {
+            let mut st = c.prepare_cached(format::DATA_BLOCKS_SQL)?;
+            let rows = st.query_map(
+                rusqlite::params![device, point, clamp(from), clamp(end), clamp(limit as u64)],
+                |r| r.get::<_, i64>(0),
+            )?;
+            rows.map(|r| r.map(|b| b as u64)).collect()
+        })
+    }
+
     /// Block locations for blocks `start..start+count` of `device` at `point`; `None`
     /// where the device had no such block (it was smaller), which reads as zeros.
     pub fn block_run(

@@ -575,3 +575,48 @@ impl disksafe::readat::ReadAt for Recorder {
         self.asked.lock().unwrap().extend_from_slice(ranges);
     }
 }
+
+/// SEEK_DATA (`data`) or SEEK_HOLE on an open file through the kernel; `None` for
+/// ENXIO (no data after `offset`, or `offset` past the end).
+pub fn lseek(f: &std::fs::File, offset: u64, data: bool) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let whence = if data {
+        libc::SEEK_DATA
+    } else {
+        libc::SEEK_HOLE
+    };
+    // SAFETY: lseek on an open descriptor; no memory is passed.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), offset as i64, whence) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "lseek({offset}): {e}");
+        return None;
+    }
+    Some(r as u64)
+}
+
+/// Data extents (start, end) of a file of `len` bytes as SEEK_DATA / SEEK_HOLE walk
+/// them with `seek` (offset, data? → answer, `None` for ENXIO).
+pub fn seek_extents(len: u64, seek: impl Fn(u64, bool) -> Option<u64>) -> Vec<(u64, u64)> {
+    let mut extents = Vec::new();
+    let mut o = 0;
+    while o < len {
+        let Some(d) = seek(o, true) else { break };
+        let h = seek(d, false).expect("a hole after data");
+        assert!(h > d && d >= o, "data {d}, hole {h} from {o}");
+        extents.push((d, h));
+        o = h;
+    }
+    extents
+}
+
+/// (SEEK_DATA, SEEK_HOLE) answers of `seek` at each probe.
+pub fn seek_answers(
+    probes: &[u64],
+    seek: impl Fn(u64, bool) -> Option<u64>,
+) -> Vec<(Option<u64>, Option<u64>)> {
+    probes
+        .iter()
+        .map(|&p| (seek(p, true), seek(p, false)))
+        .collect()
+}

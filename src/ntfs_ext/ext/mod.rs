@@ -38,6 +38,9 @@ const DIR_WARM_INODES: usize = 1 << 17;
 
 /// Largest directory read (bytes); bigger is treated as damage.
 const MAX_DIR_BYTES: u64 = 4 << 30;
+/// Blocks of a block-mapped file one SEEK_DATA / SEEK_HOLE step maps (its pointer
+/// blocks are read for that window only).
+const SEEK_WINDOW: u64 = 1 << 18;
 
 /// True when the volume carries an ext2/3/4 superblock.
 pub fn probe(dev: &dyn ReadAt) -> io::Result<bool> {
@@ -558,6 +561,61 @@ impl FsTree for ExtFs {
         }
         self.check_readable(&i)?;
         self.read_data(&i, offset, buf)
+    }
+
+    /// Holes are the blocks no extent or block pointer maps, and unwritten extents
+    /// (as the kernel answers them with nothing cached). Block-mapped files are
+    /// mapped a window at a time; extent-mapped ones have all their runs at hand.
+    fn seek(&self, ino: u64, offset: u64, data: bool) -> io::Result<Option<u64>> {
+        let i = self.inode(ino)?;
+        if i.kind() != Some(NodeKind::File) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        if offset >= i.size {
+            return Ok(None);
+        }
+        self.check_readable(&i)?;
+        if i.flags & inode::FL_INLINE_DATA != 0 {
+            return Ok(Some(if data { offset } else { i.size }));
+        }
+        let bs = self.sb.block_size as u64;
+        let (first, end) = (offset / bs, i.size.div_ceil(bs));
+        let at_block = |b: u64| Some((b * bs).max(offset).min(i.size));
+        let mut at = first;
+        while at < end {
+            let stop = if i.flags & inode::FL_EXTENTS != 0 {
+                end
+            } else {
+                at.saturating_add(SEEK_WINDOW).min(end)
+            };
+            let runs = self.data_runs(&i, at, stop)?;
+            let mut written: Vec<&Run> = runs
+                .iter()
+                .filter(|r| {
+                    !r.unwritten && r.logical.saturating_add(r.len) > at && r.logical < stop
+                })
+                .collect();
+            written.sort_by_key(|r| r.logical);
+            if data {
+                if let Some(r) = written.first() {
+                    return Ok(at_block(r.logical.max(at)));
+                }
+            } else {
+                // The first block from `at` that no written run covers.
+                let mut hole = at;
+                for r in &written {
+                    if r.logical > hole {
+                        break;
+                    }
+                    hole = hole.max(r.logical.saturating_add(r.len));
+                }
+                if hole < stop {
+                    return Ok(at_block(hole));
+                }
+            }
+            at = stop;
+        }
+        Ok(if data { None } else { Some(i.size) })
     }
 
     /// Maps the range through the file's extents or block pointers and hands the

@@ -899,6 +899,46 @@ impl NtfsFs {
     }
 
     /// Bytes in a compression unit of 2^`cu` clusters, bounded (the value is on disk).
+    /// A mapped stream's holes in bytes, sorted and merged, within its size: sparse
+    /// runs (shrunk to whole compression units in a compressed stream, where a unit's
+    /// tail clusters are sparse by design) and everything past the initialized size.
+    fn holes(&self, m: &Mapped) -> io::Result<Vec<(u64, u64)>> {
+        let cs = self.boot.cluster_size;
+        let per_unit = match m.comp_unit {
+            Some(cu) => self.unit_size(cu)? / cs,
+            None => 1,
+        };
+        let mut sparse: Vec<(u64, u64)> = Vec::new();
+        let mut runs: Vec<&Run> = m.runs.iter().filter(|r| r.lcn.is_none()).collect();
+        runs.sort_by_key(|r| r.vcn);
+        for r in runs {
+            let end = r.vcn.saturating_add(r.len);
+            match sparse.last_mut() {
+                Some(last) if last.1 >= r.vcn => last.1 = last.1.max(end),
+                _ => sparse.push((r.vcn, end)),
+            }
+        }
+        let limit = m.init.min(m.size);
+        let mut holes: Vec<(u64, u64)> = sparse
+            .into_iter()
+            .filter_map(|(a, b)| {
+                let (a, b) = (a.div_ceil(per_unit) * per_unit, b / per_unit * per_unit);
+                let (a, b) = (
+                    a.saturating_mul(cs).min(limit),
+                    b.saturating_mul(cs).min(limit),
+                );
+                (a < b).then_some((a, b))
+            })
+            .collect();
+        if limit < m.size {
+            match holes.last_mut() {
+                Some(last) if last.1 >= limit => last.1 = m.size,
+                _ => holes.push((limit, m.size)),
+            }
+        }
+        Ok(holes)
+    }
+
     fn unit_size(&self, cu: u8) -> io::Result<u64> {
         self.boot
             .cluster_size
@@ -1602,6 +1642,53 @@ impl FsTree for NtfsFs {
     /// stream's range widened to whole compression units) and hands the clusters to the
     /// device in one batch: their decompression from the safe runs ahead, the units'
     /// LZNT1 decoding stays with the reader.
+    /// Holes are sparse runs (in a compressed stream, whole compression units with no
+    /// cluster stored) and the bytes past the initialized size. Resident, WOF and
+    /// undecodable data, and clusters no run maps, count as data: their reads give
+    /// the bytes or the error.
+    fn seek(&self, ino: u64, offset: u64, data: bool) -> io::Result<Option<u64>> {
+        let (node, stream) = self.resolve(ino)?;
+        let i = match stream {
+            Some(i) => i,
+            None if node.kind != NodeKind::File => {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL))
+            }
+            None => match node.stream(&[]) {
+                Some((i, _)) => i,
+                None => return Ok(None),
+            },
+        };
+        let size = node.streams[i].data.size();
+        if offset >= size {
+            return Ok(None);
+        }
+        let all_data = Ok(Some(if data { offset } else { size }));
+        let opaque = node
+            .opaque
+            .as_ref()
+            .is_some_and(|o| stream.is_none() || o.every_stream);
+        if opaque || stream.is_none() && node.wof.is_some() {
+            return all_data;
+        }
+        let Data::Mapped(m) = &node.streams[i].data else {
+            return all_data;
+        };
+        let holes = self.holes(m)?;
+        Ok(match holes.iter().find(|h| h.1 > offset) {
+            // Inside a hole: data resumes at its end (none when it reaches the end).
+            Some(&(h0, h1)) if h0 <= offset => {
+                if data {
+                    (h1 < size).then_some(h1)
+                } else {
+                    Some(offset)
+                }
+            }
+            // Data up to the next hole.
+            Some(&(h0, _)) => Some(if data { offset } else { h0 }),
+            None => Some(if data { offset } else { size }),
+        })
+    }
+
     fn prefetch(&self, ino: u64, offset: u64, len: u64) {
         let Ok((node, stream)) = self.resolve(ino) else {
             return;
