@@ -125,11 +125,22 @@ pub struct FsOptions {
 /// (point, device, partition) of a volume whose file tree was probed.
 type VolumeKey = (i64, i64, Option<u32>);
 
-/// One opened file tree and where it hangs in the synthetic tree.
+/// File trees kept open at once. A tree's parse of its volume (NTFS's 128 KiB `$UpCase`,
+/// ext's group descriptors, ...) lies outside the cache budget; walking the trees of
+/// hundreds of points would otherwise grow the server by that much per point. A closed
+/// tree reopens on its next use under the same inode numbers.
+const OPEN_TREES: usize = 16;
+
+/// One file tree, where it hangs in the synthetic tree, and how to reopen it.
 struct TreeSlot {
-    tree: Arc<dyn FsTree>,
+    /// The open tree, or `None` while closed to bound memory.
+    tree: Mutex<Option<Arc<dyn FsTree>>>,
     /// The device directory holding it (its `..`).
     parent: u64,
+    vol: Arc<dyn ReadAt>,
+    opts: TreeOptions,
+    /// When it was last used, on the mount's use counter (least recent closes first).
+    used: AtomicU64,
 }
 
 /// The mounted filesystem.
@@ -143,7 +154,9 @@ pub struct SafeFs {
     points: RwLock<Arc<Vec<PointInfo>>>,
     devices: Mutex<HashMap<(i64, i64), Arc<PointDevice>>>,
     images: Mutex<HashMap<u64, Image>>,
-    trees: RwLock<Vec<TreeSlot>>,
+    trees: RwLock<Vec<Arc<TreeSlot>>>,
+    /// Ticks once per use of a tree: the trees' recency.
+    tree_clock: AtomicU64,
     tree_ids: Mutex<HashMap<VolumeKey, Option<u64>>>,
     /// Readahead streams per image or large tree-file inode (files are opened without
     /// a handle).
@@ -176,6 +189,7 @@ impl SafeFs {
             devices: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
             trees: RwLock::new(Vec::new()),
+            tree_clock: AtomicU64::new(0),
             tree_ids: Mutex::new(HashMap::new()),
             streams,
         })
@@ -418,12 +432,23 @@ impl SafeFs {
             show_system: self.opts.show_system,
             budget: Some(self.cache.tree_budget().clone()),
         };
-        let root = match crate::ntfs_ext::open_tree(vol, &opts) {
+        let root = match crate::ntfs_ext::open_tree(vol.clone(), &opts) {
             Ok(Some(tree)) => {
-                let mut trees = self.trees.write().unwrap();
                 let root = tree.root();
-                trees.push(TreeSlot { tree, parent });
-                Some((trees.len() as u64) << TREE_SHIFT | root)
+                let slot = Arc::new(TreeSlot {
+                    tree: Mutex::new(Some(tree)),
+                    parent,
+                    vol,
+                    opts,
+                    used: AtomicU64::new(self.tree_clock.fetch_add(1, Ordering::Relaxed)),
+                });
+                let id = {
+                    let mut trees = self.trees.write().unwrap();
+                    trees.push(slot);
+                    trees.len() as u64
+                };
+                self.close_idle_trees();
+                Some(id << TREE_SHIFT | root)
             }
             Ok(None) => None,
             Err(e) => {
@@ -441,9 +466,60 @@ impl SafeFs {
         if id == 0 {
             return None;
         }
+        let slot = self.trees.read().unwrap().get(id - 1)?.clone();
+        slot.used.store(
+            self.tree_clock.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        let mut open = slot.tree.lock().unwrap();
+        if let Some(t) = &*open {
+            return Some((t.clone(), ino & TREE_MASK, slot.parent));
+        }
+        // Reopened as first opened: the same volume and options, so the same numbers.
+        let tree = match crate::ntfs_ext::open_tree(slot.vol.clone(), &slot.opts) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                tracing::error!("{}: the filesystem is gone on reopening", slot.opts.label);
+                return None;
+            }
+            Err(e) => {
+                tracing::error!("{}: cannot reopen the filesystem: {e}", slot.opts.label);
+                return None;
+            }
+        };
+        *open = Some(tree.clone());
+        drop(open);
+        self.close_idle_trees();
+        Some((tree, ino & TREE_MASK, slot.parent))
+    }
+
+    /// Closes the least recently used trees beyond [`OPEN_TREES`] that may close and
+    /// that no request or background job holds (clones are only made under the slot's
+    /// lock, held here, so none can appear meanwhile, and no stream number can be
+    /// handed out by an instance already closed).
+    fn close_idle_trees(&self) {
         let trees = self.trees.read().unwrap();
-        let slot = trees.get(id - 1)?;
-        Some((slot.tree.clone(), ino & TREE_MASK, slot.parent))
+        let mut open: Vec<&Arc<TreeSlot>> = trees
+            .iter()
+            .filter(|s| s.tree.lock().unwrap().is_some())
+            .collect();
+        if open.len() <= OPEN_TREES {
+            return;
+        }
+        open.sort_by_key(|s| s.used.load(Ordering::Relaxed));
+        let mut excess = open.len() - OPEN_TREES;
+        for s in open {
+            if excess == 0 {
+                break;
+            }
+            let mut t = s.tree.lock().unwrap();
+            if t.as_ref()
+                .is_some_and(|t| Arc::strong_count(t) == 1 && t.can_close())
+            {
+                *t = None;
+                excess -= 1;
+            }
+        }
     }
 
     fn tree_errno(&self, ino: u64, what: &str, e: std::io::Error) -> Errno {

@@ -133,6 +133,12 @@ pub trait FsTree: Send + Sync {
         let size = self.stat(ino)?.size;
         Ok((offset < size).then_some(if data { offset } else { size }))
     }
+    /// Whether the tree may be dropped and opened again later: not while it has handed
+    /// out inode numbers that only this instance knows (a reopened tree could give
+    /// them to other nodes). By default every number comes from the volume.
+    fn can_close(&self) -> bool {
+        true
+    }
     /// Target of a symbolic link.
     fn read_link(&self, ino: u64) -> io::Result<Vec<u8>>;
     /// Extended attributes as (full name, value).

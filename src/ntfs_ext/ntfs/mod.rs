@@ -1642,6 +1642,12 @@ impl FsTree for NtfsFs {
     /// stream's range widened to whole compression units) and hands the clusters to the
     /// device in one batch: their decompression from the safe runs ahead, the units'
     /// LZNT1 decoding stays with the reader.
+    /// Not once a named stream (`FILE:NAME`) was looked up: its number is an index
+    /// into this instance's stream table.
+    fn can_close(&self) -> bool {
+        self.streams.lock().unwrap().list.is_empty()
+    }
+
     /// Holes are sparse runs (in a compressed stream, whole compression units with no
     /// cluster stored) and the bytes past the initialized size. Resident, WOF and
     /// undecodable data, and clusters no run maps, count as data: their reads give
