@@ -139,6 +139,34 @@ pub fn walk_volume(vol: Arc<dyn ReadAt>, max_read: usize) -> std::io::Result<usi
 }
 
 /// The walk of [`walk_everything`], on a volume already wrapped.
+/// Walks a file's data extents with [`FsTree::seek`] (a few dozen steps at most),
+/// asserting what SEEK_DATA and SEEK_HOLE promise whatever the volume holds: answers
+/// at or after the offset, data before the end, holes at most at the end.
+fn seek_walk(tree: &dyn FsTree, ino: u64, size: u64) {
+    let mut at = 0;
+    for _ in 0..64 {
+        let Ok(Some(d)) = tree.seek(ino, at, true) else {
+            return;
+        };
+        assert!(
+            at <= d && d < size,
+            "SEEK_DATA from {at} gave {d} (size {size})"
+        );
+        let Ok(h) = tree.seek(ino, d, false) else {
+            return;
+        };
+        let h = h.expect("SEEK_HOLE inside the file answers");
+        assert!(
+            d < h && h <= size,
+            "SEEK_HOLE from data at {d} gave {h} (size {size})"
+        );
+        at = h;
+        if at >= size {
+            return;
+        }
+    }
+}
+
 fn walk_tree(vol: Arc<dyn ReadAt>, opts: &TreeOptions, max_read: usize) -> std::io::Result<usize> {
     let Some(tree) = open_tree(vol, opts)? else {
         return Ok(0);
@@ -166,6 +194,7 @@ fn walk_tree(vol: Arc<dyn ReadAt>, opts: &TreeOptions, max_read: usize) -> std::
                 tree.prefetch(ino, 0, st.size);
                 let _ = tree.read(ino, 0, &mut buf);
                 let _ = tree.read(ino, st.size.saturating_sub(7), &mut buf[..7.min(max_read)]);
+                seek_walk(&*tree, ino, st.size);
             }
             NodeKind::Symlink => {
                 let _ = tree.read_link(ino);

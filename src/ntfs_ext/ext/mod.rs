@@ -592,7 +592,10 @@ impl FsTree for ExtFs {
             let mut written: Vec<&Run> = runs
                 .iter()
                 .filter(|r| {
-                    !r.unwritten && r.logical.saturating_add(r.len) > at && r.logical < stop
+                    !r.unwritten
+                        && r.len > 0
+                        && r.logical.saturating_add(r.len) > at
+                        && r.logical < stop
                 })
                 .collect();
             written.sort_by_key(|r| r.logical);

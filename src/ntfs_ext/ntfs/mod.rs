@@ -922,7 +922,10 @@ impl NtfsFs {
         let mut holes: Vec<(u64, u64)> = sparse
             .into_iter()
             .filter_map(|(a, b)| {
-                let (a, b) = (a.div_ceil(per_unit) * per_unit, b / per_unit * per_unit);
+                let (a, b) = (
+                    a.div_ceil(per_unit).saturating_mul(per_unit),
+                    b / per_unit * per_unit,
+                );
                 let (a, b) = (
                     a.saturating_mul(cs).min(limit),
                     b.saturating_mul(cs).min(limit),
