@@ -25,6 +25,10 @@ pub struct PointDevice {
     name: String,
     size: u64,
     block_size: u64,
+    /// Blocks `start..end` that the last hole search walked as data (or, when it gave
+    /// up, answered as data): repeated SEEK_HOLE calls inside one long data extent
+    /// (`qemu-img convert` asks once per request) resume there instead of rescanning.
+    data_hint: std::sync::Mutex<Option<(u64, u64)>>,
 }
 
 impl PointDevice {
@@ -38,6 +42,7 @@ impl PointDevice {
             name: name.to_string(),
             size,
             block_size,
+            data_hint: std::sync::Mutex::new(None),
         }
     }
 
@@ -114,10 +119,16 @@ impl PointDevice {
         }
         let bs = self.block_size;
         let end_block = end.div_ceil(bs);
-        let mut want = offset / bs;
+        let first = offset / bs;
+        let mut want = first;
+        let hint = *self.data_hint.lock().unwrap();
+        if let Some((_, e)) = hint.filter(|&(s, e)| s <= first && first < e) {
+            want = e;
+        }
         let mut seen = 0u64;
         loop {
             if want >= end_block || seen >= HOLE_SCAN_MAX {
+                *self.data_hint.lock().unwrap() = Some((first, end_block.max(want)));
                 return Ok(end);
             }
             let found = self.data_blocks(want, end_block, HOLE_BATCH)?;
@@ -132,6 +143,9 @@ impl PointDevice {
             if run < found.len() || found.len() < HOLE_BATCH {
                 break;
             }
+        }
+        if want > first {
+            *self.data_hint.lock().unwrap() = Some((first, want));
         }
         Ok((want * bs).max(offset).min(end))
     }
