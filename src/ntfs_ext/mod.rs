@@ -138,7 +138,6 @@ pub fn walk_volume(vol: Arc<dyn ReadAt>, max_read: usize) -> std::io::Result<usi
     walked
 }
 
-/// The walk of [`walk_everything`], on a volume already wrapped.
 /// Walks a file's data extents with [`FsTree::seek`] (a few dozen steps at most),
 /// asserting what SEEK_DATA and SEEK_HOLE promise whatever the volume holds: answers
 /// at or after the offset, data before the end, holes at most at the end.
@@ -167,6 +166,7 @@ fn seek_walk(tree: &dyn FsTree, ino: u64, size: u64) {
     }
 }
 
+/// The walk of [`walk_everything`], on a volume already wrapped.
 fn walk_tree(vol: Arc<dyn ReadAt>, opts: &TreeOptions, max_read: usize) -> std::io::Result<usize> {
     let Some(tree) = open_tree(vol, opts)? else {
         return Ok(0);

@@ -898,7 +898,6 @@ impl NtfsFs {
         }
     }
 
-    /// Bytes in a compression unit of 2^`cu` clusters, bounded (the value is on disk).
     /// A mapped stream's holes in bytes, sorted and merged, within its size: sparse
     /// runs (shrunk to whole compression units in a compressed stream, where a unit's
     /// tail clusters are sparse by design) and everything past the initialized size.
@@ -942,6 +941,7 @@ impl NtfsFs {
         Ok(holes)
     }
 
+    /// Bytes in a compression unit of 2^`cu` clusters, bounded (the value is on disk).
     fn unit_size(&self, cu: u8) -> io::Result<u64> {
         self.boot
             .cluster_size
@@ -1641,10 +1641,6 @@ impl FsTree for NtfsFs {
         self.read_data(&node.streams[i].data, (node.rec, i), offset, buf)
     }
 
-    /// Maps the range through the stream's runs (non-resident data; a compressed
-    /// stream's range widened to whole compression units) and hands the clusters to the
-    /// device in one batch: their decompression from the safe runs ahead, the units'
-    /// LZNT1 decoding stays with the reader.
     /// Not once a named stream (`FILE:NAME`) was looked up: its number is an index
     /// into this instance's stream table.
     fn can_close(&self) -> bool {
@@ -1698,6 +1694,10 @@ impl FsTree for NtfsFs {
         })
     }
 
+    /// Maps the range through the stream's runs (non-resident data; a compressed
+    /// stream's range widened to whole compression units) and hands the clusters to the
+    /// device in one batch: their decompression from the safe runs ahead, the units'
+    /// LZNT1 decoding stays with the reader.
     fn prefetch(&self, ino: u64, offset: u64, len: u64) {
         let Ok((node, stream)) = self.resolve(ino) else {
             return;
