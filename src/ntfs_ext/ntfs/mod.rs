@@ -40,25 +40,7 @@ const INDEX_CACHE: usize = 4 << 20;
 const DIR_CACHE: usize = 8 << 20;
 const UNIT_CACHE: usize = 4 << 20;
 /// The named stream holding a WOF-compressed file's data, in UTF-16.
-const WOF_STREAM: &[u16] = &[
-    b'W' as u16,
-    b'o' as u16,
-    b'f' as u16,
-    b'C' as u16,
-    b'o' as u16,
-    b'm' as u16,
-    b'p' as u16,
-    b'r' as u16,
-    b'e' as u16,
-    b's' as u16,
-    b's' as u16,
-    b'e' as u16,
-    b'd' as u16,
-    b'D' as u16,
-    b'a' as u16,
-    b't' as u16,
-    b'a' as u16,
-];
+const WOF_STREAM: &[u16] = &names::ascii_utf16(b"WofCompressedData");
 /// Largest value read whole for metadata (attribute lists, reparse data).
 const MAX_META: u64 = 1 << 20;
 /// Most extension records one file may spread over.
@@ -185,6 +167,19 @@ impl Node {
             .iter()
             .enumerate()
             .find(|(_, s)| s.name == name)
+    }
+
+    /// The stream a file inode's data comes from: the named one it stands for, or the
+    /// unnamed one.
+    fn data_index(&self, stream: Option<usize>) -> Option<usize> {
+        stream.or_else(|| self.stream(&[]).map(|(i, _)| i))
+    }
+
+    /// Why `stream` (`None`: the unnamed one) cannot be decoded, if it cannot.
+    fn opaque_for(&self, stream: Option<usize>) -> Option<&Opaque> {
+        self.opaque
+            .as_ref()
+            .filter(|o| stream.is_none() || o.every_stream)
     }
 }
 
@@ -801,22 +796,14 @@ impl NtfsFs {
                         every_stream: false,
                     })
                 }
-                Some(Reparse::Wof(alg)) => {
-                    let why = match alg {
-                        _ if node.stream(WOF_STREAM).is_none() => {
-                            Some("WOF-compressed, but its WofCompressedData stream is missing")
-                        }
-                        alg => {
-                            node.wof = Some(alg);
-                            None
-                        }
-                    };
-                    if let Some(why) = why {
-                        node.opaque = Some(Opaque {
-                            why: why.into(),
-                            every_stream: false,
-                        });
-                    }
+                Some(Reparse::Wof(alg)) if node.stream(WOF_STREAM).is_some() => {
+                    node.wof = Some(alg)
+                }
+                Some(Reparse::Wof(_)) => {
+                    node.opaque = Some(Opaque {
+                        why: "WOF-compressed, but its WofCompressedData stream is missing".into(),
+                        every_stream: false,
+                    })
                 }
                 Some(Reparse::Other(tag)) => self.warn_once(format!("tag:{tag:#x}"), || {
                     format!("reparse tag {tag:#010x} (first seen on MFT record {n}) is not interpreted; such files are shown as regular entries")
@@ -1445,7 +1432,7 @@ impl NtfsFs {
 }
 
 /// The name of directory indexes.
-const I30: &[u16] = &[b'$' as u16, b'I' as u16, b'3' as u16, b'0' as u16];
+const I30: &[u16] = &names::ascii_utf16(b"$I30");
 
 /// Whole value of a small metadata attribute (attribute list, reparse data), resident
 /// or not; bytes past its initialized size read as zeros.
@@ -1612,25 +1599,17 @@ impl FsTree for NtfsFs {
 
     fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let (node, stream) = self.resolve(ino)?;
-        let i = match stream {
-            Some(i) => i,
-            None => {
-                if node.kind != NodeKind::File {
-                    return Err(io::Error::from_raw_os_error(libc::EISDIR));
-                }
-                match node.stream(&[]) {
-                    Some((i, _)) => i,
-                    None => return Ok(0),
-                }
-            }
+        if stream.is_none() && node.kind != NodeKind::File {
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
+        let Some(i) = node.data_index(stream) else {
+            return Ok(0);
         };
-        if let Some(o) = &node.opaque {
-            if stream.is_none() || o.every_stream {
-                return Err(io::Error::other(format!(
-                    "{}: MFT record {}: {}; its data cannot be read",
-                    self.label, node.rec, o.why
-                )));
-            }
+        if let Some(o) = node.opaque_for(stream) {
+            return Err(io::Error::other(format!(
+                "{}: MFT record {}: {}; its data cannot be read",
+                self.label, node.rec, o.why
+            )));
         }
         if let (None, Some(alg)) = (stream, node.wof) {
             let size = node.streams[i].data.size();
@@ -1653,26 +1632,18 @@ impl FsTree for NtfsFs {
     /// the bytes or the error.
     fn seek(&self, ino: u64, offset: u64, data: bool) -> io::Result<Option<u64>> {
         let (node, stream) = self.resolve(ino)?;
-        let i = match stream {
-            Some(i) => i,
-            None if node.kind != NodeKind::File => {
-                return Err(io::Error::from_raw_os_error(libc::EINVAL))
-            }
-            None => match node.stream(&[]) {
-                Some((i, _)) => i,
-                None => return Ok(None),
-            },
+        if stream.is_none() && node.kind != NodeKind::File {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let Some(i) = node.data_index(stream) else {
+            return Ok(None);
         };
         let size = node.streams[i].data.size();
         if offset >= size {
             return Ok(None);
         }
         let all_data = Ok(Some(if data { offset } else { size }));
-        let opaque = node
-            .opaque
-            .as_ref()
-            .is_some_and(|o| stream.is_none() || o.every_stream);
-        if opaque || stream.is_none() && node.wof.is_some() {
+        if node.opaque_for(stream).is_some() || stream.is_none() && node.wof.is_some() {
             return all_data;
         }
         let Data::Mapped(m) = &node.streams[i].data else {
@@ -1705,7 +1676,7 @@ impl FsTree for NtfsFs {
         if node.opaque.is_some() {
             return;
         }
-        let Some(mut i) = stream.or_else(|| node.stream(&[]).map(|(i, _)| i)) else {
+        let Some(mut i) = node.data_index(stream) else {
             return;
         };
         // Byte ranges of stream i to fetch.

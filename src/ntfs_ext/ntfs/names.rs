@@ -11,6 +11,17 @@ pub const SLASH_STAND_IN: char = '\u{2215}';
 /// Stand-in for NUL inside a name.
 pub const NUL_STAND_IN: char = '\u{2400}';
 
+/// An ASCII name as the UTF-16 NTFS stores, at compile time (`$I30`, stream names).
+pub const fn ascii_utf16<const N: usize>(name: &[u8; N]) -> [u16; N] {
+    let mut out = [0u16; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = name[i] as u16;
+        i += 1;
+    }
+    out
+}
+
 /// Converts an on-disk UTF-16 name to the bytes shown to the kernel.
 pub fn to_bytes(units: &[u16]) -> Vec<u8> {
     let mut out = Vec::with_capacity(units.len() + 4);
