@@ -282,6 +282,15 @@ impl SafeFs {
         Some(img)
     }
 
+    /// The raw image an inode stands for: EINVAL for other inodes, ENOENT when its
+    /// point, device or partition is gone.
+    fn image_of(&self, ino: u64) -> Result<Image, Errno> {
+        let Some(Kind::Image { point, dev, part }) = self.kind(ino) else {
+            return Err(Errno::EINVAL);
+        };
+        self.image(ino, point, dev, part).ok_or(Errno::ENOENT)
+    }
+
     /// Children of a directory, built on first use (the root and by-time: every time).
     fn children(&self, ino: u64) -> Result<Arc<Vec<(OsString, u64)>>, Errno> {
         let kind = self.kind(ino).ok_or(Errno::ENOENT)?;
@@ -924,11 +933,9 @@ impl fuser::Filesystem for SafeFs {
                 Err(e) => reply.error(self.tree_errno(ino.0, "read", e)),
             });
         }
-        let Some(Kind::Image { point, dev, part }) = self.kind(ino.0) else {
-            return reply.error(Errno::EINVAL);
-        };
-        let Some(img) = self.image(ino.0, point, dev, part) else {
-            return reply.error(Errno::ENOENT);
+        let img = match self.image_of(ino.0) {
+            Ok(img) => img,
+            Err(e) => return reply.error(e),
         };
         if offset >= img.len {
             return reply.data(&[]);
@@ -972,26 +979,21 @@ impl fuser::Filesystem for SafeFs {
                 Err(e) => reply.error(self.tree_errno(ino.0, "lseek", e)),
             };
         }
-        let (start, len, dev) = {
-            let Some(Kind::Image { point, dev, part }) = self.kind(ino.0) else {
-                return reply.error(Errno::EINVAL);
-            };
-            let Some(img) = self.image(ino.0, point, dev, part) else {
-                return reply.error(Errno::ENOENT);
-            };
-            (img.start, img.len, img.dev)
+        let img = match self.image_of(ino.0) {
+            Ok(img) => img,
+            Err(e) => return reply.error(e),
         };
-        if offset >= len {
+        if offset >= img.len {
             return reply.error(Errno::ENXIO);
         }
-        let (at, end) = (start + offset, start + len);
+        let (at, end) = (img.start + offset, img.start + img.len);
         let found = if whence == libc::SEEK_DATA {
-            dev.next_data(at, end)
+            img.dev.next_data(at, end)
         } else {
-            dev.next_hole(at, end).map(Some)
+            img.dev.next_hole(at, end).map(Some)
         };
         match found {
-            Ok(Some(o)) => reply.offset((o - start) as i64),
+            Ok(Some(o)) => reply.offset((o - img.start) as i64),
             Ok(None) => reply.error(Errno::ENXIO),
             Err(e) => {
                 tracing::error!("lseek failed, answering EIO: {e}");
