@@ -221,12 +221,36 @@ struct Case {
     algorithm: u32,
 }
 
-fn cases(rng: &mut StdRng) -> Vec<Case> {
+/// Log-like lines ("event N user V ok") up to at least `len` bytes: text that
+/// compresses as real logs do.
+fn log_text(rng: &mut StdRng, len: usize) -> Vec<u8> {
     let mut text = Vec::new();
-    while text.len() < 100_000 {
+    while text.len() < len {
         let v: u32 = rng.gen_range(0..5000);
         text.extend_from_slice(format!("event {} user {v} ok\n", text.len() % 977).as_bytes());
     }
+    text
+}
+
+/// MB/s of reading a file of `len` bytes whole through `tree`, 1 MiB at a time.
+fn tree_read_mbps(tree: &dyn disksafe::ntfs_ext::FsTree, ino: u64, len: u64) -> f64 {
+    let mut b = vec![0u8; 1 << 20];
+    let t0 = std::time::Instant::now();
+    let mut at = 0u64;
+    while at < len {
+        at += tree.read(ino, at, &mut b).unwrap() as u64;
+    }
+    len as f64 / t0.elapsed().as_secs_f64() / 1e6
+}
+
+/// The median of a benchmark's passes.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn cases(rng: &mut StdRng) -> Vec<Case> {
+    let text = log_text(rng, 100_000);
     // Random stretches (stored raw), runs and repeats (long matches, long lengths).
     let mut mixed = vec![0u8; 70_000];
     rng.fill(&mut mixed[..20_000]);
@@ -608,15 +632,11 @@ fn bench_wof_read_vs_libfsntfs() {
     }
     let t = tempfile::tempdir().unwrap();
     let mut rng = StdRng::seed_from_u64(5);
-    let mut data = Vec::new();
     // 1 MiB: libfsntfs 20200921 (Debian 12) fails on WOF files of 2 MiB and more
     // ("invalid compressed block offset: 1 value out of bounds") that this crate and
     // the format's description read; WOF_BENCH_MIB=N tries others.
     let mib: usize = std::env::var("WOF_BENCH_MIB").map_or(1, |v| v.parse().unwrap());
-    while data.len() < mib << 20 {
-        let v: u32 = rng.gen_range(0..5000);
-        data.extend_from_slice(format!("event {} user {v} ok\n", data.len() % 977).as_bytes());
-    }
+    let mut data = log_text(&mut rng, mib << 20);
     data.truncate(mib << 20);
     let stream = wof_stream(&data, 4096);
     let img = t.path().join("bench.img");
@@ -640,14 +660,8 @@ while True:
 print(n, time.monotonic() - t)
 ";
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let mut b = vec![0u8; 1 << 20];
     for _ in 0..15 {
-        let t0 = std::time::Instant::now();
-        let mut at = 0u64;
-        while at < data.len() as u64 {
-            at += tree.read(ino, at, &mut b).unwrap() as u64;
-        }
-        ours.push(data.len() as f64 / t0.elapsed().as_secs_f64() / 1e6);
+        ours.push(tree_read_mbps(&*tree, ino, data.len() as u64));
         let o = Command::new("/usr/bin/python3")
             .args(["-c", script])
             .arg(&img)
@@ -665,11 +679,7 @@ print(n, time.monotonic() - t)
         );
         theirs.push(f[0] / f[1] / 1e6);
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (o, t) = (med(&mut ours), med(&mut theirs));
+    let (o, t) = (median(ours), median(theirs));
     eprintln!(
         "WOF XPRESS4K read, {mib} MiB: disksafe {o:.0} MB/s, libfsntfs {t:.0} MB/s, ratio {:.2}",
         o / t
@@ -679,7 +689,7 @@ print(n, time.monotonic() - t)
 /// LZX WOF reads against wimlib, the only other LZX decoder on this machine, decoding
 /// the same chunks: `wimlib-imagex extract --to-stdout` of the file from the WIM whose
 /// resource is the WOF stream (its time includes starting the process and opening
-/// the WIM, a few ms against the ~100 ms of the read). Run with `cargo test --release
+/// the WIM, under 5 ms against the ~55 ms of the read). Run with `cargo test --release
 /// --test ntfs_wof -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -689,11 +699,7 @@ fn bench_wof_lzx_read_vs_wimlib() {
     }
     let mut rng = StdRng::seed_from_u64(6);
     let mib: usize = std::env::var("WOF_BENCH_MIB").map_or(16, |v| v.parse().unwrap());
-    let mut data = Vec::new();
-    while data.len() < mib << 20 {
-        let v: u32 = rng.gen_range(0..5000);
-        data.extend_from_slice(format!("event {} user {v} ok\n", data.len() % 977).as_bytes());
-    }
+    let mut data = log_text(&mut rng, mib << 20);
     data.truncate(mib << 20);
     let Some((mut streams, w)) = wimlib_lzx_streams(&[("big", data.clone())], 50) else {
         eprintln!("SKIP: wimlib-imagex (package wimtools) is not installed");
@@ -710,14 +716,8 @@ fn bench_wof_lzx_read_vs_wimlib() {
     let tree = open_image_tree(&img);
     let ino = tree.lookup(tree.root(), b"big").unwrap().unwrap();
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let mut b = vec![0u8; 1 << 20];
     for _ in 0..11 {
-        let t0 = std::time::Instant::now();
-        let mut at = 0u64;
-        while at < data.len() as u64 {
-            at += tree.read(ino, at, &mut b).unwrap() as u64;
-        }
-        ours.push(data.len() as f64 / t0.elapsed().as_secs_f64() / 1e6);
+        ours.push(tree_read_mbps(&*tree, ino, data.len() as u64));
         let t0 = std::time::Instant::now();
         let o = Command::new("wimlib-imagex")
             .arg("extract")
@@ -732,11 +732,7 @@ fn bench_wof_lzx_read_vs_wimlib() {
         );
         theirs.push(data.len() as f64 / secs / 1e6);
     }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (o, w) = (med(&mut ours), med(&mut theirs));
+    let (o, w) = (median(ours), median(theirs));
     eprintln!(
         "WOF LZX read, {mib} MiB: disksafe {o:.0} MB/s, wimlib {w:.0} MB/s, ratio {:.2}",
         o / w
