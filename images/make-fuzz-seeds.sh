@@ -123,6 +123,12 @@ if [ "$(id -u)" = 0 ] && command -v mkntfs > /dev/null && command -v ntfs-3g > /
     seq 1 3000 > "$tmp/m/c/text"
     wof "$tmp/m/wof.exe"
     wofx "$tmp/m/wofx.txt"
+    # What system.ntfs_* reads apart from the file: an object id ($ObjId:$O), a
+    # security descriptor of its own ($Secure), extended attributes ($EA).
+    setfattr -n system.ntfs_object_id -v 0x000102030405060708090a0b0c0d0e0f "$tmp/m/a"
+    setfattr -n system.ntfs_acl -v 0x010004801400000024000000000000003400000001020000000000052000000020020000010200000000000520000000200200000200$(
+      )1c000100000000031400ff011f00010100000000000100000000 "$tmp/m/c/text"
+    setfattr -n system.ntfs_ea -v 0x14000000000404004e414d450056414c55000000 "$tmp/m/c"
     umount "$tmp/m"
     # ntfs-3g finishes writing after the unmount returns: wait for it to exit.
     while pgrep -f "ntfs-3g.*$img" > /dev/null; do sleep 0.1; done

@@ -44,7 +44,16 @@ fn describe(p: &Path) -> String {
         let v = get_xattr(p, &x).map(|v| sha256(&v));
         d += &format!(" xattr {}={v:?}", String::from_utf8_lossy(&x));
     }
-    for x in ["system.ntfs_attrib", "system.ntfs_crtime"] {
+    for x in [
+        "system.ntfs_attrib",
+        "system.ntfs_crtime",
+        "system.ntfs_times",
+        "system.ntfs_dos_name",
+        "system.ntfs_reparse_data",
+        "system.ntfs_object_id",
+        "system.ntfs_ea",
+        "system.ntfs_acl",
+    ] {
         d += &format!(" {x}={:?}", get_xattr(p, x.as_bytes()));
     }
     d
@@ -183,6 +192,27 @@ struct Extras {
     streams: Vec<(String, String, Vec<u8>)>,
     /// Expected link targets of crafted reparse points.
     links: Vec<(String, String)>,
+    /// `system.ntfs_*` values written through ntfs-3g: path, name, the bytes a read
+    /// must start with.
+    xattrs: Vec<(String, &'static str, Vec<u8>)>,
+}
+
+/// A self-relative security descriptor: owner and group BUILTIN\Administrators, a
+/// DACL granting Everyone `mask`.
+fn security_descriptor(mask: u32) -> Vec<u8> {
+    let admins = [1u8, 2, 0, 0, 0, 0, 0, 5, 32, 0, 0, 0, 32, 2, 0, 0];
+    let everyone = [1u8, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+    let mut sd = vec![1, 0, 0x04, 0x80]; // revision, control: self-relative, DACL present
+    for off in [20u32, 36, 0, 52] {
+        sd.extend_from_slice(&off.to_le_bytes()); // owner, group, SACL, DACL
+    }
+    sd.extend_from_slice(&admins);
+    sd.extend_from_slice(&admins);
+    sd.extend_from_slice(&[2, 0, 28, 0, 1, 0, 0, 0]); // ACL: revision, size, one ACE
+    sd.extend_from_slice(&[0, 3, 20, 0]); // allow, inherited by files and dirs, size
+    sd.extend_from_slice(&mask.to_le_bytes());
+    sd.extend_from_slice(&everyone);
+    sd
 }
 
 fn fill_ntfs(mnt: &Path, src: &Path, rng: &mut StdRng, links: usize, compress: bool) -> Extras {
@@ -251,6 +281,44 @@ fn fill_ntfs(mnt: &Path, src: &Path, rng: &mut StdRng, links: usize, compress: b
         "system.ntfs_dos_name",
         b"LONGFI~1.TXT",
     );
+    // What NTFS keeps beside names and data, set through ntfs-3g's system.ntfs_*
+    // attributes: enough object ids and distinct security descriptors that $ObjId:$O
+    // and $Secure:$SII grow past their roots, an extended attribute, chosen times.
+    std::fs::create_dir(mnt.join("meta")).unwrap();
+    let mut xattrs = Vec::new();
+    for i in 0..80u32 {
+        let f = format!("meta/f{i:02}");
+        std::fs::write(mnt.join(&f), format!("file {i}")).unwrap();
+        let mut id = vec![0u8; if i % 2 == 0 { 16 } else { 64 }];
+        rng.fill(&mut id[..]);
+        xattrs.push((f.clone(), "system.ntfs_object_id", id));
+        xattrs.push((f, "system.ntfs_acl", security_descriptor(0x0012_0000 | i)));
+    }
+    let ea = [
+        &[20u8, 0, 0, 0, 0, 4, 4, 0][..], // next entry, flags, name and value lengths
+        b"NAME\0VALU\0\0\0",
+        &[16, 0, 0, 0, 0, 3, 2, 0],
+        b"LX2\0ab\0\0",
+    ]
+    .concat();
+    xattrs.push(("meta/f00".into(), "system.ntfs_ea", ea));
+    let times: Vec<u8> = [
+        131_000_000_000_000_000u64,
+        132_000_000_000_000_001,
+        133_000_000_000_000_002,
+    ]
+    .iter()
+    .flat_map(|t| t.to_le_bytes())
+    .collect();
+    xattrs.push(("meta/f01".into(), "system.ntfs_times", times));
+    xattrs.push((
+        "meta".into(),
+        "system.ntfs_acl",
+        security_descriptor(0x001f_01ff),
+    ));
+    for (f, name, v) in &xattrs {
+        set_xattr(&mnt.join(f), name, v);
+    }
     if compress {
         std::fs::create_dir(mnt.join("compressed")).unwrap();
         set_xattr(
@@ -336,6 +404,7 @@ fn fill_ntfs(mnt: &Path, src: &Path, rng: &mut StdRng, links: usize, compress: b
     let mut out = Extras {
         streams: Vec::new(),
         links: Vec::new(),
+        xattrs,
     };
     for (f, data, target) in crafted {
         set_xattr(
@@ -344,6 +413,8 @@ fn fill_ntfs(mnt: &Path, src: &Path, rng: &mut StdRng, links: usize, compress: b
             &data,
         );
         out.links.push((format!("reparse/{f}"), target.to_string()));
+        out.xattrs
+            .push((format!("reparse/{f}"), "system.ntfs_reparse_data", data));
     }
     let app = reparse_raw(0x8000_001B, &[1, 2, 3, 4, 5, 6, 7, 8]);
     set_xattr(
@@ -597,6 +668,14 @@ fn ntfs_rich_tree_matches_source_and_ntfs3g() {
     );
     let info = ntfsinfo(&img, &["-F", "/compressed/log.txt"]);
     assert!(info.contains("COMPRESSED"), "log.txt is compressed");
+    for (file, index) in [("/$Secure", "$SII"), ("/$Extend/$ObjId", "$O")] {
+        let info = ntfsinfo(&img, &["-F", file]);
+        assert!(
+            info.split("Dumping attribute")
+                .any(|a| a.starts_with(" $INDEX_ALLOCATION") && a.contains(&format!("'{index}'"))),
+            "{file}:{index} has grown past its root"
+        );
+    }
 
     let safe = t.path().join("safe");
     backup(&[s(&safe), &format!("win={}", s(&img))]);
@@ -685,6 +764,26 @@ fn ntfs_rich_tree_matches_source_and_ntfs3g() {
         .unwrap()
         .all(|e| e.unwrap().file_name() != "LONGFI~1.TXT"));
     assert!(std::fs::symlink_metadata(files.join("LONGFI~1.TXT")).is_err());
+    assert_eq!(
+        get_xattr(&files.join("Long File Name.txt"), b"system.ntfs_dos_name"),
+        Ok(b"LONGFI~1.TXT".to_vec())
+    );
+    // system.ntfs_* values read back as written: a 16-byte object id comes with the
+    // 48 bytes of birth ids $ObjId:$O keeps for it, and the times with the MFT change
+    // time ntfs-3g set while writing them.
+    for (rel, name, want) in &extras.xattrs {
+        let got = get_xattr(&files.join(rel), name.as_bytes()).unwrap();
+        let len = match *name {
+            "system.ntfs_object_id" => 64,
+            "system.ntfs_times" => 32,
+            _ => want.len(),
+        };
+        assert_eq!(
+            (got.len(), &got[..want.len()]),
+            (len, &want[..]),
+            "{rel} {name}"
+        );
+    }
     // Streams: listed as user.* xattrs, readable at any size as FILE:NAME, not listed.
     for (file, name, data) in &extras.streams {
         let p = files.join(file);

@@ -166,6 +166,17 @@ fn seek_walk(tree: &dyn FsTree, ino: u64, size: u64) {
     }
 }
 
+/// Xattrs a tree answers without listing them (ntfs-3g's `system.ntfs_*`), which the
+/// walk asks for by name: each reads structures of its own ($Secure, $ObjId, $EA).
+const UNLISTED_XATTRS: [&[u8]; 6] = [
+    b"system.ntfs_acl",
+    b"system.ntfs_object_id",
+    b"system.ntfs_ea",
+    b"system.ntfs_reparse_data",
+    b"system.ntfs_dos_name",
+    b"system.ntfs_times",
+];
+
 /// The walk of [`walk_everything`], on a volume already wrapped.
 fn walk_tree(vol: Arc<dyn ReadAt>, opts: &TreeOptions, max_read: usize) -> std::io::Result<usize> {
     let Some(tree) = open_tree(vol, opts)? else {
@@ -181,6 +192,9 @@ fn walk_tree(vol: Arc<dyn ReadAt>, opts: &TreeOptions, max_read: usize) -> std::
         let Ok(st) = tree.stat(ino) else { continue };
         let _ = tree.xattrs(ino);
         let _ = tree.xattr_names(ino);
+        for name in UNLISTED_XATTRS {
+            let _ = tree.xattr(ino, name);
+        }
         match st.kind {
             NodeKind::Dir => {
                 if let Ok(entries) = tree.read_dir(ino) {

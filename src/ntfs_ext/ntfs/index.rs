@@ -68,6 +68,57 @@ pub struct Entry {
 
 /// Entries of an index node, from its index header at `hdr` in `b`.
 pub fn parse_node(b: &[u8], hdr: usize) -> io::Result<Vec<Entry>> {
+    raw_entries(b, hdr, |e, key, child| {
+        Ok(Entry {
+            file: le64(e, 0)?,
+            key: key.map(FileName::parse).transpose()?,
+            child,
+        })
+    })
+}
+
+/// One entry of a view index (`$Secure:$SII`, `$ObjId:$O`): a key and its data
+/// where a filename index has a file reference.
+#[derive(Debug, Clone)]
+pub struct ViewEntry {
+    /// The key; `None` for the closing entry of a node.
+    pub key: Option<Vec<u8>>,
+    /// The data the key maps to (empty in a closing entry).
+    pub data: Vec<u8>,
+    /// VCN of the child node holding keys that sort before this entry.
+    pub child: Option<u64>,
+}
+
+/// Entries of a view index node, from its index header at `hdr` in `b`.
+pub fn parse_view_node(b: &[u8], hdr: usize) -> io::Result<Vec<ViewEntry>> {
+    raw_entries(b, hdr, |e, key, child| {
+        let data = match key {
+            None => Vec::new(),
+            Some(_) => {
+                let (at, len) = (le16(e, 0)? as usize, le16(e, 2)? as usize);
+                e.get(at..at + len)
+                    .ok_or_else(|| {
+                        corrupt(format!("view index data at {at}+{len} past its entry"))
+                    })?
+                    .to_vec()
+            }
+        };
+        Ok(ViewEntry {
+            key: key.map(<[u8]>::to_vec),
+            data,
+            child,
+        })
+    })
+}
+
+/// Walks the entries of an index node (both kinds share the entry header: length,
+/// key length, flags, then the key at 0x10 and a child VCN in the last 8 bytes),
+/// handing each entry, its key (`None` in the closing entry) and child to `f`.
+fn raw_entries<T>(
+    b: &[u8],
+    hdr: usize,
+    mut f: impl FnMut(&[u8], Option<&[u8]>, Option<u64>) -> io::Result<T>,
+) -> io::Result<Vec<T>> {
     let first = le32(b, hdr)? as usize;
     let used = le32(b, hdr + 4)? as usize;
     let end = hdr
@@ -100,16 +151,8 @@ pub fn parse_node(b: &[u8], hdr: usize) -> io::Result<Vec<Entry>> {
             None
         };
         let last = flags & 2 != 0;
-        let key = if last || key_len == 0 {
-            None
-        } else {
-            Some(FileName::parse(&e[0x10..0x10 + key_len])?)
-        };
-        out.push(Entry {
-            file: le64(e, 0)?,
-            key,
-            child,
-        });
+        let key = (!last && key_len > 0).then(|| &e[0x10..0x10 + key_len]);
+        out.push(f(e, key, child)?);
         if last {
             return Ok(out);
         }
@@ -133,14 +176,94 @@ pub fn parse_root(v: &[u8]) -> io::Result<Root> {
             "$INDEX_ROOT indexes attribute {indexed:#x}, not names"
         )));
     }
+    Ok(Root {
+        block_size: root_block_size(v)?,
+        entries: parse_node(v, 0x10)?,
+    })
+}
+
+/// Parses the $INDEX_ROOT value of a view index: its index record size and the root
+/// node's entries.
+pub fn parse_view_root(v: &[u8]) -> io::Result<(u32, Vec<ViewEntry>)> {
+    Ok((root_block_size(v)?, parse_view_node(v, 0x10)?))
+}
+
+/// The index record size an $INDEX_ROOT value gives, checked.
+fn root_block_size(v: &[u8]) -> io::Result<u32> {
     let block_size = le32(v, 8)?;
     if !(512..=65536).contains(&block_size) || !block_size.is_power_of_two() {
         return Err(corrupt(format!(
             "$INDEX_ROOT: index record size {block_size}"
         )));
     }
-    Ok(Root {
-        block_size,
-        entries: parse_node(v, 0x10)?,
-    })
+    Ok(block_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An index header at offset 0 followed by `entries`.
+    fn node(entries: &[Vec<u8>]) -> Vec<u8> {
+        let body = entries.concat();
+        let used = 16 + body.len() as u32;
+        let mut b = [16u32, used, used, 0].map(u32::to_le_bytes).concat();
+        b.extend_from_slice(&body);
+        b
+    }
+
+    /// A view index entry: data offset and length, entry and key lengths, flags (1: a
+    /// child follows, 2: closing entry), the key, the data, the child's VCN.
+    fn view_entry(key: &[u8], data: &[u8], child: Option<u64>) -> Vec<u8> {
+        let data_at = 16 + key.len();
+        let len = ((data_at + data.len() + 7) & !7) + if child.is_some() { 8 } else { 0 };
+        let mut e = vec![0u8; len];
+        e[0..2].copy_from_slice(&(data_at as u16).to_le_bytes());
+        e[2..4].copy_from_slice(&(data.len() as u16).to_le_bytes());
+        e[8..10].copy_from_slice(&(len as u16).to_le_bytes());
+        e[10..12].copy_from_slice(&(key.len() as u16).to_le_bytes());
+        let flags = u16::from(child.is_some()) | if key.is_empty() { 2 } else { 0 };
+        e[12..14].copy_from_slice(&flags.to_le_bytes());
+        e[16..data_at].copy_from_slice(key);
+        e[data_at..data_at + data.len()].copy_from_slice(data);
+        if let Some(c) = child {
+            e[len - 8..].copy_from_slice(&c.to_le_bytes());
+        }
+        e
+    }
+
+    #[test]
+    fn view_entries_give_their_key_data_and_child() {
+        let b = node(&[
+            view_entry(&7u32.to_le_bytes(), b"twenty bytes of data", Some(1)),
+            view_entry(&9u32.to_le_bytes(), b"more", None),
+            view_entry(&[], &[], Some(3)),
+        ]);
+        let v = parse_view_node(&b, 0).unwrap();
+        let got: Vec<_> = v
+            .iter()
+            .map(|e| (e.key.clone(), e.data.clone(), e.child))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Some(7u32.to_le_bytes().to_vec()),
+                    b"twenty bytes of data".to_vec(),
+                    Some(1)
+                ),
+                (Some(9u32.to_le_bytes().to_vec()), b"more".to_vec(), None),
+                (None, Vec::new(), Some(3)),
+            ]
+        );
+    }
+
+    #[test]
+    fn view_data_outside_its_entry_is_refused() {
+        let mut e = view_entry(&7u32.to_le_bytes(), b"data", None);
+        e[2..4].copy_from_slice(&100u16.to_le_bytes());
+        let b = node(&[e, view_entry(&[], &[], None)]);
+        let err = parse_view_node(&b, 0).unwrap_err().to_string();
+        assert!(err.contains("past its entry"), "{err}");
+    }
 }

@@ -31,6 +31,10 @@ use reparse::{Interix, Reparse, WofAlgorithm};
 const ROOT: u64 = 5;
 /// Records below this are the volume's own metadata files.
 const FIRST_USER: u64 = 16;
+/// Record of `$Secure` (security descriptors shared by id).
+const SECURE: u64 = 9;
+/// Record of `$Extend` (the directory of `$ObjId`, `$Reparse`, `$UsnJrnl`).
+const EXTEND: u64 = 11;
 /// Inode numbers at or above this name alternate data streams (see `StreamTable`).
 const STREAM_BIT: u64 = 1 << 39;
 /// Per-volume cache caps (bytes) without a shared budget; under one (a mount's),
@@ -49,6 +53,9 @@ const MAX_EXTENSIONS: usize = 65_536;
 const MAX_UNIT: u64 = 4 << 20;
 /// Largest stream served as an xattr value (the kernel's limit).
 const MAX_XATTR: u64 = 65_536;
+/// Levels a view index lookup descends at most: a B+ tree of 4 KiB nodes holding
+/// billions of keys is a handful deep, so more means a loop.
+const MAX_INDEX_DEPTH: usize = 32;
 /// How much of $MFT is warmed in the background when a volume opens.
 const MFT_WARM: u64 = 64 << 20;
 /// Separate ranges hinted at most by the index warm-up at open.
@@ -649,9 +656,16 @@ impl NtfsFs {
         self.node_of(n, self.record(n)?)
     }
 
-    /// The file whose base record `rec` (number `n`) is: its attribute list followed
-    /// into extension records, its attributes assembled.
+    /// The file whose base record `rec` (number `n`) is, its attributes assembled.
     fn node_of(&self, n: u64, rec: Record) -> io::Result<Node> {
+        let (seq, dir_flag) = (rec.seq, rec.flags & 2 != 0);
+        let attrs = self.attrs_of(n, rec)?;
+        self.assemble(n, seq, dir_flag, &attrs)
+    }
+
+    /// Every attribute of the file whose base record `rec` (number `n`) is, its
+    /// attribute list followed into extension records.
+    fn attrs_of(&self, n: u64, rec: Record) -> io::Result<Vec<Attr>> {
         if rec.flags & 1 == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -692,7 +706,7 @@ impl NtfsFs {
             }
             attrs.extend(more);
         }
-        self.assemble(n, rec.seq, rec.flags & 2 != 0, &attrs)
+        Ok(attrs)
     }
 
     fn assemble(&self, n: u64, seq: u16, dir_flag: bool, attrs: &[Attr]) -> io::Result<Node> {
@@ -1164,6 +1178,13 @@ impl NtfsFs {
                 dir.rec
             ))
         })?;
+        let buf = self.read_indx(alloc, dir.rec, block, vcn)?;
+        Ok(IndexNode(index::parse_node(&buf, 0x18)?))
+    }
+
+    /// Reads the INDX node at `vcn` of record `rec`'s index allocation `alloc` (index
+    /// records of `block` bytes), its fixups applied and its VCN checked.
+    fn read_indx(&self, alloc: &Data, rec: u64, block: u32, vcn: u64) -> io::Result<Vec<u8>> {
         let unit = if block as u64 >= self.boot.cluster_size {
             self.boot.cluster_size
         } else {
@@ -1173,14 +1194,13 @@ impl NtfsFs {
             .checked_mul(unit)
             .ok_or_else(|| corrupt("index node VCN overflows"))?;
         let mut buf = vec![0u8; block as usize];
-        let n = self.read_data(alloc, (dir.rec, usize::MAX), off, &mut buf)?;
+        let n = self.read_data(alloc, (rec, usize::MAX), off, &mut buf)?;
         if n < buf.len() {
             return Err(corrupt(format!(
-                "directory {}: index node at VCN {vcn} is past the index",
-                dir.rec
+                "MFT record {rec}: index node at VCN {vcn} is past the index"
             )));
         }
-        let what = || format!("directory {} index node at VCN {vcn}", dir.rec);
+        let what = || format!("MFT record {rec} index node at VCN {vcn}");
         record::apply_fixups(&mut buf, b"INDX", &what)?;
         if record::le64(&buf, 0x10)? != vcn {
             return Err(corrupt(format!(
@@ -1189,7 +1209,165 @@ impl NtfsFs {
                 record::le64(&buf, 0x10)?
             )));
         }
-        Ok(IndexNode(index::parse_node(&buf, 0x18)?))
+        Ok(buf)
+    }
+
+    /// The whole value of file `n`'s unnamed attribute of type `t` (fragments in
+    /// extension records joined), if it has one.
+    fn attr_whole(&self, n: u64, attrs: &[Attr], t: u32) -> io::Result<Option<Vec<u8>>> {
+        let frags: Vec<&Attr> = attrs
+            .iter()
+            .filter(|a| a.ty == t && a.name.is_empty())
+            .collect();
+        if frags.is_empty() {
+            return Ok(None);
+        }
+        let data = merge(&frags);
+        if data.size() > MAX_XATTR {
+            return Err(io::Error::from_raw_os_error(libc::E2BIG));
+        }
+        let mut v = vec![0u8; data.size() as usize];
+        // Its own key in the compression-unit cache, apart from every stream's.
+        let got = self.read_data(&data, (n, usize::MAX - 1 - t as usize), 0, &mut v)?;
+        v.truncate(got);
+        Ok(Some(v))
+    }
+
+    /// A file's object id as ntfs-3g's `system.ntfs_object_id` gives it: the 16-byte
+    /// id followed by the birth volume, birth object and domain ids that `$ObjId:$O`
+    /// keeps for it (the id alone when the index has no entry; a value of another
+    /// size as stored).
+    fn object_id(&self, n: u64, attrs: &[Attr]) -> io::Result<Option<Vec<u8>>> {
+        const O: &[u16] = &names::ascii_utf16(b"$O");
+        let Some(mut id) = self.attr_whole(n, attrs, ty::OBJECT_ID)? else {
+            return Ok(None);
+        };
+        if id.len() != 16 {
+            return Ok(Some(id));
+        }
+        let extend = self.node(EXTEND)?;
+        if !extend.dir {
+            return Ok(Some(id));
+        }
+        let Some(objid) = self.find(&extend, &names::ascii_utf16(b"$ObjId"))? else {
+            return Ok(Some(id));
+        };
+        // Collation NTOFS_ULONGS: the GUID as four little-endian 32-bit numbers.
+        let words = |b: &[u8]| -> Vec<u32> {
+            b.chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let want = words(&id);
+        let found = self.view_lookup(mref(objid), O, |k| {
+            if k.len() != 16 {
+                return Err(corrupt(format!("$ObjId:$O key of {} bytes", k.len())));
+            }
+            Ok(words(k).cmp(&want))
+        })?;
+        if let Some(d) = found.filter(|d| d.len() >= 56) {
+            id.extend_from_slice(&d[8..56]);
+        }
+        Ok(Some(id))
+    }
+
+    /// A file's security descriptor as ntfs-3g's `system.ntfs_acl` gives it: the one
+    /// `$Secure` keeps under the security id in its $STANDARD_INFORMATION, else its
+    /// own $SECURITY_DESCRIPTOR attribute (NTFS 1.x).
+    fn security_descriptor(&self, n: u64, attrs: &[Attr]) -> io::Result<Option<Vec<u8>>> {
+        const SII: &[u16] = &names::ascii_utf16(b"$SII");
+        const SDS: &[u16] = &names::ascii_utf16(b"$SDS");
+        /// An $SDS entry's header: hash, security id, its own offset, its length.
+        const HEADER: usize = 20;
+        let id = attrs.iter().find_map(|a| match (a.ty, &a.body) {
+            (ty::STANDARD_INFORMATION, Body::Resident(v)) if v.len() >= 0x48 => {
+                record::le32(v, 0x34).ok().filter(|&id| id != 0)
+            }
+            _ => None,
+        });
+        let Some(id) = id else {
+            return self.attr_whole(n, attrs, ty::SECURITY_DESCRIPTOR);
+        };
+        let found = self.view_lookup(SECURE, SII, |k| {
+            Ok(record::le32(k, 0)
+                .map_err(|_| corrupt(format!("$Secure:$SII key of {} bytes", k.len())))?
+                .cmp(&id))
+        })?;
+        let Some(d) = found else {
+            return self.attr_whole(n, attrs, ty::SECURITY_DESCRIPTOR);
+        };
+        let bad = |why: String| corrupt(format!("$Secure: security id {id}: {why}"));
+        let (at, len) = (record::le64(&d, 8)?, record::le32(&d, 16)? as u64);
+        if record::le32(&d, 4)? != id || len < HEADER as u64 || len - HEADER as u64 > MAX_XATTR {
+            return Err(bad(format!("$SII entry names {len} bytes at {at}")));
+        }
+        let secure = self.node(SECURE)?;
+        let (i, s) = secure
+            .stream(SDS)
+            .ok_or_else(|| bad("no $SDS stream".into()))?;
+        let mut v = vec![0u8; len as usize];
+        if self.read_data(&s.data, (SECURE, i), at, &mut v)? != v.len() {
+            return Err(bad(format!("{len} bytes at {at} reach past $SDS")));
+        }
+        if record::le32(&v, 4)? != id || record::le64(&v, 8)? != at {
+            return Err(bad(format!("the $SDS entry at {at} is another's")));
+        }
+        Ok(Some(v.split_off(HEADER)))
+    }
+
+    /// Looks a key up in the view index `name` of record `rec` (`$Secure:$SII`,
+    /// `$ObjId:$O`); `cmp` orders an entry's key against the one sought, or refuses a
+    /// malformed key. Returns the data of the entry holding it.
+    fn view_lookup(
+        &self,
+        rec: u64,
+        name: &[u16],
+        cmp: impl Fn(&[u8]) -> io::Result<std::cmp::Ordering>,
+    ) -> io::Result<Option<Vec<u8>>> {
+        use std::cmp::Ordering;
+        let attrs = self.attrs_of(rec, self.record(rec)?)?;
+        let Some(root) = attrs
+            .iter()
+            .find(|a| a.ty == ty::INDEX_ROOT && a.name == name)
+        else {
+            return Ok(None);
+        };
+        let Body::Resident(root) = &root.body else {
+            return Err(corrupt(format!(
+                "MFT record {rec}: non-resident $INDEX_ROOT"
+            )));
+        };
+        let frags: Vec<&Attr> = attrs
+            .iter()
+            .filter(|a| a.ty == ty::INDEX_ALLOCATION && a.name == name)
+            .collect();
+        let alloc = (!frags.is_empty()).then(|| merge(&frags));
+        let (block, mut entries) = index::parse_view_root(root)?;
+        for _ in 0..MAX_INDEX_DEPTH {
+            let mut child = None;
+            for e in &entries {
+                match e.key.as_deref().map(&cmp).transpose()? {
+                    Some(Ordering::Equal) => return Ok(Some(e.data.clone())),
+                    Some(Ordering::Less) => continue,
+                    _ => {
+                        child = e.child;
+                        break;
+                    }
+                }
+            }
+            let Some(vcn) = child else {
+                return Ok(None);
+            };
+            let alloc = alloc.as_ref().ok_or_else(|| {
+                corrupt(format!(
+                    "MFT record {rec}: index points into a missing $INDEX_ALLOCATION"
+                ))
+            })?;
+            entries = index::parse_view_node(&self.read_indx(alloc, rec, block, vcn)?, 0x18)?;
+        }
+        Err(corrupt(format!(
+            "MFT record {rec}: index deeper than {MAX_INDEX_DEPTH} levels"
+        )))
     }
 
     fn root_of(&self, dir: &Node) -> io::Result<index::Root> {
@@ -1766,12 +1944,31 @@ impl FsTree for NtfsFs {
         if node.dir {
             attrs |= fattr::DIRECTORY;
         }
-        let crtime = node.times[0];
+        // ntfs-3g's order: creation, data change, access, MFT change.
+        let [cr, data, mft, access] = node.times;
+        let times = [cr, data, access, mft];
+        // The rest are read from the record when asked for (the node keeps none).
+        let attrs_of = || self.attrs_of(node.rec, self.record(node.rec)?);
         match name {
             b"system.ntfs_attrib" => return Ok(Some(attrs.to_le_bytes().to_vec())),
             b"system.ntfs_attrib_be" => return Ok(Some(attrs.to_be_bytes().to_vec())),
-            b"system.ntfs_crtime" => return Ok(Some(crtime.to_le_bytes().to_vec())),
-            b"system.ntfs_crtime_be" => return Ok(Some(crtime.to_be_bytes().to_vec())),
+            b"system.ntfs_crtime" => return Ok(Some(cr.to_le_bytes().to_vec())),
+            b"system.ntfs_crtime_be" => return Ok(Some(cr.to_be_bytes().to_vec())),
+            b"system.ntfs_times" => return Ok(Some(times.map(u64::to_le_bytes).concat())),
+            b"system.ntfs_times_be" => return Ok(Some(times.map(u64::to_be_bytes).concat())),
+            b"system.ntfs_dos_name" => {
+                return Ok(node
+                    .names
+                    .iter()
+                    .find(|f| f.namespace == ns::DOS)
+                    .map(|f| names::to_bytes(&f.name)))
+            }
+            b"system.ntfs_reparse_data" => {
+                return self.attr_whole(node.rec, &attrs_of()?, ty::REPARSE_POINT)
+            }
+            b"system.ntfs_ea" => return self.attr_whole(node.rec, &attrs_of()?, ty::EA),
+            b"system.ntfs_object_id" => return self.object_id(node.rec, &attrs_of()?),
+            b"system.ntfs_acl" => return self.security_descriptor(node.rec, &attrs_of()?),
             _ => {}
         }
         let Some(sname) = name.strip_prefix(b"user.") else {

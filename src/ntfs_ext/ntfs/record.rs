@@ -14,6 +14,10 @@ pub mod ty {
     pub const ATTRIBUTE_LIST: u32 = 0x20;
     /// One name (link) of the file.
     pub const FILE_NAME: u32 = 0x30;
+    /// The file's object id (distributed link tracking).
+    pub const OBJECT_ID: u32 = 0x40;
+    /// A security descriptor kept in the file itself (NTFS 1.x; later ones use $Secure).
+    pub const SECURITY_DESCRIPTOR: u32 = 0x50;
     /// Volume flags ($Volume).
     pub const VOLUME_INFORMATION: u32 = 0x70;
     /// File data streams.
@@ -24,6 +28,8 @@ pub mod ty {
     pub const INDEX_ALLOCATION: u32 = 0xA0;
     /// Reparse point data.
     pub const REPARSE_POINT: u32 = 0xC0;
+    /// OS/2-style extended attributes (WSL keeps Linux metadata there).
+    pub const EA: u32 = 0xE0;
     /// End marker.
     pub const END: u32 = 0xFFFF_FFFF;
 }
