@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -284,6 +285,62 @@ fn apply_times(img: &Path, src: &Path, mnt: &Path) -> bool {
     .unwrap_or(false)
 }
 
+/// Inode flags (`FS_IOC_GETFLAGS`, what lsattr shows) of every regular file and
+/// directory under `root`, by path; `None` for entries that do not answer.
+fn tree_flags(root: &Path) -> BTreeMap<PathBuf, Option<u32>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(r.clone());
+            } else if !ft.is_file() {
+                continue;
+            }
+            let f = File::options()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+                .open(root.join(&r))
+                .unwrap();
+            let mut flags: libc::c_int = 0;
+            let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+            out.insert(r, (rc == 0).then_some(flags as u32));
+        }
+    }
+    out
+}
+
+/// Sets inode flags with chattr through a kernel mount (immutable, append-only,
+/// no-dump, no-atime, sync, secure deletion, Orlov top directory, dirsync), and
+/// returns every entry's flags as the kernel reports them; `None` without a kernel
+/// mount.
+fn set_flags(img: &Path, mnt: &Path) -> Option<BTreeMap<PathBuf, Option<u32>>> {
+    with_kernel_mount(img, mnt, |m| {
+        for (attrs, rel) in [
+            ("+i", "tiny"),
+            ("+a", "small text.txt"),
+            ("+dA", "big.bin"),
+            ("+Ss", "links/target"),
+            ("+T", "links"),
+            ("+D", "level0"),
+        ] {
+            let o = Command::new("chattr")
+                .args([attrs, s(&m.join(rel))])
+                .output()
+                .expect("chattr (package e2fsprogs)");
+            assert!(
+                o.status.success(),
+                "chattr {attrs} {rel}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        tree_flags(m)
+    })
+}
+
 /// A second, independent oracle: the `ext4-view` crate's reading of the same image.
 /// Every entry it lists must be in the mount with the same type, permissions, owner,
 /// size, mtime (with nanoseconds), content and link target, and each directory must
@@ -446,10 +503,23 @@ fn check_variant(name: &str, cmd: &str, opts: &[&str], want_ns: bool) {
     if want_ns && !ns {
         eprintln!("{name}: nanosecond times not checked (no kernel mount of this image here)");
     }
+    let flags = set_flags(&img, &t.path().join("kernel"));
     let safe = t.path().join("safe");
     backup(&[s(&safe), &format!("vol={}", s(&img))]);
     let m = Mounted::new(&safe, t.path(), &[]);
     let files = m.dir.join("1/vol/files");
+    // lsattr sees the flags the kernel reports for the same image.
+    match flags {
+        Some(want) => {
+            let immutable = 0x10;
+            assert_eq!(
+                want[Path::new("tiny")].map(|f| f & immutable),
+                Some(immutable)
+            );
+            assert_eq!(tree_flags(&files), want, "{name}: inode flags");
+        }
+        None => eprintln!("{name}: inode flags not checked (no kernel mount of this image here)"),
+    }
     let diffs = compare(&src, &files, ns);
     assert!(
         diffs.is_empty(),

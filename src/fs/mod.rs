@@ -1227,15 +1227,26 @@ impl fuser::Filesystem for SafeFs {
     fn ioctl(
         &self,
         _r: &Request,
-        _i: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
-        _cmd: u32,
+        cmd: u32,
         _in: &[u8],
-        _out: u32,
+        out: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        reply.error(Errno::ENOTTY)
+        // lsattr's FS_IOC_GETFLAGS (the kernel asks it with a 4-byte answer, as
+        // ext4 gives); nothing else is answered.
+        let getflags = [libc::FS_IOC_GETFLAGS as u32, libc::FS_IOC32_GETFLAGS as u32];
+        let tree = self.tree_of(ino.0).filter(|_| getflags.contains(&cmd));
+        let Some((tree, fino, _)) = tree else {
+            return reply.error(Errno::ENOTTY);
+        };
+        match tree.flags(fino) {
+            Ok(Some(f)) => reply.ioctl(0, &f.to_ne_bytes()[..(out as usize).min(4)]),
+            Ok(None) => reply.error(Errno::ENOTTY),
+            Err(e) => reply.error(self.tree_errno(ino.0, "ioctl", e)),
+        }
     }
     fn fallocate(
         &self,

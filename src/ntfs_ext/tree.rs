@@ -141,6 +141,12 @@ pub trait FsTree: Send + Sync {
     }
     /// Target of a symbolic link.
     fn read_link(&self, ino: u64) -> io::Result<Vec<u8>>;
+    /// Inode flags as `FS_IOC_GETFLAGS` reports them, so `lsattr` shows which files
+    /// were immutable, append-only or excluded from dumps; `None` where the filesystem
+    /// keeps no such flags.
+    fn flags(&self, _ino: u64) -> io::Result<Option<u32>> {
+        Ok(None)
+    }
     /// Extended attributes as (full name, value).
     fn xattrs(&self, ino: u64) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Names listxattr shows; trees with large or hidden attributes override it.

@@ -13,6 +13,12 @@ pub const FL_COMPR: u32 = 0x4;
 pub const FL_HUGE_FILE: u32 = 0x40000;
 pub const FL_EXTENTS: u32 = 0x80000;
 pub const FL_INLINE_DATA: u32 = 0x10000000;
+/// New files inherit the directory's project (shown on directories only).
+pub const FL_PROJINHERIT: u32 = 0x20000000;
+/// Flags Linux's ext4 shows to `FS_IOC_GETFLAGS` (EXT4_FL_USER_VISIBLE): the
+/// user-settable ones and DIRTY, COMPRBLK, NOCOMPR, ENCRYPT, INDEX, VERITY,
+/// INLINE_DATA; never HUGE_FILE, EA_INODE or IMAGIC.
+pub const FL_USER_VISIBLE: u32 = 0x725B_DFFF;
 
 /// A parsed inode: the raw bytes plus the decoded fields.
 #[derive(Debug, Clone)]

@@ -519,6 +519,15 @@ impl FsTree for ExtFs {
         ROOT
     }
 
+    fn flags(&self, ino: u64) -> io::Result<Option<u32>> {
+        let i = self.inode(ino)?;
+        let mut f = i.flags & inode::FL_USER_VISIBLE;
+        if i.kind() != Some(NodeKind::Dir) {
+            f &= !inode::FL_PROJINHERIT;
+        }
+        Ok(Some(f))
+    }
+
     fn stat(&self, ino: u64) -> io::Result<Stat> {
         let i = self.inode(ino)?;
         let kind = i
