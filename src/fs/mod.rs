@@ -1238,8 +1238,10 @@ impl fuser::Filesystem for SafeFs {
         // lsattr's FS_IOC_GETFLAGS (the kernel asks it with a 4-byte answer, as
         // ext4 gives); nothing else is answered.
         let getflags = [libc::FS_IOC_GETFLAGS as u32, libc::FS_IOC32_GETFLAGS as u32];
-        let tree = self.tree_of(ino.0).filter(|_| getflags.contains(&cmd));
-        let Some((tree, fino, _)) = tree else {
+        if !getflags.contains(&cmd) {
+            return reply.error(Errno::ENOTTY);
+        }
+        let Some((tree, fino, _)) = self.tree_of(ino.0) else {
             return reply.error(Errno::ENOTTY);
         };
         match tree.flags(fino) {
