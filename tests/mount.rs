@@ -326,23 +326,46 @@ fn every_point_device_and_partition_is_byte_exact() {
         );
     }
 
-    // A point made while mounted shows up without a remount.
+    // A point made while mounted shows up without a remount: at once to a lookup, and
+    // in the listings of the root and by-time, which the kernel keeps, once their
+    // attributes (1 s) have expired.
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    let (root_before, by_time_before) = (names(&root), names(&root.join("by-time")));
     mutate_parts(&gpt, None, &mut rng);
     let p6 = backup(&[s(&safe), &format!("gpt={}", s(&gpt))]);
-    let names: Vec<String> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert!(names.contains(&p6.to_string()), "{names:?}");
     assert_eq!(
         sha256_file(&root.join(format!("{p6}/gpt/disk.img"))),
         sha256_file(&gpt)
     );
     std::thread::sleep(Duration::from_millis(1200));
+    let root_after = names(&root);
+    assert!(
+        !root_before.contains(&p6.to_string()) && root_after.contains(&p6.to_string()),
+        "{root_before:?} then {root_after:?}"
+    );
+    assert_eq!(names(&root.join("by-time")).len(), by_time_before.len() + 1);
     assert_eq!(
         std::fs::read_link(root.join("latest")).unwrap(),
         Path::new(&p6.to_string())
     );
+    // Two more, listed between them: points can complete within one second, and the
+    // root's mtime moves with each (its nanoseconds are the point's id).
+    let p7 = backup(&[s(&safe), &format!("gpt={}", s(&gpt))]);
+    let listed = names(&root);
+    let p8 = backup(&[s(&safe), &format!("gpt={}", s(&gpt))]);
+    std::thread::sleep(Duration::from_millis(1200));
+    let root_after = names(&root);
+    for p in [p7, p8] {
+        assert!(
+            root_after.contains(&p.to_string()),
+            "{p}: {listed:?} then {root_after:?}"
+        );
+    }
 }
 
 #[test]

@@ -171,6 +171,14 @@ fn time(secs: i64) -> SystemTime {
     }
 }
 
+/// The mtime of the directories that list points (the root, `by-time`): the newest
+/// point's creation time, its nanoseconds the point's id, so that it moves with every
+/// point that completes, two in one second too, and the kernel drops the listing it
+/// kept.
+fn changes_mtime(newest: &PointInfo) -> SystemTime {
+    time(newest.created) + Duration::from_nanos(newest.id.rem_euclid(1_000_000_000) as u64)
+}
+
 impl SafeFs {
     /// Builds the tree over a cached safe; reads the point list once.
     pub fn new(cache: Arc<CachedSafe>, opts: FsOptions) -> anyhow::Result<SafeFs> {
@@ -584,12 +592,18 @@ impl SafeFs {
             return self.tree_attr(ino);
         }
         let kind = self.kind(ino).ok_or(Errno::ENOENT)?;
-        let newest = self.points.read().unwrap().last().map(|p| time(p.created));
+        // What lists or names the newest point reads the list afresh: its attributes
+        // are what tells the kernel to drop the listing it kept.
+        let points = match kind {
+            Kind::Root | Kind::ByTime | Kind::Latest => self.refresh_points(),
+            _ => self.points.read().unwrap().clone(),
+        };
+        let newest = points.last().map(changes_mtime);
         let mut alloc = None;
         let (ftype, perm, size, mtime, ttl) = match &kind {
             Kind::Root => {
                 let t = match self.opts.only_point {
-                    Some(p) => self.point(p).map(|p| time(p.created)),
+                    Some(p) => self.point(p).map(|p| changes_mtime(&p)),
                     None => newest,
                 };
                 (
@@ -855,6 +869,13 @@ impl fuser::Filesystem for SafeFs {
         // Listings carry attributes: a walk that stats what it lists (`tar`, `ls -l`,
         // `cp -a`) then costs no LOOKUP per entry.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
+        // The kernel keeps every listing (no OPENDIR: its default is to cache them),
+        // which suits directories that never change but not the root or `by-time`.
+        // With this, a listing from the start first refreshes the directory's expired
+        // attributes and drops the kept listing when its mtime moved, as theirs does
+        // when a point completes (see `changes_mtime`). Files never change, so their
+        // pages are never dropped by it.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_AUTO_INVAL_DATA);
         Ok(())
     }
 
