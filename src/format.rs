@@ -123,6 +123,11 @@ pub fn db_path(safe: &Path) -> PathBuf {
     safe.join("safe.db")
 }
 
+/// The index's write-ahead log, present while (or after) a writer has it open.
+pub fn wal_path(safe: &Path) -> PathBuf {
+    safe.join("safe.db-wal")
+}
+
 /// Path of pack `id` inside a safe.
 pub fn pack_path(safe: &Path, id: i64) -> PathBuf {
     safe.join("packs").join(format!("{id:08}.pack"))

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{bail, Context};
@@ -128,7 +129,15 @@ const MISSING_PACK: i64 = -1;
 pub struct Safe {
     dir: PathBuf,
     params: SafeParams,
-    conns: Mutex<Vec<Connection>>,
+    /// Read as immutable (see [`Safe::open`]); cleared once a WAL shows up.
+    immutable: AtomicBool,
+    /// `safe.db` as last opened while immutable (see [`db_stamp`]).
+    stamp: Mutex<Option<(i64, i64, u64, u64)>>,
+    /// Pooled connections, each with the generation it was opened in.
+    conns: Mutex<Vec<(Connection, u64)>>,
+    /// Bumped whenever the pool is emptied for a changed index: connections of an
+    /// older generation are dropped when returned, never pooled again.
+    generation: AtomicU64,
     packs: RwLock<HashMap<i64, Arc<File>>>,
     /// Packs opened with O_DIRECT; `None` where the filesystem refuses it (tmpfs).
     direct: RwLock<HashMap<i64, Option<Arc<File>>>>,
@@ -139,7 +148,8 @@ pub struct Safe {
 const DIRECT_ALIGN: usize = 4096;
 
 /// Opens the index read-only; shared by every reader so none can write by accident.
-fn open_ro(dir: &Path) -> anyhow::Result<Connection> {
+/// `immutable`: read `safe.db` as a file that cannot change (see [`Safe::open`]).
+fn open_ro(dir: &Path, immutable: bool) -> anyhow::Result<Connection> {
     let db = format::db_path(dir);
     if !dir.is_dir() {
         bail!("{} is not a disk safe (no such directory)", dir.display());
@@ -147,20 +157,89 @@ fn open_ro(dir: &Path) -> anyhow::Result<Connection> {
     if !db.is_file() {
         bail!("{} is not a disk safe (no safe.db inside)", dir.display());
     }
-    let conn = Connection::open_with_flags(
-        &db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = if immutable {
+        let uri = url_path(&db);
+        Connection::open_with_flags(
+            format!("file:{uri}?immutable=1"),
+            flags | OpenFlags::SQLITE_OPEN_URI,
+        )
+    } else {
+        Connection::open_with_flags(&db, flags)
+    }
     .with_context(|| format!("opening the index of {}", dir.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     Ok(conn)
 }
 
+/// A path as the path part of an SQLite `file:` URI (`%`, `?` and `#` escaped).
+fn url_path(p: &Path) -> String {
+    let mut out = String::new();
+    for &b in p.as_os_str().as_encoded_bytes() {
+        match b {
+            b'%' | b'?' | b'#' => out.push_str(&format!("%{b:02X}")),
+            _ if b.is_ascii() => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// What tells a changed `safe.db` apart: mtime (seconds, nanoseconds), size, inode.
+fn db_stamp(dir: &Path) -> Option<(i64, i64, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(format::db_path(dir)).ok()?;
+    Some((m.mtime(), m.mtime_nsec(), m.size(), m.ino()))
+}
+
+/// True when `dir` lies on a filesystem mounted read-only.
+fn on_read_only_fs(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statvfs buffer of the right type.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_flag & libc::ST_RDONLY != 0
+}
+
 impl Safe {
     /// Opens a safe for reading; fails clearly on a path that is not a safe or on a
     /// newer format. Loads no block entries: cost is independent of the safe's size.
+    ///
+    /// The index is in WAL mode, whose readers need `safe.db-shm` beside it; SQLite
+    /// creates it when absent (a backup that closed cleanly removes it). On a
+    /// read-only filesystem (evidence media, a read-only snapshot or copy) it cannot,
+    /// and nothing can write there either, so the index is then read as immutable;
+    /// should `safe.db-wal` appear later (a backup writing through some other, writable
+    /// path), [`Safe::points`] goes back to reading through the WAL.
     pub fn open(dir: &Path) -> anyhow::Result<Safe> {
-        let conn = open_ro(dir)?;
+        let mut conn = open_ro(dir, false)?;
+        let mut immutable = false;
+        if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())) {
+            let code = e.sqlite_error_code();
+            let wal_refused = matches!(
+                code,
+                Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
+            );
+            if wal_refused && on_read_only_fs(dir) {
+                tracing::info!(
+                    "{} is on a read-only filesystem without safe.db-shm: reading its index as immutable",
+                    dir.display()
+                );
+                conn = open_ro(dir, true)?;
+                immutable = true;
+            } else if code == Some(rusqlite::ErrorCode::ReadOnly) {
+                bail!(
+                    "cannot read the index of {}: reading it needs safe.db-shm beside safe.db (the index is in WAL mode), which this user may not create there; run as a user who may write to {0}, or read it from a read-only copy or mount",
+                    dir.display()
+                );
+            } else {
+                return Err(anyhow::Error::from(e)
+                    .context(format!("reading the index of {}", dir.display())));
+            }
+        }
         let params = format::read_params(&conn, dir).map_err(|e| {
             if e.to_string().contains("no such table") {
                 anyhow::anyhow!("{} is not a disk safe", dir.display())
@@ -171,10 +250,40 @@ impl Safe {
         Ok(Safe {
             dir: dir.to_path_buf(),
             params,
-            conns: Mutex::new(vec![conn]),
+            immutable: AtomicBool::new(immutable),
+            stamp: Mutex::new(db_stamp(dir)),
+            conns: Mutex::new(vec![(conn, 0)]),
+            generation: AtomicU64::new(0),
             packs: RwLock::new(HashMap::new()),
             direct: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// An index read as immutable was written to after all (through another, writable
+    /// path to the same files): while a WAL is there, read through it (its `-shm` is
+    /// there too); once the writer is done, open the changed file afresh, as
+    /// connections reading an immutable file never look for changes.
+    fn recheck_immutable(&self) {
+        if !self.immutable.load(AtomicOrdering::Acquire) {
+            return;
+        }
+        let stamp = db_stamp(&self.dir);
+        let mut seen = self.stamp.lock().unwrap();
+        if format::wal_path(&self.dir).exists() {
+            tracing::info!(
+                "{} is being written to: reading its index through the WAL again",
+                self.dir.display()
+            );
+            self.immutable.store(false, AtomicOrdering::Release);
+        } else if stamp != *seen {
+            tracing::info!("{} changed: reopening its index", self.dir.display());
+            *seen = stamp;
+        } else {
+            return;
+        }
+        let mut pool = self.conns.lock().unwrap();
+        self.generation.fetch_add(1, AtomicOrdering::AcqRel);
+        pool.clear();
     }
 
     /// The safe's directory.
@@ -193,17 +302,26 @@ impl Safe {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> anyhow::Result<T> {
         let conn = self.conns.lock().unwrap().pop();
-        let conn = match conn {
+        let (conn, generation) = match conn {
             Some(c) => c,
-            None => open_ro(&self.dir)?,
+            None => {
+                let generation = self.generation.load(AtomicOrdering::Acquire);
+                let immutable = self.immutable.load(AtomicOrdering::Acquire);
+                (open_ro(&self.dir, immutable)?, generation)
+            }
         };
         let r = f(&conn);
-        self.conns.lock().unwrap().push(conn);
+        let mut pool = self.conns.lock().unwrap();
+        if generation == self.generation.load(AtomicOrdering::Acquire) {
+            pool.push((conn, generation));
+        }
+        drop(pool);
         r.with_context(|| format!("reading the index of {}", self.dir.display()))
     }
 
     /// Every complete point, oldest first, with its devices.
     pub fn points(&self) -> anyhow::Result<Vec<PointInfo>> {
+        self.recheck_immutable();
         self.with_conn(|c| {
             let mut st = c.prepare_cached(
                 "SELECT p.id, p.created, p.bytes_added, d.id, d.name, pd.size
