@@ -1124,42 +1124,6 @@ fn safe_on_a_read_only_filesystem_is_read_as_it_is() {
         !safe.join("safe.db-shm").exists(),
         "a backup that closed cleanly leaves no safe.db-shm"
     );
-    let Some(view) = ReadOnlyView::new(&safe, &t.path().join("ro")) else {
-        eprintln!(
-            "SKIP safe_on_a_read_only_filesystem_is_read_as_it_is: no read-only bind mount here"
-        );
-        return;
-    };
-    let ro = view.0.clone();
-    let ok = |args: &[&str]| {
-        let o = ds(args);
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    };
-    assert!(ok(&["points", s(&ro)]).contains("d (8.0 MiB)"));
-    ok(&["verify", s(&ro)]);
-    let restored = t.path().join("r.img");
-    ok(&["restore", s(&ro), "1", "d", s(&restored)]);
-    assert_eq!(sha256_file(&restored), sha256_file(&img));
-    let m = Mounted::new(&ro, t.path(), &[]);
-    let first = sha256_file(&img);
-    assert_eq!(sha256_file(&m.dir.join("1/d/disk.img")), first);
-    // A backup through a writable path to the same safe while it is mounted: its
-    // point is read from the changed index.
-    rng.fill(&mut data[6 << 20..7 << 20]);
-    std::fs::write(&img, &data).unwrap();
-    let p2 = backup(&[s(&safe), &format!("d={}", s(&img))]);
-    assert_eq!(
-        sha256_file(&m.dir.join(format!("{p2}/d/disk.img"))),
-        sha256_file(&img)
-    );
-    assert_eq!(sha256_file(&m.dir.join("1/d/disk.img")), first);
-    drop(m);
-    drop(view);
     // On a writable filesystem, a user who may not create safe.db-shm there.
     let exe = t.path().join("disksafe");
     std::fs::copy(bin(), &exe).unwrap();
@@ -1181,4 +1145,62 @@ fn safe_on_a_read_only_filesystem_is_read_as_it_is() {
         Ok(o) => panic!("nobody listed a safe it cannot read: {o:?}"),
         Err(e) => eprintln!("runuser not run ({e}): the permission case is not checked"),
     }
+    let Some(view) = ReadOnlyView::new(&safe, &t.path().join("ro")) else {
+        eprintln!(
+            "SKIP safe_on_a_read_only_filesystem_is_read_as_it_is: no read-only bind mount here"
+        );
+        return;
+    };
+    let ro = view.0.clone();
+    let ok = |args: &[&str]| {
+        let o = ds(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert!(ok(&["points", s(&ro)]).contains("d (8.0 MiB)"));
+    ok(&["verify", s(&ro)]);
+    let restored = t.path().join("r.img");
+    ok(&["restore", s(&ro), "1", "d", s(&restored)]);
+    assert_eq!(sha256_file(&restored), sha256_file(&img));
+    let m = Mounted::logging(&ro, t.path(), &[], "disksafe=info");
+    let first = sha256_file(&img);
+    assert_eq!(sha256_file(&m.dir.join("1/d/disk.img")), first);
+    // A backup through a writable path to the same safe while it is mounted: its
+    // point is read from the changed index.
+    rng.fill(&mut data[6 << 20..7 << 20]);
+    std::fs::write(&img, &data).unwrap();
+    let p2 = backup(&[s(&safe), &format!("d={}", s(&img))]);
+    assert_eq!(
+        sha256_file(&m.dir.join(format!("{p2}/d/disk.img"))),
+        sha256_file(&img)
+    );
+    assert_eq!(sha256_file(&m.dir.join("1/d/disk.img")), first);
+    assert!(m.log_text().contains("changed: reopening its index"));
+    // While a writer holds the index open through the writable path (its WAL and
+    // -shm exist, with a change not yet in safe.db), the mount reads through the WAL.
+    let writer = rusqlite::Connection::open(safe.join("safe.db")).unwrap();
+    writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    writer
+        .execute_batch("CREATE TABLE scratch (x); INSERT INTO scratch VALUES (1);")
+        .unwrap();
+    assert!(m.dir.join(format!("{p2}/d")).is_dir());
+    let p3 = m.dir.join(format!("{}", p2 + 1));
+    assert!(!p3.exists());
+    assert!(
+        m.log_text()
+            .contains("reading its index through the WAL again"),
+        "{}",
+        m.log_text()
+    );
+    assert_eq!(
+        sha256_file(&m.dir.join(format!("{p2}/d/disk.img"))),
+        sha256_file(&img)
+    );
+    drop(writer);
+    drop(m);
+    drop(view);
 }

@@ -131,8 +131,8 @@ pub struct Safe {
     params: SafeParams,
     /// Read as immutable (see [`Safe::open`]); cleared once a WAL shows up.
     immutable: AtomicBool,
-    /// `safe.db` as last opened while immutable (see [`db_stamp`]).
-    stamp: Mutex<Option<(i64, i64, u64, u64)>>,
+    /// The index files as last opened while immutable (see [`index_stamp`]).
+    stamp: Mutex<IndexStamp>,
     /// Pooled connections, each with the generation it was opened in.
     conns: Mutex<Vec<(Connection, u64)>>,
     /// Bumped whenever the pool is emptied for a changed index: connections of an
@@ -185,11 +185,21 @@ fn url_path(p: &Path) -> String {
     out
 }
 
-/// What tells a changed `safe.db` apart: mtime (seconds, nanoseconds), size, inode.
-fn db_stamp(dir: &Path) -> Option<(i64, i64, u64, u64)> {
+/// What tells a changed index apart: mtime (seconds, nanoseconds), size and inode of
+/// `safe.db`, and of `safe.db-wal` when there is one.
+type IndexStamp = [Option<(i64, i64, u64, u64)>; 2];
+
+fn index_stamp(dir: &Path) -> IndexStamp {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(format::db_path(dir)).ok()?;
-    Some((m.mtime(), m.mtime_nsec(), m.size(), m.ino()))
+    [format::db_path(dir), format::wal_path(dir)].map(|p| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.mtime(), m.mtime_nsec(), m.size(), m.ino()))
+    })
+}
+
+/// A first read of the index: whether this connection can read it at all.
+fn probe(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
 }
 
 /// True when `dir` lies on a filesystem mounted read-only.
@@ -212,12 +222,12 @@ impl Safe {
     /// creates it when absent (a backup that closed cleanly removes it). On a
     /// read-only filesystem (evidence media, a read-only snapshot or copy) it cannot,
     /// and nothing can write there either, so the index is then read as immutable;
-    /// should `safe.db-wal` appear later (a backup writing through some other, writable
-    /// path), [`Safe::points`] goes back to reading through the WAL.
+    /// should the files change later (a backup writing through some other, writable
+    /// path), [`Safe::points`] reopens them (see `recheck_immutable`).
     pub fn open(dir: &Path) -> anyhow::Result<Safe> {
         let mut conn = open_ro(dir, false)?;
         let mut immutable = false;
-        if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())) {
+        if let Err(e) = probe(&conn) {
             let code = e.sqlite_error_code();
             let wal_refused = matches!(
                 code,
@@ -228,6 +238,12 @@ impl Safe {
                     "{} is on a read-only filesystem without safe.db-shm: reading its index as immutable",
                     dir.display()
                 );
+                if std::fs::metadata(format::wal_path(dir)).is_ok_and(|m| m.len() > 0) {
+                    tracing::warn!(
+                        "{}: safe.db-wal holds changes not yet in safe.db (a backup that did not finish closing?); they cannot be read on a read-only filesystem: points they record are not shown",
+                        dir.display()
+                    );
+                }
                 conn = open_ro(dir, true)?;
                 immutable = true;
             } else if code == Some(rusqlite::ErrorCode::ReadOnly) {
@@ -251,7 +267,7 @@ impl Safe {
             dir: dir.to_path_buf(),
             params,
             immutable: AtomicBool::new(immutable),
-            stamp: Mutex::new(db_stamp(dir)),
+            stamp: Mutex::new(index_stamp(dir)),
             conns: Mutex::new(vec![(conn, 0)]),
             generation: AtomicU64::new(0),
             packs: RwLock::new(HashMap::new()),
@@ -260,26 +276,27 @@ impl Safe {
     }
 
     /// An index read as immutable was written to after all (through another, writable
-    /// path to the same files): while a WAL is there, read through it (its `-shm` is
-    /// there too); once the writer is done, open the changed file afresh, as
-    /// connections reading an immutable file never look for changes.
+    /// path to the same files): read it through its WAL when SQLite now can (a writer
+    /// made the `-shm`), else open the changed file afresh, as connections reading an
+    /// immutable file never look for changes.
     fn recheck_immutable(&self) {
         if !self.immutable.load(AtomicOrdering::Acquire) {
             return;
         }
-        let stamp = db_stamp(&self.dir);
+        let stamp = index_stamp(&self.dir);
         let mut seen = self.stamp.lock().unwrap();
-        if format::wal_path(&self.dir).exists() {
+        if stamp == *seen {
+            return;
+        }
+        *seen = stamp;
+        if open_ro(&self.dir, false).is_ok_and(|c| probe(&c).is_ok()) {
             tracing::info!(
                 "{} is being written to: reading its index through the WAL again",
                 self.dir.display()
             );
             self.immutable.store(false, AtomicOrdering::Release);
-        } else if stamp != *seen {
-            tracing::info!("{} changed: reopening its index", self.dir.display());
-            *seen = stamp;
         } else {
-            return;
+            tracing::info!("{} changed: reopening its index", self.dir.display());
         }
         let mut pool = self.conns.lock().unwrap();
         self.generation.fetch_add(1, AtomicOrdering::AcqRel);
