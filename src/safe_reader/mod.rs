@@ -159,9 +159,11 @@ fn open_ro(dir: &Path, immutable: bool) -> anyhow::Result<Connection> {
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = if immutable {
-        let uri = url_path(&db);
+        // An absolute path after an empty authority: a path starting `//` is no host.
+        let abs = std::path::absolute(&db)
+            .with_context(|| format!("opening the index of {}", dir.display()))?;
         Connection::open_with_flags(
-            format!("file:{uri}?immutable=1"),
+            format!("file://{}?immutable=1", url_path(&abs)),
             flags | OpenFlags::SQLITE_OPEN_URI,
         )
     } else {
