@@ -129,7 +129,7 @@ const MISSING_PACK: i64 = -1;
 pub struct Safe {
     dir: PathBuf,
     params: SafeParams,
-    /// Read as immutable (see [`Safe::open`]); cleared once a WAL shows up.
+    /// Read as immutable (see [`Safe::open`]); cleared once a writer's WAL can be read.
     immutable: AtomicBool,
     /// The index files as last opened while immutable (see [`index_stamp`]).
     stamp: Mutex<IndexStamp>,
