@@ -501,6 +501,23 @@ fn mount_errors_and_single_point_mode() {
     let got = sha256_file(&m.dir.join("a.img/disk.img"));
     assert_eq!(got, restored_sha(&safe, "1", "a.img", t.path()));
     assert_ne!(got, sha256_file(&a), "point 1, not the latest");
+    // A mount whose server was killed is named dead at once (the kernel still answers
+    // stat of its root from the attributes it kept), and `umount` clears it.
+    let dead = t.path().join("dead");
+    std::fs::create_dir(&dead).unwrap();
+    let mut server = spawn_foreground(&safe, &dead, &[]);
+    wait_for(&dead.join("latest"));
+    std::fs::metadata(&dead).unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    one_line(
+        fails(&["mount", s(&safe), s(&dead)]),
+        "is a dead FUSE mount; run `disksafe umount",
+    );
+    ok(&["umount", s(&dead)]);
+    ok(&["mount", s(&safe), s(&dead)]);
+    assert!(dead.join("latest").exists());
+    ok(&["umount", s(&dead)]);
 }
 
 #[test]

@@ -55,13 +55,16 @@ fn is_mount_root(mp: &Path, md: &std::fs::Metadata) -> std::io::Result<bool> {
 
 /// Fails unless `mp` is an existing directory that is not already a mount point.
 fn check_mountpoint(mp: &Path) -> anyhow::Result<()> {
-    let md = match std::fs::metadata(mp) {
-        Ok(m) => m,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+    let dead = || {
+        anyhow::anyhow!(
             "mount point {} is a dead FUSE mount; run `disksafe umount {}` first",
             mp.display(),
             mp.display()
-        ),
+        )
+    };
+    let md = match std::fs::metadata(mp) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return Err(dead()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!("mount point {} does not exist", mp.display())
         }
@@ -71,6 +74,11 @@ fn check_mountpoint(mp: &Path) -> anyhow::Result<()> {
         bail!("mount point {} is not a directory", mp.display());
     }
     if is_mount_root(mp, &md).with_context(|| format!("mount point {}", mp.display()))? {
+        // A FUSE mount whose server died still answers stat from the attributes the
+        // kernel kept (for up to a second here); a listing asks the server.
+        if std::fs::read_dir(mp).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)) {
+            return Err(dead());
+        }
         bail!("{} is already a mount point", mp.display());
     }
     Ok(())
