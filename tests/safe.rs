@@ -489,3 +489,70 @@ fn pack_reads_around_the_page_cache_return_the_same_bytes() {
         assert!(got[..] == source[from..from + 65536], "block {b}");
     }
 }
+
+/// Backing up a device while it is mounted read-write (rather than a snapshot of it)
+/// works, with a one-line warning naming where it is mounted: for the block device
+/// itself and for the image file a loop device reads. The kernel's mount table is
+/// the oracle; read-only and unmounted, no warning.
+#[test]
+fn a_source_mounted_read_write_is_named_with_a_warning() {
+    let run = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    if !is_root() {
+        eprintln!("SKIP a_source_mounted_read_write_is_named_with_a_warning: needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("fs.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    run("mkfs.ext4", &["-q", "-F", s(&img)]).expect("mkfs.ext4 (package e2fsprogs)");
+    let Some(dev) = run("losetup", &["-f", "--show", s(&img)]) else {
+        eprintln!("SKIP a_source_mounted_read_write_is_named_with_a_warning: no loop devices");
+        return;
+    };
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let mnt = t.path().join("mounted here");
+    std::fs::create_dir(&mnt).unwrap();
+    run("mount", &[&dev, s(&mnt)]).expect("mount the loop device");
+    let safe = t.path().join("safe");
+    let warning = |source: &str| {
+        let o = ds(&["backup", s(&safe), &format!("d={source}")]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .find(|l| l.starts_with("warning:"))
+            .map(str::to_string)
+    };
+    for source in [dev.as_str(), s(&img)] {
+        let w = warning(source).unwrap_or_else(|| panic!("no warning for {source}"));
+        assert!(
+            w.contains(&format!(
+                "source {source} is mounted read-write at {}",
+                s(&mnt)
+            )),
+            "{w}"
+        );
+    }
+    run("mount", &["-o", "remount,ro", s(&mnt)]).expect("remount read-only");
+    assert_eq!(warning(&dev), None);
+    run("umount", &[s(&mnt)]).expect("umount");
+    assert_eq!(warning(&dev), None);
+    assert_eq!(warning(s(&img)), None);
+}

@@ -9,6 +9,7 @@
 //!    truncates each pack to its committed length and removes unknown pack files.
 
 mod changed;
+mod live;
 mod pipeline;
 
 use std::collections::HashMap;
@@ -561,11 +562,21 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
     for s in sources {
         let f = File::open(&s.path)
             .with_context(|| format!("cannot read source {}", s.path.display()))?;
-        let ft = f.metadata()?.file_type();
+        let md = f.metadata()?;
+        let ft = md.file_type();
         if !(ft.is_file() || ft.is_block_device()) {
             bail!(
                 "source {} is neither a regular file nor a block device",
                 s.path.display()
+            );
+        }
+        let mounts = live::rw_mounts(&s.path, &md);
+        if !mounts.is_empty() {
+            let at: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
+            eprintln!(
+                "warning: source {} is mounted read-write at {}: the point will hold it as it is while being written, as a machine that lost power leaves it (the mount replays its journal); back up a snapshot for a consistent one",
+                s.path.display(),
+                at.join(", ")
             );
         }
         let size =
