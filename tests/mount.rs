@@ -1179,6 +1179,13 @@ fn safe_on_a_read_only_filesystem_is_read_as_it_is() {
         String::from_utf8(o.stdout).unwrap()
     };
     assert!(ok(&["points", s(&ro)]).contains("d (8.0 MiB)"));
+    let o = ds(&["backup", s(&ro), &format!("d={}", s(&img))]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    assert!(err.contains("its filesystem is mounted read-only"), "{err}");
     ok(&["verify", s(&ro)]);
     let restored = t.path().join("r.img");
     ok(&["restore", s(&ro), "1", "d", s(&restored)]);

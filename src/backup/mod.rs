@@ -181,7 +181,17 @@ fn open_for_write(
         .truncate(false)
         .write(true)
         .open(dir.join("lock"))
-        .with_context(|| format!("opening the lock of {}", dir.display()))?;
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EROFS) => anyhow::anyhow!(
+                "cannot back up to {}: its filesystem is mounted read-only (it can still be read: points, restore, verify, mount)",
+                dir.display()
+            ),
+            Some(libc::EACCES | libc::EPERM) => anyhow::anyhow!(
+                "cannot back up to {}: this user may not write there ({e})",
+                dir.display()
+            ),
+            _ => anyhow::Error::from(e).context(format!("opening the lock of {}", dir.display())),
+        })?;
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         bail!("another backup is writing to {} right now", dir.display());
     }
