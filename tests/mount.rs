@@ -506,6 +506,18 @@ fn mount_errors_and_single_point_mode() {
     let dead = t.path().join("dead");
     std::fs::create_dir(&dead).unwrap();
     let mut server = spawn_foreground(&safe, &dead, &[]);
+    // Unmounted lazily whatever happens below (a dead mount outlives the test).
+    struct Lazy(PathBuf);
+    impl Drop for Lazy {
+        fn drop(&mut self) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _lazy = Lazy(dead.clone());
     wait_for(&dead.join("latest"));
     std::fs::metadata(&dead).unwrap();
     server.kill().unwrap();

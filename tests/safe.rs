@@ -521,15 +521,20 @@ fn a_source_mounted_read_write_is_named_with_a_warning() {
         eprintln!("SKIP a_source_mounted_read_write_is_named_with_a_warning: no loop devices");
         return;
     };
-    struct Detach(String);
+    // Unmounts (should an assertion fail while mounted) and detaches when dropped.
+    struct Detach(String, std::path::PathBuf);
     impl Drop for Detach {
         fn drop(&mut self) {
+            let _ = Command::new("umount")
+                .arg(&self.1)
+                .stderr(Stdio::null())
+                .status();
             let _ = Command::new("losetup").args(["-d", &self.0]).status();
         }
     }
-    let _detach = Detach(dev.clone());
     let mnt = t.path().join("mounted here");
     std::fs::create_dir(&mnt).unwrap();
+    let _detach = Detach(dev.clone(), mnt.clone());
     run("mount", &[&dev, s(&mnt)]).expect("mount the loop device");
     let safe = t.path().join("safe");
     let warning = |source: &str| {
