@@ -1,7 +1,10 @@
 //! Benchmark peer: the FUSE ceiling of the machine. One file of SIZE bytes served from
 //! memory by fuser with the same threads, readahead and cache flags as `disksafe mount`.
 //!
-//! `cargo run --release --example memfuse -- MOUNTPOINT SIZE_MIB` (SIGTERM to stop)
+//! `cargo run --release --example memfuse -- MOUNTPOINT SIZE_MIB [SOURCE_MIB]` (SIGTERM
+//! to stop). The file repeats SOURCE_MIB / 2 MiB of data (default 4): that much stays
+//! in the CPU's caches, the best case; 1024 does not, as a real server's data does not,
+//! and shows what the kernel's copy of replies costs from memory.
 
 use std::ffi::OsStr;
 use std::time::{Duration, UNIX_EPOCH};
@@ -94,6 +97,7 @@ impl fuser::Filesystem for Mem {
 fn main() -> std::io::Result<()> {
     let a: Vec<String> = std::env::args().collect();
     let size: u64 = a[2].parse::<u64>().unwrap() << 20;
+    let source_mib: u32 = a.get(3).map_or(4, |s| s.parse().unwrap()).max(2);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::RO,
@@ -103,7 +107,7 @@ fn main() -> std::io::Result<()> {
     config.clone_fd = true;
     let fs = Mem {
         size,
-        data: (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect(),
+        data: (0..(source_mib << 20)).map(|i| (i % 251) as u8).collect(),
     };
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe {
