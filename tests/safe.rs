@@ -561,3 +561,81 @@ fn a_source_mounted_read_write_is_named_with_a_warning() {
     assert_eq!(warning(&dev), None);
     assert_eq!(warning(s(&img)), None);
 }
+
+/// A filesystem mounted on a block device writes file data and journal blocks with I/O
+/// that bypasses the device's page cache: a backup that reads the device buffered gets
+/// what its previous read cached there, not what the device holds. Each point of a
+/// frozen, mounted loop device must equal its backing file (what the loop device
+/// wrote), also after a first backup read the whole device.
+#[test]
+fn a_mounted_device_is_backed_up_as_the_device_holds_it() {
+    let run = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    if !is_root() {
+        eprintln!("SKIP a_mounted_device_is_backed_up_as_the_device_holds_it: needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("fs.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    run("mkfs.ext4", &["-q", "-F", s(&img)]).expect("mkfs.ext4 (package e2fsprogs)");
+    let Some(dev) = run("losetup", &["-f", "--show", s(&img)]) else {
+        eprintln!("SKIP a_mounted_device_is_backed_up_as_the_device_holds_it: no loop devices");
+        return;
+    };
+    // Thaws, unmounts and detaches when dropped, should an assertion fail.
+    struct Detach(String, std::path::PathBuf);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            for args in [&["fsfreeze", "-u"][..], &["umount"][..]] {
+                let _ = Command::new(args[0])
+                    .args(&args[1..])
+                    .arg(&self.1)
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let mnt = t.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let _detach = Detach(dev.clone(), mnt.clone());
+    run("mount", &[&dev, s(&mnt)]).expect("mount the loop device");
+    let safe = t.path().join("safe");
+    let mut rng = StdRng::seed_from_u64(13);
+    let mut content = vec![0u8; 6 << 20];
+    for round in 1..=3 {
+        // Round 1 writes the file; later rounds overwrite it in place and add another.
+        rng.fill(&mut content[..]);
+        let f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(mnt.join("f"))
+            .unwrap();
+        f.write_all_at(&content, 0).unwrap();
+        f.sync_all().unwrap();
+        std::fs::write(mnt.join(format!("g{round}")), &content[..100_000]).unwrap();
+        run("fsfreeze", &["-f", s(&mnt)]).expect("fsfreeze");
+        let point = backup(&[s(&safe), &format!("d={dev}")]);
+        let expected = sha256_file(&img);
+        run("fsfreeze", &["-u", s(&mnt)]).expect("fsfreeze -u");
+        assert_eq!(point, round);
+        assert_eq!(
+            restored_sha(&safe, &point.to_string(), "d", t.path()),
+            expected,
+            "point {point} differs from what the device held"
+        );
+    }
+}

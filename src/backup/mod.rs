@@ -99,6 +99,36 @@ pub fn source_size(file: &File) -> io::Result<u64> {
     Ok(end)
 }
 
+/// Reopens a block device source with O_DIRECT. A filesystem mounted on the device
+/// writes file data and journal blocks with I/O that bypasses the device's page cache,
+/// so buffered reads can return what an earlier read (the previous backup's) left
+/// there instead of what the device holds now: changes missed, journals torn. Where
+/// O_DIRECT is refused, the device's cached pages are dropped before reading instead.
+fn open_device_direct(path: &Path, buffered: File) -> File {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let mut sector: libc::c_int = 0;
+    // BLKSSZGET: the logical block size, which O_DIRECT aligns to.
+    let ok = unsafe { libc::ioctl(buffered.as_raw_fd(), 0x1268, &mut sector) } == 0;
+    let fits = ok && sector > 0 && sector as usize <= pipeline::DIRECT_ALIGN;
+    if fits {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(f) => return f,
+            Err(e) => tracing::info!("{}: O_DIRECT refused ({e})", path.display()),
+        }
+    }
+    unsafe { libc::posix_fadvise(buffered.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    eprintln!(
+        "warning: source {} is read through the page cache (O_DIRECT not possible); blocks a mounted filesystem writes during the backup may be read as they were",
+        path.display()
+    );
+    buffered
+}
+
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -580,6 +610,11 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
                 s.path.display()
             );
         }
+        let f = if ft.is_block_device() {
+            open_device_direct(&s.path, f)
+        } else {
+            f
+        };
         let mounts = live::rw_mounts(&s.path, &md);
         if !mounts.is_empty() {
             let at: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();

@@ -32,6 +32,37 @@ pub struct Job<'a> {
     pub sparse: bool,
 }
 
+/// Alignment of the batch buffers: O_DIRECT reads need memory (and lengths and
+/// offsets, which block sizes of 4 KiB and more and device sizes give) aligned to the
+/// device's logical block size, at most 4 KiB.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A worker's batch buffer, its bytes starting on a [`DIRECT_ALIGN`] boundary.
+#[derive(Default)]
+struct IoBuf {
+    raw: Vec<u8>,
+    at: usize,
+    len: usize,
+}
+
+impl IoBuf {
+    fn resize(&mut self, len: usize) {
+        if self.raw.len() < len + DIRECT_ALIGN {
+            self.raw.resize(len + DIRECT_ALIGN, 0);
+        }
+        self.at = self.raw.as_ptr().align_offset(DIRECT_ALIGN);
+        self.len = len;
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.raw[self.at..self.at + self.len]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.at..self.at + self.len]
+    }
+}
+
 /// What a worker decided for one block.
 pub enum BlockOutcome {
     /// Same content as at the previous point: nothing to record.
@@ -115,10 +146,11 @@ fn plan_batch(
 }
 
 /// Reads a batch's bytes into `data` (zero-padded past the end of the source).
-fn read_batch(job: &Job, b: &Batch, data: &mut Vec<u8>) -> anyhow::Result<()> {
+fn read_batch(job: &Job, b: &Batch, buf: &mut IoBuf) -> anyhow::Result<()> {
     let bs = job.params.block_size as u64;
     let total = (b.count * bs) as usize;
-    data.resize(total, 0);
+    buf.resize(total);
+    let data = buf.bytes_mut();
     let off = b.start * bs;
     let len = (b.count * bs).min(job.size - off) as usize;
     if b.hole {
@@ -285,12 +317,13 @@ pub fn run(
                 } else {
                     None
                 };
-                let mut data = Vec::new();
+                let mut data = IoBuf::default();
                 loop {
                     let next = rx.lock().unwrap().recv();
                     let Ok(batch) = next else { return };
-                    let r = read_batch(job, &batch, &mut data)
-                        .and_then(|_| process(&batch, &data, params, &zero_quick, &mut cctx));
+                    let r = read_batch(job, &batch, &mut data).and_then(|_| {
+                        process(&batch, data.bytes(), params, &zero_quick, &mut cctx)
+                    });
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
                         return;
