@@ -679,23 +679,19 @@ fn with_kernel_mount<T>(img: &Path, mnt: &Path, f: impl FnOnce(&Path) -> T) -> O
     Some(r)
 }
 
-#[test]
-fn crash_consistent_point_is_replayed_like_e2fsck() {
-    if !fuse_available() || !is_root() {
-        eprintln!("SKIP crash_consistent_point_is_replayed_like_e2fsck: needs root and FUSE");
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let empty = t.path().join("empty");
+/// An ext4 image copied while a kernel mount of it was busy (files fsynced one by one,
+/// so journal commits whose metadata is not yet checkpointed in place; an fallocated
+/// file; a delete and a rename): what a snapshot of a running machine holds. `None`
+/// where loop mounts are unavailable.
+fn busy_crash_image(dir: &Path) -> Option<std::path::PathBuf> {
+    let empty = dir.join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let img = t.path().join("live.img");
+    let img = dir.join("live.img");
     mkfs("mkfs.ext4", &["-I", "256"], &empty, &img, 64 << 20);
-    let crash = t.path().join("crash.img");
-    let kmnt = t.path().join("kernel");
+    let crash = dir.join("crash.img");
+    let kmnt = dir.join("kernel");
     let mut rng = StdRng::seed_from_u64(21);
-    let done = with_kernel_mount(&img, &kmnt, |m| {
-        // Busy writer: files fsynced one by one (journal commits), metadata not yet
-        // checkpointed in place; an fallocated file (unwritten extents) too.
+    with_kernel_mount(&img, &kmnt, |m| {
         std::fs::create_dir(m.join("work")).unwrap();
         for i in 0..60 {
             let mut data = vec![0u8; rng.gen_range(0..40_000)];
@@ -719,15 +715,24 @@ fn crash_consistent_point_is_replayed_like_e2fsck() {
         std::fs::remove_file(m.join("work/file3")).unwrap();
         std::fs::rename(m.join("work/file4"), m.join("renamed")).unwrap();
         File::open(m.join("work")).unwrap().sync_all().unwrap();
-        // The copy taken now is what a snapshot of the running machine holds.
         std::fs::copy(&img, &crash).unwrap();
-    });
-    if done.is_none() {
+    })?;
+    Some(crash)
+}
+
+#[test]
+fn crash_consistent_point_is_replayed_like_e2fsck() {
+    if !fuse_available() || !is_root() {
+        eprintln!("SKIP crash_consistent_point_is_replayed_like_e2fsck: needs root and FUSE");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let Some(crash) = busy_crash_image(t.path()) else {
         eprintln!(
             "SKIP crash_consistent_point_is_replayed_like_e2fsck: cannot loop-mount ext4 here"
         );
         return;
-    }
+    };
     let dump = Command::new("dumpe2fs")
         .args(["-h", s(&crash)])
         .output()
@@ -770,6 +775,120 @@ fn crash_consistent_point_is_replayed_like_e2fsck() {
     );
     drop(raw);
     assert!(ok(&["verify", s(&safe)]).starts_with("ok:"));
+}
+
+/// Journal checksums (v3: mkfs.ext4's default, with metadata_csum) are checked as
+/// the kernel's recovery checks them: none fails on a journal the kernel wrote, and a
+/// logged copy damaged afterwards (as a device read while being written can leave
+/// it) is skipped for the copy before it. Oracle: `e2fsck -E journal_only` replaying
+/// the same images; every block the journal logs must read the same from both.
+#[test]
+fn journal_checksums_are_checked_like_e2fsck() {
+    if !is_root() {
+        eprintln!("SKIP journal_checksums_are_checked_like_e2fsck: needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let Some(crash) = busy_crash_image(t.path()) else {
+        eprintln!("SKIP journal_checksums_are_checked_like_e2fsck: cannot loop-mount ext4 here");
+        return;
+    };
+    let tool = |cmd: &str, args: &[&str]| {
+        let o = Command::new(cmd).args(args).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+    };
+    let bs: u64 = tool("dumpe2fs", &["-h", s(&crash)])
+        .lines()
+        .find_map(|l| l.strip_prefix("Block size:"))
+        .expect("dumpe2fs names the block size")
+        .trim()
+        .parse()
+        .unwrap();
+    // (fs block, journal block) of every logged copy, oldest first.
+    let logged: Vec<(u64, u64)> = tool("debugfs", &["-R", "logdump -a", s(&crash)])
+        .lines()
+        .filter_map(|l| {
+            let r = l.trim().strip_prefix("FS block ")?;
+            let (n, r) = r.split_once(" logged at journal block ")?;
+            let j = r.split_whitespace().next()?;
+            Some((n.parse().ok()?, j.parse().ok()?))
+        })
+        .collect();
+    assert!(logged.len() > 50, "a busy journal: {} copies", logged.len());
+    let open = |p: &Path| {
+        let dev: std::sync::Arc<dyn disksafe::readat::ReadAt> =
+            std::sync::Arc::new(disksafe::readat::FileReader::open(p).unwrap());
+        disksafe::ntfs_ext::ext::replayed_volume(dev, "test")
+            .unwrap()
+            .expect("the copy needs journal recovery")
+    };
+    let block = |v: &dyn disksafe::readat::ReadAt, n: u64| {
+        let mut b = vec![0u8; bs as usize];
+        v.read_exact_at(n * bs, &mut b).unwrap();
+        b
+    };
+    // Every logged block but the superblock's (e2fsck rewrites it after replay).
+    let sb_block = 1024 / bs;
+    let compare = |ours: &dyn disksafe::readat::ReadAt, img: &Path| {
+        let oracle = t.path().join("oracle.img");
+        std::fs::copy(img, &oracle).unwrap();
+        let out = tool("e2fsck", &["-E", "journal_only", "-y", s(&oracle)]);
+        let theirs = disksafe::readat::FileReader::open(&oracle).unwrap();
+        let mut blocks: Vec<u64> = logged
+            .iter()
+            .map(|&(n, _)| n)
+            .filter(|&n| n != sb_block)
+            .collect();
+        blocks.sort();
+        blocks.dedup();
+        for n in blocks {
+            assert!(
+                block(ours, n) == block(&theirs, n),
+                "block {n} differs from e2fsck's replay of {}",
+                img.display()
+            );
+        }
+        out
+    };
+    let (ours, bad) = open(&crash);
+    assert_eq!(bad, 0, "no checksum of the kernel's journal fails");
+    let out = compare(&*ours, &crash);
+    assert!(!out.contains("Invalid checksum"), "{out}");
+
+    // Damage the newest copy of the block logged most often (a bitmap, an inode table
+    // or descriptor block), which an older copy then stands for.
+    let mut counts: HashMap<u64, usize> = HashMap::new();
+    for &(n, _) in &logged {
+        *counts.entry(n).or_default() += 1;
+    }
+    let target = *counts
+        .iter()
+        .filter(|(&n, _)| n != sb_block)
+        .max_by_key(|(&n, &c)| (c, n))
+        .unwrap()
+        .0;
+    assert!(counts[&target] >= 2, "a block logged twice");
+    let newest = logged.iter().rev().find(|&&(n, _)| n == target).unwrap().1;
+    let phys: u64 = tool("debugfs", &["-R", &format!("bmap <8> {newest}"), s(&crash)])
+        .lines()
+        .find_map(|l| l.trim().parse().ok())
+        .expect("debugfs maps the journal block");
+    let damaged = t.path().join("damaged.img");
+    std::fs::copy(&crash, &damaged).unwrap();
+    flip_byte(&damaged, phys * bs + bs / 2, 0x40);
+    let (ours, bad) = open(&damaged);
+    assert_eq!(bad, 1, "the damaged copy is skipped");
+    let out = compare(&*ours, &damaged);
+    assert!(
+        out.contains("Invalid checksum"),
+        "e2fsck skips it too: {out}"
+    );
+    let (undamaged, _) = open(&crash);
+    assert_ne!(
+        block(&*ours, target),
+        block(&*undamaged, target),
+        "block {target} now holds an older copy"
+    );
 }
 
 /// Logical to physical data blocks of the file at `path` in `img`, from the BLOCKS or

@@ -14,7 +14,6 @@ const T_COMMIT: u32 = 2;
 const T_SB_V1: u32 = 3;
 const T_SB_V2: u32 = 4;
 const T_REVOKE: u32 = 5;
-const IN_REVOKE: u32 = 0x1;
 const IN_64BIT: u32 = 0x2;
 const IN_CSUM_V2: u32 = 0x8;
 const IN_CSUM_V3: u32 = 0x10;
@@ -41,6 +40,29 @@ pub trait JournalMap {
 pub struct Replay {
     pub blocks: HashMap<u64, (u64, bool)>,
     pub transactions: u64,
+    /// Logged copies whose checksum failed and were not replayed (the volume keeps
+    /// the copy before them), as the kernel and e2fsck skip them.
+    pub bad_blocks: u64,
+}
+
+/// The jbd2 checksum (v2/v3) of `data` chained from `seed`: crc32c as ext4 uses it.
+fn jcrc(seed: u32, data: &[u8]) -> u32 {
+    super::sb::ext4_crc(seed, data)
+}
+
+/// Whether a descriptor or revoke block's tail checksum (its last 4 bytes, taken as
+/// zero while summing) holds.
+fn tail_ok(seed: u32, b: &[u8]) -> bool {
+    let n = b.len() - 4;
+    let crc = jcrc(jcrc(seed, &b[..n]), &[0; 4]);
+    be32(b, n) == crc
+}
+
+/// Whether a commit block's checksum (h_chksum[0] at byte 16, zero while summing)
+/// holds.
+fn commit_ok(seed: u32, b: &[u8]) -> bool {
+    let crc = jcrc(jcrc(jcrc(seed, &b[..16]), &[0; 4]), &b[20..]);
+    be32(b, 16) == crc
 }
 
 /// Scans the journal and returns the overlay of committed transactions; `Ok(None)`
@@ -97,6 +119,9 @@ pub fn replay(
         t
     };
     let tail = if csum2 || csum3 { 4 } else { 0 };
+    // Checksums (v2/v3) are seeded with the journal's UUID.
+    let seed = jcrc(!0, &sb[0x30..0x40]);
+    let checked = csum2 || csum3;
     let wrap = |n: u64| {
         if n >= maxlen {
             first + (n - maxlen) % (maxlen - first)
@@ -112,6 +137,8 @@ pub fn replay(
         jblock: u64,
         escape: bool,
         seq: u32,
+        /// The tag's checksum of the logged block (v3: 32 bits; v2: the low 16).
+        csum: u32,
     }
     let mut tags: Vec<Tag> = Vec::new();
     let mut pending: Vec<Tag> = Vec::new();
@@ -124,6 +151,13 @@ pub fn replay(
     let ring = maxlen - first;
     let mut taken = 0u64;
     let mut transactions = 0;
+    // As the kernel's recovery scan does: a descriptor or revoke block failing its
+    // checksum is judged at its commit block, by whether commit times still grow
+    // (then the log is corrupt) or not (stale blocks of an older pass round the ring:
+    // the log ends there); a commit block failing its own checksum ends the log
+    // before its transaction.
+    let mut suspect = false;
+    let mut last_commit_time = 0u64;
     'log: while taken < ring {
         taken += 1;
         let b = read(pos)?;
@@ -132,6 +166,9 @@ pub fn replay(
         }
         match be32(&b, 4) {
             T_DESCRIPTOR => {
+                if checked && !tail_ok(seed, &b) {
+                    suspect = true;
+                }
                 let mut off = 12;
                 let mut data = wrap(pos + 1);
                 loop {
@@ -140,12 +177,17 @@ pub fn replay(
                     }
                     let t = &b[off..off + tag_bytes];
                     let lo = be32(t, 0) as u64;
-                    let (flags, hi) = if csum3 {
-                        (be32(t, 4), if is64 { be32(t, 8) as u64 } else { 0 })
+                    let (flags, hi, csum) = if csum3 {
+                        (
+                            be32(t, 4),
+                            if is64 { be32(t, 8) as u64 } else { 0 },
+                            be32(t, 12),
+                        )
                     } else {
                         (
                             u16::from_be_bytes([t[6], t[7]]) as u32,
                             if is64 { be32(t, 8) as u64 } else { 0 },
+                            u16::from_be_bytes([t[4], t[5]]) as u32,
                         )
                     };
                     if taken == ring {
@@ -157,6 +199,7 @@ pub fn replay(
                         jblock: data,
                         escape: flags & F_ESCAPE != 0,
                         seq,
+                        csum,
                     });
                     data = wrap(data + 1);
                     off += tag_bytes;
@@ -171,6 +214,24 @@ pub fn replay(
                 continue;
             }
             T_COMMIT => {
+                let time = u64::from_be_bytes(b[48..56].try_into().unwrap());
+                if suspect {
+                    if time >= last_commit_time {
+                        return Err(corrupt(format!(
+                            "journal transaction {seq} fails its checksums"
+                        )));
+                    }
+                    break; // stale blocks from an earlier round of the ring
+                }
+                if checked && !commit_ok(seed, &b) {
+                    if time >= last_commit_time {
+                        tracing::warn!(
+                            "{label}: journal transaction {seq}: commit block fails its checksum; the log ends before it"
+                        );
+                    }
+                    break;
+                }
+                last_commit_time = time;
                 tags.append(&mut pending);
                 for (blk, s) in pending_revokes.drain(..) {
                     let e = revokes.entry(blk).or_insert(s);
@@ -180,9 +241,12 @@ pub fn replay(
                 seq = seq.wrapping_add(1);
             }
             T_REVOKE => {
-                if incompat & IN_REVOKE == 0 && be32(&sb, 4) == T_SB_V2 {
-                    tracing::warn!("{label}: revoke block without the revoke feature");
+                if checked && !tail_ok(seed, &b) {
+                    suspect = true;
                 }
+                // Revoke blocks count whether or not the superblock names the revoke
+                // feature (Linux 6.x logs them without it), as the kernel's recovery
+                // takes them.
                 let count = (be32(&b, 12) as usize).min(b.len() - tail);
                 let rec = if is64 { 8 } else { 4 };
                 let mut o = 16;
@@ -210,11 +274,27 @@ pub fn replay(
         transactions,
         ..Default::default()
     };
-    for t in tags {
-        if revokes.get(&t.fs_block).is_some_and(|&rs| rs >= t.seq) {
+    // The newest logged copy of each block that is not revoked and (with checksums)
+    // matches its tag is the one replay leaves on the volume: the kernel writes every
+    // copy in order and skips those failing their checksum, so a bad newest copy
+    // leaves the one before it. Only those candidates' blocks are read.
+    for t in tags.iter().rev() {
+        if out.blocks.contains_key(&t.fs_block)
+            || revokes.get(&t.fs_block).is_some_and(|&rs| rs >= t.seq)
+        {
             continue;
         }
         let p = map.physical(t.jblock)?;
+        if checked {
+            let mut b = vec![0u8; block_size as usize];
+            dev.read_exact_at(p * block_size, &mut b)?;
+            let crc = jcrc(jcrc(seed, &t.seq.to_be_bytes()), &b);
+            let want = if csum3 { crc } else { crc & 0xFFFF };
+            if t.csum != want {
+                out.bad_blocks += 1;
+                continue;
+            }
+        }
         out.blocks.insert(t.fs_block, (p, t.escape));
     }
     Ok(Some(out))
@@ -388,6 +468,87 @@ mod tests {
         assert!(
             reads <= maxlen as u64,
             "{reads} journal blocks read for a ring of {maxlen}"
+        );
+    }
+
+    /// A v3-checksummed journal (ring of 16 blocks of 1 KiB, log from block 1, first
+    /// sequence 5) holding one transaction per entry of `txs`: (volume block logged,
+    /// commit time); each is a descriptor, its data block (filled with the volume block
+    /// number) and a commit, all checksummed.
+    fn csum_journal(txs: &[(u32, u64)]) -> Vec<u8> {
+        let bs = 1024;
+        let mut j = journal(bs, 16, 5);
+        j[0x28..0x2C].copy_from_slice(&IN_CSUM_V3.to_be_bytes());
+        j[0x30..0x40].copy_from_slice(&[7; 16]);
+        let seed = jcrc(!0, &[7; 16]);
+        for (i, &(target, time)) in txs.iter().enumerate() {
+            let (at, seq) = (1 + 3 * i, 5 + i as u32);
+            let data = &mut j[(at + 1) * bs..(at + 2) * bs];
+            data.fill(target as u8);
+            let crc = jcrc(jcrc(seed, &seq.to_be_bytes()), data);
+            let d = &mut j[at * bs..(at + 1) * bs];
+            header(d, T_DESCRIPTOR, seq);
+            d[12..16].copy_from_slice(&target.to_be_bytes());
+            d[16..20].copy_from_slice(&(F_SAME_UUID | F_LAST_TAG).to_be_bytes());
+            d[24..28].copy_from_slice(&crc.to_be_bytes());
+            let tail = jcrc(seed, &d[..bs - 4]);
+            let tail = jcrc(tail, &[0; 4]);
+            d[bs - 4..].copy_from_slice(&tail.to_be_bytes());
+            let c = &mut j[(at + 2) * bs..(at + 3) * bs];
+            header(c, T_COMMIT, seq);
+            c[48..56].copy_from_slice(&time.to_be_bytes());
+            let crc = jcrc(seed, c);
+            c[16..20].copy_from_slice(&crc.to_be_bytes());
+        }
+        j
+    }
+
+    fn replayed(j: Vec<u8>) -> io::Result<Vec<u64>> {
+        let r = run(j, 1024).0?.unwrap();
+        let mut v: Vec<u64> = r.blocks.keys().copied().collect();
+        v.sort();
+        Ok(v)
+    }
+
+    #[test]
+    fn checksummed_transactions_replay() {
+        let j = csum_journal(&[(40, 100), (41, 101), (42, 102)]);
+        assert_eq!(replayed(j).unwrap(), vec![40, 41, 42]);
+    }
+
+    #[test]
+    fn a_commit_failing_its_checksum_ends_the_log_before_it() {
+        let mut j = csum_journal(&[(40, 100), (41, 101), (42, 102)]);
+        j[6 * 1024 + 200] ^= 1; // second transaction's commit block (1 + 3 + 2)
+        assert_eq!(replayed(j).unwrap(), vec![40]);
+    }
+
+    #[test]
+    fn a_bad_descriptor_before_a_newer_commit_is_corruption() {
+        let mut j = csum_journal(&[(40, 100), (41, 101), (42, 102)]);
+        j[4 * 1024 + 500] ^= 1; // second transaction's descriptor, past its tag
+        let e = replayed(j).expect_err("corrupt log");
+        assert!(e.to_string().contains("transaction 6"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_descriptor_before_an_older_commit_is_a_stale_end() {
+        // Blocks left from an earlier round of the ring: commit times go back.
+        let mut j = csum_journal(&[(40, 100), (41, 50), (42, 51)]);
+        j[4 * 1024 + 500] ^= 1;
+        assert_eq!(replayed(j).unwrap(), vec![40]);
+    }
+
+    #[test]
+    fn a_damaged_logged_copy_leaves_the_one_before_it() {
+        let mut j = csum_journal(&[(40, 100), (40, 101), (41, 102)]);
+        j[5 * 1024 + 9] ^= 1; // second copy of block 40
+        let r = run(j, 1024).0.unwrap().unwrap();
+        assert_eq!(r.bad_blocks, 1);
+        assert_eq!(
+            r.blocks[&40],
+            (2, false),
+            "the first copy, at journal block 2"
         );
     }
 

@@ -204,6 +204,29 @@ fn find_run(runs: &[Run], l: u64) -> Option<(&Run, usize)> {
     runs.get(i).filter(|r| r.logical <= l).map(|r| (r, i))
 }
 
+/// The volume as replaying its journal leaves it (in memory), with the number of
+/// logged blocks skipped for failing their checksums; `None` when the journal is clean.
+/// Lets a check compare the replay block by block with `e2fsck -E journal_only`'s.
+pub fn replayed_volume(
+    dev: Arc<dyn ReadAt>,
+    label: &str,
+) -> io::Result<Option<(Arc<dyn ReadAt>, u64)>> {
+    let opts = TreeOptions {
+        no_replay: true,
+        label: label.to_string(),
+        ..Default::default()
+    };
+    let fs = ExtFs::open(dev.clone(), &opts)?;
+    if fs.sb.incompat & feat::INCOMPAT_RECOVER == 0 {
+        return Ok(None);
+    }
+    Ok(fs.replay()?.map(|r| {
+        let bad = r.bad_blocks;
+        let v: Arc<dyn ReadAt> = Arc::new(journal::Overlay::new(dev, fs.sb.block_size as u64, r));
+        (v, bad)
+    }))
+}
+
 impl ExtFs {
     /// Opens the volume, replaying its journal in memory unless told not to.
     pub fn open(dev: Arc<dyn ReadAt>, opts: &TreeOptions) -> io::Result<ExtFs> {
@@ -238,6 +261,12 @@ impl ExtFs {
                 match fs.replay() {
                     Ok(Some(r)) => {
                         let (n, blocks) = (r.transactions, r.blocks.len());
+                        if r.bad_blocks > 0 {
+                            tracing::error!(
+                                "{label}: {} logged journal block(s) fail their checksums and are not replayed, as e2fsck skips them (a device read while being written, or damage); the tree may be inconsistent where they were",
+                                r.bad_blocks
+                            );
+                        }
                         let overlay: Arc<dyn ReadAt> =
                             Arc::new(journal::Overlay::new(dev, fs.sb.block_size as u64, r));
                         let mut raw = [0u8; 1024];
