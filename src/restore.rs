@@ -135,12 +135,23 @@ fn open_output(output: &str, size: u64) -> anyhow::Result<Out> {
         && std::fs::metadata(path)
             .map(|m| m.file_type().is_block_device())
             .unwrap_or(false);
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(!is_blk)
-        .open(path)
-        .with_context(|| format!("cannot open output {output}"))?;
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(!is_blk);
+    if is_blk {
+        // Exclusive: a device that is mounted, or held by device-mapper, md or a
+        // running program, is refused instead of overwritten under it.
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.create(false).custom_flags(libc::O_EXCL);
+    }
+    let f = opts.open(path).map_err(|e| {
+        if is_blk && e.raw_os_error() == Some(libc::EBUSY) {
+            anyhow::anyhow!(
+                "output {output} is in use (mounted, or held by another program); unmount or release it first"
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("cannot open output {output}"))
+        }
+    })?;
     if is_blk {
         let cap = crate::backup::source_size(&f)?;
         if cap < size {

@@ -566,7 +566,8 @@ fn a_source_mounted_read_write_is_named_with_a_warning() {
 /// that bypasses the device's page cache: a backup that reads the device buffered gets
 /// what its previous read cached there, not what the device holds. Each point of a
 /// frozen, mounted loop device must equal its backing file (what the loop device
-/// wrote), also after a first backup read the whole device.
+/// wrote), also after a first backup read the whole device. A restore onto the
+/// mounted device is refused; onto a free one it is byte-exact.
 #[test]
 fn a_mounted_device_is_backed_up_as_the_device_holds_it() {
     let run = |cmd: &str, args: &[&str]| {
@@ -638,4 +639,18 @@ fn a_mounted_device_is_backed_up_as_the_device_holds_it() {
             "point {point} differs from what the device held"
         );
     }
+    // Restoring over the mounted device is refused; onto a free device it is
+    // byte-exact, every old byte overwritten (zero blocks too).
+    let e = fails(&["restore", s(&safe), "2", "d", &dev]);
+    assert!(e.contains("is in use"), "{e}");
+    let spare = t.path().join("spare.img");
+    std::fs::write(&spare, vec![0xA5u8; 64 << 20]).unwrap();
+    let spare_dev = run("losetup", &["-f", "--show", s(&spare)]).expect("a second loop device");
+    let _detach_spare = Detach(spare_dev.clone(), t.path().join("never mounted"));
+    ok(&["restore", s(&safe), "2", "d", &spare_dev]);
+    assert_eq!(
+        sha256_file(&spare),
+        restored_sha(&safe, "2", "d", t.path()),
+        "restored onto a block device"
+    );
 }
