@@ -85,6 +85,27 @@ EOT
     fi
   fi
 fi
+# FAT volumes for the disk target, as a USB stick without a partition table holds
+# them: FAT12 and FAT16 with 8.3 and long names, a subdirectory and a file of several
+# clusters (written by mtools), and an empty FAT32. Fixed volume ids; the directory
+# entries mcopy makes carry the time of the run.
+if command -v mkfs.vfat > /dev/null && command -v mcopy > /dev/null; then
+  mkdir -p "$tmp/fat/Sub Dir"
+  printf 'short' > "$tmp/fat/README.TXT"
+  printf 'long name' > "$tmp/fat/a long file name.txt"
+  head -c 5000 /dev/zero | tr '\0' 'F' > "$tmp/fat/Sub Dir/several clusters.bin"
+  for f in "$tmp/fat/README.TXT" "$tmp/fat/a long file name.txt" "$tmp/fat/Sub Dir/several clusters.bin"; do
+    touch -d '2020-01-02 03:04:06 UTC' "$f"
+  done
+  for v in 12:1M 16:2560K; do
+    img="$out/disk-fat${v%:*}.img"
+    truncate -s "${v#*:}" "$img"
+    mkfs.vfat -F "${v%:*}" -s 1 -i 5eed0${v%:*}0 "$img" > /dev/null
+    (cd "$tmp/fat" && TZ=UTC mcopy -s -m -i "$img" README.TXT "a long file name.txt" "Sub Dir" ::/)
+  done
+  truncate -s 2M "$out/disk-fat32.img"
+  mkfs.vfat -F 32 -s 1 -i 5eed0320 "$out/disk-fat32.img" > /dev/null 2>&1 || rm -f "$out/disk-fat32.img"
+fi
 # A WOF-compressed file ("Compact OS", XPRESS4K, 10000 bytes): chunk 0 is XPRESS (all
 # 512 symbols 9 bits long; the literal 'A', then symbol 271, a match at offset 1 whose
 # length 4092 + 3 follows in bytes: "A" x 4096), chunks 1 and 2 are stored raw.

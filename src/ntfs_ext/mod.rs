@@ -1,10 +1,11 @@
-//! Filesystem parsers (ext2/3/4 and NTFS) behind one tree trait.
+//! Filesystem parsers (ext2/3/4, NTFS, FAT12/16/32) behind one tree trait.
 //!
 //! Everything here reads only through [`ReadAt`] and knows nothing of safes or FUSE.
 //! Every on-disk value is treated as hostile: offsets, counts and lengths are checked,
 //! loops are bounded, and damage is an error, never data.
 
 pub mod ext;
+pub mod fat;
 pub mod ntfs;
 pub mod tree;
 
@@ -25,6 +26,9 @@ pub fn open_tree(
     }
     if ntfs::probe(&*dev)? {
         return Ok(Some(ntfs::NtfsFs::open(dev, opts)?));
+    }
+    if fat::probe(&*dev)? {
+        return Ok(Some(Arc::new(fat::FatFs::open(dev, opts)?)));
     }
     Ok(None)
 }

@@ -9,7 +9,7 @@ mod huffman;
 mod index;
 mod lznt1;
 mod lzx;
-mod names;
+pub(crate) mod names;
 mod record;
 mod reparse;
 mod xpress;

@@ -1,0 +1,267 @@
+//! FAT12/16/32 file trees through the mount, against the tree mtools (an independent
+//! FAT implementation) wrote into images mkfs.vfat made: names, bytes and times.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// True when mkfs.vfat and mtools are installed and FUSE mounts work.
+fn fat_tools() -> bool {
+    let have = |c: &str| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success() || !o.stdout.is_empty() || !o.stderr.is_empty())
+            .unwrap_or(false)
+    };
+    if !have("mkfs.vfat") || !have("mcopy") {
+        eprintln!("SKIP fat tests: mkfs.vfat or mcopy missing (packages dosfstools, mtools)");
+        return false;
+    }
+    if !fuse_available() {
+        eprintln!("SKIP fat tests: FUSE mounts unavailable");
+        return false;
+    }
+    true
+}
+
+fn run(cmd: &str, args: &[&str], dir: Option<&Path>) {
+    let mut c = Command::new(cmd);
+    c.args(args).env("LC_ALL", "C.UTF-8").env("TZ", "UTC");
+    if let Some(d) = dir {
+        c.current_dir(d);
+    }
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Asserts two tree digests are equal, naming only the entries that differ.
+fn same_tree(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>, what: &str) {
+    let diff: Vec<String> = got
+        .iter()
+        .filter(|(k, v)| want.get(*k) != Some(v))
+        .map(|(k, _)| format!("+{k}"))
+        .chain(
+            want.iter()
+                .filter(|(k, v)| got.get(*k) != Some(v))
+                .map(|(k, _)| format!("-{k}")),
+        )
+        .collect();
+    assert!(diff.is_empty(), "{what}: {diff:?}");
+}
+
+/// Sets a file's mtime to `secs` (even: FAT keeps 2-second steps).
+fn set_mtime(p: &Path, secs: i64) {
+    let f = std::fs::File::options().write(true).open(p).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64))
+        .unwrap();
+}
+
+/// Every file's (relative path, mtime seconds).
+fn mtimes(root: &Path) -> Vec<(String, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+                out.push((rel, md.mtime()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The source tree: long and short names in every case, non-ASCII names, a directory
+/// of 300 entries (several clusters), an empty file and directory, files from a byte
+/// to megabytes; mtimes on even seconds.
+fn make_source(root: &Path, rng: &mut StdRng) {
+    std::fs::create_dir_all(root.join("Sub/deeper")).unwrap();
+    std::fs::create_dir_all(root.join("Long Directory Name é")).unwrap();
+    std::fs::create_dir_all(root.join("emptydir")).unwrap();
+    for name in [
+        "README.TXT",
+        "lower.txt",
+        "MiXeD.Txt",
+        "NOEXT",
+        "a.b.c.d",
+        "été ☃.txt",
+    ] {
+        std::fs::write(root.join(name), name.as_bytes()).unwrap();
+    }
+    std::fs::write(root.join("empty"), b"").unwrap();
+    let mut big = vec![0u8; 1_500_000];
+    rng.fill(&mut big[..]);
+    std::fs::write(root.join("Long Directory Name é/big file.bin"), &big).unwrap();
+    for i in 0..300 {
+        let mut data = vec![0u8; rng.gen_range(0..5000)];
+        rng.fill(&mut data[..]);
+        std::fs::write(root.join(format!("Sub/entry number {i}.dat")), &data).unwrap();
+    }
+    std::fs::write(root.join("Sub/deeper/ünïcödé file.txt"), b"deep").unwrap();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                set_mtime(&p, 1_600_000_000 + 2 * rng.gen_range(0..10_000_000i64));
+            }
+        }
+    }
+}
+
+#[test]
+fn fat_volumes_show_the_tree_mtools_wrote() {
+    if !fat_tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(37);
+    let src = t.path().join("src");
+    make_source(&src, &mut rng);
+    let want = tree_digest(&src);
+    let want_times = mtimes(&src);
+    // (FAT bits, size, extra mkfs.vfat options): 512- and 4096-byte sectors, clusters
+    // from one sector to 16 KiB.
+    let variants: [(&str, u64, &[&str]); 6] = [
+        ("12", 4 << 20, &[]),
+        ("16", 64 << 20, &[]),
+        ("16", 64 << 20, &["-S", "4096"]),
+        ("16", 128 << 20, &["-s", "32"]),
+        ("32", 300 << 20, &[]),
+        ("32", 300 << 20, &["-s", "1"]),
+    ];
+    let safe = t.path().join("safe");
+    let mut devices = Vec::new();
+    for (i, (bits, size, extra)) in variants.iter().enumerate() {
+        let img = t.path().join(format!("fat{bits}-{i}.img"));
+        std::fs::File::create(&img).unwrap().set_len(*size).unwrap();
+        let mut args = vec!["-F", bits];
+        args.extend_from_slice(extra);
+        args.push(s(&img));
+        run("mkfs.vfat", &args, None);
+        let mut copy = vec!["-s", "-m", "-i", s(&img)];
+        let names: Vec<String> = std::fs::read_dir(&src)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        copy.extend(names.iter().map(|n| n.as_str()));
+        copy.push("::/");
+        run("mcopy", &copy, Some(&src));
+        run("fsck.fat", &["-n", s(&img)], None);
+        devices.push(format!("v{i}={}", s(&img)));
+    }
+    let args: Vec<&str> = std::iter::once(s(&safe))
+        .chain(devices.iter().map(|d| d.as_str()))
+        .collect();
+    backup(&args);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    for i in 0..variants.len() {
+        let files = m.dir.join(format!("1/v{i}/files"));
+        same_tree(&tree_digest(&files), &want, &format!("variant {i}"));
+        assert_eq!(mtimes(&files), want_times, "mtimes, variant {i}");
+        // Names match whatever their case, as Linux's vfat matches them.
+        assert_eq!(
+            std::fs::read(files.join("readme.txt")).unwrap(),
+            b"README.TXT"
+        );
+        assert_eq!(
+            std::fs::read(files.join("SUB/Entry Number 7.DAT")).unwrap(),
+            std::fs::read(src.join("Sub/entry number 7.dat")).unwrap()
+        );
+    }
+    assert!(
+        !m.log_text().contains("ERROR"),
+        "no errors logged: {}",
+        m.log_text()
+    );
+}
+
+/// Files whose clusters are scattered (written into the holes deleted files left) read
+/// back whole: the chains are followed, not assumed contiguous (mshowfat, mtools' own
+/// view of the FAT, confirms they are scattered).
+#[test]
+fn fragmented_fat_files_follow_their_chains() {
+    if !fat_tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(41);
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let img = t.path().join("frag.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    run("mkfs.vfat", &["-F", "16", "-s", "1", s(&img)], None);
+    // 250 files of 64 KiB nearly fill the volume; every other one is deleted, and the
+    // large files written then can only go into the holes.
+    let small: Vec<String> = (0..250).map(|i| format!("small{i:03}")).collect();
+    for n in &small {
+        let mut d = vec![0u8; 65536];
+        rng.fill(&mut d[..]);
+        std::fs::write(src.join(n), &d).unwrap();
+    }
+    let mut args = vec!["-i", s(&img)];
+    args.extend(small.iter().map(|n| n.as_str()));
+    args.push("::/");
+    run("mcopy", &args, Some(&src));
+    let gone: Vec<String> = small.iter().step_by(2).map(|n| format!("::/{n}")).collect();
+    for n in small.iter().step_by(2) {
+        std::fs::remove_file(src.join(n)).unwrap();
+    }
+    let mut args = vec!["-i", s(&img)];
+    args.extend(gone.iter().map(|n| n.as_str()));
+    run("mdel", &args, None);
+    for i in 0..3 {
+        let mut d = vec![0u8; 2_000_000 + i * 777];
+        rng.fill(&mut d[..]);
+        std::fs::write(src.join(format!("big{i}")), &d).unwrap();
+        run(
+            "mcopy",
+            &["-i", s(&img), &format!("big{i}"), "::/"],
+            Some(&src),
+        );
+    }
+    let o = Command::new("mshowfat")
+        .args(["-i", s(&img), "::/big1"])
+        .output()
+        .unwrap();
+    let ranges = String::from_utf8_lossy(&o.stdout).matches('<').count();
+    assert!(
+        ranges > 10,
+        "big1 is scattered over {ranges} cluster ranges"
+    );
+    run("fsck.fat", &["-n", s(&img)], None);
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("frag={}", s(&img))]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    same_tree(
+        &tree_digest(&m.dir.join("1/frag/files")),
+        &tree_digest(&src),
+        "fragmented",
+    );
+}
