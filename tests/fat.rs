@@ -34,7 +34,7 @@ fn fat_tools() -> bool {
     true
 }
 
-fn run(cmd: &str, args: &[&str], dir: Option<&Path>) {
+fn run(cmd: &str, args: &[&str], dir: Option<&Path>) -> String {
     let mut c = Command::new(cmd);
     c.args(args).env("LC_ALL", "C.UTF-8").env("TZ", "UTC");
     if let Some(d) = dir {
@@ -47,6 +47,15 @@ fn run(cmd: &str, args: &[&str], dir: Option<&Path>) {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// (used, total) clusters from fsck.fat's summary line ("N files, USED/TOTAL clusters").
+fn fsck_clusters(out: &str) -> (u64, u64) {
+    let l = out.lines().last().unwrap();
+    let counts = l.rsplit(", ").next().unwrap().trim_end_matches(" clusters");
+    let (used, total) = counts.split_once('/').unwrap();
+    (used.parse().unwrap(), total.parse().unwrap())
 }
 
 /// Asserts two tree digests are equal, naming only the entries that differ.
@@ -62,6 +71,14 @@ fn same_tree(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>, wh
         )
         .collect();
     assert!(diff.is_empty(), "{what}: {diff:?}");
+}
+
+/// (blocks, free blocks) from statvfs.
+fn nix_statvfs(p: &Path) -> (u64, u64) {
+    let c = std::ffi::CString::new(s(p)).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    (st.f_blocks, st.f_bfree)
 }
 
 /// Sets a file's mtime to `secs` (even: FAT keeps 2-second steps).
@@ -155,6 +172,7 @@ fn fat_volumes_show_the_tree_mtools_wrote() {
     ];
     let safe = t.path().join("safe");
     let mut devices = Vec::new();
+    let mut clusters = Vec::new();
     for (i, (bits, size, extra)) in variants.iter().enumerate() {
         let img = t.path().join(format!("fat{bits}-{i}.img"));
         std::fs::File::create(&img).unwrap().set_len(*size).unwrap();
@@ -170,7 +188,7 @@ fn fat_volumes_show_the_tree_mtools_wrote() {
         copy.extend(names.iter().map(|n| n.as_str()));
         copy.push("::/");
         run("mcopy", &copy, Some(&src));
-        run("fsck.fat", &["-n", s(&img)], None);
+        clusters.push(fsck_clusters(&run("fsck.fat", &["-n", s(&img)], None)));
         devices.push(format!("v{i}={}", s(&img)));
     }
     let args: Vec<&str> = std::iter::once(s(&safe))
@@ -178,10 +196,17 @@ fn fat_volumes_show_the_tree_mtools_wrote() {
         .collect();
     backup(&args);
     let m = Mounted::new(&safe, t.path(), &[]);
-    for i in 0..variants.len() {
+    for (i, &fsck) in clusters.iter().enumerate() {
         let files = m.dir.join(format!("1/v{i}/files"));
         same_tree(&tree_digest(&files), &want, &format!("variant {i}"));
         assert_eq!(mtimes(&files), want_times, "mtimes, variant {i}");
+        // df: clusters in all and in use as fsck.fat counts them.
+        let st = nix_statvfs(&files);
+        assert_eq!(
+            (st.0 - st.1, st.0),
+            fsck,
+            "used/total clusters, variant {i}"
+        );
         // Names match whatever their case, as Linux's vfat matches them.
         assert_eq!(
             std::fs::read(files.join("readme.txt")).unwrap(),

@@ -59,6 +59,8 @@ struct Layout {
     data: u64,
     /// Data clusters: valid cluster numbers are 2..clusters + 2.
     clusters: u32,
+    /// FAT32: the byte offset of the FSInfo sector, which keeps a free-cluster count.
+    fsinfo: Option<u64>,
 }
 
 impl Layout {
@@ -124,6 +126,7 @@ impl Layout {
         }
         let mut active = 0;
         let mut root_cluster = 0;
+        let mut fsinfo = None;
         if kind == FatKind::Fat32 {
             if root_entries != 0 {
                 return Err("FAT32 with a fixed root directory");
@@ -136,6 +139,11 @@ impl Layout {
                 }
             }
             root_cluster = le32(b, 44);
+            fsinfo = match le16(b, 48) as u64 {
+                0 | 0xFFFF => None,
+                n if n < reserved => Some(n * bps),
+                _ => None,
+            };
             if root_cluster < 2 || root_cluster as u64 >= clusters + 2 {
                 return Err("root cluster out of range");
             }
@@ -151,6 +159,7 @@ impl Layout {
             root_cluster,
             data: meta * bps,
             clusters: clusters as u32,
+            fsinfo,
         })
     }
 }
@@ -348,6 +357,7 @@ pub struct FatFs {
     fat: WeightedLru<u64, Arc<Vec<u8>>>,
     dirs: WeightedLru<u64, Arc<Listing>>,
     runs: WeightedLru<u32, Runs>,
+    free: std::sync::OnceLock<u64>,
 }
 
 impl FatFs {
@@ -368,6 +378,7 @@ impl FatFs {
             fat: WeightedLru::with_budget(FAT_CACHE, budget()),
             dirs: WeightedLru::with_budget(DIR_CACHE, budget()),
             runs: WeightedLru::with_budget(RUN_CACHE, budget()),
+            free: std::sync::OnceLock::new(),
         })
     }
 
@@ -567,6 +578,42 @@ impl FatFs {
         Ok(Entry::parse(&e, self.layout.kind))
     }
 
+    /// Free clusters, for `df`: FAT32's FSInfo count where it is plausible (as Linux
+    /// takes it), else counted in a FAT of up to 16 MiB; 0 where neither is possible.
+    fn free_clusters(&self) -> u64 {
+        *self.free.get_or_init(|| {
+            let l = &self.layout;
+            if let Some(at) = l.fsinfo {
+                let mut b = [0u8; 512];
+                if self.dev.read_exact_at(at, &mut b).is_ok()
+                    && le32(&b, 0) == 0x4161_5252
+                    && le32(&b, 484) == 0x6141_7272
+                    && (le32(&b, 488) as u64) <= l.clusters as u64
+                {
+                    return le32(&b, 488) as u64;
+                }
+            }
+            if l.fat_bytes > 16 << 20 {
+                return 0;
+            }
+            let mut fat = vec![0u8; l.fat_bytes as usize];
+            if self.dev.read_exact_at(l.fat, &mut fat).is_err() {
+                return 0;
+            }
+            (2..l.clusters as u64 + 2)
+                .filter(|&c| match l.kind {
+                    FatKind::Fat12 => {
+                        let o = (c + c / 2) as usize;
+                        let v = u16::from_le_bytes([fat[o], fat[o + 1]]);
+                        (if c & 1 == 1 { v >> 4 } else { v & 0xFFF }) == 0
+                    }
+                    FatKind::Fat16 => le16(&fat, c as usize * 2) == 0,
+                    FatKind::Fat32 => le32(&fat, c as usize * 4) & 0x0FFF_FFFF == 0,
+                })
+                .count() as u64
+        })
+    }
+
     fn dir_size(&self, ino: u64, first: u32) -> io::Result<u64> {
         let l = &self.layout;
         if ino == ROOT && l.kind != FatKind::Fat32 {
@@ -707,7 +754,7 @@ impl FsTree for FatFs {
         StatFs {
             bsize: self.layout.cluster as u32,
             blocks: self.layout.clusters as u64,
-            bfree: 0,
+            bfree: self.free_clusters(),
             files: 0,
             ffree: 0,
             namelen: 255,
