@@ -185,3 +185,70 @@ fn an_index_node_pointing_at_itself_is_a_cycle_error() {
     assert_eq!(cycles, 1);
     let _ = walk_everything(img, 1 << 16);
 }
+
+/// An index node past the end of its directory's `$INDEX_ALLOCATION` (what a volume
+/// read while its index grew can hold: the record still says the smaller size) costs
+/// the names under that node, not the listing: the rest is listed, with a warning.
+#[test]
+fn an_index_node_past_the_index_costs_only_its_names() {
+    let Some(base) = base_image() else { return };
+    let tree = open_tree(Arc::new(MemVolume(base.clone())), &TreeOptions::default())
+        .unwrap()
+        .unwrap();
+    let dir = tree.lookup(tree.root(), b"dir").unwrap().expect("dir");
+    let all: Vec<Vec<u8>> = tree
+        .read_dir(dir)
+        .unwrap()
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    assert!(all.len() >= 300, "{} names", all.len());
+    // Shrink the directory's $INDEX_ALLOCATION (data and initialized size) by one index
+    // block, so the last node lies past the index.
+    let mut img = base.clone();
+    let (mft, _) = mft_range(&img);
+    let at = mft + dir as usize * 1024;
+    let mut rec = img[at..at + 1024].to_vec();
+    fixups(&mut rec, false);
+    let mut off = u16::from_le_bytes([rec[0x14], rec[0x15]]) as usize;
+    let mut shrunk = false;
+    while off + 0x40 <= rec.len() {
+        let ty = u32::from_le_bytes(rec[off..off + 4].try_into().unwrap());
+        let len = u32::from_le_bytes(rec[off + 4..off + 8].try_into().unwrap()) as usize;
+        if ty == 0xFFFF_FFFF || len == 0 {
+            break;
+        }
+        if ty == 0xA0 && rec[off + 8] == 1 {
+            let size = u64::from_le_bytes(rec[off + 0x30..off + 0x38].try_into().unwrap());
+            assert!(size >= 2 * 4096, "the directory has several index nodes");
+            for o in [0x30, 0x38] {
+                rec[off + o..off + o + 8].copy_from_slice(&(size - 4096).to_le_bytes());
+            }
+            shrunk = true;
+        }
+        off += len;
+    }
+    assert!(shrunk, "the directory's record has an $INDEX_ALLOCATION");
+    fixups(&mut rec, true);
+    img[at..at + 1024].copy_from_slice(&rec);
+    let tree = open_tree(Arc::new(MemVolume(img.clone())), &TreeOptions::default())
+        .unwrap()
+        .unwrap();
+    let some: Vec<Vec<u8>> = tree
+        .read_dir(dir)
+        .unwrap()
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    assert!(
+        !some.is_empty() && some.len() < all.len(),
+        "{} of {} names listed",
+        some.len(),
+        all.len()
+    );
+    assert!(
+        some.iter().all(|n| all.contains(n)),
+        "only names the index holds"
+    );
+    let _ = walk_everything(img, 1 << 16);
+}

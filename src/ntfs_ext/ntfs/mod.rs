@@ -1396,11 +1396,6 @@ impl NtfsFs {
                 prefetch_runs(&*self.dev, self.boot.cluster_size, &m.runs, INDEX_WARM);
             }
         }
-        let max_nodes = dir
-            .index_alloc
-            .as_ref()
-            .map_or(0, |a| a.size() / root.block_size as u64)
-            + 1;
         let mut entries = Vec::new();
         let mut seen = HashSet::new();
         let mut visited = HashSet::new();
@@ -1410,16 +1405,34 @@ impl NtfsFs {
         while let Some(node) = stack.pop() {
             for e in node.0.iter() {
                 if let Some(c) = e.child {
-                    if !visited.insert(c) || visited.len() as u64 > max_nodes {
+                    // Bounded: only nodes read from inside the allocation are walked,
+                    // each at most once.
+                    if !visited.insert(c) {
                         return Err(corrupt(format!(
                             "directory {}: index nodes form a cycle",
                             dir.rec
                         )));
                     }
-                    stack.push(match self.index_nodes.get(&(dir.rec, c)) {
-                        Some(n) => n,
-                        None => Arc::new(self.load_index_node(dir, root.block_size, c)?),
-                    });
+                    let node = match self.index_nodes.get(&(dir.rec, c)) {
+                        Some(n) => Ok(n),
+                        None => self.load_index_node(dir, root.block_size, c).map(Arc::new),
+                    };
+                    match node {
+                        Ok(n) => stack.push(n),
+                        // A node the volume itself gets wrong (a crash-time state: the
+                        // index grew past what its record says, a torn node) costs the
+                        // names under it, not the listing; a read that failed below
+                        // (a damaged block of the safe) still fails it.
+                        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                            self.warn_once(format!("badnode:{}:{c}", dir.rec), || {
+                                format!(
+                                    "directory {}: {e}; listed without the names under it",
+                                    dir.rec
+                                )
+                            });
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 let Some(k) = &e.key else { continue };
                 if !self.visible(dir, e, k) {
