@@ -108,8 +108,8 @@ fn open_device_direct(path: &Path, buffered: File) -> File {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
     let mut sector: libc::c_int = 0;
-    // BLKSSZGET: the logical block size, which O_DIRECT aligns to.
-    let ok = unsafe { libc::ioctl(buffered.as_raw_fd(), 0x1268, &mut sector) } == 0;
+    // The logical block size, which O_DIRECT aligns to.
+    let ok = unsafe { libc::ioctl(buffered.as_raw_fd(), libc::BLKSSZGET, &mut sector) } == 0;
     let fits = ok && sector > 0 && sector as usize <= pipeline::DIRECT_ALIGN;
     if fits {
         match std::fs::OpenOptions::new()

@@ -11,8 +11,8 @@ use std::io;
 use std::sync::Arc;
 
 use crate::cache::{Weigh, WeightedLru};
-use crate::ntfs_ext::corrupt;
 use crate::ntfs_ext::tree::{DirEntry, FsTree, NodeKind, Stat, StatFs, Timespec, TreeOptions};
+use crate::ntfs_ext::{corrupt, run_spans};
 use crate::readat::ReadAt;
 
 const ROOT: u64 = 1;
@@ -41,6 +41,43 @@ enum FatKind {
     Fat12,
     Fat16,
     Fat32,
+}
+
+impl FatKind {
+    /// The FAT's entry for cluster `c`, its bytes read through `byte` (an offset into
+    /// the FAT): 12-bit entries packed two in three bytes, 32-bit ones with their top
+    /// four bits reserved.
+    fn entry(self, c: u32, mut byte: impl FnMut(u64) -> io::Result<u8>) -> io::Result<u32> {
+        let c = c as u64;
+        Ok(match self {
+            FatKind::Fat12 => {
+                let o = c + c / 2;
+                let v = byte(o)? as u32 | (byte(o + 1)? as u32) << 8;
+                if c & 1 == 1 {
+                    v >> 4
+                } else {
+                    v & 0xFFF
+                }
+            }
+            FatKind::Fat16 => byte(c * 2)? as u32 | (byte(c * 2 + 1)? as u32) << 8,
+            FatKind::Fat32 => {
+                let mut v = 0u32;
+                for i in 0..4 {
+                    v |= (byte(c * 4 + i)? as u32) << (8 * i);
+                }
+                v & 0x0FFF_FFFF
+            }
+        })
+    }
+
+    /// Entries at or above this end a chain.
+    fn end_of_chain(self) -> u32 {
+        match self {
+            FatKind::Fat12 => 0xFF8,
+            FatKind::Fat16 => 0xFFF8,
+            FatKind::Fat32 => 0x0FFF_FFF8,
+        }
+    }
 }
 
 /// Where things are, from the boot sector (BPB), every value checked against the
@@ -344,8 +381,9 @@ impl Weigh for Arc<Listing> {
     }
 }
 
-/// A file's clusters as (device offset, length) runs of contiguous bytes.
-type Runs = Arc<Vec<(u64, u64)>>;
+/// A file's clusters as runs of contiguous bytes: (offset in the file, length,
+/// offset on the volume).
+type Runs = Arc<Vec<(u64, u64, u64)>>;
 
 /// An open FAT volume.
 pub struct FatFs {
@@ -406,27 +444,9 @@ impl FatFs {
     /// The FAT's entry for cluster `c`: `Some(next)` for a next cluster in range,
     /// `None` at the end of a chain; anything else (free, bad, out of range) is damage.
     fn next(&self, c: u32) -> io::Result<Option<u32>> {
-        let (v, eoc) = match self.layout.kind {
-            FatKind::Fat12 => {
-                let o = c as u64 + c as u64 / 2;
-                let v = self.fat_byte(o)? as u32 | (self.fat_byte(o + 1)? as u32) << 8;
-                (if c & 1 == 1 { v >> 4 } else { v & 0xFFF }, 0xFF8)
-            }
-            FatKind::Fat16 => {
-                let o = c as u64 * 2;
-                let v = self.fat_byte(o)? as u32 | (self.fat_byte(o + 1)? as u32) << 8;
-                (v, 0xFFF8)
-            }
-            FatKind::Fat32 => {
-                let o = c as u64 * 4;
-                let mut v = 0u32;
-                for i in 0..4 {
-                    v |= (self.fat_byte(o + i)? as u32) << (8 * i);
-                }
-                (v & 0x0FFF_FFFF, 0x0FFF_FFF8)
-            }
-        };
-        if v >= eoc {
+        let kind = self.layout.kind;
+        let v = kind.entry(c, |o| self.fat_byte(o))?;
+        if v >= kind.end_of_chain() {
             Ok(None)
         } else if v >= 2 && v < self.layout.clusters + 2 {
             Ok(Some(v))
@@ -452,7 +472,7 @@ impl FatFs {
             )));
         }
         let limit = max.min(l.clusters as u64);
-        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut runs: Vec<(u64, u64, u64)> = Vec::new();
         let mut c = Some(first);
         let mut taken = 0u64;
         while let Some(cl) = c {
@@ -465,12 +485,12 @@ impl FatFs {
                 }
                 break;
             }
-            taken += 1;
             let off = l.data + (cl as u64 - 2) * l.cluster;
             match runs.last_mut() {
-                Some((o, len)) if *o + *len == off => *len += l.cluster,
-                _ => runs.push((off, l.cluster)),
+                Some((_, len, o)) if *o + *len == off => *len += l.cluster,
+                _ => runs.push((taken * l.cluster, l.cluster, off)),
             }
+            taken += 1;
             c = self.next(cl)?;
         }
         let runs = Arc::new(runs);
@@ -478,18 +498,26 @@ impl FatFs {
         Ok(runs)
     }
 
+    /// Where a directory's entries lie on the volume, as (offset, length): the fixed
+    /// root region of FAT12/16, else the chain from the root cluster or `first`.
+    fn dir_spans(&self, ino: u64, first: u32) -> io::Result<Vec<(u64, u64)>> {
+        let l = &self.layout;
+        if ino == ROOT && l.kind != FatKind::Fat32 {
+            return Ok(vec![l.root_dir]);
+        }
+        let first = if ino == ROOT { l.root_cluster } else { first };
+        let max = (MAX_DIR_ENTRIES * 32).div_ceil(l.cluster);
+        Ok(self
+            .chain(first, max)?
+            .iter()
+            .map(|&(_, n, p)| (p, n))
+            .collect())
+    }
+
     /// The raw 32-byte entries of a directory (`ROOT` or a directory's first cluster).
     fn dir_bytes(&self, ino: u64, first: u32) -> io::Result<Vec<(u64, [u8; 32])>> {
-        let l = &self.layout;
-        let spans: Vec<(u64, u64)> = if ino == ROOT && l.kind != FatKind::Fat32 {
-            vec![l.root_dir]
-        } else {
-            let first = if ino == ROOT { l.root_cluster } else { first };
-            let max = (MAX_DIR_ENTRIES * 32).div_ceil(l.cluster);
-            self.chain(first, max)?.to_vec()
-        };
         let mut out = Vec::new();
-        'spans: for (off, len) in spans {
+        'spans: for (off, len) in self.dir_spans(ino, first)? {
             let mut buf = vec![0u8; len as usize];
             self.dev.read_exact_at(off, &mut buf)?;
             for (i, e) in buf.chunks_exact(32).enumerate() {
@@ -600,28 +628,31 @@ impl FatFs {
             if self.dev.read_exact_at(l.fat, &mut fat).is_err() {
                 return 0;
             }
-            (2..l.clusters as u64 + 2)
-                .filter(|&c| match l.kind {
-                    FatKind::Fat12 => {
-                        let o = (c + c / 2) as usize;
-                        let v = u16::from_le_bytes([fat[o], fat[o + 1]]);
-                        (if c & 1 == 1 { v >> 4 } else { v & 0xFFF }) == 0
-                    }
-                    FatKind::Fat16 => le16(&fat, c as usize * 2) == 0,
-                    FatKind::Fat32 => le32(&fat, c as usize * 4) & 0x0FFF_FFFF == 0,
-                })
+            let byte = |o: u64| {
+                fat.get(o as usize)
+                    .copied()
+                    .ok_or_else(|| corrupt("FAT entry past the FAT"))
+            };
+            (2..l.clusters + 2)
+                .filter(|&c| l.kind.entry(c, byte).is_ok_and(|v| v == 0))
                 .count() as u64
         })
     }
 
     fn dir_size(&self, ino: u64, first: u32) -> io::Result<u64> {
-        let l = &self.layout;
-        if ino == ROOT && l.kind != FatKind::Fat32 {
-            return Ok(l.root_dir.1);
-        }
-        let first = if ino == ROOT { l.root_cluster } else { first };
-        let max = (MAX_DIR_ENTRIES * 32).div_ceil(l.cluster);
-        Ok(self.chain(first, max)?.iter().map(|r| r.1).sum())
+        Ok(self.dir_spans(ino, first)?.iter().map(|s| s.1).sum())
+    }
+
+    /// The volume ranges holding bytes `offset..end` of file `e`, from its chain.
+    fn file_spans(&self, e: &Entry, offset: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
+        let runs = self.chain(e.first, (e.size as u64).div_ceil(self.layout.cluster))?;
+        Ok(run_spans(
+            &runs,
+            |&(l, n, p)| (l, n, Some(p)),
+            offset,
+            end,
+            1,
+        ))
     }
 }
 
@@ -695,23 +726,11 @@ impl FsTree for FatFs {
             return Ok(0);
         }
         let want = buf.len().min((size - offset) as usize);
-        let runs = self.chain(e.first, size.div_ceil(self.layout.cluster))?;
         let mut done = 0usize;
-        let mut logical = 0u64;
-        for &(off, len) in runs.iter() {
-            let pos = offset + done as u64;
-            if done == want {
-                break;
-            }
-            if pos >= logical + len {
-                logical += len;
-                continue;
-            }
-            let n = ((logical + len - pos) as usize).min(want - done);
-            self.dev
-                .read_exact_at(off + (pos - logical), &mut buf[done..done + n])?;
+        for (at, n) in self.file_spans(&e, offset, offset + want as u64)? {
+            let n = n as usize;
+            self.dev.read_exact_at(at, &mut buf[done..done + n])?;
             done += n;
-            logical += len;
         }
         if done < want {
             return Err(corrupt(format!(
@@ -724,22 +743,9 @@ impl FsTree for FatFs {
 
     fn prefetch(&self, ino: u64, offset: u64, len: u64) {
         let Ok(e) = self.entry(ino) else { return };
-        let Ok(runs) = self.chain(e.first, (e.size as u64).div_ceil(self.layout.cluster)) else {
-            return;
-        };
-        let mut spans = Vec::new();
-        let (end, mut logical) = (offset.saturating_add(len), 0u64);
-        for &(off, rlen) in runs.iter() {
-            let (a, b) = (logical.max(offset), (logical + rlen).min(end));
-            if a < b {
-                spans.push((off + (a - logical), b - a));
-            }
-            logical += rlen;
-            if logical >= end {
-                break;
-            }
+        if let Ok(spans) = self.file_spans(&e, offset, offset.saturating_add(len)) {
+            self.dev.prefetch(&spans);
         }
-        self.dev.prefetch(&spans);
     }
 
     fn read_link(&self, _ino: u64) -> io::Result<Vec<u8>> {
