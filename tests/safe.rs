@@ -490,52 +490,76 @@ fn pack_reads_around_the_page_cache_return_the_same_bytes() {
     }
 }
 
+/// Runs a tool; its trimmed stdout when it succeeds.
+fn tool(cmd: &str, args: &[&str]) -> Option<String> {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// A loop device over an image file, mounted at `mnt` (or never mounted); thaws,
+/// unmounts and detaches when dropped, so a failing test leaves nothing behind.
+struct LoopDev {
+    dev: String,
+    mnt: std::path::PathBuf,
+}
+
+impl LoopDev {
+    /// A fresh ext4 image of `size` bytes at `img` on a loop device, mounted at a new
+    /// directory `mnt`; `None` (the test skips, saying why) without loop devices.
+    fn mounted_ext4(test: &str, img: &Path, size: u64, mnt: &Path) -> Option<LoopDev> {
+        std::fs::File::create(img).unwrap().set_len(size).unwrap();
+        tool("mkfs.ext4", &["-q", "-F", s(img)]).expect("mkfs.ext4 (package e2fsprogs)");
+        let Some(dev) = tool("losetup", &["-f", "--show", s(img)]) else {
+            eprintln!("SKIP {test}: no loop devices");
+            return None;
+        };
+        std::fs::create_dir(mnt).unwrap();
+        let d = LoopDev {
+            dev,
+            mnt: mnt.to_path_buf(),
+        };
+        tool("mount", &[&d.dev, s(mnt)]).expect("mount the loop device");
+        Some(d)
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        for args in [&["fsfreeze", "-u"][..], &["umount"][..]] {
+            let _ = Command::new(args[0])
+                .args(&args[1..])
+                .arg(&self.mnt)
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
 /// Backing up a device while it is mounted read-write (rather than a snapshot of it)
 /// works, with a one-line warning naming where it is mounted: for the block device
 /// itself and for the image file a loop device reads. The kernel's mount table is
 /// the oracle; read-only and unmounted, no warning.
 #[test]
 fn a_source_mounted_read_write_is_named_with_a_warning() {
-    let run = |cmd: &str, args: &[&str]| {
-        Command::new(cmd)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
+    const TEST: &str = "a_source_mounted_read_write_is_named_with_a_warning";
     if !is_root() {
-        eprintln!("SKIP a_source_mounted_read_write_is_named_with_a_warning: needs root");
+        eprintln!("SKIP {TEST}: needs root");
         return;
     }
     let t = tempfile::tempdir().unwrap();
     let img = t.path().join("fs.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    run("mkfs.ext4", &["-q", "-F", s(&img)]).expect("mkfs.ext4 (package e2fsprogs)");
-    let Some(dev) = run("losetup", &["-f", "--show", s(&img)]) else {
-        eprintln!("SKIP a_source_mounted_read_write_is_named_with_a_warning: no loop devices");
+    let mnt = t.path().join("mounted here");
+    let Some(lo) = LoopDev::mounted_ext4(TEST, &img, 32 << 20, &mnt) else {
         return;
     };
-    // Unmounts (should an assertion fail while mounted) and detaches when dropped.
-    struct Detach(String, std::path::PathBuf);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = Command::new("umount")
-                .arg(&self.1)
-                .stderr(Stdio::null())
-                .status();
-            let _ = Command::new("losetup").args(["-d", &self.0]).status();
-        }
-    }
-    let mnt = t.path().join("mounted here");
-    std::fs::create_dir(&mnt).unwrap();
-    let _detach = Detach(dev.clone(), mnt.clone());
-    run("mount", &[&dev, s(&mnt)]).expect("mount the loop device");
+    let dev = lo.dev.clone();
     let safe = t.path().join("safe");
     let warning = |source: &str| {
         let o = ds(&["backup", s(&safe), &format!("d={source}")]);
@@ -555,9 +579,9 @@ fn a_source_mounted_read_write_is_named_with_a_warning() {
             "{w}"
         );
     }
-    run("mount", &["-o", "remount,ro", s(&mnt)]).expect("remount read-only");
+    tool("mount", &["-o", "remount,ro", s(&mnt)]).expect("remount read-only");
     assert_eq!(warning(&dev), None);
-    run("umount", &[s(&mnt)]).expect("umount");
+    tool("umount", &[s(&mnt)]).expect("umount");
     assert_eq!(warning(&dev), None);
     assert_eq!(warning(s(&img)), None);
 }
@@ -570,49 +594,18 @@ fn a_source_mounted_read_write_is_named_with_a_warning() {
 /// mounted device is refused; onto a free one it is byte-exact.
 #[test]
 fn a_mounted_device_is_backed_up_as_the_device_holds_it() {
-    let run = |cmd: &str, args: &[&str]| {
-        Command::new(cmd)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
+    const TEST: &str = "a_mounted_device_is_backed_up_as_the_device_holds_it";
     if !is_root() {
-        eprintln!("SKIP a_mounted_device_is_backed_up_as_the_device_holds_it: needs root");
+        eprintln!("SKIP {TEST}: needs root");
         return;
     }
     let t = tempfile::tempdir().unwrap();
     let img = t.path().join("fs.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    run("mkfs.ext4", &["-q", "-F", s(&img)]).expect("mkfs.ext4 (package e2fsprogs)");
-    let Some(dev) = run("losetup", &["-f", "--show", s(&img)]) else {
-        eprintln!("SKIP a_mounted_device_is_backed_up_as_the_device_holds_it: no loop devices");
+    let mnt = t.path().join("mnt");
+    let Some(lo) = LoopDev::mounted_ext4(TEST, &img, 64 << 20, &mnt) else {
         return;
     };
-    // Thaws, unmounts and detaches when dropped, should an assertion fail.
-    struct Detach(String, std::path::PathBuf);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            for args in [&["fsfreeze", "-u"][..], &["umount"][..]] {
-                let _ = Command::new(args[0])
-                    .args(&args[1..])
-                    .arg(&self.1)
-                    .stderr(Stdio::null())
-                    .status();
-            }
-            let _ = Command::new("losetup").args(["-d", &self.0]).status();
-        }
-    }
-    let mnt = t.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let _detach = Detach(dev.clone(), mnt.clone());
-    run("mount", &[&dev, s(&mnt)]).expect("mount the loop device");
+    let dev = lo.dev.clone();
     let safe = t.path().join("safe");
     let mut rng = StdRng::seed_from_u64(13);
     let mut content = vec![0u8; 6 << 20];
@@ -628,10 +621,10 @@ fn a_mounted_device_is_backed_up_as_the_device_holds_it() {
         f.write_all_at(&content, 0).unwrap();
         f.sync_all().unwrap();
         std::fs::write(mnt.join(format!("g{round}")), &content[..100_000]).unwrap();
-        run("fsfreeze", &["-f", s(&mnt)]).expect("fsfreeze");
+        tool("fsfreeze", &["-f", s(&mnt)]).expect("fsfreeze");
         let point = backup(&[s(&safe), &format!("d={dev}")]);
         let expected = sha256_file(&img);
-        run("fsfreeze", &["-u", s(&mnt)]).expect("fsfreeze -u");
+        tool("fsfreeze", &["-u", s(&mnt)]).expect("fsfreeze -u");
         assert_eq!(point, round);
         assert_eq!(
             restored_sha(&safe, &point.to_string(), "d", t.path()),
@@ -645,8 +638,11 @@ fn a_mounted_device_is_backed_up_as_the_device_holds_it() {
     assert!(e.contains("is in use"), "{e}");
     let spare = t.path().join("spare.img");
     std::fs::write(&spare, vec![0xA5u8; 64 << 20]).unwrap();
-    let spare_dev = run("losetup", &["-f", "--show", s(&spare)]).expect("a second loop device");
-    let _detach_spare = Detach(spare_dev.clone(), t.path().join("never mounted"));
+    let spare_dev = tool("losetup", &["-f", "--show", s(&spare)]).expect("a second loop device");
+    let _spare = LoopDev {
+        dev: spare_dev.clone(),
+        mnt: t.path().join("never mounted"),
+    };
     ok(&["restore", s(&safe), "2", "d", &spare_dev]);
     assert_eq!(
         sha256_file(&spare),
