@@ -31,6 +31,12 @@ for opts in "-t ext4 -O inline_data" "-t ext4 -O metadata_csum,64bit" "-t ext2" 
     -E hash_seed=1f6a4c2e-3b5d-4e7f-8091-a2b3c4d5e6f7 $opts -d "$tmp/src" "$out/seed$i.img"
   debugfs -w -f "$tmp/pin-times" "$out/seed$i.img" > /dev/null 2>&1
 done
+# bigalloc: 4-block clusters, group 0 starting before the superblock's block.
+truncate -s 2M "$out/seed8.img"
+mke2fs -q -F -b 1024 -N 64 -U 6d2d8e3c-0f4b-4b1e-9a57-2f0c4c9b1a01 \
+  -E hash_seed=1f6a4c2e-3b5d-4e7f-8091-a2b3c4d5e6f7 -t ext4 -O bigalloc,^has_journal \
+  -C 4096 -d "$tmp/src" "$out/seed8.img"
+debugfs -w -f "$tmp/pin-times" "$out/seed8.img" > /dev/null 2>&1
 # Two ext4 volumes that need journal recovery (committed transactions, a revoke),
 # written with debugfs's journal commands: plain jbd2 and with v3 checksums. 3 MiB:
 # the smallest volume that takes the smallest journal (1024 blocks).

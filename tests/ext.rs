@@ -508,6 +508,11 @@ fn check_variant(name: &str, cmd: &str, opts: &[&str], want_ns: bool) {
     backup(&[s(&safe), &format!("vol={}", s(&img))]);
     let m = Mounted::new(&safe, t.path(), &[]);
     let files = m.dir.join("1/vol/files");
+    // df shows what it shows on the kernel's read-only mount of the same image.
+    match with_kernel_mount_ro(&img, &t.path().join("kernel"), statvfs) {
+        Some(want) => assert_eq!(statvfs(&files), want, "{name}: statvfs"),
+        None => eprintln!("{name}: statvfs not checked (no kernel mount of this image here)"),
+    }
     // lsattr sees the flags the kernel reports for the same image.
     match flags {
         Some(want) => {
@@ -602,6 +607,26 @@ fn ext4_meta_bg() {
 }
 
 #[test]
+fn ext4_bigalloc() {
+    // 96 MiB takes 1 KiB blocks: group 0 starts at block 0, before the superblock.
+    check_variant(
+        "ext4-bigalloc",
+        "mkfs.ext4",
+        &["-O", "bigalloc", "-C", "65536", "-I", "256"],
+        true,
+    );
+}
+#[test]
+fn ext4_bigalloc_4k_blocks() {
+    check_variant(
+        "ext4-bigalloc-4k",
+        "mkfs.ext4",
+        &["-O", "bigalloc", "-b", "4096", "-C", "16384", "-I", "256"],
+        true,
+    );
+}
+
+#[test]
 fn directory_with_100000_entries() {
     if !fuse_available() {
         eprintln!("SKIP directory_with_100000_entries: FUSE is not available here");
@@ -665,9 +690,18 @@ fn directory_with_100000_entries() {
 /// Runs `f` with an ext4 image loop-mounted read-write; `None` when loop devices or
 /// kernel ext4 are unavailable.
 fn with_kernel_mount<T>(img: &Path, mnt: &Path, f: impl FnOnce(&Path) -> T) -> Option<T> {
+    kernel_mount(img, mnt, "loop", f)
+}
+
+/// [`with_kernel_mount`], read-only.
+fn with_kernel_mount_ro<T>(img: &Path, mnt: &Path, f: impl FnOnce(&Path) -> T) -> Option<T> {
+    kernel_mount(img, mnt, "loop,ro", f)
+}
+
+fn kernel_mount<T>(img: &Path, mnt: &Path, opts: &str, f: impl FnOnce(&Path) -> T) -> Option<T> {
     std::fs::create_dir_all(mnt).unwrap();
     let ok = Command::new("mount")
-        .args(["-o", "loop", s(img), s(mnt)])
+        .args(["-o", opts, s(img), s(mnt)])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);

@@ -73,14 +73,6 @@ fn same_tree(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>, wh
     assert!(diff.is_empty(), "{what}: {diff:?}");
 }
 
-/// (blocks, free blocks) from statvfs.
-fn nix_statvfs(p: &Path) -> (u64, u64) {
-    let c = std::ffi::CString::new(s(p)).unwrap();
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
-    (st.f_blocks, st.f_bfree)
-}
-
 /// Sets a file's mtime to `secs` (even: FAT keeps 2-second steps).
 fn set_mtime(p: &Path, secs: i64) {
     let f = std::fs::File::options().write(true).open(p).unwrap();
@@ -201,9 +193,9 @@ fn fat_volumes_show_the_tree_mtools_wrote() {
         same_tree(&tree_digest(&files), &want, &format!("variant {i}"));
         assert_eq!(mtimes(&files), want_times, "mtimes, variant {i}");
         // df: clusters in all and in use as fsck.fat counts them.
-        let st = nix_statvfs(&files);
+        let [_, blocks, free, ..] = statvfs(&files);
         assert_eq!(
-            (st.0 - st.1, st.0),
+            (blocks - free, blocks),
             fsck,
             "used/total clusters, variant {i}"
         );

@@ -1083,7 +1083,7 @@ impl fuser::Filesystem for SafeFs {
         if let Some((tree, _, _)) = self.tree_of(ino.0) {
             let s = tree.statfs();
             return reply.statfs(
-                s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
             );
         }
         let used: u64 = std::fs::read_dir(self.cache.safe().dir().join("packs"))

@@ -186,6 +186,7 @@ fn walk_tree(vol: Arc<dyn ReadAt>, opts: &TreeOptions, max_read: usize) -> std::
     let Some(tree) = open_tree(vol, opts)? else {
         return Ok(0);
     };
+    let _ = tree.statfs();
     let mut seen = std::collections::HashSet::new();
     let mut stack = vec![tree.root()];
     let mut buf = vec![0u8; max_read];

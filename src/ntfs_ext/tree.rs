@@ -82,6 +82,8 @@ pub struct StatFs {
     pub blocks: u64,
     /// Free blocks.
     pub bfree: u64,
+    /// Free blocks an unprivileged user may take (root's reserve left out).
+    pub bavail: u64,
     /// Total inodes.
     pub files: u64,
     /// Free inodes.

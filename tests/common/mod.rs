@@ -183,6 +183,26 @@ pub fn restored_sha(safe: &Path, point: &str, device: &str, dir: &Path) -> Strin
 }
 
 /// True when running as root (mounts, loop devices and tmpfs need it).
+/// What `df` reads: statvfs's (fragment size, blocks, free, available, inodes, free
+/// inodes).
+pub fn statvfs(p: &Path) -> [u64; 6] {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::statvfs(c.as_ptr(), &mut st) },
+        0,
+        "statvfs {p:?}"
+    );
+    [
+        st.f_frsize,
+        st.f_blocks,
+        st.f_bfree,
+        st.f_bavail,
+        st.f_files,
+        st.f_ffree,
+    ]
+}
+
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }

@@ -10,7 +10,7 @@ mod xattr;
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::cache::{Weigh, WeightedLru};
 use crate::ntfs_ext::corrupt;
@@ -26,6 +26,9 @@ const ROOT: u64 = 2;
 const INODE_CACHE: usize = 2 << 20;
 const DIR_CACHE: usize = 8 << 20;
 const EXTENT_CACHE: usize = 2 << 20;
+/// Most group descriptors `df` sums (2^20 groups: 128 TiB of 4 KiB blocks); past it
+/// the superblock's counts are shown.
+const STATFS_GROUPS: u64 = 1 << 20;
 
 /// How much of the inode tables is warmed in the background when a volume opens.
 const ITABLE_WARM: u64 = 64 << 20;
@@ -81,6 +84,7 @@ pub struct ExtFs {
     inodes: WeightedLru<u64, Arc<Inode>>,
     dirs: WeightedLru<u64, Arc<DirCache>>,
     extents: WeightedLru<u64, Arc<Vec<Run>>>,
+    statfs: OnceLock<StatFs>,
 }
 
 struct JMap<'a> {
@@ -305,6 +309,7 @@ impl ExtFs {
             inodes: WeightedLru::with_budget(INODE_CACHE, budget()),
             dirs: WeightedLru::with_budget(DIR_CACHE, budget()),
             extents: WeightedLru::with_budget(EXTENT_CACHE, budget()),
+            statfs: OnceLock::new(),
         }
     }
 
@@ -321,6 +326,66 @@ impl ExtFs {
             runs,
         };
         journal::replay(&*self.dev, self.sb.block_size as u64, &map, &self.label)
+    }
+
+    /// The numbers `df` shows for this volume when the kernel mounts it (ext4_statfs):
+    /// metadata and the journal left out of the size, free counts summed over the
+    /// group descriptors (the superblock's copies lag behind them), root's reserve
+    /// and the kernel's own (2 %, at most 4096 clusters, with extents) out of what is
+    /// available. Falls back to the superblock's numbers where the descriptors are
+    /// unreadable or too many.
+    fn count_statfs(&self) -> StatFs {
+        let sb = &self.sb;
+        let shift = sb.cluster_shift;
+        let mut free = (sb.free_blocks, sb.free_inodes as u64);
+        if sb.groups() <= STATFS_GROUPS {
+            let mut sum = (0u64, 0u64);
+            let all = (0..sb.groups()).try_for_each(|g| {
+                let d = sb::read_group(&*self.dev, sb, g)?;
+                sum.0 += (d.free_clusters as u64) << shift;
+                sum.1 += d.free_inodes as u64;
+                io::Result::Ok(())
+            });
+            match all {
+                Ok(()) => free = sum,
+                Err(e) => tracing::warn!(
+                    "{}: group descriptors unreadable for free counts ({e}); using the superblock's",
+                    self.label
+                ),
+            }
+        }
+        let journal = if shift == 0
+            && sb.compat & feat::COMPAT_HAS_JOURNAL != 0
+            && sb.incompat & feat::INCOMPAT_JOURNAL_DEV == 0
+            && sb.journal_inum != 0
+        {
+            self.inode(sb.journal_inum as u64)
+                .map_or(0, |i| i.size / sb.block_size as u64)
+        } else {
+            0
+        };
+        // A recorded count (bigalloc) stands as it is; a computed one adds the journal.
+        let overhead = match sb.overhead_clusters(STATFS_GROUPS) {
+            Some(o) if shift > 0 => o << shift,
+            Some(o) => o + journal,
+            None => 0,
+        };
+        let kernel_reserve = if sb.incompat & feat::INCOMPAT_EXTENTS != 0 {
+            ((sb.blocks_count >> shift) / 50).min(4096) << shift
+        } else {
+            0
+        };
+        StatFs {
+            bsize: sb.block_size,
+            blocks: sb.blocks_count.saturating_sub(overhead),
+            bfree: free.0,
+            bavail: free
+                .0
+                .saturating_sub(sb.r_blocks.saturating_add(kernel_reserve)),
+            files: sb.inodes_count as u64,
+            ffree: free.1,
+            namelen: 255,
+        }
     }
 
     fn group(&self, g: u64) -> io::Result<GroupDesc> {
@@ -739,13 +804,6 @@ impl FsTree for ExtFs {
     }
 
     fn statfs(&self) -> StatFs {
-        StatFs {
-            bsize: self.sb.block_size,
-            blocks: self.sb.blocks_count,
-            bfree: self.sb.free_blocks,
-            files: self.sb.inodes_count as u64,
-            ffree: self.sb.free_inodes as u64,
-            namelen: 255,
-        }
+        *self.statfs.get_or_init(|| self.count_statfs())
     }
 }

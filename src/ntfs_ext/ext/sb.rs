@@ -15,6 +15,7 @@ pub(crate) fn u32le(b: &[u8], o: usize) -> u32 {
 
 /// Feature bits this parser looks at.
 pub mod feat {
+    pub const COMPAT_HAS_JOURNAL: u32 = 0x4;
     pub const COMPAT_SPARSE_SUPER2: u32 = 0x200;
     pub const INCOMPAT_COMPRESSION: u32 = 0x1;
     pub const INCOMPAT_FILETYPE: u32 = 0x2;
@@ -34,6 +35,7 @@ pub mod feat {
     pub const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
     pub const RO_COMPAT_HUGE_FILE: u32 = 0x8;
     pub const RO_COMPAT_GDT_CSUM: u32 = 0x10;
+    pub const RO_COMPAT_BIGALLOC: u32 = 0x200;
     pub const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
     /// Incompat features whose on-disk effects this parser understands.
     pub const INCOMPAT_KNOWN: u32 = INCOMPAT_FILETYPE
@@ -83,6 +85,14 @@ pub struct Superblock {
     pub csum_seed: u32,
     pub flags: u32,
     pub state: u16,
+    /// Blocks per allocation cluster, as a power of two (0 without bigalloc).
+    pub cluster_shift: u32,
+    /// Blocks reserved for root (`df` leaves them out of what is available).
+    pub r_blocks: u64,
+    /// Blocks after each descriptor table kept for growing it (resize_inode).
+    pub reserved_gdt_blocks: u16,
+    /// Clusters of metadata as mke2fs counted them (0 when not recorded).
+    pub overhead_clusters: u32,
 }
 
 /// Offset of the primary superblock on the volume.
@@ -123,7 +133,30 @@ impl Superblock {
         }
         let blocks_per_group = u32le(b, 0x20);
         let inodes_per_group = u32le(b, 0x28);
-        if blocks_per_group == 0 || inodes_per_group == 0 || blocks_per_group > 8 * block_size * 16
+        // A group's allocation bitmap is one block, a bit per cluster: with bigalloc
+        // a cluster is 2^n blocks (up to 1 GiB, as the kernel allows), else one block.
+        let cluster_shift = if ro_compat & feat::RO_COMPAT_BIGALLOC != 0 {
+            let log_cs = u32le(b, 0x1C);
+            if log_cs < log_bs || log_cs > 20 {
+                return Err(corrupt(format!(
+                    "superblock: cluster size 2^(10+{log_cs}) with 2^(10+{log_bs})-byte blocks"
+                )));
+            }
+            let clusters_per_group = u32le(b, 0x24) as u64;
+            if clusters_per_group << (log_cs - log_bs) != blocks_per_group as u64 {
+                return Err(corrupt(format!(
+                    "superblock: {blocks_per_group} blocks per group is not \
+                     {clusters_per_group} clusters of 2^{} blocks",
+                    log_cs - log_bs
+                )));
+            }
+            log_cs - log_bs
+        } else {
+            0
+        };
+        if blocks_per_group == 0
+            || inodes_per_group == 0
+            || blocks_per_group as u64 > (8 * block_size as u64 * 16) << cluster_shift
         {
             return Err(corrupt("superblock: zero or impossible per-group counts"));
         }
@@ -179,6 +212,10 @@ impl Superblock {
             csum_seed,
             flags: u32le(b, 0x160),
             state: u16le(b, 0x3A),
+            cluster_shift,
+            r_blocks: u32le(b, 0x8) as u64 | hi(0x154),
+            reserved_gdt_blocks: u16le(b, 0xCE),
+            overhead_clusters: u32le(b, 0x248),
         })
     }
 
@@ -234,11 +271,62 @@ impl Superblock {
         if meta_bg && mg >= self.first_meta_bg as u64 {
             let first = mg * per_block;
             let start = self.first_data_block as u64 + first * self.blocks_per_group as u64;
-            let blk = start + u64::from(self.group_has_super(first));
+            let mut blk = start + u64::from(self.group_has_super(first));
+            if first == 0 {
+                // 1 KiB blocks with bigalloc start group 0 at block 0, before the
+                // superblock's block 1 (the kernel's descriptor_loc adds it too).
+                blk += u64::from(self.first_data_block == 0 && self.block_size == 1024);
+            }
             (blk, within)
         } else {
-            (self.first_data_block as u64 + 1 + mg, within)
+            // The table follows the superblock's block: block 2 with 1 KiB blocks
+            // (also under bigalloc, whose first data block is 0), else block 1.
+            (1024 / self.block_size as u64 + 1 + mg, within)
         }
+    }
+
+    /// Blocks holding descriptor tables in group `g` (the kernel's ext4_bg_num_gdb).
+    fn descriptor_blocks(&self, g: u64) -> u64 {
+        let per_block = (self.block_size / self.desc_size as u32) as u64;
+        let mg = g / per_block;
+        if self.incompat & feat::INCOMPAT_META_BG == 0 || mg < self.first_meta_bg as u64 {
+            if !self.group_has_super(g) {
+                0
+            } else if self.incompat & feat::INCOMPAT_META_BG != 0 {
+                self.first_meta_bg as u64
+            } else {
+                self.groups().div_ceil(per_block)
+            }
+        } else {
+            let first = mg * per_block;
+            u64::from(g == first || g == first + 1 || g == first + per_block - 1)
+        }
+    }
+
+    /// Clusters of metadata outside any file, which `df` leaves out of the volume's
+    /// size as the kernel does (its ext4_calculate_overhead): superblock copies,
+    /// descriptor tables and their reserve, two bitmaps and the inode table per
+    /// group; the caller adds the journal. With bigalloc, mke2fs's recorded count
+    /// (journal included) is used as the kernel uses it, which walks bitmaps only when
+    /// it is missing; `None` then, or for more groups than `max_groups`.
+    pub fn overhead_clusters(&self, max_groups: u64) -> Option<u64> {
+        if self.cluster_shift > 0 {
+            let o = self.overhead_clusters as u64;
+            return (o != 0 && o <= self.blocks_count).then_some(o);
+        }
+        let groups = self.groups();
+        if groups > max_groups {
+            return None;
+        }
+        let itb = (self.inodes_per_group as u64)
+            .div_ceil((self.block_size / self.inode_size as u32) as u64);
+        let mut sum = self.first_data_block as u64;
+        for g in 0..groups {
+            let sup = u64::from(self.group_has_super(g));
+            sum +=
+                sup + self.descriptor_blocks(g) + sup * self.reserved_gdt_blocks as u64 + itb + 2;
+        }
+        Some(sum)
     }
 }
 
@@ -249,6 +337,10 @@ pub struct GroupDesc {
     pub flags: u16,
     /// Inodes at the end of the table never used (valid with group checksums only).
     pub itable_unused: u32,
+    /// Free clusters in the group (what the kernel sums for `df`).
+    pub free_clusters: u32,
+    /// Free inodes in the group.
+    pub free_inodes: u32,
 }
 
 impl GroupDesc {
@@ -294,9 +386,58 @@ pub fn read_group(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<Group
     if sb.desc_size >= 64 {
         itable_unused |= (u16le(&d, 0x32) as u32) << 16;
     }
+    let lo_hi = |lo: usize, hi: usize| {
+        let h = if sb.desc_size >= 64 { u16le(&d, hi) } else { 0 };
+        u16le(&d, lo) as u32 | (h as u32) << 16
+    };
     Ok(GroupDesc {
         inode_table: table,
         flags: u16le(&d, 0x12),
         itable_unused,
+        free_clusters: lo_hi(0xC, 0x2C),
+        free_inodes: lo_hi(0xE, 0x2E),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal superblock: 1 KiB blocks, bigalloc with 2^`log_cs` KiB clusters and
+    /// the given per-group counts.
+    fn bigalloc_sb(log_cs: u32, blocks_per_group: u32, clusters_per_group: u32) -> [u8; 1024] {
+        let mut b = [0u8; 1024];
+        let put =
+            |b: &mut [u8; 1024], o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        put(&mut b, 0x0, 64); // inodes
+        put(&mut b, 0x4, 4096); // blocks
+        put(&mut b, 0x1C, log_cs);
+        put(&mut b, 0x20, blocks_per_group);
+        put(&mut b, 0x24, clusters_per_group);
+        put(&mut b, 0x28, 64);
+        put(&mut b, 0x4C, 1);
+        put(&mut b, 0x54, 11);
+        b[0x58..0x5A].copy_from_slice(&256u16.to_le_bytes());
+        put(&mut b, 0x64, feat::RO_COMPAT_BIGALLOC);
+        b[0x38..0x3A].copy_from_slice(&0xEF53u16.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn bigalloc_groups_are_counted_in_clusters() {
+        // 16 KiB clusters of 1 KiB blocks: 8192 clusters a group are 131072 blocks,
+        // past the 8192 a one-block bitmap covers without bigalloc.
+        let sb = Superblock::parse(&bigalloc_sb(4, 131072, 8192), "t").unwrap();
+        assert_eq!(sb.cluster_shift, 4);
+        // Group 0 starts at block 0: the descriptor table follows the superblock's
+        // block 1.
+        assert_eq!(sb.desc_location(0), (2, 0));
+        assert!(Superblock::parse(&bigalloc_sb(4, 131072, 4096), "t").is_err());
+        assert!(Superblock::parse(&bigalloc_sb(4, 0, 0), "t").is_err());
+        // Clusters smaller than a block, or past 1 GiB.
+        let mut small = bigalloc_sb(0, 8192, 8192);
+        small[0x18] = 1;
+        assert!(Superblock::parse(&small, "t").is_err());
+        assert!(Superblock::parse(&bigalloc_sb(21, 8192, 8192), "t").is_err());
+    }
 }

@@ -757,10 +757,12 @@ impl FsTree for FatFs {
     }
 
     fn statfs(&self) -> StatFs {
+        let free = self.free_clusters();
         StatFs {
             bsize: self.layout.cluster as u32,
             blocks: self.layout.clusters as u64,
-            bfree: self.free_clusters(),
+            bfree: free,
+            bavail: free,
             files: 0,
             ffree: 0,
             namelen: 255,

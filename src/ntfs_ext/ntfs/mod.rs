@@ -2019,6 +2019,7 @@ impl FsTree for NtfsFs {
             bsize: self.boot.cluster_size.min(u32::MAX as u64) as u32,
             blocks: self.boot.total_clusters,
             bfree: free,
+            bavail: free,
             files: self.records,
             ffree: 0,
             namelen: 255,
