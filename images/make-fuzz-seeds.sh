@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds small ext2/ext3/ext4 images (and, as root with ntfs-3g, NTFS images) from a
-# generated tree as fuzzing seeds.
+# Builds small ext2/ext3/ext4 images (and partitioned disks, FAT and XFS volumes and,
+# as root with ntfs-3g, NTFS images) from a generated tree as fuzzing seeds.
 # Usage: images/make-fuzz-seeds.sh OUTDIR
 set -euo pipefail
 out=${1:?usage: $0 OUTDIR}
@@ -111,6 +111,32 @@ if command -v mkfs.vfat > /dev/null && command -v mcopy > /dev/null; then
   done
   truncate -s 2M "$out/disk-fat32.img"
   mkfs.vfat -F 32 -s 1 -i 5eed0320 "$out/disk-fat32.img" > /dev/null 2>&1 || rm -f "$out/disk-fat32.img"
+fi
+# XFS volumes for the disk target, v5 and v4, filled from a prototype (a short-form
+# and a block directory, a symlink, files of one and of several blocks): one AG of
+# 1 KiB blocks with the log kept outside, cut to the first MiB, where all of it lies.
+# mkfs.xfs stamps the time of the run. Small volumes need mkfs.xfs's test overrides.
+if command -v mkfs.xfs > /dev/null; then
+  {
+    echo /dev/null
+    echo 0 0
+    echo 'd--755 0 0'
+    echo "a ---644 0 0 $tmp/src/a"
+    echo "b ---600 1 2 $tmp/src/dir/b"
+    echo 'link l--777 0 0 a'
+    echo 'dir d--750 3 4'
+    for i in $(seq 1 40); do echo "f$i ---644 0 0 $tmp/src/dir/sub/f$i"; done
+    echo '$'
+    echo '$'
+  } > "$tmp/xfs.proto"
+  for v in 5:1 4:0; do
+    img="$out/disk-xfs-v${v%:*}.img"
+    truncate -s 16M "$img" "$tmp/xfs-log.img"
+    TEST_DIR=1 TEST_DEV=1 QA_CHECK_FS=1 mkfs.xfs -q -f -b size=1024 -d agcount=1 \
+      -l logdev="$tmp/xfs-log.img" -m crc=${v#*:},uuid=6d2d8e3c-0f4b-4b1e-9a57-2f0c4c9b1a01 \
+      -p "$tmp/xfs.proto" "$img" > /dev/null 2>&1 || rm -f "$img"
+    if [ -f "$img" ]; then truncate -s 1M "$img"; fi
+  done
 fi
 # A WOF-compressed file ("Compact OS", XPRESS4K, 10000 bytes): chunk 0 is XPRESS (all
 # 512 symbols 9 bits long; the literal 'A', then symbol 271, a match at offset 1 whose

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -56,21 +55,6 @@ fn fsck_clusters(out: &str) -> (u64, u64) {
     let counts = l.rsplit(", ").next().unwrap().trim_end_matches(" clusters");
     let (used, total) = counts.split_once('/').unwrap();
     (used.parse().unwrap(), total.parse().unwrap())
-}
-
-/// Asserts two tree digests are equal, naming only the entries that differ.
-fn same_tree(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>, what: &str) {
-    let diff: Vec<String> = got
-        .iter()
-        .filter(|(k, v)| want.get(*k) != Some(v))
-        .map(|(k, _)| format!("+{k}"))
-        .chain(
-            want.iter()
-                .filter(|(k, v)| got.get(*k) != Some(v))
-                .map(|(k, _)| format!("-{k}")),
-        )
-        .collect();
-    assert!(diff.is_empty(), "{what}: {diff:?}");
 }
 
 /// Sets a file's mtime to `secs` (even: FAT keeps 2-second steps).

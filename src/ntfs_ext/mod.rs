@@ -1,4 +1,4 @@
-//! Filesystem parsers (ext2/3/4, NTFS, FAT12/16/32) behind one tree trait.
+//! Filesystem parsers (ext2/3/4, XFS, NTFS, FAT12/16/32) behind one tree trait.
 //!
 //! Everything here reads only through [`ReadAt`] and knows nothing of safes or FUSE.
 //! Every on-disk value is treated as hostile: offsets, counts and lengths are checked,
@@ -8,6 +8,7 @@ pub mod ext;
 pub mod fat;
 pub mod ntfs;
 pub mod tree;
+pub mod xfs;
 
 use std::sync::Arc;
 
@@ -23,6 +24,9 @@ pub fn open_tree(
     if ext::probe(&*dev)? {
         let fs = ext::ExtFs::open(dev, opts)?;
         return Ok(Some(Arc::new(fs)));
+    }
+    if xfs::probe(&*dev)? {
+        return Ok(Some(Arc::new(xfs::XfsFs::open(dev, opts)?)));
     }
     if ntfs::probe(&*dev)? {
         return Ok(Some(ntfs::NtfsFs::open(dev, opts)?));

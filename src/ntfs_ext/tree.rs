@@ -22,6 +22,37 @@ pub enum NodeKind {
     Socket,
 }
 
+impl NodeKind {
+    /// The type in a Unix mode's S_IFMT bits (ext and XFS inodes keep Linux's).
+    pub fn from_mode(mode: u16) -> Option<NodeKind> {
+        Some(match mode & 0xF000 {
+            0x8000 => NodeKind::File,
+            0x4000 => NodeKind::Dir,
+            0xA000 => NodeKind::Symlink,
+            0x2000 => NodeKind::CharDev,
+            0x6000 => NodeKind::BlockDev,
+            0x1000 => NodeKind::Fifo,
+            0xC000 => NodeKind::Socket,
+            _ => return None,
+        })
+    }
+
+    /// The type in a directory entry's file-type byte (ext's filetype and XFS's
+    /// ftype use the same codes).
+    pub fn from_dirent(ftype: u8) -> Option<NodeKind> {
+        Some(match ftype {
+            1 => NodeKind::File,
+            2 => NodeKind::Dir,
+            3 => NodeKind::CharDev,
+            4 => NodeKind::BlockDev,
+            5 => NodeKind::Fifo,
+            6 => NodeKind::Socket,
+            7 => NodeKind::Symlink,
+            _ => return None,
+        })
+    }
+}
+
 /// Seconds and nanoseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Timespec {

@@ -334,6 +334,25 @@ pub fn tree_digest(root: &Path) -> std::collections::BTreeMap<String, String> {
     out
 }
 
+/// Asserts two tree digests are equal, naming only the entries that differ.
+pub fn same_tree(
+    got: &std::collections::BTreeMap<String, String>,
+    want: &std::collections::BTreeMap<String, String>,
+    what: &str,
+) {
+    let diff: Vec<String> = got
+        .iter()
+        .filter(|(k, v)| want.get(*k) != Some(v))
+        .map(|(k, _)| format!("+{k}"))
+        .chain(
+            want.iter()
+                .filter(|(k, v)| got.get(*k) != Some(v))
+                .map(|(k, _)| format!("-{k}")),
+        )
+        .collect();
+    assert!(diff.is_empty(), "{what}: {diff:?}");
+}
+
 /// Creates `root` with the file sizes every tree test carries: `big.bin` (3 MiB of
 /// random bytes), `tiny` (one byte) and `empty`.
 pub fn size_extremes(root: &Path, rng: &mut impl Rng) {

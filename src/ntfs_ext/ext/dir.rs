@@ -16,16 +16,7 @@ pub struct Raw {
 
 /// d_type from the dirent file_type byte (filetype feature).
 pub fn kind_of(ftype: u8) -> Option<NodeKind> {
-    Some(match ftype {
-        1 => NodeKind::File,
-        2 => NodeKind::Dir,
-        3 => NodeKind::CharDev,
-        4 => NodeKind::BlockDev,
-        5 => NodeKind::Fifo,
-        6 => NodeKind::Socket,
-        7 => NodeKind::Symlink,
-        _ => return None,
-    })
+    NodeKind::from_dirent(ftype)
 }
 
 /// Parses the entries of one directory block (or inline area). htree index blocks look

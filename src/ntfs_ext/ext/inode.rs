@@ -131,16 +131,7 @@ impl Inode {
 
     /// File type from the mode.
     pub fn kind(&self) -> Option<NodeKind> {
-        Some(match self.mode & 0xF000 {
-            0x8000 => NodeKind::File,
-            0x4000 => NodeKind::Dir,
-            0xA000 => NodeKind::Symlink,
-            0x2000 => NodeKind::CharDev,
-            0x6000 => NodeKind::BlockDev,
-            0x1000 => NodeKind::Fifo,
-            0xC000 => NodeKind::Socket,
-            _ => return None,
-        })
+        NodeKind::from_mode(self.mode)
     }
 
     /// The 60 bytes of `i_block`.

@@ -1,0 +1,386 @@
+//! XFS file trees through the mount against the kernel's own read-only mount of the
+//! same image: names, types, modes, owners, sizes, block counts, times with
+//! nanoseconds, device numbers, link targets, bytes, holes, extended attributes and
+//! ACLs, inode flags and `df`. The images are filled by the kernel (the layouts real
+//! machines carry: short-form, block and node directories, extent lists and block-map
+//! btrees, unwritten extents, local, leaf and remote attributes).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn run(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Loop-mounts `img` with `opts`, runs `f`, unmounts; `None` when the kernel refuses.
+fn kernel<T>(img: &Path, mnt: &Path, opts: &str, f: impl FnOnce(&Path) -> T) -> Option<T> {
+    std::fs::create_dir_all(mnt).unwrap();
+    if !run("mount", &["-t", "xfs", "-o", opts, s(img), s(mnt)]) {
+        return None;
+    }
+    let r = f(mnt);
+    assert!(run("umount", &[s(mnt)]));
+    Some(r)
+}
+
+/// Sets atime and mtime with nanoseconds (`secs` may be before 1970).
+fn set_times(p: &Path, secs: i64, nsecs: i64) {
+    let t = [libc::timespec {
+        tv_sec: secs,
+        tv_nsec: nsecs,
+    }; 2];
+    let c = std::ffi::CString::new(s(p)).unwrap();
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            t.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(rc, 0, "utimensat {}", p.display());
+}
+
+/// Fills a mounted volume with what exercises every on-disk layout the reader knows.
+fn fill(root: &Path, rng: &mut StdRng) {
+    make_tree(&root.join("tree"), 60, rng);
+    // A directory of 3000 entries: leaf and node formats, free-index blocks.
+    let many = root.join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..3000 {
+        std::fs::write(
+            many.join(format!("entry-with-a-longer-name-{i:05}")),
+            i.to_string(),
+        )
+        .unwrap();
+    }
+    // Every other 4 KiB of 8 MiB punched out: ~1000 extents, a block-map btree.
+    let mut data = vec![0u8; 8 << 20];
+    rng.fill(&mut data[..]);
+    let frag = root.join("fragmented");
+    std::fs::write(&frag, &data).unwrap();
+    let f = File::options().write(true).open(&frag).unwrap();
+    for k in (0..(8 << 20)).step_by(8192) {
+        let rc = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                k + 4096,
+                4096,
+            )
+        };
+        assert_eq!(rc, 0, "punch");
+    }
+    drop(f);
+    // Preallocated (unwritten) space with one written block inside; a sparse file.
+    let pre = File::create(root.join("prealloc")).unwrap();
+    assert_eq!(
+        unsafe { libc::fallocate(pre.as_raw_fd(), 0, 0, 1 << 20) },
+        0
+    );
+    std::os::unix::fs::FileExt::write_all_at(&pre, &[7u8; 4096], 256 << 10).unwrap();
+    drop(pre);
+    let sparse = File::create(root.join("sparse")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"start", 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"end", (1 << 30) - 3).unwrap();
+    drop(sparse);
+    // Links: short (in the inode) and long (in a block); a hard link.
+    std::os::unix::fs::symlink("tree", root.join("short-link")).unwrap();
+    std::os::unix::fs::symlink("x/".repeat(500), root.join("long-link")).unwrap();
+    std::fs::hard_link(&frag, root.join("hard-link")).unwrap();
+    // Special files.
+    assert!(run("mknod", &[s(&root.join("chr")), "c", "4", "67"]));
+    assert!(run("mknod", &[s(&root.join("blk")), "b", "259", "200000"]));
+    assert!(run("mkfifo", &[s(&root.join("fifo"))]));
+    drop(std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap());
+    // Attributes: short form, a leaf of 40, a value in blocks of its own, ACLs.
+    let attrs = root.join("attrs");
+    std::fs::write(&attrs, b"attributes").unwrap();
+    set_xattr(&root.join("tree"), "user.small", b"v");
+    for i in 0..40 {
+        set_xattr(&attrs, &format!("user.a{i}"), &[b'x'; 60]);
+    }
+    let mut big = vec![0u8; 3000];
+    rng.fill(&mut big[..]);
+    set_xattr(&attrs, "user.big", &big);
+    set_xattr(&attrs, "trusted.t", b"root only");
+    set_xattr(&attrs, "security.label", b"system_u:object_r:etc_t:s0");
+    let acl = root.join("acl");
+    std::fs::create_dir(&acl).unwrap();
+    assert!(run("setfacl", &["-m", "u:1000:r-x,g:50:rwx", s(&acl)]));
+    assert!(run("setfacl", &["-d", "-m", "u:1000:rwx", s(&acl)]));
+    // Inode flags (lsattr) and times, with nanoseconds, before 1970 too.
+    for (name, flag) in [
+        ("tree", "+d"),
+        ("attrs", "+A"),
+        ("prealloc", "+S"),
+        ("fragmented", "+a"),
+    ] {
+        assert!(run("chattr", &[flag, s(&root.join(name))]), "chattr {flag}");
+    }
+    set_times(&root.join("sparse"), 981_173_106, 123_456_789);
+    set_times(&root.join("attrs"), -631_152_000, 999_999_999);
+    let frozen = root.join("frozen");
+    std::fs::write(&frozen, b"cannot change").unwrap();
+    assert!(run("chattr", &["+i", s(&frozen)]));
+}
+
+/// Inode flags as lsattr reads them; `None` where the file does not answer.
+fn flags(p: &Path) -> Option<u32> {
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(p)
+        .ok()?;
+    let mut v: libc::c_long = 0;
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut v) };
+    (rc == 0).then_some(v as u32)
+}
+
+/// Data and hole starts at a few offsets, as lseek answers them.
+fn seeks(p: &Path, len: u64) -> Vec<i64> {
+    let f = File::open(p).unwrap();
+    let mut out = Vec::new();
+    for at in [0, 4096, 8191, 300 << 10, len / 2, len.saturating_sub(1)] {
+        for whence in [libc::SEEK_DATA, libc::SEEK_HOLE] {
+            out.push(unsafe { libc::lseek(f.as_raw_fd(), at as i64, whence) });
+        }
+    }
+    out
+}
+
+/// Everything the test compares, per path under `root`.
+fn view(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let ft = m.file_type();
+            let mut v = format!(
+                "mode {:o} nlink {} owner {}:{} size {} blocks {} mtime {}.{} atime {}.{} ctime {}.{} rdev {:x}",
+                m.mode(),
+                m.nlink(),
+                m.uid(),
+                m.gid(),
+                m.size(),
+                m.blocks(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.atime(),
+                m.atime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+                m.rdev()
+            );
+            if ft.is_dir() {
+                stack.push(p.clone());
+            } else if ft.is_symlink() {
+                v += &format!(" -> {}", std::fs::read_link(&p).unwrap().display());
+            } else if ft.is_file() {
+                // Holes first: the kernel counts unwritten extents as data once their
+                // pages are cached, as reading them would leave them.
+                let holes = seeks(&p, m.size());
+                v += &format!(" seeks {holes:?} sha {}", sha256_file(&p));
+            }
+            if !ft.is_fifo() && !ft.is_socket() && !ft.is_char_device() && !ft.is_block_device() {
+                v += &format!(" flags {:?}", flags(&p));
+            }
+            let mut names = list_xattrs(&p);
+            names.sort();
+            for n in names {
+                let val = get_xattr(&p, &n).unwrap_or_default();
+                v += &format!(" xattr {}={}", String::from_utf8_lossy(&n), sha256(&val));
+            }
+            out.insert(rel, v);
+        }
+    }
+    out
+}
+
+fn check(name: &str, mkfs_opts: &[&str]) {
+    if !fuse_available() || Command::new("mkfs.xfs").arg("-V").output().is_err() {
+        eprintln!("SKIP xfs {name}: needs FUSE, root and mkfs.xfs (xfsprogs)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("xfs.img");
+    File::create(&img).unwrap().set_len(320 << 20).unwrap();
+    let mut args = vec!["-q", "-f"];
+    args.extend_from_slice(mkfs_opts);
+    args.push(s(&img));
+    assert!(run("mkfs.xfs", &args), "mkfs.xfs {args:?}");
+    let kmnt = t.path().join("kernel");
+    let mut rng = StdRng::seed_from_u64(name.len() as u64);
+    if kernel(&img, &kmnt, "loop", |m| fill(m, &mut rng)).is_none() {
+        eprintln!("SKIP xfs {name}: the kernel does not mount this XFS image here");
+        return;
+    }
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let files = m.dir.join("1/vol/files");
+    let (want, want_df) = kernel(&img, &kmnt, "loop,ro", |k| (view(k), statvfs(k))).unwrap();
+    let got = std::panic::catch_unwind(|| view(&files)).unwrap_or_else(|_| {
+        panic!(
+            "{name}: walking the mount failed; its log:\n{}",
+            m.log_text()
+        )
+    });
+    assert!(want.len() > 3000, "{name}: only {} paths", want.len());
+    let diffs: Vec<String> = want
+        .iter()
+        .filter(|(p, v)| got.get(*p) != Some(*v))
+        .map(|(p, v)| format!("{p}:\n  kernel   {v}\n  disksafe {:?}", got.get(p)))
+        .chain(
+            got.keys()
+                .filter(|p| !want.contains_key(*p))
+                .map(|p| format!("{p}: only in disksafe")),
+        )
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "{name}: {} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+    assert_eq!(statvfs(&files), want_df, "{name}: statvfs");
+    let log = m.log_text();
+    assert!(
+        !log.contains("WARN") && !log.contains("ERROR"),
+        "{name}: {log}"
+    );
+}
+
+#[test]
+fn xfs_v5() {
+    check("v5", &[]);
+}
+
+#[test]
+fn xfs_v5_small_blocks_large_directory_blocks() {
+    check("v5-1k-8k", &["-b", "size=1024", "-n", "size=8192"]);
+}
+
+#[test]
+fn xfs_v5_large_extent_counts_old_times() {
+    check("v5-nrext64", &["-i", "nrext64=1", "-m", "bigtime=0"]);
+}
+
+#[test]
+fn xfs_v4() {
+    check("v4", &["-m", "crc=0"]);
+}
+
+/// Writes a tree for mkfs.xfs's prototype file: `dirs` directories of files with
+/// random bytes and modes, a directory of 600 names (block and leaf formats), a long
+/// and a short symlink. Returns the prototype's body lines and, per path, the
+/// (mode, uid, gid) it asks for.
+fn proto_tree(root: &Path, rng: &mut StdRng) -> (String, BTreeMap<String, (u32, u32, u32)>) {
+    fn dir(
+        p: &Path,
+        rel: &str,
+        depth: u32,
+        rng: &mut StdRng,
+        out: &mut String,
+        meta: &mut BTreeMap<String, (u32, u32, u32)>,
+    ) {
+        std::fs::create_dir_all(p).unwrap();
+        let files = if rel.ends_with("wide/") { 600 } else { 12 };
+        for i in 0..files {
+            let name = format!("f{i}.bin");
+            let mut data = vec![0u8; rng.gen_range(0..150_000)];
+            rng.fill(&mut data[..]);
+            std::fs::write(p.join(&name), &data).unwrap();
+            let (mode, uid, gid) = (
+                rng.gen_range(0o400..0o777),
+                rng.gen_range(0..2000),
+                rng.gen_range(0..2000),
+            );
+            *out += &format!("{name} ---{mode:o} {uid} {gid} {}\n", s(&p.join(&name)));
+            meta.insert(format!("{rel}{name}"), (0o100000 | mode, uid, gid));
+        }
+        let target = "t/".repeat(if depth == 0 { 300 } else { 2 });
+        std::os::unix::fs::symlink(&target, p.join("link")).unwrap();
+        *out += &format!("link l--777 0 0 {target}\n");
+        meta.insert(format!("{rel}link"), (0o120777, 0, 0));
+        if depth < 2 {
+            for sub in ["a", "wide"].iter().take(if depth == 0 { 2 } else { 1 }) {
+                *out += &format!("{sub} d--750 7 8\n");
+                meta.insert(format!("{rel}{sub}"), (0o40750, 7, 8));
+                dir(
+                    &p.join(sub),
+                    &format!("{rel}{sub}/"),
+                    depth + 1,
+                    rng,
+                    out,
+                    meta,
+                );
+                *out += "$\n";
+            }
+        }
+    }
+    let (mut out, mut meta) = (String::new(), BTreeMap::new());
+    dir(root, "", 0, rng, &mut out, &mut meta);
+    (out, meta)
+}
+
+/// A v4 volume (no checksums, 16-byte directory headers, v2 inodes), which kernels
+/// built without V4 support cannot mount: made by mkfs.xfs from a prototype, so the
+/// source tree is the oracle.
+#[test]
+fn xfs_v4_from_a_prototype() {
+    if !fuse_available() || Command::new("mkfs.xfs").arg("-V").output().is_err() {
+        eprintln!("SKIP xfs v4: needs FUSE, root and mkfs.xfs (xfsprogs)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let mut rng = StdRng::seed_from_u64(4);
+    let (body, meta) = proto_tree(&src, &mut rng);
+    let proto = t.path().join("proto");
+    std::fs::write(&proto, format!("/dev/null\n0 0\nd--755 0 0\n{body}$\n")).unwrap();
+    let img = t.path().join("v4.img");
+    File::create(&img).unwrap().set_len(320 << 20).unwrap();
+    assert!(
+        run(
+            "mkfs.xfs",
+            &["-q", "-f", "-m", "crc=0", "-p", s(&proto), s(&img)]
+        ),
+        "mkfs.xfs -m crc=0 -p"
+    );
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let files = m.dir.join("1/vol/files");
+    same_tree(&tree_digest(&files), &tree_digest(&src), "v4");
+    for (rel, &(mode, uid, gid)) in &meta {
+        let md = std::fs::symlink_metadata(files.join(rel)).unwrap();
+        assert_eq!(
+            (md.mode(), md.uid(), md.gid()),
+            (mode, uid, gid),
+            "v4 {rel}"
+        );
+    }
+    let log = m.log_text();
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "v4: {log}");
+}
