@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds small ext2/ext3/ext4 images (and partitioned disks, FAT and XFS volumes and,
-# as root with ntfs-3g, NTFS images) from a generated tree as fuzzing seeds.
+# as root, an LVM PV and, with ntfs-3g, NTFS images) from a generated tree as fuzzing
+# seeds.
 # Usage: images/make-fuzz-seeds.sh OUTDIR
 set -euo pipefail
 out=${1:?usage: $0 OUTDIR}
@@ -137,6 +138,28 @@ if command -v mkfs.xfs > /dev/null; then
       -p "$tmp/xfs.proto" "$img" > /dev/null 2>&1 || rm -f "$img"
     if [ -f "$img" ]; then truncate -s 1M "$img"; fi
   done
+fi
+# An LVM PV (as root with lvm2 and loop devices): a 128 KiB metadata area, 64 KiB
+# extents, one linear LV of 8 extents holding the ext4 seed. LVM stamps random UUIDs
+# and the time into its metadata; nothing is activated (no device-mapper needed).
+if [ "$(id -u)" = 0 ] && command -v pvcreate > /dev/null; then
+  img="$out/disk-lvm.img"
+  truncate -s 2M "$img" # LVM's smallest PV
+  if loop=$(losetup -f --show "$img" 2> /dev/null); then
+    export LVM_SUPPRESS_FD_WARNINGS=1
+    vg="dsfuzz$$"
+    if pvcreate -q --metadatasize 128k --dataalignment 256k "$loop" > /dev/null 2>&1 &&
+      vgcreate -q -s 64k "$vg" "$loop" > /dev/null 2>&1 &&
+      lvcreate --driverloaded n -q -an -Zn -l 8 -n lv "$vg" > /dev/null 2>&1; then
+      pe=$(pvs --driverloaded n --noheadings --units b --nosuffix -o pe_start "$loop" 2> /dev/null | tr -d ' ')
+      dd if="$out/seed2.img" of="$img" bs=512 seek=$((pe / 512)) conv=notrunc status=none
+    else
+      rm -f "$img"
+    fi
+    losetup -d "$loop"
+  else
+    rm -f "$img"
+  fi
 fi
 # A WOF-compressed file ("Compact OS", XPRESS4K, 10000 bytes): chunk 0 is XPRESS (all
 # 512 symbols 9 bits long; the literal 'A', then symbol 271, a match at offset 1 whose

@@ -1,30 +1,56 @@
 //! Fuzzes what a mount makes of a device: any bytes as a whole disk, its partition
-//! table read (MBR with EBR chains, GPT at 512- or 4096-byte sectors) and the file tree
-//! of every partition walked. Seeds: small partitioned disks from
+//! table read (MBR with EBR chains, GPT at 512- or 4096-byte sectors), the file tree
+//! of every partition walked, and the LVM logical volumes of any PVs among them mapped
+//! and walked too. Seeds: small partitioned disks, volumes and a PV from
 //! `images/make-fuzz-seeds.sh`.
 #![no_main]
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use disksafe::ntfs_ext::{walk_volume, MemVolume};
 use disksafe::readat::{ReadAt, Slice};
+use disksafe::volumes::lvm;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let dev: Arc<dyn ReadAt> = Arc::new(MemVolume(data.to_vec()));
-    let Ok(Some(table)) = disksafe::volumes::read_table(&*dev) else {
-        let _ = walk_volume(dev, 4096);
-        return;
-    };
-    let mut numbers = std::collections::HashSet::new();
-    for p in &table.partitions {
-        // The table's promises to the mount: partitions are clipped to the device and
-        // their numbers (the names of partK.img) are unique.
-        assert!(p
-            .start
-            .checked_add(p.len)
-            .is_some_and(|end| end <= dev.size()));
-        assert!(numbers.insert(p.number), "partition {} twice", p.number);
-        let _ = walk_volume(Arc::new(Slice::new(dev.clone(), p.start, p.len)), 4096);
+    let mut vols = vec![dev.clone()];
+    match disksafe::volumes::read_table(&*dev) {
+        Ok(Some(table)) => {
+            let mut numbers = std::collections::HashSet::new();
+            for p in &table.partitions {
+                // The table's promises to the mount: partitions are clipped to the device
+                // and their numbers (the names of partK.img) are unique.
+                assert!(p
+                    .start
+                    .checked_add(p.len)
+                    .is_some_and(|end| end <= dev.size()));
+                assert!(numbers.insert(p.number), "partition {} twice", p.number);
+                let part: Arc<dyn ReadAt> = Arc::new(Slice::new(dev.clone(), p.start, p.len));
+                let _ = walk_volume(part.clone(), 4096);
+                vols.push(part);
+            }
+        }
+        _ => {
+            let _ = walk_volume(dev.clone(), 4096);
+        }
+    }
+    // PVs among the volumes, their VGs' LVs mapped over them and walked.
+    let (mut vgs, mut pvs) = (Vec::new(), HashMap::new());
+    for v in &vols {
+        if let Ok(Some(label)) = lvm::read_label(&**v) {
+            if let Ok(Some(vg)) = lvm::read_metadata(&**v, &label) {
+                vgs.push(vg);
+            }
+            pvs.insert(label.uuid, v.clone());
+        }
+    }
+    for vg in &vgs {
+        for lv in &vg.lvs {
+            if let Ok(vol) = lvm::LvVolume::open(vg, lv, &pvs) {
+                let _ = walk_volume(Arc::new(vol), 4096);
+            }
+        }
     }
 });

@@ -7,6 +7,8 @@
 //! N/DEVICE/partK.img          partition K (MBR or GPT)
 //! N/DEVICE/files/             file tree of a filesystem on the whole device
 //! N/DEVICE/partK/             file tree of partition K
+//! N/DEVICE/lvm/VG-LV.img      an LVM logical volume with a PV on DEVICE
+//! N/DEVICE/lvm/VG-LV/         its file tree
 //! ```
 //!
 //! File trees come from `ntfs_ext` through the [`FsTree`] trait; their inodes are
@@ -42,6 +44,7 @@ use crate::safe_reader::PointInfo;
 /// Inode numbers at or above this belong to file trees.
 const TREE_SHIFT: u32 = 40;
 const TREE_MASK: u64 = (1 << TREE_SHIFT) - 1;
+const _: () = assert!(TREE_MASK == crate::ntfs_ext::tree::MAX_INO);
 
 /// Entries and attributes of recovery points never change.
 const LONG_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -66,6 +69,17 @@ enum Kind {
         point: i64,
         dev: i64,
         part: Option<u32>,
+    },
+    /// The LVM logical volumes with a PV on a device.
+    Lvm {
+        point: i64,
+        dev: i64,
+    },
+    /// One logical volume's image (VG by id, LV by name).
+    LvImage {
+        point: i64,
+        vg: String,
+        lv: String,
     },
 }
 
@@ -98,15 +112,72 @@ impl Nodes {
     }
 }
 
-/// A raw image: a byte range of one device at one point.
+/// Where a raw image's bytes are.
+#[derive(Clone)]
+enum Source {
+    /// A byte range of one device at one point (disk and partition images): holes
+    /// come from its block map.
+    Range { dev: Arc<PointDevice>, start: u64 },
+    /// A logical volume, mapped over one or more devices.
+    Lv(Arc<crate::volumes::lvm::LvVolume>),
+}
+
+/// A raw image.
 #[derive(Clone)]
 struct Image {
-    dev: Arc<PointDevice>,
-    start: u64,
+    src: Source,
     len: u64,
     /// Bytes in blocks holding data (stat's blocks): below the size, `cp` and `du` see
     /// a sparse file, and `cp` then skips the holes with SEEK_DATA.
     alloc: u64,
+}
+
+impl Image {
+    fn read_exact(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match &self.src {
+            Source::Range { dev, start } => dev.read_exact_at(start + offset, buf),
+            Source::Lv(lv) => lv.read_exact_at(offset, buf),
+        }
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        match &self.src {
+            Source::Range { dev, start } => dev.prefetch(&[(start + offset, len)]),
+            Source::Lv(lv) => lv.prefetch(&[(offset, len)]),
+        }
+    }
+
+    /// SEEK_DATA (`data`) or SEEK_HOLE from `offset`, below the length; a logical
+    /// volume is all data.
+    fn seek(&self, offset: u64, data: bool) -> std::io::Result<Option<u64>> {
+        match &self.src {
+            Source::Range { dev, start } => {
+                let (at, end) = (start + offset, start + self.len);
+                let found = if data {
+                    dev.next_data(at, end)?
+                } else {
+                    Some(dev.next_hole(at, end)?)
+                };
+                Ok(found.map(|o| o - start))
+            }
+            Source::Lv(_) => Ok(Some(if data { offset } else { self.len })),
+        }
+    }
+}
+
+/// A PV found in a point: the device holding it and the volume it is.
+struct FoundPv {
+    dev: i64,
+    vol: Arc<dyn ReadAt>,
+}
+
+/// The volume groups of one point, from the PVs on its devices and partitions.
+#[derive(Default)]
+struct PointLvm {
+    /// Newest metadata of each VG, by VG id.
+    vgs: Vec<crate::volumes::lvm::Vg>,
+    /// PVs by UUID.
+    pvs: HashMap<String, FoundPv>,
 }
 
 /// Options of the mounted tree.
@@ -122,8 +193,13 @@ pub struct FsOptions {
     pub show_system: bool,
 }
 
-/// (point, device, partition) of a volume whose file tree was probed.
-type VolumeKey = (i64, i64, Option<u32>);
+/// A volume whose file tree was probed: (point, device, partition) or (point, VG id,
+/// LV name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum VolumeKey {
+    Part(i64, i64, Option<u32>),
+    Lv(i64, String, String),
+}
 
 /// File trees kept open at once. A tree's parse of its volume (NTFS's 128 KiB `$UpCase`,
 /// ext's group descriptors, ...) lies outside the cache budget; walking the trees of
@@ -158,6 +234,8 @@ pub struct SafeFs {
     /// Ticks once per use of a tree: the trees' recency.
     tree_clock: AtomicU64,
     tree_ids: Mutex<HashMap<VolumeKey, Option<u64>>>,
+    /// Each point's LVM volume groups, scanned on first use.
+    lvm: Mutex<HashMap<i64, Arc<PointLvm>>>,
     /// Readahead streams per image or large tree-file inode (files are opened without
     /// a handle).
     streams: readahead::Streams,
@@ -199,6 +277,7 @@ impl SafeFs {
             trees: RwLock::new(Vec::new()),
             tree_clock: AtomicU64::new(0),
             tree_ids: Mutex::new(HashMap::new()),
+            lvm: Mutex::new(HashMap::new()),
             streams,
         })
     }
@@ -281,10 +360,25 @@ impl SafeFs {
             }
         };
         let img = Image {
-            dev: d,
-            start,
+            src: Source::Range { dev: d, start },
             len,
             alloc,
+        };
+        self.images.lock().unwrap().insert(ino, img.clone());
+        Some(img)
+    }
+
+    /// The image of logical volume `lv` of VG `vg` at `point`.
+    fn lv_image(&self, ino: u64, point: i64, vg: &str, lv: &str) -> Option<Image> {
+        if let Some(i) = self.images.lock().unwrap().get(&ino) {
+            return Some(i.clone());
+        }
+        let vol = Arc::new(self.lv_volume(point, vg, lv)?);
+        let len = vol.size();
+        let img = Image {
+            src: Source::Lv(vol),
+            len,
+            alloc: len,
         };
         self.images.lock().unwrap().insert(ino, img.clone());
         Some(img)
@@ -293,10 +387,108 @@ impl SafeFs {
     /// The raw image an inode stands for: EINVAL for other inodes, ENOENT when its
     /// point, device or partition is gone.
     fn image_of(&self, ino: u64) -> Result<Image, Errno> {
-        let Some(Kind::Image { point, dev, part }) = self.kind(ino) else {
-            return Err(Errno::EINVAL);
+        match self.kind(ino) {
+            Some(Kind::Image { point, dev, part }) => {
+                self.image(ino, point, dev, part).ok_or(Errno::ENOENT)
+            }
+            Some(Kind::LvImage { point, vg, lv }) => {
+                self.lv_image(ino, point, &vg, &lv).ok_or(Errno::ENOENT)
+            }
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Every volume of a point that may be a PV: each device, and each partition.
+    fn point_volumes(&self, point: i64) -> Vec<(i64, String, Arc<dyn ReadAt>)> {
+        let mut out = Vec::new();
+        let Some(p) = self.point(point) else {
+            return out;
         };
-        self.image(ino, point, dev, part).ok_or(Errno::ENOENT)
+        for d in &p.devices {
+            let Some(pd) = self.device(point, d.id) else {
+                continue;
+            };
+            out.push((
+                d.id,
+                format!("device {}", d.name),
+                pd.clone() as Arc<dyn ReadAt>,
+            ));
+            if let Ok(Some(t)) = crate::volumes::read_table(&*pd) {
+                for part in &t.partitions {
+                    let slice: Arc<dyn ReadAt> =
+                        Arc::new(Slice::new(pd.clone(), part.start, part.len));
+                    out.push((
+                        d.id,
+                        format!("device {}, partition {}", d.name, part.number),
+                        slice,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The LVM volume groups of a point (scanned once: points never change).
+    fn point_lvm(&self, point: i64) -> Arc<PointLvm> {
+        if let Some(l) = self.lvm.lock().unwrap().get(&point) {
+            return l.clone();
+        }
+        use crate::volumes::lvm;
+        let mut found = PointLvm::default();
+        for (dev, what, vol) in self.point_volumes(point) {
+            let label = match lvm::read_label(&*vol) {
+                Ok(Some(l)) => l,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!("point {point}, {what}: {e}");
+                    continue;
+                }
+            };
+            match lvm::read_metadata(&*vol, &label) {
+                Ok(Some(vg)) => match found.vgs.iter_mut().find(|v| v.id == vg.id) {
+                    Some(v) if v.seqno < vg.seqno => *v = vg,
+                    Some(_) => {}
+                    None => found.vgs.push(vg),
+                },
+                Ok(None) => {}
+                Err(e) => tracing::error!("point {point}, {what}: {e}"),
+            }
+            found.pvs.insert(label.uuid, FoundPv { dev, vol });
+        }
+        found.vgs.sort_by(|a, b| a.name.cmp(&b.name));
+        for vg in &found.vgs {
+            for lv in vg.lvs.iter().filter(|l| l.visible) {
+                if let Some(t) = lv.unsupported() {
+                    tracing::warn!(
+                        "point {point}, LV {}/{}: segment type {t} is not read; not shown",
+                        vg.name,
+                        lv.name
+                    );
+                }
+            }
+        }
+        let found = Arc::new(found);
+        self.lvm.lock().unwrap().insert(point, found.clone());
+        found
+    }
+
+    /// Maps an LV onto the PVs of its point; `None` (logged) when it cannot be.
+    fn lv_volume(&self, point: i64, vg: &str, lv: &str) -> Option<crate::volumes::lvm::LvVolume> {
+        let found = self.point_lvm(point);
+        let vg = found.vgs.iter().find(|v| v.id == vg)?;
+        let l = vg.lvs.iter().find(|l| l.name == lv)?;
+        let pvs: HashMap<String, Arc<dyn ReadAt>> = found
+            .pvs
+            .iter()
+            .map(|(k, p)| (k.clone(), p.vol.clone()))
+            .collect();
+        match crate::volumes::lvm::LvVolume::open(vg, l, &pvs) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!("point {point}, LV {}/{}: {e}; not shown", vg.name, l.name);
+                None
+            }
+        }
     }
 
     /// Children of a directory, built on first use (the root and by-time: every time).
@@ -352,7 +544,8 @@ impl SafeFs {
                 let mut trees = Vec::new();
                 if let Some(d) = self.device(*point, *dev) {
                     let whole: Arc<dyn ReadAt> = d.clone();
-                    if let Some(root) = self.tree_root(*point, *dev, None, whole, ino) {
+                    let key = VolumeKey::Part(*point, *dev, None);
+                    if let Some(root) = self.tree_root(key, whole, ino) {
                         trees.push((OsString::from("files"), root));
                     }
                     match crate::volumes::read_table(&*d) {
@@ -368,9 +561,8 @@ impl SafeFs {
                                 ));
                                 let slice: Arc<dyn ReadAt> =
                                     Arc::new(Slice::new(d.clone(), p.start, p.len));
-                                if let Some(root) =
-                                    self.tree_root(*point, *dev, Some(p.number), slice, ino)
-                                {
+                                let key = VolumeKey::Part(*point, *dev, Some(p.number));
+                                if let Some(root) = self.tree_root(key, slice, ino) {
                                     trees.push((format!("part{}", p.number).into(), root));
                                 }
                             }
@@ -381,16 +573,39 @@ impl SafeFs {
                             d.name()
                         ),
                     }
+                    if !self.lvs_on(*point, *dev).is_empty() {
+                        v.push((
+                            "lvm".into(),
+                            Kind::Lvm {
+                                point: *point,
+                                dev: *dev,
+                            },
+                        ));
+                    }
                 }
-                let mut n = self.nodes.write().unwrap();
-                let mut list: Vec<(OsString, u64)> = v
-                    .into_iter()
-                    .map(|(name, k)| (name, n.get_or_add(k, ino)))
-                    .collect();
-                list.extend(trees);
-                let list = Arc::new(list);
-                n.list[ino as usize - 1].children = Some(list.clone());
-                return Ok(list);
+                return Ok(self.keep_listing(ino, v, trees));
+            }
+            Kind::Lvm { point, dev } => {
+                let mut v = Vec::new();
+                let mut trees = Vec::new();
+                for (vg, lv, name) in self.lvs_on(*point, *dev) {
+                    let Some(vol) = self.lv_volume(*point, &vg, &lv) else {
+                        continue;
+                    };
+                    let key = VolumeKey::Lv(*point, vg.clone(), lv.clone());
+                    if let Some(root) = self.tree_root(key, Arc::new(vol), ino) {
+                        trees.push((OsString::from(&name), root));
+                    }
+                    v.push((
+                        format!("{name}.img").into(),
+                        Kind::LvImage {
+                            point: *point,
+                            vg,
+                            lv,
+                        },
+                    ));
+                }
+                return Ok(self.keep_listing(ino, v, trees));
             }
             _ => return Err(Errno::ENOTDIR),
         };
@@ -409,6 +624,25 @@ impl SafeFs {
         Ok(list)
     }
 
+    /// Numbers the synthetic entries of directory `ino`, appends its tree roots and
+    /// keeps the listing (such directories never change).
+    fn keep_listing(
+        &self,
+        ino: u64,
+        synthetic: Vec<(OsString, Kind)>,
+        trees: Vec<(OsString, u64)>,
+    ) -> Arc<Vec<(OsString, u64)>> {
+        let mut n = self.nodes.write().unwrap();
+        let mut list: Vec<(OsString, u64)> = synthetic
+            .into_iter()
+            .map(|(name, k)| (name, n.get_or_add(k, ino)))
+            .collect();
+        list.extend(trees);
+        let list = Arc::new(list);
+        n.list[ino as usize - 1].children = Some(list.clone());
+        list
+    }
+
     fn device_entries(&self, point: i64) -> Vec<(OsString, Kind)> {
         self.point(point)
             .map(|p| {
@@ -420,26 +654,61 @@ impl SafeFs {
             .unwrap_or_default()
     }
 
-    /// Opens (once) the file tree of a device or partition; returns its root's inode.
-    fn tree_root(
-        &self,
-        point: i64,
-        dev: i64,
-        part: Option<u32>,
-        vol: Arc<dyn ReadAt>,
-        parent: u64,
-    ) -> Option<u64> {
-        let key = (point, dev, part);
+    /// The visible LVs with extents on device `dev` of `point`, as (VG id, LV name,
+    /// device-mapper name), by name.
+    fn lvs_on(&self, point: i64, dev: i64) -> Vec<(String, String, String)> {
+        let found = self.point_lvm(point);
+        let mut out = Vec::new();
+        use crate::volumes::lvm::SegKind;
+        for vg in &found.vgs {
+            let on_dev = |idx: &usize| {
+                vg.pvs
+                    .get(*idx)
+                    .and_then(|pv| found.pvs.get(&pv.uuid))
+                    .is_some_and(|f| f.dev == dev)
+            };
+            for lv in vg.lvs.iter().filter(|l| l.visible) {
+                let here = lv.segments.iter().any(|s| match &s.kind {
+                    SegKind::Striped { stripes, .. } => stripes.iter().any(|(i, _)| on_dev(i)),
+                    SegKind::Other(_) => false,
+                });
+                if !here {
+                    continue;
+                }
+                let name = crate::volumes::lvm::mapper_name(&vg.name, &lv.name);
+                out.push((vg.id.clone(), lv.name.clone(), name));
+            }
+        }
+        out.sort_by(|a, b| a.2.cmp(&b.2));
+        out
+    }
+
+    /// Opens (once) the file tree of a device, partition or LV; returns its root's inode.
+    fn tree_root(&self, key: VolumeKey, vol: Arc<dyn ReadAt>, parent: u64) -> Option<u64> {
         if let Some(r) = self.tree_ids.lock().unwrap().get(&key) {
             return *r;
         }
-        let dname = self
-            .device(point, dev)
-            .map(|d| d.name().to_string())
-            .unwrap_or_default();
-        let label = match part {
-            Some(k) => format!("point {point}, device {dname}, partition {k}"),
-            None => format!("point {point}, device {dname}"),
+        let label = match &key {
+            VolumeKey::Part(point, dev, part) => {
+                let dname = self
+                    .device(*point, *dev)
+                    .map(|d| d.name().to_string())
+                    .unwrap_or_default();
+                match part {
+                    Some(k) => format!("point {point}, device {dname}, partition {k}"),
+                    None => format!("point {point}, device {dname}"),
+                }
+            }
+            VolumeKey::Lv(point, vg, lv) => {
+                let vgname = self
+                    .point_lvm(*point)
+                    .vgs
+                    .iter()
+                    .find(|v| &v.id == vg)
+                    .map(|v| v.name.clone())
+                    .unwrap_or_default();
+                format!("point {point}, LV {vgname}/{lv}")
+            }
         };
         let opts = TreeOptions {
             no_replay: self.opts.no_replay,
@@ -641,13 +910,13 @@ impl SafeFs {
                     LONG_TTL,
                 )
             }
-            Kind::Point(p) | Kind::Device { point: p, .. } => {
+            Kind::Point(p) | Kind::Device { point: p, .. } | Kind::Lvm { point: p, .. } => {
                 let p = self.point(*p).ok_or(Errno::ENOENT)?;
                 (FileType::Directory, 0o555, 0, time(p.created), LONG_TTL)
             }
-            Kind::Image { point, dev, part } => {
+            Kind::Image { point, .. } | Kind::LvImage { point, .. } => {
                 let p = self.point(*point).ok_or(Errno::ENOENT)?;
-                let img = self.image(ino, *point, *dev, *part).ok_or(Errno::ENOENT)?;
+                let img = self.image_of(ino)?;
                 let perm = if self.opts.allow_other { 0o400 } else { 0o444 };
                 alloc = Some(img.alloc);
                 (
@@ -709,6 +978,11 @@ impl SafeFs {
                     1 => add(up, 2, FileType::Directory, OsStr::new("..")),
                     _ => {
                         let e = &entries[i - 2];
+                        if e.ino > TREE_MASK {
+                            // Would name a node of another tree: the parser's promise broken.
+                            tracing::error!("tree inode {ino}: entry with inode {} skipped", e.ino);
+                            continue;
+                        }
                         add(
                             base | e.ino,
                             i as u64 + 1,
@@ -730,7 +1004,7 @@ impl SafeFs {
         for (i, (name, child)) in all.enumerate().skip(offset as usize) {
             let ft = match self.kind(*child) {
                 Some(Kind::Latest | Kind::TimeLink(_)) => FileType::Symlink,
-                Some(Kind::Image { .. }) => FileType::RegularFile,
+                Some(Kind::Image { .. } | Kind::LvImage { .. }) => FileType::RegularFile,
                 _ => FileType::Directory, // synthetic directories and tree roots
             };
             if add(*child, i as u64 + 1, ft, name) {
@@ -762,7 +1036,7 @@ impl SafeFs {
     fn readahead(&self, ino: u64, img: &Image, offset: u64, len: u64) {
         if let Some(r) = self.streams.advance(ino, offset, len, img.len) {
             let img = img.clone();
-            rayon::spawn(move || img.dev.prefetch(&[(img.start + r.start, r.end - r.start)]));
+            rayon::spawn(move || img.prefetch(r.start, r.end - r.start));
         }
     }
 }
@@ -883,6 +1157,13 @@ impl fuser::Filesystem for SafeFs {
         if let Some((tree, dir, _)) = self.tree_of(parent.0) {
             let base = parent.0 & !TREE_MASK;
             return match tree.lookup(dir, name.as_encoded_bytes()) {
+                Ok(Some(child)) if child > TREE_MASK => {
+                    tracing::error!(
+                        "lookup in tree inode {}: inode {child} out of range",
+                        parent.0
+                    );
+                    reply.error(Errno::EIO)
+                }
                 Ok(Some(child)) => match self.attr(base | child) {
                     Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
                     Err(e) => reply.error(e),
@@ -963,13 +1244,11 @@ impl fuser::Filesystem for SafeFs {
         }
         let n = (size as u64).min(img.len - offset) as usize;
         self.readahead(ino.0, &img, offset, n as u64);
-        with_read_buf(n, |buf| {
-            match img.dev.read_exact_at(img.start + offset, buf) {
-                Ok(()) => reply.data(buf),
-                Err(e) => {
-                    tracing::error!("read failed, answering EIO: {e}");
-                    reply.error(Errno::EIO)
-                }
+        with_read_buf(n, |buf| match img.read_exact(offset, buf) {
+            Ok(()) => reply.data(buf),
+            Err(e) => {
+                tracing::error!("read failed, answering EIO: {e}");
+                reply.error(Errno::EIO)
             }
         })
     }
@@ -1007,14 +1286,8 @@ impl fuser::Filesystem for SafeFs {
         if offset >= img.len {
             return reply.error(Errno::ENXIO);
         }
-        let (at, end) = (img.start + offset, img.start + img.len);
-        let found = if whence == libc::SEEK_DATA {
-            img.dev.next_data(at, end)
-        } else {
-            img.dev.next_hole(at, end).map(Some)
-        };
-        match found {
-            Ok(Some(o)) => reply.offset((o - img.start) as i64),
+        match img.seek(offset, whence == libc::SEEK_DATA) {
+            Ok(Some(o)) => reply.offset(o as i64),
             Ok(None) => reply.error(Errno::ENXIO),
             Err(e) => {
                 tracing::error!("lseek failed, answering EIO: {e}");

@@ -65,7 +65,7 @@ pub struct Timespec {
 /// Attributes of one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stat {
-    /// Stable inode number inside the tree (hard links share it).
+    /// Stable inode number inside the tree (hard links share it), at most [`MAX_INO`].
     pub ino: u64,
     /// File type.
     pub kind: NodeKind,
@@ -140,6 +140,10 @@ pub struct TreeOptions {
     /// mount opens one per point and partition browsed); `None`: per-volume caps only.
     pub budget: Option<std::sync::Arc<crate::cache::Budget>>,
 }
+
+/// Highest inode number a tree may hand out: the mount numbers a tree's nodes
+/// `tree id << 40 | inode`.
+pub const MAX_INO: u64 = (1 << 40) - 1;
 
 /// A read-only file tree. Implementations cache parsed metadata; every method may be
 /// called from many threads at once.

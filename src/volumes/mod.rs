@@ -1,9 +1,12 @@
 //! Partition tables (MBR with extended/EBR chains, GPT) read through [`ReadAt`], so
-//! each partition can be served as a byte-exact slice of its device.
+//! each partition can be served as a byte-exact slice of its device; LVM logical
+//! volumes (`lvm`) mapped over the PVs found on devices and partitions.
 //!
 //! Every on-disk value is treated as hostile: chains are bounded and checked for loops,
 //! entry counts and sizes are capped, CRCs are checked, and partitions reaching past the
 //! end of the device are clipped (and logged).
+
+pub mod lvm;
 
 use std::collections::HashSet;
 use std::io;

@@ -14,7 +14,9 @@ use std::io;
 use std::sync::{Arc, OnceLock};
 
 use crate::cache::{Weigh, WeightedLru};
-use crate::ntfs_ext::tree::{DirEntry, FsTree, NodeKind, Stat, StatFs, Timespec, TreeOptions};
+use crate::ntfs_ext::tree::{
+    DirEntry, FsTree, NodeKind, Stat, StatFs, Timespec, TreeOptions, MAX_INO,
+};
 use crate::ntfs_ext::{corrupt, run_spans};
 use crate::readat::ReadAt;
 
@@ -361,6 +363,12 @@ impl XfsFs {
             bad_crc: OnceLock::new(),
             statfs: OnceLock::new(),
         };
+        if fs.sb.rootino > MAX_INO {
+            return Err(corrupt(format!(
+                "{}: XFS root inode number too large",
+                fs.label
+            )));
+        }
         let root = fs.inode(fs.sb.rootino)?;
         if root.kind() != Some(NodeKind::Dir) {
             return Err(corrupt(format!(
@@ -640,6 +648,14 @@ impl XfsFs {
         let mut entries = Vec::with_capacity(raw.len());
         let mut index = HashMap::with_capacity(raw.len());
         for (name, child, ftype) in raw {
+            if child > MAX_INO {
+                // Volumes past ~1 PiB number inodes beyond what the mount can carry.
+                tracing::warn!(
+                    "{}: directory {ino}: inode number {child} is too large to show; skipped",
+                    self.label
+                );
+                continue;
+            }
             if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
                 tracing::warn!(
                     "{}: directory {ino}: entry with an invalid name skipped",

@@ -1,0 +1,338 @@
+//! LVM logical volumes through the mount, against LVM's own tools: the PVs, the VG and
+//! its LVs are made by pvcreate, vgcreate, lvcreate and lvextend (without
+//! device-mapper: nothing is activated), the LVs' contents written where `lvs` reports
+//! each segment lies, and each `lvm/VG-LV.img` must read back byte for byte, its file
+//! tree equal to the tree it was made from. One PV is a GPT partition of one disk, the
+//! other a whole second disk; the VG spans both.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs an LVM or other tool; its stdout when it succeeds.
+fn tool(cmd: &str, args: &[&str]) -> Option<String> {
+    let o = Command::new(cmd)
+        .args(args)
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .ok()?;
+    if !o.status.success() {
+        eprintln!("{cmd} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        return None;
+    }
+    Some(String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// Loop devices over parts of image files, detached when dropped (the VG stays in
+/// the images).
+struct Loops {
+    devs: Vec<String>,
+}
+
+impl Loops {
+    fn attach(&mut self, img: &Path, offset: u64, len: u64) -> Option<String> {
+        let d = tool(
+            "losetup",
+            &[
+                "-f",
+                "--show",
+                "-o",
+                &offset.to_string(),
+                "--sizelimit",
+                &len.to_string(),
+                s(img),
+            ],
+        )?;
+        self.devs.push(d.clone());
+        Some(d)
+    }
+}
+
+impl Drop for Loops {
+    fn drop(&mut self) {
+        for d in &self.devs {
+            let _ = Command::new("losetup").args(["-d", d]).status();
+        }
+    }
+}
+
+/// One LV segment as `lvs` reports it: LV byte offset and length, stripe size, and the
+/// (PV device, first extent) of each stripe.
+#[derive(Debug)]
+struct Seg {
+    start: u64,
+    len: u64,
+    stripe: u64,
+    stripes: Vec<(String, u64)>,
+}
+
+fn segments(vg: &str) -> BTreeMap<String, Vec<Seg>> {
+    let out = tool(
+        "lvs",
+        &[
+            "--driverloaded",
+            "n",
+            "--noheadings",
+            "--segments",
+            "--units",
+            "b",
+            "--nosuffix",
+            "--separator",
+            ";",
+            "-o",
+            "lv_name,seg_start,seg_size,stripe_size,seg_pe_ranges",
+            vg,
+        ],
+    )
+    .expect("lvs");
+    let mut m: BTreeMap<String, Vec<Seg>> = BTreeMap::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.trim().split(';').collect();
+        let stripes = f[4]
+            .split_whitespace()
+            .map(|r| {
+                let (dev, range) = r.rsplit_once(':').unwrap();
+                (
+                    dev.to_string(),
+                    range.split('-').next().unwrap().parse().unwrap(),
+                )
+            })
+            .collect();
+        m.entry(f[0].to_string()).or_default().push(Seg {
+            start: f[1].parse().unwrap(),
+            len: f[2].parse().unwrap(),
+            stripe: f[3].parse().unwrap(),
+            stripes,
+        });
+    }
+    m
+}
+
+/// Writes `data` as the contents of an LV whose segments are `segs`: linear segments
+/// where `lvs` places them; striped ones in chunks of the stripe size dealt out over
+/// the stripes in turn (device-mapper's striped target).
+fn write_lv(segs: &[Seg], data: &[u8], pe_start: &BTreeMap<String, u64>, extent: u64) {
+    for sg in segs {
+        let n = sg.stripes.len() as u64;
+        let chunk = if n == 1 { sg.len } else { sg.stripe };
+        let mut rel = 0;
+        while rel < sg.len {
+            let k = rel / chunk;
+            let (dev, first) = &sg.stripes[(k % n) as usize];
+            let at = pe_start[dev] + first * extent + (k / n) * chunk;
+            let piece = &data[(sg.start + rel) as usize..(sg.start + rel + chunk) as usize];
+            File::options()
+                .write(true)
+                .open(dev)
+                .unwrap()
+                .write_all_at(piece, at)
+                .unwrap();
+            rel += chunk;
+        }
+    }
+}
+
+#[test]
+fn logical_volumes_read_as_lvm_places_them() {
+    if !fuse_available() || tool("lvm", &["version"]).is_none() || tool("sfdisk", &["-v"]).is_none()
+    {
+        eprintln!("SKIP lvm: needs FUSE, root, lvm2 and sfdisk");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a.img"), t.path().join("b.img"));
+    File::create(&a).unwrap().set_len(160 << 20).unwrap();
+    File::create(&b).unwrap().set_len(96 << 20).unwrap();
+    // Disk a: GPT, partition 1 of 8 MiB, partition 2 the PV.
+    let mut sf = Command::new("sfdisk")
+        .args(["-q", s(&a)])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        sf.stdin.as_mut().unwrap(),
+        b"label: gpt\nstart=2048, size=16384\nstart=18432, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
+    )
+    .unwrap();
+    assert!(sf.wait().unwrap().success());
+    let part2 = sfdisk_parts(&a).into_iter().find(|p| p.0 == 2).unwrap();
+    let vg = format!("dstest{}", std::process::id());
+    let mut loops = Loops { devs: Vec::new() };
+    let (Some(pa), Some(pb)) = (
+        loops.attach(&a, part2.1, part2.2),
+        loops.attach(&b, 0, 96 << 20),
+    ) else {
+        eprintln!("SKIP lvm: no loop devices");
+        return;
+    };
+    let lvm = |args: &[&str]| {
+        let mut v = vec!["--driverloaded", "n"];
+        v.extend_from_slice(&args[1..]);
+        tool(args[0], &v).unwrap_or_else(|| panic!("{args:?}"))
+    };
+    tool("pvcreate", &["-q", &pa, &pb]).expect("pvcreate");
+    lvm(&["vgcreate", "-q", "-s", "1m", &vg, &pa, &pb]);
+    // root on a, then home after it, then root grown: root in two segments.
+    lvm(&[
+        "lvcreate", "-q", "-an", "-Zn", "-L", "24m", "-n", "root", &vg, &pa,
+    ]);
+    lvm(&[
+        "lvcreate", "-q", "-an", "-Zn", "-L", "4m", "-n", "home", &vg, &pa,
+    ]);
+    lvm(&["lvextend", "-q", "-L", "40m", &format!("{vg}/root"), &pa]);
+    lvm(&[
+        "lvcreate", "-q", "-an", "-Zn", "-L", "16m", "-i", "2", "-I", "64k", "-n", "data", &vg,
+    ]);
+    lvm(&[
+        "lvcreate", "-q", "-an", "-Zn", "-L", "32m", "-n", "my-xfs", &vg, &pb,
+    ]);
+    let segs = segments(&vg);
+    assert_eq!(segs["root"].len(), 2, "root is fragmented: {segs:?}");
+    assert_eq!(segs["data"][0].stripes.len(), 2);
+    let mut pe_start = BTreeMap::new();
+    for d in [&pa, &pb] {
+        let v = tool(
+            "pvs",
+            &[
+                "--driverloaded",
+                "n",
+                "--noheadings",
+                "--units",
+                "b",
+                "--nosuffix",
+                "-o",
+                "pe_start",
+                d,
+            ],
+        )
+        .unwrap();
+        pe_start.insert(d.clone(), v.trim().parse::<u64>().unwrap());
+    }
+    let extent = 1 << 20;
+
+    // root: an ext4 image of a generated tree; data: random bytes; my-xfs: XFS.
+    let mut rng = StdRng::seed_from_u64(7);
+    let src = t.path().join("src");
+    make_tree(&src, 30, &mut rng);
+    let root_img = t.path().join("root.img");
+    File::create(&root_img).unwrap().set_len(40 << 20).unwrap();
+    tool("mkfs.ext4", &["-q", "-F", "-d", s(&src), s(&root_img)]).expect("mkfs.ext4");
+    write_lv(
+        &segs["root"],
+        &std::fs::read(&root_img).unwrap(),
+        &pe_start,
+        extent,
+    );
+    let mut data = vec![0u8; 16 << 20];
+    rng.fill(&mut data[..]);
+    write_lv(&segs["data"], &data, &pe_start, extent);
+    let xsrc = t.path().join("xsrc");
+    let xfs_img: Option<PathBuf> = tool("mkfs.xfs", &["-V"]).map(|_| {
+        std::fs::create_dir(&xsrc).unwrap();
+        let mut body = String::new();
+        for i in 0..12 {
+            let mut d = vec![0u8; rng.gen_range(0..300_000)];
+            rng.fill(&mut d[..]);
+            let p = xsrc.join(format!("f{i}.bin"));
+            std::fs::write(&p, &d).unwrap();
+            body += &format!("f{i}.bin ---644 0 0 {}\n", s(&p));
+        }
+        let img = t.path().join("xfs.img");
+        File::create(&img).unwrap().set_len(32 << 20).unwrap();
+        let proto = t.path().join("proto");
+        std::fs::write(&proto, format!("/dev/null\n0 0\nd--755 0 0\n{body}$\n")).unwrap();
+        let ok = Command::new("mkfs.xfs")
+            .args(["-q", "-f", "-p", s(&proto), s(&img)])
+            .envs([("TEST_DIR", "1"), ("TEST_DEV", "1"), ("QA_CHECK_FS", "1")])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mkfs.xfs -p");
+        img
+    });
+    if let Some(img) = &xfs_img {
+        write_lv(
+            &segs["my-xfs"],
+            &std::fs::read(img).unwrap(),
+            &pe_start,
+            extent,
+        );
+    }
+    drop(loops);
+
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("a={}", s(&a)), &format!("b={}", s(&b))]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let lv = |dev: &str, name: &str| m.dir.join(format!("1/{dev}/lvm/{vg}-{name}"));
+    // Every LV with a PV on a device is listed under it: data spans both.
+    let names = |dev: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(m.dir.join(format!("1/{dev}/lvm")))
+            .unwrap()
+            .map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .replace(&format!("{vg}-"), "")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("a"), ["data.img", "home.img", "root", "root.img"]);
+    let mut want_b = vec!["data.img", "my--xfs.img"];
+    if xfs_img.is_some() {
+        want_b.push("my--xfs");
+    }
+    want_b.sort();
+    assert_eq!(names("b"), want_b);
+    assert_eq!(sha256_file(&lv("a", "root.img")), sha256_file(&root_img));
+    assert_eq!(same_bytes(&lv("b", "data.img"), &data), Ok(()));
+    assert_eq!(
+        std::fs::metadata(lv("a", "home.img")).unwrap().len(),
+        4 << 20
+    );
+    same_tree(
+        &tree_digest(&lv("a", "root")),
+        &tree_digest(&src),
+        "ext4 in LV root",
+    );
+    if let Some(img) = &xfs_img {
+        assert_eq!(sha256_file(&lv("b", "my--xfs.img")), sha256_file(img));
+        same_tree(
+            &tree_digest(&lv("b", "my--xfs")),
+            &tree_digest(&xsrc),
+            "XFS in LV my-xfs",
+        );
+    } else {
+        eprintln!("lvm: XFS in an LV not checked (no mkfs.xfs)");
+    }
+    // Partition 1 of a holds no PV and shows as before.
+    assert!(m.dir.join("1/a/part1.img").exists());
+    let log = m.log_text();
+    assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
+}
+
+/// Ok when the file holds exactly `want`; else the first differing offset.
+fn same_bytes(p: &Path, want: &[u8]) -> Result<(), usize> {
+    let got = std::fs::read(p).unwrap();
+    if got.len() != want.len() {
+        return Err(got.len().min(want.len()));
+    }
+    match got.iter().zip(want).position(|(a, b)| a != b) {
+        Some(i) => Err(i),
+        None => Ok(()),
+    }
+}
