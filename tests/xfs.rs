@@ -217,6 +217,33 @@ fn view(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// Asserts the mount's view of `files` equals the kernel's `want`, naming each path
+/// that differs (and showing the server's log if the walk itself fails).
+fn same_view(want: &BTreeMap<String, String>, files: &Path, m: &Mounted, name: &str) {
+    let got = std::panic::catch_unwind(|| view(files)).unwrap_or_else(|_| {
+        panic!(
+            "{name}: walking the mount failed; its log:\n{}",
+            m.log_text()
+        )
+    });
+    let diffs: Vec<String> = want
+        .iter()
+        .filter(|(p, v)| got.get(*p) != Some(*v))
+        .map(|(p, v)| format!("{p}:\n  kernel   {v}\n  disksafe {:?}", got.get(p)))
+        .chain(
+            got.keys()
+                .filter(|p| !want.contains_key(*p))
+                .map(|p| format!("{p}: only in disksafe")),
+        )
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "{name}: {} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}
+
 fn check(name: &str, mkfs_opts: &[&str]) {
     if !fuse_available() || Command::new("mkfs.xfs").arg("-V").output().is_err() {
         eprintln!("SKIP xfs {name}: needs FUSE, root and mkfs.xfs (xfsprogs)");
@@ -240,29 +267,8 @@ fn check(name: &str, mkfs_opts: &[&str]) {
     let m = Mounted::new(&safe, t.path(), &[]);
     let files = m.dir.join("1/vol/files");
     let (want, want_df) = kernel(&img, &kmnt, "loop,ro", |k| (view(k), statvfs(k))).unwrap();
-    let got = std::panic::catch_unwind(|| view(&files)).unwrap_or_else(|_| {
-        panic!(
-            "{name}: walking the mount failed; its log:\n{}",
-            m.log_text()
-        )
-    });
     assert!(want.len() > 3000, "{name}: only {} paths", want.len());
-    let diffs: Vec<String> = want
-        .iter()
-        .filter(|(p, v)| got.get(*p) != Some(*v))
-        .map(|(p, v)| format!("{p}:\n  kernel   {v}\n  disksafe {:?}", got.get(p)))
-        .chain(
-            got.keys()
-                .filter(|p| !want.contains_key(*p))
-                .map(|p| format!("{p}: only in disksafe")),
-        )
-        .collect();
-    assert!(
-        diffs.is_empty(),
-        "{name}: {} differences:\n{}",
-        diffs.len(),
-        diffs.join("\n")
-    );
+    same_view(&want, &files, &m, name);
     assert_eq!(statvfs(&files), want_df, "{name}: statvfs");
     let log = m.log_text();
     assert!(
@@ -289,6 +295,189 @@ fn xfs_v5_large_extent_counts_old_times() {
 #[test]
 fn xfs_v4() {
     check("v4", &["-m", "crc=0"]);
+}
+
+/// What a snapshot of a running server holds: a volume busy with creates, fsyncs,
+/// renames, deletes and attribute changes, its log flushed and the machine "crashed"
+/// (`xfs_io -x -c 'shutdown -f'`, as xfstests crash it), so the latest metadata is
+/// only in the log. The kernel's own recovery (mounting a copy) is the oracle.
+/// Makes `img` (`size` bytes) such a crashed volume; `None` (the caller skips,
+/// saying why) where the tools or the kernel's XFS are missing.
+fn crash_image(img: &Path, size: u64, mnt: &Path, rng: &mut StdRng) -> Option<()> {
+    if !fuse_available() || Command::new("xfs_io").arg("-V").output().is_err() {
+        eprintln!("SKIP xfs crash: needs FUSE, root and xfsprogs");
+        return None;
+    }
+    File::create(img).unwrap().set_len(size).unwrap();
+    let ok = Command::new("mkfs.xfs")
+        .args(["-q", "-f", s(img)])
+        .envs([("TEST_DIR", "1"), ("TEST_DEV", "1"), ("QA_CHECK_FS", "1")])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfs.xfs");
+    let busy = kernel(img, mnt, "loop", |m| {
+        fill(m, rng);
+        assert!(run("sync", &[]));
+        // After the sync: work whose metadata only the log holds at the crash.
+        let live = m.join("live");
+        std::fs::create_dir(&live).unwrap();
+        for i in 0..400 {
+            let p = live.join(format!("f{i}"));
+            let mut d = vec![0u8; rng.gen_range(0..20_000)];
+            rng.fill(&mut d[..]);
+            std::fs::write(&p, &d).unwrap();
+            if i % 7 == 0 {
+                File::open(&p).unwrap().sync_all().unwrap();
+            }
+        }
+        std::fs::rename(m.join("tree"), m.join("tree-renamed")).unwrap();
+        std::fs::remove_file(m.join("many/entry-with-a-longer-name-00007")).unwrap();
+        for i in 0..300 {
+            std::fs::rename(
+                m.join(format!("many/entry-with-a-longer-name-{:05}", 100 + i)),
+                live.join(format!("moved-{i}")),
+            )
+            .unwrap();
+        }
+        set_xattr(&m.join("attrs"), "user.after", b"set after the sync");
+        set_times(&m.join("sparse"), 1_500_000_000, 5);
+        File::open(&live).unwrap().sync_all().unwrap();
+        run("xfs_io", &["-x", "-c", "shutdown -f", s(m)])
+    });
+    match busy {
+        Some(true) => Some(()),
+        Some(false) => {
+            eprintln!("SKIP xfs crash: the kernel refuses xfs_io's shutdown here");
+            None
+        }
+        None => {
+            eprintln!("SKIP xfs crash: the kernel does not mount XFS images here");
+            None
+        }
+    }
+}
+
+#[test]
+fn xfs_crash_consistent_point_is_replayed_like_the_kernel() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("xfs.img");
+    let kmnt = t.path().join("kernel");
+    if crash_image(&img, 320 << 20, &kmnt, &mut StdRng::seed_from_u64(11)).is_none() {
+        return;
+    }
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    // The kernel replays its log on a copy; noatime keeps the walk from changing it.
+    let copy = t.path().join("copy.img");
+    std::fs::copy(&img, &copy).unwrap();
+    let want = kernel(&copy, &kmnt, "loop,noatime", view).unwrap();
+    // df as a read-only mount counts (a read-write one sets reserves aside).
+    let want_df = kernel(&copy, &kmnt, "loop,ro", statvfs).unwrap();
+    assert!(
+        want.contains_key("live/moved-299"),
+        "the crash image holds the late work"
+    );
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let files = m.dir.join("1/vol/files");
+    same_view(&want, &files, &m, "crash");
+    assert_eq!(statvfs(&files), want_df, "statvfs");
+    assert!(m.log_text().contains("replayed"), "{}", m.log_text());
+    // As recorded, the same point is missing the late work.
+    let raw = Mounted::new(&safe, t.path(), &["--no-replay"]);
+    assert!(
+        !raw.dir.join("1/vol/files/live/moved-299").exists(),
+        "--no-replay shows the volume as recorded"
+    );
+    assert!(
+        raw.log_text().contains("needs recovery"),
+        "{}",
+        raw.log_text()
+    );
+}
+
+/// A crashed volume's log damaged byte by byte: each walk (replay included) ends in
+/// errors or a tree, never a panic or a hang.
+#[test]
+fn xfs_damaged_logs_give_errors_not_panics() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("xfs.img");
+    if crash_image(
+        &img,
+        48 << 20,
+        &t.path().join("kernel"),
+        &mut StdRng::seed_from_u64(3),
+    )
+    .is_none()
+    {
+        return;
+    }
+    let base = std::fs::read(&img).unwrap();
+    let be32 = |o: usize| u32::from_be_bytes(base[o..o + 4].try_into().unwrap()) as u64;
+    let be64 = |o: usize| u64::from_be_bytes(base[o..o + 8].try_into().unwrap());
+    let (bs, agblocks, agblklog) = (be32(0x4), be32(0x54), base[0x7C] as u32);
+    let logstart = be64(0x30);
+    let at = ((logstart >> agblklog) * agblocks + (logstart & ((1 << agblklog) - 1))) * bs;
+    // The records written since mkfs lie at the start of the ring.
+    let live = (base[at as usize..]
+        .chunks(512)
+        .take_while(|b| b.iter().any(|&x| x != 0))
+        .count()
+        * 512) as u64;
+    assert!(live > 4096, "the crash left records in the log");
+    let clean = disksafe::ntfs_ext::walk_everything(base.clone(), 4096).expect("walks");
+    assert!(clean > 700, "{clean} nodes walked");
+    // Resealing an intact log changes nothing: the checksums are the kernel's.
+    let mut sealed = base.clone();
+    reseal_records(&mut sealed[at as usize..(at + live) as usize]);
+    assert!(sealed == base, "resealed records differ from the kernel's");
+    let mut rng = StdRng::seed_from_u64(5);
+    for round in 0..160 {
+        let mut d = base.clone();
+        for _ in 0..rng.gen_range(1..16) {
+            let o = (at + rng.gen_range(0..live)) as usize;
+            d[o] = rng.gen();
+        }
+        // Half the rounds re-seal each record's checksum, so the damage reaches the
+        // transaction and item parsers instead of stopping at the checksum.
+        if round % 2 == 0 {
+            reseal_records(&mut d[at as usize..(at + live) as usize]);
+        }
+        let _ = disksafe::ntfs_ext::walk_everything(d, 4096);
+    }
+}
+
+/// Recomputes the CRC of every log record header found in `log` (v5 logs).
+fn reseal_records(log: &mut [u8]) {
+    let be32 = |b: &[u8], o: usize| u32::from_be_bytes(b[o..o + 4].try_into().unwrap()) as usize;
+    let mut p = 0;
+    while p + 512 <= log.len() {
+        if be32(log, p) != 0xFEED_BABE {
+            p += 512;
+            continue;
+        }
+        let (len, size) = (be32(log, p + 12), be32(log, p + 320));
+        let hb = if be32(log, p + 8) & 2 != 0 && size > 32768 {
+            size.div_ceil(32768)
+        } else {
+            1
+        };
+        let end = p + hb * 512 + len;
+        // mkfs's unmount record carries no checksum.
+        if len > 256 << 10 || end > log.len() || log[p + 32..p + 36] == [0; 4] {
+            p += 512;
+            continue;
+        }
+        let mut h = log[p..p + 328].to_vec();
+        h[32..36].fill(0);
+        let mut crc = crc32c::crc32c(&h);
+        for x in 1..hb {
+            crc = crc32c::crc32c_append(crc, &log[p + x * 512..p + x * 512 + 260]);
+        }
+        crc = crc32c::crc32c_append(crc, &log[p + hb * 512..end]);
+        log[p + 32..p + 36].copy_from_slice(&crc.to_le_bytes());
+        p += 512;
+    }
 }
 
 /// Writes a tree for mkfs.xfs's prototype file: `dirs` directories of files with

@@ -619,7 +619,7 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
         if !mounts.is_empty() {
             let at: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
             eprintln!(
-                "warning: source {} is mounted read-write at {}: blocks written while it is read are caught at different moments, so the point can be less consistent than a machine that lost power (the mount replays an ext journal as far as its checksums allow, not NTFS's $LogFile); back up a snapshot (LVM, the hypervisor's, or under fsfreeze) for a consistent one",
+                "warning: source {} is mounted read-write at {}: blocks written while it is read are caught at different moments, so the point can be less consistent than a machine that lost power (the mount replays ext journals and XFS logs as far as their checksums allow, not NTFS's $LogFile); back up a snapshot (LVM, the hypervisor's, or under fsfreeze) for a consistent one",
                 s.path.display(),
                 at.join(", ")
             );

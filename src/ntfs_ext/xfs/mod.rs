@@ -6,8 +6,11 @@
 //! btree rooted there. Directories are read from their data blocks (every entry is in
 //! them; the hash-ordered leaf and node blocks are only an index), symlinks from the
 //! inode or their blocks, extended attributes from shortform forks and leaf blocks.
-//! All big-endian. The log is not replayed: a volume backed up while mounted shows its
-//! metadata as last written in place.
+//! All big-endian. A volume that was not cleanly unmounted (a snapshot of a running
+//! server) is shown after replaying its log in memory (`log.rs`), as the kernel would
+//! mount it.
+
+mod log;
 
 use std::collections::HashMap;
 use std::io;
@@ -81,6 +84,9 @@ struct Sb {
     maxicount: u64,
     sectsize: u64,
     rmapbt: bool,
+    uuid: [u8; 16],
+    /// The UUID metadata is stamped with (differs from `uuid` after a UUID change).
+    meta_uuid: [u8; 16],
 }
 
 impl Sb {
@@ -150,7 +156,15 @@ impl Sb {
         if !sectsize.is_power_of_two() || !(512..=32768).contains(&sectsize) || sectsize > bs {
             return Err(format!("sector size {sectsize}"));
         }
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&b[0x20..0x30]);
+        let mut meta_uuid = uuid;
+        if v5 && incompat & 0x4 != 0 {
+            meta_uuid.copy_from_slice(&b[0xF8..0x108]);
+        }
         Ok(Sb {
+            uuid,
+            meta_uuid,
             sectsize,
             rmapbt: v5 && be32(b, 0xD4) & 0x2 != 0,
             maxicount,
@@ -199,6 +213,14 @@ impl Sb {
         }
         Ok((ag * self.agblocks + agbno) * self.bs + slot * self.isize)
     }
+}
+
+/// The primary superblock, checked, and its raw sector.
+fn read_sb(dev: &dyn ReadAt, label: &str) -> io::Result<(Sb, [u8; 512])> {
+    let mut b = [0u8; 512];
+    dev.read_exact_at(0, &mut b)?;
+    let sb = Sb::parse(&b).map_err(|e| corrupt(format!("{label}: XFS: {e}")))?;
+    Ok((sb, b))
 }
 
 /// Whether the volume starts with an XFS superblock.
@@ -333,36 +355,57 @@ pub struct XfsFs {
     maps: WeightedLru<u64, Arc<ExtentMap>>,
     bad_crc: OnceLock<()>,
     statfs: OnceLock<StatFs>,
+    /// The log was replayed: free counts come from the AG headers, as the kernel
+    /// recounts them after recovery.
+    replayed: bool,
 }
 
 impl XfsFs {
-    /// Opens the volume from its primary superblock; the root inode must parse.
+    /// Opens the volume from its primary superblock, replaying its log in memory
+    /// unless told not to; the root inode must parse.
     pub fn open(dev: Arc<dyn ReadAt>, opts: &TreeOptions) -> io::Result<XfsFs> {
-        let mut b = [0u8; 512];
-        dev.read_exact_at(0, &mut b)?;
-        let sb = Sb::parse(&b).map_err(|e| corrupt(format!("{}: XFS: {e}", opts.label)))?;
+        let label = &opts.label;
+        let (sb, raw) = read_sb(&*dev, label)?;
         if sb.v5 {
-            let incompat = be32(&b, 0xD8);
+            let incompat = be32(&raw, 0xD8);
             if incompat & !INCOMPAT_KNOWN != 0 {
                 tracing::warn!(
-                    "{}: XFS has unknown incompatible features {:#x}; showing what can be read",
-                    opts.label,
+                    "{label}: XFS has unknown incompatible features {:#x}; showing what can be read",
                     incompat & !INCOMPAT_KNOWN
                 );
             }
         }
-        tracing::debug!("{}: {:?}", opts.label, sb);
-        let budget = || opts.budget.clone();
-        let fs = XfsFs {
-            dev,
-            sb,
-            label: opts.label.clone(),
-            inodes: WeightedLru::with_budget(INODE_CACHE, budget()),
-            dirs: WeightedLru::with_budget(DIR_CACHE, budget()),
-            maps: WeightedLru::with_budget(EXTENT_CACHE, budget()),
-            bad_crc: OnceLock::new(),
-            statfs: OnceLock::new(),
-        };
+        tracing::debug!("{label}: {sb:?}");
+        let mut fs = XfsFs::with(dev.clone(), sb, opts, false);
+        if fs.sb.logstart == 0 {
+            tracing::debug!("{label}: XFS log is on another device; not replayed");
+        } else {
+            match log::replay(dev, &fs.sb, &fs.sb.uuid, &fs.sb.meta_uuid, label) {
+                Ok(None) => {}
+                Ok(Some(_)) if opts.no_replay => {
+                    tracing::warn!("{label}: XFS log needs recovery; shown as recorded (no replay)")
+                }
+                Ok(Some((replayed, s))) => {
+                    let dev: Arc<dyn ReadAt> = Arc::new(replayed);
+                    let (sb, _) = read_sb(&*dev, label)?;
+                    fs = XfsFs::with(dev, sb, opts, true);
+                    tracing::warn!(
+                        "{label}: not cleanly unmounted; replayed {} XFS log transaction(s) ({} buffer(s), {} inode(s)) in memory",
+                        s.transactions,
+                        s.buffers,
+                        s.inodes
+                    );
+                    if s.mapping_intents > 0 || s.skipped > 0 {
+                        tracing::warn!(
+                            "{label}: {} unfinished mapping intent(s) not replayed and {} logged inode(s) left as recorded; those files may show their older state",
+                            s.mapping_intents,
+                            s.skipped
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("{label}: XFS log replay failed ({e}); shown as recorded"),
+            }
+        }
         if fs.sb.rootino > MAX_INO {
             return Err(corrupt(format!(
                 "{}: XFS root inode number too large",
@@ -377,6 +420,21 @@ impl XfsFs {
             )));
         }
         Ok(fs)
+    }
+
+    fn with(dev: Arc<dyn ReadAt>, sb: Sb, opts: &TreeOptions, replayed: bool) -> XfsFs {
+        let budget = || opts.budget.clone();
+        XfsFs {
+            dev,
+            sb,
+            label: opts.label.clone(),
+            inodes: WeightedLru::with_budget(INODE_CACHE, budget()),
+            dirs: WeightedLru::with_budget(DIR_CACHE, budget()),
+            maps: WeightedLru::with_budget(EXTENT_CACHE, budget()),
+            bad_crc: OnceLock::new(),
+            statfs: OnceLock::new(),
+            replayed,
+        }
     }
 
     fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {
@@ -1175,38 +1233,54 @@ impl XfsFs {
     fn count_statfs(&self) -> StatFs {
         let sb = &self.sb;
         let log = if sb.logstart != 0 { sb.logblocks } else { 0 };
-        let mut allocbt = 0u64;
-        if sb.agcount <= 1 << 16 {
-            let mut agf = [0u8; 84];
+        let (mut allocbt, mut fdblocks, mut icount, mut ifree) = (0u64, 0u64, 0u64, 0u64);
+        let mut all = sb.agcount <= 1 << 16;
+        if all {
+            let (mut agf, mut agi) = ([0u8; 84], [0u8; 32]);
             for ag in 0..sb.agcount {
                 let at = ag * sb.agblocks * sb.bs + sb.sectsize;
-                if self.dev.read_exact_at(at, &mut agf).is_err() || be32(&agf, 0) != 0x5841_4746 {
+                if self.dev.read_exact_at(at, &mut agf).is_err()
+                    || be32(&agf, 0) != 0x5841_4746
+                    || self.dev.read_exact_at(at + sb.sectsize, &mut agi).is_err()
+                    || be32(&agi, 0) != 0x5841_4749
+                {
+                    all = false;
                     continue;
                 }
-                let mut n = be32(&agf, 60) as i64;
+                let btree = be32(&agf, 60) as u64;
+                let mut n = btree as i64;
                 if sb.rmapbt {
                     n -= be32(&agf, 80) as i64 - 1;
                 }
                 allocbt += n.max(0) as u64;
+                fdblocks += be32(&agf, 52) as u64 + be32(&agf, 48) as u64 + btree;
+                icount += be32(&agi, 16) as u64;
+                ifree += be32(&agi, 28) as u64;
             }
         }
-        let free = sb
-            .fdblocks
+        // After a replay the kernel recounts from the AG headers (the superblock's lazy
+        // counters lag); a clean volume's superblock holds the same sums.
+        let (fdblocks, icount, ifree) = if self.replayed && all {
+            (fdblocks, icount, ifree)
+        } else {
+            (sb.fdblocks, sb.icount, sb.ifree)
+        };
+        let free = fdblocks
             .min(sb.dblocks)
             .saturating_sub(sb.agcount * 8)
             .saturating_sub(allocbt);
-        let mut files = sb.icount.saturating_add(free << sb.inopblog);
+        let mut files = icount.saturating_add(free << sb.inopblog);
         if sb.maxicount != 0 {
             files = files.min(sb.maxicount);
         }
-        let files = files.max(sb.icount);
+        let files = files.max(icount);
         StatFs {
             bsize: sb.bs as u32,
             blocks: sb.dblocks.saturating_sub(log),
             bfree: free,
             bavail: free,
             files,
-            ffree: files.saturating_sub(sb.icount.saturating_sub(sb.ifree)),
+            ffree: files.saturating_sub(icount.saturating_sub(ifree)),
             namelen: 255,
         }
     }
