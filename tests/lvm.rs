@@ -204,22 +204,7 @@ fn logical_volumes_read_as_lvm_places_them() {
     assert_eq!(segs["data"][0].stripes.len(), 2);
     let mut pe_start = BTreeMap::new();
     for d in [&pa, &pb] {
-        let v = tool(
-            "pvs",
-            &[
-                "--driverloaded",
-                "n",
-                "--noheadings",
-                "--units",
-                "b",
-                "--nosuffix",
-                "-o",
-                "pe_start",
-                d,
-            ],
-        )
-        .unwrap();
-        pe_start.insert(d.clone(), v.trim().parse::<u64>().unwrap());
+        pe_start.insert(d.clone(), first_extent_at(d));
     }
     let extent = 1 << 20;
 
@@ -278,19 +263,7 @@ fn logical_volumes_read_as_lvm_places_them() {
     let m = Mounted::new(&safe, t.path(), &[]);
     let lv = |dev: &str, name: &str| m.dir.join(format!("1/{dev}/lvm/{vg}-{name}"));
     // Every LV with a PV on a device is listed under it: data spans both.
-    let names = |dev: &str| {
-        let mut v: Vec<String> = std::fs::read_dir(m.dir.join(format!("1/{dev}/lvm")))
-            .unwrap()
-            .map(|e| {
-                e.unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .replace(&format!("{vg}-"), "")
-            })
-            .collect();
-        v.sort();
-        v
-    };
+    let names = |dev: &str| lv_names(&m.dir.join(format!("1/{dev}/lvm")), &vg);
     assert_eq!(names("a"), ["data.img", "home.img", "root", "root.img"]);
     let mut want_b = vec!["data.img", "my--xfs.img"];
     if xfs_img.is_some() {
@@ -335,4 +308,195 @@ fn same_bytes(p: &Path, want: &[u8]) -> Result<(), usize> {
         Some(i) => Err(i),
         None => Ok(()),
     }
+}
+
+/// A thin pool as LVM describes it (restored with vgcfgrestore: without
+/// device-mapper LVM cannot create one) holding two thin LVs, its metadata written by
+/// thin_restore (the thin-provisioning-tools' own encoder) from a mapping that
+/// scatters an ext4 image's chunks over the pool's data: the thin LV reads back as
+/// the image, unmapped chunks as zeros, and its tree as the source tree.
+#[test]
+fn thin_volumes_read_through_their_pool() {
+    if !fuse_available()
+        || tool("lvm", &["version"]).is_none()
+        || Command::new("thin_restore").arg("-V").output().is_err()
+    {
+        eprintln!("SKIP lvm thin: needs FUSE, root, lvm2 and thin-provisioning-tools");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("d.img");
+    File::create(&disk).unwrap().set_len(96 << 20).unwrap();
+    let mut loops = Loops { devs: Vec::new() };
+    let Some(pv) = loops.attach(&disk, 0, 96 << 20) else {
+        eprintln!("SKIP lvm thin: no loop devices");
+        return;
+    };
+    let vg = format!("dsthin{}", std::process::id());
+    tool("pvcreate", &["-q", &pv]).expect("pvcreate");
+    tool("vgcreate", &["-q", "-s", "1m", &vg, &pv]).expect("vgcreate");
+    let base = t.path().join("base.txt");
+    tool(
+        "vgcfgbackup",
+        &["--driverloaded", "n", "-q", "-f", s(&base), &vg],
+    )
+    .expect("vgcfgbackup");
+    // pool_tmeta on extents 0-3, pool_tdata on 4-35 (32 MiB of 64 KiB chunks);
+    // thin1 64 MiB virtual (device 1), thin2 16 MiB with nothing mapped (device 2).
+    let lv = |n: usize, name: &str, status: &str, seg: &str| {
+        // LVM's id form: 32 characters in groups of 6-4-4-4-4-4-6.
+        let id = format!("lv{n:04}-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa");
+        format!(
+            "{name} {{\nid = \"{id}\"\nstatus = [{status}]\nflags = []\nsegment_count = 1\nsegment1 {{\nstart_extent = 0\n{seg}\n}}\n}}\n"
+        )
+    };
+    let vis = "\"READ\", \"WRITE\", \"VISIBLE\"";
+    let lvs = [
+        lv(1, "pool", vis, "extent_count = 32\ntype = \"thin-pool\"\nmetadata = \"pool_tmeta\"\npool = \"pool_tdata\"\ntransaction_id = 2\nchunk_size = 128"),
+        lv(2, "thin1", vis, "extent_count = 64\ntype = \"thin\"\nthin_pool = \"pool\"\ntransaction_id = 0\ndevice_id = 1"),
+        lv(3, "thin2", vis, "extent_count = 16\ntype = \"thin\"\nthin_pool = \"pool\"\ntransaction_id = 1\ndevice_id = 2"),
+        lv(4, "pool_tmeta", "\"READ\", \"WRITE\"", "extent_count = 4\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"pv0\", 0]"),
+        lv(5, "pool_tdata", "\"READ\", \"WRITE\"", "extent_count = 32\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"pv0\", 4]"),
+    ];
+    let text = std::fs::read_to_string(&base).unwrap();
+    let end = text.rfind('}').unwrap();
+    let text = format!(
+        "{}logical_volumes {{\n{}}}\n{}",
+        &text[..end],
+        lvs.concat(),
+        &text[end..]
+    )
+    .replacen("seqno = 1", "seqno = 2", 1);
+    let restore = t.path().join("restore.txt");
+    std::fs::write(&restore, text).unwrap();
+    tool(
+        "vgcfgrestore",
+        &["--driverloaded", "n", "--force", "-f", s(&restore), &vg],
+    )
+    .expect("vgcfgrestore");
+    // LVM's own reading of it: where the pool's sub-LVs lie.
+    let segs = segments_all(&vg);
+    assert_eq!(segs["[pool_tmeta]"], (pv.clone(), 0), "{segs:?}");
+    assert_eq!(segs["[pool_tdata]"], (pv.clone(), 4), "{segs:?}");
+    let pe_start = first_extent_at(&pv);
+    // An ext4 image of 16 MiB as thin1's first 256 chunks, scattered over the pool.
+    let mut rng = StdRng::seed_from_u64(9);
+    let src = t.path().join("src");
+    make_tree(&src, 20, &mut rng);
+    let img = t.path().join("ext4.img");
+    File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    tool("mkfs.ext4", &["-q", "-F", "-d", s(&src), s(&img)]).expect("mkfs.ext4");
+    let bytes = std::fs::read(&img).unwrap();
+    let chunk = 64 << 10;
+    let mut slots: Vec<u64> = (0..512).collect();
+    for i in (1..slots.len()).rev() {
+        slots.swap(i, rng.gen_range(0..=i));
+    }
+    let mut xml = String::from("<superblock uuid=\"\" time=\"1\" transaction=\"2\" flags=\"0\" version=\"2\" data_block_size=\"128\" nr_data_blocks=\"512\">\n<device dev_id=\"1\" mapped_blocks=\"256\" transaction=\"0\" creation_time=\"0\" snap_time=\"1\">\n");
+    let dev = File::options().write(true).open(&pv).unwrap();
+    for (v, &d) in slots.iter().take(256).enumerate() {
+        xml += &format!("<single_mapping origin_block=\"{v}\" data_block=\"{d}\" time=\"0\"/>\n");
+        let piece = &bytes[v * chunk as usize..(v + 1) * chunk as usize];
+        dev.write_all_at(piece, pe_start + (4 << 20) + d * chunk)
+            .unwrap();
+    }
+    xml += "</device>\n<device dev_id=\"2\" mapped_blocks=\"0\" transaction=\"1\" creation_time=\"1\" snap_time=\"1\">\n</device>\n</superblock>\n";
+    let xml_path = t.path().join("thin.xml");
+    std::fs::write(&xml_path, xml).unwrap();
+    let meta = t.path().join("tmeta.bin");
+    File::create(&meta).unwrap().set_len(4 << 20).unwrap();
+    tool("thin_restore", &["-i", s(&xml_path), "-o", s(&meta)]).expect("thin_restore");
+    dev.write_all_at(&std::fs::read(&meta).unwrap(), pe_start)
+        .unwrap();
+    drop(dev);
+    drop(loops);
+
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("d={}", s(&disk))]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let dir = m.dir.join("1/d/lvm");
+    let names = lv_names(&dir, &vg);
+    // The pool and its sub-LVs are not volumes to show; the thin LVs are.
+    assert_eq!(
+        names,
+        ["thin1", "thin1.img", "thin2.img"],
+        "{}",
+        m.log_text()
+    );
+    let mut want = bytes.clone();
+    want.resize(64 << 20, 0);
+    assert_eq!(
+        same_bytes(&dir.join(format!("{vg}-thin1.img")), &want),
+        Ok(())
+    );
+    assert_eq!(
+        same_bytes(&dir.join(format!("{vg}-thin2.img")), &vec![0u8; 16 << 20]),
+        Ok(())
+    );
+    same_tree(
+        &tree_digest(&dir.join(format!("{vg}-thin1"))),
+        &tree_digest(&src),
+        "ext4 in a thin LV",
+    );
+    let log = m.log_text();
+    assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
+}
+
+/// The sorted names in an `lvm/` directory, without their `VG-` prefix.
+fn lv_names(dir: &Path, vg: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .replace(&format!("{vg}-"), "")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Byte offset of the first extent on PV `dev`, as `pvs` reports it.
+fn first_extent_at(dev: &str) -> u64 {
+    let args = [
+        "--driverloaded",
+        "n",
+        "--noheadings",
+        "--units",
+        "b",
+        "--nosuffix",
+    ];
+    let mut v: Vec<&str> = args.to_vec();
+    v.extend(["-o", "pe_start", dev]);
+    tool("pvs", &v).expect("pvs").trim().parse().unwrap()
+}
+
+/// Every (hidden ones too) LV's first segment as LVM reports it: (PV device, first
+/// extent), for linear segments.
+fn segments_all(vg: &str) -> BTreeMap<String, (String, u64)> {
+    let out = tool(
+        "lvs",
+        &[
+            "--driverloaded",
+            "n",
+            "-a",
+            "--noheadings",
+            "--segments",
+            "--separator",
+            ";",
+            "-o",
+            "lv_name,seg_pe_ranges",
+            vg,
+        ],
+    )
+    .expect("lvs");
+    out.lines()
+        .filter_map(|l| {
+            let (name, ranges) = l.trim().split_once(';')?;
+            let (dev, r) = ranges.trim().rsplit_once(':')?;
+            let first = r.split('-').next()?.parse().ok()?;
+            Some((name.to_string(), (dev.to_string(), first)))
+        })
+        .collect()
 }

@@ -48,8 +48,8 @@ fuzz_target!(|data: &[u8]| {
     }
     for vg in &vgs {
         for lv in &vg.lvs {
-            if let Ok(vol) = lvm::LvVolume::open(vg, lv, &pvs) {
-                let _ = walk_volume(Arc::new(vol), 4096);
+            if let Ok(vol) = lvm::open_lv(vg, lv, &pvs) {
+                let _ = walk_volume(vol, 4096);
             }
         }
     }

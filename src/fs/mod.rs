@@ -119,7 +119,7 @@ enum Source {
     /// come from its block map.
     Range { dev: Arc<PointDevice>, start: u64 },
     /// A logical volume, mapped over one or more devices.
-    Lv(Arc<crate::volumes::lvm::LvVolume>),
+    Lv(Arc<dyn ReadAt>),
 }
 
 /// A raw image.
@@ -373,7 +373,7 @@ impl SafeFs {
         if let Some(i) = self.images.lock().unwrap().get(&ino) {
             return Some(i.clone());
         }
-        let vol = Arc::new(self.lv_volume(point, vg, lv)?);
+        let vol = self.lv_volume(point, vg, lv)?;
         let len = vol.size();
         let img = Image {
             src: Source::Lv(vol),
@@ -457,7 +457,7 @@ impl SafeFs {
         }
         found.vgs.sort_by(|a, b| a.name.cmp(&b.name));
         for vg in &found.vgs {
-            for lv in vg.lvs.iter().filter(|l| l.visible) {
+            for lv in vg.lvs.iter().filter(|l| l.visible && !l.is_pool()) {
                 if let Some(t) = lv.unsupported() {
                     tracing::warn!(
                         "point {point}, LV {}/{}: segment type {t} is not read; not shown",
@@ -473,7 +473,7 @@ impl SafeFs {
     }
 
     /// Maps an LV onto the PVs of its point; `None` (logged) when it cannot be.
-    fn lv_volume(&self, point: i64, vg: &str, lv: &str) -> Option<crate::volumes::lvm::LvVolume> {
+    fn lv_volume(&self, point: i64, vg: &str, lv: &str) -> Option<Arc<dyn ReadAt>> {
         let found = self.point_lvm(point);
         let vg = found.vgs.iter().find(|v| v.id == vg)?;
         let l = vg.lvs.iter().find(|l| l.name == lv)?;
@@ -482,7 +482,7 @@ impl SafeFs {
             .iter()
             .map(|(k, p)| (k.clone(), p.vol.clone()))
             .collect();
-        match crate::volumes::lvm::LvVolume::open(vg, l, &pvs) {
+        match crate::volumes::lvm::open_lv(vg, l, &pvs) {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::warn!("point {point}, LV {}/{}: {e}; not shown", vg.name, l.name);
@@ -593,7 +593,7 @@ impl SafeFs {
                         continue;
                     };
                     let key = VolumeKey::Lv(*point, vg.clone(), lv.clone());
-                    if let Some(root) = self.tree_root(key, Arc::new(vol), ino) {
+                    if let Some(root) = self.tree_root(key, vol, ino) {
                         trees.push((OsString::from(&name), root));
                     }
                     v.push((
@@ -659,7 +659,6 @@ impl SafeFs {
     fn lvs_on(&self, point: i64, dev: i64) -> Vec<(String, String, String)> {
         let found = self.point_lvm(point);
         let mut out = Vec::new();
-        use crate::volumes::lvm::SegKind;
         for vg in &found.vgs {
             let on_dev = |idx: &usize| {
                 vg.pvs
@@ -667,12 +666,8 @@ impl SafeFs {
                     .and_then(|pv| found.pvs.get(&pv.uuid))
                     .is_some_and(|f| f.dev == dev)
             };
-            for lv in vg.lvs.iter().filter(|l| l.visible) {
-                let here = lv.segments.iter().any(|s| match &s.kind {
-                    SegKind::Striped { stripes, .. } => stripes.iter().any(|(i, _)| on_dev(i)),
-                    SegKind::Other(_) => false,
-                });
-                if !here {
+            for lv in vg.lvs.iter().filter(|l| l.visible && !l.is_pool()) {
+                if !crate::volumes::lvm::lv_pvs(vg, lv).iter().any(on_dev) {
                     continue;
                 }
                 let name = crate::volumes::lvm::mapper_name(&vg.name, &lv.name);

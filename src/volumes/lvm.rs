@@ -364,6 +364,14 @@ pub enum SegKind {
         stripe_bytes: u64,
         stripes: Vec<(usize, u64)>,
     },
+    /// Thin device `device_id` of thin pool LV `pool`.
+    Thin { pool: String, device_id: u64 },
+    /// A thin pool: its metadata and data sub-LVs and chunk size in bytes.
+    ThinPool {
+        metadata: String,
+        data: String,
+        chunk: u64,
+    },
     /// A segment type not mapped here.
     Other(String),
 }
@@ -390,8 +398,15 @@ impl Lv {
     pub fn unsupported(&self) -> Option<&str> {
         self.segments.iter().find_map(|s| match &s.kind {
             SegKind::Other(t) => Some(t.as_str()),
-            SegKind::Striped { .. } => None,
+            _ => None,
         })
+    }
+
+    /// A thin pool holds no volume of its own to show (its thin LVs are shown).
+    pub fn is_pool(&self) -> bool {
+        self.segments
+            .iter()
+            .any(|s| matches!(s.kind, SegKind::ThinPool { .. }))
     }
 }
 
@@ -475,6 +490,25 @@ pub fn parse_vg(text: &str) -> Result<Vg, String> {
                             stripes,
                         }
                     }
+                    "thin" => {
+                        if seg.int("start_extent")? != 0 || lv.sections().count() != 1 {
+                            return Err(format!("LV {lname}: a thin LV in several segments"));
+                        }
+                        SegKind::Thin {
+                            pool: seg.str("thin_pool")?.to_string(),
+                            device_id: seg.int("device_id")?,
+                        }
+                    }
+                    "thin-pool" => SegKind::ThinPool {
+                        metadata: seg.str("metadata")?.to_string(),
+                        data: seg.str("pool")?.to_string(),
+                        chunk: seg
+                            .int("chunk_size")?
+                            .checked_mul(SECTOR)
+                            // dm-thin: multiples of 64 KiB up to 1 GiB.
+                            .filter(|&c| (64 << 10..=1 << 30).contains(&c) && c % (64 << 10) == 0)
+                            .ok_or(format!("LV {lname}: bad thin chunk size"))?,
+                    },
                     other => SegKind::Other(other.to_string()),
                 };
                 segments.push(Segment { start, count, kind });
@@ -544,6 +578,13 @@ impl LvVolume {
     ) -> Result<LvVolume, String> {
         if let Some(t) = lv.unsupported() {
             return Err(format!("segment type {t} is not read"));
+        }
+        if lv
+            .segments
+            .iter()
+            .any(|s| !matches!(s.kind, SegKind::Striped { .. }))
+        {
+            return Err("not a striped or linear volume".into());
         }
         let eb = vg.extent_bytes;
         let mut pieces = Vec::new();
@@ -646,6 +687,79 @@ impl ReadAt for LvVolume {
     }
 }
 
+/// Opens any LV this reader maps: striped/linear ones over the PVs, thin ones through
+/// their pool (whose metadata and data sub-LVs are opened the same way). An error
+/// names what is missing or not read.
+pub fn open_lv(
+    vg: &Vg,
+    lv: &Lv,
+    found: &HashMap<String, Arc<dyn ReadAt>>,
+) -> Result<Arc<dyn ReadAt>, String> {
+    let thin = lv.segments.iter().find_map(|s| match &s.kind {
+        SegKind::Thin { pool, device_id } => Some((pool, *device_id, s.count)),
+        _ => None,
+    });
+    let Some((pool, device_id, extents)) = thin else {
+        return Ok(Arc::new(LvVolume::open(vg, lv, found)?));
+    };
+    let by_name = |n: &str| {
+        vg.lvs
+            .iter()
+            .find(|l| l.name == n)
+            .ok_or(format!("LV {n} is not in VG {}", vg.name))
+    };
+    let p = by_name(pool)?;
+    let Some((meta, data, chunk)) = p.segments.iter().find_map(|s| match &s.kind {
+        SegKind::ThinPool {
+            metadata,
+            data,
+            chunk,
+        } => Some((metadata, data, *chunk)),
+        _ => None,
+    }) else {
+        return Err(format!("{pool} is not a thin pool"));
+    };
+    // The sub-LVs are plain volumes (a pool inside a pool is not a thing LVM makes).
+    let meta: Arc<dyn ReadAt> = Arc::new(LvVolume::open(vg, by_name(meta)?, found)?);
+    let data: Arc<dyn ReadAt> = Arc::new(LvVolume::open(vg, by_name(data)?, found)?);
+    let size = extents
+        .checked_mul(vg.extent_bytes)
+        .ok_or("thin LV too large")?;
+    Ok(Arc::new(super::thin::ThinVolume::open(
+        meta, data, device_id, chunk, size,
+    )?))
+}
+
+/// Indexes (into `vg.pvs`) of the PVs holding `lv`'s data, through a thin LV's pool.
+pub fn lv_pvs(vg: &Vg, lv: &Lv) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut todo = vec![lv];
+    let mut seen = 0;
+    while let Some(l) = todo.pop() {
+        seen += 1;
+        if seen > 16 {
+            break; // pools name sub-LVs; a cycle is damage
+        }
+        for s in &l.segments {
+            match &s.kind {
+                SegKind::Striped { stripes, .. } => out.extend(stripes.iter().map(|(i, _)| *i)),
+                SegKind::Thin { pool, .. } => {
+                    todo.extend(vg.lvs.iter().filter(|x| &x.name == pool))
+                }
+                SegKind::ThinPool { metadata, data, .. } => todo.extend(
+                    vg.lvs
+                        .iter()
+                        .filter(|x| &x.name == metadata || &x.name == data),
+                ),
+                SegKind::Other(_) => {}
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// The name device-mapper gives an LV (`/dev/mapper/VG-LV`, dashes inside doubled).
 pub fn mapper_name(vg: &str, lv: &str) -> String {
     format!("{}-{}", vg.replace('-', "--"), lv.replace('-', "--"))
@@ -702,12 +816,23 @@ stripe_size = 2
 stripes = ["pv0", 0, "pv1", 0]
 }
 }
+mirror {
+status = ["VISIBLE"]
+segment1 {
+start_extent = 0
+extent_count = 1
+type = "raid1"
+}
+}
 pool {
 status = ["VISIBLE"]
 segment1 {
 start_extent = 0
 extent_count = 1
 type = "thin-pool"
+metadata = "lin"
+pool = "str"
+chunk_size = 128
 }
 }
 }
@@ -726,7 +851,13 @@ version = 1
         assert_eq!(vg.id, "abcdefghij");
         assert_eq!(vg.pvs[1].pe_start, 1024);
         assert_eq!(vg.lvs[0].segments[0].start, 0, "segments sorted");
-        assert_eq!(vg.lvs[2].unsupported(), Some("thin-pool"));
+        assert_eq!(vg.lvs[2].unsupported(), Some("raid1"));
+        assert!(vg.lvs[3].is_pool() && vg.lvs[3].unsupported().is_none());
+        assert_eq!(
+            lv_pvs(&vg, &vg.lvs[3]),
+            [0, 1],
+            "a pool's data is on its sub-LVs' PVs"
+        );
         assert!(parse_vg("vg { physical_volumes {").is_err());
         assert!(parse_vg(&"a { ".repeat(100)).is_err());
         assert_eq!(mapper_name("vg-a", "lv"), "vg--a-lv");

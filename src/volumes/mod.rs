@@ -7,6 +7,7 @@
 //! end of the device are clipped (and logged).
 
 pub mod lvm;
+pub mod thin;
 
 use std::collections::HashSet;
 use std::io;

@@ -1,0 +1,221 @@
+//! LVM thin volumes (device-mapper's thin provisioning, as Proxmox keeps VM disks):
+//! a thin LV's chunks live anywhere in its pool's data volume, mapped by a btree in
+//! the pool's metadata volume.
+//!
+//! The metadata is in 4 KiB blocks: a superblock, then btree nodes (checksummed,
+//! each naming its own block). The mapping btree has two levels: thin device id to
+//! the root of that device's tree, virtual chunk to data chunk (the value's bits
+//! above 24; the low 24 are a time stamp). Unmapped chunks read as zeros. Lookups
+//! go through a small cache of nodes; every node is checked before use and a walk is
+//! bounded in depth.
+
+use std::io;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use crate::readat::ReadAt;
+
+const BLOCK: usize = 4096;
+const SB_MAGIC: u64 = 27_022_010;
+const SB_CSUM_XOR: u32 = 160_774;
+const NODE_CSUM_XOR: u32 = 121_107;
+const INTERNAL: u32 = 1;
+const LEAF: u32 = 2;
+/// Deepest btree walked (a 4 KiB node holds over 250 keys: 8 levels is beyond any pool).
+const MAX_DEPTH: usize = 8;
+const NODE_CACHE: usize = 512;
+/// Most chunks one prefetch hint maps.
+const PREFETCH_CHUNKS: u64 = 1024;
+
+fn le32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+fn le64(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// The persistent-data checksum: CRC-32C's register without its final inversion,
+/// xored with a per-structure constant.
+fn csum(data: &[u8], xor: u32) -> u32 {
+    !crc32c::crc32c(data) ^ xor
+}
+
+/// A thin LV as a volume.
+pub struct ThinVolume {
+    meta: Arc<dyn ReadAt>,
+    data: Arc<dyn ReadAt>,
+    root: u64,
+    chunk: u64,
+    size: u64,
+    nodes: Mutex<lru::LruCache<u64, Arc<Vec<u8>>>>,
+}
+
+impl ThinVolume {
+    /// Opens thin device `device_id` of a pool whose metadata and data volumes are
+    /// given, `size` bytes long, in chunks of `chunk` bytes (as LVM describes it).
+    pub fn open(
+        meta: Arc<dyn ReadAt>,
+        data: Arc<dyn ReadAt>,
+        device_id: u64,
+        chunk: u64,
+        size: u64,
+    ) -> Result<ThinVolume, String> {
+        let mut sb = vec![0u8; BLOCK];
+        meta.read_exact_at(0, &mut sb)
+            .map_err(|e| format!("thin pool metadata: {e}"))?;
+        if le64(&sb, 32) != SB_MAGIC {
+            return Err("thin pool metadata has no superblock".into());
+        }
+        if csum(&sb[4..], SB_CSUM_XOR) != le32(&sb, 0) {
+            return Err("thin pool superblock checksum mismatch".into());
+        }
+        if le32(&sb, 340) as usize * 512 != BLOCK {
+            return Err(format!(
+                "thin pool metadata blocks of {} sectors",
+                le32(&sb, 340)
+            ));
+        }
+        if le32(&sb, 336) as u64 * 512 != chunk {
+            return Err(format!(
+                "thin pool chunks of {} sectors, LVM says {}",
+                le32(&sb, 336),
+                chunk / 512
+            ));
+        }
+        let mut v = ThinVolume {
+            meta,
+            data,
+            root: 0,
+            chunk,
+            size,
+            nodes: Mutex::new(lru::LruCache::new(NonZeroUsize::new(NODE_CACHE).unwrap())),
+        };
+        let top = le64(&sb, 320);
+        v.root = v
+            .lookup(top, device_id)
+            .map_err(|e| format!("thin pool mapping: {e}"))?
+            .ok_or(format!("thin device {device_id} is not in its pool"))?;
+        Ok(v)
+    }
+
+    /// Metadata block `b`, checked as a btree node.
+    fn node(&self, b: u64) -> io::Result<Arc<Vec<u8>>> {
+        if let Some(n) = self.nodes.lock().unwrap().get(&b) {
+            return Ok(n.clone());
+        }
+        let at = b
+            .checked_mul(BLOCK as u64)
+            .ok_or_else(|| bad(format!("thin metadata block {b}")))?;
+        let mut n = vec![0u8; BLOCK];
+        self.meta.read_exact_at(at, &mut n)?;
+        if csum(&n[4..], NODE_CSUM_XOR) != le32(&n, 0) {
+            return Err(bad(format!("thin metadata block {b}: checksum mismatch")));
+        }
+        if le64(&n, 8) != b {
+            return Err(bad(format!(
+                "thin metadata block {b} names block {}",
+                le64(&n, 8)
+            )));
+        }
+        let (count, max, vsize) = (le32(&n, 16) as usize, le32(&n, 20) as usize, le32(&n, 24));
+        if vsize != 8 || count > max || 32 + max * 16 > BLOCK {
+            return Err(bad(format!(
+                "thin metadata block {b}: {count}/{max} entries"
+            )));
+        }
+        let n = Arc::new(n);
+        self.nodes.lock().unwrap().put(b, n.clone());
+        Ok(n)
+    }
+
+    /// The value stored for `key` in the btree rooted at `root`.
+    fn lookup(&self, root: u64, key: u64) -> io::Result<Option<u64>> {
+        let mut b = root;
+        for _ in 0..MAX_DEPTH {
+            let n = self.node(b)?;
+            let (count, max) = (le32(&n, 16) as usize, le32(&n, 20) as usize);
+            let keys = |i: usize| le64(&n, 32 + i * 8);
+            let value = |i: usize| le64(&n, 32 + max * 8 + i * 8);
+            // Entries with keys at most `key`.
+            let below = {
+                let (mut lo, mut hi) = (0, count);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if keys(mid) <= key {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                lo
+            };
+            match le32(&n, 4) {
+                LEAF => return Ok((below > 0 && keys(below - 1) == key).then(|| value(below - 1))),
+                INTERNAL if below > 0 => b = value(below - 1),
+                INTERNAL => return Ok(None),
+                f => return Err(bad(format!("thin metadata block {b}: node flags {f:#x}"))),
+            }
+        }
+        Err(bad("thin mapping btree deeper than any pool"))
+    }
+
+    /// Byte offset in the pool's data volume of virtual chunk `v`, if mapped.
+    fn map(&self, v: u64) -> io::Result<Option<u64>> {
+        Ok(match self.lookup(self.root, v)? {
+            Some(val) => Some(
+                (val >> 24)
+                    .checked_mul(self.chunk)
+                    .filter(|&at| at.saturating_add(self.chunk) <= self.data.size())
+                    .ok_or_else(|| bad(format!("thin chunk {v} maps past the pool's data")))?,
+            ),
+            None => None,
+        })
+    }
+}
+
+impl ReadAt for ThinVolume {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let end = offset.saturating_add(buf.len() as u64).min(self.size);
+        let mut at = offset;
+        while at < end {
+            let (v, within) = (at / self.chunk, at % self.chunk);
+            let n = (self.chunk - within).min(end - at) as usize;
+            let dst = &mut buf[(at - offset) as usize..][..n];
+            match self.map(v)? {
+                Some(d) => self.data.read_exact_at(d + within, dst)?,
+                None => dst.fill(0),
+            }
+            at += n as u64;
+        }
+        Ok((at.max(offset) - offset) as usize)
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn prefetch(&self, ranges: &[(u64, u64)]) {
+        let mut spans = Vec::new();
+        let mut budget = PREFETCH_CHUNKS;
+        for &(o, l) in ranges {
+            let end = o.saturating_add(l).min(self.size);
+            let mut v = o / self.chunk;
+            while v * self.chunk < end && budget > 0 {
+                budget -= 1;
+                if let Ok(Some(d)) = self.map(v) {
+                    spans.push((d, self.chunk));
+                }
+                v += 1;
+            }
+        }
+        self.data.prefetch(&spans);
+    }
+
+    fn prefetches(&self) -> bool {
+        self.data.prefetches()
+    }
+}
