@@ -35,8 +35,21 @@ fn kernel<T>(img: &Path, mnt: &Path, opts: &str, f: impl FnOnce(&Path) -> T) -> 
     if !run("mount", &["-t", "xfs", "-o", opts, s(img), s(mnt)]) {
         return None;
     }
+    // Unmounted however `f` ends, so a failing test leaves no mount behind.
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let guard = Unmount(mnt);
     let r = f(mnt);
-    assert!(run("umount", &[s(mnt)]));
+    drop(guard);
+    assert!(
+        !run("mountpoint", &["-q", s(mnt)]),
+        "{} still mounted",
+        mnt.display()
+    );
     Some(r)
 }
 
