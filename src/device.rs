@@ -249,4 +249,12 @@ impl ReadAt for PointDevice {
     fn prefetches(&self) -> bool {
         true
     }
+
+    fn data_from(&self, offset: u64, end: u64) -> Option<io::Result<Option<u64>>> {
+        Some(self.next_data(offset, end))
+    }
+
+    fn hole_from(&self, offset: u64, end: u64) -> Option<io::Result<u64>> {
+        Some(self.next_hole(offset, end))
+    }
 }

@@ -25,6 +25,24 @@ pub trait ReadAt: Send + Sync {
         false
     }
 
+    /// Where data starts in `offset..end` (SEEK_DATA: `Ok(None)` when only holes
+    /// follow), for layers that know their holes; `None` when this one does not
+    /// (callers then take it all as data).
+    fn data_from(&self, _offset: u64, _end: u64) -> Option<io::Result<Option<u64>>> {
+        None
+    }
+
+    /// Where a hole starts in `offset..end` (SEEK_HOLE: `end` when there is none), for
+    /// layers that know; `None` when this one does not.
+    fn hole_from(&self, _offset: u64, _end: u64) -> Option<io::Result<u64>> {
+        None
+    }
+
+    /// Bytes in blocks holding data (stat's blocks), where known.
+    fn allocated(&self) -> Option<u64> {
+        None
+    }
+
     /// Fills `buf` completely or fails, because parsers must never see short data as valid.
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let mut done = 0;
@@ -147,5 +165,21 @@ impl<R: ReadAt + ?Sized> ReadAt for Slice<R> {
 
     fn prefetches(&self) -> bool {
         self.inner.prefetches()
+    }
+
+    fn data_from(&self, offset: u64, end: u64) -> Option<io::Result<Option<u64>>> {
+        let end = end.min(self.len);
+        let r = self
+            .inner
+            .data_from(self.start + offset, self.start + end)?;
+        Some(r.map(|o| o.map(|o| o - self.start)))
+    }
+
+    fn hole_from(&self, offset: u64, end: u64) -> Option<io::Result<u64>> {
+        let end = end.min(self.len);
+        let r = self
+            .inner
+            .hole_from(self.start + offset, self.start + end)?;
+        Some(r.map(|o| o - self.start))
     }
 }

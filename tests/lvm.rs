@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -282,6 +282,12 @@ fn logical_volumes_read_as_lvm_places_them() {
         &tree_digest(&src),
         "ext4 in LV root",
     );
+    // Holes come through linear segments from the safe: home was never written.
+    assert_eq!(
+        seek(&lv("a", "home.img"), 0, libc::SEEK_DATA),
+        -libc::ENXIO as i64
+    );
+    assert_eq!(seek(&lv("a", "root.img"), 0, libc::SEEK_DATA), 0);
     if let Some(img) = &xfs_img {
         assert_eq!(sha256_file(&lv("b", "my--xfs.img")), sha256_file(img));
         same_tree(
@@ -296,6 +302,17 @@ fn logical_volumes_read_as_lvm_places_them() {
     assert!(m.dir.join("1/a/part1.img").exists());
     let log = m.log_text();
     assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
+}
+
+/// lseek's answer (a negative errno on failure).
+fn seek(p: &Path, offset: i64, whence: i32) -> i64 {
+    let f = File::open(p).unwrap();
+    let r = unsafe { libc::lseek(std::os::unix::io::AsRawFd::as_raw_fd(&f), offset, whence) };
+    if r < 0 {
+        -(std::io::Error::last_os_error().raw_os_error().unwrap() as i64)
+    } else {
+        r
+    }
 }
 
 /// Ok when the file holds exactly `want`; else the first differing offset.
@@ -438,6 +455,14 @@ fn thin_volumes_read_through_their_pool() {
         &tree_digest(&src),
         "ext4 in a thin LV",
     );
+    // Unmapped chunks are holes: cp and qemu-img skip them, du counts the mapped ones.
+    let t1 = dir.join(format!("{vg}-thin1.img"));
+    assert_eq!(seek(&t1, 0, libc::SEEK_HOLE), 16 << 20);
+    assert_eq!(seek(&t1, 16 << 20, libc::SEEK_DATA), -libc::ENXIO as i64);
+    assert_eq!(std::fs::metadata(&t1).unwrap().blocks() * 512, 16 << 20);
+    let t2 = dir.join(format!("{vg}-thin2.img"));
+    assert_eq!(seek(&t2, 0, libc::SEEK_DATA), -libc::ENXIO as i64);
+    assert_eq!(std::fs::metadata(&t2).unwrap().blocks(), 0);
     let log = m.log_text();
     assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
 }

@@ -147,8 +147,7 @@ impl Image {
         }
     }
 
-    /// SEEK_DATA (`data`) or SEEK_HOLE from `offset`, below the length; a logical
-    /// volume is all data.
+    /// SEEK_DATA (`data`) or SEEK_HOLE from `offset`, below the length.
     fn seek(&self, offset: u64, data: bool) -> std::io::Result<Option<u64>> {
         match &self.src {
             Source::Range { dev, start } => {
@@ -160,7 +159,16 @@ impl Image {
                 };
                 Ok(found.map(|o| o - start))
             }
-            Source::Lv(_) => Ok(Some(if data { offset } else { self.len })),
+            // A logical volume answers through its segments, where they know.
+            Source::Lv(lv) => {
+                if data {
+                    lv.data_from(offset, self.len).unwrap_or(Ok(Some(offset)))
+                } else {
+                    lv.hole_from(offset, self.len)
+                        .unwrap_or(Ok(self.len))
+                        .map(Some)
+                }
+            }
         }
     }
 }
@@ -375,10 +383,11 @@ impl SafeFs {
         }
         let vol = self.lv_volume(point, vg, lv)?;
         let len = vol.size();
+        let alloc = vol.allocated().unwrap_or(len);
         let img = Image {
             src: Source::Lv(vol),
             len,
-            alloc: len,
+            alloc,
         };
         self.images.lock().unwrap().insert(ino, img.clone());
         Some(img)

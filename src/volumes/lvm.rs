@@ -685,6 +685,54 @@ impl ReadAt for LvVolume {
             .iter()
             .any(|p| p.stripes.iter().any(|(d, _)| d.prefetches()))
     }
+
+    /// Through linear pieces to the PV's own answer; striped pieces, and PVs that
+    /// do not know their holes, count as data.
+    fn data_from(&self, offset: u64, end: u64) -> Option<io::Result<Option<u64>>> {
+        let end = end.min(self.size);
+        let mut at = offset;
+        while at < end {
+            let i = self.pieces.partition_point(|p| p.start + p.len <= at);
+            let piece = self.pieces.get(i)?;
+            let stop = (piece.start + piece.len).min(end);
+            if piece.stripes.len() != 1 {
+                return Some(Ok(Some(at)));
+            }
+            let (pv, pos) = &piece.stripes[0];
+            let base = pos + (at - piece.start);
+            match pv.data_from(base, base + (stop - at)) {
+                None => return Some(Ok(Some(at))),
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(Some(d))) => return Some(Ok(Some(at + (d - base)))),
+                Some(Ok(None)) => at = stop,
+            }
+        }
+        Some(Ok(None))
+    }
+
+    fn hole_from(&self, offset: u64, end: u64) -> Option<io::Result<u64>> {
+        let end = end.min(self.size);
+        let mut at = offset;
+        while at < end {
+            let i = self.pieces.partition_point(|p| p.start + p.len <= at);
+            let Some(piece) = self.pieces.get(i) else {
+                break;
+            };
+            let stop = (piece.start + piece.len).min(end);
+            if piece.stripes.len() == 1 {
+                let (pv, pos) = &piece.stripes[0];
+                let base = pos + (at - piece.start);
+                let lim = base + (stop - at);
+                match pv.hole_from(base, lim) {
+                    Some(Err(e)) => return Some(Err(e)),
+                    Some(Ok(h)) if h < lim => return Some(Ok(at + (h - base))),
+                    _ => {}
+                }
+            }
+            at = stop;
+        }
+        Some(Ok(end))
+    }
 }
 
 /// Opens any LV this reader maps: striped/linear ones over the PVs, thin ones through

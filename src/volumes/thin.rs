@@ -24,6 +24,8 @@ const LEAF: u32 = 2;
 /// Deepest btree walked (a 4 KiB node holds over 250 keys: 8 levels is beyond any pool).
 const MAX_DEPTH: usize = 8;
 const NODE_CACHE: usize = 512;
+/// Most mapped chunks a hole search steps over before it answers "no hole".
+const HOLE_SCAN: u64 = 1 << 16;
 /// Most chunks one prefetch hint maps.
 const PREFETCH_CHUNKS: u64 = 1024;
 
@@ -51,6 +53,8 @@ pub struct ThinVolume {
     root: u64,
     chunk: u64,
     size: u64,
+    /// Chunks mapped, from the pool's device details.
+    mapped: u64,
     nodes: Mutex<lru::LruCache<u64, Arc<Vec<u8>>>>,
 }
 
@@ -92,6 +96,7 @@ impl ThinVolume {
             root: 0,
             chunk,
             size,
+            mapped: 0,
             nodes: Mutex::new(lru::LruCache::new(NonZeroUsize::new(NODE_CACHE).unwrap())),
         };
         let top = le64(&sb, 320);
@@ -99,6 +104,12 @@ impl ThinVolume {
             .lookup(top, device_id)
             .map_err(|e| format!("thin pool mapping: {e}"))?
             .ok_or(format!("thin device {device_id} is not in its pool"))?;
+        // The device details' first field counts its mapped chunks (stat's blocks).
+        v.mapped = v
+            .lookup(le64(&sb, 328), device_id)
+            .ok()
+            .flatten()
+            .unwrap_or(size / chunk);
         Ok(v)
     }
 
@@ -121,8 +132,13 @@ impl ThinVolume {
                 le64(&n, 8)
             )));
         }
-        let (count, max, vsize) = (le32(&n, 16) as usize, le32(&n, 20) as usize, le32(&n, 24));
-        if vsize != 8 || count > max || 32 + max * 16 > BLOCK {
+        let (count, max, vsize) = (
+            le32(&n, 16) as usize,
+            le32(&n, 20) as usize,
+            le32(&n, 24) as usize,
+        );
+        // Mapping values are 8 bytes, device details 24.
+        if !(vsize == 8 || vsize == 24) || count > max || 32 + max * (8 + vsize) > BLOCK {
             return Err(bad(format!(
                 "thin metadata block {b}: {count}/{max} entries"
             )));
@@ -138,8 +154,9 @@ impl ThinVolume {
         for _ in 0..MAX_DEPTH {
             let n = self.node(b)?;
             let (count, max) = (le32(&n, 16) as usize, le32(&n, 20) as usize);
+            let vsize = le32(&n, 24) as usize;
             let keys = |i: usize| le64(&n, 32 + i * 8);
-            let value = |i: usize| le64(&n, 32 + max * 8 + i * 8);
+            let value = |i: usize| le64(&n, 32 + max * 8 + i * vsize);
             // Entries with keys at most `key`.
             let below = {
                 let (mut lo, mut hi) = (0, count);
@@ -161,6 +178,37 @@ impl ThinVolume {
             }
         }
         Err(bad("thin mapping btree deeper than any pool"))
+    }
+
+    /// The first key at or after `key` in the btree rooted at `b`.
+    fn key_from(&self, b: u64, key: u64, depth: usize) -> io::Result<Option<u64>> {
+        if depth >= MAX_DEPTH {
+            return Err(bad("thin mapping btree deeper than any pool"));
+        }
+        let n = self.node(b)?;
+        let (count, max, vsize) = (
+            le32(&n, 16) as usize,
+            le32(&n, 20) as usize,
+            le32(&n, 24) as usize,
+        );
+        let keys = |i: usize| le64(&n, 32 + i * 8);
+        let below = (0..count).take_while(|&i| keys(i) <= key).count();
+        if le32(&n, 4) == LEAF {
+            let i = if below > 0 && keys(below - 1) == key {
+                below - 1
+            } else {
+                below
+            };
+            return Ok((i < count).then(|| keys(i)));
+        }
+        // The child covering `key`, then its right siblings, whose keys are larger.
+        for i in below.saturating_sub(1)..count {
+            let child = le64(&n, 32 + max * 8 + i * vsize);
+            if let Some(k) = self.key_from(child, key, depth + 1)? {
+                return Ok(Some(k));
+            }
+        }
+        Ok(None)
     }
 
     /// Byte offset in the pool's data volume of virtual chunk `v`, if mapped.
@@ -217,5 +265,38 @@ impl ReadAt for ThinVolume {
 
     fn prefetches(&self) -> bool {
         self.data.prefetches()
+    }
+
+    /// Unmapped chunks are holes (a mapped chunk counts as data whatever it holds).
+    fn data_from(&self, offset: u64, end: u64) -> Option<io::Result<Option<u64>>> {
+        let end = end.min(self.size);
+        if offset >= end {
+            return Some(Ok(None));
+        }
+        Some(self.key_from(self.root, offset / self.chunk, 0).map(|k| {
+            k.map(|k| k.saturating_mul(self.chunk).max(offset))
+                .filter(|&o| o < end)
+        }))
+    }
+
+    fn hole_from(&self, offset: u64, end: u64) -> Option<io::Result<u64>> {
+        let end = end.min(self.size);
+        let mut v = offset / self.chunk;
+        // Mapped chunks one by one (cached nodes), at most HOLE_SCAN of them.
+        for _ in 0..HOLE_SCAN {
+            if v.saturating_mul(self.chunk) >= end {
+                return Some(Ok(end));
+            }
+            match self.map(v) {
+                Err(e) => return Some(Err(e)),
+                Ok(None) => return Some(Ok(v.saturating_mul(self.chunk).max(offset))),
+                Ok(Some(_)) => v += 1,
+            }
+        }
+        Some(Ok(end))
+    }
+
+    fn allocated(&self) -> Option<u64> {
+        Some(self.mapped.saturating_mul(self.chunk).min(self.size))
     }
 }
