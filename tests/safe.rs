@@ -173,6 +173,22 @@ fn changed_blocks_gives_the_same_points_as_a_full_scan() {
         assert_eq!(restored_sha(&cbt, &pc.to_string(), "d", t.path()), want);
         assert_eq!(restored_sha(&full, &pf.to_string(), "d", t.path()), want);
     }
+    // A list naming bytes past the device's end is not this device's: refused before
+    // the safe is touched, rather than a point that misses the real changes.
+    let len = std::fs::metadata(&a).unwrap().len();
+    let list = t.path().join("wrong");
+    std::fs::write(&list, format!("0 4096\n{} 4096\n", len - 100)).unwrap();
+    let before = ok(&["points", s(&cbt)]);
+    let err = fails(&[
+        "backup",
+        s(&cbt),
+        &format!("d={}", s(&a)),
+        "--changed-blocks",
+        &format!("d={}", s(&list)),
+    ]);
+    assert!(err.contains("ends past the end of device d"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    assert_eq!(ok(&["points", s(&cbt)]), before, "the safe is unchanged");
 }
 
 #[test]

@@ -630,7 +630,21 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
     }
     let mut changed = HashMap::new();
     for (name, path) in &opts.changed_blocks {
-        changed.insert(name.clone(), parse_changed_blocks(path)?);
+        let ranges = parse_changed_blocks(path)?;
+        // A range past the device's end means the list is not this device's (or
+        // not of this size): reading only its ranges would miss real changes.
+        let size = sources
+            .iter()
+            .zip(&files)
+            .find(|(s, _)| &s.name == name)
+            .map_or(0, |(_, (_, size))| *size);
+        if let Some((off, len)) = ranges.iter().find(|(o, l)| o + l > size) {
+            bail!(
+                "--changed-blocks {name}={}: range {off}+{len} ends past the end of device {name} ({size} bytes); is this the list for this device?",
+                path.display()
+            );
+        }
+        changed.insert(name.clone(), ranges);
     }
     let mut w = Writer::open(dir, opts)?;
     let res = (|| -> anyhow::Result<()> {
