@@ -113,6 +113,12 @@ if command -v mkfs.vfat > /dev/null && command -v mcopy > /dev/null; then
   truncate -s 2M "$out/disk-fat32.img"
   mkfs.vfat -F 32 -s 1 -i 5eed0320 "$out/disk-fat32.img" > /dev/null 2>&1 || rm -f "$out/disk-fat32.img"
 fi
+# An exFAT volume for the disk target (mkfs.exfat's root: bitmap, up-case table;
+# 3 MiB, its smallest; it stamps a random serial).
+if command -v mkfs.exfat > /dev/null; then
+  truncate -s 3M "$out/disk-exfat.img"
+  mkfs.exfat "$out/disk-exfat.img" > /dev/null 2>&1 || rm -f "$out/disk-exfat.img"
+fi
 # XFS volumes for the disk target, v5 and v4, filled from a prototype (a short-form
 # and a block directory, a symlink, files of one and of several blocks): one AG of
 # 1 KiB blocks with the log kept outside, cut to the first MiB, where all of it lies.

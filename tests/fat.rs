@@ -266,3 +266,116 @@ fn fragmented_fat_files_follow_their_chains() {
         "fragmented",
     );
 }
+
+/// exFAT, filled through exfat-fuse (an independent implementation) on a loop device
+/// from the same generated tree plus a file fragmented by interleaved appends (a FAT
+/// chain, where whole files are contiguous): bytes, names (any case), mtimes and the
+/// free space equal exfat-fuse's view of the same volume.
+#[test]
+fn exfat_volume_shows_the_tree_exfat_fuse_wrote() {
+    if !fuse_available()
+        || Command::new("mkfs.exfat").arg("-V").output().is_err()
+        || Command::new("mount.exfat-fuse").arg("-V").output().is_err()
+    {
+        eprintln!("SKIP exfat: needs FUSE, root, exfatprogs and exfat-fuse");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(41);
+    let src = t.path().join("src");
+    make_source(&src, &mut rng);
+    let img = t.path().join("exfat.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    assert!(Command::new("mkfs.exfat")
+        .arg(&img)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let Some(dev) = Command::new("losetup")
+        .args(["-f", "--show", s(&img)])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    else {
+        eprintln!("SKIP exfat: no loop devices");
+        return;
+    };
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let kmnt = t.path().join("exfat-fuse");
+    std::fs::create_dir(&kmnt).unwrap();
+    let with_fuse = |opts: &[&str], f: &mut dyn FnMut(&Path)| {
+        let mut args = opts.to_vec();
+        args.extend([dev.as_str(), s(&kmnt)]);
+        assert!(Command::new("mount.exfat-fuse")
+            .args(&args)
+            .output()
+            .unwrap()
+            .status
+            .success());
+        f(&kmnt);
+        assert!(Command::new("umount")
+            .arg(&kmnt)
+            .status()
+            .unwrap()
+            .success());
+    };
+    with_fuse(&[], &mut |m| {
+        assert!(Command::new("cp")
+            .args(["-r", "--preserve=timestamps"])
+            .arg(src.join("."))
+            .arg(m)
+            .status()
+            .unwrap()
+            .success());
+        // Interleaved appends leave "frag" in pieces: read through the FAT.
+        let mut a = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.join("frag"))
+            .unwrap();
+        for i in 0..40 {
+            let mut d = vec![0u8; 50_000];
+            rng.fill(&mut d[..]);
+            std::io::Write::write_all(&mut a, &d).unwrap();
+            std::fs::write(m.join(format!("Sub/filler {i}")), &d[..9000]).unwrap();
+        }
+    });
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("v={}", s(&img))]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let files = m.dir.join("1/v/files");
+    let mut want = None;
+    with_fuse(&["-o", "ro"], &mut |k| {
+        want = Some((tree_digest(k), mtimes(k), statvfs(k)));
+    });
+    let (want_tree, want_times, want_df) = want.unwrap();
+    assert!(want_tree.len() > 340, "{} entries", want_tree.len());
+    same_tree(&tree_digest(&files), &want_tree, "exfat");
+    assert_eq!(mtimes(&files), want_times, "mtimes");
+    // Free bytes as exfat-fuse counts them (its total is the whole volume, the
+    // kernel's and disksafe's the cluster heap).
+    let [bs, _, free, ..] = statvfs(&files);
+    assert_eq!(bs * free, want_df[0] * want_df[2], "free space");
+    // Names match whatever their case, as Linux's exfat matches them.
+    assert_eq!(
+        std::fs::read(files.join("readme.txt")).unwrap(),
+        b"README.TXT"
+    );
+    assert_eq!(
+        std::fs::read(files.join("SUB/DEEPER/ÜNÏCÖDÉ FILE.TXT")).unwrap(),
+        b"deep"
+    );
+    let log = m.log_text();
+    assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
+}

@@ -1,4 +1,4 @@
-//! Filesystem parsers (ext2/3/4, XFS, NTFS, FAT12/16/32) behind one tree trait.
+//! Filesystem parsers (ext2/3/4, XFS, NTFS, FAT12/16/32, exFAT) behind one tree trait.
 //!
 //! Everything here reads only through [`ReadAt`] and knows nothing of safes or FUSE.
 //! Every on-disk value is treated as hostile: offsets, counts and lengths are checked,
@@ -30,6 +30,9 @@ pub fn open_tree(
     }
     if ntfs::probe(&*dev)? {
         return Ok(Some(ntfs::NtfsFs::open(dev, opts)?));
+    }
+    if fat::exfat::probe(&*dev)? {
+        return Ok(Some(Arc::new(fat::exfat::ExFatFs::open(dev, opts)?)));
     }
     if fat::probe(&*dev)? {
         return Ok(Some(Arc::new(fat::FatFs::open(dev, opts)?)));

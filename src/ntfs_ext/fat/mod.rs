@@ -6,6 +6,8 @@
 
 mod cp437;
 
+pub mod exfat;
+
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
@@ -656,6 +658,19 @@ impl FatFs {
     }
 }
 
+/// `df` for FAT and exFAT: clusters in all and free, in cluster units; no inodes.
+fn cluster_statfs(cluster: u64, clusters: u64, free: u64) -> StatFs {
+    StatFs {
+        bsize: cluster.min(u32::MAX as u64) as u32,
+        blocks: clusters,
+        bfree: free,
+        bavail: free,
+        files: 0,
+        ffree: 0,
+        namelen: 255,
+    }
+}
+
 impl FsTree for FatFs {
     fn root(&self) -> u64 {
         ROOT
@@ -757,16 +772,11 @@ impl FsTree for FatFs {
     }
 
     fn statfs(&self) -> StatFs {
-        let free = self.free_clusters();
-        StatFs {
-            bsize: self.layout.cluster as u32,
-            blocks: self.layout.clusters as u64,
-            bfree: free,
-            bavail: free,
-            files: 0,
-            ffree: 0,
-            namelen: 255,
-        }
+        cluster_statfs(
+            self.layout.cluster,
+            self.layout.clusters as u64,
+            self.free_clusters(),
+        )
     }
 }
 
