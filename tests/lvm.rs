@@ -359,7 +359,8 @@ fn thin_volumes_read_through_their_pool() {
     )
     .expect("vgcfgbackup");
     // pool_tmeta on extents 0-3, pool_tdata on 4-35 (32 MiB of 64 KiB chunks);
-    // thin1 64 MiB virtual (device 1), thin2 16 MiB with nothing mapped (device 2).
+    // thin1 64 MiB virtual (device 1), thin2 a 16 MiB partitioned "VM disk" (device
+    // 2), thin3 16 MiB with nothing mapped (device 3).
     let lv = |n: usize, name: &str, status: &str, seg: &str| {
         // LVM's id form: 32 characters in groups of 6-4-4-4-4-4-6.
         let id = format!("lv{n:04}-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa");
@@ -369,9 +370,10 @@ fn thin_volumes_read_through_their_pool() {
     };
     let vis = "\"READ\", \"WRITE\", \"VISIBLE\"";
     let lvs = [
-        lv(1, "pool", vis, "extent_count = 32\ntype = \"thin-pool\"\nmetadata = \"pool_tmeta\"\npool = \"pool_tdata\"\ntransaction_id = 2\nchunk_size = 128"),
+        lv(1, "pool", vis, "extent_count = 32\ntype = \"thin-pool\"\nmetadata = \"pool_tmeta\"\npool = \"pool_tdata\"\ntransaction_id = 3\nchunk_size = 128"),
         lv(2, "thin1", vis, "extent_count = 64\ntype = \"thin\"\nthin_pool = \"pool\"\ntransaction_id = 0\ndevice_id = 1"),
         lv(3, "thin2", vis, "extent_count = 16\ntype = \"thin\"\nthin_pool = \"pool\"\ntransaction_id = 1\ndevice_id = 2"),
+        lv(6, "thin3", vis, "extent_count = 16\ntype = \"thin\"\nthin_pool = \"pool\"\ntransaction_id = 2\ndevice_id = 3"),
         lv(4, "pool_tmeta", "\"READ\", \"WRITE\"", "extent_count = 4\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"pv0\", 0]"),
         lv(5, "pool_tdata", "\"READ\", \"WRITE\"", "extent_count = 32\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"pv0\", 4]"),
     ];
@@ -417,7 +419,41 @@ fn thin_volumes_read_through_their_pool() {
         dev.write_all_at(piece, pe_start + (4 << 20) + d * chunk)
             .unwrap();
     }
-    xml += "</device>\n<device dev_id=\"2\" mapped_blocks=\"0\" transaction=\"1\" creation_time=\"1\" snap_time=\"1\">\n</device>\n</superblock>\n";
+    // thin2: a GPT disk whose one partition holds ext4, in the other 256 chunks.
+    let src2 = t.path().join("src2");
+    make_tree(&src2, 10, &mut rng);
+    let part = t.path().join("part.img");
+    File::create(&part).unwrap().set_len(30000 * 512).unwrap();
+    tool("mkfs.ext4", &["-q", "-F", "-d", s(&src2), s(&part)]).expect("mkfs.ext4");
+    let vm = t.path().join("vm.img");
+    File::create(&vm).unwrap().set_len(16 << 20).unwrap();
+    let mut sf = Command::new("sfdisk")
+        .args(["-q", s(&vm)])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        sf.stdin.as_mut().unwrap(),
+        b"label: gpt\nstart=2048, size=30000\n",
+    )
+    .unwrap();
+    assert!(sf.wait().unwrap().success());
+    let part_bytes = std::fs::read(&part).unwrap();
+    File::options()
+        .write(true)
+        .open(&vm)
+        .unwrap()
+        .write_all_at(&part_bytes, 1 << 20)
+        .unwrap();
+    let vm_bytes = std::fs::read(&vm).unwrap();
+    xml += "</device>\n<device dev_id=\"2\" mapped_blocks=\"256\" transaction=\"1\" creation_time=\"1\" snap_time=\"1\">\n";
+    for (v, &d) in slots.iter().skip(256).enumerate() {
+        xml += &format!("<single_mapping origin_block=\"{v}\" data_block=\"{d}\" time=\"1\"/>\n");
+        let piece = &vm_bytes[v * chunk as usize..(v + 1) * chunk as usize];
+        dev.write_all_at(piece, pe_start + (4 << 20) + d * chunk)
+            .unwrap();
+    }
+    xml += "</device>\n<device dev_id=\"3\" mapped_blocks=\"0\" transaction=\"2\" creation_time=\"2\" snap_time=\"2\">\n</device>\n</superblock>\n";
     let xml_path = t.path().join("thin.xml");
     std::fs::write(&xml_path, xml).unwrap();
     let meta = t.path().join("tmeta.bin");
@@ -436,7 +472,7 @@ fn thin_volumes_read_through_their_pool() {
     // The pool and its sub-LVs are not volumes to show; the thin LVs are.
     assert_eq!(
         names,
-        ["thin1", "thin1.img", "thin2.img"],
+        ["thin1", "thin1.img", "thin2", "thin2.img", "thin3.img"],
         "{}",
         m.log_text()
     );
@@ -447,7 +483,25 @@ fn thin_volumes_read_through_their_pool() {
         Ok(())
     );
     assert_eq!(
-        same_bytes(&dir.join(format!("{vg}-thin2.img")), &vec![0u8; 16 << 20]),
+        same_bytes(&dir.join(format!("{vg}-thin2.img")), &vm_bytes),
+        Ok(())
+    );
+    // An LV holding a partition table (a VM disk) shows its partitions.
+    let vmdir = dir.join(format!("{vg}-thin2"));
+    let mut parts: Vec<String> = std::fs::read_dir(&vmdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    parts.sort();
+    assert_eq!(parts, ["part1", "part1.img"]);
+    assert_eq!(same_bytes(&vmdir.join("part1.img"), &part_bytes), Ok(()));
+    same_tree(
+        &tree_digest(&vmdir.join("part1")),
+        &tree_digest(&src2),
+        "ext4 in a VM disk in a thin LV",
+    );
+    assert_eq!(
+        same_bytes(&dir.join(format!("{vg}-thin3.img")), &vec![0u8; 16 << 20]),
         Ok(())
     );
     same_tree(
@@ -460,9 +514,9 @@ fn thin_volumes_read_through_their_pool() {
     assert_eq!(seek(&t1, 0, libc::SEEK_HOLE), 16 << 20);
     assert_eq!(seek(&t1, 16 << 20, libc::SEEK_DATA), -libc::ENXIO as i64);
     assert_eq!(std::fs::metadata(&t1).unwrap().blocks() * 512, 16 << 20);
-    let t2 = dir.join(format!("{vg}-thin2.img"));
-    assert_eq!(seek(&t2, 0, libc::SEEK_DATA), -libc::ENXIO as i64);
-    assert_eq!(std::fs::metadata(&t2).unwrap().blocks(), 0);
+    let t3 = dir.join(format!("{vg}-thin3.img"));
+    assert_eq!(seek(&t3, 0, libc::SEEK_DATA), -libc::ENXIO as i64);
+    assert_eq!(std::fs::metadata(&t3).unwrap().blocks(), 0);
     let log = m.log_text();
     assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
 }

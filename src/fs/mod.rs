@@ -8,7 +8,8 @@
 //! N/DEVICE/files/             file tree of a filesystem on the whole device
 //! N/DEVICE/partK/             file tree of partition K
 //! N/DEVICE/lvm/VG-LV.img      an LVM logical volume with a PV on DEVICE
-//! N/DEVICE/lvm/VG-LV/         its file tree
+//! N/DEVICE/lvm/VG-LV/         its file tree, or for an LV holding a partition
+//!                             table (a VM disk) its partK.img and partK/
 //! ```
 //!
 //! File trees come from `ntfs_ext` through the [`FsTree`] trait; their inodes are
@@ -75,8 +76,16 @@ enum Kind {
         point: i64,
         dev: i64,
     },
-    /// One logical volume's image (VG by id, LV by name).
+    /// One logical volume's image (VG by id, LV by name), or of partition `part` in
+    /// it (a VM disk kept in an LV).
     LvImage {
+        point: i64,
+        vg: String,
+        lv: String,
+        part: Option<u32>,
+    },
+    /// The partitions of an LV that holds a partition table rather than a filesystem.
+    LvParts {
         point: i64,
         vg: String,
         lv: String,
@@ -206,7 +215,7 @@ pub struct FsOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum VolumeKey {
     Part(i64, i64, Option<u32>),
-    Lv(i64, String, String),
+    Lv(i64, String, String, Option<u32>),
 }
 
 /// File trees kept open at once. A tree's parse of its volume (NTFS's 128 KiB `$UpCase`,
@@ -376,12 +385,19 @@ impl SafeFs {
         Some(img)
     }
 
-    /// The image of logical volume `lv` of VG `vg` at `point`.
-    fn lv_image(&self, ino: u64, point: i64, vg: &str, lv: &str) -> Option<Image> {
+    /// The image of logical volume `lv` of VG `vg` at `point`, or of its partition.
+    fn lv_image(
+        &self,
+        ino: u64,
+        point: i64,
+        vg: &str,
+        lv: &str,
+        part: Option<u32>,
+    ) -> Option<Image> {
         if let Some(i) = self.images.lock().unwrap().get(&ino) {
             return Some(i.clone());
         }
-        let vol = self.lv_volume(point, vg, lv)?;
+        let vol = self.lv_part(point, vg, lv, part)?;
         let len = vol.size();
         let alloc = vol.allocated().unwrap_or(len);
         let img = Image {
@@ -400,9 +416,14 @@ impl SafeFs {
             Some(Kind::Image { point, dev, part }) => {
                 self.image(ino, point, dev, part).ok_or(Errno::ENOENT)
             }
-            Some(Kind::LvImage { point, vg, lv }) => {
-                self.lv_image(ino, point, &vg, &lv).ok_or(Errno::ENOENT)
-            }
+            Some(Kind::LvImage {
+                point,
+                vg,
+                lv,
+                part,
+            }) => self
+                .lv_image(ino, point, &vg, &lv, part)
+                .ok_or(Errno::ENOENT),
             _ => Err(Errno::EINVAL),
         }
     }
@@ -479,6 +500,23 @@ impl SafeFs {
         let found = Arc::new(found);
         self.lvm.lock().unwrap().insert(point, found.clone());
         found
+    }
+
+    /// An LV, or partition `part` of the table it holds.
+    fn lv_part(
+        &self,
+        point: i64,
+        vg: &str,
+        lv: &str,
+        part: Option<u32>,
+    ) -> Option<Arc<dyn ReadAt>> {
+        let vol = self.lv_volume(point, vg, lv)?;
+        let Some(k) = part else {
+            return Some(vol);
+        };
+        let t = crate::volumes::read_table(&*vol).ok().flatten()?;
+        let p = t.partitions.iter().find(|p| p.number == k)?;
+        Some(Arc::new(Slice::new(vol, p.start, p.len)))
     }
 
     /// Maps an LV onto the PVs of its point; `None` (logged) when it cannot be.
@@ -601,9 +639,18 @@ impl SafeFs {
                     let Some(vol) = self.lv_volume(*point, &vg, &lv) else {
                         continue;
                     };
-                    let key = VolumeKey::Lv(*point, vg.clone(), lv.clone());
-                    if let Some(root) = self.tree_root(key, vol, ino) {
+                    let key = VolumeKey::Lv(*point, vg.clone(), lv.clone(), None);
+                    if let Some(root) = self.tree_root(key, vol.clone(), ino) {
                         trees.push((OsString::from(&name), root));
+                    } else if crate::volumes::read_table(&*vol).is_ok_and(|t| t.is_some()) {
+                        v.push((
+                            OsString::from(&name),
+                            Kind::LvParts {
+                                point: *point,
+                                vg: vg.clone(),
+                                lv: lv.clone(),
+                            },
+                        ));
                     }
                     v.push((
                         format!("{name}.img").into(),
@@ -611,8 +658,36 @@ impl SafeFs {
                             point: *point,
                             vg,
                             lv,
+                            part: None,
                         },
                     ));
+                }
+                return Ok(self.keep_listing(ino, v, trees));
+            }
+            Kind::LvParts { point, vg, lv } => {
+                let (mut v, mut trees) = (Vec::new(), Vec::new());
+                let vol = self.lv_volume(*point, vg, lv);
+                let table = vol
+                    .as_ref()
+                    .and_then(|vol| crate::volumes::read_table(&**vol).ok().flatten());
+                if let (Some(vol), Some(t)) = (vol, table) {
+                    for p in &t.partitions {
+                        v.push((
+                            format!("part{}.img", p.number).into(),
+                            Kind::LvImage {
+                                point: *point,
+                                vg: vg.clone(),
+                                lv: lv.clone(),
+                                part: Some(p.number),
+                            },
+                        ));
+                        let slice: Arc<dyn ReadAt> =
+                            Arc::new(Slice::new(vol.clone(), p.start, p.len));
+                        let key = VolumeKey::Lv(*point, vg.clone(), lv.clone(), Some(p.number));
+                        if let Some(root) = self.tree_root(key, slice, ino) {
+                            trees.push((format!("part{}", p.number).into(), root));
+                        }
+                    }
                 }
                 return Ok(self.keep_listing(ino, v, trees));
             }
@@ -703,7 +778,7 @@ impl SafeFs {
                     None => format!("point {point}, device {dname}"),
                 }
             }
-            VolumeKey::Lv(point, vg, lv) => {
+            VolumeKey::Lv(point, vg, lv, part) => {
                 let vgname = self
                     .point_lvm(*point)
                     .vgs
@@ -711,7 +786,10 @@ impl SafeFs {
                     .find(|v| &v.id == vg)
                     .map(|v| v.name.clone())
                     .unwrap_or_default();
-                format!("point {point}, LV {vgname}/{lv}")
+                match part {
+                    Some(k) => format!("point {point}, LV {vgname}/{lv}, partition {k}"),
+                    None => format!("point {point}, LV {vgname}/{lv}"),
+                }
             }
         };
         let opts = TreeOptions {
@@ -914,7 +992,10 @@ impl SafeFs {
                     LONG_TTL,
                 )
             }
-            Kind::Point(p) | Kind::Device { point: p, .. } | Kind::Lvm { point: p, .. } => {
+            Kind::Point(p)
+            | Kind::Device { point: p, .. }
+            | Kind::Lvm { point: p, .. }
+            | Kind::LvParts { point: p, .. } => {
                 let p = self.point(*p).ok_or(Errno::ENOENT)?;
                 (FileType::Directory, 0o555, 0, time(p.created), LONG_TTL)
             }
