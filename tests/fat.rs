@@ -338,6 +338,7 @@ fn exfat_volume_shows_the_tree_exfat_fuse_wrote() {
             .status()
             .unwrap()
             .success());
+        std::fs::write(m.join("straße.txt"), b"sharp s").unwrap();
         // Interleaved appends leave "frag" in pieces: read through the FAT.
         let mut a = std::fs::OpenOptions::new()
             .create(true)
@@ -376,6 +377,10 @@ fn exfat_volume_shows_the_tree_exfat_fuse_wrote() {
         std::fs::read(files.join("SUB/DEEPER/ÜNÏCÖDÉ FILE.TXT")).unwrap(),
         b"deep"
     );
+    // Through the volume's up-case table: ß has no one-character capital, so
+    // "STRASSE" is another name.
+    assert_eq!(std::fs::read(files.join("STRAßE.TXT")).unwrap(), b"sharp s");
+    assert!(!files.join("STRASSE.TXT").exists());
     let log = m.log_text();
     assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
 }

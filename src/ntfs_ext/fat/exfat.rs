@@ -121,7 +121,7 @@ struct Node {
 struct Listing {
     entries: Arc<Vec<DirEntry>>,
     nodes: HashMap<u64, Node>,
-    folded: HashMap<String, u64>,
+    folded: HashMap<Vec<u16>, u64>,
 }
 
 impl Weigh for Arc<Listing> {
@@ -157,9 +157,51 @@ fn set_checksum(set: &[u8]) -> u16 {
     sum
 }
 
-/// Names as Linux's exfat compares them: case folded.
-fn fold(name: &[u8]) -> String {
-    String::from_utf8_lossy(name).to_uppercase()
+/// A name as Linux's exfat compares names: each UTF-16 unit through the volume's
+/// up-case table (`None`: no table read; Unicode's simple uppercase per character).
+fn fold(name: &[u8], upcase: Option<&[u16]>) -> Vec<u16> {
+    let text = String::from_utf8_lossy(name);
+    match upcase {
+        Some(t) => text
+            .encode_utf16()
+            .map(|u| t.get(u as usize).copied().unwrap_or(u))
+            .collect(),
+        None => text
+            .chars()
+            .map(|c| {
+                let mut up = c.to_uppercase();
+                match (up.next(), up.next()) {
+                    (Some(u), None) => u,
+                    _ => c, // no one-to-one uppercase: as is
+                }
+            })
+            .collect::<String>()
+            .encode_utf16()
+            .collect(),
+    }
+}
+
+/// Expands an up-case table: 16-bit units, where 0xFFFF then a count stands for
+/// that many characters that map to themselves.
+fn expand_upcase(raw: &[u8]) -> Vec<u16> {
+    let mut t: Vec<u16> = Vec::with_capacity(1 << 16);
+    let mut units = raw
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]));
+    while t.len() < 1 << 16 {
+        match units.next() {
+            None => break,
+            Some(0xFFFF) => {
+                let n = units.next().unwrap_or(0) as usize;
+                let start = t.len();
+                t.extend((start..(start + n).min(1 << 16)).map(|c| c as u16));
+            }
+            Some(u) => t.push(u),
+        }
+    }
+    let start = t.len();
+    t.extend((start..1 << 16).map(|c| c as u16));
+    t
 }
 
 /// An open exFAT volume.
@@ -175,6 +217,7 @@ pub struct ExFatFs {
     parents: std::sync::Mutex<HashMap<u64, u64>>,
     bad_set: OnceLock<()>,
     free: OnceLock<u64>,
+    upcase: OnceLock<Option<Vec<u16>>>,
 }
 
 impl ExFatFs {
@@ -196,6 +239,7 @@ impl ExFatFs {
             parents: std::sync::Mutex::new(HashMap::new()),
             bad_set: OnceLock::new(),
             free: OnceLock::new(),
+            upcase: OnceLock::new(),
         })
     }
 
@@ -411,7 +455,7 @@ impl ExFatFs {
                 continue;
             }
             let child = pos[i - 1 - secondary] / 32;
-            folded.entry(fold(&name)).or_insert(child);
+            folded.entry(fold(&name, self.upcase())).or_insert(child);
             entries.push(DirEntry {
                 name,
                 ino: child,
@@ -438,41 +482,72 @@ impl ExFatFs {
         Ok(l)
     }
 
+    /// The volume's up-case table (the root's 0x82 entry), expanded; `None` when it
+    /// cannot be read (names then fold by Unicode's rules, with a warning).
+    fn upcase(&self) -> Option<&[u16]> {
+        self.upcase
+            .get_or_init(|| {
+                let table = self.root_entry(0x82).and_then(|e| {
+                    let len = le64(&e, 24).min(256 << 10);
+                    let runs = self.runs(le32(&e, 20), false, len)?;
+                    let mut raw = Vec::with_capacity(len as usize);
+                    for (_, n, at) in runs {
+                        let mut b = vec![0u8; n as usize];
+                        self.dev.read_exact_at(at, &mut b)?;
+                        raw.extend_from_slice(&b);
+                    }
+                    raw.truncate(len as usize);
+                    Ok(expand_upcase(&raw))
+                });
+                match table {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        tracing::warn!("{}: exFAT up-case table unreadable ({e}); names fold by Unicode's rules", self.label);
+                        None
+                    }
+                }
+            })
+            .as_deref()
+    }
+
+    /// The root directory's first entry of `kind` (0x81 bitmap, 0x82 up-case table).
+    fn root_entry(&self, kind: u8) -> io::Result<[u8; 32]> {
+        let root = self.root_node()?;
+        for (_, n, at) in self.runs(root.first, false, root.size.min(MAX_DIR_BYTES))? {
+            let mut b = vec![0u8; n as usize];
+            self.dev.read_exact_at(at, &mut b)?;
+            for e in b.chunks_exact(32) {
+                if e[0] == kind {
+                    return Ok(e.try_into().unwrap());
+                }
+                if e[0] == 0 {
+                    break;
+                }
+            }
+        }
+        Err(corrupt(format!("{}: no root entry {kind:#x}", self.label)))
+    }
+
     /// Free clusters from the allocation bitmap (the root's 0x81 entry).
     fn free_clusters(&self) -> u64 {
         *self.free.get_or_init(|| {
             let count = || -> io::Result<u64> {
-                let root = self.root_node()?;
-                let runs = self.runs(root.first, false, root.size.min(MAX_DIR_BYTES))?;
-                for (_, n, at) in runs {
-                    let mut b = vec![0u8; n as usize];
-                    self.dev.read_exact_at(at, &mut b)?;
-                    for e in b.chunks_exact(32) {
-                        if e[0] == 0x81 {
-                            let len = le64(e, 24).min(self.layout.clusters.div_ceil(8) as u64);
-                            let runs = self.runs(le32(e, 20), false, len)?;
-                            let mut used = 0u64;
-                            let mut seen = 0u64;
-                            for (_, n, at) in runs {
-                                let mut bm = vec![0u8; n as usize];
-                                self.dev.read_exact_at(at, &mut bm)?;
-                                for byte in bm {
-                                    let bits = (self.layout.clusters as u64 - seen).min(8);
-                                    if bits == 0 {
-                                        break;
-                                    }
-                                    used += (byte & ((1u16 << bits) - 1) as u8).count_ones() as u64;
-                                    seen += bits;
-                                }
-                            }
-                            return Ok(self.layout.clusters as u64 - used);
-                        }
-                        if e[0] == 0 {
+                let e = self.root_entry(0x81)?;
+                let len = le64(&e, 24).min(self.layout.clusters.div_ceil(8) as u64);
+                let (mut used, mut seen) = (0u64, 0u64);
+                for (_, n, at) in self.runs(le32(&e, 20), false, len)? {
+                    let mut bm = vec![0u8; n as usize];
+                    self.dev.read_exact_at(at, &mut bm)?;
+                    for byte in bm {
+                        let bits = (self.layout.clusters as u64 - seen).min(8);
+                        if bits == 0 {
                             break;
                         }
+                        used += (byte & ((1u16 << bits) - 1) as u8).count_ones() as u64;
+                        seen += bits;
                     }
                 }
-                Ok(0)
+                Ok(self.layout.clusters as u64 - used)
             };
             count().unwrap_or(0)
         })
@@ -510,7 +585,11 @@ impl FsTree for ExFatFs {
     }
 
     fn lookup(&self, dir: u64, name: &[u8]) -> io::Result<Option<u64>> {
-        Ok(self.listing(dir)?.folded.get(&fold(name)).copied())
+        Ok(self
+            .listing(dir)?
+            .folded
+            .get(&fold(name, self.upcase()))
+            .copied())
     }
 
     fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
@@ -598,6 +677,23 @@ mod tests {
         assert_eq!(ex_time(ts, 0, 0x80 | 4).secs, utc.secs - 3600);
         assert_eq!(ex_time(ts, 0, 0x80 | 0x7C).secs, utc.secs + 3600); // -4 quarters
         assert_eq!(ex_time(ts, 150, 0).nsecs, 500_000_000);
+    }
+
+    #[test]
+    fn upcase_tables_expand_their_identity_runs() {
+        let mut raw = Vec::new();
+        for u in [0xFFFFu16, 0x61, 0x41, 0x42] {
+            raw.extend_from_slice(&u.to_le_bytes());
+        }
+        let t = expand_upcase(&raw);
+        assert_eq!(t.len(), 1 << 16);
+        assert_eq!(
+            (t[0x30], t[0x61], t[0x62], t[0x63], t[0xDF]),
+            (0x30, 0x41, 0x42, 0x63, 0xDF)
+        );
+        // Folding through it: one unit for one unit, no "SS" for "ß".
+        assert_eq!(fold("aß".as_bytes(), Some(&t)), [0x41, 0xDF]);
+        assert_eq!(fold("ß".as_bytes(), None), [0xDF]);
     }
 
     #[test]
