@@ -46,6 +46,44 @@ fn csum(data: &[u8], xor: u32) -> u32 {
     !crc32c::crc32c(data) ^ xor
 }
 
+/// A btree node already checked by [`ThinVolume::node`]: header, keys, values.
+struct Node<'a>(&'a [u8]);
+
+impl Node<'_> {
+    fn count(&self) -> usize {
+        le32(self.0, 16) as usize
+    }
+    fn key(&self, i: usize) -> u64 {
+        le64(self.0, 32 + i * 8)
+    }
+    /// The value's first 8 bytes (a child block, a mapping, a device's block count).
+    fn value(&self, i: usize) -> u64 {
+        let (max, vsize) = (le32(self.0, 20) as usize, le32(self.0, 24) as usize);
+        le64(self.0, 32 + max * 8 + i * vsize)
+    }
+    /// How many entries have keys at most `key` (keys are sorted).
+    fn at_most(&self, key: u64) -> usize {
+        let (mut lo, mut hi) = (0, self.count());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.key(mid) <= key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+    /// Leaf or internal node; anything else is damage.
+    fn is_leaf(&self, b: u64) -> io::Result<bool> {
+        match le32(self.0, 4) {
+            LEAF => Ok(true),
+            INTERNAL => Ok(false),
+            f => Err(bad(format!("thin metadata block {b}: node flags {f:#x}"))),
+        }
+    }
+}
+
 /// A thin LV as a volume.
 pub struct ThinVolume {
     meta: Arc<dyn ReadAt>,
@@ -152,30 +190,16 @@ impl ThinVolume {
     fn lookup(&self, root: u64, key: u64) -> io::Result<Option<u64>> {
         let mut b = root;
         for _ in 0..MAX_DEPTH {
-            let n = self.node(b)?;
-            let (count, max) = (le32(&n, 16) as usize, le32(&n, 20) as usize);
-            let vsize = le32(&n, 24) as usize;
-            let keys = |i: usize| le64(&n, 32 + i * 8);
-            let value = |i: usize| le64(&n, 32 + max * 8 + i * vsize);
-            // Entries with keys at most `key`.
-            let below = {
-                let (mut lo, mut hi) = (0, count);
-                while lo < hi {
-                    let mid = (lo + hi) / 2;
-                    if keys(mid) <= key {
-                        lo = mid + 1;
-                    } else {
-                        hi = mid;
-                    }
-                }
-                lo
-            };
-            match le32(&n, 4) {
-                LEAF => return Ok((below > 0 && keys(below - 1) == key).then(|| value(below - 1))),
-                INTERNAL if below > 0 => b = value(below - 1),
-                INTERNAL => return Ok(None),
-                f => return Err(bad(format!("thin metadata block {b}: node flags {f:#x}"))),
+            let raw = self.node(b)?;
+            let n = Node(&raw);
+            let below = n.at_most(key);
+            if n.is_leaf(b)? {
+                return Ok((below > 0 && n.key(below - 1) == key).then(|| n.value(below - 1)));
             }
+            if below == 0 {
+                return Ok(None);
+            }
+            b = n.value(below - 1);
         }
         Err(bad("thin mapping btree deeper than any pool"))
     }
@@ -185,26 +209,20 @@ impl ThinVolume {
         if depth >= MAX_DEPTH {
             return Err(bad("thin mapping btree deeper than any pool"));
         }
-        let n = self.node(b)?;
-        let (count, max, vsize) = (
-            le32(&n, 16) as usize,
-            le32(&n, 20) as usize,
-            le32(&n, 24) as usize,
-        );
-        let keys = |i: usize| le64(&n, 32 + i * 8);
-        let below = (0..count).take_while(|&i| keys(i) <= key).count();
-        if le32(&n, 4) == LEAF {
-            let i = if below > 0 && keys(below - 1) == key {
+        let raw = self.node(b)?;
+        let n = Node(&raw);
+        let below = n.at_most(key);
+        if n.is_leaf(b)? {
+            let i = if below > 0 && n.key(below - 1) == key {
                 below - 1
             } else {
                 below
             };
-            return Ok((i < count).then(|| keys(i)));
+            return Ok((i < n.count()).then(|| n.key(i)));
         }
         // The child covering `key`, then its right siblings, whose keys are larger.
-        for i in below.saturating_sub(1)..count {
-            let child = le64(&n, 32 + max * 8 + i * vsize);
-            if let Some(k) = self.key_from(child, key, depth + 1)? {
+        for i in below.saturating_sub(1)..n.count() {
+            if let Some(k) = self.key_from(n.value(i), key, depth + 1)? {
                 return Ok(Some(k));
             }
         }
