@@ -375,15 +375,18 @@ impl Trans {
     }
 }
 
+/// Where the part of a log that recovery must replay lies.
+struct Live {
+    start: u64,
+    bbs: u64,
+    head: u64,
+    tail: u64,
+    order: Order,
+}
+
 /// Finds the log's extent on the volume, its head and tail; `Ok(None)` when it was
-/// cleanly unmounted (or never written). Then replays.
-pub fn replay(
-    dev: Arc<dyn ReadAt>,
-    sb: &Sb,
-    uuid: &[u8; 16],
-    meta_uuid: &[u8; 16],
-    label: &str,
-) -> io::Result<Option<(Replayed, Summary)>> {
+/// cleanly unmounted (or never written, or is on another device).
+fn live_log(dev: &dyn ReadAt, sb: &Sb, uuid: &[u8; 16]) -> io::Result<Option<Live>> {
     if sb.logstart == 0 {
         return Ok(None); // external log: checked by the caller
     }
@@ -392,11 +395,7 @@ pub fn replay(
     if bbs < 64 {
         return Err(corrupt(format!("log of {bbs} blocks")));
     }
-    let log = Log {
-        dev: &*dev,
-        start,
-        bbs,
-    };
+    let log = Log { dev, start, bbs };
     let Some(mut head) = log.head()? else {
         return Ok(None);
     };
@@ -417,13 +416,48 @@ pub fn replay(
     let Some((last_blk, last_rec)) = last else {
         return Err(corrupt("no complete record before the log head"));
     };
-    let tail = (last_rec.tail & 0xFFFF_FFFF) % bbs;
     // A clean unmount leaves a lone unmount record at the head.
     if last_rec.ops == 1 && last_rec.data.len() >= 12 && last_rec.data[9] & UNMOUNT != 0 {
         return Ok(None);
     }
-    // h_fmt: 1 for little-endian Linux hosts, 2 and 3 big-endian.
-    let o = Order(be32(&log.read(last_blk, 1)?, 300) != 1);
+    Ok(Some(Live {
+        start,
+        bbs,
+        head,
+        tail: (last_rec.tail & 0xFFFF_FFFF) % bbs,
+        // h_fmt: 1 for little-endian Linux hosts, 2 and 3 big-endian.
+        order: Order(be32(&log.read(last_blk, 1)?, 300) != 1),
+    }))
+}
+
+/// Whether the log holds work a mount would replay (without replaying it).
+pub fn needs_recovery(dev: &dyn ReadAt, sb: &Sb, uuid: &[u8; 16]) -> io::Result<bool> {
+    Ok(live_log(dev, sb, uuid)?.is_some())
+}
+
+/// Replays the live part of the log (see [`live_log`]) into an overlay; `Ok(None)`
+/// when there is none.
+pub fn replay(
+    dev: Arc<dyn ReadAt>,
+    sb: &Sb,
+    uuid: &[u8; 16],
+    meta_uuid: &[u8; 16],
+    label: &str,
+) -> io::Result<Option<(Replayed, Summary)>> {
+    let Some(live) = live_log(&*dev, sb, uuid)? else {
+        return Ok(None);
+    };
+    let (log, head, tail, o) = (
+        Log {
+            dev: &*dev,
+            start: live.start,
+            bbs: live.bbs,
+        },
+        live.head,
+        live.tail,
+        live.order,
+    );
+    let bbs = live.bbs;
     // Read the records from the tail to the head, assembling transactions.
     let mut open: HashMap<u32, Trans> = HashMap::new();
     let mut committed: Vec<Trans> = Vec::new();

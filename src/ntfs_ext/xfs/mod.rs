@@ -379,12 +379,18 @@ impl XfsFs {
         let mut fs = XfsFs::with(dev.clone(), sb, opts, false);
         if fs.sb.logstart == 0 {
             tracing::debug!("{label}: XFS log is on another device; not replayed");
+        } else if opts.no_replay {
+            // Only whether the log is dirty: nothing is replayed.
+            match log::needs_recovery(&*dev, &fs.sb, &fs.sb.uuid) {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::warn!("{label}: XFS log needs recovery; shown as recorded (no replay)")
+                }
+                Err(e) => tracing::warn!("{label}: XFS log unreadable ({e}); shown as recorded"),
+            }
         } else {
             match log::replay(dev, &fs.sb, &fs.sb.uuid, &fs.sb.meta_uuid, label) {
                 Ok(None) => {}
-                Ok(Some(_)) if opts.no_replay => {
-                    tracing::warn!("{label}: XFS log needs recovery; shown as recorded (no replay)")
-                }
                 Ok(Some((replayed, s))) => {
                     let dev: Arc<dyn ReadAt> = Arc::new(replayed);
                     let (sb, _) = read_sb(&*dev, label)?;
@@ -1239,10 +1245,12 @@ impl XfsFs {
             let (mut agf, mut agi) = ([0u8; 84], [0u8; 32]);
             for ag in 0..sb.agcount {
                 let at = ag * sb.agblocks * sb.bs + sb.sectsize;
+                // The AGIs' inode counts are used only after a replay.
                 if self.dev.read_exact_at(at, &mut agf).is_err()
                     || be32(&agf, 0) != 0x5841_4746
-                    || self.dev.read_exact_at(at + sb.sectsize, &mut agi).is_err()
-                    || be32(&agi, 0) != 0x5841_4749
+                    || self.replayed
+                        && (self.dev.read_exact_at(at + sb.sectsize, &mut agi).is_err()
+                            || be32(&agi, 0) != 0x5841_4749)
                 {
                     all = false;
                     continue;
