@@ -253,26 +253,11 @@ fn apply_times(img: &Path, src: &Path, mnt: &Path) -> bool {
                 if md.is_dir() {
                     stack.push(r.clone());
                 }
-                let t = [
-                    libc::timespec {
-                        tv_sec: md.atime(),
-                        tv_nsec: md.atime_nsec(),
-                    },
-                    libc::timespec {
-                        tv_sec: md.mtime(),
-                        tv_nsec: md.mtime_nsec(),
-                    },
-                ];
-                let c = CString::new(m.join(&r).as_os_str().as_bytes()).unwrap();
-                let rc = unsafe {
-                    libc::utimensat(
-                        libc::AT_FDCWD,
-                        c.as_ptr(),
-                        t.as_ptr(),
-                        libc::AT_SYMLINK_NOFOLLOW,
-                    )
-                };
-                assert_eq!(rc, 0, "utimensat {}", r.display());
+                set_times(
+                    &m.join(&r),
+                    (md.atime(), md.atime_nsec()),
+                    (md.mtime(), md.mtime_nsec()),
+                );
             }
         }
         // Directories last-touched by the loop above keep their own times; read back one

@@ -295,23 +295,11 @@ fn exfat_volume_shows_the_tree_exfat_fuse_wrote() {
         .unwrap()
         .status
         .success());
-    let Some(dev) = Command::new("losetup")
-        .args(["-f", "--show", s(&img)])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    else {
+    let mut loops = Loops::default();
+    let Some(dev) = loops.attach(&img, 0, 64 << 20) else {
         eprintln!("SKIP exfat: no loop devices");
         return;
     };
-    struct Detach(String);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = Command::new("losetup").args(["-d", &self.0]).status();
-        }
-    }
-    let _detach = Detach(dev.clone());
     let kmnt = t.path().join("exfat-fuse");
     std::fs::create_dir(&kmnt).unwrap();
     let with_fuse = |opts: &[&str], f: &mut dyn FnMut(&Path)| {

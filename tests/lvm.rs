@@ -36,39 +36,6 @@ fn tool(cmd: &str, args: &[&str]) -> Option<String> {
     Some(String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
-/// Loop devices over parts of image files, detached when dropped (the VG stays in
-/// the images).
-struct Loops {
-    devs: Vec<String>,
-}
-
-impl Loops {
-    fn attach(&mut self, img: &Path, offset: u64, len: u64) -> Option<String> {
-        let d = tool(
-            "losetup",
-            &[
-                "-f",
-                "--show",
-                "-o",
-                &offset.to_string(),
-                "--sizelimit",
-                &len.to_string(),
-                s(img),
-            ],
-        )?;
-        self.devs.push(d.clone());
-        Some(d)
-    }
-}
-
-impl Drop for Loops {
-    fn drop(&mut self) {
-        for d in &self.devs {
-            let _ = Command::new("losetup").args(["-d", d]).status();
-        }
-    }
-}
-
 /// One LV segment as `lvs` reports it: LV byte offset and length, stripe size, and the
 /// (PV device, first extent) of each stripe.
 #[derive(Debug)]
@@ -157,20 +124,13 @@ fn logical_volumes_read_as_lvm_places_them() {
     File::create(&a).unwrap().set_len(160 << 20).unwrap();
     File::create(&b).unwrap().set_len(96 << 20).unwrap();
     // Disk a: GPT, partition 1 of 8 MiB, partition 2 the PV.
-    let mut sf = Command::new("sfdisk")
-        .args(["-q", s(&a)])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        sf.stdin.as_mut().unwrap(),
-        b"label: gpt\nstart=2048, size=16384\nstart=18432, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
-    )
-    .unwrap();
-    assert!(sf.wait().unwrap().success());
+    sfdisk_script(
+        &a,
+        "label: gpt\nstart=2048, size=16384\nstart=18432, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
+    );
     let part2 = sfdisk_parts(&a).into_iter().find(|p| p.0 == 2).unwrap();
     let vg = format!("dstest{}", std::process::id());
-    let mut loops = Loops { devs: Vec::new() };
+    let mut loops = Loops::default();
     let (Some(pa), Some(pb)) = (
         loops.attach(&a, part2.1, part2.2),
         loops.attach(&b, 0, 96 << 20),
@@ -344,7 +304,7 @@ fn thin_volumes_read_through_their_pool() {
     let t = tempfile::tempdir().unwrap();
     let disk = t.path().join("d.img");
     File::create(&disk).unwrap().set_len(96 << 20).unwrap();
-    let mut loops = Loops { devs: Vec::new() };
+    let mut loops = Loops::default();
     let Some(pv) = loops.attach(&disk, 0, 96 << 20) else {
         eprintln!("SKIP lvm thin: no loop devices");
         return;
@@ -427,17 +387,7 @@ fn thin_volumes_read_through_their_pool() {
     tool("mkfs.ext4", &["-q", "-F", "-d", s(&src2), s(&part)]).expect("mkfs.ext4");
     let vm = t.path().join("vm.img");
     File::create(&vm).unwrap().set_len(16 << 20).unwrap();
-    let mut sf = Command::new("sfdisk")
-        .args(["-q", s(&vm)])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(
-        sf.stdin.as_mut().unwrap(),
-        b"label: gpt\nstart=2048, size=30000\n",
-    )
-    .unwrap();
-    assert!(sf.wait().unwrap().success());
+    sfdisk_script(&vm, "label: gpt\nstart=2048, size=30000\n");
     let part_bytes = std::fs::read(&part).unwrap();
     File::options()
         .write(true)

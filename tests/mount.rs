@@ -39,22 +39,6 @@ fn run(cmd: &str, args: &[&str]) -> bool {
         .unwrap_or(false)
 }
 
-fn sfdisk_script(img: &Path, script: &str) {
-    let mut c = Command::new("sfdisk")
-        .args(["-q", s(img)])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("sfdisk (package fdisk) is needed for the mount tests");
-    use std::io::Write;
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(c.wait().unwrap().success());
-}
-
 /// A 32 MiB MBR disk: 2 primaries, an extended partition with logicals 5 and 6; an
 /// ext4 filesystem made from `tree` in partition 5, random data elsewhere.
 fn make_mbr_disk(img: &Path, tree: &Path, rng: &mut StdRng) {

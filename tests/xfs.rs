@@ -53,24 +53,6 @@ fn kernel<T>(img: &Path, mnt: &Path, opts: &str, f: impl FnOnce(&Path) -> T) -> 
     Some(r)
 }
 
-/// Sets atime and mtime with nanoseconds (`secs` may be before 1970).
-fn set_times(p: &Path, secs: i64, nsecs: i64) {
-    let t = [libc::timespec {
-        tv_sec: secs,
-        tv_nsec: nsecs,
-    }; 2];
-    let c = std::ffi::CString::new(s(p)).unwrap();
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            t.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    assert_eq!(rc, 0, "utimensat {}", p.display());
-}
-
 /// Fills a mounted volume with what exercises every on-disk layout the reader knows.
 fn fill(root: &Path, rng: &mut StdRng) {
     make_tree(&root.join("tree"), 60, rng);
@@ -148,8 +130,16 @@ fn fill(root: &Path, rng: &mut StdRng) {
     ] {
         assert!(run("chattr", &[flag, s(&root.join(name))]), "chattr {flag}");
     }
-    set_times(&root.join("sparse"), 981_173_106, 123_456_789);
-    set_times(&root.join("attrs"), -631_152_000, 999_999_999);
+    set_times(
+        &root.join("sparse"),
+        (981_173_106, 123_456_789),
+        (981_173_106, 123_456_789),
+    );
+    set_times(
+        &root.join("attrs"),
+        (-631_152_000, 999_999_999),
+        (-631_152_000, 999_999_999),
+    );
     let frozen = root.join("frozen");
     std::fs::write(&frozen, b"cannot change").unwrap();
     assert!(run("chattr", &["+i", s(&frozen)]));
@@ -354,7 +344,7 @@ fn crash_image(img: &Path, size: u64, mnt: &Path, rng: &mut StdRng) -> Option<()
             .unwrap();
         }
         set_xattr(&m.join("attrs"), "user.after", b"set after the sync");
-        set_times(&m.join("sparse"), 1_500_000_000, 5);
+        set_times(&m.join("sparse"), (1_500_000_000, 5), (1_500_000_000, 5));
         File::open(&live).unwrap().sync_all().unwrap();
         run("xfs_io", &["-x", "-c", "shutdown -f", s(m)])
     });

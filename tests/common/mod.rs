@@ -203,6 +203,85 @@ pub fn statvfs(p: &Path) -> [u64; 6] {
     ]
 }
 
+/// Writes a partition table with `sfdisk`, from its script.
+pub fn sfdisk_script(img: &Path, script: &str) {
+    let mut c = Command::new("sfdisk")
+        .args(["-q", img.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sfdisk (package fdisk) is needed");
+    use std::io::Write;
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(c.wait().unwrap().success(), "sfdisk {script:?}");
+}
+
+/// Sets a file's (a link's own) atime and mtime, each (seconds, nanoseconds); seconds
+/// may be before 1970.
+pub fn set_times(p: &Path, atime: (i64, i64), mtime: (i64, i64)) {
+    let t = [
+        libc::timespec {
+            tv_sec: atime.0,
+            tv_nsec: atime.1,
+        },
+        libc::timespec {
+            tv_sec: mtime.0,
+            tv_nsec: mtime.1,
+        },
+    ];
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            t.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(rc, 0, "utimensat {}", p.display());
+}
+
+/// Loop devices over parts of image files, detached when dropped, so a failing test
+/// leaves none behind.
+#[derive(Default)]
+pub struct Loops {
+    devs: Vec<String>,
+}
+
+impl Loops {
+    /// Attaches `len` bytes of `img` from `offset`; `None` without loop devices.
+    pub fn attach(&mut self, img: &Path, offset: u64, len: u64) -> Option<String> {
+        let o = Command::new("losetup")
+            .args([
+                "-f",
+                "--show",
+                "-o",
+                &offset.to_string(),
+                "--sizelimit",
+                &len.to_string(),
+            ])
+            .arg(img)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        let d = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        self.devs.push(d.clone());
+        Some(d)
+    }
+}
+
+impl Drop for Loops {
+    fn drop(&mut self) {
+        for d in &self.devs {
+            let _ = Command::new("losetup").args(["-d", d]).status();
+        }
+    }
+}
+
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
