@@ -1,9 +1,10 @@
-//! Filesystem parsers (ext2/3/4, XFS, NTFS, FAT12/16/32, exFAT) behind one tree trait.
+//! Filesystem parsers (ext2/3/4, XFS, btrfs, NTFS, FAT12/16/32, exFAT) behind one tree trait.
 //!
 //! Everything here reads only through [`ReadAt`] and knows nothing of safes or FUSE.
 //! Every on-disk value is treated as hostile: offsets, counts and lengths are checked,
 //! loops are bounded, and damage is an error, never data.
 
+pub mod btrfs;
 pub mod ext;
 pub mod fat;
 pub mod ntfs;
@@ -27,6 +28,9 @@ pub fn open_tree(
     }
     if xfs::probe(&*dev)? {
         return Ok(Some(Arc::new(xfs::XfsFs::open(dev, opts)?)));
+    }
+    if btrfs::probe(&*dev)? {
+        return Ok(Some(Arc::new(btrfs::BtrfsFs::open(dev, opts)?)));
     }
     if ntfs::probe(&*dev)? {
         return Ok(Some(ntfs::NtfsFs::open(dev, opts)?));

@@ -1,11 +1,13 @@
 //! Helpers shared by the integration tests: run the real binary, make images, hash.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -737,4 +739,315 @@ pub fn seek_answers(
         .iter()
         .map(|&p| (seek(p, true), seek(p, false)))
         .collect()
+}
+
+// ---- Kernel-oracle views, shared by the XFS and btrfs tests ----
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs a command; whether it succeeded.
+pub fn run(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Loop-mounts `img` (filesystem `fstype`) with `opts`, runs `f`, unmounts; `None` when the kernel refuses.
+pub fn kernel_mount<T>(
+    fstype: &str,
+    img: &Path,
+    mnt: &Path,
+    opts: &str,
+    f: impl FnOnce(&Path) -> T,
+) -> Option<T> {
+    std::fs::create_dir_all(mnt).unwrap();
+    if !run("mount", &["-t", fstype, "-o", opts, s(img), s(mnt)]) {
+        return None;
+    }
+    // Unmounted however `f` ends, so a failing test leaves no mount behind.
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            // A busy answer (a reference the kernel drops a moment later) is tried
+            // again; what umount said last is shown if it never succeeds.
+            for _ in 0..20 {
+                match Command::new("umount").arg(self.0).output() {
+                    Ok(o) if o.status.success() => return,
+                    Ok(o) => eprintln!(
+                        "umount {}: {}",
+                        self.0.display(),
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ),
+                    Err(e) => eprintln!("umount: {e}"),
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        }
+    }
+    let guard = Unmount(mnt);
+    let r = f(mnt);
+    drop(guard);
+    assert!(
+        !run("mountpoint", &["-q", s(mnt)]),
+        "{} still mounted",
+        mnt.display()
+    );
+    Some(r)
+}
+
+/// Inode flags as lsattr reads them; `None` where the file does not answer.
+pub fn flags(p: &Path) -> Option<u32> {
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(p)
+        .ok()?;
+    let mut v: libc::c_long = 0;
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut v) };
+    (rc == 0).then_some(v as u32)
+}
+
+/// Data and hole starts at a few offsets, as lseek answers them.
+pub fn seeks(p: &Path, len: u64) -> Vec<i64> {
+    let f = File::open(p).unwrap();
+    let mut out = Vec::new();
+    for at in [0, 4096, 8191, 300 << 10, len / 2, len.saturating_sub(1)] {
+        for whence in [libc::SEEK_DATA, libc::SEEK_HOLE] {
+            out.push(unsafe { libc::lseek(f.as_raw_fd(), at as i64, whence) });
+        }
+    }
+    out
+}
+
+/// Everything the kernel-oracle tests compare, per path under `root`: metadata,
+/// link targets, bytes, holes, inode flags and xattrs.
+pub fn view(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let ft = m.file_type();
+            let mut v = format!(
+                "mode {:o} nlink {} owner {}:{} size {} blocks {} mtime {}.{} atime {}.{} ctime {}.{} rdev {:x}",
+                m.mode(),
+                m.nlink(),
+                m.uid(),
+                m.gid(),
+                m.size(),
+                m.blocks(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.atime(),
+                m.atime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+                m.rdev()
+            );
+            if ft.is_dir() {
+                stack.push(p.clone());
+            } else if ft.is_symlink() {
+                v += &format!(" -> {}", std::fs::read_link(&p).unwrap().display());
+            } else if ft.is_file() {
+                // Holes first: the kernel counts unwritten extents as data once their
+                // pages are cached, as reading them would leave them.
+                let holes = seeks(&p, m.size());
+                v += &format!(" seeks {holes:?} sha {}", sha256_file(&p));
+            }
+            if !ft.is_fifo() && !ft.is_socket() && !ft.is_char_device() && !ft.is_block_device() {
+                v += &format!(" flags {:?}", flags(&p));
+            }
+            let mut names = list_xattrs(&p);
+            names.sort();
+            for n in names {
+                let val = get_xattr(&p, &n).unwrap_or_default();
+                v += &format!(" xattr {}={}", String::from_utf8_lossy(&n), sha256(&val));
+            }
+            out.insert(rel, v);
+        }
+    }
+    out
+}
+
+/// Asserts the mount's view of `files` equals the kernel's `want`, naming each path
+/// that differs (and showing the server's log if the walk itself fails).
+pub fn same_view(want: &BTreeMap<String, String>, files: &Path, m: &Mounted, name: &str) {
+    let got = std::panic::catch_unwind(|| view(files)).unwrap_or_else(|_| {
+        panic!(
+            "{name}: walking the mount failed; its log:\n{}",
+            m.log_text()
+        )
+    });
+    let diffs: Vec<String> = want
+        .iter()
+        .filter(|(p, v)| got.get(*p) != Some(*v))
+        .map(|(p, v)| format!("{p}:\n  kernel   {v}\n  disksafe {:?}", got.get(p)))
+        .chain(
+            got.keys()
+                .filter(|p| !want.contains_key(*p))
+                .map(|p| format!("{p}: only in disksafe")),
+        )
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "{name}: {} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}
+
+/// Fills a mounted volume with what every kernel-oracle test checks: a generated tree,
+/// a directory of 3000 entries, a file with every other 4 KiB of `frag_len` punched
+/// out, preallocated and sparse files, short and long symlinks, a hard link, device
+/// nodes, a fifo and a socket, xattrs (short, 40 of them, one of 3000 bytes, trusted
+/// and security), ACLs, inode flags (`+d +A +S +a`, and `+i` on `frozen`), times with
+/// nanoseconds and before 1970. Each filesystem's test adds its own layouts.
+pub fn fill_posix(root: &Path, frag_len: usize, rng: &mut impl Rng) {
+    make_tree(&root.join("tree"), 60, rng);
+    // A directory of 3000 entries: leaf and node formats, free-index blocks.
+    let many = root.join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..3000 {
+        std::fs::write(
+            many.join(format!("entry-with-a-longer-name-{i:05}")),
+            i.to_string(),
+        )
+        .unwrap();
+    }
+    // Every other 4 KiB punched out: many extents (XFS: a block-map btree).
+    let mut data = vec![0u8; frag_len];
+    rng.fill(&mut data[..]);
+    let frag = root.join("fragmented");
+    std::fs::write(&frag, &data).unwrap();
+    let f = File::options().write(true).open(&frag).unwrap();
+    for k in (0..frag_len as i64).step_by(8192) {
+        let rc = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                k + 4096,
+                4096,
+            )
+        };
+        assert_eq!(rc, 0, "punch");
+    }
+    drop(f);
+    // Preallocated (unwritten) space with one written block inside; a sparse file.
+    let pre = File::create(root.join("prealloc")).unwrap();
+    assert_eq!(
+        unsafe { libc::fallocate(pre.as_raw_fd(), 0, 0, 1 << 20) },
+        0
+    );
+    std::os::unix::fs::FileExt::write_all_at(&pre, &[7u8; 4096], 256 << 10).unwrap();
+    drop(pre);
+    let sparse = File::create(root.join("sparse")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"start", 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"end", (1 << 30) - 3).unwrap();
+    drop(sparse);
+    // Links: short (in the inode) and long (in a block); a hard link.
+    std::os::unix::fs::symlink("tree", root.join("short-link")).unwrap();
+    std::os::unix::fs::symlink("x/".repeat(500), root.join("long-link")).unwrap();
+    std::fs::hard_link(&frag, root.join("hard-link")).unwrap();
+    // Special files.
+    assert!(run("mknod", &[s(&root.join("chr")), "c", "4", "67"]));
+    assert!(run("mknod", &[s(&root.join("blk")), "b", "259", "200000"]));
+    assert!(run("mkfifo", &[s(&root.join("fifo"))]));
+    drop(std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap());
+    // Attributes: short form, a leaf of 40, a value in blocks of its own, ACLs.
+    let attrs = root.join("attrs");
+    std::fs::write(&attrs, b"attributes").unwrap();
+    set_xattr(&root.join("tree"), "user.small", b"v");
+    for i in 0..40 {
+        set_xattr(&attrs, &format!("user.a{i}"), &[b'x'; 60]);
+    }
+    let mut big = vec![0u8; 3000];
+    rng.fill(&mut big[..]);
+    set_xattr(&attrs, "user.big", &big);
+    set_xattr(&attrs, "trusted.t", b"root only");
+    set_xattr(&attrs, "security.label", b"system_u:object_r:etc_t:s0");
+    let acl = root.join("acl");
+    std::fs::create_dir(&acl).unwrap();
+    assert!(run("setfacl", &["-m", "u:1000:r-x,g:50:rwx", s(&acl)]));
+    assert!(run("setfacl", &["-d", "-m", "u:1000:rwx", s(&acl)]));
+    // Inode flags (lsattr) and times, with nanoseconds, before 1970 too.
+    for (name, flag) in [
+        ("tree", "+d"),
+        ("attrs", "+A"),
+        ("prealloc", "+S"),
+        ("fragmented", "+a"),
+    ] {
+        assert!(run("chattr", &[flag, s(&root.join(name))]), "chattr {flag}");
+    }
+    set_times(
+        &root.join("sparse"),
+        (981_173_106, 123_456_789),
+        (981_173_106, 123_456_789),
+    );
+    set_times(
+        &root.join("attrs"),
+        (-631_152_000, 999_999_999),
+        (-631_152_000, 999_999_999),
+    );
+    let frozen = root.join("frozen");
+    std::fs::write(&frozen, b"cannot change").unwrap();
+    assert!(run("chattr", &["+i", s(&frozen)]));
+}
+
+/// Makes a `size`-byte image with `mkfs.FSTYPE -q -f OPTS`, fills it through the
+/// kernel's mount with `fill`, backs it up, and asserts the mount's `files/` equals the
+/// kernel's read-only mount (`ro_opts`) path by path, the first `df_fields` of
+/// statvfs too, with no warning in the server's log.
+pub fn check_against_kernel(
+    fstype: &str,
+    name: &str,
+    size: u64,
+    mkfs_opts: &[&str],
+    ro_opts: &str,
+    df_fields: usize,
+    fill: impl FnOnce(&Path, &mut rand::rngs::StdRng),
+) {
+    use rand::SeedableRng;
+    let mkfs = format!("mkfs.{fstype}");
+    if !fuse_available() || Command::new(&mkfs).arg("-V").output().is_err() {
+        eprintln!("SKIP {fstype} {name}: needs FUSE, root and {mkfs}");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("fs.img");
+    File::create(&img).unwrap().set_len(size).unwrap();
+    let mut args = vec!["-q", "-f"];
+    args.extend_from_slice(mkfs_opts);
+    args.push(s(&img));
+    assert!(run(&mkfs, &args), "{mkfs} {args:?}");
+    let kmnt = t.path().join("kernel");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(name.len() as u64);
+    if kernel_mount(fstype, &img, &kmnt, "loop", |m| fill(m, &mut rng)).is_none() {
+        eprintln!("SKIP {fstype} {name}: the kernel does not mount this image here");
+        return;
+    }
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let files = m.dir.join("1/vol/files");
+    let (want, want_df) =
+        kernel_mount(fstype, &img, &kmnt, ro_opts, |k| (view(k), statvfs(k))).unwrap();
+    assert!(want.len() > 3000, "{name}: only {} paths", want.len());
+    same_view(&want, &files, &m, name);
+    assert_eq!(
+        statvfs(&files)[..df_fields],
+        want_df[..df_fields],
+        "{name}: statvfs (kernel read after its walk: {want_df:?}, again now: {:?})",
+        kernel_mount(fstype, &img, &kmnt, ro_opts, statvfs)
+    );
+    let log = m.log_text();
+    assert!(
+        !log.contains("WARN") && !log.contains("ERROR"),
+        "{name}: {log}"
+    );
 }

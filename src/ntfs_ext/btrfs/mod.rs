@@ -1,0 +1,1400 @@
+//! Btrfs file trees: the default of Fedora and openSUSE, and of Synology's NAS volumes.
+//!
+//! Everything btrfs keeps is an item in a copy-on-write B-tree, addressed by logical
+//! bytes that the chunk tree maps onto devices. The superblock carries the chunks
+//! needed to read the chunk tree itself; the root tree then names every subvolume's
+//! tree; a subvolume's tree holds its inodes, directory entries, xattrs and file
+//! extents, keyed by (object id, type, offset). The tree shown is the top-level
+//! subvolume (id 5) with every other subvolume and snapshot at its place inside, as
+//! `mount -o subvolid=5` shows it. What the last committed transaction recorded is
+//! consistent by construction (copy-on-write), so a snapshot of a running machine needs
+//! no replay; only an fsync log written after that commit is left out (logged).
+//! Little-endian throughout; every node is checked against its checksum, its address
+//! and its place in the tree before anything in it is used.
+
+mod lzo;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::cache::{Weigh, WeightedLru};
+use crate::ntfs_ext::corrupt;
+use crate::ntfs_ext::tree::{
+    DirEntry, FsTree, NodeKind, Stat, StatFs, Timespec, TreeOptions, MAX_INO,
+};
+use crate::readat::ReadAt;
+
+const MAGIC: &[u8; 8] = b"_BHRfS_M";
+/// Where the superblock and its two mirrors lie.
+const SUPERS: [u64; 3] = [0x1_0000, 0x400_0000, 0x40_0000_0000];
+const SB_SIZE: usize = 4096;
+const HEADER: usize = 101;
+const ITEM: usize = 25;
+const PTR: usize = 33;
+const MAX_LEVEL: u8 = 8;
+
+const INODE_ITEM: u8 = 1;
+const XATTR_ITEM: u8 = 24;
+const DIR_INDEX: u8 = 96;
+const EXTENT_DATA: u8 = 108;
+const ROOT_ITEM: u8 = 132;
+const CHUNK_ITEM: u8 = 228;
+const CHUNK_TREE_OBJECTID: u64 = 256;
+const FS_TREE: u64 = 5;
+/// A snapshot holds this placeholder where its source held another subvolume.
+const EMPTY_SUBVOL_DIR: u64 = 2;
+
+/// Chunk profiles that spread one copy over several devices: readable only with all
+/// of them, which one device's tree does not have.
+const STRIPED: u64 = 0x8 | 0x40 | 0x80 | 0x100; // RAID0, RAID10, RAID5, RAID6
+/// Incompat features whose on-disk effects this reader handles.
+const INCOMPAT_KNOWN: u64 = 0x1
+    | 0x2
+    | 0x4
+    | 0x8
+    | 0x10
+    | 0x20
+    | 0x40
+    | 0x80
+    | 0x100
+    | 0x200
+    | 0x400
+    | 0x800
+    | 0x1000
+    | 0x1_0000;
+const INCOMPAT_METADATA_UUID: u64 = 0x400;
+
+/// Inode numbers of the top-level subvolume are its object ids; every other subvolume's
+/// objects are numbered from here as they are met.
+const DYN_BASE: u64 = 1 << 39;
+/// Most compressed or decompressed bytes one extent may have (btrfs writes 128 KiB).
+const MAX_COMPRESSED: u64 = 128 << 10;
+/// Most tree nodes one scan visits, and most items one listing or map collects.
+const MAX_VISITS: usize = 1 << 22;
+const MAX_ITEMS: usize = 1 << 22;
+const NODE_CACHE: usize = 32 << 20;
+const INODE_CACHE: usize = 2 << 20;
+const DIR_CACHE: usize = 16 << 20;
+const EXTENT_CACHE: usize = 4 << 20;
+const ZIP_CACHE: usize = 8 << 20;
+
+fn le16(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
+}
+fn le32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+fn le64(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+
+/// An item's key: object id, item type, offset (ordered in that order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    obj: u64,
+    ty: u8,
+    off: u64,
+}
+
+impl Key {
+    fn parse(b: &[u8], o: usize) -> Key {
+        Key {
+            obj: le64(b, o),
+            ty: b[o + 8],
+            off: le64(b, o + 9),
+        }
+    }
+
+    fn range(obj: u64, ty: u8) -> (Key, Key) {
+        (
+            Key { obj, ty, off: 0 },
+            Key {
+                obj,
+                ty,
+                off: u64::MAX,
+            },
+        )
+    }
+}
+
+/// The checksum every node and the superblock carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Csum {
+    Crc32c,
+    Xxh64,
+    Sha256,
+    Blake2b,
+}
+
+impl Csum {
+    fn from_type(t: u16) -> Option<Csum> {
+        Some(match t {
+            0 => Csum::Crc32c,
+            1 => Csum::Xxh64,
+            2 => Csum::Sha256,
+            3 => Csum::Blake2b,
+            _ => return None,
+        })
+    }
+
+    /// Whether `block` (checksum field first) carries the checksum of the rest.
+    fn verify(self, block: &[u8]) -> bool {
+        let (stored, data) = (&block[..32], &block[32..]);
+        match self {
+            Csum::Crc32c => stored[..4] == crc32c::crc32c(data).to_le_bytes(),
+            Csum::Xxh64 => stored[..8] == xxhash_rust::xxh64::xxh64(data, 0).to_le_bytes(),
+            Csum::Sha256 => {
+                use sha2::Digest;
+                stored[..] == sha2::Sha256::digest(data)[..]
+            }
+            Csum::Blake2b => {
+                use blake2::Digest;
+                stored[..] == blake2::Blake2b::<blake2::digest::consts::U32>::digest(data)[..]
+            }
+        }
+    }
+}
+
+/// What the superblock says.
+#[derive(Debug, Clone)]
+struct Sb {
+    /// The id node headers carry (the metadata UUID where one was set apart).
+    meta_fsid: [u8; 16],
+    generation: u64,
+    root: u64,
+    root_level: u8,
+    chunk_root: u64,
+    chunk_root_level: u8,
+    log_root: u64,
+    total_bytes: u64,
+    bytes_used: u64,
+    num_devices: u64,
+    sectorsize: u32,
+    nodesize: u32,
+    csum: Csum,
+    devid: u64,
+    incompat: u64,
+    sys_chunks: Vec<u8>,
+}
+
+impl Sb {
+    fn parse(b: &[u8]) -> Result<Sb, String> {
+        if &b[0x40..0x48] != MAGIC {
+            return Err("no btrfs magic".into());
+        }
+        let csum = Csum::from_type(le16(b, 0xC4))
+            .ok_or_else(|| format!("unknown checksum type {}", le16(b, 0xC4)))?;
+        if !csum.verify(&b[..SB_SIZE]) {
+            return Err("superblock checksum mismatch".into());
+        }
+        let sectorsize = le32(b, 0x90);
+        let nodesize = le32(b, 0x94);
+        if !sectorsize.is_power_of_two() || !(4096..=65536).contains(&sectorsize) {
+            return Err(format!("sector size {sectorsize}"));
+        }
+        if !nodesize.is_power_of_two() || nodesize < sectorsize || nodesize > 65536 {
+            return Err(format!("node size {nodesize}"));
+        }
+        let sys_len = le32(b, 0xA0) as usize;
+        if sys_len > 2048 {
+            return Err(format!("system chunk array of {sys_len} bytes"));
+        }
+        let (root_level, chunk_root_level) = (b[0xC6], b[0xC7]);
+        if root_level >= MAX_LEVEL || chunk_root_level >= MAX_LEVEL {
+            return Err("tree level out of range".into());
+        }
+        let incompat = le64(b, 0xBC);
+        let fsid: [u8; 16] = b[0x20..0x30].try_into().unwrap();
+        let meta_fsid = if incompat & INCOMPAT_METADATA_UUID != 0 {
+            b[0x23B..0x24B].try_into().unwrap()
+        } else {
+            fsid
+        };
+        Ok(Sb {
+            meta_fsid,
+            generation: le64(b, 0x48),
+            root: le64(b, 0x50),
+            root_level,
+            chunk_root: le64(b, 0x58),
+            chunk_root_level,
+            log_root: le64(b, 0x60),
+            total_bytes: le64(b, 0x70),
+            bytes_used: le64(b, 0x78),
+            num_devices: le64(b, 0x88),
+            sectorsize,
+            nodesize,
+            csum,
+            devid: le64(b, 0xC9),
+            incompat,
+            sys_chunks: b[0x32B..0x32B + sys_len].to_vec(),
+        })
+    }
+}
+
+/// Says whether the volume holds btrfs (the primary superblock's magic).
+pub fn probe(dev: &dyn ReadAt) -> io::Result<bool> {
+    if dev.size() < SUPERS[0] + SB_SIZE as u64 {
+        return Ok(false);
+    }
+    let mut m = [0u8; 8];
+    dev.read_exact_at(SUPERS[0] + 0x40, &mut m)?;
+    Ok(&m == MAGIC)
+}
+
+/// The superblock: the primary, or the newest intact mirror when the primary is
+/// damaged (as `btrfs rescue super-recover` would choose).
+fn read_sb(dev: &dyn ReadAt, label: &str) -> io::Result<Sb> {
+    let mut primary_err = None;
+    let mut best: Option<Sb> = None;
+    for (k, at) in SUPERS.into_iter().enumerate() {
+        if at + SB_SIZE as u64 > dev.size() {
+            break;
+        }
+        let mut b = vec![0u8; SB_SIZE];
+        dev.read_exact_at(at, &mut b)?;
+        match Sb::parse(&b) {
+            Ok(sb) if le64(&b, 0x30) == at => {
+                if k == 0 {
+                    return Ok(sb);
+                }
+                if best.as_ref().is_none_or(|s| sb.generation > s.generation) {
+                    best = Some(sb);
+                }
+            }
+            Ok(_) if k == 0 => primary_err = Some("superblock names another offset".into()),
+            Err(e) if k == 0 => primary_err = Some(e),
+            _ => {}
+        }
+    }
+    let why = primary_err.unwrap_or_default();
+    match best {
+        Some(sb) => {
+            tracing::warn!("{label}: btrfs primary superblock unusable ({why}); using a mirror");
+            Ok(sb)
+        }
+        None => Err(corrupt(format!("{label}: btrfs superblock: {why}"))),
+    }
+}
+
+/// One chunk: a run of logical bytes and where its copies lie.
+#[derive(Debug, Clone)]
+struct Chunk {
+    len: u64,
+    ty: u64,
+    /// (device id, physical offset) of each stripe.
+    stripes: Vec<(u64, u64)>,
+}
+
+/// Parses the chunk item at `b` (logical start `logical`); returns it and its size.
+fn parse_chunk(b: &[u8]) -> Result<(Chunk, usize), String> {
+    if b.len() < 48 {
+        return Err("chunk item truncated".into());
+    }
+    let n = le16(b, 44) as usize;
+    let size = 48 + n * 32;
+    if n == 0 || b.len() < size {
+        return Err(format!("chunk item with {n} stripes"));
+    }
+    let stripes = (0..n)
+        .map(|k| (le64(b, 48 + k * 32), le64(b, 48 + k * 32 + 8)))
+        .collect();
+    Ok((
+        Chunk {
+            len: le64(b, 0),
+            ty: le64(b, 24),
+            stripes,
+        },
+        size,
+    ))
+}
+
+/// A tree node, checked.
+struct Node {
+    b: Vec<u8>,
+    level: u8,
+    n: usize,
+    generation: u64,
+}
+
+impl Weigh for Arc<Node> {
+    fn weight(&self) -> usize {
+        self.b.len() + 64
+    }
+}
+
+impl Node {
+    fn key(&self, i: usize) -> Key {
+        let stride = if self.level == 0 { ITEM } else { PTR };
+        Key::parse(&self.b, HEADER + i * stride)
+    }
+
+    /// The index of the first key for which `past` holds (keys rise, so `past` holds
+    /// from there on); `n` when none.
+    fn first_where(&self, past: impl Fn(Key) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if past(self.key(mid)) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        lo
+    }
+
+    /// A child pointer: (logical address, generation).
+    fn ptr(&self, i: usize) -> (u64, u64) {
+        let o = HEADER + i * PTR + 17;
+        (le64(&self.b, o), le64(&self.b, o + 8))
+    }
+
+    /// A leaf item's data (ranges checked when the node was read).
+    fn item(&self, i: usize) -> &[u8] {
+        let o = HEADER + i * ITEM + 17;
+        let (off, size) = (le32(&self.b, o) as usize, le32(&self.b, o + 4) as usize);
+        &self.b[HEADER + off..HEADER + off + size]
+    }
+}
+
+/// A subvolume's tree and its root directory.
+#[derive(Debug, Clone, Copy)]
+struct TreeRoot {
+    bytenr: u64,
+    level: u8,
+    dirid: u64,
+}
+
+/// An inode item.
+#[derive(Debug, Clone)]
+struct Inode {
+    size: u64,
+    nbytes: u64,
+    nlink: u32,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    rdev: u64,
+    flags: u64,
+    /// atime, mtime, ctime, otime.
+    times: [Timespec; 4],
+}
+
+impl Weigh for Arc<Inode> {
+    fn weight(&self) -> usize {
+        160
+    }
+}
+
+impl Inode {
+    fn parse(b: &[u8]) -> Option<Inode> {
+        if b.len() < 160 {
+            return None;
+        }
+        let t = |o: usize| Timespec {
+            secs: le64(b, o) as i64,
+            nsecs: le32(b, o + 8).min(999_999_999),
+        };
+        Some(Inode {
+            size: le64(b, 16),
+            nbytes: le64(b, 24),
+            nlink: le32(b, 40),
+            uid: le32(b, 44),
+            gid: le32(b, 48),
+            mode: le32(b, 52),
+            rdev: le64(b, 56),
+            flags: le64(b, 64),
+            times: [t(112), t(136), t(124), t(148)],
+        })
+    }
+
+    fn kind(&self) -> Option<NodeKind> {
+        NodeKind::from_mode((self.mode & 0xFFFF) as u16)
+    }
+}
+
+/// One file extent.
+#[derive(Debug, Clone)]
+enum Data {
+    /// Bytes kept in the tree (compressed with `comp` when it is not 0).
+    Inline { bytes: Arc<Vec<u8>>, comp: u8 },
+    /// Bytes at `disk` (logical) onwards; compressed extents decode `disk_len` bytes
+    /// whole and take theirs from `off` on.
+    Regular {
+        disk: u64,
+        disk_len: u64,
+        off: u64,
+        comp: u8,
+    },
+    /// Reads as zeros: a hole, or space allocated and never written.
+    Zeros,
+}
+
+#[derive(Debug, Clone)]
+struct Extent {
+    file: u64,
+    len: u64,
+    data: Data,
+}
+
+struct ExtentMap(Vec<Extent>);
+
+impl Weigh for Arc<ExtentMap> {
+    fn weight(&self) -> usize {
+        self.0.len() * 64 + 64
+    }
+}
+
+/// One directory's entries, with a name index for lookups.
+struct Listing {
+    entries: Arc<Vec<DirEntry>>,
+    index: HashMap<Vec<u8>, u64>,
+}
+
+impl Weigh for Arc<Listing> {
+    fn weight(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| e.name.len() * 2 + 96)
+            .sum::<usize>()
+            + 64
+    }
+}
+
+/// Numbers for objects outside the top-level subvolume, handed out as they are met.
+#[derive(Default)]
+struct Numbers {
+    of: HashMap<(u64, u64), u64>,
+    back: Vec<(u64, u64)>,
+}
+
+/// An open btrfs volume.
+pub struct BtrfsFs {
+    dev: Arc<dyn ReadAt>,
+    sb: Sb,
+    label: String,
+    chunks: BTreeMap<u64, Chunk>,
+    nodes: WeightedLru<u64, Arc<Node>>,
+    inodes: WeightedLru<u64, Arc<Inode>>,
+    dirs: WeightedLru<u64, Arc<Listing>>,
+    maps: WeightedLru<u64, Arc<ExtentMap>>,
+    unzipped: WeightedLru<(u64, u64), Arc<Vec<u8>>>,
+    roots: Mutex<HashMap<u64, TreeRoot>>,
+    numbers: Mutex<Numbers>,
+    root_ino: u64,
+    bad_csum: OnceLock<()>,
+}
+
+/// Why a scan stops: the callback's answer.
+type Visit<'a> = &'a mut dyn FnMut(Key, &[u8]) -> io::Result<bool>;
+
+impl BtrfsFs {
+    /// Opens the volume: superblock, chunk map, root tree; the top-level subvolume's
+    /// root directory must be readable.
+    pub fn open(dev: Arc<dyn ReadAt>, opts: &TreeOptions) -> io::Result<BtrfsFs> {
+        let label = opts.label.clone();
+        let sb = read_sb(&*dev, &label)?;
+        if sb.incompat & !INCOMPAT_KNOWN != 0 {
+            tracing::warn!(
+                "{label}: btrfs has unknown incompatible features {:#x}; showing what can be read",
+                sb.incompat & !INCOMPAT_KNOWN
+            );
+        }
+        if sb.num_devices > 1 {
+            tracing::warn!(
+                "{label}: btrfs spans {} devices; only what this one holds a full copy of (single, DUP, RAID1 chunks) can be read",
+                sb.num_devices
+            );
+        }
+        let budget = || opts.budget.clone();
+        let mut fs = BtrfsFs {
+            dev,
+            label,
+            chunks: BTreeMap::new(),
+            nodes: WeightedLru::with_budget(NODE_CACHE, budget()),
+            inodes: WeightedLru::with_budget(INODE_CACHE, budget()),
+            dirs: WeightedLru::with_budget(DIR_CACHE, budget()),
+            maps: WeightedLru::with_budget(EXTENT_CACHE, budget()),
+            unzipped: WeightedLru::with_budget(ZIP_CACHE, budget()),
+            roots: Mutex::new(HashMap::new()),
+            numbers: Mutex::new(Numbers::default()),
+            root_ino: 0,
+            bad_csum: OnceLock::new(),
+            sb,
+        };
+        fs.load_chunks()?;
+        if fs.sb.log_root != 0 {
+            tracing::warn!(
+                "{}: btrfs has an fsync log newer than its last commit (generation {}); not replayed: files fsynced after that commit show their committed state",
+                fs.label,
+                fs.sb.generation
+            );
+        }
+        let top = fs.tree_root(FS_TREE)?;
+        fs.root_ino = top.dirid;
+        if top.dirid >= DYN_BASE {
+            return Err(corrupt(format!("{}: btrfs root directory id", fs.label)));
+        }
+        let root = fs.inode(fs.root_ino)?;
+        if root.kind() != Some(NodeKind::Dir) {
+            return Err(corrupt(format!(
+                "{}: btrfs root is not a directory",
+                fs.label
+            )));
+        }
+        Ok(fs)
+    }
+
+    /// Reads the bootstrap chunks from the superblock, then the chunk tree.
+    fn load_chunks(&mut self) -> io::Result<()> {
+        let sys = std::mem::take(&mut self.sb.sys_chunks);
+        let mut at = 0;
+        while at < sys.len() {
+            if sys.len() - at < 17 {
+                return Err(corrupt(format!(
+                    "{}: btrfs system chunk array truncated",
+                    self.label
+                )));
+            }
+            let key = Key::parse(&sys, at);
+            let (chunk, size) = parse_chunk(&sys[at + 17..])
+                .map_err(|e| corrupt(format!("{}: btrfs system chunk: {e}", self.label)))?;
+            if key.ty != CHUNK_ITEM {
+                return Err(corrupt(format!(
+                    "{}: btrfs system chunk array holds item type {}",
+                    self.label, key.ty
+                )));
+            }
+            self.add_chunk(key.off, chunk)?;
+            at += 17 + size;
+        }
+        let mut found = Vec::new();
+        let (lo, hi) = Key::range(CHUNK_TREE_OBJECTID, CHUNK_ITEM);
+        let root = (self.sb.chunk_root, self.sb.chunk_root_level);
+        self.scan(root, lo, hi, &mut |k, d| {
+            if found.len() >= MAX_ITEMS {
+                return Err(corrupt("btrfs chunk tree holds too many chunks"));
+            }
+            let (chunk, _) = parse_chunk(d).map_err(corrupt)?;
+            found.push((k.off, chunk));
+            Ok(true)
+        })?;
+        for (logical, chunk) in found {
+            self.add_chunk(logical, chunk)?;
+        }
+        Ok(())
+    }
+
+    fn add_chunk(&mut self, logical: u64, chunk: Chunk) -> io::Result<()> {
+        if chunk.len == 0 || logical.checked_add(chunk.len).is_none() {
+            return Err(corrupt(format!(
+                "{}: btrfs chunk at {logical} of {} bytes",
+                self.label, chunk.len
+            )));
+        }
+        self.chunks.insert(logical, chunk);
+        Ok(())
+    }
+
+    /// Where logical byte `logical` lies on this device: every copy's offset there, and
+    /// how many bytes from it stay inside the chunk.
+    fn map(&self, logical: u64) -> io::Result<(Vec<u64>, u64)> {
+        let (start, c) = self
+            .chunks
+            .range(..=logical)
+            .next_back()
+            .filter(|(s, c)| logical - **s < c.len)
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "{}: btrfs logical address {logical} is in no chunk",
+                    self.label
+                ))
+            })?;
+        let within = logical - start;
+        if c.ty & STRIPED != 0 && c.stripes.len() > 1 {
+            return Err(corrupt(format!(
+                "{}: btrfs chunk at {start} is striped over {} devices (profile {:#x}); not readable from one",
+                self.label,
+                c.stripes.len(),
+                c.ty & STRIPED
+            )));
+        }
+        let copies: Vec<u64> = c
+            .stripes
+            .iter()
+            .filter(|(dev, _)| *dev == self.sb.devid)
+            .filter_map(|(_, phys)| phys.checked_add(within))
+            .collect();
+        if copies.is_empty() {
+            return Err(corrupt(format!(
+                "{}: btrfs chunk at {start} has no copy on this device",
+                self.label
+            )));
+        }
+        Ok((copies, c.len - within))
+    }
+
+    /// Reads logical bytes (file data), from the first copy on this device.
+    fn read_logical(&self, mut logical: u64, mut buf: &mut [u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let (copies, avail) = self.map(logical)?;
+            let n = (buf.len() as u64).min(avail) as usize;
+            self.dev.read_exact_at(copies[0], &mut buf[..n])?;
+            logical += n as u64;
+            buf = &mut buf[n..];
+        }
+        Ok(())
+    }
+
+    /// A tree node at `logical`, checked: checksum, address, filesystem, level, item
+    /// ranges. A copy that fails is passed over for the next one (DUP metadata).
+    fn node(&self, logical: u64, level: u8) -> io::Result<Arc<Node>> {
+        if let Some(n) = self.nodes.get(&logical) {
+            if n.level != level {
+                return Err(self.bad_node(logical, "sits at another level"));
+            }
+            return Ok(n);
+        }
+        let size = self.sb.nodesize as usize;
+        let (copies, avail) = self.map(logical)?;
+        if avail < size as u64 {
+            return Err(self.bad_node(logical, "crosses the end of its chunk"));
+        }
+        let mut why = "";
+        for at in copies {
+            let mut b = vec![0u8; size];
+            self.dev.read_exact_at(at, &mut b)?;
+            if !self.sb.csum.verify(&b) {
+                why = "checksum mismatch";
+                if self.bad_csum.set(()).is_ok() {
+                    tracing::warn!("{}: btrfs node at {logical}: checksum mismatch", self.label);
+                }
+                continue;
+            }
+            match self.check_node(b, logical, level) {
+                Ok(n) => {
+                    let n = Arc::new(n);
+                    self.nodes.put(logical, n.clone());
+                    return Ok(n);
+                }
+                Err(e) => why = e,
+            }
+        }
+        Err(self.bad_node(logical, why))
+    }
+
+    fn bad_node(&self, logical: u64, why: &str) -> io::Error {
+        corrupt(format!("{}: btrfs node at {logical}: {why}", self.label))
+    }
+
+    fn check_node(&self, b: Vec<u8>, logical: u64, level: u8) -> Result<Node, &'static str> {
+        if le64(&b, 0x30) != logical {
+            return Err("names another address");
+        }
+        if b[0x20..0x30] != self.sb.meta_fsid {
+            return Err("belongs to another filesystem");
+        }
+        if b[0x64] != level {
+            return Err("sits at another level");
+        }
+        let n = le32(&b, 0x60) as usize;
+        let stride = if level == 0 { ITEM } else { PTR };
+        if n == 0 || HEADER + n * stride > b.len() {
+            return Err("item count out of range");
+        }
+        let node = Node {
+            level,
+            n,
+            generation: le64(&b, 0x50),
+            b,
+        };
+        let space = node.b.len() - HEADER;
+        for i in 0..n {
+            if i > 0 && node.key(i) <= node.key(i - 1) {
+                return Err("keys out of order");
+            }
+            if level == 0 {
+                let o = HEADER + i * ITEM + 17;
+                let (off, size) = (le32(&node.b, o) as usize, le32(&node.b, o + 4) as usize);
+                if off.checked_add(size).is_none_or(|end| end > space) {
+                    return Err("item data out of range");
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    /// Calls `f` for every item of the tree rooted at `root` (address, level) whose
+    /// key lies in `lo..=hi`, in key order, until `f` answers false.
+    fn scan(&self, root: (u64, u8), lo: Key, hi: Key, f: Visit) -> io::Result<()> {
+        let mut st = Scan {
+            last: None,
+            visits: 0,
+        };
+        self.walk(root.0, root.1, None, lo, hi, &mut st, f)
+            .map(|_| ())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn walk(
+        &self,
+        at: u64,
+        level: u8,
+        generation: Option<u64>,
+        lo: Key,
+        hi: Key,
+        st: &mut Scan,
+        f: Visit,
+    ) -> io::Result<bool> {
+        st.visits += 1;
+        if st.visits > MAX_VISITS {
+            return Err(corrupt(format!(
+                "{}: btrfs tree scan visits too many nodes",
+                self.label
+            )));
+        }
+        let node = self.node(at, level)?;
+        if generation.is_some_and(|g| g != node.generation) {
+            return Err(self.bad_node(at, "generation differs from its parent's pointer"));
+        }
+        if level == 0 {
+            let start = node.first_where(|k| k >= lo);
+            for i in start..node.n {
+                let k = node.key(i);
+                if k > hi {
+                    return Ok(false);
+                }
+                if st.last.is_some_and(|l| k <= l) {
+                    return Err(self.bad_node(at, "keys repeat across leaves"));
+                }
+                st.last = Some(k);
+                if !f(k, node.item(i))? {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
+        // The last child whose first key is at most `lo` holds `lo`'s place.
+        let first = node.first_where(|k| k > lo).saturating_sub(1);
+        for i in first..node.n {
+            if node.key(i) > hi {
+                return Ok(false);
+            }
+            let (child, g) = node.ptr(i);
+            if !self.walk(child, level - 1, Some(g), lo, hi, st, f)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The tree of subvolume `id`, from its root item.
+    fn tree_root(&self, id: u64) -> io::Result<TreeRoot> {
+        if let Some(r) = self.roots.lock().unwrap().get(&id) {
+            return Ok(*r);
+        }
+        let mut found = None;
+        let (lo, hi) = Key::range(id, ROOT_ITEM);
+        self.scan((self.sb.root, self.sb.root_level), lo, hi, &mut |_, d| {
+            if d.len() >= 239 {
+                found = Some(TreeRoot {
+                    bytenr: le64(d, 176),
+                    level: d[238],
+                    dirid: le64(d, 168),
+                });
+            }
+            Ok(false)
+        })?;
+        let r = found
+            .ok_or_else(|| corrupt(format!("{}: btrfs subvolume {id} not found", self.label)))?;
+        if r.level >= MAX_LEVEL {
+            return Err(corrupt(format!(
+                "{}: btrfs subvolume {id}: tree level {}",
+                self.label, r.level
+            )));
+        }
+        self.roots.lock().unwrap().insert(id, r);
+        Ok(r)
+    }
+
+    fn tree(&self, id: u64) -> io::Result<(u64, u8)> {
+        let r = self.tree_root(id)?;
+        Ok((r.bytenr, r.level))
+    }
+
+    /// The mount's number for object `obj` of subvolume `tree`; `None` when none is
+    /// left below [`MAX_INO`].
+    fn number(&self, tree: u64, obj: u64) -> Option<u64> {
+        if tree == FS_TREE && obj < DYN_BASE {
+            return Some(obj);
+        }
+        let mut n = self.numbers.lock().unwrap();
+        if let Some(&i) = n.of.get(&(tree, obj)) {
+            return Some(i);
+        }
+        let i = DYN_BASE + n.back.len() as u64;
+        if i > MAX_INO {
+            return None;
+        }
+        n.of.insert((tree, obj), i);
+        n.back.push((tree, obj));
+        Some(i)
+    }
+
+    /// (subvolume, object id) of a mount number.
+    fn locate(&self, ino: u64) -> io::Result<(u64, u64)> {
+        if ino < DYN_BASE {
+            return Ok((FS_TREE, ino));
+        }
+        let n = self.numbers.lock().unwrap();
+        n.back
+            .get((ino - DYN_BASE) as usize)
+            .copied()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+    }
+
+    fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {
+        if let Some(i) = self.inodes.get(&ino) {
+            return Ok(i);
+        }
+        let (tree, obj) = self.locate(ino)?;
+        let mut found = None;
+        let (lo, _) = Key::range(obj, INODE_ITEM);
+        self.scan(self.tree(tree)?, lo, lo, &mut |_, d| {
+            found = Inode::parse(d);
+            Ok(false)
+        })?;
+        let i = match found {
+            Some(i) => i,
+            // Where a snapshot's source held another subvolume: an empty directory, as
+            // the kernel shows it (times of the subvolume's root).
+            None if obj == EMPTY_SUBVOL_DIR => {
+                let r = self.tree_root(tree)?;
+                if r.dirid == EMPTY_SUBVOL_DIR {
+                    return Err(corrupt(format!(
+                        "{}: btrfs subvolume {tree} has no root directory",
+                        self.label
+                    )));
+                }
+                let mut top = (*self.inode(self.number(tree, r.dirid).unwrap_or(0))?).clone();
+                top.mode = 0o40755;
+                top.nlink = 1;
+                top.size = 0;
+                top.nbytes = 0;
+                top.flags = 0;
+                top
+            }
+            None => {
+                return Err(corrupt(format!(
+                    "{}: btrfs subvolume {tree}: inode {obj} not found",
+                    self.label
+                )))
+            }
+        };
+        let i = Arc::new(i);
+        self.inodes.put(ino, i.clone());
+        Ok(i)
+    }
+
+    fn listing(&self, ino: u64) -> io::Result<Arc<Listing>> {
+        if let Some(l) = self.dirs.get(&ino) {
+            return Ok(l);
+        }
+        let i = self.inode(ino)?;
+        if i.kind() != Some(NodeKind::Dir) {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        let (tree, obj) = self.locate(ino)?;
+        let mut raw: Vec<(Key, u8, Vec<u8>)> = Vec::new();
+        let (lo, hi) = Key::range(obj, DIR_INDEX);
+        if obj != EMPTY_SUBVOL_DIR {
+            self.scan(self.tree(tree)?, lo, hi, &mut |_, d| {
+                if raw.len() >= MAX_ITEMS {
+                    return Err(corrupt("btrfs directory holds too many entries"));
+                }
+                for (loc, ty, name, _) in dir_items(d) {
+                    raw.push((loc, ty, name.to_vec()));
+                }
+                Ok(true)
+            })?;
+        }
+        let mut entries = Vec::with_capacity(raw.len());
+        let mut index = HashMap::with_capacity(raw.len());
+        for (loc, ty, name) in raw {
+            if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+                tracing::warn!(
+                    "{}: btrfs directory {obj} of subvolume {tree}: entry with an invalid name skipped",
+                    self.label
+                );
+                continue;
+            }
+            let child = match loc.ty {
+                INODE_ITEM => self.number(tree, loc.obj),
+                ROOT_ITEM => match self.tree_root(loc.obj) {
+                    Ok(r) => self.number(loc.obj, r.dirid),
+                    Err(e) => {
+                        tracing::warn!(
+                            "{}: btrfs subvolume {:?} ({e}); skipped",
+                            self.label,
+                            String::from_utf8_lossy(&name)
+                        );
+                        continue;
+                    }
+                },
+                _ => continue,
+            };
+            let Some(child) = child else {
+                tracing::warn!(
+                    "{}: btrfs: more objects than the mount can number; {:?} skipped",
+                    self.label,
+                    String::from_utf8_lossy(&name)
+                );
+                continue;
+            };
+            let kind = if loc.ty == ROOT_ITEM {
+                NodeKind::Dir
+            } else {
+                match NodeKind::from_dirent(ty) {
+                    Some(k) => k,
+                    None => continue,
+                }
+            };
+            if index.insert(name.clone(), child).is_none() {
+                entries.push(DirEntry {
+                    name,
+                    ino: child,
+                    kind,
+                });
+            }
+        }
+        let l = Arc::new(Listing {
+            entries: Arc::new(entries),
+            index,
+        });
+        self.dirs.put(ino, l.clone());
+        Ok(l)
+    }
+
+    fn extents(&self, ino: u64) -> io::Result<Arc<ExtentMap>> {
+        if let Some(m) = self.maps.get(&ino) {
+            return Ok(m);
+        }
+        let (tree, obj) = self.locate(ino)?;
+        let mut out: Vec<Extent> = Vec::new();
+        let (lo, hi) = Key::range(obj, EXTENT_DATA);
+        let label = &self.label;
+        self.scan(self.tree(tree)?, lo, hi, &mut |k, d| {
+            if out.len() >= MAX_ITEMS {
+                return Err(corrupt("btrfs file holds too many extents"));
+            }
+            let bad = |why: &str| {
+                corrupt(format!(
+                    "{label}: btrfs inode {obj}, extent at {}: {why}",
+                    k.off
+                ))
+            };
+            if d.len() < 21 {
+                return Err(bad("item truncated"));
+            }
+            let (ram, comp, kind) = (le64(d, 8), d[16], d[20]);
+            if d[17] != 0 || le16(d, 18) != 0 {
+                return Err(bad("encrypted or encoded"));
+            }
+            let e = match kind {
+                0 => Extent {
+                    file: k.off,
+                    len: if comp == 0 {
+                        (d.len() - 21) as u64
+                    } else {
+                        ram
+                    },
+                    data: Data::Inline {
+                        bytes: Arc::new(d[21..].to_vec()),
+                        comp,
+                    },
+                },
+                1 | 2 => {
+                    if d.len() < 53 {
+                        return Err(bad("item truncated"));
+                    }
+                    let (disk, disk_len, off, len) =
+                        (le64(d, 21), le64(d, 29), le64(d, 37), le64(d, 45));
+                    let data = if disk == 0 || kind == 2 {
+                        Data::Zeros
+                    } else {
+                        if comp != 0 && (disk_len > MAX_COMPRESSED || ram > MAX_COMPRESSED) {
+                            return Err(bad("compressed extent too large"));
+                        }
+                        Data::Regular {
+                            disk,
+                            disk_len,
+                            off,
+                            comp,
+                        }
+                    };
+                    Extent {
+                        file: k.off,
+                        len,
+                        data,
+                    }
+                }
+                t => return Err(bad(&format!("extent type {t}"))),
+            };
+            if let Some(p) = out.last() {
+                if e.file < p.file.saturating_add(p.len) {
+                    return Err(bad("overlaps the extent before"));
+                }
+            }
+            out.push(e);
+            Ok(true)
+        })?;
+        let m = Arc::new(ExtentMap(out));
+        self.maps.put(ino, m.clone());
+        Ok(m)
+    }
+
+    /// A compressed extent decoded whole.
+    fn unzip(&self, disk: u64, disk_len: u64, comp: u8) -> io::Result<Arc<Vec<u8>>> {
+        if let Some(v) = self.unzipped.get(&(disk, disk_len)) {
+            return Ok(v);
+        }
+        let mut raw = vec![0u8; disk_len as usize];
+        self.read_logical(disk, &mut raw)?;
+        let v = Arc::new(self.decompress(&raw, comp, MAX_COMPRESSED as usize)?);
+        self.unzipped.put((disk, disk_len), v.clone());
+        Ok(v)
+    }
+
+    /// Decodes `raw` (zlib, LZO or zstd as btrfs frames them), at most `max` bytes.
+    fn decompress(&self, raw: &[u8], comp: u8, max: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let bad = |e: String| corrupt(format!("{}: btrfs compressed extent: {e}", self.label));
+        match comp {
+            1 => {
+                flate2::read::ZlibDecoder::new(raw)
+                    .take(max as u64)
+                    .read_to_end(&mut out)
+                    .map_err(|e| bad(format!("zlib: {e}")))?;
+            }
+            2 => out = lzo::decompress_btrfs(raw, self.sb.sectorsize as usize, max).map_err(bad)?,
+            3 => {
+                let d = zstd::stream::read::Decoder::with_buffer(raw)
+                    .map_err(|e| bad(format!("zstd: {e}")))?;
+                d.single_frame()
+                    .take(max as u64)
+                    .read_to_end(&mut out)
+                    .map_err(|e| bad(format!("zstd: {e}")))?;
+            }
+            c => return Err(bad(format!("compression type {c}"))),
+        }
+        Ok(out)
+    }
+
+    /// Fills `buf` with file bytes from `offset` (inside the file's size).
+    fn read_extents(&self, map: &[Extent], offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        buf.fill(0);
+        let end = offset + buf.len() as u64;
+        let start = map.partition_point(|e| e.file.saturating_add(e.len) <= offset);
+        for e in &map[start..] {
+            if e.file >= end {
+                break;
+            }
+            let lo = e.file.max(offset);
+            let hi = e.file.saturating_add(e.len).min(end);
+            if hi <= lo {
+                continue;
+            }
+            let dst = &mut buf[(lo - offset) as usize..(hi - offset) as usize];
+            let within = lo - e.file;
+            match &e.data {
+                Data::Zeros => {}
+                Data::Inline { bytes, comp } => {
+                    let plain;
+                    let src: &[u8] = if *comp == 0 {
+                        bytes
+                    } else {
+                        plain = self.decompress(bytes, *comp, self.sb.sectorsize as usize)?;
+                        &plain
+                    };
+                    copy_from(src, within, dst);
+                }
+                Data::Regular {
+                    disk, off, comp: 0, ..
+                } => {
+                    let at = disk
+                        .checked_add(*off)
+                        .and_then(|a| a.checked_add(within))
+                        .ok_or_else(|| corrupt(format!("{}: btrfs extent address", self.label)))?;
+                    self.read_logical(at, dst)?;
+                }
+                Data::Regular {
+                    disk,
+                    disk_len,
+                    off,
+                    comp,
+                } => {
+                    let plain = self.unzip(*disk, *disk_len, *comp)?;
+                    copy_from(&plain, off.saturating_add(within), dst);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Device byte ranges holding the file's bytes `offset..end` (prefetch hints).
+    fn spans(&self, map: &[Extent], offset: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut spans = Vec::new();
+        let start = map.partition_point(|e| e.file.saturating_add(e.len) <= offset);
+        for e in &map[start..] {
+            if e.file >= end || spans.len() >= 4096 {
+                break;
+            }
+            let Data::Regular {
+                disk,
+                disk_len,
+                off,
+                comp,
+            } = e.data
+            else {
+                continue;
+            };
+            let (mut at, mut len) = if comp == 0 {
+                let lo = e.file.max(offset) - e.file;
+                let hi = e.file.saturating_add(e.len).min(end) - e.file;
+                (
+                    disk.saturating_add(off).saturating_add(lo),
+                    hi.saturating_sub(lo),
+                )
+            } else {
+                (disk, disk_len)
+            };
+            while len > 0 {
+                let Ok((copies, avail)) = self.map(at) else {
+                    break;
+                };
+                let n = len.min(avail);
+                spans.push((copies[0], n));
+                at += n;
+                len -= n;
+            }
+        }
+        spans
+    }
+}
+
+/// Copies `src[from..]` into `dst` as far as it reaches (the rest stays zero).
+fn copy_from(src: &[u8], from: u64, dst: &mut [u8]) {
+    if let Some(s) = usize::try_from(from).ok().and_then(|f| src.get(f..)) {
+        let n = s.len().min(dst.len());
+        dst[..n].copy_from_slice(&s[..n]);
+    }
+}
+
+/// The entries packed in a directory or xattr item: (location, type, name, data).
+fn dir_items(mut d: &[u8]) -> Vec<(Key, u8, &[u8], &[u8])> {
+    let mut out = Vec::new();
+    while d.len() >= 30 {
+        let (data_len, name_len) = (le16(d, 25) as usize, le16(d, 27) as usize);
+        let Some(rest) = d.get(30..30 + name_len + data_len) else {
+            break;
+        };
+        out.push((
+            Key::parse(d, 0),
+            d[29],
+            &rest[..name_len],
+            &rest[name_len..],
+        ));
+        d = &d[30 + name_len + data_len..];
+    }
+    out
+}
+
+/// Scan state: the last key seen (keys must rise) and nodes visited.
+struct Scan {
+    last: Option<Key>,
+    visits: usize,
+}
+
+impl FsTree for BtrfsFs {
+    fn root(&self) -> u64 {
+        self.root_ino
+    }
+
+    fn stat(&self, ino: u64) -> io::Result<Stat> {
+        let i = self.inode(ino)?;
+        let kind = i
+            .kind()
+            .ok_or_else(|| corrupt(format!("{}: inode {ino}: mode {:#o}", self.label, i.mode)))?;
+        let rdev = if matches!(kind, NodeKind::CharDev | NodeKind::BlockDev) {
+            // The kernel's own dev_t (12 bits of major over 20 of minor); FUSE takes
+            // the user-space encoding.
+            let (major, minor) = ((i.rdev >> 20) as u32 & 0xFFF, i.rdev as u32 & 0xF_FFFF);
+            (minor & 0xFF) | (major << 8) | ((minor & !0xFF) << 12)
+        } else {
+            0
+        };
+        let bs = self.sb.sectorsize as u64;
+        let [atime, mtime, ctime, crtime] = i.times;
+        Ok(Stat {
+            ino,
+            kind,
+            perm: (i.mode & 0o7777) as u16,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            size: i.size,
+            blocks: i.nbytes.div_ceil(bs).saturating_mul(bs / 512),
+            atime,
+            mtime,
+            ctime,
+            crtime,
+            rdev,
+        })
+    }
+
+    fn read_dir(&self, ino: u64) -> io::Result<Arc<Vec<DirEntry>>> {
+        Ok(self.listing(ino)?.entries.clone())
+    }
+
+    fn lookup(&self, dir: u64, name: &[u8]) -> io::Result<Option<u64>> {
+        Ok(self.listing(dir)?.index.get(name).copied())
+    }
+
+    fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let i = self.inode(ino)?;
+        if i.kind() != Some(NodeKind::File) {
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
+        if offset >= i.size {
+            return Ok(0);
+        }
+        let n = ((i.size - offset) as usize).min(buf.len());
+        let map = self.extents(ino)?;
+        self.read_extents(&map.0, offset, &mut buf[..n])?;
+        Ok(n)
+    }
+
+    fn prefetch(&self, ino: u64, offset: u64, len: u64) {
+        if let Ok(map) = self.extents(ino) {
+            let spans = self.spans(&map.0, offset, offset.saturating_add(len));
+            if !spans.is_empty() {
+                self.dev.prefetch(&spans);
+            }
+        }
+    }
+
+    fn seek(&self, ino: u64, offset: u64, data: bool) -> io::Result<Option<u64>> {
+        let i = self.inode(ino)?;
+        let size = i.size;
+        if offset >= size {
+            return Ok(None);
+        }
+        if i.kind() != Some(NodeKind::File) {
+            return Ok(Some(if data { offset } else { size }));
+        }
+        let map = self.extents(ino)?;
+        // Preallocated extents are holes to SEEK_DATA, as the kernel reports them.
+        let mut at = offset;
+        for e in map.0.iter().filter(|e| !matches!(e.data, Data::Zeros)) {
+            let (lo, hi) = (e.file, e.file.saturating_add(e.len));
+            if hi <= at {
+                continue;
+            }
+            if data {
+                return Ok((lo.max(at) < size).then_some(lo.max(at)));
+            }
+            if lo > at {
+                return Ok(Some(at));
+            }
+            at = hi;
+            if at >= size {
+                return Ok(Some(size));
+            }
+        }
+        Ok(if data { None } else { Some(at.min(size)) })
+    }
+
+    fn can_close(&self) -> bool {
+        // Numbers handed out for other subvolumes' objects live only in this instance.
+        self.numbers.lock().unwrap().back.is_empty()
+    }
+
+    fn read_link(&self, ino: u64) -> io::Result<Vec<u8>> {
+        let i = self.inode(ino)?;
+        if i.kind() != Some(NodeKind::Symlink) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        if i.size == 0 || i.size > 4096 {
+            return Err(corrupt(format!(
+                "{}: btrfs symlink {ino} of {} bytes",
+                self.label, i.size
+            )));
+        }
+        let map = self.extents(ino)?;
+        let mut b = vec![0u8; i.size as usize];
+        self.read_extents(&map.0, 0, &mut b)?;
+        Ok(b)
+    }
+
+    fn flags(&self, ino: u64) -> io::Result<Option<u32>> {
+        let i = self.inode(ino)?;
+        let f = i.flags;
+        // btrfs_inode_flags_to_fsflags: (btrfs bit, FS_IOC_GETFLAGS bit).
+        const MAP: [(u64, u32); 7] = [
+            (0x20, 0x8),        // sync
+            (0x40, 0x10),       // immutable
+            (0x80, 0x20),       // append-only
+            (0x100, 0x40),      // nodump
+            (0x200, 0x80),      // noatime
+            (0x400, 0x1_0000),  // dirsync
+            (0x2, 0x0080_0000), // nodatacow: no copy-on-write
+        ];
+        let mut out = MAP
+            .iter()
+            .filter(|(b, _)| f & b != 0)
+            .fold(0, |acc, (_, l)| acc | l);
+        if f & 0x8 != 0 {
+            out |= 0x400; // nocompress
+        } else if f & 0x800 != 0 {
+            out |= 0x4; // compress
+        }
+        if (f >> 32) & 1 != 0 {
+            out |= 0x0010_0000; // FS_VERITY_FL
+        }
+        Ok(Some(out))
+    }
+
+    fn xattrs(&self, ino: u64) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (tree, obj) = self.locate(ino)?;
+        let mut out = Vec::new();
+        let (lo, hi) = Key::range(obj, XATTR_ITEM);
+        self.scan(self.tree(tree)?, lo, hi, &mut |_, d| {
+            if out.len() >= 65536 {
+                return Err(corrupt("btrfs inode holds too many xattrs"));
+            }
+            for (_, _, name, value) in dir_items(d) {
+                out.push((name.to_vec(), value.to_vec()));
+            }
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    fn statfs(&self) -> StatFs {
+        // The kernel's figures depend on its in-memory space reservations; these are
+        // the superblock's totals.
+        let bs = self.sb.sectorsize as u64;
+        let blocks = self.sb.total_bytes / bs;
+        let free = blocks.saturating_sub(self.sb.bytes_used.div_ceil(bs));
+        StatFs {
+            bsize: self.sb.sectorsize,
+            blocks,
+            bfree: free,
+            bavail: free,
+            files: 0,
+            ffree: 0,
+            namelen: 255,
+        }
+    }
+}
