@@ -5,6 +5,7 @@
     sudo python3 bench/bench.py mount    # issue: the FUSE mount
     sudo python3 bench/bench.py ext       # issue: ext file trees (find, tar)
     sudo python3 bench/bench.py xfs       # XFS file trees (find, tar) vs the kernel
+    sudo python3 bench/bench.py btrfs     # btrfs (zstd-compressed) file trees vs the kernel
     sudo python3 bench/bench.py ntfs      # issue: NTFS file trees (find, tar) vs ntfs-3g
     sudo python3 bench/bench.py blocksize
     sudo python3 bench/bench.py coldseq   # where cold sequential reads spend, GiB by GiB
@@ -456,24 +457,25 @@ def bench_ext():
     print(f"  tar throughput disksafe/kernel: {d[1] / k[1]:.2f} (target >= 0.7); disksafe vs fuse2fs: {d[1] / f[1]:.1f}x")
 
 
-def bench_xfs():
-    """find and tar over an XFS tree (the same /usr copy as the ext benchmark, written
-    by the kernel): disksafe vs the kernel's own read-only mount, each cold."""
-    img = os.path.join(W, "usrxfs.img")
-    mnt = os.path.join(W, "xfsmnt")
+def bench_kernel_fs(name, mkfs, fill_opts, ro_opts):
+    """find and tar over a tree of filesystem `name` (the same /usr copy as the ext
+    benchmark, written by the kernel mounted with `fill_opts`): disksafe vs the
+    kernel's own read-only mount (`ro_opts`), each cold."""
+    img = os.path.join(W, f"usr{name}.img")
+    mnt = os.path.join(W, f"{name}mnt")
     os.makedirs(mnt, exist_ok=True)
     if not os.path.exists(img):
-        sh(f"truncate -s 5G {img} && mkfs.xfs -q -f {img}")
-        sh(f"mount -o loop {img} {mnt}")
+        sh(f"truncate -s 5G {img} && {mkfs} {img}")
+        sh(f"mount -o loop,{fill_opts} {img} {mnt}")
         for d in ["/usr/share", "/usr/bin", "/usr/lib/x86_64-linux-gnu"]:
             sh(f"cp -a {d} {mnt}/ 2>/dev/null || true")
         sh(f"umount {mnt}")
-    s1 = os.path.join(W, "safe-xfs")
+    s1 = os.path.join(W, f"safe-{name}")
     if not os.path.exists(s1):
         sh(f"{DS} backup {s1} disk={img} > /dev/null 2>&1")
 
     def kernel_on():
-        sh(f"mount -o ro,norecovery,loop {img} {mnt}")
+        sh(f"mount -o {ro_opts},loop {img} {mnt}")
         return mnt
 
     def kernel_off():
@@ -490,6 +492,15 @@ def bench_xfs():
     rows = cold_find_tar([("kernel (ro)", kernel_on, kernel_off), ("disksafe", ds_on, ds_off)], "share", 600)
     k, d = rows["kernel (ro)"], rows["disksafe"]
     print(f"  find time disksafe/kernel: {d[0] / k[0]:.2f}; tar throughput disksafe/kernel: {d[1] / k[1]:.2f}")
+
+
+def bench_xfs():
+    bench_kernel_fs("xfs", "mkfs.xfs -q -f", "defaults", "ro,norecovery")
+
+
+def bench_btrfs():
+    """As bench_xfs, on btrfs written with compress=zstd:1 (Fedora's default)."""
+    bench_kernel_fs("btrfs", "mkfs.btrfs -q -f", "compress=zstd:1", "ro")
 
 
 def bench_ntfs():
@@ -597,5 +608,5 @@ def bench_coldseq():
 
 if __name__ == "__main__":
     sh(f"cd {ROOT} && cargo build --release --bins --examples -q")
-    {"safe": bench_safe, "mount": bench_mount, "ext": bench_ext, "xfs": bench_xfs, "ntfs": bench_ntfs, "blocksize": bench_blocksize,
+    {"safe": bench_safe, "mount": bench_mount, "ext": bench_ext, "xfs": bench_xfs, "btrfs": bench_btrfs, "ntfs": bench_ntfs, "blocksize": bench_blocksize,
      "coldseq": bench_coldseq}[sys.argv[1]]()

@@ -18,5 +18,6 @@ pub mod readat;
 pub mod restore;
 pub mod safe_reader;
 pub mod size;
+pub mod unzstd;
 pub mod verify;
 pub mod volumes;

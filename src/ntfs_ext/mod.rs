@@ -30,7 +30,7 @@ pub fn open_tree(
         return Ok(Some(Arc::new(xfs::XfsFs::open(dev, opts)?)));
     }
     if btrfs::probe(&*dev)? {
-        return Ok(Some(Arc::new(btrfs::BtrfsFs::open(dev, opts)?)));
+        return Ok(Some(btrfs::BtrfsFs::open(dev, opts)?));
     }
     if ntfs::probe(&*dev)? {
         return Ok(Some(ntfs::NtfsFs::open(dev, opts)?));

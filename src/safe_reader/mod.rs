@@ -659,7 +659,7 @@ impl Safe {
                 dst.copy_from_slice(stored);
                 dst.len()
             }
-            _ => with_decompressor(|d| d.decompress_to_buffer(stored, dst))
+            _ => crate::unzstd::with_decompressor(|d| d.decompress_to_buffer(stored, dst))
                 .map_err(|e| BlockError::damaged(loc, format!("zstd: {e}")))?,
         };
         verify_decoded(loc, &dst[..n])
@@ -672,7 +672,7 @@ impl Safe {
         match loc.codec {
             format::CODEC_RAW => out.extend_from_slice(stored),
             _ => {
-                with_decompressor(|d| d.decompress_to_buffer(stored, &mut out))
+                crate::unzstd::with_decompressor(|d| d.decompress_to_buffer(stored, &mut out))
                     .map_err(|e| BlockError::damaged(loc, format!("zstd: {e}")))?;
             }
         }
@@ -792,24 +792,4 @@ pub fn device_in_point(point: &PointInfo, name: &str) -> anyhow::Result<DeviceAt
                 names.join(", ")
             )
         })
-}
-
-thread_local! {
-    /// One zstd context per thread: creating one per block cost several percent of a
-    /// cold metadata walk.
-    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Runs `f` with this thread's reusable zstd decompressor.
-fn with_decompressor<T>(
-    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<T>,
-) -> std::io::Result<T> {
-    DCTX.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.is_none() {
-            *c = Some(zstd::bulk::Decompressor::new()?);
-        }
-        f(c.as_mut().expect("set above"))
-    })
 }

@@ -78,6 +78,10 @@ const INODE_CACHE: usize = 2 << 20;
 const DIR_CACHE: usize = 16 << 20;
 const EXTENT_CACHE: usize = 4 << 20;
 const ZIP_CACHE: usize = 8 << 20;
+/// Most bytes of the top-level subvolume's leaves the warm-up asks the device for.
+const WARM_LEAVES: u64 = 64 << 20;
+/// Most internal nodes the warm-up reads to find them.
+const WARM_NODES: usize = 1 << 14;
 
 fn le16(b: &[u8], o: usize) -> u16 {
     u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
@@ -491,8 +495,9 @@ type Visit<'a> = &'a mut dyn FnMut(Key, &[u8]) -> io::Result<bool>;
 
 impl BtrfsFs {
     /// Opens the volume: superblock, chunk map, root tree; the top-level subvolume's
-    /// root directory must be readable.
-    pub fn open(dev: Arc<dyn ReadAt>, opts: &TreeOptions) -> io::Result<BtrfsFs> {
+    /// root directory must be readable. On a device that prefetches, the subvolume's
+    /// leaves are then fetched in the background (what a walk or a tar reads next).
+    pub fn open(dev: Arc<dyn ReadAt>, opts: &TreeOptions) -> io::Result<Arc<BtrfsFs>> {
         let label = opts.label.clone();
         let sb = read_sb(&*dev, &label)?;
         if sb.incompat & !INCOMPAT_KNOWN != 0 {
@@ -543,7 +548,53 @@ impl BtrfsFs {
                 fs.label
             )));
         }
+        let fs = Arc::new(fs);
+        if fs.dev.prefetches() {
+            let weak = Arc::downgrade(&fs);
+            crate::background::spawn(move || {
+                if let Some(fs) = weak.upgrade() {
+                    fs.warm(top);
+                }
+            });
+        }
         Ok(fs)
+    }
+
+    /// Reads the internal nodes of the top-level subvolume's tree level by level (each
+    /// level's nodes hinted to the device first) and hints the device at its leaves, up
+    /// to [`WARM_LEAVES`] bytes. Only a hint: damage is met again by the reads proper.
+    fn warm(&self, top: TreeRoot) {
+        let size = self.sb.nodesize as u64;
+        let mut level = vec![top.bytenr];
+        let mut read = 0;
+        for depth in (1..=top.level).rev() {
+            let spans = level
+                .iter()
+                .filter_map(|&at| Some((self.map(at).ok()?.0[0], size)))
+                .collect();
+            crate::ntfs_ext::prefetch_spans(&*self.dev, spans, 4096);
+            let mut next = Vec::new();
+            for &at in &level {
+                read += 1;
+                if read > WARM_NODES {
+                    return;
+                }
+                let Ok(node) = self.node(at, depth) else {
+                    continue;
+                };
+                next.extend((0..node.n).map(|i| node.ptr(i).0));
+            }
+            level = next;
+        }
+        if top.level == 0 {
+            return;
+        }
+        level.truncate((WARM_LEAVES / size) as usize);
+        let spans = level
+            .iter()
+            .filter_map(|&at| Some((self.map(at).ok()?.0[0], size)))
+            .collect();
+        crate::ntfs_ext::prefetch_spans(&*self.dev, spans, 4096);
     }
 
     /// Reads the bootstrap chunks from the superblock, then the chunk tree.
@@ -1079,11 +1130,10 @@ impl BtrfsFs {
             }
             2 => out = lzo::decompress_btrfs(raw, self.sb.sectorsize as usize, max).map_err(bad)?,
             3 => {
-                let d = zstd::stream::read::Decoder::with_buffer(raw)
-                    .map_err(|e| bad(format!("zstd: {e}")))?;
-                d.single_frame()
-                    .take(max as u64)
-                    .read_to_end(&mut out)
+                // One frame, then the sector's zero padding.
+                let n = zstd::zstd_safe::find_frame_compressed_size(raw)
+                    .map_err(|c| bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(c))))?;
+                out = crate::unzstd::with_decompressor(|d| d.decompress(&raw[..n], max))
                     .map_err(|e| bad(format!("zstd: {e}")))?;
             }
             c => return Err(bad(format!("compression type {c}"))),
