@@ -9,6 +9,7 @@
 mod common;
 
 use std::fs::File;
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 
@@ -235,4 +236,218 @@ fn btrfs_dup_metadata_survives_one_damaged_copy() {
 
 fn le32(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+
+fn fsync(p: &Path) {
+    File::open(p).unwrap().sync_all().unwrap();
+}
+
+/// Under a mount that commits only when told (`commit=3600`), after a `sync`: the
+/// changes each test case fsyncs, which only the fsync log holds until the next commit.
+fn fsynced_changes(root: &Path, rng: &mut StdRng) {
+    let base = root.join("base");
+    // Appended, overwritten in the middle, truncated, created (large and inline).
+    let mut f = File::options()
+        .append(true)
+        .open(base.join("append.log"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[b'a'; 50_000]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let big = File::options().write(true).open(base.join("big")).unwrap();
+    let mut chunk = vec![0u8; 12288];
+    rng.fill(&mut chunk[..]);
+    std::os::unix::fs::FileExt::write_all_at(&big, &chunk, 1 << 20).unwrap();
+    big.sync_all().unwrap();
+    drop(big);
+    let t = File::options()
+        .write(true)
+        .open(base.join("trunc"))
+        .unwrap();
+    t.set_len(10_000).unwrap();
+    t.sync_all().unwrap();
+    drop(t);
+    write_data(&base.join("new-file"), 200_000, true, rng);
+    fsync(&base.join("new-file"));
+    fsync(&base);
+    std::fs::write(base.join("small"), b"a small new file, kept inline").unwrap();
+    fsync(&base.join("small"));
+    // A new directory with a file in it; a rename; an unlink; a hard link.
+    std::fs::create_dir(root.join("newdir")).unwrap();
+    write_data(&root.join("newdir/inner"), 10_000, false, rng);
+    fsync(&root.join("newdir/inner"));
+    std::fs::rename(base.join("dir/f3"), base.join("dir/f3-renamed")).unwrap();
+    fsync(&base.join("dir/f3-renamed"));
+    std::fs::remove_file(base.join("dir/f7")).unwrap();
+    fsync(&base.join("dir"));
+    std::fs::hard_link(base.join("link-src"), base.join("link-dst")).unwrap();
+    fsync(&base.join("link-src"));
+    // Xattrs added and removed.
+    set_xattr(&base.join("xattr"), "user.new", b"added after the commit");
+    assert!(run("setfattr", &["-x", "user.b", s(&base.join("xattr"))]));
+    fsync(&base.join("xattr"));
+    // In another subvolume.
+    let mut f = File::options()
+        .append(true)
+        .open(root.join("sub/s.log"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[b's'; 30_000]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    // The atomic-save pattern (write a temporary, fsync it, rename it over the
+    // target, fsync the directory), as editors and databases replace files.
+    write_data(&base.join("config.tmp"), 3000, true, rng);
+    fsync(&base.join("config.tmp"));
+    std::fs::rename(base.join("config.tmp"), base.join("config")).unwrap();
+    fsync(&base);
+    // A file moved to another directory; a tree removed, its parent fsynced; a new
+    // subdirectory, its parent fsynced; many new files in one directory.
+    std::fs::rename(base.join("dir/f11"), root.join("newdir/moved")).unwrap();
+    fsync(&root.join("newdir/moved"));
+    std::fs::remove_dir_all(base.join("doomed")).unwrap();
+    fsync(&base);
+    std::fs::create_dir(base.join("dir/sub")).unwrap();
+    fsync(&base.join("dir"));
+    let many = root.join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..400 {
+        std::fs::write(many.join(format!("logged-entry-{i:04}")), i.to_string()).unwrap();
+    }
+    fsync(&many);
+    for i in (0..400).step_by(7) {
+        fsync(&many.join(format!("logged-entry-{i:04}")));
+    }
+    // Preallocated past the end; a compressed file overwritten in the middle.
+    let pre = File::options()
+        .write(true)
+        .open(base.join("append.log"))
+        .unwrap();
+    let rc = unsafe { libc::fallocate(pre.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 1 << 20) };
+    assert_eq!(rc, 0);
+    pre.sync_all().unwrap();
+    drop(pre);
+    let z = File::options()
+        .write(true)
+        .open(base.join("zipped"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&z, &[b'z'; 70_000], 100_000).unwrap();
+    z.sync_all().unwrap();
+    drop(z);
+    // Written and never fsynced: in no log, so after the crash in neither view.
+    std::fs::write(base.join("unsynced"), b"lost").unwrap();
+}
+
+/// What the changes above start from, committed.
+fn committed_base(root: &Path, rng: &mut StdRng) {
+    let base = root.join("base");
+    std::fs::create_dir_all(base.join("dir")).unwrap();
+    for i in 0..20 {
+        std::fs::write(base.join(format!("dir/f{i}")), format!("file {i}")).unwrap();
+    }
+    write_data(&base.join("append.log"), 100_000, true, rng);
+    write_data(&base.join("big"), 2 << 20, false, rng);
+    write_data(&base.join("trunc"), 500_000, false, rng);
+    std::fs::write(base.join("link-src"), b"linked").unwrap();
+    let x = base.join("xattr");
+    std::fs::write(&x, b"xattrs").unwrap();
+    for n in ["a", "b", "c"] {
+        set_xattr(&x, &format!("user.{n}"), n.as_bytes());
+    }
+    write_data(&base.join("config"), 2000, true, rng);
+    write_data(&base.join("zipped"), 400_000, true, rng);
+    make_tree(&base.join("doomed"), 30, rng);
+    btrfs(&["subvolume", "create", s(&root.join("sub"))]);
+    write_data(&root.join("sub/s.log"), 40_000, true, rng);
+}
+
+#[test]
+fn btrfs_fsync_log_is_replayed_like_the_kernel() {
+    if !fuse_available() || Command::new("mkfs.btrfs").arg("-V").output().is_err() {
+        eprintln!("SKIP btrfs fsync log: needs FUSE, root and mkfs.btrfs (btrfs-progs)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("live.img");
+    File::create(&img).unwrap().set_len(160 << 20).unwrap();
+    assert!(run("mkfs.btrfs", &["-q", "-f", s(&img)]));
+    let copy = t.path().join("crashed.img");
+    let kmnt = t.path().join("kernel");
+    let mut rng = StdRng::seed_from_u64(21);
+    let opts = "loop,commit=3600,compress=zstd";
+    let copied = kernel_mount("btrfs", &img, &kmnt, opts, |m| {
+        committed_base(m, &mut rng);
+        assert!(run("sync", &["-f", s(m)]));
+        fsynced_changes(m, &mut rng);
+        // The image as a power cut would leave it: the fsyncs are on it, no commit.
+        std::fs::copy(&img, &copy).unwrap();
+    });
+    if copied.is_none() {
+        eprintln!("SKIP btrfs fsync log: the kernel does not mount btrfs here");
+        return;
+    }
+    let raw = std::fs::read(&copy).unwrap();
+    let log_root = u64::from_le_bytes(raw[0x10060..0x10068].try_into().unwrap());
+    assert_ne!(log_root, 0, "the copy carries an fsync log");
+    damaged_logs_give_errors_not_panics(&raw);
+    drop(raw);
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&copy))]);
+    // The kernel's own recovery of the same bytes (a read-write mount replays).
+    let want = kernel_mount("btrfs", &copy, &kmnt, "loop,noatime", view).unwrap();
+    for p in [
+        "base/new-file",
+        "base/small",
+        "newdir/inner",
+        "base/dir/f3-renamed",
+    ] {
+        assert!(want.contains_key(p), "the kernel's replay shows {p}");
+    }
+    for p in [
+        "base/dir/f7",
+        "base/unsynced",
+        "base/doomed",
+        "base/config.tmp",
+    ] {
+        assert!(!want.contains_key(p), "the kernel's replay has no {p}");
+    }
+    let m = Mounted::new(&safe, t.path(), &[]);
+    same_view(&want, &m.dir.join("1/vol/files"), &m, "fsync log");
+    let log = m.log_text();
+    let line = log.lines().find(|l| l.contains("fsync log replayed"));
+    eprintln!("{}", line.expect("the replay is logged"));
+    drop(m);
+    // Without replay: the last commit, which has none of the fsynced work.
+    let m = Mounted::new(&safe, t.path(), &["--no-replay"]);
+    let files = m.dir.join("1/vol/files");
+    assert!(files.join("base/dir/f7").exists() && !files.join("base/new-file").exists());
+    assert_eq!(
+        std::fs::metadata(files.join("base/trunc")).unwrap().len(),
+        500_000
+    );
+}
+
+/// Walks of a crashed image with bytes of its log's nodes changed (most rounds with
+/// the checksum resealed, so the damage reaches the replay): errors, never a panic.
+fn damaged_logs_give_errors_not_panics(img: &[u8]) {
+    let nodesize = le32(img, 0x10094) as usize;
+    let log_nodes: Vec<usize> = nodes(img, nodesize)
+        .into_iter()
+        .filter(|&o| img[o + 0x58..o + 0x60] == (-6i64).to_le_bytes())
+        .collect();
+    assert!(!log_nodes.is_empty(), "log nodes found");
+    let clean = disksafe::ntfs_ext::walk_everything(img.to_vec(), 4096).expect("walks");
+    assert!(clean > 400, "{clean} nodes walked");
+    let mut rng = StdRng::seed_from_u64(9);
+    for round in 0..40 {
+        let mut d = img.to_vec();
+        let at = log_nodes[rng.gen_range(0..log_nodes.len())];
+        for _ in 0..rng.gen_range(1..6) {
+            let o = rng.gen_range(0x20..nodesize);
+            d[at + o] = rng.gen();
+        }
+        if round % 4 != 0 {
+            reseal(&mut d[at..at + nodesize]);
+        }
+        let _ = disksafe::ntfs_ext::walk_everything(d, 4096);
+    }
 }

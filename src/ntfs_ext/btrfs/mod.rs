@@ -12,6 +12,7 @@
 //! Little-endian throughout; every node is checked against its checksum, its address
 //! and its place in the tree before anything in it is used.
 
+mod log;
 mod lzo;
 
 use std::collections::{BTreeMap, HashMap};
@@ -110,6 +111,17 @@ impl Key {
         }
     }
 
+    const MIN: Key = Key {
+        obj: 0,
+        ty: 0,
+        off: 0,
+    };
+    const MAX: Key = Key {
+        obj: u64::MAX,
+        ty: u8::MAX,
+        off: u64::MAX,
+    };
+
     fn range(obj: u64, ty: u8) -> (Key, Key) {
         (
             Key { obj, ty, off: 0 },
@@ -171,6 +183,7 @@ struct Sb {
     chunk_root: u64,
     chunk_root_level: u8,
     log_root: u64,
+    log_root_level: u8,
     total_bytes: u64,
     bytes_used: u64,
     num_devices: u64,
@@ -205,7 +218,7 @@ impl Sb {
             return Err(format!("system chunk array of {sys_len} bytes"));
         }
         let (root_level, chunk_root_level) = (b[0xC6], b[0xC7]);
-        if root_level >= MAX_LEVEL || chunk_root_level >= MAX_LEVEL {
+        if root_level >= MAX_LEVEL || chunk_root_level >= MAX_LEVEL || b[0xC8] >= MAX_LEVEL {
             return Err("tree level out of range".into());
         }
         let incompat = le64(b, 0xBC);
@@ -223,6 +236,7 @@ impl Sb {
             chunk_root: le64(b, 0x58),
             chunk_root_level,
             log_root: le64(b, 0x60),
+            log_root_level: b[0xC8],
             total_bytes: le64(b, 0x70),
             bytes_used: le64(b, 0x78),
             num_devices: le64(b, 0x88),
@@ -488,6 +502,8 @@ pub struct BtrfsFs {
     numbers: Mutex<Numbers>,
     root_ino: u64,
     bad_csum: OnceLock<()>,
+    /// Items the fsync log's replay changed, per subvolume (merged into scans).
+    edits: BTreeMap<u64, log::Edits>,
 }
 
 /// Why a scan stops: the callback's answer.
@@ -526,15 +542,35 @@ impl BtrfsFs {
             numbers: Mutex::new(Numbers::default()),
             root_ino: 0,
             bad_csum: OnceLock::new(),
+            edits: BTreeMap::new(),
             sb,
         };
         fs.load_chunks()?;
-        if fs.sb.log_root != 0 {
+        if fs.sb.log_root != 0 && opts.no_replay {
             tracing::warn!(
-                "{}: btrfs has an fsync log newer than its last commit (generation {}); not replayed: files fsynced after that commit show their committed state",
-                fs.label,
-                fs.sb.generation
+                "{}: btrfs has an fsync log newer than its last commit; shown as committed (no replay)",
+                fs.label
             );
+        } else {
+            match log::replay(&fs) {
+                Ok(None) => {}
+                Ok(Some((edits, st))) => {
+                    fs.edits = edits;
+                    fs.roots.lock().unwrap().clear();
+                    tracing::warn!(
+                        "{}: btrfs fsync log replayed in memory: {} logged item(s) of {} inode(s) in {} subvolume(s)",
+                        fs.label,
+                        st.items,
+                        st.inodes,
+                        st.subvolumes
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    "{}: btrfs fsync log not replayed ({e}); files fsynced after the last commit (generation {}) show their committed state",
+                    fs.label,
+                    fs.sb.generation
+                ),
+            }
         }
         let top = fs.tree_root(FS_TREE)?;
         fs.root_ino = top.dirid;
@@ -787,6 +823,38 @@ impl BtrfsFs {
             .map(|_| ())
     }
 
+    /// [`scan`](Self::scan) of subvolume `tree`, with the log replay's edits merged in.
+    fn scan_fs(&self, tree: u64, lo: Key, hi: Key, f: Visit) -> io::Result<()> {
+        let root = self.tree(tree)?;
+        let Some(edits) = self
+            .edits
+            .get(&tree)
+            .filter(|e| e.range(lo..=hi).next().is_some())
+        else {
+            return self.scan(root, lo, hi, f);
+        };
+        let mut merged: BTreeMap<Key, std::borrow::Cow<[u8]>> = BTreeMap::new();
+        self.scan(root, lo, hi, &mut |k, d| {
+            if merged.len() >= MAX_ITEMS {
+                return Err(corrupt("btrfs range holds too many items"));
+            }
+            merged.insert(k, std::borrow::Cow::Owned(d.to_vec()));
+            Ok(true)
+        })?;
+        for (k, v) in edits.range(lo..=hi) {
+            match v {
+                Some(v) => merged.insert(*k, std::borrow::Cow::Borrowed(&v[..])),
+                None => merged.remove(k),
+            };
+        }
+        for (k, d) in merged {
+            if !f(k, &d)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn walk(
         &self,
@@ -912,7 +980,7 @@ impl BtrfsFs {
         let (tree, obj) = self.locate(ino)?;
         let mut found = None;
         let (lo, _) = Key::range(obj, INODE_ITEM);
-        self.scan(self.tree(tree)?, lo, lo, &mut |_, d| {
+        self.scan_fs(tree, lo, lo, &mut |_, d| {
             found = Inode::parse(d);
             Ok(false)
         })?;
@@ -960,7 +1028,7 @@ impl BtrfsFs {
         let mut raw: Vec<(Key, u8, Vec<u8>)> = Vec::new();
         let (lo, hi) = Key::range(obj, DIR_INDEX);
         if obj != EMPTY_SUBVOL_DIR {
-            self.scan(self.tree(tree)?, lo, hi, &mut |_, d| {
+            self.scan_fs(tree, lo, hi, &mut |_, d| {
                 if raw.len() >= MAX_ITEMS {
                     return Err(corrupt("btrfs directory holds too many entries"));
                 }
@@ -1035,7 +1103,7 @@ impl BtrfsFs {
         let mut out: Vec<Extent> = Vec::new();
         let (lo, hi) = Key::range(obj, EXTENT_DATA);
         let label = &self.label;
-        self.scan(self.tree(tree)?, lo, hi, &mut |k, d| {
+        self.scan_fs(tree, lo, hi, &mut |k, d| {
             if out.len() >= MAX_ITEMS {
                 return Err(corrupt("btrfs file holds too many extents"));
             }
@@ -1419,7 +1487,7 @@ impl FsTree for BtrfsFs {
         let (tree, obj) = self.locate(ino)?;
         let mut out = Vec::new();
         let (lo, hi) = Key::range(obj, XATTR_ITEM);
-        self.scan(self.tree(tree)?, lo, hi, &mut |_, d| {
+        self.scan_fs(tree, lo, hi, &mut |_, d| {
             if out.len() >= 65536 {
                 return Err(corrupt("btrfs inode holds too many xattrs"));
             }
