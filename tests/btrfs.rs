@@ -451,3 +451,106 @@ fn damaged_logs_give_errors_not_panics(img: &[u8]) {
         let _ = disksafe::ntfs_ext::walk_everything(d, 4096);
     }
 }
+
+/// Where a file's first data byte lies in the image: its btrfs logical address from
+/// `filefrag` (FIEMAP), mapped to the device with `btrfs-map-logical`.
+fn first_byte_on_disk(img: &Path, file: &Path) -> Option<u64> {
+    let o = Command::new("filefrag")
+        .args(["-v", "-b1"])
+        .arg(file)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    // "   0:        0..    4095:   30408704..  30412799:   4096:  encoded,last,eof"
+    let line = text.lines().find(|l| l.trim_start().starts_with("0:"))?;
+    let logical: u64 = line
+        .split(':')
+        .nth(2)?
+        .split("..")
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    let o = Command::new("btrfs-map-logical")
+        .args(["-l", &logical.to_string()])
+        .arg(img)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    // "mirror 1 logical 30408704 physical 30408704 device /tmp/..."
+    let w: Vec<&str> = text.split_whitespace().collect();
+    let p = w.iter().position(|x| *x == "physical")?;
+    w.get(p + 1)?.parse().ok()
+}
+
+/// A file's sha256, or the errno reading it gave.
+fn read_or_errno(p: &Path) -> Result<String, Option<i32>> {
+    std::fs::read(p)
+        .map(|b| sha256(&b))
+        .map_err(|e| e.raw_os_error())
+}
+
+#[test]
+fn btrfs_damaged_data_gives_eio_like_the_kernel() {
+    if !fuse_available() || Command::new("mkfs.btrfs").arg("-V").output().is_err() {
+        eprintln!("SKIP btrfs data checksums: needs FUSE, root and mkfs.btrfs (btrfs-progs)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("fs.img");
+    File::create(&img).unwrap().set_len(200 << 20).unwrap();
+    assert!(run("mkfs.btrfs", &["-q", "-f", s(&img)]));
+    let kmnt = t.path().join("kernel");
+    let mut rng = StdRng::seed_from_u64(4);
+    let at = kernel_mount("btrfs", &img, &kmnt, "loop", |m| {
+        write_data(&m.join("victim"), 256 << 10, false, &mut rng);
+        write_data(&m.join("healthy"), 256 << 10, false, &mut rng);
+        let z = m.join("zvictim");
+        File::create(&z).unwrap();
+        btrfs(&["property", "set", s(&z), "compression", "zstd"]);
+        write_data(&z, 300_000, true, &mut rng);
+        let nocow = m.join("nocow");
+        File::create(&nocow).unwrap();
+        assert!(run("chattr", &["+C", s(&nocow)]));
+        write_data(&nocow, 64 << 10, false, &mut rng);
+        assert!(run("sync", &["-f", s(m)]));
+        ["victim", "zvictim", "nocow"].map(|f| first_byte_on_disk(&img, &m.join(f)))
+    });
+    let Some([Some(victim), Some(zvictim), Some(nocow)]) = at else {
+        eprintln!("SKIP btrfs data checksums: no kernel btrfs, filefrag or btrfs-map-logical");
+        return;
+    };
+    // One byte changed in the second sector of each (and of a file without checksums).
+    for p in [victim + 5000, zvictim + 100, nocow + 5000] {
+        flip_byte(&img, p, 0x40);
+    }
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    let kernel_reads = kernel_mount("btrfs", &img, &kmnt, "loop,ro", |k| {
+        ["victim", "zvictim", "healthy", "nocow"].map(|f| read_or_errno(&k.join(f)))
+    })
+    .unwrap();
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let files = m.dir.join("1/vol/files");
+    let ours = ["victim", "zvictim", "healthy", "nocow"].map(|f| read_or_errno(&files.join(f)));
+    for (name, (k, o)) in ["victim", "zvictim", "healthy", "nocow"]
+        .iter()
+        .zip(kernel_reads.iter().zip(ours.iter()))
+    {
+        assert_eq!(o, k, "{name}: disksafe's read against the kernel's");
+    }
+    assert_eq!(
+        kernel_reads[0],
+        Err(Some(libc::EIO)),
+        "the kernel refuses the damaged file"
+    );
+    assert!(kernel_reads[2].is_ok() && kernel_reads[3].is_ok());
+    let log = m.log_text();
+    assert!(
+        log.contains("checksum mismatch")
+            && log.contains(&format!("device offset {}", victim + 4096)),
+        "{log}"
+    );
+    // The mount stays up: the healthy file reads again.
+    assert_eq!(read_or_errno(&files.join("healthy")), kernel_reads[2]);
+}

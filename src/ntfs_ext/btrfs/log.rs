@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 
 use super::{
-    dir_items, le16, le32, le64, BtrfsFs, Key, DIR_INDEX, EXTENT_DATA, INODE_ITEM, MAX_ITEMS,
-    ROOT_ITEM, XATTR_ITEM,
+    dir_items, le16, le32, le64, BtrfsFs, Key, DIR_INDEX, EXTENT_CSUM, EXTENT_DATA, INODE_ITEM,
+    MAX_ITEMS, ROOT_ITEM, XATTR_ITEM,
 };
 use crate::ntfs_ext::corrupt;
 
@@ -27,10 +27,12 @@ const INODE_EXTREF: u8 = 13;
 const DIR_ITEM: u8 = 84;
 const DIR_LOG_ITEM: u8 = 60;
 const DIR_LOG_INDEX: u8 = 72;
-const EXTENT_CSUM: u8 = 128;
 /// The log root tree names each subvolume's log under this object id (-6).
 const TREE_LOG_OBJECTID: u64 = -6i64 as u64;
 const INCOMPAT_NO_HOLES: u64 = 0x200;
+/// Most bytes of logged items replayed (an fsync log is a few MiB at most; a larger
+/// one is damage).
+const MAX_LOG_BYTES: usize = 256 << 20;
 
 /// Changed items of one subvolume's tree: `None` deletes the item.
 pub(super) type Edits = BTreeMap<Key, Option<Vec<u8>>>;
@@ -41,6 +43,9 @@ pub(super) struct Replayed {
     pub subvolumes: usize,
     pub items: usize,
     pub inodes: usize,
+    /// Checksums of the logged data (csum items by logical start), which the kernel
+    /// puts in the csum tree in place of any it holds for those sectors.
+    pub csums: BTreeMap<u64, Vec<u8>>,
 }
 
 /// Replays every subvolume's log; `Ok(None)` when there is none.
@@ -65,18 +70,24 @@ pub(super) fn replay(fs: &BtrfsFs) -> io::Result<Option<(BTreeMap<u64, Edits>, R
             return Err(corrupt("btrfs log tree level"));
         }
         let mut items = Vec::new();
+        let mut bytes = 0;
         fs.scan((bytenr, level), Key::MIN, Key::MAX, &mut |k, d| {
-            if items.len() >= MAX_ITEMS {
-                return Err(corrupt("btrfs log holds too many items"));
+            bytes += d.len() + 64;
+            if items.len() >= MAX_ITEMS || bytes > MAX_LOG_BYTES {
+                return Err(corrupt("btrfs log larger than any fsync log"));
             }
             items.push((k, d.to_vec()));
             Ok(true)
         })?;
         stats.subvolumes += 1;
         stats.items += items.len();
+        for (k, d) in &items {
+            if k.ty == EXTENT_CSUM {
+                stats.csums.insert(k.off, d.clone());
+            }
+        }
         let mut r = Replay {
             fs,
-            tree: subvol,
             root: fs.tree(subvol)?,
             edits: Edits::new(),
             log: items.into_iter().collect(),
@@ -101,7 +112,6 @@ struct Entry {
 
 struct Replay<'a> {
     fs: &'a BtrfsFs,
-    tree: u64,
     root: (u64, u8),
     edits: Edits,
     log: BTreeMap<Key, Vec<u8>>,
@@ -614,7 +624,10 @@ impl Replay<'_> {
         let sector = self.fs.sb.sectorsize as u64;
         let (start, kind) = (k.off, d[20]);
         let end = match kind {
-            0 => (start + le64(d, 8)).div_ceil(sector) * sector,
+            0 => start
+                .saturating_add(le64(d, 8))
+                .div_ceil(sector)
+                .saturating_mul(sector),
             1 | 2 if d.len() >= 53 => start.saturating_add(le64(d, 45)),
             _ => return Err(corrupt("logged extent of unknown type")),
         };
@@ -758,7 +771,6 @@ impl Replay<'_> {
                 self.put(Self::inode_key(ino), item);
             }
         }
-        let _ = self.tree;
         Ok(())
     }
 }

@@ -43,6 +43,12 @@ const ROOT_ITEM: u8 = 132;
 const CHUNK_ITEM: u8 = 228;
 const CHUNK_TREE_OBJECTID: u64 = 256;
 const FS_TREE: u64 = 5;
+const CSUM_TREE: u64 = 7;
+/// The csum tree keeps its items under this object id (-10).
+const CSUM_OBJECTID: u64 = -10i64 as u64;
+const EXTENT_CSUM: u8 = 128;
+/// An inode whose data carries no checksums (no-COW files).
+const INODE_NODATASUM: u64 = 0x1;
 /// A snapshot holds this placeholder where its source held another subvolume.
 const EMPTY_SUBVOL_DIR: u64 = 2;
 
@@ -154,21 +160,35 @@ impl Csum {
         })
     }
 
-    /// Whether `block` (checksum field first) carries the checksum of the rest.
-    fn verify(self, block: &[u8]) -> bool {
-        let (stored, data) = (&block[..32], &block[32..]);
+    /// The checksum of `data`, as stored (the first [`Csum::size`] bytes count).
+    fn sum(self, data: &[u8]) -> Vec<u8> {
         match self {
-            Csum::Crc32c => stored[..4] == crc32c::crc32c(data).to_le_bytes(),
-            Csum::Xxh64 => stored[..8] == xxhash_rust::xxh64::xxh64(data, 0).to_le_bytes(),
+            Csum::Crc32c => crc32c::crc32c(data).to_le_bytes().to_vec(),
+            Csum::Xxh64 => xxhash_rust::xxh64::xxh64(data, 0).to_le_bytes().to_vec(),
             Csum::Sha256 => {
                 use sha2::Digest;
-                stored[..] == sha2::Sha256::digest(data)[..]
+                sha2::Sha256::digest(data).to_vec()
             }
             Csum::Blake2b => {
                 use blake2::Digest;
-                stored[..] == blake2::Blake2b::<blake2::digest::consts::U32>::digest(data)[..]
+                blake2::Blake2b::<blake2::digest::consts::U32>::digest(data).to_vec()
             }
         }
+    }
+
+    /// Bytes each checksum takes in the csum tree.
+    fn size(self) -> usize {
+        match self {
+            Csum::Crc32c => 4,
+            Csum::Xxh64 => 8,
+            Csum::Sha256 | Csum::Blake2b => 32,
+        }
+    }
+
+    /// Whether `block` (checksum field first) carries the checksum of the rest.
+    fn verify(self, block: &[u8]) -> bool {
+        let n = self.size();
+        block[..n] == self.sum(&block[32..])[..]
     }
 }
 
@@ -504,6 +524,10 @@ pub struct BtrfsFs {
     bad_csum: OnceLock<()>,
     /// Items the fsync log's replay changed, per subvolume (merged into scans).
     edits: BTreeMap<u64, log::Edits>,
+    /// The data checksum tree, when there is one.
+    csums: Option<(u64, u8)>,
+    /// Checksums of data the fsync log's replay brought in (by logical start).
+    log_csums: BTreeMap<u64, Vec<u8>>,
 }
 
 /// Why a scan stops: the callback's answer.
@@ -543,6 +567,8 @@ impl BtrfsFs {
             root_ino: 0,
             bad_csum: OnceLock::new(),
             edits: BTreeMap::new(),
+            csums: None,
+            log_csums: BTreeMap::new(),
             sb,
         };
         fs.load_chunks()?;
@@ -554,8 +580,9 @@ impl BtrfsFs {
         } else {
             match log::replay(&fs) {
                 Ok(None) => {}
-                Ok(Some((edits, st))) => {
+                Ok(Some((edits, mut st))) => {
                     fs.edits = edits;
+                    fs.log_csums = std::mem::take(&mut st.csums);
                     fs.roots.lock().unwrap().clear();
                     tracing::warn!(
                         "{}: btrfs fsync log replayed in memory: {} logged item(s) of {} inode(s) in {} subvolume(s)",
@@ -572,6 +599,16 @@ impl BtrfsFs {
                 ),
             }
         }
+        fs.csums = match fs.tree_root(CSUM_TREE) {
+            Ok(r) => Some((r.bytenr, r.level)),
+            Err(e) => {
+                tracing::warn!(
+                    "{}: btrfs data checksums unreadable ({e}); data not verified",
+                    fs.label
+                );
+                None
+            }
+        };
         let top = fs.tree_root(FS_TREE)?;
         fs.root_ino = top.dirid;
         if top.dirid >= DYN_BASE {
@@ -589,21 +626,25 @@ impl BtrfsFs {
             let weak = Arc::downgrade(&fs);
             crate::background::spawn(move || {
                 if let Some(fs) = weak.upgrade() {
-                    fs.warm(top);
+                    // The data checksums first: every data read looks them up.
+                    if let Some((bytenr, level)) = fs.csums {
+                        fs.warm(bytenr, level);
+                    }
+                    fs.warm(top.bytenr, top.level);
                 }
             });
         }
         Ok(fs)
     }
 
-    /// Reads the internal nodes of the top-level subvolume's tree level by level (each
-    /// level's nodes hinted to the device first) and hints the device at its leaves, up
-    /// to [`WARM_LEAVES`] bytes. Only a hint: damage is met again by the reads proper.
-    fn warm(&self, top: TreeRoot) {
+    /// Reads the internal nodes of a tree level by level (each level's nodes hinted to
+    /// the device first) and hints the device at its leaves, up to [`WARM_LEAVES`]
+    /// bytes. Only a hint: damage is met again by the reads proper.
+    fn warm(&self, root: u64, root_level: u8) {
         let size = self.sb.nodesize as u64;
-        let mut level = vec![top.bytenr];
+        let mut level = vec![root];
         let mut read = 0;
-        for depth in (1..=top.level).rev() {
+        for depth in (1..=root_level).rev() {
             let spans = level
                 .iter()
                 .filter_map(|&at| Some((self.map(at).ok()?.0[0], size)))
@@ -622,7 +663,7 @@ impl BtrfsFs {
             }
             level = next;
         }
-        if top.level == 0 {
+        if root_level == 0 {
             return;
         }
         level.truncate((WARM_LEAVES / size) as usize);
@@ -1173,13 +1214,75 @@ impl BtrfsFs {
         Ok(m)
     }
 
+    /// Checks sector-aligned data read from logical `at` against the csum tree, as the
+    /// kernel does on every read: a mismatch is an error naming the bytes (the kernel
+    /// answers EIO too); sectors without a checksum (written without) pass.
+    fn check_data(&self, at: u64, data: &[u8]) -> io::Result<()> {
+        let Some(root) = self.csums else {
+            return Ok(());
+        };
+        let (sector, size) = (self.sb.sectorsize as u64, self.sb.csum.size());
+        let end = at.saturating_add(data.len() as u64);
+        // An item holds at most a node's worth of checksums: one starting that far
+        // back may still cover `at`.
+        let reach = (self.sb.nodesize as u64 / size as u64).saturating_mul(sector);
+        let lo = Key {
+            obj: CSUM_OBJECTID,
+            ty: EXTENT_CSUM,
+            off: at.saturating_sub(reach),
+        };
+        let hi = Key {
+            obj: CSUM_OBJECTID,
+            ty: EXTENT_CSUM,
+            off: end.saturating_sub(1),
+        };
+        // Each sector's checksum: the tree's, then the replayed log's over them.
+        let sectors = (data.len() as u64).div_ceil(sector) as usize;
+        let mut want: Vec<Option<Vec<u8>>> = vec![None; sectors];
+        let mut fill = |start: u64, d: &[u8]| {
+            let item_end = start.saturating_add(((d.len() / size) as u64).saturating_mul(sector));
+            let mut s = start.max(at);
+            while s < item_end.min(end) {
+                let i = ((s - start) / sector) as usize * size;
+                want[((s - at) / sector) as usize] = Some(d[i..i + size].to_vec());
+                s += sector;
+            }
+        };
+        self.scan(root, lo, hi, &mut |k, d| {
+            fill(k.off, d);
+            Ok(true)
+        })?;
+        for (start, d) in self.log_csums.range(lo.off..=hi.off) {
+            fill(*start, d);
+        }
+        let bad = want.iter().enumerate().find_map(|(n, c)| {
+            let c = c.as_ref()?;
+            let from = n * sector as usize;
+            let block = &data[from..(from + sector as usize).min(data.len())];
+            (self.sb.csum.sum(block)[..size] != c[..]).then_some(at + from as u64)
+        });
+        match bad {
+            None => Ok(()),
+            Some(s) => {
+                let phys = self.map(s).map(|(c, _)| c[0]).unwrap_or(0);
+                Err(corrupt(format!(
+                    "{}: btrfs data at logical {s} (device offset {phys}): checksum mismatch",
+                    self.label
+                )))
+            }
+        }
+    }
+
     /// A compressed extent decoded whole.
-    fn unzip(&self, disk: u64, disk_len: u64, comp: u8) -> io::Result<Arc<Vec<u8>>> {
+    fn unzip(&self, disk: u64, disk_len: u64, comp: u8, verify: bool) -> io::Result<Arc<Vec<u8>>> {
         if let Some(v) = self.unzipped.get(&(disk, disk_len)) {
             return Ok(v);
         }
         let mut raw = vec![0u8; disk_len as usize];
         self.read_logical(disk, &mut raw)?;
+        if verify {
+            self.check_data(disk, &raw)?;
+        }
         let v = Arc::new(self.decompress(&raw, comp, MAX_COMPRESSED as usize)?);
         self.unzipped.put((disk, disk_len), v.clone());
         Ok(v)
@@ -1210,7 +1313,13 @@ impl BtrfsFs {
     }
 
     /// Fills `buf` with file bytes from `offset` (inside the file's size).
-    fn read_extents(&self, map: &[Extent], offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_extents(
+        &self,
+        map: &[Extent],
+        offset: u64,
+        buf: &mut [u8],
+        verify: bool,
+    ) -> io::Result<()> {
         buf.fill(0);
         let end = offset + buf.len() as u64;
         let start = map.partition_point(|e| e.file.saturating_add(e.len) <= offset);
@@ -1244,7 +1353,19 @@ impl BtrfsFs {
                         .checked_add(*off)
                         .and_then(|a| a.checked_add(within))
                         .ok_or_else(|| corrupt(format!("{}: btrfs extent address", self.label)))?;
-                    self.read_logical(at, dst)?;
+                    if verify && self.csums.is_some() {
+                        // Whole sectors, as their checksums cover them.
+                        let sector = self.sb.sectorsize as u64;
+                        let a = at / sector * sector;
+                        let z = (at + dst.len() as u64).div_ceil(sector) * sector;
+                        let mut whole = vec![0u8; (z - a) as usize];
+                        self.read_logical(a, &mut whole)?;
+                        self.check_data(a, &whole)?;
+                        let from = (at - a) as usize;
+                        dst.copy_from_slice(&whole[from..from + dst.len()]);
+                    } else {
+                        self.read_logical(at, dst)?;
+                    }
                 }
                 Data::Regular {
                     disk,
@@ -1252,7 +1373,7 @@ impl BtrfsFs {
                     off,
                     comp,
                 } => {
-                    let plain = self.unzip(*disk, *disk_len, *comp)?;
+                    let plain = self.unzip(*disk, *disk_len, *comp, verify)?;
                     copy_from(&plain, off.saturating_add(within), dst);
                 }
             }
@@ -1389,7 +1510,8 @@ impl FsTree for BtrfsFs {
         }
         let n = ((i.size - offset) as usize).min(buf.len());
         let map = self.extents(ino)?;
-        self.read_extents(&map.0, offset, &mut buf[..n])?;
+        let verify = i.flags & INODE_NODATASUM == 0;
+        self.read_extents(&map.0, offset, &mut buf[..n], verify)?;
         Ok(n)
     }
 
@@ -1451,7 +1573,7 @@ impl FsTree for BtrfsFs {
         }
         let map = self.extents(ino)?;
         let mut b = vec![0u8; i.size as usize];
-        self.read_extents(&map.0, 0, &mut b)?;
+        self.read_extents(&map.0, 0, &mut b, true)?;
         Ok(b)
     }
 
