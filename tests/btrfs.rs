@@ -554,3 +554,205 @@ fn btrfs_damaged_data_gives_eio_like_the_kernel() {
     // The mount stays up: the healthy file reads again.
     assert_eq!(read_or_errno(&files.join("healthy")), kernel_reads[2]);
 }
+
+/// One random change under `root` (files `f*`, directories `d*`), then, often, an
+/// fsync of what it touched or of its directory.
+fn random_op(root: &Path, rng: &mut StdRng, n: usize) {
+    let dirs: Vec<std::path::PathBuf> = std::iter::once(root.to_path_buf())
+        .chain(
+            (0..4)
+                .map(|i| root.join(format!("d{i}")))
+                .filter(|d| d.is_dir()),
+        )
+        .collect();
+    let dir = dirs[rng.gen_range(0..dirs.len())].clone();
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    let pick = |rng: &mut StdRng| {
+        (!files.is_empty()).then(|| files[rng.gen_range(0..files.len())].clone())
+    };
+    let touched: std::path::PathBuf = match rng.gen_range(0..10) {
+        0 | 1 => {
+            let p = dir.join(format!("f{n}"));
+            write_data(&p, rng.gen_range(0..200_000), rng.gen_bool(0.5), rng);
+            p
+        }
+        2 => match pick(rng) {
+            Some(p) => {
+                let mut f = File::options().append(true).open(&p).unwrap();
+                let mut b = vec![0u8; rng.gen_range(1..70_000)];
+                rng.fill(&mut b[..]);
+                std::io::Write::write_all(&mut f, &b).unwrap();
+                p
+            }
+            None => return,
+        },
+        3 => match pick(rng) {
+            Some(p) => {
+                let f = File::options().write(true).open(&p).unwrap();
+                let len = f.metadata().unwrap().len();
+                f.set_len(rng.gen_range(0..=len)).unwrap();
+                p
+            }
+            None => return,
+        },
+        4 => match pick(rng) {
+            Some(p) => {
+                let to = dirs[rng.gen_range(0..dirs.len())].join(format!("r{n}"));
+                std::fs::rename(&p, &to).unwrap();
+                if rng.gen_bool(0.5) {
+                    fsync(&dir);
+                }
+                to
+            }
+            None => return,
+        },
+        5 => match pick(rng) {
+            Some(p) => {
+                let to = dirs[rng.gen_range(0..dirs.len())].join(format!("l{n}"));
+                std::fs::hard_link(&p, &to).unwrap();
+                to
+            }
+            None => return,
+        },
+        6 => match pick(rng) {
+            Some(p) => {
+                std::fs::remove_file(&p).unwrap();
+                dir.clone()
+            }
+            None => return,
+        },
+        7 => {
+            let d = root.join(format!("d{}", rng.gen_range(0..4)));
+            if d.is_dir() {
+                if rng.gen_bool(0.3) {
+                    std::fs::remove_dir_all(&d).unwrap();
+                    root.to_path_buf()
+                } else {
+                    return;
+                }
+            } else {
+                std::fs::create_dir(&d).unwrap();
+                d
+            }
+        }
+        8 => match pick(rng) {
+            Some(p) => {
+                if rng.gen_bool(0.6) {
+                    set_xattr(&p, &format!("user.x{}", rng.gen_range(0..3)), &[b'v'; 40]);
+                } else {
+                    let _ = Command::new("setfattr")
+                        .args(["-x", "user.x0"])
+                        .arg(&p)
+                        .output();
+                }
+                p
+            }
+            None => return,
+        },
+        _ => match pick(rng) {
+            Some(p) => {
+                let f = File::options().write(true).open(&p).unwrap();
+                let len = f.metadata().unwrap().len();
+                let mut b = vec![0u8; rng.gen_range(1..40_000)];
+                rng.fill(&mut b[..]);
+                std::os::unix::fs::FileExt::write_all_at(&f, &b, rng.gen_range(0..=len)).unwrap();
+                p
+            }
+            None => return,
+        },
+    };
+    if rng.gen_bool(0.7) {
+        fsync(&touched);
+    }
+}
+
+/// Random sequences of changes and fsyncs over a committed tree, each image copied
+/// while mounted: the mount's view equals the kernel's replay of the same copy.
+#[test]
+fn btrfs_random_fsync_histories_replay_like_the_kernel() {
+    if !fuse_available() || Command::new("mkfs.btrfs").arg("-V").output().is_err() {
+        eprintln!("SKIP btrfs random fsync histories: needs FUSE, root and mkfs.btrfs");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let kmnt = t.path().join("kernel");
+    let safe = t.path().join("safe");
+    let mut replayed = 0;
+    for round in 0..8u64 {
+        let img = t.path().join(format!("live{round}.img"));
+        File::create(&img).unwrap().set_len(140 << 20).unwrap();
+        assert!(run("mkfs.btrfs", &["-q", "-f", s(&img)]));
+        let copy = t.path().join(format!("crashed{round}.img"));
+        let mut rng = StdRng::seed_from_u64(100 + round);
+        let opts = "loop,commit=3600,compress=zstd";
+        let done = kernel_mount("btrfs", &img, &kmnt, opts, |m| {
+            for n in 0..30 {
+                random_op(m, &mut rng, n);
+            }
+            assert!(run("sync", &["-f", s(m)]));
+            for n in 30..230 {
+                random_op(m, &mut rng, n);
+            }
+            std::fs::copy(&img, &copy).unwrap();
+        });
+        let crashed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        if done.is_none() {
+            eprintln!("SKIP btrfs random fsync histories: the kernel does not mount btrfs here");
+            return;
+        }
+        std::fs::remove_file(&img).unwrap();
+        backup(&[s(&safe), &format!("vol={}", s(&copy))]);
+        let want = kernel_mount("btrfs", &copy, &kmnt, "loop,noatime", view).unwrap();
+        std::fs::remove_file(&copy).unwrap();
+        let m = Mounted::new(&safe, t.path(), &[]);
+        // Where replay unlinks a name, the kernel stamps the inode's change time (and
+        // the directory's times) with the moment of its replay; disksafe keeps the
+        // times the log recorded, all before the copy.
+        let stamped = |kernel: &str, field: &str| {
+            let at = kernel.find(&format!(" {field} "))? + field.len() + 2;
+            let secs: i64 = kernel[at..].split('.').next()?.parse().ok()?;
+            (secs >= crashed).then_some(())
+        };
+        let mask = |_: &str, v: &str, kernel: &str| {
+            let mut out = Vec::new();
+            let mut words = v.split(' ').peekable();
+            while let Some(w) = words.next() {
+                out.push(w.to_string());
+                if (w == "ctime" || w == "mtime") && stamped(kernel, w).is_some() {
+                    let value = words.next().unwrap_or_default();
+                    let secs: i64 = value.split('.').next().unwrap_or("0").parse().unwrap_or(0);
+                    // disksafe's own value: one the log recorded, before the copy.
+                    if v != kernel {
+                        assert!(secs <= crashed, "{w} {value} is not a recorded time");
+                    }
+                    out.push("(stamped at replay)".into());
+                }
+            }
+            out.join(" ")
+        };
+        same_view_masked(
+            &want,
+            &m.dir.join(format!("{}/vol/files", round + 1)),
+            &m,
+            &format!("round {round}"),
+            mask,
+        );
+        let log = m.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("point {}, ", round + 1)) && l.contains("replayed"));
+        eprintln!("round {round}: {}", line.unwrap_or("nothing to replay"));
+        replayed += line.is_some() as usize;
+    }
+    assert!(
+        replayed >= 6,
+        "only {replayed} of 8 histories left a log to replay"
+    );
+}
