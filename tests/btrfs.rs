@@ -756,3 +756,100 @@ fn btrfs_random_fsync_histories_replay_like_the_kernel() {
         "only {replayed} of 8 histories left a log to replay"
     );
 }
+
+/// A btrfs made on `n` loop devices with the given data and metadata profiles, filled
+/// by the kernel; backed up as one point of `n` devices (and, when `alone`, a second
+/// point holding only the first): every device's `files/` equals the kernel's view.
+fn multi_device(name: &str, n: usize, data: &str, meta: &str, alone: bool) {
+    if !fuse_available() || Command::new("mkfs.btrfs").arg("-V").output().is_err() {
+        eprintln!("SKIP btrfs {name}: needs FUSE, root and mkfs.btrfs (btrfs-progs)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let imgs: Vec<std::path::PathBuf> =
+        (0..n).map(|i| t.path().join(format!("d{i}.img"))).collect();
+    let mut loops = Loops::default();
+    let mut devs = Vec::new();
+    for img in &imgs {
+        File::create(img).unwrap().set_len(300 << 20).unwrap();
+        let Some(d) = loops.attach(img, 0, 300 << 20) else {
+            eprintln!("SKIP btrfs {name}: no loop devices");
+            return;
+        };
+        devs.push(d);
+    }
+    let mut args = vec!["-q", "-f", "-d", data, "-m", meta];
+    args.extend(devs.iter().map(|d| d.as_str()));
+    assert!(run("mkfs.btrfs", &args), "mkfs.btrfs {args:?}");
+    assert!(run("btrfs", &["device", "scan", &devs[0]]));
+    let kmnt = t.path().join("kernel");
+    std::fs::create_dir_all(&kmnt).unwrap();
+    let mount = |opts: &str| {
+        let mut o = opts.to_string();
+        for d in &devs[1..] {
+            o += &format!(",device={d}");
+        }
+        run("mount", &["-t", "btrfs", "-o", &o, &devs[0], s(&kmnt)])
+    };
+    if !mount("rw") {
+        eprintln!("SKIP btrfs {name}: the kernel does not mount it here");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(n as u64);
+    make_tree(&kmnt.join("tree"), 60, &mut rng);
+    write_data(&kmnt.join("big"), 20 << 20, false, &mut rng);
+    write_data(&kmnt.join("text"), 3 << 20, true, &mut rng);
+    assert!(run("umount", &[s(&kmnt)]));
+    assert!(mount("ro"));
+    let want = view(&kmnt);
+    assert!(run("umount", &[s(&kmnt)]));
+    let safe = t.path().join("safe");
+    let mut args = vec![s(&safe).to_string()];
+    args.extend(
+        imgs.iter()
+            .enumerate()
+            .map(|(i, p)| format!("dev{i}={}", s(p))),
+    );
+    let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+    backup(&args);
+    if alone {
+        backup(&[s(&safe), &format!("dev0={}", s(&imgs[0]))]);
+    }
+    let m = Mounted::new(&safe, t.path(), &[]);
+    for i in 0..n {
+        same_view(
+            &want,
+            &m.dir.join(format!("1/dev{i}/files")),
+            &m,
+            &format!("{name}, device {i}"),
+        );
+    }
+    if alone {
+        same_view(
+            &want,
+            &m.dir.join("2/dev0/files"),
+            &m,
+            &format!("{name}, one device alone"),
+        );
+    }
+}
+
+#[test]
+fn btrfs_raid0_data_over_two_devices() {
+    multi_device("raid0", 2, "raid0", "raid1", false);
+}
+
+#[test]
+fn btrfs_raid10_over_four_devices() {
+    multi_device("raid10", 4, "raid10", "raid10", false);
+}
+
+#[test]
+fn btrfs_raid5_data_over_three_devices() {
+    multi_device("raid5", 3, "raid5", "raid1", false);
+}
+
+#[test]
+fn btrfs_raid1_reads_from_one_device_alone() {
+    multi_device("raid1", 2, "raid1", "raid1", true);
+}

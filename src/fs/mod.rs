@@ -792,6 +792,16 @@ impl SafeFs {
                 }
             }
         };
+        // A btrfs volume spanning devices finds the others among the point's volumes.
+        let point = match &key {
+            VolumeKey::Part(point, ..) | VolumeKey::Lv(point, ..) => *point,
+        };
+        let members = if crate::ntfs_ext::btrfs::spans_devices(&*vol) {
+            let all = self.point_volumes(point).into_iter().map(|(_, _, v)| v);
+            crate::ntfs_ext::Members(all.collect())
+        } else {
+            crate::ntfs_ext::Members::default()
+        };
         let opts = TreeOptions {
             no_replay: self.opts.no_replay,
             label: label.clone(),
@@ -799,6 +809,7 @@ impl SafeFs {
             gid: self.gid,
             show_system: self.opts.show_system,
             budget: Some(self.cache.tree_budget().clone()),
+            members,
         };
         let root = match crate::ntfs_ext::open_tree(vol.clone(), &opts) {
             Ok(Some(tree)) => {

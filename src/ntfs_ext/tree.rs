@@ -139,6 +139,19 @@ pub struct TreeOptions {
     /// A byte budget the volume's caches share with every other volume opened (a
     /// mount opens one per point and partition browsed); `None`: per-volume caps only.
     pub budget: Option<std::sync::Arc<crate::cache::Budget>>,
+    /// The other volumes of the same point, where a filesystem spanning devices (btrfs
+    /// RAID) finds the rest of itself; empty when the volume stands alone.
+    pub members: Members,
+}
+
+/// Volumes a multi-device filesystem may find its other devices among.
+#[derive(Clone, Default)]
+pub struct Members(pub Vec<Arc<dyn crate::readat::ReadAt>>);
+
+impl std::fmt::Debug for Members {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} member volume(s)", self.0.len())
+    }
 }
 
 /// Highest inode number a tree may hand out: the mount numbers a tree's nodes

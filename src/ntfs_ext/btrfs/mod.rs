@@ -53,8 +53,12 @@ const INODE_NODATASUM: u64 = 0x1;
 const EMPTY_SUBVOL_DIR: u64 = 2;
 
 /// Chunk profiles that spread one copy over several devices: readable only with all
-/// of them, which one device's tree does not have.
+/// of them.
 const STRIPED: u64 = 0x8 | 0x40 | 0x80 | 0x100; // RAID0, RAID10, RAID5, RAID6
+const RAID0: u64 = 0x8;
+const RAID10: u64 = 0x40;
+const RAID5: u64 = 0x80;
+const RAID6: u64 = 0x100;
 /// Incompat features whose on-disk effects this reader handles.
 const INCOMPAT_KNOWN: u64 = 0x1
     | 0x2
@@ -195,6 +199,8 @@ impl Csum {
 /// What the superblock says.
 #[derive(Debug, Clone)]
 struct Sb {
+    /// The filesystem's id, shared by all its devices.
+    fsid: [u8; 16],
     /// The id node headers carry (the metadata UUID where one was set apart).
     meta_fsid: [u8; 16],
     generation: u64,
@@ -249,6 +255,7 @@ impl Sb {
             fsid
         };
         Ok(Sb {
+            fsid,
             meta_fsid,
             generation: le64(b, 0x48),
             root: le64(b, 0x50),
@@ -278,6 +285,16 @@ pub fn probe(dev: &dyn ReadAt) -> io::Result<bool> {
     let mut m = [0u8; 8];
     dev.read_exact_at(SUPERS[0] + 0x40, &mut m)?;
     Ok(&m == MAGIC)
+}
+
+/// Says whether the volume holds a btrfs that spans devices (its superblock counts
+/// more than one), so the mount hands it the point's other volumes.
+pub fn spans_devices(dev: &dyn ReadAt) -> bool {
+    let mut b = [0u8; 0x90];
+    dev.size() >= SUPERS[0] + SB_SIZE as u64
+        && dev.read_exact_at(SUPERS[0], &mut b).is_ok()
+        && &b[0x40..0x48] == MAGIC
+        && le64(&b, 0x88) > 1
 }
 
 /// The superblock: the primary, or the newest intact mirror when the primary is
@@ -320,6 +337,10 @@ fn read_sb(dev: &dyn ReadAt, label: &str) -> io::Result<Sb> {
 struct Chunk {
     len: u64,
     ty: u64,
+    /// Bytes of one stripe before the next device's (striped profiles).
+    stripe_len: u64,
+    /// Copies of each stripe (RAID10).
+    sub_stripes: u64,
     /// (device id, physical offset) of each stripe.
     stripes: Vec<(u64, u64)>,
 }
@@ -341,6 +362,8 @@ fn parse_chunk(b: &[u8]) -> Result<(Chunk, usize), String> {
         Chunk {
             len: le64(b, 0),
             ty: le64(b, 24),
+            stripe_len: le64(b, 16),
+            sub_stripes: le16(b, 46) as u64,
             stripes,
         },
         size,
@@ -510,6 +533,8 @@ struct Numbers {
 /// An open btrfs volume.
 pub struct BtrfsFs {
     dev: Arc<dyn ReadAt>,
+    /// This filesystem's devices found, by device id (this one among them).
+    devs: HashMap<u64, Arc<dyn ReadAt>>,
     sb: Sb,
     label: String,
     chunks: BTreeMap<u64, Chunk>,
@@ -546,15 +571,37 @@ impl BtrfsFs {
                 sb.incompat & !INCOMPAT_KNOWN
             );
         }
+        let mut devs = HashMap::from([(sb.devid, dev.clone())]);
+        for m in &opts.members.0 {
+            if devs.len() as u64 >= sb.num_devices {
+                break;
+            }
+            let mut b = vec![0u8; SB_SIZE];
+            if m.size() < SUPERS[0] + SB_SIZE as u64 || m.read_exact_at(SUPERS[0], &mut b).is_err()
+            {
+                continue;
+            }
+            if let Ok(other) = Sb::parse(&b) {
+                if other.fsid == sb.fsid && !devs.contains_key(&other.devid) {
+                    devs.insert(other.devid, m.clone());
+                }
+            }
+        }
         if sb.num_devices > 1 {
-            tracing::warn!(
-                "{label}: btrfs spans {} devices; only what this one holds a full copy of (single, DUP, RAID1 chunks) can be read",
-                sb.num_devices
-            );
+            let missing = sb.num_devices.saturating_sub(devs.len() as u64);
+            if missing > 0 {
+                tracing::warn!(
+                    "{label}: btrfs spans {} devices, {missing} of them not in this point; chunks with no copy on the others give errors",
+                    sb.num_devices
+                );
+            } else {
+                tracing::debug!("{label}: btrfs spans {} devices, all found", sb.num_devices);
+            }
         }
         let budget = || opts.budget.clone();
         let mut fs = BtrfsFs {
             dev,
+            devs,
             label,
             chunks: BTreeMap::new(),
             nodes: WeightedLru::with_budget(NODE_CACHE, budget()),
@@ -647,7 +694,7 @@ impl BtrfsFs {
         for depth in (1..=root_level).rev() {
             let spans = level
                 .iter()
-                .filter_map(|&at| Some((self.map(at).ok()?.0[0], size)))
+                .filter_map(|&at| Some((self.here(at)?.0, size)))
                 .collect();
             crate::ntfs_ext::prefetch_spans(&*self.dev, spans, 4096);
             let mut next = Vec::new();
@@ -669,7 +716,7 @@ impl BtrfsFs {
         level.truncate((WARM_LEAVES / size) as usize);
         let spans = level
             .iter()
-            .filter_map(|&at| Some((self.map(at).ok()?.0[0], size)))
+            .filter_map(|&at| Some((self.here(at)?.0, size)))
             .collect();
         crate::ntfs_ext::prefetch_spans(&*self.dev, spans, 4096);
     }
@@ -725,9 +772,9 @@ impl BtrfsFs {
         Ok(())
     }
 
-    /// Where logical byte `logical` lies on this device: every copy's offset there, and
-    /// how many bytes from it stay inside the chunk.
-    fn map(&self, logical: u64) -> io::Result<(Vec<u64>, u64)> {
+    /// Where logical byte `logical` lies: every copy's (device id, offset) on the
+    /// devices found (this one's first), and how many bytes from it stay in one stripe.
+    fn map(&self, logical: u64) -> io::Result<(Vec<(u64, u64)>, u64)> {
         let (start, c) = self
             .chunks
             .range(..=logical)
@@ -740,35 +787,81 @@ impl BtrfsFs {
                 ))
             })?;
         let within = logical - start;
-        if c.ty & STRIPED != 0 && c.stripes.len() > 1 {
-            return Err(corrupt(format!(
-                "{}: btrfs chunk at {start} is striped over {} devices (profile {:#x}); not readable from one",
-                self.label,
-                c.stripes.len(),
-                c.ty & STRIPED
-            )));
-        }
-        let copies: Vec<u64> = c
-            .stripes
-            .iter()
-            .filter(|(dev, _)| *dev == self.sb.devid)
-            .filter_map(|(_, phys)| phys.checked_add(within))
-            .collect();
+        let left = c.len - within;
+        let n = c.stripes.len() as u64;
+        let mut copies: Vec<(u64, u64)> = if c.ty & STRIPED == 0 || n == 1 {
+            // Single, DUP, RAID1*: every stripe is a whole copy.
+            c.stripes
+                .iter()
+                .filter_map(|&(d, p)| Some((d, p.checked_add(within)?)))
+                .collect()
+        } else {
+            let sl = c.stripe_len;
+            if sl == 0 || !sl.is_power_of_two() {
+                return Err(corrupt(format!(
+                    "{}: btrfs chunk at {start}: stripe length {sl}",
+                    self.label
+                )));
+            }
+            let (nr, in_stripe) = (within / sl, within % sl);
+            let (first, count, row) = if c.ty & RAID10 != 0 {
+                let sub = c.sub_stripes.max(1);
+                let factor = (n / sub).max(1);
+                ((nr % factor) * sub, sub, nr / factor)
+            } else if c.ty & (RAID5 | RAID6) != 0 {
+                let parity = if c.ty & RAID6 != 0 { 2 } else { 1 };
+                let data = n.saturating_sub(parity).max(1);
+                let (row, idx) = (nr / data, nr % data);
+                ((row + idx) % n, 1, row)
+            } else {
+                let _ = RAID0;
+                (nr % n, 1, nr / n)
+            };
+            (first..first.saturating_add(count).min(n))
+                .filter_map(|i| {
+                    let (d, p) = c.stripes[i as usize];
+                    let at = row.checked_mul(sl)?.checked_add(in_stripe)?;
+                    Some((d, p.checked_add(at)?))
+                })
+                .collect()
+        };
+        let avail = if c.ty & STRIPED == 0 || n == 1 {
+            left
+        } else {
+            left.min(c.stripe_len - within % c.stripe_len)
+        };
+        copies.retain(|(d, _)| self.devs.contains_key(d));
+        copies.sort_by_key(|(d, _)| *d != self.sb.devid);
         if copies.is_empty() {
             return Err(corrupt(format!(
-                "{}: btrfs chunk at {start} has no copy on this device",
+                "{}: btrfs chunk at {start} has no copy of logical {logical} on the devices of this point",
                 self.label
             )));
         }
-        Ok((copies, c.len - within))
+        Ok((copies, avail))
     }
 
-    /// Reads logical bytes (file data), from the first copy on this device.
+    /// The device `devid` (found: `map` gives no others).
+    fn vol(&self, devid: u64) -> &Arc<dyn ReadAt> {
+        self.devs.get(&devid).unwrap_or(&self.dev)
+    }
+
+    /// This device's offset of logical byte `logical` (prefetch hints), if it holds one.
+    fn here(&self, logical: u64) -> Option<(u64, u64)> {
+        let (copies, avail) = self.map(logical).ok()?;
+        copies
+            .into_iter()
+            .find(|(d, _)| *d == self.sb.devid)
+            .map(|(_, p)| (p, avail))
+    }
+
+    /// Reads logical bytes (file data), from the first copy found.
     fn read_logical(&self, mut logical: u64, mut buf: &mut [u8]) -> io::Result<()> {
         while !buf.is_empty() {
             let (copies, avail) = self.map(logical)?;
             let n = (buf.len() as u64).min(avail) as usize;
-            self.dev.read_exact_at(copies[0], &mut buf[..n])?;
+            let (d, at) = copies[0];
+            self.vol(d).read_exact_at(at, &mut buf[..n])?;
             logical += n as u64;
             buf = &mut buf[n..];
         }
@@ -790,9 +883,9 @@ impl BtrfsFs {
             return Err(self.bad_node(logical, "crosses the end of its chunk"));
         }
         let mut why = "";
-        for at in copies {
+        for (d, at) in copies {
             let mut b = vec![0u8; size];
-            self.dev.read_exact_at(at, &mut b)?;
+            self.vol(d).read_exact_at(at, &mut b)?;
             if !self.sb.csum.verify(&b) {
                 why = "checksum mismatch";
                 if self.bad_csum.set(()).is_ok() {
@@ -1264,7 +1357,7 @@ impl BtrfsFs {
         match bad {
             None => Ok(()),
             Some(s) => {
-                let phys = self.map(s).map(|(c, _)| c[0]).unwrap_or(0);
+                let phys = self.map(s).map(|(c, _)| c[0].1).unwrap_or(0);
                 Err(corrupt(format!(
                     "{}: btrfs data at logical {s} (device offset {phys}): checksum mismatch",
                     self.label
@@ -1409,11 +1502,11 @@ impl BtrfsFs {
                 (disk, disk_len)
             };
             while len > 0 {
-                let Ok((copies, avail)) = self.map(at) else {
+                let Some((here, avail)) = self.here(at) else {
                     break;
                 };
                 let n = len.min(avail);
-                spans.push((copies[0], n));
+                spans.push((here, n));
                 at += n;
                 len -= n;
             }
