@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds small ext2/ext3/ext4 images (and partitioned disks, FAT and XFS volumes and,
+# Builds small ext2/ext3/ext4 images (and partitioned disks, FAT, XFS and btrfs volumes and,
 # as root, an LVM PV and, with ntfs-3g, NTFS images) from a generated tree as fuzzing
 # seeds.
 # Usage: images/make-fuzz-seeds.sh OUTDIR
@@ -144,6 +144,50 @@ if command -v mkfs.xfs > /dev/null; then
       -p "$tmp/xfs.proto" "$img" > /dev/null 2>&1 || rm -f "$img"
     if [ -f "$img" ]; then truncate -s 1M "$img"; fi
   done
+fi
+# A btrfs volume for the disk target (mkfs.btrfs --rootdir, mixed block groups, 4 KiB
+# nodes, fixed UUIDs; mkfs stamps the time of the run). mkfs puts the metadata 5 MiB
+# in, past the 3 MiB the fuzzer reads, so the first MiB of that chunk (all the 17
+# nodes and the data) is moved to 2 MiB and its chunk item pointed there, the chunk
+# tree's checksum resealed: our reader does not cross-check the device extents.
+if command -v mkfs.btrfs > /dev/null && command -v python3 > /dev/null; then
+  img="$out/disk-btrfs.img"
+  truncate -s 16M "$img"
+  if mkfs.btrfs -q -f -M -n 4096 -U 6d2d8e3c-0f4b-4b1e-9a57-2f0c4c9b1a01 \
+    --rootdir "$tmp/src" "$img" > /dev/null 2>&1; then
+    python3 - "$img" << 'EOT' || rm -f "$img"
+import struct, sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+sb = 0x10000
+node, root = struct.unpack_from("<I", b, sb + 0x94)[0], struct.unpack_from("<Q", b, sb + 0x58)[0]
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for x in data:
+        crc ^= x
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    return crc ^ 0xFFFFFFFF
+n = root  # the system chunk maps logical to physical one to one in mkfs's layout
+moved = None
+for i in range(struct.unpack_from("<I", b, n + 0x60)[0]):
+    item = n + 101 + i * 25
+    obj, ty, off = struct.unpack_from("<QBQ", b, item)
+    doff = struct.unpack_from("<I", b, item + 17)[0]
+    chunk = n + 101 + doff
+    ctype = struct.unpack_from("<Q", b, chunk + 24)[0]
+    phys = struct.unpack_from("<Q", b, chunk + 48 + 8)[0]
+    if ty == 228 and ctype & 4 and moved is None:  # the first metadata chunk
+        struct.pack_into("<Q", b, chunk + 48 + 8, 2 << 20)
+        moved = phys
+assert moved is not None
+struct.pack_into("<I", b, n, crc32c(bytes(b[n + 32:n + node])))
+b[2 << 20:3 << 20] = b[moved:moved + (1 << 20)]
+open(p, "wb").write(bytes(b[:3 << 20]))
+EOT
+  else
+    rm -f "$img"
+  fi
 fi
 # An LVM PV (as root with lvm2 and loop devices): a 128 KiB metadata area, 64 KiB
 # extents, one linear LV of 8 extents holding the ext4 seed. LVM stamps random UUIDs
