@@ -107,6 +107,83 @@ pub(crate) fn run_spans<R>(
     spans
 }
 
+/// One directory's entries with a name index for lookups, as the XFS and btrfs trees
+/// cache them.
+pub(crate) struct Listing {
+    pub entries: Arc<Vec<DirEntry>>,
+    pub index: std::collections::HashMap<Vec<u8>, u64>,
+}
+
+impl Listing {
+    /// The entries in their order; a name met again is dropped, so listings and
+    /// lookups agree on the first.
+    pub fn new(found: Vec<DirEntry>) -> Listing {
+        let mut index = std::collections::HashMap::with_capacity(found.len());
+        let mut entries = Vec::with_capacity(found.len());
+        for e in found {
+            if index.insert(e.name.clone(), e.ino).is_none() {
+                entries.push(e);
+            }
+        }
+        Listing {
+            entries: Arc::new(entries),
+            index,
+        }
+    }
+}
+
+impl crate::cache::Weigh for Arc<Listing> {
+    fn weight(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| e.name.len() * 2 + 96)
+            .sum::<usize>()
+            + 64
+    }
+}
+
+/// Whether a stored name can be a path component (not empty, no `/`, no NUL).
+pub(crate) fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty() && !name.contains(&b'/') && !name.contains(&0)
+}
+
+/// SEEK_DATA (`data`) or SEEK_HOLE from `offset` (below `size`) in a file whose data
+/// lies in `runs`: byte ranges sorted by start, not overlapping. Shared by the trees
+/// that keep extent maps (XFS, btrfs).
+pub(crate) fn seek_runs(
+    runs: impl Iterator<Item = (u64, u64)>,
+    offset: u64,
+    size: u64,
+    data: bool,
+) -> Option<u64> {
+    let mut at = offset;
+    for (lo, hi) in runs {
+        if hi <= at {
+            continue;
+        }
+        if data {
+            return (lo.max(at) < size).then_some(lo.max(at));
+        }
+        if lo > at {
+            return Some(at);
+        }
+        at = hi;
+        if at >= size {
+            return Some(size);
+        }
+    }
+    if data {
+        None
+    } else {
+        Some(at.min(size))
+    }
+}
+
+/// A device number in the encoding FUSE and stat take (Linux's new_encode_dev).
+pub(crate) fn linux_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xFF) | (major << 8) | ((minor & !0xFF) << 12)
+}
+
 /// An `InvalidData` error naming the damaged structure.
 pub(crate) fn corrupt(msg: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())

@@ -20,10 +20,10 @@ use std::io::{self, Read};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::cache::{Weigh, WeightedLru};
-use crate::ntfs_ext::corrupt;
 use crate::ntfs_ext::tree::{
     DirEntry, FsTree, NodeKind, Stat, StatFs, Timespec, TreeOptions, MAX_INO,
 };
+use crate::ntfs_ext::{corrupt, linux_dev, seek_runs, valid_name, Listing};
 use crate::readat::ReadAt;
 
 const MAGIC: &[u8; 8] = b"_BHRfS_M";
@@ -504,22 +504,6 @@ struct ExtentMap(Vec<Extent>);
 impl Weigh for Arc<ExtentMap> {
     fn weight(&self) -> usize {
         self.0.len() * 64 + 64
-    }
-}
-
-/// One directory's entries, with a name index for lookups.
-struct Listing {
-    entries: Arc<Vec<DirEntry>>,
-    index: HashMap<Vec<u8>, u64>,
-}
-
-impl Weigh for Arc<Listing> {
-    fn weight(&self) -> usize {
-        self.entries
-            .iter()
-            .map(|e| e.name.len() * 2 + 96)
-            .sum::<usize>()
-            + 64
     }
 }
 
@@ -1173,9 +1157,8 @@ impl BtrfsFs {
             })?;
         }
         let mut entries = Vec::with_capacity(raw.len());
-        let mut index = HashMap::with_capacity(raw.len());
         for (loc, ty, name) in raw {
-            if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+            if !valid_name(&name) {
                 tracing::warn!(
                     "{}: btrfs directory {obj} of subvolume {tree}: entry with an invalid name skipped",
                     self.label
@@ -1213,18 +1196,13 @@ impl BtrfsFs {
                     None => continue,
                 }
             };
-            if index.insert(name.clone(), child).is_none() {
-                entries.push(DirEntry {
-                    name,
-                    ino: child,
-                    kind,
-                });
-            }
+            entries.push(DirEntry {
+                name,
+                ino: child,
+                kind,
+            });
         }
-        let l = Arc::new(Listing {
-            entries: Arc::new(entries),
-            index,
-        });
+        let l = Arc::new(Listing::new(entries));
         self.dirs.put(ino, l.clone());
         Ok(l)
     }
@@ -1561,8 +1539,7 @@ impl FsTree for BtrfsFs {
         let rdev = if matches!(kind, NodeKind::CharDev | NodeKind::BlockDev) {
             // The kernel's own dev_t (12 bits of major over 20 of minor); FUSE takes
             // the user-space encoding.
-            let (major, minor) = ((i.rdev >> 20) as u32 & 0xFFF, i.rdev as u32 & 0xF_FFFF);
-            (minor & 0xFF) | (major << 8) | ((minor & !0xFF) << 12)
+            linux_dev((i.rdev >> 20) as u32 & 0xFFF, i.rdev as u32 & 0xF_FFFF)
         } else {
             0
         };
@@ -1628,24 +1605,12 @@ impl FsTree for BtrfsFs {
         }
         let map = self.extents(ino)?;
         // Preallocated extents are holes to SEEK_DATA, as the kernel reports them.
-        let mut at = offset;
-        for e in map.0.iter().filter(|e| !matches!(e.data, Data::Zeros)) {
-            let (lo, hi) = (e.file, e.file.saturating_add(e.len));
-            if hi <= at {
-                continue;
-            }
-            if data {
-                return Ok((lo.max(at) < size).then_some(lo.max(at)));
-            }
-            if lo > at {
-                return Ok(Some(at));
-            }
-            at = hi;
-            if at >= size {
-                return Ok(Some(size));
-            }
-        }
-        Ok(if data { None } else { Some(at.min(size)) })
+        let runs = map
+            .0
+            .iter()
+            .filter(|e| !matches!(e.data, Data::Zeros))
+            .map(|e| (e.file, e.file.saturating_add(e.len)));
+        Ok(seek_runs(runs, offset, size, data))
     }
 
     fn can_close(&self) -> bool {

@@ -292,10 +292,6 @@ fn ntfs_time(t: u64) -> Timespec {
     }
 }
 
-fn linux_dev(major: u64, minor: u64) -> u32 {
-    (((major & 0xFFF) << 8) | (minor & 0xFF) | ((minor & 0xFFF00) << 12)) as u32
-}
-
 /// Joins the fragments of one attribute (one per record holding a VCN range).
 fn merge(frags: &[&Attr]) -> Data {
     if let [a] = frags {
@@ -839,11 +835,13 @@ impl NtfsFs {
                             }
                             Some(Interix::Char(ma, mi)) => {
                                 node.kind = NodeKind::CharDev;
-                                node.rdev = linux_dev(ma, mi);
+                                node.rdev =
+                                    super::linux_dev((ma & 0xFFF) as u32, (mi & 0xF_FFFF) as u32);
                             }
                             Some(Interix::Block(ma, mi)) => {
                                 node.kind = NodeKind::BlockDev;
-                                node.rdev = linux_dev(ma, mi);
+                                node.rdev =
+                                    super::linux_dev((ma & 0xFFF) as u32, (mi & 0xF_FFFF) as u32);
                             }
                             Some(Interix::Fifo) => node.kind = NodeKind::Fifo,
                             Some(Interix::Socket) => node.kind = NodeKind::Socket,

@@ -12,7 +12,6 @@
 
 mod log;
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, OnceLock};
 
@@ -20,7 +19,7 @@ use crate::cache::{Weigh, WeightedLru};
 use crate::ntfs_ext::tree::{
     DirEntry, FsTree, NodeKind, Stat, StatFs, Timespec, TreeOptions, MAX_INO,
 };
-use crate::ntfs_ext::{corrupt, run_spans};
+use crate::ntfs_ext::{corrupt, linux_dev, run_spans, seek_runs, valid_name, Listing};
 use crate::readat::ReadAt;
 
 const SB_MAGIC: u32 = 0x5846_5342; // "XFSB"
@@ -320,22 +319,6 @@ fn xfs_time(b: &[u8], o: usize, bigtime: bool) -> Timespec {
 type RawAttr = (u8, Vec<u8>, Vec<u8>);
 /// A directory entry as stored: name, inode number, file type byte (with ftype).
 type RawEntry = (Vec<u8>, u64, Option<u8>);
-
-/// One directory's entries, with a name index for lookups.
-struct Listing {
-    entries: Arc<Vec<DirEntry>>,
-    index: HashMap<Vec<u8>, u64>,
-}
-
-impl Weigh for Arc<Listing> {
-    fn weight(&self) -> usize {
-        self.entries
-            .iter()
-            .map(|e| e.name.len() * 2 + 96)
-            .sum::<usize>()
-            + 64
-    }
-}
 
 struct ExtentMap(Vec<Extent>);
 
@@ -710,7 +693,6 @@ impl XfsFs {
             }
         }
         let mut entries = Vec::with_capacity(raw.len());
-        let mut index = HashMap::with_capacity(raw.len());
         for (name, child, ftype) in raw {
             if child > MAX_INO {
                 // Volumes past ~1 PiB number inodes beyond what the mount can carry.
@@ -720,7 +702,7 @@ impl XfsFs {
                 );
                 continue;
             }
-            if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+            if !valid_name(&name) {
                 tracing::warn!(
                     "{}: directory {ino}: entry with an invalid name skipped",
                     self.label
@@ -735,18 +717,13 @@ impl XfsFs {
                     None => continue,
                 },
             };
-            if index.insert(name.clone(), child).is_none() {
-                entries.push(DirEntry {
-                    name,
-                    ino: child,
-                    kind,
-                });
-            }
+            entries.push(DirEntry {
+                name,
+                ino: child,
+                kind,
+            });
         }
-        let l = Arc::new(Listing {
-            entries: Arc::new(entries),
-            index,
-        });
+        let l = Arc::new(Listing::new(entries));
         self.dirs.put(ino, l.clone());
         Ok(l)
     }
@@ -1026,8 +1003,7 @@ impl FsTree for XfsFs {
         {
             // XFS packs 14 bits of major over 18 of minor; FUSE takes Linux's encoding.
             let d = be32(&i.data, 0);
-            let (major, minor) = (d >> 18, d & 0x3FFFF);
-            (minor & 0xFF) | (major << 8) | ((minor & !0xFF) << 12)
+            linux_dev(d >> 18, d & 0x3FFFF)
         } else {
             0
         };
@@ -1095,27 +1071,13 @@ impl FsTree for XfsFs {
         let map = self.extents(&i)?;
         let bs = self.sb.bs;
         // Unwritten extents are holes to SEEK_DATA, as the kernel reports them.
-        let mut at = offset;
-        for e in map.0.iter().filter(|e| !e.unwritten) {
-            let (lo, hi) = (
+        let runs = map.0.iter().filter(|e| !e.unwritten).map(|e| {
+            (
                 e.off.saturating_mul(bs),
                 e.off.saturating_add(e.len).saturating_mul(bs),
-            );
-            if hi <= at {
-                continue;
-            }
-            if data {
-                return Ok((lo.max(at) < size).then_some(lo.max(at)));
-            }
-            if lo > at {
-                return Ok(Some(at));
-            }
-            at = hi;
-            if at >= size {
-                return Ok(Some(size));
-            }
-        }
-        Ok(if data { None } else { Some(at.min(size)) })
+            )
+        });
+        Ok(seek_runs(runs, offset, size, data))
     }
 
     fn read_link(&self, ino: u64) -> io::Result<Vec<u8>> {
