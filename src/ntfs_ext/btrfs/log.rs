@@ -208,21 +208,16 @@ impl Replay<'_> {
     // ---- the merged view: the subvolume's tree with the edits over it ----
 
     fn range(&self, lo: Key, hi: Key) -> io::Result<Vec<(Key, Vec<u8>)>> {
-        let mut disk = BTreeMap::new();
-        self.fs.scan(self.root, lo, hi, &mut |k, d| {
-            if disk.len() >= MAX_ITEMS {
-                return Err(corrupt("btrfs range holds too many items"));
-            }
-            disk.insert(k, d.to_vec());
-            Ok(true)
-        })?;
-        for (k, v) in self.edits.range(lo..=hi) {
-            match v {
-                Some(v) => disk.insert(*k, v.clone()),
-                None => disk.remove(k),
-            };
-        }
-        Ok(disk.into_iter().collect())
+        let mut out = Vec::new();
+        self.fs
+            .scan_edited(self.root, &self.edits, lo, hi, &mut |k, d| {
+                if out.len() >= MAX_ITEMS {
+                    return Err(corrupt("btrfs range holds too many items"));
+                }
+                out.push((k, d.to_vec()));
+                Ok(true)
+            })?;
+        Ok(out)
     }
 
     fn get(&self, k: Key) -> io::Result<Option<Vec<u8>>> {

@@ -944,13 +944,25 @@ impl BtrfsFs {
     /// [`scan`](Self::scan) of subvolume `tree`, with the log replay's edits merged in.
     fn scan_fs(&self, tree: u64, lo: Key, hi: Key, f: Visit) -> io::Result<()> {
         let root = self.tree(tree)?;
-        let Some(edits) = self
-            .edits
-            .get(&tree)
-            .filter(|e| e.range(lo..=hi).next().is_some())
-        else {
+        match self.edits.get(&tree) {
+            Some(edits) => self.scan_edited(root, edits, lo, hi, f),
+            None => self.scan(root, lo, hi, f),
+        }
+    }
+
+    /// [`scan`](Self::scan) of the tree at `root` with `edits` over it (an edit of
+    /// `None` deletes the item): what the replay builds and what readers see after it.
+    fn scan_edited(
+        &self,
+        root: (u64, u8),
+        edits: &log::Edits,
+        lo: Key,
+        hi: Key,
+        f: Visit,
+    ) -> io::Result<()> {
+        if edits.range(lo..=hi).next().is_none() {
             return self.scan(root, lo, hi, f);
-        };
+        }
         let mut merged: BTreeMap<Key, std::borrow::Cow<[u8]>> = BTreeMap::new();
         self.scan(root, lo, hi, &mut |k, d| {
             if merged.len() >= MAX_ITEMS {
