@@ -362,8 +362,7 @@ fn committed_base(root: &Path, rng: &mut StdRng) {
 
 #[test]
 fn btrfs_fsync_log_is_replayed_like_the_kernel() {
-    if !fuse_available() || Command::new("mkfs.btrfs").arg("-V").output().is_err() {
-        eprintln!("SKIP btrfs fsync log: needs FUSE, root and mkfs.btrfs (btrfs-progs)");
+    if !mkfs_ready("btrfs", "fsync log") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -492,8 +491,7 @@ fn read_or_errno(p: &Path) -> Result<String, Option<i32>> {
 
 #[test]
 fn btrfs_damaged_data_gives_eio_like_the_kernel() {
-    if !fuse_available() || Command::new("mkfs.btrfs").arg("-V").output().is_err() {
-        eprintln!("SKIP btrfs data checksums: needs FUSE, root and mkfs.btrfs (btrfs-progs)");
+    if !mkfs_ready("btrfs", "data checksums") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -674,8 +672,7 @@ fn random_op(root: &Path, rng: &mut StdRng, n: usize) {
 /// while mounted: the mount's view equals the kernel's replay of the same copy.
 #[test]
 fn btrfs_random_fsync_histories_replay_like_the_kernel() {
-    if !fuse_available() || Command::new("mkfs.btrfs").arg("-V").output().is_err() {
-        eprintln!("SKIP btrfs random fsync histories: needs FUSE, root and mkfs.btrfs");
+    if !mkfs_ready("btrfs", "random fsync histories") {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -761,8 +758,7 @@ fn btrfs_random_fsync_histories_replay_like_the_kernel() {
 /// by the kernel; backed up as one point of `n` devices (and, when `alone`, a second
 /// point holding only the first): every device's `files/` equals the kernel's view.
 fn multi_device(name: &str, n: usize, data: &str, meta: &str, alone: bool) {
-    if !fuse_available() || Command::new("mkfs.btrfs").arg("-V").output().is_err() {
-        eprintln!("SKIP btrfs {name}: needs FUSE, root and mkfs.btrfs (btrfs-progs)");
+    if !mkfs_ready("btrfs", name) {
         return;
     }
     let t = tempfile::tempdir().unwrap();

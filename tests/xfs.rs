@@ -293,8 +293,7 @@ fn proto_tree(root: &Path, rng: &mut StdRng) -> (String, BTreeMap<String, (u32, 
 /// source tree is the oracle.
 #[test]
 fn xfs_v4_from_a_prototype() {
-    if !fuse_available() || Command::new("mkfs.xfs").arg("-V").output().is_err() {
-        eprintln!("SKIP xfs v4: needs FUSE, root and mkfs.xfs (xfsprogs)");
+    if !mkfs_ready("xfs", "v4") {
         return;
     }
     let t = tempfile::tempdir().unwrap();

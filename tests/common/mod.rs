@@ -1011,6 +1011,17 @@ pub fn fill_posix(root: &Path, frag_len: usize, rng: &mut impl Rng) {
     assert!(run("chattr", &["+i", s(&frozen)]));
 }
 
+/// Whether a kernel-oracle test of `fstype` can run here (FUSE, root, mkfs.FSTYPE);
+/// says SKIP with `what` when not.
+pub fn mkfs_ready(fstype: &str, what: &str) -> bool {
+    let mkfs = format!("mkfs.{fstype}");
+    let ready = fuse_available() && Command::new(&mkfs).arg("-V").output().is_ok();
+    if !ready {
+        eprintln!("SKIP {fstype} {what}: needs FUSE, root and {mkfs}");
+    }
+    ready
+}
+
 /// Makes a `size`-byte image with `mkfs.FSTYPE -q -f OPTS`, fills it through the
 /// kernel's mount with `fill`, backs it up, and asserts the mount's `files/` equals the
 /// kernel's read-only mount (`ro_opts`) path by path, the first `df_fields` of
@@ -1026,8 +1037,7 @@ pub fn check_against_kernel(
 ) {
     use rand::SeedableRng;
     let mkfs = format!("mkfs.{fstype}");
-    if !fuse_available() || Command::new(&mkfs).arg("-V").output().is_err() {
-        eprintln!("SKIP {fstype} {name}: needs FUSE, root and {mkfs}");
+    if !mkfs_ready(fstype, name) {
         return;
     }
     let t = tempfile::tempdir().unwrap();
