@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
+use std::rc::Rc;
 
 use super::{
     dir_items, le16, le32, le64, BtrfsFs, Key, DIR_INDEX, EXTENT_CSUM, EXTENT_DATA, INODE_ITEM,
@@ -90,7 +91,7 @@ pub(super) fn replay(fs: &BtrfsFs) -> io::Result<Option<(BTreeMap<u64, Edits>, R
             fs,
             root: fs.tree(subvol)?,
             edits: Edits::new(),
-            log: items.into_iter().collect(),
+            log: Rc::new(items.into_iter().collect()),
             fixup: BTreeSet::new(),
             dirs: BTreeSet::new(),
             files: BTreeSet::new(),
@@ -114,7 +115,8 @@ struct Replay<'a> {
     fs: &'a BtrfsFs,
     root: (u64, u8),
     edits: Edits,
-    log: BTreeMap<Key, Vec<u8>>,
+    /// The logged items in key order (shared with the passes that walk it).
+    log: Rc<BTreeMap<Key, Vec<u8>>>,
     /// Inodes whose link count is recounted at the end.
     fixup: BTreeSet<u64>,
     /// Directories whose entries changed (sizes recomputed).
@@ -153,8 +155,8 @@ impl Listed {
 
 impl Replay<'_> {
     fn run(&mut self) -> io::Result<usize> {
-        let log: Vec<(Key, Vec<u8>)> = self.log.iter().map(|(k, v)| (*k, v.clone())).collect();
-        for (k, _) in &log {
+        let log = self.log.clone();
+        for k in log.keys() {
             match k.ty {
                 INODE_ITEM | INODE_REF | XATTR_ITEM | DIR_ITEM | DIR_INDEX | DIR_LOG_ITEM
                 | DIR_LOG_INDEX | EXTENT_DATA | EXTENT_CSUM => {}
@@ -190,7 +192,7 @@ impl Replay<'_> {
                 self.replay_dir_index(*k, d)?;
             }
         }
-        for (k, d) in &log {
+        for (k, d) in log.iter() {
             if ignored.contains(&k.obj) {
                 continue;
             }

@@ -55,7 +55,6 @@ const EMPTY_SUBVOL_DIR: u64 = 2;
 /// Chunk profiles that spread one copy over several devices: readable only with all
 /// of them.
 const STRIPED: u64 = 0x8 | 0x40 | 0x80 | 0x100; // RAID0, RAID10, RAID5, RAID6
-const RAID0: u64 = 0x8;
 const RAID10: u64 = 0x40;
 const RAID5: u64 = 0x80;
 const RAID6: u64 = 0x100;
@@ -614,7 +613,6 @@ impl BtrfsFs {
                 Ok(Some((edits, mut st))) => {
                     fs.edits = edits;
                     fs.log_csums = std::mem::take(&mut st.csums);
-                    fs.roots.lock().unwrap().clear();
                     tracing::warn!(
                         "{}: btrfs fsync log replayed in memory: {} logged item(s) of {} inode(s) in {} subvolume(s)",
                         fs.label,
@@ -798,7 +796,7 @@ impl BtrfsFs {
                 let (row, idx) = (nr / data, nr % data);
                 ((row + idx) % n, 1, row)
             } else {
-                let _ = RAID0;
+                // RAID0: stripes in turn.
                 (nr % n, 1, nr / n)
             };
             (first..first.saturating_add(count).min(n))
