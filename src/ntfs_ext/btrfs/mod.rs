@@ -1439,11 +1439,17 @@ impl BtrfsFs {
                         let sector = self.sb.sectorsize as u64;
                         let a = at / sector * sector;
                         let z = (at + dst.len() as u64).div_ceil(sector) * sector;
-                        let mut whole = vec![0u8; (z - a) as usize];
-                        self.read_logical(a, &mut whole)?;
-                        self.check_data(a, &whole)?;
-                        let from = (at - a) as usize;
-                        dst.copy_from_slice(&whole[from..from + dst.len()]);
+                        if a == at && z - a == dst.len() as u64 {
+                            // Already whole sectors (a page-aligned read): in place.
+                            self.read_logical(at, dst)?;
+                            self.check_data(at, dst)?;
+                        } else {
+                            let mut whole = vec![0u8; (z - a) as usize];
+                            self.read_logical(a, &mut whole)?;
+                            self.check_data(a, &whole)?;
+                            let from = (at - a) as usize;
+                            dst.copy_from_slice(&whole[from..from + dst.len()]);
+                        }
                     } else {
                         self.read_logical(at, dst)?;
                     }
