@@ -6,7 +6,10 @@
 //!   pack files, blocks (content hash → pack location), devices, points and the block map.
 //! - `packs/NNNNNNNN.pack`: append-only pack files. Each starts with [`PACK_MAGIC`] and
 //!   holds records of [`RECORD_HEADER_LEN`]-byte header + stored bytes.
-//! - `lock`: `flock`ed by the one writer (backup) so two backups never interleave.
+//! - `lock`: `flock`ed by the one writer (backup or forget) so two never interleave.
+//!
+//! `forget` adds a `reclaim(pack)` table (packs whose freed records still need holes
+//! punched) and `meta` keys `block_high`/`pack_high`, so freed ids are never reused.
 
 use std::path::{Path, PathBuf};
 
@@ -271,11 +274,9 @@ mod tests {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time, the one time format users see.
-pub fn utc_string(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (proleptic Gregorian), valid for all i64 day counts we meet.
+/// Year, month (1–12) and day of a count of days since 1970-01-01 (proleptic
+/// Gregorian): the calendar that point names and retention buckets share.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -285,6 +286,13 @@ pub fn utc_string(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m as u32, d as u32)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time, the one time format users see.
+pub fn utc_string(secs: i64) -> String {
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,

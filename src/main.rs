@@ -95,11 +95,39 @@ enum Cmd {
         /// The mount point.
         mountpoint: PathBuf,
     },
-    /// A tour on sample data it makes itself: back up, list, restore, verify, mount.
+    /// A tour on sample data it makes itself: back up, list, restore, verify, mount, forget.
     Demo {
         /// Keep the demo's files here instead of a temporary directory.
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Remove recovery points (by id or by --keep-* rules) and free the space only they used.
+    Forget {
+        /// The safe directory.
+        safe: PathBuf,
+        /// Points to forget: ids, `latest`, or ranges like 3-7.
+        points: Vec<String>,
+        /// Keep the N newest points.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_last: u32,
+        /// Keep the newest point of each of the N newest hours that have points.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_hourly: u32,
+        /// Keep the newest point of each of the N newest days (UTC) that have points.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_daily: u32,
+        /// Keep the newest point of each of the N newest weeks (Monday–Sunday, UTC).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_weekly: u32,
+        /// Keep the newest point of each of the N newest months (UTC).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_monthly: u32,
+        /// Keep the newest point of each of the N newest years (UTC).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_yearly: u32,
+        /// Only print what would be forgotten; change nothing.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
     },
     /// Read every stored block and index entry; exit non-zero on damage.
     Verify {
@@ -234,6 +262,62 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         })?,
         Cmd::Umount { mountpoint } => disksafe::fs::mount::umount(&mountpoint)?,
         Cmd::Demo { dir } => disksafe::demo::run(dir.as_deref())?,
+        Cmd::Forget {
+            safe,
+            points,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            dry_run,
+        } => {
+            let req = backup::ForgetRequest {
+                points,
+                policy: backup::Policy {
+                    last: keep_last,
+                    hourly: keep_hourly,
+                    daily: keep_daily,
+                    weekly: keep_weekly,
+                    monthly: keep_monthly,
+                    yearly: keep_yearly,
+                },
+                dry_run,
+            };
+            let r = backup::forget(&safe, &req)?;
+            let verb = if dry_run { "would forget" } else { "forgot" };
+            if r.kept.is_empty() {
+                for (id, created) in &r.forgotten {
+                    println!("forget {id:>6}  {}", rfc3339(*created));
+                }
+            } else {
+                for (id, created, why) in &r.kept {
+                    if why.is_empty() {
+                        println!("forget {id:>6}  {}", rfc3339(*created));
+                    } else {
+                        println!("keep   {id:>6}  {}  {}", rfc3339(*created), why.join(", "));
+                    }
+                }
+            }
+            if dry_run {
+                eprintln!("{verb} {} point(s); nothing was changed", r.forgotten.len());
+            } else {
+                eprintln!(
+                    "{verb} {} point(s); freed {} in {} block(s) no point uses, {} pack file(s) removed",
+                    r.forgotten.len(),
+                    human(r.bytes_freed),
+                    r.blocks_freed,
+                    r.packs_removed
+                );
+                if r.bytes_not_punched > 0 {
+                    eprintln!(
+                        "warning: the safe's filesystem cannot punch holes: {} of that stays allocated in the packs",
+                        human(r.bytes_not_punched)
+                    );
+                }
+            }
+        }
         Cmd::Verify { safe } => {
             let report = disksafe::verify::verify(&safe)?;
             disksafe::verify::print(&report);

@@ -306,7 +306,7 @@ fn readers_work_while_a_backup_runs_and_only_one_backup_writes() {
         "backup still running when frozen"
     );
     let err = fails(&["backup", s(&safe), s(&a)]);
-    assert!(err.contains("another backup is writing"), "{err}");
+    assert!(err.contains("another backup or forget is writing"), "{err}");
     let pts: serde_json::Value =
         serde_json::from_str(&ok(&["points", s(&safe), "--json"])).unwrap();
     assert_eq!(

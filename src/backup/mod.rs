@@ -9,6 +9,7 @@
 //!    truncates each pack to its committed length and removes unknown pack files.
 
 mod changed;
+mod forget;
 mod live;
 mod pipeline;
 
@@ -27,6 +28,7 @@ use crate::format::{self, Hash, Quick, RecordHeader, SafeParams, RECORD_HEADER_L
 use crate::size::human;
 
 pub use changed::parse_changed_blocks;
+pub use forget::{forget, plan, ForgetReport, ForgetRequest, Policy};
 use pipeline::{BlockOutcome, Job};
 
 /// One `[NAME=]SOURCE` argument.
@@ -223,7 +225,10 @@ fn open_for_write(
             _ => anyhow::Error::from(e).context(format!("opening the lock of {}", dir.display())),
         })?;
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("another backup is writing to {} right now", dir.display());
+        bail!(
+            "another backup or forget is writing to {} right now",
+            dir.display()
+        );
     }
     let conn = Connection::open(&db).with_context(|| format!("opening {}", db.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
@@ -282,8 +287,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Reclaims what an interrupted backup left: its incomplete points, pack tails past the
-/// committed length, and pack files the index does not know.
+/// Reclaims what an interrupted backup left (its incomplete points, pack tails past the
+/// committed length, pack files the index does not know) and finishes freeing the packs
+/// an interrupted `forget` queued.
 fn recover(conn: &Connection, dir: &Path) -> anyhow::Result<()> {
     let tx = conn.unchecked_transaction()?;
     let stale: Vec<i64> = {
@@ -331,6 +337,7 @@ fn recover(conn: &Connection, dir: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    forget::reclaim(conn, dir)?;
     Ok(())
 }
 
@@ -338,10 +345,14 @@ impl Writer {
     fn open(dir: &Path, opts: &BackupOptions) -> anyhow::Result<Writer> {
         let (conn, lock, params) = open_for_write(dir, opts)?;
         recover(&conn, dir)?;
-        let next_block_id: i64 =
-            conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM blocks", [], |r| {
-                r.get(0)
-            })?;
+        // Never below the high mark: `forget` may have deleted the newest ids, and a
+        // mount's block cache must not take a new block for a freed one.
+        let next_block_id: i64 = conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM blocks", [], |r| {
+                r.get::<_, i64>(0)
+            })?
+            .max(forget::mark(&conn, forget::BLOCK_HIGH)?)
+            + 1;
         conn.execute("INSERT INTO points(created) VALUES (?1)", [now_secs()])?;
         let point = conn.last_insert_rowid();
         Ok(Writer {
@@ -391,11 +402,13 @@ impl Writer {
             self.pack = None;
         }
         if self.pack.is_none() {
-            let id: i64 =
-                self.conn
-                    .query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM packs", [], |r| {
-                        r.get(0)
-                    })?;
+            let id: i64 = self
+                .conn
+                .query_row("SELECT COALESCE(MAX(id), 0) FROM packs", [], |r| {
+                    r.get::<_, i64>(0)
+                })?
+                .max(forget::mark(&self.conn, forget::PACK_HIGH)?)
+                + 1;
             let path = format::pack_path(&self.dir, id);
             let mut file = OpenOptions::new()
                 .create_new(true)

@@ -147,6 +147,14 @@ pub struct Safe {
 /// satisfies every logical block size in use.
 const DIRECT_ALIGN: usize = 4096;
 
+/// Whether `point` is still a complete point. Asked in the same read transaction as a
+/// map query: once `forget` removes a point its map rows answer for other points, so a
+/// reader of the removed point must get an error, never another point's blocks.
+fn point_alive(c: &Connection, point: i64) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT 1 FROM points WHERE id = ?1 AND complete = 1")?
+        .exists([point])
+}
+
 /// Opens the index read-only; shared by every reader so none can write by accident.
 /// `immutable`: read `safe.db` as a file that cannot change (see [`Safe::open`]).
 fn open_ro(dir: &Path, immutable: bool) -> anyhow::Result<Connection> {
@@ -399,14 +407,28 @@ impl Safe {
         limit: usize,
     ) -> anyhow::Result<Vec<u64>> {
         let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
-        self.with_conn(|c| {
-            let mut st = c.prepare_cached(format::DATA_BLOCKS_SQL)?;
+        let found = self.with_conn(|c| {
+            let tx = c.unchecked_transaction()?;
+            if !point_alive(&tx, point)? {
+                return Ok(None);
+            }
+            let mut st = tx.prepare_cached(format::DATA_BLOCKS_SQL)?;
             let rows = st.query_map(
                 rusqlite::params![device, point, clamp(from), clamp(end), clamp(limit as u64)],
                 |r| r.get::<_, i64>(0),
             )?;
-            rows.map(|r| r.map(|b| b as u64)).collect()
-        })
+            rows.map(|r| r.map(|b| b as u64))
+                .collect::<rusqlite::Result<_>>()
+                .map(Some)
+        })?;
+        found.ok_or_else(|| self.forgotten(point))
+    }
+
+    fn forgotten(&self, point: i64) -> anyhow::Error {
+        anyhow::anyhow!(
+            "point {point} was forgotten (removed from {}) while it was being read",
+            self.dir.display()
+        )
     }
 
     /// Block locations for blocks `start..start+count` of `device` at `point`; `None`
@@ -421,8 +443,12 @@ impl Safe {
         if count == 0 {
             return Ok(Vec::new());
         }
-        self.with_conn(|c| {
-            let mut st = c.prepare_cached(format::MAP_RUN_SQL)?;
+        let found = self.with_conn(|c| {
+            let tx = c.unchecked_transaction()?;
+            if !point_alive(&tx, point)? {
+                return Ok(None);
+            }
+            let mut st = tx.prepare_cached(format::MAP_RUN_SQL)?;
             let mut out = Vec::with_capacity(count as usize);
             let mut rows = st.query(rusqlite::params![
                 device,
@@ -462,8 +488,9 @@ impl Safe {
                     }
                 });
             }
-            Ok(out)
-        })
+            Ok(Some(out))
+        })?;
+        found.ok_or_else(|| self.forgotten(point))
     }
 
     /// The first block in `from..to` whose newest row at `point` is not known to be

@@ -1,0 +1,643 @@
+//! `disksafe forget`: removes recovery points, by id or by a retention policy, and gives
+//! the space of blocks no remaining point uses back to the filesystem.
+//!
+//! Every point is a virtual full: block B of device D at point P is the newest map row
+//! of (D, B) at or before P. Removing P therefore moves each of its rows to the next
+//! remaining point of D when that point inherited it (no row of its own in between),
+//! and drops it otherwise; the remaining points read exactly what they read before.
+//! All of that, the points' rows and the unused blocks' rows go in one transaction, so
+//! a crash leaves either the old safe or the new one. The freed records' bytes are then
+//! punched out of their packs (holes; offsets of live records never move), or whole
+//! packs removed, driven by the `reclaim` table so an interrupted run is finished by
+//! the next `forget` or `backup`. Block and pack ids are never reused (`meta`'s high
+//! marks): a mount's block cache, keyed by id, must never mistake a new block for a
+//! freed one.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::format::{self, civil_from_days, RECORD_HEADER_LEN, ZERO_BLOCK};
+use crate::safe_reader::Safe;
+
+/// How many of the newest points each rule keeps; a point kept by any rule stays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// The newest N points.
+    pub last: u32,
+    /// The newest point of each of the N newest hours that have points.
+    pub hourly: u32,
+    /// The same per day (UTC).
+    pub daily: u32,
+    /// The same per week (Monday to Sunday, UTC).
+    pub weekly: u32,
+    /// The same per calendar month (UTC).
+    pub monthly: u32,
+    /// The same per calendar year (UTC).
+    pub yearly: u32,
+}
+
+impl Policy {
+    /// True when no rule keeps anything, which would forget every point.
+    pub fn is_empty(&self) -> bool {
+        self.rules().iter().all(|(_, n, _)| *n == 0)
+    }
+
+    /// (name, count, bucket of a creation time) per rule; points in one bucket compete.
+    #[allow(clippy::type_complexity)]
+    fn rules(&self) -> [(&'static str, u32, fn(i64, i64) -> i64); 6] {
+        fn month(secs: i64) -> (i64, u32) {
+            let (y, m, _) = civil_from_days(secs.div_euclid(86_400));
+            (y, m)
+        }
+        [
+            ("last", self.last, |id, _| id),
+            ("hourly", self.hourly, |_, t| t.div_euclid(3600)),
+            ("daily", self.daily, |_, t| t.div_euclid(86_400)),
+            // 1970-01-01 was a Thursday: shifting by 3 days starts weeks on Mondays.
+            ("weekly", self.weekly, |_, t| {
+                (t.div_euclid(86_400) + 3).div_euclid(7)
+            }),
+            ("monthly", self.monthly, |_, t| {
+                let (y, m) = month(t);
+                y * 12 + m as i64
+            }),
+            ("yearly", self.yearly, |_, t| month(t).0),
+        ]
+    }
+}
+
+/// For each point (id, creation time), the rules that keep it; an empty list means the
+/// policy forgets it. Walks newest first: each rule keeps the newest point of each of
+/// its N newest buckets.
+pub fn plan(points: &[(i64, i64)], policy: &Policy) -> Vec<(i64, Vec<&'static str>)> {
+    let mut order: Vec<(i64, i64)> = points.to_vec();
+    order.sort_by_key(|&(id, t)| std::cmp::Reverse((t, id)));
+    let mut reasons: HashMap<i64, Vec<&'static str>> = HashMap::new();
+    for (name, count, bucket) in policy.rules() {
+        let mut last_bucket = None;
+        let mut kept = 0;
+        for &(id, t) in &order {
+            if kept == count {
+                break;
+            }
+            let b = bucket(id, t);
+            if last_bucket != Some(b) {
+                last_bucket = Some(b);
+                kept += 1;
+                reasons.entry(id).or_default().push(name);
+            }
+        }
+    }
+    let mut out: Vec<(i64, Vec<&'static str>)> = points
+        .iter()
+        .map(|&(id, _)| (id, reasons.remove(&id).unwrap_or_default()))
+        .collect();
+    out.sort_by_key(|(id, _)| *id);
+    out
+}
+
+/// What the user asked `forget` to remove.
+#[derive(Debug, Clone, Default)]
+pub struct ForgetRequest {
+    /// Point ids, `latest`, or inclusive ranges `A-B`; exclusive with a policy.
+    pub points: Vec<String>,
+    /// Retention rules: every point they do not keep is forgotten.
+    pub policy: Policy,
+    /// Only say what would be forgotten; the safe is opened read-only.
+    pub dry_run: bool,
+}
+
+/// A point before the run: (id, created, the rules that keep it; none: forgotten).
+pub type Kept = (i64, i64, Vec<&'static str>);
+
+/// What `forget` decided and did.
+#[derive(Debug, Default)]
+pub struct ForgetReport {
+    /// Every point before the run: (id, created, the rules that keep it); only filled
+    /// for a policy.
+    pub kept: Vec<Kept>,
+    /// Points removed (or that would be, on a dry run): (id, created).
+    pub forgotten: Vec<(i64, i64)>,
+    /// Stored blocks no point used any more, removed from the index.
+    pub blocks_freed: u64,
+    /// Their records' bytes in the packs.
+    pub bytes_freed: u64,
+    /// Packs removed whole because nothing in them was used any more.
+    pub packs_removed: u64,
+    /// Freed bytes left allocated because the safe's filesystem cannot punch holes.
+    pub bytes_not_punched: u64,
+}
+
+/// Resolves the request against the complete points (id, created), oldest first.
+fn choose(
+    points: &[(i64, i64)],
+    req: &ForgetRequest,
+    dir: &Path,
+) -> anyhow::Result<(BTreeSet<i64>, Vec<Kept>)> {
+    let policy = !req.policy.is_empty();
+    if policy && !req.points.is_empty() {
+        bail!("name points to forget or give --keep-* rules, not both");
+    }
+    if !policy && req.points.is_empty() {
+        bail!("nothing to forget: name points (ids, `latest`, ranges like 3-7) or give --keep-* rules");
+    }
+    let ids: BTreeSet<i64> = points.iter().map(|p| p.0).collect();
+    if policy {
+        let plan = plan(points, &req.policy);
+        let created: HashMap<i64, i64> = points.iter().copied().collect();
+        let forget = plan
+            .iter()
+            .filter(|(_, why)| why.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        let kept = plan
+            .into_iter()
+            .map(|(id, why)| (id, created[&id], why))
+            .collect();
+        return Ok((forget, kept));
+    }
+    let mut forget = BTreeSet::new();
+    for spec in &req.points {
+        if spec == "latest" {
+            let Some(&newest) = ids.last() else {
+                bail!("{} holds no recovery points", dir.display());
+            };
+            forget.insert(newest);
+            continue;
+        }
+        let bad = || {
+            anyhow::anyhow!(
+                "invalid point {spec:?}: expected a number, `latest` or a range like 3-7"
+            )
+        };
+        if let Some((a, b)) = spec.split_once('-') {
+            let a: i64 = a.trim().parse().map_err(|_| bad())?;
+            let b: i64 = b.trim().parse().map_err(|_| bad())?;
+            if a > b {
+                return Err(bad());
+            }
+            let hit: Vec<i64> = ids.range(a..=b).copied().collect();
+            if hit.is_empty() {
+                bail!("no recovery point in {a}-{b} in {}", dir.display());
+            }
+            forget.extend(hit);
+        } else {
+            let id: i64 = spec.parse().map_err(|_| bad())?;
+            if !ids.contains(&id) {
+                bail!("no recovery point {id} in {}", dir.display());
+            }
+            forget.insert(id);
+        }
+    }
+    Ok((forget, Vec::new()))
+}
+
+/// Runs `forget`: decides, then (unless a dry run) removes the points and frees space.
+pub fn forget(dir: &Path, req: &ForgetRequest) -> anyhow::Result<ForgetReport> {
+    // The readers' checks first: a path that is no safe, or a newer format, fails the
+    // same way as for every other command, and nothing is created.
+    let reader = Safe::open(dir)?;
+    if req.dry_run {
+        let points: Vec<(i64, i64)> = reader.points()?.iter().map(|p| (p.id, p.created)).collect();
+        let (chosen, kept) = choose(&points, req, dir)?;
+        let forgotten = points
+            .into_iter()
+            .filter(|p| chosen.contains(&p.0))
+            .collect();
+        return Ok(ForgetReport {
+            kept,
+            forgotten,
+            ..Default::default()
+        });
+    }
+    drop(reader);
+    let (conn, _lock, _) = super::open_for_write(dir, &super::BackupOptions::default())?;
+    super::recover(&conn, dir)?;
+    let points: Vec<(i64, i64)> = {
+        let mut st =
+            conn.prepare("SELECT id, created FROM points WHERE complete = 1 ORDER BY id")?;
+        let v = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        v
+    };
+    let (chosen, kept) = choose(&points, req, dir)?;
+    let mut report = ForgetReport {
+        kept,
+        forgotten: points
+            .iter()
+            .copied()
+            .filter(|p| chosen.contains(&p.0))
+            .collect(),
+        ..Default::default()
+    };
+
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS reclaim(pack INTEGER PRIMARY KEY)")?;
+    let block_size = format::read_params(&tx, dir)?.block_size as u64;
+    remove_points(&tx, &chosen, block_size)?;
+    let (blocks, bytes) = drop_unused_blocks(&tx)?;
+    report.blocks_freed = blocks;
+    report.bytes_freed = bytes;
+    tx.commit().context("committing to the index")?;
+    for &(id, _) in &report.forgotten {
+        tracing::info!("forgot point {id}");
+    }
+    let (removed, unpunched) = reclaim(&conn, dir)?;
+    report.packs_removed = removed;
+    report.bytes_not_punched = unpunched;
+    // The deletions sit in the WAL; fold them into safe.db so it stops growing.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    Ok(report)
+}
+
+/// Removes the points' map rows (moving the ones later points inherit), their devices
+/// and the points themselves. Rows are visited one device and one range of blocks at a
+/// time, so memory stays bounded whatever the device size.
+fn remove_points(tx: &Connection, chosen: &BTreeSet<i64>, block_size: u64) -> anyhow::Result<()> {
+    if chosen.is_empty() {
+        return Ok(());
+    }
+    // Per device, its points that stay with their sizes in blocks, in order; and the
+    // devices the chosen points hold.
+    let mut remaining: HashMap<i64, Vec<(i64, u64)>> = HashMap::new();
+    let mut touched: BTreeSet<i64> = BTreeSet::new();
+    {
+        let mut st = tx.prepare(
+            "SELECT pd.point, pd.device, pd.size FROM point_devices pd JOIN points p ON p.id = pd.point
+             WHERE p.complete = 1 ORDER BY pd.point",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let (p, d, size): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            if chosen.contains(&p) {
+                touched.insert(d);
+            } else {
+                let blocks = (size.max(0) as u64).div_ceil(block_size);
+                remaining.entry(d).or_default().push((p, blocks));
+            }
+        }
+    }
+    const SPAN: i64 = 1 << 16;
+    for &dev in &touched {
+        let stay = remaining.get(&dev).map(|v| v.as_slice()).unwrap_or(&[]);
+        let max: Option<i64> = tx.query_row(
+            "SELECT MAX(block_no) FROM block_map WHERE device = ?1",
+            [dev],
+            |r| r.get(0),
+        )?;
+        let Some(max) = max else { continue };
+        let mut lo = 0i64;
+        while lo <= max {
+            let hi = lo.saturating_add(SPAN);
+            // (block_no, point, block) in key order: each block's rows by point.
+            let rows: Vec<(i64, i64, i64)> = {
+                let mut st = tx.prepare_cached(
+                    "SELECT block_no, point, block FROM block_map
+                     WHERE device = ?1 AND block_no >= ?2 AND block_no < ?3",
+                )?;
+                let v = st
+                    .query_map(params![dev, lo, hi], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                v
+            };
+            let mut del = tx.prepare_cached(
+                "DELETE FROM block_map WHERE device = ?1 AND block_no = ?2 AND point = ?3",
+            )?;
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO block_map(device, block_no, point, block) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (i, &(b, p, blk)) in rows.iter().enumerate() {
+                if !chosen.contains(&p) {
+                    continue;
+                }
+                // The next point of this device that stays inherits this row unless a
+                // newer row of the same block comes first. Where that point's device
+                // ends before the block, only a zero row can still be inherited (by a
+                // later point that grew: a backup rewrites data blocks past its
+                // previous point's end, but takes zeros there as unchanged).
+                let heir = stay.iter().find(|q| q.0 > p).copied();
+                let next_row = rows.get(i + 1).filter(|r| r.0 == b).map(|r| r.1);
+                del.execute(params![dev, b, p])?;
+                if let Some((n, blocks)) = heir {
+                    if next_row.is_none_or(|q| q > n) && ((b as u64) < blocks || blk == ZERO_BLOCK)
+                    {
+                        ins.execute(params![dev, b, n, blk])?;
+                    }
+                }
+            }
+            lo = hi;
+        }
+    }
+    for p in chosen {
+        tx.execute("DELETE FROM point_devices WHERE point = ?1", [p])?;
+        tx.execute("DELETE FROM points WHERE id = ?1", [p])?;
+    }
+    Ok(())
+}
+
+/// Deletes every stored block no map row names (a forgotten point's, or one an
+/// interrupted backup stored), queues their packs for [`reclaim`], and raises the
+/// block id high mark so no id is handed out twice. Returns (blocks, record bytes).
+fn drop_unused_blocks(tx: &Connection) -> anyhow::Result<(u64, u64)> {
+    let ids: Vec<i64> = {
+        let mut st = tx.prepare("SELECT id FROM blocks ORDER BY id")?;
+        let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        v
+    };
+    let Some(&max_id) = ids.last() else {
+        return Ok((0, 0));
+    };
+    let mut used = vec![0u64; ids.len().div_ceil(64)];
+    {
+        let mut st = tx.prepare("SELECT block FROM block_map")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let b: i64 = r.get(0)?;
+            if b == ZERO_BLOCK {
+                continue;
+            }
+            if let Ok(i) = ids.binary_search(&b) {
+                used[i / 64] |= 1 << (i % 64);
+            }
+        }
+    }
+    let unused: Vec<i64> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| used[i / 64] & (1 << (i % 64)) == 0)
+        .map(|(_, &id)| id)
+        .collect();
+    drop(ids);
+    let mut bytes = 0u64;
+    let mut packs = HashSet::new();
+    {
+        let mut get = tx.prepare_cached("SELECT pack, stored_len FROM blocks WHERE id = ?1")?;
+        let mut del = tx.prepare_cached("DELETE FROM blocks WHERE id = ?1")?;
+        for &id in &unused {
+            let (pack, len): (i64, i64) = get.query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            bytes += RECORD_HEADER_LEN as u64 + len.max(0) as u64;
+            packs.insert(pack);
+            del.execute([id])?;
+        }
+        let mut q = tx.prepare_cached("INSERT OR IGNORE INTO reclaim(pack) VALUES (?1)")?;
+        for p in &packs {
+            q.execute([p])?;
+        }
+    }
+    raise_mark(tx, BLOCK_HIGH, max_id)?;
+    Ok((unused.len() as u64, bytes))
+}
+
+/// `meta` key: the highest block id ever handed out.
+pub(super) const BLOCK_HIGH: &str = "block_high";
+/// `meta` key: the highest pack id ever handed out.
+pub(super) const PACK_HIGH: &str = "pack_high";
+
+/// The high mark `key` (0 when never set).
+pub(super) fn mark(conn: &Connection, key: &str) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+fn raise_mark(conn: &Connection, key: &str, to: i64) -> rusqlite::Result<()> {
+    if to > mark(conn, key)? {
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+            params![key, to.to_string()],
+        )?;
+    }
+    Ok(())
+}
+
+/// Gives queued packs' unused bytes back: a pack nothing uses is removed, others get
+/// holes punched between their live records. Idempotent, so `recover` can finish what
+/// an interrupted `forget` left. Returns (packs removed, bytes left allocated where the
+/// filesystem cannot punch holes).
+pub(super) fn reclaim(conn: &Connection, dir: &Path) -> anyhow::Result<(u64, u64)> {
+    let has_table = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reclaim'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !has_table {
+        return Ok((0, 0));
+    }
+    let queued: Vec<i64> = {
+        let mut st = conn.prepare("SELECT pack FROM reclaim ORDER BY pack")?;
+        let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        v
+    };
+    if queued.is_empty() {
+        return Ok((0, 0));
+    }
+    let want: HashSet<i64> = queued.iter().copied().collect();
+    let mut live: HashMap<i64, Vec<(u64, u64)>> = HashMap::new();
+    {
+        let mut st = conn.prepare("SELECT pack, offset, stored_len FROM blocks")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let pack: i64 = r.get(0)?;
+            if want.contains(&pack) {
+                let off = r.get::<_, i64>(1)?.max(0) as u64;
+                let len = RECORD_HEADER_LEN as u64 + r.get::<_, i64>(2)?.max(0) as u64;
+                live.entry(pack).or_default().push((off, off + len));
+            }
+        }
+    }
+    let mut removed = 0;
+    let mut unpunched = 0;
+    for pack in queued {
+        let committed: Option<i64> = conn
+            .query_row(
+                "SELECT committed_len FROM packs WHERE id = ?1",
+                [pack],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let path = format::pack_path(dir, pack);
+        match (committed, live.remove(&pack)) {
+            (None, _) => {}
+            (Some(_), None) => {
+                // Out of the index first: a crash before the unlink leaves a file
+                // `recover` removes, never an index naming a missing pack.
+                let tx = conn.unchecked_transaction()?;
+                raise_mark(&tx, PACK_HIGH, pack)?;
+                tx.execute("DELETE FROM packs WHERE id = ?1", [pack])?;
+                tx.execute("DELETE FROM reclaim WHERE pack = ?1", [pack])?;
+                tx.commit()?;
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(anyhow::Error::from(e)
+                            .context(format!("removing unused pack {}", path.display())))
+                    }
+                    _ => {}
+                }
+                removed += 1;
+                continue;
+            }
+            (Some(end), Some(mut records)) => {
+                records.sort_unstable();
+                unpunched += punch_gaps(&path, &records, end.max(0) as u64)?;
+            }
+        }
+        conn.execute("DELETE FROM reclaim WHERE pack = ?1", [pack])?;
+    }
+    if removed > 0 {
+        super::sync_dir(&dir.join("packs"))?;
+    }
+    Ok((removed, unpunched))
+}
+
+/// Punches holes over every byte of a pack between its header, its live records and
+/// its committed end. Returns the bytes left allocated where punching is unsupported.
+fn punch_gaps(path: &Path, records: &[(u64, u64)], end: u64) -> anyhow::Result<u64> {
+    let file = match OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => {
+            return Err(anyhow::Error::from(e).context(format!("opening pack {}", path.display())))
+        }
+    };
+    let mut gaps = Vec::new();
+    let mut at = format::PACK_MAGIC.len() as u64;
+    for &(start, stop) in records {
+        if start > at {
+            gaps.push((at, start));
+        }
+        at = at.max(stop);
+    }
+    if end > at {
+        gaps.push((at, end));
+    }
+    let mut unpunched = 0;
+    for (start, stop) in gaps {
+        let rc = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start as libc::off_t,
+                (stop - start) as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP | libc::ENOSYS) => unpunched += stop - start,
+                _ => {
+                    return Err(anyhow::Error::from(e)
+                        .context(format!("freeing space in pack {}", path.display())))
+                }
+            }
+        }
+    }
+    if unpunched > 0 {
+        tracing::warn!(
+            "{}: the filesystem cannot punch holes; {unpunched} unused bytes stay allocated",
+            path.display()
+        );
+    }
+    file.sync_all()
+        .with_context(|| format!("syncing pack {}", path.display()))?;
+    Ok(unpunched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3600;
+    const D: i64 = 86_400;
+
+    fn kept(points: &[(i64, i64)], policy: Policy) -> Vec<i64> {
+        plan(points, &policy)
+            .into_iter()
+            .filter(|(_, why)| !why.is_empty())
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    #[test]
+    fn keep_last_keeps_the_newest() {
+        let pts: Vec<(i64, i64)> = (1..=10).map(|i| (i, i * H)).collect();
+        let p = Policy {
+            last: 3,
+            ..Default::default()
+        };
+        assert_eq!(kept(&pts, p), vec![8, 9, 10]);
+        assert!(Policy::default().is_empty());
+    }
+
+    #[test]
+    fn daily_keeps_each_days_newest() {
+        // Four points a day over five days, six hours apart (2026-11-01 = day 20758).
+        let day0 = 20_758 * D;
+        let pts: Vec<(i64, i64)> = (0..20).map(|i| (i + 1, day0 + i * 6 * H)).collect();
+        let p = Policy {
+            daily: 3,
+            ..Default::default()
+        };
+        // Days 4, 3, 2: their last points are 20, 16, 12.
+        assert_eq!(kept(&pts, p), vec![12, 16, 20]);
+    }
+
+    #[test]
+    fn weeks_start_on_monday_and_months_on_the_first() {
+        // 2026-11-29 is a Sunday, 2026-11-30 a Monday; 2026-12-01 starts a month.
+        let sun = 20_786 * D;
+        assert_eq!(format::utc_string(sun), "2026-11-29T00:00:00Z");
+        let pts = [
+            (1, sun + 10 * H),
+            (2, sun + 20 * H),
+            (3, sun + D + H),
+            (4, sun + 2 * D + H),
+        ];
+        let weekly = Policy {
+            weekly: 5,
+            ..Default::default()
+        };
+        assert_eq!(kept(&pts, weekly), vec![2, 4]);
+        let monthly = Policy {
+            monthly: 5,
+            ..Default::default()
+        };
+        assert_eq!(kept(&pts, monthly), vec![3, 4]);
+        let yearly = Policy {
+            yearly: 1,
+            ..Default::default()
+        };
+        assert_eq!(kept(&pts, yearly), vec![4]);
+    }
+
+    #[test]
+    fn rules_add_up() {
+        // Hours 0..47: points 1–24 on day 0, 25–48 on day 1.
+        let pts: Vec<(i64, i64)> = (1..=48).map(|i| (i, (i - 1) * H)).collect();
+        let p = Policy {
+            last: 2,
+            daily: 2,
+            ..Default::default()
+        };
+        assert_eq!(kept(&pts, p), vec![24, 47, 48]);
+        let why = plan(&pts, &p);
+        assert_eq!(why[47].1, vec!["last", "daily"]);
+        assert_eq!(why[23].1, vec!["daily"]);
+        assert!(why[0].1.is_empty());
+    }
+}
