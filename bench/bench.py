@@ -9,6 +9,7 @@
     sudo python3 bench/bench.py ntfs      # issue: NTFS file trees (find, tar) vs ntfs-3g
     sudo python3 bench/bench.py blocksize
     sudo python3 bench/bench.py coldseq   # where cold sequential reads spend, GiB by GiB
+    sudo python3 bench/bench.py forget    # removing old points vs restic prune, qcow2 commit
 
 Needs root (mkfs, drop_caches, FUSE), the packages zstd fio restic qemu-utils e2fsprogs,
 and ~20 GB free under $BENCH_DIR (default /var/tmp/disksafe-bench). Prints one line per
@@ -606,7 +607,68 @@ def bench_coldseq():
         print(f"  {g:>4} {d / 1e6:10.0f} {dc:6.2f} {m / 1e6:10.0f} {mc:6.2f} {d / m:6.2f}")
 
 
+def allocated(path):
+    """Bytes a directory tree occupies on disk (punched holes cost nothing)."""
+    return int(out(f"du -s --block-size=1 {path}").split()[0])
+
+
+def bench_forget():
+    """Removing the 5 oldest of 10 points (each changing 1% of the image's blocks, 4 KiB
+    each, spread over the whole image): `disksafe forget --keep-last 5` against `restic
+    forget --keep-last 5 --prune` on the same history, and a qcow2 chain of the same
+    writes (zstd base + 9 overlays) thinned by committing the oldest overlays into the
+    base and rebasing the next one on it. Time and the space given back."""
+    make_image()
+    size = os.path.getsize(IMG)
+    img = os.path.join(W, "img-forget")
+    sf, rf, qf = (os.path.join(W, n) for n in ("safe-forget", "restic-forget", "qcow-forget"))
+    for d in (sf, rf, qf):
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.copy(IMG, img)
+    os.makedirs(qf)
+    env = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_REPOSITORY=rf)
+    subprocess.run(["restic", "init"], env=env, check=True, capture_output=True)
+    sh(f"qemu-img convert -c -O qcow2 -o compression_type=zstd {img} {qf}/l0.qcow2")
+    print(f"image: {size / 2**30:.2f} GiB; 10 points, each changing 1% of 64 KiB blocks (4 KiB writes)")
+    for i in range(10):
+        if i > 0:
+            rnd = random.Random(3000 + i)
+            ranges = change_blocks(img, 0.01, 3000 + i)
+            sh(f"qemu-img create -q -f qcow2 -o compression_type=zstd -b l{i-1}.qcow2 -F qcow2 {qf}/l{i}.qcow2")
+            offs = [line.split()[0] for line in open(ranges)]
+            for k in range(0, len(offs), 200):
+                cmds = " ".join(f"-c 'write -P {rnd.randrange(1, 255)} {o} 4k'" for o in offs[k:k + 200])
+                sh(f"qemu-io {cmds} {qf}/l{i}.qcow2 > /dev/null")
+        sh(f"{DS} backup {sf} disk={img} > /dev/null 2>&1")
+        subprocess.run(["restic", "backup", "--quiet", img], env=env, check=True, capture_output=True)
+    want = out(f"sha256sum {img}").split()[0]
+    before = {"disksafe": allocated(sf), "restic": allocated(rf), "qcow2": allocated(qf)}
+    sh("sync")
+    drop_caches()
+    times = {}
+    times["disksafe"] = timed(f"{DS} forget {sf} --keep-last 5")
+    drop_caches()
+    t = time.perf_counter()
+    subprocess.run(["restic", "forget", "--keep-last", "5", "--prune"], env=env, check=True,
+                   capture_output=True)
+    times["restic"] = time.perf_counter() - t
+    drop_caches()
+    times["qcow2"] = timed(f"cd {qf} && qemu-img commit -q -b l0.qcow2 l4.qcow2 && "
+                           f"qemu-img rebase -u -F qcow2 -b l0.qcow2 l5.qcow2 && "
+                           f"rm l1.qcow2 l2.qcow2 l3.qcow2 l4.qcow2")
+    after = {"disksafe": allocated(sf), "restic": allocated(rf), "qcow2": allocated(qf)}
+    print("forget the 5 oldest points (caches dropped first):")
+    for k in ("disksafe", "restic", "qcow2"):
+        print(f"  {k:<10} {times[k]:8.2f} s   {before[k] / 2**20:8.0f} MiB -> {after[k] / 2**20:8.0f} MiB"
+              f"  (freed {(before[k] - after[k]) / 2**20:.0f} MiB)", flush=True)
+    print(f"  time ratios: restic/disksafe {times['restic'] / times['disksafe']:.1f}, "
+          f"qcow2/disksafe {times['qcow2'] / times['disksafe']:.1f}")
+    got = out(f"{DS} restore {sf} latest disk - | sha256sum").split()[0]
+    print(f"  disksafe latest point after forget equals the image: {got == want}")
+    os.remove(img)
+
+
 if __name__ == "__main__":
     sh(f"cd {ROOT} && cargo build --release --bins --examples -q")
     {"safe": bench_safe, "mount": bench_mount, "ext": bench_ext, "xfs": bench_xfs, "btrfs": bench_btrfs, "ntfs": bench_ntfs, "blocksize": bench_blocksize,
-     "coldseq": bench_coldseq}[sys.argv[1]]()
+     "coldseq": bench_coldseq, "forget": bench_forget}[sys.argv[1]]()
