@@ -29,6 +29,8 @@ pub struct PointDevice {
     /// up, answered as data): repeated SEEK_HOLE calls inside one long data extent
     /// (`qemu-img convert` asks once per request) resume there instead of rescanning.
     data_hint: std::sync::Mutex<Option<(u64, u64)>>,
+    /// Source ranges the backup could not read, loaded at the first read.
+    unreadable: std::sync::OnceLock<Vec<(u64, u64)>>,
 }
 
 impl PointDevice {
@@ -43,6 +45,34 @@ impl PointDevice {
             size,
             block_size,
             data_hint: std::sync::Mutex::new(None),
+            unreadable: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Fails a read of `offset..end` that touches bytes the backup could not read: the
+    /// zeros stored there are not the device's bytes.
+    fn check_readable(&self, offset: u64, end: u64) -> io::Result<()> {
+        let ranges = match self.unreadable.get() {
+            Some(r) => r,
+            None => {
+                let r = self
+                    .cache
+                    .safe()
+                    .unreadable(self.point, self.device)
+                    .map_err(|e| self.err(offset, format!("{e:#}")))?;
+                self.unreadable.get_or_init(|| r)
+            }
+        };
+        let i = ranges.partition_point(|r| r.0 + r.1 <= offset);
+        match ranges.get(i) {
+            Some(&(start, len)) if start < end => Err(self.err(
+                start.max(offset),
+                format!(
+                    "bytes {start}..{} could not be read from the source when this point was taken",
+                    start + len
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -200,6 +230,7 @@ impl ReadAt for PointDevice {
         }
         let want = buf.len().min((self.size - offset) as usize);
         let end = offset + want as u64;
+        self.check_readable(offset, end)?;
         let bs = self.block_size;
         let (first, last) = (offset / bs, (end - 1) / bs);
         let locs = self.locs(first, last)?;

@@ -14,7 +14,11 @@
 use std::path::{Path, PathBuf};
 
 /// The format this build writes and the newest it reads; bumped on incompatible change.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2 added `unreadable` (source ranges a backup could not read, which readers must
+/// refuse rather than serve as the zeros stored there) and `forget`'s id high marks,
+/// both of which a version-1 reader would ignore to its users' harm; writers upgrade a
+/// version-1 safe when they open it.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Chosen from the block-size benchmark (BENCHMARKS.md): 64 KiB gave the fastest random
 /// 4 KiB reads, while 1 MiB blocks saved only 5% of space at 8x the random-read cost.
@@ -90,6 +94,18 @@ CREATE TABLE block_map(
     point INTEGER NOT NULL,
     block INTEGER NOT NULL,
     PRIMARY KEY(device, block_no, point)
+) WITHOUT ROWID;
+";
+
+/// Byte ranges of a device that could not be read when a point was taken (`backup
+/// --skip-unreadable`): stored as zeros, refused by readers. Added in version 2.
+pub const UNREADABLE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS unreadable(
+    point INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    len INTEGER NOT NULL,
+    PRIMARY KEY(point, device, offset)
 ) WITHOUT ROWID;
 ";
 

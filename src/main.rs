@@ -40,6 +40,9 @@ enum Cmd {
         /// NAME=FILE: byte ranges (`offset length` per line) changed since the previous point.
         #[arg(long, value_name = "NAME=FILE")]
         changed_blocks: Vec<String>,
+        /// On read errors, keep what reads and record the rest as unreadable (failing disks).
+        #[arg(long)]
+        skip_unreadable: bool,
     },
     /// List the recovery points.
     Points {
@@ -148,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             compression,
             block_size,
             changed_blocks,
+            skip_unreadable,
         } => {
             if let Some(level) = compression {
                 if !(0..=22).contains(&level) {
@@ -185,6 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 block_size,
                 changed_blocks: cb,
                 progress: std::io::stderr().is_terminal(),
+                skip_unreadable,
             };
             let id = backup::backup(&safe, &sources, &opts)?;
             println!("{id}");
@@ -193,17 +198,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let safe = Safe::open(&safe)?;
             let points = safe.points()?;
             if json {
-                let v: Vec<serde_json::Value> = points
-                    .iter()
-                    .map(|p| {
-                        serde_json::json!({
-                            "id": p.id,
-                            "created": rfc3339(p.created),
-                            "bytes_added": p.bytes_added,
-                            "devices": p.devices.iter().map(|d| serde_json::json!({"name": d.name, "size": d.size})).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
+                let mut v: Vec<serde_json::Value> = Vec::new();
+                for p in &points {
+                    let mut devs = Vec::new();
+                    for d in &p.devices {
+                        let bad: u64 = safe.unreadable(p.id, d.id)?.iter().map(|r| r.1).sum();
+                        devs.push(serde_json::json!({"name": d.name, "size": d.size, "unreadable_bytes": bad}));
+                    }
+                    v.push(serde_json::json!({
+                        "id": p.id,
+                        "created": rfc3339(p.created),
+                        "bytes_added": p.bytes_added,
+                        "devices": devs,
+                    }));
+                }
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!(
@@ -211,11 +219,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "point", "created (UTC)", "added"
                 );
                 for p in &points {
-                    let devs: Vec<String> = p
-                        .devices
-                        .iter()
-                        .map(|d| format!("{} ({})", d.name, human(d.size)))
-                        .collect();
+                    let mut devs: Vec<String> = Vec::new();
+                    for d in &p.devices {
+                        let bad: u64 = safe.unreadable(p.id, d.id)?.iter().map(|r| r.1).sum();
+                        devs.push(if bad > 0 {
+                            format!("{} ({}, {} unreadable)", d.name, human(d.size), human(bad))
+                        } else {
+                            format!("{} ({})", d.name, human(d.size))
+                        });
+                    }
                     println!(
                         "{:>6}  {:<20}  {:>12}  {}",
                         p.id,

@@ -116,6 +116,22 @@ pub fn restore(safe_dir: &Path, point: &str, device: &str, output: &str) -> anyh
         if let Out::File { created: true, .. } = out {
             let _ = std::fs::remove_file(output);
         }
+    } else {
+        let bad = safe.unreadable(p.id, d.id)?;
+        if !bad.is_empty() {
+            let total: u64 = bad.iter().map(|r| r.1).sum();
+            eprintln!(
+                "warning: device {device} at point {}: {total} byte(s) in {} range(s) could not be read from the source at backup; they are written as zeros:",
+                p.id,
+                bad.len()
+            );
+            for (off, len) in bad.iter().take(20) {
+                eprintln!("  bytes {off}..{}", off + len);
+            }
+            if bad.len() > 20 {
+                eprintln!("  ... and {} more range(s)", bad.len() - 20);
+            }
+        }
     }
     result.map_err(|e| {
         e.context(format!(

@@ -338,6 +338,7 @@ fn remove_points(tx: &Connection, chosen: &BTreeSet<i64>, block_size: u64) -> an
         }
     }
     for p in chosen {
+        tx.execute("DELETE FROM unreadable WHERE point = ?1", [p])?;
         tx.execute("DELETE FROM point_devices WHERE point = ?1", [p])?;
         tx.execute("DELETE FROM points WHERE id = ?1", [p])?;
     }

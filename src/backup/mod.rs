@@ -87,6 +87,9 @@ pub struct BackupOptions {
     pub changed_blocks: HashMap<String, PathBuf>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Record what a failing source lets us read, the rest as unreadable ranges,
+    /// instead of failing the backup.
+    pub skip_unreadable: bool,
 }
 
 /// The size of a regular file or block device, since block devices report 0 in metadata.
@@ -158,6 +161,8 @@ struct Writer {
     session: HashMap<Hash, i64>,
     new_blocks: Vec<NewBlock>,
     new_map: Vec<(i64, u64, i64)>,
+    /// (device, offset, len) of source ranges that could not be read.
+    new_unreadable: Vec<(i64, u64, u64)>,
     pending_bytes: u64,
     bytes_added: u64,
     point: i64,
@@ -262,6 +267,7 @@ fn open_for_write(
         sync_dir(dir)?;
     }
     let params = format::read_params(&conn, dir)?;
+    upgrade(&conn)?;
     if let Some(bs) = opts.block_size {
         if bs != params.block_size {
             bail!(
@@ -283,6 +289,19 @@ fn open_for_write(
     Ok((conn, lock, params))
 }
 
+/// Brings a version-1 safe to the current format: the tables version 2 added, then the
+/// version, so readers that would ignore them refuse the safe instead.
+fn upgrade(conn: &Connection) -> anyhow::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(format::UNREADABLE_SCHEMA)?;
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'format_version' AND CAST(value AS INTEGER) < ?1",
+        [format::FORMAT_VERSION],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -298,6 +317,7 @@ fn recover(conn: &Connection, dir: &Path) -> anyhow::Result<()> {
         v
     };
     for p in &stale {
+        tx.execute("DELETE FROM unreadable WHERE point = ?1", [p])?;
         tx.execute("DELETE FROM block_map WHERE point = ?1", [p])?;
         tx.execute("DELETE FROM point_devices WHERE point = ?1", [p])?;
         tx.execute("DELETE FROM points WHERE id = ?1", [p])?;
@@ -366,6 +386,7 @@ impl Writer {
             session: HashMap::new(),
             new_blocks: Vec::new(),
             new_map: Vec::new(),
+            new_unreadable: Vec::new(),
             pending_bytes: 0,
             bytes_added: 0,
             point,
@@ -380,6 +401,19 @@ impl Writer {
             .query_row("SELECT id FROM devices WHERE name = ?1", [name], |r| {
                 r.get(0)
             })?)
+    }
+
+    /// Byte ranges of `device` that `point` could not read.
+    fn unreadable(&self, point: i64, device: i64) -> anyhow::Result<Vec<(u64, u64)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT offset, len FROM unreadable WHERE point = ?1 AND device = ?2",
+        )?;
+        let v = st
+            .query_map([point, device], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
     }
 
     /// The newest complete point holding `device`, with its size then.
@@ -537,6 +571,12 @@ impl Writer {
             for (dev, b, blk) in &self.new_map {
                 map.execute(params![dev, *b as i64, self.point, blk])?;
             }
+            let mut bad = tx.prepare_cached(
+                "INSERT INTO unreadable(point, device, offset, len) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (dev, off, len) in &self.new_unreadable {
+                bad.execute(params![self.point, dev, *off as i64, *len as i64])?;
+            }
             if let Some(p) = &self.pack {
                 tx.execute(
                     "UPDATE packs SET committed_len = ?1 WHERE id = ?2",
@@ -550,6 +590,7 @@ impl Writer {
         }
         self.new_blocks.clear();
         self.new_map.clear();
+        self.new_unreadable.clear();
         self.pending_bytes = 0;
         Ok(())
     }
@@ -573,6 +614,7 @@ impl Writer {
                 f.set_len(p.committed)?;
             }
             let tx = self.conn.unchecked_transaction()?;
+            tx.execute("DELETE FROM unreadable WHERE point = ?1", [point])?;
             tx.execute("DELETE FROM block_map WHERE point = ?1", [point])?;
             tx.execute("DELETE FROM point_devices WHERE point = ?1", [point])?;
             tx.execute("DELETE FROM points WHERE id = ?1", [point])?;
@@ -592,6 +634,8 @@ pub struct DeviceStats {
     pub scanned: u64,
     /// Blocks whose content changed since the previous point.
     pub changed_blocks: u64,
+    /// Bytes that could not be read (with `skip_unreadable`).
+    pub unreadable: u64,
 }
 
 /// Runs one backup: records ONE new point holding every source; returns its id.
@@ -664,7 +708,25 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
         let started = Instant::now();
         let mut total = DeviceStats::default();
         for (s, (f, size)) in sources.iter().zip(&files) {
-            let st = backup_device(&mut w, s, f, *size, changed.get(&s.name), opts.progress)?;
+            let st = backup_device(
+                &mut w,
+                s,
+                f,
+                *size,
+                changed.get(&s.name),
+                opts.progress,
+                opts.skip_unreadable,
+            )
+            .map_err(|e| {
+                let io = e.chain().any(|c| c.downcast_ref::<io::Error>().is_some());
+                if io && !opts.skip_unreadable && e.to_string().starts_with("reading source") {
+                    anyhow::anyhow!(
+                        "{e:#} (--skip-unreadable records what can be read and marks the rest)"
+                    )
+                } else {
+                    e
+                }
+            })?;
             total.scanned += st.scanned;
             total.changed_blocks += st.changed_blocks;
         }
@@ -702,14 +764,19 @@ fn backup_device(
     size: u64,
     changed: Option<&Vec<(u64, u64)>>,
     progress: bool,
+    skip_unreadable: bool,
 ) -> anyhow::Result<DeviceStats> {
     let bs = w.params.block_size as u64;
     let device = w.device_id(&s.name)?;
     let prev = w.previous(device)?;
     let nblocks = size.div_ceil(bs);
     let runs: Vec<(u64, u64)> = match (changed, prev) {
-        (Some(ranges), Some((_, prev_size))) => {
-            changed::blocks_to_scan(ranges, bs, size, prev_size)
+        (Some(ranges), Some((pp, prev_size))) => {
+            // What the previous point could not read is read again: it may read now,
+            // and if not, this point must say so too.
+            let mut ranges = ranges.clone();
+            ranges.extend(w.unreadable(pp, device)?);
+            changed::blocks_to_scan(&ranges, bs, size, prev_size)
         }
         (Some(_), None) => {
             tracing::warn!(
@@ -746,9 +813,18 @@ fn backup_device(
         params: w.params,
         zero_quick: w.zero_quick,
         sparse: file.metadata()?.file_type().is_file(),
+        skip_unreadable,
     };
     let mut stats = DeviceStats::default();
-    pipeline::run(job, |batch| {
+    pipeline::run(job, |processed| {
+        for &(off, len) in &processed.unreadable {
+            stats.unreadable += len;
+            match w.new_unreadable.last_mut() {
+                Some(r) if r.0 == device && r.1 + r.2 == off => r.2 += len,
+                _ => w.new_unreadable.push((device, off, len)),
+            }
+        }
+        let batch = processed.outcomes;
         let fresh: Vec<Hash> = batch
             .iter()
             .filter_map(|(_, o)| match o {
@@ -785,5 +861,13 @@ fn backup_device(
         "INSERT INTO point_devices(point, device, size) VALUES (?1, ?2, ?3)",
         params![w.point, device, size as i64],
     )?;
+    if stats.unreadable > 0 {
+        eprintln!(
+            "warning: device {}: {} could not be read from {}; recorded as unreadable (the mount answers EIO there, restore writes zeros and names the ranges)",
+            s.name,
+            human(stats.unreadable),
+            s.path.display()
+        );
+    }
     Ok(stats)
 }

@@ -30,7 +30,13 @@ pub struct Job<'a> {
     pub zero_quick: Quick,
     /// A regular file: holes can be found with SEEK_DATA instead of read.
     pub sparse: bool,
+    /// On a read error, salvage what reads and report the rest instead of failing.
+    pub skip_unreadable: bool,
 }
+
+/// Units a failed read is retried in: pages first, then sectors of the pages that
+/// still fail, so one bad sector costs 512 bytes rather than a whole batch.
+const SALVAGE_UNITS: [usize; 2] = [4096, 512];
 
 /// Alignment of the batch buffers: O_DIRECT reads need memory (and lengths and
 /// offsets, which block sizes of 4 KiB and more and device sizes give) aligned to the
@@ -100,6 +106,14 @@ struct Batch {
 
 type Outcomes = Vec<(u64, BlockOutcome)>;
 
+/// A worker's result for one batch.
+pub struct Processed {
+    /// What to record per block.
+    pub outcomes: Outcomes,
+    /// (offset, len) of source bytes that could not be read (stored as zeros).
+    pub unreadable: Vec<(u64, u64)>,
+}
+
 /// Offset of the next data at or after `off` in a regular file (SEEK_DATA), or `None`
 /// when the rest is a hole; filesystems without hole support report data everywhere.
 fn next_data(file: &File, off: u64) -> Option<u64> {
@@ -145,8 +159,10 @@ fn plan_batch(
     })
 }
 
-/// Reads a batch's bytes into `data` (zero-padded past the end of the source).
-fn read_batch(job: &Job, b: &Batch, buf: &mut IoBuf) -> anyhow::Result<()> {
+/// Reads a batch's bytes into `data` (zero-padded past the end of the source). With
+/// `skip_unreadable`, a failing read is retried in smaller units and what still fails
+/// is zero-filled and returned as (offset, len) ranges.
+fn read_batch(job: &Job, b: &Batch, buf: &mut IoBuf) -> anyhow::Result<Vec<(u64, u64)>> {
     let bs = job.params.block_size as u64;
     let total = (b.count * bs) as usize;
     buf.resize(total);
@@ -155,9 +171,31 @@ fn read_batch(job: &Job, b: &Batch, buf: &mut IoBuf) -> anyhow::Result<()> {
     let len = (b.count * bs).min(job.size - off) as usize;
     if b.hole {
         data.fill(0);
-        return Ok(());
+        return Ok(Vec::new());
     }
     data[len..].fill(0);
+    match read_span(job, &mut data[..len], off) {
+        Ok(()) => Ok(Vec::new()),
+        Err(e) if job.skip_unreadable && e.downcast_ref::<std::io::Error>().is_some() => {
+            let mut bad = Vec::new();
+            salvage(job, &mut data[..len], off, 0, &mut bad);
+            for r in &bad {
+                tracing::warn!(
+                    "source {}: bytes {}..{} unreadable ({e:#}); recorded as unreadable",
+                    job.path.display(),
+                    r.0,
+                    r.0 + r.1
+                );
+            }
+            Ok(bad)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads `data.len()` bytes at `off`, failing on a short source or a read error.
+fn read_span(job: &Job, data: &mut [u8], off: u64) -> anyhow::Result<()> {
+    let len = data.len();
     let mut done = 0;
     while done < len {
         match job.file.read_at(&mut data[done..len], off + done as u64) {
@@ -181,6 +219,31 @@ fn read_batch(job: &Job, b: &Batch, buf: &mut IoBuf) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Re-reads `data` (at source offset `off`) in units of `SALVAGE_UNITS[level]`,
+/// descending a level for a unit that fails; zero-fills and reports (merged) what fails
+/// at the last level.
+fn salvage(job: &Job, data: &mut [u8], off: u64, level: usize, bad: &mut Vec<(u64, u64)>) {
+    let unit = SALVAGE_UNITS[level];
+    let mut at = 0;
+    while at < data.len() {
+        let n = unit.min(data.len() - at);
+        let piece = &mut data[at..at + n];
+        if read_span(job, piece, off + at as u64).is_err() {
+            if level + 1 < SALVAGE_UNITS.len() {
+                salvage(job, piece, off + at as u64, level + 1, bad);
+            } else {
+                piece.fill(0);
+                let start = off + at as u64;
+                match bad.last_mut() {
+                    Some(r) if r.0 + r.1 == start => r.1 += n as u64,
+                    _ => bad.push((start, n as u64)),
+                }
+            }
+        }
+        at += n;
+    }
 }
 
 fn process(
@@ -234,14 +297,14 @@ fn process(
 /// Scans `job.runs`, calling `consume` on the writer thread for every processed batch.
 pub fn run(
     job: Job,
-    mut consume: impl FnMut(Outcomes) -> anyhow::Result<()>,
+    mut consume: impl FnMut(Processed) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
     let (batch_tx, batch_rx) = sync_channel::<Batch>(workers * 4);
     let batch_rx: Arc<Mutex<Receiver<Batch>>> = Arc::new(Mutex::new(batch_rx));
-    let (out_tx, out_rx) = sync_channel::<anyhow::Result<Outcomes>>(workers * 2);
+    let (out_tx, out_rx) = sync_channel::<anyhow::Result<Processed>>(workers * 2);
     let job = &job;
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let planner_tx = out_tx.clone();
@@ -321,8 +384,13 @@ pub fn run(
                 loop {
                     let next = rx.lock().unwrap().recv();
                     let Ok(batch) = next else { return };
-                    let r = read_batch(job, &batch, &mut data).and_then(|_| {
-                        process(&batch, data.bytes(), params, &zero_quick, &mut cctx)
+                    let r = read_batch(job, &batch, &mut data).and_then(|unreadable| {
+                        process(&batch, data.bytes(), params, &zero_quick, &mut cctx).map(
+                            |outcomes| Processed {
+                                outcomes,
+                                unreadable,
+                            },
+                        )
                     });
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {

@@ -379,6 +379,30 @@ impl Safe {
         })
     }
 
+    /// Byte ranges of `device` that could not be read from the source when `point` was
+    /// taken, in order (none in a safe made before version 2).
+    pub fn unreadable(&self, point: i64, device: i64) -> anyhow::Result<Vec<(u64, u64)>> {
+        self.with_conn(|c| {
+            let has = c
+                .prepare_cached(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'unreadable'",
+                )?
+                .exists([])?;
+            if !has {
+                return Ok(Vec::new());
+            }
+            let mut st = c.prepare_cached(
+                "SELECT offset, len FROM unreadable WHERE point = ?1 AND device = ?2 ORDER BY offset",
+            )?;
+            let v = st
+                .query_map([point, device], |r| {
+                    Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(v)
+        })
+    }
+
     /// Resolves `latest` or a number to a complete point.
     pub fn point(&self, spec: &str) -> anyhow::Result<PointInfo> {
         let points = self.points()?;

@@ -1,0 +1,327 @@
+//! Backing up a failing source: `backup --skip-unreadable` keeps every sector that
+//! reads and records the rest as unreadable; restore writes zeros there and names the
+//! ranges; the mount answers EIO there; the next point reads those ranges again.
+//! The failing source is a file served by a FUSE server in this test (direct I/O, so
+//! every read reaches it as asked), answering EIO for reads touching chosen sectors.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use common::*;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Sorted (offset, len) ranges a read must not touch.
+type Bad = Arc<Mutex<Vec<(u64, u64)>>>;
+
+struct Failing {
+    data: Vec<u8>,
+    bad: Bad,
+}
+
+fn attr(ino: u64, size: u64) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks: size / 512,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: if ino == 1 {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        },
+        perm: if ino == 1 { 0o555 } else { 0o444 },
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+const TTL: Duration = Duration::from_secs(1);
+
+impl fuser::Filesystem for Failing {
+    fn lookup(&self, _r: &Request, p: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if p.0 == 1 && name == "disk" {
+            reply.entry(&TTL, &attr(2, self.data.len() as u64), Generation(0))
+        } else {
+            reply.error(Errno::ENOENT)
+        }
+    }
+    fn getattr(&self, _r: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let size = if ino.0 == 1 {
+            0
+        } else {
+            self.data.len() as u64
+        };
+        reply.attr(&TTL, &attr(ino.0, size))
+    }
+    fn open(&self, _r: &Request, _i: INodeNo, _f: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO)
+    }
+    fn read(
+        &self,
+        _r: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        off: u64,
+        size: u32,
+        _f: OpenFlags,
+        _l: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        let len = self.data.len() as u64;
+        let end = (off + size as u64).min(len);
+        if off >= end {
+            return reply.data(&[]);
+        }
+        let touches = self
+            .bad
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|&(b, l)| b < end && off < b + l);
+        if touches {
+            reply.error(Errno::EIO)
+        } else {
+            reply.data(&self.data[off as usize..end as usize])
+        }
+    }
+    fn readdir(
+        &self,
+        _r: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        off: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        if off == 0 {
+            let _ = reply.add(INodeNo(2), 1, FileType::RegularFile, "disk");
+        }
+        reply.ok()
+    }
+}
+
+/// The source as a healthy disk would give it, with the unreadable ranges zeroed.
+fn zeroed(data: &[u8], bad: &[(u64, u64)]) -> Vec<u8> {
+    let mut v = data.to_vec();
+    for &(o, l) in bad {
+        v[o as usize..(o + l) as usize].fill(0);
+    }
+    v
+}
+
+fn unreadable_bytes(safe: &Path, point: i64) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&ok(&["points", s(safe), "--json"])).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == point)
+        .expect("point listed")["devices"][0]["unreadable_bytes"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn unreadable_sectors_are_recorded_refused_and_read_again() {
+    if !fuse_available() {
+        eprintln!("SKIP unreadable_sectors_are_recorded_refused_and_read_again: FUSE is not available here (/dev/fuse, root or fusermount3)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let safe = t.path().join("safe");
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut rng = StdRng::seed_from_u64(51);
+    let mut data = vec![0u8; 6 << 20];
+    for (i, chunk) in data.chunks_mut(65_536).enumerate() {
+        if i % 3 != 2 {
+            rng.fill(chunk);
+        }
+    }
+    // One sector, two pages inside a block, and a run across a block boundary.
+    let bad_ranges = vec![
+        (1954 * 512, 512),
+        ((3 << 20) + 3 * 4096, 8192),
+        ((5 << 20) - 35 * 512, 140 * 512),
+    ];
+    let bad: Bad = Arc::new(Mutex::new(bad_ranges.clone()));
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![fuser::MountOption::RO];
+    let server = fuser::Session::new(
+        Failing {
+            data: data.clone(),
+            bad: bad.clone(),
+        },
+        &src,
+        &config,
+    )
+    .unwrap()
+    .spawn()
+    .unwrap();
+    let disk = src.join("disk");
+    let source = format!("d={}", s(&disk));
+
+    // Without the flag the backup fails whole, naming the way out.
+    let err = fails(&["backup", s(&safe), &source]);
+    assert!(
+        err.contains("Input/output error") && err.contains("--skip-unreadable"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    assert!(
+        ok(&["points", s(&safe), "--json"]).trim() == "[]",
+        "no point was recorded"
+    );
+
+    // With it: every readable byte kept, the rest recorded.
+    let o = ds(&["backup", s(&safe), &source, "--skip-unreadable"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p1: i64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("could not be read"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let total: u64 = bad_ranges.iter().map(|r| r.1).sum();
+    assert_eq!(unreadable_bytes(&safe, p1), total);
+    let out = t.path().join("restored");
+    let r = ds(&["restore", s(&safe), &p1.to_string(), "d", s(&out)]);
+    assert!(r.status.success());
+    let said = String::from_utf8_lossy(&r.stderr);
+    for (off, len) in &bad_ranges {
+        assert!(
+            said.contains(&format!("bytes {off}..{}", off + len)),
+            "{said}"
+        );
+    }
+    assert_eq!(
+        sha256_file(&out),
+        sha256(&zeroed(&data, &bad_ranges)),
+        "restore = the source with the unreadable sectors zeroed"
+    );
+    assert!(ok(&["verify", s(&safe)]).starts_with("ok:"));
+
+    // The mount refuses exactly the reads that touch unreadable bytes.
+    {
+        let m = Mounted::new(&safe, t.path(), &[]);
+        let img = std::fs::File::open(m.dir.join(format!("{p1}/d/disk.img"))).unwrap();
+        let chunk = 65_536u64;
+        let mut buf = vec![0u8; chunk as usize];
+        let (mut good, mut refused) = (0, 0);
+        for i in 0..(data.len() as u64 / chunk) {
+            let (a, b) = (i * chunk, (i + 1) * chunk);
+            let touches = bad_ranges.iter().any(|&(o, l)| o < b && a < o + l);
+            match img.read_exact_at(&mut buf, a) {
+                Ok(()) => {
+                    assert!(
+                        !touches,
+                        "bytes {a}..{b} touch an unreadable range but read"
+                    );
+                    assert_eq!(&buf[..], &data[a as usize..b as usize], "bytes {a}..{b}");
+                    good += 1;
+                }
+                Err(e) => {
+                    assert!(touches, "bytes {a}..{b}: {e}");
+                    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+                    refused += 1;
+                }
+            }
+        }
+        assert!(good > 80 && refused >= 3, "{good} good, {refused} refused");
+        assert!(
+            m.log_text()
+                .contains("could not be read from the source when this point was taken"),
+            "{}",
+            m.log_text()
+        );
+    }
+
+    // The next point, told nothing changed, reads the unreadable ranges again: still
+    // failing, it records them too; once they read, it holds the real bytes.
+    let empty = t.path().join("nothing-changed");
+    std::fs::write(&empty, "").unwrap();
+    let cb = format!("d={}", s(&empty));
+    let p2 = backup(&[
+        s(&safe),
+        &source,
+        "--changed-blocks",
+        &cb,
+        "--skip-unreadable",
+    ]);
+    assert_eq!(unreadable_bytes(&safe, p2), total);
+    bad.lock().unwrap().clear();
+    let p3 = backup(&[s(&safe), &source, "--changed-blocks", &cb]);
+    assert_eq!(unreadable_bytes(&safe, p3), 0);
+    assert_eq!(
+        restored_sha(&safe, &p3.to_string(), "d", t.path()),
+        sha256(&data),
+        "the healed source's point holds every byte"
+    );
+    assert_eq!(
+        restored_sha(&safe, &p1.to_string(), "d", t.path()),
+        sha256(&zeroed(&data, &bad_ranges))
+    );
+    // Forgetting a point drops its record; the others keep theirs.
+    ok(&["forget", s(&safe), &p2.to_string()]);
+    assert_eq!(unreadable_bytes(&safe, p1), total);
+    assert_eq!(unreadable_bytes(&safe, p3), 0);
+    assert!(ok(&["verify", s(&safe)]).starts_with("ok:"));
+    drop(server);
+}
+
+/// A safe of format version 1 (no `unreadable` table) is read as it is, and the first
+/// backup or forget brings it to the current version, which older readers refuse.
+#[test]
+fn a_version_1_safe_is_read_and_upgraded_by_its_next_writer() {
+    let t = tempfile::tempdir().unwrap();
+    let safe = t.path().join("safe");
+    let a = t.path().join("a.img");
+    let mut rng = StdRng::seed_from_u64(52);
+    make_image(&a, 1 << 20, &mut rng);
+    let p1 = backup(&[s(&safe), &format!("a={}", s(&a))]);
+    let want1 = sha256_file(&a);
+    {
+        let c = rusqlite::Connection::open(safe.join("safe.db")).unwrap();
+        c.execute_batch(
+            "DROP TABLE unreadable; UPDATE meta SET value = '1' WHERE key = 'format_version';",
+        )
+        .unwrap();
+    }
+    assert_eq!(unreadable_bytes(&safe, p1), 0);
+    assert_eq!(restored_sha(&safe, &p1.to_string(), "a", t.path()), want1);
+    assert!(ok(&["verify", s(&safe)]).starts_with("ok:"));
+    mutate(&a, 3, 50_000, &mut rng);
+    let p2 = backup(&[s(&safe), &format!("a={}", s(&a))]);
+    let c = rusqlite::Connection::open(safe.join("safe.db")).unwrap();
+    let v: String = c
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'format_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(v, "2");
+    assert_eq!(restored_sha(&safe, &p1.to_string(), "a", t.path()), want1);
+    assert_eq!(
+        restored_sha(&safe, &p2.to_string(), "a", t.path()),
+        sha256_file(&a)
+    );
+}
