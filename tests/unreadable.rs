@@ -29,6 +29,8 @@ type Bad = Arc<Mutex<Vec<(u64, u64)>>>;
 struct Failing {
     data: Vec<u8>,
     bad: Bad,
+    /// The error a read touching a bad range gets.
+    errno: Arc<Mutex<Errno>>,
 }
 
 fn attr(ino: u64, size: u64) -> FileAttr {
@@ -99,7 +101,7 @@ impl fuser::Filesystem for Failing {
             .iter()
             .any(|&(b, l)| b < end && off < b + l);
         if touches {
-            reply.error(Errno::EIO)
+            reply.error(*self.errno.lock().unwrap())
         } else {
             reply.data(&self.data[off as usize..end as usize])
         }
@@ -163,12 +165,14 @@ fn unreadable_sectors_are_recorded_refused_and_read_again() {
         ((5 << 20) - 35 * 512, 140 * 512),
     ];
     let bad: Bad = Arc::new(Mutex::new(bad_ranges.clone()));
+    let errno = Arc::new(Mutex::new(Errno::EIO));
     let mut config = fuser::Config::default();
     config.mount_options = vec![fuser::MountOption::RO];
     let server = fuser::Session::new(
         Failing {
             data: data.clone(),
             bad: bad.clone(),
+            errno: errno.clone(),
         },
         &src,
         &config,
@@ -190,6 +194,14 @@ fn unreadable_sectors_are_recorded_refused_and_read_again() {
         ok(&["points", s(&safe), "--json"]).trim() == "[]",
         "no point was recorded"
     );
+
+    // A device that is gone (ENXIO) is not a bad sector: even with the flag the
+    // backup fails rather than record it all as unreadable.
+    *errno.lock().unwrap() = Errno::ENXIO;
+    let err = fails(&["backup", s(&safe), &source, "--skip-unreadable"]);
+    assert!(err.contains("No such device or address"), "{err}");
+    assert!(ok(&["points", s(&safe), "--json"]).trim() == "[]");
+    *errno.lock().unwrap() = Errno::EIO;
 
     // With it: every readable byte kept, the rest recorded.
     let o = ds(&["backup", s(&safe), &source, "--skip-unreadable"]);

@@ -176,9 +176,9 @@ fn read_batch(job: &Job, b: &Batch, buf: &mut IoBuf) -> anyhow::Result<Vec<(u64,
     data[len..].fill(0);
     match read_span(job, &mut data[..len], off) {
         Ok(()) => Ok(Vec::new()),
-        Err(e) if job.skip_unreadable && e.downcast_ref::<std::io::Error>().is_some() => {
+        Err(e) if job.skip_unreadable && media_error(&e, 0) => {
             let mut bad = Vec::new();
-            salvage(job, &mut data[..len], off, 0, &mut bad);
+            salvage(job, &mut data[..len], off, 0, &mut bad)?;
             for r in &bad {
                 tracing::warn!(
                     "source {}: bytes {}..{} unreadable ({e:#}); recorded as unreadable",
@@ -221,19 +221,44 @@ fn read_span(job: &Job, data: &mut [u8], off: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a failed read at salvage `level` is the medium's: worth retrying smaller
+/// and recording. A vanished device (ENODEV, ENXIO) or a source that ended is not: the
+/// backup fails rather than record a whole device as unreadable sector by sector.
+/// EINVAL below the first level is an O_DIRECT read smaller than the device's
+/// logical sector: that sector is as unreadable as its page.
+fn media_error(e: &anyhow::Error, level: usize) -> bool {
+    let Some(io) = e.downcast_ref::<std::io::Error>() else {
+        return false;
+    };
+    match io.raw_os_error() {
+        Some(libc::EIO | libc::ENODATA | libc::EILSEQ | libc::EBADMSG | libc::EREMOTEIO) => true,
+        Some(libc::EINVAL) => level > 0,
+        _ => false,
+    }
+}
+
 /// Re-reads `data` (at source offset `off`) in units of `SALVAGE_UNITS[level]`,
 /// descending a level for a unit that fails; zero-fills and reports (merged) what fails
-/// at the last level.
-fn salvage(job: &Job, data: &mut [u8], off: u64, level: usize, bad: &mut Vec<(u64, u64)>) {
+/// at the last level. Errors that are not the medium's end the backup.
+fn salvage(
+    job: &Job,
+    data: &mut [u8],
+    off: u64,
+    level: usize,
+    bad: &mut Vec<(u64, u64)>,
+) -> anyhow::Result<()> {
     let unit = SALVAGE_UNITS[level];
     let mut at = 0;
     while at < data.len() {
         let n = unit.min(data.len() - at);
         let piece = &mut data[at..at + n];
-        if read_span(job, piece, off + at as u64).is_err() {
-            if level + 1 < SALVAGE_UNITS.len() {
-                salvage(job, piece, off + at as u64, level + 1, bad);
-            } else {
+        match read_span(job, piece, off + at as u64) {
+            Ok(()) => {}
+            Err(e) if !media_error(&e, level) => return Err(e),
+            Err(_) if level + 1 < SALVAGE_UNITS.len() => {
+                salvage(job, piece, off + at as u64, level + 1, bad)?
+            }
+            Err(_) => {
                 piece.fill(0);
                 let start = off + at as u64;
                 match bad.last_mut() {
@@ -244,6 +269,7 @@ fn salvage(job: &Job, data: &mut [u8], off: u64, level: usize, bad: &mut Vec<(u6
         }
         at += n;
     }
+    Ok(())
 }
 
 fn process(
