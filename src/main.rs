@@ -313,7 +313,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             if dry_run {
-                eprintln!("{verb} {} point(s); nothing was changed", r.forgotten.len());
+                eprintln!(
+                    "{verb} {} point(s), freeing {} in {} block(s) no point would use; nothing was changed",
+                    r.forgotten.len(),
+                    human(r.bytes_freed),
+                    r.blocks_freed
+                );
             } else {
                 eprintln!(
                     "{verb} {} point(s); freed {} in {} block(s) no point uses, {} pack file(s) removed",

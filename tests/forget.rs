@@ -374,7 +374,14 @@ fn keep_rules_follow_the_calendar() {
         "--keep-last",
         "2",
     ];
-    let dry = ok(&[&rules[..], &["--dry-run"]].concat());
+    let o = ds(&[&rules[..], &["--dry-run"]].concat());
+    assert!(o.status.success());
+    let dry = String::from_utf8(o.stdout).unwrap();
+    let blocks_in = |text: &str| -> u64 {
+        let at = text.find(" block(s)").expect("a block count");
+        text[..at].rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let would_free = blocks_in(&String::from_utf8_lossy(&o.stderr));
     let kept: BTreeSet<i64> = dry
         .lines()
         .filter(|l| l.starts_with("keep"))
@@ -382,7 +389,17 @@ fn keep_rules_follow_the_calendar() {
         .collect();
     assert_eq!(kept, want, "{dry}");
     assert_eq!(listed(&safe).len(), 30, "a dry run changes nothing");
-    ok(&rules);
+    let (records_before, _) = live_records(&safe);
+    let o = ds(&rules);
+    assert!(o.status.success());
+    let (records_after, _) = live_records(&safe);
+    assert_eq!(
+        records_before - records_after,
+        would_free,
+        "the dry run's estimate is what the forget freed"
+    );
+    assert_eq!(blocks_in(&String::from_utf8_lossy(&o.stderr)), would_free);
+    assert!(would_free > 0);
     assert_eq!(listed(&safe), want.iter().copied().collect::<Vec<_>>());
     assert!(ok(&["verify", s(&safe)]).starts_with("ok:"));
 }

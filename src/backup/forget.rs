@@ -210,9 +210,18 @@ pub fn forget(dir: &Path, req: &ForgetRequest) -> anyhow::Result<ForgetReport> {
             .into_iter()
             .filter(|p| chosen.contains(&p.0))
             .collect();
+        let bs = reader.params().block_size as u64;
+        // One read transaction: a backup committing meanwhile does not skew it.
+        let (blocks_freed, bytes_freed) = reader.with_conn(|c| {
+            let tx = c.unchecked_transaction()?;
+            estimate(&tx, &chosen, bs)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))
+        })?;
         return Ok(ForgetReport {
             kept,
             forgotten,
+            blocks_freed,
+            bytes_freed,
             ..Default::default()
         });
     }
@@ -257,37 +266,53 @@ pub fn forget(dir: &Path, req: &ForgetRequest) -> anyhow::Result<ForgetReport> {
     Ok(report)
 }
 
-/// Removes the points' map rows (moving the ones later points inherit), their devices
-/// and the points themselves. Rows are visited one device and one range of blocks at a
-/// time, so memory stays bounded whatever the device size.
-fn remove_points(tx: &Connection, chosen: &BTreeSet<i64>, block_size: u64) -> anyhow::Result<()> {
-    if chosen.is_empty() {
-        return Ok(());
-    }
+/// What removing the chosen points does to one map row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Its point stays: untouched.
+    Keep,
+    /// Its point goes, and the device's next remaining point inherits it: moved there.
+    Move(i64),
+    /// Its point goes and no remaining point reads it.
+    Drop,
+}
+
+/// Visits the map rows of the devices the chosen points hold (of every device with
+/// `all`), one device and one range of blocks at a time so memory stays bounded
+/// whatever the device size, with each row's [`Fate`]:
+/// `visit(device, block_no, point, block, fate)`.
+fn walk_rows(
+    conn: &Connection,
+    chosen: &BTreeSet<i64>,
+    block_size: u64,
+    all: bool,
+    mut visit: impl FnMut(i64, i64, i64, i64, Fate) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     // Per device, its points that stay with their sizes in blocks, in order; and the
-    // devices the chosen points hold.
+    // devices to walk.
     let mut remaining: HashMap<i64, Vec<(i64, u64)>> = HashMap::new();
-    let mut touched: BTreeSet<i64> = BTreeSet::new();
+    let mut walk: BTreeSet<i64> = BTreeSet::new();
     {
-        let mut st = tx.prepare(
+        let mut st = conn.prepare(
             "SELECT pd.point, pd.device, pd.size FROM point_devices pd JOIN points p ON p.id = pd.point
              WHERE p.complete = 1 ORDER BY pd.point",
         )?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let (p, d, size): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-            if chosen.contains(&p) {
-                touched.insert(d);
-            } else {
+            if chosen.contains(&p) || all {
+                walk.insert(d);
+            }
+            if !chosen.contains(&p) {
                 let blocks = (size.max(0) as u64).div_ceil(block_size);
                 remaining.entry(d).or_default().push((p, blocks));
             }
         }
     }
     const SPAN: i64 = 1 << 16;
-    for &dev in &touched {
+    for &dev in &walk {
         let stay = remaining.get(&dev).map(|v| v.as_slice()).unwrap_or(&[]);
-        let max: Option<i64> = tx.query_row(
+        let max: Option<i64> = conn.query_row(
             "SELECT MAX(block_no) FROM block_map WHERE device = ?1",
             [dev],
             |r| r.get(0),
@@ -298,7 +323,7 @@ fn remove_points(tx: &Connection, chosen: &BTreeSet<i64>, block_size: u64) -> an
             let hi = lo.saturating_add(SPAN);
             // (block_no, point, block) in key order: each block's rows by point.
             let rows: Vec<(i64, i64, i64)> = {
-                let mut st = tx.prepare_cached(
+                let mut st = conn.prepare_cached(
                     "SELECT block_no, point, block FROM block_map
                      WHERE device = ?1 AND block_no >= ?2 AND block_no < ?3",
                 )?;
@@ -309,34 +334,55 @@ fn remove_points(tx: &Connection, chosen: &BTreeSet<i64>, block_size: u64) -> an
                     .collect::<Result<_, _>>()?;
                 v
             };
-            let mut del = tx.prepare_cached(
-                "DELETE FROM block_map WHERE device = ?1 AND block_no = ?2 AND point = ?3",
-            )?;
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO block_map(device, block_no, point, block) VALUES (?1, ?2, ?3, ?4)",
-            )?;
             for (i, &(b, p, blk)) in rows.iter().enumerate() {
-                if !chosen.contains(&p) {
-                    continue;
-                }
-                // The next point of this device that stays inherits this row unless a
-                // newer row of the same block comes first. Where that point's device
-                // ends before the block, only a zero row can still be inherited (by a
-                // later point that grew: a backup rewrites data blocks past its
-                // previous point's end, but takes zeros there as unchanged).
-                let heir = stay.iter().find(|q| q.0 > p).copied();
-                let next_row = rows.get(i + 1).filter(|r| r.0 == b).map(|r| r.1);
-                del.execute(params![dev, b, p])?;
-                if let Some((n, blocks)) = heir {
-                    if next_row.is_none_or(|q| q > n) && ((b as u64) < blocks || blk == ZERO_BLOCK)
-                    {
-                        ins.execute(params![dev, b, n, blk])?;
+                let fate = if !chosen.contains(&p) {
+                    Fate::Keep
+                } else {
+                    // The next point of this device that stays inherits this row unless
+                    // a newer row of the same block comes first. Where that point's
+                    // device ends before the block, only a zero row can still be
+                    // inherited (by a later point that grew: a backup rewrites data
+                    // blocks past its previous point's end, but takes zeros there as
+                    // unchanged).
+                    let heir = stay.iter().find(|q| q.0 > p).copied();
+                    let next_row = rows.get(i + 1).filter(|r| r.0 == b).map(|r| r.1);
+                    match heir {
+                        Some((n, blocks))
+                            if next_row.is_none_or(|q| q > n)
+                                && ((b as u64) < blocks || blk == ZERO_BLOCK) =>
+                        {
+                            Fate::Move(n)
+                        }
+                        _ => Fate::Drop,
                     }
-                }
+                };
+                visit(dev, b, p, blk, fate)?;
             }
             lo = hi;
         }
     }
+    Ok(())
+}
+
+/// Removes the points' map rows (moving the ones later points inherit), their devices
+/// and the points themselves.
+fn remove_points(tx: &Connection, chosen: &BTreeSet<i64>, block_size: u64) -> anyhow::Result<()> {
+    if chosen.is_empty() {
+        return Ok(());
+    }
+    let mut del =
+        tx.prepare("DELETE FROM block_map WHERE device = ?1 AND block_no = ?2 AND point = ?3")?;
+    let mut ins = tx
+        .prepare("INSERT INTO block_map(device, block_no, point, block) VALUES (?1, ?2, ?3, ?4)")?;
+    walk_rows(tx, chosen, block_size, false, |dev, b, p, blk, fate| {
+        if fate != Fate::Keep {
+            del.execute(params![dev, b, p])?;
+        }
+        if let Fate::Move(n) = fate {
+            ins.execute(params![dev, b, n, blk])?;
+        }
+        Ok(())
+    })?;
     for p in chosen {
         tx.execute("DELETE FROM unreadable WHERE point = ?1", [p])?;
         tx.execute("DELETE FROM point_devices WHERE point = ?1", [p])?;
@@ -345,39 +391,80 @@ fn remove_points(tx: &Connection, chosen: &BTreeSet<i64>, block_size: u64) -> an
     Ok(())
 }
 
+/// The stored blocks' ids in order, with a mark per block: which ones some map row
+/// still names.
+struct Marks {
+    ids: Vec<i64>,
+    used: Vec<u64>,
+}
+
+impl Marks {
+    fn load(conn: &Connection) -> rusqlite::Result<Marks> {
+        let mut st = conn.prepare("SELECT id FROM blocks ORDER BY id")?;
+        let ids: Vec<i64> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let used = vec![0u64; ids.len().div_ceil(64)];
+        Ok(Marks { ids, used })
+    }
+
+    fn mark(&mut self, block: i64) {
+        if block == ZERO_BLOCK {
+            return;
+        }
+        if let Ok(i) = self.ids.binary_search(&block) {
+            self.used[i / 64] |= 1 << (i % 64);
+        }
+    }
+
+    /// Ids of the blocks nobody marked, in order.
+    fn unused(&self) -> impl Iterator<Item = i64> + '_ {
+        self.ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.used[i / 64] & (1 << (i % 64)) == 0)
+            .map(|(_, &id)| id)
+    }
+}
+
+/// What forgetting `chosen` would free, computed read-only: (blocks, record bytes).
+fn estimate(
+    conn: &Connection,
+    chosen: &BTreeSet<i64>,
+    block_size: u64,
+) -> anyhow::Result<(u64, u64)> {
+    let mut marks = Marks::load(conn)?;
+    walk_rows(conn, chosen, block_size, true, |_, _, _, blk, fate| {
+        if fate != Fate::Drop {
+            marks.mark(blk);
+        }
+        Ok(())
+    })?;
+    let mut st = conn.prepare_cached("SELECT stored_len FROM blocks WHERE id = ?1")?;
+    let (mut blocks, mut bytes) = (0u64, 0u64);
+    for id in marks.unused() {
+        let len: i64 = st.query_row([id], |r| r.get(0))?;
+        blocks += 1;
+        bytes += RECORD_HEADER_LEN as u64 + len.max(0) as u64;
+    }
+    Ok((blocks, bytes))
+}
+
 /// Deletes every stored block no map row names (a forgotten point's, or one an
 /// interrupted backup stored), queues their packs for [`reclaim`], and raises the
 /// block id high mark so no id is handed out twice. Returns (blocks, record bytes).
 fn drop_unused_blocks(tx: &Connection) -> anyhow::Result<(u64, u64)> {
-    let ids: Vec<i64> = {
-        let mut st = tx.prepare("SELECT id FROM blocks ORDER BY id")?;
-        let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-        v
-    };
-    let Some(&max_id) = ids.last() else {
+    let mut marks = Marks::load(tx)?;
+    let Some(&max_id) = marks.ids.last() else {
         return Ok((0, 0));
     };
-    let mut used = vec![0u64; ids.len().div_ceil(64)];
     {
         let mut st = tx.prepare("SELECT block FROM block_map")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
-            let b: i64 = r.get(0)?;
-            if b == ZERO_BLOCK {
-                continue;
-            }
-            if let Ok(i) = ids.binary_search(&b) {
-                used[i / 64] |= 1 << (i % 64);
-            }
+            marks.mark(r.get(0)?);
         }
     }
-    let unused: Vec<i64> = ids
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| used[i / 64] & (1 << (i % 64)) == 0)
-        .map(|(_, &id)| id)
-        .collect();
-    drop(ids);
+    let unused: Vec<i64> = marks.unused().collect();
+    drop(marks);
     let mut bytes = 0u64;
     let mut packs = HashSet::new();
     {
