@@ -236,6 +236,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         devs.join(", ")
                     );
                 }
+                println!(
+                    "{} point(s); the safe occupies {} on disk",
+                    points.len(),
+                    human(safe.occupied()?)
+                );
             }
         }
         Cmd::Restore {

@@ -185,6 +185,45 @@ fn forgetting_points_keeps_every_other_point_byte_exact() {
     );
     check_points(&safe, &expect, t.path());
 
+    // `points` ends with what the safe occupies, which `du` agrees with (to the
+    // directories' own blocks and the rounding of its unit) and a forget shrinks.
+    let occupied = |safe: &Path| -> f64 {
+        let table = ok(&["points", s(safe)]);
+        let last = table.lines().last().unwrap().to_string();
+        let figure = last
+            .split("occupies ")
+            .nth(1)
+            .and_then(|r| r.strip_suffix(" on disk"))
+            .unwrap_or_else(|| panic!("footer: {last}"));
+        let (v, unit) = figure.split_once(' ').unwrap();
+        let scale = match unit {
+            "B" => 1.0,
+            "KiB" => 1024.0,
+            "MiB" => 1048576.0,
+            "GiB" => 1073741824.0,
+            u => panic!("unit {u}"),
+        };
+        v.parse::<f64>().unwrap() * scale
+    };
+    let du = |safe: &Path| -> f64 {
+        let o = std::process::Command::new("du")
+            .args(["-s", "--block-size=1", s(safe)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before_last = occupied(&safe);
+    let d = du(&safe);
+    assert!(
+        (before_last - d).abs() <= d * 0.06 + 16384.0,
+        "points says {before_last}, du {d}"
+    );
+
     // Round 4: a policy keeping only the newest point.
     let out = ok(&["forget", s(&safe), "--keep-last", "1"]);
     let newest = *expect.keys().last().unwrap();
@@ -196,6 +235,10 @@ fn forgetting_points_keeps_every_other_point_byte_exact() {
         "{out}"
     );
     check_points(&safe, &expect, t.path());
+    assert!(
+        occupied(&safe) < before_last,
+        "the footer shows the space freed"
+    );
 
     // The safe now holds exactly the blocks of the last point: the same records as a
     // fresh safe of the same images, and on disk little more than those records.

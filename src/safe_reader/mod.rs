@@ -379,6 +379,25 @@ impl Safe {
         })
     }
 
+    /// Bytes the safe's files occupy on disk (index, its log, packs; punched holes
+    /// cost nothing): what `forget` shrinks, which the points' `bytes_added` no longer
+    /// sum to once a point is forgotten.
+    pub fn occupied(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let mut n = 0;
+        for f in [format::db_path(&self.dir), format::wal_path(&self.dir)] {
+            match std::fs::metadata(&f) {
+                Ok(m) => n += m.blocks() * 512,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for e in std::fs::read_dir(self.dir.join("packs"))? {
+            n += e?.metadata()?.blocks() * 512;
+        }
+        Ok(n)
+    }
+
     /// Byte ranges of `device` that could not be read from the source when `point` was
     /// taken, in order (none in a safe made before version 2).
     pub fn unreadable(&self, point: i64, device: i64) -> anyhow::Result<Vec<(u64, u64)>> {
