@@ -683,19 +683,10 @@ fn with_kernel_mount_ro<T>(img: &Path, mnt: &Path, f: impl FnOnce(&Path) -> T) -
     kernel_mount(img, mnt, "loop,ro", f)
 }
 
+/// The shared helper, whose unmount tries a busy answer again (CI once saw this
+/// test's own single umount fail busy right after the last fsync).
 fn kernel_mount<T>(img: &Path, mnt: &Path, opts: &str, f: impl FnOnce(&Path) -> T) -> Option<T> {
-    std::fs::create_dir_all(mnt).unwrap();
-    let ok = Command::new("mount")
-        .args(["-o", opts, s(img), s(mnt)])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        return None;
-    }
-    let r = f(mnt);
-    assert!(Command::new("umount").arg(mnt).status().unwrap().success());
-    Some(r)
+    common::kernel_mount("auto", img, mnt, opts, f)
 }
 
 /// An ext4 image copied while a kernel mount of it was busy (files fsynced one by one,
