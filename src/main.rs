@@ -197,12 +197,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Points { safe, json } => {
             let safe = Safe::open(&safe)?;
             let points = safe.points()?;
+            let unreadable = safe.unreadable_totals()?;
+            let bad = |p: i64, d: i64| unreadable.get(&(p, d)).copied().unwrap_or(0);
             if json {
                 let mut v: Vec<serde_json::Value> = Vec::new();
                 for p in &points {
                     let mut devs = Vec::new();
                     for d in &p.devices {
-                        let bad: u64 = safe.unreadable(p.id, d.id)?.iter().map(|r| r.1).sum();
+                        let bad = bad(p.id, d.id);
                         devs.push(serde_json::json!({"name": d.name, "size": d.size, "unreadable_bytes": bad}));
                     }
                     v.push(serde_json::json!({
@@ -221,7 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for p in &points {
                     let mut devs: Vec<String> = Vec::new();
                     for d in &p.devices {
-                        let bad: u64 = safe.unreadable(p.id, d.id)?.iter().map(|r| r.1).sum();
+                        let bad = bad(p.id, d.id);
                         devs.push(if bad > 0 {
                             format!("{} ({}, {} unreadable)", d.name, human(d.size), human(bad))
                         } else {

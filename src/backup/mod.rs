@@ -403,19 +403,6 @@ impl Writer {
             })?)
     }
 
-    /// Byte ranges of `device` that `point` could not read.
-    fn unreadable(&self, point: i64, device: i64) -> anyhow::Result<Vec<(u64, u64)>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT offset, len FROM unreadable WHERE point = ?1 AND device = ?2",
-        )?;
-        let v = st
-            .query_map([point, device], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(v)
-    }
-
     /// The newest complete point holding `device`, with its size then.
     fn previous(&self, device: i64) -> anyhow::Result<Option<(i64, u64)>> {
         Ok(self
@@ -775,7 +762,7 @@ fn backup_device(
             // What the previous point could not read is read again: it may read now,
             // and if not, this point must say so too.
             let mut ranges = ranges.clone();
-            ranges.extend(w.unreadable(pp, device)?);
+            ranges.extend(crate::safe_reader::unreadable_ranges(&w.conn, pp, device)?);
             changed::blocks_to_scan(&ranges, bs, size, prev_size)
         }
         (Some(_), None) => {

@@ -155,6 +155,36 @@ fn point_alive(c: &Connection, point: i64) -> rusqlite::Result<bool> {
         .exists([point])
 }
 
+/// Whether the index has the `unreadable` table (format 2; absent in version 1).
+fn has_unreadable(c: &Connection) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'unreadable'")?
+        .exists([])
+}
+
+/// Byte ranges of `device` that `point` could not read from its source, in order: for
+/// the readers, and for the next backup, which reads them again.
+pub fn unreadable_ranges(
+    c: &Connection,
+    point: i64,
+    device: i64,
+) -> rusqlite::Result<Vec<(u64, u64)>> {
+    if !has_unreadable(c)? {
+        return Ok(Vec::new());
+    }
+    let mut st = c.prepare_cached(
+        "SELECT offset, len FROM unreadable WHERE point = ?1 AND device = ?2 ORDER BY offset",
+    )?;
+    let v = st
+        .query_map([point, device], |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        })?
+        .collect();
+    v
+}
+
 /// Opens the index read-only; shared by every reader so none can write by accident.
 /// `immutable`: read `safe.db` as a file that cannot change (see [`Safe::open`]).
 fn open_ro(dir: &Path, immutable: bool) -> anyhow::Result<Connection> {
@@ -401,24 +431,24 @@ impl Safe {
     /// Byte ranges of `device` that could not be read from the source when `point` was
     /// taken, in order (none in a safe made before version 2).
     pub fn unreadable(&self, point: i64, device: i64) -> anyhow::Result<Vec<(u64, u64)>> {
+        self.with_conn(|c| unreadable_ranges(c, point, device))
+    }
+
+    /// Unreadable bytes per (point, device), for listings: one query for all points.
+    pub fn unreadable_totals(&self) -> anyhow::Result<HashMap<(i64, i64), u64>> {
         self.with_conn(|c| {
-            let has = c
-                .prepare_cached(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'unreadable'",
-                )?
-                .exists([])?;
-            if !has {
-                return Ok(Vec::new());
+            if !has_unreadable(c)? {
+                return Ok(HashMap::new());
             }
             let mut st = c.prepare_cached(
-                "SELECT offset, len FROM unreadable WHERE point = ?1 AND device = ?2 ORDER BY offset",
+                "SELECT point, device, SUM(len) FROM unreadable GROUP BY point, device",
             )?;
             let v = st
-                .query_map([point, device], |r| {
-                    Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64))
+                .query_map([], |r| {
+                    Ok(((r.get(0)?, r.get(1)?), r.get::<_, i64>(2)?.max(0) as u64))
                 })?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(v)
+                .collect();
+            v
         })
     }
 
@@ -450,28 +480,36 @@ impl Safe {
         limit: usize,
     ) -> anyhow::Result<Vec<u64>> {
         let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+        self.with_point(point, |c| {
+            let mut st = c.prepare_cached(format::DATA_BLOCKS_SQL)?;
+            let rows = st.query_map(
+                rusqlite::params![device, point, clamp(from), clamp(end), clamp(limit as u64)],
+                |r| r.get::<_, i64>(0),
+            )?;
+            rows.map(|r| r.map(|b| b as u64)).collect()
+        })
+    }
+
+    /// Runs a map query `f` in one read transaction that first checks `point` still
+    /// exists ([`point_alive`]); a forgotten point is an error naming it.
+    fn with_point<T>(
+        &self,
+        point: i64,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> anyhow::Result<T> {
         let found = self.with_conn(|c| {
             let tx = c.unchecked_transaction()?;
             if !point_alive(&tx, point)? {
                 return Ok(None);
             }
-            let mut st = tx.prepare_cached(format::DATA_BLOCKS_SQL)?;
-            let rows = st.query_map(
-                rusqlite::params![device, point, clamp(from), clamp(end), clamp(limit as u64)],
-                |r| r.get::<_, i64>(0),
-            )?;
-            rows.map(|r| r.map(|b| b as u64))
-                .collect::<rusqlite::Result<_>>()
-                .map(Some)
+            f(&tx).map(Some)
         })?;
-        found.ok_or_else(|| self.forgotten(point))
-    }
-
-    fn forgotten(&self, point: i64) -> anyhow::Error {
-        anyhow::anyhow!(
-            "point {point} was forgotten (removed from {}) while it was being read",
-            self.dir.display()
-        )
+        found.ok_or_else(|| {
+            anyhow::anyhow!(
+                "point {point} was forgotten (removed from {}) while it was being read",
+                self.dir.display()
+            )
+        })
     }
 
     /// Block locations for blocks `start..start+count` of `device` at `point`; `None`
@@ -486,12 +524,8 @@ impl Safe {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let found = self.with_conn(|c| {
-            let tx = c.unchecked_transaction()?;
-            if !point_alive(&tx, point)? {
-                return Ok(None);
-            }
-            let mut st = tx.prepare_cached(format::MAP_RUN_SQL)?;
+        self.with_point(point, |c| {
+            let mut st = c.prepare_cached(format::MAP_RUN_SQL)?;
             let mut out = Vec::with_capacity(count as usize);
             let mut rows = st.query(rusqlite::params![
                 device,
@@ -531,9 +565,8 @@ impl Safe {
                     }
                 });
             }
-            Ok(Some(out))
-        })?;
-        found.ok_or_else(|| self.forgotten(point))
+            Ok(out)
+        })
     }
 
     /// The first block in `from..to` whose newest row at `point` is not known to be
