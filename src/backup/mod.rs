@@ -302,6 +302,15 @@ fn upgrade(conn: &Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Deletes every row of an incomplete point (a failed or interrupted backup's).
+fn delete_point(tx: &Connection, point: i64) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM unreadable WHERE point = ?1", [point])?;
+    tx.execute("DELETE FROM block_map WHERE point = ?1", [point])?;
+    tx.execute("DELETE FROM point_devices WHERE point = ?1", [point])?;
+    tx.execute("DELETE FROM points WHERE id = ?1", [point])?;
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -316,11 +325,8 @@ fn recover(conn: &Connection, dir: &Path) -> anyhow::Result<()> {
         let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
         v
     };
-    for p in &stale {
-        tx.execute("DELETE FROM unreadable WHERE point = ?1", [p])?;
-        tx.execute("DELETE FROM block_map WHERE point = ?1", [p])?;
-        tx.execute("DELETE FROM point_devices WHERE point = ?1", [p])?;
-        tx.execute("DELETE FROM points WHERE id = ?1", [p])?;
+    for &p in &stale {
+        delete_point(&tx, p)?;
         tracing::warn!("removed incomplete point {p} left by an interrupted backup");
     }
     let packs: HashMap<i64, u64> = {
@@ -601,10 +607,7 @@ impl Writer {
                 f.set_len(p.committed)?;
             }
             let tx = self.conn.unchecked_transaction()?;
-            tx.execute("DELETE FROM unreadable WHERE point = ?1", [point])?;
-            tx.execute("DELETE FROM block_map WHERE point = ?1", [point])?;
-            tx.execute("DELETE FROM point_devices WHERE point = ?1", [point])?;
-            tx.execute("DELETE FROM points WHERE id = ?1", [point])?;
+            delete_point(&tx, point)?;
             tx.commit()?;
             Ok(())
         })();
@@ -703,17 +706,7 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
                 changed.get(&s.name),
                 opts.progress,
                 opts.skip_unreadable,
-            )
-            .map_err(|e| {
-                let io = e.chain().any(|c| c.downcast_ref::<io::Error>().is_some());
-                if io && !opts.skip_unreadable && e.to_string().starts_with("reading source") {
-                    anyhow::anyhow!(
-                        "{e:#} (--skip-unreadable records what can be read and marks the rest)"
-                    )
-                } else {
-                    e
-                }
-            })?;
+            )?;
             total.scanned += st.scanned;
             total.changed_blocks += st.changed_blocks;
         }

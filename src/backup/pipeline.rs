@@ -189,6 +189,9 @@ fn read_batch(job: &Job, b: &Batch, buf: &mut IoBuf) -> anyhow::Result<Vec<(u64,
             }
             Ok(bad)
         }
+        Err(e) if media_error(&e, 0) => Err(anyhow::anyhow!(
+            "{e:#} (--skip-unreadable records what can be read and marks the rest)"
+        )),
         Err(e) => Err(e),
     }
 }
