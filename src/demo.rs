@@ -108,7 +108,7 @@ pub fn run(work: Option<&Path>) -> anyhow::Result<()> {
         println!("demo: skipped the mount part: {e:#}");
     }
     // Retention: keep the two newest points; the oldest one's own blocks are freed.
-    let before = dir_allocated(&safe.join("packs"))?;
+    let before = crate::safe_reader::Safe::open(&safe)?.occupied()?;
     let req = backup::ForgetRequest {
         policy: backup::Policy {
             last: 2,
@@ -119,10 +119,10 @@ pub fn run(work: Option<&Path>) -> anyhow::Result<()> {
     let r = backup::forget(&safe, &req)?;
     let gone: Vec<String> = r.forgotten.iter().map(|p| p.0.to_string()).collect();
     println!(
-        "demo: forget --keep-last 2 removed point {}; the packs went from {} to {} on disk",
+        "demo: forget --keep-last 2 removed point {}; the safe went from {} to {} on disk",
         gone.join(", "),
         human(before),
-        human(dir_allocated(&safe.join("packs"))?)
+        human(crate::safe_reader::Safe::open(&safe)?.occupied()?)
     );
     for (id, want) in hashes
         .iter()
@@ -185,16 +185,6 @@ fn mount_tour(safe: &Path, dir: &Path, newest: Option<[u8; 32]>) -> anyhow::Resu
     })();
     crate::fs::mount::umount(&mnt)?;
     result
-}
-
-/// Bytes the files of `d` occupy on disk (holes punched by `forget` cost nothing).
-fn dir_allocated(d: &Path) -> anyhow::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let mut n = 0;
-    for e in std::fs::read_dir(d)? {
-        n += e?.metadata()?.blocks() * 512;
-    }
-    Ok(n)
 }
 
 fn dir_size(d: &Path) -> anyhow::Result<u64> {
