@@ -8,8 +8,8 @@
 //!   holds records of [`RECORD_HEADER_LEN`]-byte header + stored bytes.
 //! - `lock`: `flock`ed by the one writer (backup or forget) so two never interleave.
 //!
-//! `forget` adds a `reclaim(pack)` table (packs whose freed records still need holes
-//! punched) and `meta` keys `block_high`/`pack_high`, so freed ids are never reused.
+//! Version 2 adds the tables of [`V2_SCHEMA`] (`unreadable`, `reclaim`) and `meta` keys
+//! `block_high`/`pack_high`, so ids `forget` freed are never reused.
 
 use std::path::{Path, PathBuf};
 
@@ -97,9 +97,11 @@ CREATE TABLE block_map(
 ) WITHOUT ROWID;
 ";
 
-/// Byte ranges of a device that could not be read when a point was taken (`backup
-/// --skip-unreadable`): stored as zeros, refused by readers. Added in version 2.
-pub const UNREADABLE_SCHEMA: &str = "
+/// Tables version 2 added, created by every writer that opens a safe: `unreadable`,
+/// byte ranges of a device that could not be read when a point was taken (`backup
+/// --skip-unreadable`), stored as zeros and refused by readers; `reclaim`, packs whose
+/// records `forget` freed and that still need their holes punched.
+pub const V2_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS unreadable(
     point INTEGER NOT NULL,
     device INTEGER NOT NULL,
@@ -107,6 +109,7 @@ CREATE TABLE IF NOT EXISTS unreadable(
     len INTEGER NOT NULL,
     PRIMARY KEY(point, device, offset)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reclaim(pack INTEGER PRIMARY KEY);
 ";
 
 /// Blocks that hold data (neither all zeros nor absent) at a point, in order, from a

@@ -313,7 +313,7 @@ fn a_version_1_safe_is_read_and_upgraded_by_its_next_writer() {
     {
         let c = rusqlite::Connection::open(safe.join("safe.db")).unwrap();
         c.execute_batch(
-            "DROP TABLE unreadable; UPDATE meta SET value = '1' WHERE key = 'format_version';",
+            "DROP TABLE unreadable; DROP TABLE reclaim; UPDATE meta SET value = '1' WHERE key = 'format_version';",
         )
         .unwrap();
     }

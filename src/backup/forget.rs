@@ -215,7 +215,6 @@ pub fn forget(dir: &Path, req: &ForgetRequest) -> anyhow::Result<ForgetReport> {
         let (blocks_freed, bytes_freed) = reader.with_conn(|c| {
             let tx = c.unchecked_transaction()?;
             estimate(&tx, &chosen, bs)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))
         })?;
         return Ok(ForgetReport {
             kept,
@@ -226,7 +225,7 @@ pub fn forget(dir: &Path, req: &ForgetRequest) -> anyhow::Result<ForgetReport> {
         });
     }
     drop(reader);
-    let (conn, _lock, _) = super::open_for_write(dir, &super::BackupOptions::default())?;
+    let (conn, _lock, params) = super::open_for_write(dir, &super::BackupOptions::default())?;
     super::recover(&conn, dir)?;
     let points: Vec<(i64, i64)> = {
         let mut st =
@@ -248,9 +247,7 @@ pub fn forget(dir: &Path, req: &ForgetRequest) -> anyhow::Result<ForgetReport> {
     };
 
     let tx = conn.unchecked_transaction()?;
-    tx.execute_batch("CREATE TABLE IF NOT EXISTS reclaim(pack INTEGER PRIMARY KEY)")?;
-    let block_size = format::read_params(&tx, dir)?.block_size as u64;
-    remove_points(&tx, &chosen, block_size)?;
+    remove_points(&tx, &chosen, params.block_size as u64)?;
     let (blocks, bytes) = drop_unused_blocks(&tx)?;
     report.blocks_freed = blocks;
     report.bytes_freed = bytes;
@@ -286,8 +283,8 @@ fn walk_rows(
     chosen: &BTreeSet<i64>,
     block_size: u64,
     all: bool,
-    mut visit: impl FnMut(i64, i64, i64, i64, Fate) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+    mut visit: impl FnMut(i64, i64, i64, i64, Fate) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
     // Per device, its points that stay with their sizes in blocks, in order; and the
     // devices to walk.
     let mut remaining: HashMap<i64, Vec<(i64, u64)>> = HashMap::new();
@@ -366,7 +363,7 @@ fn walk_rows(
 
 /// Removes the points' map rows (moving the ones later points inherit), their devices
 /// and the points themselves.
-fn remove_points(tx: &Connection, chosen: &BTreeSet<i64>, block_size: u64) -> anyhow::Result<()> {
+fn remove_points(tx: &Connection, chosen: &BTreeSet<i64>, block_size: u64) -> rusqlite::Result<()> {
     if chosen.is_empty() {
         return Ok(());
     }
@@ -430,7 +427,7 @@ fn estimate(
     conn: &Connection,
     chosen: &BTreeSet<i64>,
     block_size: u64,
-) -> anyhow::Result<(u64, u64)> {
+) -> rusqlite::Result<(u64, u64)> {
     let mut marks = Marks::load(conn)?;
     walk_rows(conn, chosen, block_size, true, |_, _, _, blk, fate| {
         if fate != Fate::Drop {
@@ -516,17 +513,6 @@ fn raise_mark(conn: &Connection, key: &str, to: i64) -> rusqlite::Result<()> {
 /// an interrupted `forget` left. Returns (packs removed, bytes left allocated where the
 /// filesystem cannot punch holes).
 pub(super) fn reclaim(conn: &Connection, dir: &Path) -> anyhow::Result<(u64, u64)> {
-    let has_table = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reclaim'",
-            [],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
-    if !has_table {
-        return Ok((0, 0));
-    }
     let queued: Vec<i64> = {
         let mut st = conn.prepare("SELECT pack FROM reclaim ORDER BY pack")?;
         let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;

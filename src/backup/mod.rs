@@ -293,7 +293,7 @@ fn open_for_write(
 /// version, so readers that would ignore them refuse the safe instead.
 fn upgrade(conn: &Connection) -> anyhow::Result<()> {
     let tx = conn.unchecked_transaction()?;
-    tx.execute_batch(format::UNREADABLE_SCHEMA)?;
+    tx.execute_batch(format::V2_SCHEMA)?;
     tx.execute(
         "UPDATE meta SET value = ?1 WHERE key = 'format_version' AND CAST(value AS INTEGER) < ?1",
         [format::FORMAT_VERSION],
