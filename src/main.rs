@@ -327,8 +327,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     r.blocks_freed
                 );
             } else {
+                let rewritten = if r.packs_compacted > 0 {
+                    format!(", {} rewritten without unused records", r.packs_compacted)
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "{verb} {} point(s); freed {} in {} block(s) no point uses, {} pack file(s) removed",
+                    "{verb} {} point(s); freed {} in {} block(s) no point uses, {} pack file(s) removed{rewritten}",
                     r.forgotten.len(),
                     human(r.bytes_freed),
                     r.blocks_freed,
@@ -336,7 +341,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 if r.bytes_not_punched > 0 {
                     eprintln!(
-                        "warning: the safe's filesystem cannot punch holes: {} of that stays allocated in the packs",
+                        "note: the safe's filesystem cannot punch holes: {} of that stays allocated in packs until a tenth of a pack is unused, which a later forget then rewrites",
                         human(r.bytes_not_punched)
                     );
                 }

@@ -7,6 +7,7 @@ use std::io::Read;
 use std::path::Path;
 
 use rayon::prelude::*;
+use rusqlite::OptionalExtension;
 
 use crate::format::{self, ZERO_BLOCK};
 use crate::safe_reader::{BlockLoc, Safe};
@@ -135,44 +136,51 @@ pub fn verify(dir: &Path) -> anyhow::Result<Report> {
         let Some(l) = rows.last() else { break };
         last = l.id;
         report.blocks_checked += rows.len() as u64;
-        let bad: Vec<(i64, String)> = rows
+        let bad: Vec<(BlockLoc, String)> = rows
             .par_iter()
             .filter_map(|loc| {
-                let end = loc.offset + (format::RECORD_HEADER_LEN as u64) + loc.stored_len as u64;
-                match packs.get(&loc.pack) {
-                    None => {
-                        return Some((loc.id, format!("pack {} is not in the index", loc.pack)))
-                    }
-                    Some(&len) if end > len => {
-                        return Some((
-                            loc.id,
-                            format!("lies past the committed end of pack {}", loc.pack),
-                        ))
-                    }
-                    _ => {}
-                }
-                match safe.load_block(loc) {
-                    Err(e) => Some((loc.id, e.to_string())),
-                    // Reads check the quick hash; the content address too here.
-                    Ok(b) if blake3::hash(&b).as_bytes() != &loc.hash => {
-                        Some((loc.id, "content hash mismatch (blake3)".into()))
-                    }
-                    Ok(_) => None,
-                }
+                check(&safe, loc, packs.get(&loc.pack).copied()).map(|why| (*loc, why))
             })
             .collect();
         // A `forget` running meanwhile may have freed (and punched out) a block this
-        // batch listed: a block the index no longer holds is not damage.
-        let bad = safe.with_conn(|c| {
-            let mut still = c.prepare_cached("SELECT 1 FROM blocks WHERE id = ?1")?;
-            let mut kept = Vec::with_capacity(bad.len());
-            for (id, why) in bad {
-                if still.exists([id])? {
-                    kept.push((id, why));
+        // batch listed, or moved it into a rewritten pack: a block the index no longer
+        // holds is not damage, and a moved one is checked where it is now.
+        let now = safe.with_conn(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT b.pack, b.offset, p.committed_len FROM blocks b
+                 LEFT JOIN packs p ON p.id = b.pack WHERE b.id = ?1",
+            )?;
+            let mut out = Vec::with_capacity(bad.len());
+            for (loc, why) in bad {
+                let at = st
+                    .query_row([loc.id], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Option<i64>>(2)?,
+                        ))
+                    })
+                    .optional()?;
+                if let Some((pack, offset, len)) = at {
+                    out.push((loc, why, pack, offset, len));
                 }
             }
-            Ok(kept)
+            Ok(out)
         })?;
+        let bad: Vec<(i64, String)> = now
+            .into_iter()
+            .filter_map(|(loc, why, pack, offset, len)| {
+                if pack == loc.pack && offset.max(0) as u64 == loc.offset {
+                    return Some((loc.id, why));
+                }
+                let moved = BlockLoc {
+                    pack,
+                    offset: offset.max(0) as u64,
+                    ..loc
+                };
+                check(&safe, &moved, len.map(|l| l.max(0) as u64)).map(|why| (loc.id, why))
+            })
+            .collect();
         damaged.extend(bad);
     }
 
@@ -297,5 +305,26 @@ pub fn print(report: &Report) {
             "damaged: point {} device {} bytes {}-{} ({})",
             d.point, d.device, d.start, d.end, d.reason
         );
+    }
+}
+
+/// Checks one stored block where `loc` says it is, against its pack's committed length
+/// (`None`: the pack is not in the index); returns what is wrong with it.
+fn check(safe: &Safe, loc: &BlockLoc, pack_len: Option<u64>) -> Option<String> {
+    let end = loc.offset + (format::RECORD_HEADER_LEN as u64) + loc.stored_len as u64;
+    match pack_len {
+        None => return Some(format!("pack {} is not in the index", loc.pack)),
+        Some(len) if end > len => {
+            return Some(format!("lies past the committed end of pack {}", loc.pack))
+        }
+        _ => {}
+    }
+    match safe.load_block(loc) {
+        Err(e) => Some(e.to_string()),
+        // Reads check the quick hash; the content address too here.
+        Ok(b) if blake3::hash(&b).as_bytes() != &loc.hash => {
+            Some("content hash mismatch (blake3)".into())
+        }
+        Ok(_) => None,
     }
 }

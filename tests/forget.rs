@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use disksafe::format;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
 fn s(p: &Path) -> &str {
@@ -58,14 +59,106 @@ fn live_records(safe: &Path) -> (u64, u64) {
 
 /// The ids of the stored blocks.
 fn block_ids(safe: &Path) -> BTreeSet<i64> {
+    ids(safe, "blocks")
+}
+
+/// The ids in the index's `table`.
+fn ids(safe: &Path, table: &str) -> BTreeSet<i64> {
     let c = db(safe);
-    let mut st = c.prepare("SELECT id FROM blocks").unwrap();
+    let mut st = c.prepare(&format!("SELECT id FROM {table}")).unwrap();
     let v = st
         .query_map([], |r| r.get(0))
         .unwrap()
         .map(|r| r.unwrap())
         .collect();
     v
+}
+
+/// Pack ids of the files in `packs/`.
+fn pack_files(safe: &Path) -> BTreeSet<i64> {
+    std::fs::read_dir(safe.join("packs"))
+        .unwrap()
+        .map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".pack").unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+/// Pack ids the index names.
+fn indexed_packs(safe: &Path) -> BTreeSet<i64> {
+    ids(safe, "packs")
+}
+
+/// A ramfs mounted for one test: a filesystem that cannot punch holes (like exFAT,
+/// ntfs-3g or NFSv3, where safes on backup drives live), so `forget` must rewrite
+/// packs to give space back. Needs root; `None` (with a SKIP line) without it.
+struct RamFs {
+    dir: tempfile::TempDir,
+}
+
+impl RamFs {
+    fn new(test: &str) -> Option<RamFs> {
+        if !is_root() {
+            eprintln!("SKIP {test}: mounting a ramfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "ramfs", "ramfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        if !st.success() {
+            eprintln!("SKIP {test}: this kernel cannot mount a ramfs");
+            return None;
+        }
+        let probe = dir.path().join("probe");
+        std::fs::write(&probe, vec![1u8; 1 << 16]).unwrap();
+        let f = OpenOptions::new().write(true).open(&probe).unwrap();
+        let rc = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                4096,
+            )
+        };
+        assert_ne!(
+            rc, 0,
+            "ramfs punched a hole: it no longer stands for a filesystem that cannot"
+        );
+        drop(f);
+        std::fs::remove_file(&probe).unwrap();
+        Some(RamFs { dir })
+    }
+}
+
+impl std::ops::Deref for RamFs {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RamFs {
+    fn drop(&mut self) {
+        // A mount server just told to unmount may still hold the safe's files open.
+        for _ in 0..50 {
+            let st = Command::new("umount")
+                .arg(self.dir.path())
+                .stderr(Stdio::null())
+                .status();
+            if st.is_ok_and(|s| s.success()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
 }
 
 /// Every expected (point, device) → sha256 restores exactly; every other point is gone.
@@ -271,9 +364,27 @@ fn forgetting_points_keeps_every_other_point_byte_exact() {
 #[test]
 fn killed_forget_leaves_the_safe_whole() {
     let t = tempfile::tempdir().unwrap();
-    let safe = t.path().join("safe");
-    let a = t.path().join("a.img");
-    let mut rng = StdRng::seed_from_u64(42);
+    killed_forgets(&t.path().join("safe"), t.path(), 42);
+}
+
+/// The same where the filesystem cannot punch holes, so the forgets rewrite packs: a
+/// kill between writing a new pack and the commit naming it, or between that commit
+/// and removing the old pack, leaves a file the next writer removes.
+#[test]
+fn killed_forget_that_rewrites_packs_leaves_the_safe_whole() {
+    let Some(rf) = RamFs::new("killed_forget_that_rewrites_packs_leaves_the_safe_whole") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    killed_forgets(&rf.join("safe"), t.path(), 43);
+}
+
+/// Six `forget` runs over a 14-point safe at `safe`, each SIGKILLed at a random moment;
+/// scratch files go in `dir`.
+fn killed_forgets(safe: &Path, dir: &Path, seed: u64) {
+    let safe = safe.to_path_buf();
+    let a = dir.join("a.img");
+    let mut rng = StdRng::seed_from_u64(seed);
     make_image(&a, 48 << 20, &mut rng);
     let mut expect: BTreeMap<i64, String> = BTreeMap::new();
     for _ in 0..14 {
@@ -333,7 +444,7 @@ fn killed_forget_leaves_the_safe_whole() {
         );
         expect.retain(|p, _| now.contains(p));
         for (p, want) in &expect {
-            assert_eq!(&restored_sha(&safe, &p.to_string(), "a", t.path()), want);
+            assert_eq!(&restored_sha(&safe, &p.to_string(), "a", dir), want);
         }
     }
     // A run to the end frees what the killed ones left queued.
@@ -344,8 +455,13 @@ fn killed_forget_leaves_the_safe_whole() {
         .query_row("SELECT COUNT(*) FROM reclaim", [], |r| r.get(0))
         .unwrap_or(0);
     assert_eq!(queued, 0, "nothing left queued for reclaiming");
+    assert_eq!(
+        pack_files(&safe),
+        indexed_packs(&safe),
+        "pack files the index does not name"
+    );
     for (p, want) in &expect {
-        assert_eq!(&restored_sha(&safe, &p.to_string(), "a", t.path()), want);
+        assert_eq!(&restored_sha(&safe, &p.to_string(), "a", dir), want);
     }
     assert!(ok(&["verify", s(&safe)]).starts_with("ok:"));
     eprintln!(
@@ -616,4 +732,172 @@ fn zeros_inherited_across_a_shrink_survive_forget() {
     ok(&["forget", s(&safe), &zeroed.to_string()]);
     expect.remove(&zeroed);
     check_points(&safe, &expect, t.path());
+}
+
+/// On a filesystem that cannot punch holes, `forget` rewrites the packs a tenth or more
+/// of which it freed: the safe then takes at most a ninth more than a fresh safe of the
+/// remaining points' images, every remaining point restores as its source was, and a
+/// mount that read the old packs' locations before keeps serving the same bytes.
+#[test]
+fn forget_rewrites_packs_where_holes_cannot_be_punched() {
+    let test = "forget_rewrites_packs_where_holes_cannot_be_punched";
+    let Some(rf) = RamFs::new(test) else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let safe = rf.join("safe");
+    let (a, b) = (t.path().join("a.img"), t.path().join("b.img"));
+    let mut rng = StdRng::seed_from_u64(47);
+    make_image(&a, 40 << 20, &mut rng);
+    make_image(&b, 24 << 20, &mut rng);
+    let mut copies: BTreeMap<i64, (PathBuf, PathBuf)> = BTreeMap::new();
+    for i in 0..8 {
+        mutate(&a, 30, 1 << 20, &mut rng);
+        mutate(&b, 10, 1 << 20, &mut rng);
+        let p = backup(&[s(&safe), &format!("a={}", s(&a)), &format!("b={}", s(&b))]);
+        let (ca, cb) = (
+            t.path().join(format!("a{i}")),
+            t.path().join(format!("b{i}")),
+        );
+        std::fs::copy(&a, &ca).unwrap();
+        std::fs::copy(&b, &cb).unwrap();
+        copies.insert(p, (ca, cb));
+    }
+    let before = pack_bytes(&safe);
+    let mounted = fuse_available().then(|| Mounted::new(&safe, t.path(), &["--cache", "16M"]));
+    let kept: Vec<i64> = copies.keys().rev().take(2).rev().copied().collect();
+    if let Some(m) = &mounted {
+        // The mount caches the first map segment's locations and opens some packs.
+        for p in &kept {
+            let f = std::fs::File::open(m.dir.join(format!("{p}/a/disk.img"))).unwrap();
+            let mut head = vec![0u8; 1 << 20];
+            f.read_exact_at(&mut head, 0).unwrap();
+            assert_eq!(sha256(&head), sha256_slice(&copies[p].0, 0, 1 << 20));
+        }
+    } else {
+        eprintln!(
+            "SKIP part of {test}: FUSE is not available here (/dev/fuse, root or fusermount3)"
+        );
+    }
+    let o = ds(&["forget", s(&safe), "--keep-last", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("rewritten without unused records"), "{err}");
+    copies.retain(|p, _| kept.contains(p));
+
+    // A fresh safe of the same two images holds exactly the records still needed.
+    let fresh = t.path().join("fresh");
+    for (ca, cb) in copies.values() {
+        backup(&[s(&fresh), &format!("a={}", s(ca)), &format!("b={}", s(cb))]);
+    }
+    let (after, need) = (pack_bytes(&safe), pack_bytes(&fresh));
+    let packs = pack_files(&safe).len() as u64;
+    eprintln!("packs: {before} bytes before, {after} after; a fresh safe: {need}");
+    assert!(
+        after * 9 <= need * 10 + packs * 16 * 9,
+        "after the rewrite the packs hold {after} bytes; the records needed take {need}"
+    );
+    assert!(
+        before > 2 * need,
+        "the test frees little ({before} vs {need})"
+    );
+    assert_eq!(pack_files(&safe), indexed_packs(&safe));
+    let mut expect: BTreeMap<i64, Vec<(String, String)>> = BTreeMap::new();
+    for (p, (ca, cb)) in &copies {
+        expect.insert(
+            *p,
+            vec![("a".into(), sha256_file(ca)), ("b".into(), sha256_file(cb))],
+        );
+    }
+    check_points(&safe, &expect, t.path());
+
+    if let Some(m) = &mounted {
+        std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+        for (p, (ca, cb)) in &copies {
+            for (dev, src) in [("a", ca), ("b", cb)] {
+                assert_eq!(
+                    sha256_file(&m.dir.join(format!("{p}/{dev}/disk.img"))),
+                    sha256_file(src),
+                    "{dev} at point {p} through a mount older than the rewrite"
+                );
+            }
+        }
+        let log = m.log_text();
+        assert!(!log.contains("ERROR") && !log.contains("damaged"), "{log}");
+    }
+}
+
+/// A rewrite never hides damage: a pack holding a record whose header disagrees with
+/// the index is left as it is (with a warning), and a record damaged past its header
+/// is copied as it is, so `verify` names the same point, device and bytes afterwards.
+#[test]
+fn rewriting_packs_keeps_damage_visible() {
+    let test = "rewriting_packs_keeps_damage_visible";
+    let Some(rf) = RamFs::new(test) else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let safe = rf.join("safe");
+    let a = t.path().join("a.img");
+    let mut rng = StdRng::seed_from_u64(48);
+    make_image(&a, 16 << 20, &mut rng);
+    backup(&[s(&safe), &format!("a={}", s(&a))]);
+    // Point 2 rewrites the first half, point 3 the first and third quarters: once
+    // points 1 and 2 go, point 3 reads its last quarter from pack 1 and its second
+    // from pack 2, the rest of both unused.
+    let f = OpenOptions::new().write(true).open(&a).unwrap();
+    let mut half = vec![0u8; 8 << 20];
+    rng.fill(&mut half[..]);
+    f.write_all_at(&half, 0).unwrap();
+    backup(&[s(&safe), &format!("a={}", s(&a))]);
+    rng.fill(&mut half[..4 << 20]);
+    f.write_all_at(&half[..4 << 20], 0).unwrap();
+    rng.fill(&mut half[..4 << 20]);
+    f.write_all_at(&half[..4 << 20], 8 << 20).unwrap();
+    let last = backup(&[s(&safe), &format!("a={}", s(&a))]);
+    // A record each in packs 1 and 2 that point 3 still reads: blocks 192–255 and
+    // 64–127 (records lie in packs in the order the pipeline's threads finish).
+    let live = |pack: i64, blocks: std::ops::Range<i64>| -> (u64, i64) {
+        db(&safe)
+            .query_row(
+                "SELECT b.offset, m.block_no FROM block_map m JOIN blocks b ON b.id = m.block
+                 WHERE b.pack = ?1 AND m.block_no >= ?2 AND m.block_no < ?3
+                 ORDER BY m.block_no DESC LIMIT 1",
+                [pack, blocks.start, blocks.end],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    let (head_at, head_block) = live(1, 192..256);
+    let (body_at, body_block) = live(2, 64..128);
+    flip_byte(&format::pack_path(&safe, 1), head_at + 1, 0x20); // the record magic
+    flip_byte(&format::pack_path(&safe, 2), body_at + 48 + 7, 0x01); // stored bytes
+    let damage = |safe: &Path| -> BTreeSet<String> {
+        let o = ds(&["verify", s(safe)]);
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("damaged:") && l.contains(&format!("point {last} ")))
+            .map(|l| l.split(" (").next().unwrap().to_string())
+            .collect()
+    };
+    let before = damage(&safe);
+    let bs = 65_536u64;
+    for b in [head_block, body_block] {
+        let range = format!("bytes {}-{}", b as u64 * bs, (b as u64 + 1) * bs);
+        assert!(
+            before.iter().any(|l| l.contains(&range)),
+            "{range} in {before:?}"
+        );
+    }
+    let o = ds(&["forget", s(&safe), "1-2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("could not rewrite pack 1") && err.contains("disagrees with the index"),
+        "{err}"
+    );
+    assert!(err.contains("1 rewritten"), "{err}");
+    assert!(pack_files(&safe).contains(&1) && !pack_files(&safe).contains(&2));
+    assert_eq!(damage(&safe), before, "verify after the rewrite");
 }

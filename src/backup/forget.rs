@@ -130,6 +130,9 @@ pub struct ForgetReport {
     pub bytes_freed: u64,
     /// Packs removed whole because nothing in them was used any more.
     pub packs_removed: u64,
+    /// Packs rewritten without their unused records, on a filesystem that cannot
+    /// punch holes.
+    pub packs_compacted: u64,
     /// Freed bytes left allocated because the safe's filesystem cannot punch holes.
     pub bytes_not_punched: u64,
 }
@@ -255,9 +258,10 @@ pub fn forget(dir: &Path, req: &ForgetRequest) -> anyhow::Result<ForgetReport> {
     for &(id, _) in &report.forgotten {
         tracing::info!("forgot point {id}");
     }
-    let (removed, unpunched) = reclaim(&conn, dir)?;
-    report.packs_removed = removed;
-    report.bytes_not_punched = unpunched;
+    let done = reclaim(&conn, dir)?;
+    report.packs_removed = done.removed;
+    report.packs_compacted = done.compacted;
+    report.bytes_not_punched = done.unpunched;
     // The deletions sit in the WAL; fold them into safe.db so it stops growing.
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     Ok(report)
@@ -508,35 +512,65 @@ fn raise_mark(conn: &Connection, key: &str, to: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// What [`reclaim`] gave back.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Reclaimed {
+    /// Packs removed whole: nothing in them was used any more.
+    pub removed: u64,
+    /// Packs rewritten without their unused records (see [`COMPACT_SHARE`]).
+    pub compacted: u64,
+    /// Unused bytes left allocated: the filesystem cannot punch holes and too little
+    /// of their pack is unused to rewrite it (or the rewrite failed).
+    pub unpunched: u64,
+}
+
+/// A pack whose unused bytes the filesystem cannot punch out (exFAT, ntfs-3g, NFSv3,
+/// ramfs) is rewritten once they make up 1/`COMPACT_SHARE` of it: such a safe then
+/// keeps at most about a tenth of each pack unused, and no pack (up to 1 GiB) is copied
+/// to free a few records.
+const COMPACT_SHARE: u64 = 10;
+
+/// A record a queued pack still holds.
+struct LiveRecord {
+    id: i64,
+    start: u64,
+    end: u64,
+    hash: Vec<u8>,
+}
+
 /// Gives queued packs' unused bytes back: a pack nothing uses is removed, others get
-/// holes punched between their live records. Idempotent, so `recover` can finish what
-/// an interrupted `forget` left. Returns (packs removed, bytes left allocated where the
-/// filesystem cannot punch holes).
-pub(super) fn reclaim(conn: &Connection, dir: &Path) -> anyhow::Result<(u64, u64)> {
+/// holes punched between their live records, or, where the filesystem cannot punch
+/// holes, are rewritten without the unused ones when enough of them is unused.
+/// Idempotent, so `recover` can finish what an interrupted `forget` left.
+pub(super) fn reclaim(conn: &Connection, dir: &Path) -> anyhow::Result<Reclaimed> {
     let queued: Vec<i64> = {
         let mut st = conn.prepare("SELECT pack FROM reclaim ORDER BY pack")?;
         let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
         v
     };
+    let mut done = Reclaimed::default();
     if queued.is_empty() {
-        return Ok((0, 0));
+        return Ok(done);
     }
     let want: HashSet<i64> = queued.iter().copied().collect();
-    let mut live: HashMap<i64, Vec<(u64, u64)>> = HashMap::new();
+    let mut live: HashMap<i64, Vec<LiveRecord>> = HashMap::new();
     {
-        let mut st = conn.prepare("SELECT pack, offset, stored_len FROM blocks")?;
+        let mut st = conn.prepare("SELECT pack, offset, stored_len, id, hash FROM blocks")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let pack: i64 = r.get(0)?;
             if want.contains(&pack) {
-                let off = r.get::<_, i64>(1)?.max(0) as u64;
+                let start = r.get::<_, i64>(1)?.max(0) as u64;
                 let len = RECORD_HEADER_LEN as u64 + r.get::<_, i64>(2)?.max(0) as u64;
-                live.entry(pack).or_default().push((off, off + len));
+                live.entry(pack).or_default().push(LiveRecord {
+                    id: r.get(3)?,
+                    start,
+                    end: start + len,
+                    hash: r.get(4)?,
+                });
             }
         }
     }
-    let mut removed = 0;
-    let mut unpunched = 0;
     for pack in queued {
         let committed: Option<i64> = conn
             .query_row(
@@ -563,20 +597,152 @@ pub(super) fn reclaim(conn: &Connection, dir: &Path) -> anyhow::Result<(u64, u64
                     }
                     _ => {}
                 }
-                removed += 1;
+                done.removed += 1;
                 continue;
             }
             (Some(end), Some(mut records)) => {
-                records.sort_unstable();
-                unpunched += punch_gaps(&path, &records, end.max(0) as u64)?;
+                records.sort_unstable_by_key(|r| r.start);
+                let spans: Vec<(u64, u64)> = records.iter().map(|r| (r.start, r.end)).collect();
+                let end = end.max(0) as u64;
+                let unpunched = punch_gaps(&path, &spans, end)?;
+                if unpunched > 0 && unpunched * COMPACT_SHARE >= end {
+                    match compact(conn, dir, pack, &records) {
+                        Ok(()) => {
+                            done.compacted += 1;
+                            continue;
+                        }
+                        Err(e) => {
+                            // Not queued again: a damaged record would fail every
+                            // retry. The next forget freeing records here retries.
+                            tracing::warn!(
+                                "could not rewrite pack {pack} without its {unpunched} unused bytes: {e:#}"
+                            );
+                            done.unpunched += unpunched;
+                        }
+                    }
+                } else if unpunched > 0 {
+                    tracing::info!(
+                        "pack {pack}: the filesystem cannot punch holes; {unpunched} unused bytes stay allocated until a tenth of the pack is unused"
+                    );
+                    done.unpunched += unpunched;
+                }
             }
         }
         conn.execute("DELETE FROM reclaim WHERE pack = ?1", [pack])?;
     }
-    if removed > 0 {
+    if done.removed + done.compacted > 0 {
         super::sync_dir(&dir.join("packs"))?;
     }
-    Ok((removed, unpunched))
+    Ok(done)
+}
+
+/// Longest run of back-to-back records [`compact`] copies with one read.
+const COPY_RUN: u64 = 8 << 20;
+
+/// Rewrites pack `pack`'s live `records` (in offset order), byte for byte, into a new
+/// pack, points their index rows there and removes the old pack. Crash-safe like a
+/// backup: the new pack is written and synced before the index names it (`recover`
+/// removes an unnamed one), and the old one leaves the index before its file goes.
+/// Readers holding old locations find the moved records (see `Safe::relocate`).
+fn compact(conn: &Connection, dir: &Path, pack: i64, records: &[LiveRecord]) -> anyhow::Result<()> {
+    let new_id: i64 = conn
+        .query_row("SELECT COALESCE(MAX(id), 0) FROM packs", [], |r| {
+            r.get::<_, i64>(0)
+        })?
+        .max(mark(conn, PACK_HIGH)?)
+        + 1;
+    let old_path = format::pack_path(dir, pack);
+    let new_path = format::pack_path(dir, new_id);
+    let copied = copy_records(&old_path, &new_path, records).and_then(|moved| {
+        super::sync_dir(&dir.join("packs"))?;
+        let tx = conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO packs(id, committed_len) VALUES (?1, ?2)",
+            params![new_id, moved.1 as i64],
+        )?;
+        {
+            let mut st = tx.prepare("UPDATE blocks SET pack = ?1, offset = ?2 WHERE id = ?3")?;
+            for (id, at) in moved.0 {
+                st.execute(params![new_id, at as i64, id])?;
+            }
+        }
+        raise_mark(&tx, PACK_HIGH, pack)?;
+        tx.execute("DELETE FROM packs WHERE id = ?1", [pack])?;
+        tx.execute("DELETE FROM reclaim WHERE pack = ?1", [pack])?;
+        tx.commit().context("committing to the index")?;
+        Ok(())
+    });
+    if let Err(e) = copied {
+        let _ = fs::remove_file(&new_path);
+        return Err(e);
+    }
+    match fs::remove_file(&old_path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(anyhow::Error::from(e)
+            .context(format!("removing rewritten pack {}", old_path.display()))),
+        _ => {
+            tracing::info!("rewrote pack {pack} as pack {new_id} without its unused records");
+            Ok(())
+        }
+    }
+}
+
+/// Copies `records` of the pack at `from` into a new pack file at `to`, synced; each
+/// record's header is checked against the index first (damage is never copied into a
+/// fresh-looking pack). Returns each block's new offset and the new pack's length.
+fn copy_records(
+    from: &Path,
+    to: &Path,
+    records: &[LiveRecord],
+) -> anyhow::Result<(Vec<(i64, u64)>, u64)> {
+    use std::io::Write;
+    let src = fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let out = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(to)
+        .with_context(|| format!("creating pack file {}", to.display()))?;
+    let mut w = io::BufWriter::with_capacity(1 << 20, out);
+    let werr = |e: io::Error| anyhow::Error::from(e).context(format!("writing {}", to.display()));
+    w.write_all(format::PACK_MAGIC).map_err(werr)?;
+    let mut at = format::PACK_MAGIC.len() as u64;
+    let mut moved = Vec::with_capacity(records.len());
+    let mut buf = Vec::new();
+    let mut i = 0;
+    while i < records.len() {
+        let first = records[i].start;
+        let mut j = i + 1;
+        while j < records.len()
+            && records[j].start == records[j - 1].end
+            && records[j].end - first <= COPY_RUN
+        {
+            j += 1;
+        }
+        buf.resize((records[j - 1].end - first) as usize, 0);
+        crate::safe_reader::read_full(&src, &mut buf, first)
+            .with_context(|| format!("reading {} at offset {first}", from.display()))?;
+        for r in &records[i..j] {
+            let rec = &buf[(r.start - first) as usize..(r.end - first) as usize];
+            let ok = format::RecordHeader::decode(rec).is_ok_and(|h| {
+                RECORD_HEADER_LEN as u64 + h.stored_len as u64 == r.end - r.start
+                    && h.hash[..] == r.hash[..]
+            });
+            if !ok {
+                bail!(
+                    "the record of block {} at offset {} of {} disagrees with the index (`disksafe verify` lists the damage)",
+                    r.id,
+                    r.start,
+                    from.display()
+                );
+            }
+            w.write_all(rec).map_err(werr)?;
+            moved.push((r.id, at));
+            at += rec.len() as u64;
+        }
+        i = j;
+    }
+    let file = w.into_inner().map_err(|e| werr(e.into_error()))?;
+    file.sync_all().map_err(werr)?;
+    Ok((moved, at))
 }
 
 /// Punches holes over every byte of a pack between its header, its live records and
@@ -620,12 +786,6 @@ fn punch_gaps(path: &Path, records: &[(u64, u64)], end: u64) -> anyhow::Result<u
                 }
             }
         }
-    }
-    if unpunched > 0 {
-        tracing::warn!(
-            "{}: the filesystem cannot punch holes; {unpunched} unused bytes stay allocated",
-            path.display()
-        );
     }
     file.sync_all()
         .with_context(|| format!("syncing pack {}", path.display()))?;

@@ -242,6 +242,18 @@ impl<K: Hash + Eq + Clone + Send + 'static, V: Weigh + Clone + Send + 'static> W
         }
     }
 
+    /// Drops every entry, for values that went stale all at once.
+    pub fn clear(&self) {
+        for shard in self.inner.shards.iter() {
+            let mut s = shard.lock().unwrap();
+            s.lru.clear();
+            if let Some(b) = &self.inner.budget {
+                b.used.fetch_sub(s.bytes, Ordering::Relaxed);
+            }
+            s.bytes = 0;
+        }
+    }
+
     /// The bytes it holds at most on its own (a budget may let it grow further).
     pub fn capacity(&self) -> usize {
         self.inner.per_shard * SHARDS
@@ -305,6 +317,8 @@ pub struct CachedSafe {
     maps: WeightedLru<SegKey, Arc<Vec<Option<BlockLoc>>>>,
     trees: Arc<Budget>,
     loading: Mutex<std::collections::HashMap<i64, Loading>>,
+    /// [`Safe::relocations`] when `maps` was last known current.
+    relocations: std::sync::atomic::AtomicU64,
 }
 
 impl CachedSafe {
@@ -323,6 +337,7 @@ impl CachedSafe {
             maps: WeightedLru::new(map_bytes),
             trees: Budget::new(tree_bytes),
             loading: Mutex::new(std::collections::HashMap::new()),
+            relocations: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -351,6 +366,12 @@ impl CachedSafe {
         seg: u64,
     ) -> anyhow::Result<Arc<Vec<Option<BlockLoc>>>> {
         let key = (device, point, seg);
+        // A `forget` rewrote a pack: every cached location may name the old one, and
+        // each read through it would cost a failed open and a lookup.
+        let moved = self.safe.relocations();
+        if self.relocations.swap(moved, Ordering::AcqRel) != moved {
+            self.maps.clear();
+        }
         if let Some(v) = self.maps.get(&key) {
             return Ok(v);
         }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::format::{self, Hash, Quick, RecordHeader, SafeParams, RECORD_HEADER_LEN, ZERO_BLOCK};
 
@@ -141,6 +141,8 @@ pub struct Safe {
     packs: RwLock<HashMap<i64, Arc<File>>>,
     /// Packs opened with O_DIRECT; `None` where the filesystem refuses it (tmpfs).
     direct: RwLock<HashMap<i64, Option<Arc<File>>>>,
+    /// Blocks found moved to another pack (see [`Safe::relocations`]).
+    relocations: AtomicU64,
 }
 
 /// Alignment of O_DIRECT reads (file offset, length and buffer address); 4 KiB
@@ -312,6 +314,7 @@ impl Safe {
             generation: AtomicU64::new(0),
             packs: RwLock::new(HashMap::new()),
             direct: RwLock::new(HashMap::new()),
+            relocations: AtomicU64::new(0),
         })
     }
 
@@ -650,13 +653,50 @@ impl Safe {
             return Err(damaged("index entry has impossible lengths".into()));
         }
         rec.resize(RECORD_HEADER_LEN + loc.stored_len as usize, 0);
-        self.read_pack(loc.pack, loc.offset, rec, ahead)
-            .map_err(|e| match e {
-                BlockError::Io { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
-                    damaged("pack file is shorter than the index says".into())
+        let read = match self.read_pack(loc.pack, loc.offset, rec, ahead) {
+            Err(BlockError::Io { source, pack }) if source.kind() == io::ErrorKind::NotFound => {
+                match self.relocate(loc) {
+                    Some(moved) => self.read_pack(moved.pack, moved.offset, rec, ahead),
+                    None => Err(BlockError::Io { source, pack }),
                 }
-                e => e,
+            }
+            r => r,
+        };
+        read.map_err(|e| match e {
+            BlockError::Io { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
+                damaged("pack file is shorter than the index says".into())
+            }
+            e => e,
+        })
+    }
+
+    /// Where block `loc.id` is stored now, when that is another pack: a `forget` on a
+    /// filesystem that cannot punch holes rewrites a pack's live records into a new
+    /// one (the same bytes, elsewhere) and removes the old, which a map read before
+    /// still names. `None` when the block stayed or is gone.
+    fn relocate(&self, loc: &BlockLoc) -> Option<BlockLoc> {
+        let now = self
+            .with_conn(|c| {
+                c.prepare_cached("SELECT pack, offset FROM blocks WHERE id = ?1")?
+                    .query_row([loc.id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                    .optional()
             })
+            .ok()??;
+        if now.0 == loc.pack {
+            return None;
+        }
+        self.relocations.fetch_add(1, AtomicOrdering::AcqRel);
+        Some(BlockLoc {
+            pack: now.0,
+            offset: now.1.max(0) as u64,
+            ..*loc
+        })
+    }
+
+    /// How many reads so far found their block moved to another pack: a cache of
+    /// block locations older than a change of this count may name removed packs.
+    pub fn relocations(&self) -> u64 {
+        self.relocations.load(AtomicOrdering::Acquire)
     }
 
     /// Reads `buf.len()` bytes of a pack at `offset` through the page cache; with
