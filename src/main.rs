@@ -43,6 +43,9 @@ enum Cmd {
         /// On read errors, keep what reads and record the rest as unreadable (failing disks).
         #[arg(long)]
         skip_unreadable: bool,
+        /// Record blocks the source's ext2/3/4 filesystems mark free as zeros, unread.
+        #[arg(long)]
+        skip_free: bool,
     },
     /// List the recovery points.
     Points {
@@ -152,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             block_size,
             changed_blocks,
             skip_unreadable,
+            skip_free,
         } => {
             if let Some(level) = compression {
                 if !(0..=22).contains(&level) {
@@ -190,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 changed_blocks: cb,
                 progress: std::io::stderr().is_terminal(),
                 skip_unreadable,
+                skip_free,
             };
             let id = backup::backup(&safe, &sources, &opts)?;
             println!("{id}");

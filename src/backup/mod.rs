@@ -10,6 +10,7 @@
 
 mod changed;
 mod forget;
+mod free;
 mod live;
 mod pipeline;
 
@@ -90,6 +91,8 @@ pub struct BackupOptions {
     /// Record what a failing source lets us read, the rest as unreadable ranges,
     /// instead of failing the backup.
     pub skip_unreadable: bool,
+    /// Record blocks the source's filesystems mark free as zeros, unread.
+    pub skip_free: bool,
 }
 
 /// The size of a regular file or block device, since block devices report 0 in metadata.
@@ -646,6 +649,7 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
     }
     // Open every source before touching the safe, so a typo costs nothing.
     let mut files = Vec::new();
+    let mut live_sources = Vec::new();
     for s in sources {
         let f = File::open(&s.path)
             .with_context(|| format!("cannot read source {}", s.path.display()))?;
@@ -663,6 +667,13 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
             f
         };
         let mounts = live::rw_mounts(&s.path, &md);
+        if !mounts.is_empty() && opts.skip_free {
+            eprintln!(
+                "warning: source {} is mounted read-write, so its free space is read too (--skip-free needs a source that holds still: a block found free could be in use by the time it is read)",
+                s.path.display()
+            );
+        }
+        live_sources.push(!mounts.is_empty());
         if !mounts.is_empty() {
             let at: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
             eprintln!(
@@ -697,16 +708,13 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
     let res = (|| -> anyhow::Result<()> {
         let started = Instant::now();
         let mut total = DeviceStats::default();
-        for (s, (f, size)) in sources.iter().zip(&files) {
-            let st = backup_device(
-                &mut w,
-                s,
-                f,
-                *size,
-                changed.get(&s.name),
-                opts.progress,
-                opts.skip_unreadable,
-            )?;
+        for ((s, (f, size)), live) in sources.iter().zip(&files).zip(&live_sources) {
+            let free = if opts.skip_free && !live {
+                free::free_blocks(&s.path, &s.name, w.params.block_size as u64)
+            } else {
+                Vec::new()
+            };
+            let st = backup_device(&mut w, s, f, *size, changed.get(&s.name), opts, free)?;
             total.scanned += st.scanned;
             total.changed_blocks += st.changed_blocks;
         }
@@ -743,9 +751,10 @@ fn backup_device(
     file: &File,
     size: u64,
     changed: Option<&Vec<(u64, u64)>>,
-    progress: bool,
-    skip_unreadable: bool,
+    opts: &BackupOptions,
+    free: Vec<(u64, u64)>,
 ) -> anyhow::Result<DeviceStats> {
+    let (progress, skip_unreadable) = (opts.progress, opts.skip_unreadable);
     let bs = w.params.block_size as u64;
     let device = w.device_id(&s.name)?;
     let prev = w.previous(device)?;
@@ -794,7 +803,16 @@ fn backup_device(
         zero_quick: w.zero_quick,
         sparse: file.metadata()?.file_type().is_file(),
         skip_unreadable,
+        free,
     };
+    let free_bytes: u64 = job.free.iter().map(|r| r.1).sum::<u64>() * bs;
+    if free_bytes > 0 {
+        eprintln!(
+            "device {}: {} its filesystems mark free is recorded as zeros, not read",
+            s.name,
+            human(free_bytes)
+        );
+    }
     let mut stats = DeviceStats::default();
     pipeline::run(job, |processed| {
         for &(off, len) in &processed.unreadable {

@@ -32,6 +32,21 @@ pub struct Job<'a> {
     pub sparse: bool,
     /// On a read error, salvage what reads and report the rest instead of failing.
     pub skip_unreadable: bool,
+    /// Blocks a filesystem marks free (first block, count; sorted, disjoint): taken as
+    /// zeros without reading them (`--skip-free`).
+    pub free: Vec<(u64, u64)>,
+}
+
+/// The end (exclusive) of the free run holding block `b`, if one does.
+fn free_until(free: &[(u64, u64)], b: u64) -> Option<u64> {
+    let i = free.partition_point(|r| r.0 + r.1 <= b);
+    free.get(i).filter(|r| r.0 <= b).map(|r| r.0 + r.1)
+}
+
+/// The first block after `b` that starts a free run, if any.
+fn next_free(free: &[(u64, u64)], b: u64) -> Option<u64> {
+    let i = free.partition_point(|r| r.0 <= b);
+    free.get(i).map(|r| r.0)
 }
 
 /// Units a failed read is retried in: pages first, then sectors of the pages that
@@ -137,7 +152,8 @@ fn plan_batch(
     let bs = job.params.block_size as u64;
     let off = start * bs;
     let len = (count * bs).min(job.size - off);
-    let hole = job.sparse && next_data(job.file, off).is_none_or(|d| d >= off + len);
+    let hole = (job.sparse && next_data(job.file, off).is_none_or(|d| d >= off + len))
+        || free_until(&job.free, start).is_some_and(|end| end >= start + count);
     let mut prev = vec![Prev::Absent; count as usize];
     if let (Some((pp, psize)), Some(safe)) = (job.prev, safe) {
         let prev_blocks = psize.div_ceil(bs);
@@ -174,6 +190,36 @@ fn read_batch(job: &Job, b: &Batch, buf: &mut IoBuf) -> anyhow::Result<Vec<(u64,
         return Ok(Vec::new());
     }
     data[len..].fill(0);
+    // Free blocks inside the batch are zeros; the runs between them are read.
+    let mut bad = Vec::new();
+    let mut i = 0u64;
+    while i < b.count {
+        let at = (i * bs) as usize;
+        if at >= len {
+            break;
+        }
+        let stop = match free_until(&job.free, b.start + i) {
+            Some(end) => {
+                let stop = (end - b.start).min(b.count);
+                data[at..((stop * bs) as usize).min(len)].fill(0);
+                i = stop;
+                continue;
+            }
+            None => {
+                next_free(&job.free, b.start + i).map_or(b.count, |f| (f - b.start).min(b.count))
+            }
+        };
+        let end = ((stop * bs) as usize).min(len);
+        bad.extend(read_part(job, &mut data[at..end], off + at as u64)?);
+        i = stop;
+    }
+    Ok(bad)
+}
+
+/// Reads `data` at source offset `off`, salvaging with `skip_unreadable`; returns what
+/// could not be read.
+fn read_part(job: &Job, data: &mut [u8], off: u64) -> anyhow::Result<Vec<(u64, u64)>> {
+    let len = data.len();
     match read_span(job, &mut data[..len], off) {
         Ok(()) => Ok(Vec::new()),
         Err(e) if job.skip_unreadable && media_error(&e, 0) => {

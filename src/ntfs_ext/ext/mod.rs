@@ -2,6 +2,7 @@
 //! meta_bg, sparse_super), extents and indirect blocks, linear and htree directories,
 //! inline data, xattrs, metadata checksums, and in-memory journal replay.
 
+mod alloc;
 mod dir;
 mod inode;
 mod journal;
@@ -18,6 +19,8 @@ use crate::ntfs_ext::tree::{DirEntry, FsTree, NodeKind, Stat, StatFs, TreeOption
 use crate::readat::ReadAt;
 use inode::{Inode, Run};
 use sb::{feat, GroupDesc, Superblock, SB_OFFSET};
+
+pub use alloc::free_ranges;
 
 /// Root directory inode.
 const ROOT: u64 = 2;

@@ -1,0 +1,98 @@
+//! `backup --skip-free`: the blocks of a source its filesystems mark free (ext2/3/4
+//! for now), which the backup records as zeros without reading them. Only blocks a
+//! filesystem vouches for are skipped: anything it cannot read, a partition table
+//! whose partitions overlap, or a filesystem of another kind keeps every block.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::readat::{FileReader, ReadAt, Slice};
+use crate::size::human;
+
+/// Block ranges (first block, count; sorted, disjoint) of `path` whose every byte lies
+/// in space a filesystem on it marks free. `name` is the device's name, for the log.
+pub(super) fn free_blocks(path: &Path, name: &str, block_size: u64) -> Vec<(u64, u64)> {
+    let dev: Arc<dyn ReadAt> = match FileReader::open(path) {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            tracing::warn!("device {name}: free space not skipped: {e}");
+            return Vec::new();
+        }
+    };
+    let volumes: Vec<(String, u64, u64)> = match crate::volumes::read_table(&*dev) {
+        Ok(Some(t)) => {
+            // An extended partition holds the logical ones (and their EBRs).
+            let mut parts: Vec<(String, u64, u64)> = t
+                .partitions
+                .iter()
+                .filter(|p| !matches!(p.kind.as_str(), "0x05" | "0x0f" | "0x85"))
+                .map(|p| (format!("partition {}", p.number), p.start, p.len))
+                .collect();
+            parts.sort_by_key(|p| p.1);
+            if parts.windows(2).any(|w| w[0].1 + w[0].2 > w[1].1) {
+                tracing::warn!("device {name}: free space not skipped: its partitions overlap");
+                return Vec::new();
+            }
+            parts
+        }
+        Ok(None) => vec![("the whole device".to_string(), 0, dev.size())],
+        Err(e) => {
+            tracing::warn!("device {name}: free space not skipped: partition table: {e}");
+            return Vec::new();
+        }
+    };
+    let mut bytes: Vec<(u64, u64)> = Vec::new();
+    for (what, start, len) in volumes {
+        let vol: Arc<dyn ReadAt> = Arc::new(Slice::new(dev.clone(), start, len));
+        if !crate::ntfs_ext::ext::probe(&*vol).unwrap_or(false) {
+            continue;
+        }
+        match crate::ntfs_ext::ext::free_ranges(vol, &format!("{name} {what}")) {
+            Ok(free) => {
+                let total: u64 = free.iter().map(|r| r.1).sum();
+                tracing::info!("device {name}: {what} (ext): {} free", human(total));
+                bytes.extend(free.into_iter().map(|(o, l)| (start + o, l)));
+            }
+            Err(e) => {
+                eprintln!("warning: device {name}: {what}: free space not skipped: {e}");
+            }
+        }
+    }
+    whole_blocks(&bytes, block_size)
+}
+
+/// The blocks of `block_size` bytes lying wholly inside the sorted byte `ranges`,
+/// as (first block, count), merged.
+fn whole_blocks(ranges: &[(u64, u64)], block_size: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &(off, len) in ranges {
+        let first = off.div_ceil(block_size);
+        let end = (off + len) / block_size;
+        if first >= end {
+            continue;
+        }
+        match out.last_mut() {
+            Some(r) if r.0 + r.1 == first => r.1 += end - first,
+            _ => out.push((first, end - first)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_whole_blocks_count() {
+        let k = 1024;
+        // 4 KiB free from 2 KiB: no whole 4 KiB block; 12 KiB from 4 KiB: three.
+        assert_eq!(whole_blocks(&[(2 * k, 4 * k)], 4 * k), vec![]);
+        assert_eq!(whole_blocks(&[(4 * k, 12 * k)], 4 * k), vec![(1, 3)]);
+        // Adjacent ranges make one run; a range ending mid-block stops before it.
+        assert_eq!(
+            whole_blocks(&[(0, 8 * k), (8 * k, 6 * k), (20 * k, 4 * k)], 4 * k),
+            vec![(0, 3), (5, 1)]
+        );
+    }
+}
