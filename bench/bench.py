@@ -10,6 +10,7 @@
     sudo python3 bench/bench.py blocksize
     sudo python3 bench/bench.py coldseq   # where cold sequential reads spend, GiB by GiB
     sudo python3 bench/bench.py forget    # removing old points vs restic prune, qcow2 commit
+    sudo python3 bench/bench.py skipfree  # a first backup leaving out free space vs partclone
 
 Needs root (mkfs, drop_caches, FUSE), the packages zstd fio restic qemu-utils e2fsprogs,
 and ~20 GB free under $BENCH_DIR (default /var/tmp/disksafe-bench). Prints one line per
@@ -668,7 +669,62 @@ def bench_forget():
     os.remove(img)
 
 
+def bench_skipfree():
+    """A first backup of the 6 GiB ext4 image grown to 8 GiB, after 2 GiB of files were written and
+    deleted (their data stays in free space, as on a used disk): `disksafe backup`
+    reading everything, `disksafe backup --skip-free`, and partclone.ext4 (the imaging
+    tool that copies used blocks only) piped through `zstd -1`. Time from cold caches
+    and bytes stored; the --skip-free point restored must pass `e2fsck -fn`."""
+    make_image()
+    img = os.path.join(W, "img-skipfree")
+    shutil.copy(IMG, img)
+    # Grown to 8 GiB so the deleted 2 GiB fit beside what the image holds.
+    sh(f"e2fsck -fy {img} > /dev/null && truncate -s 8G {img} && resize2fs -f {img} > /dev/null 2>&1")
+    mnt = os.path.join(W, "skipfree-mnt")
+    os.makedirs(mnt, exist_ok=True)
+    sh(f"mount -o loop {img} {mnt}")
+    try:
+        sh(f"head -c 2G /dev/urandom > {mnt}/deleted && sync && rm {mnt}/deleted")
+    finally:
+        sh(f"umount {mnt}")
+    size = os.path.getsize(img)
+    used = out(f"dumpe2fs -h {img} 2>/dev/null")
+    bsz = int([l.split(":")[1] for l in used.splitlines() if l.startswith("Block size")][0])
+    free = int([l.split(":")[1] for l in used.splitlines() if l.startswith("Free blocks")][0]) * bsz
+    print(f"image: {size / 2**30:.2f} GiB ext4, {(size - free) / 2**30:.2f} GiB in use, "
+          f"2 GiB of deleted data in its free space")
+    whole, skip = os.path.join(W, "safe-whole"), os.path.join(W, "safe-skipfree")
+    pc = os.path.join(W, "partclone.zst")
+    for d in (whole, skip):
+        shutil.rmtree(d, ignore_errors=True)
+    runs = {
+        "disksafe backup": f"{DS} backup {whole} disk={img}",
+        "disksafe backup --skip-free": f"{DS} backup {skip} disk={img} --skip-free",
+        "partclone.ext4 | zstd -1": f"partclone.ext4 -c -q -s {img} -o - | zstd -1 -q -T0 -f -o {pc}",
+    }
+    stored = {
+        "disksafe backup": lambda: allocated(whole),
+        "disksafe backup --skip-free": lambda: allocated(skip),
+        "partclone.ext4 | zstd -1": lambda: os.path.getsize(pc),
+    }
+    times = {}
+    for name, cmd in runs.items():
+        drop_caches()
+        times[name] = timed(cmd)
+        print(f"  {name:<30} {times[name]:8.2f} s  {size / times[name] / 1e6:7.0f} MB/s of image"
+              f"  stores {stored[name]() / 2**20:8.0f} MiB", flush=True)
+    base = times["disksafe backup --skip-free"]
+    print(f"  time ratios to --skip-free: whole device {times['disksafe backup'] / base:.2f}, "
+          f"partclone {times['partclone.ext4 | zstd -1'] / base:.2f}")
+    restored = img + ".restored"
+    sh(f"{DS} restore {skip} 1 disk {restored}")
+    ok = subprocess.run(["e2fsck", "-fn", restored], capture_output=True).returncode == 0
+    print(f"  the --skip-free point restored passes e2fsck -fn: {ok}")
+    for p in (img, restored, pc):
+        os.remove(p)
+
+
 if __name__ == "__main__":
     sh(f"cd {ROOT} && cargo build --release --bins --examples -q")
     {"safe": bench_safe, "mount": bench_mount, "ext": bench_ext, "xfs": bench_xfs, "btrfs": bench_btrfs, "ntfs": bench_ntfs, "blocksize": bench_blocksize,
-     "coldseq": bench_coldseq, "forget": bench_forget}[sys.argv[1]]()
+     "coldseq": bench_coldseq, "forget": bench_forget, "skipfree": bench_skipfree}[sys.argv[1]]()
