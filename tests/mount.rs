@@ -1031,6 +1031,9 @@ fn images_report_their_holes_to_seek_data_and_seek_hole() {
 /// and more outside the cache budget; before, RSS grew ~200 KiB per point walked), and
 /// a closed tree reopens with the same inode numbers: files of early points, and a
 /// named stream looked up before the walk (its tree stays open), still read right.
+/// Growth is measured over two later windows of 45 trees each: a tree kept open costs
+/// every window, while the allocator's occasional step (a new arena's first pages,
+/// 5.6 MiB once) lands in one.
 #[test]
 fn walking_the_trees_of_many_points_stays_within_the_cache() {
     need_fuse!("walking_the_trees_of_many_points_stays_within_the_cache");
@@ -1047,7 +1050,7 @@ fn walking_the_trees_of_many_points_stays_within_the_cache() {
         std::fs::write(m.join("d/f0:side"), b"the side stream").unwrap();
     });
     let safe = t.path().join("safe");
-    const POINTS: usize = 90;
+    const POINTS: usize = 135;
     for _ in 0..POINTS {
         backup(&[s(&safe), s(&vol)]);
     }
@@ -1084,12 +1087,11 @@ fn walking_the_trees_of_many_points_stays_within_the_cache() {
     );
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     assert!(guard.0.wait().unwrap().success());
-    let (half, all) = (rss[POINTS / 2 - 1], rss[POINTS - 1]);
+    let grew = |from: usize, to: usize| rss[to - 1].saturating_sub(rss[from - 1]);
+    let (first, second) = (grew(45, 90), grew(90, 135));
     assert!(
-        all < half + 4 * 1024,
-        "RSS grew by {} KiB from {} to {POINTS} trees walked",
-        all - half,
-        POINTS / 2
+        first.min(second) < 4 * 1024,
+        "RSS grew by {first} KiB from 45 to 90 trees walked and by {second} KiB from 90 to 135"
     );
 }
 
