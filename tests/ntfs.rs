@@ -1447,3 +1447,144 @@ fn sparse_and_compressed_files_report_their_holes() {
     let through = seek_extents(20 << 20, |o, data| lseek(&f, o, data));
     assert_eq!(through, want_sparse, "through the mount");
 }
+
+/// `backup --skip-free` on an NTFS volume (its `$LogFile` emptied, as ntfs-3g leaves
+/// it): restored, every cluster that differs from the source is one the source's
+/// `$Bitmap` (as `ntfscat` reads it) marks free, ntfs-3g shows the same tree, and the
+/// deleted files' data (still on the source) is not in the safe. A volume marked
+/// dirty is read whole.
+#[test]
+fn skip_free_leaves_out_only_what_ntfs_marks_free() {
+    if !ntfs_tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("vol.img");
+    let mut rng = StdRng::seed_from_u64(62);
+    let deleted = 8u64 << 20;
+    make_ntfs(&img, 48 << 20, 512, 4096, |m| {
+        make_tree(&m.join("keep"), 15, &mut rng);
+        for j in 0..2 {
+            let mut data = vec![0u8; (deleted / 2) as usize];
+            rng.fill(&mut data[..]);
+            std::fs::write(m.join(format!("big{j}")), &data).unwrap();
+        }
+        Command::new("sync").status().unwrap();
+        for j in 0..2 {
+            std::fs::remove_file(m.join(format!("big{j}"))).unwrap();
+        }
+    });
+    let o = Command::new("ntfscat")
+        .args(["-f", s(&img), "$Bitmap"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "ntfscat: {o:?}");
+    let bitmap = o.stdout;
+    let (all, part) = (t.path().join("all"), t.path().join("part"));
+    backup(&[s(&all), &format!("vol={}", s(&img))]);
+    let o = ds(&[
+        "backup",
+        s(&part),
+        &format!("vol={}", s(&img)),
+        "--skip-free",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("recorded as zeros, not read"), "{err}");
+    let restored = t.path().join("restored.img");
+    ok(&["restore", s(&part), "1", "vol", s(&restored)]);
+    let (want, got) = (
+        std::fs::read(&img).unwrap(),
+        std::fs::read(&restored).unwrap(),
+    );
+    assert_eq!(want.len(), got.len());
+    let mut differ = 0u64;
+    for (c, (a, b)) in want.chunks(4096).zip(got.chunks(4096)).enumerate() {
+        if a != b {
+            let used = bitmap
+                .get(c / 8)
+                .is_none_or(|byte| byte & (1 << (c % 8)) != 0);
+            assert!(!used, "cluster {c} differs but $Bitmap marks it used");
+            differ += 4096;
+        }
+    }
+    assert!(
+        differ * 10 >= deleted * 8,
+        "only {differ} bytes left out of {deleted} deleted"
+    );
+    let digest = |img: &Path, at: &str| {
+        let m = Ntfs3g::mount(img, &t.path().join(at), "ro");
+        tree_digest(&m.dir)
+    };
+    assert_eq!(digest(&restored, "r"), digest(&img, "w"), "ntfs-3g's view");
+    let (a, p) = (pack_bytes(&all), pack_bytes(&part));
+    assert!(a - p >= deleted * 8 / 10, "{a} vs {p}");
+
+    // The same volume marked dirty: nothing is left out.
+    let dirty = t.path().join("dirty.img");
+    std::fs::copy(&img, &dirty).unwrap();
+    set_ntfs_dirty(&dirty);
+    let o = Command::new("ntfsinfo")
+        .args(["-f", "-m", s(&dirty)])
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        info.contains("Volume Flags: 0x0001 DIRTY"),
+        "ntfsinfo: {info}"
+    );
+    let d = t.path().join("dirty-safe");
+    let o = ds(&[
+        "backup",
+        s(&d),
+        &format!("vol={}", s(&dirty)),
+        "--skip-free",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("marked dirty") && err.contains("free space not skipped"),
+        "{err}"
+    );
+    ok(&["restore", s(&d), "1", "vol", s(&restored)]);
+    assert_eq!(sha256_file(&restored), sha256_file(&dirty));
+}
+
+/// Sets the dirty bit in `$Volume`'s VOLUME_INFORMATION (MFT record 3, and its copy
+/// in `$MFTMirr`), as Windows does when it finds damage; `ntfsinfo -m` is the check
+/// that it took.
+fn set_ntfs_dirty(img: &Path) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    let mut boot = [0u8; 512];
+    f.read_exact_at(&mut boot, 0).unwrap();
+    let bps = u16::from_le_bytes([boot[11], boot[12]]) as u64;
+    let cs = bps * boot[13] as u64;
+    let mft = u64::from_le_bytes(boot[0x30..0x38].try_into().unwrap()) * cs;
+    let mirror = u64::from_le_bytes(boot[0x38..0x40].try_into().unwrap()) * cs;
+    let rs = match boot[0x40] as i8 {
+        n if n < 0 => 1u64 << -n,
+        n => n as u64 * cs,
+    };
+    let mut rec = vec![0u8; rs as usize];
+    let at = mft + 3 * rs;
+    f.read_exact_at(&mut rec, at).unwrap();
+    let mut a = u16::from_le_bytes([rec[0x14], rec[0x15]]) as usize;
+    loop {
+        let ty = u32::from_le_bytes(rec[a..a + 4].try_into().unwrap());
+        assert_ne!(ty, 0xFFFF_FFFF, "$Volume has no VOLUME_INFORMATION");
+        if ty == 0x70 {
+            let v = a + u16::from_le_bytes([rec[a + 0x14], rec[a + 0x15]]) as usize;
+            assert!(v + 0x0C < 510, "flags before the record's first fixup");
+            for copy in [at, mirror + 3 * rs] {
+                f.write_all_at(&[rec[v + 0x0A] | 1], copy + v as u64 + 0x0A)
+                    .unwrap();
+            }
+            return;
+        }
+        a += u32::from_le_bytes(rec[a + 4..a + 8].try_into().unwrap()) as usize;
+    }
+}

@@ -1,5 +1,6 @@
-//! `backup --skip-free`: the blocks of a source its filesystems mark free (ext2/3/4
-//! for now), which the backup records as zeros without reading them. Only blocks a
+//! `backup --skip-free`: the blocks of a source its filesystems mark free (ext2/3/4,
+//! and NTFS left with nothing in `$LogFile` to redo), which the backup records as
+//! zeros without reading them. Only blocks a
 //! filesystem vouches for are skipped: anything it cannot read, a partition table
 //! whose partitions overlap, or a filesystem of another kind keeps every block.
 
@@ -44,17 +45,22 @@ pub(super) fn free_blocks(path: &Path, name: &str, block_size: u64) -> Vec<(u64,
     let mut bytes: Vec<(u64, u64)> = Vec::new();
     for (what, start, len) in volumes {
         let vol: Arc<dyn ReadAt> = Arc::new(Slice::new(dev.clone(), start, len));
-        if !crate::ntfs_ext::ext::probe(&*vol).unwrap_or(false) {
+        let label = format!("{name} {what}");
+        let (kind, found) = if crate::ntfs_ext::ext::probe(&*vol).unwrap_or(false) {
+            ("ext", crate::ntfs_ext::ext::free_ranges(vol, &label))
+        } else if crate::ntfs_ext::ntfs::probe(&*vol).unwrap_or(false) {
+            ("NTFS", crate::ntfs_ext::ntfs::free_ranges(vol, &label))
+        } else {
             continue;
-        }
-        match crate::ntfs_ext::ext::free_ranges(vol, &format!("{name} {what}")) {
+        };
+        match found {
             Ok(free) => {
                 let total: u64 = free.iter().map(|r| r.1).sum();
-                tracing::info!("device {name}: {what} (ext): {} free", human(total));
+                tracing::info!("device {name}: {what} ({kind}): {} free", human(total));
                 bytes.extend(free.into_iter().map(|(o, l)| (start + o, l)));
             }
             Err(e) => {
-                eprintln!("warning: device {name}: {what}: free space not skipped: {e}");
+                eprintln!("warning: device {name}: {what} ({kind}): free space not skipped: {e}");
             }
         }
     }

@@ -5,6 +5,7 @@
 //!
 //! Volumes are shown as recorded: $LogFile is not replayed (a dirty volume is logged).
 
+mod alloc;
 mod huffman;
 mod index;
 mod lznt1;
@@ -26,6 +27,8 @@ use index::{fattr, ns, Entry, FileName};
 use names::UpCase;
 use record::{aflag, mref, mseq, ty, Attr, Body, Boot, Record, Run};
 use reparse::{Interix, Reparse, WofAlgorithm};
+
+pub use alloc::free_ranges;
 
 /// Record number of the root directory.
 const ROOT: u64 = 5;
