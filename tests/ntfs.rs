@@ -1480,19 +1480,7 @@ fn skip_free_leaves_out_only_what_ntfs_marks_free() {
         .unwrap();
     assert!(o.status.success(), "ntfscat: {o:?}");
     let bitmap = o.stdout;
-    let (all, part) = (t.path().join("all"), t.path().join("part"));
-    backup(&[s(&all), &format!("vol={}", s(&img))]);
-    let o = ds(&[
-        "backup",
-        s(&part),
-        &format!("vol={}", s(&img)),
-        "--skip-free",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
-    assert!(err.contains("recorded as zeros, not read"), "{err}");
-    let restored = t.path().join("restored.img");
-    ok(&["restore", s(&part), "1", "vol", s(&restored)]);
+    let (all, part, restored) = backup_with_and_without_skip_free(&img, "vol", t.path());
     let (want, got) = (
         std::fs::read(&img).unwrap(),
         std::fs::read(&restored).unwrap(),

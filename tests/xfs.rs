@@ -327,3 +327,144 @@ fn xfs_v4_from_a_prototype() {
     let log = m.log_text();
     assert!(!log.contains("WARN") && !log.contains("ERROR"), "v4: {log}");
 }
+
+/// Free blocks of an XFS image as `xfs_db`'s `freesp -d` lists them, as byte ranges
+/// (start, end), with the block size: the oracle for `--skip-free`.
+fn xfs_free(img: &Path) -> (u64, Vec<(u64, u64)>) {
+    let db = |cmds: &[&str]| {
+        let mut c = Command::new("xfs_db");
+        c.arg("-r");
+        for x in cmds {
+            c.args(["-c", x]);
+        }
+        let o = c.arg(img).output().unwrap();
+        assert!(o.status.success(), "xfs_db {cmds:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let num = |text: &str, key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("xfs_db names {key}: {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let sb = db(&["sb 0", "print blocksize", "print agblocks"]);
+    let (bs, agblocks) = (num(&sb, "blocksize = "), num(&sb, "agblocks = "));
+    let mut free = Vec::new();
+    for l in db(&["freesp -d"]).lines() {
+        let v: Vec<u64> = l
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        if let [ag, bno, len] = v[..] {
+            let at = (ag * agblocks + bno) * bs;
+            free.push((at, at + len * bs));
+        }
+    }
+    (bs, free)
+}
+
+/// Asserts `got` equals `want` in every block `freesp` of `oracle` does not list as
+/// free; returns the bytes that differ.
+fn xfs_differs_only_where_free(want: &Path, got: &Path, oracle: &Path) -> u64 {
+    let (bs, free) = xfs_free(oracle);
+    let (w, g) = (std::fs::read(want).unwrap(), std::fs::read(got).unwrap());
+    assert_eq!(w.len(), g.len());
+    let mut differ = 0;
+    for (i, (a, b)) in w.chunks(bs as usize).zip(g.chunks(bs as usize)).enumerate() {
+        if a != b {
+            let at = i as u64 * bs;
+            assert!(
+                free.iter().any(|&(s, e)| s <= at && at + bs <= e),
+                "block {i} of {} differs but is in use",
+                want.display()
+            );
+            differ += a.len() as u64;
+        }
+    }
+    differ
+}
+
+/// `backup --skip-free` on XFS: files written and deleted through the kernel leave
+/// their data in free space; restored, every block that differs from the source is one
+/// `xfs_db freesp` lists as free, `xfs_repair -n` finds the volume clean, the kernel
+/// shows the same tree, and the deleted data is not in the safe.
+#[test]
+fn xfs_skip_free_leaves_out_only_what_the_free_space_btrees_list() {
+    if !is_root() || Command::new("xfs_db").arg("-V").output().is_err() {
+        eprintln!("SKIP xfs_skip_free_leaves_out_only_what_the_free_space_btrees_list: needs root and xfsprogs");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("xfs.img");
+    File::create(&img).unwrap().set_len(320 << 20).unwrap();
+    assert!(run("mkfs.xfs", &["-q", "-f", s(&img)]));
+    let mut rng = StdRng::seed_from_u64(63);
+    let deleted = 24u64 << 20;
+    let made = kernel(&img, &t.path().join("k"), "loop", |m| {
+        fill(m, &mut rng);
+        for j in 0..3 {
+            let mut d = vec![0u8; (deleted / 3) as usize];
+            rng.fill(&mut d[..]);
+            std::fs::write(m.join(format!("big{j}")), &d).unwrap();
+        }
+        assert!(run("sync", &[]));
+        for j in 0..3 {
+            std::fs::remove_file(m.join(format!("big{j}"))).unwrap();
+        }
+    });
+    if made.is_none() {
+        eprintln!("SKIP xfs_skip_free_leaves_out_only_what_the_free_space_btrees_list: the kernel does not mount XFS images here");
+        return;
+    }
+    let (all, part, restored) = backup_with_and_without_skip_free(&img, "vol", t.path());
+    let differ = xfs_differs_only_where_free(&img, &restored, &img);
+    assert!(
+        differ * 10 >= deleted * 8,
+        "only {differ} of {deleted} deleted bytes left out"
+    );
+    assert!(
+        run("xfs_repair", &["-n", "-f", s(&restored)]),
+        "xfs_repair -n"
+    );
+    let want = kernel(&img, &t.path().join("k"), "loop,ro", view).unwrap();
+    let got = kernel(&restored, &t.path().join("k"), "loop,ro", view).unwrap();
+    assert!(want == got, "the kernel's view of the restored volume");
+    let (a, p) = (pack_bytes(&all), pack_bytes(&part));
+    assert!(a - p >= deleted * 8 / 10, "{a} vs {p}");
+}
+
+/// On a crashed volume the free-space btrees `--skip-free` reads are the log's once
+/// replayed: every block it leaves out is free after the kernel's own recovery of a
+/// copy (blocks allocated by the work only the log holds are kept).
+#[test]
+fn xfs_skip_free_reads_the_btrees_the_log_leaves() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("xfs.img");
+    let kmnt = t.path().join("kernel");
+    if crash_image(&img, 320 << 20, &kmnt, &mut StdRng::seed_from_u64(12)).is_none() {
+        return;
+    }
+    let copy = t.path().join("copy.img");
+    std::fs::copy(&img, &copy).unwrap();
+    kernel(&copy, &kmnt, "loop", |_| ()).unwrap();
+    let safe = t.path().join("safe");
+    let o = ds(&[
+        "backup",
+        s(&safe),
+        "--block-size",
+        "4K",
+        &format!("vol={}", s(&img)),
+        "--skip-free",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let restored = t.path().join("restored.img");
+    ok(&["restore", s(&safe), "1", "vol", s(&restored)]);
+    let differ = xfs_differs_only_where_free(&img, &restored, &copy);
+    assert!(
+        differ > 0,
+        "nothing was left out: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

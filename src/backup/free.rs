@@ -1,6 +1,6 @@
-//! `backup --skip-free`: the blocks of a source its filesystems mark free (ext2/3/4,
-//! and NTFS left with nothing in `$LogFile` to redo), which the backup records as
-//! zeros without reading them. Only blocks a
+//! `backup --skip-free`: the blocks of a source its filesystems mark free (ext2/3/4
+//! and XFS after their journal or log is replayed in memory, NTFS left with nothing
+//! in `$LogFile` to redo), which the backup records as zeros without reading them. Only blocks a
 //! filesystem vouches for are skipped: anything it cannot read, a partition table
 //! whose partitions overlap, or a filesystem of another kind keeps every block.
 
@@ -50,6 +50,8 @@ pub(super) fn free_blocks(path: &Path, name: &str, block_size: u64) -> Vec<(u64,
             ("ext", crate::ntfs_ext::ext::free_ranges(vol, &label))
         } else if crate::ntfs_ext::ntfs::probe(&*vol).unwrap_or(false) {
             ("NTFS", crate::ntfs_ext::ntfs::free_ranges(vol, &label))
+        } else if crate::ntfs_ext::xfs::probe(&*vol).unwrap_or(false) {
+            ("XFS", crate::ntfs_ext::xfs::free_ranges(vol, &label))
         } else {
             continue;
         };

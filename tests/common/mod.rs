@@ -1073,3 +1073,31 @@ pub fn check_against_kernel(
         "{name}: {log}"
     );
 }
+
+/// Backs `img` up as device `name` twice under `dir`: into `all` reading everything
+/// and into `part` with `--skip-free` (which must say what it left out), then restores
+/// the latter to `restored.img`. Returns (all, part, restored).
+pub fn backup_with_and_without_skip_free(
+    img: &Path,
+    name: &str,
+    dir: &Path,
+) -> (PathBuf, PathBuf, PathBuf) {
+    let (all, part) = (dir.join("all"), dir.join("part"));
+    let src = format!("{name}={}", img.display());
+    backup(&[all.to_str().unwrap(), &src]);
+    let o = ds(&["backup", part.to_str().unwrap(), &src, "--skip-free"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("recorded as zeros, not read"),
+        "{err}"
+    );
+    let restored = dir.join("restored.img");
+    ok(&[
+        "restore",
+        part.to_str().unwrap(),
+        "1",
+        name,
+        restored.to_str().unwrap(),
+    ]);
+    (all, part, restored)
+}

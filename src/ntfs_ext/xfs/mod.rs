@@ -10,6 +10,7 @@
 //! server) is shown after replaying its log in memory (`log.rs`), as the kernel would
 //! mount it.
 
+mod alloc;
 mod log;
 
 use std::io;
@@ -24,6 +25,8 @@ use crate::readat::ReadAt;
 
 const SB_MAGIC: u32 = 0x5846_5342; // "XFSB"
 const INODE_MAGIC: u16 = 0x494E; // "IN"
+
+pub use alloc::free_ranges;
 const FMT_DEV: u8 = 0;
 const FMT_LOCAL: u8 = 1;
 const FMT_EXTENTS: u8 = 2;
