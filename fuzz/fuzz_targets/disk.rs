@@ -1,7 +1,8 @@
 //! Fuzzes what a mount makes of a device: any bytes as a whole disk, its partition
 //! table read (MBR with EBR chains, GPT at 512- or 4096-byte sectors), the file tree
-//! of every partition walked, and the LVM logical volumes of any PVs among them mapped
-//! and walked too. Seeds: small partitioned disks, volumes and a PV from
+//! of every partition walked (and its free space, as `backup --skip-free` asks for it,
+//! checked to lie sorted and inside the volume), and the LVM logical volumes of any
+//! PVs among them mapped and walked too. Seeds: small partitioned disks, volumes and a PV from
 //! `images/make-fuzz-seeds.sh`.
 #![no_main]
 
@@ -12,6 +13,18 @@ use disksafe::ntfs_ext::{walk_volume, MemVolume};
 use disksafe::readat::{ReadAt, Slice};
 use disksafe::volumes::lvm;
 use libfuzzer_sys::fuzz_target;
+
+/// What `backup --skip-free` would leave out of `vol` must lie inside it, in order.
+fn check_free_space(vol: &Arc<dyn ReadAt>) {
+    if let Some((_, Ok(free))) = disksafe::ntfs_ext::free_space(vol.clone(), "fuzz") {
+        let mut end = 0;
+        for (at, len) in free {
+            assert!(len > 0 && at >= end, "free ranges out of order");
+            end = at.checked_add(len).expect("free range overflows");
+            assert!(end <= vol.size(), "free range past the volume");
+        }
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let dev: Arc<dyn ReadAt> = Arc::new(MemVolume(data.to_vec()));
@@ -29,11 +42,13 @@ fuzz_target!(|data: &[u8]| {
                 assert!(numbers.insert(p.number), "partition {} twice", p.number);
                 let part: Arc<dyn ReadAt> = Arc::new(Slice::new(dev.clone(), p.start, p.len));
                 let _ = walk_volume(part.clone(), 4096);
+                check_free_space(&part);
                 vols.push(part);
             }
         }
         _ => {
             let _ = walk_volume(dev.clone(), 4096);
+            check_free_space(&dev);
         }
     }
     // PVs among the volumes, their VGs' LVs mapped over them and walked.

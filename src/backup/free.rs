@@ -45,14 +45,8 @@ pub(super) fn free_blocks(path: &Path, name: &str, block_size: u64) -> Vec<(u64,
     let mut bytes: Vec<(u64, u64)> = Vec::new();
     for (what, start, len) in volumes {
         let vol: Arc<dyn ReadAt> = Arc::new(Slice::new(dev.clone(), start, len));
-        let label = format!("{name} {what}");
-        let (kind, found) = if crate::ntfs_ext::ext::probe(&*vol).unwrap_or(false) {
-            ("ext", crate::ntfs_ext::ext::free_ranges(vol, &label))
-        } else if crate::ntfs_ext::ntfs::probe(&*vol).unwrap_or(false) {
-            ("NTFS", crate::ntfs_ext::ntfs::free_ranges(vol, &label))
-        } else if crate::ntfs_ext::xfs::probe(&*vol).unwrap_or(false) {
-            ("XFS", crate::ntfs_ext::xfs::free_ranges(vol, &label))
-        } else {
+        let Some((kind, found)) = crate::ntfs_ext::free_space(vol, &format!("{name} {what}"))
+        else {
             continue;
         };
         match found {

@@ -218,6 +218,27 @@ pub fn walk_everything(data: Vec<u8>, max_read: usize) -> std::io::Result<usize>
     walk_volume(Arc::new(Warmed(MemVolume(data))), max_read)
 }
 
+/// Byte ranges (offset, length) of a volume that no file or metadata uses.
+pub type FreeRanges = Vec<(u64, u64)>;
+
+/// The filesystem on `vol`, if this crate can say which of its bytes are free (ext2/3/4,
+/// XFS, NTFS), with those byte ranges (sorted, disjoint, inside the volume) or why it
+/// will not say: what `backup --skip-free` leaves out. `None` for other contents.
+pub fn free_space(
+    vol: Arc<dyn ReadAt>,
+    label: &str,
+) -> Option<(&'static str, std::io::Result<FreeRanges>)> {
+    if ext::probe(&*vol).unwrap_or(false) {
+        Some(("ext", ext::free_ranges(vol, label)))
+    } else if ntfs::probe(&*vol).unwrap_or(false) {
+        Some(("NTFS", ntfs::free_ranges(vol, label)))
+    } else if xfs::probe(&*vol).unwrap_or(false) {
+        Some(("XFS", xfs::free_ranges(vol, label)))
+    } else {
+        None
+    }
+}
+
 /// [`walk_everything`] on any volume (warm-ups run when it prefetches), such as a
 /// partition sliced out of a disk, so the disk fuzz target walks what a mount shows.
 pub fn walk_volume(vol: Arc<dyn ReadAt>, max_read: usize) -> std::io::Result<usize> {

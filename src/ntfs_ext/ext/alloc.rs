@@ -76,11 +76,20 @@ fn bitmap_free(dev: &dyn ReadAt, sb: &Superblock) -> io::Result<Vec<(u64, u64)>>
     let end = sb.blocks_count.min(dev.size() / bs);
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut bitmap = vec![0u8; sb.block_size as usize];
-    for g in 0..sb.groups().min(MAX_GROUPS) {
+    // Groups past the device's end hold nothing to skip (and a hostile superblock may
+    // claim millions).
+    let groups = sb.groups().min(MAX_GROUPS).min(
+        end.saturating_sub(sb.first_data_block as u64)
+            .div_ceil(per_group),
+    );
+    for g in 0..groups {
         let Some(at) = group_bitmap(dev, sb, g)? else {
             continue;
         };
-        dev.read_exact_at(at * bs, &mut bitmap)?;
+        let at = at
+            .checked_mul(bs)
+            .ok_or_else(|| corrupt(format!("group {g}: bitmap block {at} is out of range")))?;
+        dev.read_exact_at(at, &mut bitmap)?;
         if sb.has_csum() && !bitmap_csum_ok(dev, sb, g, &bitmap[..bitmap_len])? {
             continue;
         }

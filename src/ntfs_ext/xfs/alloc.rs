@@ -38,20 +38,33 @@ pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u6
         };
     let (sb, _) = read_sb(&*dev, label)?;
     let check = Checks { crcs };
+    let size = dev.size();
     let mut out: Vec<(u64, u64)> = Vec::new();
     for ag in 0..sb.agcount.min(MAX_AGS) {
+        // A superblock may claim more AGs than the device holds.
+        if ag
+            .checked_mul(sb.agblocks)
+            .and_then(|b| b.checked_mul(sb.bs))
+            .is_none_or(|at| at >= size)
+        {
+            break;
+        }
         match ag_free(&*dev, &sb, ag, check) {
             Ok(mut extents) => {
                 extents.sort_unstable();
                 let base = ag * sb.agblocks;
                 for (start, len) in extents {
                     let at = (base + start) * sb.bs;
+                    let len = (len * sb.bs).min(size.saturating_sub(at));
+                    if len == 0 {
+                        continue;
+                    }
                     match out.last_mut() {
-                        Some(r) if r.0 + r.1 == at => r.1 += len * sb.bs,
+                        Some(r) if r.0 + r.1 == at => r.1 += len,
                         Some(r) if r.0 + r.1 > at => {
                             return Err(corrupt(format!("AG {ag}: free extents overlap")))
                         }
-                        _ => out.push((at, len * sb.bs)),
+                        _ => out.push((at, len)),
                     }
                 }
             }
@@ -120,7 +133,8 @@ impl Tree<'_> {
     ) -> io::Result<()> {
         let (dev, sb, ag, length) = (self.dev, self.sb, self.ag, self.length);
         *visits += 1;
-        if *visits > MAX_VISITS {
+        // A btree has fewer blocks than its AG: more visits mean a cycle.
+        if *visits > MAX_VISITS.min(length as usize) {
             return Err(corrupt("free-space btree too large"));
         }
         let at = (ag * sb.agblocks + bno) * sb.bs;
