@@ -666,3 +666,36 @@ fn a_mounted_device_is_backed_up_as_the_device_holds_it() {
         "restored onto a block device"
     );
 }
+
+/// `--skip-free` on a device holding no filesystem it knows (random bytes, and an MBR
+/// disk whose partition holds none) says so and stores every byte.
+#[test]
+fn skip_free_without_a_known_filesystem_keeps_every_byte() {
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(64);
+    let raw = t.path().join("raw.img");
+    make_image(&raw, 8 << 20, &mut rng);
+    let disk = t.path().join("disk.img");
+    make_image(&disk, 8 << 20, &mut rng);
+    sfdisk_script(&disk, "label: dos\nstart=2048, size=8192, type=83\n");
+    let safe = t.path().join("safe");
+    let o = ds(&[
+        "backup",
+        s(&safe),
+        &format!("raw={}", s(&raw)),
+        &format!("disk={}", s(&disk)),
+        "--skip-free",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    for name in ["raw", "disk"] {
+        assert!(
+            err.contains(&format!("device {name}: no ext2/3/4, XFS or NTFS volume")),
+            "{err}"
+        );
+    }
+    assert!(!err.contains("recorded as zeros"), "{err}");
+    for (name, img) in [("raw", &raw), ("disk", &disk)] {
+        assert_eq!(restored_sha(&safe, "1", name, t.path()), sha256_file(img));
+    }
+}

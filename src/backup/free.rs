@@ -43,12 +43,14 @@ pub(super) fn free_blocks(path: &Path, name: &str, block_size: u64) -> Vec<(u64,
         }
     };
     let mut bytes: Vec<(u64, u64)> = Vec::new();
+    let mut known = 0;
     for (what, start, len) in volumes {
         let vol: Arc<dyn ReadAt> = Arc::new(Slice::new(dev.clone(), start, len));
         let Some((kind, found)) = crate::ntfs_ext::free_space(vol, &format!("{name} {what}"))
         else {
             continue;
         };
+        known += 1;
         match found {
             Ok(free) => {
                 let total: u64 = free.iter().map(|r| r.1).sum();
@@ -59,6 +61,11 @@ pub(super) fn free_blocks(path: &Path, name: &str, block_size: u64) -> Vec<(u64,
                 eprintln!("warning: device {name}: {what} ({kind}): free space not skipped: {e}");
             }
         }
+    }
+    if known == 0 {
+        eprintln!(
+            "note: device {name}: no ext2/3/4, XFS or NTFS volume found on it, so --skip-free leaves nothing out"
+        );
     }
     whole_blocks(&bytes, block_size)
 }
