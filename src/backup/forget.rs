@@ -491,6 +491,17 @@ pub(super) const BLOCK_HIGH: &str = "block_high";
 /// `meta` key: the highest pack id ever handed out.
 pub(super) const PACK_HIGH: &str = "pack_high";
 
+/// The id a new row of `table` (`blocks` or `packs`) gets: past both the table's
+/// highest and its high mark `key`, so an id `forget` freed is never handed out again.
+pub(super) fn next_id(conn: &Connection, table: &str, key: &str) -> rusqlite::Result<i64> {
+    let max: i64 = conn.query_row(
+        &format!("SELECT COALESCE(MAX(id), 0) FROM {table}"),
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(max.max(mark(conn, key)?) + 1)
+}
+
 /// The high mark `key` (0 when never set).
 pub(super) fn mark(conn: &Connection, key: &str) -> rusqlite::Result<i64> {
     Ok(conn
@@ -645,12 +656,7 @@ const COPY_RUN: u64 = 8 << 20;
 /// removes an unnamed one), and the old one leaves the index before its file goes.
 /// Readers holding old locations find the moved records (see `Safe::relocate`).
 fn compact(conn: &Connection, dir: &Path, pack: i64, records: &[LiveRecord]) -> anyhow::Result<()> {
-    let new_id: i64 = conn
-        .query_row("SELECT COALESCE(MAX(id), 0) FROM packs", [], |r| {
-            r.get::<_, i64>(0)
-        })?
-        .max(mark(conn, PACK_HIGH)?)
-        + 1;
+    let new_id = next_id(conn, "packs", PACK_HIGH)?;
     let old_path = format::pack_path(dir, pack);
     let new_path = format::pack_path(dir, new_id);
     let copied = copy_records(&old_path, &new_path, records).and_then(|moved| {

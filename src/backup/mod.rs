@@ -376,12 +376,7 @@ impl Writer {
         recover(&conn, dir)?;
         // Never below the high mark: `forget` may have deleted the newest ids, and a
         // mount's block cache must not take a new block for a freed one.
-        let next_block_id: i64 = conn
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM blocks", [], |r| {
-                r.get::<_, i64>(0)
-            })?
-            .max(forget::mark(&conn, forget::BLOCK_HIGH)?)
-            + 1;
+        let next_block_id = forget::next_id(&conn, "blocks", forget::BLOCK_HIGH)?;
         conn.execute("INSERT INTO points(created) VALUES (?1)", [now_secs()])?;
         let point = conn.last_insert_rowid();
         Ok(Writer {
@@ -432,13 +427,7 @@ impl Writer {
             self.pack = None;
         }
         if self.pack.is_none() {
-            let id: i64 = self
-                .conn
-                .query_row("SELECT COALESCE(MAX(id), 0) FROM packs", [], |r| {
-                    r.get::<_, i64>(0)
-                })?
-                .max(forget::mark(&self.conn, forget::PACK_HIGH)?)
-                + 1;
+            let id = forget::next_id(&self.conn, "packs", forget::PACK_HIGH)?;
             let path = format::pack_path(&self.dir, id);
             let mut file = OpenOptions::new()
                 .create_new(true)
@@ -649,7 +638,6 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
     }
     // Open every source before touching the safe, so a typo costs nothing.
     let mut files = Vec::new();
-    let mut live_sources = Vec::new();
     for s in sources {
         let f = File::open(&s.path)
             .with_context(|| format!("cannot read source {}", s.path.display()))?;
@@ -667,14 +655,13 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
             f
         };
         let mounts = live::rw_mounts(&s.path, &md);
-        if !mounts.is_empty() && opts.skip_free {
-            eprintln!(
-                "warning: source {} is mounted read-write, so its free space is read too (--skip-free needs a source that holds still: a block found free could be in use by the time it is read)",
-                s.path.display()
-            );
-        }
-        live_sources.push(!mounts.is_empty());
         if !mounts.is_empty() {
+            if opts.skip_free {
+                eprintln!(
+                    "warning: source {} is mounted read-write, so its free space is read too (--skip-free needs a source that holds still: a block found free could be in use by the time it is read)",
+                    s.path.display()
+                );
+            }
             let at: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
             eprintln!(
                 "warning: source {} is mounted read-write at {}: blocks written while it is read are caught at different moments, so the point can be less consistent than a machine that lost power (the mount replays ext journals and XFS logs as far as their checksums allow, not NTFS's $LogFile); back up a snapshot (LVM, the hypervisor's, or under fsfreeze) for a consistent one",
@@ -684,7 +671,7 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
         }
         let size =
             source_size(&f).with_context(|| format!("sizing source {}", s.path.display()))?;
-        files.push((f, size));
+        files.push((f, size, !mounts.is_empty()));
     }
     let mut changed = HashMap::new();
     for (name, path) in &opts.changed_blocks {
@@ -695,7 +682,7 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
             .iter()
             .zip(&files)
             .find(|(s, _)| &s.name == name)
-            .map_or(0, |(_, (_, size))| *size);
+            .map_or(0, |(_, (_, size, _))| *size);
         if let Some((off, len)) = ranges.iter().find(|(o, l)| o + l > size) {
             bail!(
                 "--changed-blocks {name}={}: range {off}+{len} ends past the end of device {name} ({size} bytes); is this the list for this device?",
@@ -708,7 +695,7 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
     let res = (|| -> anyhow::Result<()> {
         let started = Instant::now();
         let mut total = DeviceStats::default();
-        for ((s, (f, size)), live) in sources.iter().zip(&files).zip(&live_sources) {
+        for (s, (f, size, live)) in sources.iter().zip(&files) {
             let free = if opts.skip_free && !live {
                 free::free_blocks(&s.path, &s.name, w.params.block_size as u64)
             } else {

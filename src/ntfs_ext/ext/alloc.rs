@@ -12,9 +12,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::sb::{self, feat, u16le, u32le, Superblock, SB_OFFSET};
-use super::{journal, ExtFs};
 use crate::ntfs_ext::corrupt;
-use crate::ntfs_ext::tree::TreeOptions;
 use crate::readat::ReadAt;
 
 /// Group descriptor flag: the block bitmap was never written.
@@ -26,36 +24,28 @@ const MAX_GROUPS: u64 = 1 << 20;
 /// Byte ranges (offset, length; sorted, merged) of the volume that no file or metadata
 /// uses, as the block bitmaps say once the journal is replayed in memory.
 pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u64)>> {
-    let opts = TreeOptions {
-        no_replay: true,
-        label: label.to_string(),
-        ..Default::default()
-    };
-    let fs = ExtFs::open(dev.clone(), &opts)?;
-    let unknown = fs.sb.incompat & !feat::INCOMPAT_KNOWN;
+    let mut raw = [0u8; 1024];
+    dev.read_exact_at(SB_OFFSET, &mut raw)?;
+    let sb = Superblock::parse(&raw, label)?;
+    let unknown = sb.incompat & !feat::INCOMPAT_KNOWN;
     if unknown != 0 {
         return Err(corrupt(format!(
             "unknown incompatible features {unknown:#x}"
         )));
     }
-    let dev: Arc<dyn ReadAt> = if fs.sb.incompat & feat::INCOMPAT_RECOVER != 0 {
-        if fs.sb.incompat & feat::INCOMPAT_JOURNAL_DEV != 0 || fs.sb.journal_inum == 0 {
-            return Err(corrupt("its external journal needs recovery"));
+    let recover = sb.incompat & feat::INCOMPAT_RECOVER != 0;
+    if recover && (sb.incompat & feat::INCOMPAT_JOURNAL_DEV != 0 || sb.journal_inum == 0) {
+        return Err(corrupt("its external journal needs recovery"));
+    }
+    let dev = match super::replayed_volume(dev.clone(), label)? {
+        Some((_, bad)) if bad > 0 => {
+            return Err(corrupt(format!(
+                "{bad} logged journal block(s) fail their checksums"
+            )))
         }
-        match fs.replay()? {
-            Some(r) if r.bad_blocks > 0 => {
-                return Err(corrupt(format!(
-                    "{} logged journal block(s) fail their checksums",
-                    r.bad_blocks
-                )))
-            }
-            Some(r) => Arc::new(journal::Overlay::new(dev, fs.sb.block_size as u64, r)),
-            None => dev,
-        }
-    } else {
-        dev
+        Some((replayed, _)) => replayed,
+        None => dev,
     };
-    let mut raw = [0u8; 1024];
     dev.read_exact_at(SB_OFFSET, &mut raw)?;
     let sb = Superblock::parse(&raw, label)?;
     bitmap_free(&*dev, &sb)
@@ -83,14 +73,14 @@ fn bitmap_free(dev: &dyn ReadAt, sb: &Superblock) -> io::Result<Vec<(u64, u64)>>
             .div_ceil(per_group),
     );
     for g in 0..groups {
-        let Some(at) = group_bitmap(dev, sb, g)? else {
+        let Some((at, desc)) = group_bitmap(dev, sb, g)? else {
             continue;
         };
         let at = at
             .checked_mul(bs)
             .ok_or_else(|| corrupt(format!("group {g}: bitmap block {at} is out of range")))?;
         dev.read_exact_at(at, &mut bitmap)?;
-        if sb.has_csum() && !bitmap_csum_ok(dev, sb, g, &bitmap[..bitmap_len])? {
+        if sb.has_csum() && !bitmap_csum_ok(sb, g, &desc, &bitmap[..bitmap_len]) {
             continue;
         }
         let first = sb.first_data_block as u64 + g * per_group;
@@ -112,10 +102,10 @@ fn bitmap_free(dev: &dyn ReadAt, sb: &Superblock) -> io::Result<Vec<(u64, u64)>>
     Ok(out)
 }
 
-/// The block holding group `g`'s bitmap, or `None` when the group must count as used:
-/// its bitmap was never initialised, its descriptor fails its checksum, or the bitmap
-/// lies outside the volume.
-fn group_bitmap(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<Option<u64>> {
+/// The block holding group `g`'s bitmap, with the group's raw descriptor, or `None`
+/// when the group must count as used: its bitmap was never initialised, its descriptor
+/// fails its checksum, or the bitmap lies outside the volume.
+fn group_bitmap(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<Option<(u64, Vec<u8>)>> {
     let d = descriptor(dev, sb, g)?;
     let flags = u16le(&d, 0x12);
     if sb.has_group_csums() && flags & BLOCK_UNINIT != 0 {
@@ -138,7 +128,7 @@ fn group_bitmap(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<Option<
     if at == 0 || at >= sb.blocks_count {
         return Ok(None);
     }
-    Ok(Some(at))
+    Ok(Some((at, d)))
 }
 
 /// Group `g`'s raw descriptor.
@@ -149,18 +139,18 @@ fn descriptor(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<Vec<u8>> 
     Ok(d)
 }
 
-/// Whether group `g`'s bitmap matches the checksum its descriptor holds (metadata_csum).
-fn bitmap_csum_ok(dev: &dyn ReadAt, sb: &Superblock, g: u64, bits: &[u8]) -> io::Result<bool> {
-    let d = descriptor(dev, sb, g)?;
+/// Whether group `g`'s bitmap matches the checksum its descriptor `d` holds
+/// (metadata_csum).
+fn bitmap_csum_ok(sb: &Superblock, g: u64, d: &[u8], bits: &[u8]) -> bool {
     let c = sb::ext4_crc(sb.csum_seed, bits);
-    let mut ok = c as u16 == u16le(&d, 0x18);
+    let mut ok = c as u16 == u16le(d, 0x18);
     if sb.desc_size as usize >= 0x3C {
-        ok &= (c >> 16) as u16 == u16le(&d, 0x38);
+        ok &= (c >> 16) as u16 == u16le(d, 0x38);
     }
     if !ok {
         tracing::warn!("block bitmap of group {g} fails its checksum; its blocks count as used");
     }
-    Ok(ok)
+    ok
 }
 
 #[cfg(test)]

@@ -46,24 +46,12 @@ impl NtfsFs {
                 "$LogFile holds changes not yet applied (not replayed here)",
             ));
         }
-        let n = self.node(6)?;
-        let (i, s) = n
-            .stream(&[])
-            .ok_or_else(|| corrupt("$Bitmap has no data"))?;
         let cs = self.boot.cluster_size;
         // A (hostile) boot sector may claim more clusters than the device holds.
         let total = self.boot.total_clusters.min(self.dev.size() / cs);
-        let bytes = total.div_ceil(8).min(s.data.size());
         let mut out: Vec<(u64, u64)> = Vec::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut off = 0;
-        while off < bytes {
-            let take = (bytes - off).min(buf.len() as u64) as usize;
-            let got = self.read_data(&s.data, (6, i), off, &mut buf[..take])?;
-            if got < take {
-                return Err(corrupt("$Bitmap is shorter than the volume"));
-            }
-            for (k, &b) in buf[..take].iter().enumerate() {
+        let whole = self.bitmap_chunks(total, |off, chunk| {
+            for (k, &b) in chunk.iter().enumerate() {
                 if b == 0xFF {
                     continue;
                 }
@@ -80,7 +68,10 @@ impl NtfsFs {
                     }
                 }
             }
-            off += take as u64;
+            Ok(())
+        })?;
+        if !whole {
+            return Err(corrupt("$Bitmap is shorter than the volume"));
         }
         Ok(out)
     }

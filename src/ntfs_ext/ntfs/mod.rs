@@ -2031,25 +2031,40 @@ impl FsTree for NtfsFs {
 impl NtfsFs {
     /// Free clusters from $Bitmap.
     fn count_free(&self) -> io::Result<u64> {
+        let total = self.boot.total_clusters;
+        let mut used = 0u64;
+        self.bitmap_chunks(total, |_, chunk| {
+            used += chunk.iter().map(|b| b.count_ones() as u64).sum::<u64>();
+            Ok(())
+        })?;
+        Ok(total.saturating_sub(used))
+    }
+
+    /// Hands $Bitmap's bytes covering `clusters` clusters (at most the stream's size)
+    /// to `f` in 1 MiB chunks, with each chunk's byte offset. Returns false when the
+    /// stream's data ended before its size (the last chunk was short).
+    fn bitmap_chunks(
+        &self,
+        clusters: u64,
+        mut f: impl FnMut(u64, &[u8]) -> io::Result<()>,
+    ) -> io::Result<bool> {
         let n = self.node(6)?;
         let (i, s) = n
             .stream(&[])
             .ok_or_else(|| corrupt("$Bitmap has no data"))?;
-        let total = self.boot.total_clusters;
-        let bytes = total.div_ceil(8).min(s.data.size());
-        let mut used = 0u64;
+        let bytes = clusters.div_ceil(8).min(s.data.size());
         let mut buf = vec![0u8; 1 << 20];
         let mut off = 0;
         while off < bytes {
             let take = (bytes - off).min(buf.len() as u64) as usize;
-            self.read_data(&s.data, (6, i), off, &mut buf[..take])?;
-            used += buf[..take]
-                .iter()
-                .map(|b| b.count_ones() as u64)
-                .sum::<u64>();
+            let got = self.read_data(&s.data, (6, i), off, &mut buf[..take])?;
+            f(off, &buf[..got])?;
+            if got < take {
+                return Ok(false);
+            }
             off += take as u64;
         }
-        Ok(total.saturating_sub(used))
+        Ok(true)
     }
 
     /// Size of $MFT's data and allocation, for tests and diagnostics.

@@ -9,7 +9,7 @@
 use std::io;
 use std::sync::Arc;
 
-use super::{be16, be32, log, read_sb, Sb, INCOMPAT_KNOWN};
+use super::{be16, be32, crc_ok, log, read_sb, Sb, INCOMPAT_KNOWN};
 use crate::ntfs_ext::corrupt;
 use crate::readat::ReadAt;
 
@@ -187,12 +187,4 @@ impl Tree<'_> {
         }
         Ok(())
     }
-}
-
-/// XFS's CRC: crc32c of the block with its CRC field (at `off`) zeroed, stored
-/// little-endian.
-fn crc_ok(b: &[u8], off: usize) -> bool {
-    let mut c = b.to_vec();
-    c[off..off + 4].fill(0);
-    crc32c::crc32c(&c) == u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
 }

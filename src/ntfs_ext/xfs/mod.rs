@@ -217,6 +217,14 @@ impl Sb {
     }
 }
 
+/// XFS's CRC: crc32c of the block with its CRC field (at `off`) zeroed, stored
+/// little-endian.
+fn crc_ok(b: &[u8], off: usize) -> bool {
+    let mut c = b.to_vec();
+    c[off..off + 4].fill(0);
+    crc32c::crc32c(&c) == u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+}
+
 /// The primary superblock, checked, and its raw sector.
 fn read_sb(dev: &dyn ReadAt, label: &str) -> io::Result<(Sb, [u8; 512])> {
     let mut b = [0u8; 512];
@@ -456,11 +464,7 @@ impl XfsFs {
             if be64(b, 0x98) != ino {
                 return Err(bad(&format!("records inode number {}", be64(b, 0x98))));
             }
-            let mut c = b.to_vec();
-            c[0x64..0x68].fill(0);
-            if crc32c::crc32c(&c) != u32::from_le_bytes(b[0x64..0x68].try_into().unwrap())
-                && self.bad_crc.set(()).is_ok()
-            {
+            if !crc_ok(b, 0x64) && self.bad_crc.set(()).is_ok() {
                 tracing::warn!(
                     "{}: inode {ino} fails its checksum; reading on (further mismatches not logged)",
                     self.label
