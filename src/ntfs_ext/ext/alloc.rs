@@ -37,18 +37,55 @@ pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u6
     if recover && (sb.incompat & feat::INCOMPAT_JOURNAL_DEV != 0 || sb.journal_inum == 0) {
         return Err(corrupt("its external journal needs recovery"));
     }
-    let dev = match super::replayed_volume(dev.clone(), label)? {
-        Some((_, bad)) if bad > 0 => {
+    let (dev, in_use) = match super::replayed_volume(dev.clone(), label)? {
+        Some(r) if r.bad_blocks > 0 => {
             return Err(corrupt(format!(
-                "{bad} logged journal block(s) fail their checksums"
+                "{} logged journal block(s) fail their checksums",
+                r.bad_blocks
             )))
         }
-        Some((replayed, _)) => replayed,
-        None => dev,
+        Some(r) => (r.volume, r.fast_commit_blocks),
+        None => (dev, Vec::new()),
     };
     dev.read_exact_at(SB_OFFSET, &mut raw)?;
     let sb = Superblock::parse(&raw, label)?;
-    bitmap_free(&*dev, &sb)
+    let bs = sb.block_size as u64;
+    let used: Vec<(u64, u64)> = in_use
+        .iter()
+        .map(|&(b, n)| (b.saturating_mul(bs), n.saturating_mul(bs)))
+        .collect();
+    Ok(subtract(bitmap_free(&*dev, &sb)?, used))
+}
+
+/// Byte ranges `free` (sorted, disjoint) less every range of `used` (any order).
+fn subtract(free: Vec<(u64, u64)>, mut used: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    if used.is_empty() {
+        return free;
+    }
+    used.sort_unstable();
+    let mut out = Vec::with_capacity(free.len());
+    let mut u = 0usize;
+    for (start, len) in free {
+        let end = start + len;
+        let mut at = start;
+        // Used ranges ending before this free one matter to no later one either.
+        while u < used.len() && used[u].0.saturating_add(used[u].1) <= at {
+            u += 1;
+        }
+        let mut i = u;
+        while i < used.len() && used[i].0 < end {
+            let (us, ue) = (used[i].0, used[i].0.saturating_add(used[i].1));
+            if us > at {
+                out.push((at, us - at));
+            }
+            at = at.max(ue);
+            i += 1;
+        }
+        if at < end {
+            out.push((at, end - at));
+        }
+    }
+    out
 }
 
 /// Walks the groups' block bitmaps of `sb`'s volume on `dev`.
@@ -157,6 +194,16 @@ fn bitmap_csum_ok(sb: &Superblock, g: u64, d: &[u8], bits: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::readat::MemReader;
+
+    #[test]
+    fn used_ranges_are_cut_out_of_free_ones() {
+        let free = vec![(0, 100), (200, 100), (400, 50)];
+        let used = vec![(250, 10), (90, 120), (420, 5), (1000, 5)];
+        assert_eq!(
+            subtract(free, used),
+            vec![(0, 90), (210, 40), (260, 40), (400, 20), (425, 25)]
+        );
+    }
 
     #[test]
     fn a_volume_that_is_no_ext_is_an_error() {

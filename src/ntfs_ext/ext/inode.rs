@@ -69,24 +69,14 @@ impl Inode {
         }
         let has = |field_end: usize| 128 + extra_isize as usize >= field_end;
         if sb.has_csum() {
-            let mut r = raw.clone();
-            let want_lo = u16le(&r, 0x7C) as u32;
-            r[0x7C] = 0;
-            r[0x7D] = 0;
             let has_hi = has(0x84);
+            let want_lo = u16le(&raw, 0x7C) as u32;
             let want = if has_hi {
-                let hi = u16le(&r, 0x82) as u32;
-                r[0x82] = 0;
-                r[0x83] = 0;
-                want_lo | hi << 16
+                want_lo | (u16le(&raw, 0x82) as u32) << 16
             } else {
                 want_lo
             };
-            let mut c = ext4_crc(sb.csum_seed, &(ino as u32).to_le_bytes());
-            c = ext4_crc(c, &r[0x64..0x68]);
-            c = ext4_crc(c, &r);
-            let got = if has_hi { c } else { c & 0xFFFF };
-            if got != want {
+            if checksum(sb, ino, &raw) != want {
                 tracing::warn!("{label}: inode {ino} checksum mismatch; reading on");
             }
         }
@@ -159,6 +149,38 @@ impl Inode {
         } else {
             &[]
         }
+    }
+}
+
+/// The metadata_csum checksum of inode record `raw` (its stored checksum fields taken
+/// as zero), cut to 16 bits where the record has no room for the high half.
+pub fn checksum(sb: &Superblock, ino: u64, raw: &[u8]) -> u32 {
+    let mut r = raw.to_vec();
+    r[0x7C..0x7E].fill(0);
+    let has_hi = raw.len() >= 0x84 && 128 + u16le(raw, 0x80) as usize >= 0x84;
+    if has_hi {
+        r[0x82..0x84].fill(0);
+    }
+    let mut c = ext4_crc(sb.csum_seed, &(ino as u32).to_le_bytes());
+    c = ext4_crc(c, &r[0x64..0x68]);
+    c = ext4_crc(c, &r);
+    if has_hi {
+        c
+    } else {
+        c & 0xFFFF
+    }
+}
+
+/// Stores `raw`'s checksum in it, as the kernel does after changing an inode, so that
+/// a record replay assembled reads without a mismatch warning.
+pub fn set_checksum(sb: &Superblock, ino: u64, raw: &mut [u8]) {
+    if !sb.has_csum() || raw.len() < 128 {
+        return;
+    }
+    let c = checksum(sb, ino, raw);
+    raw[0x7C..0x7E].copy_from_slice(&(c as u16).to_le_bytes());
+    if raw.len() >= 0x84 && 128 + u16le(raw, 0x80) as usize >= 0x84 {
+        raw[0x82..0x84].copy_from_slice(&((c >> 16) as u16).to_le_bytes());
     }
 }
 

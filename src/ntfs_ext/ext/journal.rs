@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
+use super::fast_commit;
 use crate::ntfs_ext::corrupt;
 use crate::readat::ReadAt;
 
@@ -21,6 +22,10 @@ const IN_FAST_COMMIT: u32 = 0x20;
 const F_ESCAPE: u32 = 1;
 const F_SAME_UUID: u32 = 2;
 const F_LAST_TAG: u32 = 8;
+/// Fast-commit blocks when the superblock names none (JBD2_DEFAULT_FAST_COMMIT_BLOCKS).
+const DEFAULT_FC_BLOCKS: u64 = 256;
+/// The regular ring the kernel keeps at least before it sets fast-commit blocks apart.
+const MIN_JOURNAL_BLOCKS: u64 = 1024;
 /// Revoke records kept at most (about 100 MB): a real journal revokes a few thousand
 /// blocks; a damaged one full of revoke blocks must not take the memory of the mount.
 const MAX_REVOKES: usize = 4 << 20;
@@ -43,6 +48,10 @@ pub struct Replay {
     /// Logged copies whose checksum failed and were not replayed (the volume keeps
     /// the copy before them), as the kernel and e2fsck skip them.
     pub bad_blocks: u64,
+    /// Records of the complete fast commits after the last full commit, in order.
+    pub fast_commits: Vec<fast_commit::Op>,
+    /// How many fast commits those records came from.
+    pub fc_commits: u64,
 }
 
 /// The jbd2 checksum (v2/v3) of `data` chained from `seed`: crc32c as ext4 uses it.
@@ -65,11 +74,13 @@ fn commit_ok(seed: u32, b: &[u8]) -> bool {
     be32(b, 16) == crc
 }
 
-/// Scans the journal and returns the overlay of committed transactions; `Ok(None)`
-/// when the journal is clean.
+/// Scans the journal and returns the overlay of committed transactions, with the
+/// records of the fast commits that follow them (inode records of `inode_size` bytes
+/// at most); `Ok(None)` when the journal is clean.
 pub fn replay(
     dev: &dyn ReadAt,
     block_size: u64,
+    inode_size: usize,
     map: &dyn JournalMap,
     label: &str,
 ) -> io::Result<Option<Replay>> {
@@ -98,13 +109,21 @@ pub fn replay(
     } else {
         0
     };
-    if first == 0 || first >= maxlen || start < first || start >= maxlen {
-        return Err(corrupt("journal superblock has impossible bounds"));
+    // With fast commits the regular ring ends where the fast-commit area begins (the
+    // kernel sets the area apart only when a ring of the minimum size is left).
+    let fast = incompat & IN_FAST_COMMIT != 0;
+    let mut last = maxlen;
+    if fast {
+        let n = match be32(&sb, 0x54) as u64 {
+            0 => DEFAULT_FC_BLOCKS,
+            n => n,
+        };
+        if maxlen.saturating_sub(n) >= MIN_JOURNAL_BLOCKS {
+            last = maxlen - n;
+        }
     }
-    if incompat & IN_FAST_COMMIT != 0 {
-        tracing::warn!(
-            "{label}: journal has fast-commit blocks; only the regular journal is replayed"
-        );
+    if first == 0 || first >= last || start < first || start >= last {
+        return Err(corrupt("journal superblock has impossible bounds"));
     }
     let is64 = incompat & IN_64BIT != 0;
     let csum3 = incompat & IN_CSUM_V3 != 0;
@@ -123,8 +142,8 @@ pub fn replay(
     let seed = jcrc(!0, &sb[0x30..0x40]);
     let checked = csum2 || csum3;
     let wrap = |n: u64| {
-        if n >= maxlen {
-            first + (n - maxlen) % (maxlen - first)
+        if n >= last {
+            first + (n - last) % (last - first)
         } else {
             n
         }
@@ -148,7 +167,7 @@ pub fn replay(
     // The log runs once around the ring at most: every block it takes (descriptor,
     // data, commit, revoke) counts, and the scan ends when the ring is used up, so a
     // damaged log that loops on itself ends there too.
-    let ring = maxlen - first;
+    let ring = last - first;
     let mut taken = 0u64;
     let mut transactions = 0;
     // As the kernel's recovery scan does: a descriptor or revoke block failing its
@@ -274,6 +293,23 @@ pub fn replay(
         transactions,
         ..Default::default()
     };
+    // The fast commits of the transaction after the last full one, from the area's
+    // first block (one block past the ring's end, as the kernel places it).
+    if fast && last < maxlen {
+        let mut scan = fast_commit::Scan::new(seq, inode_size);
+        let end = maxlen.min(last + 1 + fast_commit::MAX_BYTES / block_size);
+        for n in last + 1..end {
+            match read(n) {
+                Ok(b) if scan.block(&b) => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!("{label}: fast-commit block {n}: {e}; the area ends there");
+                    break;
+                }
+            }
+        }
+        (out.fast_commits, out.fc_commits) = scan.finish();
+    }
     // The newest logged copy of each block that is not revoked and (with checksums)
     // matches its tag is the one replay leaves on the volume: the kernel writes every
     // copy in order and skips those failing their checksum, so a bad newest copy
@@ -424,7 +460,7 @@ mod tests {
 
     fn run(j: Vec<u8>, bs: u64) -> (io::Result<Option<Replay>>, u64) {
         let map = Ident(AtomicU64::new(0));
-        let r = replay(&MemVolume(j), bs, &map, "test");
+        let r = replay(&MemVolume(j), bs, 256, &map, "test");
         (r, map.0.load(Ordering::Relaxed))
     }
 

@@ -4,6 +4,7 @@
 
 mod alloc;
 mod dir;
+mod fast_commit;
 mod inode;
 mod journal;
 mod sb;
@@ -88,6 +89,8 @@ pub struct ExtFs {
     dirs: WeightedLru<u64, Arc<DirCache>>,
     extents: WeightedLru<u64, Arc<Vec<Run>>>,
     statfs: OnceLock<StatFs>,
+    /// What replayed fast commits change, consulted before the volume.
+    fc: Option<Arc<fast_commit::FcState>>,
 }
 
 struct JMap<'a> {
@@ -211,13 +214,20 @@ fn find_run(runs: &[Run], l: u64) -> Option<(&Run, usize)> {
     runs.get(i).filter(|r| r.logical <= l).map(|r| (r, i))
 }
 
-/// The volume as replaying its journal leaves it (in memory), with the number of
-/// logged blocks skipped for failing their checksums; `None` when the journal is clean.
-/// Lets a check compare the replay block by block with `e2fsck -E journal_only`'s.
-pub fn replayed_volume(
-    dev: Arc<dyn ReadAt>,
-    label: &str,
-) -> io::Result<Option<(Arc<dyn ReadAt>, u64)>> {
+/// A volume as replaying its journal leaves it, in memory.
+pub struct Replayed {
+    pub volume: Arc<dyn ReadAt>,
+    /// Logged blocks skipped for failing their checksums.
+    pub bad_blocks: u64,
+    /// Block ranges (start, length) that replayed fast commits give to files: in use,
+    /// although the bitmaps on the volume do not say so until the kernel's replay.
+    pub fast_commit_blocks: Vec<(u64, u64)>,
+}
+
+/// The volume as replaying its journal leaves it (in memory); `None` when the journal
+/// is clean. Lets a check compare the replay block by block with
+/// `e2fsck -E journal_only`'s, and free space be read after it.
+pub fn replayed_volume(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Option<Replayed>> {
     let opts = TreeOptions {
         no_replay: true,
         label: label.to_string(),
@@ -227,10 +237,19 @@ pub fn replayed_volume(
     if fs.sb.incompat & feat::INCOMPAT_RECOVER == 0 {
         return Ok(None);
     }
-    Ok(fs.replay()?.map(|r| {
-        let bad = r.bad_blocks;
-        let v: Arc<dyn ReadAt> = Arc::new(journal::Overlay::new(dev, fs.sb.block_size as u64, r));
-        (v, bad)
+    Ok(fs.replay()?.map(|mut r| {
+        let fast_commit_blocks = std::mem::take(&mut r.fast_commits)
+            .into_iter()
+            .filter_map(|op| match op {
+                fast_commit::Op::AddRange { pblk, len, .. } => Some((pblk, len)),
+                _ => None,
+            })
+            .collect();
+        Replayed {
+            bad_blocks: r.bad_blocks,
+            volume: Arc::new(journal::Overlay::new(dev, fs.sb.block_size as u64, r)),
+            fast_commit_blocks,
+        }
     }))
 }
 
@@ -266,8 +285,10 @@ impl ExtFs {
                 );
             } else {
                 match fs.replay() {
-                    Ok(Some(r)) => {
+                    Ok(Some(mut r)) => {
                         let (n, blocks) = (r.transactions, r.blocks.len());
+                        let fc_ops = std::mem::take(&mut r.fast_commits);
+                        let fc_commits = r.fc_commits;
                         if r.bad_blocks > 0 {
                             tracing::error!(
                                 "{label}: {} logged journal block(s) fail their checksums and are not replayed, as e2fsck skips them (a device read while being written, or damage); the tree may be inconsistent where they were",
@@ -283,6 +304,18 @@ impl ExtFs {
                         tracing::warn!(
                             "{label}: not cleanly unmounted; replayed {n} journal transaction(s), {blocks} block(s), in memory"
                         );
+                        if !fc_ops.is_empty() {
+                            let records = fc_ops.len();
+                            let st = fs.fast_commit_state(fc_ops);
+                            // Everything read so far was read without them.
+                            fs.inodes.clear();
+                            fs.dirs.clear();
+                            fs.extents.clear();
+                            fs.fc = Some(Arc::new(st));
+                            tracing::warn!(
+                                "{label}: replayed {fc_commits} fast commit(s), {records} record(s), in memory"
+                            );
+                        }
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -313,6 +346,7 @@ impl ExtFs {
             dirs: WeightedLru::with_budget(DIR_CACHE, budget()),
             extents: WeightedLru::with_budget(EXTENT_CACHE, budget()),
             statfs: OnceLock::new(),
+            fc: None,
         }
     }
 
@@ -328,7 +362,13 @@ impl ExtFs {
             ino,
             runs,
         };
-        journal::replay(&*self.dev, self.sb.block_size as u64, &map, &self.label)
+        journal::replay(
+            &*self.dev,
+            self.sb.block_size as u64,
+            self.sb.inode_size as usize,
+            &map,
+            &self.label,
+        )
     }
 
     /// The numbers `df` shows for this volume when the kernel mounts it (ext4_statfs):
@@ -400,10 +440,8 @@ impl ExtFs {
         Ok(d)
     }
 
-    fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {
-        if let Some(i) = self.inodes.get(&ino) {
-            return Ok(i);
-        }
+    /// Inode `ino`'s record as the volume holds it.
+    fn raw_inode(&self, ino: u64) -> io::Result<Vec<u8>> {
         if ino == 0 || ino > self.sb.inodes_count as u64 {
             return Err(corrupt(format!("inode {ino} does not exist")));
         }
@@ -419,6 +457,17 @@ impl ExtFs {
         let off = gd.inode_table * self.sb.block_size as u64 + idx * isz;
         let mut raw = vec![0u8; isz as usize];
         self.dev.read_exact_at(off, &mut raw)?;
+        Ok(raw)
+    }
+
+    fn inode(&self, ino: u64) -> io::Result<Arc<Inode>> {
+        if let Some(i) = self.inodes.get(&ino) {
+            return Ok(i);
+        }
+        let raw = match self.fc.as_ref().and_then(|f| f.inodes.get(&ino)) {
+            Some(r) => r.clone(),
+            None => self.raw_inode(ino)?,
+        };
         let i = Arc::new(Inode::parse(&self.sb, ino, raw, &self.label)?);
         self.inodes.put(ino, i.clone());
         Ok(i)
@@ -428,7 +477,10 @@ impl ExtFs {
         if let Some(r) = self.extents.get(&ino.ino) {
             return Ok(r);
         }
-        let r = Arc::new(inode::extent_runs(&*self.dev, &self.sb, ino, &self.label)?);
+        let r = match self.fc.as_ref().and_then(|f| f.runs.get(&ino.ino)) {
+            Some(r) => Arc::new(r.clone()),
+            None => Arc::new(inode::extent_runs(&*self.dev, &self.sb, ino, &self.label)?),
+        };
         self.extents.put(ino.ino, r.clone());
         Ok(r)
     }
@@ -486,7 +538,11 @@ impl ExtFs {
     /// The runs of a file's logical blocks `first..end`: all its (cached) extents, or
     /// the block-mapped ones of that range.
     fn data_runs(&self, ino: &Inode, first: u64, end: u64) -> io::Result<Arc<Vec<Run>>> {
-        if ino.flags & inode::FL_EXTENTS != 0 {
+        let replayed = self
+            .fc
+            .as_ref()
+            .is_some_and(|f| f.runs.contains_key(&ino.ino));
+        if ino.flags & inode::FL_EXTENTS != 0 || replayed {
             self.runs(ino)
         } else {
             inode::indirect_runs(&*self.dev, &self.sb, ino, first, end).map(Arc::new)
@@ -550,8 +606,12 @@ impl ExtFs {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
         self.check_readable(&ino)?;
+        let edits = self.fc.as_ref().and_then(|f| f.dirs.get(&dir));
         let mut raw = Vec::new();
-        if ino.flags & inode::FL_INLINE_DATA != 0 {
+        if edits.is_some_and(|e| e.fresh) {
+            // Made by a fast commit: replay gives it a block of its own, so what the
+            // volume holds at its blocks is not its content.
+        } else if ino.flags & inode::FL_INLINE_DATA != 0 {
             let d = self.inline_data(&ino)?;
             if d.len() > 4 {
                 dir::parse_block(&d[4..60.min(d.len())], &mut raw)?;
@@ -602,12 +662,77 @@ impl ExtFs {
                 });
             }
         }
+        if let Some(e) = edits {
+            self.apply_edits(e, &mut entries, &mut index);
+        }
         let d = Arc::new(DirCache {
             entries: Arc::new(entries),
             index,
         });
         self.dirs.put(dir, d.clone());
         Ok(d)
+    }
+}
+
+impl ExtFs {
+    /// Lays a fast commit's name changes over a directory's listing, in their order:
+    /// a name is added only where it is absent (the kernel's link answers EEXIST),
+    /// and the entries keep the volume's order with the new names after them.
+    fn apply_edits(
+        &self,
+        edits: &fast_commit::DirEdits,
+        entries: &mut Vec<DirEntry>,
+        index: &mut HashMap<Vec<u8>, u64>,
+    ) {
+        let mut added: Vec<&[u8]> = Vec::new();
+        for (name, op) in &edits.ops {
+            if name.is_empty()
+                || name.contains(&b'/')
+                || name.contains(&0)
+                || name == b"."
+                || name == b".."
+            {
+                continue;
+            }
+            match op {
+                Some(ino) => {
+                    if !index.contains_key(name) {
+                        index.insert(name.clone(), *ino);
+                        added.push(name);
+                    }
+                }
+                None => {
+                    index.remove(name);
+                }
+            }
+        }
+        let mut shown: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+        entries.retain(|d| index.get(&d.name) == Some(&d.ino) && shown.insert(d.name.clone()));
+        for name in added {
+            if shown.contains(name) {
+                continue;
+            }
+            let Some(&ino) = index.get(name) else {
+                continue;
+            };
+            match self.inode(ino).ok().and_then(|i| i.kind()) {
+                Some(kind) => {
+                    shown.insert(name.to_vec());
+                    entries.push(DirEntry {
+                        name: name.to_vec(),
+                        ino,
+                        kind,
+                    });
+                }
+                None => {
+                    tracing::warn!(
+                        "{}: fast commit names inode {ino}, which cannot be read; left out",
+                        self.label
+                    );
+                    index.remove(name);
+                }
+            }
+        }
     }
 }
 
