@@ -51,6 +51,76 @@ for v in 6 7; do
     "$csum" "$tmp/jblocks" "$tmp/jblocks" > "$tmp/journal-cmds"
   debugfs -w -f "$tmp/journal-cmds" "$out/seed$v.img" > /dev/null 2>&1
 done
+# A fast_commit volume needing recovery whose fast-commit area holds two commits of
+# the transaction after the logged one (inode records, ranges added and deleted, a
+# create, a link, an unlink, padding), checksummed as the kernel writes them. No tool
+# writes fast commits but the kernel, so Python lays them out (e2fsck replays them).
+if command -v python3 > /dev/null; then
+  truncate -s 3M "$out/seed9.img"
+  mke2fs -q -F -b 1024 -N 64 -J size=1 -t ext4 -O fast_commit \
+    -U 6d2d8e3c-0f4b-4b1e-9a57-2f0c4c9b1a01 \
+    -E hash_seed=1f6a4c2e-3b5d-4e7f-8091-a2b3c4d5e6f7 -d "$tmp/src" "$out/seed9.img"
+  debugfs -w -f "$tmp/pin-times" "$out/seed9.img" > /dev/null 2>&1
+  printf 'jo\njw -b 300,301 %s\njc\n' "$tmp/jblocks" > "$tmp/journal-cmds"
+  debugfs -w -f "$tmp/journal-cmds" "$out/seed9.img" > /dev/null 2>&1
+  python3 - "$out/seed9.img" << 'EOT'
+import struct, subprocess, sys
+img = sys.argv[1]
+def dbg(cmd):
+    return subprocess.run(["debugfs", "-R", cmd, img], capture_output=True, text=True).stdout
+def crc32c(crc, data):
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc
+bs = 1024
+f = open(img, "r+b")
+def jblock(n):
+    return int(dbg(f"bmap <8> {n}").split()[0])
+# The journal superblock: fast commits on, next transaction after the logged ones.
+jsb = jblock(0) * bs
+f.seek(jsb); sb = bytearray(f.read(bs))
+maxlen, = struct.unpack(">I", sb[0x10:0x14])
+nfc, = struct.unpack(">I", sb[0x54:0x58])
+sb[0x28:0x2C] = struct.pack(">I", struct.unpack(">I", sb[0x28:0x2C])[0] | 0x20)
+f.seek(jsb); f.write(sb)
+tid = 1 + max(int(l.split()[3].rstrip(",")) for l in dbg("logdump").splitlines() if "type 2 (commit block)" in l)
+# Inode 12's record ("/a") as the template of logged records.
+m = dbg("imap <12>").split()
+blk, off = int(m[m.index("located") + 3].rstrip(",")), int(m[m.index("offset") + 1], 16)
+f.seek(blk * bs + off); raw = f.read(256)
+def tag(t, v): return struct.pack("<HH", t, len(v)) + v
+def dentry(p, i, name): return struct.pack("<II", p, i) + name
+def commit(tags, head):
+    b = (tag(9, struct.pack("<II", 0, tid)) if head else b"") + b"".join(tags)
+    c = crc32c(0, b)
+    t = struct.pack("<HH", 8, bs - len(b) - 4) + struct.pack("<I", tid)
+    c = crc32c(c, t)
+    return (b + t + struct.pack("<I", c)).ljust(bs, b"\0")
+one = commit([
+    tag(6, struct.pack("<I", 12) + raw),
+    tag(1, struct.pack("<IIHHI", 12, 3, 2, 0, 300)),
+    tag(2, struct.pack("<III", 12, 0, 1)),
+    tag(6, struct.pack("<I", 20) + raw),
+    tag(3, dentry(2, 20, b"fcnew")),
+    tag(4, dentry(2, 12, b"fclink")),
+    tag(5, dentry(2, 12, b"a")),
+    tag(7, bytes(6)),
+], True)
+two = commit([
+    tag(1, struct.pack("<IIHHI", 20, 0, 32768 + 4, 0, 302)),
+    tag(2, struct.pack("<III", 20, 1, 2)),
+    tag(6, struct.pack("<I", 20) + raw),
+], False)
+first = maxlen - nfc + 1
+for i, b in enumerate([one, two]):
+    f.seek(jblock(first + i) * bs); f.write(b)
+print("fast commits for transaction", tid, "at journal blocks", first, first + 1)
+EOT
+else
+  echo "no python3: no fast-commit seed"
+fi
 # Partitioned disks for the disk target, the ext4 seed in their first partition: an
 # MBR with an extended partition holding logical ones, a GPT, and a GPT of 4096-byte
 # sectors. Fixed ids, so the seeds are the same every run.
