@@ -88,9 +88,34 @@ fn whole_blocks(ranges: &[(u64, u64)], block_size: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// Blocks in both lists of sorted, disjoint (first block, count) ranges.
+pub(super) fn overlap_blocks(a: &[(u64, u64)], b: &[(u64, u64)]) -> u64 {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        let (a0, a1) = (a[i].0, a[i].0 + a[i].1);
+        let (b0, b1) = (b[j].0, b[j].0 + b[j].1);
+        n += a1.min(b1).saturating_sub(a0.max(b0));
+        if a1 <= b1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlap_counts_blocks_in_both_lists() {
+        let free = [(0, 10), (20, 5), (40, 100)];
+        let read = [(5, 20), (30, 15), (200, 1)];
+        // 5..10, 20..25, 40..45.
+        assert_eq!(overlap_blocks(&free, &read), 15);
+        assert_eq!(overlap_blocks(&free, &[]), 0);
+    }
 
     #[test]
     fn only_whole_blocks_count() {

@@ -792,7 +792,9 @@ fn backup_device(
         skip_unreadable,
         free,
     };
-    let free_bytes: u64 = job.free.iter().map(|r| r.1).sum::<u64>() * bs;
+    // Only free blocks among those this point reads are recorded as zeros (with
+    // --changed-blocks the rest are neither read nor recorded).
+    let free_bytes: u64 = free::overlap_blocks(&job.free, &job.runs) * bs;
     if free_bytes > 0 {
         eprintln!(
             "device {}: {} its filesystems mark free is recorded as zeros, not read",
