@@ -699,6 +699,15 @@ fn busy_crash_image(dir: &Path) -> Option<std::path::PathBuf> {
 
 /// [`busy_crash_image`] of a volume made with extra mkfs.ext4 options.
 fn busy_crash_image_with(dir: &Path, opts: &[&str]) -> Option<std::path::PathBuf> {
+    busy_crash_image_mounted(dir, opts, "loop")
+}
+
+/// [`busy_crash_image_with`], the kernel mounting it with options `mount_opts`.
+fn busy_crash_image_mounted(
+    dir: &Path,
+    opts: &[&str],
+    mount_opts: &str,
+) -> Option<std::path::PathBuf> {
     let empty = dir.join("empty");
     std::fs::create_dir(&empty).unwrap();
     let img = dir.join("live.img");
@@ -708,7 +717,7 @@ fn busy_crash_image_with(dir: &Path, opts: &[&str]) -> Option<std::path::PathBuf
     let crash = dir.join("crash.img");
     let kmnt = dir.join("kernel");
     let mut rng = StdRng::seed_from_u64(21);
-    with_kernel_mount(&img, &kmnt, |m| {
+    kernel_mount(&img, &kmnt, mount_opts, |m| {
         std::fs::create_dir(m.join("work")).unwrap();
         for i in 0..60 {
             let mut data = vec![0u8; rng.gen_range(0..40_000)];
@@ -799,6 +808,86 @@ fn crash_consistent_point_is_replayed_like_e2fsck() {
 /// logged copy damaged afterwards (as a device read while being written can leave
 /// it) is skipped for the copy before it. Oracle: `e2fsck -E journal_only` replaying
 /// the same images; every block the journal logs must read the same from both.
+/// What `cmd args` prints, stdout then stderr.
+fn tool(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd).args(args).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+}
+
+/// (fs block, journal block) of every copy the journal of `img` logs, oldest first,
+/// as `debugfs logdump -a` lists them.
+fn logged_copies(img: &Path) -> Vec<(u64, u64)> {
+    tool("debugfs", &["-R", "logdump -a", s(img)])
+        .lines()
+        .filter_map(|l| {
+            let r = l.trim().strip_prefix("FS block ")?;
+            let (n, r) = r.split_once(" logged at journal block ")?;
+            let j = r.split_whitespace().next()?;
+            Some((n.parse().ok()?, j.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Our in-memory replay of `img`'s journal, with the logged blocks it skipped.
+fn our_replay(img: &Path) -> (std::sync::Arc<dyn disksafe::readat::ReadAt>, u64) {
+    let dev: std::sync::Arc<dyn disksafe::readat::ReadAt> =
+        std::sync::Arc::new(disksafe::readat::FileReader::open(img).unwrap());
+    let r = disksafe::ntfs_ext::ext::replayed_volume(dev, "test")
+        .unwrap()
+        .expect("the copy needs journal recovery");
+    (r.volume, r.bad_blocks)
+}
+
+fn read_block(v: &dyn disksafe::readat::ReadAt, n: u64, bs: u64) -> Vec<u8> {
+    let mut b = vec![0u8; bs as usize];
+    v.read_exact_at(n * bs, &mut b).unwrap();
+    b
+}
+
+/// Asserts that every block `logged` names (but the superblock's, which e2fsck
+/// rewrites after replay) reads the same from `ours` as from `e2fsck -E journal_only`'s
+/// replay of a copy of `img`; returns e2fsck's output.
+fn same_blocks_as_e2fsck(
+    ours: &dyn disksafe::readat::ReadAt,
+    img: &Path,
+    logged: &[(u64, u64)],
+    bs: u64,
+    dir: &Path,
+) -> String {
+    let oracle = dir.join("oracle.img");
+    std::fs::copy(img, &oracle).unwrap();
+    let out = tool("e2fsck", &["-E", "journal_only", "-y", s(&oracle)]);
+    let theirs = disksafe::readat::FileReader::open(&oracle).unwrap();
+    let mut blocks: Vec<u64> = logged
+        .iter()
+        .map(|&(n, _)| n)
+        .filter(|&n| n != 1024 / bs)
+        .collect();
+    blocks.sort();
+    blocks.dedup();
+    for n in blocks {
+        assert!(
+            read_block(ours, n, bs) == read_block(&theirs, n, bs),
+            "block {n} differs from e2fsck's replay of {}",
+            img.display()
+        );
+    }
+    out
+}
+
+/// The volume block of journal block `n` of `img`, as debugfs maps it.
+fn journal_block_on_volume(img: &Path, n: u64) -> u64 {
+    tool("debugfs", &["-R", &format!("bmap <8> {n}"), s(img)])
+        .lines()
+        .find_map(|l| l.trim().parse().ok())
+        .expect("debugfs maps the journal block")
+}
+
+/// Journal checksums (v3: mkfs.ext4's default, with metadata_csum) are checked as
+/// the kernel's recovery checks them: none fails on a journal the kernel wrote, and a
+/// logged copy damaged afterwards (as a device read while being written can leave
+/// it) is skipped for the copy before it. Oracle: `e2fsck -E journal_only` replaying
+/// the same images; every block the journal logs must read the same from both.
 #[test]
 fn journal_checksums_are_checked_like_e2fsck() {
     if !is_root() {
@@ -810,62 +899,14 @@ fn journal_checksums_are_checked_like_e2fsck() {
         eprintln!("SKIP journal_checksums_are_checked_like_e2fsck: cannot loop-mount ext4 here");
         return;
     };
-    let tool = |cmd: &str, args: &[&str]| {
-        let o = Command::new(cmd).args(args).output().unwrap();
-        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
-    };
     let bs = dumpe2fs_field(&tool("dumpe2fs", &["-h", s(&crash)]), "Block size:")
         .expect("dumpe2fs names the block size");
-    // (fs block, journal block) of every logged copy, oldest first.
-    let logged: Vec<(u64, u64)> = tool("debugfs", &["-R", "logdump -a", s(&crash)])
-        .lines()
-        .filter_map(|l| {
-            let r = l.trim().strip_prefix("FS block ")?;
-            let (n, r) = r.split_once(" logged at journal block ")?;
-            let j = r.split_whitespace().next()?;
-            Some((n.parse().ok()?, j.parse().ok()?))
-        })
-        .collect();
+    let logged = logged_copies(&crash);
     assert!(logged.len() > 50, "a busy journal: {} copies", logged.len());
-    let open = |p: &Path| {
-        let dev: std::sync::Arc<dyn disksafe::readat::ReadAt> =
-            std::sync::Arc::new(disksafe::readat::FileReader::open(p).unwrap());
-        let r = disksafe::ntfs_ext::ext::replayed_volume(dev, "test")
-            .unwrap()
-            .expect("the copy needs journal recovery");
-        (r.volume, r.bad_blocks)
-    };
-    let block = |v: &dyn disksafe::readat::ReadAt, n: u64| {
-        let mut b = vec![0u8; bs as usize];
-        v.read_exact_at(n * bs, &mut b).unwrap();
-        b
-    };
-    // Every logged block but the superblock's (e2fsck rewrites it after replay).
     let sb_block = 1024 / bs;
-    let compare = |ours: &dyn disksafe::readat::ReadAt, img: &Path| {
-        let oracle = t.path().join("oracle.img");
-        std::fs::copy(img, &oracle).unwrap();
-        let out = tool("e2fsck", &["-E", "journal_only", "-y", s(&oracle)]);
-        let theirs = disksafe::readat::FileReader::open(&oracle).unwrap();
-        let mut blocks: Vec<u64> = logged
-            .iter()
-            .map(|&(n, _)| n)
-            .filter(|&n| n != sb_block)
-            .collect();
-        blocks.sort();
-        blocks.dedup();
-        for n in blocks {
-            assert!(
-                block(ours, n) == block(&theirs, n),
-                "block {n} differs from e2fsck's replay of {}",
-                img.display()
-            );
-        }
-        out
-    };
-    let (ours, bad) = open(&crash);
+    let (ours, bad) = our_replay(&crash);
     assert_eq!(bad, 0, "no checksum of the kernel's journal fails");
-    let out = compare(&*ours, &crash);
+    let out = same_blocks_as_e2fsck(&*ours, &crash, &logged, bs, t.path());
     assert!(!out.contains("Invalid checksum"), "{out}");
 
     // Damage the newest copy of the block logged most often (a bitmap, an inode table
@@ -882,25 +923,77 @@ fn journal_checksums_are_checked_like_e2fsck() {
         .0;
     assert!(counts[&target] >= 2, "a block logged twice");
     let newest = logged.iter().rev().find(|&&(n, _)| n == target).unwrap().1;
-    let phys: u64 = tool("debugfs", &["-R", &format!("bmap <8> {newest}"), s(&crash)])
-        .lines()
-        .find_map(|l| l.trim().parse().ok())
-        .expect("debugfs maps the journal block");
+    let phys = journal_block_on_volume(&crash, newest);
     let damaged = t.path().join("damaged.img");
     std::fs::copy(&crash, &damaged).unwrap();
     flip_byte(&damaged, phys * bs + bs / 2, 0x40);
-    let (ours, bad) = open(&damaged);
+    let (ours, bad) = our_replay(&damaged);
     assert_eq!(bad, 1, "the damaged copy is skipped");
-    let out = compare(&*ours, &damaged);
+    let out = same_blocks_as_e2fsck(&*ours, &damaged, &logged, bs, t.path());
     assert!(
         out.contains("Invalid checksum"),
         "e2fsck skips it too: {out}"
     );
-    let (undamaged, _) = open(&crash);
+    let (undamaged, _) = our_replay(&crash);
     assert_ne!(
-        block(&*ours, target),
-        block(&*undamaged, target),
+        read_block(&*ours, target, bs),
+        read_block(&*undamaged, target, bs),
         "block {target} now holds an older copy"
+    );
+}
+
+/// The older v1 transaction checksum (a volume without metadata_csum mounted with
+/// `journal_checksum`: CRC-32 of each transaction's descriptor and data blocks in its
+/// commit block) is checked as the kernel's recovery checks it: none fails on the
+/// kernel's journal, and a data block damaged afterwards ends the log before its
+/// transaction, so that transaction and every later one are not replayed. Oracle:
+/// `e2fsck -E journal_only`, which shares the kernel's recovery code.
+#[test]
+fn v1_journal_checksums_end_the_log_like_e2fsck() {
+    if !is_root() {
+        eprintln!("SKIP v1_journal_checksums_end_the_log_like_e2fsck: needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let Some(crash) =
+        busy_crash_image_mounted(t.path(), &["-O", "^metadata_csum"], "loop,journal_checksum")
+    else {
+        eprintln!("SKIP v1_journal_checksums_end_the_log_like_e2fsck: cannot loop-mount ext4 here");
+        return;
+    };
+    let head = tool("dumpe2fs", &["-h", s(&crash)]);
+    assert!(
+        head.lines().any(|l| l.starts_with("Journal features:")
+            && l.contains("journal_checksum")
+            && !l.contains("checksum_v")),
+        "the kernel wrote v1 checksums:\n{head}"
+    );
+    let bs = dumpe2fs_field(&head, "Block size:").expect("dumpe2fs names the block size");
+    let logged = logged_copies(&crash);
+    assert!(logged.len() > 50, "a busy journal: {} copies", logged.len());
+    let (ours, _) = our_replay(&crash);
+    same_blocks_as_e2fsck(&*ours, &crash, &logged, bs, t.path());
+
+    // Damage a logged copy about two thirds along the log: its transaction fails.
+    let (victim, jblock) = logged[logged.len() * 2 / 3];
+    let damaged = t.path().join("damaged.img");
+    std::fs::copy(&crash, &damaged).unwrap();
+    flip_byte(
+        &damaged,
+        journal_block_on_volume(&crash, jblock) * bs + bs / 2,
+        0x40,
+    );
+    let (ours, _) = our_replay(&damaged);
+    let out = same_blocks_as_e2fsck(&*ours, &damaged, &logged, bs, t.path());
+    let (undamaged, _) = our_replay(&crash);
+    let lost = logged
+        .iter()
+        .map(|&(n, _)| n)
+        .filter(|&n| read_block(&*ours, n, bs) != read_block(&*undamaged, n, bs))
+        .count();
+    assert!(
+        lost > 1,
+        "blocks of the failed transaction and those after it (block {victim} damaged) are not replayed: {lost} differ; e2fsck: {out}"
     );
 }
 

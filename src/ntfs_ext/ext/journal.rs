@@ -19,6 +19,10 @@ const IN_64BIT: u32 = 0x2;
 const IN_CSUM_V2: u32 = 0x8;
 const IN_CSUM_V3: u32 = 0x10;
 const IN_FAST_COMMIT: u32 = 0x20;
+/// The older (v1) transaction checksum: CRC-32 over each transaction's descriptor and
+/// data blocks, in its commit block (mount option `journal_checksum` without
+/// metadata_csum).
+const COMPAT_CHECKSUM: u32 = 0x1;
 const F_ESCAPE: u32 = 1;
 const F_SAME_UUID: u32 = 2;
 const F_LAST_TAG: u32 = 8;
@@ -57,6 +61,35 @@ pub struct Replay {
 /// The jbd2 checksum (v2/v3) of `data` chained from `seed`: crc32c as ext4 uses it.
 fn jcrc(seed: u32, data: &[u8]) -> u32 {
     super::sb::ext4_crc(seed, data)
+}
+
+/// CRC-32 (polynomial 0x04C11DB7) fed most significant bit first, without inversion:
+/// the kernel's crc32_be, which the v1 transaction checksum chains from all ones.
+fn crc32_be(mut crc: u32, data: &[u8]) -> u32 {
+    const fn table() -> [u32; 256] {
+        let mut t = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = (i as u32) << 24;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 0x8000_0000 != 0 {
+                    (c << 1) ^ 0x04C1_1DB7
+                } else {
+                    c << 1
+                };
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    }
+    static TABLE: [u32; 256] = table();
+    for &b in data {
+        crc = (crc << 8) ^ TABLE[((crc >> 24) as u8 ^ b) as usize];
+    }
+    crc
 }
 
 /// Whether a descriptor or revoke block's tail checksum (its last 4 bytes, taken as
@@ -141,6 +174,8 @@ pub fn replay(
     // Checksums (v2/v3) are seeded with the journal's UUID.
     let seed = jcrc(!0, &sb[0x30..0x40]);
     let checked = csum2 || csum3;
+    let v1 = !checked && be32(&sb, 4) == T_SB_V2 && be32(&sb, 0x24) & COMPAT_CHECKSUM != 0;
+    let mut v1_crc = !0u32;
     let wrap = |n: u64| {
         if n >= last {
             first + (n - last) % (last - first)
@@ -188,6 +223,9 @@ pub fn replay(
                 if checked && !tail_ok(seed, &b) {
                     suspect = true;
                 }
+                if v1 {
+                    v1_crc = crc32_be(v1_crc, &b);
+                }
                 let mut off = 12;
                 let mut data = wrap(pos + 1);
                 loop {
@@ -213,6 +251,9 @@ pub fn replay(
                         break 'log; // data blocks past the ring: not a real descriptor
                     }
                     taken += 1;
+                    if v1 {
+                        v1_crc = crc32_be(v1_crc, &read(data)?);
+                    }
                     pending.push(Tag {
                         fs_block: hi << 32 | lo,
                         jblock: data,
@@ -241,6 +282,21 @@ pub fn replay(
                         )));
                     }
                     break; // stale blocks from an earlier round of the ring
+                }
+                if v1 {
+                    // Checksum type 1 (CRC-32) of 4 bytes, or no checksum at all.
+                    let found = be32(&b, 16);
+                    let ok = (b[12] == 1 && b[13] == 4 && found == v1_crc)
+                        || (b[12] == 0 && b[13] == 0 && found == 0);
+                    v1_crc = !0;
+                    if !ok {
+                        if time >= last_commit_time {
+                            tracing::warn!(
+                                "{label}: journal transaction {seq} fails its checksum; the log ends before it"
+                            );
+                        }
+                        break;
+                    }
                 }
                 if checked && !commit_ok(seed, &b) {
                     if time >= last_commit_time {
@@ -586,6 +642,12 @@ mod tests {
             (2, false),
             "the first copy, at journal block 2"
         );
+    }
+
+    #[test]
+    fn crc32_be_is_the_msb_first_crc() {
+        // CRC-32/MPEG-2: the same polynomial and start, no reflection, no final xor.
+        assert_eq!(crc32_be(!0, b"123456789"), 0x0376_E6E7);
     }
 
     #[test]
