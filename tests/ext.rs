@@ -1640,6 +1640,23 @@ fn fast_commits_are_replayed_like_the_kernel() {
         diffs.is_empty(),
         "differs from the kernel's recovery: {diffs:#?}"
     );
+    // Replay recounts a file's blocks from its extents; ours come from the logged
+    // record: the same for every file.
+    let blocks = with_kernel_mount(&fixed, &t.path().join("fixedmnt"), |k| {
+        tree_digest(k)
+            .into_keys()
+            .filter(|rel| k.join(rel).is_file())
+            .filter_map(|rel| {
+                let want = std::fs::metadata(k.join(&rel)).unwrap().blocks();
+                let got = std::fs::metadata(m.dir.join("1/vol/files").join(&rel))
+                    .unwrap()
+                    .blocks();
+                (want != got).then(|| format!("{rel}: {want} vs {got}"))
+            })
+            .collect::<Vec<_>>()
+    })
+    .unwrap();
+    assert!(blocks.is_empty(), "st_blocks differ: {blocks:#?}");
     assert!(
         m.log_text().contains("fast commit"),
         "the log names the fast commits: {}",
