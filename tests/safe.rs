@@ -671,6 +671,13 @@ fn a_mounted_device_is_backed_up_as_the_device_holds_it() {
 /// disk whose partition holds none) says so and stores every byte.
 #[test]
 fn skip_free_without_a_known_filesystem_keeps_every_byte() {
+    if !have_tool(
+        "sfdisk",
+        "fdisk",
+        "skip_free_without_a_known_filesystem_keeps_every_byte",
+    ) {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let mut rng = StdRng::seed_from_u64(64);
     let raw = t.path().join("raw.img");
