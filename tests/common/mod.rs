@@ -303,8 +303,16 @@ pub fn is_root() -> bool {
 
 /// True when FUSE mounts can work here (a /dev/fuse and root or fusermount3).
 pub fn fuse_available() -> bool {
+    // Without root, the mount needs both /dev/fuse open to this user (some machines
+    // make it 0600) and the setuid fusermount3 to mount it.
     Path::new("/dev/fuse").exists()
-        && (is_root() || Command::new("fusermount3").arg("-V").output().is_ok())
+        && (is_root()
+            || (std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/fuse")
+                .is_ok()
+                && Command::new("fusermount3").arg("-V").output().is_ok()))
 }
 
 /// A live `disksafe mount`, unmounted on drop.
@@ -994,8 +1002,11 @@ pub fn fill_posix(root: &Path, frag_len: usize, rng: &mut impl Rng) {
     let mut big = vec![0u8; 3000];
     rng.fill(&mut big[..]);
     set_xattr(&attrs, "user.big", &big);
-    set_xattr(&attrs, "trusted.t", b"root only");
-    set_xattr(&attrs, "security.label", b"system_u:object_r:etc_t:s0");
+    // Only root may set these namespaces.
+    if is_root() {
+        set_xattr(&attrs, "trusted.t", b"root only");
+        set_xattr(&attrs, "security.label", b"system_u:object_r:etc_t:s0");
+    }
     let acl = root.join("acl");
     std::fs::create_dir(&acl).unwrap();
     if have_tool("setfacl", "acl", "the ACLs of the rich tree") {
