@@ -295,6 +295,7 @@ impl ExtFs {
         st: &FcState,
         maps: &'a mut HashMap<u64, BTreeMap<u64, Run>>,
         ino: u64,
+        budget: &mut u32,
     ) -> Option<&'a mut BTreeMap<u64, Run>> {
         use std::collections::hash_map::Entry;
         let slot = match maps.entry(ino) {
@@ -310,7 +311,7 @@ impl ExtFs {
             );
             return None;
         }
-        match inode::extent_runs(&*self.dev, &self.sb, &node, &self.label) {
+        match inode::extent_runs_within(&*self.dev, &self.sb, &node, &self.label, budget) {
             Ok(runs) => Some(slot.insert(runs.into_iter().map(|r| (r.logical, r)).collect())),
             Err(e) => {
                 tracing::warn!(
@@ -327,6 +328,9 @@ impl ExtFs {
     pub(super) fn fast_commit_state(&self, ops: Vec<Op>) -> FcState {
         let mut st = FcState::default();
         let mut maps: HashMap<u64, BTreeMap<u64, Run>> = HashMap::new();
+        // One budget of extent-tree nodes for all the trees replay walks: records
+        // naming many inodes with looping trees cost what one such walk costs.
+        let mut budget = inode::WALK_BUDGET;
         let isz = self.sb.inode_size as usize;
         let exists = |ino: u64| ino != 0 && ino <= self.sb.inodes_count as u64;
         for op in ops {
@@ -375,7 +379,7 @@ impl ExtFs {
                         continue;
                     }
                     st.extents.push((pblk, len));
-                    if let Some(map) = self.fc_map(&st, &mut maps, ino) {
+                    if let Some(map) = self.fc_map(&st, &mut maps, ino, &mut budget) {
                         punch(map, lblk, end);
                         map.insert(
                             lblk,
@@ -392,7 +396,7 @@ impl ExtFs {
                     if !exists(ino) || len == 0 {
                         continue;
                     }
-                    if let Some(map) = self.fc_map(&st, &mut maps, ino) {
+                    if let Some(map) = self.fc_map(&st, &mut maps, ino, &mut budget) {
                         punch(map, lblk, lblk.saturating_add(len));
                     }
                 }

@@ -206,6 +206,9 @@ fn read_block(dev: &dyn ReadAt, sb: &Superblock, blk: u64) -> io::Result<Vec<u8>
     Ok(b)
 }
 
+/// Extent tree nodes one walk visits at most: a loop in the tree stops there.
+pub const WALK_BUDGET: u32 = 1_000_000;
+
 /// Every extent of a file, in logical order, from an extent tree of any depth.
 pub fn extent_runs(
     dev: &dyn ReadAt,
@@ -213,8 +216,20 @@ pub fn extent_runs(
     ino: &Inode,
     label: &str,
 ) -> io::Result<Vec<Run>> {
+    let mut budget = WALK_BUDGET;
+    extent_runs_within(dev, sb, ino, label, &mut budget)
+}
+
+/// [`extent_runs`] drawing on a budget of nodes shared with other walks, for work
+/// that walks many trees at once (fast-commit replay).
+pub fn extent_runs_within(
+    dev: &dyn ReadAt,
+    sb: &Superblock,
+    ino: &Inode,
+    label: &str,
+    budget: &mut u32,
+) -> io::Result<Vec<Run>> {
     let mut out = Vec::new();
-    let mut budget = 1_000_000u32; // nodes visited: a loop in the tree stops here
     walk_extents(
         dev,
         sb,
@@ -222,7 +237,7 @@ pub fn extent_runs(
         ino.i_block(),
         MAX_DEPTH + 1,
         &mut out,
-        &mut budget,
+        budget,
         label,
     )?;
     out.sort_by_key(|r| r.logical);
