@@ -1529,8 +1529,32 @@ fn fast_commit_crash_image(dir: &Path) -> Option<(PathBuf, String)> {
         for i in 0..4 {
             std::fs::write(m.join(format!("old/f{i}")), random(50_000)).unwrap();
         }
+        // A file of many extents (its tree deeper than the inode's four slots):
+        // appends interleaved with other files' blocks, each made durable.
+        let frag = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.join("old/frag"))
+            .unwrap();
+        for i in 0..12 {
+            std::io::Write::write_all(&mut &frag, &random(3_000)).unwrap();
+            frag.sync_all().unwrap();
+            std::fs::write(m.join(format!("old/gap{i}")), random(3_000)).unwrap();
+            fsync(&m.join(format!("old/gap{i}")));
+        }
         // A full commit; the first fsync after it may be one too.
         Command::new("sync").arg("-f").arg(m).status().unwrap();
+        let frags = tool("filefrag", &[s(&m.join("old/frag"))]);
+        let extents: u32 = frags
+            .split(": ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("filefrag: {frags}"));
+        assert!(
+            extents > 4,
+            "old/frag has an extent tree below its inode: {frags}"
+        );
         write(&m.join("fc/warmup"), b"first fsync after the full commit");
 
         write(&m.join("fc/a"), &random(20_000));
@@ -1541,6 +1565,8 @@ fn fast_commit_crash_image(dir: &Path) -> Option<(PathBuf, String)> {
             .unwrap();
         std::io::Write::write_all(&mut &grow, &random(70_000)).unwrap();
         grow.sync_all().unwrap();
+        std::io::Write::write_all(&mut &frag, &random(40_000)).unwrap();
+        frag.sync_all().unwrap();
         let f1 = OpenOptions::new()
             .write(true)
             .open(m.join("old/f1"))
