@@ -779,15 +779,31 @@ fn root_unmounts_another_users_mount_it_may_not_enter() {
             stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
         }
     }
-    let mounted = is_root()
-        && Command::new("runuser")
-            .args(["-u", "nobody", "--"])
-            .arg(bin())
-            .args(["mount", s(&safe), s(&mp)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|st| st.success());
+    let run = is_root()
+        .then(|| {
+            Command::new("runuser")
+                .args(["-u", "nobody", "--"])
+                .arg(bin())
+                .args(["mount", s(&safe), s(&mp)])
+                .output()
+                .ok()
+        })
+        .flatten();
+    let mounted = run.as_ref().is_some_and(|o| o.status.success());
+    // Where /dev/fuse is closed to other users (0600 on some machines), the mount
+    // says so in one line rather than a bare "Permission denied".
+    let closed = Command::new("runuser")
+        .args(["-u", "nobody", "--", "test", "-w", "/dev/fuse"])
+        .status()
+        .is_ok_and(|st| !st.success());
+    if let (Some(o), true) = (&run, closed) {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!mounted);
+        assert!(
+            err.contains("cannot open /dev/fuse") && err.trim().lines().count() == 1,
+            "{err}"
+        );
+    }
     if !mounted {
         eprintln!(
             "SKIP root_unmounts_another_users_mount_it_may_not_enter: needs root, runuser \

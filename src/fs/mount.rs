@@ -84,6 +84,26 @@ fn check_mountpoint(mp: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says why a mount cannot happen when /dev/fuse is missing, or closed to a user who
+/// is not root (root mounts directly; others mount through fusermount3, but the
+/// session still opens the device itself), instead of a bare "Permission denied".
+fn check_fuse_device() -> anyhow::Result<()> {
+    let dev = Path::new("/dev/fuse");
+    if !dev.exists() {
+        bail!(
+            "FUSE is not available: /dev/fuse does not exist (load the fuse module: modprobe fuse)"
+        );
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(dev) {
+            bail!(
+                "cannot open /dev/fuse ({e}): mount as root, or give this user read and write access to it (the fuse3 package's udev rule makes it 0666)"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Mounts the safe; returns once the mount is live (or, in the foreground, once it is
 /// unmounted again).
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
@@ -118,6 +138,7 @@ fn mount_inner(args: &MountArgs) -> anyhow::Result<()> {
         }
     })?;
     check_mountpoint(&mp)?;
+    check_fuse_device()?;
     if !args.foreground && !args.daemon_child {
         return spawn_server(args, only_point, &mp);
     }
