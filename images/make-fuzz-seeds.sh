@@ -121,6 +121,31 @@ EOT
 else
   echo "no python3: no fast-commit seed"
 fi
+# An md RAID1 member (version-1.2 superblock at 4 KiB, checksummed as mdadm writes
+# it) whose array data, from 1 MiB, is the ext4 seed: for the disk target.
+if command -v python3 > /dev/null; then
+  truncate -s 2M "$out/disk-md.img"
+  dd if="$out/seed2.img" of="$out/disk-md.img" bs=1M seek=1 conv=notrunc status=none
+  python3 - "$out/disk-md.img" << 'EOT'
+import struct, sys
+b = bytearray(4096)
+def put(o, v): b[o:o + len(v)] = v
+put(0x00, struct.pack("<II", 0xa92b4efc, 1))
+put(0x10, bytes(range(16)))
+put(0x20, b"seedhost:0")
+put(0x48, struct.pack("<I", 1))                  # RAID1
+put(0x50, struct.pack("<Q", 1024))               # 512 KiB of data per member
+put(0x5C, struct.pack("<I", 2))                  # two members
+put(0x80, struct.pack("<QQQ", 2048, 2048, 8))    # data offset, data size, sb offset
+put(0xDC, struct.pack("<I", 2))                  # roles
+put(0x100, struct.pack("<HH", 0, 1))
+s = sum(struct.unpack("<65I", bytes(b[:260])))
+put(0xD8, struct.pack("<I", (s & 0xffffffff) + (s >> 32)))
+with open(sys.argv[1], "r+b") as f:
+    f.seek(4096)
+    f.write(b)
+EOT
+fi
 # Partitioned disks for the disk target, the ext4 seed in their first partition: an
 # MBR with an extended partition holding logical ones, a GPT, and a GPT of 4096-byte
 # sectors. Fixed ids, so the seeds are the same every run.

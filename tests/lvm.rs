@@ -529,3 +529,73 @@ fn segments_all(vg: &str) -> BTreeMap<String, (String, u64)> {
         })
         .collect()
 }
+
+/// A PV on an md RAID1 array (the "RAID1 + LVM" layout Debian's installer offers): on a
+/// member the PV lies past the md superblock, and the LVs on it show under the
+/// member's `lvm/`. The superblock is written by the test and read by `mdadm
+/// --examine`; the PV, VG and LV are LVM's, placed where `lvs` says.
+#[test]
+fn a_pv_on_an_md_raid1_member_is_found() {
+    if !fuse_available()
+        || tool("lvm", &["version"]).is_none()
+        || !have_tool("mdadm", "mdadm", "a_pv_on_an_md_raid1_member_is_found")
+    {
+        eprintln!("SKIP a_pv_on_an_md_raid1_member_is_found: needs FUSE, root, lvm2 and mdadm");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(92);
+    let member = t.path().join("sda.img");
+    let (data_at, data_len) = (1u64 << 20, 20u64 << 20);
+    File::create(&member).unwrap().set_len(24 << 20).unwrap();
+    let sb = md_superblock(data_at / 512, data_len / 512, (24 << 20) / 512, &mut rng);
+    File::options()
+        .write(true)
+        .open(&member)
+        .unwrap()
+        .write_all_at(&sb, 4096)
+        .unwrap();
+    let exam = tool("mdadm", &["--examine", s(&member)]).expect("mdadm --examine");
+    assert!(
+        exam.contains("Raid Level : raid1") && exam.contains("- correct"),
+        "{exam}"
+    );
+    let mut loops = Loops::default();
+    let Some(pv) = loops.attach(&member, data_at, data_len) else {
+        eprintln!("SKIP a_pv_on_an_md_raid1_member_is_found: no loop devices");
+        return;
+    };
+    let vg = format!("dsmd{}", std::process::id());
+    let lvm = |args: &[&str]| {
+        let mut v = vec!["--driverloaded", "n"];
+        v.extend_from_slice(&args[1..]);
+        tool(args[0], &v).unwrap_or_else(|| panic!("{args:?}"))
+    };
+    lvm(&["pvcreate", "-q", &pv]);
+    lvm(&["vgcreate", "-q", "-s", "1m", &vg, &pv]);
+    lvm(&[
+        "lvcreate", "-q", "-an", "-Zn", "-L", "8m", "-n", "root", &vg,
+    ]);
+    let segs = segments(&vg);
+    let pe_start = BTreeMap::from([(pv.clone(), first_extent_at(&pv))]);
+    let src = t.path().join("src");
+    make_tree(&src, 20, &mut rng);
+    let img = t.path().join("root.img");
+    File::create(&img).unwrap().set_len(8 << 20).unwrap();
+    tool("mkfs.ext4", &["-q", "-F", "-d", s(&src), s(&img)]).expect("mkfs.ext4");
+    write_lv(
+        &segs["root"],
+        &std::fs::read(&img).unwrap(),
+        &pe_start,
+        1 << 20,
+    );
+    drop(loops);
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("sda={}", s(&member))]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    same_tree(
+        &tree_digest(&m.dir.join(format!("1/sda/lvm/{vg}-root"))),
+        &tree_digest(&src),
+        "the LV on the array",
+    );
+}

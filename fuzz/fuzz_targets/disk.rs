@@ -1,8 +1,9 @@
 //! Fuzzes what a mount makes of a device: any bytes as a whole disk, its partition
 //! table read (MBR with EBR chains, GPT at 512- or 4096-byte sectors), the file tree
 //! of every partition walked (and its free space, as `backup --skip-free` asks for it,
-//! checked to lie sorted and inside the volume), and the LVM logical volumes of any
-//! PVs among them mapped and walked too. Seeds: small partitioned disks, volumes and a PV from
+//! checked to lie sorted and inside the volume), the array data of md RAID1 members,
+//! and the LVM logical volumes of any PVs among them mapped and walked too. Seeds:
+//! small partitioned disks, volumes, an md member and a PV from
 //! `images/make-fuzz-seeds.sh`.
 #![no_main]
 
@@ -49,6 +50,15 @@ fuzz_target!(|data: &[u8]| {
         _ => {
             let _ = walk_volume(dev.clone(), 4096);
             check_free_space(&dev);
+        }
+    }
+    // The data of md RAID1 members among them, inside the member, walked too.
+    for v in vols.clone() {
+        if let Ok(Some(m)) = disksafe::volumes::md::raid1_member(&*v) {
+            assert!(m.offset.checked_add(m.len).is_some_and(|end| end <= v.size()));
+            let inner: Arc<dyn ReadAt> = Arc::new(Slice::new(v, m.offset, m.len));
+            let _ = walk_volume(inner.clone(), 4096);
+            vols.push(inner);
         }
     }
     // PVs among the volumes, their VGs' LVs mapped over them and walked.

@@ -105,6 +105,22 @@ struct Nodes {
     by_kind: HashMap<Kind, u64>,
 }
 
+/// The array data of `vol` when it is an md RAID1 member whose data lies past its
+/// superblock, with the array's name; `None` otherwise (damage is logged).
+fn md_data(vol: &Arc<dyn ReadAt>, what: &str) -> Option<(Arc<dyn ReadAt>, String)> {
+    match crate::volumes::md::raid1_member(&**vol) {
+        Ok(Some(m)) => Some((
+            Arc::new(Slice::new(vol.clone(), m.offset, m.len)) as Arc<dyn ReadAt>,
+            m.name,
+        )),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!("{what}: reading an md superblock: {e}");
+            None
+        }
+    }
+}
+
 impl Nodes {
     fn get_or_add(&mut self, kind: Kind, parent: u64) -> u64 {
         if let Some(&ino) = self.by_kind.get(&kind) {
@@ -438,21 +454,22 @@ impl SafeFs {
             let Some(pd) = self.device(point, d.id) else {
                 continue;
             };
-            out.push((
-                d.id,
-                format!("device {}", d.name),
-                pd.clone() as Arc<dyn ReadAt>,
-            ));
+            let mut vols: Vec<(String, Arc<dyn ReadAt>)> =
+                vec![(format!("device {}", d.name), pd.clone())];
             if let Ok(Some(t)) = crate::volumes::read_table(&*pd) {
                 for part in &t.partitions {
-                    let slice: Arc<dyn ReadAt> =
-                        Arc::new(Slice::new(pd.clone(), part.start, part.len));
-                    out.push((
-                        d.id,
+                    vols.push((
                         format!("device {}, partition {}", d.name, part.number),
-                        slice,
+                        Arc::new(Slice::new(pd.clone(), part.start, part.len)),
                     ));
                 }
+            }
+            for (what, vol) in vols {
+                // The data of a RAID1 member (an LVM PV on md, say) is a volume too.
+                if let Some((inner, name)) = md_data(&vol, &what) {
+                    out.push((d.id, format!("{what}, md array {name}"), inner));
+                }
+                out.push((d.id, what, vol));
             }
         }
         out
@@ -791,6 +808,11 @@ impl SafeFs {
                     None => format!("point {point}, LV {vgname}/{lv}"),
                 }
             }
+        };
+        // A RAID1 member holds the array's filesystem past its md superblock.
+        let vol = match md_data(&vol, &label) {
+            Some((inner, _)) => inner,
+            None => vol,
         };
         // A btrfs volume spanning devices finds the others among the point's volumes.
         let point = match &key {

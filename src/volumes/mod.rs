@@ -1,12 +1,14 @@
 //! Partition tables (MBR with extended/EBR chains, GPT) read through [`ReadAt`], so
 //! each partition can be served as a byte-exact slice of its device; LVM logical
-//! volumes (`lvm`) mapped over the PVs found on devices and partitions.
+//! volumes (`lvm`) mapped over the PVs found on devices and partitions; the data of md
+//! RAID1 members (`md`) whose superblock precedes it.
 //!
 //! Every on-disk value is treated as hostile: chains are bounded and checked for loops,
 //! entry counts and sizes are capped, CRCs are checked, and partitions reaching past the
 //! end of the device are clipped (and logged).
 
 pub mod lvm;
+pub mod md;
 pub mod thin;
 
 use std::collections::HashSet;

@@ -1127,3 +1127,37 @@ pub fn backup_with_and_without_skip_free(
     ]);
     (all, part, restored)
 }
+
+/// A version-1.2 RAID1 superblock (two devices, this one role 0) putting `len` sectors
+/// of array data at sector `offset` of a member of `member` sectors.
+pub fn md_superblock(offset: u64, len: u64, member: u64, rng: &mut impl Rng) -> Vec<u8> {
+    let mut b = vec![0u8; 4096];
+    let put = |b: &mut Vec<u8>, o: usize, v: &[u8]| b[o..o + v.len()].copy_from_slice(v);
+    put(&mut b, 0x00, &0xa92b_4efcu32.to_le_bytes());
+    put(&mut b, 0x04, &1u32.to_le_bytes()); // major version
+    let uuid: [u8; 16] = rng.gen();
+    put(&mut b, 0x10, &uuid);
+    put(&mut b, 0x20, b"backuphost:1");
+    put(&mut b, 0x40, &1_700_000_000u64.to_le_bytes()); // ctime
+    put(&mut b, 0x48, &1u32.to_le_bytes()); // level 1
+    put(&mut b, 0x50, &len.to_le_bytes()); // used size of each member
+    put(&mut b, 0x5C, &2u32.to_le_bytes()); // raid disks
+    put(&mut b, 0x80, &offset.to_le_bytes()); // data offset
+    put(&mut b, 0x88, &(member - offset).to_le_bytes()); // data size
+    put(&mut b, 0x90, &8u64.to_le_bytes()); // superblock at 4 KiB
+    let dev_uuid: [u8; 16] = rng.gen();
+    put(&mut b, 0xA8, &dev_uuid);
+    put(&mut b, 0xC0, &1_700_000_100u64.to_le_bytes()); // utime
+    put(&mut b, 0xC8, &5u64.to_le_bytes()); // events
+    put(&mut b, 0xD0, &u64::MAX.to_le_bytes()); // resync done
+    put(&mut b, 0xDC, &2u32.to_le_bytes()); // max_dev
+    put(&mut b, 0x100, &0u16.to_le_bytes()); // roles: this device 0,
+    put(&mut b, 0x102, &1u16.to_le_bytes()); // the other 1
+    let mut sum: u64 = 0;
+    for w in b[..256 + 4].chunks_exact(4) {
+        sum += u32::from_le_bytes(w.try_into().unwrap()) as u64;
+    }
+    let c = ((sum & 0xFFFF_FFFF) + (sum >> 32)) as u32;
+    put(&mut b, 0xD8, &c.to_le_bytes());
+    b
+}

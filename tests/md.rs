@@ -1,0 +1,121 @@
+//! md RAID1 members through the mount. A member with a version-1.2 superblock keeps
+//! the array's data 1 MiB in, so the filesystem on the array is found only past it.
+//! No array can be assembled here without the kernel's md driver, so the superblock is
+//! written by this test and checked by `mdadm --examine` (the md tools' own reading:
+//! version, level, data offset, checksum); the file tree must equal the tree mkfs was
+//! given, and the partition image stays the raw member.
+
+mod common;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn a_raid1_member_partition_shows_the_array_tree() {
+    if !fuse_available() {
+        eprintln!("SKIP a_raid1_member_partition_shows_the_array_tree: FUSE is not available here");
+        return;
+    }
+    if !have_tool(
+        "mdadm",
+        "mdadm",
+        "a_raid1_member_partition_shows_the_array_tree",
+    ) || !have_tool(
+        "sfdisk",
+        "fdisk",
+        "a_raid1_member_partition_shows_the_array_tree",
+    ) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(91);
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("etc/conf.d")).unwrap();
+    for i in 0..20 {
+        let mut data = vec![0u8; rng.gen_range(0..30_000)];
+        rng.fill(&mut data[..]);
+        std::fs::write(src.join(format!("etc/conf.d/f{i}")), &data).unwrap();
+    }
+    std::fs::write(src.join("hostname"), b"backuphost\n").unwrap();
+    let fs = t.path().join("fs.img");
+    File::create(&fs).unwrap().set_len(8 << 20).unwrap();
+    let o = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d", s(&src), s(&fs)])
+        .output()
+        .expect("mkfs.ext4 (package e2fsprogs) is needed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // The member: superblock at 4 KiB, data (the filesystem) from 1 MiB.
+    let member_sectors = (10u64 << 20) / 512;
+    let member = t.path().join("member.img");
+    File::create(&member)
+        .unwrap()
+        .set_len(member_sectors * 512)
+        .unwrap();
+    let m = OpenOptions::new().write(true).open(&member).unwrap();
+    m.write_all_at(
+        &md_superblock(2048, (8 << 20) / 512, member_sectors, &mut rng),
+        4096,
+    )
+    .unwrap();
+    m.write_all_at(&std::fs::read(&fs).unwrap(), 1 << 20)
+        .unwrap();
+    drop(m);
+    let exam = Command::new("mdadm")
+        .args(["--examine", s(&member)])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&exam.stdout).to_string() + &String::from_utf8_lossy(&exam.stderr);
+    for want in [
+        "Version : 1.2",
+        "Raid Level : raid1",
+        "Data Offset : 2048 sectors",
+        "Used Dev Size : 16384",
+        "- correct",
+    ] {
+        assert!(
+            text.contains(want),
+            "mdadm --examine reads {want:?}:\n{text}"
+        );
+    }
+
+    // A GPT disk whose second partition is the member.
+    let disk = t.path().join("disk.img");
+    File::create(&disk).unwrap().set_len(16 << 20).unwrap();
+    sfdisk_script(
+        &disk,
+        "label: gpt\nsize=2M\nstart=8192, size=20480, type=A19D880F-05FC-4D3B-A006-743F0F84911E\n",
+    );
+    let d = OpenOptions::new().write(true).open(&disk).unwrap();
+    d.write_all_at(&std::fs::read(&member).unwrap(), 8192 * 512)
+        .unwrap();
+    drop(d);
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("sda={}", s(&disk))]);
+    let mnt = Mounted::new(&safe, t.path(), &[]);
+    let dev = mnt.dir.join("1/sda");
+    assert_eq!(
+        sha256_file(&dev.join("part2.img")),
+        sha256_file(&member),
+        "the partition image is the raw member"
+    );
+    same_tree(
+        &tree_digest(&dev.join("part2")),
+        &tree_digest(&src),
+        "the array's tree",
+    );
+    assert!(
+        !dev.join("part1").exists(),
+        "the empty partition has no tree"
+    );
+}
