@@ -53,6 +53,18 @@ fn a_raid1_member_partition_shows_the_array_tree() {
         .output()
         .expect("mkfs.ext4 (package e2fsprogs) is needed");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A deleted file leaves its bytes in free space, for --skip-free to leave out.
+    let junk = t.path().join("junk");
+    let mut data = vec![0u8; 3 << 20];
+    rng.fill(&mut data[..]);
+    std::fs::write(&junk, &data).unwrap();
+    for cmd in [format!("write {} junk", s(&junk)), "rm junk".to_string()] {
+        let o = Command::new("debugfs")
+            .args(["-w", "-R", &cmd, s(&fs)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "debugfs {cmd}");
+    }
 
     // The member: superblock at 4 KiB, data (the filesystem) from 1 MiB.
     let member_sectors = (10u64 << 20) / 512;
@@ -117,5 +129,39 @@ fn a_raid1_member_partition_shows_the_array_tree() {
     assert!(
         !dev.join("part1").exists(),
         "the empty partition has no tree"
+    );
+    drop(mnt);
+
+    // --skip-free leaves out what the array's filesystem marks free, and nothing of
+    // the member's own md area: restored, the member keeps its first MiB byte for
+    // byte, the array's filesystem passes e2fsck and holds the same tree.
+    let (_, part, restored) = backup_with_and_without_skip_free(&disk, "sda", t.path());
+    let raw = std::fs::read(&restored).unwrap();
+    let at = 8192 * 512;
+    assert!(
+        raw[at..at + (1 << 20)] == std::fs::read(&member).unwrap()[..1 << 20],
+        "superblock and the space before the data kept"
+    );
+    let array = t.path().join("array.img");
+    std::fs::write(&array, &raw[at + (1 << 20)..at + (9 << 20)]).unwrap();
+    let fsck = Command::new("e2fsck")
+        .args(["-fn", s(&array)])
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    assert_ne!(
+        sha256_file(&array),
+        sha256_file(&fs),
+        "free blocks were left out"
+    );
+    let mnt = Mounted::new(&part, t.path(), &[]);
+    same_tree(
+        &tree_digest(&mnt.dir.join("1/sda/part2")),
+        &tree_digest(&src),
+        "the array's tree of the --skip-free point",
     );
 }

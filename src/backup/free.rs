@@ -1,6 +1,7 @@
 //! `backup --skip-free`: the blocks of a source its filesystems mark free (ext2/3/4
 //! and XFS after their journal or log is replayed in memory, NTFS left with nothing
-//! in `$LogFile` to redo), which the backup records as zeros without reading them. Only blocks a
+//! in `$LogFile` to redo; inside md RAID1 members, the array's), which the backup
+//! records as zeros without reading them. Only blocks a
 //! filesystem vouches for are skipped: anything it cannot read, a partition table
 //! whose partitions overlap, or a filesystem of another kind keeps every block.
 
@@ -44,8 +45,15 @@ pub(super) fn free_blocks(path: &Path, name: &str, block_size: u64) -> Vec<(u64,
     };
     let mut bytes: Vec<(u64, u64)> = Vec::new();
     let mut known = 0;
-    for (what, start, len) in volumes {
-        let vol: Arc<dyn ReadAt> = Arc::new(Slice::new(dev.clone(), start, len));
+    for (mut what, mut start, len) in volumes {
+        let mut vol: Arc<dyn ReadAt> = Arc::new(Slice::new(dev.clone(), start, len));
+        // An md RAID1 member: the filesystem is the array's, past the superblock (and
+        // any write-intent bitmap), which are kept whole.
+        if let Ok(Some(m)) = crate::volumes::md::raid1_member(&*vol) {
+            vol = Arc::new(Slice::new(vol, m.offset, m.len));
+            start += m.offset;
+            what = format!("{what} (md array {})", m.name);
+        }
         let Some((kind, found)) = crate::ntfs_ext::free_space(vol, &format!("{name} {what}"))
         else {
             continue;
