@@ -4,6 +4,11 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
+/// Alignment of O_DIRECT reads (file offset, length and buffer address), for the
+/// backup's source reads and the safe's pack reads alike: 4 KiB satisfies every
+/// logical block size in use.
+pub const DIRECT_ALIGN: usize = 4096;
+
 /// Lets every layer (safe device, partition, filesystem parser) read by offset without
 /// caring what sits below it.
 pub trait ReadAt: Send + Sync {

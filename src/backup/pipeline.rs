@@ -53,10 +53,10 @@ fn next_free(free: &[(u64, u64)], b: u64) -> Option<u64> {
 /// still fail, so one bad sector costs 512 bytes rather than a whole batch.
 const SALVAGE_UNITS: [usize; 2] = [4096, 512];
 
-/// Alignment of the batch buffers: O_DIRECT reads need memory (and lengths and
-/// offsets, which block sizes of 4 KiB and more and device sizes give) aligned to the
-/// device's logical block size, at most 4 KiB.
-pub const DIRECT_ALIGN: usize = 4096;
+// Batch buffers are O_DIRECT buffers: memory (and lengths and offsets, which block
+// sizes of 4 KiB and more and device sizes give) aligned to the device's logical
+// block size, at most 4 KiB.
+pub use crate::readat::DIRECT_ALIGN;
 
 /// A worker's batch buffer, its bytes starting on a [`DIRECT_ALIGN`] boundary.
 #[derive(Default)]

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::format::{self, Hash, Quick, RecordHeader, SafeParams, RECORD_HEADER_LEN, ZERO_BLOCK};
+use crate::readat::DIRECT_ALIGN;
 
 /// Where a stored block lives, as the index says; carried with the map so a read costs
 /// no further lookup.
@@ -144,10 +145,6 @@ pub struct Safe {
     /// Blocks found moved to another pack (see [`Safe::relocations`]).
     relocations: AtomicU64,
 }
-
-/// Alignment of O_DIRECT reads (file offset, length and buffer address); 4 KiB
-/// satisfies every logical block size in use.
-const DIRECT_ALIGN: usize = 4096;
 
 /// Whether `point` is still a complete point. Asked in the same read transaction as a
 /// map query: once `forget` removes a point its map rows answer for other points, so a
