@@ -599,3 +599,95 @@ fn a_pv_on_an_md_raid1_member_is_found() {
         "the LV on the array",
     );
 }
+
+/// `backup --skip-free` leaves out a PV's extents no LV uses, as `pvs --segments`
+/// lists them free: restored, the disk holds zeros exactly there (the junk written
+/// over the whole PV beforehand is gone) and every other byte as it was.
+#[test]
+fn skip_free_leaves_out_the_extents_no_lv_uses() {
+    if !fuse_available() || tool("lvm", &["version"]).is_none() || tool("sfdisk", &["-v"]).is_none()
+    {
+        eprintln!("SKIP skip_free_leaves_out_the_extents_no_lv_uses: needs root, lvm2 and sfdisk");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("disk.img");
+    let mut rng = StdRng::seed_from_u64(93);
+    let mut junk = vec![0u8; 64 << 20];
+    rng.fill(&mut junk[..]);
+    std::fs::write(&disk, &junk).unwrap();
+    sfdisk_script(
+        &disk,
+        "label: gpt\nstart=2048, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
+    );
+    let part = sfdisk_parts(&disk).into_iter().find(|p| p.0 == 1).unwrap();
+    let mut loops = Loops::default();
+    let Some(pv) = loops.attach(&disk, part.1, part.2) else {
+        eprintln!("SKIP skip_free_leaves_out_the_extents_no_lv_uses: no loop devices");
+        return;
+    };
+    let vg = format!("dsfree{}", std::process::id());
+    let lvm = |args: &[&str]| {
+        let mut v = vec!["--driverloaded", "n"];
+        v.extend_from_slice(&args[1..]);
+        tool(args[0], &v).unwrap_or_else(|| panic!("{args:?}"))
+    };
+    lvm(&["pvcreate", "-q", &pv]);
+    lvm(&["vgcreate", "-q", "-s", "1m", &vg, &pv]);
+    for name in ["a", "b", "c"] {
+        lvm(&["lvcreate", "-q", "-an", "-Zn", "-L", "8m", "-n", name, &vg]);
+    }
+    lvm(&["lvremove", "-q", "-f", &format!("{vg}/b")]); // a hole between a and c
+                                                        // (first extent, extents) of each free PV segment, and where extents start.
+    let segs = lvm(&[
+        "pvs",
+        "--noheadings",
+        "--segments",
+        "--units",
+        "b",
+        "--nosuffix",
+        "--separator",
+        ";",
+        "-o",
+        "pvseg_start,pvseg_size,lv_name",
+        &pv,
+    ]);
+    let pe_start = first_extent_at(&pv);
+    let free: Vec<(u64, u64)> = segs
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.trim().split(';').collect();
+            f[2].is_empty()
+                .then(|| (f[0].parse::<u64>().unwrap(), f[1].parse::<u64>().unwrap()))
+        })
+        .map(|(first, n)| (part.1 + pe_start + (first << 20), n << 20))
+        .collect();
+    assert!(free.len() >= 2, "a hole and the tail are free: {segs}");
+    drop(loops);
+    let original = std::fs::read(&disk).unwrap();
+    let (_, _, restored) = backup_with_and_without_skip_free(&disk, "sda", t.path());
+    let got = std::fs::read(&restored).unwrap();
+    assert_eq!(got.len(), original.len());
+    let block = 64 << 10; // what the backup can skip: whole 64 KiB blocks
+    let mut left_out = 0u64;
+    for (i, (g, o)) in got.chunks(block).zip(original.chunks(block)).enumerate() {
+        if g == o {
+            continue;
+        }
+        let (at, end) = ((i * block) as u64, ((i + 1) * block) as u64);
+        assert!(
+            free.iter().any(|&(f, n)| f <= at && end <= f + n),
+            "block at {at} differs but is not in a free PV segment ({free:?})"
+        );
+        assert!(
+            g.iter().all(|&b| b == 0),
+            "block at {at}: left out as zeros"
+        );
+        left_out += block as u64;
+    }
+    let free_total: u64 = free.iter().map(|f| f.1).sum();
+    assert!(
+        left_out * 10 >= free_total * 9,
+        "most free extents left out: {left_out} of {free_total} bytes"
+    );
+}

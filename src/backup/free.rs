@@ -54,6 +54,13 @@ pub(super) fn free_blocks(path: &Path, name: &str, block_size: u64) -> Vec<(u64,
             start += m.offset;
             what = format!("{what} (md array {})", m.name);
         }
+        if let Some(unused) = lvm_unused(&*vol) {
+            known += 1;
+            let total: u64 = unused.iter().map(|r| r.1).sum();
+            tracing::info!("device {name}: {what} (LVM PV): {} in no LV", human(total));
+            bytes.extend(unused.into_iter().map(|(o, l)| (start + o, l)));
+            continue;
+        }
         let Some((kind, found)) = crate::ntfs_ext::free_space(vol, &format!("{name} {what}"))
         else {
             continue;
@@ -76,6 +83,23 @@ pub(super) fn free_blocks(path: &Path, name: &str, block_size: u64) -> Vec<(u64,
         );
     }
     whole_blocks(&bytes, block_size)
+}
+
+/// When `vol` is an LVM PV whose VG this reader maps whole: the byte ranges of its
+/// extents no LV uses (clipped to the volume). The LVs' own free space is not read.
+fn lvm_unused(vol: &dyn ReadAt) -> Option<Vec<(u64, u64)>> {
+    use crate::volumes::lvm;
+    let label = lvm::read_label(vol).ok()??;
+    let vg = lvm::read_metadata(vol, &label).ok()??;
+    let size = vol.size();
+    let ranges = lvm::unused_extents(&vg, &label.uuid)?;
+    Some(
+        ranges
+            .into_iter()
+            .filter(|&(o, _)| o < size)
+            .map(|(o, l)| (o, l.min(size - o)))
+            .collect(),
+    )
 }
 
 /// The blocks of `block_size` bytes lying wholly inside the sorted byte `ranges`,

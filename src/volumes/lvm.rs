@@ -808,6 +808,49 @@ pub fn lv_pvs(vg: &Vg, lv: &Lv) -> Vec<usize> {
     out
 }
 
+/// Byte ranges (offset, length; sorted) of PV `uuid` that hold extents no LV uses,
+/// as `pvs --segments` shows them free: what a backup may leave out. `None` when the
+/// VG has a segment type this reader does not map (its extents could not be told
+/// apart) or does not describe that PV.
+pub fn unused_extents(vg: &Vg, uuid: &str) -> Option<Vec<(u64, u64)>> {
+    let pv = vg.pvs.iter().position(|p| p.uuid == uuid)?;
+    let desc = &vg.pvs[pv];
+    let mut used: Vec<(u64, u64)> = Vec::new();
+    for lv in &vg.lvs {
+        for seg in &lv.segments {
+            match &seg.kind {
+                SegKind::Striped { stripes, .. } => {
+                    // Each stripe takes an equal share of the segment's extents.
+                    let n = stripes.len().max(1) as u64;
+                    let each = seg.count / n;
+                    used.extend(
+                        stripes
+                            .iter()
+                            .filter(|(i, _)| *i == pv)
+                            .map(|&(_, first)| (first, first.saturating_add(each))),
+                    );
+                }
+                SegKind::Thin { .. } | SegKind::ThinPool { .. } => {} // through sub-LVs
+                SegKind::Other(_) => return None,
+            }
+        }
+    }
+    used.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    for (a, b) in used.into_iter().chain([(desc.pe_count, desc.pe_count)]) {
+        let a = a.min(desc.pe_count);
+        if a > at {
+            let off = desc
+                .pe_start
+                .checked_add(at.checked_mul(vg.extent_bytes)?)?;
+            out.push((off, (a - at).checked_mul(vg.extent_bytes)?));
+        }
+        at = at.max(b.min(desc.pe_count));
+    }
+    Some(out)
+}
+
 /// The name device-mapper gives an LV (`/dev/mapper/VG-LV`, dashes inside doubled).
 pub fn mapper_name(vg: &str, lv: &str) -> String {
     format!("{}-{}", vg.replace('-', "--"), lv.replace('-', "--"))
@@ -909,6 +952,26 @@ version = 1
         assert!(parse_vg("vg { physical_volumes {").is_err());
         assert!(parse_vg(&"a { ".repeat(100)).is_err());
         assert_eq!(mapper_name("vg-a", "lv"), "vg--a-lv");
+    }
+
+    #[test]
+    fn unused_extents_are_those_no_segment_names() {
+        let mut vg = parse_vg(TEXT).unwrap();
+        assert_eq!(unused_extents(&vg, "p0"), None, "a raid1 segment: unknown");
+        vg.lvs.retain(|l| l.name != "mirror");
+        // pv0: lin uses 3..5, str's first stripe 0..2 (4 extents over 2 stripes).
+        assert_eq!(
+            unused_extents(&vg, "p0"),
+            Some(vec![(1024 + 2 * 4096, 4096), (1024 + 5 * 4096, 5 * 4096)])
+        );
+        assert_eq!(
+            unused_extents(&vg, "p1"),
+            Some(vec![
+                (1024 + 2 * 4096, 3 * 4096),
+                (1024 + 6 * 4096, 4 * 4096)
+            ])
+        );
+        assert_eq!(unused_extents(&vg, "nope"), None);
     }
 
     #[test]
