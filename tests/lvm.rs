@@ -36,6 +36,13 @@ fn tool(cmd: &str, args: &[&str]) -> Option<String> {
     Some(String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
+/// Runs an LVM command (`args[0]`) without device-mapper; its stdout. Panics on failure.
+fn lvm_run(args: &[&str]) -> String {
+    let mut v = vec!["--driverloaded", "n"];
+    v.extend_from_slice(&args[1..]);
+    tool(args[0], &v).unwrap_or_else(|| panic!("{args:?}"))
+}
+
 /// One LV segment as `lvs` reports it: LV byte offset and length, stripe size, and the
 /// (PV device, first extent) of each stripe.
 #[derive(Debug)]
@@ -138,25 +145,20 @@ fn logical_volumes_read_as_lvm_places_them() {
         eprintln!("SKIP lvm: no loop devices");
         return;
     };
-    let lvm = |args: &[&str]| {
-        let mut v = vec!["--driverloaded", "n"];
-        v.extend_from_slice(&args[1..]);
-        tool(args[0], &v).unwrap_or_else(|| panic!("{args:?}"))
-    };
     tool("pvcreate", &["-q", &pa, &pb]).expect("pvcreate");
-    lvm(&["vgcreate", "-q", "-s", "1m", &vg, &pa, &pb]);
+    lvm_run(&["vgcreate", "-q", "-s", "1m", &vg, &pa, &pb]);
     // root on a, then home after it, then root grown: root in two segments.
-    lvm(&[
+    lvm_run(&[
         "lvcreate", "-q", "-an", "-Zn", "-L", "24m", "-n", "root", &vg, &pa,
     ]);
-    lvm(&[
+    lvm_run(&[
         "lvcreate", "-q", "-an", "-Zn", "-L", "4m", "-n", "home", &vg, &pa,
     ]);
-    lvm(&["lvextend", "-q", "-L", "40m", &format!("{vg}/root"), &pa]);
-    lvm(&[
+    lvm_run(&["lvextend", "-q", "-L", "40m", &format!("{vg}/root"), &pa]);
+    lvm_run(&[
         "lvcreate", "-q", "-an", "-Zn", "-L", "16m", "-i", "2", "-I", "64k", "-n", "data", &vg,
     ]);
-    lvm(&[
+    lvm_run(&[
         "lvcreate", "-q", "-an", "-Zn", "-L", "32m", "-n", "my-xfs", &vg, &pb,
     ]);
     let segs = segments(&vg);
@@ -566,14 +568,9 @@ fn a_pv_on_an_md_raid1_member_is_found() {
         return;
     };
     let vg = format!("dsmd{}", std::process::id());
-    let lvm = |args: &[&str]| {
-        let mut v = vec!["--driverloaded", "n"];
-        v.extend_from_slice(&args[1..]);
-        tool(args[0], &v).unwrap_or_else(|| panic!("{args:?}"))
-    };
-    lvm(&["pvcreate", "-q", &pv]);
-    lvm(&["vgcreate", "-q", "-s", "1m", &vg, &pv]);
-    lvm(&[
+    lvm_run(&["pvcreate", "-q", &pv]);
+    lvm_run(&["vgcreate", "-q", "-s", "1m", &vg, &pv]);
+    lvm_run(&[
         "lvcreate", "-q", "-an", "-Zn", "-L", "8m", "-n", "root", &vg,
     ]);
     let segs = segments(&vg);
@@ -627,19 +624,14 @@ fn skip_free_leaves_out_the_extents_no_lv_uses() {
         return;
     };
     let vg = format!("dsfree{}", std::process::id());
-    let lvm = |args: &[&str]| {
-        let mut v = vec!["--driverloaded", "n"];
-        v.extend_from_slice(&args[1..]);
-        tool(args[0], &v).unwrap_or_else(|| panic!("{args:?}"))
-    };
-    lvm(&["pvcreate", "-q", &pv]);
-    lvm(&["vgcreate", "-q", "-s", "1m", &vg, &pv]);
+    lvm_run(&["pvcreate", "-q", &pv]);
+    lvm_run(&["vgcreate", "-q", "-s", "1m", &vg, &pv]);
     for name in ["a", "b", "c"] {
-        lvm(&["lvcreate", "-q", "-an", "-Zn", "-L", "8m", "-n", name, &vg]);
+        lvm_run(&["lvcreate", "-q", "-an", "-Zn", "-L", "8m", "-n", name, &vg]);
     }
-    lvm(&["lvremove", "-q", "-f", &format!("{vg}/b")]); // a hole between a and c
-                                                        // (first extent, extents) of each free PV segment, and where extents start.
-    let segs = lvm(&[
+    lvm_run(&["lvremove", "-q", "-f", &format!("{vg}/b")]); // a hole between a and c
+                                                            // (first extent, extents) of each free PV segment, and where extents start.
+    let segs = lvm_run(&[
         "pvs",
         "--noheadings",
         "--segments",
