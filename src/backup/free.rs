@@ -49,8 +49,8 @@ pub(super) fn free_blocks(path: &Path, name: &str, block_size: u64) -> Vec<(u64,
         let mut vol: Arc<dyn ReadAt> = Arc::new(Slice::new(dev.clone(), start, len));
         // An md RAID1 member: the filesystem is the array's, past the superblock (and
         // any write-intent bitmap), which are kept whole.
-        if let Ok(Some(m)) = crate::volumes::md::raid1_member(&*vol) {
-            vol = Arc::new(Slice::new(vol, m.offset, m.len));
+        if let Ok(Some((data, m))) = crate::volumes::md::array_data(&vol) {
+            vol = data;
             start += m.offset;
             what = format!("{what} (md array {})", m.name);
         }

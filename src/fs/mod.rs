@@ -108,11 +108,8 @@ struct Nodes {
 /// The array data of `vol` when it is an md RAID1 member whose data lies past its
 /// superblock, with the array's name; `None` otherwise (damage is logged).
 fn md_data(vol: &Arc<dyn ReadAt>, what: &str) -> Option<(Arc<dyn ReadAt>, String)> {
-    match crate::volumes::md::raid1_member(&**vol) {
-        Ok(Some(m)) => Some((
-            Arc::new(Slice::new(vol.clone(), m.offset, m.len)) as Arc<dyn ReadAt>,
-            m.name,
-        )),
+    match crate::volumes::md::array_data(vol) {
+        Ok(Some((data, m))) => Some((data, m.name)),
         Ok(None) => None,
         Err(e) => {
             tracing::error!("{what}: reading an md superblock: {e}");

@@ -7,8 +7,9 @@
 //! checksum, and that the data range lies inside the member.
 
 use std::io;
+use std::sync::Arc;
 
-use crate::readat::ReadAt;
+use crate::readat::{ReadAt, Slice};
 
 const MAGIC: u32 = 0xa92b_4efc;
 /// Superblock bytes before the device roles.
@@ -94,6 +95,15 @@ pub fn raid1_member(vol: &dyn ReadAt) -> io::Result<Option<Raid1Member>> {
         return Ok(Some(Raid1Member { offset, len, name }));
     }
     Ok(None)
+}
+
+/// The array data of `vol` as a volume of its own, when `vol` is such a RAID1 member
+/// ([`raid1_member`]), with where it lies.
+pub fn array_data(vol: &Arc<dyn ReadAt>) -> io::Result<Option<(Arc<dyn ReadAt>, Raid1Member)>> {
+    Ok(raid1_member(&**vol)?.map(|m| {
+        let data: Arc<dyn ReadAt> = Arc::new(Slice::new(vol.clone(), m.offset, m.len));
+        (data, m)
+    }))
 }
 
 #[cfg(test)]

@@ -29,8 +29,6 @@ pub const MAX_BYTES: u64 = 64 << 20;
 const I_BLOCK: usize = 0x28;
 const I_GENERATION: usize = 0x64;
 const EXTENT_MAGIC: u16 = 0xF30A;
-const FL_EXTENTS: u32 = 0x80000;
-const FL_INLINE_DATA: u32 = 0x1000_0000;
 
 /// One replayable record of a fast commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,9 +234,6 @@ pub struct FcState {
     /// Whole extent maps of the inodes whose ranges changed, in logical order.
     pub runs: HashMap<u64, Vec<Run>>,
     pub dirs: HashMap<u64, DirEdits>,
-    /// Physical block ranges (start, length) the replayed ranges map: in use although
-    /// the volume's bitmaps may not say so yet.
-    pub extents: Vec<(u64, u64)>,
 }
 
 /// Unmaps logical blocks `start..end` of an extent map keyed by logical start.
@@ -304,7 +299,7 @@ impl ExtFs {
         };
         let raw = self.fc_record(st, ino);
         let node = Inode::parse(&self.sb, ino, raw, &self.label).ok()?;
-        if node.flags & FL_EXTENTS == 0 {
+        if node.flags & inode::FL_EXTENTS == 0 {
             tracing::warn!(
                 "{}: fast commit changes the blocks of inode {ino}, which has no extent tree; not replayed",
                 self.label
@@ -343,14 +338,14 @@ impl ExtFs {
                     rec[..I_BLOCK].copy_from_slice(&raw[..I_BLOCK]);
                     rec[I_GENERATION..raw.len()].copy_from_slice(&raw[I_GENERATION..]);
                     let flags = u32le(&rec, 0x20);
-                    if flags & FL_EXTENTS != 0 {
+                    if flags & inode::FL_EXTENTS != 0 {
                         if u16le(&rec, I_BLOCK) != EXTENT_MAGIC {
                             // An empty tree whose root holds four extents.
                             rec[I_BLOCK..I_BLOCK + 12].fill(0);
                             rec[I_BLOCK..I_BLOCK + 2].copy_from_slice(&EXTENT_MAGIC.to_le_bytes());
                             rec[I_BLOCK + 4..I_BLOCK + 6].copy_from_slice(&4u16.to_le_bytes());
                         }
-                    } else if flags & FL_INLINE_DATA != 0 {
+                    } else if flags & inode::FL_INLINE_DATA != 0 {
                         rec[I_BLOCK..I_GENERATION].copy_from_slice(&raw[I_BLOCK..I_GENERATION]);
                     }
                     inode::set_checksum(&self.sb, ino, &mut rec);
@@ -378,7 +373,6 @@ impl ExtFs {
                         );
                         continue;
                     }
-                    st.extents.push((pblk, len));
                     if let Some(map) = self.fc_map(&st, &mut maps, ino, &mut budget) {
                         punch(map, lblk, end);
                         map.insert(

@@ -157,7 +157,7 @@ impl Inode {
 pub fn checksum(sb: &Superblock, ino: u64, raw: &[u8]) -> u32 {
     let mut r = raw.to_vec();
     r[0x7C..0x7E].fill(0);
-    let has_hi = raw.len() >= 0x84 && 128 + u16le(raw, 0x80) as usize >= 0x84;
+    let has_hi = has_checksum_hi(raw);
     if has_hi {
         r[0x82..0x84].fill(0);
     }
@@ -171,6 +171,11 @@ pub fn checksum(sb: &Superblock, ino: u64, raw: &[u8]) -> u32 {
     }
 }
 
+/// Whether inode record `raw` has room (its extra size) for the checksum's high half.
+fn has_checksum_hi(raw: &[u8]) -> bool {
+    raw.len() >= 0x84 && 128 + u16le(raw, 0x80) as usize >= 0x84
+}
+
 /// Stores `raw`'s checksum in it, as the kernel does after changing an inode, so that
 /// a record replay assembled reads without a mismatch warning.
 pub fn set_checksum(sb: &Superblock, ino: u64, raw: &mut [u8]) {
@@ -179,7 +184,7 @@ pub fn set_checksum(sb: &Superblock, ino: u64, raw: &mut [u8]) {
     }
     let c = checksum(sb, ino, raw);
     raw[0x7C..0x7E].copy_from_slice(&(c as u16).to_le_bytes());
-    if raw.len() >= 0x84 && 128 + u16le(raw, 0x80) as usize >= 0x84 {
+    if has_checksum_hi(raw) {
         raw[0x82..0x84].copy_from_slice(&((c >> 16) as u16).to_le_bytes());
     }
 }

@@ -283,25 +283,21 @@ pub fn replay(
                     }
                     break; // stale blocks from an earlier round of the ring
                 }
-                if v1 {
-                    // Checksum type 1 (CRC-32) of 4 bytes, or no checksum at all.
+                // v1: checksum type 1 (CRC-32) of 4 bytes over the transaction's
+                // blocks, or no checksum at all; v2/v3: the commit block's own.
+                let failed = if v1 {
                     let found = be32(&b, 16);
                     let ok = (b[12] == 1 && b[13] == 4 && found == v1_crc)
                         || (b[12] == 0 && b[13] == 0 && found == 0);
                     v1_crc = !0;
-                    if !ok {
-                        if time >= last_commit_time {
-                            tracing::warn!(
-                                "{label}: journal transaction {seq} fails its checksum; the log ends before it"
-                            );
-                        }
-                        break;
-                    }
-                }
-                if checked && !commit_ok(seed, &b) {
+                    (!ok).then_some("fails its checksum")
+                } else {
+                    (checked && !commit_ok(seed, &b)).then_some("commit block fails its checksum")
+                };
+                if let Some(what) = failed {
                     if time >= last_commit_time {
                         tracing::warn!(
-                            "{label}: journal transaction {seq}: commit block fails its checksum; the log ends before it"
+                            "{label}: journal transaction {seq}: {what}; the log ends before it"
                         );
                     }
                     break;

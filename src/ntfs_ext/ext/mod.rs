@@ -306,12 +306,8 @@ impl ExtFs {
                         );
                         if !fc_ops.is_empty() {
                             let records = fc_ops.len();
-                            let st = fs.fast_commit_state(fc_ops);
-                            // Everything read so far was read without them.
-                            fs.inodes.clear();
-                            fs.dirs.clear();
-                            fs.extents.clear();
-                            fs.fc = Some(Arc::new(st));
+                            // Built from the volume alone (no cache is filled yet).
+                            fs.fc = Some(Arc::new(fs.fast_commit_state(fc_ops)));
                             tracing::warn!(
                                 "{label}: replayed {fc_commits} fast commit(s), {records} record(s), in memory"
                             );
@@ -672,9 +668,7 @@ impl ExtFs {
         self.dirs.put(dir, d.clone());
         Ok(d)
     }
-}
 
-impl ExtFs {
     /// Lays a fast commit's name changes over a directory's listing, in their order:
     /// a name is added only where it is absent (the kernel's link answers EEXIST),
     /// and the entries keep the volume's order with the new names after them.
