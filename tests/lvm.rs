@@ -173,10 +173,8 @@ fn logical_volumes_read_as_lvm_places_them() {
     // root: an ext4 image of a generated tree; data: random bytes; my-xfs: XFS.
     let mut rng = StdRng::seed_from_u64(7);
     let src = t.path().join("src");
-    make_tree(&src, 30, &mut rng);
     let root_img = t.path().join("root.img");
-    File::create(&root_img).unwrap().set_len(40 << 20).unwrap();
-    tool("mkfs.ext4", &["-q", "-F", "-d", s(&src), s(&root_img)]).expect("mkfs.ext4");
+    ext4_image(&src, &root_img, 30, 40 << 20, &mut rng);
     write_lv(
         &segs["root"],
         &std::fs::read(&root_img).unwrap(),
@@ -363,10 +361,8 @@ fn thin_volumes_read_through_their_pool() {
     // An ext4 image of 16 MiB as thin1's first 256 chunks, scattered over the pool.
     let mut rng = StdRng::seed_from_u64(9);
     let src = t.path().join("src");
-    make_tree(&src, 20, &mut rng);
     let img = t.path().join("ext4.img");
-    File::create(&img).unwrap().set_len(16 << 20).unwrap();
-    tool("mkfs.ext4", &["-q", "-F", "-d", s(&src), s(&img)]).expect("mkfs.ext4");
+    ext4_image(&src, &img, 20, 16 << 20, &mut rng);
     let bytes = std::fs::read(&img).unwrap();
     let chunk = 64 << 10;
     let mut slots: Vec<u64> = (0..512).collect();
@@ -383,10 +379,8 @@ fn thin_volumes_read_through_their_pool() {
     }
     // thin2: a GPT disk whose one partition holds ext4, in the other 256 chunks.
     let src2 = t.path().join("src2");
-    make_tree(&src2, 10, &mut rng);
     let part = t.path().join("part.img");
-    File::create(&part).unwrap().set_len(30000 * 512).unwrap();
-    tool("mkfs.ext4", &["-q", "-F", "-d", s(&src2), s(&part)]).expect("mkfs.ext4");
+    ext4_image(&src2, &part, 10, 30000 * 512, &mut rng);
     let vm = t.path().join("vm.img");
     File::create(&vm).unwrap().set_len(16 << 20).unwrap();
     sfdisk_script(&vm, "label: gpt\nstart=2048, size=30000\n");
@@ -576,10 +570,8 @@ fn a_pv_on_an_md_raid1_member_is_found() {
     let segs = segments(&vg);
     let pe_start = BTreeMap::from([(pv.clone(), first_extent_at(&pv))]);
     let src = t.path().join("src");
-    make_tree(&src, 20, &mut rng);
     let img = t.path().join("root.img");
-    File::create(&img).unwrap().set_len(8 << 20).unwrap();
-    tool("mkfs.ext4", &["-q", "-F", "-d", s(&src), s(&img)]).expect("mkfs.ext4");
+    ext4_image(&src, &img, 20, 8 << 20, &mut rng);
     write_lv(
         &segs["root"],
         &std::fs::read(&img).unwrap(),

@@ -39,20 +39,8 @@ fn a_raid1_member_partition_shows_the_array_tree() {
     let t = tempfile::tempdir().unwrap();
     let mut rng = StdRng::seed_from_u64(91);
     let src = t.path().join("src");
-    std::fs::create_dir_all(src.join("etc/conf.d")).unwrap();
-    for i in 0..20 {
-        let mut data = vec![0u8; rng.gen_range(0..30_000)];
-        rng.fill(&mut data[..]);
-        std::fs::write(src.join(format!("etc/conf.d/f{i}")), &data).unwrap();
-    }
-    std::fs::write(src.join("hostname"), b"backuphost\n").unwrap();
     let fs = t.path().join("fs.img");
-    File::create(&fs).unwrap().set_len(8 << 20).unwrap();
-    let o = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d", s(&src), s(&fs)])
-        .output()
-        .expect("mkfs.ext4 (package e2fsprogs) is needed");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ext4_image(&src, &fs, 12, 8 << 20, &mut rng);
     // A deleted file leaves its bytes in free space, for --skip-free to leave out.
     let junk = t.path().join("junk");
     let mut data = vec![0u8; 3 << 20];

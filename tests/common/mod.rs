@@ -466,6 +466,20 @@ pub fn size_extremes(root: &Path, rng: &mut impl Rng) {
     std::fs::write(root.join("empty"), b"").unwrap();
 }
 
+/// A generated tree of `files` files at `src` ([`make_tree`]) and an ext4 image of it
+/// of `size` bytes at `img`, made by `mkfs.ext4 -d`.
+pub fn ext4_image(src: &Path, img: &Path, files: usize, size: u64, rng: &mut impl Rng) {
+    make_tree(src, files, rng);
+    File::create(img).unwrap().set_len(size).unwrap();
+    let o = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(src)
+        .arg(img)
+        .output()
+        .expect("mkfs.ext4 (package e2fsprogs) is needed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// Writes a small tree of files with random contents under `root`.
 pub fn make_tree(root: &Path, files: usize, rng: &mut impl Rng) {
     std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
