@@ -1259,3 +1259,54 @@ fn safe_on_a_read_only_filesystem_is_read_as_it_is() {
     drop(m);
     drop(view);
 }
+
+#[test]
+fn readers_interrupted_by_signals_get_their_data_and_leave_the_log_clean() {
+    need_fuse!("readers_interrupted_by_signals_get_their_data_and_leave_the_log_clean");
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a.img");
+    let mut rng = StdRng::seed_from_u64(29);
+    let mut data = vec![0u8; 64 << 20];
+    rng.fill(&mut data[..]);
+    std::fs::write(&a, &data).unwrap();
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), s(&a)]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let out = t.path().join("out");
+    // dd answers SIGUSR1 with a progress line and goes on: every signal that lands
+    // while one of its direct (uncached) reads is with the server makes the kernel
+    // send FUSE_INTERRUPT for that read.
+    let mut dd = Command::new("dd")
+        .arg(format!("if={}", s(&m.dir.join("1/a.img/disk.img"))))
+        .arg(format!("of={}", s(&out)))
+        .args(["bs=1M", "iflag=direct", "status=none"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // dd sets its handler before it opens its output (a signal before it would end it).
+    while !out.exists() && dd.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut signals = 0;
+    while dd.try_wait().unwrap().is_none() && signals < 5000 {
+        unsafe { libc::kill(dd.id() as i32, libc::SIGUSR1) };
+        signals += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let o = dd.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "dd: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        sha256_file(&out),
+        sha256_file(&a),
+        "after {signals} signals"
+    );
+    let log = m.log_text();
+    assert!(
+        !log.contains("ERROR") && !log.contains("WARN"),
+        "after {signals} signals, the server's log: {log}"
+    );
+}

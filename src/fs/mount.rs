@@ -415,3 +415,50 @@ fn umount_with(mp: &Path, lazy: bool) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Keeps fuser's "Failed to send FUSE reply: ... (os error 2)" out of the log: the
+/// kernel answers ENOENT when the request a reply names is gone, which is how every
+/// interrupted reader ends (a signal to `dd`, `cp` or a shell's Ctrl-C). fuser answers
+/// the kernel's FUSE_INTERRUPT itself, on whichever cloned device the interrupt was
+/// read from, so the kernel rarely finds the request there; the read it interrupted
+/// still completes. A log full of ERROR lines for that would hide real errors.
+pub struct QuietInterruptedReplies;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietInterruptedReplies {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        // fuser logs through the `log` crate: its target arrives as a field.
+        let mut fields = LogFields::default();
+        event.record(&mut fields);
+        !is_interrupted_reply(&fields.target, &fields.message)
+    }
+}
+
+#[derive(Default)]
+struct LogFields {
+    target: String,
+    message: String,
+}
+
+impl tracing::field::Visit for LogFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "log.target" {
+            self.target = value.to_string();
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
+}
+
+fn is_interrupted_reply(target: &str, message: &str) -> bool {
+    target == "fuser::reply"
+        && message.starts_with("Failed to send FUSE reply")
+        && message.ends_with("(os error 2)")
+}
