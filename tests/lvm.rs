@@ -526,6 +526,34 @@ fn segments_all(vg: &str) -> BTreeMap<String, (String, u64)> {
         .collect()
 }
 
+/// The extents of PV `pv` no LV uses, as `pvs --segments` lists them, as byte ranges
+/// (offset, length) of the disk whose partition at `part_start` the PV is (1 MiB
+/// extents).
+fn free_pv_segments(pv: &str, part_start: u64) -> Vec<(u64, u64)> {
+    let segs = lvm_run(&[
+        "pvs",
+        "--noheadings",
+        "--segments",
+        "--units",
+        "b",
+        "--nosuffix",
+        "--separator",
+        ";",
+        "-o",
+        "pvseg_start,pvseg_size,lv_name",
+        pv,
+    ]);
+    let pe_start = first_extent_at(pv);
+    segs.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.trim().split(';').collect();
+            f[2].is_empty()
+                .then(|| (f[0].parse::<u64>().unwrap(), f[1].parse::<u64>().unwrap()))
+        })
+        .map(|(first, n)| (part_start + pe_start + (first << 20), n << 20))
+        .collect()
+}
+
 /// A PV on an md RAID1 array (the "RAID1 + LVM" layout Debian's installer offers): on a
 /// member the PV lies past the md superblock, and the LVs on it show under the
 /// member's `lvm/`. The superblock is written by the test and read by `mdadm
@@ -589,19 +617,25 @@ fn a_pv_on_an_md_raid1_member_is_found() {
     );
 }
 
-/// `backup --skip-free` leaves out a PV's extents no LV uses, as `pvs --segments`
-/// lists them free: restored, the disk holds zeros exactly there (the junk written
-/// over the whole PV beforehand is gone) and every other byte as it was.
-#[test]
-fn skip_free_leaves_out_the_extents_no_lv_uses() {
+/// A disk of 64 MiB of random junk whose one GPT partition is an LVM PV of a new VG
+/// (1 MiB extents), the partition attached to a loop device for LVM's tools.
+struct JunkPv {
+    disk: PathBuf,
+    part_start: u64,
+    loops: Loops,
+    /// The loop device.
+    pv: String,
+    vg: String,
+}
+
+/// Makes a [`JunkPv`] under `dir`, its VG named `prefix` and the process id; `None`
+/// where root, lvm2, sfdisk or loop devices are missing.
+fn junk_pv_disk(dir: &Path, prefix: &str, rng: &mut StdRng) -> Option<JunkPv> {
     if !fuse_available() || tool("lvm", &["version"]).is_none() || tool("sfdisk", &["-v"]).is_none()
     {
-        eprintln!("SKIP skip_free_leaves_out_the_extents_no_lv_uses: needs root, lvm2 and sfdisk");
-        return;
+        return None;
     }
-    let t = tempfile::tempdir().unwrap();
-    let disk = t.path().join("disk.img");
-    let mut rng = StdRng::seed_from_u64(93);
+    let disk = dir.join("disk.img");
     let mut junk = vec![0u8; 64 << 20];
     rng.fill(&mut junk[..]);
     std::fs::write(&disk, &junk).unwrap();
@@ -611,45 +645,42 @@ fn skip_free_leaves_out_the_extents_no_lv_uses() {
     );
     let part = sfdisk_parts(&disk).into_iter().find(|p| p.0 == 1).unwrap();
     let mut loops = Loops::default();
-    let Some(pv) = loops.attach(&disk, part.1, part.2) else {
-        eprintln!("SKIP skip_free_leaves_out_the_extents_no_lv_uses: no loop devices");
-        return;
-    };
-    let vg = format!("dsfree{}", std::process::id());
+    let pv = loops.attach(&disk, part.1, part.2)?;
+    let vg = format!("{prefix}{}", std::process::id());
     lvm_run(&["pvcreate", "-q", &pv]);
     lvm_run(&["vgcreate", "-q", "-s", "1m", &vg, &pv]);
+    Some(JunkPv {
+        disk,
+        part_start: part.1,
+        loops,
+        pv,
+        vg,
+    })
+}
+
+/// `backup --skip-free` leaves out a PV's extents no LV uses, as `pvs --segments`
+/// lists them free: restored, the disk holds zeros exactly there (the junk written
+/// over the whole PV beforehand is gone) and every other byte as it was.
+#[test]
+fn skip_free_leaves_out_the_extents_no_lv_uses() {
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(93);
+    let Some(d) = junk_pv_disk(t.path(), "dsfree", &mut rng) else {
+        eprintln!("SKIP skip_free_leaves_out_the_extents_no_lv_uses: needs root, lvm2, sfdisk and loop devices");
+        return;
+    };
     for name in ["a", "b", "c"] {
-        lvm_run(&["lvcreate", "-q", "-an", "-Zn", "-L", "8m", "-n", name, &vg]);
+        lvm_run(&[
+            "lvcreate", "-q", "-an", "-Zn", "-L", "8m", "-n", name, &d.vg,
+        ]);
     }
-    lvm_run(&["lvremove", "-q", "-f", &format!("{vg}/b")]); // a hole between a and c
-                                                            // (first extent, extents) of each free PV segment, and where extents start.
-    let segs = lvm_run(&[
-        "pvs",
-        "--noheadings",
-        "--segments",
-        "--units",
-        "b",
-        "--nosuffix",
-        "--separator",
-        ";",
-        "-o",
-        "pvseg_start,pvseg_size,lv_name",
-        &pv,
-    ]);
-    let pe_start = first_extent_at(&pv);
-    let free: Vec<(u64, u64)> = segs
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.trim().split(';').collect();
-            f[2].is_empty()
-                .then(|| (f[0].parse::<u64>().unwrap(), f[1].parse::<u64>().unwrap()))
-        })
-        .map(|(first, n)| (part.1 + pe_start + (first << 20), n << 20))
-        .collect();
-    assert!(free.len() >= 2, "a hole and the tail are free: {segs}");
-    drop(loops);
-    let original = std::fs::read(&disk).unwrap();
-    let (_, _, restored) = backup_with_and_without_skip_free(&disk, "sda", t.path());
+    // A hole between a and c.
+    lvm_run(&["lvremove", "-q", "-f", &format!("{}/b", d.vg)]);
+    let free = free_pv_segments(&d.pv, d.part_start);
+    assert!(free.len() >= 2, "a hole and the tail are free: {free:?}");
+    drop(d.loops);
+    let original = std::fs::read(&d.disk).unwrap();
+    let (_, _, restored) = backup_with_and_without_skip_free(&d.disk, "sda", t.path());
     let got = std::fs::read(&restored).unwrap();
     assert_eq!(got.len(), original.len());
     let block = 64 << 10; // what the backup can skip: whole 64 KiB blocks
@@ -674,4 +705,146 @@ fn skip_free_leaves_out_the_extents_no_lv_uses() {
         left_out * 10 >= free_total * 9,
         "most free extents left out: {left_out} of {free_total} bytes"
     );
+}
+
+/// An ext4 image of a generated tree at `img` (`size` bytes) that also held `junk`
+/// bytes of random data in a file since deleted by `debugfs`: blocks the bitmaps mark
+/// free whose old bytes are still there, as on any used disk.
+fn ext4_with_deleted_junk(dir: &Path, img: &Path, size: u64, junk: usize, rng: &mut StdRng) {
+    let src = dir.join(format!(
+        "{}-src",
+        img.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&src).unwrap();
+    let mut data = vec![0u8; junk];
+    rng.fill(&mut data[..]);
+    std::fs::write(src.join("junk.bin"), &data).unwrap();
+    ext4_image(&src, img, 20, size, rng);
+    tool("debugfs", &["-w", "-R", "rm junk.bin", s(img)]).expect("debugfs rm");
+}
+
+/// The bytes of linear LV `segs` as they lie on `disk` (PV partition at `part_start`,
+/// its extents from `pe_start`, 1 MiB each).
+fn lv_bytes(disk: &[u8], segs: &[Seg], part_start: u64, pe_start: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for sg in segs {
+        assert_eq!(sg.stripes.len(), 1, "a linear segment");
+        assert_eq!(sg.start, out.len() as u64);
+        let at = (part_start + pe_start + (sg.stripes[0].1 << 20)) as usize;
+        out.extend_from_slice(&disk[at..at + sg.len as usize]);
+    }
+    out
+}
+
+/// `--skip-free` looks inside the LVs of a PV, as a server installed on LVM or a VM
+/// host with one LV per guest disk lays them out: the free space of an ext4 LV in two
+/// segments (extended past another LV) and of the ext4 partition inside an LV holding
+/// an MBR disk is left out, mapped back to where the extents lie. Restored, each
+/// filesystem differs from its source only in blocks `dumpe2fs` lists as free and
+/// `e2fsck -fn` finds it clean; outside the LVs only free extents differ.
+#[test]
+fn skip_free_leaves_out_the_free_space_inside_logical_volumes() {
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(97);
+    let Some(d) = junk_pv_disk(t.path(), "dsin", &mut rng) else {
+        eprintln!("SKIP skip_free_leaves_out_the_free_space_inside_logical_volumes: needs root, lvm2, sfdisk and loop devices");
+        return;
+    };
+    let lv = |args: &[&str]| {
+        let mut v = vec!["lvcreate", "-q", "-an", "-Zn"];
+        v.extend_from_slice(args);
+        v.push(&d.vg);
+        lvm_run(&v);
+    };
+    lv(&["-L", "12m", "-n", "root"]);
+    lv(&["-L", "4m", "-n", "spacer"]);
+    lvm_run(&["lvextend", "-q", "-L", "+8m", &format!("{}/root", d.vg)]);
+    lv(&["-L", "16m", "-n", "guest"]);
+    let segs = segments(&d.vg);
+    assert_eq!(
+        segs["root"].len(),
+        2,
+        "root in two pieces: {:?}",
+        segs["root"]
+    );
+    let pe = first_extent_at(&d.pv);
+    let pe_start = BTreeMap::from([(d.pv.clone(), pe)]);
+    // root: ext4 over the whole LV.
+    let root = t.path().join("root.img");
+    ext4_with_deleted_junk(t.path(), &root, 20 << 20, 6 << 20, &mut rng);
+    write_lv(
+        &segs["root"],
+        &std::fs::read(&root).unwrap(),
+        &pe_start,
+        1 << 20,
+    );
+    // guest: a VM's disk, an MBR with one ext4 partition from 1 MiB.
+    let inner = t.path().join("guest-part.img");
+    ext4_with_deleted_junk(t.path(), &inner, 15 << 20, 5 << 20, &mut rng);
+    let guest = t.path().join("guest.img");
+    File::create(&guest).unwrap().set_len(16 << 20).unwrap();
+    sfdisk_script(&guest, "label: dos\nstart=2048, type=83\n");
+    File::options()
+        .write(true)
+        .open(&guest)
+        .unwrap()
+        .write_all_at(&std::fs::read(&inner).unwrap(), 1 << 20)
+        .unwrap();
+    write_lv(
+        &segs["guest"],
+        &std::fs::read(&guest).unwrap(),
+        &pe_start,
+        1 << 20,
+    );
+    let free = free_pv_segments(&d.pv, d.part_start);
+    drop(d.loops);
+    let original = std::fs::read(&d.disk).unwrap();
+    let (_, _, restored) = backup_with_and_without_skip_free(&d.disk, "sda", t.path());
+    let got = std::fs::read(&restored).unwrap();
+    assert_eq!(got.len(), original.len());
+
+    // Inside the LVs: only what each filesystem lists as free differs.
+    let got_root = t.path().join("got-root.img");
+    std::fs::write(&got_root, lv_bytes(&got, &segs["root"], d.part_start, pe)).unwrap();
+    let root_differs = differs_only_where_free(&root, &got_root, &root);
+    fsck_clean(&got_root);
+    let got_guest = lv_bytes(&got, &segs["guest"], d.part_start, pe);
+    assert_eq!(
+        got_guest[..1 << 20],
+        std::fs::read(&guest).unwrap()[..1 << 20],
+        "the guest's MBR and gap are kept"
+    );
+    let got_inner = t.path().join("got-guest-part.img");
+    std::fs::write(&got_inner, &got_guest[1 << 20..]).unwrap();
+    let inner_differs = differs_only_where_free(&inner, &got_inner, &inner);
+    fsck_clean(&got_inner);
+    // Most of each deleted file's bytes (whole 64 KiB blocks of the disk) left out.
+    assert!(
+        root_differs >= 5 << 20 && inner_differs >= 4 << 20,
+        "left out inside root {root_differs} bytes, inside guest's partition {inner_differs}"
+    );
+
+    // Outside the LVs: only extents no LV uses differ, as zeros.
+    let block = 64 << 10;
+    let in_lv = |at: u64| {
+        segs.values().flatten().any(|sg| {
+            let o = d.part_start + pe + (sg.stripes[0].1 << 20);
+            o <= at && at < o + sg.len
+        })
+    };
+    for (i, (g, o)) in got.chunks(block).zip(original.chunks(block)).enumerate() {
+        let at = (i * block) as u64;
+        if g == o || in_lv(at) {
+            continue;
+        }
+        assert!(
+            free.iter()
+                .any(|&(f, n)| f <= at && at + block as u64 <= f + n),
+            "block at {at} differs outside the LVs and free extents ({free:?})"
+        );
+        assert!(
+            g.iter().all(|&b| b == 0),
+            "block at {at}: left out as zeros"
+        );
+    }
 }

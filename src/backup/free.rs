@@ -1,15 +1,23 @@
 //! `backup --skip-free`: the blocks of a source its filesystems mark free (ext2/3/4
 //! and XFS after their journal or log is replayed in memory, NTFS left with nothing
-//! in `$LogFile` to redo; inside md RAID1 members, the array's), which the backup
-//! records as zeros without reading them. Only blocks a
+//! in `$LogFile` to redo), which the backup records as zeros without reading them.
+//! Filesystems are looked for through partition tables (nested ones too: a VM's disk
+//! on an LV), md RAID1 members and LVM PVs, whose extents no LV uses are free as well
+//! and whose LVs' free space is mapped back onto the device. Only blocks a
 //! filesystem vouches for are skipped: anything it cannot read, a partition table
 //! whose partitions overlap, or a filesystem of another kind keeps every block.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::readat::{FileReader, ReadAt, Slice};
 use crate::size::human;
+
+/// How deep partition tables and LVs may nest (a disk, its PV partition, an LV of a
+/// VM's disk, that disk's partition): a bound on hostile tables that contain
+/// themselves.
+const MAX_DEPTH: u32 = 4;
 
 /// Block ranges (first block, count; sorted, disjoint) of `path` whose every byte lies
 /// in space a filesystem on it marks free. `name` is the device's name, for the log.
@@ -21,85 +29,182 @@ pub(super) fn free_blocks(path: &Path, name: &str, block_size: u64) -> Vec<(u64,
             return Vec::new();
         }
     };
-    let volumes: Vec<(String, u64, u64)> = match crate::volumes::read_table(&*dev) {
-        Ok(Some(t)) => {
-            // An extended partition holds the logical ones (and their EBRs).
-            let mut parts: Vec<(String, u64, u64)> = t
-                .partitions
-                .iter()
-                .filter(|p| !matches!(p.kind.as_str(), "0x05" | "0x0f" | "0x85"))
-                .map(|p| (format!("partition {}", p.number), p.start, p.len))
-                .collect();
-            parts.sort_by_key(|p| p.1);
-            if parts.windows(2).any(|w| w[0].1 + w[0].2 > w[1].1) {
-                tracing::warn!("device {name}: free space not skipped: its partitions overlap");
-                return Vec::new();
-            }
-            parts
-        }
-        Ok(None) => vec![("the whole device".to_string(), 0, dev.size())],
-        Err(e) => {
-            tracing::warn!("device {name}: free space not skipped: partition table: {e}");
-            return Vec::new();
-        }
-    };
-    let mut bytes: Vec<(u64, u64)> = Vec::new();
-    let mut known = 0;
-    for (mut what, mut start, len) in volumes {
-        let mut vol: Arc<dyn ReadAt> = Arc::new(Slice::new(dev.clone(), start, len));
-        // An md RAID1 member: the filesystem is the array's, past the superblock (and
-        // any write-intent bitmap), which are kept whole.
-        if let Ok(Some((data, m))) = crate::volumes::md::array_data(&vol) {
-            vol = data;
-            start += m.offset;
-            what = format!("{what} (md array {})", m.name);
-        }
-        if let Some(unused) = lvm_unused(&*vol) {
-            known += 1;
-            let total: u64 = unused.iter().map(|r| r.1).sum();
-            tracing::info!("device {name}: {what} (LVM PV): {} in no LV", human(total));
-            bytes.extend(unused.into_iter().map(|(o, l)| (start + o, l)));
-            continue;
-        }
-        let Some((kind, found)) = crate::ntfs_ext::free_space(vol, &format!("{name} {what}"))
-        else {
-            continue;
-        };
-        known += 1;
-        match found {
-            Ok(free) => {
-                let total: u64 = free.iter().map(|r| r.1).sum();
-                tracing::info!("device {name}: {what} ({kind}): {} free", human(total));
-                bytes.extend(free.into_iter().map(|(o, l)| (start + o, l)));
-            }
-            Err(e) => {
-                eprintln!("warning: device {name}: {what} ({kind}): free space not skipped: {e}");
-            }
-        }
-    }
-    if known == 0 {
+    let mut finder = Finder { name, known: 0 };
+    let bytes = finder.volume(dev, "", 0);
+    if finder.known == 0 {
         eprintln!(
             "note: device {name}: no ext2/3/4, XFS or NTFS volume found on it, so --skip-free leaves nothing out"
         );
     }
-    whole_blocks(&bytes, block_size)
+    whole_blocks(&merged(bytes), block_size)
 }
 
-/// When `vol` is an LVM PV whose VG this reader maps whole: the byte ranges of its
-/// extents no LV uses (clipped to the volume). The LVs' own free space is not read.
-fn lvm_unused(vol: &dyn ReadAt) -> Option<Vec<(u64, u64)>> {
-    use crate::volumes::lvm;
-    let label = lvm::read_label(vol).ok()??;
-    let vg = lvm::read_metadata(vol, &label).ok()??;
-    let size = vol.size();
-    let ranges = lvm::unused_extents(&vg, &label.uuid)?;
-    Some(
-        ranges
+/// Looks through one device's layers for the free space of its filesystems.
+struct Finder<'a> {
+    name: &'a str,
+    /// Filesystems and LVM PVs whose free space was asked for.
+    known: usize,
+}
+
+impl Finder<'_> {
+    /// Free byte ranges of `vol` (offsets in it), through a partition table on it or,
+    /// without one, what it holds. `what` names `vol` for the log ("" for the device).
+    fn volume(&mut self, vol: Arc<dyn ReadAt>, what: &str, depth: u32) -> Vec<(u64, u64)> {
+        let name = self.name;
+        let table = match crate::volumes::read_table(&*vol) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("device {name}: free space not skipped: partition table: {e}");
+                return Vec::new();
+            }
+        };
+        let Some(t) = table else {
+            let what = if what.is_empty() {
+                "the whole device"
+            } else {
+                what
+            };
+            return self.contents(vol, what, depth);
+        };
+        if depth >= MAX_DEPTH {
+            tracing::warn!("device {name}: {what}: partition tables nest too deep; kept whole");
+            return Vec::new();
+        }
+        // An extended partition holds the logical ones (and their EBRs).
+        let mut parts: Vec<(String, u64, u64)> = t
+            .partitions
+            .iter()
+            .filter(|p| !matches!(p.kind.as_str(), "0x05" | "0x0f" | "0x85"))
+            .map(|p| {
+                (
+                    within(what, &format!("partition {}", p.number)),
+                    p.start,
+                    p.len,
+                )
+            })
+            .collect();
+        parts.sort_by_key(|p| p.1);
+        if parts.windows(2).any(|w| w[0].1 + w[0].2 > w[1].1) {
+            tracing::warn!("device {name}: free space not skipped: {what} partitions overlap");
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (what, start, len) in parts {
+            let part: Arc<dyn ReadAt> = Arc::new(Slice::new(vol.clone(), start, len));
+            let free = self.volume(part, &what, depth + 1);
+            out.extend(free.into_iter().map(|(o, l)| (start + o, l)));
+        }
+        out
+    }
+
+    /// Free byte ranges of an unpartitioned `vol`: an md RAID1 member's array, an LVM
+    /// PV, or a filesystem.
+    fn contents(&mut self, vol: Arc<dyn ReadAt>, what: &str, depth: u32) -> Vec<(u64, u64)> {
+        let name = self.name;
+        // An md RAID1 member: the filesystem is the array's, past the superblock (and
+        // any write-intent bitmap), which are kept whole.
+        if let Ok(Some((data, m))) = crate::volumes::md::array_data(&vol) {
+            if depth >= MAX_DEPTH {
+                return Vec::new();
+            }
+            let what = format!("{what} (md array {})", m.name);
+            let free = self.contents(data, &what, depth + 1);
+            return free.into_iter().map(|(o, l)| (m.offset + o, l)).collect();
+        }
+        if let Some(free) = self.lvm(&vol, what, depth) {
+            return free;
+        }
+        let Some((kind, found)) = crate::ntfs_ext::free_space(vol, &format!("{name} {what}"))
+        else {
+            return Vec::new();
+        };
+        self.known += 1;
+        match found {
+            Ok(free) => {
+                let total: u64 = free.iter().map(|r| r.1).sum();
+                tracing::info!("device {name}: {what} ({kind}): {} free", human(total));
+                free
+            }
+            Err(e) => {
+                eprintln!("warning: device {name}: {what} ({kind}): free space not skipped: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// When `vol` is an LVM PV: its extents no LV uses and, mapped back onto it, the
+    /// free space inside the LVs that lie wholly on it. `None` when it is not a PV.
+    fn lvm(&mut self, vol: &Arc<dyn ReadAt>, what: &str, depth: u32) -> Option<Vec<(u64, u64)>> {
+        use crate::volumes::lvm;
+        let name = self.name;
+        let label = lvm::read_label(&**vol).ok()??;
+        let vg = lvm::read_metadata(&**vol, &label).ok()??;
+        let (Some(unused), Some(lvs)) = (
+            lvm::unused_extents(&vg, &label.uuid),
+            lvm::lvs_within(&vg, &label.uuid),
+        ) else {
+            self.known += 1;
+            eprintln!(
+                "note: device {name}: {what}: VG {} has volumes this reader does not map (or that overlap), so nothing in it is left out",
+                vg.name
+            );
+            return Some(Vec::new());
+        };
+        self.known += 1;
+        let size = vol.size();
+        let mut out: Vec<(u64, u64)> = unused
             .into_iter()
             .filter(|&(o, _)| o < size)
             .map(|(o, l)| (o, l.min(size - o)))
-            .collect(),
-    )
+            .collect();
+        let total: u64 = out.iter().map(|r| r.1).sum();
+        tracing::info!("device {name}: {what} (LVM PV): {} in no LV", human(total));
+        if depth >= MAX_DEPTH {
+            return Some(out);
+        }
+        let found = HashMap::from([(label.uuid.clone(), vol.clone())]);
+        for lv in lvs {
+            let lv_what = within(what, &format!("LV {}/{}", vg.name, lv.name));
+            let lv_vol = match lvm::LvVolume::open(&vg, lv, &found) {
+                Ok(v) => Arc::new(v),
+                Err(e) => {
+                    tracing::info!("device {name}: {lv_what}: kept whole: {e}");
+                    continue;
+                }
+            };
+            for (o, l) in self.volume(lv_vol.clone(), &lv_what, depth + 1) {
+                for (pv, at, n) in lv_vol.pv_ranges(o, l) {
+                    if Arc::ptr_eq(&pv, vol) {
+                        out.push((at, n));
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// `inner` named as a part of `outer` (the device itself when `outer` is empty).
+fn within(outer: &str, inner: &str) -> String {
+    if outer.is_empty() {
+        inner.to_string()
+    } else {
+        format!("{outer}, {inner}")
+    }
+}
+
+/// Byte ranges sorted, with touching and overlapping ones joined: free space found in
+/// pieces (an LV's last free bytes, the unused extent after it) can fill one block.
+fn merged(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (o, l) in ranges {
+        match out.last_mut() {
+            Some((po, pl)) if *po + *pl >= o => *pl = (*pl).max(o + l - *po),
+            _ => out.push((o, l)),
+        }
+    }
+    out
 }
 
 /// The blocks of `block_size` bytes lying wholly inside the sorted byte `ranges`,
@@ -147,6 +252,18 @@ mod tests {
         // 5..10, 20..25, 40..45.
         assert_eq!(overlap_blocks(&free, &read), 15);
         assert_eq!(overlap_blocks(&free, &[]), 0);
+    }
+
+    #[test]
+    fn pieces_of_free_space_join() {
+        // Out of order, touching, overlapping, apart.
+        let got = merged(vec![(100, 50), (0, 10), (10, 5), (140, 20), (300, 1)]);
+        assert_eq!(got, vec![(0, 15), (100, 60), (300, 1)]);
+        // Two halves of a 64-byte block make it whole only once joined.
+        assert_eq!(
+            whole_blocks(&merged(vec![(32, 32), (0, 32)]), 64),
+            vec![(0, 1)]
+        );
     }
 
     #[test]

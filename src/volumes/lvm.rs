@@ -633,9 +633,31 @@ impl LvVolume {
     }
 }
 
-impl ReadAt for LvVolume {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let end = offset.saturating_add(buf.len() as u64).min(self.size);
+impl LvVolume {
+    /// Where `len` bytes of the LV from `offset` lie: (PV, byte offset on it, length)
+    /// in LV order, so what is learnt about LV bytes can be said of device bytes.
+    pub fn pv_ranges(&self, offset: u64, len: u64) -> Vec<(Arc<dyn ReadAt>, u64, u64)> {
+        let mut out: Vec<(Arc<dyn ReadAt>, u64, u64)> = Vec::new();
+        let _ = self.each_run(offset, len, |pv, pos, n| {
+            match out.last_mut() {
+                Some((d, o, l)) if Arc::ptr_eq(d, pv) && *o + *l == pos => *l += n,
+                _ => out.push((pv.clone(), pos, n)),
+            }
+            Ok(())
+        });
+        out
+    }
+
+    /// Calls `f(PV, byte offset on it, length)` for each contiguous run of `len` LV
+    /// bytes from `offset`, in order, up to the LV's end or `f`'s first error; the
+    /// bytes covered.
+    fn each_run(
+        &self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(&Arc<dyn ReadAt>, u64, u64) -> io::Result<()>,
+    ) -> io::Result<u64> {
+        let end = offset.saturating_add(len).min(self.size);
         let mut at = offset;
         while at < end {
             let i = self.pieces.partition_point(|p| p.start + p.len <= at);
@@ -643,12 +665,23 @@ impl ReadAt for LvVolume {
                 break;
             };
             let (pv, pos, run) = piece.locate(at);
-            let n = run.min(end - at) as usize;
-            let dst = &mut buf[(at - offset) as usize..][..n];
-            pv.read_exact_at(pos, dst)?;
-            at += n as u64;
+            let n = run.min(end - at);
+            f(pv, pos, n)?;
+            at += n;
         }
-        Ok((at - offset) as usize)
+        Ok(at.saturating_sub(offset))
+    }
+}
+
+impl ReadAt for LvVolume {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut done = 0;
+        let n = self.each_run(offset, buf.len() as u64, |pv, pos, n| {
+            pv.read_exact_at(pos, &mut buf[done..][..n as usize])?;
+            done += n as usize;
+            Ok(())
+        })?;
+        Ok(n as usize)
     }
 
     fn size(&self) -> u64 {
@@ -659,20 +692,11 @@ impl ReadAt for LvVolume {
         // Grouped per PV, each in one call, so every device fetches in one batch.
         let mut per: Vec<PvRanges> = Vec::new();
         for &(o, l) in ranges {
-            let end = o.saturating_add(l).min(self.size);
-            let mut at = o;
-            while at < end {
-                let i = self.pieces.partition_point(|p| p.start + p.len <= at);
-                let Some(piece) = self.pieces.get(i) else {
-                    break;
-                };
-                let (pv, pos, run) = piece.locate(at);
-                let n = run.min(end - at);
-                match per.iter_mut().find(|(d, _)| Arc::ptr_eq(d, pv)) {
+            for (pv, pos, n) in self.pv_ranges(o, l) {
+                match per.iter_mut().find(|(d, _)| Arc::ptr_eq(d, &pv)) {
                     Some((_, v)) => v.push((pos, n)),
-                    None => per.push((pv.clone(), vec![(pos, n)])),
+                    None => per.push((pv, vec![(pos, n)])),
                 }
-                at += n;
             }
         }
         for (dev, r) in per {
@@ -851,6 +875,49 @@ pub fn unused_extents(vg: &Vg, uuid: &str) -> Option<Vec<(u64, u64)>> {
     Some(out)
 }
 
+/// The visible striped or linear LVs lying wholly on PV `uuid`: those a backup of
+/// that one device can read whole, filesystems and all. `None` when the VG has a
+/// segment type this reader does not map, or two LVs claim one extent of that PV
+/// (damaged metadata: one LV's free space could be the other's data).
+pub fn lvs_within<'a>(vg: &'a Vg, uuid: &str) -> Option<Vec<&'a Lv>> {
+    let pv = vg.pvs.iter().position(|p| p.uuid == uuid)?;
+    let mut used: Vec<(u64, u64)> = Vec::new();
+    for lv in &vg.lvs {
+        for seg in &lv.segments {
+            match &seg.kind {
+                SegKind::Striped { stripes, .. } => {
+                    let each = seg.count / stripes.len().max(1) as u64;
+                    used.extend(
+                        stripes
+                            .iter()
+                            .filter(|(i, _)| *i == pv)
+                            .map(|&(_, first)| (first, first.saturating_add(each))),
+                    );
+                }
+                SegKind::Thin { .. } | SegKind::ThinPool { .. } => {}
+                SegKind::Other(_) => return None,
+            }
+        }
+    }
+    used.sort_unstable();
+    if used.windows(2).any(|w| w[0].1 > w[1].0) {
+        return None;
+    }
+    Some(
+        vg.lvs
+            .iter()
+            .filter(|lv| {
+                lv.visible
+                    && !lv.segments.is_empty()
+                    && lv.segments.iter().all(|s| match &s.kind {
+                        SegKind::Striped { stripes, .. } => stripes.iter().all(|(i, _)| *i == pv),
+                        _ => false,
+                    })
+            })
+            .collect(),
+    )
+}
+
 /// The name device-mapper gives an LV (`/dev/mapper/VG-LV`, dashes inside doubled).
 pub fn mapper_name(vg: &str, lv: &str) -> String {
     format!("{}-{}", vg.replace('-', "--"), lv.replace('-', "--"))
@@ -972,6 +1039,43 @@ version = 1
             ])
         );
         assert_eq!(unused_extents(&vg, "nope"), None);
+    }
+
+    #[test]
+    fn lvs_within_one_pv_and_their_device_ranges() {
+        let mut vg = parse_vg(TEXT).unwrap();
+        assert_eq!(lvs_within(&vg, "p0"), None, "a raid1 segment: unknown");
+        vg.lvs.retain(|l| l.name != "mirror");
+        // lin spans pv0 and pv1, str stripes over both, pool is not striped.
+        assert_eq!(lvs_within(&vg, "p0"), Some(vec![]));
+        let SegKind::Striped { stripes, .. } = &mut vg.lvs[0].segments[1].kind else {
+            panic!("lin's second segment is linear");
+        };
+        stripes[0] = (0, 5); // lin wholly on pv0: extents 3..5 and 5..6
+        let names = |v: Option<Vec<&Lv>>| v.map(|v| v.iter().map(|l| l.name.clone()).collect());
+        assert_eq!(names(lvs_within(&vg, "p0")), Some(vec!["lin".to_string()]));
+        assert_eq!(names(lvs_within(&vg, "p1")), Some(vec![]));
+        let dev: Arc<dyn ReadAt> = Arc::new(crate::readat::MemReader(vec![0; 12 * 4096]));
+        let found: HashMap<String, Arc<dyn ReadAt>> = [("p0".to_string(), dev.clone())].into();
+        let lin = LvVolume::open(&vg, &vg.lvs[0], &found).unwrap();
+        // LV bytes 4096.. (extent 1) to 2 * 4096 + 100 (into extent 2): pv0 extents
+        // 4 and 5 are adjacent, so one range.
+        let got: Vec<(u64, u64)> = lin
+            .pv_ranges(4096, 4096 + 100)
+            .into_iter()
+            .map(|(d, o, l)| {
+                assert!(Arc::ptr_eq(&d, &dev));
+                (o, l)
+            })
+            .collect();
+        assert_eq!(got, vec![(1024 + 4 * 4096, 4096 + 100)]);
+        assert!(lin.pv_ranges(3 * 4096, 10).is_empty(), "past the end");
+        // Two LVs on one extent: neither's free space can be trusted.
+        let SegKind::Striped { stripes, .. } = &mut vg.lvs[1].segments[0].kind else {
+            panic!("str is striped");
+        };
+        stripes[0] = (0, 4);
+        assert_eq!(lvs_within(&vg, "p0"), None);
     }
 
     #[test]

@@ -1175,3 +1175,83 @@ pub fn md_superblock(offset: u64, len: u64, member: u64, rng: &mut impl Rng) -> 
     put(&mut b, 0xD8, &c.to_le_bytes());
     b
 }
+
+/// A number `dumpe2fs` prints after `name` (a line's start).
+pub fn dumpe2fs_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+/// Free block ranges (inclusive, in the volume's blocks) as `dumpe2fs` lists them per
+/// group, and the block size: the oracle for `--skip-free`.
+pub fn dumpe2fs_free(img: &Path) -> (u64, Vec<(u64, u64)>) {
+    try_dumpe2fs_free(img).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`dumpe2fs_free`], or why `dumpe2fs` failed.
+pub fn try_dumpe2fs_free(img: &Path) -> Result<(u64, Vec<(u64, u64)>), String> {
+    let o = Command::new("dumpe2fs").arg(img).output().unwrap();
+    if !o.status.success() {
+        return Err(format!(
+            "dumpe2fs {}: {}",
+            img.display(),
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&o.stdout);
+    let bs = dumpe2fs_field(&text, "Block size:").expect("dumpe2fs names the block size");
+    // With bigalloc the list names each free cluster by its first block.
+    let cluster_blocks = dumpe2fs_field(&text, "Cluster size:").map_or(1, |c| c / bs);
+    let mut free = Vec::new();
+    for l in text.lines() {
+        let Some(list) = l.trim().strip_prefix("Free blocks: ") else {
+            continue;
+        };
+        for part in list.split(", ").filter(|p| !p.trim().is_empty()) {
+            let (a, b) = part
+                .trim()
+                .split_once('-')
+                .unwrap_or((part.trim(), part.trim()));
+            let b: u64 = b.parse().unwrap();
+            free.push((a.parse().unwrap(), b + cluster_blocks - 1));
+        }
+    }
+    Ok((bs, free))
+}
+
+/// Asserts that `got` (a volume as restored) equals `want` (its source) in every block
+/// `dumpe2fs` of `oracle` does not list as free; returns the bytes that differ.
+pub fn differs_only_where_free(want: &Path, got: &Path, oracle: &Path) -> u64 {
+    let (bs, free) = dumpe2fs_free(oracle);
+    let is_free = |b: u64| free.iter().any(|&(x, y)| x <= b && b <= y);
+    let (w, g) = (std::fs::read(want).unwrap(), std::fs::read(got).unwrap());
+    assert_eq!(w.len(), g.len());
+    let mut differ = 0;
+    for (i, (a, b)) in w.chunks(bs as usize).zip(g.chunks(bs as usize)).enumerate() {
+        if a != b {
+            assert!(
+                is_free(i as u64),
+                "block {i} of {} differs but is in use",
+                want.display()
+            );
+            differ += a.len() as u64;
+        }
+    }
+    differ
+}
+
+/// `e2fsck -fn` finds nothing to fix.
+pub fn fsck_clean(img: &Path) {
+    let o = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "e2fsck -fn {}: {}",
+        img.display(),
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
