@@ -2,9 +2,11 @@
 //! journal replay: a backup that skips them stores only what files and metadata use.
 //!
 //! Conservative by design, since a block wrongly taken as free is data lost from the
-//! point: a group counts as wholly used when its bitmap was never initialised
-//! (BLOCK_UNINIT), when its descriptor or bitmap fails its checksum, or when the
-//! descriptor points outside the volume; the whole volume is refused (an error) when
+//! point: a group whose bitmap was never initialised (BLOCK_UNINIT; most groups of a
+//! new volume) is computed as the kernel computes it and used only when that gives
+//! the free count its descriptor holds; a group counts as wholly used when its
+//! descriptor or bitmap fails its checksum, or when the descriptor points outside the
+//! volume; the whole volume is refused (an error) when
 //! it has incompatible features this parser does not know, an external journal to
 //! replay, or journal blocks that fail their checksums.
 
@@ -88,7 +90,20 @@ fn subtract(free: Vec<(u64, u64)>, mut used: Vec<(u64, u64)>) -> Vec<(u64, u64)>
     out
 }
 
-/// Walks the groups' block bitmaps of `sb`'s volume on `dev`.
+/// What the first pass over the descriptors learns of one group.
+enum Group {
+    /// Counts as wholly used.
+    Used,
+    /// Its bitmap's block, and the bitmap checksum its descriptor holds (low, high).
+    Bitmap(u64, u16, u16),
+    /// Never initialised (BLOCK_UNINIT): free are its blocks past its superblock copy
+    /// and descriptor tables that no group's bitmaps or inode table occupy, which must
+    /// come to the free count its descriptor holds.
+    Uninit(u32),
+}
+
+/// Walks the groups' block bitmaps of `sb`'s volume on `dev`; a group whose bitmap was
+/// never initialised is computed as the kernel computes it (ext4_init_block_bitmap).
 fn bitmap_free(dev: &dyn ReadAt, sb: &Superblock) -> io::Result<Vec<(u64, u64)>> {
     let bs = sb.block_size as u64;
     let cluster = 1u64 << sb.cluster_shift;
@@ -101,71 +116,154 @@ fn bitmap_free(dev: &dyn ReadAt, sb: &Superblock) -> io::Result<Vec<(u64, u64)>>
         )));
     }
     let end = sb.blocks_count.min(dev.size() / bs);
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    let mut bitmap = vec![0u8; sb.block_size as usize];
     // Groups past the device's end hold nothing to skip (and a hostile superblock may
     // claim millions).
     let groups = sb.groups().min(MAX_GROUPS).min(
         end.saturating_sub(sb.first_data_block as u64)
             .div_ceil(per_group),
     );
-    for g in 0..groups {
-        let Some((at, desc)) = group_bitmap(dev, sb, g)? else {
-            continue;
-        };
-        let at = at
-            .checked_mul(bs)
-            .ok_or_else(|| corrupt(format!("group {g}: bitmap block {at} is out of range")))?;
-        dev.read_exact_at(at, &mut bitmap)?;
-        if sb.has_csum() && !bitmap_csum_ok(sb, g, &desc, &bitmap[..bitmap_len]) {
-            continue;
-        }
+    let Groups {
+        kinds,
+        meta,
+        trust_uninit,
+    } = read_groups(dev, sb, groups)?;
+    // Inode tables are the longest ranges: no range reaches further back than one.
+    let longest = meta.iter().map(|m| m.1).max().unwrap_or(0);
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let push = |out: &mut Vec<(u64, u64)>, start: u64, stop: u64| match out.last_mut() {
+        Some(r) if r.0 + r.1 == start * bs => r.1 += (stop - start) * bs,
+        _ => out.push((start * bs, (stop - start) * bs)),
+    };
+    let mut bitmap = vec![0u8; sb.block_size as usize];
+    for (g, kind) in kinds.into_iter().enumerate() {
+        let g = g as u64;
         let first = sb.first_data_block as u64 + g * per_group;
-        for c in 0..clusters {
-            if bitmap[(c / 8) as usize] & (1 << (c % 8)) != 0 {
-                continue;
+        match kind {
+            Group::Used => {}
+            Group::Uninit(claimed) => {
+                if !trust_uninit {
+                    continue;
+                }
+                let stop = (first + per_group).min(sb.blocks_count);
+                let base = first + sb.base_metadata_blocks(g);
+                let free = subtract(
+                    vec![(base, stop.saturating_sub(base))],
+                    meta_in(&meta, longest, base, stop),
+                );
+                let count: u64 = free.iter().map(|r| r.1).sum();
+                if count != claimed as u64 {
+                    tracing::warn!(
+                        "group {g}: never-initialised bitmap gives {count} free blocks, its descriptor {claimed}; its blocks count as used"
+                    );
+                    continue;
+                }
+                for (a, n) in free {
+                    let stop = (a + n).min(end);
+                    if a < stop {
+                        push(&mut out, a, stop);
+                    }
+                }
             }
-            let start = first + c * cluster;
-            let stop = (start + cluster).min(end);
-            if start >= stop {
-                break;
-            }
-            match out.last_mut() {
-                Some(r) if r.0 + r.1 == start * bs => r.1 += (stop - start) * bs,
-                _ => out.push((start * bs, (stop - start) * bs)),
+            Group::Bitmap(at, lo, hi) => {
+                let at = at.checked_mul(bs).ok_or_else(|| {
+                    corrupt(format!("group {g}: bitmap block {at} is out of range"))
+                })?;
+                dev.read_exact_at(at, &mut bitmap)?;
+                if sb.has_csum() && !bitmap_csum_ok(sb, g, lo, hi, &bitmap[..bitmap_len]) {
+                    continue;
+                }
+                for c in 0..clusters {
+                    if bitmap[(c / 8) as usize] & (1 << (c % 8)) != 0 {
+                        continue;
+                    }
+                    let start = first + c * cluster;
+                    let stop = (start + cluster).min(end);
+                    if start >= stop {
+                        break;
+                    }
+                    push(&mut out, start, stop);
+                }
             }
         }
     }
     Ok(out)
 }
 
-/// The block holding group `g`'s bitmap, with the group's raw descriptor, or `None`
-/// when the group must count as used: its bitmap was never initialised, its descriptor
-/// fails its checksum, or the bitmap lies outside the volume.
-fn group_bitmap(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<Option<(u64, Vec<u8>)>> {
-    let d = descriptor(dev, sb, g)?;
-    let flags = u16le(&d, 0x12);
-    if sb.has_group_csums() && flags & BLOCK_UNINIT != 0 {
-        return Ok(None);
-    }
-    if sb.has_csum() {
-        let mut c = sb::ext4_crc(sb.csum_seed, &(g as u32).to_le_bytes());
-        c = sb::ext4_crc(c, &d[..0x1E]);
-        c = sb::ext4_crc(c, &[0, 0]);
-        c = sb::ext4_crc(c, &d[0x20..]);
-        if c as u16 != u16le(&d, 0x1E) {
+/// What the first pass over the descriptors finds.
+struct Groups {
+    /// Each group's kind.
+    kinds: Vec<Group>,
+    /// The blocks every group's descriptor places its bitmaps and inode table at
+    /// (block, count; sorted).
+    meta: Vec<(u64, u64)>,
+    /// Whether never-initialised groups can be computed: every descriptor passed its
+    /// checksum (so none of those places is unknown), and no bigalloc (whose clusters
+    /// this does not count).
+    trust_uninit: bool,
+}
+
+/// The first pass: reads the descriptors of the first `groups` groups.
+fn read_groups(dev: &dyn ReadAt, sb: &Superblock, groups: u64) -> io::Result<Groups> {
+    let itb = (sb.inodes_per_group as u64).div_ceil((sb.block_size / sb.inode_size as u32) as u64);
+    let mut kinds = Vec::with_capacity(groups as usize);
+    let mut meta = Vec::new();
+    let mut trust_uninit = sb.has_group_csums() && sb.cluster_shift == 0;
+    for g in 0..groups {
+        let d = descriptor(dev, sb, g)?;
+        if !descriptor_csum_ok(sb, g, &d) {
             tracing::warn!("group descriptor {g} fails its checksum; its blocks count as used");
-            return Ok(None);
+            trust_uninit = false;
+            kinds.push(Group::Used);
+            continue;
         }
+        let field = |lo: usize, hi: usize| {
+            let h = if sb.desc_size >= 64 {
+                u32le(&d, hi) as u64
+            } else {
+                0
+            };
+            u32le(&d, lo) as u64 | h << 32
+        };
+        let (block_bitmap, inode_bitmap, table) =
+            (field(0x0, 0x20), field(0x4, 0x24), field(0x8, 0x28));
+        meta.extend([(block_bitmap, 1), (inode_bitmap, 1), (table, itb)]);
+        let flags = u16le(&d, 0x12);
+        kinds.push(if sb.has_group_csums() && flags & BLOCK_UNINIT != 0 {
+            let h = if sb.desc_size >= 64 {
+                u16le(&d, 0x2C) as u32
+            } else {
+                0
+            };
+            Group::Uninit(u16le(&d, 0xC) as u32 | h << 16)
+        } else if block_bitmap == 0 || block_bitmap >= sb.blocks_count {
+            Group::Used
+        } else {
+            let hi = if sb.desc_size as usize >= 0x3C {
+                u16le(&d, 0x38)
+            } else {
+                0
+            };
+            Group::Bitmap(block_bitmap, u16le(&d, 0x18), hi)
+        });
     }
-    let mut at = u32le(&d, 0x0) as u64;
-    if sb.desc_size >= 64 {
-        at |= (u32le(&d, 0x20) as u64) << 32;
-    }
-    if at == 0 || at >= sb.blocks_count {
-        return Ok(None);
-    }
-    Ok(Some((at, d)))
+    meta.sort_unstable();
+    Ok(Groups {
+        kinds,
+        meta,
+        trust_uninit,
+    })
+}
+
+/// The ranges of sorted `meta` (block, count; none longer than `longest`) reaching
+/// into blocks `start..stop`.
+fn meta_in(meta: &[(u64, u64)], longest: u64, start: u64, stop: u64) -> Vec<(u64, u64)> {
+    let from = meta.partition_point(|m| m.0.saturating_add(longest) <= start);
+    meta[from..]
+        .iter()
+        .take_while(|m| m.0 < stop)
+        .filter(|m| m.0.saturating_add(m.1) > start)
+        .copied()
+        .collect()
 }
 
 /// Group `g`'s raw descriptor.
@@ -176,13 +274,53 @@ fn descriptor(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<Vec<u8>> 
     Ok(d)
 }
 
-/// Whether group `g`'s bitmap matches the checksum its descriptor `d` holds
-/// (metadata_csum).
-fn bitmap_csum_ok(sb: &Superblock, g: u64, d: &[u8], bits: &[u8]) -> bool {
+/// Whether descriptor `d` of group `g` matches its checksum: crc32c with
+/// metadata_csum, crc16 with gdt_csum (as the kernel's ext4_group_desc_csum); true
+/// when the volume has neither.
+fn descriptor_csum_ok(sb: &Superblock, g: u64, d: &[u8]) -> bool {
+    let want = u16le(d, 0x1E);
+    if sb.has_csum() {
+        let mut c = sb::ext4_crc(sb.csum_seed, &(g as u32).to_le_bytes());
+        c = sb::ext4_crc(c, &d[..0x1E]);
+        c = sb::ext4_crc(c, &[0, 0]);
+        c = sb::ext4_crc(c, &d[0x20..]);
+        c as u16 == want
+    } else if sb.ro_compat & feat::RO_COMPAT_GDT_CSUM != 0 {
+        let mut c = crc16(0xFFFF, &sb.uuid);
+        c = crc16(c, &(g as u32).to_le_bytes());
+        c = crc16(c, &d[..0x1E]);
+        if sb.incompat & feat::INCOMPAT_64BIT != 0 && d.len() > 0x20 {
+            c = crc16(c, &d[0x20..]);
+        }
+        c == want
+    } else {
+        true
+    }
+}
+
+/// CRC-16 with the polynomial 0x8005, bits reflected (the kernel's crc16, which
+/// gdt_csum descriptors use).
+fn crc16(mut crc: u16, data: &[u8]) -> u16 {
+    for &b in data {
+        crc ^= b as u16;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
+/// Whether group `g`'s bitmap matches the checksum its descriptor holds (`lo`, `hi`;
+/// metadata_csum).
+fn bitmap_csum_ok(sb: &Superblock, g: u64, lo: u16, hi: u16, bits: &[u8]) -> bool {
     let c = sb::ext4_crc(sb.csum_seed, bits);
-    let mut ok = c as u16 == u16le(d, 0x18);
+    let mut ok = c as u16 == lo;
     if sb.desc_size as usize >= 0x3C {
-        ok &= (c >> 16) as u16 == u16le(d, 0x38);
+        ok &= (c >> 16) as u16 == hi;
     }
     if !ok {
         tracing::warn!("block bitmap of group {g} fails its checksum; its blocks count as used");
@@ -203,6 +341,24 @@ mod tests {
             subtract(free, used),
             vec![(0, 90), (210, 40), (260, 40), (400, 20), (425, 25)]
         );
+    }
+
+    #[test]
+    fn crc16_is_the_kernels() {
+        // CRC-16/ARC (initial 0) and CRC-16/MODBUS (initial 0xFFFF) check values.
+        assert_eq!(crc16(0, b"123456789"), 0xBB3D);
+        assert_eq!(crc16(0xFFFF, b"123456789"), 0x4B37);
+    }
+
+    #[test]
+    fn metadata_reaching_into_a_group_is_found() {
+        // Sorted (block, count): bitmaps of one group, a long inode table before.
+        let meta = vec![(10, 1), (11, 1), (12, 512), (600, 1), (700, 1), (2000, 5)];
+        let m = |a, b| meta_in(&meta, 512, a, b);
+        assert_eq!(m(500, 1000), vec![(12, 512), (600, 1), (700, 1)]);
+        assert_eq!(m(1000, 2000), vec![]);
+        assert_eq!(m(2004, 3000), vec![(2000, 5)]);
+        assert_eq!(meta_in(&[], 0, 0, 10), vec![]);
     }
 
     #[test]

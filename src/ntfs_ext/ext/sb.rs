@@ -303,6 +303,21 @@ impl Superblock {
         }
     }
 
+    /// Blocks at the start of group `g` its superblock copy, descriptor tables and
+    /// their reserve take (the kernel's ext4_num_base_meta_clusters, without bigalloc).
+    pub fn base_metadata_blocks(&self, g: u64) -> u64 {
+        let per_block = (self.block_size / self.desc_size as u32) as u64;
+        let sup = u64::from(self.group_has_super(g));
+        let meta_region = self.incompat & feat::INCOMPAT_META_BG != 0
+            && g / per_block >= self.first_meta_bg as u64;
+        let reserve = if meta_region {
+            0
+        } else {
+            self.reserved_gdt_blocks as u64
+        };
+        sup + self.descriptor_blocks(g) + sup * reserve
+    }
+
     /// Clusters of metadata outside any file, which `df` leaves out of the volume's
     /// size as the kernel does (its ext4_calculate_overhead): superblock copies,
     /// descriptor tables and their reserve, two bitmaps and the inode table per
