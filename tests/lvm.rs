@@ -294,65 +294,18 @@ fn same_bytes(p: &Path, want: &[u8]) -> Result<(), usize> {
 /// the image, unmapped chunks as zeros, and its tree as the source tree.
 #[test]
 fn thin_volumes_read_through_their_pool() {
-    if !fuse_available()
-        || tool("lvm", &["version"]).is_none()
-        || Command::new("thin_restore").arg("-V").output().is_err()
-    {
-        eprintln!("SKIP lvm thin: needs FUSE, root, lvm2 and thin-provisioning-tools");
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = t.path().join("d.img");
     File::create(&disk).unwrap().set_len(96 << 20).unwrap();
-    let mut loops = Loops::default();
-    let Some(pv) = loops.attach(&disk, 0, 96 << 20) else {
-        eprintln!("SKIP lvm thin: no loop devices");
-        return;
-    };
-    let vg = format!("dsthin{}", std::process::id());
-    tool("pvcreate", &["-q", &pv]).expect("pvcreate");
-    tool("vgcreate", &["-q", "-s", "1m", &vg, &pv]).expect("vgcreate");
-    let base = t.path().join("base.txt");
-    tool(
-        "vgcfgbackup",
-        &["--driverloaded", "n", "-q", "-f", s(&base), &vg],
-    )
-    .expect("vgcfgbackup");
-    // pool_tmeta on extents 0-3, pool_tdata on 4-35 (32 MiB of 64 KiB chunks);
     // thin1 64 MiB virtual (device 1), thin2 a 16 MiB partitioned "VM disk" (device
     // 2), thin3 16 MiB with nothing mapped (device 3).
-    let lv = |n: usize, name: &str, status: &str, seg: &str| {
-        // LVM's id form: 32 characters in groups of 6-4-4-4-4-4-6.
-        let id = format!("lv{n:04}-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa");
-        format!(
-            "{name} {{\nid = \"{id}\"\nstatus = [{status}]\nflags = []\nsegment_count = 1\nsegment1 {{\nstart_extent = 0\n{seg}\n}}\n}}\n"
-        )
+    let thins = [("thin1", 64), ("thin2", 16), ("thin3", 16)];
+    let Some((loops, pv, vg)) = thin_pool_disk(&disk, "dsthin", &thins) else {
+        eprintln!(
+            "SKIP lvm thin: needs FUSE, root, lvm2, thin-provisioning-tools and loop devices"
+        );
+        return;
     };
-    let vis = "\"READ\", \"WRITE\", \"VISIBLE\"";
-    let lvs = [
-        lv(1, "pool", vis, "extent_count = 32\ntype = \"thin-pool\"\nmetadata = \"pool_tmeta\"\npool = \"pool_tdata\"\ntransaction_id = 3\nchunk_size = 128"),
-        lv(2, "thin1", vis, "extent_count = 64\ntype = \"thin\"\nthin_pool = \"pool\"\ntransaction_id = 0\ndevice_id = 1"),
-        lv(3, "thin2", vis, "extent_count = 16\ntype = \"thin\"\nthin_pool = \"pool\"\ntransaction_id = 1\ndevice_id = 2"),
-        lv(6, "thin3", vis, "extent_count = 16\ntype = \"thin\"\nthin_pool = \"pool\"\ntransaction_id = 2\ndevice_id = 3"),
-        lv(4, "pool_tmeta", "\"READ\", \"WRITE\"", "extent_count = 4\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"pv0\", 0]"),
-        lv(5, "pool_tdata", "\"READ\", \"WRITE\"", "extent_count = 32\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"pv0\", 4]"),
-    ];
-    let text = std::fs::read_to_string(&base).unwrap();
-    let end = text.rfind('}').unwrap();
-    let text = format!(
-        "{}logical_volumes {{\n{}}}\n{}",
-        &text[..end],
-        lvs.concat(),
-        &text[end..]
-    )
-    .replacen("seqno = 1", "seqno = 2", 1);
-    let restore = t.path().join("restore.txt");
-    std::fs::write(&restore, text).unwrap();
-    tool(
-        "vgcfgrestore",
-        &["--driverloaded", "n", "--force", "-f", s(&restore), &vg],
-    )
-    .expect("vgcfgrestore");
     // LVM's own reading of it: where the pool's sub-LVs lie.
     let segs = segments_all(&vg);
     assert_eq!(segs["[pool_tmeta]"], (pv.clone(), 0), "{segs:?}");
@@ -365,10 +318,7 @@ fn thin_volumes_read_through_their_pool() {
     ext4_image(&src, &img, 20, 16 << 20, &mut rng);
     let bytes = std::fs::read(&img).unwrap();
     let chunk = 64 << 10;
-    let mut slots: Vec<u64> = (0..512).collect();
-    for i in (1..slots.len()).rev() {
-        slots.swap(i, rng.gen_range(0..=i));
-    }
+    let slots = shuffled(512, &mut rng);
     let mut xml = String::from("<superblock uuid=\"\" time=\"1\" transaction=\"2\" flags=\"0\" version=\"2\" data_block_size=\"128\" nr_data_blocks=\"512\">\n<device dev_id=\"1\" mapped_blocks=\"256\" transaction=\"0\" creation_time=\"0\" snap_time=\"1\">\n");
     let dev = File::options().write(true).open(&pv).unwrap();
     for (v, &d) in slots.iter().take(256).enumerate() {
@@ -400,11 +350,7 @@ fn thin_volumes_read_through_their_pool() {
             .unwrap();
     }
     xml += "</device>\n<device dev_id=\"3\" mapped_blocks=\"0\" transaction=\"2\" creation_time=\"2\" snap_time=\"2\">\n</device>\n</superblock>\n";
-    let xml_path = t.path().join("thin.xml");
-    std::fs::write(&xml_path, xml).unwrap();
-    let meta = t.path().join("tmeta.bin");
-    File::create(&meta).unwrap().set_len(4 << 20).unwrap();
-    tool("thin_restore", &["-i", s(&xml_path), "-o", s(&meta)]).expect("thin_restore");
+    let meta = thin_restore(t.path(), &xml);
     dev.write_all_at(&std::fs::read(&meta).unwrap(), pe_start)
         .unwrap();
     drop(dev);
@@ -465,6 +411,96 @@ fn thin_volumes_read_through_their_pool() {
     assert_eq!(std::fs::metadata(&t3).unwrap().blocks(), 0);
     let log = m.log_text();
     assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
+}
+
+/// Makes the whole of `disk` a PV (through a loop device, returned with it) and on it
+/// a VG named `prefix` and the process id holding thin pool `pool` (pool_tmeta on
+/// extents 0-3, pool_tdata on 4-35: 32 MiB of 64 KiB chunks) and visible thin LVs
+/// (name, extents), device ids from 1, by editing LVM's own `vgcfgbackup` text and
+/// restoring it (without device-mapper nothing can be activated to create them).
+/// `None` without root, lvm2, thin-provisioning-tools or loop devices.
+fn thin_pool_disk(
+    disk: &Path,
+    prefix: &str,
+    thins: &[(&str, u64)],
+) -> Option<(Loops, String, String)> {
+    if !fuse_available()
+        || tool("lvm", &["version"]).is_none()
+        || Command::new("thin_restore").arg("-V").output().is_err()
+    {
+        return None;
+    }
+    let mut loops = Loops::default();
+    let pv = loops.attach(disk, 0, std::fs::metadata(disk).unwrap().len())?;
+    let (pv, vg) = (pv.as_str(), format!("{prefix}{}", std::process::id()));
+    let vg = vg.as_str();
+    let dir = disk.parent().unwrap();
+    tool("pvcreate", &["-q", pv]).expect("pvcreate");
+    tool("vgcreate", &["-q", "-s", "1m", vg, pv]).expect("vgcreate");
+    let base = dir.join("base.txt");
+    tool(
+        "vgcfgbackup",
+        &["--driverloaded", "n", "-q", "-f", s(&base), vg],
+    )
+    .expect("vgcfgbackup");
+    let lv = |n: usize, name: &str, status: &str, seg: &str| {
+        // LVM's id form: 32 characters in groups of 6-4-4-4-4-4-6.
+        let id = format!("lv{n:04}-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa");
+        format!(
+            "{name} {{\nid = \"{id}\"\nstatus = [{status}]\nflags = []\nsegment_count = 1\nsegment1 {{\nstart_extent = 0\n{seg}\n}}\n}}\n"
+        )
+    };
+    let vis = "\"READ\", \"WRITE\", \"VISIBLE\"";
+    let hidden = "\"READ\", \"WRITE\"";
+    let mut lvs = vec![
+        lv(1, "pool", vis, &format!("extent_count = 32\ntype = \"thin-pool\"\nmetadata = \"pool_tmeta\"\npool = \"pool_tdata\"\ntransaction_id = {}\nchunk_size = 128", thins.len())),
+        lv(2, "pool_tmeta", hidden, "extent_count = 4\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"pv0\", 0]"),
+        lv(3, "pool_tdata", hidden, "extent_count = 32\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"pv0\", 4]"),
+    ];
+    for (i, (name, extents)) in thins.iter().enumerate() {
+        lvs.push(lv(
+            10 + i,
+            name,
+            vis,
+            &format!("extent_count = {extents}\ntype = \"thin\"\nthin_pool = \"pool\"\ntransaction_id = {i}\ndevice_id = {}", i + 1),
+        ));
+    }
+    let text = std::fs::read_to_string(&base).unwrap();
+    let end = text.rfind('}').unwrap();
+    let text = format!(
+        "{}logical_volumes {{\n{}}}\n{}",
+        &text[..end],
+        lvs.concat(),
+        &text[end..]
+    )
+    .replacen("seqno = 1", "seqno = 2", 1);
+    let restore = dir.join("restore.txt");
+    std::fs::write(&restore, text).unwrap();
+    tool(
+        "vgcfgrestore",
+        &["--driverloaded", "n", "--force", "-f", s(&restore), vg],
+    )
+    .expect("vgcfgrestore");
+    Some((loops, pv.to_string(), vg.to_string()))
+}
+
+/// The 4 MiB metadata volume `thin_restore` makes of `xml`, as a file under `dir`.
+fn thin_restore(dir: &Path, xml: &str) -> PathBuf {
+    let xml_path = dir.join("thin.xml");
+    std::fs::write(&xml_path, xml).unwrap();
+    let meta = dir.join("tmeta.bin");
+    File::create(&meta).unwrap().set_len(4 << 20).unwrap();
+    tool("thin_restore", &["-i", s(&xml_path), "-o", s(&meta)]).expect("thin_restore");
+    meta
+}
+
+/// 0..n in a random order.
+fn shuffled(n: u64, rng: &mut StdRng) -> Vec<u64> {
+    let mut v: Vec<u64> = (0..n).collect();
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.gen_range(0..=i));
+    }
+    v
 }
 
 /// The sorted names in an `lvm/` directory, without their `VG-` prefix.
@@ -847,4 +883,99 @@ fn skip_free_leaves_out_the_free_space_inside_logical_volumes() {
             "block at {at}: left out as zeros"
         );
     }
+}
+
+/// The data chunks (64 KiB) a pool's metadata maps, as `thin_dump` lists them: the
+/// oracle for `--skip-free` in thin pools.
+fn thin_dump_mapped(meta: &Path) -> std::collections::BTreeSet<u64> {
+    let xml = tool("thin_dump", &[s(meta)]).expect("thin_dump");
+    let attr = |l: &str, name: &str| -> u64 {
+        let at = l.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+        l[at..].split('"').next().unwrap().parse().unwrap()
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for l in xml.lines().map(str::trim) {
+        if l.starts_with("<single_mapping") {
+            out.insert(attr(l, "data_block"));
+        } else if l.starts_with("<range_mapping") {
+            let first = attr(l, "data_begin");
+            out.extend(first..first + attr(l, "length"));
+        }
+    }
+    out
+}
+
+/// `backup --skip-free` leaves out the chunks of a thin pool no thin LV maps (the
+/// bulk of a Proxmox host's `pve/data` pool) from the pool's committed metadata,
+/// snapshots' shared chunks counted once. Restored, every chunk `thin_dump` lists as
+/// mapped holds its bytes, every other is zeros, and so are the extents no LV uses.
+#[test]
+fn skip_free_leaves_out_the_chunks_no_thin_volume_maps() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("d.img");
+    let mut rng = StdRng::seed_from_u64(101);
+    let mut junk = vec![0u8; 64 << 20];
+    rng.fill(&mut junk[..]);
+    std::fs::write(&disk, &junk).unwrap();
+    let thins = [("vm", 16), ("snap", 16), ("empty", 16)];
+    let Some((loops, pv, _)) = thin_pool_disk(&disk, "dsthinfree", &thins) else {
+        eprintln!("SKIP skip_free_leaves_out_the_chunks_no_thin_volume_maps: needs root, lvm2, thin-provisioning-tools and loop devices");
+        return;
+    };
+    let pe = first_extent_at(&pv);
+    drop(loops);
+    // vm maps 150 chunks; snap, a snapshot of it, shares 100 of them and has 40 of its
+    // own; 322 of the pool's 512 chunks are mapped by none.
+    let slots = shuffled(512, &mut rng);
+    let map = |v: usize, d: u64| {
+        format!("<single_mapping origin_block=\"{v}\" data_block=\"{d}\" time=\"0\"/>\n")
+    };
+    let mut xml = String::from("<superblock uuid=\"\" time=\"1\" transaction=\"3\" flags=\"0\" version=\"2\" data_block_size=\"128\" nr_data_blocks=\"512\">\n<device dev_id=\"1\" mapped_blocks=\"150\" transaction=\"0\" creation_time=\"0\" snap_time=\"1\">\n");
+    for (v, &d) in slots.iter().take(150).enumerate() {
+        xml += &map(v, d);
+    }
+    xml += "</device>\n<device dev_id=\"2\" mapped_blocks=\"140\" transaction=\"1\" creation_time=\"1\" snap_time=\"1\">\n";
+    for v in 0..140 {
+        xml += &map(v, slots[50 + v]);
+    }
+    xml += "</device>\n<device dev_id=\"3\" mapped_blocks=\"0\" transaction=\"2\" creation_time=\"2\" snap_time=\"2\">\n</device>\n</superblock>\n";
+    let meta = thin_restore(t.path(), &xml);
+    File::options()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .write_all_at(&std::fs::read(&meta).unwrap(), pe)
+        .unwrap();
+    let mapped = thin_dump_mapped(&meta);
+    assert_eq!(mapped.len(), 190, "thin_dump's reading of the pool");
+    let original = std::fs::read(&disk).unwrap();
+    let (_, _, restored) = backup_with_and_without_skip_free(&disk, "d", t.path());
+    let got = std::fs::read(&restored).unwrap();
+    assert_eq!(got.len(), original.len());
+    let chunk = 64usize << 10;
+    let data_at = pe as usize + (4 << 20);
+    let mut left_out = 0;
+    for d in 0..512u64 {
+        let at = data_at + d as usize * chunk;
+        let (g, o) = (&got[at..at + chunk], &original[at..at + chunk]);
+        if mapped.contains(&d) {
+            assert!(g == o, "mapped data chunk {d} differs");
+        } else {
+            assert!(g.iter().all(|&b| b == 0), "unmapped data chunk {d}: zeros");
+            left_out += 1;
+        }
+    }
+    assert_eq!(left_out, 512 - 190);
+    // Before the pool's data (label, metadata area, pool metadata) nothing differs;
+    // after it, the extents no LV uses are left out.
+    assert!(
+        got[..data_at] == original[..data_at],
+        "the PV's head and the pool's metadata"
+    );
+    let tail = data_at + 512 * chunk;
+    let pv_end = pe as usize + ((64 << 20) - pe as usize) / (1 << 20) * (1 << 20);
+    assert!(
+        got[tail..pv_end].iter().all(|&b| b == 0),
+        "extents no LV uses"
+    );
 }

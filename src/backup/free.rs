@@ -133,7 +133,8 @@ impl Finder<'_> {
     }
 
     /// When `vol` is an LVM PV: its extents no LV uses and, mapped back onto it, the
-    /// free space inside the LVs that lie wholly on it. `None` when it is not a PV.
+    /// free space inside the LVs that lie wholly on it and the chunks of its thin
+    /// pools no thin LV maps. `None` when it is not a PV.
     fn lvm(&mut self, vol: &Arc<dyn ReadAt>, what: &str, depth: u32) -> Option<Vec<(u64, u64)>> {
         use crate::volumes::lvm;
         let name = self.name;
@@ -172,16 +173,82 @@ impl Finder<'_> {
                     continue;
                 }
             };
-            for (o, l) in self.volume(lv_vol.clone(), &lv_what, depth + 1) {
-                for (pv, at, n) in lv_vol.pv_ranges(o, l) {
-                    if Arc::ptr_eq(&pv, vol) {
-                        out.push((at, n));
-                    }
-                }
-            }
+            let free = self.volume(lv_vol.clone(), &lv_what, depth + 1);
+            out.extend(on_pv(&lv_vol, vol, free));
         }
+        out.extend(self.thin_pools(&vg, &found, vol, what));
         Some(out)
     }
+
+    /// The data chunks of `vg`'s thin pools that no thin LV maps, as ranges of `vol`,
+    /// for pools whose metadata and data sub-LVs lie on it (`found` holds only it).
+    fn thin_pools(
+        &self,
+        vg: &crate::volumes::lvm::Vg,
+        found: &HashMap<String, Arc<dyn ReadAt>>,
+        vol: &Arc<dyn ReadAt>,
+        what: &str,
+    ) -> Vec<(u64, u64)> {
+        use crate::volumes::lvm;
+        let name = self.name;
+        let mut out = Vec::new();
+        for (pool, meta, data, chunk) in vg.lvs.iter().filter_map(|l| {
+            l.segments.iter().find_map(|s| match &s.kind {
+                lvm::SegKind::ThinPool {
+                    metadata,
+                    data,
+                    chunk,
+                } => Some((&l.name, metadata, data, *chunk)),
+                _ => None,
+            })
+        }) {
+            let pool_what = within(what, &format!("thin pool {}/{pool}", vg.name));
+            let sub = |n: &str| -> Result<Arc<lvm::LvVolume>, String> {
+                let lv = vg
+                    .lvs
+                    .iter()
+                    .find(|l| l.name == n)
+                    .ok_or(format!("no LV {n}"))?;
+                Ok(Arc::new(lvm::LvVolume::open(vg, lv, found)?))
+            };
+            let (meta, data) = match (sub(meta), sub(data)) {
+                (Ok(m), Ok(d)) => (m, d),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::info!("device {name}: {pool_what}: kept whole: {e}");
+                    continue;
+                }
+            };
+            match crate::volumes::thin::unmapped_chunks(meta, data.clone(), chunk) {
+                Ok(free) => {
+                    let free: Vec<(u64, u64)> = free
+                        .into_iter()
+                        .map(|(c, n)| (c * chunk, n * chunk))
+                        .collect();
+                    let total: u64 = free.iter().map(|r| r.1).sum();
+                    tracing::info!("device {name}: {pool_what}: {} in no thin LV", human(total));
+                    out.extend(on_pv(&data, vol, free));
+                }
+                Err(e) => eprintln!(
+                    "warning: device {name}: {pool_what}: unmapped space not skipped: {e}"
+                ),
+            }
+        }
+        out
+    }
+}
+
+/// Byte ranges `free` of LV `lv`, as ranges of the PV `pv` (a part on another PV is
+/// dropped: that device's own backup would need to vouch for it).
+fn on_pv(
+    lv: &crate::volumes::lvm::LvVolume,
+    pv: &Arc<dyn ReadAt>,
+    free: Vec<(u64, u64)>,
+) -> Vec<(u64, u64)> {
+    free.into_iter()
+        .flat_map(|(o, l)| lv.pv_ranges(o, l))
+        .filter(|(d, _, _)| Arc::ptr_eq(d, pv))
+        .map(|(_, at, n)| (at, n))
+        .collect()
 }
 
 /// `inner` named as a part of `outer` (the device itself when `outer` is empty).

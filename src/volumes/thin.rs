@@ -9,6 +9,7 @@
 //! go through a small cache of nodes; every node is checked before use and a walk is
 //! bounded in depth.
 
+use std::collections::HashSet;
 use std::io;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -106,6 +107,29 @@ impl ThinVolume {
         chunk: u64,
         size: u64,
     ) -> Result<ThinVolume, String> {
+        let (mut v, sb) = ThinVolume::pool(meta, data, chunk)?;
+        v.size = size;
+        let top = le64(&sb, 320);
+        v.root = v
+            .lookup(top, device_id)
+            .map_err(|e| format!("thin pool mapping: {e}"))?
+            .ok_or(format!("thin device {device_id} is not in its pool"))?;
+        // The device details' first field counts its mapped chunks (stat's blocks).
+        v.mapped = v
+            .lookup(le64(&sb, 328), device_id)
+            .ok()
+            .flatten()
+            .unwrap_or(size / chunk);
+        Ok(v)
+    }
+
+    /// A reader of the pool's metadata, not yet of any device, and its checked
+    /// superblock.
+    fn pool(
+        meta: Arc<dyn ReadAt>,
+        data: Arc<dyn ReadAt>,
+        chunk: u64,
+    ) -> Result<(ThinVolume, Vec<u8>), String> {
         let mut sb = vec![0u8; BLOCK];
         meta.read_exact_at(0, &mut sb)
             .map_err(|e| format!("thin pool metadata: {e}"))?;
@@ -121,34 +145,51 @@ impl ThinVolume {
                 le32(&sb, 340)
             ));
         }
-        if le32(&sb, 336) as u64 * 512 != chunk {
+        if le32(&sb, 336) as u64 * 512 != chunk || chunk == 0 {
             return Err(format!(
                 "thin pool chunks of {} sectors, LVM says {}",
                 le32(&sb, 336),
                 chunk / 512
             ));
         }
-        let mut v = ThinVolume {
+        let v = ThinVolume {
             meta,
             data,
             root: 0,
             chunk,
-            size,
+            size: 0,
             mapped: 0,
             nodes: Mutex::new(lru::LruCache::new(NonZeroUsize::new(NODE_CACHE).unwrap())),
         };
-        let top = le64(&sb, 320);
-        v.root = v
-            .lookup(top, device_id)
-            .map_err(|e| format!("thin pool mapping: {e}"))?
-            .ok_or(format!("thin device {device_id} is not in its pool"))?;
-        // The device details' first field counts its mapped chunks (stat's blocks).
-        v.mapped = v
-            .lookup(le64(&sb, 328), device_id)
-            .ok()
-            .flatten()
-            .unwrap_or(size / chunk);
-        Ok(v)
+        Ok((v, sb))
+    }
+
+    /// Calls `f(key, value)` for every entry of the leaves below `b`, except those of
+    /// nodes already in `seen` (snapshots share subtrees: their entries are met once).
+    fn walk(
+        &self,
+        b: u64,
+        depth: usize,
+        seen: &mut HashSet<u64>,
+        f: &mut dyn FnMut(u64, u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if depth >= MAX_DEPTH {
+            return Err(bad("thin mapping btree deeper than any pool"));
+        }
+        if !seen.insert(b) {
+            return Ok(());
+        }
+        let raw = self.node(b)?;
+        let n = Node(&raw);
+        let leaf = n.is_leaf(b)?;
+        for i in 0..n.count() {
+            if leaf {
+                f(n.key(i), n.value(i))?;
+            } else {
+                self.walk(n.value(i), depth + 1, seen, f)?;
+            }
+        }
+        Ok(())
     }
 
     /// Metadata block `b`, checked as a btree node.
@@ -241,6 +282,61 @@ impl ThinVolume {
             None => None,
         })
     }
+}
+
+/// The data chunks (first, count; sorted) of a pool that no thin device maps, from
+/// its committed metadata: what a backup may leave out of the pool's data volume.
+/// Every node of the metadata's mapping trees is read once (a shared subtree once);
+/// a mapping past the data volume's end is damage, an error.
+pub fn unmapped_chunks(
+    meta: Arc<dyn ReadAt>,
+    data: Arc<dyn ReadAt>,
+    chunk: u64,
+) -> Result<Vec<(u64, u64)>, String> {
+    let chunks = data.size() / chunk.max(1);
+    let (v, sb) = ThinVolume::pool(meta, data, chunk)?;
+    if le32(&sb, 4) & 1 != 0 {
+        return Err("its metadata is flagged as needing thin_check".into());
+    }
+    let mut top = HashSet::new();
+    let mut roots = Vec::new();
+    v.walk(le64(&sb, 320), 0, &mut top, &mut |_, root| {
+        roots.push(root);
+        Ok(())
+    })
+    .map_err(|e| format!("thin pool devices: {e}"))?;
+    let mut seen = HashSet::new();
+    let mut used = vec![0u64; chunks.div_ceil(64) as usize];
+    for root in roots {
+        // Skipped as seen, a device tree inside the device list would hide mappings.
+        if top.contains(&root) {
+            return Err(format!(
+                "thin pool mapping: device tree at block {root} is the device list's"
+            ));
+        }
+        v.walk(root, 0, &mut seen, &mut |virt, val| {
+            let d = val >> 24;
+            if d >= chunks {
+                return Err(bad(format!(
+                    "chunk {virt} maps to data chunk {d} of {chunks}"
+                )));
+            }
+            used[(d / 64) as usize] |= 1 << (d % 64);
+            Ok(())
+        })
+        .map_err(|e| format!("thin pool mapping: {e}"))?;
+    }
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for d in 0..chunks {
+        if used[(d / 64) as usize] & (1 << (d % 64)) != 0 {
+            continue;
+        }
+        match out.last_mut() {
+            Some(r) if r.0 + r.1 == d => r.1 += 1,
+            _ => out.push((d, 1)),
+        }
+    }
+    Ok(out)
 }
 
 impl ReadAt for ThinVolume {
