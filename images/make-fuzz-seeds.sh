@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds small ext2/ext3/ext4 images (and partitioned disks, FAT, XFS and btrfs volumes and,
-# as root, an LVM PV and, with ntfs-3g, NTFS images) from a generated tree as fuzzing
+# as root, an LVM PV, a thin pool and, with ntfs-3g, NTFS images) from a generated tree as fuzzing
 # seeds.
 # Usage: images/make-fuzz-seeds.sh OUTDIR
 set -euo pipefail
@@ -298,6 +298,70 @@ if [ "$(id -u)" = 0 ] && command -v pvcreate > /dev/null; then
       lvcreate --driverloaded n -q -an -Zn -l 8 -n lv "$vg" > /dev/null 2>&1; then
       pe=$(pvs --driverloaded n --noheadings --units b --nosuffix -o pe_start "$loop" 2> /dev/null | tr -d ' ')
       dd if="$out/seed2.img" of="$img" bs=512 seek=$((pe / 512)) conv=notrunc status=none
+    else
+      rm -f "$img"
+    fi
+    losetup -d "$loop"
+  else
+    rm -f "$img"
+  fi
+fi
+# A thin pool (as root with lvm2, thin-provisioning-tools and python3): on a 3 MiB PV
+# of 64 KiB extents, pool_tmeta (4 extents) and pool_tdata (16 extents: 16 chunks of
+# 64 KiB), made by editing LVM's own vgcfgbackup text; thin LV t (device 1) maps 8
+# chunks scattered over the pool's data, holding the ext4 seed; 8 are mapped by none.
+if [ "$(id -u)" = 0 ] && command -v pvcreate > /dev/null &&
+  command -v thin_restore > /dev/null && command -v python3 > /dev/null; then
+  img="$out/disk-thin.img"
+  truncate -s 3M "$img"
+  if loop=$(losetup -f --show "$img" 2> /dev/null); then
+    export LVM_SUPPRESS_FD_WARNINGS=1
+    vg="dsfuzzthin$$"
+    if pvcreate -q --metadatasize 128k --dataalignment 256k "$loop" > /dev/null 2>&1 &&
+      vgcreate -q -s 64k "$vg" "$loop" > /dev/null 2>&1 &&
+      vgcfgbackup --driverloaded n -q -f "$tmp/vg.txt" "$vg" > /dev/null 2>&1; then
+      python3 - "$tmp/vg.txt" << 'EOT'
+import sys
+p = sys.argv[1]
+t = open(p).read()
+def lv(n, name, status, seg):
+    return ('%s {\nid = "lv%04d-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa"\nstatus = [%s]\nflags = []\n'
+            'segment_count = 1\nsegment1 {\nstart_extent = 0\n%s\n}\n}\n' % (name, n, status, seg))
+vis, hid = '"READ", "WRITE", "VISIBLE"', '"READ", "WRITE"'
+lvs = (lv(1, "pool", vis, 'extent_count = 16\ntype = "thin-pool"\nmetadata = "pool_tmeta"\n'
+          'pool = "pool_tdata"\ntransaction_id = 1\nchunk_size = 128')
+       + lv(2, "pool_tmeta", hid, 'extent_count = 4\ntype = "striped"\nstripe_count = 1\nstripes = ["pv0", 0]')
+       + lv(3, "pool_tdata", hid, 'extent_count = 16\ntype = "striped"\nstripe_count = 1\nstripes = ["pv0", 4]')
+       + lv(4, "t", vis, 'extent_count = 8\ntype = "thin"\nthin_pool = "pool"\ntransaction_id = 0\ndevice_id = 1'))
+end = t.rfind("}")
+t = t[:end] + "logical_volumes {\n" + lvs + "}\n" + t[end:]
+open(p, "w").write(t.replace("seqno = 1", "seqno = 2", 1))
+EOT
+      slots="9 2 14 5 0 11 7 12"
+      {
+        echo '<superblock uuid="" time="1" transaction="1" flags="0" version="2" data_block_size="128" nr_data_blocks="16">'
+        echo '<device dev_id="1" mapped_blocks="8" transaction="0" creation_time="0" snap_time="0">'
+        v=0
+        for d in $slots; do
+          echo "<single_mapping origin_block=\"$v\" data_block=\"$d\" time=\"0\"/>"
+          v=$((v + 1))
+        done
+        echo '</device>'
+        echo '</superblock>'
+      } > "$tmp/thin.xml"
+      truncate -s 256K "$tmp/tmeta.bin"
+      if vgcfgrestore --driverloaded n -q --force -f "$tmp/vg.txt" "$vg" > /dev/null 2>&1 &&
+        thin_restore -q -i "$tmp/thin.xml" -o "$tmp/tmeta.bin" > /dev/null 2>&1; then
+        pe=$(pvs --driverloaded n --noheadings --units b --nosuffix -o pe_start "$loop" 2> /dev/null | tr -d ' ')
+        dd if="$tmp/tmeta.bin" of="$img" bs=64k seek=$((pe / 65536)) conv=notrunc status=none
+        v=0
+        for d in $slots; do
+          dd if="$out/seed2.img" of="$img" bs=64k skip=$v seek=$((pe / 65536 + 4 + d)) count=1 conv=notrunc status=none
+          v=$((v + 1))
+        done
+      else
+        rm -f "$img"
+      fi
     else
       rm -f "$img"
     fi

@@ -1,9 +1,10 @@
 //! Fuzzes what a mount makes of a device: any bytes as a whole disk, its partition
 //! table read (MBR with EBR chains, GPT at 512- or 4096-byte sectors), the file tree
 //! of every partition walked (and its free space, as `backup --skip-free` asks for it,
-//! checked to lie sorted and inside the volume), the array data of md RAID1 members,
+//! checked to lie sorted and inside the volume; and the whole device's, as the backup
+//! asks for it through every layer), the array data of md RAID1 members,
 //! and the LVM logical volumes of any PVs among them mapped and walked too. Seeds:
-//! small partitioned disks, volumes, an md member and a PV from
+//! small partitioned disks, volumes, an md member, a PV and a thin pool from
 //! `images/make-fuzz-seeds.sh`.
 #![no_main]
 
@@ -29,6 +30,15 @@ fn check_free_space(vol: &Arc<dyn ReadAt>) {
 
 fuzz_target!(|data: &[u8]| {
     let dev: Arc<dyn ReadAt> = Arc::new(MemVolume(data.to_vec()));
+    // What `backup --skip-free` leaves out of the whole device, through its partition
+    // tables, md members, LVM volumes and thin pools: whole blocks, in order, inside.
+    let block = 4096;
+    let mut end = 0;
+    for (first, n) in disksafe::backup::free_blocks_in(dev.clone(), "fuzz", block) {
+        assert!(n > 0 && first >= end, "free blocks out of order");
+        end = first.checked_add(n).expect("free blocks overflow");
+        assert!(end <= dev.size() / block, "free blocks past the device");
+    }
     let mut vols = vec![dev.clone()];
     match disksafe::volumes::read_table(&*dev) {
         Ok(Some(table)) => {

@@ -29,6 +29,12 @@ pub(super) fn free_blocks(path: &Path, name: &str, block_size: u64) -> Vec<(u64,
             return Vec::new();
         }
     };
+    free_blocks_in(dev, name, block_size)
+}
+
+/// [`free_blocks`] of a device already open (what the disk fuzz target checks:
+/// sorted, disjoint and inside the device, whatever its bytes).
+pub fn free_blocks_in(dev: Arc<dyn ReadAt>, name: &str, block_size: u64) -> Vec<(u64, u64)> {
     let mut finder = Finder { name, known: 0 };
     let bytes = finder.volume(dev, "", 0);
     if finder.known == 0 {

@@ -30,6 +30,7 @@ use crate::size::human;
 
 pub use changed::parse_changed_blocks;
 pub use forget::{forget, plan, ForgetReport, ForgetRequest, Policy};
+pub use free::free_blocks_in;
 use pipeline::{BlockOutcome, Job};
 
 /// One `[NAME=]SOURCE` argument.
