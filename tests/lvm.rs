@@ -885,32 +885,43 @@ fn skip_free_leaves_out_the_free_space_inside_logical_volumes() {
     }
 }
 
-/// The data chunks (64 KiB) a pool's metadata maps, as `thin_dump` lists them: the
-/// oracle for `--skip-free` in thin pools.
-fn thin_dump_mapped(meta: &Path) -> std::collections::BTreeSet<u64> {
+/// Every mapping of a pool's metadata as `thin_dump` lists it, by data chunk: the
+/// (device id, virtual chunk) pairs mapping it. The oracle for `--skip-free` in thin
+/// pools.
+fn thin_dump_mappings(meta: &Path) -> BTreeMap<u64, Vec<(u64, u64)>> {
     let xml = tool("thin_dump", &[s(meta)]).expect("thin_dump");
     let attr = |l: &str, name: &str| -> u64 {
         let at = l.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
         l[at..].split('"').next().unwrap().parse().unwrap()
     };
-    let mut out = std::collections::BTreeSet::new();
+    let mut out: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut dev = 0;
     for l in xml.lines().map(str::trim) {
-        if l.starts_with("<single_mapping") {
-            out.insert(attr(l, "data_block"));
+        if l.starts_with("<device ") {
+            dev = attr(l, "dev_id");
+        } else if l.starts_with("<single_mapping") {
+            let (v, d) = (attr(l, "origin_block"), attr(l, "data_block"));
+            out.entry(d).or_default().push((dev, v));
         } else if l.starts_with("<range_mapping") {
-            let first = attr(l, "data_begin");
-            out.extend(first..first + attr(l, "length"));
+            let (v, d) = (attr(l, "origin_begin"), attr(l, "data_begin"));
+            for i in 0..attr(l, "length") {
+                out.entry(d + i).or_default().push((dev, v + i));
+            }
         }
     }
     out
 }
 
-/// `backup --skip-free` leaves out the chunks of a thin pool no thin LV maps (the
-/// bulk of a Proxmox host's `pve/data` pool) from the pool's committed metadata,
-/// snapshots' shared chunks counted once. Restored, every chunk `thin_dump` lists as
-/// mapped holds its bytes, every other is zeros, and so are the extents no LV uses.
+/// `backup --skip-free` in a thin pool (the bulk of a Proxmox host's `pve/data`),
+/// from the pool's committed metadata: the chunks no thin LV maps, and the chunks a
+/// thin LV maps alone whose filesystem calls them free; chunks a snapshot shares are
+/// kept even when both filesystems call them free. `vm` holds ext4 with a deleted
+/// file; `snap`, its snapshot, shares every chunk but 40 `vm` has since rewritten
+/// (20 of them wholly free, 20 not). Restored, each data chunk is zeros exactly where
+/// `thin_dump`'s mappings and `dumpe2fs`'s free blocks say it may be left out, and
+/// both volumes, read through their mappings, pass `e2fsck -fn`.
 #[test]
-fn skip_free_leaves_out_the_chunks_no_thin_volume_maps() {
+fn skip_free_in_thin_pools_leaves_out_what_no_volume_needs() {
     let t = tempfile::tempdir().unwrap();
     let disk = t.path().join("d.img");
     let mut rng = StdRng::seed_from_u64(101);
@@ -919,53 +930,110 @@ fn skip_free_leaves_out_the_chunks_no_thin_volume_maps() {
     std::fs::write(&disk, &junk).unwrap();
     let thins = [("vm", 16), ("snap", 16), ("empty", 16)];
     let Some((loops, pv, _)) = thin_pool_disk(&disk, "dsthinfree", &thins) else {
-        eprintln!("SKIP skip_free_leaves_out_the_chunks_no_thin_volume_maps: needs root, lvm2, thin-provisioning-tools and loop devices");
+        eprintln!("SKIP skip_free_in_thin_pools_leaves_out_what_no_volume_needs: needs root, lvm2, thin-provisioning-tools and loop devices");
         return;
     };
-    let pe = first_extent_at(&pv);
+    let pe = first_extent_at(&pv) as usize;
     drop(loops);
-    // vm maps 150 chunks; snap, a snapshot of it, shares 100 of them and has 40 of its
-    // own; 322 of the pool's 512 chunks are mapped by none.
+    let img = t.path().join("vm.img");
+    ext4_with_deleted_junk(t.path(), &img, 16 << 20, 5 << 20, &mut rng);
+    let bytes = std::fs::read(&img).unwrap();
+    let chunk = 64usize << 10;
+    let (bs, free) = dumpe2fs_free(&img);
+    let per = chunk as u64 / bs;
+    let wholly_free = |v: u64| {
+        free.iter()
+            .any(|&(a, b)| a <= v * per && (v + 1) * per - 1 <= b)
+    };
+    // The 40 chunks vm rewrote: 20 wholly free, 20 not.
+    let (fv, uv): (Vec<u64>, Vec<u64>) = (0..256).partition(|&v| wholly_free(v));
+    assert!(fv.len() >= 30 && uv.len() >= 20, "{} free chunks", fv.len());
+    let rewritten: Vec<u64> = fv[..20].iter().chain(&uv[..20]).copied().collect();
     let slots = shuffled(512, &mut rng);
-    let map = |v: usize, d: u64| {
+    let map = |v: u64, d: u64| {
         format!("<single_mapping origin_block=\"{v}\" data_block=\"{d}\" time=\"0\"/>\n")
     };
-    let mut xml = String::from("<superblock uuid=\"\" time=\"1\" transaction=\"3\" flags=\"0\" version=\"2\" data_block_size=\"128\" nr_data_blocks=\"512\">\n<device dev_id=\"1\" mapped_blocks=\"150\" transaction=\"0\" creation_time=\"0\" snap_time=\"1\">\n");
-    for (v, &d) in slots.iter().take(150).enumerate() {
+    let mut xml = String::from("<superblock uuid=\"\" time=\"1\" transaction=\"3\" flags=\"0\" version=\"2\" data_block_size=\"128\" nr_data_blocks=\"512\">\n<device dev_id=\"1\" mapped_blocks=\"256\" transaction=\"0\" creation_time=\"0\" snap_time=\"1\">\n");
+    let mut writes = Vec::new();
+    for v in 0..256u64 {
+        let d = match rewritten.iter().position(|&r| r == v) {
+            Some(k) => slots[256 + k],
+            None => slots[v as usize],
+        };
         xml += &map(v, d);
+        writes.push((v, d));
     }
-    xml += "</device>\n<device dev_id=\"2\" mapped_blocks=\"140\" transaction=\"1\" creation_time=\"1\" snap_time=\"1\">\n";
-    for v in 0..140 {
-        xml += &map(v, slots[50 + v]);
+    xml += "</device>\n<device dev_id=\"2\" mapped_blocks=\"256\" transaction=\"1\" creation_time=\"1\" snap_time=\"1\">\n";
+    for v in 0..256u64 {
+        xml += &map(v, slots[v as usize]);
+        writes.push((v, slots[v as usize]));
     }
     xml += "</device>\n<device dev_id=\"3\" mapped_blocks=\"0\" transaction=\"2\" creation_time=\"2\" snap_time=\"2\">\n</device>\n</superblock>\n";
     let meta = thin_restore(t.path(), &xml);
-    File::options()
-        .write(true)
-        .open(&disk)
-        .unwrap()
-        .write_all_at(&std::fs::read(&meta).unwrap(), pe)
+    let f = File::options().write(true).open(&disk).unwrap();
+    f.write_all_at(&std::fs::read(&meta).unwrap(), pe as u64)
         .unwrap();
-    let mapped = thin_dump_mapped(&meta);
-    assert_eq!(mapped.len(), 190, "thin_dump's reading of the pool");
+    let data_at = pe + (4 << 20);
+    for (v, d) in writes {
+        let piece = &bytes[v as usize * chunk..(v as usize + 1) * chunk];
+        f.write_all_at(piece, (data_at + d as usize * chunk) as u64)
+            .unwrap();
+    }
+    drop(f);
+    let mappings = thin_dump_mappings(&meta);
+    assert_eq!(mappings.len(), 296, "thin_dump's reading of the pool");
     let original = std::fs::read(&disk).unwrap();
     let (_, _, restored) = backup_with_and_without_skip_free(&disk, "d", t.path());
     let got = std::fs::read(&restored).unwrap();
     assert_eq!(got.len(), original.len());
-    let chunk = 64usize << 10;
-    let data_at = pe as usize + (4 << 20);
-    let mut left_out = 0;
+    let (mut unmapped, mut alone, mut shared_free) = (0, 0, 0);
     for d in 0..512u64 {
         let at = data_at + d as usize * chunk;
         let (g, o) = (&got[at..at + chunk], &original[at..at + chunk]);
-        if mapped.contains(&d) {
-            assert!(g == o, "mapped data chunk {d} differs");
+        let may_go = match mappings.get(&d).map(Vec::as_slice) {
+            None => {
+                unmapped += 1;
+                true
+            }
+            Some([(_, v)]) => {
+                alone += usize::from(wholly_free(*v));
+                wholly_free(*v)
+            }
+            Some(m) => {
+                shared_free += usize::from(m.iter().all(|&(_, v)| wholly_free(v)));
+                false
+            }
+        };
+        if may_go {
+            assert!(
+                g.iter().all(|&b| b == 0),
+                "data chunk {d} ({:?}): left out",
+                mappings.get(&d)
+            );
         } else {
-            assert!(g.iter().all(|&b| b == 0), "unmapped data chunk {d}: zeros");
-            left_out += 1;
+            assert!(g == o, "data chunk {d} ({:?}): kept", mappings[&d]);
         }
     }
-    assert_eq!(left_out, 512 - 190);
+    assert_eq!((unmapped, alone), (216, 40));
+    assert!(
+        shared_free > 0,
+        "shared chunks both volumes call free are kept"
+    );
+    // Each volume read through its mapping from the restored pool: a clean ext4 that
+    // differs from the image only where dumpe2fs says free.
+    for dev in [1, 2] {
+        let mut vol = vec![0u8; 16 << 20];
+        for (d, m) in &mappings {
+            for &(_, v) in m.iter().filter(|(id, _)| *id == dev) {
+                let at = data_at + *d as usize * chunk;
+                vol[v as usize * chunk..][..chunk].copy_from_slice(&got[at..at + chunk]);
+            }
+        }
+        let out = t.path().join(format!("dev{dev}.img"));
+        std::fs::write(&out, &vol).unwrap();
+        differs_only_where_free(&img, &out, &img);
+        fsck_clean(&out);
+    }
     // Before the pool's data (label, metadata area, pool metadata) nothing differs;
     // after it, the extents no LV uses are left out.
     assert!(
@@ -973,7 +1041,7 @@ fn skip_free_leaves_out_the_chunks_no_thin_volume_maps() {
         "the PV's head and the pool's metadata"
     );
     let tail = data_at + 512 * chunk;
-    let pv_end = pe as usize + ((64 << 20) - pe as usize) / (1 << 20) * (1 << 20);
+    let pv_end = pe + ((64 << 20) - pe) / (1 << 20) * (1 << 20);
     assert!(
         got[tail..pv_end].iter().all(|&b| b == 0),
         "extents no LV uses"

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::readat::{FileReader, ReadAt, Slice};
 use crate::size::human;
+use crate::volumes::thin;
 
 /// How deep partition tables and LVs may nest (a disk, its PV partition, an LV of a
 /// VM's disk, that disk's partition): a bound on hostile tables that contain
@@ -182,18 +183,20 @@ impl Finder<'_> {
             let free = self.volume(lv_vol.clone(), &lv_what, depth + 1);
             out.extend(on_pv(&lv_vol, vol, free));
         }
-        out.extend(self.thin_pools(&vg, &found, vol, what));
+        out.extend(self.thin_pools(&vg, &found, vol, what, depth));
         Some(out)
     }
 
-    /// The data chunks of `vg`'s thin pools that no thin LV maps, as ranges of `vol`,
-    /// for pools whose metadata and data sub-LVs lie on it (`found` holds only it).
+    /// From `vg`'s thin pools whose metadata and data sub-LVs lie on `vol` (`found`
+    /// holds only it), as ranges of `vol`: the data chunks no thin LV maps, and those
+    /// a single thin LV maps alone whose filesystem calls them wholly free.
     fn thin_pools(
-        &self,
+        &mut self,
         vg: &crate::volumes::lvm::Vg,
         found: &HashMap<String, Arc<dyn ReadAt>>,
         vol: &Arc<dyn ReadAt>,
         what: &str,
+        depth: u32,
     ) -> Vec<(u64, u64)> {
         use crate::volumes::lvm;
         let name = self.name;
@@ -224,23 +227,82 @@ impl Finder<'_> {
                     continue;
                 }
             };
-            match crate::volumes::thin::unmapped_chunks(meta, data.clone(), chunk) {
-                Ok(free) => {
-                    let free: Vec<(u64, u64)> = free
-                        .into_iter()
-                        .map(|(c, n)| (c * chunk, n * chunk))
-                        .collect();
-                    let total: u64 = free.iter().map(|r| r.1).sum();
-                    tracing::info!("device {name}: {pool_what}: {} in no thin LV", human(total));
-                    out.extend(on_pv(&data, vol, free));
+            let usage = match thin::pool_usage(meta.clone(), data.clone(), chunk) {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!(
+                        "warning: device {name}: {pool_what}: unmapped space not skipped: {e}"
+                    );
+                    continue;
                 }
-                Err(e) => eprintln!(
-                    "warning: device {name}: {pool_what}: unmapped space not skipped: {e}"
-                ),
+            };
+            let free: Vec<(u64, u64)> = usage
+                .unmapped()
+                .into_iter()
+                .map(|(c, n)| (c * chunk, n * chunk))
+                .collect();
+            let total: u64 = free.iter().map(|r| r.1).sum();
+            tracing::info!("device {name}: {pool_what}: {} in no thin LV", human(total));
+            out.extend(on_pv(&data, vol, free));
+            if depth >= MAX_DEPTH {
+                continue;
+            }
+            // Each visible thin LV of the pool, searched like a device.
+            for lv in vg.lvs.iter().filter(|l| l.visible) {
+                let Some((device_id, extents)) = lv.segments.iter().find_map(|s| match &s.kind {
+                    lvm::SegKind::Thin { pool: p, device_id } if p == pool => {
+                        Some((*device_id, s.count))
+                    }
+                    _ => None,
+                }) else {
+                    continue;
+                };
+                let lv_what = within(what, &format!("LV {}/{}", vg.name, lv.name));
+                let thin = match thin::ThinVolume::open(
+                    meta.clone(),
+                    data.clone(),
+                    device_id,
+                    chunk,
+                    extents.saturating_mul(vg.extent_bytes),
+                ) {
+                    Ok(t) => Arc::new(t),
+                    Err(e) => {
+                        tracing::info!("device {name}: {lv_what}: kept whole: {e}");
+                        continue;
+                    }
+                };
+                let free = merged(self.volume(thin.clone(), &lv_what, depth + 1));
+                match alone_and_free(&thin, &usage, &free) {
+                    Ok(chunks) => out.extend(on_pv(&data, vol, chunks)),
+                    Err(e) => {
+                        eprintln!("warning: device {name}: {lv_what}: free space not skipped: {e}")
+                    }
+                }
             }
         }
         out
     }
+}
+
+/// The data-volume byte ranges of the chunks of thin volume `thin` lying wholly in its
+/// filesystems' `free` ranges (sorted, joined) that no other mapping shares.
+fn alone_and_free(
+    thin: &crate::volumes::thin::ThinVolume,
+    usage: &crate::volumes::thin::PoolUsage,
+    free: &[(u64, u64)],
+) -> std::io::Result<Vec<(u64, u64)>> {
+    let chunk = thin.chunk();
+    let mut out = Vec::new();
+    for &(o, l) in free {
+        for v in o.div_ceil(chunk)..(o + l) / chunk {
+            if let Some(at) = thin.data_offset(v)? {
+                if usage.exclusive(at / chunk) {
+                    out.push((at, chunk));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Byte ranges `free` of LV `lv`, as ranges of the PV `pv` (a part on another PV is

@@ -284,15 +284,67 @@ impl ThinVolume {
     }
 }
 
-/// The data chunks (first, count; sorted) of a pool that no thin device maps, from
-/// its committed metadata: what a backup may leave out of the pool's data volume.
-/// Every node of the metadata's mapping trees is read once (a shared subtree once);
-/// a mapping past the data volume's end is damage, an error.
-pub fn unmapped_chunks(
+/// Which data chunks of a pool its thin devices map, from its committed metadata:
+/// unmapped ones a backup may leave out; ones mapped once, by a single device, it may
+/// leave out when that device's filesystem calls them free. A chunk snapshots share
+/// is never left out (every sharer's filesystem would have to agree).
+pub struct PoolUsage {
+    chunks: u64,
+    used: Vec<u64>,
+    shared: Vec<u64>,
+}
+
+fn bit(v: &[u64], i: u64) -> bool {
+    v[(i / 64) as usize] & (1 << (i % 64)) != 0
+}
+
+fn set(v: &mut [u64], i: u64) {
+    v[(i / 64) as usize] |= 1 << (i % 64);
+}
+
+impl PoolUsage {
+    /// Data chunks (first, count; sorted) no device maps.
+    pub fn unmapped(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for d in (0..self.chunks).filter(|&d| !bit(&self.used, d)) {
+            match out.last_mut() {
+                Some(r) if r.0 + r.1 == d => r.1 += 1,
+                _ => out.push((d, 1)),
+            }
+        }
+        out
+    }
+
+    /// Whether data chunk `d` is mapped by exactly one device, once.
+    pub fn exclusive(&self, d: u64) -> bool {
+        d < self.chunks && bit(&self.used, d) && !bit(&self.shared, d)
+    }
+
+    /// Records one more mapping to data chunk `d`.
+    fn add(&mut self, virt: u64, d: u64) -> io::Result<()> {
+        if d >= self.chunks {
+            return Err(bad(format!(
+                "chunk {virt} maps to data chunk {d} of {}",
+                self.chunks
+            )));
+        }
+        if bit(&self.used, d) {
+            set(&mut self.shared, d);
+        }
+        set(&mut self.used, d);
+        Ok(())
+    }
+}
+
+/// Reads a pool's [`PoolUsage`]: the device list and every device's mapping tree
+/// walked, each node once, and a subtree reached again (a snapshot sharing it) walked
+/// once more to mark its chunks shared. A mapping past the data volume's end, a device
+/// tree inside the device list, or a pool flagged as needing thin_check is an error.
+pub fn pool_usage(
     meta: Arc<dyn ReadAt>,
     data: Arc<dyn ReadAt>,
     chunk: u64,
-) -> Result<Vec<(u64, u64)>, String> {
+) -> Result<PoolUsage, String> {
     let chunks = data.size() / chunk.max(1);
     let (v, sb) = ThinVolume::pool(meta, data, chunk)?;
     if le32(&sb, 4) & 1 != 0 {
@@ -305,8 +357,13 @@ pub fn unmapped_chunks(
         Ok(())
     })
     .map_err(|e| format!("thin pool devices: {e}"))?;
-    let mut seen = HashSet::new();
-    let mut used = vec![0u64; chunks.div_ceil(64) as usize];
+    let words = chunks.div_ceil(64) as usize;
+    let mut usage = PoolUsage {
+        chunks,
+        used: vec![0; words],
+        shared: vec![0; words],
+    };
+    let (mut seen, mut shared) = (HashSet::new(), HashSet::new());
     for root in roots {
         // Skipped as seen, a device tree inside the device list would hide mappings.
         if top.contains(&root) {
@@ -314,29 +371,55 @@ pub fn unmapped_chunks(
                 "thin pool mapping: device tree at block {root} is the device list's"
             ));
         }
-        v.walk(root, 0, &mut seen, &mut |virt, val| {
-            let d = val >> 24;
-            if d >= chunks {
-                return Err(bad(format!(
-                    "chunk {virt} maps to data chunk {d} of {chunks}"
-                )));
+        v.mark(root, 0, &mut seen, &mut shared, &mut usage)
+            .map_err(|e| format!("thin pool mapping: {e}"))?;
+    }
+    Ok(usage)
+}
+
+impl ThinVolume {
+    /// Counts the mappings below node `b` into `usage`; a node already in `seen` is a
+    /// subtree another device shares, whose chunks are marked shared instead.
+    fn mark(
+        &self,
+        b: u64,
+        depth: usize,
+        seen: &mut HashSet<u64>,
+        shared: &mut HashSet<u64>,
+        usage: &mut PoolUsage,
+    ) -> io::Result<()> {
+        if depth >= MAX_DEPTH {
+            return Err(bad("thin mapping btree deeper than any pool"));
+        }
+        if !seen.insert(b) {
+            // Already counted once: every mapping below is a second one.
+            return self.walk(b, depth, shared, &mut |virt, val| {
+                usage.add(virt, val >> 24)
+            });
+        }
+        let raw = self.node(b)?;
+        let n = Node(&raw);
+        let leaf = n.is_leaf(b)?;
+        for i in 0..n.count() {
+            if leaf {
+                usage.add(n.key(i), n.value(i) >> 24)?;
+            } else {
+                self.mark(n.value(i), depth + 1, seen, shared, usage)?;
             }
-            used[(d / 64) as usize] |= 1 << (d % 64);
-            Ok(())
-        })
-        .map_err(|e| format!("thin pool mapping: {e}"))?;
-    }
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for d in 0..chunks {
-        if used[(d / 64) as usize] & (1 << (d % 64)) != 0 {
-            continue;
         }
-        match out.last_mut() {
-            Some(r) if r.0 + r.1 == d => r.1 += 1,
-            _ => out.push((d, 1)),
-        }
+        Ok(())
     }
-    Ok(out)
+
+    /// Byte offset in the pool's data volume of virtual chunk `v`, if mapped: where a
+    /// thin volume's bytes lie, so its filesystem's free space can be found there.
+    pub fn data_offset(&self, v: u64) -> io::Result<Option<u64>> {
+        self.map(v)
+    }
+
+    /// Bytes per chunk.
+    pub fn chunk(&self) -> u64 {
+        self.chunk
+    }
 }
 
 impl ReadAt for ThinVolume {
@@ -412,5 +495,79 @@ impl ReadAt for ThinVolume {
 
     fn allocated(&self) -> Option<u64> {
         Some(self.mapped.saturating_mul(self.chunk).min(self.size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::readat::MemReader;
+
+    /// A btree node at block `b` holding `entries` (key, value) with 8-byte values.
+    fn node(b: u64, leaf: bool, entries: &[(u64, u64)]) -> Vec<u8> {
+        let max = 126;
+        let mut n = vec![0u8; BLOCK];
+        n[4..8].copy_from_slice(&(if leaf { LEAF } else { INTERNAL }).to_le_bytes());
+        n[8..16].copy_from_slice(&b.to_le_bytes());
+        n[16..20].copy_from_slice(&(entries.len() as u32).to_le_bytes());
+        n[20..24].copy_from_slice(&(max as u32).to_le_bytes());
+        n[24..28].copy_from_slice(&8u32.to_le_bytes());
+        for (i, &(k, v)) in entries.iter().enumerate() {
+            n[32 + i * 8..][..8].copy_from_slice(&k.to_le_bytes());
+            n[32 + max * 8 + i * 8..][..8].copy_from_slice(&v.to_le_bytes());
+        }
+        let c = csum(&n[4..], NODE_CSUM_XOR);
+        n[..4].copy_from_slice(&c.to_le_bytes());
+        n
+    }
+
+    /// Pool metadata: device 1's tree and device 2's (a snapshot) share the leaf at
+    /// block 4 (virtual 0-3 to data 0-3); device 2 also maps virtual 4 to data 5 alone,
+    /// and device 1 virtual 9 to data 3 again (a second mapping in another leaf).
+    fn metadata(flags: u32) -> Vec<u8> {
+        let mut sb = vec![0u8; BLOCK];
+        sb[4..8].copy_from_slice(&flags.to_le_bytes());
+        sb[32..40].copy_from_slice(&SB_MAGIC.to_le_bytes());
+        sb[320..328].copy_from_slice(&1u64.to_le_bytes());
+        sb[328..336].copy_from_slice(&7u64.to_le_bytes());
+        sb[336..340].copy_from_slice(&128u32.to_le_bytes());
+        sb[340..344].copy_from_slice(&8u32.to_le_bytes());
+        let c = csum(&sb[4..], SB_CSUM_XOR);
+        sb[..4].copy_from_slice(&c.to_le_bytes());
+        let map = |d: u64| d << 24 | 1;
+        let shared: Vec<(u64, u64)> = (0..4).map(|v| (v, map(v))).collect();
+        [
+            sb,
+            node(1, true, &[(1, 2), (2, 3)]),
+            node(2, false, &[(0, 4), (9, 6)]),
+            node(3, false, &[(0, 4), (4, 5)]),
+            node(4, true, &shared),
+            node(5, true, &[(4, map(5))]),
+            node(6, true, &[(9, map(3))]),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn pool_usage_counts_shared_subtrees_and_chunks() {
+        let data: Arc<dyn ReadAt> = Arc::new(MemReader(vec![0; 8 << 16]));
+        let meta: Arc<dyn ReadAt> = Arc::new(MemReader(metadata(0)));
+        let u = pool_usage(meta, data.clone(), 1 << 16).unwrap();
+        assert_eq!(u.unmapped(), vec![(4, 1), (6, 2)]);
+        // 0-3 under the shared leaf, 3 mapped twice anyway; 5 by device 2 alone.
+        assert_eq!(
+            (0..8).filter(|&d| u.exclusive(d)).collect::<Vec<_>>(),
+            vec![5]
+        );
+        // A device tree that is the device list, a mapping past the data, a flag.
+        let mut bad_meta = metadata(0);
+        bad_meta[BLOCK..2 * BLOCK].copy_from_slice(&node(1, true, &[(1, 1)]));
+        let m: Arc<dyn ReadAt> = Arc::new(MemReader(bad_meta));
+        assert!(pool_usage(m, data.clone(), 1 << 16).is_err());
+        let small: Arc<dyn ReadAt> = Arc::new(MemReader(vec![0; 5 << 16]));
+        let m: Arc<dyn ReadAt> = Arc::new(MemReader(metadata(0)));
+        assert!(pool_usage(m, small, 1 << 16).is_err(), "data chunk 5 of 5");
+        let m: Arc<dyn ReadAt> = Arc::new(MemReader(metadata(1)));
+        assert!(pool_usage(m, data, 1 << 16).is_err(), "needs_check");
     }
 }
