@@ -372,3 +372,174 @@ fn exfat_volume_shows_the_tree_exfat_fuse_wrote() {
     let log = m.log_text();
     assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
 }
+
+/// `backup --skip-free` on FAT12/16/32 and exFAT volumes made over random junk: a
+/// deleted file's clusters (the FAT's zero entries, exFAT's bitmap) are left out.
+/// Restored, `fsck.fat -n` / `fsck.exfat -n` find the volume clean, mtools (or
+/// exfat-fuse) read the source tree back from it, no more bytes differ than the free
+/// clusters fsck counts, and most of the deleted file's bytes were left out.
+#[test]
+fn skip_free_leaves_out_the_clusters_fat_and_exfat_mark_free() {
+    if !fat_tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(43);
+    let src = t.path().join("src");
+    make_source(&src, &mut rng);
+    let want = tree_digest(&src);
+    let mut deleted = vec![0u8; 3 << 20];
+    rng.fill(&mut deleted[..]);
+    let junk_file = t.path().join("deleted.bin");
+    std::fs::write(&junk_file, &deleted).unwrap();
+    let left_out = |img: &Path, restored: &Path| -> u64 {
+        let (a, b) = (
+            std::fs::read(img).unwrap(),
+            std::fs::read(restored).unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        let mut n = 0;
+        for (x, y) in a.chunks(4096).zip(b.chunks(4096)) {
+            if x != y {
+                assert!(
+                    y.iter().all(|&v| v == 0),
+                    "a block differs but is not zeros"
+                );
+                n += x.len() as u64;
+            }
+        }
+        n
+    };
+    for (fat, size) in [("12", 8u64 << 20), ("16", 32 << 20), ("32", 64 << 20)] {
+        let img = t.path().join(format!("fat{fat}.img"));
+        let mut junk = vec![0u8; size as usize];
+        rng.fill(&mut junk[..]);
+        std::fs::write(&img, &junk).unwrap();
+        run("mkfs.vfat", &["-F", fat, s(&img)], None);
+        // The deleted file first, so its clusters lie among the kept ones' neighbours.
+        run(
+            "mcopy",
+            &["-i", s(&img), s(&junk_file), "::deleted.bin"],
+            None,
+        );
+        if fat != "12" {
+            let entries: Vec<String> = std::fs::read_dir(&src)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            let mut args = vec!["-s", "-i", s(&img)];
+            args.extend(entries.iter().map(String::as_str));
+            args.push("::");
+            run("mcopy", &args, Some(&src));
+        }
+        run("mdel", &["-i", s(&img), "::deleted.bin"], None);
+        let dir = t.path().join(format!("run{fat}"));
+        std::fs::create_dir(&dir).unwrap();
+        let (_, _, restored) = backup_with_and_without_skip_free(&img, "vol", &dir);
+        let fsck = run("fsck.fat", &["-n", "-v", s(&restored)], None);
+        let (used, total) = fsck_clusters(&fsck);
+        let cluster: u64 = fsck
+            .lines()
+            .find_map(|l| l.trim().strip_suffix(" bytes per cluster"))
+            .expect("fsck.fat -v names the cluster size")
+            .trim()
+            .parse()
+            .unwrap();
+        let out = t.path().join(format!("out{fat}"));
+        std::fs::create_dir(&out).unwrap();
+        if fat != "12" {
+            run(
+                "mcopy",
+                &["-s", "-n", "-i", s(&restored), "::*", s(&out)],
+                None,
+            );
+            same_tree(&tree_digest(&out), &want, &format!("FAT{fat} restored"));
+        }
+        let gone = left_out(&img, &restored);
+        eprintln!(
+            "FAT{fat}: {gone} bytes left out, {} clusters free",
+            total - used
+        );
+        assert!(
+            gone <= (total - used) * cluster,
+            "FAT{fat}: only free clusters"
+        );
+        assert!(
+            gone * 10 >= deleted.len() as u64 * 8,
+            "FAT{fat}: {gone} bytes left out"
+        );
+    }
+}
+
+/// [`skip_free_leaves_out_the_clusters_fat_and_exfat_mark_free`] for exFAT: the tree
+/// and a deleted file written by exfat-fuse over random junk; restored, `fsck.exfat
+/// -n` finds it clean, exfat-fuse reads the tree back, and the deleted bytes are gone.
+#[test]
+fn skip_free_leaves_out_the_clusters_exfat_marks_free() {
+    if !fuse_available()
+        || Command::new("mkfs.exfat").arg("-V").output().is_err()
+        || Command::new("mount.exfat-fuse").arg("-V").output().is_err()
+    {
+        eprintln!("SKIP exfat skip-free: needs FUSE, root, exfatprogs and exfat-fuse");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(47);
+    let src = t.path().join("src");
+    make_source(&src, &mut rng);
+    let img = t.path().join("exfat.img");
+    let mut junk = vec![0u8; 48 << 20];
+    rng.fill(&mut junk[..]);
+    std::fs::write(&img, &junk).unwrap();
+    run("mkfs.exfat", &[s(&img)], None);
+    let kmnt = t.path().join("k");
+    std::fs::create_dir(&kmnt).unwrap();
+    let with_fuse = |img: &Path, ro: &str, f: &mut dyn FnMut(&Path)| -> bool {
+        let mut loops = Loops::default();
+        let Some(dev) = loops.attach(img, 0, 48 << 20) else {
+            return false;
+        };
+        run("mount.exfat-fuse", &["-o", ro, &dev, s(&kmnt)], None);
+        f(&kmnt);
+        run("umount", &[s(&kmnt)], None);
+        true
+    };
+    let mut deleted = vec![0u8; 4 << 20];
+    rng.fill(&mut deleted[..]);
+    let wrote = with_fuse(&img, "rw", &mut |m| {
+        std::fs::write(m.join("deleted.bin"), &deleted).unwrap();
+        run("cp", &["-r", &format!("{}/.", s(&src)), s(m)], None);
+        std::fs::remove_file(m.join("deleted.bin")).unwrap();
+    });
+    if !wrote {
+        eprintln!("SKIP exfat skip-free: no loop devices");
+        return;
+    }
+    let (_, _, restored) = backup_with_and_without_skip_free(&img, "vol", t.path());
+    run("fsck.exfat", &["-n", s(&restored)], None);
+    // Compared before exfat-fuse mounts the copy (a mount stamps the volume's flags).
+    let (a, b) = (
+        std::fs::read(&img).unwrap(),
+        std::fs::read(&restored).unwrap(),
+    );
+    let gone = a
+        .chunks(4096)
+        .zip(b.chunks(4096))
+        .filter(|(x, y)| x != y)
+        .inspect(|(_, y)| {
+            assert!(
+                y.iter().all(|&v| v == 0),
+                "a block differs but is not zeros"
+            )
+        })
+        .count() as u64
+        * 4096;
+    let mut got = None;
+    with_fuse(&restored, "ro", &mut |m| got = Some(tree_digest(m)));
+    same_tree(&got.unwrap(), &tree_digest(&src), "exFAT restored");
+    eprintln!("exFAT: {gone} bytes left out");
+    assert!(
+        gone >= deleted.len() as u64 * 8 / 10,
+        "{gone} bytes left out"
+    );
+}

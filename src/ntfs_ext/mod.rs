@@ -234,6 +234,10 @@ pub fn free_space(
         Some(("NTFS", ntfs::free_ranges(vol, label)))
     } else if xfs::probe(&*vol).unwrap_or(false) {
         Some(("XFS", xfs::free_ranges(vol, label)))
+    } else if fat::exfat::probe(&*vol).unwrap_or(false) {
+        Some(("exFAT", fat::exfat::free_ranges(vol, label)))
+    } else if fat::probe(&*vol).unwrap_or(false) {
+        Some(("FAT", fat::free_ranges(vol, label)))
     } else {
         None
     }

@@ -531,27 +531,69 @@ impl ExFatFs {
     /// Free clusters from the allocation bitmap (the root's 0x81 entry).
     fn free_clusters(&self) -> u64 {
         *self.free.get_or_init(|| {
-            let count = || -> io::Result<u64> {
-                let e = self.root_entry(0x81)?;
-                let len = le64(&e, 24).min(self.layout.clusters.div_ceil(8) as u64);
-                let (mut used, mut seen) = (0u64, 0u64);
-                for (_, n, at) in self.runs(le32(&e, 20), false, len)? {
-                    let mut bm = vec![0u8; n as usize];
-                    self.dev.read_exact_at(at, &mut bm)?;
-                    for byte in bm {
-                        let bits = (self.layout.clusters as u64 - seen).min(8);
-                        if bits == 0 {
-                            break;
-                        }
-                        used += (byte & ((1u16 << bits) - 1) as u8).count_ones() as u64;
-                        seen += bits;
-                    }
-                }
-                Ok(self.layout.clusters as u64 - used)
-            };
-            count().unwrap_or(0)
+            let mut used = 0u64;
+            match self.bitmap(|_, u| used += u64::from(u)) {
+                Ok(()) => self.layout.clusters as u64 - used,
+                Err(_) => 0,
+            }
         })
     }
+
+    /// Calls `f(i, used)` for the clusters the allocation bitmap (the root's 0x81
+    /// entry) covers, cluster i + 2 from i = 0, in order.
+    fn bitmap(&self, mut f: impl FnMut(u64, bool)) -> io::Result<()> {
+        let e = self.root_entry(0x81)?;
+        let clusters = self.layout.clusters as u64;
+        let len = le64(&e, 24).min(clusters.div_ceil(8));
+        let mut seen = 0u64;
+        for (_, n, at) in self.runs(le32(&e, 20), false, len)? {
+            let mut bm = vec![0u8; n as usize];
+            self.dev.read_exact_at(at, &mut bm)?;
+            for byte in bm {
+                for bit in 0..8 {
+                    if seen >= clusters {
+                        return Ok(());
+                    }
+                    f(seen, byte >> bit & 1 != 0);
+                    seen += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Byte ranges (offset, length; sorted, merged) of the clusters the allocation bitmap
+/// marks free, for `backup --skip-free`; clusters it does not cover count as used. A
+/// volume with two FATs and bitmaps (TexFAT) is refused.
+pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u64)>> {
+    let mut b = [0u8; 512];
+    dev.read_exact_at(0, &mut b)?;
+    if b[110] != 1 || b[510..512] != [0x55, 0xAA] {
+        return Err(corrupt(format!(
+            "{label}: {} FATs or no boot signature",
+            b[110]
+        )));
+    }
+    let opts = TreeOptions {
+        label: label.to_string(),
+        ..TreeOptions::default()
+    };
+    let fs = ExFatFs::open(dev, &opts)?;
+    let (l, size) = (&fs.layout, fs.dev.size());
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    fs.bitmap(|i, used| {
+        let at = l.heap + i * l.cluster;
+        if used || at >= size {
+            return;
+        }
+        let n = l.cluster.min(size - at);
+        match out.last_mut() {
+            Some(r) if r.0 + r.1 == at => r.1 += n,
+            _ => out.push((at, n)),
+        }
+    })?;
+    Ok(out)
 }
 
 impl FsTree for ExFatFs {

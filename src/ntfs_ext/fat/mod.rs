@@ -100,6 +100,9 @@ struct Layout {
     clusters: u32,
     /// FAT32: the byte offset of the FSInfo sector, which keeps a free-cluster count.
     fsinfo: Option<u64>,
+    /// Byte offsets of the FATs kept up to date: every copy, or only the active one
+    /// when FAT32 mirroring is off.
+    copies: Vec<u64>,
 }
 
 impl Layout {
@@ -164,6 +167,7 @@ impl Layout {
             return Err("FAT too small for its clusters");
         }
         let mut active = 0;
+        let mut mirrored = true;
         let mut root_cluster = 0;
         let mut fsinfo = None;
         if kind == FatKind::Fat32 {
@@ -172,6 +176,7 @@ impl Layout {
             }
             let flags = le16(b, 40);
             if flags & 0x80 != 0 {
+                mirrored = false;
                 active = (flags & 0x0F) as u64;
                 if active >= nfats {
                     return Err("active FAT out of range");
@@ -199,8 +204,81 @@ impl Layout {
             data: meta * bps,
             clusters: clusters as u32,
             fsinfo,
+            copies: if mirrored {
+                (0..nfats)
+                    .map(|i| (reserved + i * fat_sectors) * bps)
+                    .collect()
+            } else {
+                vec![(reserved + active * fat_sectors) * bps]
+            },
         })
     }
+}
+
+/// Byte ranges (offset, length; sorted, merged) of the volume's clusters that every
+/// up-to-date copy of the FAT marks free (entry 0), for `backup --skip-free`. Bad
+/// clusters and anything past the device count as used.
+pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u64)>> {
+    let mut b = [0u8; 512];
+    dev.read_exact_at(0, &mut b)?;
+    let l = Layout::parse(&b, dev.size())
+        .map_err(|e| corrupt(format!("{label}: not a FAT volume: {e}")))?;
+    // Leaving blocks out on a false FAT would lose data: ask for the boot signature
+    // and the media byte at the head of every FAT copy, which formatters write.
+    if b[510..512] != [0x55, 0xAA] {
+        return Err(corrupt(format!("{label}: no boot signature")));
+    }
+    for &at in &l.copies {
+        let mut head = [0u8; 1];
+        dev.read_exact_at(at, &mut head)?;
+        if head[0] != b[21] {
+            return Err(corrupt(format!(
+                "{label}: a FAT does not start with the media byte"
+            )));
+        }
+    }
+    let size = dev.size();
+    let bits = match l.kind {
+        FatKind::Fat12 => 12,
+        FatKind::Fat16 => 16,
+        FatKind::Fat32 => 32,
+    };
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let end = l.clusters as u64 + 2;
+    let mut first = 2u64;
+    // Entries for 64 Ki clusters at a time from each copy (at most 256 KiB each).
+    while first < end {
+        let last = (first + (1 << 16)).min(end);
+        let start = first * bits / 8;
+        let stop = ((last - 1) * bits / 8 + bits.div_ceil(8) + 1).min(l.fat_bytes);
+        let mut copies = Vec::with_capacity(l.copies.len());
+        for &at in &l.copies {
+            let mut buf = vec![0u8; (stop - start) as usize];
+            dev.read_exact_at(at + start, &mut buf)?;
+            copies.push(buf);
+        }
+        for c in first..last {
+            let free = copies.iter().all(|buf| {
+                let byte = |o: u64| {
+                    buf.get(o.wrapping_sub(start) as usize)
+                        .copied()
+                        .ok_or_else(|| corrupt("FAT entry past the FAT"))
+                };
+                l.kind.entry(c as u32, byte).is_ok_and(|v| v == 0)
+            });
+            let at = l.data + (c - 2) * l.cluster;
+            if !free || at >= size {
+                continue;
+            }
+            let n = l.cluster.min(size - at);
+            match out.last_mut() {
+                Some(r) if r.0 + r.1 == at => r.1 += n,
+                _ => out.push((at, n)),
+            }
+        }
+        first = last;
+    }
+    Ok(out)
 }
 
 /// Whether the volume starts with a FAT boot sector.
