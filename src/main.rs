@@ -45,7 +45,7 @@ enum Cmd {
         /// On read errors, keep what reads and record the rest as unreadable (failing disks).
         #[arg(long)]
         skip_unreadable: bool,
-        /// Record blocks the source's ext2/3/4, XFS, NTFS, FAT and exFAT filesystems (in partitions and LVM volumes too) mark free as zeros, unread.
+        /// Record blocks the source's filesystems (ext2/3/4, XFS, NTFS, FAT, exFAT; btrfs: unallocated space; in partitions and LVM volumes too) mark free as zeros, unread.
         #[arg(long)]
         skip_free: bool,
     },

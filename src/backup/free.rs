@@ -40,7 +40,7 @@ pub fn free_blocks_in(dev: Arc<dyn ReadAt>, name: &str, block_size: u64) -> Vec<
     let bytes = finder.volume(dev, "", 0);
     if finder.known == 0 {
         eprintln!(
-            "note: device {name}: no ext2/3/4, XFS, NTFS, FAT or exFAT volume found on it, so --skip-free leaves nothing out"
+            "note: device {name}: no ext2/3/4, XFS, NTFS, btrfs, FAT or exFAT volume found on it, so --skip-free leaves nothing out"
         );
     }
     whole_blocks(&merged(bytes), block_size)

@@ -234,6 +234,8 @@ pub fn free_space(
         Some(("NTFS", ntfs::free_ranges(vol, label)))
     } else if xfs::probe(&*vol).unwrap_or(false) {
         Some(("XFS", xfs::free_ranges(vol, label)))
+    } else if btrfs::probe(&*vol).unwrap_or(false) {
+        Some(("btrfs", btrfs::free_ranges(vol, label)))
     } else if fat::exfat::probe(&*vol).unwrap_or(false) {
         Some(("exFAT", fat::exfat::free_ranges(vol, label)))
     } else if fat::probe(&*vol).unwrap_or(false) {
@@ -241,6 +243,37 @@ pub fn free_space(
     } else {
         None
     }
+}
+
+/// Byte ranges `free` (sorted, disjoint) less every range of `used` (any order).
+pub(crate) fn subtract(free: Vec<(u64, u64)>, mut used: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    if used.is_empty() {
+        return free;
+    }
+    used.sort_unstable();
+    let mut out = Vec::with_capacity(free.len());
+    let mut u = 0usize;
+    for (start, len) in free {
+        let end = start + len;
+        let mut at = start;
+        // Used ranges ending before this free one matter to no later one either.
+        while u < used.len() && used[u].0.saturating_add(used[u].1) <= at {
+            u += 1;
+        }
+        let mut i = u;
+        while i < used.len() && used[i].0 < end {
+            let (us, ue) = (used[i].0, used[i].0.saturating_add(used[i].1));
+            if us > at {
+                out.push((at, us - at));
+            }
+            at = at.max(ue);
+            i += 1;
+        }
+        if at < end {
+            out.push((at, end - at));
+        }
+    }
+    out
 }
 
 /// [`walk_everything`] on any volume (warm-ups run when it prefetches), such as a

@@ -286,6 +286,63 @@ pub fn probe(dev: &dyn ReadAt) -> io::Result<bool> {
     Ok(&m == MAGIC)
 }
 
+/// Byte ranges (offset, length; sorted) of the device no chunk occupies: btrfs's
+/// unallocated space, for `backup --skip-free`. Space inside chunks (free or not) is
+/// kept, and so are the first MiB, the superblock mirrors, and anything past the size
+/// the device item gives the filesystem. Refused (an error) where the committed chunk
+/// tree might not tell the whole story: an fsync log to replay, more than one device,
+/// unknown incompatible features, a damaged primary superblock.
+pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u64)>> {
+    let mut raw = vec![0u8; SB_SIZE];
+    dev.read_exact_at(SUPERS[0], &mut raw)?;
+    let sb = Sb::parse(&raw).map_err(|e| corrupt(format!("{label}: btrfs superblock: {e}")))?;
+    if sb.log_root != 0 {
+        return Err(corrupt(format!("{label}: an fsync log to replay")));
+    }
+    if sb.num_devices != 1 {
+        return Err(corrupt(format!(
+            "{label}: spans {} devices",
+            sb.num_devices
+        )));
+    }
+    if sb.incompat & !INCOMPAT_KNOWN != 0 {
+        return Err(corrupt(format!("{label}: unknown incompatible features")));
+    }
+    // The superblock's own device item: its size as the filesystem sees it.
+    let dev_bytes = le64(&raw, 0xC9 + 8).min(dev.size());
+    let opts = TreeOptions {
+        label: label.to_string(),
+        no_replay: true,
+        ..TreeOptions::default()
+    };
+    let fs = BtrfsFs::open(dev, &opts)?;
+    let mut used: Vec<(u64, u64)> = vec![(0, 1 << 20)];
+    used.extend(SUPERS.iter().map(|&m| (m, SB_SIZE as u64)));
+    for c in fs.chunks.values() {
+        let n = c.stripes.len() as u64;
+        // Bytes each stripe takes on its device (the kernel's btrfs_calc_stripe_length).
+        let data_stripes = if c.ty & RAID10 != 0 {
+            n / c.sub_stripes.max(1)
+        } else if c.ty & RAID6 != 0 {
+            n.saturating_sub(2)
+        } else if c.ty & RAID5 != 0 {
+            n.saturating_sub(1)
+        } else if c.ty & STRIPED != 0 {
+            n
+        } else {
+            1
+        };
+        let per = c.len.div_ceil(data_stripes.max(1));
+        used.extend(
+            c.stripes
+                .iter()
+                .filter(|(d, _)| *d == sb.devid)
+                .map(|&(_, at)| (at, per)),
+        );
+    }
+    Ok(crate::ntfs_ext::subtract(vec![(0, dev_bytes)], used))
+}
+
 /// Says whether the volume holds a btrfs that spans devices (its superblock counts
 /// more than one), so the mount hands it the point's other volumes.
 pub fn spans_devices(dev: &dyn ReadAt) -> bool {

@@ -14,7 +14,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::sb::{self, feat, u16le, u32le, Superblock, SB_OFFSET};
-use crate::ntfs_ext::corrupt;
+use crate::ntfs_ext::{corrupt, subtract};
 use crate::readat::ReadAt;
 
 /// Group descriptor flag: the block bitmap was never written.
@@ -57,37 +57,6 @@ pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u6
         .map(|&(b, n)| (b.saturating_mul(bs), n.saturating_mul(bs)))
         .collect();
     Ok(subtract(bitmap_free(&*dev, &sb)?, used))
-}
-
-/// Byte ranges `free` (sorted, disjoint) less every range of `used` (any order).
-fn subtract(free: Vec<(u64, u64)>, mut used: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    if used.is_empty() {
-        return free;
-    }
-    used.sort_unstable();
-    let mut out = Vec::with_capacity(free.len());
-    let mut u = 0usize;
-    for (start, len) in free {
-        let end = start + len;
-        let mut at = start;
-        // Used ranges ending before this free one matter to no later one either.
-        while u < used.len() && used[u].0.saturating_add(used[u].1) <= at {
-            u += 1;
-        }
-        let mut i = u;
-        while i < used.len() && used[i].0 < end {
-            let (us, ue) = (used[i].0, used[i].0.saturating_add(used[i].1));
-            if us > at {
-                out.push((at, us - at));
-            }
-            at = at.max(ue);
-            i += 1;
-        }
-        if at < end {
-            out.push((at, end - at));
-        }
-    }
-    out
 }
 
 /// What the first pass over the descriptors learns of one group.
