@@ -543,3 +543,38 @@ fn skip_free_leaves_out_the_clusters_exfat_marks_free() {
         "{gone} bytes left out"
     );
 }
+
+/// Swap space over an old FAT volume (mkswap keeps a device's boot sector when it has
+/// a partition table to spare): the FAT still parses, but its "free" clusters may hold
+/// a hibernation image, so `--skip-free` leaves nothing out of it.
+#[test]
+fn skip_free_leaves_swap_over_an_old_fat_whole() {
+    if !fat_tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(53);
+    let img = t.path().join("swap.img");
+    let mut junk = vec![0u8; 40 << 20];
+    rng.fill(&mut junk[..]);
+    std::fs::write(&img, &junk).unwrap();
+    run("mkfs.vfat", &["-F", "32", s(&img)], None);
+    // mkswap's header: the signature ends the first 4 KiB page (FAT32's reserved
+    // sectors, which hold nothing there).
+    let f = std::fs::File::options().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"SWAPSPACE2", 4096 - 10).unwrap();
+    drop(f);
+    let safe = t.path().join("safe");
+    let o = ds(&[
+        "backup",
+        s(&safe),
+        &format!("swap={}", s(&img)),
+        "--skip-free",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("recorded as zeros"), "{err}");
+    let restored = t.path().join("restored.img");
+    ok(&["restore", s(&safe), "1", "swap", s(&restored)]);
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&img).unwrap());
+}

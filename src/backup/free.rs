@@ -1,9 +1,11 @@
 //! `backup --skip-free`: the blocks of a source its filesystems mark free (ext2/3/4
 //! and XFS after their journal or log is replayed in memory, NTFS left with nothing
-//! in `$LogFile` to redo), which the backup records as zeros without reading them.
-//! Filesystems are looked for through partition tables (nested ones too: a VM's disk
-//! on an LV), md RAID1 members and LVM PVs, whose extents no LV uses are free as well
-//! and whose LVs' free space is mapped back onto the device. Only blocks a
+//! in `$LogFile` to redo, FAT, exFAT, btrfs's unallocated space), which the backup
+//! records as zeros without reading them. Filesystems are looked for through
+//! partition tables (nested ones too: a VM's disk on an LV), md RAID1 members and LVM
+//! PVs, whose extents no LV uses are free as well, whose LVs' free space is mapped back
+//! onto the device, and whose thin pools give up the chunks no thin LV maps and those
+//! one maps alone inside its filesystems' free space. Only blocks a
 //! filesystem vouches for are skipped: anything it cannot read, a partition table
 //! whose partitions overlap, or a filesystem of another kind keeps every block.
 

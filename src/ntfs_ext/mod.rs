@@ -218,16 +218,32 @@ pub fn walk_everything(data: Vec<u8>, max_read: usize) -> std::io::Result<usize>
     walk_volume(Arc::new(Warmed(MemVolume(data))), max_read)
 }
 
+/// Whether `vol` holds Linux swap: its signature ends the first page (4 to 64 KiB).
+fn is_swap(vol: &dyn ReadAt) -> bool {
+    [4096u64, 8192, 16384, 65536].iter().any(|&page| {
+        let mut sig = [0u8; 10];
+        page <= vol.size()
+            && vol.read_exact_at(page - 10, &mut sig).is_ok()
+            && (&sig == b"SWAPSPACE2" || &sig == b"SWAP-SPACE")
+    })
+}
+
 /// Byte ranges (offset, length) of a volume that no file or metadata uses.
 pub type FreeRanges = Vec<(u64, u64)>;
 
 /// The filesystem on `vol`, if this crate can say which of its bytes are free (ext2/3/4,
-/// XFS, NTFS), with those byte ranges (sorted, disjoint, inside the volume) or why it
-/// will not say: what `backup --skip-free` leaves out. `None` for other contents.
+/// XFS, NTFS, btrfs, FAT, exFAT), with those byte ranges (sorted, disjoint, inside the
+/// volume) or why it will not say: what `backup --skip-free` leaves out. `None` for
+/// other contents, and for swap space, which mkswap writes over an old filesystem
+/// leaving its boot sector (FAT's, NTFS's) in place: its "free" space could be a
+/// hibernation image.
 pub fn free_space(
     vol: Arc<dyn ReadAt>,
     label: &str,
 ) -> Option<(&'static str, std::io::Result<FreeRanges>)> {
+    if is_swap(&*vol) {
+        return None;
+    }
     if ext::probe(&*vol).unwrap_or(false) {
         Some(("ext", ext::free_ranges(vol, label)))
     } else if ntfs::probe(&*vol).unwrap_or(false) {
