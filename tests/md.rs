@@ -153,3 +153,69 @@ fn a_raid1_member_partition_shows_the_array_tree() {
         "the array's tree of the --skip-free point",
     );
 }
+
+/// A member of a two-device RAID10 in mdadm's default `near=2` layout holds the whole
+/// array in order, as a RAID1 member does: its tree is shown from past its
+/// superblock. Other RAID10 layouts spread chunks and are not read. The superblocks
+/// are checked by `mdadm --examine`.
+#[test]
+fn a_raid10_near2_member_shows_the_array_tree() {
+    let name = "a_raid10_near2_member_shows_the_array_tree";
+    if !fuse_available() {
+        eprintln!("SKIP {name}: FUSE is not available here");
+        return;
+    }
+    if !have_tool("mdadm", "mdadm", name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(95);
+    let src = t.path().join("src");
+    let fs = t.path().join("fs.img");
+    ext4_image(&src, &fs, 12, 8 << 20, &mut rng);
+    let member_sectors = (10u64 << 20) / 512;
+    let mut sources = Vec::new();
+    for (layout, shown) in [(0x102u32, "near=2"), (0x201, "far=2")] {
+        let member = t.path().join(format!("member-{layout:x}.img"));
+        File::create(&member)
+            .unwrap()
+            .set_len(member_sectors * 512)
+            .unwrap();
+        let m = OpenOptions::new().write(true).open(&member).unwrap();
+        let sb = md_superblock_of(10, layout, 2048, (8 << 20) / 512, member_sectors, &mut rng);
+        m.write_all_at(&sb, 4096).unwrap();
+        m.write_all_at(&std::fs::read(&fs).unwrap(), 1 << 20)
+            .unwrap();
+        drop(m);
+        let exam = Command::new("mdadm")
+            .args(["--examine", s(&member)])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&exam.stdout);
+        for want in [
+            "Raid Level : raid10",
+            &format!("Layout : {shown}"),
+            "- correct",
+        ] {
+            assert!(
+                text.contains(want),
+                "mdadm --examine reads {want:?}:\n{text}"
+            );
+        }
+        sources.push(format!("l{layout:x}={}", s(&member)));
+    }
+    let safe = t.path().join("safe");
+    let mut args = vec![s(&safe)];
+    args.extend(sources.iter().map(String::as_str));
+    backup(&args);
+    let mnt = Mounted::new(&safe, t.path(), &[]);
+    same_tree(
+        &tree_digest(&mnt.dir.join("1/l102/files")),
+        &tree_digest(&src),
+        "the near=2 array's tree",
+    );
+    assert!(
+        !mnt.dir.join("1/l201/files").exists(),
+        "a far=2 member holds no whole copy"
+    );
+}

@@ -1,5 +1,6 @@
-//! Linux software RAID (md) members: a RAID1 member with a version 1.1 or 1.2
-//! superblock holds a whole copy of the array, but at an offset past the superblock,
+//! Linux software RAID (md) members: a RAID1 member (or a RAID10 member with as
+//! many near copies as devices) with a version 1.1 or 1.2 superblock holds a whole
+//! copy of the array, but at an offset past the superblock,
 //! so the filesystem (or LVM PV) on the array is found only through that offset.
 //! Members whose data starts at 0 (superblock 0.90 or 1.0, at the end) need nothing.
 //!
@@ -52,6 +53,15 @@ fn checksum(sb: &[u8]) -> u32 {
     ((sum & 0xFFFF_FFFF) + (sum >> 32)) as u32
 }
 
+/// Whether each member of the array holds the whole array in order: RAID1, and RAID10
+/// whose near copies are as many as its devices (mdadm's default `near=2` on two
+/// devices), where every chunk lies on every member at the same place.
+fn whole_copy(sb: &[u8]) -> bool {
+    let (level, layout, disks) = (le32(sb, 0x48) as i32, le32(sb, 0x4C), le32(sb, 0x5C));
+    let (near, far, offset) = (layout & 0xFF, (layout >> 8) & 0xFF, layout >> 16);
+    level == 1 || level == 10 && disks >= 2 && near == disks && far == 1 && offset == 0
+}
+
 /// The array data of `vol` when it is a RAID1 member whose superblock (version 1.1 at
 /// its start, 1.2 at 4 KiB) puts the data past offset 0; `Ok(None)` for anything else.
 pub fn raid1_member(vol: &dyn ReadAt) -> io::Result<Option<Raid1Member>> {
@@ -75,7 +85,7 @@ pub fn raid1_member(vol: &dyn ReadAt) -> io::Result<Option<Raid1Member>> {
             tracing::warn!("md superblock at {at}: checksum mismatch; not read");
             continue;
         }
-        if le32(sb, 0x48) as i32 != 1 {
+        if !whole_copy(sb) {
             return Ok(None); // other levels spread the data over members
         }
         let offset = le64(sb, 0x80).checked_mul(512);
@@ -114,12 +124,18 @@ mod tests {
     /// A member of `size` bytes with a version-1.2 RAID1 superblock putting `len`
     /// bytes of data at `offset` (sectors).
     fn member(size: usize, offset: u64, len: u64) -> Vec<u8> {
+        member_of(size, offset, len, 1, 0)
+    }
+
+    /// [`member`] of an array of `level` and `layout`.
+    fn member_of(size: usize, offset: u64, len: u64, level: u32, layout: u32) -> Vec<u8> {
         let mut v = vec![0u8; size];
         let b = &mut v[4096..8192];
         b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         b[4..8].copy_from_slice(&1u32.to_le_bytes());
         b[0x20..0x26].copy_from_slice(b"host:0");
-        b[0x48..0x4C].copy_from_slice(&1u32.to_le_bytes());
+        b[0x48..0x4C].copy_from_slice(&level.to_le_bytes());
+        b[0x4C..0x50].copy_from_slice(&layout.to_le_bytes());
         b[0x50..0x58].copy_from_slice(&len.to_le_bytes());
         b[0x5C..0x60].copy_from_slice(&2u32.to_le_bytes());
         b[0x80..0x88].copy_from_slice(&offset.to_le_bytes());
@@ -141,6 +157,21 @@ mod tests {
                 name: "host:0".into()
             })
         );
+    }
+
+    #[test]
+    fn raid10_members_with_a_copy_per_device_give_their_data_range() {
+        let m = |level, layout| {
+            raid1_member(&MemReader(member_of(1 << 20, 64, 1000, level, layout)))
+                .unwrap()
+                .map(|m| m.offset)
+        };
+        assert_eq!(m(10, 0x102), Some(64 * 512), "near=2 on two devices");
+        assert_eq!(m(10, 0x201), None, "far=2 spreads chunks");
+        assert_eq!(m(10, 0x10102), None, "offset layout");
+        assert_eq!(m(10, 0x103), None, "three near copies on two devices");
+        assert_eq!(m(5, 2), None, "RAID5");
+        assert_eq!(m(0, 0), None, "RAID0");
     }
 
     #[test]

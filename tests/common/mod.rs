@@ -1145,6 +1145,19 @@ pub fn backup_with_and_without_skip_free(
 /// A version-1.2 RAID1 superblock (two devices, this one role 0) putting `len` sectors
 /// of array data at sector `offset` of a member of `member` sectors.
 pub fn md_superblock(offset: u64, len: u64, member: u64, rng: &mut impl Rng) -> Vec<u8> {
+    md_superblock_of(1, 0, offset, len, member, rng)
+}
+
+/// [`md_superblock`] of an array of RAID `level` with `layout` (RAID10: near copies
+/// in the low byte, far copies in the next).
+pub fn md_superblock_of(
+    level: u32,
+    layout: u32,
+    offset: u64,
+    len: u64,
+    member: u64,
+    rng: &mut impl Rng,
+) -> Vec<u8> {
     let mut b = vec![0u8; 4096];
     let put = |b: &mut Vec<u8>, o: usize, v: &[u8]| b[o..o + v.len()].copy_from_slice(v);
     put(&mut b, 0x00, &0xa92b_4efcu32.to_le_bytes());
@@ -1153,7 +1166,8 @@ pub fn md_superblock(offset: u64, len: u64, member: u64, rng: &mut impl Rng) -> 
     put(&mut b, 0x10, &uuid);
     put(&mut b, 0x20, b"backuphost:1");
     put(&mut b, 0x40, &1_700_000_000u64.to_le_bytes()); // ctime
-    put(&mut b, 0x48, &1u32.to_le_bytes()); // level 1
+    put(&mut b, 0x48, &level.to_le_bytes());
+    put(&mut b, 0x4C, &layout.to_le_bytes());
     put(&mut b, 0x50, &len.to_le_bytes()); // used size of each member
     put(&mut b, 0x5C, &2u32.to_le_bytes()); // raid disks
     put(&mut b, 0x80, &offset.to_le_bytes()); // data offset
