@@ -22,44 +22,96 @@ use crate::volumes::thin;
 /// themselves.
 const MAX_DEPTH: u32 = 4;
 
-/// Block ranges (first block, count; sorted, disjoint) of `path` whose every byte lies
-/// in space a filesystem on it marks free. `name` is the device's name, for the log.
-pub(super) fn free_blocks(path: &Path, name: &str, block_size: u64) -> Vec<(u64, u64)> {
-    let dev: Arc<dyn ReadAt> = match FileReader::open(path) {
-        Ok(d) => Arc::new(d),
-        Err(e) => {
-            tracing::warn!("device {name}: free space not skipped: {e}");
-            return Vec::new();
+/// For each device `(name, path)` of one backup, the block ranges (first block, count;
+/// sorted, disjoint) whose every byte lies in space a filesystem on it marks free,
+/// LVs spanning several of these devices included. A device that cannot be opened
+/// gets none.
+pub(super) fn free_blocks(devices: &[(&str, &Path)], block_size: u64) -> Vec<Vec<(u64, u64)>> {
+    let mut open = Vec::new();
+    let mut index = Vec::new();
+    for (name, path) in devices {
+        match FileReader::open(path) {
+            Ok(d) => {
+                index.push(Some(open.len()));
+                open.push((name.to_string(), Arc::new(d) as Arc<dyn ReadAt>));
+            }
+            Err(e) => {
+                tracing::warn!("device {name}: free space not skipped: {e}");
+                index.push(None);
+            }
         }
-    };
-    free_blocks_in(dev, name, block_size)
+    }
+    let mut found = free_blocks_of(&open, block_size);
+    index
+        .into_iter()
+        .map(|i| i.map(|i| std::mem::take(&mut found[i])).unwrap_or_default())
+        .collect()
 }
 
-/// [`free_blocks`] of a device already open (what the disk fuzz target checks:
+/// [`free_blocks`] of one device already open (what the disk fuzz target checks:
 /// sorted, disjoint and inside the device, whatever its bytes).
 pub fn free_blocks_in(dev: Arc<dyn ReadAt>, name: &str, block_size: u64) -> Vec<(u64, u64)> {
-    let mut finder = Finder { name, known: 0 };
-    let bytes = finder.volume(dev, "", 0);
-    if finder.known == 0 {
-        eprintln!(
-            "note: device {name}: no ext2/3/4, XFS, NTFS, btrfs, FAT or exFAT volume found on it, so --skip-free leaves nothing out"
-        );
-    }
-    whole_blocks(&merged(bytes), block_size)
+    free_blocks_of(&[(name.to_string(), dev)], block_size)
+        .pop()
+        .unwrap_or_default()
 }
 
-/// Looks through one device's layers for the free space of its filesystems.
-struct Finder<'a> {
-    name: &'a str,
+/// [`free_blocks`] of devices already open (name, reader).
+fn free_blocks_of(devices: &[(String, Arc<dyn ReadAt>)], block_size: u64) -> Vec<Vec<(u64, u64)>> {
+    let mut finder = Finder::default();
+    let mut bytes = Vec::with_capacity(devices.len());
+    for (i, (name, dev)) in devices.iter().enumerate() {
+        finder.name = name.clone();
+        finder.device = i;
+        finder.known = 0;
+        bytes.push(finder.volume(dev.clone(), "", 0, Some(0)));
+        if finder.known == 0 {
+            eprintln!(
+                "note: device {name}: no ext2/3/4, XFS, NTFS, btrfs, FAT or exFAT volume found on it, so --skip-free leaves nothing out"
+            );
+        }
+    }
+    finder.spanning_lvs(&mut bytes);
+    bytes
+        .into_iter()
+        .map(|b| whole_blocks(&merged(b), block_size))
+        .collect()
+}
+
+/// Looks through devices' layers for the free space of their filesystems.
+#[derive(Default)]
+struct Finder {
+    /// The device being searched, for the log.
+    name: String,
+    /// Its index among the devices searched together.
+    device: usize,
     /// Filesystems and LVM PVs whose free space was asked for.
     known: usize,
+    /// The PVs found at known places on the devices.
+    pvs: Vec<FoundPv>,
 }
 
-impl Finder<'_> {
+/// An LVM PV found on one of the devices.
+struct FoundPv {
+    device: usize,
+    /// Byte offset of the PV on its device.
+    base: u64,
+    vol: Arc<dyn ReadAt>,
+    uuid: String,
+    vg: crate::volumes::lvm::Vg,
+}
+
+impl Finder {
     /// Free byte ranges of `vol` (offsets in it), through a partition table on it or,
     /// without one, what it holds. `what` names `vol` for the log ("" for the device).
-    fn volume(&mut self, vol: Arc<dyn ReadAt>, what: &str, depth: u32) -> Vec<(u64, u64)> {
-        let name = self.name;
+    fn volume(
+        &mut self,
+        vol: Arc<dyn ReadAt>,
+        what: &str,
+        depth: u32,
+        base: Option<u64>,
+    ) -> Vec<(u64, u64)> {
+        let name = self.name.clone();
         let table = match crate::volumes::read_table(&*vol) {
             Ok(t) => t,
             Err(e) => {
@@ -73,7 +125,7 @@ impl Finder<'_> {
             } else {
                 what
             };
-            return self.contents(vol, what, depth);
+            return self.contents(vol, what, depth, base);
         };
         if depth >= MAX_DEPTH {
             tracing::warn!("device {name}: {what}: partition tables nest too deep; kept whole");
@@ -100,7 +152,7 @@ impl Finder<'_> {
         let mut out = Vec::new();
         for (what, start, len) in parts {
             let part: Arc<dyn ReadAt> = Arc::new(Slice::new(vol.clone(), start, len));
-            let free = self.volume(part, &what, depth + 1);
+            let free = self.volume(part, &what, depth + 1, base.map(|b| b + start));
             out.extend(free.into_iter().map(|(o, l)| (start + o, l)));
         }
         out
@@ -108,8 +160,14 @@ impl Finder<'_> {
 
     /// Free byte ranges of an unpartitioned `vol`: an md RAID1 member's array, an LVM
     /// PV, or a filesystem.
-    fn contents(&mut self, vol: Arc<dyn ReadAt>, what: &str, depth: u32) -> Vec<(u64, u64)> {
-        let name = self.name;
+    fn contents(
+        &mut self,
+        vol: Arc<dyn ReadAt>,
+        what: &str,
+        depth: u32,
+        base: Option<u64>,
+    ) -> Vec<(u64, u64)> {
+        let name = self.name.clone();
         // An md RAID1 member: the filesystem is the array's, past the superblock (and
         // any write-intent bitmap), which are kept whole.
         if let Ok(Some((data, m))) = crate::volumes::md::array_data(&vol) {
@@ -117,10 +175,10 @@ impl Finder<'_> {
                 return Vec::new();
             }
             let what = format!("{what} (md array {})", m.name);
-            let free = self.contents(data, &what, depth + 1);
+            let free = self.contents(data, &what, depth + 1, base.map(|b| b + m.offset));
             return free.into_iter().map(|(o, l)| (m.offset + o, l)).collect();
         }
-        if let Some(free) = self.lvm(&vol, what, depth) {
+        if let Some(free) = self.lvm(&vol, what, depth, base) {
             return free;
         }
         let Some((kind, found)) = crate::ntfs_ext::free_space(vol, &format!("{name} {what}"))
@@ -144,9 +202,15 @@ impl Finder<'_> {
     /// When `vol` is an LVM PV: its extents no LV uses and, mapped back onto it, the
     /// free space inside the LVs that lie wholly on it and the chunks of its thin
     /// pools no thin LV maps. `None` when it is not a PV.
-    fn lvm(&mut self, vol: &Arc<dyn ReadAt>, what: &str, depth: u32) -> Option<Vec<(u64, u64)>> {
+    fn lvm(
+        &mut self,
+        vol: &Arc<dyn ReadAt>,
+        what: &str,
+        depth: u32,
+        base: Option<u64>,
+    ) -> Option<Vec<(u64, u64)>> {
         use crate::volumes::lvm;
-        let name = self.name;
+        let name = self.name.clone();
         let label = lvm::read_label(&**vol).ok()??;
         let vg = lvm::read_metadata(&**vol, &label).ok()??;
         let (Some(unused), Some(lvs)) = (
@@ -161,6 +225,17 @@ impl Finder<'_> {
             return Some(Vec::new());
         };
         self.known += 1;
+        // A PV lying at a known place on the device: LVs spanning it and PVs on other
+        // devices of this backup are searched once all devices are.
+        if let Some(base) = base {
+            self.pvs.push(FoundPv {
+                device: self.device,
+                base,
+                vol: vol.clone(),
+                uuid: label.uuid.clone(),
+                vg: vg.clone(),
+            });
+        }
         let size = vol.size();
         let mut out: Vec<(u64, u64)> = unused
             .into_iter()
@@ -182,11 +257,77 @@ impl Finder<'_> {
                     continue;
                 }
             };
-            let free = self.volume(lv_vol.clone(), &lv_what, depth + 1);
+            let free = self.volume(lv_vol.clone(), &lv_what, depth + 1, None);
             out.extend(on_pv(&lv_vol, vol, free));
         }
         out.extend(self.thin_pools(&vg, &found, vol, what, depth));
         Some(out)
+    }
+
+    /// The free space of LVs spanning several of the PVs found (a VG over two disks),
+    /// searched once every device has been, added to each PV's device's `bytes`. A VG
+    /// whose PVs' metadata copies differ, that maps a segment type this reader does not,
+    /// whose extents overlap, or whose PV is found twice (RAID1 members) is left alone.
+    fn spanning_lvs(&mut self, bytes: &mut [Vec<(u64, u64)>]) {
+        use crate::volumes::lvm;
+        let pvs = std::mem::take(&mut self.pvs);
+        let mut ids: Vec<&str> = pvs.iter().map(|p| p.vg.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let members: Vec<&FoundPv> = pvs.iter().filter(|p| p.vg.id == id).collect();
+            let vg = &members[0].vg;
+            if members.len() < 2 {
+                continue;
+            }
+            let found: HashMap<String, Arc<dyn ReadAt>> = members
+                .iter()
+                .map(|p| (p.uuid.clone(), p.vol.clone()))
+                .collect();
+            if members.iter().any(|p| p.vg != *vg)
+                || found.len() != members.len()
+                || members
+                    .iter()
+                    .any(|p| lvm::lvs_within(vg, &p.uuid).is_none())
+            {
+                eprintln!(
+                    "note: VG {}: its PVs disagree, repeat, or hold volumes this reader does not map, so the LVs spanning them are read whole",
+                    vg.name
+                );
+                continue;
+            }
+            self.name = format!("VG {}", vg.name);
+            for lv in vg.lvs.iter().filter(|l| l.visible) {
+                let on = lvm::lv_pvs(vg, lv);
+                let striped = lv
+                    .segments
+                    .iter()
+                    .all(|s| matches!(s.kind, lvm::SegKind::Striped { .. }));
+                if !striped
+                    || on.len() < 2
+                    || !on
+                        .iter()
+                        .all(|&i| vg.pvs.get(i).is_some_and(|d| found.contains_key(&d.uuid)))
+                {
+                    continue;
+                }
+                let lv_vol = match lvm::LvVolume::open(vg, lv, &found) {
+                    Ok(v) => Arc::new(v),
+                    Err(e) => {
+                        tracing::info!("VG {}: LV {}: kept whole: {e}", vg.name, lv.name);
+                        continue;
+                    }
+                };
+                let what = format!("LV {}/{}", vg.name, lv.name);
+                for (o, l) in self.volume(lv_vol.clone(), &what, 1, None) {
+                    for (pv, at, n) in lv_vol.pv_ranges(o, l) {
+                        if let Some(p) = members.iter().find(|p| Arc::ptr_eq(&p.vol, &pv)) {
+                            bytes[p.device].push((p.base + at, n));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// From `vg`'s thin pools whose metadata and data sub-LVs lie on `vol` (`found`
@@ -201,7 +342,7 @@ impl Finder<'_> {
         depth: u32,
     ) -> Vec<(u64, u64)> {
         use crate::volumes::lvm;
-        let name = self.name;
+        let name = self.name.clone();
         let mut out = Vec::new();
         for (pool, meta, data, chunk) in vg.lvs.iter().filter_map(|l| {
             l.segments.iter().find_map(|s| match &s.kind {
@@ -273,7 +414,7 @@ impl Finder<'_> {
                         continue;
                     }
                 };
-                let free = merged(self.volume(thin.clone(), &lv_what, depth + 1));
+                let free = merged(self.volume(thin.clone(), &lv_what, depth + 1, None));
                 match alone_and_free(&thin, &usage, &free) {
                     Ok(chunks) => out.extend(on_pv(&data, vol, chunks)),
                     Err(e) => {

@@ -696,12 +696,30 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
     let res = (|| -> anyhow::Result<()> {
         let started = Instant::now();
         let mut total = DeviceStats::default();
-        for (s, (f, size, live)) in sources.iter().zip(&files) {
-            let free = if opts.skip_free && !live {
-                free::free_blocks(&s.path, &s.name, w.params.block_size as u64)
-            } else {
-                Vec::new()
-            };
+        // Searched together: an LV may span several of the sources.
+        let mut frees = if opts.skip_free {
+            let still: Vec<(&str, &Path)> = sources
+                .iter()
+                .zip(&files)
+                .filter(|(_, (_, _, live))| !live)
+                .map(|(s, _)| (s.name.as_str(), s.path.as_path()))
+                .collect();
+            let mut found = free::free_blocks(&still, w.params.block_size as u64).into_iter();
+            files
+                .iter()
+                .map(|(_, _, live)| {
+                    if *live {
+                        Vec::new()
+                    } else {
+                        found.next().unwrap_or_default()
+                    }
+                })
+                .collect()
+        } else {
+            vec![Vec::new(); files.len()]
+        };
+        for (i, (s, (f, size, _))) in sources.iter().zip(&files).enumerate() {
+            let free = std::mem::take(&mut frees[i]);
             let st = backup_device(&mut w, s, f, *size, changed.get(&s.name), opts, free)?;
             total.scanned += st.scanned;
             total.changed_blocks += st.changed_blocks;
