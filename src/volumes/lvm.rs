@@ -490,6 +490,11 @@ pub fn parse_vg(text: &str) -> Result<Vg, String> {
                             stripes,
                         }
                     }
+                    // Unmapped chunks of a thin LV with an external origin read from that
+                    // LV, not as zeros: not mapped here.
+                    "thin" if seg.str("external_origin").is_ok() => {
+                        SegKind::Other("thin with an external origin".into())
+                    }
                     "thin" => {
                         if seg.int("start_extent")? != 0 || lv.sections().count() != 1 {
                             return Err(format!("LV {lname}: a thin LV in several segments"));
@@ -1039,6 +1044,19 @@ version = 1
             ])
         );
         assert_eq!(unused_extents(&vg, "nope"), None);
+    }
+
+    #[test]
+    fn a_thin_lv_with_an_external_origin_is_not_mapped() {
+        let text = TEXT.replace(
+            "mirror {\nstatus = [\"VISIBLE\"]\nsegment1 {\nstart_extent = 0\nextent_count = 1\ntype = \"raid1\"\n}\n}",
+            "ext {\nstatus = [\"VISIBLE\"]\nsegment1 {\nstart_extent = 0\nextent_count = 1\ntype = \"thin\"\nthin_pool = \"pool\"\ndevice_id = 4\nexternal_origin = \"lin\"\n}\n}",
+        );
+        assert_ne!(text, TEXT, "the raid1 LV replaced");
+        let vg = parse_vg(&text).unwrap();
+        let ext = vg.lvs.iter().find(|l| l.name == "ext").unwrap();
+        assert_eq!(ext.unsupported(), Some("thin with an external origin"));
+        assert_eq!(unused_extents(&vg, "p0"), None, "its VG is left alone");
     }
 
     #[test]
