@@ -188,3 +188,12 @@ impl<R: ReadAt + ?Sized> ReadAt for Slice<R> {
         Some(r.map(|o| o - self.start))
     }
 }
+
+/// Appends `(start, len)` to a sorted list of ranges, joining it to the last one when
+/// they touch: how the run lists of free space and bad ranges are built.
+pub fn push_range(ranges: &mut Vec<(u64, u64)>, start: u64, len: u64) {
+    match ranges.last_mut() {
+        Some(r) if r.0 + r.1 == start => r.1 += len,
+        _ => ranges.push((start, len)),
+    }
+}

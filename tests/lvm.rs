@@ -1084,35 +1084,31 @@ fn read_lv(
 #[test]
 fn skip_free_reaches_lvs_spanning_the_devices_of_a_backup() {
     let name = "skip_free_reaches_lvs_spanning_the_devices_of_a_backup";
-    if !fuse_available() || tool("lvm", &["version"]).is_none() || tool("sfdisk", &["-v"]).is_none()
-    {
-        eprintln!("SKIP {name}: needs root, lvm2 and sfdisk");
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let mut rng = StdRng::seed_from_u64(103);
-    let (a, b) = (t.path().join("a.img"), t.path().join("b.img"));
-    for (p, size) in [(&a, 48usize << 20), (&b, 40 << 20)] {
-        let mut junk = vec![0u8; size];
-        rng.fill(&mut junk[..]);
-        std::fs::write(p, &junk).unwrap();
-    }
-    sfdisk_script(
-        &a,
-        "label: gpt\nstart=2048, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
-    );
-    let part = sfdisk_parts(&a).into_iter().find(|p| p.0 == 1).unwrap();
-    let vg = format!("dsspan{}", std::process::id());
-    let mut loops = Loops::default();
-    let (Some(pa), Some(pb)) = (
-        loops.attach(&a, part.1, part.2),
-        loops.attach(&b, 0, 40 << 20),
-    ) else {
+    // Disk a: junk with a GPT partition holding the first PV; disk b: junk, the whole
+    // of it the second PV of the same VG.
+    let Some(JunkPv {
+        disk: a,
+        part_start,
+        mut loops,
+        pv: pa,
+        vg,
+    }) = junk_pv_disk(t.path(), "dsspan", &mut rng)
+    else {
+        eprintln!("SKIP {name}: needs root, lvm2, sfdisk and loop devices");
+        return;
+    };
+    let b = t.path().join("b.img");
+    let mut junk = vec![0u8; 40 << 20];
+    rng.fill(&mut junk[..]);
+    std::fs::write(&b, &junk).unwrap();
+    let Some(pb) = loops.attach(&b, 0, 40 << 20) else {
         eprintln!("SKIP {name}: no loop devices");
         return;
     };
-    tool("pvcreate", &["-q", &pa, &pb]).expect("pvcreate");
-    lvm_run(&["vgcreate", "-q", "-s", "1m", &vg, &pa, &pb]);
+    tool("pvcreate", &["-q", &pb]).expect("pvcreate");
+    lvm_run(&["vgextend", "-q", &vg, &pb]);
     // wide: 20 MiB on a, then 12 MiB on b; striped: 16 MiB over both.
     lvm_run(&[
         "lvcreate", "-q", "-an", "-Zn", "-L", "20m", "-n", "wide", &vg, &pa,
@@ -1149,7 +1145,7 @@ fn skip_free_reaches_lvs_spanning_the_devices_of_a_backup() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut pvs = BTreeMap::new();
-    for (dev, disk, pv_at) in [(&pa, "a", part.1), (&pb, "b", 0)] {
+    for (dev, disk, pv_at) in [(&pa, "a", part_start), (&pb, "b", 0)] {
         let out = t.path().join(format!("restored-{disk}.img"));
         ok(&["restore", s(&safe), "1", disk, s(&out)]);
         pvs.insert(dev.to_string(), (std::fs::read(&out).unwrap(), pv_at));

@@ -495,10 +495,7 @@ fn whole_blocks(ranges: &[(u64, u64)], block_size: u64) -> Vec<(u64, u64)> {
         if first >= end {
             continue;
         }
-        match out.last_mut() {
-            Some(r) if r.0 + r.1 == first => r.1 += end - first,
-            _ => out.push((first, end - first)),
-        }
+        crate::readat::push_range(&mut out, first, end - first);
     }
     out
 }

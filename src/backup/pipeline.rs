@@ -310,10 +310,7 @@ fn salvage(
             Err(_) => {
                 piece.fill(0);
                 let start = off + at as u64;
-                match bad.last_mut() {
-                    Some(r) if r.0 + r.1 == start => r.1 += n as u64,
-                    _ => bad.push((start, n as u64)),
-                }
+                crate::readat::push_range(bad, start, n as u64);
             }
         }
         at += n;

@@ -307,10 +307,7 @@ impl PoolUsage {
     pub fn unmapped(&self) -> Vec<(u64, u64)> {
         let mut out: Vec<(u64, u64)> = Vec::new();
         for d in (0..self.chunks).filter(|&d| !bit(&self.used, d)) {
-            match out.last_mut() {
-                Some(r) if r.0 + r.1 == d => r.1 += 1,
-                _ => out.push((d, 1)),
-            }
+            crate::readat::push_range(&mut out, d, 1);
         }
         out
     }

@@ -99,9 +99,8 @@ fn bitmap_free(dev: &dyn ReadAt, sb: &Superblock) -> io::Result<Vec<(u64, u64)>>
     // Inode tables are the longest ranges: no range reaches further back than one.
     let longest = meta.iter().map(|m| m.1).max().unwrap_or(0);
     let mut out: Vec<(u64, u64)> = Vec::new();
-    let push = |out: &mut Vec<(u64, u64)>, start: u64, stop: u64| match out.last_mut() {
-        Some(r) if r.0 + r.1 == start * bs => r.1 += (stop - start) * bs,
-        _ => out.push((start * bs, (stop - start) * bs)),
+    let push = |out: &mut Vec<(u64, u64)>, start: u64, stop: u64| {
+        crate::readat::push_range(out, start * bs, (stop - start) * bs)
     };
     let mut bitmap = vec![0u8; sb.block_size as usize];
     for (g, kind) in kinds.into_iter().enumerate() {

@@ -587,11 +587,7 @@ pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u6
         if used || at >= size {
             return;
         }
-        let n = l.cluster.min(size - at);
-        match out.last_mut() {
-            Some(r) if r.0 + r.1 == at => r.1 += n,
-            _ => out.push((at, n)),
-        }
+        crate::readat::push_range(&mut out, at, l.cluster.min(size - at));
     })?;
     Ok(out)
 }

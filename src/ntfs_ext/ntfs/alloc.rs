@@ -61,10 +61,7 @@ impl NtfsFs {
                         break;
                     }
                     if b & (1 << bit) == 0 {
-                        match out.last_mut() {
-                            Some(r) if r.0 + r.1 == c * cs => r.1 += cs,
-                            _ => out.push((c * cs, cs)),
-                        }
+                        crate::readat::push_range(&mut out, c * cs, cs);
                     }
                 }
             }
