@@ -299,11 +299,7 @@ impl Finder {
             self.name = format!("VG {}", vg.name);
             for lv in vg.lvs.iter().filter(|l| l.visible) {
                 let on = lvm::lv_pvs(vg, lv);
-                let striped = lv
-                    .segments
-                    .iter()
-                    .all(|s| matches!(s.kind, lvm::SegKind::Striped { .. }));
-                if !striped
+                if !lv.is_striped()
                     || on.len() < 2
                     || !on
                         .iter()

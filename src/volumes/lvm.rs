@@ -402,6 +402,14 @@ impl Lv {
         })
     }
 
+    /// Whether every segment is striped or linear: the LVs [`LvVolume`] maps onto
+    /// PVs directly.
+    pub fn is_striped(&self) -> bool {
+        self.segments
+            .iter()
+            .all(|s| matches!(s.kind, SegKind::Striped { .. }))
+    }
+
     /// A thin pool holds no volume of its own to show (its thin LVs are shown).
     pub fn is_pool(&self) -> bool {
         self.segments
@@ -584,11 +592,7 @@ impl LvVolume {
         if let Some(t) = lv.unsupported() {
             return Err(format!("segment type {t} is not read"));
         }
-        if lv
-            .segments
-            .iter()
-            .any(|s| !matches!(s.kind, SegKind::Striped { .. }))
-        {
+        if !lv.is_striped() {
             return Err("not a striped or linear volume".into());
         }
         let eb = vg.extent_bytes;
@@ -837,6 +841,31 @@ pub fn lv_pvs(vg: &Vg, lv: &Lv) -> Vec<usize> {
     out
 }
 
+/// The extent ranges (first, end; sorted) the LVs' striped segments take on PV index
+/// `pv` (thin LVs and pools take theirs through their sub-LVs); `None` when the VG has
+/// a segment type this reader does not map.
+fn used_extents(vg: &Vg, pv: usize) -> Option<Vec<(u64, u64)>> {
+    let mut used: Vec<(u64, u64)> = Vec::new();
+    for seg in vg.lvs.iter().flat_map(|lv| &lv.segments) {
+        match &seg.kind {
+            SegKind::Striped { stripes, .. } => {
+                // Each stripe takes an equal share of the segment's extents.
+                let each = seg.count / stripes.len().max(1) as u64;
+                used.extend(
+                    stripes
+                        .iter()
+                        .filter(|(i, _)| *i == pv)
+                        .map(|&(_, first)| (first, first.saturating_add(each))),
+                );
+            }
+            SegKind::Thin { .. } | SegKind::ThinPool { .. } => {}
+            SegKind::Other(_) => return None,
+        }
+    }
+    used.sort_unstable();
+    Some(used)
+}
+
 /// Byte ranges (offset, length; sorted) of PV `uuid` that hold extents no LV uses,
 /// as `pvs --segments` shows them free: what a backup may leave out. `None` when the
 /// VG has a segment type this reader does not map (its extents could not be told
@@ -844,27 +873,7 @@ pub fn lv_pvs(vg: &Vg, lv: &Lv) -> Vec<usize> {
 pub fn unused_extents(vg: &Vg, uuid: &str) -> Option<Vec<(u64, u64)>> {
     let pv = vg.pvs.iter().position(|p| p.uuid == uuid)?;
     let desc = &vg.pvs[pv];
-    let mut used: Vec<(u64, u64)> = Vec::new();
-    for lv in &vg.lvs {
-        for seg in &lv.segments {
-            match &seg.kind {
-                SegKind::Striped { stripes, .. } => {
-                    // Each stripe takes an equal share of the segment's extents.
-                    let n = stripes.len().max(1) as u64;
-                    let each = seg.count / n;
-                    used.extend(
-                        stripes
-                            .iter()
-                            .filter(|(i, _)| *i == pv)
-                            .map(|&(_, first)| (first, first.saturating_add(each))),
-                    );
-                }
-                SegKind::Thin { .. } | SegKind::ThinPool { .. } => {} // through sub-LVs
-                SegKind::Other(_) => return None,
-            }
-        }
-    }
-    used.sort_unstable();
+    let used = used_extents(vg, pv)?;
     let mut out = Vec::new();
     let mut at = 0u64;
     for (a, b) in used.into_iter().chain([(desc.pe_count, desc.pe_count)]) {
@@ -886,25 +895,7 @@ pub fn unused_extents(vg: &Vg, uuid: &str) -> Option<Vec<(u64, u64)>> {
 /// (damaged metadata: one LV's free space could be the other's data).
 pub fn lvs_within<'a>(vg: &'a Vg, uuid: &str) -> Option<Vec<&'a Lv>> {
     let pv = vg.pvs.iter().position(|p| p.uuid == uuid)?;
-    let mut used: Vec<(u64, u64)> = Vec::new();
-    for lv in &vg.lvs {
-        for seg in &lv.segments {
-            match &seg.kind {
-                SegKind::Striped { stripes, .. } => {
-                    let each = seg.count / stripes.len().max(1) as u64;
-                    used.extend(
-                        stripes
-                            .iter()
-                            .filter(|(i, _)| *i == pv)
-                            .map(|&(_, first)| (first, first.saturating_add(each))),
-                    );
-                }
-                SegKind::Thin { .. } | SegKind::ThinPool { .. } => {}
-                SegKind::Other(_) => return None,
-            }
-        }
-    }
-    used.sort_unstable();
+    let used = used_extents(vg, pv)?;
     if used.windows(2).any(|w| w[0].1 > w[1].0) {
         return None;
     }
@@ -912,12 +903,7 @@ pub fn lvs_within<'a>(vg: &'a Vg, uuid: &str) -> Option<Vec<&'a Lv>> {
         vg.lvs
             .iter()
             .filter(|lv| {
-                lv.visible
-                    && !lv.segments.is_empty()
-                    && lv.segments.iter().all(|s| match &s.kind {
-                        SegKind::Striped { stripes, .. } => stripes.iter().all(|(i, _)| *i == pv),
-                        _ => false,
-                    })
+                lv.visible && !lv.segments.is_empty() && lv.is_striped() && lv_pvs(vg, lv) == [pv]
             })
             .collect(),
     )

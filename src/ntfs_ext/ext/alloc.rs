@@ -177,7 +177,7 @@ fn read_groups(dev: &dyn ReadAt, sb: &Superblock, groups: u64) -> io::Result<Gro
     let mut meta = Vec::new();
     let mut trust_uninit = sb.has_group_csums() && sb.cluster_shift == 0;
     for g in 0..groups {
-        let d = descriptor(dev, sb, g)?;
+        let d = sb::raw_descriptor(dev, sb, g)?;
         if !descriptor_csum_ok(sb, g, &d) {
             tracing::warn!("group descriptor {g} fails its checksum; its blocks count as used");
             trust_uninit = false;
@@ -232,14 +232,6 @@ fn meta_in(meta: &[(u64, u64)], longest: u64, start: u64, stop: u64) -> Vec<(u64
         .filter(|m| m.0.saturating_add(m.1) > start)
         .copied()
         .collect()
-}
-
-/// Group `g`'s raw descriptor.
-fn descriptor(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<Vec<u8>> {
-    let (blk, within) = sb.desc_location(g);
-    let mut d = vec![0u8; sb.desc_size as usize];
-    dev.read_exact_at(blk * sb.block_size as u64 + within as u64, &mut d)?;
-    Ok(d)
 }
 
 /// Whether descriptor `d` of group `g` matches its checksum: crc32c with

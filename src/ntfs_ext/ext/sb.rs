@@ -380,14 +380,20 @@ impl GroupDesc {
     }
 }
 
+/// Group `g`'s descriptor as it lies on the volume (`desc_size` bytes).
+pub fn raw_descriptor(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<Vec<u8>> {
+    let (blk, within) = sb.desc_location(g);
+    let mut d = vec![0u8; sb.desc_size as usize];
+    dev.read_exact_at(blk * sb.block_size as u64 + within as u64, &mut d)?;
+    Ok(d)
+}
+
 /// Reads the descriptor of group `g`.
 pub fn read_group(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<GroupDesc> {
     if g >= sb.groups() {
         return Err(corrupt(format!("group {g} does not exist")));
     }
-    let (blk, within) = sb.desc_location(g);
-    let mut d = vec![0u8; sb.desc_size as usize];
-    dev.read_exact_at(blk * sb.block_size as u64 + within as u64, &mut d)?;
+    let d = raw_descriptor(dev, sb, g)?;
     let mut table = u32le(&d, 0x8) as u64;
     if sb.desc_size >= 64 {
         table |= (u32le(&d, 0x28) as u64) << 32;
