@@ -593,7 +593,9 @@ fn free_pv_segments(pv: &str, part_start: u64) -> Vec<(u64, u64)> {
 /// A PV on an md RAID1 array (the "RAID1 + LVM" layout Debian's installer offers): on a
 /// member the PV lies past the md superblock, and the LVs on it show under the
 /// member's `lvm/`. The superblock is written by the test and read by `mdadm
-/// --examine`; the PV, VG and LV are LVM's, placed where `lvs` says.
+/// --examine`; the PV, VG and LV are LVM's, placed where `lvs` says. A second member
+/// that fell behind (fewer events) holds the same PV with older contents and is left
+/// out.
 #[test]
 fn a_pv_on_an_md_raid1_member_is_found() {
     if !fuse_available()
@@ -608,7 +610,17 @@ fn a_pv_on_an_md_raid1_member_is_found() {
     let member = t.path().join("sda.img");
     let (data_at, data_len) = (1u64 << 20, 20u64 << 20);
     File::create(&member).unwrap().set_len(24 << 20).unwrap();
-    let sb = md_superblock(data_at / 512, data_len / 512, (24 << 20) / 512, &mut rng);
+    let mut sb = md_superblock(data_at / 512, data_len / 512, (24 << 20) / 512, &mut rng);
+    let state = |events, slot| MdState {
+        array: 5,
+        events,
+        slot,
+        roles: &[0, 1],
+        features: 0,
+        recovery: 0,
+        super_sector: 8,
+    };
+    md_set_state(&mut sb, &state(20, 0));
     File::options()
         .write(true)
         .open(&member)
@@ -642,14 +654,40 @@ fn a_pv_on_an_md_raid1_member_is_found() {
         &pe_start,
         1 << 20,
     );
+    let pe_start = pe_start[&pv];
     drop(loops);
+    // The other member dropped out of the array earlier (events behind): the same PV
+    // and VG, the LV holding an older filesystem. It comes last among the devices, so
+    // a PV taken from whichever member is scanned last would read the old LV.
+    let stale = t.path().join("sdb.img");
+    std::fs::copy(&member, &stale).unwrap();
+    let mut sb = sb.clone();
+    md_set_state(&mut sb, &state(12, 1));
+    let (old_src, old_img) = (t.path().join("old"), t.path().join("old.img"));
+    ext4_image(&old_src, &old_img, 7, 8 << 20, &mut rng);
+    let lv_at = data_at + pe_start + segs["root"][0].stripes[0].1 * (1 << 20);
+    let f = File::options().write(true).open(&stale).unwrap();
+    f.write_all_at(&sb, 4096).unwrap();
+    f.write_all_at(&std::fs::read(&old_img).unwrap(), lv_at)
+        .unwrap();
+    drop(f);
+    let exam = tool("mdadm", &["--examine", s(&stale)]).expect("mdadm --examine");
+    assert!(exam.contains("Events : 12"), "{exam}");
     let safe = t.path().join("safe");
-    backup(&[s(&safe), &format!("sda={}", s(&member))]);
+    backup(&[
+        s(&safe),
+        &format!("sda={}", s(&member)),
+        &format!("sdb={}", s(&stale)),
+    ]);
     let m = Mounted::new(&safe, t.path(), &[]);
     same_tree(
         &tree_digest(&m.dir.join(format!("1/sda/lvm/{vg}-root"))),
         &tree_digest(&src),
         "the LV on the array",
+    );
+    assert!(
+        !m.dir.join("1/sdb/lvm").exists(),
+        "the stale member holds no PV of the point"
     );
 }
 

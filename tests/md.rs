@@ -19,6 +19,31 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Asserts that `mdadm --examine` of `member` prints each of `want` (the md tools'
+/// own reading of a superblock this test wrote).
+fn examine(member: &Path, want: &[&str]) {
+    let exam = Command::new("mdadm")
+        .args(["--examine", s(member)])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&exam.stdout).to_string() + &String::from_utf8_lossy(&exam.stderr);
+    for w in want {
+        assert!(
+            text.contains(w),
+            "{}: mdadm --examine reads {w:?}:\n{text}",
+            member.display()
+        );
+    }
+}
+
+/// Backs up `sources` (`NAME=PATH`) into a new safe `safe` as one point.
+fn backup_all(safe: &Path, sources: &[String]) {
+    let mut args = vec![s(safe)];
+    args.extend(sources.iter().map(String::as_str));
+    backup(&args);
+}
+
 #[test]
 fn a_raid1_member_partition_shows_the_array_tree() {
     if !fuse_available() {
@@ -70,24 +95,16 @@ fn a_raid1_member_partition_shows_the_array_tree() {
     m.write_all_at(&std::fs::read(&fs).unwrap(), 1 << 20)
         .unwrap();
     drop(m);
-    let exam = Command::new("mdadm")
-        .args(["--examine", s(&member)])
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&exam.stdout).to_string() + &String::from_utf8_lossy(&exam.stderr);
-    for want in [
-        "Version : 1.2",
-        "Raid Level : raid1",
-        "Data Offset : 2048 sectors",
-        "Used Dev Size : 16384",
-        "- correct",
-    ] {
-        assert!(
-            text.contains(want),
-            "mdadm --examine reads {want:?}:\n{text}"
-        );
-    }
+    examine(
+        &member,
+        &[
+            "Version : 1.2",
+            "Raid Level : raid1",
+            "Data Offset : 2048 sectors",
+            "Used Dev Size : 16384",
+            "- correct",
+        ],
+    );
 
     // A GPT disk whose second partition is the member.
     let disk = t.path().join("disk.img");
@@ -187,27 +204,18 @@ fn a_raid10_near2_member_shows_the_array_tree() {
         m.write_all_at(&std::fs::read(&fs).unwrap(), 1 << 20)
             .unwrap();
         drop(m);
-        let exam = Command::new("mdadm")
-            .args(["--examine", s(&member)])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&exam.stdout);
-        for want in [
-            "Raid Level : raid10",
-            &format!("Layout : {shown}"),
-            "- correct",
-        ] {
-            assert!(
-                text.contains(want),
-                "mdadm --examine reads {want:?}:\n{text}"
-            );
-        }
+        examine(
+            &member,
+            &[
+                "Raid Level : raid10",
+                &format!("Layout : {shown}"),
+                "- correct",
+            ],
+        );
         sources.push(format!("l{layout:x}={}", s(&member)));
     }
     let safe = t.path().join("safe");
-    let mut args = vec![s(&safe)];
-    args.extend(sources.iter().map(String::as_str));
-    backup(&args);
+    backup_all(&safe, &sources);
     let mnt = Mounted::new(&safe, t.path(), &[]);
     same_tree(
         &tree_digest(&mnt.dir.join("1/l102/files")),
@@ -217,5 +225,412 @@ fn a_raid10_near2_member_shows_the_array_tree() {
     assert!(
         !mnt.dir.join("1/l201/files").exists(),
         "a far=2 member holds no whole copy"
+    );
+}
+
+/// Deletes a file of 3 MiB of random bytes from the ext4 image `fs` (debugfs), leaving
+/// them in its free space for `--skip-free` to leave out.
+fn with_deleted_junk(fs: &Path, dir: &Path, rng: &mut StdRng) {
+    let junk = dir.join("junk");
+    let mut data = vec![0u8; 3 << 20];
+    rng.fill(&mut data[..]);
+    std::fs::write(&junk, &data).unwrap();
+    for cmd in [format!("write {} junk", s(&junk)), "rm junk".to_string()] {
+        let o = Command::new("debugfs")
+            .args(["-w", "-R", &cmd, s(fs)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "debugfs {cmd}");
+    }
+}
+
+/// A member of [`stale_spare_or_rebuilding_members_are_not_shown_as_the_array`]:
+/// device, whether version 1.0 (else 1.2), state, filesystem, whether current, what
+/// `mdadm --examine` must read.
+type Case<'a> = (&'a str, bool, MdState<'a>, &'a Path, bool, Vec<&'a str>);
+
+/// A RAID1 member's copy is the array's only while it is in the array and current:
+/// a member that dropped out of a degraded array (its events behind another member's
+/// of the same backup), a spare, or a member being rebuilt holds older or partial
+/// contents, and neither its tree is shown nor `--skip-free` trusts its bitmaps.
+/// `mdadm --examine` reads each hand-written superblock as meant (events, role,
+/// recovery offset, version 1.2 at 4 KiB or 1.0 at the end); members that are current
+/// show the tree their filesystem was made from.
+#[test]
+fn stale_spare_or_rebuilding_members_are_not_shown_as_the_array() {
+    let name = "stale_spare_or_rebuilding_members_are_not_shown_as_the_array";
+    if !fuse_available() {
+        eprintln!("SKIP {name}: FUSE is not available here");
+        return;
+    }
+    if !have_tool("mdadm", "mdadm", name) || !have_tool("debugfs", "e2fsprogs", name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(96);
+    let (new_src, new_fs) = (t.path().join("new"), t.path().join("new.img"));
+    let (old_src, old_fs) = (t.path().join("old"), t.path().join("old.img"));
+    ext4_image(&new_src, &new_fs, 12, 8 << 20, &mut rng);
+    ext4_image(&old_src, &old_fs, 9, 8 << 20, &mut rng);
+    with_deleted_junk(&new_fs, t.path(), &mut rng);
+    with_deleted_junk(&old_fs, t.path(), &mut rng);
+    let member_sectors = (10u64 << 20) / 512;
+    let end_sector = (member_sectors - 16) & !7;
+    const SPARE: u16 = 0xffff;
+    let cases: Vec<Case> = vec![
+        (
+            "fresh",
+            false,
+            MdState {
+                array: 1,
+                events: 20,
+                slot: 0,
+                roles: &[0, 1],
+                features: 0,
+                recovery: 0,
+                super_sector: 8,
+            },
+            &new_fs,
+            true,
+            vec![
+                "Version : 1.2",
+                "Events : 20",
+                "Device Role : Active device 0",
+            ],
+        ),
+        (
+            "stale",
+            false,
+            MdState {
+                array: 1,
+                events: 12,
+                slot: 1,
+                roles: &[0, 1],
+                features: 0,
+                recovery: 0,
+                super_sector: 8,
+            },
+            &old_fs,
+            false,
+            vec!["Events : 12", "Device Role : Active device 1"],
+        ),
+        (
+            "spare",
+            false,
+            MdState {
+                array: 2,
+                events: 9,
+                slot: 2,
+                roles: &[0, 1, SPARE],
+                features: 0,
+                recovery: 0,
+                super_sector: 8,
+            },
+            &new_fs,
+            false,
+            vec!["Device Role : spare"],
+        ),
+        (
+            "rebuilding",
+            false,
+            MdState {
+                array: 3,
+                events: 9,
+                slot: 1,
+                roles: &[0, 1],
+                features: 2,
+                recovery: 4096,
+                super_sector: 8,
+            },
+            &new_fs,
+            false,
+            vec![
+                "Recovery Offset : 4096 sectors",
+                "Device Role : Active device 1",
+            ],
+        ),
+        (
+            "fresh10",
+            true,
+            MdState {
+                array: 4,
+                events: 30,
+                slot: 0,
+                roles: &[0, 1],
+                features: 0,
+                recovery: 0,
+                super_sector: end_sector,
+            },
+            &new_fs,
+            true,
+            vec![
+                "Version : 1.0",
+                "Events : 30",
+                "Super Offset : 20464 sectors",
+            ],
+        ),
+        (
+            "stale10",
+            true,
+            MdState {
+                array: 4,
+                events: 7,
+                slot: 1,
+                roles: &[0, 1],
+                features: 0,
+                recovery: 0,
+                super_sector: end_sector,
+            },
+            &old_fs,
+            false,
+            vec!["Version : 1.0", "Events : 7"],
+        ),
+    ];
+    let mut sources = Vec::new();
+    let mut members = Vec::new();
+    for (dev, v10, st, fs, _, want) in &cases {
+        let member = t.path().join(format!("{dev}.img"));
+        File::create(&member)
+            .unwrap()
+            .set_len(member_sectors * 512)
+            .unwrap();
+        let m = OpenOptions::new().write(true).open(&member).unwrap();
+        let (data_at, sb_at) = if *v10 { (0, end_sector) } else { (2048, 8) };
+        let avail = if *v10 { end_sector } else { member_sectors };
+        let mut sb = md_superblock_of(1, 0, data_at, (8 << 20) / 512, avail, &mut rng);
+        md_set_state(&mut sb, st);
+        m.write_all_at(&sb, sb_at * 512).unwrap();
+        m.write_all_at(&std::fs::read(fs).unwrap(), data_at * 512)
+            .unwrap();
+        drop(m);
+        examine(
+            &member,
+            &[&want[..], &["Raid Level : raid1", "- correct"]].concat(),
+        );
+        sources.push(format!("{dev}={}", s(&member)));
+        members.push(member);
+    }
+    let safe = t.path().join("safe");
+    backup_all(&safe, &sources);
+    let mnt = Mounted::new(&safe, t.path(), &[]);
+    for (dev, _, _, fs, current, _) in &cases {
+        let files = mnt.dir.join(format!("1/{dev}/files"));
+        if *current {
+            let src = if *fs == new_fs.as_path() {
+                &new_src
+            } else {
+                &old_src
+            };
+            same_tree(&tree_digest(&files), &tree_digest(src), dev);
+        } else {
+            assert!(!files.exists(), "{dev}: no tree shown");
+        }
+    }
+    let log = mnt.log_text();
+    for want in [
+        "device stale: md member (superblock 1.2) stale: 12 events against the array's 20",
+        "device spare: md member (superblock 1.2) a spare",
+        "device rebuilding: md member (superblock 1.2) being rebuilt (2097152 of 8388608 bytes done)",
+        "device stale10: md member (superblock 1.0) stale: 7 events against the array's 30",
+    ] {
+        assert!(log.contains(want), "the log names {want:?}:\n{log}");
+    }
+    drop(mnt);
+
+    // --skip-free leaves the free space of current members out and keeps the others
+    // whole, byte for byte.
+    let part = t.path().join("part");
+    let mut args = vec!["backup", s(&part)];
+    args.extend(sources.iter().map(String::as_str));
+    args.push("--skip-free");
+    let o = ds(&args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    for ((dev, v10, _, _, current, _), member) in cases.iter().zip(&members) {
+        let restored = t.path().join(format!("restored-{dev}"));
+        ok(&["restore", s(&part), "1", dev, s(&restored)]);
+        let (a, b) = (
+            std::fs::read(&restored).unwrap(),
+            std::fs::read(member).unwrap(),
+        );
+        let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        if *current {
+            assert!(
+                differ > 2 << 20,
+                "{dev}: the deleted junk left out ({differ} bytes differ)"
+            );
+            let at = if *v10 { 0 } else { 1 << 20 };
+            let array = t.path().join(format!("array-{dev}.img"));
+            std::fs::write(&array, &a[at..at + (8 << 20)]).unwrap();
+            let fsck = Command::new("e2fsck")
+                .args(["-fn", s(&array)])
+                .output()
+                .unwrap();
+            assert!(
+                fsck.status.success(),
+                "{dev}: {}",
+                String::from_utf8_lossy(&fsck.stdout)
+            );
+        } else {
+            assert_eq!(differ, 0, "{dev}: kept whole");
+            assert!(
+                err.contains(&format!("note: device {dev}: the whole device: md member")),
+                "{dev}: {err}"
+            );
+        }
+    }
+}
+
+/// A 0.90 superblock (little-endian, as x86 writes it): an array of `level` over two
+/// devices, `kib` KiB of data per member, `events`, this device number `this` in
+/// `state` (bits: 0 faulty, 1 active, 2 in sync), the other active and in sync.
+fn md090_superblock(
+    level: u32,
+    kib: u32,
+    events: u64,
+    this: u32,
+    state: u32,
+    uuid: u32,
+) -> Vec<u8> {
+    let mut b = vec![0u8; 4096];
+    let mut put = |w: usize, x: u32| b[4 * w..4 * w + 4].copy_from_slice(&x.to_le_bytes());
+    put(0, 0xa92b_4efc);
+    put(2, 90); // minor version
+    put(5, uuid);
+    put(6, 1_700_000_000); // ctime
+    put(7, level);
+    put(8, kib);
+    put(9, 2); // nr_disks
+    put(10, 2); // raid_disks
+    put(13, uuid);
+    put(14, uuid);
+    put(15, uuid);
+    put(32, 1_700_000_100); // utime
+    put(33, 1); // clean
+    put(34, 2); // active, working
+    put(35, 2);
+    put(39, events as u32);
+    put(40, (events >> 32) as u32);
+    put(64, if level == 5 { 2 } else { 0 }); // left-symmetric
+    put(65, 64 << 10); // chunk size
+    for d in 0..2u32 {
+        let w = 128 + 32 * d as usize;
+        put(w, d);
+        put(w + 1, 8); // major, minor
+        put(w + 2, 16 * d + 1);
+        put(w + 3, d);
+        put(w + 4, if d == this { state } else { 6 });
+    }
+    for (k, v) in [(0, this), (1, 8), (2, 16 * this + 1), (3, this), (4, state)] {
+        put(992 + k, v);
+    }
+    let mut sum: u64 = 0;
+    for w in b.chunks_exact(4) {
+        sum += u32::from_le_bytes(w.try_into().unwrap()) as u64;
+    }
+    let c = ((sum & 0xFFFF_FFFF) + (sum >> 32)) as u32;
+    b[38 * 4..39 * 4].copy_from_slice(&c.to_le_bytes());
+    b
+}
+
+/// Version 0.90 superblocks (at the end of the member; mdadm's default for /boot on
+/// older installs) are read too: a RAID1 member that fell behind shows no tree, the
+/// current one shows its array's, and a RAID5 member — whose first chunk holds the
+/// array's ext4 superblock while its other blocks lie on other members — shows none
+/// and keeps its bytes under `--skip-free`. `mdadm --examine` reads each superblock.
+#[test]
+fn version_090_members_are_judged_too() {
+    let name = "version_090_members_are_judged_too";
+    if !fuse_available() {
+        eprintln!("SKIP {name}: FUSE is not available here");
+        return;
+    }
+    if !have_tool("mdadm", "mdadm", name) || !have_tool("debugfs", "e2fsprogs", name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(97);
+    let (src, fs) = (t.path().join("src"), t.path().join("fs.img"));
+    ext4_image(&src, &fs, 10, 8 << 20, &mut rng);
+    with_deleted_junk(&fs, t.path(), &mut rng);
+    let size = 10u64 << 20;
+    let sb_at = ((size / 512) & !127) * 512 - 65536;
+    // (device, level, events, this device's number, its state, what mdadm reads)
+    let cases = [
+        (
+            "cur",
+            1,
+            40,
+            0,
+            6,
+            vec!["Raid Level : raid1", "Events : 40"],
+        ),
+        (
+            "behind",
+            1,
+            31,
+            1,
+            6,
+            vec!["Raid Level : raid1", "Events : 31"],
+        ),
+        ("r5", 5, 8, 0, 6, vec!["Raid Level : raid5", "Events : 8"]),
+    ];
+    let mut sources = Vec::new();
+    for (dev, level, events, this, state, want) in &cases {
+        let member = t.path().join(format!("{dev}.img"));
+        File::create(&member).unwrap().set_len(size).unwrap();
+        let f = OpenOptions::new().write(true).open(&member).unwrap();
+        f.write_all_at(&std::fs::read(&fs).unwrap(), 0).unwrap();
+        let uuid = if *level == 1 {
+            0x1234_5678
+        } else {
+            0x9abc_def0
+        };
+        let sb = md090_superblock(*level, 8 << 10, *events, *this, *state, uuid);
+        f.write_all_at(&sb, sb_at).unwrap();
+        drop(f);
+        examine(
+            &member,
+            &[&want[..], &["Version : 0.90.00", "Used Dev Size : 8192"]].concat(),
+        );
+        sources.push(format!("{dev}={}", s(&member)));
+    }
+    let safe = t.path().join("safe");
+    backup_all(&safe, &sources);
+    let mnt = Mounted::new(&safe, t.path(), &[]);
+    same_tree(
+        &tree_digest(&mnt.dir.join("1/cur/files")),
+        &tree_digest(&src),
+        "the current member's array",
+    );
+    for dev in ["behind", "r5"] {
+        assert!(
+            !mnt.dir.join(format!("1/{dev}/files")).exists(),
+            "{dev}: no tree"
+        );
+    }
+    let log = mnt.log_text();
+    for want in [
+        "device behind: md member (superblock 0.90) stale: 31 events against the array's 40",
+        "device r5: md member (superblock 0.90) a member of RAID5, whose data is spread over several devices",
+    ] {
+        assert!(log.contains(want), "the log names {want:?}:\n{log}");
+    }
+    drop(mnt);
+    let (part, r5) = (t.path().join("part"), t.path().join("r5.img"));
+    let o = ds(&["backup", s(&part), &format!("r5={}", s(&r5)), "--skip-free"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "note: device r5: the whole device: md member (superblock 0.90) a member of RAID5"
+        ),
+        "{err}"
+    );
+    let restored = t.path().join("restored.img");
+    ok(&["restore", s(&part), "1", "r5", s(&restored)]);
+    assert!(
+        std::fs::read(&restored).unwrap() == std::fs::read(&r5).unwrap(),
+        "the RAID5 member kept whole"
     );
 }

@@ -64,9 +64,14 @@ fuzz_target!(|data: &[u8]| {
     }
     // The data of md RAID1 members among them, inside the member, walked too.
     for v in vols.clone() {
-        if let Ok(Some(m)) = disksafe::volumes::md::raid1_member(&*v) {
+        let Ok(Some(m)) = disksafe::volumes::md::member(&*v) else {
+            continue;
+        };
+        let mut arrays = disksafe::volumes::md::Arrays::default();
+        arrays.add(&m);
+        if arrays.unusable(&m).is_none() {
             assert!(m.offset.checked_add(m.len).is_some_and(|end| end <= v.size()));
-            let inner: Arc<dyn ReadAt> = Arc::new(Slice::new(v, m.offset, m.len));
+            let inner: Arc<dyn ReadAt> = m.data(&v);
             let _ = walk_volume(inner.clone(), 4096);
             vols.push(inner);
         }

@@ -58,7 +58,10 @@ pub fn free_blocks_in(dev: Arc<dyn ReadAt>, name: &str, block_size: u64) -> Vec<
 
 /// [`free_blocks`] of devices already open (name, reader).
 fn free_blocks_of(devices: &[(String, Arc<dyn ReadAt>)], block_size: u64) -> Vec<Vec<(u64, u64)>> {
-    let mut finder = Finder::default();
+    let mut finder = Finder {
+        arrays: md_arrays(devices),
+        ..Finder::default()
+    };
     let mut bytes = Vec::with_capacity(devices.len());
     for (i, (name, dev)) in devices.iter().enumerate() {
         finder.name = name.clone();
@@ -78,6 +81,26 @@ fn free_blocks_of(devices: &[(String, Arc<dyn ReadAt>)], block_size: u64) -> Vec
         .collect()
 }
 
+/// The md arrays whose members are the devices or their partitions: the freshest
+/// superblock of each.
+fn md_arrays(devices: &[(String, Arc<dyn ReadAt>)]) -> crate::volumes::md::Arrays {
+    let mut arrays = crate::volumes::md::Arrays::default();
+    for (_, dev) in devices {
+        let mut vols = vec![dev.clone()];
+        if let Ok(Some(t)) = crate::volumes::read_table(&**dev) {
+            for p in &t.partitions {
+                vols.push(Arc::new(Slice::new(dev.clone(), p.start, p.len)));
+            }
+        }
+        for v in vols {
+            if let Ok(Some(m)) = crate::volumes::md::member(&*v) {
+                arrays.add(&m);
+            }
+        }
+    }
+    arrays
+}
+
 /// Looks through devices' layers for the free space of their filesystems.
 #[derive(Default)]
 struct Finder {
@@ -89,6 +112,9 @@ struct Finder {
     known: usize,
     /// The PVs found at known places on the devices.
     pvs: Vec<FoundPv>,
+    /// The freshest superblock of each md array among the devices and their
+    /// partitions, to tell stale members.
+    arrays: crate::volumes::md::Arrays,
 }
 
 /// An LVM PV found on one of the devices.
@@ -112,6 +138,9 @@ impl Finder {
         base: Option<u64>,
     ) -> Vec<(u64, u64)> {
         let name = self.name.clone();
+        if let Some(free) = self.md_member(&vol, what, depth, base) {
+            return free;
+        }
         let table = match crate::volumes::read_table(&*vol) {
             Ok(t) => t,
             Err(e) => {
@@ -158,8 +187,41 @@ impl Finder {
         out
     }
 
-    /// Free byte ranges of an unpartitioned `vol`: an md RAID1 member's array, an LVM
-    /// PV, or a filesystem.
+    /// Free byte ranges of `vol` when it is an md member (`None` when it is not): in
+    /// a RAID1 member's array data (a partition table or what it holds), past or
+    /// before its superblock (and any write-intent bitmap), which are kept whole;
+    /// none in a member whose bytes are not the array's as it stands (a spare, one
+    /// being rebuilt, one behind another member of these devices, one of a striped
+    /// level), which is kept whole.
+    fn md_member(
+        &mut self,
+        vol: &Arc<dyn ReadAt>,
+        what: &str,
+        depth: u32,
+        base: Option<u64>,
+    ) -> Option<Vec<(u64, u64)>> {
+        let m = crate::volumes::md::member(&**vol).ok()??;
+        let what = if what.is_empty() {
+            "the whole device"
+        } else {
+            what
+        };
+        if let Some(why) = self.arrays.unusable(&m) {
+            eprintln!(
+                "note: device {}: {what}: md member (superblock {}) {why}; kept whole",
+                self.name, m.version
+            );
+            return Some(Vec::new());
+        }
+        if depth >= MAX_DEPTH {
+            return Some(Vec::new());
+        }
+        let inner = format!("{what} (md array {})", m.name);
+        let free = self.volume(m.data(vol), &inner, depth + 1, base.map(|b| b + m.offset));
+        Some(free.into_iter().map(|(o, l)| (m.offset + o, l)).collect())
+    }
+
+    /// Free byte ranges of an unpartitioned `vol`: an LVM PV or a filesystem.
     fn contents(
         &mut self,
         vol: Arc<dyn ReadAt>,
@@ -168,16 +230,6 @@ impl Finder {
         base: Option<u64>,
     ) -> Vec<(u64, u64)> {
         let name = self.name.clone();
-        // An md RAID1 member: the filesystem is the array's, past the superblock (and
-        // any write-intent bitmap), which are kept whole.
-        if let Ok(Some((data, m))) = crate::volumes::md::array_data(&vol) {
-            if depth >= MAX_DEPTH {
-                return Vec::new();
-            }
-            let what = format!("{what} (md array {})", m.name);
-            let free = self.contents(data, &what, depth + 1, base.map(|b| b + m.offset));
-            return free.into_iter().map(|(o, l)| (m.offset + o, l)).collect();
-        }
         if let Some(free) = self.lvm(&vol, what, depth, base) {
             return free;
         }

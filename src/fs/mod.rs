@@ -105,17 +105,15 @@ struct Nodes {
     by_kind: HashMap<Kind, u64>,
 }
 
-/// The array data of `vol` when it is an md RAID1 member whose data lies past its
-/// superblock, with the array's name; `None` otherwise (damage is logged).
-fn md_data(vol: &Arc<dyn ReadAt>, what: &str) -> Option<(Arc<dyn ReadAt>, String)> {
-    match crate::volumes::md::array_data(vol) {
-        Ok(Some((data, m))) => Some((data, m.name)),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::error!("{what}: reading an md superblock: {e}");
-            None
-        }
-    }
+/// What an md superblock on a volume says about reading it.
+enum MdView {
+    /// No md member: the volume is read as it is.
+    Plain,
+    /// A member holding a whole, current copy of the array: its data, and the array's name.
+    Array(Arc<dyn ReadAt>, String),
+    /// A member whose bytes are not the array's as it stands (logged): neither it
+    /// nor its data is read as a filesystem or a PV.
+    NotRead,
 }
 
 impl Nodes {
@@ -266,6 +264,8 @@ pub struct SafeFs {
     tree_ids: Mutex<HashMap<VolumeKey, Option<u64>>>,
     /// Each point's LVM volume groups, scanned on first use.
     lvm: Mutex<HashMap<i64, Arc<PointLvm>>>,
+    /// Each point's md arrays (the freshest superblock of each), scanned on first use.
+    md: Mutex<HashMap<i64, Arc<crate::volumes::md::Arrays>>>,
     /// Readahead streams per image or large tree-file inode (files are opened without
     /// a handle).
     streams: readahead::Streams,
@@ -308,6 +308,7 @@ impl SafeFs {
             tree_clock: AtomicU64::new(0),
             tree_ids: Mutex::new(HashMap::new()),
             lvm: Mutex::new(HashMap::new()),
+            md: Mutex::new(HashMap::new()),
             streams,
         })
     }
@@ -441,9 +442,9 @@ impl SafeFs {
         }
     }
 
-    /// Every volume of a point that may be a PV: each device, and each partition.
-    fn point_volumes(&self, point: i64) -> Vec<(i64, String, Arc<dyn ReadAt>)> {
-        let mut out = Vec::new();
+    /// Each device of a point and each partition on it, with a name for the log.
+    fn point_devices_and_parts(&self, point: i64) -> Vec<(i64, String, Arc<dyn ReadAt>)> {
+        let mut out: Vec<(i64, String, Arc<dyn ReadAt>)> = Vec::new();
         let Some(p) = self.point(point) else {
             return out;
         };
@@ -451,23 +452,74 @@ impl SafeFs {
             let Some(pd) = self.device(point, d.id) else {
                 continue;
             };
-            let mut vols: Vec<(String, Arc<dyn ReadAt>)> =
-                vec![(format!("device {}", d.name), pd.clone())];
+            out.push((d.id, format!("device {}", d.name), pd.clone()));
             if let Ok(Some(t)) = crate::volumes::read_table(&*pd) {
                 for part in &t.partitions {
-                    vols.push((
+                    out.push((
+                        d.id,
                         format!("device {}, partition {}", d.name, part.number),
                         Arc::new(Slice::new(pd.clone(), part.start, part.len)),
                     ));
                 }
             }
-            for (what, vol) in vols {
-                // The data of a RAID1 member (an LVM PV on md, say) is a volume too.
-                if let Some((inner, name)) = md_data(&vol, &what) {
-                    out.push((d.id, format!("{what}, md array {name}"), inner));
-                }
-                out.push((d.id, what, vol));
+        }
+        out
+    }
+
+    /// The md arrays of a point: the freshest superblock of each among its devices
+    /// and partitions (scanned once: points never change).
+    fn point_md(&self, point: i64) -> Arc<crate::volumes::md::Arrays> {
+        if let Some(a) = self.md.lock().unwrap().get(&point) {
+            return a.clone();
+        }
+        let mut arrays = crate::volumes::md::Arrays::default();
+        for (_, _, vol) in self.point_devices_and_parts(point) {
+            if let Ok(Some(m)) = crate::volumes::md::member(&*vol) {
+                arrays.add(&m);
             }
+        }
+        let arrays = Arc::new(arrays);
+        self.md.lock().unwrap().insert(point, arrays.clone());
+        arrays
+    }
+
+    /// How to read `vol` of `point` when it is an md member ([`MdView`]); `what` names
+    /// it in the log.
+    fn md_view(&self, point: i64, vol: &Arc<dyn ReadAt>, what: &str) -> MdView {
+        let m = match crate::volumes::md::member(&**vol) {
+            Ok(Some(m)) => m,
+            Ok(None) => return MdView::Plain,
+            Err(e) => {
+                tracing::error!("{what}: reading an md superblock: {e}");
+                return MdView::Plain;
+            }
+        };
+        match self.point_md(point).unusable(&m) {
+            Some(why) => {
+                tracing::warn!(
+                    "{what}: md member (superblock {}) {why}; its contents are not read as a filesystem or PV",
+                    m.version
+                );
+                MdView::NotRead
+            }
+            None => MdView::Array(m.data(vol), m.name),
+        }
+    }
+
+    /// Every volume of a point that may be a PV: each device, each partition, and the
+    /// array data of each md member holding a current whole copy.
+    fn point_volumes(&self, point: i64) -> Vec<(i64, String, Arc<dyn ReadAt>)> {
+        let mut out = Vec::new();
+        for (dev, what, vol) in self.point_devices_and_parts(point) {
+            match self.md_view(point, &vol, &format!("point {point}, {what}")) {
+                MdView::Plain => {}
+                // The data of a RAID1 member (an LVM PV on md, say) is a volume too.
+                MdView::Array(inner, name) => {
+                    out.push((dev, format!("{what}, md array {name}"), inner))
+                }
+                MdView::NotRead => continue,
+            }
+            out.push((dev, what, vol));
         }
         out
     }
@@ -806,15 +858,20 @@ impl SafeFs {
                 }
             }
         };
-        // A RAID1 member holds the array's filesystem past its md superblock.
-        let vol = match md_data(&vol, &label) {
-            Some((inner, _)) => inner,
-            None => vol,
-        };
-        // A btrfs volume spanning devices finds the others among the point's volumes.
         let point = match &key {
             VolumeKey::Part(point, ..) | VolumeKey::Lv(point, ..) => *point,
         };
+        // A RAID1 member holds the array's filesystem (past its md superblock, or
+        // before it); a stale, spare or striped member's is not the array's.
+        let vol = match self.md_view(point, &vol, &label) {
+            MdView::Plain => vol,
+            MdView::Array(inner, _) => inner,
+            MdView::NotRead => {
+                self.tree_ids.lock().unwrap().insert(key, None);
+                return None;
+            }
+        };
+        // A btrfs volume spanning devices finds the others among the point's volumes.
         let members = if crate::ntfs_ext::btrfs::spans_devices(&*vol) {
             let all = self.point_volumes(point).into_iter().map(|(_, _, v)| v);
             crate::ntfs_ext::Members(all.collect())

@@ -1,32 +1,76 @@
-//! Linux software RAID (md) members: a RAID1 member (or a RAID10 member with as
-//! many near copies as devices) with a version 1.1 or 1.2 superblock holds a whole
-//! copy of the array, but at an offset past the superblock,
-//! so the filesystem (or LVM PV) on the array is found only through that offset.
-//! Members whose data starts at 0 (superblock 0.90 or 1.0, at the end) need nothing.
+//! Linux software RAID (md) members. A RAID1 member (or a RAID10 member with as many
+//! near copies as devices) holds a whole copy of the array: with a version 1.1 or 1.2
+//! superblock at an offset past it, so the filesystem (or LVM PV) on the array is
+//! found only through that offset; with 0.90 or 1.0 (superblock at the end) from 0.
+//!
+//! Not every member's copy is the array's, though: a spare or a member marked faulty
+//! holds no array data, one being rebuilt holds it only below its recovery offset,
+//! and a member that dropped out of a degraded array keeps the array as it was then.
+//! [`Member::problem`] names what the member's own superblock says; [`Arrays`] finds
+//! the stale ones among the members of one point (events behind the freshest, as
+//! mdadm's assembly judges, or marked out of the array by a fresher member). Members
+//! of other levels spread the array over several devices and are not read either:
+//! their first bytes can look like a filesystem whose other blocks lie elsewhere.
 //!
 //! Every field is checked: magic, version, where the superblock says it lies, its
 //! checksum, and that the data range lies inside the member.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
 use crate::readat::{ReadAt, Slice};
 
 const MAGIC: u32 = 0xa92b_4efc;
-/// Superblock bytes before the device roles.
+/// Version-1 superblock bytes before the device roles.
 const FIXED: usize = 256;
 /// Roles a 4 KiB superblock has room for (the kernel's limit too).
 const MAX_DEVS: usize = (4096 - FIXED) / 2;
+/// Version-1 features: a member being rebuilt, a reshape under way.
+const FEATURE_RECOVERY_OFFSET: u32 = 2;
+const FEATURE_RESHAPE_ACTIVE: u32 = 4;
+/// Roles at or above this are no data slot: journal, faulty, spare.
+const ROLE_JOURNAL: u16 = 0xfffd;
+const ROLE_FAULTY: u16 = 0xfffe;
+const ROLE_SPARE: u16 = 0xffff;
+/// 0.90 device descriptor state bits.
+const DISK_FAULTY: u32 = 1 << 0;
+const DISK_ACTIVE: u32 = 1 << 1;
+const DISK_SYNC: u32 = 1 << 2;
+/// 0.90 descriptors: 27 of 32 words from word 128; this device's at word 992.
+const V090_DISKS: usize = 27;
 
-/// Where the array's data lies on one RAID1 member.
+/// One md member as its superblock describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Raid1Member {
+pub struct Member {
+    /// Superblock version, for messages ("0.90", "1.0", "1.1", "1.2").
+    pub version: &'static str,
+    /// The array's UUID, shared by its members.
+    pub array: [u8; 16],
+    /// The array's name, as mdadm stored it ("host:name"; empty for 0.90).
+    pub name: String,
+    /// RAID level (-1 linear, 0, 1, 4, 5, 6, 10).
+    pub level: i32,
     /// Byte offset of the array's first byte on this member.
     pub offset: u64,
     /// Bytes of array data.
     pub len: u64,
-    /// The array's name, as mdadm stored it ("host:name").
-    pub name: String,
+    /// Update count: members behind the array's freshest missed writes.
+    pub events: u64,
+    /// This member's slot in `roles`.
+    pub slot: usize,
+    /// Role of each slot: a data position, or journal / faulty / spare.
+    roles: Vec<u16>,
+    /// Every member holds the whole array in order.
+    whole: bool,
+    /// Array bytes rebuilt so far, when the member is being rebuilt.
+    recovering: Option<u64>,
+    /// A reshape (level, layout or device count) is under way.
+    reshaping: bool,
+}
+
+fn le16(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
 }
 
 fn le32(b: &[u8], o: usize) -> u32 {
@@ -37,13 +81,14 @@ fn le64(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
 }
 
-/// The version-1 superblock checksum: 32-bit words summed into 64 bits, the carry
-/// folded back once, over the fixed part and the roles, the checksum field as zero.
-fn checksum(sb: &[u8]) -> u32 {
+/// 32-bit words summed into 64 bits, the word at `skip` (the checksum field) left
+/// out, a trailing half word added, the carry folded back once: the checksum of
+/// version-1 and of 0.90 superblocks alike.
+fn checksum(sb: &[u8], skip: usize) -> u32 {
     let mut sum: u64 = 0;
     let mut words = sb.chunks_exact(4);
     for (i, w) in words.by_ref().enumerate() {
-        if i != 0xD8 / 4 {
+        if i != skip / 4 {
             sum += u32::from_le_bytes(w.try_into().unwrap()) as u64;
         }
     }
@@ -53,67 +98,228 @@ fn checksum(sb: &[u8]) -> u32 {
     ((sum & 0xFFFF_FFFF) + (sum >> 32)) as u32
 }
 
-/// Whether each member of the array holds the whole array in order: RAID1, and RAID10
-/// whose near copies are as many as its devices (mdadm's default `near=2` on two
-/// devices), where every chunk lies on every member at the same place.
-fn whole_copy(sb: &[u8]) -> bool {
-    let (level, layout, disks) = (le32(sb, 0x48) as i32, le32(sb, 0x4C), le32(sb, 0x5C));
+/// Whether each member of an array of `level`, `layout` and `disks` holds the whole
+/// array in order: RAID1, and RAID10 whose near copies are as many as its devices
+/// (mdadm's default `near=2` on two devices), where every chunk lies on every member
+/// at the same place.
+fn whole_copy(level: i32, layout: u32, disks: u32) -> bool {
     let (near, far, offset) = (layout & 0xFF, (layout >> 8) & 0xFF, layout >> 16);
     level == 1 || level == 10 && disks >= 2 && near == disks && far == 1 && offset == 0
 }
 
-/// The array data of `vol` when it is a RAID1 member whose superblock (version 1.1 at
-/// its start, 1.2 at 4 KiB) puts the data past offset 0; `Ok(None)` for anything else.
-pub fn raid1_member(vol: &dyn ReadAt) -> io::Result<Option<Raid1Member>> {
+/// The level's name as mdadm prints it.
+fn level_name(level: i32) -> String {
+    match level {
+        -1 => "linear".into(),
+        l => format!("RAID{l}"),
+    }
+}
+
+/// The md superblock of `vol`, if it has one: version 1.1 at its start, 1.2 at
+/// 4 KiB, 1.0 near its end, 0.90 in its last 64 KiB. A superblock that fails its
+/// checks is logged and not used.
+pub fn member(vol: &dyn ReadAt) -> io::Result<Option<Member>> {
     let size = vol.size();
-    for at in [0u64, 4096] {
-        if at + 4096 > size {
+    let sectors = size / 512;
+    let end_v1 = sectors.checked_sub(16).map(|s| (s & !7) * 512);
+    let end_v090 = (sectors & !127).checked_sub(128).map(|s| s * 512);
+    let places = [(Some(0u64), "1.1"), (Some(4096), "1.2"), (end_v1, "1.0")];
+    for (at, version) in places {
+        let Some(at) = at.filter(|at| at + 4096 <= size) else {
             continue;
-        }
+        };
         let mut b = vec![0u8; 4096];
         vol.read_exact_at(at, &mut b)?;
-        if le32(&b, 0) != MAGIC || le32(&b, 4) != 1 {
-            continue;
+        if le32(&b, 0) == MAGIC && le32(&b, 4) == 1 {
+            return Ok(version1(&b, at, size, version));
         }
-        let max_dev = le32(&b, 0xDC) as usize;
-        if max_dev > MAX_DEVS || le64(&b, 0x90) != at / 512 {
-            tracing::warn!("md superblock at {at}: implausible fields; not read");
-            continue;
+    }
+    if let Some(at) = end_v090.filter(|at| at + 4096 <= size) {
+        let mut b = vec![0u8; 4096];
+        vol.read_exact_at(at, &mut b)?;
+        if le32(&b, 0) == MAGIC && le32(&b, 4) == 0 && matches!(le32(&b, 8), 90 | 91) {
+            return Ok(version090(&b, size));
         }
-        let sb = &b[..FIXED + 2 * max_dev];
-        if checksum(sb) != le32(sb, 0xD8) {
-            tracing::warn!("md superblock at {at}: checksum mismatch; not read");
-            continue;
-        }
-        if !whole_copy(sb) {
-            return Ok(None); // other levels spread the data over members
-        }
-        let offset = le64(sb, 0x80).checked_mul(512);
-        let len = le64(sb, 0x50).checked_mul(512);
-        let (Some(offset), Some(len)) = (offset, len) else {
-            return Ok(None);
-        };
-        if offset == 0 || len == 0 || offset.checked_add(len).is_none_or(|e| e > size) {
-            tracing::warn!(
-                "md superblock at {at}: data {offset}+{len} does not fit the member ({size} bytes); not read"
-            );
-            return Ok(None);
-        }
-        let name = String::from_utf8_lossy(&sb[0x20..0x40])
-            .trim_end_matches('\0')
-            .to_string();
-        return Ok(Some(Raid1Member { offset, len, name }));
     }
     Ok(None)
 }
 
-/// The array data of `vol` as a volume of its own, when `vol` is such a RAID1 member
-/// ([`raid1_member`]), with where it lies.
-pub fn array_data(vol: &Arc<dyn ReadAt>) -> io::Result<Option<(Arc<dyn ReadAt>, Raid1Member)>> {
-    Ok(raid1_member(&**vol)?.map(|m| {
-        let data: Arc<dyn ReadAt> = Arc::new(Slice::new(vol.clone(), m.offset, m.len));
-        (data, m)
-    }))
+/// A version-1 superblock `b` found at byte `at` of a member of `size` bytes.
+fn version1(b: &[u8], at: u64, size: u64, version: &'static str) -> Option<Member> {
+    let max_dev = le32(b, 0xDC) as usize;
+    if max_dev > MAX_DEVS || le64(b, 0x90) != at / 512 {
+        tracing::warn!("md superblock {version} at {at}: implausible fields; not read");
+        return None;
+    }
+    let sb = &b[..FIXED + 2 * max_dev];
+    if checksum(sb, 0xD8) != le32(sb, 0xD8) {
+        tracing::warn!("md superblock {version} at {at}: checksum mismatch; not read");
+        return None;
+    }
+    let (level, layout, disks) = (le32(sb, 0x48) as i32, le32(sb, 0x4C), le32(sb, 0x5C));
+    let offset = le64(sb, 0x80).checked_mul(512)?;
+    let len = le64(sb, 0x50).checked_mul(512)?;
+    let whole = whole_copy(level, layout, disks);
+    // The data must lie clear of the superblock: after it (1.1, 1.2) or before it.
+    let clear = offset >= at + 4096 || offset.checked_add(len).is_some_and(|e| e <= at);
+    if whole && (len == 0 || !clear || offset.checked_add(len).is_none_or(|e| e > size)) {
+        tracing::warn!(
+            "md superblock {version} at {at}: data {offset}+{len} does not fit the member ({size} bytes); not read"
+        );
+        return None;
+    }
+    let features = le32(sb, 0x08);
+    let mut array = [0u8; 16];
+    array.copy_from_slice(&sb[0x10..0x20]);
+    Some(Member {
+        version,
+        array,
+        name: String::from_utf8_lossy(&sb[0x20..0x40])
+            .trim_end_matches('\0')
+            .to_string(),
+        level,
+        offset,
+        len,
+        events: le64(sb, 0xC8),
+        slot: le32(sb, 0xA0) as usize,
+        roles: (0..max_dev).map(|i| le16(sb, FIXED + 2 * i)).collect(),
+        whole,
+        recovering: (features & FEATURE_RECOVERY_OFFSET != 0)
+            .then(|| le64(sb, 0x98).saturating_mul(512)),
+        reshaping: features & FEATURE_RESHAPE_ACTIVE != 0,
+    })
+}
+
+/// A 0.90 superblock `b` (little-endian, as x86 writes it) at the end of a member of
+/// `size` bytes: the data starts at 0.
+fn version090(b: &[u8], size: u64) -> Option<Member> {
+    if checksum(b, 38 * 4) != le32(b, 38 * 4) {
+        tracing::warn!("md superblock 0.90: checksum mismatch; not read");
+        return None;
+    }
+    let word = |i: usize| le32(b, 4 * i);
+    let (level, disks, layout) = (word(7) as i32, word(10), word(64));
+    let len = (word(8) as u64) * 1024;
+    let whole = whole_copy(level, layout, disks);
+    if whole && (len == 0 || len > size) {
+        tracing::warn!("md superblock 0.90: {len} bytes of data do not fit the member ({size} bytes); not read");
+        return None;
+    }
+    let mut array = [0u8; 16];
+    for (i, w) in [5, 13, 14, 15].into_iter().enumerate() {
+        array[4 * i..4 * i + 4].copy_from_slice(&word(w).to_le_bytes());
+    }
+    // A descriptor's role: its data slot when active and in sync, else faulty/spare.
+    let role = |d: usize| {
+        let state = word(d + 4);
+        if state & DISK_FAULTY != 0 {
+            ROLE_FAULTY
+        } else if state & (DISK_ACTIVE | DISK_SYNC) == DISK_ACTIVE | DISK_SYNC {
+            u16::try_from(word(d + 3))
+                .unwrap_or(ROLE_SPARE)
+                .min(ROLE_JOURNAL - 1)
+        } else {
+            ROLE_SPARE
+        }
+    };
+    // Slots are descriptor numbers; this device's own descriptor decides its role.
+    let mut roles = vec![ROLE_SPARE; V090_DISKS];
+    for k in 0..V090_DISKS {
+        let d = 128 + 32 * k;
+        if let Some(r) = roles.get_mut(word(d) as usize) {
+            *r = role(d);
+        }
+    }
+    let slot = word(992) as usize;
+    if slot >= V090_DISKS {
+        tracing::warn!("md superblock 0.90: device number {slot} out of range; not read");
+        return None;
+    }
+    roles[slot] = role(992);
+    Some(Member {
+        version: "0.90",
+        array,
+        name: String::new(),
+        level,
+        offset: 0,
+        len,
+        events: (word(40) as u64) << 32 | word(39) as u64,
+        slot,
+        roles,
+        whole,
+        recovering: None,
+        // Minor version 91 marks a reshape under way.
+        reshaping: word(2) == 91,
+    })
+}
+
+impl Member {
+    /// Why this member's own superblock says its data is not the array's, if it does.
+    pub fn problem(&self) -> Option<String> {
+        if !self.whole {
+            return Some(format!(
+                "a member of {}, whose data is spread over several devices",
+                level_name(self.level)
+            ));
+        }
+        match self.roles.get(self.slot).copied().unwrap_or(ROLE_SPARE) {
+            ROLE_SPARE => return Some("a spare (no array data)".into()),
+            ROLE_FAULTY => return Some("marked faulty".into()),
+            ROLE_JOURNAL => return Some("the array's journal device".into()),
+            _ => {}
+        }
+        if let Some(done) = self.recovering {
+            return Some(format!("being rebuilt ({done} of {} bytes done)", self.len));
+        }
+        if self.reshaping && self.level != 1 {
+            return Some("in the middle of a reshape".into());
+        }
+        None
+    }
+
+    /// The array's data on `vol` (this member) as a volume of its own.
+    pub fn data(&self, vol: &Arc<dyn ReadAt>) -> Arc<dyn ReadAt> {
+        Arc::new(Slice::new(vol.clone(), self.offset, self.len))
+    }
+}
+
+/// The freshest superblock seen of each array among the members of one point (or
+/// one backup's sources), to tell which of them missed writes.
+#[derive(Debug, Default)]
+pub struct Arrays(HashMap<[u8; 16], (u64, Vec<u16>)>);
+
+impl Arrays {
+    /// Takes `m` into account.
+    pub fn add(&mut self, m: &Member) {
+        let e = self.0.entry(m.array).or_insert((m.events, m.roles.clone()));
+        if m.events > e.0 {
+            *e = (m.events, m.roles.clone());
+        }
+    }
+
+    /// Why `m` holds an older copy than the array's freshest member, if it does: its
+    /// events more than one behind (mdadm allows one: the kernel can leave a member
+    /// that far behind on a clean shutdown), or its slot marked faulty or spare there.
+    pub fn stale(&self, m: &Member) -> Option<String> {
+        let (events, roles) = self.0.get(&m.array)?;
+        if m.events.saturating_add(1) < *events {
+            return Some(format!(
+                "stale: {} events against the array's {events}",
+                m.events
+            ));
+        }
+        match roles.get(m.slot).copied() {
+            Some(ROLE_FAULTY) | Some(ROLE_SPARE) if *events > m.events => {
+                Some("stale: a fresher member marks it out of the array".into())
+            }
+            _ => None,
+        }
+    }
+
+    /// Why `m`'s copy is not the array's ([`Member::problem`], then [`Self::stale`]).
+    pub fn unusable(&self, m: &Member) -> Option<String> {
+        m.problem().or_else(|| self.stale(m))
+    }
 }
 
 #[cfg(test)]
@@ -121,66 +327,270 @@ mod tests {
     use super::*;
     use crate::readat::MemReader;
 
-    /// A member of `size` bytes with a version-1.2 RAID1 superblock putting `len`
-    /// bytes of data at `offset` (sectors).
-    fn member(size: usize, offset: u64, len: u64) -> Vec<u8> {
-        member_of(size, offset, len, 1, 0)
+    /// Fields of a hand-made version-1 superblock.
+    struct Sb {
+        level: u32,
+        layout: u32,
+        offset: u64,
+        len: u64,
+        events: u64,
+        slot: u32,
+        roles: Vec<u16>,
+        features: u32,
+        recovery: u64,
+        uuid: u8,
     }
 
-    /// [`member`] of an array of `level` and `layout`.
-    fn member_of(size: usize, offset: u64, len: u64, level: u32, layout: u32) -> Vec<u8> {
+    impl Default for Sb {
+        fn default() -> Sb {
+            Sb {
+                level: 1,
+                layout: 0,
+                offset: 64,
+                len: 1000,
+                events: 10,
+                slot: 0,
+                roles: vec![0, 1],
+                features: 0,
+                recovery: 0,
+                uuid: 7,
+            }
+        }
+    }
+
+    /// A member of `size` bytes with `sb` written as version `minor` (0, 1 or 2).
+    fn member_v1(size: usize, minor: u32, sb: &Sb) -> Vec<u8> {
+        let at = match minor {
+            0 => ((size as u64 / 512 - 16) & !7) * 512,
+            1 => 0,
+            _ => 4096,
+        } as usize;
         let mut v = vec![0u8; size];
-        let b = &mut v[4096..8192];
-        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        b[4..8].copy_from_slice(&1u32.to_le_bytes());
-        b[0x20..0x26].copy_from_slice(b"host:0");
-        b[0x48..0x4C].copy_from_slice(&level.to_le_bytes());
-        b[0x4C..0x50].copy_from_slice(&layout.to_le_bytes());
-        b[0x50..0x58].copy_from_slice(&len.to_le_bytes());
-        b[0x5C..0x60].copy_from_slice(&2u32.to_le_bytes());
-        b[0x80..0x88].copy_from_slice(&offset.to_le_bytes());
-        b[0x90..0x98].copy_from_slice(&8u64.to_le_bytes());
-        b[0xDC..0xE0].copy_from_slice(&2u32.to_le_bytes());
-        let c = checksum(&b[..FIXED + 4]);
-        b[0xD8..0xDC].copy_from_slice(&c.to_le_bytes());
+        let b = &mut v[at..at + 4096];
+        let put = |b: &mut [u8], o: usize, x: &[u8]| b[o..o + x.len()].copy_from_slice(x);
+        put(b, 0, &MAGIC.to_le_bytes());
+        put(b, 4, &1u32.to_le_bytes());
+        put(b, 0x08, &sb.features.to_le_bytes());
+        put(b, 0x10, &[sb.uuid; 16]);
+        put(b, 0x20, b"host:0");
+        put(b, 0x48, &sb.level.to_le_bytes());
+        put(b, 0x4C, &sb.layout.to_le_bytes());
+        put(b, 0x50, &sb.len.to_le_bytes());
+        put(b, 0x5C, &2u32.to_le_bytes());
+        put(b, 0x80, &sb.offset.to_le_bytes());
+        put(b, 0x90, &(at as u64 / 512).to_le_bytes());
+        put(b, 0x98, &sb.recovery.to_le_bytes());
+        put(b, 0xA0, &sb.slot.to_le_bytes());
+        put(b, 0xC8, &sb.events.to_le_bytes());
+        put(b, 0xDC, &(sb.roles.len() as u32).to_le_bytes());
+        for (i, r) in sb.roles.iter().enumerate() {
+            put(b, FIXED + 2 * i, &r.to_le_bytes());
+        }
+        let c = checksum(&b[..FIXED + 2 * sb.roles.len()], 0xD8);
+        put(b, 0xD8, &c.to_le_bytes());
         v
+    }
+
+    fn read(v: Vec<u8>) -> Option<Member> {
+        member(&MemReader(v)).unwrap()
     }
 
     #[test]
     fn a_raid1_member_gives_its_data_range() {
-        let m = raid1_member(&MemReader(member(1 << 20, 64, 1000))).unwrap();
-        assert_eq!(
-            m,
-            Some(Raid1Member {
-                offset: 64 * 512,
-                len: 1000 * 512,
-                name: "host:0".into()
-            })
-        );
+        let m = read(member_v1(1 << 20, 2, &Sb::default())).unwrap();
+        assert_eq!((m.version, m.offset, m.len), ("1.2", 64 * 512, 1000 * 512));
+        assert_eq!((m.name.as_str(), m.events, m.slot), ("host:0", 10, 0));
+        assert_eq!(m.problem(), None);
+        let m = read(member_v1(1 << 20, 1, &Sb::default())).unwrap();
+        assert_eq!((m.version, m.offset), ("1.1", 64 * 512));
+        // 1.0: the superblock at the end, the data from 0.
+        let sb = Sb {
+            offset: 0,
+            len: 2000,
+            ..Sb::default()
+        };
+        let m = read(member_v1(1 << 20, 0, &sb)).unwrap();
+        assert_eq!((m.version, m.offset, m.len), ("1.0", 0, 2000 * 512));
+        assert_eq!(m.problem(), None);
     }
 
     #[test]
     fn raid10_members_with_a_copy_per_device_give_their_data_range() {
-        let m = |level, layout| {
-            raid1_member(&MemReader(member_of(1 << 20, 64, 1000, level, layout)))
-                .unwrap()
-                .map(|m| m.offset)
+        let problem = |level, layout| {
+            let sb = Sb {
+                level,
+                layout,
+                ..Sb::default()
+            };
+            read(member_v1(1 << 20, 2, &sb)).unwrap().problem()
         };
-        assert_eq!(m(10, 0x102), Some(64 * 512), "near=2 on two devices");
-        assert_eq!(m(10, 0x201), None, "far=2 spreads chunks");
-        assert_eq!(m(10, 0x10102), None, "offset layout");
-        assert_eq!(m(10, 0x103), None, "three near copies on two devices");
-        assert_eq!(m(5, 2), None, "RAID5");
-        assert_eq!(m(0, 0), None, "RAID0");
+        assert_eq!(problem(10, 0x102), None, "near=2 on two devices");
+        for (level, layout, what) in [
+            (10, 0x201, "far=2 spreads chunks"),
+            (10, 0x10102, "offset layout"),
+            (10, 0x103, "three near copies on two devices"),
+            (5, 2, "RAID5"),
+            (0, 0, "RAID0"),
+        ] {
+            let p = problem(level, layout).unwrap_or_else(|| panic!("{what}"));
+            assert!(p.contains("spread over several devices"), "{what}: {p}");
+        }
+    }
+
+    #[test]
+    fn spares_faulty_and_rebuilding_members_are_not_the_array() {
+        let problem = |sb: Sb| read(member_v1(1 << 20, 2, &sb)).unwrap().problem();
+        let spare = Sb {
+            slot: 2,
+            roles: vec![0, 1, ROLE_SPARE],
+            ..Sb::default()
+        };
+        assert!(problem(spare).unwrap().contains("spare"));
+        let past = Sb {
+            slot: 5,
+            ..Sb::default()
+        };
+        assert!(
+            problem(past).unwrap().contains("spare"),
+            "slot past the roles"
+        );
+        let faulty = Sb {
+            roles: vec![ROLE_FAULTY, 1],
+            ..Sb::default()
+        };
+        assert!(problem(faulty).unwrap().contains("faulty"));
+        let rebuilding = Sb {
+            features: FEATURE_RECOVERY_OFFSET,
+            recovery: 100,
+            ..Sb::default()
+        };
+        assert_eq!(
+            problem(rebuilding).unwrap(),
+            "being rebuilt (51200 of 512000 bytes done)"
+        );
+        let reshape = Sb {
+            level: 10,
+            layout: 0x102,
+            features: FEATURE_RESHAPE_ACTIVE,
+            ..Sb::default()
+        };
+        assert!(problem(reshape).unwrap().contains("reshape"));
+    }
+
+    #[test]
+    fn members_behind_the_freshest_are_stale() {
+        let m = |events, slot, roles: Vec<u16>, uuid| {
+            let sb = Sb {
+                events,
+                slot,
+                roles,
+                uuid,
+                ..Sb::default()
+            };
+            read(member_v1(1 << 20, 2, &sb)).unwrap()
+        };
+        let fresh = m(20, 0, vec![0, 1], 1);
+        let one_behind = m(19, 1, vec![0, 1], 1);
+        let behind = m(12, 1, vec![0, 1], 1);
+        let other_array = m(3, 1, vec![0, 1], 2);
+        let mut arrays = Arrays::default();
+        for x in [&behind, &fresh, &one_behind, &other_array] {
+            arrays.add(x);
+        }
+        assert_eq!(arrays.unusable(&fresh), None);
+        assert_eq!(arrays.unusable(&one_behind), None, "one event is allowed");
+        assert_eq!(
+            arrays.unusable(&behind).unwrap(),
+            "stale: 12 events against the array's 20"
+        );
+        assert_eq!(arrays.unusable(&other_array), None, "its own array");
+        // Marked faulty by a fresher member, however close its events.
+        let marks = m(21, 0, vec![0, ROLE_FAULTY], 1);
+        arrays.add(&marks);
+        assert!(arrays
+            .stale(&m(20, 1, vec![0, 1], 1))
+            .unwrap()
+            .contains("marks it out"));
+        assert_eq!(arrays.stale(&marks), None);
+    }
+
+    /// A member of `size` bytes with a 0.90 superblock: RAID1 of two devices, this one
+    /// number `slot` in `state`, `kib` KiB of data.
+    fn member_v090(size: usize, slot: u32, state: u32, kib: u32, events: u64) -> Vec<u8> {
+        let at = ((size / 512) & !127) * 512 - 65536;
+        let mut v = vec![0u8; size];
+        let b = &mut v[at..at + 4096];
+        let mut put = |w: usize, x: u32| b[4 * w..4 * w + 4].copy_from_slice(&x.to_le_bytes());
+        put(0, MAGIC);
+        put(2, 90);
+        put(5, 0x1111);
+        put(7, 1);
+        put(8, kib);
+        put(9, 2);
+        put(10, 2);
+        put(39, events as u32);
+        put(40, (events >> 32) as u32);
+        for d in 0..2u32 {
+            let w = 128 + 32 * d as usize;
+            put(w, d);
+            put(w + 3, d);
+            put(w + 4, DISK_ACTIVE | DISK_SYNC);
+        }
+        put(992, slot);
+        put(992 + 3, slot);
+        put(992 + 4, state);
+        let c = checksum(b, 38 * 4);
+        b[38 * 4..39 * 4].copy_from_slice(&c.to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn version_090_members_are_read_from_their_end() {
+        let m = read(member_v090(
+            1 << 20,
+            1,
+            DISK_ACTIVE | DISK_SYNC,
+            900,
+            1 << 33,
+        ))
+        .unwrap();
+        assert_eq!((m.version, m.offset, m.len), ("0.90", 0, 900 * 1024));
+        assert_eq!((m.slot, m.events), (1, 1 << 33));
+        assert_eq!(m.problem(), None);
+        let spare = read(member_v090(1 << 20, 1, 0, 900, 5)).unwrap();
+        assert!(spare.problem().unwrap().contains("spare"));
+        let faulty = read(member_v090(1 << 20, 1, DISK_FAULTY, 900, 5)).unwrap();
+        assert!(faulty.problem().unwrap().contains("faulty"));
+        let mut bad = member_v090(1 << 20, 1, DISK_ACTIVE | DISK_SYNC, 900, 5);
+        bad[(1 << 20) - 65536 + 40] ^= 1;
+        assert_eq!(read(bad), None, "checksum");
+        assert_eq!(
+            read(member_v090(1 << 20, 1, 6, 2000, 5)),
+            None,
+            "data past the end"
+        );
     }
 
     #[test]
     fn damaged_or_oversized_superblocks_are_not_read() {
-        let mut v = member(1 << 20, 64, 1000);
+        let mut v = member_v1(1 << 20, 2, &Sb::default());
         v[4096 + 0x60] ^= 1; // covered by the checksum
-        assert_eq!(raid1_member(&MemReader(v)).unwrap(), None);
-        let v = member(1 << 20, 64, 4000); // past the member's end
-        assert_eq!(raid1_member(&MemReader(v)).unwrap(), None);
-        assert_eq!(raid1_member(&MemReader(vec![0; 100])).unwrap(), None);
+        assert_eq!(read(v), None);
+        let big = Sb {
+            len: 4000, // past the member's end
+            ..Sb::default()
+        };
+        assert_eq!(read(member_v1(1 << 20, 2, &big)), None);
+        let overlapping = Sb {
+            offset: 0,
+            len: 2047,
+            ..Sb::default()
+        };
+        assert_eq!(
+            read(member_v1(1 << 20, 0, &overlapping)),
+            None,
+            "data over the 1.0 superblock"
+        );
+        assert_eq!(read(vec![0; 100]), None);
     }
 }

@@ -1190,6 +1190,52 @@ pub fn md_superblock_of(
     b
 }
 
+/// How one member stands in its array, written into a version-1 superblock by
+/// [`md_set_state`].
+pub struct MdState<'a> {
+    /// Every byte of the array UUID.
+    pub array: u8,
+    pub events: u64,
+    /// This device's slot in `roles`.
+    pub slot: u32,
+    /// Each slot's role: a data position, or 0xffff spare, 0xfffe faulty.
+    pub roles: &'a [u16],
+    /// Feature bits (2: a recovery offset is set).
+    pub features: u32,
+    /// Sectors rebuilt so far.
+    pub recovery: u64,
+    /// Where the superblock lies, in sectors (8: version 1.2; the end: 1.0).
+    pub super_sector: u64,
+}
+
+/// Writes `st` into a superblock made by [`md_superblock_of`] and recomputes its
+/// checksum.
+pub fn md_set_state(sb: &mut [u8], st: &MdState) {
+    let put = |b: &mut [u8], o: usize, v: &[u8]| b[o..o + v.len()].copy_from_slice(v);
+    put(sb, 0x08, &st.features.to_le_bytes());
+    put(sb, 0x10, &[st.array; 16]);
+    put(sb, 0x90, &st.super_sector.to_le_bytes());
+    put(sb, 0x98, &st.recovery.to_le_bytes());
+    put(sb, 0xA0, &st.slot.to_le_bytes());
+    put(sb, 0xC8, &st.events.to_le_bytes());
+    put(sb, 0xDC, &(st.roles.len() as u32).to_le_bytes());
+    for (i, r) in st.roles.iter().enumerate() {
+        put(sb, 0x100 + 2 * i, &r.to_le_bytes());
+    }
+    let end = 0x100 + 2 * st.roles.len();
+    let mut sum: u64 = 0;
+    for (i, w) in sb[..end].chunks_exact(4).enumerate() {
+        if i != 0xD8 / 4 {
+            sum += u32::from_le_bytes(w.try_into().unwrap()) as u64;
+        }
+    }
+    if end % 4 == 2 {
+        sum += u16::from_le_bytes([sb[end - 2], sb[end - 1]]) as u64;
+    }
+    let c = ((sum & 0xFFFF_FFFF) + (sum >> 32)) as u32;
+    put(sb, 0xD8, &c.to_le_bytes());
+}
+
 /// A number `dumpe2fs` prints after `name` (a line's start).
 pub fn dumpe2fs_field(text: &str, name: &str) -> Option<u64> {
     text.lines()
