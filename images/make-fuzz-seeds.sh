@@ -214,6 +214,18 @@ if command -v mkfs.exfat > /dev/null; then
   truncate -s 3M "$out/disk-exfat.img"
   mkfs.exfat "$out/disk-exfat.img" > /dev/null 2>&1 || rm -f "$out/disk-exfat.img"
 fi
+# A LUKS2 volume for the disk target (cryptsetup; no device-mapper needed): 16 KiB
+# metadata areas, one PBKDF2 keyslot, 1 MiB of data. Its salts and key material are
+# random, the UUID fixed; the target parses the header (JSON included), it opens
+# nothing.
+if command -v cryptsetup > /dev/null; then
+  truncate -s 2M "$out/disk-luks2.img"
+  printf seed > "$tmp/luks-key"
+  cryptsetup luksFormat --batch-mode --type luks2 --luks2-metadata-size 16k \
+    --luks2-keyslots-size 256k --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+    --uuid 5eed1000-0000-4000-8000-000000000001 --key-file "$tmp/luks-key" \
+    "$out/disk-luks2.img" > /dev/null 2>&1 || rm -f "$out/disk-luks2.img"
+fi
 # XFS volumes for the disk target, v5 and v4, filled from a prototype (a short-form
 # and a block directory, a symlink, files of one and of several blocks): one AG of
 # 1 KiB blocks with the log kept outside, cut to the first MiB, where all of it lies.

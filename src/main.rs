@@ -95,8 +95,14 @@ enum Cmd {
         /// Log file of the background server (default: in the temporary directory).
         #[arg(long)]
         log: Option<PathBuf>,
+        /// A passphrase for LUKS volumes: the file's bytes (also tried without a final
+        /// newline), or `-` to type it (or pipe it) on standard input. Repeatable.
+        #[arg(long = "key-file", value_name = "FILE")]
+        key_files: Vec<String>,
         #[arg(long, hide = true)]
         daemon_child: bool,
+        #[arg(long, hide = true)]
+        keys_on_stdin: bool,
     },
     /// Unmount a disksafe mount.
     Umount {
@@ -273,8 +279,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_replay,
             show_system,
             log,
+            key_files,
             daemon_child,
+            keys_on_stdin,
         } => disksafe::fs::mount::mount(disksafe::fs::mount::MountArgs {
+            passphrases: if keys_on_stdin {
+                disksafe::fs::mount::keys_from_parent()?
+            } else {
+                disksafe::fs::mount::read_passphrases(&key_files)?
+            },
             no_replay,
             show_system,
             safe,

@@ -76,6 +76,10 @@ fuzz_target!(|data: &[u8]| {
             vols.push(inner);
         }
     }
+    // LUKS headers among them, parsed (opening needs a passphrase's slow KDF).
+    for v in &vols {
+        let _ = disksafe::volumes::luks::header(&**v);
+    }
     // PVs among the volumes, their VGs' LVs mapped over them and walked.
     let (mut vgs, mut pvs) = (Vec::new(), HashMap::new());
     for v in &vols {

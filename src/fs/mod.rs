@@ -219,6 +219,8 @@ pub struct FsOptions {
     pub no_replay: bool,
     /// Show NTFS metadata files ($MFT, $LogFile, ...) (forensics).
     pub show_system: bool,
+    /// Passphrases for LUKS volumes, and the keys they opened.
+    pub keyring: Arc<crate::volumes::luks::Keyring>,
 }
 
 /// A volume whose file tree was probed: (point, device, partition) or (point, VG id,
@@ -266,6 +268,8 @@ pub struct SafeFs {
     lvm: Mutex<HashMap<i64, Arc<PointLvm>>>,
     /// Each point's md arrays (the freshest superblock of each), scanned on first use.
     md: Mutex<HashMap<i64, Arc<crate::volumes::md::Arrays>>>,
+    /// Warnings about a volume already logged (a volume is met by several paths).
+    warned: Mutex<std::collections::HashSet<String>>,
     /// Readahead streams per image or large tree-file inode (files are opened without
     /// a handle).
     streams: readahead::Streams,
@@ -309,6 +313,7 @@ impl SafeFs {
             tree_ids: Mutex::new(HashMap::new()),
             lvm: Mutex::new(HashMap::new()),
             md: Mutex::new(HashMap::new()),
+            warned: Mutex::new(std::collections::HashSet::new()),
             streams,
         })
     }
@@ -496,10 +501,10 @@ impl SafeFs {
         };
         match self.point_md(point).unusable(&m) {
             Some(why) => {
-                tracing::warn!(
+                self.warn_once(format!(
                     "{what}: md member (superblock {}) {why}; its contents are not read as a filesystem or PV",
                     m.version
-                );
+                ));
                 MdView::NotRead
             }
             None => MdView::Array(m.data(vol), m.name),
@@ -511,17 +516,47 @@ impl SafeFs {
     fn point_volumes(&self, point: i64) -> Vec<(i64, String, Arc<dyn ReadAt>)> {
         let mut out = Vec::new();
         for (dev, what, vol) in self.point_devices_and_parts(point) {
+            let mut vols = Vec::new();
             match self.md_view(point, &vol, &format!("point {point}, {what}")) {
                 MdView::Plain => {}
                 // The data of a RAID1 member (an LVM PV on md, say) is a volume too.
                 MdView::Array(inner, name) => {
-                    out.push((dev, format!("{what}, md array {name}"), inner))
+                    vols.push((format!("{what}, md array {name}"), inner))
                 }
                 MdView::NotRead => continue,
             }
-            out.push((dev, what, vol));
+            vols.push((what, vol));
+            for (what, vol) in vols {
+                // An opened LUKS volume (encrypted LVM, say) in place of its ciphertext.
+                match self.luks_view(&vol, &format!("point {point}, {what}")) {
+                    Some(Some(plain)) => out.push((dev, format!("{what}, opened"), plain)),
+                    Some(None) => {}
+                    None => out.push((dev, what, vol)),
+                }
+            }
         }
         out
+    }
+
+    /// `None` when `vol` is no LUKS volume; its plaintext when the keyring opens it;
+    /// `Some(None)` when it stays locked (logged, `what` naming it).
+    fn luks_view(&self, vol: &Arc<dyn ReadAt>, what: &str) -> Option<Option<Arc<dyn ReadAt>>> {
+        use crate::volumes::luks::Opened;
+        match self.opts.keyring.open(vol) {
+            Opened::NotLuks => None,
+            Opened::Open(plain) => Some(Some(plain)),
+            Opened::Locked(why) => {
+                self.warn_once(format!("{what}: {why}; its contents are not shown"));
+                Some(None)
+            }
+        }
+    }
+
+    /// Logs `msg` as a warning the first time only.
+    fn warn_once(&self, msg: String) {
+        if self.warned.lock().unwrap().insert(msg.clone()) {
+            tracing::warn!("{msg}");
+        }
     }
 
     /// The LVM volume groups of a point (scanned once: points never change).
@@ -867,6 +902,15 @@ impl SafeFs {
             MdView::Plain => vol,
             MdView::Array(inner, _) => inner,
             MdView::NotRead => {
+                self.tree_ids.lock().unwrap().insert(key, None);
+                return None;
+            }
+        };
+        // An encrypted volume shows its plaintext's tree once a passphrase opens it.
+        let vol = match self.luks_view(&vol, &label) {
+            None => vol,
+            Some(Some(plain)) => plain,
+            Some(None) => {
                 self.tree_ids.lock().unwrap().insert(key, None);
                 return None;
             }

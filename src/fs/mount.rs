@@ -44,6 +44,84 @@ pub struct MountArgs {
     pub show_system: bool,
     /// Internal: we are the background server started by `mount`.
     pub daemon_child: bool,
+    /// Passphrases to try on LUKS volumes.
+    pub passphrases: Vec<Vec<u8>>,
+}
+
+/// The passphrases of `--key-file` arguments: each file's bytes, and those without a
+/// final newline when they end in one (`echo secret > key` writes one, the prompt
+/// of `cryptsetup luksFormat` does not take one); `-` reads standard input, at a
+/// terminal without echo.
+pub fn read_passphrases(files: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for f in files {
+        let bytes = if f == "-" {
+            read_stdin_passphrase()?
+        } else {
+            std::fs::read(f).with_context(|| format!("reading key file {f}"))?
+        };
+        let mut variants = vec![bytes.clone()];
+        if let Some(b) = bytes.strip_suffix(b"\n") {
+            variants.push(b.strip_suffix(b"\r").unwrap_or(b).to_vec());
+        }
+        for v in variants {
+            if !out.contains(&v) {
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A passphrase from standard input: typed at a terminal (prompted, not echoed), or
+/// everything a pipe gives.
+fn read_stdin_passphrase() -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let fd = libc::STDIN_FILENO;
+    if unsafe { libc::isatty(fd) } == 0 {
+        let mut b = Vec::new();
+        std::io::stdin().read_to_end(&mut b)?;
+        return Ok(b);
+    }
+    eprint!("Passphrase for LUKS volumes: ");
+    let mut old: libc::termios = unsafe { std::mem::zeroed() };
+    let have = unsafe { libc::tcgetattr(fd, &mut old) } == 0;
+    if have {
+        let mut quiet = old;
+        quiet.c_lflag &= !libc::ECHO;
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    }
+    let mut line = String::new();
+    let r = std::io::stdin().read_line(&mut line);
+    if have {
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &old) };
+    }
+    eprintln!();
+    r?;
+    Ok(line.trim_end_matches(['\n', '\r']).as_bytes().to_vec())
+}
+
+/// The passphrases the parent `mount` hands its background server on standard input,
+/// one hex-encoded line each.
+pub fn keys_from_parent() -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for line in std::io::stdin().lines() {
+        let line = line?;
+        let hex = line.trim().as_bytes();
+        if hex.len() % 2 != 0 {
+            bail!("malformed passphrase line from the parent");
+        }
+        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let mut p = Vec::with_capacity(hex.len() / 2);
+        for pair in hex.chunks(2) {
+            match (digit(pair[0]), digit(pair[1])) {
+                (Some(a), Some(b)) => p.push(a << 4 | b),
+                _ => bail!("malformed passphrase line from the parent"),
+            }
+        }
+        out.push(p);
+    }
+    Ok(out)
 }
 
 /// True when `mp` (whose metadata is `md`) is the root of a filesystem of its own: on
@@ -180,9 +258,16 @@ fn spawn_server(args: &MountArgs, only_point: Option<i64>, mp: &Path) -> anyhow:
     if args.show_system {
         cmd.arg("--show-system");
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(logf));
+    if !args.passphrases.is_empty() {
+        cmd.arg("--keys-on-stdin");
+    }
+    cmd.stdin(if args.passphrases.is_empty() {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::from(logf));
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
@@ -190,6 +275,17 @@ fn spawn_server(args: &MountArgs, only_point: Option<i64>, mp: &Path) -> anyhow:
         });
     }
     let mut child = cmd.spawn().context("starting the mount server")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // Passphrases never go on the command line, where `ps` would show them.
+        let mut text = String::new();
+        for p in &args.passphrases {
+            for b in p {
+                text.push_str(&format!("{b:02x}"));
+            }
+            text.push('\n');
+        }
+        stdin.write_all(text.as_bytes())?;
+    }
     let mut line = String::new();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     out.read_line(&mut line)?;
@@ -251,6 +347,7 @@ fn serve(
             allow_other: args.allow_other,
             no_replay: args.no_replay,
             show_system: args.show_system,
+            keyring: Arc::new(crate::volumes::luks::Keyring::new(args.passphrases.clone())),
         },
     )?;
     let mut config = fuser::Config::default();

@@ -7,6 +7,7 @@
 //! entry counts and sizes are capped, CRCs are checked, and partitions reaching past the
 //! end of the device are clipped (and logged).
 
+pub mod luks;
 pub mod lvm;
 pub mod md;
 pub mod thin;

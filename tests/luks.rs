@@ -1,0 +1,303 @@
+//! LUKS encrypted volumes through the mount, against cryptsetup: each volume is
+//! encrypted by `cryptsetup reencrypt --encrypt` (offline, in cryptsetup's own
+//! userspace crypto: no device-mapper needed) from a filesystem made from a tree, and
+//! the mount, given the passphrase, must show that tree again — LUKS2 with PBKDF2 and
+//! 512-byte sectors, LUKS2 with Argon2id and 4096-byte sectors, LUKS1 (converted by
+//! `cryptsetup convert`) in aes-cbc-essiv:sha256, and an LVM PV inside LUKS on a GPT
+//! partition (the "encrypted LVM" of Debian's installer). Without the passphrase, or
+//! with a wrong one, nothing inside is shown and the log names the volume by the UUID
+//! `cryptsetup luksUUID` prints.
+
+mod common;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use rand::{rngs::StdRng, SeedableRng};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs a tool; its stdout. Panics with its stderr when it fails.
+fn run(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd)
+        .args(args)
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Encrypts `img` in place as cryptsetup does for an existing filesystem: its last
+/// `reduce` MiB give way to the header, the data moves behind it. `extra` picks the
+/// format, cipher, KDF and sector size.
+fn encrypt(img: &Path, key: &Path, reduce: u32, extra: &[&str]) {
+    let reduce = format!("{reduce}M");
+    let mut args = vec![
+        "reencrypt",
+        "--batch-mode",
+        "--encrypt",
+        "--reduce-device-size",
+        &reduce,
+        "--key-file",
+        s(key),
+    ];
+    args.extend_from_slice(extra);
+    args.push(s(img));
+    run("cryptsetup", &args);
+}
+
+/// An ext4 image of `size` MiB with `block` bytes per block, made from a new tree at
+/// `src`, in a file of `file` MiB.
+fn ext4(src: &Path, img: &Path, size: u64, file: u64, block: u32, rng: &mut StdRng) {
+    make_tree(src, 14, rng);
+    File::create(img).unwrap().set_len(file << 20).unwrap();
+    let o = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", &block.to_string(), "-d", s(src), s(img)])
+        .arg(format!("{}", size << 10))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn luks_volumes_show_their_trees_with_the_passphrase() {
+    let name = "luks_volumes_show_their_trees_with_the_passphrase";
+    if !fuse_available() {
+        eprintln!("SKIP {name}: FUSE is not available here");
+        return;
+    }
+    if !have_tool("cryptsetup", "cryptsetup-bin", name) || !have_tool("pvcreate", "lvm2", name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(71);
+    let key = t.path().join("key");
+    std::fs::write(&key, b"correct horse").unwrap();
+    let fast = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
+
+    // LUKS2, PBKDF2, aes-xts-plain64 in 512-byte sectors.
+    let (src_a, a) = (t.path().join("src-a"), t.path().join("a.img"));
+    ext4(&src_a, &a, 40, 48, 1024, &mut rng);
+    encrypt(&a, &key, 8, &[&["--type", "luks2"][..], &fast].concat());
+    // LUKS2, Argon2id, 4096-byte sectors.
+    let (src_b, b) = (t.path().join("src-b"), t.path().join("b.img"));
+    ext4(&src_b, &b, 32, 48, 4096, &mut rng);
+    encrypt(
+        &b,
+        &key,
+        16,
+        &[
+            "--type",
+            "luks2",
+            "--sector-size",
+            "4096",
+            "--pbkdf",
+            "argon2id",
+            "--pbkdf-memory",
+            "32768",
+            "--pbkdf-force-iterations",
+            "4",
+        ],
+    );
+    // LUKS1, aes-cbc-essiv:sha256 (an older install's default), SHA-1 digests.
+    let (src_c, c) = (t.path().join("src-c"), t.path().join("c.img"));
+    ext4(&src_c, &c, 40, 48, 1024, &mut rng);
+    encrypt(
+        &c,
+        &key,
+        8,
+        &[
+            &[
+                "--type",
+                "luks2",
+                "--cipher",
+                "aes-cbc-essiv:sha256",
+                "--key-size",
+                "256",
+                "--hash",
+                "sha1",
+            ][..],
+            &fast,
+        ]
+        .concat(),
+    );
+    run(
+        "cryptsetup",
+        &["convert", "--batch-mode", "--type", "luks1", s(&c)],
+    );
+    let dump = run("cryptsetup", &["luksDump", s(&c)]);
+    assert!(
+        dump.contains("Version:       \t1") && dump.contains("cbc-essiv:sha256"),
+        "{dump}"
+    );
+
+    // Encrypted LVM: a GPT disk whose second partition is LUKS2 holding a PV whose LV
+    // holds ext4.
+    let vg = format!("dsluks{}", std::process::id());
+    let (src_d, lv_fs) = (t.path().join("src-d"), t.path().join("lv.img"));
+    ext4(&src_d, &lv_fs, 16, 16, 1024, &mut rng);
+    let plain = t.path().join("plain.img");
+    File::create(&plain).unwrap().set_len(40 << 20).unwrap();
+    let mut loops = Loops::default();
+    let Some(pv) = loops.attach(&plain, 0, 40 << 20) else {
+        eprintln!("SKIP {name}: no loop devices");
+        return;
+    };
+    run("pvcreate", &["-q", &pv]);
+    run(
+        "vgcreate",
+        &["--driverloaded", "n", "-q", "-s", "1m", &vg, &pv],
+    );
+    run(
+        "lvcreate",
+        &[
+            "--driverloaded",
+            "n",
+            "-q",
+            "-an",
+            "-Zn",
+            "-L",
+            "16m",
+            "-n",
+            "root",
+            &vg,
+        ],
+    );
+    let ranges = run(
+        "lvs",
+        &[
+            "--driverloaded",
+            "n",
+            "--noheadings",
+            "-o",
+            "seg_pe_ranges",
+            &vg,
+        ],
+    );
+    assert_eq!(ranges, format!("{pv}:0-15"), "the LV's extents");
+    let pe_start: u64 = run(
+        "pvs",
+        &[
+            "--driverloaded",
+            "n",
+            "--noheadings",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            "pe_start",
+            &pv,
+        ],
+    )
+    .parse()
+    .unwrap();
+    drop(loops);
+    let lv_bytes = std::fs::read(&lv_fs).unwrap();
+    File::options()
+        .write(true)
+        .open(&plain)
+        .unwrap()
+        .write_all_at(&lv_bytes, pe_start)
+        .unwrap();
+    // Room for the header: 16 MiB more, given back by --reduce-device-size.
+    File::options()
+        .write(true)
+        .open(&plain)
+        .unwrap()
+        .set_len(56 << 20)
+        .unwrap();
+    encrypt(
+        &plain,
+        &key,
+        16,
+        &[&["--type", "luks2"][..], &fast].concat(),
+    );
+    let disk = t.path().join("disk.img");
+    File::create(&disk).unwrap().set_len(80 << 20).unwrap();
+    sfdisk_script(
+        &disk,
+        "label: gpt\nstart=2048, size=16384\nstart=20480, size=114688, type=CA7D7CCB-63ED-4C53-861C-1742536059CC\n",
+    );
+    File::options()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .write_all_at(&std::fs::read(&plain).unwrap(), 20480 * 512)
+        .unwrap();
+
+    let safe = t.path().join("safe");
+    backup(&[
+        s(&safe),
+        &format!("a={}", s(&a)),
+        &format!("b={}", s(&b)),
+        &format!("c={}", s(&c)),
+        &format!("disk={}", s(&disk)),
+    ]);
+    let uuids: Vec<String> = [&a, &b, &c, &plain]
+        .iter()
+        .map(|p| run("cryptsetup", &["luksUUID", s(p)]))
+        .collect();
+
+    // The key file ends in a newline the passphrase does not have: tried without it.
+    let key_nl = t.path().join("key-nl");
+    std::fs::write(&key_nl, b"correct horse\n").unwrap();
+    let mnt = Mounted::new(&safe, t.path(), &["--key-file", s(&key_nl)]);
+    let lv = format!("1/disk/lvm/{vg}-root");
+    for (dir, src) in [
+        ("1/a/files", &src_a),
+        ("1/b/files", &src_b),
+        ("1/c/files", &src_c),
+        (lv.as_str(), &src_d),
+    ] {
+        same_tree(&tree_digest(&mnt.dir.join(dir)), &tree_digest(src), dir);
+    }
+    assert_eq!(
+        sha256_file(&mnt.dir.join(format!("{lv}.img"))),
+        sha256(&lv_bytes),
+        "the LV inside the LUKS volume, byte for byte"
+    );
+    assert_eq!(
+        sha256_file(&mnt.dir.join("1/a/disk.img")),
+        sha256_file(&a),
+        "the device image stays the ciphertext"
+    );
+    drop(mnt);
+
+    // Without a passphrase, and with a wrong one: raw images only, the volume named.
+    let wrong = t.path().join("wrong");
+    std::fs::write(&wrong, b"incorrect horse").unwrap();
+    for (extra, why) in [
+        (vec![], "locked (no --key-file given)"),
+        (
+            vec!["--key-file", s(&wrong)],
+            "no passphrase given opens any of its keyslots",
+        ),
+    ] {
+        let mnt = Mounted::new(&safe, t.path(), &extra);
+        for dir in [
+            "1/a/files",
+            "1/b/files",
+            "1/c/files",
+            "1/disk/part2",
+            "1/disk/lvm",
+        ] {
+            assert!(!mnt.dir.join(dir).exists(), "{dir} without the passphrase");
+        }
+        assert!(mnt.dir.join("1/disk/part2.img").exists());
+        let log = mnt.log_text();
+        for (u, v) in uuids.iter().zip([2, 2, 1, 2]) {
+            let want = format!("LUKS{v} volume {u}: {why}");
+            assert!(log.contains(&want), "the log names {want:?}:\n{log}");
+        }
+    }
+}
