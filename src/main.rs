@@ -48,6 +48,11 @@ enum Cmd {
         /// Record blocks the source's filesystems (ext2/3/4, XFS, NTFS, FAT, exFAT; btrfs: unallocated space; in partitions and LVM volumes too) mark free as zeros, unread.
         #[arg(long)]
         skip_free: bool,
+        /// With --skip-free: a passphrase that opens LUKS volumes, so that their
+        /// filesystems' free space is left out too (the file's bytes, also tried
+        /// without a final newline; `-` reads standard input). Repeatable.
+        #[arg(long = "key-file", value_name = "FILE", requires = "skip_free")]
+        key_files: Vec<String>,
     },
     /// List the recovery points.
     Points {
@@ -164,6 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             changed_blocks,
             skip_unreadable,
             skip_free,
+            key_files,
         } => {
             if let Some(level) = compression {
                 if !(0..=22).contains(&level) {
@@ -203,6 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 progress: std::io::stderr().is_terminal(),
                 skip_unreadable,
                 skip_free,
+                passphrases: disksafe::passphrase::read(&key_files)?,
             };
             let id = backup::backup(&safe, &sources, &opts)?;
             println!("{id}");
@@ -286,7 +293,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             passphrases: if keys_on_stdin {
                 disksafe::fs::mount::keys_from_parent()?
             } else {
-                disksafe::fs::mount::read_passphrases(&key_files)?
+                disksafe::passphrase::read(&key_files)?
             },
             no_replay,
             show_system,

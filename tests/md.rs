@@ -228,22 +228,6 @@ fn a_raid10_near2_member_shows_the_array_tree() {
     );
 }
 
-/// Deletes a file of 3 MiB of random bytes from the ext4 image `fs` (debugfs), leaving
-/// them in its free space for `--skip-free` to leave out.
-fn with_deleted_junk(fs: &Path, dir: &Path, rng: &mut StdRng) {
-    let junk = dir.join("junk");
-    let mut data = vec![0u8; 3 << 20];
-    rng.fill(&mut data[..]);
-    std::fs::write(&junk, &data).unwrap();
-    for cmd in [format!("write {} junk", s(&junk)), "rm junk".to_string()] {
-        let o = Command::new("debugfs")
-            .args(["-w", "-R", &cmd, s(fs)])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "debugfs {cmd}");
-    }
-}
-
 /// A member of [`stale_spare_or_rebuilding_members_are_not_shown_as_the_array`]:
 /// device, whether version 1.0 (else 1.2), state, filesystem, whether current, what
 /// `mdadm --examine` must read.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::readat::{FileReader, ReadAt, Slice};
 use crate::size::human;
+use crate::volumes::luks::{Keyring, Opened};
 use crate::volumes::thin;
 
 /// How deep partition tables and LVs may nest (a disk, its PV partition, an LV of a
@@ -26,7 +27,11 @@ const MAX_DEPTH: u32 = 4;
 /// sorted, disjoint) whose every byte lies in space a filesystem on it marks free,
 /// LVs spanning several of these devices included. A device that cannot be opened
 /// gets none.
-pub(super) fn free_blocks(devices: &[(&str, &Path)], block_size: u64) -> Vec<Vec<(u64, u64)>> {
+pub(super) fn free_blocks(
+    devices: &[(&str, &Path)],
+    block_size: u64,
+    passphrases: &[Vec<u8>],
+) -> Vec<Vec<(u64, u64)>> {
     let mut open = Vec::new();
     let mut index = Vec::new();
     for (name, path) in devices {
@@ -41,7 +46,7 @@ pub(super) fn free_blocks(devices: &[(&str, &Path)], block_size: u64) -> Vec<Vec
             }
         }
     }
-    let mut found = free_blocks_of(&open, block_size);
+    let mut found = free_blocks_of(&open, block_size, Keyring::new(passphrases.to_vec()));
     index
         .into_iter()
         .map(|i| i.map(|i| std::mem::take(&mut found[i])).unwrap_or_default())
@@ -51,15 +56,20 @@ pub(super) fn free_blocks(devices: &[(&str, &Path)], block_size: u64) -> Vec<Vec
 /// [`free_blocks`] of one device already open (what the disk fuzz target checks:
 /// sorted, disjoint and inside the device, whatever its bytes).
 pub fn free_blocks_in(dev: Arc<dyn ReadAt>, name: &str, block_size: u64) -> Vec<(u64, u64)> {
-    free_blocks_of(&[(name.to_string(), dev)], block_size)
+    free_blocks_of(&[(name.to_string(), dev)], block_size, Keyring::default())
         .pop()
         .unwrap_or_default()
 }
 
 /// [`free_blocks`] of devices already open (name, reader).
-fn free_blocks_of(devices: &[(String, Arc<dyn ReadAt>)], block_size: u64) -> Vec<Vec<(u64, u64)>> {
+fn free_blocks_of(
+    devices: &[(String, Arc<dyn ReadAt>)],
+    block_size: u64,
+    keyring: Keyring,
+) -> Vec<Vec<(u64, u64)>> {
     let mut finder = Finder {
         arrays: md_arrays(devices),
+        keyring,
         ..Finder::default()
     };
     let mut bytes = Vec::with_capacity(devices.len());
@@ -115,6 +125,8 @@ struct Finder {
     /// The freshest superblock of each md array among the devices and their
     /// partitions, to tell stale members.
     arrays: crate::volumes::md::Arrays,
+    /// Passphrases for LUKS volumes.
+    keyring: Keyring,
 }
 
 /// An LVM PV found on one of the devices.
@@ -221,6 +233,44 @@ impl Finder {
         Some(free.into_iter().map(|(o, l)| (m.offset + o, l)).collect())
     }
 
+    /// Free byte ranges of `vol` when it is a LUKS volume (`None` when it is not):
+    /// once a passphrase opens it, what its plaintext holds marks free, cut to whole
+    /// encrypted sectors and moved to where their ciphertext lies. Restored, such a
+    /// sector holds zeros, which decrypt to noise: free space either way. A PV inside
+    /// is searched on its own (its LVs are not matched with other devices').
+    fn luks(&mut self, vol: &Arc<dyn ReadAt>, what: &str, depth: u32) -> Option<Vec<(u64, u64)>> {
+        let plain = match self.keyring.open(vol) {
+            Opened::NotLuks => return None,
+            Opened::Open(plain) => plain,
+            Opened::Locked(why) => {
+                eprintln!(
+                    "note: device {}: {what}: {why}: its free space is kept{}",
+                    self.name,
+                    if why.contains("no --key-file") {
+                        " (--key-file lets --skip-free look inside)"
+                    } else {
+                        ""
+                    }
+                );
+                return Some(Vec::new());
+            }
+        };
+        if depth >= MAX_DEPTH {
+            return Some(Vec::new());
+        }
+        let (start, sector) = (plain.data_start(), plain.sector());
+        let inner = format!("{what} (LUKS)");
+        let free = self.volume(plain, &inner, depth + 1, None);
+        let mut out = Vec::new();
+        for (o, l) in free {
+            let (a, b) = (o.div_ceil(sector) * sector, (o + l) / sector * sector);
+            if b > a {
+                crate::readat::push_range(&mut out, start + a, b - a);
+            }
+        }
+        Some(out)
+    }
+
     /// Free byte ranges of an unpartitioned `vol`: an LVM PV or a filesystem.
     fn contents(
         &mut self,
@@ -230,6 +280,9 @@ impl Finder {
         base: Option<u64>,
     ) -> Vec<(u64, u64)> {
         let name = self.name.clone();
+        if let Some(free) = self.luks(&vol, what, depth) {
+            return free;
+        }
         if let Some(free) = self.lvm(&vol, what, depth, base) {
             return free;
         }

@@ -94,6 +94,8 @@ pub struct BackupOptions {
     pub skip_unreadable: bool,
     /// Record blocks the source's filesystems mark free as zeros, unread.
     pub skip_free: bool,
+    /// Passphrases that let `skip_free` look inside LUKS volumes.
+    pub passphrases: Vec<Vec<u8>>,
 }
 
 /// The size of a regular file or block device, since block devices report 0 in metadata.
@@ -704,7 +706,9 @@ pub fn backup(dir: &Path, sources: &[SourceSpec], opts: &BackupOptions) -> anyho
                 .filter(|(_, (_, _, live))| !live)
                 .map(|(s, _)| (s.name.as_str(), s.path.as_path()))
                 .collect();
-            let mut found = free::free_blocks(&still, w.params.block_size as u64).into_iter();
+            let mut found =
+                free::free_blocks(&still, w.params.block_size as u64, &opts.passphrases)
+                    .into_iter();
             files
                 .iter()
                 .map(|(_, _, live)| {

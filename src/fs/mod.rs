@@ -544,7 +544,7 @@ impl SafeFs {
         use crate::volumes::luks::Opened;
         match self.opts.keyring.open(vol) {
             Opened::NotLuks => None,
-            Opened::Open(plain) => Some(Some(plain)),
+            Opened::Open(plain) => Some(Some(plain as Arc<dyn ReadAt>)),
             Opened::Locked(why) => {
                 self.warn_once(format!("{what}: {why}; its contents are not shown"));
                 Some(None)

@@ -48,59 +48,6 @@ pub struct MountArgs {
     pub passphrases: Vec<Vec<u8>>,
 }
 
-/// The passphrases of `--key-file` arguments: each file's bytes, and those without a
-/// final newline when they end in one (`echo secret > key` writes one, the prompt
-/// of `cryptsetup luksFormat` does not take one); `-` reads standard input, at a
-/// terminal without echo.
-pub fn read_passphrases(files: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    for f in files {
-        let bytes = if f == "-" {
-            read_stdin_passphrase()?
-        } else {
-            std::fs::read(f).with_context(|| format!("reading key file {f}"))?
-        };
-        let mut variants = vec![bytes.clone()];
-        if let Some(b) = bytes.strip_suffix(b"\n") {
-            variants.push(b.strip_suffix(b"\r").unwrap_or(b).to_vec());
-        }
-        for v in variants {
-            if !out.contains(&v) {
-                out.push(v);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A passphrase from standard input: typed at a terminal (prompted, not echoed), or
-/// everything a pipe gives.
-fn read_stdin_passphrase() -> anyhow::Result<Vec<u8>> {
-    use std::io::Read;
-    let fd = libc::STDIN_FILENO;
-    if unsafe { libc::isatty(fd) } == 0 {
-        let mut b = Vec::new();
-        std::io::stdin().read_to_end(&mut b)?;
-        return Ok(b);
-    }
-    eprint!("Passphrase for LUKS volumes: ");
-    let mut old: libc::termios = unsafe { std::mem::zeroed() };
-    let have = unsafe { libc::tcgetattr(fd, &mut old) } == 0;
-    if have {
-        let mut quiet = old;
-        quiet.c_lflag &= !libc::ECHO;
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
-    }
-    let mut line = String::new();
-    let r = std::io::stdin().read_line(&mut line);
-    if have {
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &old) };
-    }
-    eprintln!();
-    r?;
-    Ok(line.trim_end_matches(['\n', '\r']).as_bytes().to_vec())
-}
-
 /// The passphrases the parent `mount` hands its background server on standard input,
 /// one hex-encoded line each.
 pub fn keys_from_parent() -> anyhow::Result<Vec<Vec<u8>>> {

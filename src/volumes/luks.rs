@@ -833,6 +833,17 @@ impl LuksVolume {
 
     /// The IV number of data sector `index`: dm-crypt counts 512-byte units whatever
     /// the sector size (LUKS never sets `iv_large_sectors`).
+    /// Where the plaintext's first byte lies in the LUKS volume: plaintext byte `p`
+    /// is the ciphertext at `data_start() + p`.
+    pub fn data_start(&self) -> u64 {
+        self.start
+    }
+
+    /// Bytes per encrypted sector: ciphertext changes only in whole sectors.
+    pub fn sector(&self) -> u64 {
+        self.sector
+    }
+
     fn iv(&self, index: u64) -> u64 {
         (index * (self.sector / 512)).wrapping_add(self.iv_tweak)
     }
@@ -881,7 +892,7 @@ pub enum Opened {
     /// No LUKS header.
     NotLuks,
     /// Opened: the plaintext volume.
-    Open(Arc<dyn ReadAt>),
+    Open(Arc<LuksVolume>),
     /// LUKS, but not opened: why.
     Locked(String),
 }

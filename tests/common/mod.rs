@@ -1190,6 +1190,25 @@ pub fn md_superblock_of(
     b
 }
 
+/// Deletes a file of 3 MiB of random bytes from the ext4 image `fs` (debugfs), leaving
+/// them in its free space for `--skip-free` to leave out.
+pub fn with_deleted_junk(fs: &Path, dir: &Path, rng: &mut impl Rng) {
+    let junk = dir.join("junk");
+    let mut data = vec![0u8; 3 << 20];
+    rng.fill(&mut data[..]);
+    std::fs::write(&junk, &data).unwrap();
+    for cmd in [
+        format!("write {} junk", junk.to_str().unwrap()),
+        "rm junk".to_string(),
+    ] {
+        let o = Command::new("debugfs")
+            .args(["-w", "-R", &cmd, fs.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "debugfs {cmd}");
+    }
+}
+
 /// How one member stands in its array, written into a version-1 superblock by
 /// [`md_set_state`].
 pub struct MdState<'a> {
