@@ -79,7 +79,10 @@ fn luks_volumes_show_their_trees_with_the_passphrase() {
         eprintln!("SKIP {name}: FUSE is not available here");
         return;
     }
-    if !have_tool("cryptsetup", "cryptsetup-bin", name) || !have_tool("pvcreate", "lvm2", name) {
+    if !have_tool("cryptsetup", "cryptsetup-bin", name)
+        || !have_tool("pvcreate", "lvm2", name)
+        || !have_openssl_python(name)
+    {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -273,6 +276,20 @@ fn luks_volumes_show_their_trees_with_the_passphrase() {
         sha256_file(&a),
         "the device image stays the ciphertext"
     );
+    // Each opened volume's plaintext, as OpenSSL decrypts it with cryptsetup's key.
+    for (dev, img, uuid) in [("a", &a, &uuids[0]), ("b", &b, &uuids[1])] {
+        let plain = t.path().join(format!("plain-{dev}"));
+        decrypt_with_openssl(img, &key, &plain);
+        assert_eq!(
+            sha256_file(&mnt.dir.join(format!("1/{dev}/luks/luks-{uuid}.img"))),
+            sha256_file(&plain),
+            "{dev}: the plaintext image"
+        );
+    }
+    assert!(mnt
+        .dir
+        .join(format!("1/disk/luks/luks-{}.img", uuids[3]))
+        .exists());
     drop(mnt);
 
     // Without a passphrase, and with a wrong one: raw images only, the volume named.
@@ -292,6 +309,7 @@ fn luks_volumes_show_their_trees_with_the_passphrase() {
             "1/c/files",
             "1/disk/part2",
             "1/disk/lvm",
+            "1/a/luks",
         ] {
             assert!(!mnt.dir.join(dir).exists(), "{dir} without the passphrase");
         }
@@ -302,6 +320,18 @@ fn luks_volumes_show_their_trees_with_the_passphrase() {
             assert!(log.contains(&want), "the log names {want:?}:\n{log}");
         }
     }
+}
+
+/// Whether Python's `cryptography` (the independent decryptor) is here; says why not.
+fn have_openssl_python(test: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .status()
+        .is_ok_and(|st| st.success());
+    if !ok {
+        eprintln!("SKIP {test}: python3-cryptography is not installed");
+    }
+    ok
 }
 
 /// Decrypts the data segment of the LUKS2 aes-xts-plain64 volume `img` into `out`
@@ -377,12 +407,8 @@ fn skip_free_looks_inside_luks_volumes_given_the_passphrase() {
     }
     if !have_tool("cryptsetup", "cryptsetup-bin", name)
         || !have_tool("debugfs", "e2fsprogs", name)
-        || Command::new("python3")
-            .args(["-c", "import cryptography"])
-            .status()
-            .map_or(true, |st| !st.success())
+        || !have_openssl_python(name)
     {
-        eprintln!("SKIP {name}: needs cryptsetup, e2fsprogs and python3-cryptography");
         return;
     }
     let t = tempfile::tempdir().unwrap();

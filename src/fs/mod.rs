@@ -90,6 +90,18 @@ enum Kind {
         vg: String,
         lv: String,
     },
+    /// The opened LUKS volumes on a device.
+    Luks {
+        point: i64,
+        dev: i64,
+    },
+    /// One opened LUKS volume's plaintext, named as systemd names its mapping
+    /// (`luks-UUID`).
+    LuksImage {
+        point: i64,
+        dev: i64,
+        name: String,
+    },
 }
 
 struct Node {
@@ -104,6 +116,9 @@ struct Nodes {
     list: Vec<Node>,
     by_kind: HashMap<Kind, u64>,
 }
+
+/// An opened LUKS volume of a point: its device, name (`luks-UUID`) and plaintext.
+type OpenLuks = (i64, String, Arc<dyn ReadAt>);
 
 /// What an md superblock on a volume says about reading it.
 enum MdView {
@@ -268,6 +283,8 @@ pub struct SafeFs {
     lvm: Mutex<HashMap<i64, Arc<PointLvm>>>,
     /// Each point's md arrays (the freshest superblock of each), scanned on first use.
     md: Mutex<HashMap<i64, Arc<crate::volumes::md::Arrays>>>,
+    /// Each point's opened LUKS volumes, scanned on first use.
+    luks: Mutex<HashMap<i64, Arc<Vec<OpenLuks>>>>,
     /// Warnings about a volume already logged (a volume is met by several paths).
     warned: Mutex<std::collections::HashSet<String>>,
     /// Readahead streams per image or large tree-file inode (files are opened without
@@ -314,6 +331,7 @@ impl SafeFs {
             lvm: Mutex::new(HashMap::new()),
             md: Mutex::new(HashMap::new()),
             warned: Mutex::new(std::collections::HashSet::new()),
+            luks: Mutex::new(HashMap::new()),
             streams,
         })
     }
@@ -443,6 +461,20 @@ impl SafeFs {
             }) => self
                 .lv_image(ino, point, &vg, &lv, part)
                 .ok_or(Errno::ENOENT),
+            Some(Kind::LuksImage { point, dev, name }) => {
+                let found = self.point_luks(point);
+                let vol = found
+                    .iter()
+                    .find(|l| l.0 == dev && l.1 == name)
+                    .map(|l| l.2.clone())
+                    .ok_or(Errno::ENOENT)?;
+                let len = vol.size();
+                Ok(Image {
+                    src: Source::Lv(vol),
+                    len,
+                    alloc: len,
+                })
+            }
             _ => Err(Errno::EINVAL),
         }
     }
@@ -535,6 +567,44 @@ impl SafeFs {
                 }
             }
         }
+        out
+    }
+
+    /// The LUKS volumes of a point a passphrase opened (scanned once): device, name
+    /// (`luks-UUID`) and plaintext, for each device, partition and md array data.
+    fn point_luks(&self, point: i64) -> Arc<Vec<OpenLuks>> {
+        if let Some(l) = self.luks.lock().unwrap().get(&point) {
+            return l.clone();
+        }
+        let mut out: Vec<OpenLuks> = Vec::new();
+        for (dev, what, vol) in self.point_devices_and_parts(point) {
+            let what = format!("point {point}, {what}");
+            let vol = match self.md_view(point, &vol, &what) {
+                MdView::Plain => vol,
+                MdView::Array(inner, _) => inner,
+                MdView::NotRead => continue,
+            };
+            if let crate::volumes::luks::Opened::Open(plain) = self.opts.keyring.open(&vol) {
+                // A hostile header's UUID must still make one plain file name.
+                let uuid: String = plain
+                    .uuid()
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                let name = format!("luks-{uuid}");
+                if !out.iter().any(|l| l.0 == dev && l.1 == name) {
+                    out.push((dev, name, plain));
+                }
+            }
+        }
+        let out = Arc::new(out);
+        self.luks.lock().unwrap().insert(point, out.clone());
         out
     }
 
@@ -730,8 +800,35 @@ impl SafeFs {
                             },
                         ));
                     }
+                    if self.point_luks(*point).iter().any(|l| l.0 == *dev) {
+                        v.push((
+                            "luks".into(),
+                            Kind::Luks {
+                                point: *point,
+                                dev: *dev,
+                            },
+                        ));
+                    }
                 }
                 return Ok(self.keep_listing(ino, v, trees));
+            }
+            Kind::Luks { point, dev } => {
+                let v = self
+                    .point_luks(*point)
+                    .iter()
+                    .filter(|l| l.0 == *dev)
+                    .map(|l| {
+                        (
+                            format!("{}.img", l.1).into(),
+                            Kind::LuksImage {
+                                point: *point,
+                                dev: *dev,
+                                name: l.1.clone(),
+                            },
+                        )
+                    })
+                    .collect();
+                return Ok(self.keep_listing(ino, v, Vec::new()));
             }
             Kind::Lvm { point, dev } => {
                 let mut v = Vec::new();
@@ -1126,11 +1223,14 @@ impl SafeFs {
             Kind::Point(p)
             | Kind::Device { point: p, .. }
             | Kind::Lvm { point: p, .. }
+            | Kind::Luks { point: p, .. }
             | Kind::LvParts { point: p, .. } => {
                 let p = self.point(*p).ok_or(Errno::ENOENT)?;
                 (FileType::Directory, 0o555, 0, time(p.created), LONG_TTL)
             }
-            Kind::Image { point, .. } | Kind::LvImage { point, .. } => {
+            Kind::Image { point, .. }
+            | Kind::LvImage { point, .. }
+            | Kind::LuksImage { point, .. } => {
                 let p = self.point(*point).ok_or(Errno::ENOENT)?;
                 let img = self.image_of(ino)?;
                 let perm = if self.opts.allow_other { 0o400 } else { 0o444 };
@@ -1220,7 +1320,9 @@ impl SafeFs {
         for (i, (name, child)) in all.enumerate().skip(offset as usize) {
             let ft = match self.kind(*child) {
                 Some(Kind::Latest | Kind::TimeLink(_)) => FileType::Symlink,
-                Some(Kind::Image { .. } | Kind::LvImage { .. }) => FileType::RegularFile,
+                Some(Kind::Image { .. } | Kind::LvImage { .. } | Kind::LuksImage { .. }) => {
+                    FileType::RegularFile
+                }
                 _ => FileType::Directory, // synthetic directories and tree roots
             };
             if add(*child, i as u64 + 1, ft, name) {

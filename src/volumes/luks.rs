@@ -801,6 +801,7 @@ impl Header {
 
 /// An opened LUKS volume: its plaintext, decrypted sector by sector as it is read.
 pub struct LuksVolume {
+    uuid: String,
     inner: Arc<dyn ReadAt>,
     start: u64,
     len: u64,
@@ -822,6 +823,7 @@ impl LuksVolume {
         let mut len = h.data_len.unwrap_or(size - h.data).min(size - h.data);
         len -= len % h.sector;
         Ok(LuksVolume {
+            uuid: h.uuid.clone(),
             cipher: Cipher::new(&h.cipher, key)?,
             inner,
             start: h.data,
@@ -833,6 +835,11 @@ impl LuksVolume {
 
     /// The IV number of data sector `index`: dm-crypt counts 512-byte units whatever
     /// the sector size (LUKS never sets `iv_large_sectors`).
+    /// The volume's UUID: what systemd and udev name its mapping by.
+    pub fn uuid(&self) -> &str {
+        &self.uuid
+    }
+
     /// Where the plaintext's first byte lies in the LUKS volume: plaintext byte `p`
     /// is the ciphertext at `data_start() + p`.
     pub fn data_start(&self) -> u64 {
