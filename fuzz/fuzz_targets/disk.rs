@@ -69,6 +69,16 @@ fuzz_target!(|data: &[u8]| {
         };
         let mut arrays = disksafe::volumes::md::Arrays::default();
         arrays.add(&m);
+        if m.spread() {
+            // A striped member alone: assembled (degraded) when its geometry allows.
+            if let Ok(a) = disksafe::volumes::md::assemble(&[(m.clone(), v.clone())], &arrays) {
+                let a: Arc<dyn ReadAt> = Arc::new(a);
+                let mut b = vec![0u8; 4096];
+                let _ = a.read_at(0, &mut b);
+                let _ = a.read_at(a.size().saturating_sub(4096), &mut b);
+            }
+            continue;
+        }
         if arrays.unusable(&m).is_none() {
             assert!(m.offset.checked_add(m.len).is_some_and(|end| end <= v.size()));
             let inner: Arc<dyn ReadAt> = m.data(&v);

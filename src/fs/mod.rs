@@ -95,6 +95,16 @@ enum Kind {
         point: i64,
         dev: i64,
     },
+    /// The md arrays assembled from members of which one is on a device.
+    Md {
+        point: i64,
+        dev: i64,
+    },
+    /// An assembled md array's image.
+    MdImage {
+        point: i64,
+        name: String,
+    },
     /// One opened LUKS volume's plaintext, named as systemd names its mapping
     /// (`luks-UUID`).
     LuksImage {
@@ -115,6 +125,14 @@ struct Node {
 struct Nodes {
     list: Vec<Node>,
     by_kind: HashMap<Kind, u64>,
+}
+
+/// The md arrays of a point: the freshest superblock of each, and those assembled
+/// from members spread over its devices.
+struct PointMd {
+    arrays: crate::volumes::md::Arrays,
+    /// Name, the devices holding members, the array.
+    assembled: Vec<(String, Vec<i64>, Arc<dyn ReadAt>)>,
 }
 
 /// An opened LUKS volume of a point: its device, name (`luks-UUID`) and plaintext.
@@ -208,6 +226,18 @@ impl Image {
     }
 }
 
+/// The image of a whole volume (an assembled array, a LUKS plaintext): reported as
+/// fully allocated.
+fn whole_volume(vol: Option<Arc<dyn ReadAt>>) -> Result<Image, Errno> {
+    let vol = vol.ok_or(Errno::ENOENT)?;
+    let len = vol.size();
+    Ok(Image {
+        src: Source::Lv(vol),
+        len,
+        alloc: len,
+    })
+}
+
 /// A PV found in a point: the device holding it and the volume it is.
 struct FoundPv {
     dev: i64,
@@ -244,6 +274,8 @@ pub struct FsOptions {
 enum VolumeKey {
     Part(i64, i64, Option<u32>),
     Lv(i64, String, String, Option<u32>),
+    /// An assembled md array, by name.
+    Md(i64, String),
 }
 
 /// File trees kept open at once. A tree's parse of its volume (NTFS's 128 KiB `$UpCase`,
@@ -281,8 +313,8 @@ pub struct SafeFs {
     tree_ids: Mutex<HashMap<VolumeKey, Option<u64>>>,
     /// Each point's LVM volume groups, scanned on first use.
     lvm: Mutex<HashMap<i64, Arc<PointLvm>>>,
-    /// Each point's md arrays (the freshest superblock of each), scanned on first use.
-    md: Mutex<HashMap<i64, Arc<crate::volumes::md::Arrays>>>,
+    /// Each point's md arrays, scanned on first use.
+    md: Mutex<HashMap<i64, Arc<PointMd>>>,
     /// Each point's opened LUKS volumes, scanned on first use.
     luks: Mutex<HashMap<i64, Arc<Vec<OpenLuks>>>>,
     /// Warnings about a volume already logged (a volume is met by several paths).
@@ -461,19 +493,22 @@ impl SafeFs {
             }) => self
                 .lv_image(ino, point, &vg, &lv, part)
                 .ok_or(Errno::ENOENT),
+            Some(Kind::MdImage { point, name }) => {
+                let found = self.point_md(point);
+                let vol = found
+                    .assembled
+                    .iter()
+                    .find(|a| a.0 == name)
+                    .map(|a| a.2.clone());
+                whole_volume(vol)
+            }
             Some(Kind::LuksImage { point, dev, name }) => {
                 let found = self.point_luks(point);
                 let vol = found
                     .iter()
                     .find(|l| l.0 == dev && l.1 == name)
-                    .map(|l| l.2.clone())
-                    .ok_or(Errno::ENOENT)?;
-                let len = vol.size();
-                Ok(Image {
-                    src: Source::Lv(vol),
-                    len,
-                    alloc: len,
-                })
+                    .map(|l| l.2.clone());
+                whole_volume(vol)
             }
             _ => Err(Errno::EINVAL),
         }
@@ -505,19 +540,53 @@ impl SafeFs {
 
     /// The md arrays of a point: the freshest superblock of each among its devices
     /// and partitions (scanned once: points never change).
-    fn point_md(&self, point: i64) -> Arc<crate::volumes::md::Arrays> {
+    fn point_md(&self, point: i64) -> Arc<PointMd> {
+        use crate::volumes::md;
         if let Some(a) = self.md.lock().unwrap().get(&point) {
             return a.clone();
         }
-        let mut arrays = crate::volumes::md::Arrays::default();
-        for (_, _, vol) in self.point_devices_and_parts(point) {
-            if let Ok(Some(m)) = crate::volumes::md::member(&*vol) {
+        let mut arrays = md::Arrays::default();
+        let mut spread: Vec<(i64, md::Member, Arc<dyn ReadAt>)> = Vec::new();
+        for (dev, _, vol) in self.point_devices_and_parts(point) {
+            if let Ok(Some(m)) = md::member(&*vol) {
                 arrays.add(&m);
+                if m.spread() {
+                    spread.push((dev, m, vol));
+                }
             }
         }
-        let arrays = Arc::new(arrays);
-        self.md.lock().unwrap().insert(point, arrays.clone());
-        arrays
+        // Members of one array, wherever they lie in the point, put together.
+        let mut assembled = Vec::new();
+        let mut done: Vec<[u8; 16]> = Vec::new();
+        for (_, m, _) in &spread {
+            if done.contains(&m.array) {
+                continue;
+            }
+            done.push(m.array);
+            let group: Vec<_> = spread.iter().filter(|x| x.1.array == m.array).collect();
+            let members: Vec<(md::Member, Arc<dyn ReadAt>)> =
+                group.iter().map(|x| (x.1.clone(), x.2.clone())).collect();
+            let mut name = m.file_name();
+            if assembled
+                .iter()
+                .any(|a: &(String, Vec<i64>, Arc<dyn ReadAt>)| a.0 == name)
+            {
+                name = format!("{name}-{}", assembled.len() + 1);
+            }
+            match md::assemble(&members, &arrays) {
+                Ok(a) => {
+                    let mut devs: Vec<i64> = group.iter().map(|x| x.0).collect();
+                    devs.dedup();
+                    assembled.push((name, devs, Arc::new(a) as Arc<dyn ReadAt>));
+                }
+                Err(why) => self.warn_once(format!(
+                    "point {point}, md array {name}: not assembled: {why}"
+                )),
+            }
+        }
+        let found = Arc::new(PointMd { arrays, assembled });
+        self.md.lock().unwrap().insert(point, found.clone());
+        found
     }
 
     /// How to read `vol` of `point` when it is an md member ([`MdView`]); `what` names
@@ -531,7 +600,11 @@ impl SafeFs {
                 return MdView::Plain;
             }
         };
-        match self.point_md(point).unusable(&m) {
+        if m.spread() {
+            // Read through the assembled array instead.
+            return MdView::NotRead;
+        }
+        match self.point_md(point).arrays.unusable(&m) {
             Some(why) => {
                 self.warn_once(format!(
                     "{what}: md member (superblock {}) {why}; its contents are not read as a filesystem or PV",
@@ -547,6 +620,12 @@ impl SafeFs {
     /// array data of each md member holding a current whole copy.
     fn point_volumes(&self, point: i64) -> Vec<(i64, String, Arc<dyn ReadAt>)> {
         let mut out = Vec::new();
+        let md = self.point_md(point);
+        let mut first_of: Vec<i64> = md
+            .assembled
+            .iter()
+            .filter_map(|a| a.1.first().copied())
+            .collect();
         for (dev, what, vol) in self.point_devices_and_parts(point) {
             let mut vols = Vec::new();
             match self.md_view(point, &vol, &format!("point {point}, {what}")) {
@@ -558,6 +637,15 @@ impl SafeFs {
                 MdView::NotRead => continue,
             }
             vols.push((what, vol));
+            if let Some(pos) = first_of.iter().position(|&d| d == dev) {
+                // Assembled arrays join the scan once, with their first member's device.
+                first_of[pos] = i64::MIN;
+                for (name, devs, a) in &md.assembled {
+                    if devs.first() == Some(&dev) {
+                        vols.push((format!("md array {name}"), a.clone()));
+                    }
+                }
+            }
             for (what, vol) in vols {
                 // An opened LUKS volume (encrypted LVM, say) in place of its ciphertext.
                 match self.luks_view(&vol, &format!("point {point}, {what}")) {
@@ -800,6 +888,20 @@ impl SafeFs {
                             },
                         ));
                     }
+                    if self
+                        .point_md(*point)
+                        .assembled
+                        .iter()
+                        .any(|a| a.1.contains(dev))
+                    {
+                        v.push((
+                            "md".into(),
+                            Kind::Md {
+                                point: *point,
+                                dev: *dev,
+                            },
+                        ));
+                    }
                     if self.point_luks(*point).iter().any(|l| l.0 == *dev) {
                         v.push((
                             "luks".into(),
@@ -808,6 +910,26 @@ impl SafeFs {
                                 dev: *dev,
                             },
                         ));
+                    }
+                }
+                return Ok(self.keep_listing(ino, v, trees));
+            }
+            Kind::Md { point, dev } => {
+                let (mut v, mut trees) = (Vec::new(), Vec::new());
+                for (name, devs, vol) in &self.point_md(*point).assembled {
+                    if !devs.contains(dev) {
+                        continue;
+                    }
+                    v.push((
+                        format!("{name}.img").into(),
+                        Kind::MdImage {
+                            point: *point,
+                            name: name.clone(),
+                        },
+                    ));
+                    let key = VolumeKey::Md(*point, name.clone());
+                    if let Some(root) = self.tree_root(key, vol.clone(), ino) {
+                        trees.push((OsString::from(name), root));
                     }
                 }
                 return Ok(self.keep_listing(ino, v, trees));
@@ -966,6 +1088,7 @@ impl SafeFs {
             return *r;
         }
         let label = match &key {
+            VolumeKey::Md(point, name) => format!("point {point}, md array {name}"),
             VolumeKey::Part(point, dev, part) => {
                 let dname = self
                     .device(*point, *dev)
@@ -991,7 +1114,9 @@ impl SafeFs {
             }
         };
         let point = match &key {
-            VolumeKey::Part(point, ..) | VolumeKey::Lv(point, ..) => *point,
+            VolumeKey::Part(point, ..) | VolumeKey::Lv(point, ..) | VolumeKey::Md(point, _) => {
+                *point
+            }
         };
         // A RAID1 member holds the array's filesystem (past its md superblock, or
         // before it); a stale, spare or striped member's is not the array's.
@@ -1224,13 +1349,15 @@ impl SafeFs {
             | Kind::Device { point: p, .. }
             | Kind::Lvm { point: p, .. }
             | Kind::Luks { point: p, .. }
+            | Kind::Md { point: p, .. }
             | Kind::LvParts { point: p, .. } => {
                 let p = self.point(*p).ok_or(Errno::ENOENT)?;
                 (FileType::Directory, 0o555, 0, time(p.created), LONG_TTL)
             }
             Kind::Image { point, .. }
             | Kind::LvImage { point, .. }
-            | Kind::LuksImage { point, .. } => {
+            | Kind::LuksImage { point, .. }
+            | Kind::MdImage { point, .. } => {
                 let p = self.point(*point).ok_or(Errno::ENOENT)?;
                 let img = self.image_of(ino)?;
                 let perm = if self.opts.allow_other { 0o400 } else { 0o444 };
@@ -1320,9 +1447,12 @@ impl SafeFs {
         for (i, (name, child)) in all.enumerate().skip(offset as usize) {
             let ft = match self.kind(*child) {
                 Some(Kind::Latest | Kind::TimeLink(_)) => FileType::Symlink,
-                Some(Kind::Image { .. } | Kind::LvImage { .. } | Kind::LuksImage { .. }) => {
-                    FileType::RegularFile
-                }
+                Some(
+                    Kind::Image { .. }
+                    | Kind::LvImage { .. }
+                    | Kind::LuksImage { .. }
+                    | Kind::MdImage { .. },
+                ) => FileType::RegularFile,
                 _ => FileType::Directory, // synthetic directories and tree roots
             };
             if add(*child, i as u64 + 1, ft, name) {

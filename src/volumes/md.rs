@@ -67,6 +67,12 @@ pub struct Member {
     recovering: Option<u64>,
     /// A reshape (level, layout or device count) is under way.
     reshaping: bool,
+    /// Layout (RAID5/6 algorithm, RAID10 copies), chunk bytes, devices in the array.
+    layout: u32,
+    chunk: u64,
+    disks: u32,
+    /// Bytes of data room on this member (from `offset`).
+    room: u64,
 }
 
 fn le16(b: &[u8], o: usize) -> u16 {
@@ -187,6 +193,10 @@ fn version1(b: &[u8], at: u64, size: u64, version: &'static str) -> Option<Membe
         recovering: (features & FEATURE_RECOVERY_OFFSET != 0)
             .then(|| le64(sb, 0x98).saturating_mul(512)),
         reshaping: features & FEATURE_RESHAPE_ACTIVE != 0,
+        layout,
+        chunk: le32(sb, 0x58) as u64 * 512,
+        disks,
+        room: le64(sb, 0x88).saturating_mul(512),
     })
 }
 
@@ -250,6 +260,10 @@ fn version090(b: &[u8], size: u64) -> Option<Member> {
         recovering: None,
         // Minor version 91 marks a reshape under way.
         reshaping: word(2) == 91,
+        layout,
+        chunk: word(65) as u64,
+        disks,
+        room: ((size / 512) & !127).saturating_sub(128) * 512,
     })
 }
 
@@ -275,6 +289,34 @@ impl Member {
             return Some("in the middle of a reshape".into());
         }
         None
+    }
+
+    /// Whether the array's data is spread over its members (RAID0/4/5/6, RAID10 but
+    /// for a near copy per device): read only once [`assemble`]d.
+    pub fn spread(&self) -> bool {
+        !self.whole
+    }
+
+    /// A name for the array in a file listing: mdadm's name without its host part, or
+    /// the start of the UUID; only letters, digits, `-`, `_` and `.`.
+    pub fn file_name(&self) -> String {
+        let n = self.name.rsplit(':').next().unwrap_or("");
+        let clean: String = n
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if clean.is_empty() || clean.starts_with('.') {
+            let hex: String = self.array[..4].iter().map(|b| format!("{b:02x}")).collect();
+            format!("md-{hex}")
+        } else {
+            clean
+        }
     }
 
     /// The array's data on `vol` (this member) as a volume of its own.
@@ -319,6 +361,291 @@ impl Arrays {
     /// Why `m`'s copy is not the array's ([`Member::problem`], then [`Self::stale`]).
     pub fn unusable(&self, m: &Member) -> Option<String> {
         m.problem().or_else(|| self.stale(m))
+    }
+}
+
+/// Why the array of `members` (all of one array UUID, each with its volume) cannot
+/// be put together, or the array: RAID0, RAID4/5/6 and RAID10 assembled by md's chunk
+/// arithmetic from the members whose copy is current. A RAID4/5/6 array missing one
+/// member reads it back from parity (P), as md does when degraded; more missing, or
+/// members that disagree on the geometry, and it is not assembled.
+pub fn assemble(
+    members: &[(Member, Arc<dyn ReadAt>)],
+    arrays: &Arrays,
+) -> Result<Assembled, String> {
+    let Some((first, _)) = members.first() else {
+        return Err("no members".into());
+    };
+    let (level, layout, chunk, disks) =
+        (first.level, first.layout, first.chunk, first.disks as usize);
+    let parity = match level {
+        0 | 10 => 0,
+        4 | 5 => 1,
+        6 => 2,
+        l => return Err(format!("{} is not assembled", level_name(l))),
+    };
+    if chunk == 0 || chunk % 512 != 0 || chunk > 1 << 30 || !(2..=256).contains(&disks) {
+        return Err(format!(
+            "implausible geometry: chunk {chunk} bytes, {disks} devices"
+        ));
+    }
+    if first.reshaping {
+        return Err("a reshape is under way".into());
+    }
+    let (near, far, offset) = (
+        (layout & 0xFF) as usize,
+        ((layout >> 8) & 0xFF) as usize,
+        layout >> 16 != 0,
+    );
+    if level == 10 && (near == 0 || far == 0 || near * far > disks) {
+        return Err(format!("RAID10 layout {layout:#x} is not read"));
+    }
+    if matches!(level, 5 | 6) && layout > 5 || level == 4 && layout != 0 && layout != 5 {
+        return Err(format!("{} layout {layout} is not read", level_name(level)));
+    }
+    let mut by_role: Vec<Option<(Arc<dyn ReadAt>, u64)>> = vec![None; disks];
+    let mut room = u64::MAX;
+    for (m, vol) in members {
+        if (m.level, m.layout, m.chunk, m.disks as usize) != (level, layout, chunk, disks) {
+            return Err("members disagree on the array's geometry".into());
+        }
+        if let Some(why) = arrays.stale(m) {
+            tracing::warn!("md array {}: a member is left out: {why}", m.name);
+            continue;
+        }
+        let Some(&role) = m.roles.get(m.slot).filter(|&&r| (r as usize) < disks) else {
+            continue; // a spare, faulty or journal device
+        };
+        if m.recovering.is_some() {
+            continue;
+        }
+        // RAID0 members may hold less than their room; the others use `len` each.
+        let use_len = if level == 0 || m.len == 0 {
+            m.room
+        } else {
+            m.len
+        };
+        if m.offset.checked_add(use_len).is_none_or(|e| e > vol.size()) || use_len < chunk {
+            return Err(format!(
+                "a member's data ({} + {use_len} bytes) does not fit it",
+                m.offset
+            ));
+        }
+        room = room.min(use_len / chunk * chunk);
+        by_role[role as usize] = Some((vol.clone(), m.offset));
+    }
+    let missing = by_role.iter().filter(|m| m.is_none()).count();
+    let tolerated = match level {
+        4..=6 => 1, // one member is read back from P; Q is not computed
+        _ => 0,
+    };
+    if missing > tolerated && level != 10 {
+        return Err(format!("{missing} of {disks} members missing"));
+    }
+    let rows = room / chunk;
+    let len = match level {
+        0 => rows * disks as u64,
+        10 => rows * disks as u64 / (near * far) as u64,
+        _ => rows * (disks - parity) as u64,
+    } * chunk;
+    if len == 0 {
+        return Err("no data".into());
+    }
+    Ok(Assembled {
+        level,
+        layout,
+        chunk,
+        disks,
+        near,
+        far_rows: if offset { far as u64 } else { 1 },
+        members: by_role
+            .into_iter()
+            .map(|m| m.map(|(v, o)| Arc::new(Slice::new(v, o, room)) as Arc<dyn ReadAt>))
+            .collect(),
+        len,
+    })
+}
+
+/// An md array assembled from its members (see [`assemble`]).
+pub struct Assembled {
+    level: i32,
+    layout: u32,
+    chunk: u64,
+    disks: usize,
+    /// RAID10: near copies, and the rows a stripe takes (far copies in the offset layout).
+    near: usize,
+    far_rows: u64,
+    /// Each role's data, `None` where the member is missing.
+    members: Vec<Option<Arc<dyn ReadAt>>>,
+    len: u64,
+}
+
+/// Where an array chunk lies: its member (role) and the row on it, and for RAID6 the
+/// Q member (a missing member is rebuilt from all the others but Q).
+struct Place {
+    dev: usize,
+    row: u64,
+    q: Option<usize>,
+}
+
+impl Assembled {
+    /// md's raid5_compute_sector and its RAID0/RAID10 counterparts, for chunk `c`.
+    fn place(&self, c: u64) -> Place {
+        let n = self.disks;
+        match self.level {
+            0 => Place {
+                dev: (c % n as u64) as usize,
+                row: c / n as u64,
+                q: None,
+            },
+            10 => {
+                let k = c * self.near as u64;
+                Place {
+                    dev: (k % n as u64) as usize,
+                    row: k / n as u64 * self.far_rows,
+                    q: None,
+                }
+            }
+            _ => {
+                let parity = if self.level == 6 { 2 } else { 1 };
+                let data = (n - parity) as u64;
+                let (stripe, mut dd) = (c / data, (c % data) as usize);
+                let r = (stripe % n as u64) as usize;
+                let data = data as usize;
+                let qd;
+                if self.level == 4 || self.layout == 5 {
+                    // Parity on the last device(s) (RAID4, PARITY_N): data in order.
+                    qd = (self.level == 6).then_some(data + 1);
+                } else if self.level == 5 {
+                    let pd = match self.layout {
+                        0 | 2 => data - r,
+                        1 | 3 => r,
+                        _ => 0, // PARITY_0
+                    };
+                    match self.layout {
+                        0 | 1 => dd += (dd >= pd) as usize,
+                        2 | 3 => dd = (pd + 1 + dd) % n,
+                        _ => dd += 1,
+                    }
+                    qd = None;
+                } else {
+                    let pd = match self.layout {
+                        0 | 2 => n - 1 - r,
+                        1 | 3 => r,
+                        _ => 0,
+                    };
+                    let q;
+                    match self.layout {
+                        0 | 1 => {
+                            if pd == n - 1 {
+                                dd += 1;
+                                q = 0;
+                            } else {
+                                q = pd + 1;
+                                if dd >= pd {
+                                    dd += 2;
+                                }
+                            }
+                        }
+                        2 | 3 => {
+                            q = (pd + 1) % n;
+                            dd = (pd + 2 + dd) % n;
+                        }
+                        _ => {
+                            q = 1;
+                            dd += 2;
+                        }
+                    }
+                    qd = Some(q);
+                }
+                Place {
+                    dev: dd,
+                    row: stripe,
+                    q: qd,
+                }
+            }
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `at` of row `row` of the member in role `dev`,
+    /// rebuilding it from the others and P when the member is missing (RAID10: from
+    /// its next near copy).
+    fn read_piece(&self, place: &Place, at: u64, buf: &mut [u8]) -> io::Result<()> {
+        let off = place.row * self.chunk + at;
+        if let Some(m) = &self.members[place.dev] {
+            return m.read_exact_at(off, buf);
+        }
+        if self.level == 10 {
+            for i in 1..self.near {
+                let k = (place.dev + i) % self.disks;
+                let row = place.row + ((place.dev + i) / self.disks) as u64 * self.far_rows;
+                if let Some(m) = &self.members[k] {
+                    return m.read_exact_at(row * self.chunk + at, buf);
+                }
+            }
+            return Err(io::Error::other(
+                "md array: every copy of this chunk is missing",
+            ));
+        }
+        // Parity levels: the XOR of P and every other data member.
+        buf.fill(0);
+        let mut tmp = vec![0u8; buf.len()];
+        for (d, m) in self.members.iter().enumerate() {
+            if d == place.dev || Some(d) == place.q {
+                continue;
+            }
+            let m = m
+                .as_ref()
+                .ok_or_else(|| io::Error::other("md array: two members missing"))?;
+            m.read_exact_at(off, &mut tmp)?;
+            for (x, y) in buf.iter_mut().zip(&tmp) {
+                *x ^= y;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ReadAt for Assembled {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if offset >= self.len || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min((self.len - offset) as usize);
+        let mut done = 0;
+        while done < n {
+            let pos = offset + done as u64;
+            let (c, at) = (pos / self.chunk, pos % self.chunk);
+            let take = ((self.chunk - at) as usize).min(n - done);
+            let place = self.place(c);
+            self.read_piece(&place, at, &mut buf[done..done + take])?;
+            done += take;
+        }
+        Ok(n)
+    }
+
+    fn size(&self) -> u64 {
+        self.len
+    }
+
+    fn prefetch(&self, ranges: &[(u64, u64)]) {
+        let mut per: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.disks];
+        for &(offset, len) in ranges {
+            let end = offset.saturating_add(len).min(self.len);
+            let mut pos = offset;
+            while pos < end {
+                let (c, at) = (pos / self.chunk, pos % self.chunk);
+                let take = (self.chunk - at).min(end - pos);
+                let p = self.place(c);
+                per[p.dev].push((p.row * self.chunk + at, take));
+                pos += take;
+            }
+        }
+        for (m, r) in self.members.iter().zip(per) {
+            if let (Some(m), false) = (m, r.is_empty()) {
+                m.prefetch(&r);
+            }
+        }
     }
 }
 
