@@ -521,8 +521,9 @@ fn md090_superblock(
 /// older installs) are read too: a RAID1 member that fell behind shows no tree, the
 /// current one shows its array's, and a RAID5 member — whose first chunk holds the
 /// array's ext4 superblock while its other blocks lie on other members — shows no
-/// tree of its own (its array's, assembled, under `md/`) and keeps its bytes under
-/// `--skip-free`. `mdadm --examine` reads each superblock.
+/// tree of its own (its array's, assembled, under `md/`), and `--skip-free` leaves
+/// out only what that array's filesystem marks free. `mdadm --examine` reads each
+/// superblock.
 #[test]
 fn version_090_members_are_judged_too() {
     let name = "version_090_members_are_judged_too";
@@ -605,22 +606,28 @@ fn version_090_members_are_judged_too() {
         "the degraded RAID5 of the 0.90 member",
     );
     drop(mnt);
+    // --skip-free searches that degraded array too: on two devices a stripe is one
+    // chunk, left out (data and parity alike) where the ext4 marks it free; the
+    // superblock at the end is kept.
     let (part, r5) = (t.path().join("part"), t.path().join("r5.img"));
     let o = ds(&["backup", s(&part), &format!("r5={}", s(&r5)), "--skip-free"]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
     assert!(
-        err.contains(
-            "note: device r5: the whole device: md member (superblock 0.90) a member of RAID5"
-        ),
+        o.status.success() && err.contains("recorded as zeros, not read"),
         "{err}"
     );
     let restored = t.path().join("restored.img");
     ok(&["restore", s(&part), "1", "r5", s(&restored)]);
-    assert!(
-        std::fs::read(&restored).unwrap() == std::fs::read(&r5).unwrap(),
-        "the RAID5 member kept whole"
+    let (a, b) = (
+        std::fs::read(&r5).unwrap(),
+        std::fs::read(&restored).unwrap(),
     );
+    let sb = sb_at as usize;
+    assert!(a[sb..] == b[sb..], "the superblock kept");
+    let got = t.path().join("restored-fs.img");
+    std::fs::write(&got, &b[..8 << 20]).unwrap();
+    assert!(differs_only_where_free(&fs, &got, &fs) > 1 << 20);
+    fsck_clean(&got);
 }
 
 /// Where chunk `c` of an array lies, as this test lays arrays out: (role, row) of the
@@ -751,6 +758,7 @@ fn striped_arrays_are_assembled_from_their_members() {
     let mut rng = StdRng::seed_from_u64(98);
     let (src, fs) = (t.path().join("src"), t.path().join("fs.img"));
     ext4_image(&src, &fs, 12, 8 << 20, &mut rng);
+    with_deleted_junk(&fs, t.path(), &mut rng);
     let fs_bytes = std::fs::read(&fs).unwrap();
     let files: Vec<String> = tree_digest(&src)
         .keys()
@@ -782,21 +790,7 @@ fn striped_arrays_are_assembled_from_their_members() {
             .filter(|(i, _)| !left_out.contains(i))
             .map(|(_, m)| m)
             .collect();
-        for f in &files {
-            let mut args = vec!["-c".to_string(), kept.len().to_string()];
-            args.extend(kept.iter().map(|m| s(m).to_string()));
-            args.extend([
-                "cmp".into(),
-                format!("(md/a)/{f}"),
-                s(&src.join(f)).to_string(),
-            ]);
-            let o = Command::new("grub-fstest").args(&args).output().unwrap();
-            assert!(
-                o.status.success(),
-                "{what}: GRUB reads {f}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
+        grub_reads(&kept, &src, &files, &what);
         let sources: Vec<String> = kept
             .iter()
             .enumerate()
@@ -822,5 +816,69 @@ fn striped_arrays_are_assembled_from_their_members() {
                 "{what}: no member tree"
             );
         }
+        drop(mnt);
+
+        // --skip-free: what the array's ext4 marks free goes unread (RAID4/5/6: whole
+        // stripes, parity too). Restored, GRUB still reads every file from the
+        // members, also with one left out (the parity still matches the data), and
+        // the array differs from the filesystem only in dumpe2fs's free blocks.
+        let part = t.path().join(format!("part-{level}-{n}"));
+        let mut args = vec!["backup", s(&part)];
+        args.extend(sources.iter().map(String::as_str));
+        args.push("--skip-free");
+        let o = ds(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let restored: Vec<std::path::PathBuf> = (0..kept.len())
+            .map(|i| {
+                let r = t.path().join(format!("restored-{level}-{n}-{i}"));
+                ok(&["restore", s(&part), "1", &format!("m{i}"), s(&r)]);
+                r
+            })
+            .collect();
+        let restored_refs: Vec<&std::path::PathBuf> = restored.iter().collect();
+        grub_reads(&restored_refs, &src, &files, &what);
+        if matches!(level, 5 | 6) && left_out.is_empty() {
+            grub_reads(
+                &restored_refs[1..],
+                &src,
+                &files,
+                &format!("{what}, degraded"),
+            );
+        }
+        let mnt = Mounted::new(&part, t.path(), &[]);
+        let array = t.path().join(format!("array-{level}-{n}"));
+        std::fs::copy(mnt.dir.join("1/m0/md/a.img"), &array).unwrap();
+        drop(mnt);
+        std::fs::write(&array, &std::fs::read(&array).unwrap()[..fs_bytes.len()]).unwrap();
+        let differ = differs_only_where_free(&fs, &array, &fs);
+        fsck_clean(&array);
+        if layout >> 8 & 0xff > 1 {
+            assert_eq!(differ, 0, "{what}: far copies are kept whole");
+        } else {
+            assert!(
+                differ > 1 << 20,
+                "{what}: free space left out ({differ} bytes)"
+            );
+        }
+    }
+}
+
+/// Asserts that GRUB's md driver, given `members`, reads each of `files` of array
+/// `a` as it is under `src`.
+fn grub_reads(members: &[&std::path::PathBuf], src: &Path, files: &[String], what: &str) {
+    for f in files {
+        let mut args = vec!["-c".to_string(), members.len().to_string()];
+        args.extend(members.iter().map(|m| s(m).to_string()));
+        args.extend([
+            "cmp".into(),
+            format!("(md/a)/{f}"),
+            s(&src.join(f)).to_string(),
+        ]);
+        let o = Command::new("grub-fstest").args(&args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{what}: GRUB reads {f}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }

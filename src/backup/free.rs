@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::readat::{FileReader, ReadAt, Slice};
 use crate::size::human;
 use crate::volumes::luks::{Keyring, Opened};
+use crate::volumes::md;
 use crate::volumes::thin;
 
 /// How deep partition tables and LVs may nest (a disk, its PV partition, an LV of a
@@ -67,8 +68,9 @@ fn free_blocks_of(
     block_size: u64,
     keyring: Keyring,
 ) -> Vec<Vec<(u64, u64)>> {
+    let (arrays, striped) = md_arrays(devices);
     let mut finder = Finder {
-        arrays: md_arrays(devices),
+        arrays,
         keyring,
         ..Finder::default()
     };
@@ -85,6 +87,7 @@ fn free_blocks_of(
         }
     }
     finder.spanning_lvs(&mut bytes);
+    finder.striped_arrays(&striped, devices, &mut bytes);
     bytes
         .into_iter()
         .map(|b| whole_blocks(&merged(b), block_size))
@@ -93,22 +96,40 @@ fn free_blocks_of(
 
 /// The md arrays whose members are the devices or their partitions: the freshest
 /// superblock of each.
-fn md_arrays(devices: &[(String, Arc<dyn ReadAt>)]) -> crate::volumes::md::Arrays {
-    let mut arrays = crate::volumes::md::Arrays::default();
-    for (_, dev) in devices {
-        let mut vols = vec![dev.clone()];
+fn md_arrays(devices: &[(String, Arc<dyn ReadAt>)]) -> (md::Arrays, Vec<Striped>) {
+    let mut arrays = md::Arrays::default();
+    let mut striped = Vec::new();
+    for (i, (_, dev)) in devices.iter().enumerate() {
+        let mut vols: Vec<(u64, Arc<dyn ReadAt>)> = vec![(0, dev.clone())];
         if let Ok(Some(t)) = crate::volumes::read_table(&**dev) {
             for p in &t.partitions {
-                vols.push(Arc::new(Slice::new(dev.clone(), p.start, p.len)));
+                vols.push((p.start, Arc::new(Slice::new(dev.clone(), p.start, p.len))));
             }
         }
-        for v in vols {
-            if let Ok(Some(m)) = crate::volumes::md::member(&*v) {
+        for (base, v) in vols {
+            if let Ok(Some(m)) = md::member(&*v) {
                 arrays.add(&m);
+                if m.spread() {
+                    striped.push(Striped {
+                        device: i,
+                        base,
+                        member: m,
+                        vol: v,
+                    });
+                }
             }
         }
     }
-    arrays
+    (arrays, striped)
+}
+
+/// A member of an array that spreads its data over its members, found on a device.
+struct Striped {
+    device: usize,
+    /// Byte offset of the member on its device.
+    base: u64,
+    member: md::Member,
+    vol: Arc<dyn ReadAt>,
 }
 
 /// Looks through devices' layers for the free space of their filesystems.
@@ -212,12 +233,17 @@ impl Finder {
         depth: u32,
         base: Option<u64>,
     ) -> Option<Vec<(u64, u64)>> {
-        let m = crate::volumes::md::member(&**vol).ok()??;
+        let m = md::member(&**vol).ok()??;
         let what = if what.is_empty() {
             "the whole device"
         } else {
             what
         };
+        if m.spread() {
+            // Searched with its array, once all devices are known.
+            self.known += 1;
+            return Some(Vec::new());
+        }
         if let Some(why) = self.arrays.unusable(&m) {
             eprintln!(
                 "note: device {}: {what}: md member (superblock {}) {why}; kept whole",
@@ -373,6 +399,51 @@ impl Finder {
     /// searched once every device has been, added to each PV's device's `bytes`. A VG
     /// whose PVs' metadata copies differ, that maps a segment type this reader does not,
     /// whose extents overlap, or whose PV is found twice (RAID1 members) is left alone.
+    /// Searches each striped md array (RAID0/4/5/6/10) whose members are among the
+    /// devices, assembled as the mount assembles it, and adds to each member's
+    /// device what the array's free space lets go unread
+    /// ([`md::Assembled::free_member_ranges`]: whole stripes on parity levels).
+    fn striped_arrays(
+        &mut self,
+        striped: &[Striped],
+        devices: &[(String, Arc<dyn ReadAt>)],
+        bytes: &mut [Vec<(u64, u64)>],
+    ) {
+        let mut done: Vec<[u8; 16]> = Vec::new();
+        for s in striped {
+            if done.contains(&s.member.array) {
+                continue;
+            }
+            done.push(s.member.array);
+            let group: Vec<&Striped> = striped
+                .iter()
+                .filter(|x| x.member.array == s.member.array)
+                .collect();
+            let members: Vec<(md::Member, Arc<dyn ReadAt>)> = group
+                .iter()
+                .map(|x| (x.member.clone(), x.vol.clone()))
+                .collect();
+            let name = s.member.file_name();
+            let array = match md::assemble(&members, &self.arrays) {
+                Ok(a) => Arc::new(a),
+                Err(why) => {
+                    eprintln!(
+                        "note: md array {name}: not assembled ({why}): its members are kept whole"
+                    );
+                    continue;
+                }
+            };
+            self.name = devices[s.device].0.clone();
+            self.device = s.device;
+            let what = format!("md array {name}");
+            let free = self.volume(array.clone(), &what, 1, None);
+            for (i, off, len) in array.free_member_ranges(&merged(free)) {
+                let m = group[i];
+                bytes[m.device].push((m.base + m.member.offset + off, len));
+            }
+        }
+    }
+
     fn spanning_lvs(&mut self, bytes: &mut [Vec<(u64, u64)>]) {
         use crate::volumes::lvm;
         let pvs = std::mem::take(&mut self.pvs);

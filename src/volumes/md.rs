@@ -404,8 +404,9 @@ pub fn assemble(
         return Err(format!("{} layout {layout} is not read", level_name(level)));
     }
     let mut by_role: Vec<Option<(Arc<dyn ReadAt>, u64)>> = vec![None; disks];
+    let mut used = vec![None; disks];
     let mut room = u64::MAX;
-    for (m, vol) in members {
+    for (i, (m, vol)) in members.iter().enumerate() {
         if (m.level, m.layout, m.chunk, m.disks as usize) != (level, layout, chunk, disks) {
             return Err("members disagree on the array's geometry".into());
         }
@@ -433,6 +434,7 @@ pub fn assemble(
         }
         room = room.min(use_len / chunk * chunk);
         by_role[role as usize] = Some((vol.clone(), m.offset));
+        used[role as usize] = Some(i);
     }
     let missing = by_role.iter().filter(|m| m.is_none()).count();
     let tolerated = match level {
@@ -457,7 +459,9 @@ pub fn assemble(
         chunk,
         disks,
         near,
+        far,
         far_rows: if offset { far as u64 } else { 1 },
+        used,
         members: by_role
             .into_iter()
             .map(|m| m.map(|(v, o)| Arc::new(Slice::new(v, o, room)) as Arc<dyn ReadAt>))
@@ -472,9 +476,13 @@ pub struct Assembled {
     layout: u32,
     chunk: u64,
     disks: usize,
-    /// RAID10: near copies, and the rows a stripe takes (far copies in the offset layout).
+    /// RAID10: near copies, far copies, and the rows a stripe takes (far copies in
+    /// the offset layout).
     near: usize,
+    far: usize,
     far_rows: u64,
+    /// Which of the members given to [`assemble`] holds each role.
+    used: Vec<Option<usize>>,
     /// Each role's data, `None` where the member is missing.
     members: Vec<Option<Arc<dyn ReadAt>>>,
     len: u64,
@@ -489,6 +497,50 @@ struct Place {
 }
 
 impl Assembled {
+    /// Where the array's free byte `ranges` (sorted) let member bytes go unread:
+    /// (index of the member as given to [`assemble`], offset in its data, length).
+    /// RAID0: the chunk pieces themselves; RAID10 with near copies only: every copy;
+    /// RAID4/5/6: whole stripes only, data and parity alike (parity of zeros is
+    /// zeros, so a restored array stays consistent); none for RAID10 far/offset.
+    pub fn free_member_ranges(&self, ranges: &[(u64, u64)]) -> Vec<(usize, u64, u64)> {
+        let mut out = Vec::new();
+        let mut add = |role: usize, off: u64, len: u64| {
+            if let Some(i) = self.used[role] {
+                out.push((i, off, len));
+            }
+        };
+        let parity = matches!(self.level, 4..=6);
+        if self.level == 10 && self.far > 1 {
+            return Vec::new();
+        }
+        for &(start, len) in ranges {
+            let end = start.saturating_add(len).min(self.len);
+            if parity {
+                let width = self.chunk * (self.disks - if self.level == 6 { 2 } else { 1 }) as u64;
+                let (first, last) = (start.div_ceil(width), end / width);
+                if last > first {
+                    for role in 0..self.disks {
+                        add(role, first * self.chunk, (last - first) * self.chunk);
+                    }
+                }
+                continue;
+            }
+            let mut pos = start;
+            while pos < end {
+                let (c, at) = (pos / self.chunk, pos % self.chunk);
+                let take = (self.chunk - at).min(end - pos);
+                let copies = if self.level == 10 { self.near } else { 1 };
+                for i in 0..copies {
+                    let k = c * copies as u64 + i as u64;
+                    let (role, row) = ((k % self.disks as u64) as usize, k / self.disks as u64);
+                    add(role, row * self.chunk + at, take);
+                }
+                pos += take;
+            }
+        }
+        out
+    }
+
     /// md's raid5_compute_sector and its RAID0/RAID10 counterparts, for chunk `c`.
     fn place(&self, c: u64) -> Place {
         let n = self.disks;
