@@ -710,6 +710,27 @@ fn busy_crash_image_mounted(
     opts: &[&str],
     mount_opts: &str,
 ) -> Option<std::path::PathBuf> {
+    // On a loaded machine the kernel may write everything back and empty its journal
+    // before the copy is taken: such a copy has nothing to replay, so try again.
+    for attempt in 0..4 {
+        let d = dir.join(format!("busy{attempt}"));
+        std::fs::create_dir(&d).unwrap();
+        let crash = busy_crash_image_once(&d, opts, mount_opts)?;
+        let head = tool("dumpe2fs", &["-h", s(&crash)]);
+        if dumpe2fs_field(&head, "Journal start:").unwrap_or(0) != 0 {
+            return Some(crash);
+        }
+        eprintln!("the kernel emptied its journal before the copy (attempt {attempt}); again");
+    }
+    panic!("the kernel's journal was empty in every copy");
+}
+
+/// One try of [`busy_crash_image_mounted`].
+fn busy_crash_image_once(
+    dir: &Path,
+    opts: &[&str],
+    mount_opts: &str,
+) -> Option<std::path::PathBuf> {
     let empty = dir.join("empty");
     std::fs::create_dir(&empty).unwrap();
     let img = dir.join("live.img");
