@@ -661,9 +661,30 @@ fn layout_of(level: u32, layout: u32, n: usize, c: usize) -> (Vec<(usize, usize)
     }
 }
 
+/// a·b in GF(2^8) modulo x^8+x^4+x^3+x^2+1, by shifts (RAID6's Q field).
+fn gf_mul(mut a: u8, mut b: u8) -> u8 {
+    let mut r = 0u8;
+    while b != 0 {
+        if b & 1 != 0 {
+            r ^= a;
+        }
+        let carry = a & 0x80 != 0;
+        a <<= 1;
+        if carry {
+            a ^= 0x1d;
+        }
+        b >>= 1;
+    }
+    r
+}
+
+/// 2^e in GF(2^8).
+fn gf_pow2(e: usize) -> u8 {
+    (0..e).fold(1, |x, _| gf_mul(x, 2))
+}
+
 /// Members of an md array (version-1.2 superblocks, data from 1 MiB) holding `fs`
-/// striped as [`layout_of`] lays it out, RAID5's P computed, RAID6's Q left zero
-/// (nothing here reads it: every member is present when a RAID6 is read).
+/// striped as [`layout_of`] lays it out, with RAID5's P and RAID6's P and Q.
 fn striped_members(
     dir: &Path,
     level: u32,
@@ -697,6 +718,25 @@ fn striped_members(
             if let Some(p) = p {
                 for (i, b) in piece.iter().enumerate() {
                     areas[p][row * chunk + i] ^= b;
+                }
+            }
+        }
+    }
+    if level == 6 {
+        // Q: each data chunk times 2^slot in GF(2^8) (x^8+x^4+x^3+x^2+1), slots
+        // counted from the device after Q (left-symmetric: Q follows P).
+        for row in 0..rows {
+            let p = n - 1 - row % n;
+            let q = (p + 1) % n;
+            let d0 = if q == n - 1 { 0 } else { q + 1 };
+            let data_devs: Vec<usize> = (0..n)
+                .map(|i| (d0 + i) % n)
+                .filter(|&d| d != p && d != q)
+                .collect();
+            for (slot, &d) in data_devs.iter().enumerate() {
+                for i in 0..chunk {
+                    let v = gf_mul(areas[d][row * chunk + i], gf_pow2(slot));
+                    areas[q][row * chunk + i] ^= v;
                 }
             }
         }
@@ -771,6 +811,8 @@ fn striped_arrays_are_assembled_from_their_members() {
         (5, 2, 3, 64 << 10, vec![]),
         (5, 2, 4, 16 << 10, vec![1]),
         (6, 2, 4, 64 << 10, vec![]),
+        (6, 2, 4, 32 << 10, vec![1, 2]),
+        (6, 2, 5, 32 << 10, vec![3]),
         (10, 0x102, 3, 64 << 10, vec![]),
         (10, 0x201, 2, 64 << 10, vec![]),
     ];
