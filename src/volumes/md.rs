@@ -432,7 +432,15 @@ pub fn assemble(
                 m.offset
             ));
         }
-        room = room.min(use_len / chunk * chunk);
+        let rounded = use_len / chunk * chunk;
+        if level == 0 && room != u64::MAX && rounded != room {
+            // md stripes unequal RAID0 members in zones; only one zone is read here.
+            return Err("RAID0 members of unequal size".into());
+        }
+        room = room.min(rounded);
+        if by_role[role as usize].is_some() {
+            return Err(format!("two current members claim slot {role}"));
+        }
         by_role[role as usize] = Some((vol.clone(), m.offset));
         used[role as usize] = Some(i);
     }
@@ -852,6 +860,7 @@ mod tests {
         features: u32,
         recovery: u64,
         uuid: u8,
+        chunk: u32,
     }
 
     impl Default for Sb {
@@ -867,6 +876,7 @@ mod tests {
                 features: 0,
                 recovery: 0,
                 uuid: 7,
+                chunk: 0,
             }
         }
     }
@@ -889,7 +899,8 @@ mod tests {
         put(b, 0x48, &sb.level.to_le_bytes());
         put(b, 0x4C, &sb.layout.to_le_bytes());
         put(b, 0x50, &sb.len.to_le_bytes());
-        put(b, 0x5C, &2u32.to_le_bytes());
+        put(b, 0x58, &sb.chunk.to_le_bytes());
+        put(b, 0x5C, &(sb.roles.len() as u32).to_le_bytes());
         put(b, 0x80, &sb.offset.to_le_bytes());
         put(b, 0x90, &(at as u64 / 512).to_le_bytes());
         put(b, 0x98, &sb.recovery.to_le_bytes());
@@ -1082,6 +1093,55 @@ mod tests {
             None,
             "data past the end"
         );
+    }
+
+    #[test]
+    fn arrays_that_do_not_add_up_are_not_assembled() {
+        let err = |r: Result<Assembled, String>| r.err().unwrap_or_default();
+        // RAID5 of three, 4 KiB chunks, 64 KiB of data per member from 32 KiB.
+        let m = |slot: u32, chunk: u32, len: u64| {
+            let sb = Sb {
+                level: 5,
+                layout: 2,
+                offset: 64,
+                len,
+                slot,
+                roles: vec![0, 1, 2],
+                chunk,
+                ..Sb::default()
+            };
+            let v = member_v1(1 << 20, 2, &sb);
+            let vol: Arc<dyn ReadAt> = Arc::new(MemReader(v.clone()));
+            (read(v).unwrap(), vol)
+        };
+        let arrays = Arrays::default();
+        let all = [m(0, 8, 128), m(1, 8, 128), m(2, 8, 128)];
+        let a = assemble(&all, &arrays).unwrap();
+        assert_eq!(a.size(), 2 * 128 * 512, "two data members' worth");
+        let one_missing = [m(0, 8, 128), m(2, 8, 128)];
+        assert!(assemble(&one_missing, &arrays).is_ok(), "read back from P");
+        let two_missing = [m(0, 8, 128)];
+        assert!(err(assemble(&two_missing, &arrays)).contains("2 of 3"));
+        let mixed = [m(0, 8, 128), m(1, 16, 128), m(2, 8, 128)];
+        assert!(err(assemble(&mixed, &arrays)).contains("geometry"));
+        let twice = [m(0, 8, 128), m(0, 8, 128), m(2, 8, 128)];
+        assert!(err(assemble(&twice, &arrays)).contains("slot 0"));
+        let no_chunk = [m(0, 0, 128), m(1, 0, 128), m(2, 0, 128)];
+        assert!(err(assemble(&no_chunk, &arrays)).contains("implausible"));
+        let past_end = [m(0, 8, 1 << 20), m(1, 8, 1 << 20), m(2, 8, 1 << 20)];
+        assert!(read(member_v1(
+            1 << 20,
+            2,
+            &Sb {
+                level: 5,
+                len: 1 << 20,
+                chunk: 8,
+                roles: vec![0, 1, 2],
+                ..Sb::default()
+            }
+        ))
+        .is_some());
+        assert!(err(assemble(&past_end, &arrays)).contains("does not fit"));
     }
 
     #[test]
