@@ -924,3 +924,91 @@ fn grub_reads(members: &[&std::path::PathBuf], src: &Path, files: &[String], wha
         );
     }
 }
+
+/// Benchmark (ignored; `cargo test --release --test md bench_striped -- --ignored
+/// --nocapture`): a large file read cold from the tree of an ext4 backed up as it is,
+/// and from the same ext4 striped over a RAID5 of four (512 KiB chunks, md's default)
+/// whole and missing one member (read back from parity), each from a fresh mount with
+/// the page cache dropped, alternating. Prints MB/s per round, medians and ratios.
+#[test]
+#[ignore]
+fn bench_striped_array_reads() {
+    if !fuse_available() || !is_root() {
+        eprintln!("SKIP: needs root and FUSE");
+        return;
+    }
+    let rounds: usize = std::env::var("ROUNDS").map_or(5, |v| v.parse().unwrap());
+    let t = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mut rng = StdRng::seed_from_u64(99);
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    // 400 MiB of real data: shared libraries and their kin.
+    let fill = Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "find /usr/lib -type f -size +100k 2>/dev/null | head -3000 | xargs cat 2>/dev/null | head -c 400M > {}",
+                s(&src.join("big"))
+            ),
+        ])
+        .status()
+        .unwrap();
+    assert!(fill.success());
+    let fs = t.path().join("fs.img");
+    File::create(&fs).unwrap().set_len(512 << 20).unwrap();
+    let o = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d", s(&src), s(&fs)])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let fs_bytes = std::fs::read(&fs).unwrap();
+    let members = striped_members(t.path(), 5, 2, 4, 512 << 10, &fs_bytes, &mut rng);
+    drop(fs_bytes);
+    let plain = t.path().join("plain");
+    backup_all(&plain, &[format!("fs={}", s(&fs))]);
+    let whole = t.path().join("whole");
+    let all: Vec<String> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| format!("m{i}={}", s(m)))
+        .collect();
+    backup_all(&whole, &all);
+    let degraded = t.path().join("degraded");
+    backup_all(&degraded, &[all[0].clone(), all[2].clone(), all[3].clone()]);
+    let cases = [
+        ("plain ext4", &plain, "1/fs/files/big"),
+        ("RAID5 of 4", &whole, "1/m0/md/a/big"),
+        ("RAID5 of 4, one missing", &degraded, "1/m0/md/a/big"),
+    ];
+    let mut speeds = vec![Vec::new(); cases.len()];
+    for r in 0..rounds {
+        for (k, (what, safe, path)) in cases.iter().enumerate() {
+            std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+            let mnt = Mounted::new(safe, t.path(), &[]);
+            let f = mnt.dir.join(path);
+            let _ = std::fs::metadata(&f).unwrap();
+            let start = std::time::Instant::now();
+            let mut file = File::open(&f).unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut n = 0u64;
+            loop {
+                let got = std::io::Read::read(&mut file, &mut buf).unwrap();
+                if got == 0 {
+                    break;
+                }
+                n += got as u64;
+            }
+            let mbs = n as f64 / start.elapsed().as_secs_f64() / 1e6;
+            eprintln!("round {r}: {what}: {mbs:.0} MB/s");
+            speeds[k].push(mbs);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let m: Vec<f64> = speeds.iter_mut().map(median).collect();
+    for ((what, _, _), x) in cases.iter().zip(&m) {
+        eprintln!("median {what}: {x:.0} MB/s ({:.2} of plain)", x / m[0]);
+    }
+}
