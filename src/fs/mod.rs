@@ -659,19 +659,28 @@ impl SafeFs {
     }
 
     /// The LUKS volumes of a point a passphrase opened (scanned once): device, name
-    /// (`luks-UUID`) and plaintext, for each device, partition and md array data.
+    /// (`luks-UUID`) and plaintext, for each device, partition and md array (RAID1
+    /// data, or assembled: under each member's device).
     fn point_luks(&self, point: i64) -> Arc<Vec<OpenLuks>> {
         if let Some(l) = self.luks.lock().unwrap().get(&point) {
             return l.clone();
         }
-        let mut out: Vec<OpenLuks> = Vec::new();
+        // Each device and partition (an md RAID1 member's array data in its place),
+        // and each assembled array, listed under every member's device.
+        let mut vols: Vec<(Vec<i64>, Arc<dyn ReadAt>)> = Vec::new();
         for (dev, what, vol) in self.point_devices_and_parts(point) {
             let what = format!("point {point}, {what}");
-            let vol = match self.md_view(point, &vol, &what) {
-                MdView::Plain => vol,
-                MdView::Array(inner, _) => inner,
-                MdView::NotRead => continue,
-            };
+            match self.md_view(point, &vol, &what) {
+                MdView::Plain => vols.push((vec![dev], vol)),
+                MdView::Array(inner, _) => vols.push((vec![dev], inner)),
+                MdView::NotRead => {}
+            }
+        }
+        for (_, devs, array) in &self.point_md(point).assembled {
+            vols.push((devs.clone(), array.clone()));
+        }
+        let mut out: Vec<OpenLuks> = Vec::new();
+        for (devs, vol) in vols {
             if let crate::volumes::luks::Opened::Open(plain) = self.opts.keyring.open(&vol) {
                 // A hostile header's UUID must still make one plain file name.
                 let uuid: String = plain
@@ -686,8 +695,10 @@ impl SafeFs {
                     })
                     .collect();
                 let name = format!("luks-{uuid}");
-                if !out.iter().any(|l| l.0 == dev && l.1 == name) {
-                    out.push((dev, name, plain));
+                for dev in devs {
+                    if !out.iter().any(|l| l.0 == dev && l.1 == name) {
+                        out.push((dev, name.clone(), plain.clone()));
+                    }
                 }
             }
         }

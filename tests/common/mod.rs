@@ -1334,3 +1334,155 @@ pub fn fsck_clean(img: &Path) {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+/// Where chunk `c` of an array lies, as this test lays arrays out: (role, row) of the
+/// data, the P role for parity levels, and for RAID10 every copy. md's layouts (its
+/// raid5_compute_sector, raid0 and raid10 near copies); GRUB reading the members
+/// this writes is the check that they are md's.
+pub fn layout_of(
+    level: u32,
+    layout: u32,
+    n: usize,
+    c: usize,
+) -> (Vec<(usize, usize)>, Option<usize>) {
+    match level {
+        0 => (vec![(c % n, c / n)], None),
+        10 => {
+            let near = (layout & 0xff) as usize;
+            (
+                (0..near)
+                    .map(|i| ((c * near + i) % n, (c * near + i) / n))
+                    .collect(),
+                None,
+            )
+        }
+        _ => {
+            let data = n - if level == 6 { 2 } else { 1 };
+            let (stripe, d) = (c / data, c % data);
+            // Left-symmetric: parity rotates backwards, data continues after it.
+            let p = if level == 6 {
+                n - 1 - stripe % n
+            } else {
+                data - stripe % n
+            };
+            let skip = if level == 6 { 2 } else { 1 };
+            (vec![((p + skip + d) % n, stripe)], Some(p))
+        }
+    }
+}
+
+/// a·b in GF(2^8) modulo x^8+x^4+x^3+x^2+1, by shifts (RAID6's Q field).
+pub fn gf_mul(mut a: u8, mut b: u8) -> u8 {
+    let mut r = 0u8;
+    while b != 0 {
+        if b & 1 != 0 {
+            r ^= a;
+        }
+        let carry = a & 0x80 != 0;
+        a <<= 1;
+        if carry {
+            a ^= 0x1d;
+        }
+        b >>= 1;
+    }
+    r
+}
+
+/// 2^e in GF(2^8).
+pub fn gf_pow2(e: usize) -> u8 {
+    (0..e).fold(1, |x, _| gf_mul(x, 2))
+}
+
+/// Members of an md array (version-1.2 superblocks, data from 1 MiB) holding `fs`
+/// striped as [`layout_of`] lays it out, with RAID5's P and RAID6's P and Q.
+pub fn striped_members(
+    dir: &Path,
+    level: u32,
+    layout: u32,
+    n: usize,
+    chunk: usize,
+    fs: &[u8],
+    rng: &mut impl Rng,
+) -> Vec<std::path::PathBuf> {
+    let data = match level {
+        0 | 10 => n,
+        6 => n - 2,
+        _ => n - 1,
+    };
+    let chunks = fs.len().div_ceil(chunk);
+    let far = ((layout >> 8) & 0xff).max(1) as usize;
+    let rows = if level == 10 {
+        // Near copies take rows in turn; far copies take a whole section each (only
+        // the first is written: every member is present when such an array is read).
+        (chunks * (layout & 0xff) as usize).div_ceil(n) * far + far
+    } else {
+        chunks.div_ceil(data) + 1
+    };
+    let per = rows * chunk;
+    let mut areas = vec![vec![0u8; per]; n];
+    for c in 0..chunks {
+        let piece = &fs[c * chunk..((c + 1) * chunk).min(fs.len())];
+        let (copies, p) = layout_of(level, layout, n, c);
+        for (dev, row) in copies {
+            areas[dev][row * chunk..row * chunk + piece.len()].copy_from_slice(piece);
+            if let Some(p) = p {
+                for (i, b) in piece.iter().enumerate() {
+                    areas[p][row * chunk + i] ^= b;
+                }
+            }
+        }
+    }
+    if level == 6 {
+        // Q: each data chunk times 2^slot in GF(2^8) (x^8+x^4+x^3+x^2+1), slots
+        // counted from the device after Q (left-symmetric: Q follows P).
+        for row in 0..rows {
+            let p = n - 1 - row % n;
+            let q = (p + 1) % n;
+            let d0 = if q == n - 1 { 0 } else { q + 1 };
+            let data_devs: Vec<usize> = (0..n)
+                .map(|i| (d0 + i) % n)
+                .filter(|&d| d != p && d != q)
+                .collect();
+            for (slot, &d) in data_devs.iter().enumerate() {
+                for i in 0..chunk {
+                    let v = gf_mul(areas[d][row * chunk + i], gf_pow2(slot));
+                    areas[q][row * chunk + i] ^= v;
+                }
+            }
+        }
+    }
+    let base = md_superblock_of(
+        level,
+        layout,
+        2048,
+        (per / 512) as u64,
+        ((per >> 9) + 2048) as u64,
+        rng,
+    );
+    let roles: Vec<u16> = (0..n as u16).collect();
+    let mut out = Vec::new();
+    for (i, area) in areas.iter().enumerate() {
+        let mut sb = base.clone();
+        sb[0x20..0x40].fill(0);
+        sb[0x20..0x26].copy_from_slice(b"host:a");
+        sb[0x58..0x5C].copy_from_slice(&((chunk / 512) as u32).to_le_bytes());
+        sb[0x5C..0x60].copy_from_slice(&(n as u32).to_le_bytes());
+        let st = MdState {
+            array: 9,
+            events: 30,
+            slot: i as u32,
+            roles: &roles,
+            features: 0,
+            recovery: 0,
+            super_sector: 8,
+        };
+        md_set_state(&mut sb, &st);
+        let path = dir.join(format!("l{level}-{layout:x}-m{i}.img"));
+        let mut img = vec![0u8; (1 << 20) + per];
+        img[4096..8192].copy_from_slice(&sb);
+        img[1 << 20..].copy_from_slice(area);
+        std::fs::write(&path, &img).unwrap();
+        out.push(path);
+    }
+    out
+}
