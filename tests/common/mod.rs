@@ -1359,14 +1359,23 @@ pub fn layout_of(
         _ => {
             let data = n - if level == 6 { 2 } else { 1 };
             let (stripe, d) = (c / data, c % data);
-            // Left-symmetric: parity rotates backwards, data continues after it.
+            // Left layouts: parity rotates backwards from the last device. Symmetric
+            // (2): data continues after parity; asymmetric (0): data keeps its
+            // device order, stepping over parity (RAID6: Q follows P, wrapping to
+            // the first device when P is last).
             let p = if level == 6 {
                 n - 1 - stripe % n
             } else {
                 data - stripe % n
             };
             let skip = if level == 6 { 2 } else { 1 };
-            (vec![((p + skip + d) % n, stripe)], Some(p))
+            let dev = match layout {
+                0 if level == 6 && p == n - 1 => d + 1,
+                0 if d >= p => d + skip,
+                0 => d,
+                _ => (p + skip + d) % n,
+            };
+            (vec![(dev, stripe)], Some(p))
         }
     }
 }
@@ -1434,7 +1443,7 @@ pub fn striped_members(
     }
     if level == 6 {
         // Q: each data chunk times 2^slot in GF(2^8) (x^8+x^4+x^3+x^2+1), slots
-        // counted from the device after Q (left-symmetric: Q follows P).
+        // counted from the device after Q (left layouts: Q follows P).
         for row in 0..rows {
             let p = n - 1 - row % n;
             let q = (p + 1) % n;
