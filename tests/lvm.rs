@@ -1200,3 +1200,73 @@ fn skip_free_reaches_lvs_spanning_the_devices_of_a_backup() {
         );
     }
 }
+
+/// A PV on an md RAID5 backed up as its three member disks (LVM on software RAID5, as
+/// older servers and NAS boxes are laid out): the array is assembled from the
+/// members and its LV shown under the first member's `lvm/`, its tree the tree its
+/// ext4 was made from. The PV, VG and LV are LVM's, made on the array's plaintext
+/// before the test stripes it (the md test's member writer, checked against GRUB).
+#[test]
+fn a_pv_on_an_assembled_raid5_is_found() {
+    let name = "a_pv_on_an_assembled_raid5_is_found";
+    if !fuse_available() || tool("lvm", &["version"]).is_none() {
+        eprintln!("SKIP {name}: needs FUSE, root and lvm2");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(93);
+    let array = t.path().join("array.img");
+    File::create(&array).unwrap().set_len(24 << 20).unwrap();
+    let mut loops = Loops::default();
+    let Some(pv) = loops.attach(&array, 0, 24 << 20) else {
+        eprintln!("SKIP {name}: no loop devices");
+        return;
+    };
+    let vg = format!("dsr5{}", std::process::id());
+    lvm_run(&["pvcreate", "-q", &pv]);
+    lvm_run(&["vgcreate", "-q", "-s", "1m", &vg, &pv]);
+    lvm_run(&[
+        "lvcreate", "-q", "-an", "-Zn", "-L", "12m", "-n", "data", &vg,
+    ]);
+    let segs = segments(&vg);
+    let pe_start = BTreeMap::from([(pv.clone(), first_extent_at(&pv))]);
+    let (src, img) = (t.path().join("src"), t.path().join("data.img"));
+    ext4_image(&src, &img, 16, 12 << 20, &mut rng);
+    write_lv(
+        &segs["data"],
+        &std::fs::read(&img).unwrap(),
+        &pe_start,
+        1 << 20,
+    );
+    drop(loops);
+    let members = striped_members(
+        t.path(),
+        5,
+        2,
+        3,
+        64 << 10,
+        &std::fs::read(&array).unwrap(),
+        &mut rng,
+    );
+    let safe = t.path().join("safe");
+    let mut args = vec![s(&safe).to_string()];
+    args.extend(
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("m{i}={}", s(m))),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    backup(&args);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    same_tree(
+        &tree_digest(&m.dir.join(format!("1/m0/lvm/{vg}-data"))),
+        &tree_digest(&src),
+        "the LV on the assembled array",
+    );
+    assert_eq!(
+        sha256_file(&m.dir.join(format!("1/m0/lvm/{vg}-data.img"))),
+        sha256_file(&img),
+        "the LV, byte for byte"
+    );
+}

@@ -619,40 +619,31 @@ impl SafeFs {
     /// Every volume of a point that may be a PV: each device, each partition, and the
     /// array data of each md member holding a current whole copy.
     fn point_volumes(&self, point: i64) -> Vec<(i64, String, Arc<dyn ReadAt>)> {
-        let mut out = Vec::new();
-        let md = self.point_md(point);
-        let mut first_of: Vec<i64> = md
-            .assembled
-            .iter()
-            .filter_map(|a| a.1.first().copied())
-            .collect();
+        let mut found: Vec<(i64, String, Arc<dyn ReadAt>)> = Vec::new();
         for (dev, what, vol) in self.point_devices_and_parts(point) {
-            let mut vols = Vec::new();
             match self.md_view(point, &vol, &format!("point {point}, {what}")) {
                 MdView::Plain => {}
                 // The data of a RAID1 member (an LVM PV on md, say) is a volume too.
                 MdView::Array(inner, name) => {
-                    vols.push((format!("{what}, md array {name}"), inner))
+                    found.push((dev, format!("{what}, md array {name}"), inner))
                 }
                 MdView::NotRead => continue,
             }
-            vols.push((what, vol));
-            if let Some(pos) = first_of.iter().position(|&d| d == dev) {
-                // Assembled arrays join the scan once, with their first member's device.
-                first_of[pos] = i64::MIN;
-                for (name, devs, a) in &md.assembled {
-                    if devs.first() == Some(&dev) {
-                        vols.push((format!("md array {name}"), a.clone()));
-                    }
-                }
+            found.push((dev, what, vol));
+        }
+        // Assembled arrays, with their first member's device.
+        for (name, devs, a) in &self.point_md(point).assembled {
+            if let Some(&dev) = devs.first() {
+                found.push((dev, format!("md array {name}"), a.clone()));
             }
-            for (what, vol) in vols {
-                // An opened LUKS volume (encrypted LVM, say) in place of its ciphertext.
-                match self.luks_view(&vol, &format!("point {point}, {what}")) {
-                    Some(Some(plain)) => out.push((dev, format!("{what}, opened"), plain)),
-                    Some(None) => {}
-                    None => out.push((dev, what, vol)),
-                }
+        }
+        let mut out = Vec::new();
+        for (dev, what, vol) in found {
+            // An opened LUKS volume (encrypted LVM, say) in place of its ciphertext.
+            match self.luks_view(&vol, &format!("point {point}, {what}")) {
+                Some(Some(plain)) => out.push((dev, format!("{what}, opened"), plain)),
+                Some(None) => {}
+                None => out.push((dev, what, vol)),
             }
         }
         out
