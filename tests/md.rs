@@ -670,12 +670,14 @@ fn striped_arrays_are_assembled_from_their_members() {
         (10, 0x102, 3, 64 << 10, vec![]),
         (10, 0x201, 2, 64 << 10, vec![]),
     ];
-    for (level, layout, n, chunk, left_out) in cases {
+    for (case, (level, layout, n, chunk, left_out)) in cases.into_iter().enumerate() {
         let what = format!(
             "RAID{level} layout {layout:#x} over {n}, {} missing",
             left_out.len()
         );
-        let members = striped_members(t.path(), level, layout, n, chunk, &fs_bytes, &mut rng);
+        let dir = t.path().join(format!("case{case}"));
+        std::fs::create_dir(&dir).unwrap();
+        let members = striped_members(&dir, level, layout, n, chunk, &fs_bytes, &mut rng);
         examine(
             &members[0],
             &[&format!("Raid Level : raid{level}"), "- correct"],
@@ -692,10 +694,20 @@ fn striped_arrays_are_assembled_from_their_members() {
             .enumerate()
             .map(|(i, m)| format!("m{i}={}", s(m)))
             .collect();
-        let safe = t.path().join(format!("safe-{level}-{n}"));
+        let safe = t.path().join(format!("safe-{case}"));
         backup_all(&safe, &sources);
         let mnt = Mounted::new(&safe, t.path(), &[]);
         let img = std::fs::read(mnt.dir.join("1/m0/md/a.img")).unwrap();
+        let degraded = format!(
+            "md array a: assembled degraded, {} of {n} members missing",
+            left_out.len()
+        );
+        assert_eq!(
+            mnt.log_text().contains(&degraded),
+            !left_out.is_empty(),
+            "{what}: the log says whether the array is degraded:\n{}",
+            mnt.log_text()
+        );
         assert!(img.len() >= fs_bytes.len(), "{what}: {} bytes", img.len());
         assert!(
             img[..fs_bytes.len()] == fs_bytes[..],
@@ -718,7 +730,7 @@ fn striped_arrays_are_assembled_from_their_members() {
         // stripes, parity too). Restored, GRUB still reads every file from the
         // members, also with one left out (the parity still matches the data), and
         // the array differs from the filesystem only in dumpe2fs's free blocks.
-        let part = t.path().join(format!("part-{level}-{n}"));
+        let part = t.path().join(format!("part-{case}"));
         let mut args = vec!["backup", s(&part)];
         args.extend(sources.iter().map(String::as_str));
         args.push("--skip-free");
@@ -726,7 +738,7 @@ fn striped_arrays_are_assembled_from_their_members() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let restored: Vec<std::path::PathBuf> = (0..kept.len())
             .map(|i| {
-                let r = t.path().join(format!("restored-{level}-{n}-{i}"));
+                let r = t.path().join(format!("restored-{case}-{i}"));
                 ok(&["restore", s(&part), "1", &format!("m{i}"), s(&r)]);
                 r
             })
@@ -742,7 +754,7 @@ fn striped_arrays_are_assembled_from_their_members() {
             );
         }
         let mnt = Mounted::new(&part, t.path(), &[]);
-        let array = t.path().join(format!("array-{level}-{n}"));
+        let array = t.path().join(format!("array-{case}"));
         std::fs::copy(mnt.dir.join("1/m0/md/a.img"), &array).unwrap();
         drop(mnt);
         std::fs::write(&array, &std::fs::read(&array).unwrap()[..fs_bytes.len()]).unwrap();

@@ -575,6 +575,12 @@ impl SafeFs {
             }
             match md::assemble(&members, &arrays) {
                 Ok(a) => {
+                    let (missing, disks) = a.missing();
+                    if missing > 0 {
+                        self.warn_once(format!(
+                            "point {point}, md array {name}: assembled degraded, {missing} of {disks} members missing: their chunks are rebuilt from parity or copies"
+                        ));
+                    }
                     let mut devs: Vec<i64> = group.iter().map(|x| x.0).collect();
                     devs.dedup();
                     assembled.push((name, devs, Arc::new(a) as Arc<dyn ReadAt>));

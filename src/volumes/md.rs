@@ -507,6 +507,15 @@ struct Place {
 }
 
 impl Assembled {
+    /// Members absent from the assembly (their chunks are rebuilt from the others),
+    /// and the array's device count.
+    pub fn missing(&self) -> (usize, usize) {
+        (
+            self.members.iter().filter(|m| m.is_none()).count(),
+            self.disks,
+        )
+    }
+
     /// Where the array's free byte `ranges` (sorted) let member bytes go unread:
     /// (index of the member as given to [`assemble`], offset in its data, length).
     /// RAID0: the chunk pieces themselves; RAID10 with near copies only: every copy;
