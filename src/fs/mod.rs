@@ -240,7 +240,8 @@ fn whole_volume(vol: Option<Arc<dyn ReadAt>>) -> Result<Image, Errno> {
 
 /// A PV found in a point: the device holding it and the volume it is.
 struct FoundPv {
-    dev: i64,
+    /// The devices holding it: one, or every member of an assembled md array.
+    devs: Vec<i64>,
     vol: Arc<dyn ReadAt>,
 }
 
@@ -624,32 +625,30 @@ impl SafeFs {
 
     /// Every volume of a point that may be a PV: each device, each partition, and the
     /// array data of each md member holding a current whole copy.
-    fn point_volumes(&self, point: i64) -> Vec<(i64, String, Arc<dyn ReadAt>)> {
-        let mut found: Vec<(i64, String, Arc<dyn ReadAt>)> = Vec::new();
+    fn point_volumes(&self, point: i64) -> Vec<(Vec<i64>, String, Arc<dyn ReadAt>)> {
+        let mut found: Vec<(Vec<i64>, String, Arc<dyn ReadAt>)> = Vec::new();
         for (dev, what, vol) in self.point_devices_and_parts(point) {
             match self.md_view(point, &vol, &format!("point {point}, {what}")) {
                 MdView::Plain => {}
                 // The data of a RAID1 member (an LVM PV on md, say) is a volume too.
                 MdView::Array(inner, name) => {
-                    found.push((dev, format!("{what}, md array {name}"), inner))
+                    found.push((vec![dev], format!("{what}, md array {name}"), inner))
                 }
                 MdView::NotRead => continue,
             }
-            found.push((dev, what, vol));
+            found.push((vec![dev], what, vol));
         }
-        // Assembled arrays, with their first member's device.
+        // Assembled arrays, held by every member's device.
         for (name, devs, a) in &self.point_md(point).assembled {
-            if let Some(&dev) = devs.first() {
-                found.push((dev, format!("md array {name}"), a.clone()));
-            }
+            found.push((devs.clone(), format!("md array {name}"), a.clone()));
         }
         let mut out = Vec::new();
-        for (dev, what, vol) in found {
+        for (devs, what, vol) in found {
             // An opened LUKS volume (encrypted LVM, say) in place of its ciphertext.
             match self.luks_view(&vol, &format!("point {point}, {what}")) {
-                Some(Some(plain)) => out.push((dev, format!("{what}, opened"), plain)),
+                Some(Some(plain)) => out.push((devs, format!("{what}, opened"), plain)),
                 Some(None) => {}
-                None => out.push((dev, what, vol)),
+                None => out.push((devs, what, vol)),
             }
         }
         out
@@ -732,7 +731,7 @@ impl SafeFs {
         }
         use crate::volumes::lvm;
         let mut found = PointLvm::default();
-        for (dev, what, vol) in self.point_volumes(point) {
+        for (devs, what, vol) in self.point_volumes(point) {
             let label = match lvm::read_label(&*vol) {
                 Ok(Some(l)) => l,
                 Ok(None) => continue,
@@ -750,7 +749,7 @@ impl SafeFs {
                 Ok(None) => {}
                 Err(e) => tracing::error!("point {point}, {what}: {e}"),
             }
-            found.pvs.insert(label.uuid, FoundPv { dev, vol });
+            found.pvs.insert(label.uuid, FoundPv { devs, vol });
         }
         found.vgs.sort_by(|a, b| a.name.cmp(&b.name));
         for vg in &found.vgs {
@@ -1076,7 +1075,7 @@ impl SafeFs {
                 vg.pvs
                     .get(*idx)
                     .and_then(|pv| found.pvs.get(&pv.uuid))
-                    .is_some_and(|f| f.dev == dev)
+                    .is_some_and(|f| f.devs.contains(&dev))
             };
             for lv in vg.lvs.iter().filter(|l| l.visible && !l.is_pool()) {
                 if !crate::volumes::lvm::lv_pvs(vg, lv).iter().any(on_dev) {
