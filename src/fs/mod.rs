@@ -623,9 +623,11 @@ impl SafeFs {
         }
     }
 
-    /// Every volume of a point that may be a PV: each device, each partition, and the
-    /// array data of each md member holding a current whole copy.
-    fn point_volumes(&self, point: i64) -> Vec<(Vec<i64>, String, Arc<dyn ReadAt>)> {
+    /// The volumes of a point below any encryption, each with the devices holding it:
+    /// every device and partition, an md RAID1 member's array data (before the
+    /// member itself), and every assembled array (held by each member's device).
+    /// Members whose copy is not the array's are left out.
+    fn point_md_volumes(&self, point: i64) -> Vec<(Vec<i64>, String, Arc<dyn ReadAt>)> {
         let mut found: Vec<(Vec<i64>, String, Arc<dyn ReadAt>)> = Vec::new();
         for (dev, what, vol) in self.point_devices_and_parts(point) {
             match self.md_view(point, &vol, &format!("point {point}, {what}")) {
@@ -638,12 +640,17 @@ impl SafeFs {
             }
             found.push((vec![dev], what, vol));
         }
-        // Assembled arrays, held by every member's device.
         for (name, devs, a) in &self.point_md(point).assembled {
             found.push((devs.clone(), format!("md array {name}"), a.clone()));
         }
+        found
+    }
+
+    /// Every volume of a point that may be a PV ([`Self::point_md_volumes`]), an
+    /// opened LUKS volume's plaintext in place of its ciphertext.
+    fn point_volumes(&self, point: i64) -> Vec<(Vec<i64>, String, Arc<dyn ReadAt>)> {
         let mut out = Vec::new();
-        for (devs, what, vol) in found {
+        for (devs, what, vol) in self.point_md_volumes(point) {
             // An opened LUKS volume (encrypted LVM, say) in place of its ciphertext.
             match self.luks_view(&vol, &format!("point {point}, {what}")) {
                 Some(Some(plain)) => out.push((devs, format!("{what}, opened"), plain)),
@@ -655,28 +662,14 @@ impl SafeFs {
     }
 
     /// The LUKS volumes of a point a passphrase opened (scanned once): device, name
-    /// (`luks-UUID`) and plaintext, for each device, partition and md array (RAID1
-    /// data, or assembled: under each member's device).
+    /// (`luks-UUID`) and plaintext, for each of [`Self::point_md_volumes`] (an
+    /// assembled array's under each member's device).
     fn point_luks(&self, point: i64) -> Arc<Vec<OpenLuks>> {
         if let Some(l) = self.luks.lock().unwrap().get(&point) {
             return l.clone();
         }
-        // Each device and partition (an md RAID1 member's array data in its place),
-        // and each assembled array, listed under every member's device.
-        let mut vols: Vec<(Vec<i64>, Arc<dyn ReadAt>)> = Vec::new();
-        for (dev, what, vol) in self.point_devices_and_parts(point) {
-            let what = format!("point {point}, {what}");
-            match self.md_view(point, &vol, &what) {
-                MdView::Plain => vols.push((vec![dev], vol)),
-                MdView::Array(inner, _) => vols.push((vec![dev], inner)),
-                MdView::NotRead => {}
-            }
-        }
-        for (_, devs, array) in &self.point_md(point).assembled {
-            vols.push((devs.clone(), array.clone()));
-        }
         let mut out: Vec<OpenLuks> = Vec::new();
-        for (devs, vol) in vols {
+        for (devs, _, vol) in self.point_md_volumes(point) {
             if let crate::volumes::luks::Opened::Open(plain) = self.opts.keyring.open(&vol) {
                 // A hostile header's UUID must still make one plain file name.
                 let uuid: String = plain

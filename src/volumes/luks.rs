@@ -656,40 +656,39 @@ impl Cipher {
             }
             t
         };
-        debug_assert!(buf.len() <= MAX_SECTOR, "one sector at a time");
-        // Sectors are at most 4096 bytes: 256 blocks of saved tweaks or ciphertext.
-        let mut saved = [0u128; MAX_SECTOR / 16];
-        for chunk in as_blocks(buf).chunks_mut(MAX_SECTOR / 16) {
-            match self {
-                Cipher::Xts { data, tweak, iv } => {
-                    let mut t = number(*iv);
-                    tweak.encrypt(&mut t);
-                    let mut t = u128::from_le_bytes(t);
-                    for (b, s) in chunk.iter_mut().zip(saved.iter_mut()) {
-                        *s = t;
-                        xor(b, t);
-                        // Multiply the tweak by x in GF(2^128), little-endian.
-                        t = (t << 1) ^ ((t >> 127) * 0x87);
-                    }
-                    data.decrypt_blocks(chunk);
-                    for (b, t) in chunk.iter_mut().zip(&saved) {
-                        xor(b, *t);
-                    }
+        // One sector (at most 4096 bytes: 256 blocks of saved tweaks or ciphertext).
+        assert!(buf.len() <= MAX_SECTOR, "one sector at a time");
+        let blocks = as_blocks(buf);
+        let saved = &mut [0u128; MAX_SECTOR / 16][..blocks.len()];
+        match self {
+            Cipher::Xts { data, tweak, iv } => {
+                let mut t = number(*iv);
+                tweak.encrypt(&mut t);
+                let mut t = u128::from_le_bytes(t);
+                for (b, s) in blocks.iter_mut().zip(saved.iter_mut()) {
+                    *s = t;
+                    xor(b, t);
+                    // Multiply the tweak by x in GF(2^128), little-endian.
+                    t = (t << 1) ^ ((t >> 127) * 0x87);
                 }
-                Cipher::Cbc { data, iv, essiv } => {
-                    let mut prev = number(*iv);
-                    if let Some(e) = essiv {
-                        e.encrypt(&mut prev);
-                    }
-                    let mut prev = u128::from_le_bytes(prev);
-                    for (b, s) in chunk.iter().zip(saved.iter_mut()) {
-                        *s = u128::from_le_bytes((*b).into());
-                    }
-                    data.decrypt_blocks(chunk);
-                    for (b, c) in chunk.iter_mut().zip(&saved) {
-                        xor(b, prev);
-                        prev = *c;
-                    }
+                data.decrypt_blocks(blocks);
+                for (b, t) in blocks.iter_mut().zip(saved.iter()) {
+                    xor(b, *t);
+                }
+            }
+            Cipher::Cbc { data, iv, essiv } => {
+                let mut prev = number(*iv);
+                if let Some(e) = essiv {
+                    e.encrypt(&mut prev);
+                }
+                let mut prev = u128::from_le_bytes(prev);
+                for (b, s) in blocks.iter().zip(saved.iter_mut()) {
+                    *s = u128::from_le_bytes((*b).into());
+                }
+                data.decrypt_blocks(blocks);
+                for (b, c) in blocks.iter_mut().zip(saved.iter()) {
+                    xor(b, prev);
+                    prev = *c;
                 }
             }
         }

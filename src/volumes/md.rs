@@ -144,7 +144,7 @@ pub fn member(vol: &dyn ReadAt) -> io::Result<Option<Member>> {
         let mut b = vec![0u8; 4096];
         vol.read_exact_at(at, &mut b)?;
         if le32(&b, 0) == MAGIC && le32(&b, 4) == 0 && matches!(le32(&b, 8), 90 | 91) {
-            return Ok(version090(&b, size));
+            return Ok(version090(&b, at));
         }
     }
     Ok(None)
@@ -202,7 +202,7 @@ fn version1(b: &[u8], at: u64, size: u64, version: &'static str) -> Option<Membe
 
 /// A 0.90 superblock `b` (little-endian, as x86 writes it) at the end of a member of
 /// `size` bytes: the data starts at 0.
-fn version090(b: &[u8], size: u64) -> Option<Member> {
+fn version090(b: &[u8], at: u64) -> Option<Member> {
     if checksum(b, 38 * 4) != le32(b, 38 * 4) {
         tracing::warn!("md superblock 0.90: checksum mismatch; not read");
         return None;
@@ -211,8 +211,10 @@ fn version090(b: &[u8], size: u64) -> Option<Member> {
     let (level, disks, layout) = (word(7) as i32, word(10), word(64));
     let len = (word(8) as u64) * 1024;
     let whole = whole_copy(level, layout, disks);
-    if whole && (len == 0 || len > size) {
-        tracing::warn!("md superblock 0.90: {len} bytes of data do not fit the member ({size} bytes); not read");
+    if whole && (len == 0 || len > at) {
+        tracing::warn!(
+            "md superblock 0.90: {len} bytes of data run into the superblock at {at}; not read"
+        );
         return None;
     }
     let mut array = [0u8; 16];
@@ -263,7 +265,8 @@ fn version090(b: &[u8], size: u64) -> Option<Member> {
         layout,
         chunk: word(65) as u64,
         disks,
-        room: ((size / 512) & !127).saturating_sub(128) * 512,
+        // The data may run up to the superblock.
+        room: at,
     })
 }
 
@@ -403,8 +406,8 @@ pub fn assemble(
     if matches!(level, 5 | 6) && layout > 5 || level == 4 && layout != 0 && layout != 5 {
         return Err(format!("{} layout {layout} is not read", level_name(level)));
     }
-    let mut by_role: Vec<Option<(Arc<dyn ReadAt>, u64)>> = vec![None; disks];
-    let mut used = vec![None; disks];
+    // Per role: the member (its index in `members`) and where its data starts.
+    let mut by_role: Vec<Option<(usize, u64)>> = vec![None; disks];
     let mut room = u64::MAX;
     for (i, (m, vol)) in members.iter().enumerate() {
         if (m.level, m.layout, m.chunk, m.disks as usize) != (level, layout, chunk, disks) {
@@ -441,8 +444,7 @@ pub fn assemble(
         if by_role[role as usize].is_some() {
             return Err(format!("two current members claim slot {role}"));
         }
-        by_role[role as usize] = Some((vol.clone(), m.offset));
-        used[role as usize] = Some(i);
+        by_role[role as usize] = Some((i, m.offset));
     }
     let missing = by_role.iter().filter(|m| m.is_none()).count();
     let tolerated = match level {
@@ -470,10 +472,14 @@ pub fn assemble(
         near,
         far,
         far_rows: if offset { far as u64 } else { 1 },
-        used,
+        used: by_role.iter().map(|r| r.map(|(i, _)| i)).collect(),
         members: by_role
-            .into_iter()
-            .map(|m| m.map(|(v, o)| Arc::new(Slice::new(v, o, room)) as Arc<dyn ReadAt>))
+            .iter()
+            .map(|r| {
+                r.map(|(i, o)| {
+                    Arc::new(Slice::new(members[i].1.clone(), o, room)) as Arc<dyn ReadAt>
+                })
+            })
             .collect(),
         len,
     })
