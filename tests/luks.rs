@@ -75,11 +75,8 @@ fn ext4(src: &Path, img: &Path, size: u64, file: u64, block: u32, rng: &mut StdR
 #[test]
 fn luks_volumes_show_their_trees_with_the_passphrase() {
     let name = "luks_volumes_show_their_trees_with_the_passphrase";
-    if !fuse_available() {
-        eprintln!("SKIP {name}: FUSE is not available here");
-        return;
-    }
-    if !have_tool("cryptsetup", "cryptsetup-bin", name)
+    if !have_fuse(name)
+        || !have_tool("cryptsetup", "cryptsetup-bin", name)
         || !have_tool("pvcreate", "lvm2", name)
         || !have_openssl_python(name)
     {
@@ -401,11 +398,8 @@ open(out, 'wb').write(res)
 #[test]
 fn skip_free_looks_inside_luks_volumes_given_the_passphrase() {
     let name = "skip_free_looks_inside_luks_volumes_given_the_passphrase";
-    if !fuse_available() {
-        eprintln!("SKIP {name}: FUSE is not available here");
-        return;
-    }
-    if !have_tool("cryptsetup", "cryptsetup-bin", name)
+    if !have_fuse(name)
+        || !have_tool("cryptsetup", "cryptsetup-bin", name)
         || !have_tool("debugfs", "e2fsprogs", name)
         || !have_openssl_python(name)
     {
@@ -487,11 +481,10 @@ fn skip_free_looks_inside_luks_volumes_given_the_passphrase() {
 #[test]
 fn luks_on_an_assembled_raid5_opens() {
     let name = "luks_on_an_assembled_raid5_opens";
-    if !fuse_available() {
-        eprintln!("SKIP {name}: FUSE is not available here");
-        return;
-    }
-    if !have_tool("cryptsetup", "cryptsetup-bin", name) || !have_openssl_python(name) {
+    if !have_fuse(name)
+        || !have_tool("cryptsetup", "cryptsetup-bin", name)
+        || !have_openssl_python(name)
+    {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -514,15 +507,7 @@ fn luks_on_an_assembled_raid5_opens() {
         &mut rng,
     );
     let safe = t.path().join("safe");
-    let mut args = vec![s(&safe).to_string()];
-    args.extend(
-        members
-            .iter()
-            .enumerate()
-            .map(|(i, m)| format!("m{i}={}", s(m))),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    backup(&args);
+    backup_members(&safe, &members);
     let mnt = Mounted::new(&safe, t.path(), &["--key-file", s(&key)]);
     same_tree(
         &tree_digest(&mnt.dir.join("1/m1/md/a")),

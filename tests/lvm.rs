@@ -590,6 +590,52 @@ fn free_pv_segments(pv: &str, part_start: u64) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// A VG (1 MiB extents) made by LVM on the loop device `pv` alone, named `prefix` and
+/// the process id, with one LV `name` of `mib` MiB holding an ext4 of a new tree of
+/// `files` files, written where `lvs` places the LV.
+struct OneLv {
+    vg: String,
+    segs: Vec<Seg>,
+    /// Byte offset of the first extent on the PV.
+    pe_start: u64,
+    src: PathBuf,
+    img: PathBuf,
+}
+
+fn ext4_in_one_lv(
+    pv: &str,
+    prefix: &str,
+    name: &str,
+    mib: u64,
+    files: usize,
+    dir: &Path,
+    rng: &mut StdRng,
+) -> OneLv {
+    let vg = format!("{prefix}{}", std::process::id());
+    lvm_run(&["pvcreate", "-q", pv]);
+    lvm_run(&["vgcreate", "-q", "-s", "1m", &vg, pv]);
+    let size = format!("{mib}m");
+    lvm_run(&["lvcreate", "-q", "-an", "-Zn", "-L", &size, "-n", name, &vg]);
+    let mut segs = segments(&vg);
+    let pe_start = first_extent_at(pv);
+    let (src, img) = (dir.join("src"), dir.join(format!("{name}.img")));
+    ext4_image(&src, &img, files, mib << 20, rng);
+    let segs = segs.remove(name).unwrap();
+    write_lv(
+        &segs,
+        &std::fs::read(&img).unwrap(),
+        &BTreeMap::from([(pv.to_string(), pe_start)]),
+        1 << 20,
+    );
+    OneLv {
+        vg,
+        segs,
+        pe_start,
+        src,
+        img,
+    }
+}
+
 /// A PV on an md RAID1 array (the "RAID1 + LVM" layout Debian's installer offers): on a
 /// member the PV lies past the md superblock, and the LVs on it show under the
 /// member's `lvm/`. The superblock is written by the test and read by `mdadm
@@ -637,24 +683,8 @@ fn a_pv_on_an_md_raid1_member_is_found() {
         eprintln!("SKIP a_pv_on_an_md_raid1_member_is_found: no loop devices");
         return;
     };
-    let vg = format!("dsmd{}", std::process::id());
-    lvm_run(&["pvcreate", "-q", &pv]);
-    lvm_run(&["vgcreate", "-q", "-s", "1m", &vg, &pv]);
-    lvm_run(&[
-        "lvcreate", "-q", "-an", "-Zn", "-L", "8m", "-n", "root", &vg,
-    ]);
-    let segs = segments(&vg);
-    let pe_start = BTreeMap::from([(pv.clone(), first_extent_at(&pv))]);
-    let src = t.path().join("src");
-    let img = t.path().join("root.img");
-    ext4_image(&src, &img, 20, 8 << 20, &mut rng);
-    write_lv(
-        &segs["root"],
-        &std::fs::read(&img).unwrap(),
-        &pe_start,
-        1 << 20,
-    );
-    let pe_start = pe_start[&pv];
+    let lv = ext4_in_one_lv(&pv, "dsmd", "root", 8, 20, t.path(), &mut rng);
+    let (vg, src, segs, pe_start) = (lv.vg, lv.src, lv.segs, lv.pe_start);
     drop(loops);
     // The other member dropped out of the array earlier (events behind): the same PV
     // and VG, the LV holding an older filesystem. It comes last among the devices, so
@@ -665,7 +695,7 @@ fn a_pv_on_an_md_raid1_member_is_found() {
     md_set_state(&mut sb, &state(12, 1));
     let (old_src, old_img) = (t.path().join("old"), t.path().join("old.img"));
     ext4_image(&old_src, &old_img, 7, 8 << 20, &mut rng);
-    let lv_at = data_at + pe_start + segs["root"][0].stripes[0].1 * (1 << 20);
+    let lv_at = data_at + pe_start + segs[0].stripes[0].1 * (1 << 20);
     let f = File::options().write(true).open(&stale).unwrap();
     f.write_all_at(&sb, 4096).unwrap();
     f.write_all_at(&std::fs::read(&old_img).unwrap(), lv_at)
@@ -1222,22 +1252,8 @@ fn a_pv_on_an_assembled_raid5_is_found() {
         eprintln!("SKIP {name}: no loop devices");
         return;
     };
-    let vg = format!("dsr5{}", std::process::id());
-    lvm_run(&["pvcreate", "-q", &pv]);
-    lvm_run(&["vgcreate", "-q", "-s", "1m", &vg, &pv]);
-    lvm_run(&[
-        "lvcreate", "-q", "-an", "-Zn", "-L", "12m", "-n", "data", &vg,
-    ]);
-    let segs = segments(&vg);
-    let pe_start = BTreeMap::from([(pv.clone(), first_extent_at(&pv))]);
-    let (src, img) = (t.path().join("src"), t.path().join("data.img"));
-    ext4_image(&src, &img, 16, 12 << 20, &mut rng);
-    write_lv(
-        &segs["data"],
-        &std::fs::read(&img).unwrap(),
-        &pe_start,
-        1 << 20,
-    );
+    let lv = ext4_in_one_lv(&pv, "dsr5", "data", 12, 16, t.path(), &mut rng);
+    let (vg, src, img) = (lv.vg, lv.src, lv.img);
     drop(loops);
     let members = striped_members(
         t.path(),
@@ -1249,15 +1265,7 @@ fn a_pv_on_an_assembled_raid5_is_found() {
         &mut rng,
     );
     let safe = t.path().join("safe");
-    let mut args = vec![s(&safe).to_string()];
-    args.extend(
-        members
-            .iter()
-            .enumerate()
-            .map(|(i, m)| format!("m{i}={}", s(m))),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    backup(&args);
+    backup_members(&safe, &members);
     let m = Mounted::new(&safe, t.path(), &[]);
     for i in 0..3 {
         // Every member holds some of the LV's extents: listed under each.

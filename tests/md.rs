@@ -46,8 +46,7 @@ fn backup_all(safe: &Path, sources: &[String]) {
 
 #[test]
 fn a_raid1_member_partition_shows_the_array_tree() {
-    if !fuse_available() {
-        eprintln!("SKIP a_raid1_member_partition_shows_the_array_tree: FUSE is not available here");
+    if !have_fuse("a_raid1_member_partition_shows_the_array_tree") {
         return;
     }
     if !have_tool(
@@ -178,11 +177,7 @@ fn a_raid1_member_partition_shows_the_array_tree() {
 #[test]
 fn a_raid10_near2_member_shows_the_array_tree() {
     let name = "a_raid10_near2_member_shows_the_array_tree";
-    if !fuse_available() {
-        eprintln!("SKIP {name}: FUSE is not available here");
-        return;
-    }
-    if !have_tool("mdadm", "mdadm", name) {
+    if !have_fuse(name) || !have_tool("mdadm", "mdadm", name) {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -243,11 +238,10 @@ type Case<'a> = (&'a str, bool, MdState<'a>, &'a Path, bool, Vec<&'a str>);
 #[test]
 fn stale_spare_or_rebuilding_members_are_not_shown_as_the_array() {
     let name = "stale_spare_or_rebuilding_members_are_not_shown_as_the_array";
-    if !fuse_available() {
-        eprintln!("SKIP {name}: FUSE is not available here");
-        return;
-    }
-    if !have_tool("mdadm", "mdadm", name) || !have_tool("debugfs", "e2fsprogs", name) {
+    if !have_fuse(name)
+        || !have_tool("mdadm", "mdadm", name)
+        || !have_tool("debugfs", "e2fsprogs", name)
+    {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -527,11 +521,10 @@ fn md090_superblock(
 #[test]
 fn version_090_members_are_judged_too() {
     let name = "version_090_members_are_judged_too";
-    if !fuse_available() {
-        eprintln!("SKIP {name}: FUSE is not available here");
-        return;
-    }
-    if !have_tool("mdadm", "mdadm", name) || !have_tool("debugfs", "e2fsprogs", name) {
+    if !have_fuse(name)
+        || !have_tool("mdadm", "mdadm", name)
+        || !have_tool("debugfs", "e2fsprogs", name)
+    {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -640,11 +633,10 @@ fn version_090_members_are_judged_too() {
 #[test]
 fn striped_arrays_are_assembled_from_their_members() {
     let name = "striped_arrays_are_assembled_from_their_members";
-    if !fuse_available() {
-        eprintln!("SKIP {name}: FUSE is not available here");
-        return;
-    }
-    if !have_tool("mdadm", "mdadm", name) || !have_tool("grub-fstest", "grub-common", name) {
+    if !have_fuse(name)
+        || !have_tool("mdadm", "mdadm", name)
+        || !have_tool("grub-fstest", "grub-common", name)
+    {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -689,13 +681,8 @@ fn striped_arrays_are_assembled_from_their_members() {
             .map(|(_, m)| m)
             .collect();
         grub_reads(&kept, &src, &files, &what);
-        let sources: Vec<String> = kept
-            .iter()
-            .enumerate()
-            .map(|(i, m)| format!("m{i}={}", s(m)))
-            .collect();
         let safe = t.path().join(format!("safe-{case}"));
-        backup_all(&safe, &sources);
+        let sources = backup_members(&safe, &kept);
         let mnt = Mounted::new(&safe, t.path(), &[]);
         let img = std::fs::read(mnt.dir.join("1/m0/md/a.img")).unwrap();
         let degraded = format!(

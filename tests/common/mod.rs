@@ -301,6 +301,15 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// [`fuse_available`], saying why `test` skips when it is not.
+pub fn have_fuse(test: &str) -> bool {
+    let ok = fuse_available();
+    if !ok {
+        eprintln!("SKIP {test}: FUSE is not available here");
+    }
+    ok
+}
+
 /// True when FUSE mounts can work here (a /dev/fuse and root or fusermount3).
 pub fn fuse_available() -> bool {
     // Without root, the mount needs both /dev/fuse open to this user (some machines
@@ -1333,6 +1342,20 @@ pub fn fsck_clean(img: &Path) {
         img.display(),
         String::from_utf8_lossy(&o.stdout)
     );
+}
+
+/// Backs up `members` as devices `m0`, `m1`, ... into a new safe `safe`, one point;
+/// the `NAME=PATH` sources, for a second backup of the same devices.
+pub fn backup_members<P: AsRef<Path>>(safe: &Path, members: &[P]) -> Vec<String> {
+    let sources: Vec<String> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| format!("m{i}={}", m.as_ref().display()))
+        .collect();
+    let mut args = vec![safe.to_str().unwrap()];
+    args.extend(sources.iter().map(String::as_str));
+    backup(&args);
+    sources
 }
 
 /// Where chunk `c` of an array lies, as this test lays arrays out: (role, row) of the
