@@ -1281,3 +1281,66 @@ fn a_pv_on_an_assembled_raid5_is_found() {
         "the LV, byte for byte"
     );
 }
+
+/// A PV in the second partition of an md RAID1 made on whole disks and then
+/// partitioned (`md0p2`): the member's superblock is at 4 KiB, the array's partition
+/// table 1 MiB in, so neither the disk nor its partitions hold the PV where a disk
+/// would. Its LV shows under the member's `lvm/`, byte for byte and with the tree its
+/// ext4 was made from; the PV, VG and LV are LVM's, made on the partition before the
+/// test wraps the array in a member.
+#[test]
+fn a_pv_in_a_partition_of_an_md_array_is_found() {
+    let name = "a_pv_in_a_partition_of_an_md_array_is_found";
+    if !fuse_available() || tool("lvm", &["version"]).is_none() {
+        eprintln!("SKIP {name}: needs FUSE, root and lvm2");
+        return;
+    }
+    if !have_tool("sfdisk", "fdisk", name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(94);
+    let array = t.path().join("array.img");
+    File::create(&array).unwrap().set_len(24 << 20).unwrap();
+    sfdisk_script(
+        &array,
+        "label: gpt\nstart=2048, size=2048\nstart=4096, size=40960\n",
+    );
+    let (_, start, len) = sfdisk_parts(&array)[1];
+    let mut loops = Loops::default();
+    let Some(pv) = loops.attach(&array, start, len) else {
+        eprintln!("SKIP {name}: no loop devices");
+        return;
+    };
+    let lv = ext4_in_one_lv(&pv, "dsmp", "data", 12, 16, t.path(), &mut rng);
+    let (vg, src, img) = (lv.vg, lv.src, lv.img);
+    drop(loops);
+    let member = t.path().join("member.img");
+    let sectors = (26u64 << 20) / 512;
+    File::create(&member)
+        .unwrap()
+        .set_len(sectors * 512)
+        .unwrap();
+    let m = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&member)
+        .unwrap();
+    let sb = md_superblock(2048, (24 << 20) / 512, sectors, &mut rng);
+    m.write_all_at(&sb, 4096).unwrap();
+    m.write_all_at(&std::fs::read(&array).unwrap(), 1 << 20)
+        .unwrap();
+    drop(m);
+    let safe = t.path().join("safe");
+    backup_members(&safe, &[&member]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    same_tree(
+        &tree_digest(&m.dir.join(format!("1/m0/lvm/{vg}-data"))),
+        &tree_digest(&src),
+        "the LV in the array's partition",
+    );
+    assert_eq!(
+        sha256_file(&m.dir.join(format!("1/m0/lvm/{vg}-data.img"))),
+        sha256_file(&img),
+        "the LV, byte for byte"
+    );
+}

@@ -134,6 +134,17 @@ fn a_raid1_member_partition_shows_the_array_tree() {
         !dev.join("part1").exists(),
         "the empty partition has no tree"
     );
+    // The array is listed under md/ too, by mdadm's name without the host part.
+    same_tree(
+        &tree_digest(&dev.join("md/1")),
+        &tree_digest(&src),
+        "the array's tree under md/",
+    );
+    assert_eq!(
+        sha256_file(&dev.join("md/1.img")),
+        sha256_file(&fs),
+        "the array's image is the filesystem"
+    );
     drop(mnt);
 
     // --skip-free leaves out what the array's filesystem marks free, and nothing of
@@ -645,11 +656,7 @@ fn striped_arrays_are_assembled_from_their_members() {
     ext4_image(&src, &fs, 12, 8 << 20, &mut rng);
     with_deleted_junk(&fs, t.path(), &mut rng);
     let fs_bytes = std::fs::read(&fs).unwrap();
-    let files: Vec<String> = tree_digest(&src)
-        .keys()
-        .filter(|k| src.join(k).is_file() && !src.join(k).is_symlink())
-        .cloned()
-        .collect();
+    let files = files_of(&src);
     // (level, layout, devices, chunk, members left out of the backup)
     let cases = [
         (0, 0, 2, 32 << 10, vec![]),
@@ -680,7 +687,7 @@ fn striped_arrays_are_assembled_from_their_members() {
             .filter(|(i, _)| !left_out.contains(i))
             .map(|(_, m)| m)
             .collect();
-        grub_reads(&kept, &src, &files, &what);
+        grub_reads(&kept, "md/a", &src, &files, &what);
         let safe = t.path().join(format!("safe-{case}"));
         let sources = backup_members(&safe, &kept);
         let mnt = Mounted::new(&safe, t.path(), &[]);
@@ -717,24 +724,13 @@ fn striped_arrays_are_assembled_from_their_members() {
         // stripes, parity too). Restored, GRUB still reads every file from the
         // members, also with one left out (the parity still matches the data), and
         // the array differs from the filesystem only in dumpe2fs's free blocks.
-        let part = t.path().join(format!("part-{case}"));
-        let mut args = vec!["backup", s(&part)];
-        args.extend(sources.iter().map(String::as_str));
-        args.push("--skip-free");
-        let o = ds(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let restored: Vec<std::path::PathBuf> = (0..kept.len())
-            .map(|i| {
-                let r = t.path().join(format!("restored-{case}-{i}"));
-                ok(&["restore", s(&part), "1", &format!("m{i}"), s(&r)]);
-                r
-            })
-            .collect();
+        let (part, restored) = skip_free_restored(t.path(), case, &sources);
         let restored_refs: Vec<&std::path::PathBuf> = restored.iter().collect();
-        grub_reads(&restored_refs, &src, &files, &what);
+        grub_reads(&restored_refs, "md/a", &src, &files, &what);
         if matches!(level, 5 | 6) && left_out.is_empty() {
             grub_reads(
                 &restored_refs[1..],
+                "md/a",
                 &src,
                 &files,
                 &format!("{what}, degraded"),
@@ -758,15 +754,174 @@ fn striped_arrays_are_assembled_from_their_members() {
     }
 }
 
-/// Asserts that GRUB's md driver, given `members`, reads each of `files` of array
-/// `a` as it is under `src`.
-fn grub_reads(members: &[&std::path::PathBuf], src: &Path, files: &[String], what: &str) {
+/// Backs up `sources` (`m0=PATH`, ...) with `--skip-free` into a new safe
+/// `part-CASE` under `dir` and restores each device: the safe and the restored images.
+fn skip_free_restored(
+    dir: &Path,
+    case: usize,
+    sources: &[String],
+) -> (std::path::PathBuf, Vec<std::path::PathBuf>) {
+    let part = dir.join(format!("part-{case}"));
+    let mut args = vec!["backup", s(&part)];
+    args.extend(sources.iter().map(String::as_str));
+    args.push("--skip-free");
+    let o = ds(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let restored = (0..sources.len())
+        .map(|i| {
+            let r = dir.join(format!("restored-{case}-{i}"));
+            ok(&["restore", s(&part), "1", &format!("m{i}"), s(&r)]);
+            r
+        })
+        .collect();
+    (part, restored)
+}
+
+/// The regular files of a tree, relative to its root.
+fn files_of(src: &Path) -> Vec<String> {
+    tree_digest(src)
+        .keys()
+        .filter(|k| src.join(k).is_file() && !src.join(k).is_symlink())
+        .cloned()
+        .collect()
+}
+
+/// md arrays made on whole disks and then partitioned (`md0p1`, `md0p2`): a RAID5
+/// over three members, and a RAID1 member (superblock 1.2, so the partition table lies
+/// 1 MiB into the disk and the disk itself shows none). Under each member's
+/// `md/NAME/` are the array's `partK.img`, equal to the slices `sfdisk` reads from the
+/// partitioned image the members were made from, and `partK/`, equal to the trees
+/// mkfs was given; GRUB's md driver reads every file from the members first. With
+/// `--skip-free`, what each partition's ext4 marks free goes unread: restored, GRUB
+/// still reads every file, and each partition differs from its ext4 only in
+/// dumpe2fs's free blocks and passes e2fsck.
+#[test]
+fn partitioned_arrays_show_their_partitions() {
+    let name = "partitioned_arrays_show_their_partitions";
+    if !have_fuse(name)
+        || !have_tool("mdadm", "mdadm", name)
+        || !have_tool("grub-fstest", "grub-common", name)
+        || !have_tool("sfdisk", "fdisk", name)
+    {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(101);
+    let (src1, fs1) = (t.path().join("src1"), t.path().join("fs1.img"));
+    ext4_image(&src1, &fs1, 12, 8 << 20, &mut rng);
+    with_deleted_junk(&fs1, t.path(), &mut rng);
+    let (src2, fs2) = (t.path().join("src2"), t.path().join("fs2.img"));
+    ext4_image(&src2, &fs2, 6, 4 << 20, &mut rng);
+    let array = t.path().join("array.img");
+    File::create(&array).unwrap().set_len(16 << 20).unwrap();
+    sfdisk_script(
+        &array,
+        "label: gpt\nstart=2048, size=16384\nstart=18432, size=8192\n",
+    );
+    let parts = sfdisk_parts(&array);
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    let a = OpenOptions::new().write(true).open(&array).unwrap();
+    for ((_, start, _), fs) in parts.iter().zip([&fs1, &fs2]) {
+        a.write_all_at(&std::fs::read(fs).unwrap(), *start).unwrap();
+    }
+    drop(a);
+    let array_bytes = std::fs::read(&array).unwrap();
+    let trees = [(&src1, &fs1), (&src2, &fs2)];
+
+    // A RAID1 member on a whole disk: superblock at 4 KiB, the array from 1 MiB.
+    let dir1 = t.path().join("raid1");
+    std::fs::create_dir(&dir1).unwrap();
+    let member = dir1.join("member.img");
+    let member_sectors = (18u64 << 20) / 512;
+    File::create(&member)
+        .unwrap()
+        .set_len(member_sectors * 512)
+        .unwrap();
+    let m = OpenOptions::new().write(true).open(&member).unwrap();
+    let len = array_bytes.len() as u64 / 512;
+    m.write_all_at(&md_superblock(2048, len, member_sectors, &mut rng), 4096)
+        .unwrap();
+    m.write_all_at(&array_bytes, 1 << 20).unwrap();
+    drop(m);
+    examine(
+        &member,
+        &["Raid Level : raid1", "Data Offset : 2048 sectors"],
+    );
+    let dir5 = t.path().join("raid5");
+    std::fs::create_dir(&dir5).unwrap();
+    let raid5 = striped_members(&dir5, 5, 2, 3, 64 << 10, &array_bytes, &mut rng);
+    // (what, members, the array's name in GRUB and under md/)
+    let cases = [
+        ("RAID1 member", vec![member], "md/1", "1"),
+        ("RAID5 over 3", raid5, "md/a", "a"),
+    ];
+    for (case, (what, members, grub, md)) in cases.iter().enumerate() {
+        let members: Vec<&std::path::PathBuf> = members.iter().collect();
+        for (k, (src, _)) in trees.iter().enumerate() {
+            let vol = format!("{grub},gpt{}", k + 1);
+            grub_reads(&members, &vol, src, &files_of(src), what);
+        }
+        let safe = t.path().join(format!("safe-{case}"));
+        let sources = backup_members(&safe, &members);
+        let mnt = Mounted::new(&safe, t.path(), &[]);
+        for i in 0..members.len() {
+            let dev = mnt.dir.join(format!("1/m{i}"));
+            let img = std::fs::read(dev.join(format!("md/{md}.img"))).unwrap();
+            assert!(
+                img.len() >= array_bytes.len() && img[..array_bytes.len()] == array_bytes[..],
+                "{what}: m{i}: the array's bytes ({} of {})",
+                img.len(),
+                array_bytes.len()
+            );
+            for (k, &(_, start, len)) in parts.iter().enumerate() {
+                let p = dev.join(format!("md/{md}/part{}", k + 1));
+                assert_eq!(
+                    sha256_file(&p.with_extension("img")),
+                    sha256_slice(&array, start, len),
+                    "{what}: m{i}: partition {}",
+                    k + 1
+                );
+                same_tree(&tree_digest(&p), &tree_digest(trees[k].0), what);
+            }
+            assert!(!dev.join("files").exists(), "{what}: no tree on the disk");
+        }
+        drop(mnt);
+
+        let (part, restored) = skip_free_restored(t.path(), case, &sources);
+        let restored: Vec<&std::path::PathBuf> = restored.iter().collect();
+        for (k, (src, _)) in trees.iter().enumerate() {
+            let vol = format!("{grub},gpt{}", k + 1);
+            grub_reads(&restored, &vol, src, &files_of(src), what);
+        }
+        let mnt = Mounted::new(&part, t.path(), &[]);
+        let p1 = t.path().join(format!("p1-{case}"));
+        std::fs::copy(mnt.dir.join(format!("1/m0/md/{md}/part1.img")), &p1).unwrap();
+        drop(mnt);
+        std::fs::write(&p1, &std::fs::read(&p1).unwrap()[..8 << 20]).unwrap();
+        let differ = differs_only_where_free(&fs1, &p1, &fs1);
+        fsck_clean(&p1);
+        assert!(
+            differ > 1 << 20,
+            "{what}: free space left out ({differ} bytes)"
+        );
+    }
+}
+
+/// Asserts that GRUB's md driver, given `members`, reads each of `files` of GRUB's
+/// volume `vol` (`md/a`, or `md/a,gpt1` for a partition in it) as it is under `src`.
+fn grub_reads(
+    members: &[&std::path::PathBuf],
+    vol: &str,
+    src: &Path,
+    files: &[String],
+    what: &str,
+) {
     for f in files {
         let mut args = vec!["-c".to_string(), members.len().to_string()];
         args.extend(members.iter().map(|m| s(m).to_string()));
         args.extend([
             "cmp".into(),
-            format!("(md/a)/{f}"),
+            format!("({vol})/{f}"),
             s(&src.join(f)).to_string(),
         ]);
         let o = Command::new("grub-fstest").args(&args).output().unwrap();

@@ -100,9 +100,19 @@ enum Kind {
         point: i64,
         dev: i64,
     },
-    /// An assembled md array's image.
+    /// The image of an md array listed under a device's `md/` by name, or of
+    /// partition `part` in it.
     MdImage {
         point: i64,
+        dev: i64,
+        name: String,
+        part: Option<u32>,
+    },
+    /// The partitions of an md array that holds a partition table rather than a
+    /// filesystem.
+    MdParts {
+        point: i64,
+        dev: i64,
         name: String,
     },
     /// One opened LUKS volume's plaintext, named as systemd names its mapping
@@ -127,12 +137,33 @@ struct Nodes {
     by_kind: HashMap<Kind, u64>,
 }
 
-/// The md arrays of a point: the freshest superblock of each, and those assembled
-/// from members spread over its devices.
+/// The md arrays of a point: the freshest superblock of each, those assembled
+/// from members spread over its devices, and what each device's `md/` lists.
 struct PointMd {
     arrays: crate::volumes::md::Arrays,
     /// Name, the devices holding members, the array.
     assembled: Vec<(String, Vec<i64>, Arc<dyn ReadAt>)>,
+    shown: Vec<MdShown>,
+}
+
+/// An md array listed under a device's `md/`.
+struct MdShown {
+    dev: i64,
+    /// Its name in that listing (unique there).
+    name: String,
+    at: MdAt,
+    /// The array's data.
+    data: Arc<dyn ReadAt>,
+}
+
+/// Where an md array listed under a device comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum MdAt {
+    /// Assembled from the point's members, by its name in the point.
+    Assembled(String),
+    /// The copy a RAID1 member holds: the member's device and partition (`None`: the
+    /// whole device).
+    Copy(i64, Option<u32>),
 }
 
 /// An opened LUKS volume of a point: its device, name (`luks-UUID`) and plaintext.
@@ -228,6 +259,26 @@ impl Image {
 
 /// The image of a whole volume (an assembled array, a LUKS plaintext): reported as
 /// fully allocated.
+/// A device or a partition on it (by number): its device, partition, a name for the
+/// log, and its bytes.
+type DevOrPart = (i64, Option<u32>, String, Arc<dyn ReadAt>);
+
+/// The partitions of `vol`'s partition table, by number, as volumes (none without
+/// a readable table).
+fn partitions_of(vol: &Arc<dyn ReadAt>) -> Vec<(u32, Arc<dyn ReadAt>)> {
+    match crate::volumes::read_table(&**vol) {
+        Ok(Some(t)) => t
+            .partitions
+            .iter()
+            .map(|p| {
+                let part: Arc<dyn ReadAt> = Arc::new(Slice::new(vol.clone(), p.start, p.len));
+                (p.number, part)
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn whole_volume(vol: Option<Arc<dyn ReadAt>>) -> Result<Image, Errno> {
     let vol = vol.ok_or(Errno::ENOENT)?;
     let len = vol.size();
@@ -275,8 +326,9 @@ pub struct FsOptions {
 enum VolumeKey {
     Part(i64, i64, Option<u32>),
     Lv(i64, String, String, Option<u32>),
-    /// An assembled md array, by name.
-    Md(i64, String),
+    /// An assembled md array, or partition K of an md array (a RAID1 copy's array by
+    /// the member's device and partition).
+    Md(i64, MdAt, Option<u32>),
 }
 
 /// File trees kept open at once. A tree's parse of its volume (NTFS's 128 KiB `$UpCase`,
@@ -494,14 +546,24 @@ impl SafeFs {
             }) => self
                 .lv_image(ino, point, &vg, &lv, part)
                 .ok_or(Errno::ENOENT),
-            Some(Kind::MdImage { point, name }) => {
+            Some(Kind::MdImage {
+                point,
+                dev,
+                name,
+                part,
+            }) => {
                 let found = self.point_md(point);
                 let vol = found
-                    .assembled
+                    .shown
                     .iter()
-                    .find(|a| a.0 == name)
-                    .map(|a| a.2.clone());
-                whole_volume(vol)
+                    .find(|a| a.dev == dev && a.name == name)
+                    .map(|a| a.data.clone());
+                whole_volume(match part {
+                    None => vol,
+                    Some(k) => vol
+                        .and_then(|v| partitions_of(&v).into_iter().find(|p| p.0 == k))
+                        .map(|p| p.1),
+                })
             }
             Some(Kind::LuksImage { point, dev, name }) => {
                 let found = self.point_luks(point);
@@ -515,9 +577,10 @@ impl SafeFs {
         }
     }
 
-    /// Each device of a point and each partition on it, with a name for the log.
-    fn point_devices_and_parts(&self, point: i64) -> Vec<(i64, String, Arc<dyn ReadAt>)> {
-        let mut out: Vec<(i64, String, Arc<dyn ReadAt>)> = Vec::new();
+    /// Each device of a point and each partition on it (by number), with a name for
+    /// the log.
+    fn point_devices_and_parts(&self, point: i64) -> Vec<DevOrPart> {
+        let mut out: Vec<DevOrPart> = Vec::new();
         let Some(p) = self.point(point) else {
             return out;
         };
@@ -525,11 +588,12 @@ impl SafeFs {
             let Some(pd) = self.device(point, d.id) else {
                 continue;
             };
-            out.push((d.id, format!("device {}", d.name), pd.clone()));
+            out.push((d.id, None, format!("device {}", d.name), pd.clone()));
             if let Ok(Some(t)) = crate::volumes::read_table(&*pd) {
                 for part in &t.partitions {
                     out.push((
                         d.id,
+                        Some(part.number),
                         format!("device {}, partition {}", d.name, part.number),
                         Arc::new(Slice::new(pd.clone(), part.start, part.len)),
                     ));
@@ -548,11 +612,14 @@ impl SafeFs {
         }
         let mut arrays = md::Arrays::default();
         let mut spread: Vec<(i64, md::Member, Arc<dyn ReadAt>)> = Vec::new();
-        for (dev, _, vol) in self.point_devices_and_parts(point) {
+        let mut copies: Vec<(md::Member, DevOrPart)> = Vec::new();
+        for (dev, part, what, vol) in self.point_devices_and_parts(point) {
             if let Ok(Some(m)) = md::member(&*vol) {
                 arrays.add(&m);
                 if m.spread() {
                     spread.push((dev, m, vol));
+                } else {
+                    copies.push((m, (dev, part, what, vol)));
                 }
             }
         }
@@ -591,7 +658,43 @@ impl SafeFs {
                 )),
             }
         }
-        let found = Arc::new(PointMd { arrays, assembled });
+        // Each device lists the arrays it holds members of: assembled ones, then the
+        // copy each current RAID1 member holds (the member's own, read as it is).
+        let mut shown: Vec<MdShown> = Vec::new();
+        for (name, devs, a) in &assembled {
+            for &dev in devs {
+                shown.push(MdShown {
+                    dev,
+                    name: name.clone(),
+                    at: MdAt::Assembled(name.clone()),
+                    data: a.clone(),
+                });
+            }
+        }
+        for (m, (dev, part, _, vol)) in copies {
+            if arrays.unusable(&m).is_some() {
+                continue;
+            }
+            let base = m.file_name();
+            let mut name = base.clone();
+            for n in 2.. {
+                if !shown.iter().any(|s| s.dev == dev && s.name == name) {
+                    break;
+                }
+                name = format!("{base}-{n}");
+            }
+            shown.push(MdShown {
+                dev,
+                name,
+                at: MdAt::Copy(dev, part),
+                data: m.data(&vol),
+            });
+        }
+        let found = Arc::new(PointMd {
+            arrays,
+            assembled,
+            shown,
+        });
         self.md.lock().unwrap().insert(point, found.clone());
         found
     }
@@ -629,19 +732,37 @@ impl SafeFs {
     /// Members whose copy is not the array's are left out.
     fn point_md_volumes(&self, point: i64) -> Vec<(Vec<i64>, String, Arc<dyn ReadAt>)> {
         let mut found: Vec<(Vec<i64>, String, Arc<dyn ReadAt>)> = Vec::new();
-        for (dev, what, vol) in self.point_devices_and_parts(point) {
+        // An md array's data is a volume too (an LVM PV on md, say), and so is each
+        // partition in it.
+        fn with_parts(
+            found: &mut Vec<(Vec<i64>, String, Arc<dyn ReadAt>)>,
+            devs: Vec<i64>,
+            what: String,
+            vol: Arc<dyn ReadAt>,
+        ) {
+            for (k, part) in partitions_of(&vol) {
+                found.push((devs.clone(), format!("{what}, partition {k}"), part));
+            }
+            found.push((devs, what, vol));
+        }
+        for (dev, _, what, vol) in self.point_devices_and_parts(point) {
             match self.md_view(point, &vol, &format!("point {point}, {what}")) {
                 MdView::Plain => {}
-                // The data of a RAID1 member (an LVM PV on md, say) is a volume too.
                 MdView::Array(inner, name) => {
-                    found.push((vec![dev], format!("{what}, md array {name}"), inner))
+                    let what = format!("{what}, md array {name}");
+                    with_parts(&mut found, vec![dev], what, inner)
                 }
                 MdView::NotRead => continue,
             }
             found.push((vec![dev], what, vol));
         }
         for (name, devs, a) in &self.point_md(point).assembled {
-            found.push((devs.clone(), format!("md array {name}"), a.clone()));
+            with_parts(
+                &mut found,
+                devs.clone(),
+                format!("md array {name}"),
+                a.clone(),
+            );
         }
         found
     }
@@ -888,12 +1009,7 @@ impl SafeFs {
                             },
                         ));
                     }
-                    if self
-                        .point_md(*point)
-                        .assembled
-                        .iter()
-                        .any(|a| a.1.contains(dev))
-                    {
+                    if self.point_md(*point).shown.iter().any(|a| a.dev == *dev) {
                         v.push((
                             "md".into(),
                             Kind::Md {
@@ -916,20 +1032,70 @@ impl SafeFs {
             }
             Kind::Md { point, dev } => {
                 let (mut v, mut trees) = (Vec::new(), Vec::new());
-                for (name, devs, vol) in &self.point_md(*point).assembled {
-                    if !devs.contains(dev) {
-                        continue;
-                    }
+                let found = self.point_md(*point);
+                for a in found.shown.iter().filter(|a| a.dev == *dev) {
                     v.push((
-                        format!("{name}.img").into(),
+                        format!("{}.img", a.name).into(),
                         Kind::MdImage {
                             point: *point,
-                            name: name.clone(),
+                            dev: *dev,
+                            name: a.name.clone(),
+                            part: None,
                         },
                     ));
-                    let key = VolumeKey::Md(*point, name.clone());
-                    if let Some(root) = self.tree_root(key, vol.clone(), ino) {
-                        trees.push((OsString::from(name), root));
+                    // A RAID1 copy's tree is its member's (also at the member's partK/).
+                    let (key, vol) = match &a.at {
+                        MdAt::Copy(_, part) => {
+                            let member = self
+                                .point_devices_and_parts(*point)
+                                .into_iter()
+                                .find(|(d, p, ..)| d == dev && p == part);
+                            let Some((.., member)) = member else {
+                                continue;
+                            };
+                            (VolumeKey::Part(*point, *dev, *part), member)
+                        }
+                        MdAt::Assembled(_) => {
+                            (VolumeKey::Md(*point, a.at.clone(), None), a.data.clone())
+                        }
+                    };
+                    if let Some(root) = self.tree_root(key, vol, ino) {
+                        trees.push((OsString::from(&a.name), root));
+                    } else if !partitions_of(&a.data).is_empty() {
+                        v.push((
+                            OsString::from(&a.name),
+                            Kind::MdParts {
+                                point: *point,
+                                dev: *dev,
+                                name: a.name.clone(),
+                            },
+                        ));
+                    }
+                }
+                return Ok(self.keep_listing(ino, v, trees));
+            }
+            Kind::MdParts { point, dev, name } => {
+                let (mut v, mut trees) = (Vec::new(), Vec::new());
+                let found = self.point_md(*point);
+                if let Some(a) = found
+                    .shown
+                    .iter()
+                    .find(|a| a.dev == *dev && &a.name == name)
+                {
+                    for (k, part) in partitions_of(&a.data) {
+                        v.push((
+                            format!("part{k}.img").into(),
+                            Kind::MdImage {
+                                point: *point,
+                                dev: *dev,
+                                name: name.clone(),
+                                part: Some(k),
+                            },
+                        ));
+                        let key = VolumeKey::Md(*point, a.at.clone(), Some(k));
+                        if let Some(root) = self.tree_root(key, part, ino) {
+                            trees.push((format!("part{k}").into(), root));
+                        }
                     }
                 }
                 return Ok(self.keep_listing(ino, v, trees));
@@ -1088,7 +1254,25 @@ impl SafeFs {
             return *r;
         }
         let label = match &key {
-            VolumeKey::Md(point, name) => format!("point {point}, md array {name}"),
+            VolumeKey::Md(point, at, part) => {
+                let name = match at {
+                    MdAt::Assembled(name) => format!("md array {name}"),
+                    MdAt::Copy(dev, p) => {
+                        let dname = self
+                            .device(*point, *dev)
+                            .map(|d| d.name().to_string())
+                            .unwrap_or_default();
+                        match p {
+                            Some(k) => format!("device {dname}, partition {k}, md array"),
+                            None => format!("device {dname}, md array"),
+                        }
+                    }
+                };
+                match part {
+                    Some(k) => format!("point {point}, {name}, partition {k}"),
+                    None => format!("point {point}, {name}"),
+                }
+            }
             VolumeKey::Part(point, dev, part) => {
                 let dname = self
                     .device(*point, *dev)
@@ -1114,7 +1298,7 @@ impl SafeFs {
             }
         };
         let point = match &key {
-            VolumeKey::Part(point, ..) | VolumeKey::Lv(point, ..) | VolumeKey::Md(point, _) => {
+            VolumeKey::Part(point, ..) | VolumeKey::Lv(point, ..) | VolumeKey::Md(point, ..) => {
                 *point
             }
         };
@@ -1350,6 +1534,7 @@ impl SafeFs {
             | Kind::Lvm { point: p, .. }
             | Kind::Luks { point: p, .. }
             | Kind::Md { point: p, .. }
+            | Kind::MdParts { point: p, .. }
             | Kind::LvParts { point: p, .. } => {
                 let p = self.point(*p).ok_or(Errno::ENOENT)?;
                 (FileType::Directory, 0o555, 0, time(p.created), LONG_TTL)
