@@ -850,36 +850,109 @@ fn btrfs_raid1_reads_from_one_device_alone() {
     multi_device("raid1", 2, "raid1", "raid1", true);
 }
 
-/// Device ranges (offset, length) the chunks take, as `btrfs inspect-internal
-/// dump-tree -t dev` lists the DEV_EXTENT items: the oracle for `--skip-free`.
-fn dev_extents(img: &Path) -> Vec<(u64, u64)> {
+/// Byte ranges (offset, length).
+type Ranges = Vec<(u64, u64)>;
+
+/// Runs `btrfs inspect-internal ARGS... IMG`; its output.
+fn inspect(img: &Path, args: &[&str]) -> String {
     let o = Command::new("btrfs")
-        .args(["inspect-internal", "dump-tree", "-t", "dev", s(img)])
+        .arg("inspect-internal")
+        .args(args)
+        .arg(img)
         .output()
         .unwrap();
-    assert!(o.status.success(), "dump-tree: {o:?}");
-    let text = String::from_utf8_lossy(&o.stdout);
-    let mut out = Vec::new();
+    assert!(o.status.success(), "btrfs inspect-internal {args:?}: {o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Device ranges (offset, length) that hold something, as btrfs-progs' own dump of
+/// the image's trees says: each extent item (`EXTENT_ITEM` by its length,
+/// `METADATA_ITEM` by the node size `dump-super` gives) mapped through the stripes of
+/// the chunk holding it (`dump-tree -t chunk`), and whole every chunk that is neither
+/// single nor DUP. Also the chunks' device ranges (`DEV_EXTENT` items), for the
+/// space left out inside chunks. The oracle for `--skip-free`.
+fn btrfs_in_use(img: &Path) -> (Ranges, Ranges) {
+    let num = |l: &str, after: &str| -> Option<u64> {
+        l.split(after)
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let nodesize = inspect(img, &["dump-super"])
+        .lines()
+        .find_map(|l| num(l, "nodesize"))
+        .unwrap();
+    // (logical, length, one device offset per stripe, whole)
+    let mut chunks: Vec<(u64, u64, Vec<u64>, bool)> = Vec::new();
+    for l in inspect(img, &["dump-tree", "-t", "chunk"]).lines() {
+        if let Some(k) = l.split(" CHUNK_ITEM ").nth(1) {
+            let at = k.split(')').next().unwrap().parse().unwrap();
+            chunks.push((at, 0, Vec::new(), false));
+        } else if let (Some(c), Some(len)) = (chunks.last_mut(), num(l, "length ")) {
+            c.1 = len;
+            c.3 = !(l.contains("|single") || l.contains("|DUP"));
+        } else if let (Some(c), true) = (chunks.last_mut(), l.contains("stripe ")) {
+            c.2.extend(num(l, " offset "));
+        }
+    }
+    let mut used = Vec::new();
+    let mut put = |logical: u64, len: u64| {
+        let c = chunks
+            .iter()
+            .find(|c| c.0 <= logical && logical < c.0 + c.1)
+            .unwrap_or_else(|| panic!("extent {logical} in no chunk"));
+        for at in &c.2 {
+            used.push((at + logical - c.0, len));
+        }
+    };
+    for l in inspect(img, &["dump-tree", "-t", "extent"]).lines() {
+        let Some(k) = l.trim().split(" key (").nth(1) else {
+            continue;
+        };
+        let f: Vec<&str> = k
+            .trim_end_matches(|c| c != ')')
+            .trim_end_matches(')')
+            .split(' ')
+            .collect();
+        match (f[0].parse::<u64>(), f[1], f[2].parse::<u64>()) {
+            (Ok(at), "EXTENT_ITEM", Ok(len)) => put(at, len),
+            (Ok(at), "METADATA_ITEM", _) => put(at, nodesize),
+            _ => {}
+        }
+    }
+    for c in chunks.iter().filter(|c| c.3) {
+        for at in &c.2 {
+            used.push((*at, c.1));
+        }
+    }
+    let mut dev = Vec::new();
     let mut at = None;
-    for l in text.lines().map(str::trim) {
+    for l in inspect(img, &["dump-tree", "-t", "dev"])
+        .lines()
+        .map(str::trim)
+    {
         if let Some(k) = l.split(" DEV_EXTENT ").nth(1) {
             at = Some(k.split(')').next().unwrap().parse::<u64>().unwrap());
         } else if let (Some(a), Some(len)) = (at, l.split(" length ").nth(1)) {
-            out.push((a, len.trim().parse::<u64>().unwrap()));
+            dev.push((a, len.trim().parse::<u64>().unwrap()));
             at = None;
         }
     }
-    out
+    (used, dev)
 }
 
-/// `backup --skip-free` on btrfs leaves out the device's unallocated space (no
-/// chunk's): on a volume made over random junk and filled through the kernel,
-/// restored, every byte that differs is zeros outside the DEV_EXTENTs
-/// `btrfs inspect-internal` lists (and the first MiB and superblock copies), nearly
-/// all of that space was left out, `btrfs check` finds the copy clean, and the kernel
+/// `backup --skip-free` on btrfs leaves out what btrfs holds nothing in: the
+/// device's unallocated space and, inside single and DUP chunks, what no extent
+/// names (a deleted file's extents among it). On a volume made over random junk and
+/// filled through the kernel, restored, every byte that differs is zeros outside
+/// every extent btrfs-progs' dump of the trees lists (and the first MiB and
+/// superblock copies), nearly all of the rest was left out, the deleted file's bytes
+/// inside the data chunks too, `btrfs check` finds the copy clean, and the kernel
 /// mounts it to the same tree.
 #[test]
-fn btrfs_skip_free_leaves_out_unallocated_space() {
+fn btrfs_skip_free_leaves_out_what_no_extent_holds() {
     if !fuse_available() || Command::new("mkfs.btrfs").arg("-V").output().is_err() {
         eprintln!("SKIP btrfs skip-free: needs root, FUSE and btrfs-progs");
         return;
@@ -894,51 +967,82 @@ fn btrfs_skip_free_leaves_out_unallocated_space() {
     let kmnt = t.path().join("k");
     let src = t.path().join("src");
     make_tree(&src, 30, &mut rng);
+    let mut deleted = vec![0u8; 24 << 20];
+    rng.fill(&mut deleted[..]);
+    std::fs::write(t.path().join("junk"), &deleted).unwrap();
     let copied = kernel_mount("btrfs", &img, &kmnt, "loop", |m| {
-        run("cp", &["-a", &format!("{}/.", s(&src)), s(m)])
+        // A file written, committed, then deleted: its extents freed inside the
+        // data chunks.
+        run("cp", &[s(&t.path().join("junk")), s(&m.join("junk"))])
+            && run("sync", &["-f", s(&m.join("junk"))])
+            && run("cp", &["-a", &format!("{}/.", s(&src)), s(m)])
+            && run("rm", &[s(&m.join("junk"))])
     });
     match copied {
         Some(true) => {}
-        Some(false) => panic!("cp into the kernel's btrfs mount failed"),
+        Some(false) => panic!("writing into the kernel's btrfs mount failed"),
         None => {
             eprintln!("SKIP btrfs skip-free: the kernel does not mount btrfs here");
             return;
         }
     }
-    let extents = dev_extents(&img);
-    assert!(!extents.is_empty());
+    let (used, chunks) = btrfs_in_use(&img);
+    assert!(!used.is_empty() && !chunks.is_empty());
     let (_, _, restored) = backup_with_and_without_skip_free(&img, "b", t.path());
     let (a, b) = (
         std::fs::read(&img).unwrap(),
         std::fs::read(&restored).unwrap(),
     );
     assert_eq!(a.len(), b.len());
+    let overlaps =
+        |r: &[(u64, u64)], at: u64, end: u64| r.iter().any(|&(o, l)| o < end && at < o + l);
     let kept = |at: u64, end: u64| {
         at < 1 << 20
-            || extents.iter().any(|&(o, l)| o < end && at < o + l)
+            || overlaps(&used, at, end)
             || [64u64 << 10, 64 << 20]
                 .iter()
                 .any(|&m| m < end && at < m + 4096)
     };
-    let mut gone = 0u64;
+    let (mut gone, mut gone_in_chunks, mut could) = (0u64, 0u64, 0u64);
     for (i, (x, y)) in a.chunks(4096).zip(b.chunks(4096)).enumerate() {
+        let at = i as u64 * 4096;
+        if !kept(at, at + 4096) {
+            could += 4096;
+        }
         if x == y {
             continue;
         }
-        let at = i as u64 * 4096;
         assert!(
             !kept(at, at + 4096),
-            "byte {at} differs but a chunk or superblock holds it"
+            "byte {at} differs but an extent or superblock holds it"
         );
         assert!(y.iter().all(|&v| v == 0), "byte {at}: left out as zeros");
         gone += 4096;
+        if overlaps(&chunks, at, at + 4096) {
+            gone_in_chunks += 4096;
+        }
     }
-    let allocated: u64 = extents.iter().map(|e| e.1).sum();
-    let unallocated = a.len() as u64 - allocated - (1 << 20);
-    eprintln!("btrfs: {gone} of {unallocated} unallocated bytes left out");
+    eprintln!("btrfs: {gone} of {could} free bytes left out, {gone_in_chunks} inside chunks");
+    // The deleted file's blocks were on the device, and are zeros restored.
+    let mut found = 0;
+    for want in deleted.chunks(4096).step_by(97) {
+        if let Some(i) = a.chunks(4096).position(|x| x == want) {
+            assert!(
+                b[i * 4096..][..4096].iter().all(|&v| v == 0),
+                "deleted block at {}",
+                i * 4096
+            );
+            found += 1;
+        }
+    }
     assert!(
-        gone * 10 >= unallocated * 9,
-        "{gone} of {unallocated} left out"
+        found > 50,
+        "{found} of the deleted file's blocks found on the device"
+    );
+    assert!(gone * 10 >= could * 9, "{gone} of {could} left out");
+    assert!(
+        gone_in_chunks >= 24 << 20,
+        "the deleted file's extents left out: {gone_in_chunks} bytes inside chunks"
     );
     assert!(
         run("btrfs", &["check", "--readonly", s(&restored)]),

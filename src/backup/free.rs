@@ -1,6 +1,7 @@
 //! `backup --skip-free`: the blocks of a source its filesystems mark free (ext2/3/4
 //! and XFS after their journal or log is replayed in memory, NTFS left with nothing
-//! in `$LogFile` to redo, FAT, exFAT, btrfs's unallocated space), which the backup
+//! in `$LogFile` to redo, FAT, exFAT, btrfs's unallocated space and what no extent
+//! holds in its single and DUP chunks), which the backup
 //! records as zeros without reading them. Filesystems are looked for through
 //! partition tables (nested ones too: a VM's disk on an LV), md RAID1 members and LVM
 //! PVs, whose extents no LV uses are free as well, whose LVs' free space is mapped back
@@ -13,6 +14,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::ntfs_ext::merged;
 use crate::readat::{FileReader, ReadAt, Slice};
 use crate::size::human;
 use crate::volumes::luks::{Keyring, Opened};
@@ -641,20 +643,6 @@ fn within(outer: &str, inner: &str) -> String {
     } else {
         format!("{outer}, {inner}")
     }
-}
-
-/// Byte ranges sorted, with touching and overlapping ones joined: free space found in
-/// pieces (an LV's last free bytes, the unused extent after it) can fill one block.
-fn merged(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    ranges.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-    for (o, l) in ranges {
-        match out.last_mut() {
-            Some((po, pl)) if *po + *pl >= o => *pl = (*pl).max(o + l - *po),
-            _ => out.push((o, l)),
-        }
-    }
-    out
 }
 
 /// The blocks of `block_size` bytes lying wholly inside the sorted byte `ranges`,

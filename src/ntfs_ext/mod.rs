@@ -261,6 +261,20 @@ pub fn free_space(
     }
 }
 
+/// Byte ranges sorted, with touching and overlapping ones joined: free space found in
+/// pieces (an LV's last free bytes, the unused extent after it) can fill one block.
+pub(crate) fn merged(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (o, l) in ranges {
+        match out.last_mut() {
+            Some((po, pl)) if *po + *pl >= o => *pl = (*pl).max(o + l - *po),
+            _ => out.push((o, l)),
+        }
+    }
+    out
+}
+
 /// Byte ranges `free` (sorted, disjoint) less every range of `used` (any order).
 pub(crate) fn subtract(free: Vec<(u64, u64)>, mut used: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     if used.is_empty() {

@@ -74,6 +74,19 @@ const INCOMPAT_KNOWN: u64 = 0x1
     | 0x1000
     | 0x1_0000;
 const INCOMPAT_METADATA_UUID: u64 = 0x400;
+/// Zoned devices allocate by write pointer, not by the extent tree alone.
+const INCOMPAT_ZONED: u64 = 0x1000;
+/// Compat_ro features whose volumes keep block group items in the extent tree:
+/// free space tree (and its valid bit), verity. Others (the block group tree, 0x8,
+/// which no mkfs here can make to check against) may change where allocation is told.
+const COMPAT_RO_ALLOC_KNOWN: u64 = 0x7;
+const EXTENT_TREE: u64 = 2;
+const EXTENT_ITEM: u8 = 168;
+const METADATA_ITEM: u8 = 169;
+const BLOCK_GROUP_ITEM: u8 = 192;
+/// Chunk profiles keeping copies or stripes on other devices (RAID0/1/10/5/6/1C3/1C4):
+/// only single and DUP chunks lie wholly on the one device `free_ranges` reads.
+const OTHER_DEVICES: u64 = 0x8 | 0x10 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400;
 
 /// Inode numbers of the top-level subvolume are its object ids; every other subvolume's
 /// objects are numbered from here as they are met.
@@ -286,12 +299,15 @@ pub fn probe(dev: &dyn ReadAt) -> io::Result<bool> {
     Ok(&m == MAGIC)
 }
 
-/// Byte ranges (offset, length; sorted) of the device no chunk occupies: btrfs's
-/// unallocated space, for `backup --skip-free`. Space inside chunks (free or not) is
-/// kept, and so are the first MiB, the superblock mirrors, and anything past the size
-/// the device item gives the filesystem. Refused (an error) where the committed chunk
-/// tree might not tell the whole story: an fsync log to replay, more than one device,
-/// unknown incompatible features, a damaged primary superblock.
+/// Byte ranges (offset, length; sorted, disjoint) of the device btrfs holds nothing
+/// in, for `backup --skip-free`: the space no chunk occupies, and inside single and
+/// DUP chunks what no extent item of the extent tree names (in each block group whose
+/// `used` count equals its extents' bytes; others are kept whole, as are all chunks
+/// when the extent tree cannot be read). The first MiB, the superblock mirrors, and
+/// anything past the size the device item gives the filesystem are kept. Refused (an
+/// error) where the committed trees might not tell the whole story: an fsync log to
+/// replay, more than one device, unknown incompatible features, a damaged primary
+/// superblock.
 pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u64)>> {
     let mut raw = vec![0u8; SB_SIZE];
     dev.read_exact_at(SUPERS[0], &mut raw)?;
@@ -316,8 +332,10 @@ pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u6
         ..TreeOptions::default()
     };
     let fs = BtrfsFs::open(dev, &opts)?;
-    let mut used: Vec<(u64, u64)> = vec![(0, 1 << 20)];
-    used.extend(SUPERS.iter().map(|&m| (m, SB_SIZE as u64)));
+    let reserved: Vec<(u64, u64)> = std::iter::once((0, 1 << 20))
+        .chain(SUPERS.iter().map(|&m| (m, SB_SIZE as u64)))
+        .collect();
+    let mut used = reserved.clone();
     for c in fs.chunks.values() {
         let n = c.stripes.len() as u64;
         // Bytes each stripe takes on its device (the kernel's btrfs_calc_stripe_length).
@@ -340,7 +358,28 @@ pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u6
                 .map(|&(_, at)| (at, per)),
         );
     }
-    Ok(crate::ntfs_ext::subtract(vec![(0, dev_bytes)], used))
+    let mut free = crate::ntfs_ext::subtract(vec![(0, dev_bytes)], used);
+    let compat_ro = le64(&raw, 0xB4);
+    let inside = if sb.incompat & INCOMPAT_ZONED != 0 {
+        Err("a zoned volume".to_string())
+    } else if compat_ro & !COMPAT_RO_ALLOC_KNOWN != 0 {
+        Err(format!("read-only features {compat_ro:#x}"))
+    } else {
+        fs.unused_in_chunks()
+            .map_err(|e| format!("the extent tree: {e}"))
+    };
+    match inside {
+        Ok(more) => {
+            free.extend(more);
+            free = crate::ntfs_ext::subtract(crate::ntfs_ext::merged(free), reserved);
+            free.retain(|&(o, _)| o < dev_bytes);
+            if let Some(last) = free.last_mut() {
+                last.1 = last.1.min(dev_bytes - last.0);
+            }
+        }
+        Err(why) => tracing::warn!("{label}: free space inside chunks kept: {why}"),
+    }
+    Ok(free)
 }
 
 /// Says whether the volume holds a btrfs that spans devices (its superblock counts
@@ -1120,6 +1159,97 @@ impl BtrfsFs {
         }
         self.roots.lock().unwrap().insert(id, r);
         Ok(r)
+    }
+
+    /// Device ranges of this device inside its single and DUP chunks that no extent
+    /// item names, for [`free_ranges`]: per block group, its logical range less its
+    /// extents, where the group's `used` count equals their bytes (else the group is
+    /// logged and kept), mapped to each of the chunk's stripes.
+    fn unused_in_chunks(&self) -> io::Result<Vec<(u64, u64)>> {
+        let nodesize = self.sb.nodesize as u64;
+        // Extents in logical order, touching ones merged; block groups (start, length,
+        // used).
+        let mut extents: Vec<(u64, u64)> = Vec::new();
+        let mut groups: Vec<(u64, u64, u64)> = Vec::new();
+        let mut bad: Option<String> = None;
+        self.scan(self.tree(EXTENT_TREE)?, Key::MIN, Key::MAX, &mut |k, d| {
+            match k.ty {
+                EXTENT_ITEM | METADATA_ITEM => {
+                    let len = if k.ty == METADATA_ITEM {
+                        nodesize
+                    } else {
+                        k.off
+                    };
+                    let Some(end) = k.obj.checked_add(len).filter(|_| len > 0) else {
+                        bad = Some(format!("extent {} of {len} bytes", k.obj));
+                        return Ok(false);
+                    };
+                    let full = extents.len() >= MAX_ITEMS;
+                    match extents.last_mut() {
+                        Some(last) if last.0 + last.1 > k.obj => {
+                            bad = Some(format!("extents overlap at {}", k.obj));
+                            return Ok(false);
+                        }
+                        Some(last) if last.0 + last.1 == k.obj => last.1 = end - last.0,
+                        _ if full => {
+                            bad = Some("too many extents".into());
+                            return Ok(false);
+                        }
+                        _ => extents.push((k.obj, len)),
+                    }
+                }
+                BLOCK_GROUP_ITEM => {
+                    if d.len() < 24 || groups.len() >= MAX_ITEMS {
+                        bad = Some(format!("block group item at {}", k.obj));
+                        return Ok(false);
+                    }
+                    groups.push((k.obj, k.off, le64(d, 0)));
+                }
+                _ => {}
+            }
+            Ok(true)
+        })?;
+        if let Some(why) = bad {
+            return Err(corrupt(format!("{}: {why}", self.label)));
+        }
+        let mut out = Vec::new();
+        let mut e = 0usize;
+        for (start, len, used) in groups {
+            let end = start.saturating_add(len);
+            let chunk = self.chunks.get(&start).filter(|c| c.len == len);
+            // Extents before this group lie in none (checked as the next group's).
+            while e < extents.len() && extents[e].0 + extents[e].1 <= start {
+                e += 1;
+            }
+            let mut inside = Vec::new();
+            let (mut i, mut crosses) = (e, false);
+            while i < extents.len() && extents[i].0 < end {
+                let (o, l) = extents[i];
+                crosses |= o < start || o + l > end;
+                inside.push((o, l));
+                i += 1;
+            }
+            let sum: u64 = inside.iter().map(|r| r.1).sum();
+            let Some(c) = chunk.filter(|c| c.ty & OTHER_DEVICES == 0) else {
+                continue;
+            };
+            if crosses || sum != used {
+                tracing::warn!(
+                    "{}: block group at {start}: {} bytes in extents, {used} counted used; kept whole",
+                    self.label,
+                    sum
+                );
+                continue;
+            }
+            for (o, l) in crate::ntfs_ext::subtract(vec![(start, len)], inside) {
+                for &(devid, at) in &c.stripes {
+                    if devid == self.sb.devid {
+                        out.push((at + (o - start), l));
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn tree(&self, id: u64) -> io::Result<(u64, u8)> {
