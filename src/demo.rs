@@ -90,12 +90,34 @@ pub fn run(work: Option<&Path>) -> anyhow::Result<()> {
         );
     }
     for (id, want) in &hashes {
-        let out = dir.join(format!("restored-{id}.img"));
-        crate::restore::restore(&safe, &id.to_string(), "disk", out.to_str().unwrap())?;
-        let got = *blake3::hash(&std::fs::read(&out)?).as_bytes();
+        let got = restored_hash(&safe, &dir, *id)?;
         anyhow::ensure!(&got == want, "restored point {id} differs from the source");
-        std::fs::remove_file(&out)?;
         println!("demo: point {id} restores byte-exact");
+    }
+    // Rolling a disk back: the newest point's image brought to the first point's by
+    // writing only the blocks that differ.
+    if let (Some(first), Some(last)) = (hashes.first(), hashes.last()) {
+        let out = dir.join("rollback.img");
+        let path = out.to_str().unwrap();
+        crate::restore::restore(&safe, &last.0.to_string(), "disk", path, Default::default())?;
+        let opts = crate::restore::RestoreOptions {
+            only_differing: true,
+        };
+        let r = crate::restore::restore(&safe, &first.0.to_string(), "disk", path, opts)?;
+        let got = *blake3::hash(&std::fs::read(&out)?).as_bytes();
+        anyhow::ensure!(
+            got == first.1,
+            "the rolled-back image differs from point {}",
+            first.0
+        );
+        std::fs::remove_file(&out)?;
+        println!(
+            "demo: point {}'s image rolled back to point {} by writing {} of {} (restore --only-differing)",
+            last.0,
+            first.0,
+            human(r.written),
+            human(r.bytes)
+        );
     }
     let report = crate::verify::verify(&safe)?;
     anyhow::ensure!(report.intact(), "verify found damage in a fresh safe");
@@ -128,14 +150,11 @@ pub fn run(work: Option<&Path>) -> anyhow::Result<()> {
         .iter()
         .filter(|h| !r.forgotten.iter().any(|p| p.0 == h.0))
     {
-        let out = dir.join(format!("restored-{id}.img"));
-        crate::restore::restore(&safe, &id.to_string(), "disk", out.to_str().unwrap())?;
-        let got = *blake3::hash(&std::fs::read(&out)?).as_bytes();
+        let got = restored_hash(&safe, &dir, *id)?;
         anyhow::ensure!(
             &got == want,
             "point {id} differs from the source after forget"
         );
-        std::fs::remove_file(&out)?;
     }
     let report = crate::verify::verify(&safe)?;
     anyhow::ensure!(report.intact(), "verify found damage after forget");
@@ -199,4 +218,15 @@ fn tempdir() -> anyhow::Result<std::path::PathBuf> {
     let base = std::env::temp_dir().join(format!("disksafe-demo-{}", std::process::id()));
     std::fs::create_dir_all(&base)?;
     Ok(base)
+}
+
+/// The blake3 hash of point `id`'s disk as `restore` writes it (into `dir`, removed
+/// after).
+fn restored_hash(safe: &Path, dir: &Path, id: i64) -> anyhow::Result<[u8; 32]> {
+    let out = dir.join(format!("restored-{id}.img"));
+    let path = out.to_str().unwrap();
+    crate::restore::restore(safe, &id.to_string(), "disk", path, Default::default())?;
+    let got = *blake3::hash(&std::fs::read(&out)?).as_bytes();
+    std::fs::remove_file(&out)?;
+    Ok(got)
 }

@@ -45,7 +45,7 @@ enum Cmd {
         /// On read errors, keep what reads and record the rest as unreadable (failing disks).
         #[arg(long)]
         skip_unreadable: bool,
-        /// Record blocks the source's filesystems (ext2/3/4, XFS, NTFS, FAT, exFAT; btrfs: unallocated space; in partitions and LVM volumes too) mark free as zeros, unread.
+        /// Record blocks the source's filesystems (ext2/3/4, XFS, NTFS, FAT, exFAT; btrfs; in partitions, md arrays, LUKS and LVM volumes too) mark free as zeros, unread.
         #[arg(long)]
         skip_free: bool,
         /// With --skip-free: a passphrase that opens LUKS volumes, so that their
@@ -72,6 +72,10 @@ enum Cmd {
         device: String,
         /// Output file or block device, `-` for stdout.
         output: String,
+        /// Read OUTPUT (an existing file or device, such as the disk the point was
+        /// taken of) and write only the blocks that differ from the point.
+        #[arg(long)]
+        only_differing: bool,
     },
     /// Mount every recovery point read-only through FUSE.
     Mount {
@@ -270,10 +274,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             point,
             device,
             output,
+            only_differing,
         } => {
-            let n = disksafe::restore::restore(&safe, &point, &device, &output)?;
-            if output != "-" {
-                eprintln!("restored {} to {output}", human(n));
+            let opts = disksafe::restore::RestoreOptions { only_differing };
+            let n = disksafe::restore::restore(&safe, &point, &device, &output, opts)?;
+            if only_differing {
+                eprintln!(
+                    "restored {} to {output}: {} ({} bytes) differed and was written; the rest already matched",
+                    human(n.bytes),
+                    human(n.written),
+                    n.written
+                );
+            } else if output != "-" {
+                eprintln!("restored {} to {output}", human(n.bytes));
             }
         }
         Cmd::Mount {

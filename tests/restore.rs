@@ -1,0 +1,171 @@
+//! `restore --only-differing`: an existing image file or block device brought back to
+//! a point by writing only the blocks whose bytes differ. Oracles: the source image
+//! (the result, byte for byte), a block-by-block comparison of the output as it was
+//! before against the source (exactly those blocks are reported written), the
+//! filesystem's own holes (SEEK_HOLE) where a differing block turns to zeros, and, on a
+//! loop device, the kernel's count of sectors written to it (`/sys/block/loopN/stat`).
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use common::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+const BS: u64 = 4096;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Bytes of `want` that sit in `BS` blocks differing from `got` there (`got` reads as
+/// zeros past its end): what `--only-differing` must write.
+fn differing_bytes(want: &[u8], got: &[u8]) -> u64 {
+    want.chunks(BS as usize)
+        .enumerate()
+        .filter(|(i, w)| {
+            let at = i * BS as usize;
+            let g: Vec<u8> = (at..at + w.len())
+                .map(|k| got.get(k).copied().unwrap_or(0))
+                .collect();
+            w[..] != g[..]
+        })
+        .map(|(_, w)| w.len() as u64)
+        .sum()
+}
+
+/// Runs `restore --only-differing`; the bytes it reports written.
+fn restore_differing(safe: &Path, dev: &str, out: &str) -> u64 {
+    let o = ds(&["restore", s(safe), "1", dev, out, "--only-differing"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    err.split(" (")
+        .nth(1)
+        .and_then(|t| t.split(" bytes)").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {err:?}"))
+}
+
+#[test]
+fn only_differing_writes_just_the_blocks_that_differ() {
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(111);
+    // An odd size: the last block is partial.
+    let size = (24 << 20) + 1000;
+    let src = t.path().join("a.img");
+    make_image(&src, size, &mut rng);
+    // A second device, a whole number of sectors, for a loop device.
+    let src_b = t.path().join("b.img");
+    make_image(&src_b, 16 << 20, &mut rng);
+    let safe = t.path().join("safe");
+    backup(&[
+        s(&safe),
+        &format!("a={}", s(&src)),
+        &format!("b={}", s(&src_b)),
+        "--block-size",
+        "4K",
+    ]);
+    let want = std::fs::read(&src).unwrap();
+
+    // The disk as it went on after the point: scattered writes, a stretch zeroed, and
+    // grown by 1 MiB.
+    let out = t.path().join("out.img");
+    std::fs::copy(&src, &out).unwrap();
+    mutate(&out, 40, 64 << 10, &mut rng);
+    let zeroed = (want
+        .chunks(BS as usize)
+        .position(|b| b.iter().any(|&x| x != 0))
+        .unwrap() as u64
+        + 8)
+        * BS;
+    let f = OpenOptions::new().write(true).open(&out).unwrap();
+    f.write_all_at(&vec![0u8; 3 * BS as usize], zeroed).unwrap();
+    // A block the point holds as zeros, now written: restored as a hole.
+    let hole = want
+        .chunks(BS as usize)
+        .position(|b| b.iter().all(|&x| x == 0))
+        .unwrap() as u64
+        * BS;
+    let mut junk = vec![0u8; BS as usize];
+    rng.fill(&mut junk[..]);
+    f.write_all_at(&junk, hole).unwrap();
+    f.set_len(size + (1 << 20)).unwrap();
+    drop(f);
+    let expect = differing_bytes(&want, &std::fs::read(&out).unwrap());
+    assert!(expect > 1 << 20, "the copy differs in {expect} bytes");
+
+    let written = restore_differing(&safe, "a", s(&out));
+    assert_eq!(written, expect, "exactly the differing blocks written");
+    assert_eq!(
+        sha256_file(&out),
+        sha256_file(&src),
+        "the point, byte for byte"
+    );
+    let f = std::fs::File::open(&out).unwrap();
+    assert_eq!(
+        lseek(&f, hole, false),
+        Some(hole),
+        "the zeroed block is a hole"
+    );
+    // Nothing differs any more.
+    assert_eq!(restore_differing(&safe, "a", s(&out)), 0);
+
+    // A shorter file is extended, past its end compared as zeros.
+    let short = t.path().join("short.img");
+    std::fs::write(&short, &want[..(8 << 20)]).unwrap();
+    let expect = differing_bytes(&want, &want[..(8 << 20)]);
+    assert_eq!(restore_differing(&safe, "a", s(&short)), expect);
+    assert_eq!(sha256_file(&short), sha256_file(&src));
+
+    // A block device: the kernel counts what reaches it.
+    if !is_root() {
+        eprintln!("SKIP the loop-device half: needs root");
+        return;
+    }
+    let disk = t.path().join("disk.img");
+    std::fs::copy(&src_b, &disk).unwrap();
+    mutate(&disk, 25, 32 << 10, &mut rng);
+    let want = std::fs::read(&src_b).unwrap();
+    let expect = differing_bytes(&want, &std::fs::read(&disk).unwrap());
+    let mut loops = Loops::default();
+    let Some(dev) = loops.attach(&disk, 0, 16 << 20) else {
+        eprintln!("SKIP the loop-device half: no loop devices");
+        return;
+    };
+    let stat = format!("/sys/block/{}/stat", dev.trim_start_matches("/dev/"));
+    let sectors_written = || -> u64 {
+        let text = std::fs::read_to_string(&stat).unwrap();
+        text.split_whitespace().nth(6).unwrap().parse().unwrap()
+    };
+    let before = sectors_written();
+    assert_eq!(restore_differing(&safe, "b", &dev), expect);
+    let kernel = (sectors_written() - before) * 512;
+    assert_eq!(
+        kernel, expect,
+        "the kernel's count of bytes written to {dev}"
+    );
+    drop(loops);
+    assert_eq!(
+        sha256_file(&disk),
+        sha256_file(&src_b),
+        "the device, byte for byte"
+    );
+}
+
+#[test]
+fn only_differing_needs_an_existing_output() {
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(112);
+    let src = t.path().join("a.img");
+    make_image(&src, 1 << 20, &mut rng);
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("a={}", s(&src))]);
+    let err = fails(&["restore", s(&safe), "1", "a", "-", "--only-differing"]);
+    assert!(err.contains("not standard output"), "{err}");
+    let none = t.path().join("none.img");
+    let err = fails(&["restore", s(&safe), "1", "a", s(&none), "--only-differing"]);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!none.exists(), "nothing created");
+}
