@@ -102,6 +102,7 @@ pub fn run(work: Option<&Path>) -> anyhow::Result<()> {
         crate::restore::restore(&safe, &last.0.to_string(), "disk", path, Default::default())?;
         let opts = crate::restore::RestoreOptions {
             only_differing: true,
+            ..Default::default()
         };
         let r = crate::restore::restore(&safe, &first.0.to_string(), "disk", path, opts)?;
         let got = *blake3::hash(&std::fs::read(&out)?).as_bytes();

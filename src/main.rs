@@ -276,7 +276,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             only_differing,
         } => {
-            let opts = disksafe::restore::RestoreOptions { only_differing };
+            let opts = disksafe::restore::RestoreOptions {
+                only_differing,
+                progress: std::io::stderr().is_terminal(),
+            };
             let n = disksafe::restore::restore(&safe, &point, &device, &output, opts)?;
             if only_differing {
                 eprintln!(

@@ -43,6 +43,8 @@ pub struct RestoreOptions {
     /// Read the (existing) output first and write only the blocks that differ: a disk
     /// brought back to a point with few writes.
     pub only_differing: bool,
+    /// Draw a progress bar on stderr (a restore of a large disk takes a while).
+    pub progress: bool,
 }
 
 /// What a restore did, for its closing line.
@@ -77,6 +79,20 @@ pub fn restore(
     let mut out = open_output(output, d.size, opts.only_differing)?;
     // The output's bytes where a decoded run lies (`only_differing`).
     let mut current: Vec<u8> = Vec::new();
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(d.size);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap()
+            .progress_chars("=> "),
+        );
+        b.set_message(format!("{device}@{}", p.id));
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let size = d.size;
     let (tx, rx) = sync_channel::<anyhow::Result<Decoded>>(2);
     let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(4);
@@ -136,6 +152,7 @@ pub fn restore(
                 }
             }
             done.bytes += dec.len as u64;
+            bar.inc(dec.len as u64);
             let _ = recycle_tx.try_send(dec.buf);
         }
         match &mut out {
@@ -150,6 +167,7 @@ pub fn restore(
         }
         Ok(done)
     });
+    bar.finish_and_clear();
     if result.is_err() {
         if let Out::File { created: true, .. } = out {
             let _ = std::fs::remove_file(output);
