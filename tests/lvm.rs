@@ -36,6 +36,15 @@ fn tool(cmd: &str, args: &[&str]) -> Option<String> {
     Some(String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
+/// Whether FUSE (as root) and lvm2 are here; says why test `name` is skipped if not.
+fn have_lvm(name: &str) -> bool {
+    let ok = fuse_available() && tool("lvm", &["version"]).is_some();
+    if !ok {
+        eprintln!("SKIP {name}: needs FUSE, root and lvm2");
+    }
+    ok
+}
+
 /// Runs an LVM command (`args[0]`) without device-mapper; its stdout. Panics on failure.
 fn lvm_run(args: &[&str]) -> String {
     let mut v = vec!["--driverloaded", "n"];
@@ -1239,8 +1248,7 @@ fn skip_free_reaches_lvs_spanning_the_devices_of_a_backup() {
 #[test]
 fn a_pv_on_an_assembled_raid5_is_found() {
     let name = "a_pv_on_an_assembled_raid5_is_found";
-    if !fuse_available() || tool("lvm", &["version"]).is_none() {
-        eprintln!("SKIP {name}: needs FUSE, root and lvm2");
+    if !have_lvm(name) {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -1291,8 +1299,7 @@ fn a_pv_on_an_assembled_raid5_is_found() {
 #[test]
 fn a_pv_in_a_partition_of_an_md_array_is_found() {
     let name = "a_pv_in_a_partition_of_an_md_array_is_found";
-    if !fuse_available() || tool("lvm", &["version"]).is_none() {
-        eprintln!("SKIP {name}: needs FUSE, root and lvm2");
+    if !have_lvm(name) {
         return;
     }
     if !have_tool("sfdisk", "fdisk", name) {
@@ -1342,5 +1349,107 @@ fn a_pv_in_a_partition_of_an_md_array_is_found() {
         sha256_file(&m.dir.join(format!("1/m0/lvm/{vg}-data.img"))),
         sha256_file(&img),
         "the LV, byte for byte"
+    );
+}
+
+/// Two disks cloned from one (VMs made from a template: the same PV UUID, VG id and
+/// LV names on both), each going on alone: b's LV got other contents and was
+/// extended (its metadata newer than a's). Each disk's `lvm/` shows its own LV,
+/// mapped by its own metadata and read from its own disk: a's LV byte for byte the
+/// ext4 written there and its tree, b's LV the size b's `lvs` gives, with b's ext4
+/// and tree. LVM's own tools made the PV, VG and LV and the extension, each disk
+/// attached alone.
+#[test]
+fn cloned_disks_show_their_own_lvs() {
+    let name = "cloned_disks_show_their_own_lvs";
+    if !have_lvm(name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(95);
+    let (a, b) = (t.path().join("a.img"), t.path().join("b.img"));
+    File::create(&a).unwrap().set_len(32 << 20).unwrap();
+    let mut loops = Loops::default();
+    let Some(pv) = loops.attach(&a, 0, 32 << 20) else {
+        eprintln!("SKIP {name}: no loop devices");
+        return;
+    };
+    let dir_a = t.path().join("a");
+    std::fs::create_dir(&dir_a).unwrap();
+    let lv = ext4_in_one_lv(&pv, "dscl", "data", 8, 12, &dir_a, &mut rng);
+    drop(loops);
+    std::fs::copy(&a, &b).unwrap();
+
+    // The clone goes on: new contents, then 4 MiB more.
+    let mut loops = Loops::default();
+    let pv_b = loops.attach(&b, 0, 32 << 20).unwrap();
+    let (src_b, img_b) = (t.path().join("src-b"), t.path().join("b-data.img"));
+    ext4_image(&src_b, &img_b, 10, 8 << 20, &mut rng);
+    // The segments `lvs` gave on a's loop device, on b's.
+    let segs_b: Vec<Seg> = lv
+        .segs
+        .iter()
+        .map(|sg| Seg {
+            start: sg.start,
+            len: sg.len,
+            stripe: sg.stripe,
+            stripes: sg.stripes.iter().map(|x| (pv_b.clone(), x.1)).collect(),
+        })
+        .collect();
+    write_lv(
+        &segs_b,
+        &std::fs::read(&img_b).unwrap(),
+        &BTreeMap::from([(pv_b.clone(), lv.pe_start)]),
+        1 << 20,
+    );
+    let full = format!("{}/data", lv.vg);
+    lvm_run(&["lvextend", "-q", "-L", "+4m", &full]);
+    let size_b: u64 = tool(
+        "lvs",
+        &[
+            "--driverloaded",
+            "n",
+            "--noheadings",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            "lv_size",
+            &full,
+        ],
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    assert_eq!(size_b, 12 << 20);
+    drop(loops);
+
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("a={}", s(&a)), &format!("b={}", s(&b))]);
+    let m = Mounted::logging(&safe, t.path(), &[], "warn");
+    let lv_a = m.dir.join(format!("1/a/lvm/{}-data", lv.vg));
+    let lv_b = m.dir.join(format!("1/b/lvm/{}-data", lv.vg));
+    assert_eq!(
+        sha256_file(&lv_a.with_extension("img")),
+        sha256_file(&lv.img),
+        "a's LV, byte for byte, by a's own metadata"
+    );
+    same_tree(&tree_digest(&lv_a), &tree_digest(&lv.src), "a's LV tree");
+    let got_b = std::fs::read(lv_b.with_extension("img")).unwrap();
+    assert_eq!(
+        got_b.len() as u64,
+        size_b,
+        "b's LV as b's metadata sizes it"
+    );
+    assert!(
+        got_b[..8 << 20] == std::fs::read(&img_b).unwrap()[..],
+        "b's LV bytes"
+    );
+    same_tree(&tree_digest(&lv_b), &tree_digest(&src_b), "b's LV tree");
+    assert!(
+        m.log_text().contains("are found more than once"),
+        "the clones are logged:\n{}",
+        m.log_text()
     );
 }

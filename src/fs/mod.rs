@@ -76,7 +76,7 @@ enum Kind {
         point: i64,
         dev: i64,
     },
-    /// One logical volume's image (VG by id, LV by name), or of partition `part` in
+    /// One logical volume's image (VG by `FoundVg::key`, LV by name), or of partition `part` in
     /// it (a VM disk kept in an LV).
     LvImage {
         point: i64,
@@ -173,8 +173,9 @@ type OpenLuks = (i64, String, Arc<dyn ReadAt>);
 enum MdView {
     /// No md member: the volume is read as it is.
     Plain,
-    /// A member holding a whole, current copy of the array: its data, and the array's name.
-    Array(Arc<dyn ReadAt>, String),
+    /// A member holding a whole, current copy of the array: its data, the array's
+    /// name, and whether the data starts at the member's start (0.90, 1.0).
+    Array(Arc<dyn ReadAt>, String, bool),
     /// A member whose bytes are not the array's as it stands (logged): neither it
     /// nor its data is read as a filesystem or a PV.
     NotRead,
@@ -257,8 +258,6 @@ impl Image {
     }
 }
 
-/// The image of a whole volume (an assembled array, a LUKS plaintext): reported as
-/// fully allocated.
 /// A device or a partition on it (by number): its device, partition, a name for the
 /// log, and its bytes.
 type DevOrPart = (i64, Option<u32>, String, Arc<dyn ReadAt>);
@@ -279,6 +278,8 @@ fn partitions_of(vol: &Arc<dyn ReadAt>) -> Vec<(u32, Arc<dyn ReadAt>)> {
     }
 }
 
+/// The image of a whole volume (an assembled array, a LUKS plaintext): reported as
+/// fully allocated.
 fn whole_volume(vol: Option<Arc<dyn ReadAt>>) -> Result<Image, Errno> {
     let vol = vol.ok_or(Errno::ENOENT)?;
     let len = vol.size();
@@ -299,10 +300,22 @@ struct FoundPv {
 /// The volume groups of one point, from the PVs on its devices and partitions.
 #[derive(Default)]
 struct PointLvm {
-    /// Newest metadata of each VG, by VG id.
-    vgs: Vec<crate::volumes::lvm::Vg>,
-    /// PVs by UUID.
+    vgs: Vec<FoundVg>,
+}
+
+/// A VG as a point holds it. A VG whose PVs are found more than once (disks cloned
+/// from one template, each going on alone) is found once per device holding a copy,
+/// read from that device's copies and their own metadata: LVM's UUIDs cannot tell the
+/// clones apart, and one clone's LVs must never be read from another's disk.
+struct FoundVg {
+    /// Unique in the point: the VG id, or for a device's own copy `ID@DEVICE`.
+    key: String,
+    /// The newest metadata among the PVs it is read from.
+    vg: crate::volumes::lvm::Vg,
+    /// Its PVs found, by UUID.
     pvs: HashMap<String, FoundPv>,
+    /// The one device whose copy this is.
+    only: Option<i64>,
 }
 
 /// Options of the mounted tree.
@@ -722,14 +735,16 @@ impl SafeFs {
                 ));
                 MdView::NotRead
             }
-            None => MdView::Array(m.data(vol), m.name),
+            None => MdView::Array(m.data(vol), m.name, m.offset == 0),
         }
     }
 
     /// The volumes of a point below any encryption, each with the devices holding it:
-    /// every device and partition, an md RAID1 member's array data (before the
-    /// member itself), and every assembled array (held by each member's device).
-    /// Members whose copy is not the array's are left out.
+    /// every device and partition, an md RAID1 member's array data (in place of the
+    /// member: a PV at the start of a 0.90/1.0 member's data is the array's, found
+    /// once) and the partitions in it, and every assembled array and its partitions
+    /// (held by each member's device). Members whose copy is not the array's are left
+    /// out.
     fn point_md_volumes(&self, point: i64) -> Vec<(Vec<i64>, String, Arc<dyn ReadAt>)> {
         let mut found: Vec<(Vec<i64>, String, Arc<dyn ReadAt>)> = Vec::new();
         // An md array's data is a volume too (an LVM PV on md, say), and so is each
@@ -739,30 +754,31 @@ impl SafeFs {
             devs: Vec<i64>,
             what: String,
             vol: Arc<dyn ReadAt>,
+            parts: bool,
         ) {
-            for (k, part) in partitions_of(&vol) {
-                found.push((devs.clone(), format!("{what}, partition {k}"), part));
+            if parts {
+                for (k, part) in partitions_of(&vol) {
+                    found.push((devs.clone(), format!("{what}, partition {k}"), part));
+                }
             }
             found.push((devs, what, vol));
         }
-        for (dev, _, what, vol) in self.point_devices_and_parts(point) {
+        for (dev, part, what, vol) in self.point_devices_and_parts(point) {
             match self.md_view(point, &vol, &format!("point {point}, {what}")) {
-                MdView::Plain => {}
-                MdView::Array(inner, name) => {
+                MdView::Plain => found.push((vec![dev], what, vol)),
+                MdView::Array(inner, name, at_start) => {
+                    // A whole disk whose array data starts at its start: the disk's
+                    // own partitions (listed already) are the array's.
+                    let listed = at_start && part.is_none() && !partitions_of(&vol).is_empty();
                     let what = format!("{what}, md array {name}");
-                    with_parts(&mut found, vec![dev], what, inner)
+                    with_parts(&mut found, vec![dev], what, inner, !listed)
                 }
-                MdView::NotRead => continue,
+                MdView::NotRead => {}
             }
-            found.push((vec![dev], what, vol));
         }
         for (name, devs, a) in &self.point_md(point).assembled {
-            with_parts(
-                &mut found,
-                devs.clone(),
-                format!("md array {name}"),
-                a.clone(),
-            );
+            let what = format!("md array {name}");
+            with_parts(&mut found, devs.clone(), what, a.clone(), true);
         }
         found
     }
@@ -844,7 +860,8 @@ impl SafeFs {
             return l.clone();
         }
         use crate::volumes::lvm;
-        let mut found = PointLvm::default();
+        // Every PV found: UUID, devices, volume, and the metadata it holds.
+        let mut finds: Vec<(String, FoundPv, Option<lvm::Vg>)> = Vec::new();
         for (devs, what, vol) in self.point_volumes(point) {
             let label = match lvm::read_label(&*vol) {
                 Ok(Some(l)) => l,
@@ -854,19 +871,111 @@ impl SafeFs {
                     continue;
                 }
             };
-            match lvm::read_metadata(&*vol, &label) {
-                Ok(Some(vg)) => match found.vgs.iter_mut().find(|v| v.id == vg.id) {
-                    Some(v) if v.seqno < vg.seqno => *v = vg,
-                    Some(_) => {}
-                    None => found.vgs.push(vg),
-                },
-                Ok(None) => {}
-                Err(e) => tracing::error!("point {point}, {what}: {e}"),
-            }
-            found.pvs.insert(label.uuid, FoundPv { devs, vol });
+            let vg = match lvm::read_metadata(&*vol, &label) {
+                Ok(vg) => vg,
+                Err(e) => {
+                    tracing::error!("point {point}, {what}: {e}");
+                    None
+                }
+            };
+            finds.push((label.uuid, FoundPv { devs, vol }, vg));
         }
-        found.vgs.sort_by(|a, b| a.name.cmp(&b.name));
-        for vg in &found.vgs {
+        let mut ids: Vec<&str> = finds
+            .iter()
+            .filter_map(|f| f.2.as_ref().map(|v| v.id.as_str()))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut found = PointLvm::default();
+        for id in ids {
+            // The VG's PVs as any of its metadata copies names them, and each one's
+            // copies found (a PV without metadata of its own belongs by its UUID).
+            let mut uuids: Vec<&str> = finds
+                .iter()
+                .filter_map(|f| f.2.as_ref().filter(|v| v.id == id))
+                .flat_map(|v| v.pvs.iter().map(|p| p.uuid.as_str()))
+                .collect();
+            uuids.sort_unstable();
+            uuids.dedup();
+            let copies = |uuid: &str| -> Vec<&(String, FoundPv, Option<lvm::Vg>)> {
+                finds
+                    .iter()
+                    .filter(|f| f.0 == uuid && f.2.as_ref().is_none_or(|v| v.id == id))
+                    .collect()
+            };
+            let newest = |chosen: &[&(String, FoundPv, Option<lvm::Vg>)]| {
+                chosen
+                    .iter()
+                    .filter_map(|f| f.2.as_ref().filter(|v| v.id == id))
+                    .max_by_key(|v| v.seqno)
+                    .cloned()
+            };
+            let pvs_of = |chosen: &[&(String, FoundPv, Option<lvm::Vg>)]| {
+                chosen
+                    .iter()
+                    .map(|f| {
+                        let pv = FoundPv {
+                            devs: f.1.devs.clone(),
+                            vol: f.1.vol.clone(),
+                        };
+                        (f.0.clone(), pv)
+                    })
+                    .collect::<HashMap<_, _>>()
+            };
+            if uuids.iter().all(|u| copies(u).len() <= 1) {
+                let chosen: Vec<_> = uuids.iter().flat_map(|u| copies(u)).collect();
+                if let Some(vg) = newest(&chosen) {
+                    let pvs = pvs_of(&chosen);
+                    let key = vg.id.clone();
+                    found.vgs.push(FoundVg {
+                        key,
+                        vg,
+                        pvs,
+                        only: None,
+                    });
+                }
+                continue;
+            }
+            // Copies: each device holding one reads the VG from its own copies (the
+            // one copy there is of the others).
+            let mut devs: Vec<i64> = uuids
+                .iter()
+                .flat_map(|u| copies(u))
+                .flat_map(|f| f.1.devs.iter().copied())
+                .collect();
+            devs.sort_unstable();
+            devs.dedup();
+            for dev in devs {
+                let mut chosen = Vec::new();
+                for u in &uuids {
+                    let c = copies(u);
+                    let here: Vec<_> = c.iter().filter(|f| f.1.devs.contains(&dev)).collect();
+                    match (here.first(), c.len()) {
+                        (Some(f), _) => chosen.push(**f),
+                        (None, 1) => chosen.push(c[0]),
+                        _ => {}
+                    }
+                }
+                let Some(vg) = newest(&chosen) else {
+                    continue;
+                };
+                self.warn_once(format!(
+                    "point {point}, VG {}: its PVs are found more than once (cloned disks?); each device's LVs are read from the copies on it",
+                    vg.name
+                ));
+                let pvs = pvs_of(&chosen);
+                found.vgs.push(FoundVg {
+                    key: format!("{id}@{dev}"),
+                    vg,
+                    pvs,
+                    only: Some(dev),
+                });
+            }
+        }
+        found
+            .vgs
+            .sort_by(|a, b| (&a.vg.name, &a.key).cmp(&(&b.vg.name, &b.key)));
+        for vg in found.vgs.iter().map(|v| &v.vg) {
             for lv in vg.lvs.iter().filter(|l| l.visible && !l.is_pool()) {
                 if let Some(t) = lv.unsupported() {
                     tracing::warn!(
@@ -902,9 +1011,10 @@ impl SafeFs {
     /// Maps an LV onto the PVs of its point; `None` (logged) when it cannot be.
     fn lv_volume(&self, point: i64, vg: &str, lv: &str) -> Option<Arc<dyn ReadAt>> {
         let found = self.point_lvm(point);
-        let vg = found.vgs.iter().find(|v| v.id == vg)?;
+        let f = found.vgs.iter().find(|v| v.key == vg)?;
+        let vg = &f.vg;
         let l = vg.lvs.iter().find(|l| l.name == lv)?;
-        let pvs: HashMap<String, Arc<dyn ReadAt>> = found
+        let pvs: HashMap<String, Arc<dyn ReadAt>> = f
             .pvs
             .iter()
             .map(|(k, p)| (k.clone(), p.vol.clone()))
@@ -1224,16 +1334,17 @@ impl SafeFs {
             .unwrap_or_default()
     }
 
-    /// The visible LVs with extents on device `dev` of `point`, as (VG id, LV name,
+    /// The visible LVs with extents on device `dev` of `point`, as (VG key, LV name,
     /// device-mapper name), by name.
     fn lvs_on(&self, point: i64, dev: i64) -> Vec<(String, String, String)> {
         let found = self.point_lvm(point);
         let mut out = Vec::new();
-        for vg in &found.vgs {
+        for f in found.vgs.iter().filter(|f| f.only.is_none_or(|d| d == dev)) {
+            let vg = &f.vg;
             let on_dev = |idx: &usize| {
                 vg.pvs
                     .get(*idx)
-                    .and_then(|pv| found.pvs.get(&pv.uuid))
+                    .and_then(|pv| f.pvs.get(&pv.uuid))
                     .is_some_and(|f| f.devs.contains(&dev))
             };
             for lv in vg.lvs.iter().filter(|l| l.visible && !l.is_pool()) {
@@ -1241,7 +1352,7 @@ impl SafeFs {
                     continue;
                 }
                 let name = crate::volumes::lvm::mapper_name(&vg.name, &lv.name);
-                out.push((vg.id.clone(), lv.name.clone(), name));
+                out.push((f.key.clone(), lv.name.clone(), name));
             }
         }
         out.sort_by(|a, b| a.2.cmp(&b.2));
@@ -1288,8 +1399,8 @@ impl SafeFs {
                     .point_lvm(*point)
                     .vgs
                     .iter()
-                    .find(|v| &v.id == vg)
-                    .map(|v| v.name.clone())
+                    .find(|v| &v.key == vg)
+                    .map(|v| v.vg.name.clone())
                     .unwrap_or_default();
                 match part {
                     Some(k) => format!("point {point}, LV {vgname}/{lv}, partition {k}"),
@@ -1306,7 +1417,7 @@ impl SafeFs {
         // before it); a stale, spare or striped member's is not the array's.
         let vol = match self.md_view(point, &vol, &label) {
             MdView::Plain => vol,
-            MdView::Array(inner, _) => inner,
+            MdView::Array(inner, ..) => inner,
             MdView::NotRead => {
                 self.tree_ids.lock().unwrap().insert(key, None);
                 return None;
