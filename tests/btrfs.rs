@@ -795,6 +795,10 @@ fn multi_device(name: &str, n: usize, data: &str, meta: &str, alone: bool) {
     make_tree(&kmnt.join("tree"), 60, &mut rng);
     write_data(&kmnt.join("big"), 20 << 20, false, &mut rng);
     write_data(&kmnt.join("text"), 3 << 20, true, &mut rng);
+    // A file written, committed and deleted: free space that is not zeros.
+    write_data(&kmnt.join("junk"), 8 << 20, false, &mut rng);
+    assert!(run("sync", &["-f", s(&kmnt.join("junk"))]));
+    std::fs::remove_file(kmnt.join("junk")).unwrap();
     assert!(run("umount", &[s(&kmnt)]));
     assert!(mount("ro"));
     let want = view(&kmnt);
@@ -828,6 +832,65 @@ fn multi_device(name: &str, n: usize, data: &str, meta: &str, alone: bool) {
             &format!("{name}, one device alone"),
         );
     }
+    drop(m);
+
+    // --skip-free over all the devices together: each restored device differs from
+    // it only where btrfs-progs' dump of the trees says nothing is, the kernel mounts
+    // the restored set to the same view and `btrfs check` finds it clean.
+    let (used, chunks) = btrfs_in_use(Path::new(&devs[0]));
+    let part = t.path().join("part");
+    let mut args = vec!["backup".to_string(), s(&part).to_string()];
+    args.extend(
+        imgs.iter()
+            .enumerate()
+            .map(|(i, p)| format!("dev{i}={}", s(p))),
+    );
+    // 4 KiB blocks: the gaps between metadata nodes count too.
+    args.extend(["--skip-free".into(), "--block-size".into(), "4K".into()]);
+    let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+    let o = ds(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut in_chunks = 0;
+    let mut restored = Vec::new();
+    for (i, img) in imgs.iter().enumerate() {
+        let r = t.path().join(format!("restored{i}.img"));
+        ok(&["restore", s(&part), "1", &format!("dev{i}"), s(&r)]);
+        let id = i as u64 + 1;
+        let (a, b) = (std::fs::read(img).unwrap(), std::fs::read(&r).unwrap());
+        in_chunks += left_out_where_free(&a, &b, &used[&id], &chunks[&id]).1;
+        restored.push(r);
+    }
+    if data == "raid1" {
+        assert!(
+            in_chunks > 1 << 20,
+            "{name}: {in_chunks} bytes left out in chunks"
+        );
+    }
+    drop(loops);
+    run("btrfs", &["device", "scan", "--forget"]);
+    let mut loops = Loops::default();
+    let devs: Vec<String> = restored
+        .iter()
+        .map(|r| loops.attach(r, 0, 300 << 20).unwrap())
+        .collect();
+    assert!(run("btrfs", &["device", "scan", &devs[0]]));
+    assert!(
+        run("btrfs", &["check", "--readonly", &devs[0]]),
+        "{name}: btrfs check of the restored devices"
+    );
+    let mut o = "ro".to_string();
+    for d in &devs[1..] {
+        o += &format!(",device={d}");
+    }
+    assert!(run("mount", &["-t", "btrfs", "-o", &o, &devs[0], s(&kmnt)]));
+    let got = view(&kmnt);
+    assert!(run("umount", &[s(&kmnt)]));
+    assert!(
+        got == want,
+        "{name}: the kernel's view of the restored devices"
+    );
+    drop(loops);
+    run("btrfs", &["device", "scan", "--forget"]);
 }
 
 #[test]
@@ -852,6 +915,8 @@ fn btrfs_raid1_reads_from_one_device_alone() {
 
 /// Byte ranges (offset, length).
 type Ranges = Vec<(u64, u64)>;
+/// Byte ranges per btrfs device id.
+type DevRanges = std::collections::HashMap<u64, Ranges>;
 
 /// Runs `btrfs inspect-internal ARGS... IMG`; its output.
 fn inspect(img: &Path, args: &[&str]) -> String {
@@ -865,13 +930,15 @@ fn inspect(img: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Device ranges (offset, length) that hold something, as btrfs-progs' own dump of
-/// the image's trees says: each extent item (`EXTENT_ITEM` by its length,
-/// `METADATA_ITEM` by the node size `dump-super` gives) mapped through the stripes of
-/// the chunk holding it (`dump-tree -t chunk`), and whole every chunk that is neither
-/// single nor DUP. Also the chunks' device ranges (`DEV_EXTENT` items), for the
-/// space left out inside chunks. The oracle for `--skip-free`.
-fn btrfs_in_use(img: &Path) -> (Ranges, Ranges) {
+/// Per device id, the device ranges (offset, length) that hold something, as
+/// btrfs-progs' own dump of the volume's trees says (`img`: any of its devices, the
+/// others found by btrfs-progs' scan): each extent item (`EXTENT_ITEM` by its length,
+/// `METADATA_ITEM` by the node size `dump-super` gives) mapped through every stripe of
+/// the chunk holding it (`dump-tree -t chunk`) when the chunk keeps whole copies
+/// (single, DUP, RAID1, RAID1C3/4), and whole the device extents of every other chunk
+/// (`DEV_EXTENT` items, `dump-tree -t dev`). Also every chunk's device extents, for
+/// the space left out inside chunks. The oracle for `--skip-free`.
+fn btrfs_in_use(img: &Path) -> (DevRanges, DevRanges) {
     let num = |l: &str, after: &str| -> Option<u64> {
         l.split(after)
             .nth(1)?
@@ -884,27 +951,32 @@ fn btrfs_in_use(img: &Path) -> (Ranges, Ranges) {
         .lines()
         .find_map(|l| num(l, "nodesize"))
         .unwrap();
-    // (logical, length, one device offset per stripe, whole)
-    let mut chunks: Vec<(u64, u64, Vec<u64>, bool)> = Vec::new();
+    // (logical, length, (device id, offset) per stripe, whole copies)
+    let mut chunks: Vec<(u64, u64, Ranges, bool)> = Vec::new();
     for l in inspect(img, &["dump-tree", "-t", "chunk"]).lines() {
         if let Some(k) = l.split(" CHUNK_ITEM ").nth(1) {
             let at = k.split(')').next().unwrap().parse().unwrap();
             chunks.push((at, 0, Vec::new(), false));
         } else if let (Some(c), Some(len)) = (chunks.last_mut(), num(l, "length ")) {
             c.1 = len;
-            c.3 = !(l.contains("|single") || l.contains("|DUP"));
+            let profile = l.split(" type ").nth(1).unwrap().split('|').nth(1).unwrap();
+            c.3 = ["single", "DUP", "RAID1", "RAID1C3", "RAID1C4"].contains(&profile.trim());
         } else if let (Some(c), true) = (chunks.last_mut(), l.contains("stripe ")) {
-            c.2.extend(num(l, " offset "));
+            if let (Some(d), Some(o)) = (num(l, " devid "), num(l, " offset ")) {
+                c.2.push((d, o));
+            }
         }
     }
-    let mut used = Vec::new();
+    let mut used = DevRanges::new();
     let mut put = |logical: u64, len: u64| {
         let c = chunks
             .iter()
             .find(|c| c.0 <= logical && logical < c.0 + c.1)
             .unwrap_or_else(|| panic!("extent {logical} in no chunk"));
-        for at in &c.2 {
-            used.push((at + logical - c.0, len));
+        if c.3 {
+            for (d, at) in &c.2 {
+                used.entry(*d).or_default().push((at + logical - c.0, len));
+            }
         }
     };
     for l in inspect(img, &["dump-tree", "-t", "extent"]).lines() {
@@ -922,25 +994,73 @@ fn btrfs_in_use(img: &Path) -> (Ranges, Ranges) {
             _ => {}
         }
     }
-    for c in chunks.iter().filter(|c| c.3) {
-        for at in &c.2 {
-            used.push((*at, c.1));
-        }
-    }
-    let mut dev = Vec::new();
+    // (device id, offset) of the DEV_EXTENT being read.
+    let mut dev = DevRanges::new();
     let mut at = None;
     for l in inspect(img, &["dump-tree", "-t", "dev"])
         .lines()
         .map(str::trim)
     {
-        if let Some(k) = l.split(" DEV_EXTENT ").nth(1) {
-            at = Some(k.split(')').next().unwrap().parse::<u64>().unwrap());
-        } else if let (Some(a), Some(len)) = (at, l.split(" length ").nth(1)) {
-            dev.push((a, len.trim().parse::<u64>().unwrap()));
+        if let Some(k) = l
+            .split(" key (")
+            .nth(1)
+            .filter(|k| k.contains(" DEV_EXTENT "))
+        {
+            let f: Vec<&str> = k.split([' ', ')']).collect();
+            at = Some((f[0].parse::<u64>().unwrap(), f[2].parse::<u64>().unwrap()));
+        } else if let (Some((d, a)), Some(chunk), Some(len)) =
+            (at, num(l, "chunk_offset "), num(l, " length "))
+        {
+            dev.entry(d).or_default().push((a, len));
+            if chunks.iter().any(|c| c.0 == chunk && !c.3) {
+                used.entry(d).or_default().push((a, len));
+            }
             at = None;
         }
     }
     (used, dev)
+}
+
+/// Asserts what `--skip-free` left out of a btrfs device: `a` as it was, `b` as
+/// restored, `used` and `chunks` its ranges from [`btrfs_in_use`]. Every 4 KiB block
+/// that differs is zeros and outside every used range, the first MiB and the
+/// superblock copies; at least 90 % of the blocks outside them that are not zeros
+/// differ. Returns the
+/// bytes left out, and those of them inside chunks.
+fn left_out_where_free(a: &[u8], b: &[u8], used: &Ranges, chunks: &Ranges) -> (u64, u64) {
+    assert_eq!(a.len(), b.len());
+    let overlaps =
+        |r: &[(u64, u64)], at: u64, end: u64| r.iter().any(|&(o, l)| o < end && at < o + l);
+    let kept = |at: u64, end: u64| {
+        at < 1 << 20
+            || overlaps(used, at, end)
+            || [64u64 << 10, 64 << 20]
+                .iter()
+                .any(|&m| m < end && at < m + 4096)
+    };
+    let (mut gone, mut gone_in_chunks, mut could) = (0u64, 0u64, 0u64);
+    for (i, (x, y)) in a.chunks(4096).zip(b.chunks(4096)).enumerate() {
+        let at = i as u64 * 4096;
+        // Zeros left out or read are alike: only other free blocks are counted.
+        if !kept(at, at + 4096) && x.iter().any(|&v| v != 0) {
+            could += 4096;
+        }
+        if x == y {
+            continue;
+        }
+        assert!(
+            !kept(at, at + 4096),
+            "byte {at} differs but an extent or superblock holds it"
+        );
+        assert!(y.iter().all(|&v| v == 0), "byte {at}: left out as zeros");
+        gone += 4096;
+        if overlaps(chunks, at, at + 4096) {
+            gone_in_chunks += 4096;
+        }
+    }
+    eprintln!("btrfs: {gone} of {could} free bytes left out, {gone_in_chunks} inside chunks");
+    assert!(gone * 10 >= could * 9, "{gone} of {could} left out");
+    (gone, gone_in_chunks)
 }
 
 /// `backup --skip-free` on btrfs leaves out what btrfs holds nothing in: the
@@ -987,42 +1107,12 @@ fn btrfs_skip_free_leaves_out_what_no_extent_holds() {
         }
     }
     let (used, chunks) = btrfs_in_use(&img);
-    assert!(!used.is_empty() && !chunks.is_empty());
     let (_, _, restored) = backup_with_and_without_skip_free(&img, "b", t.path());
     let (a, b) = (
         std::fs::read(&img).unwrap(),
         std::fs::read(&restored).unwrap(),
     );
-    assert_eq!(a.len(), b.len());
-    let overlaps =
-        |r: &[(u64, u64)], at: u64, end: u64| r.iter().any(|&(o, l)| o < end && at < o + l);
-    let kept = |at: u64, end: u64| {
-        at < 1 << 20
-            || overlaps(&used, at, end)
-            || [64u64 << 10, 64 << 20]
-                .iter()
-                .any(|&m| m < end && at < m + 4096)
-    };
-    let (mut gone, mut gone_in_chunks, mut could) = (0u64, 0u64, 0u64);
-    for (i, (x, y)) in a.chunks(4096).zip(b.chunks(4096)).enumerate() {
-        let at = i as u64 * 4096;
-        if !kept(at, at + 4096) {
-            could += 4096;
-        }
-        if x == y {
-            continue;
-        }
-        assert!(
-            !kept(at, at + 4096),
-            "byte {at} differs but an extent or superblock holds it"
-        );
-        assert!(y.iter().all(|&v| v == 0), "byte {at}: left out as zeros");
-        gone += 4096;
-        if overlaps(&chunks, at, at + 4096) {
-            gone_in_chunks += 4096;
-        }
-    }
-    eprintln!("btrfs: {gone} of {could} free bytes left out, {gone_in_chunks} inside chunks");
+    let (_, gone_in_chunks) = left_out_where_free(&a, &b, &used[&1], &chunks[&1]);
     // The deleted file's blocks were on the device, and are zeros restored.
     let mut found = 0;
     for want in deleted.chunks(4096).step_by(97) {
@@ -1039,7 +1129,6 @@ fn btrfs_skip_free_leaves_out_what_no_extent_holds() {
         found > 50,
         "{found} of the deleted file's blocks found on the device"
     );
-    assert!(gone * 10 >= could * 9, "{gone} of {could} left out");
     assert!(
         gone_in_chunks >= 24 << 20,
         "the deleted file's extents left out: {gone_in_chunks} bytes inside chunks"

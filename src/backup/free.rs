@@ -1,7 +1,7 @@
 //! `backup --skip-free`: the blocks of a source its filesystems mark free (ext2/3/4
 //! and XFS after their journal or log is replayed in memory, NTFS left with nothing
 //! in `$LogFile` to redo, FAT, exFAT, btrfs's unallocated space and what no extent
-//! holds in its single and DUP chunks), which the backup
+//! holds in its chunks that keep whole copies, all its devices searched together), which the backup
 //! records as zeros without reading them. Filesystems are looked for through
 //! partition tables (nested ones too: a VM's disk on an LV), md RAID1 members and LVM
 //! PVs, whose extents no LV uses are free as well, whose LVs' free space is mapped back
@@ -89,6 +89,7 @@ fn free_blocks_of(
         }
     }
     finder.spanning_lvs(&mut bytes);
+    finder.spanning_btrfs(devices, &mut bytes);
     finder.striped_arrays(&striped, devices, &mut bytes);
     bytes
         .into_iter()
@@ -150,6 +151,18 @@ struct Finder {
     arrays: crate::volumes::md::Arrays,
     /// Passphrases for LUKS volumes.
     keyring: Keyring,
+    /// Devices of btrfs volumes spanning several, found at known places: searched
+    /// together once all devices are.
+    btrfs: Vec<SpreadBtrfs>,
+}
+
+/// A device of a btrfs volume spanning several, found on one of the devices.
+struct SpreadBtrfs {
+    device: usize,
+    /// Byte offset of it on its device.
+    base: u64,
+    vol: Arc<dyn ReadAt>,
+    fsid: [u8; 16],
 }
 
 /// An LVM PV found on one of the devices.
@@ -314,6 +327,19 @@ impl Finder {
         if let Some(free) = self.lvm(&vol, what, depth, base) {
             return free;
         }
+        if let (Some(base), true) = (base, crate::ntfs_ext::btrfs::spans_devices(&*vol)) {
+            if let Some(fsid) = crate::ntfs_ext::btrfs::fsid(&*vol) {
+                // Searched with its other devices, once all devices are.
+                self.known += 1;
+                self.btrfs.push(SpreadBtrfs {
+                    device: self.device,
+                    base,
+                    vol,
+                    fsid,
+                });
+                return Vec::new();
+            }
+        }
         let Some((kind, found)) = crate::ntfs_ext::free_space(vol, &format!("{name} {what}"))
         else {
             return Vec::new();
@@ -397,10 +423,6 @@ impl Finder {
         Some(out)
     }
 
-    /// The free space of LVs spanning several of the PVs found (a VG over two disks),
-    /// searched once every device has been, added to each PV's device's `bytes`. A VG
-    /// whose PVs' metadata copies differ, that maps a segment type this reader does not,
-    /// whose extents overlap, or whose PV is found twice (RAID1 members) is left alone.
     /// Searches each striped md array (RAID0/4/5/6/10) whose members are among the
     /// devices, assembled as the mount assembles it, and adds to each member's
     /// device what the array's free space lets go unread
@@ -446,6 +468,46 @@ impl Finder {
         }
     }
 
+    /// Searches each btrfs volume spanning several of the devices (all of its
+    /// devices among them, at known places), adding to each device what the volume
+    /// holds nothing in there ([`crate::ntfs_ext::btrfs::free_ranges_of`]).
+    fn spanning_btrfs(
+        &mut self,
+        devices: &[(String, Arc<dyn ReadAt>)],
+        bytes: &mut [Vec<(u64, u64)>],
+    ) {
+        let found = std::mem::take(&mut self.btrfs);
+        let mut done: Vec<[u8; 16]> = Vec::new();
+        for b in &found {
+            if done.contains(&b.fsid) {
+                continue;
+            }
+            done.push(b.fsid);
+            let group: Vec<&SpreadBtrfs> = found.iter().filter(|x| x.fsid == b.fsid).collect();
+            let vols: Vec<Arc<dyn ReadAt>> = group.iter().map(|x| x.vol.clone()).collect();
+            let names: Vec<&str> = group.iter().map(|x| devices[x.device].0.as_str()).collect();
+            let label = format!("btrfs over {}", names.join(", "));
+            match crate::ntfs_ext::btrfs::free_ranges_of(&vols, &label) {
+                Ok(per) => {
+                    for (m, free) in group.iter().zip(per) {
+                        let total: u64 = free.iter().map(|r| r.1).sum();
+                        tracing::info!(
+                            "device {}: {label}: {} free",
+                            devices[m.device].0,
+                            human(total)
+                        );
+                        bytes[m.device].extend(free.into_iter().map(|(o, l)| (m.base + o, l)));
+                    }
+                }
+                Err(e) => eprintln!("note: {label}: free space not skipped: {e}"),
+            }
+        }
+    }
+
+    /// The free space of LVs spanning several of the PVs found (a VG over two disks),
+    /// searched once every device has been, added to each PV's device's `bytes`. A VG
+    /// whose PVs' metadata copies differ, that maps a segment type this reader does not,
+    /// whose extents overlap, or whose PV is found twice (RAID1 members) is left alone.
     fn spanning_lvs(&mut self, bytes: &mut [Vec<(u64, u64)>]) {
         use crate::volumes::lvm;
         let pvs = std::mem::take(&mut self.pvs);

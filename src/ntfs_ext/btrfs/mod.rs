@@ -84,9 +84,6 @@ const EXTENT_TREE: u64 = 2;
 const EXTENT_ITEM: u8 = 168;
 const METADATA_ITEM: u8 = 169;
 const BLOCK_GROUP_ITEM: u8 = 192;
-/// Chunk profiles keeping copies or stripes on other devices (RAID0/1/10/5/6/1C3/1C4):
-/// only single and DUP chunks lie wholly on the one device `free_ranges` reads.
-const OTHER_DEVICES: u64 = 0x8 | 0x10 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400;
 
 /// Inode numbers of the top-level subvolume are its object ids; every other subvolume's
 /// objects are numbered from here as they are met.
@@ -300,42 +297,80 @@ pub fn probe(dev: &dyn ReadAt) -> io::Result<bool> {
 }
 
 /// Byte ranges (offset, length; sorted, disjoint) of the device btrfs holds nothing
-/// in, for `backup --skip-free`: the space no chunk occupies, and inside single and
-/// DUP chunks what no extent item of the extent tree names (in each block group whose
-/// `used` count equals its extents' bytes; others are kept whole, as are all chunks
-/// when the extent tree cannot be read). The first MiB, the superblock mirrors, and
-/// anything past the size the device item gives the filesystem are kept. Refused (an
-/// error) where the committed trees might not tell the whole story: an fsync log to
-/// replay, more than one device, unknown incompatible features, a damaged primary
-/// superblock.
+/// in, for `backup --skip-free` ([`free_ranges_of`] of a single-device volume).
+/// Refused (an error) for a volume spanning devices.
 pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u64)>> {
     let mut raw = vec![0u8; SB_SIZE];
     dev.read_exact_at(SUPERS[0], &mut raw)?;
     let sb = Sb::parse(&raw).map_err(|e| corrupt(format!("{label}: btrfs superblock: {e}")))?;
-    if sb.log_root != 0 {
-        return Err(corrupt(format!("{label}: an fsync log to replay")));
-    }
     if sb.num_devices != 1 {
         return Err(corrupt(format!(
             "{label}: spans {} devices",
             sb.num_devices
         )));
     }
+    Ok(free_ranges_of(&[dev], label)?.pop().unwrap_or_default())
+}
+
+/// For each of `devs`, every device of one btrfs volume, the byte ranges (sorted,
+/// disjoint) btrfs holds nothing in: the space no chunk occupies, and inside chunks
+/// that keep whole copies (single, DUP, RAID1, RAID1C3/4) what no extent item of the
+/// extent tree names, in each block group whose `used` count equals its extents'
+/// bytes (others, striped chunks, and all chunks when the extent tree cannot be read
+/// are kept whole). The first MiB, the superblock mirrors, and anything past the size
+/// each device's item gives are kept. Refused (an error) where the committed trees
+/// might not tell the whole story: an fsync log to replay, devices of different
+/// volumes or generations, a device missing or given twice, unknown incompatible
+/// features, a damaged primary superblock.
+pub fn free_ranges_of(devs: &[Arc<dyn ReadAt>], label: &str) -> io::Result<Vec<Vec<(u64, u64)>>> {
+    // Each device's superblock: its id and size as the filesystem sees it.
+    let mut sbs = Vec::with_capacity(devs.len());
+    for dev in devs {
+        let mut raw = vec![0u8; SB_SIZE];
+        dev.read_exact_at(SUPERS[0], &mut raw)?;
+        let sb = Sb::parse(&raw).map_err(|e| corrupt(format!("{label}: btrfs superblock: {e}")))?;
+        let bytes = le64(&raw, 0xC9 + 8).min(dev.size());
+        sbs.push((sb, bytes, le64(&raw, 0xB4)));
+    }
+    let Some((sb, _, compat_ro)) = sbs.first() else {
+        return Ok(Vec::new());
+    };
+    let mut ids: Vec<u64> = sbs.iter().map(|s| s.0.devid).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if sbs
+        .iter()
+        .any(|s| s.0.fsid != sb.fsid || s.0.generation != sb.generation)
+    {
+        return Err(corrupt(format!(
+            "{label}: devices of different btrfs volumes or generations"
+        )));
+    }
+    if ids.len() != devs.len() || sb.num_devices != devs.len() as u64 {
+        return Err(corrupt(format!(
+            "{label}: btrfs spans {} devices, {} distinct given",
+            sb.num_devices,
+            ids.len()
+        )));
+    }
+    if sb.log_root != 0 {
+        return Err(corrupt(format!("{label}: an fsync log to replay")));
+    }
     if sb.incompat & !INCOMPAT_KNOWN != 0 {
         return Err(corrupt(format!("{label}: unknown incompatible features")));
     }
-    // The superblock's own device item: its size as the filesystem sees it.
-    let dev_bytes = le64(&raw, 0xC9 + 8).min(dev.size());
     let opts = TreeOptions {
         label: label.to_string(),
         no_replay: true,
+        members: crate::ntfs_ext::Members(devs[1..].to_vec()),
         ..TreeOptions::default()
     };
-    let fs = BtrfsFs::open(dev, &opts)?;
+    let fs = BtrfsFs::open(devs[0].clone(), &opts)?;
     let reserved: Vec<(u64, u64)> = std::iter::once((0, 1 << 20))
         .chain(SUPERS.iter().map(|&m| (m, SB_SIZE as u64)))
         .collect();
-    let mut used = reserved.clone();
+    // Per device id: what chunks take, then what is free.
+    let mut used: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
     for c in fs.chunks.values() {
         let n = c.stripes.len() as u64;
         // Bytes each stripe takes on its device (the kernel's btrfs_calc_stripe_length).
@@ -351,15 +386,18 @@ pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u6
             1
         };
         let per = c.len.div_ceil(data_stripes.max(1));
-        used.extend(
-            c.stripes
-                .iter()
-                .filter(|(d, _)| *d == sb.devid)
-                .map(|&(_, at)| (at, per)),
-        );
+        for &(d, at) in &c.stripes {
+            used.entry(d).or_default().push((at, per));
+        }
     }
-    let mut free = crate::ntfs_ext::subtract(vec![(0, dev_bytes)], used);
-    let compat_ro = le64(&raw, 0xB4);
+    let mut free: Vec<Vec<(u64, u64)>> = sbs
+        .iter()
+        .map(|(s, bytes, _)| {
+            let mut u = reserved.clone();
+            u.extend(used.remove(&s.devid).unwrap_or_default());
+            crate::ntfs_ext::subtract(vec![(0, *bytes)], u)
+        })
+        .collect();
     let inside = if sb.incompat & INCOMPAT_ZONED != 0 {
         Err("a zoned volume".to_string())
     } else if compat_ro & !COMPAT_RO_ALLOC_KNOWN != 0 {
@@ -370,16 +408,33 @@ pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u6
     };
     match inside {
         Ok(more) => {
-            free.extend(more);
-            free = crate::ntfs_ext::subtract(crate::ntfs_ext::merged(free), reserved);
-            free.retain(|&(o, _)| o < dev_bytes);
-            if let Some(last) = free.last_mut() {
-                last.1 = last.1.min(dev_bytes - last.0);
+            for (devid, at, len) in more {
+                if let Some(i) = sbs.iter().position(|s| s.0.devid == devid) {
+                    free[i].push((at, len));
+                }
+            }
+            for (f, (_, bytes, _)) in free.iter_mut().zip(&sbs) {
+                let mut all = crate::ntfs_ext::subtract(
+                    crate::ntfs_ext::merged(std::mem::take(f)),
+                    reserved.clone(),
+                );
+                all.retain(|&(o, _)| o < *bytes);
+                if let Some(last) = all.last_mut() {
+                    last.1 = last.1.min(bytes - last.0);
+                }
+                *f = all;
             }
         }
         Err(why) => tracing::warn!("{label}: free space inside chunks kept: {why}"),
     }
     Ok(free)
+}
+
+/// The filesystem id of a btrfs volume spanning devices, for grouping its devices.
+pub fn fsid(dev: &dyn ReadAt) -> Option<[u8; 16]> {
+    let mut b = [0u8; 0x30];
+    dev.read_exact_at(SUPERS[0], &mut b).ok()?;
+    Some(b[0x20..0x30].try_into().unwrap())
 }
 
 /// Says whether the volume holds a btrfs that spans devices (its superblock counts
@@ -1161,11 +1216,12 @@ impl BtrfsFs {
         Ok(r)
     }
 
-    /// Device ranges of this device inside its single and DUP chunks that no extent
-    /// item names, for [`free_ranges`]: per block group, its logical range less its
-    /// extents, where the group's `used` count equals their bytes (else the group is
-    /// logged and kept), mapped to each of the chunk's stripes.
-    fn unused_in_chunks(&self) -> io::Result<Vec<(u64, u64)>> {
+    /// Ranges (device id, offset, length) inside chunks keeping whole copies (single,
+    /// DUP, RAID1, RAID1C3/4) that no extent item names, for [`free_ranges_of`]: per
+    /// block group, its logical range less its extents, where the group's `used`
+    /// count equals their bytes (else the group is logged and kept), mapped to each of
+    /// the chunk's stripes.
+    fn unused_in_chunks(&self) -> io::Result<Vec<(u64, u64, u64)>> {
         let nodesize = self.sb.nodesize as u64;
         // Extents in logical order, touching ones merged; block groups (start, length,
         // used).
@@ -1230,7 +1286,7 @@ impl BtrfsFs {
                 i += 1;
             }
             let sum: u64 = inside.iter().map(|r| r.1).sum();
-            let Some(c) = chunk.filter(|c| c.ty & OTHER_DEVICES == 0) else {
+            let Some(c) = chunk.filter(|c| c.ty & STRIPED == 0) else {
                 continue;
             };
             if crosses || sum != used {
@@ -1243,9 +1299,7 @@ impl BtrfsFs {
             }
             for (o, l) in crate::ntfs_ext::subtract(vec![(start, len)], inside) {
                 for &(devid, at) in &c.stripes {
-                    if devid == self.sb.devid {
-                        out.push((at + (o - start), l));
-                    }
+                    out.push((devid, at + (o - start), l));
                 }
             }
         }
