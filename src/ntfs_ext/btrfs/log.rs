@@ -49,11 +49,8 @@ pub(super) struct Replayed {
     pub csums: BTreeMap<u64, Vec<u8>>,
 }
 
-/// Replays every subvolume's log; `Ok(None)` when there is none.
-pub(super) fn replay(fs: &BtrfsFs) -> io::Result<Option<(BTreeMap<u64, Edits>, Replayed)>> {
-    if fs.sb.log_root == 0 {
-        return Ok(None);
-    }
+/// The subvolume logs the log root tree names: (subvolume, root address, level).
+fn log_roots(fs: &BtrfsFs) -> io::Result<Vec<(u64, u64, u8)>> {
     let mut logs = Vec::new();
     let root = (fs.sb.log_root, fs.sb.log_root_level);
     let (lo, hi) = Key::range(TREE_LOG_OBJECTID, ROOT_ITEM);
@@ -61,15 +58,53 @@ pub(super) fn replay(fs: &BtrfsFs) -> io::Result<Option<(BTreeMap<u64, Edits>, R
         if d.len() < 239 {
             return Err(corrupt("btrfs log root item truncated"));
         }
+        if d[238] >= super::MAX_LEVEL {
+            return Err(corrupt("btrfs log tree level"));
+        }
         logs.push((k.off, le64(d, 176), d[238]));
         Ok(true)
     })?;
+    Ok(logs)
+}
+
+/// Logical ranges the fsync log needs that the committed extent tree may not name,
+/// for `--skip-free` to keep: every node of the log root tree and of each
+/// subvolume's log, and every data extent a logged file extent points at (written
+/// before the fsync, allocated only in the log until a commit).
+pub(super) fn log_used(fs: &BtrfsFs) -> io::Result<Vec<(u64, u64)>> {
+    if fs.sb.log_root == 0 {
+        return Ok(Vec::new());
+    }
+    let nodesize = fs.sb.nodesize as u64;
+    let mut nodes = Vec::new();
+    fs.tree_blocks((fs.sb.log_root, fs.sb.log_root_level), &mut nodes)?;
+    let mut out = Vec::new();
+    for (_, bytenr, level) in log_roots(fs)? {
+        fs.tree_blocks((bytenr, level), &mut nodes)?;
+        fs.scan((bytenr, level), Key::MIN, Key::MAX, &mut |k, d| {
+            // A regular or preallocated extent (not inline) with an address.
+            if k.ty == EXTENT_DATA && d.len() >= 53 && d[20] != 0 && le64(d, 21) != 0 {
+                if out.len() >= MAX_ITEMS {
+                    return Err(corrupt("btrfs log names too many extents"));
+                }
+                out.push((le64(d, 21), le64(d, 29)));
+            }
+            Ok(true)
+        })?;
+    }
+    out.extend(nodes.into_iter().map(|at| (at, nodesize)));
+    Ok(out)
+}
+
+/// Replays every subvolume's log; `Ok(None)` when there is none.
+pub(super) fn replay(fs: &BtrfsFs) -> io::Result<Option<(BTreeMap<u64, Edits>, Replayed)>> {
+    if fs.sb.log_root == 0 {
+        return Ok(None);
+    }
+    let logs = log_roots(fs)?;
     let mut out = BTreeMap::new();
     let mut stats = Replayed::default();
     for (subvol, bytenr, level) in logs {
-        if level >= super::MAX_LEVEL {
-            return Err(corrupt("btrfs log tree level"));
-        }
         let mut items = Vec::new();
         let mut bytes = 0;
         fs.scan((bytenr, level), Key::MIN, Key::MAX, &mut |k, d| {

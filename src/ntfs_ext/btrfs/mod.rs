@@ -319,9 +319,10 @@ pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u6
 /// bytes (others, striped chunks, and all chunks when the extent tree cannot be read
 /// are kept whole). The first MiB, the superblock mirrors, and anything past the size
 /// each device's item gives are kept. Refused (an error) where the committed trees
-/// might not tell the whole story: an fsync log to replay, devices of different
-/// volumes or generations, a device missing or given twice, unknown incompatible
-/// features, a damaged primary superblock.
+/// might not tell the whole story: devices of different volumes or generations, a
+/// device missing or given twice, unknown incompatible features, a damaged primary
+/// superblock. An fsync log's tree blocks and the data extents it names are kept
+/// (its replay needs them); a log that cannot be read keeps every chunk whole.
 pub fn free_ranges_of(devs: &[Arc<dyn ReadAt>], label: &str) -> io::Result<Vec<Vec<(u64, u64)>>> {
     // Each device's superblock: its id and size as the filesystem sees it.
     let mut sbs = Vec::with_capacity(devs.len());
@@ -352,9 +353,6 @@ pub fn free_ranges_of(devs: &[Arc<dyn ReadAt>], label: &str) -> io::Result<Vec<V
             sb.num_devices,
             ids.len()
         )));
-    }
-    if sb.log_root != 0 {
-        return Err(corrupt(format!("{label}: an fsync log to replay")));
     }
     if sb.incompat & !INCOMPAT_KNOWN != 0 {
         return Err(corrupt(format!("{label}: unknown incompatible features")));
@@ -403,8 +401,13 @@ pub fn free_ranges_of(devs: &[Arc<dyn ReadAt>], label: &str) -> io::Result<Vec<V
     } else if compat_ro & !COMPAT_RO_ALLOC_KNOWN != 0 {
         Err(format!("read-only features {compat_ro:#x}"))
     } else {
-        fs.unused_in_chunks()
-            .map_err(|e| format!("the extent tree: {e}"))
+        // What an fsync log holds beyond the last commit is kept for its replay.
+        log::log_used(&fs)
+            .map_err(|e| format!("the fsync log: {e}"))
+            .and_then(|logged| {
+                fs.unused_in_chunks(&logged)
+                    .map_err(|e| format!("the extent tree: {e}"))
+            })
     };
     match inside {
         Ok(more) => {
@@ -1218,10 +1221,10 @@ impl BtrfsFs {
 
     /// Ranges (device id, offset, length) inside chunks keeping whole copies (single,
     /// DUP, RAID1, RAID1C3/4) that no extent item names, for [`free_ranges_of`]: per
-    /// block group, its logical range less its extents, where the group's `used`
-    /// count equals their bytes (else the group is logged and kept), mapped to each of
-    /// the chunk's stripes.
-    fn unused_in_chunks(&self) -> io::Result<Vec<(u64, u64, u64)>> {
+    /// block group, its logical range less its extents and the `logged` ranges,
+    /// where the group's `used` count equals its extents' bytes (else the group is
+    /// logged and kept), mapped to each of the chunk's stripes.
+    fn unused_in_chunks(&self, logged: &[(u64, u64)]) -> io::Result<Vec<(u64, u64, u64)>> {
         let nodesize = self.sb.nodesize as u64;
         // Extents in logical order, touching ones merged; block groups (start, length,
         // used).
@@ -1297,6 +1300,12 @@ impl BtrfsFs {
                 );
                 continue;
             }
+            // Also kept: what the fsync log holds here.
+            inside.extend(
+                logged
+                    .iter()
+                    .filter(|r| r.0 < end && start < r.0.saturating_add(r.1)),
+            );
             for (o, l) in crate::ntfs_ext::subtract(vec![(start, len)], inside) {
                 for &(devid, at) in &c.stripes {
                     out.push((devid, at + (o - start), l));
@@ -1304,6 +1313,34 @@ impl BtrfsFs {
             }
         }
         Ok(out)
+    }
+
+    /// Adds the address of every node of the tree at `root` (address, level) to `out`,
+    /// each checked as a scan checks it.
+    fn tree_blocks(&self, root: (u64, u8), out: &mut Vec<u64>) -> io::Result<()> {
+        let mut stack = vec![(root.0, root.1, None)];
+        let mut visits = 0;
+        while let Some((at, level, generation)) = stack.pop() {
+            visits += 1;
+            if visits > MAX_VISITS {
+                return Err(corrupt(format!(
+                    "{}: btrfs tree walk visits too many nodes",
+                    self.label
+                )));
+            }
+            let node = self.node(at, level)?;
+            if generation.is_some_and(|g| g != node.generation) {
+                return Err(self.bad_node(at, "generation differs from its parent's pointer"));
+            }
+            out.push(at);
+            if level > 0 {
+                stack.extend((0..node.n).map(|i| {
+                    let (child, g) = node.ptr(i);
+                    (child, level - 1, Some(g))
+                }));
+            }
+        }
+        Ok(())
     }
 
     fn tree(&self, id: u64) -> io::Result<(u64, u8)> {
