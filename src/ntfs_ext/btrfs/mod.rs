@@ -433,6 +433,93 @@ pub fn free_ranges_of(devs: &[Arc<dyn ReadAt>], label: &str) -> io::Result<Vec<V
     Ok(free)
 }
 
+/// Where the chunk-relative bytes `w..w + l`, free in the chunk, lie on its devices
+/// as (device id, offset, length) that may go unread: for single, DUP and RAID1*
+/// chunks on every copy; for RAID0 and RAID10 each stripe-length piece on the stripe
+/// (RAID10: every copy) holding it, as [`BtrfsFs::map`] places it; for RAID5/6 only
+/// whole rows, with their parity (restored, such a row is zeros, and so is the
+/// parity of zeros: the row stays consistent). Ranges that overflow are left out.
+fn stripe_ranges(c: &Chunk, w: u64, l: u64) -> Vec<(u64, u64, u64)> {
+    let n = c.stripes.len() as u64;
+    let mut out = Vec::new();
+    if c.ty & STRIPED == 0 || n == 1 {
+        for &(d, p) in &c.stripes {
+            if let Some(at) = p.checked_add(w) {
+                out.push((d, at, l));
+            }
+        }
+        return out;
+    }
+    let sl = c.stripe_len;
+    if sl == 0 || !sl.is_power_of_two() {
+        return out;
+    }
+    let sub = if c.ty & RAID10 != 0 {
+        c.sub_stripes.clamp(1, n)
+    } else {
+        1
+    };
+    let data = if c.ty & RAID10 != 0 {
+        n / sub
+    } else if c.ty & RAID6 != 0 {
+        n.saturating_sub(2)
+    } else if c.ty & RAID5 != 0 {
+        n.saturating_sub(1)
+    } else {
+        n
+    };
+    let Some(row_bytes) = sl.checked_mul(data).filter(|&b| b > 0) else {
+        return out;
+    };
+    let Some(end) = w.checked_add(l) else {
+        return out;
+    };
+    // Rows wholly free: every stripe, parity too.
+    let (full_a, full_b) = (w.div_ceil(row_bytes), end / row_bytes);
+    if full_b > full_a {
+        for &(d, p) in &c.stripes {
+            let at = full_a.checked_mul(sl).and_then(|x| x.checked_add(p));
+            if let Some(at) = at {
+                out.push((d, at, (full_b - full_a) * sl));
+            }
+        }
+    }
+    if c.ty & (RAID5 | RAID6) != 0 {
+        return out;
+    }
+    // What lies in rows partly free, piece by piece (at most two rows' worth).
+    let mut pieces = |a: u64, b: u64| {
+        let mut x = a;
+        while x < b {
+            let (nr, within) = (x / sl, x % sl);
+            let take = (sl - within).min(b - x);
+            let (first, row) = if c.ty & RAID10 != 0 {
+                ((nr % data) * sub, nr / data)
+            } else {
+                (nr % n, nr / n)
+            };
+            for i in first..(first + sub).min(n) {
+                let (d, p) = c.stripes[i as usize];
+                let at = row
+                    .checked_mul(sl)
+                    .and_then(|r| r.checked_add(within))
+                    .and_then(|r| r.checked_add(p));
+                if let Some(at) = at {
+                    out.push((d, at, take));
+                }
+            }
+            x += take;
+        }
+    };
+    if full_b > full_a {
+        pieces(w, full_a * row_bytes);
+        pieces(full_b * row_bytes, end);
+    } else {
+        pieces(w, end);
+    }
+    out
+}
+
 /// The filesystem id of a btrfs volume spanning devices, for grouping its devices.
 pub fn fsid(dev: &dyn ReadAt) -> Option<[u8; 16]> {
     let mut b = [0u8; 0x30];
@@ -1219,11 +1306,11 @@ impl BtrfsFs {
         Ok(r)
     }
 
-    /// Ranges (device id, offset, length) inside chunks keeping whole copies (single,
-    /// DUP, RAID1, RAID1C3/4) that no extent item names, for [`free_ranges_of`]: per
-    /// block group, its logical range less its extents and the `logged` ranges,
-    /// where the group's `used` count equals its extents' bytes (else the group is
-    /// logged and kept), mapped to each of the chunk's stripes.
+    /// Ranges (device id, offset, length) inside chunks that no extent item names,
+    /// for [`free_ranges_of`]: per block group, its logical range less its extents and
+    /// the `logged` ranges, where the group's `used` count equals its extents' bytes
+    /// (else the group is logged and kept), mapped onto the chunk's devices by
+    /// [`stripe_ranges`].
     fn unused_in_chunks(&self, logged: &[(u64, u64)]) -> io::Result<Vec<(u64, u64, u64)>> {
         let nodesize = self.sb.nodesize as u64;
         // Extents in logical order, touching ones merged; block groups (start, length,
@@ -1289,7 +1376,7 @@ impl BtrfsFs {
                 i += 1;
             }
             let sum: u64 = inside.iter().map(|r| r.1).sum();
-            let Some(c) = chunk.filter(|c| c.ty & STRIPED == 0) else {
+            let Some(c) = chunk else {
                 continue;
             };
             if crosses || sum != used {
@@ -1307,9 +1394,7 @@ impl BtrfsFs {
                     .filter(|r| r.0 < end && start < r.0.saturating_add(r.1)),
             );
             for (o, l) in crate::ntfs_ext::subtract(vec![(start, len)], inside) {
-                for &(devid, at) in &c.stripes {
-                    out.push((devid, at + (o - start), l));
-                }
+                out.extend(stripe_ranges(c, o - start, l));
             }
         }
         Ok(out)
