@@ -971,6 +971,11 @@ fn btrfs_raid5_data_over_three_devices() {
 }
 
 #[test]
+fn btrfs_raid6_data_over_four_devices() {
+    multi_device("raid6", 4, "raid6", "raid1c3", false);
+}
+
+#[test]
 fn btrfs_raid1_reads_from_one_device_alone() {
     multi_device("raid1", 2, "raid1", "raid1", true);
 }
