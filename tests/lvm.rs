@@ -1453,3 +1453,89 @@ fn cloned_disks_show_their_own_lvs() {
         m.log_text()
     );
 }
+
+/// LUKS inside an LV (an encrypted data LV, a VM's encrypted disk): with the
+/// passphrase, the LV's directory shows the plaintext's tree and the device's `luks/`
+/// lists the plaintext, byte for byte the bytes cryptsetup encrypted in place
+/// (`cryptsetup reencrypt --encrypt` of a known ext4, then written where `lvs`
+/// places the LV).
+#[test]
+fn luks_inside_an_lv_opens() {
+    let name = "luks_inside_an_lv_opens";
+    if !have_lvm(name) || !have_tool("cryptsetup", "cryptsetup-bin", name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(96);
+    let disk = t.path().join("d.img");
+    File::create(&disk).unwrap().set_len(32 << 20).unwrap();
+    let mut loops = Loops::default();
+    let Some(pv) = loops.attach(&disk, 0, 32 << 20) else {
+        eprintln!("SKIP {name}: no loop devices");
+        return;
+    };
+    let lv = ext4_in_one_lv(&pv, "dslk", "secret", 16, 4, t.path(), &mut rng);
+    // An ext4 of 12 MiB in 16, encrypted in place: the header takes the last 4 MiB's
+    // room, the plaintext is the first 12 MiB.
+    let (src, plain) = (t.path().join("src-luks"), t.path().join("plain.img"));
+    ext4_image(&src, &plain, 10, 12 << 20, &mut rng);
+    let luks = t.path().join("luks.img");
+    std::fs::copy(&plain, &luks).unwrap();
+    File::options()
+        .write(true)
+        .open(&luks)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let key = t.path().join("key");
+    std::fs::write(&key, b"lv passphrase").unwrap();
+    let enc = Command::new("cryptsetup")
+        .args(["reencrypt", "--batch-mode", "--encrypt", "--type", "luks2"])
+        .args(["--reduce-device-size", "4M", "--key-file", s(&key)])
+        .args([
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            s(&luks),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        enc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enc.stderr)
+    );
+    let uuid = tool("cryptsetup", &["luksUUID", s(&luks)]).unwrap();
+    write_lv(
+        &lv.segs,
+        &std::fs::read(&luks).unwrap(),
+        &BTreeMap::from([(pv.clone(), lv.pe_start)]),
+        1 << 20,
+    );
+    drop(loops);
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("d={}", s(&disk))]);
+    let m = Mounted::new(&safe, t.path(), &["--key-file", s(&key)]);
+    let dir = m.dir.join("1/d");
+    same_tree(
+        &tree_digest(&dir.join(format!("lvm/{}-secret", lv.vg))),
+        &tree_digest(&src),
+        "the tree inside the encrypted LV",
+    );
+    // The data moved behind the header: what cryptsetup encrypted, the first 12 MiB
+    // of the plaintext, is the ext4 (the rest of the data area holds what was left
+    // behind, never encrypted).
+    let got = std::fs::read(dir.join(format!("luks/luks-{uuid}.img"))).unwrap();
+    let want = std::fs::read(&plain).unwrap();
+    assert!(
+        got.len() >= want.len() && got[..want.len()] == want[..],
+        "the plaintext, byte for byte ({} bytes)",
+        got.len()
+    );
+    assert_eq!(
+        sha256_file(&dir.join(format!("lvm/{}-secret.img", lv.vg))),
+        sha256_file(&luks),
+        "the LV itself stays the ciphertext"
+    );
+}

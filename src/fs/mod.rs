@@ -800,14 +800,15 @@ impl SafeFs {
 
     /// The LUKS volumes of a point a passphrase opened (scanned once): device, name
     /// (`luks-UUID`) and plaintext, for each of [`Self::point_md_volumes`] (an
-    /// assembled array's under each member's device).
+    /// assembled array's under each member's device) and each LV (under the devices
+    /// holding its extents).
     fn point_luks(&self, point: i64) -> Arc<Vec<OpenLuks>> {
         if let Some(l) = self.luks.lock().unwrap().get(&point) {
             return l.clone();
         }
         let mut out: Vec<OpenLuks> = Vec::new();
-        for (devs, _, vol) in self.point_md_volumes(point) {
-            if let crate::volumes::luks::Opened::Open(plain) = self.opts.keyring.open(&vol) {
+        let mut add = |devs: Vec<i64>, vol: &Arc<dyn ReadAt>| {
+            if let crate::volumes::luks::Opened::Open(plain) = self.opts.keyring.open(vol) {
                 // A hostile header's UUID must still make one plain file name.
                 let uuid: String = plain
                     .uuid()
@@ -825,6 +826,30 @@ impl SafeFs {
                     if !out.iter().any(|l| l.0 == dev && l.1 == name) {
                         out.push((dev, name.clone(), plain.clone()));
                     }
+                }
+            }
+        };
+        for (devs, _, vol) in self.point_md_volumes(point) {
+            add(devs, &vol);
+        }
+        // LUKS in an LV (an encrypted LV, a VM's encrypted disk): under the devices
+        // holding the LV's extents.
+        let lvm = self.point_lvm(point);
+        for f in &lvm.vgs {
+            for lv in f.vg.lvs.iter().filter(|l| l.visible && !l.is_pool()) {
+                if lv.unsupported().is_some() {
+                    continue;
+                }
+                let mut devs: Vec<i64> = crate::volumes::lvm::lv_pvs(&f.vg, lv)
+                    .iter()
+                    .filter_map(|&i| f.vg.pvs.get(i).and_then(|pv| f.pvs.get(&pv.uuid)))
+                    .flat_map(|pv| pv.devs.iter().copied())
+                    .filter(|d| f.only.is_none_or(|o| o == *d))
+                    .collect();
+                devs.sort_unstable();
+                devs.dedup();
+                if let Some(vol) = self.lv_volume(point, &f.key, &lv.name) {
+                    add(devs, &vol);
                 }
             }
         }
