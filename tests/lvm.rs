@@ -712,21 +712,41 @@ fn a_pv_on_an_md_raid1_member_is_found() {
     drop(f);
     let exam = tool("mdadm", &["--examine", s(&stale)]).expect("mdadm --examine");
     assert!(exam.contains("Events : 12"), "{exam}");
+    // Its replacement, rebuilt and current: the same PV, found on both current
+    // members, is one PV (not two clones), its LVs under both members' devices.
+    let fresh = t.path().join("sdc.img");
+    std::fs::copy(&member, &fresh).unwrap();
+    let mut sb_c = sb.clone();
+    md_set_state(&mut sb_c, &state(20, 1));
+    File::options()
+        .write(true)
+        .open(&fresh)
+        .unwrap()
+        .write_all_at(&sb_c, 4096)
+        .unwrap();
     let safe = t.path().join("safe");
     backup(&[
         s(&safe),
         &format!("sda={}", s(&member)),
         &format!("sdb={}", s(&stale)),
+        &format!("sdc={}", s(&fresh)),
     ]);
-    let m = Mounted::new(&safe, t.path(), &[]);
-    same_tree(
-        &tree_digest(&m.dir.join(format!("1/sda/lvm/{vg}-root"))),
-        &tree_digest(&src),
-        "the LV on the array",
-    );
+    let m = Mounted::logging(&safe, t.path(), &[], "warn");
+    for dev in ["sda", "sdc"] {
+        same_tree(
+            &tree_digest(&m.dir.join(format!("1/{dev}/lvm/{vg}-root"))),
+            &tree_digest(&src),
+            &format!("the LV on the array, under {dev}"),
+        );
+    }
     assert!(
         !m.dir.join("1/sdb/lvm").exists(),
         "the stale member holds no PV of the point"
+    );
+    assert!(
+        !m.log_text().contains("found more than once"),
+        "a RAID1 pair is no clone:\n{}",
+        m.log_text()
     );
 }
 

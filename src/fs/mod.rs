@@ -174,8 +174,9 @@ enum MdView {
     /// No md member: the volume is read as it is.
     Plain,
     /// A member holding a whole, current copy of the array: its data, the array's
-    /// name, and whether the data starts at the member's start (0.90, 1.0).
-    Array(Arc<dyn ReadAt>, String, bool),
+    /// name, whether the data starts at the member's start (0.90, 1.0), and the
+    /// array's UUID.
+    Array(Arc<dyn ReadAt>, String, bool, [u8; 16]),
     /// A member whose bytes are not the array's as it stands (logged): neither it
     /// nor its data is read as a filesystem or a PV.
     NotRead,
@@ -257,6 +258,11 @@ impl Image {
         }
     }
 }
+
+/// A volume of a point: the devices holding it, a name for the log, its bytes, and,
+/// for an md RAID1 member's copy of its array (or a partition in it), the array's
+/// UUID: the same bytes as every other current member's, not a clone.
+type PointVol = (Vec<i64>, String, Arc<dyn ReadAt>, Option<[u8; 16]>);
 
 /// A device or a partition on it (by number): its device, partition, a name for the
 /// log, and its bytes.
@@ -735,7 +741,7 @@ impl SafeFs {
                 ));
                 MdView::NotRead
             }
-            None => MdView::Array(m.data(vol), m.name, m.offset == 0),
+            None => MdView::Array(m.data(vol), m.name, m.offset == 0, m.array),
         }
     }
 
@@ -745,54 +751,56 @@ impl SafeFs {
     /// once) and the partitions in it, and every assembled array and its partitions
     /// (held by each member's device). Members whose copy is not the array's are left
     /// out.
-    fn point_md_volumes(&self, point: i64) -> Vec<(Vec<i64>, String, Arc<dyn ReadAt>)> {
-        let mut found: Vec<(Vec<i64>, String, Arc<dyn ReadAt>)> = Vec::new();
+    fn point_md_volumes(&self, point: i64) -> Vec<PointVol> {
+        let mut found: Vec<PointVol> = Vec::new();
         // An md array's data is a volume too (an LVM PV on md, say), and so is each
         // partition in it.
         fn with_parts(
-            found: &mut Vec<(Vec<i64>, String, Arc<dyn ReadAt>)>,
+            found: &mut Vec<PointVol>,
             devs: Vec<i64>,
             what: String,
             vol: Arc<dyn ReadAt>,
             parts: bool,
+            mirror: Option<[u8; 16]>,
         ) {
             if parts {
                 for (k, part) in partitions_of(&vol) {
-                    found.push((devs.clone(), format!("{what}, partition {k}"), part));
+                    let what = format!("{what}, partition {k}");
+                    found.push((devs.clone(), what, part, mirror));
                 }
             }
-            found.push((devs, what, vol));
+            found.push((devs, what, vol, mirror));
         }
         for (dev, part, what, vol) in self.point_devices_and_parts(point) {
             match self.md_view(point, &vol, &format!("point {point}, {what}")) {
-                MdView::Plain => found.push((vec![dev], what, vol)),
-                MdView::Array(inner, name, at_start) => {
+                MdView::Plain => found.push((vec![dev], what, vol, None)),
+                MdView::Array(inner, name, at_start, array) => {
                     // A whole disk whose array data starts at its start: the disk's
                     // own partitions (listed already) are the array's.
                     let listed = at_start && part.is_none() && !partitions_of(&vol).is_empty();
                     let what = format!("{what}, md array {name}");
-                    with_parts(&mut found, vec![dev], what, inner, !listed)
+                    with_parts(&mut found, vec![dev], what, inner, !listed, Some(array))
                 }
                 MdView::NotRead => {}
             }
         }
         for (name, devs, a) in &self.point_md(point).assembled {
             let what = format!("md array {name}");
-            with_parts(&mut found, devs.clone(), what, a.clone(), true);
+            with_parts(&mut found, devs.clone(), what, a.clone(), true, None);
         }
         found
     }
 
     /// Every volume of a point that may be a PV ([`Self::point_md_volumes`]), an
     /// opened LUKS volume's plaintext in place of its ciphertext.
-    fn point_volumes(&self, point: i64) -> Vec<(Vec<i64>, String, Arc<dyn ReadAt>)> {
+    fn point_volumes(&self, point: i64) -> Vec<PointVol> {
         let mut out = Vec::new();
-        for (devs, what, vol) in self.point_md_volumes(point) {
+        for (devs, what, vol, mirror) in self.point_md_volumes(point) {
             // An opened LUKS volume (encrypted LVM, say) in place of its ciphertext.
             match self.luks_view(&vol, &format!("point {point}, {what}")) {
-                Some(Some(plain)) => out.push((devs, format!("{what}, opened"), plain)),
+                Some(Some(plain)) => out.push((devs, format!("{what}, opened"), plain, mirror)),
                 Some(None) => {}
-                None => out.push((devs, what, vol)),
+                None => out.push((devs, what, vol, mirror)),
             }
         }
         out
@@ -829,7 +837,7 @@ impl SafeFs {
                 }
             }
         };
-        for (devs, _, vol) in self.point_md_volumes(point) {
+        for (devs, _, vol, _) in self.point_md_volumes(point) {
             add(devs, &vol);
         }
         // LUKS in an LV (an encrypted LV, a VM's encrypted disk): under the devices
@@ -885,9 +893,12 @@ impl SafeFs {
             return l.clone();
         }
         use crate::volumes::lvm;
-        // Every PV found: UUID, devices, volume, and the metadata it holds.
+        // Every PV found: UUID, devices, volume, and the metadata it holds. The copies
+        // of one PV on the current members of an md RAID1 array are one PV, held by
+        // every member's device.
         let mut finds: Vec<(String, FoundPv, Option<lvm::Vg>)> = Vec::new();
-        for (devs, what, vol) in self.point_volumes(point) {
+        let mut mirrors: Vec<(String, [u8; 16], usize)> = Vec::new();
+        for (devs, what, vol, mirror) in self.point_volumes(point) {
             let label = match lvm::read_label(&*vol) {
                 Ok(Some(l)) => l,
                 Ok(None) => continue,
@@ -903,6 +914,14 @@ impl SafeFs {
                     None
                 }
             };
+            if let Some(array) = mirror {
+                let seen = mirrors.iter().find(|m| m.0 == label.uuid && m.1 == array);
+                if let Some(&(_, _, i)) = seen {
+                    finds[i].1.devs.extend(devs);
+                    continue;
+                }
+                mirrors.push((label.uuid.clone(), array, finds.len()));
+            }
             finds.push((label.uuid, FoundPv { devs, vol }, vg));
         }
         let mut ids: Vec<&str> = finds
@@ -1459,7 +1478,7 @@ impl SafeFs {
         };
         // A btrfs volume spanning devices finds the others among the point's volumes.
         let members = if crate::ntfs_ext::btrfs::spans_devices(&*vol) {
-            let all = self.point_volumes(point).into_iter().map(|(_, _, v)| v);
+            let all = self.point_volumes(point).into_iter().map(|v| v.2);
             crate::ntfs_ext::Members(all.collect())
         } else {
             crate::ntfs_ext::Members::default()
