@@ -76,6 +76,9 @@ enum Cmd {
         /// taken of) and write only the blocks that differ from the point.
         #[arg(long)]
         only_differing: bool,
+        /// Write only partition K of the device (numbered as the mount's partK.img).
+        #[arg(long, value_name = "K")]
+        partition: Option<u32>,
     },
     /// Mount every recovery point read-only through FUSE.
     Mount {
@@ -275,10 +278,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             device,
             output,
             only_differing,
+            partition,
         } => {
             let opts = disksafe::restore::RestoreOptions {
                 only_differing,
                 progress: std::io::stderr().is_terminal(),
+                partition,
             };
             let n = disksafe::restore::restore(&safe, &point, &device, &output, opts)?;
             if only_differing {

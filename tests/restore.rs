@@ -36,9 +36,12 @@ fn differing_bytes(want: &[u8], got: &[u8]) -> u64 {
         .sum()
 }
 
-/// Runs `restore --only-differing`; the bytes it reports written.
-fn restore_differing(safe: &Path, dev: &str, out: &str) -> u64 {
-    let o = ds(&["restore", s(safe), "1", dev, out, "--only-differing"]);
+/// Runs `restore --only-differing` of point 1 with `extra` arguments; the bytes it
+/// reports written.
+fn restore_differing_with(safe: &Path, dev: &str, out: &str, extra: &[&str]) -> u64 {
+    let mut args = vec!["restore", s(safe), "1", dev, out, "--only-differing"];
+    args.extend_from_slice(extra);
+    let o = ds(&args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     err.split(" (")
@@ -46,6 +49,11 @@ fn restore_differing(safe: &Path, dev: &str, out: &str) -> u64 {
         .and_then(|t| t.split(" bytes)").next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no byte count in {err:?}"))
+}
+
+/// [`restore_differing_with`] without extra arguments.
+fn restore_differing(safe: &Path, dev: &str, out: &str) -> u64 {
+    restore_differing_with(safe, dev, out, &[])
 }
 
 #[test]
@@ -168,4 +176,83 @@ fn only_differing_needs_an_existing_output() {
     let err = fails(&["restore", s(&safe), "1", "a", s(&none), "--only-differing"]);
     assert!(err.contains("does not exist"), "{err}");
     assert!(!none.exists(), "nothing created");
+}
+
+/// `--partition K` writes one partition's bytes, as `sfdisk` places it: a primary
+/// starting off the safe's 64 KiB block grid (sector 2049), an aligned one, and a
+/// logical one in an extended partition; with `--only-differing` onto a changed copy
+/// of the partition, only the differing pieces (the safe's blocks cut at the
+/// partition's edges) are written. Asking for a partition that is not there, or on a
+/// device without a table, fails naming what there is.
+#[test]
+fn one_partition_restores_as_sfdisk_places_it() {
+    if !have_tool(
+        "sfdisk",
+        "fdisk",
+        "one_partition_restores_as_sfdisk_places_it",
+    ) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(113);
+    let disk = t.path().join("disk.img");
+    make_image(&disk, 24 << 20, &mut rng);
+    sfdisk_script(
+        &disk,
+        "label: dos\nstart=2049, size=4000, type=83\nstart=8192, size=16384, type=83\nstart=26624, type=5\nstart=28672, size=4096, type=83\n",
+    );
+    let parts = sfdisk_parts(&disk);
+    let plain = t.path().join("plain.img");
+    make_image(&plain, 1 << 20, &mut rng);
+    let safe = t.path().join("safe");
+    backup(&[
+        s(&safe),
+        &format!("d={}", s(&disk)),
+        &format!("p={}", s(&plain)),
+    ]);
+    let want_all = std::fs::read(&disk).unwrap();
+    for k in [1u32, 2, 5] {
+        let &(_, start, len) = parts.iter().find(|p| p.0 == k).unwrap();
+        let out = t.path().join(format!("part{k}.img"));
+        ok(&[
+            "restore",
+            s(&safe),
+            "1",
+            "d",
+            s(&out),
+            "--partition",
+            &k.to_string(),
+        ]);
+        assert_eq!(
+            sha256_file(&out),
+            sha256_slice(&disk, start, len),
+            "partition {k}, as sfdisk places it"
+        );
+    }
+
+    // Partition 1 changed, then brought back writing only what differs.
+    let &(_, start, len) = parts.iter().find(|p| p.0 == 1).unwrap();
+    let out = t.path().join("part1.img");
+    mutate(&out, 12, 8 << 10, &mut rng);
+    let got = std::fs::read(&out).unwrap();
+    let want = &want_all[start as usize..(start + len) as usize];
+    let grid = 64u64 << 10;
+    let mut expect = 0;
+    let mut at = start;
+    while at < start + len {
+        let next = ((at / grid + 1) * grid).min(start + len);
+        let (a, b) = ((at - start) as usize, (next - start) as usize);
+        if want[a..b] != got[a..b] {
+            expect += (b - a) as u64;
+        }
+        at = next;
+    }
+    let written = restore_differing_with(&safe, "d", s(&out), &["--partition", "1"]);
+    assert_eq!(written, expect, "the differing pieces written");
+    assert_eq!(sha256_file(&out), sha256_slice(&disk, start, len));
+
+    let err = fails(&["restore", s(&safe), "1", "d", "-", "--partition", "9"]);
+    assert!(err.contains("no partition 9 (it has 1, 2"), "{err}");
+    let err = fails(&["restore", s(&safe), "1", "p", "-", "--partition", "1"]);
+    assert!(err.contains("has no partition table"), "{err}");
 }
