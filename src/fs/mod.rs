@@ -169,6 +169,16 @@ enum MdAt {
 /// An opened LUKS volume of a point: its device, name (`luks-UUID`) and plaintext.
 type OpenLuks = (i64, String, Arc<dyn ReadAt>);
 
+/// What a LUKS header on a volume says about reading it.
+enum LuksView {
+    /// No LUKS volume: read as it is.
+    Plain,
+    /// Opened by a passphrase: its plaintext is read instead.
+    Open(Arc<dyn ReadAt>),
+    /// A LUKS volume no passphrase given opens: nothing inside is read.
+    Locked,
+}
+
 /// What an md superblock on a volume says about reading it.
 enum MdView {
     /// No md member: the volume is read as it is.
@@ -798,9 +808,9 @@ impl SafeFs {
         for (devs, what, vol, mirror) in self.point_md_volumes(point) {
             // An opened LUKS volume (encrypted LVM, say) in place of its ciphertext.
             match self.luks_view(&vol, &format!("point {point}, {what}")) {
-                Some(Some(plain)) => out.push((devs, format!("{what}, opened"), plain, mirror)),
-                Some(None) => {}
-                None => out.push((devs, what, vol, mirror)),
+                LuksView::Open(plain) => out.push((devs, format!("{what}, opened"), plain, mirror)),
+                LuksView::Locked => {}
+                LuksView::Plain => out.push((devs, what, vol, mirror)),
             }
         }
         out
@@ -866,16 +876,16 @@ impl SafeFs {
         out
     }
 
-    /// `None` when `vol` is no LUKS volume; its plaintext when the keyring opens it;
-    /// `Some(None)` when it stays locked (logged, `what` naming it).
-    fn luks_view(&self, vol: &Arc<dyn ReadAt>, what: &str) -> Option<Option<Arc<dyn ReadAt>>> {
+    /// How to read `vol` when it may be a LUKS volume ([`LuksView`]); a locked one is
+    /// logged once, `what` naming it.
+    fn luks_view(&self, vol: &Arc<dyn ReadAt>, what: &str) -> LuksView {
         use crate::volumes::luks::Opened;
         match self.opts.keyring.open(vol) {
-            Opened::NotLuks => None,
-            Opened::Open(plain) => Some(Some(plain as Arc<dyn ReadAt>)),
+            Opened::NotLuks => LuksView::Plain,
+            Opened::Open(plain) => LuksView::Open(plain),
             Opened::Locked(why) => {
                 self.warn_once(format!("{what}: {why}; its contents are not shown"));
-                Some(None)
+                LuksView::Locked
             }
         }
     }
@@ -1469,9 +1479,9 @@ impl SafeFs {
         };
         // An encrypted volume shows its plaintext's tree once a passphrase opens it.
         let vol = match self.luks_view(&vol, &label) {
-            None => vol,
-            Some(Some(plain)) => plain,
-            Some(None) => {
+            LuksView::Plain => vol,
+            LuksView::Open(plain) => plain,
+            LuksView::Locked => {
                 self.tree_ids.lock().unwrap().insert(key, None);
                 return None;
             }
