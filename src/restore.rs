@@ -151,8 +151,6 @@ pub fn restore(
     };
     let end = base + size;
     let mut out = open_output(output, size, opts.only_differing)?;
-    // The output's bytes where a decoded run lies (`only_differing`).
-    let mut current: Vec<u8> = Vec::new();
     let bar = if opts.progress {
         let b = indicatif::ProgressBar::new(size);
         b.set_style(
@@ -172,9 +170,48 @@ pub fn restore(
     };
     let (tx, rx) = sync_channel::<anyhow::Result<Decoded>>(2);
     let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(4);
+    // With `only_differing`, a thread reads the output ahead, run by run, while the
+    // runs are decoded: its buffers hold the output's bytes at the decoded buffers'
+    // offsets.
+    let (cur_tx, cur_rx) = sync_channel::<anyhow::Result<Vec<u8>>>(2);
+    let reader = match &out {
+        Out::File { f, sparse, .. } if opts.only_differing => Some((
+            f.try_clone().with_context(|| format!("output {output}"))?,
+            *sparse,
+        )),
+        _ => None,
+    };
     let result = std::thread::scope(|s| -> anyhow::Result<Restored> {
+        // Owned here, so that a writer failing early (a full output) drops them and
+        // the threads feeding them stop instead of waiting to send for ever.
+        let (rx, cur_rx) = (rx, cur_rx);
         let safe = &safe;
         let d = &d;
+        if let Some((f, sparse)) = reader {
+            s.spawn(move || {
+                let nblocks = end.div_ceil(bs);
+                let mut first = base / bs;
+                while first < nblocks {
+                    let n = CHUNK_BLOCKS.min(nblocks - first);
+                    let off = first * bs;
+                    let len = (n * bs).min(d.size - off);
+                    let mut buf = vec![0u8; len as usize];
+                    let (lo, hi) = (base.saturating_sub(off).min(len), (end - off).min(len));
+                    let r = read_output(
+                        &f,
+                        sparse,
+                        &mut buf[lo as usize..hi as usize],
+                        off + lo - base,
+                    )
+                    .map(|()| buf);
+                    let failed = r.is_err();
+                    if cur_tx.send(r).is_err() || failed {
+                        return;
+                    }
+                    first += n;
+                }
+            });
+        }
         s.spawn(move || {
             let nblocks = end.div_ceil(bs);
             let mut first = base / bs;
@@ -208,7 +245,11 @@ pub fn restore(
                     done.written += here;
                 }
                 Out::File { f, sparse, .. } if opts.only_differing => {
-                    done.written += write_differing(f, *sparse, &w, bs, &mut current)
+                    let current = cur_rx
+                        .recv()
+                        .context("the output's reader stopped")?
+                        .with_context(|| format!("output {output}"))?;
+                    done.written += write_differing(f, *sparse, &w, bs, &current)
                         .with_context(|| format!("output {output}"))?;
                 }
                 Out::File { f, sparse, .. } => {
@@ -282,32 +323,40 @@ pub fn restore(
     })
 }
 
-/// Writes the blocks of the window `w` whose bytes differ from `f`'s there (a regular
-/// file reads as zeros past its end, as the final resize leaves it); in a `sparse`
-/// file a zero block is punched out instead, or written where the filesystem cannot
-/// punch. Returns the bytes written or punched.
+/// Fills `buf` with the output's bytes from offset `at`; a regular (`sparse`) file
+/// reads as zeros past its end, as the final resize leaves it.
+fn read_output(f: &File, sparse: bool, buf: &mut [u8], at: u64) -> anyhow::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let pos = at + got as u64;
+        match f.read_at(&mut buf[got..], pos) {
+            Ok(0) if sparse => {
+                buf[got..].fill(0);
+                break;
+            }
+            Ok(0) => bail!("ended at byte {pos} while being compared"),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).with_context(|| format!("reading at byte {pos}")),
+        }
+    }
+    Ok(())
+}
+
+/// Writes the blocks of the window `w` whose bytes differ from `current` (the
+/// output's bytes there, at the decoded buffer's offsets); in a `sparse` file a zero
+/// block is punched out instead, or written where the filesystem cannot punch.
+/// Returns the bytes written or punched.
 fn write_differing(
     f: &File,
     sparse: bool,
     w: &Window,
     bs: u64,
-    current: &mut Vec<u8>,
+    current: &[u8],
 ) -> anyhow::Result<u64> {
     let dec = w.dec;
     let data = &dec.buf[..dec.len];
-    // The output's bytes at the window, at the same buffer offsets as `data`'s.
-    current.clear();
-    current.resize(dec.len, 0);
-    let mut got = w.lo;
-    while got < w.hi {
-        match f.read_at(&mut current[got..w.hi], w.out_at(got)) {
-            Ok(0) if sparse => break,
-            Ok(0) => bail!("ended at byte {} while being compared", w.out_at(got)),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).with_context(|| format!("reading at byte {}", w.out_at(got))),
-        }
-    }
+    anyhow::ensure!(current.len() == dec.len, "compared runs out of step");
     let bs = bs as usize;
     let differs = |i: usize| {
         let r = w.block(i, bs);

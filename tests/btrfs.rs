@@ -927,8 +927,10 @@ fn multi_device(name: &str, n: usize, data: &str, meta: &str, alone: bool) {
         o += &format!(",device={d}");
     }
     assert!(run("mount", &["-t", "btrfs", "-o", &o, &devs[0], s(&kmnt)]));
-    let got = view(&kmnt);
+    // Unmounted even when reading fails, so a failing test leaves no mount behind.
+    let got = std::panic::catch_unwind(|| view(&kmnt));
     assert!(run("umount", &[s(&kmnt)]));
+    let got = got.unwrap_or_else(|e| std::panic::resume_unwind(e));
     // The kernel's scrub reads every extent on every device against its checksum,
     // and RAID5 parity against its data: nothing left out was in use.
     let rw = o.replacen("ro", "rw", 1);

@@ -256,3 +256,44 @@ fn one_partition_restores_as_sfdisk_places_it() {
     let err = fails(&["restore", s(&safe), "1", "p", "-", "--partition", "1"]);
     assert!(err.contains("has no partition table"), "{err}");
 }
+
+/// A restore whose output fills up fails at once with the system's reason, removes
+/// the partial file it created, and never hangs (it did: the decoding thread waited
+/// for ever to hand over its next run). The output is a 4 MiB tmpfs; `timeout` is the
+/// oracle for the hang.
+#[test]
+fn a_full_output_fails_cleanly() {
+    if !is_root() {
+        eprintln!("SKIP a_full_output_fails_cleanly: needs root for a small tmpfs");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(114);
+    let src = t.path().join("a.img");
+    let mut data = vec![0u8; 16 << 20];
+    rng.fill(&mut data[..]);
+    std::fs::write(&src, &data).unwrap();
+    // 4 KiB blocks: many runs of decoded blocks, more than the hand-over holds.
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("a={}", s(&src)), "--block-size", "4K"]);
+    let small = t.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    assert!(run(
+        "mount",
+        &["-t", "tmpfs", "-o", "size=4M", "tmpfs", s(&small)]
+    ));
+    let out = small.join("out.img");
+    let o = std::process::Command::new("timeout")
+        .arg("60")
+        .arg(bin())
+        .args(["restore", s(&safe), "1", "a", s(&out)])
+        .output()
+        .unwrap();
+    let listed: Vec<_> = std::fs::read_dir(&small).unwrap().collect();
+    assert!(run("umount", &["-l", s(&small)]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "fails, no hang (124): {err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(listed.is_empty(), "the partial output is removed");
+}
