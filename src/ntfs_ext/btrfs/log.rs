@@ -87,10 +87,17 @@ pub(super) fn log_used(fs: &BtrfsFs) -> io::Result<Vec<(u64, u64)>> {
                 if out.len() >= MAX_ITEMS {
                     return Err(corrupt("btrfs log names too many extents"));
                 }
-                out.push((le64(d, 21), le64(d, 29)));
+                let (at, len) = (le64(d, 21), le64(d, 29));
+                if at.checked_add(len).is_none() {
+                    return Err(corrupt("btrfs logged extent past the address space"));
+                }
+                out.push((at, len));
             }
             Ok(true)
         })?;
+    }
+    if nodes.iter().any(|at| at.checked_add(nodesize).is_none()) {
+        return Err(corrupt("btrfs log node past the address space"));
     }
     out.extend(nodes.into_iter().map(|at| (at, nodesize)));
     Ok(out)

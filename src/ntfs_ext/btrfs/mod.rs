@@ -405,7 +405,7 @@ pub fn free_ranges_of(devs: &[Arc<dyn ReadAt>], label: &str) -> io::Result<Vec<V
         log::log_used(&fs)
             .map_err(|e| format!("the fsync log: {e}"))
             .and_then(|logged| {
-                fs.unused_in_chunks(&logged)
+                fs.unused_in_chunks(&crate::ntfs_ext::merged(logged))
                     .map_err(|e| format!("the extent tree: {e}"))
             })
     };
@@ -1308,7 +1308,7 @@ impl BtrfsFs {
 
     /// Ranges (device id, offset, length) inside chunks that no extent item names,
     /// for [`free_ranges_of`]: per block group, its logical range less its extents and
-    /// the `logged` ranges, where the group's `used` count equals its extents' bytes
+    /// the `logged` ranges (sorted, disjoint), where the group's `used` count equals its extents' bytes
     /// (else the group is logged and kept), mapped onto the chunk's devices by
     /// [`stripe_ranges`].
     fn unused_in_chunks(&self, logged: &[(u64, u64)]) -> io::Result<Vec<(u64, u64, u64)>> {
@@ -1387,14 +1387,17 @@ impl BtrfsFs {
                 );
                 continue;
             }
-            // Also kept: what the fsync log holds here.
-            inside.extend(
-                logged
-                    .iter()
-                    .filter(|r| r.0 < end && start < r.0.saturating_add(r.1)),
-            );
+            // Also kept: what the fsync log holds here (sorted, disjoint: the ranges
+            // reaching into the group are consecutive).
+            let from = logged.partition_point(|r| r.0.saturating_add(r.1) <= start);
+            inside.extend(logged[from..].iter().take_while(|r| r.0 < end));
             for (o, l) in crate::ntfs_ext::subtract(vec![(start, len)], inside) {
-                out.extend(stripe_ranges(c, o - start, l));
+                let on_devs = stripe_ranges(c, o - start, l);
+                out.extend(
+                    on_devs
+                        .into_iter()
+                        .filter(|r| r.1.checked_add(r.2).is_some()),
+                );
             }
         }
         Ok(out)
