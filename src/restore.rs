@@ -99,6 +99,34 @@ impl Window<'_> {
     }
 }
 
+/// The runs of blocks (first, count) that cover device bytes `base..end`, in order:
+/// what the decoder decodes and the output's reader reads, run for run.
+fn runs(base: u64, end: u64, bs: u64) -> impl Iterator<Item = (u64, u64)> {
+    let nblocks = end.div_ceil(bs);
+    let mut first = base / bs;
+    std::iter::from_fn(move || {
+        let n = CHUNK_BLOCKS.min(nblocks.checked_sub(first).filter(|&n| n > 0)?);
+        let run = (first, n);
+        first += n;
+        Some(run)
+    })
+}
+
+/// Bytes of the run of `n` blocks from block `first` on a device of `size` bytes (the
+/// last block may be partial).
+fn run_len(first: u64, n: u64, bs: u64, size: u64) -> usize {
+    (n * bs).min(size - first * bs) as usize
+}
+
+/// The part of a run (device offset `off`, `len` bytes) inside device bytes
+/// `base..end`, as offsets in the run.
+fn clip(off: u64, len: usize, base: u64, end: u64) -> (usize, usize) {
+    let len = len as u64;
+    let lo = base.saturating_sub(off).min(len);
+    let hi = end.saturating_sub(off).min(len);
+    (lo as usize, hi as usize)
+}
+
 /// Device byte range of partition `k` of device `d` at `point`, from its partition
 /// table read through the safe.
 fn partition_range(
@@ -189,34 +217,22 @@ pub fn restore(
         let d = &d;
         if let Some((f, sparse)) = reader {
             s.spawn(move || {
-                let nblocks = end.div_ceil(bs);
-                let mut first = base / bs;
-                while first < nblocks {
-                    let n = CHUNK_BLOCKS.min(nblocks - first);
+                for (first, n) in runs(base, end, bs) {
                     let off = first * bs;
-                    let len = (n * bs).min(d.size - off);
-                    let mut buf = vec![0u8; len as usize];
-                    let (lo, hi) = (base.saturating_sub(off).min(len), (end - off).min(len));
-                    let r = read_output(
-                        &f,
-                        sparse,
-                        &mut buf[lo as usize..hi as usize],
-                        off + lo - base,
-                    )
-                    .map(|()| buf);
+                    let len = run_len(first, n, bs, d.size);
+                    let mut buf = vec![0u8; len];
+                    let (lo, hi) = clip(off, len, base, end);
+                    let r = read_output(&f, sparse, &mut buf[lo..hi], off + lo as u64 - base)
+                        .map(|()| buf);
                     let failed = r.is_err();
                     if cur_tx.send(r).is_err() || failed {
                         return;
                     }
-                    first += n;
                 }
             });
         }
         s.spawn(move || {
-            let nblocks = end.div_ceil(bs);
-            let mut first = base / bs;
-            while first < nblocks {
-                let n = CHUNK_BLOCKS.min(nblocks - first);
+            for (first, n) in runs(base, end, bs) {
                 let mut buf = recycle_rx.try_recv().unwrap_or_default();
                 buf.resize((n * bs) as usize, 0);
                 let r = decode(safe, p.id, d, first, n, bs, buf);
@@ -224,17 +240,17 @@ pub fn restore(
                 if tx.send(r).is_err() || failed {
                     return;
                 }
-                first += n;
             }
         });
         let mut done = Restored::default();
         for r in rx.iter() {
             let dec = r?;
             let data = &dec.buf[..dec.len];
+            let (lo, hi) = clip(dec.off, dec.len, base, end);
             let w = Window {
                 dec: &dec,
-                lo: base.saturating_sub(dec.off).min(dec.len as u64) as usize,
-                hi: end.saturating_sub(dec.off).min(dec.len as u64) as usize,
+                lo,
+                hi,
                 base,
             };
             let here = w.hi.saturating_sub(w.lo) as u64;
@@ -495,7 +511,7 @@ fn decode(
             },
         )?;
     let off = first * bs;
-    let len = ((n * bs).min(d.size - off)) as usize;
+    let len = run_len(first, n, bs, d.size);
     Ok(Decoded {
         off,
         len,

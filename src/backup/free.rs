@@ -327,8 +327,8 @@ impl Finder {
         if let Some(free) = self.lvm(&vol, what, depth, base) {
             return free;
         }
-        if let (Some(base), true) = (base, crate::ntfs_ext::btrfs::spans_devices(&*vol)) {
-            if let Some(fsid) = crate::ntfs_ext::btrfs::fsid(&*vol) {
+        if let Some(base) = base {
+            if let Some(fsid) = crate::ntfs_ext::btrfs::spanning_fsid(&*vol) {
                 // Searched with its other devices, once all devices are.
                 self.known += 1;
                 self.btrfs.push(SpreadBtrfs {
@@ -433,16 +433,8 @@ impl Finder {
         devices: &[(String, Arc<dyn ReadAt>)],
         bytes: &mut [Vec<(u64, u64)>],
     ) {
-        let mut done: Vec<[u8; 16]> = Vec::new();
-        for s in striped {
-            if done.contains(&s.member.array) {
-                continue;
-            }
-            done.push(s.member.array);
-            let group: Vec<&Striped> = striped
-                .iter()
-                .filter(|x| x.member.array == s.member.array)
-                .collect();
+        for group in grouped(striped, |x| x.member.array) {
+            let s = group[0];
             let members: Vec<(md::Member, Arc<dyn ReadAt>)> = group
                 .iter()
                 .map(|x| (x.member.clone(), x.vol.clone()))
@@ -477,13 +469,7 @@ impl Finder {
         bytes: &mut [Vec<(u64, u64)>],
     ) {
         let found = std::mem::take(&mut self.btrfs);
-        let mut done: Vec<[u8; 16]> = Vec::new();
-        for b in &found {
-            if done.contains(&b.fsid) {
-                continue;
-            }
-            done.push(b.fsid);
-            let group: Vec<&SpreadBtrfs> = found.iter().filter(|x| x.fsid == b.fsid).collect();
+        for group in grouped(&found, |x| x.fsid) {
             let vols: Vec<Arc<dyn ReadAt>> = group.iter().map(|x| x.vol.clone()).collect();
             let names: Vec<&str> = group.iter().map(|x| devices[x.device].0.as_str()).collect();
             let label = format!("btrfs over {}", names.join(", "));
@@ -705,6 +691,18 @@ fn within(outer: &str, inner: &str) -> String {
     } else {
         format!("{outer}, {inner}")
     }
+}
+
+/// `items` in groups of equal `key`, groups in the order their first item comes.
+fn grouped<T, K: PartialEq>(items: &[T], key: impl Fn(&T) -> K) -> Vec<Vec<&T>> {
+    let mut out: Vec<Vec<&T>> = Vec::new();
+    for it in items {
+        match out.iter_mut().find(|g| key(g[0]) == key(it)) {
+            Some(g) => g.push(it),
+            None => out.push(vec![it]),
+        }
+    }
+    out
 }
 
 /// The blocks of `block_size` bytes lying wholly inside the sorted byte `ranges`,

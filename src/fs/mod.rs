@@ -334,6 +334,22 @@ struct FoundVg {
     only: Option<i64>,
 }
 
+impl FoundVg {
+    /// The devices holding extents of `lv` (for a device's own copy of a cloned VG,
+    /// that device only), sorted.
+    fn lv_devs(&self, lv: &crate::volumes::lvm::Lv) -> Vec<i64> {
+        let mut devs: Vec<i64> = crate::volumes::lvm::lv_pvs(&self.vg, lv)
+            .iter()
+            .filter_map(|&i| self.vg.pvs.get(i).and_then(|pv| self.pvs.get(&pv.uuid)))
+            .flat_map(|pv| pv.devs.iter().copied())
+            .filter(|d| self.only.is_none_or(|o| o == *d))
+            .collect();
+        devs.sort_unstable();
+        devs.dedup();
+        devs
+    }
+}
+
 /// Options of the mounted tree.
 #[derive(Debug, Clone)]
 pub struct FsOptions {
@@ -858,16 +874,8 @@ impl SafeFs {
                 if lv.unsupported().is_some() {
                     continue;
                 }
-                let mut devs: Vec<i64> = crate::volumes::lvm::lv_pvs(&f.vg, lv)
-                    .iter()
-                    .filter_map(|&i| f.vg.pvs.get(i).and_then(|pv| f.pvs.get(&pv.uuid)))
-                    .flat_map(|pv| pv.devs.iter().copied())
-                    .filter(|d| f.only.is_none_or(|o| o == *d))
-                    .collect();
-                devs.sort_unstable();
-                devs.dedup();
                 if let Some(vol) = self.lv_volume(point, &f.key, &lv.name) {
-                    add(devs, &vol);
+                    add(f.lv_devs(lv), &vol);
                 }
             }
         }
@@ -1393,16 +1401,10 @@ impl SafeFs {
     fn lvs_on(&self, point: i64, dev: i64) -> Vec<(String, String, String)> {
         let found = self.point_lvm(point);
         let mut out = Vec::new();
-        for f in found.vgs.iter().filter(|f| f.only.is_none_or(|d| d == dev)) {
+        for f in &found.vgs {
             let vg = &f.vg;
-            let on_dev = |idx: &usize| {
-                vg.pvs
-                    .get(*idx)
-                    .and_then(|pv| f.pvs.get(&pv.uuid))
-                    .is_some_and(|f| f.devs.contains(&dev))
-            };
             for lv in vg.lvs.iter().filter(|l| l.visible && !l.is_pool()) {
-                if !crate::volumes::lvm::lv_pvs(vg, lv).iter().any(on_dev) {
+                if !f.lv_devs(lv).contains(&dev) {
                     continue;
                 }
                 let name = crate::volumes::lvm::mapper_name(&vg.name, &lv.name);

@@ -370,20 +370,8 @@ pub fn free_ranges_of(devs: &[Arc<dyn ReadAt>], label: &str) -> io::Result<Vec<V
     // Per device id: what chunks take, then what is free.
     let mut used: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
     for c in fs.chunks.values() {
-        let n = c.stripes.len() as u64;
         // Bytes each stripe takes on its device (the kernel's btrfs_calc_stripe_length).
-        let data_stripes = if c.ty & RAID10 != 0 {
-            n / c.sub_stripes.max(1)
-        } else if c.ty & RAID6 != 0 {
-            n.saturating_sub(2)
-        } else if c.ty & RAID5 != 0 {
-            n.saturating_sub(1)
-        } else if c.ty & STRIPED != 0 {
-            n
-        } else {
-            1
-        };
-        let per = c.len.div_ceil(data_stripes.max(1));
+        let per = c.len.div_ceil(c.data_stripes().max(1));
         for &(d, at) in &c.stripes {
             used.entry(d).or_default().push((at, per));
         }
@@ -459,15 +447,7 @@ fn stripe_ranges(c: &Chunk, w: u64, l: u64) -> Vec<(u64, u64, u64)> {
     } else {
         1
     };
-    let data = if c.ty & RAID10 != 0 {
-        n / sub
-    } else if c.ty & RAID6 != 0 {
-        n.saturating_sub(2)
-    } else if c.ty & RAID5 != 0 {
-        n.saturating_sub(1)
-    } else {
-        n
-    };
+    let data = c.data_stripes();
     let Some(row_bytes) = sl.checked_mul(data).filter(|&b| b > 0) else {
         return out;
     };
@@ -520,21 +500,21 @@ fn stripe_ranges(c: &Chunk, w: u64, l: u64) -> Vec<(u64, u64, u64)> {
     out
 }
 
-/// The filesystem id of a btrfs volume spanning devices, for grouping its devices.
-pub fn fsid(dev: &dyn ReadAt) -> Option<[u8; 16]> {
-    let mut b = [0u8; 0x30];
-    dev.read_exact_at(SUPERS[0], &mut b).ok()?;
-    Some(b[0x20..0x30].try_into().unwrap())
-}
-
-/// Says whether the volume holds a btrfs that spans devices (its superblock counts
-/// more than one), so the mount hands it the point's other volumes.
-pub fn spans_devices(dev: &dyn ReadAt) -> bool {
+/// The filesystem id of the btrfs on the volume when it spans devices (its
+/// superblock counts more than one), for grouping its devices.
+pub fn spanning_fsid(dev: &dyn ReadAt) -> Option<[u8; 16]> {
     let mut b = [0u8; 0x90];
-    dev.size() >= SUPERS[0] + SB_SIZE as u64
+    let spans = dev.size() >= SUPERS[0] + SB_SIZE as u64
         && dev.read_exact_at(SUPERS[0], &mut b).is_ok()
         && &b[0x40..0x48] == MAGIC
-        && le64(&b, 0x88) > 1
+        && le64(&b, 0x88) > 1;
+    spans.then(|| b[0x20..0x30].try_into().unwrap())
+}
+
+/// Says whether the volume holds a btrfs that spans devices, so the mount hands it
+/// the point's other volumes.
+pub fn spans_devices(dev: &dyn ReadAt) -> bool {
+    spanning_fsid(dev).is_some()
 }
 
 /// The superblock: the primary, or the newest intact mirror when the primary is
@@ -583,6 +563,26 @@ struct Chunk {
     sub_stripes: u64,
     /// (device id, physical offset) of each stripe.
     stripes: Vec<(u64, u64)>,
+}
+
+impl Chunk {
+    /// Stripes of a row holding distinct data (the kernel's data stripes): 1 for the
+    /// profiles keeping whole copies, 0 for a hostile RAID10 with more copies than
+    /// stripes.
+    fn data_stripes(&self) -> u64 {
+        let n = self.stripes.len() as u64;
+        if self.ty & RAID10 != 0 {
+            n / self.sub_stripes.max(1)
+        } else if self.ty & RAID6 != 0 {
+            n.saturating_sub(2)
+        } else if self.ty & RAID5 != 0 {
+            n.saturating_sub(1)
+        } else if self.ty & STRIPED != 0 {
+            n
+        } else {
+            1
+        }
+    }
 }
 
 /// Parses the chunk item at `b` (logical start `logical`); returns it and its size.
