@@ -19,7 +19,7 @@ use common::*;
 use rand::{rngs::StdRng, SeedableRng};
 
 /// A fast KDF for test volumes.
-const FAST: [&str; 4] = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
+use common::LUKS_FAST as FAST;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -38,25 +38,6 @@ fn run(cmd: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// Encrypts `img` in place as cryptsetup does for an existing filesystem: its last
-/// `reduce` MiB give way to the header, the data moves behind it. `extra` picks the
-/// format, cipher, KDF and sector size.
-fn encrypt(img: &Path, key: &Path, reduce: u32, extra: &[&str]) {
-    let reduce = format!("{reduce}M");
-    let mut args = vec![
-        "reencrypt",
-        "--batch-mode",
-        "--encrypt",
-        "--reduce-device-size",
-        &reduce,
-        "--key-file",
-        s(key),
-    ];
-    args.extend_from_slice(extra);
-    args.push(s(img));
-    run("cryptsetup", &args);
 }
 
 /// An ext4 image of `size` MiB with `block` bytes per block, made from a new tree at
@@ -90,11 +71,11 @@ fn luks_volumes_show_their_trees_with_the_passphrase() {
     // LUKS2, PBKDF2, aes-xts-plain64 in 512-byte sectors.
     let (src_a, a) = (t.path().join("src-a"), t.path().join("a.img"));
     ext4(&src_a, &a, 40, 48, 1024, &mut rng);
-    encrypt(&a, &key, 8, &[&["--type", "luks2"][..], &FAST].concat());
+    luks_encrypt(&a, &key, 8, &[&["--type", "luks2"][..], &FAST].concat());
     // LUKS2, Argon2id, 4096-byte sectors.
     let (src_b, b) = (t.path().join("src-b"), t.path().join("b.img"));
     ext4(&src_b, &b, 32, 48, 4096, &mut rng);
-    encrypt(
+    luks_encrypt(
         &b,
         &key,
         16,
@@ -114,7 +95,7 @@ fn luks_volumes_show_their_trees_with_the_passphrase() {
     // LUKS1, aes-cbc-essiv:sha256 (an older install's default), SHA-1 digests.
     let (src_c, c) = (t.path().join("src-c"), t.path().join("c.img"));
     ext4(&src_c, &c, 40, 48, 1024, &mut rng);
-    encrypt(
+    luks_encrypt(
         &c,
         &key,
         8,
@@ -218,7 +199,7 @@ fn luks_volumes_show_their_trees_with_the_passphrase() {
         .unwrap()
         .set_len(56 << 20)
         .unwrap();
-    encrypt(
+    luks_encrypt(
         &plain,
         &key,
         16,
@@ -413,7 +394,7 @@ fn skip_free_looks_inside_luks_volumes_given_the_passphrase() {
     ext4(&src, &img, 40, 64, 4096, &mut rng);
     // A deleted file's bytes stay in the free space.
     with_deleted_junk(&img, t.path(), &mut rng);
-    encrypt(
+    luks_encrypt(
         &img,
         &key,
         16,
@@ -493,7 +474,7 @@ fn luks_on_an_assembled_raid5_opens() {
     std::fs::write(&key, b"raid key").unwrap();
     let (src, img) = (t.path().join("src"), t.path().join("v.img"));
     ext4(&src, &img, 24, 32, 1024, &mut rng);
-    encrypt(&img, &key, 8, &[&["--type", "luks2"][..], &FAST].concat());
+    luks_encrypt(&img, &key, 8, &[&["--type", "luks2"][..], &FAST].concat());
     let uuid = run("cryptsetup", &["luksUUID", s(&img)]);
     let plain = t.path().join("plain");
     decrypt_with_openssl(&img, &key, &plain);

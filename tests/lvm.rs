@@ -645,6 +645,38 @@ fn ext4_in_one_lv(
     }
 }
 
+/// [`ext4_in_one_lv`] on `len` bytes of `img` from `start`, through a loop device
+/// detached after; `None` (test `test` skipped, saying why) without loop devices.
+#[allow(clippy::too_many_arguments)]
+fn one_lv_in(
+    img: &Path,
+    (start, len): (u64, u64),
+    prefix: &str,
+    name: &str,
+    (mib, files): (u64, usize),
+    dir: &Path,
+    rng: &mut StdRng,
+    test: &str,
+) -> Option<OneLv> {
+    let mut loops = Loops::default();
+    let Some(pv) = loops.attach(img, start, len) else {
+        eprintln!("SKIP {test}: no loop devices");
+        return None;
+    };
+    Some(ext4_in_one_lv(&pv, prefix, name, mib, files, dir, rng))
+}
+
+/// Asserts that the LV directory `lv` of a mount (`.../lvm/VG-LV`) holds the tree
+/// `src` and its image is byte for byte `img`.
+fn assert_lv_shown(lv: &Path, src: &Path, img: &Path, what: &str) {
+    same_tree(&tree_digest(lv), &tree_digest(src), what);
+    assert_eq!(
+        sha256_file(&lv.with_extension("img")),
+        sha256_file(img),
+        "{what}: the LV, byte for byte"
+    );
+}
+
 /// A PV on an md RAID1 array (the "RAID1 + LVM" layout Debian's installer offers): on a
 /// member the PV lies past the md superblock, and the LVs on it show under the
 /// member's `lvm/`. The superblock is written by the test and read by `mdadm
@@ -687,14 +719,20 @@ fn a_pv_on_an_md_raid1_member_is_found() {
         exam.contains("Raid Level : raid1") && exam.contains("- correct"),
         "{exam}"
     );
-    let mut loops = Loops::default();
-    let Some(pv) = loops.attach(&member, data_at, data_len) else {
-        eprintln!("SKIP a_pv_on_an_md_raid1_member_is_found: no loop devices");
+    let name = "a_pv_on_an_md_raid1_member_is_found";
+    let Some(lv) = one_lv_in(
+        &member,
+        (data_at, data_len),
+        "dsmd",
+        "root",
+        (8, 20),
+        t.path(),
+        &mut rng,
+        name,
+    ) else {
         return;
     };
-    let lv = ext4_in_one_lv(&pv, "dsmd", "root", 8, 20, t.path(), &mut rng);
     let (vg, src, segs, pe_start) = (lv.vg, lv.src, lv.segs, lv.pe_start);
-    drop(loops);
     // The other member dropped out of the array earlier (events behind): the same PV
     // and VG, the LV holding an older filesystem. It comes last among the devices, so
     // a PV taken from whichever member is scanned last would read the old LV.
@@ -1275,14 +1313,12 @@ fn a_pv_on_an_assembled_raid5_is_found() {
     let mut rng = StdRng::seed_from_u64(93);
     let array = t.path().join("array.img");
     File::create(&array).unwrap().set_len(24 << 20).unwrap();
-    let mut loops = Loops::default();
-    let Some(pv) = loops.attach(&array, 0, 24 << 20) else {
-        eprintln!("SKIP {name}: no loop devices");
+    let dir = t.path();
+    let whole = (0, 24 << 20);
+    let Some(lv) = one_lv_in(&array, whole, "dsr5", "data", (12, 16), dir, &mut rng, name) else {
         return;
     };
-    let lv = ext4_in_one_lv(&pv, "dsr5", "data", 12, 16, t.path(), &mut rng);
     let (vg, src, img) = (lv.vg, lv.src, lv.img);
-    drop(loops);
     let members = striped_members(
         t.path(),
         5,
@@ -1297,17 +1333,9 @@ fn a_pv_on_an_assembled_raid5_is_found() {
     let m = Mounted::new(&safe, t.path(), &[]);
     for i in 0..3 {
         // Every member holds some of the LV's extents: listed under each.
-        same_tree(
-            &tree_digest(&m.dir.join(format!("1/m{i}/lvm/{vg}-data"))),
-            &tree_digest(&src),
-            "the LV on the assembled array",
-        );
+        let lv = m.dir.join(format!("1/m{i}/lvm/{vg}-data"));
+        assert_lv_shown(&lv, &src, &img, &format!("the LV on the array, under m{i}"));
     }
-    assert_eq!(
-        sha256_file(&m.dir.join(format!("1/m0/lvm/{vg}-data.img"))),
-        sha256_file(&img),
-        "the LV, byte for byte"
-    );
 }
 
 /// A PV in the second partition of an md RAID1 made on whole disks and then
@@ -1334,14 +1362,12 @@ fn a_pv_in_a_partition_of_an_md_array_is_found() {
         "label: gpt\nstart=2048, size=2048\nstart=4096, size=40960\n",
     );
     let (_, start, len) = sfdisk_parts(&array)[1];
-    let mut loops = Loops::default();
-    let Some(pv) = loops.attach(&array, start, len) else {
-        eprintln!("SKIP {name}: no loop devices");
+    let dir = t.path();
+    let part = (start, len);
+    let Some(lv) = one_lv_in(&array, part, "dsmp", "data", (12, 16), dir, &mut rng, name) else {
         return;
     };
-    let lv = ext4_in_one_lv(&pv, "dsmp", "data", 12, 16, t.path(), &mut rng);
     let (vg, src, img) = (lv.vg, lv.src, lv.img);
-    drop(loops);
     let member = t.path().join("member.img");
     let sectors = (26u64 << 20) / 512;
     File::create(&member)
@@ -1360,16 +1386,8 @@ fn a_pv_in_a_partition_of_an_md_array_is_found() {
     let safe = t.path().join("safe");
     backup_members(&safe, &[&member]);
     let m = Mounted::new(&safe, t.path(), &[]);
-    same_tree(
-        &tree_digest(&m.dir.join(format!("1/m0/lvm/{vg}-data"))),
-        &tree_digest(&src),
-        "the LV in the array's partition",
-    );
-    assert_eq!(
-        sha256_file(&m.dir.join(format!("1/m0/lvm/{vg}-data.img"))),
-        sha256_file(&img),
-        "the LV, byte for byte"
-    );
+    let lv = m.dir.join(format!("1/m0/lvm/{vg}-data"));
+    assert_lv_shown(&lv, &src, &img, "the LV in the array's partition");
 }
 
 /// Two disks cloned from one (VMs made from a template: the same PV UUID, VG id and
@@ -1389,15 +1407,12 @@ fn cloned_disks_show_their_own_lvs() {
     let mut rng = StdRng::seed_from_u64(95);
     let (a, b) = (t.path().join("a.img"), t.path().join("b.img"));
     File::create(&a).unwrap().set_len(32 << 20).unwrap();
-    let mut loops = Loops::default();
-    let Some(pv) = loops.attach(&a, 0, 32 << 20) else {
-        eprintln!("SKIP {name}: no loop devices");
-        return;
-    };
     let dir_a = t.path().join("a");
     std::fs::create_dir(&dir_a).unwrap();
-    let lv = ext4_in_one_lv(&pv, "dscl", "data", 8, 12, &dir_a, &mut rng);
-    drop(loops);
+    let whole = (0, 32 << 20);
+    let Some(lv) = one_lv_in(&a, whole, "dscl", "data", (8, 12), &dir_a, &mut rng, name) else {
+        return;
+    };
     std::fs::copy(&a, &b).unwrap();
 
     // The clone goes on: new contents, then 4 MiB more.
@@ -1450,12 +1465,7 @@ fn cloned_disks_show_their_own_lvs() {
     let m = Mounted::logging(&safe, t.path(), &[], "warn");
     let lv_a = m.dir.join(format!("1/a/lvm/{}-data", lv.vg));
     let lv_b = m.dir.join(format!("1/b/lvm/{}-data", lv.vg));
-    assert_eq!(
-        sha256_file(&lv_a.with_extension("img")),
-        sha256_file(&lv.img),
-        "a's LV, byte for byte, by a's own metadata"
-    );
-    same_tree(&tree_digest(&lv_a), &tree_digest(&lv.src), "a's LV tree");
+    assert_lv_shown(&lv_a, &lv.src, &lv.img, "a's LV, by a's own metadata");
     let got_b = std::fs::read(lv_b.with_extension("img")).unwrap();
     assert_eq!(
         got_b.len() as u64,
@@ -1509,22 +1519,11 @@ fn luks_inside_an_lv_opens() {
         .unwrap();
     let key = t.path().join("key");
     std::fs::write(&key, b"lv passphrase").unwrap();
-    let enc = Command::new("cryptsetup")
-        .args(["reencrypt", "--batch-mode", "--encrypt", "--type", "luks2"])
-        .args(["--reduce-device-size", "4M", "--key-file", s(&key)])
-        .args([
-            "--pbkdf",
-            "pbkdf2",
-            "--pbkdf-force-iterations",
-            "1000",
-            s(&luks),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        enc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&enc.stderr)
+    luks_encrypt(
+        &luks,
+        &key,
+        4,
+        &[&["--type", "luks2"][..], &LUKS_FAST].concat(),
     );
     let uuid = tool("cryptsetup", &["luksUUID", s(&luks)]).unwrap();
     write_lv(
