@@ -97,8 +97,19 @@ fn crash_image(img: &Path, size: u64, mnt: &Path, rng: &mut StdRng) -> Option<()
         }
         set_xattr(&m.join("attrs"), "user.after", b"set after the sync");
         set_times(&m.join("sparse"), (1_500_000_000, 5), (1_500_000_000, 5));
+        // A file unlinked while still open (a database's temporary file): at the
+        // crash only the AG's unlinked list holds it; recovery frees it.
+        let held_path = m.join("held-open");
+        let mut d = vec![0u8; 300_000];
+        rng.fill(&mut d[..]);
+        std::fs::write(&held_path, &d).unwrap();
+        let held = File::open(&held_path).unwrap();
+        held.sync_all().unwrap();
+        std::fs::remove_file(&held_path).unwrap();
         File::open(&live).unwrap().sync_all().unwrap();
-        run("xfs_io", &["-x", "-c", "shutdown -f", s(m)])
+        let down = run("xfs_io", &["-x", "-c", "shutdown -f", s(m)]);
+        drop(held);
+        down
     });
     match busy {
         Some(true) => Some(()),
@@ -149,6 +160,67 @@ fn xfs_crash_consistent_point_is_replayed_like_the_kernel() {
         "{}",
         raw.log_text()
     );
+}
+
+/// Hundreds of files unlinked while open at the crash (a database's temporary files):
+/// whole inode chunks end up free once recovery frees them, and the kernel frees the
+/// chunks too. `df` on the point matches the kernel's on a recovered copy.
+#[test]
+fn xfs_files_unlinked_while_open_are_freed_like_the_kernel() {
+    let t = tempfile::tempdir().unwrap();
+    let (img, kmnt) = (t.path().join("xfs.img"), t.path().join("kernel"));
+    if !fuse_available() || Command::new("xfs_io").arg("-V").output().is_err() {
+        eprintln!("SKIP xfs unlinked: needs FUSE, root and xfsprogs");
+        return;
+    }
+    File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    let ok = Command::new("mkfs.xfs")
+        .args(["-q", "-f", s(&img)])
+        .envs([("TEST_DIR", "1"), ("TEST_DEV", "1"), ("QA_CHECK_FS", "1")])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfs.xfs");
+    let before = kernel(&img, &kmnt, "loop", |m| {
+        let before = statvfs(m);
+        let dir = m.join("tmp");
+        std::fs::create_dir(&dir).unwrap();
+        let held: Vec<File> = (0..300)
+            .map(|i| {
+                let p = dir.join(format!("t{i}"));
+                std::fs::write(&p, vec![i as u8 | 1; 5000 + i * 37]).unwrap();
+                let f = File::open(&p).unwrap();
+                std::fs::remove_file(&p).unwrap();
+                f
+            })
+            .collect();
+        File::open(&dir).unwrap().sync_all().unwrap();
+        assert!(run("xfs_io", &["-x", "-c", "shutdown -f", s(m)]));
+        drop(held);
+        before
+    });
+    let Some(before) = before else {
+        eprintln!("SKIP xfs unlinked: the kernel does not mount XFS images here");
+        return;
+    };
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    let copy = t.path().join("copy.img");
+    std::fs::copy(&img, &copy).unwrap();
+    let want = kernel(&copy, &kmnt, "loop", |m| {
+        assert_eq!(std::fs::read_dir(m.join("tmp")).unwrap().count(), 0);
+    });
+    assert!(want.is_some());
+    let want_df = kernel(&copy, &kmnt, "loop,ro", statvfs).unwrap();
+    // Every inode made for the files is gone again: their chunks were freed.
+    assert_eq!(want_df[4] - want_df[5], before[4] - before[5] + 1, "kernel");
+    let m = Mounted::logging(&safe, t.path(), &[], "info");
+    let files = m.dir.join("1/vol/files");
+    assert_eq!(std::fs::read_dir(files.join("tmp")).unwrap().count(), 0);
+    assert_eq!(statvfs(&files), want_df, "statvfs");
+    let log = m.log_text();
+    assert!(log.contains("300 inode(s) left unlinked"), "{log}");
+    assert!(!log.contains(" 0 inode(s) in freed chunks"), "{log}");
 }
 
 /// A crashed volume's log damaged byte by byte: each walk (replay included) ends in

@@ -642,10 +642,11 @@ impl Replayer<'_> {
             }
             return Ok(());
         }
-        // Cancelled, or only unlinked-list pointers of inode chunks (no tree sees).
-        if self.is_cancelled(blkno, len) || flags & BLF_INODE_BUF != 0 {
+        if self.is_cancelled(blkno, len) {
             return Ok(());
         }
+        // An inode buffer logs only its inodes' unlinked-list pointers.
+        let inode_buf = flags & BLF_INODE_BUF != 0;
         if len == 0 || len > 128 {
             return Err(corrupt(format!("buffer log item of {len} blocks")));
         }
@@ -672,12 +673,43 @@ impl Replayer<'_> {
                 return Err(corrupt("buffer log item has fewer regions than its map"));
             };
             let bytes = (run * 128).min(src.len());
-            buf[n * 128..n * 128 + bytes].copy_from_slice(&src[..bytes]);
+            if inode_buf {
+                self.next_unlinked(&mut buf, n * 128, &src[..bytes])?;
+            } else {
+                buf[n * 128..n * 128 + bytes].copy_from_slice(&src[..bytes]);
+            }
             region += 1;
             n += run;
         }
         self.overlay.write(at, &buf);
         self.summary.buffers += 1;
+        Ok(())
+    }
+
+    /// Copies the unlinked-list pointers (di_next_unlinked) that the logged region
+    /// `src`, at byte `start` of the inode buffer `buf`, covers; nothing else of an
+    /// inode buffer item is replayed (xlog_recover_do_inode_buffer).
+    fn next_unlinked(&self, buf: &mut [u8], start: usize, src: &[u8]) -> io::Result<()> {
+        let isize = self.sb.isize as usize;
+        for slot in (0..buf.len() / isize).map(|i| i * isize) {
+            let at = slot + 0x60;
+            if at < start || at + 4 > start + src.len() {
+                continue;
+            }
+            let next = &src[at - start..at - start + 4];
+            if next == [0; 4] {
+                return Err(corrupt(
+                    "inode buffer log item sets an unlinked pointer to 0",
+                ));
+            }
+            buf[at..at + 4].copy_from_slice(next);
+            if self.sb.v5 && buf[slot + 4] == 3 {
+                let d = &mut buf[slot..slot + isize];
+                d[0x64..0x68].fill(0);
+                let crc = crc32c::crc32c(d);
+                d[0x64..0x68].copy_from_slice(&crc.to_le_bytes());
+            }
+        }
         Ok(())
     }
 

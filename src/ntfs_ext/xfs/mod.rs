@@ -12,6 +12,7 @@
 
 mod alloc;
 mod log;
+mod unlinked;
 
 use std::io;
 use std::sync::{Arc, OnceLock};
@@ -86,6 +87,8 @@ struct Sb {
     maxicount: u64,
     sectsize: u64,
     rmapbt: bool,
+    /// Inode chunks may be partly allocated (sparse inodes).
+    spinodes: bool,
     uuid: [u8; 16],
     /// The UUID metadata is stamped with (differs from `uuid` after a UUID change).
     meta_uuid: [u8; 16],
@@ -169,6 +172,7 @@ impl Sb {
             meta_uuid,
             sectsize,
             rmapbt: v5 && be32(b, 0xD4) & 0x2 != 0,
+            spinodes: incompat & 0x2 != 0,
             maxicount,
             bs,
             dblocks,
@@ -1210,8 +1214,9 @@ impl XfsFs {
         let log = if sb.logstart != 0 { sb.logblocks } else { 0 };
         let (mut allocbt, mut fdblocks, mut icount, mut ifree) = (0u64, 0u64, 0u64, 0u64);
         let mut all = sb.agcount <= 1 << 16;
+        let mut released = unlinked::Released::default();
         if all {
-            let (mut agf, mut agi) = ([0u8; 84], [0u8; 32]);
+            let (mut agf, mut agi) = ([0u8; 84], [0u8; 296]);
             for ag in 0..sb.agcount {
                 let at = ag * sb.agblocks * sb.bs + sb.sectsize;
                 // The AGIs' inode counts are used only after a replay.
@@ -1233,8 +1238,42 @@ impl XfsFs {
                 fdblocks += be32(&agf, 52) as u64 + be32(&agf, 48) as u64 + btree;
                 icount += be32(&agi, 16) as u64;
                 ifree += be32(&agi, 28) as u64;
+                if !self.replayed {
+                    continue;
+                }
+                match unlinked::released(&*self.dev, sb, ag, &agi) {
+                    Ok(r) => {
+                        released.inodes += r.inodes;
+                        released.gone += r.gone;
+                        released.blocks += r.blocks;
+                        released.shared += r.shared;
+                    }
+                    Err(e) => tracing::warn!(
+                        "{}: AG {ag}: {e}; free counts leave its unlinked inodes as used",
+                        self.label
+                    ),
+                }
             }
         }
+        if released.inodes != 0 {
+            tracing::info!(
+                "{}: {} inode(s) left unlinked at the crash count as freed, as the kernel frees them after replaying ({} blocks, {} inode(s) in freed chunks)",
+                self.label,
+                released.inodes,
+                released.blocks,
+                released.gone
+            );
+        }
+        if released.shared != 0 {
+            tracing::warn!(
+                "{}: {} block(s) of unlinked files that shared extents count as used; the kernel frees those no other file shares",
+                self.label,
+                released.shared
+            );
+        }
+        let fdblocks = fdblocks + released.blocks;
+        let icount = icount.saturating_sub(released.gone);
+        let ifree = (ifree + released.inodes).saturating_sub(released.gone);
         // After a replay the kernel recounts from the AG headers (the superblock's lazy
         // counters lag); a clean volume's superblock holds the same sums.
         let (fdblocks, icount, ifree) = if self.replayed && all {
