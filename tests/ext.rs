@@ -1752,3 +1752,124 @@ fn skip_free_with_changed_blocks_counts_only_the_listed_free_space() {
     );
     assert_eq!(restored_sha(&safe, "2", "vol", t.path()), sha256_file(&img));
 }
+
+/// A snapshot of a server holding files it unlinked but keeps open (a database's
+/// temporary files): the copy's orphan list (or, with `orphan_file`, its orphan file)
+/// names them. The kernel deletes them when it mounts the copy, even read-only; the
+/// point's `df` must match that, on both kinds of volume.
+#[test]
+fn orphans_unlinked_while_open_are_deleted_like_the_kernel() {
+    if !fuse_available() || !is_root() {
+        eprintln!("SKIP orphans_unlinked_while_open: needs root and FUSE");
+        return;
+    }
+    for (name, opts) in [
+        ("list", &[][..]),
+        ("orphan-file", &["-O", "orphan_file"][..]),
+    ] {
+        let t = tempfile::tempdir().unwrap();
+        let empty = t.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let img = t.path().join("live.img");
+        let mut all = vec!["-I", "256"];
+        all.extend_from_slice(opts);
+        mkfs("mkfs.ext4", &all, &empty, &img, 64 << 20);
+        let crash = t.path().join("crash.img");
+        let busy = kernel_mount(&img, &t.path().join("live"), "loop", |m| {
+            std::fs::create_dir(m.join("tmp")).unwrap();
+            let held: Vec<File> = (0..40)
+                .map(|i| {
+                    let p = m.join(format!("tmp/t{i}"));
+                    std::fs::write(&p, vec![i as u8 | 1; 20_000 + i * 3000]).unwrap();
+                    let f = File::open(&p).unwrap();
+                    std::fs::remove_file(&p).unwrap();
+                    f
+                })
+                .collect();
+            assert!(run("sync", &[]));
+            std::fs::copy(&img, &crash).unwrap();
+            drop(held);
+        });
+        if busy.is_none() {
+            eprintln!("SKIP orphans_unlinked_while_open: cannot loop-mount ext4 here");
+            return;
+        }
+        let copy = t.path().join("copy.img");
+        std::fs::copy(&crash, &copy).unwrap();
+        // Read-write: a read-only loop device leaves both journal and orphans alone.
+        let want = with_kernel_mount(&copy, &t.path().join("kernel"), statvfs).unwrap();
+        let safe = t.path().join("safe");
+        backup(&[s(&safe), &format!("vol={}", s(&crash))]);
+        let m = Mounted::logging(&safe, t.path(), &[], "info");
+        assert_eq!(statvfs(&m.dir.join("1/vol/files")), want, "{name}: statvfs");
+        let log = m.log_text();
+        assert!(log.contains("40 orphan inode(s) deleted"), "{name}: {log}");
+        // As recorded, the orphans still hold their blocks.
+        let raw = Mounted::new(&safe, t.path(), &["--no-replay"]);
+        assert!(statvfs(&raw.dir.join("1/vol/files"))[2] < want[2], "{name}");
+    }
+}
+
+/// A file the crash caught being cut short (on the orphan list, still linked, with
+/// blocks past its size: here preallocated with FALLOC_FL_KEEP_SIZE and listed with
+/// debugfs): the kernel's mount truncates it to its size, freeing those blocks. Its
+/// `st_blocks` and `df` must match the kernel's.
+#[test]
+fn a_file_caught_being_truncated_is_cut_like_the_kernel() {
+    if !fuse_available() || !is_root() {
+        eprintln!("SKIP a_file_caught_being_truncated: needs root and FUSE");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let empty = t.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let img = t.path().join("vol.img");
+    mkfs("mkfs.ext4", &["-I", "256"], &empty, &img, 64 << 20);
+    let made = kernel_mount(&img, &t.path().join("live"), "loop", |m| {
+        let f = File::create(m.join("cut")).unwrap();
+        f.write_all_at(&[7u8; 10_000], 0).unwrap();
+        // FALLOC_FL_KEEP_SIZE: 2 MiB of blocks past the 10 000 bytes.
+        assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), 1, 0, 2 << 20) }, 0);
+        f.sync_all().unwrap();
+        std::fs::metadata(m.join("cut")).unwrap().ino()
+    });
+    let Some(ino) = made else {
+        eprintln!("SKIP a_file_caught_being_truncated: cannot loop-mount ext4 here");
+        return;
+    };
+    let dbg = |cmd: &str| {
+        let o = Command::new("debugfs")
+            .args(["-w", "-R", cmd, s(&img)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "debugfs {cmd}");
+    };
+    dbg(&format!("set_inode_field <{ino}> dtime 0"));
+    dbg(&format!("set_super_value last_orphan {ino}"));
+    let copy = t.path().join("copy.img");
+    std::fs::copy(&img, &copy).unwrap();
+    // Read-write: on a read-only loop device the kernel skips the orphan cleanup.
+    let (want_df, want_blocks, want_bytes) =
+        with_kernel_mount(&copy, &t.path().join("kernel"), |m| {
+            let md = std::fs::metadata(m.join("cut")).unwrap();
+            (
+                statvfs(m),
+                md.blocks(),
+                std::fs::read(m.join("cut")).unwrap(),
+            )
+        })
+        .unwrap();
+    assert!(
+        want_blocks < 100,
+        "the kernel cut the file ({want_blocks} sectors)"
+    );
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    let m = Mounted::logging(&safe, t.path(), &[], "info");
+    let files = m.dir.join("1/vol/files");
+    let md = std::fs::metadata(files.join("cut")).unwrap();
+    assert_eq!(md.blocks(), want_blocks, "st_blocks");
+    assert_eq!(std::fs::read(files.join("cut")).unwrap(), want_bytes);
+    assert_eq!(statvfs(&files), want_df, "statvfs");
+    assert!(m.log_text().contains("1 truncated"), "{}", m.log_text());
+}

@@ -7,6 +7,7 @@ mod dir;
 mod fast_commit;
 mod inode;
 mod journal;
+mod orphan;
 mod sb;
 mod xattr;
 
@@ -91,6 +92,10 @@ pub struct ExtFs {
     statfs: OnceLock<StatFs>,
     /// What replayed fast commits change, consulted before the volume.
     fc: Option<Arc<fast_commit::FcState>>,
+    /// Whether orphans count as the kernel's mount cleans them up (not with
+    /// `--no-replay`, which shows the volume as recorded).
+    clean_orphans: bool,
+    orphans: OnceLock<orphan::Cleanup>,
 }
 
 struct JMap<'a> {
@@ -343,6 +348,8 @@ impl ExtFs {
             extents: WeightedLru::with_budget(EXTENT_CACHE, budget()),
             statfs: OnceLock::new(),
             fc: None,
+            clean_orphans: !opts.no_replay,
+            orphans: OnceLock::new(),
         }
     }
 
@@ -371,7 +378,7 @@ impl ExtFs {
     /// metadata and the journal left out of the size, free counts summed over the
     /// group descriptors (the superblock's copies lag behind them), root's reserve
     /// and the kernel's own (2 %, at most 4096 clusters, with extents) out of what is
-    /// available. Falls back to the superblock's numbers where the descriptors are
+    /// available; what cleaning up the orphans frees (`orphan.rs`) counts as free. Falls back to the superblock's numbers where the descriptors are
     /// unreadable or too many.
     fn count_statfs(&self) -> StatFs {
         let sb = &self.sb;
@@ -393,6 +400,8 @@ impl ExtFs {
                 ),
             }
         }
+        let c = self.cleanup();
+        let free = (free.0 + c.blocks, free.1 + c.inodes);
         let journal = if shift == 0
             && sb.compat & feat::COMPAT_HAS_JOURNAL != 0
             && sb.incompat & feat::INCOMPAT_JOURNAL_DEV == 0
@@ -762,7 +771,9 @@ impl FsTree for ExtFs {
             uid: i.uid,
             gid: i.gid,
             size: i.size,
-            blocks: i.blocks,
+            blocks: i
+                .blocks
+                .saturating_sub(self.cleanup().truncated.get(&ino).copied().unwrap_or(0)),
             atime: i.atime,
             mtime: i.mtime,
             ctime: i.ctime,

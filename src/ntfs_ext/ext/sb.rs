@@ -17,6 +17,7 @@ pub(crate) fn u32le(b: &[u8], o: usize) -> u32 {
 pub mod feat {
     pub const COMPAT_HAS_JOURNAL: u32 = 0x4;
     pub const COMPAT_SPARSE_SUPER2: u32 = 0x200;
+    pub const COMPAT_ORPHAN_FILE: u32 = 0x1000;
     pub const INCOMPAT_COMPRESSION: u32 = 0x1;
     pub const INCOMPAT_FILETYPE: u32 = 0x2;
     pub const INCOMPAT_RECOVER: u32 = 0x4;
@@ -93,6 +94,10 @@ pub struct Superblock {
     pub reserved_gdt_blocks: u16,
     /// Clusters of metadata as mke2fs counted them (0 when not recorded).
     pub overhead_clusters: u32,
+    /// Head of the orphan list threaded through the inodes' i_dtime (0: empty).
+    pub last_orphan: u32,
+    /// The orphan file's inode (orphan_file feature; 0 without it).
+    pub orphan_file_inum: u32,
 }
 
 /// Offset of the primary superblock on the volume.
@@ -216,6 +221,12 @@ impl Superblock {
             r_blocks: u32le(b, 0x8) as u64 | hi(0x154),
             reserved_gdt_blocks: u16le(b, 0xCE),
             overhead_clusters: u32le(b, 0x248),
+            last_orphan: u32le(b, 0xE8),
+            orphan_file_inum: if u32le(b, 0x5C) & feat::COMPAT_ORPHAN_FILE != 0 {
+                u32le(b, 0x280)
+            } else {
+                0
+            },
         })
     }
 
@@ -349,6 +360,8 @@ impl Superblock {
 #[derive(Debug, Clone, Copy)]
 pub struct GroupDesc {
     pub inode_table: u64,
+    /// Block of the group's inode bitmap (which inodes are in use).
+    pub inode_bitmap: u64,
     pub flags: u16,
     /// Inodes at the end of the table never used (valid with group checksums only).
     pub itable_unused: u32,
@@ -411,8 +424,13 @@ pub fn read_group(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<Group
         let h = if sb.desc_size >= 64 { u16le(&d, hi) } else { 0 };
         u16le(&d, lo) as u32 | (h as u32) << 16
     };
+    let mut inode_bitmap = u32le(&d, 0x4) as u64;
+    if sb.desc_size >= 64 {
+        inode_bitmap |= (u32le(&d, 0x24) as u64) << 32;
+    }
     Ok(GroupDesc {
         inode_table: table,
+        inode_bitmap,
         flags: u16le(&d, 0x12),
         itable_unused,
         free_clusters: lo_hi(0xC, 0x2C),
