@@ -446,34 +446,44 @@ fn thin_pool_disk(
     let dir = disk.parent().unwrap();
     tool("pvcreate", &["-q", pv]).expect("pvcreate");
     tool("vgcreate", &["-q", "-s", "1m", vg, pv]).expect("vgcreate");
-    let base = dir.join("base.txt");
-    tool(
-        "vgcfgbackup",
-        &["--driverloaded", "n", "-q", "-f", s(&base), vg],
-    )
-    .expect("vgcfgbackup");
-    let lv = |n: usize, name: &str, status: &str, seg: &str| {
-        // LVM's id form: 32 characters in groups of 6-4-4-4-4-4-6.
-        let id = format!("lv{n:04}-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa");
-        format!(
-            "{name} {{\nid = \"{id}\"\nstatus = [{status}]\nflags = []\nsegment_count = 1\nsegment1 {{\nstart_extent = 0\n{seg}\n}}\n}}\n"
-        )
-    };
-    let vis = "\"READ\", \"WRITE\", \"VISIBLE\"";
-    let hidden = "\"READ\", \"WRITE\"";
+    let lv = |n: usize, name: &str, visible: bool, seg: &str| lv_section(n, name, visible, seg);
     let mut lvs = vec![
-        lv(1, "pool", vis, &format!("extent_count = 32\ntype = \"thin-pool\"\nmetadata = \"pool_tmeta\"\npool = \"pool_tdata\"\ntransaction_id = {}\nchunk_size = 128", thins.len())),
-        lv(2, "pool_tmeta", hidden, "extent_count = 4\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"pv0\", 0]"),
-        lv(3, "pool_tdata", hidden, "extent_count = 32\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"pv0\", 4]"),
+        lv(1, "pool", true, &format!("extent_count = 32\ntype = \"thin-pool\"\nmetadata = \"pool_tmeta\"\npool = \"pool_tdata\"\ntransaction_id = {}\nchunk_size = 128", thins.len())),
+        lv(2, "pool_tmeta", false, "extent_count = 4\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"pv0\", 0]"),
+        lv(3, "pool_tdata", false, "extent_count = 32\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"pv0\", 4]"),
     ];
     for (i, (name, extents)) in thins.iter().enumerate() {
         lvs.push(lv(
             10 + i,
             name,
-            vis,
+            true,
             &format!("extent_count = {extents}\ntype = \"thin\"\nthin_pool = \"pool\"\ntransaction_id = {i}\ndevice_id = {}", i + 1),
         ));
     }
+    restore_with_lvs(dir, vg, &lvs);
+    Some((loops, pv.to_string(), vg.to_string()))
+}
+
+/// An LV section of VG metadata text: one segment from extent 0 (`seg` its body).
+fn lv_section(n: usize, name: &str, visible: bool, seg: &str) -> String {
+    let status = if visible {
+        "\"READ\", \"WRITE\", \"VISIBLE\""
+    } else {
+        "\"READ\", \"WRITE\""
+    };
+    // LVM's id form: 32 characters in groups of 6-4-4-4-4-4-6.
+    let id = format!("lv{n:04}-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa");
+    format!(
+        "{name} {{\nid = \"{id}\"\nstatus = [{status}]\nflags = []\nsegment_count = 1\nsegment1 {{\nstart_extent = 0\n{seg}\n}}\n}}\n"
+    )
+}
+
+/// Gives VG `vg` the LVs `lvs` (sections as [`lv_section`] writes them) through
+/// vgcfgbackup and vgcfgrestore (files under `dir`): how LVM describes volumes it
+/// will not create without device-mapper.
+fn restore_with_lvs(dir: &Path, vg: &str, lvs: &[String]) {
+    let base = dir.join("base.txt");
+    lvm_run(&["vgcfgbackup", "-q", "-f", s(&base), vg]);
     let text = std::fs::read_to_string(&base).unwrap();
     let end = text.rfind('}').unwrap();
     let text = format!(
@@ -485,12 +495,7 @@ fn thin_pool_disk(
     .replacen("seqno = 1", "seqno = 2", 1);
     let restore = dir.join("restore.txt");
     std::fs::write(&restore, text).unwrap();
-    tool(
-        "vgcfgrestore",
-        &["--driverloaded", "n", "--force", "-f", s(&restore), vg],
-    )
-    .expect("vgcfgrestore");
-    Some((loops, pv.to_string(), vg.to_string()))
+    lvm_run(&["vgcfgrestore", "--force", "-f", s(&restore), vg]);
 }
 
 /// The 4 MiB metadata volume `thin_restore` makes of `xml`, as a file under `dir`.
@@ -1557,4 +1562,171 @@ fn luks_inside_an_lv_opens() {
         sha256_file(&luks),
         "the LV itself stays the ciphertext"
     );
+}
+
+/// A RAID1 LV and an old-style mirror LV over two disks, described as LVM describes
+/// them (restored with vgcfgrestore: without device-mapper LVM will not create them),
+/// an ext4 image written to every leg where `lvs -a` places it. Each LV's tree is its
+/// source tree, and GRUB's LVM driver reads the same files from the disks. With one
+/// disk missing the other leg serves (and the log says so). With dm-raid superblocks
+/// on the metadata sub-LVs naming leg 0 failed and behind in events, and leg 0's data
+/// overwritten, leg 1 is read.
+#[test]
+fn mirrored_lvs_read_from_a_leg_in_sync() {
+    if !have_lvm("mirrored_lvs") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a.img"), t.path().join("b.img"));
+    for d in [&a, &b] {
+        File::create(d).unwrap().set_len(64 << 20).unwrap();
+    }
+    let mut loops = Loops::default();
+    let (Some(pa), Some(pb)) = (loops.attach(&a, 0, 64 << 20), loops.attach(&b, 0, 64 << 20))
+    else {
+        eprintln!("SKIP mirrored_lvs: no loop devices");
+        return;
+    };
+    let vg = format!("dsmir{}", std::process::id());
+    tool("pvcreate", &["-q", &pa, &pb]).expect("pvcreate");
+    lvm_run(&["vgcreate", "-q", "-s", "1m", &vg, &pa, &pb]);
+    let lv = |n: usize, name: &str, visible: bool, seg: &str| lv_section(n, name, visible, seg);
+    let linear = |count: u64, pv: &str, at: u64| {
+        format!("extent_count = {count}\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"{pv}\", {at}]")
+    };
+    let lvs = [
+        lv(1, "mir", true, "extent_count = 24\ntype = \"raid1\"\ndevice_count = 2\nregion_size = 1024\nraids = [\"mir_rmeta_0\", \"mir_rimage_0\", \"mir_rmeta_1\", \"mir_rimage_1\"]"),
+        lv(2, "mir_rmeta_0", false, &linear(1, "pv0", 0)),
+        lv(3, "mir_rimage_0", false, &linear(24, "pv0", 1)),
+        lv(4, "mir_rmeta_1", false, &linear(1, "pv1", 0)),
+        lv(5, "mir_rimage_1", false, &linear(24, "pv1", 1)),
+        lv(6, "old", true, "extent_count = 16\ntype = \"mirror\"\nmirror_count = 2\nmirror_log = \"old_mlog\"\nregion_size = 1024\nmirrors = [\"old_mimage_0\", 0, \"old_mimage_1\", 0]"),
+        lv(7, "old_mlog", false, &linear(1, "pv0", 25)),
+        lv(8, "old_mimage_0", false, &linear(16, "pv0", 26)),
+        lv(9, "old_mimage_1", false, &linear(16, "pv1", 26)),
+    ];
+    restore_with_lvs(t.path(), &vg, &lvs);
+    // Where LVM places each leg.
+    let segs = segments_all(&vg);
+    let pe = |dev: &str| first_extent_at(dev);
+    let leg_at = |name: &str| {
+        let (dev, first) = &segs[&format!("[{name}]")];
+        (dev.clone(), pe(dev) + first * (1 << 20))
+    };
+    let mut rng = StdRng::seed_from_u64(31);
+    let (src, img) = (t.path().join("src"), t.path().join("mir.img"));
+    ext4_image(&src, &img, 24, 24 << 20, &mut rng);
+    let (osrc, oimg) = (t.path().join("osrc"), t.path().join("old.img"));
+    ext4_image(&osrc, &oimg, 12, 16 << 20, &mut rng);
+    let write_at = |dev: &str, at: u64, data: &[u8]| {
+        File::options()
+            .write(true)
+            .open(dev)
+            .unwrap()
+            .write_all_at(data, at)
+            .unwrap();
+    };
+    let (bytes, obytes) = (std::fs::read(&img).unwrap(), std::fs::read(&oimg).unwrap());
+    for leg in ["mir_rimage_0", "mir_rimage_1"] {
+        let (dev, at) = leg_at(leg);
+        write_at(&dev, at, &bytes);
+    }
+    for leg in ["old_mimage_0", "old_mimage_1"] {
+        let (dev, at) = leg_at(leg);
+        write_at(&dev, at, &obytes);
+    }
+    let files: Vec<String> = ["file 0.bin", "sub/file 1.bin", "sub/deeper/file 5.bin"]
+        .map(String::from)
+        .to_vec();
+    // GRUB's view of the same disks.
+    if tool("grub-fstest", &["--help"]).is_some() {
+        for (vol, tree) in [
+            (format!("lvm/{vg}-mir"), &src),
+            (format!("lvm/{vg}-old"), &osrc),
+        ] {
+            for f in &files {
+                if !tree.join(f).exists() {
+                    continue;
+                }
+                let o = Command::new("grub-fstest")
+                    .args(["-c", "2", s(&a), s(&b), "cmp"])
+                    .arg(format!("({vol})/{f}"))
+                    .arg(tree.join(f))
+                    .output()
+                    .unwrap();
+                assert!(
+                    o.status.success(),
+                    "GRUB reads {vol}/{f}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+    } else {
+        eprintln!("mirrored_lvs: GRUB's reading not compared (no grub-fstest)");
+    }
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("a={}", s(&a)), &format!("b={}", s(&b))]);
+    // Point 2: only disk b.
+    backup(&[s(&safe), &format!("b={}", s(&b))]);
+    // Point 3: dm-raid superblocks say leg 0 failed (leg 1 has more events and marks
+    // position 0 failed); leg 0's data is overwritten.
+    let sb = |position: u32, events: u64, failed: u64| {
+        let mut b = vec![0u8; 4096];
+        b[0..4].copy_from_slice(&0x6452_6D44u32.to_le_bytes());
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        b[12..16].copy_from_slice(&position.to_le_bytes());
+        b[16..24].copy_from_slice(&events.to_le_bytes());
+        b[24..32].copy_from_slice(&failed.to_le_bytes());
+        b[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        b[48..52].copy_from_slice(&1u32.to_le_bytes());
+        b
+    };
+    let (d0, m0) = leg_at("mir_rmeta_0");
+    let (d1, m1) = leg_at("mir_rmeta_1");
+    write_at(&d0, m0, &sb(0, 10, 0));
+    write_at(&d1, m1, &sb(1, 12, 1));
+    let (dl, l0) = leg_at("mir_rimage_0");
+    let mut junk = vec![0u8; 4 << 20];
+    rng.fill(&mut junk[..]);
+    write_at(&dl, l0, &junk);
+    drop(loops);
+    backup(&[s(&safe), &format!("a={}", s(&a)), &format!("b={}", s(&b))]);
+
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let lvdir = |p: u32, dev: &str, name: &str| m.dir.join(format!("{p}/{dev}/lvm/{vg}-{name}"));
+    for dev in ["a", "b"] {
+        // The legs and metadata sub-LVs stay hidden, as `lvs` hides them.
+        assert_eq!(
+            lv_names(&m.dir.join(format!("1/{dev}/lvm")), &vg),
+            ["mir", "mir.img", "old", "old.img"]
+        );
+        same_tree(
+            &tree_digest(&lvdir(1, dev, "mir")),
+            &tree_digest(&src),
+            "raid1",
+        );
+        same_tree(
+            &tree_digest(&lvdir(1, dev, "old")),
+            &tree_digest(&osrc),
+            "mirror",
+        );
+    }
+    assert_eq!(sha256_file(&lvdir(1, "a", "mir.img")), sha256_file(&img));
+    same_tree(
+        &tree_digest(&lvdir(2, "b", "mir")),
+        &tree_digest(&src),
+        "degraded",
+    );
+    same_tree(
+        &tree_digest(&lvdir(2, "b", "old")),
+        &tree_digest(&osrc),
+        "degraded",
+    );
+    same_tree(
+        &tree_digest(&lvdir(3, "a", "mir")),
+        &tree_digest(&src),
+        "stale leg 0",
+    );
+    let log = m.log_text();
+    assert!(log.contains("read from leg mir_rimage_1 of 2"), "{log}");
 }

@@ -5,9 +5,11 @@
 //! naming its UUID and its metadata areas; each area holds a header and a ring buffer
 //! whose current slot is the VG's description as text (LVM's config syntax). An LV is
 //! a list of segments of extents, each striped over one or more PVs (one stripe: a
-//! linear segment). Every checksum is checked, every count and length bounded; an LV
-//! with a segment type this reader does not map (thin, RAID, mirror, cache, snapshot)
-//! is reported and not shown.
+//! linear segment). A RAID1 or (older) mirror LV reads from one of its legs, each a
+//! hidden linear or striped sub-LV: the first leg in sync, as device-mapper's
+//! superblocks on the RAID1 metadata sub-LVs tell. Every checksum is checked, every
+//! count and length bounded; an LV with a segment type this reader does not map
+//! (RAID0/4/5/6/10, cache, VDO, snapshot) is reported and not shown.
 
 use std::collections::HashMap;
 use std::io;
@@ -372,6 +374,13 @@ pub enum SegKind {
         data: String,
         chunk: u64,
     },
+    /// RAID1 (`raid`, with a metadata sub-LV per leg) or the older mirror target:
+    /// each leg a sub-LV holding the whole segment from the given extent of its own.
+    Mirror {
+        raid: bool,
+        legs: Vec<(String, u64)>,
+        metas: Vec<Option<String>>,
+    },
     /// A segment type not mapped here.
     Other(String),
 }
@@ -390,6 +399,8 @@ pub struct Lv {
     pub name: String,
     /// Shown by `lvs` (sub-volumes of RAID, thin pools, ... are not).
     pub visible: bool,
+    /// A RAID leg LVM is rebuilding (status REBUILD): not in sync.
+    pub rebuild: bool,
     pub segments: Vec<Segment>,
 }
 
@@ -402,8 +413,8 @@ impl Lv {
         })
     }
 
-    /// Whether every segment is striped or linear: the LVs [`LvVolume`] maps onto
-    /// PVs directly.
+    /// Whether every segment is striped or linear: the LVs whose bytes lie on PVs
+    /// directly, one place each.
     pub fn is_striped(&self) -> bool {
         self.segments
             .iter()
@@ -456,8 +467,11 @@ pub fn parse_vg(text: &str) -> Result<Vg, String> {
     let mut lvs = Vec::new();
     if let Some(list) = vg.get("logical_volumes") {
         for (lname, lv) in list.sections() {
-            let visible = matches!(lv.get("status"), Some(Value::List(s))
-                if s.contains(&Value::Str("VISIBLE".into())));
+            let status = |flag: &str| {
+                matches!(lv.get("status"), Some(Value::List(s))
+                    if s.contains(&Value::Str(flag.into())))
+            };
+            let visible = status("VISIBLE");
             let mut segments = Vec::new();
             for (_, seg) in lv.sections() {
                 let start = seg.int("start_extent")?;
@@ -522,6 +536,8 @@ pub fn parse_vg(text: &str) -> Result<Vg, String> {
                             .filter(|&c| (64 << 10..=1 << 30).contains(&c) && c % (64 << 10) == 0)
                             .ok_or(format!("LV {lname}: bad thin chunk size"))?,
                     },
+                    t @ ("raid1" | "mirror") => mirror_seg(seg, t, start, lname)
+                        .unwrap_or_else(|e| SegKind::Other(format!("{t} ({e})"))),
                     other => SegKind::Other(other.to_string()),
                 };
                 segments.push(Segment { start, count, kind });
@@ -537,6 +553,7 @@ pub fn parse_vg(text: &str) -> Result<Vg, String> {
             lvs.push(Lv {
                 name: lname.clone(),
                 visible,
+                rebuild: status("REBUILD"),
                 segments,
             });
         }
@@ -549,6 +566,211 @@ pub fn parse_vg(text: &str) -> Result<Vg, String> {
         pvs,
         lvs,
     })
+}
+
+/// A RAID1 (`raid1`) or mirror segment starting at LV extent `start`.
+fn mirror_seg(seg: &Value, kind: &str, start: u64, lname: &str) -> Result<SegKind, String> {
+    Ok(match kind {
+        "raid1" => {
+            let names = name_list(seg, "raids", &format!("LV {lname}"))?;
+            let n = seg.int("device_count")? as usize;
+            if !(1..=64).contains(&n) || names.len() != 2 * n {
+                return Err(format!("LV {lname}: {n} RAID1 legs do not match"));
+            }
+            SegKind::Mirror {
+                raid: true,
+                // A RAID leg holds the LV's extents at their own numbers.
+                legs: names.chunks(2).map(|p| (p[1].clone(), start)).collect(),
+                metas: names.chunks(2).map(|p| Some(p[0].clone())).collect(),
+            }
+        }
+        "mirror" => {
+            let Some(Value::List(list)) = seg.get("mirrors") else {
+                return Err(format!("LV {lname}: a mirror without legs"));
+            };
+            let mut legs = Vec::new();
+            for pair in list.chunks(2) {
+                let (Value::Str(name), Some(Value::Int(at))) = (&pair[0], pair.get(1)) else {
+                    return Err(format!("LV {lname}: bad mirror list"));
+                };
+                legs.push((name.clone(), (*at).max(0) as u64));
+            }
+            let n = seg.int("mirror_count")? as usize;
+            if !(1..=64).contains(&n) || legs.len() != n {
+                return Err(format!("LV {lname}: {n} mirror legs do not match"));
+            }
+            SegKind::Mirror {
+                raid: false,
+                metas: vec![None; n],
+                legs,
+            }
+        }
+        _ => return Err(format!("LV {lname}: not a mirror")),
+    })
+}
+
+/// The strings of list `key` of a segment.
+fn name_list(seg: &Value, key: &str, what: &str) -> Result<Vec<String>, String> {
+    let Some(Value::List(list)) = seg.get(key) else {
+        return Err(format!("{what}: no list `{key}`"));
+    };
+    list.iter()
+        .map(|v| match v {
+            Value::Str(n) => Ok(n.clone()),
+            _ => Err(format!("{what}: `{key}` holds a non-name")),
+        })
+        .collect()
+}
+
+/// device-mapper's RAID superblock (dm-raid), at the start of each metadata sub-LV.
+const DM_RAID_MAGIC: u32 = 0x6452_6D44; // "DmRd"
+/// Its compat feature saying the v1.9.0 fields (data offset among them) are there.
+const DM_RAID_V190: u32 = 0x1;
+
+/// What a RAID1 leg's dm-raid superblock says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LegSb {
+    position: u32,
+    events: u64,
+    /// Bit per array position: legs the array counts as failed (first 64).
+    failed: u64,
+    /// Fully recovered (disk_recovery_offset at its "done" value).
+    in_sync: bool,
+    /// Where the data starts in the leg, in bytes.
+    data_offset: u64,
+}
+
+fn leg_sb(b: &[u8; 512]) -> Option<LegSb> {
+    let u32at = |o: usize| le32(b, o);
+    let u64at = |o: usize| le64(b, o);
+    if u32at(0) != DM_RAID_MAGIC {
+        return None;
+    }
+    Some(LegSb {
+        position: u32at(12),
+        events: u64at(16),
+        failed: u64at(24),
+        in_sync: u64at(32) == u64::MAX,
+        data_offset: if u32at(4) & DM_RAID_V190 != 0 {
+            u64at(96).saturating_mul(SECTOR)
+        } else {
+            0
+        },
+    })
+}
+
+/// A mirror leg whose PVs are here.
+struct OpenLeg {
+    /// Its place in the segment's list.
+    index: usize,
+    vol: Arc<dyn ReadAt>,
+    /// LVM is rebuilding it.
+    rebuild: bool,
+    sb: Option<LegSb>,
+}
+
+/// The leg a mirrored segment `s` of `lv` reads from, and the byte offset there of the
+/// segment's first byte. RAID1: among legs whose PVs are here, those whose dm-raid
+/// superblock is current (the highest event count), in sync and not failed in the
+/// freshest superblock's view, the first; legs never activated carry no superblock
+/// and count as equal. The older mirror target: the first leg here (its primary).
+/// A leg LVM is rebuilding is passed over while another is here.
+fn mirror_leg(
+    vg: &Vg,
+    lv: &Lv,
+    s: &Segment,
+    raid: bool,
+    legs: &[(String, u64)],
+    metas: &[Option<String>],
+    found: &HashMap<String, Arc<dyn ReadAt>>,
+) -> Result<(Arc<dyn ReadAt>, u64), String> {
+    let by_name = |n: &str| {
+        vg.lvs
+            .iter()
+            .find(|l| l.name == n)
+            .filter(|l| l.is_striped())
+            .ok_or(format!(
+                "leg {n} is no linear or striped LV of VG {}",
+                vg.name
+            ))
+    };
+    let eb = vg.extent_bytes;
+    let mut open: Vec<OpenLeg> = Vec::new();
+    let mut why = Vec::new();
+    for (i, (name, _)) in legs.iter().enumerate() {
+        let leg = match by_name(name).and_then(|l| Ok((l, LvVolume::open(vg, l, found)?))) {
+            Ok(v) => v,
+            Err(e) => {
+                why.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        let sb = metas
+            .get(i)
+            .and_then(|m| m.as_deref())
+            .and_then(|m| by_name(m).ok())
+            .and_then(|m| LvVolume::open(vg, m, found).ok())
+            .and_then(|m| {
+                let mut b = [0u8; 512];
+                m.read_exact_at(0, &mut b).ok()?;
+                leg_sb(&b)
+            });
+        open.push(OpenLeg {
+            index: i,
+            vol: Arc::new(leg.1),
+            rebuild: leg.0.rebuild,
+            sb,
+        });
+    }
+    let freshest = open.iter().filter_map(|o| o.sb).max_by_key(|sb| sb.events);
+    let usable = |o: &&OpenLeg| match (raid, freshest, o.sb) {
+        // Superblocks written: only a current, in-sync leg the array counts as working.
+        (true, Some(f), Some(sb)) => {
+            sb.events == f.events
+                && sb.in_sync
+                && (sb.position >= 64 || f.failed >> sb.position & 1 == 0)
+        }
+        // Some legs have superblocks, this one none: added and not yet synced.
+        (true, Some(_), None) => false,
+        _ => true,
+    };
+    let pick = open
+        .iter()
+        .filter(usable)
+        .find(|o| !o.rebuild)
+        .or_else(|| open.iter().find(usable))
+        .ok_or_else(|| {
+            format!(
+                "no leg of mirrored LV {} is here in sync ({})",
+                lv.name,
+                if why.is_empty() {
+                    "every leg is stale or rebuilding".to_string()
+                } else {
+                    why.join("; ")
+                }
+            )
+        })?;
+    if open.len() < legs.len() {
+        tracing::warn!(
+            "VG {}: mirrored LV {} read from leg {} of {}: {}",
+            vg.name,
+            lv.name,
+            legs[pick.index].0,
+            legs.len(),
+            why.join("; ")
+        );
+    }
+    let data = pick.sb.map_or(0, |sb| sb.data_offset);
+    let at = legs[pick.index]
+        .1
+        .checked_mul(eb)
+        .and_then(|b| b.checked_add(data))
+        .filter(|&b| b.saturating_add(s.count.saturating_mul(eb)) <= pick.vol.size())
+        .ok_or(format!(
+            "leg {} is too small for LV {}",
+            legs[pick.index].0, lv.name
+        ))?;
+    Ok((pick.vol.clone(), at))
 }
 
 /// One mapped piece of an LV: `len` bytes at LV offset `start`, striped in chunks of
@@ -592,18 +814,36 @@ impl LvVolume {
         if let Some(t) = lv.unsupported() {
             return Err(format!("segment type {t} is not read"));
         }
-        if !lv.is_striped() {
-            return Err("not a striped or linear volume".into());
+        if !lv
+            .segments
+            .iter()
+            .all(|s| matches!(s.kind, SegKind::Striped { .. } | SegKind::Mirror { .. }))
+        {
+            return Err("not a striped, linear or mirrored volume".into());
         }
         let eb = vg.extent_bytes;
         let mut pieces = Vec::new();
         for s in &lv.segments {
-            let SegKind::Striped {
-                stripe_bytes,
-                stripes,
-            } = &s.kind
-            else {
-                continue;
+            let (start, len) = (
+                s.start.checked_mul(eb).ok_or("LV too large")?,
+                s.count.checked_mul(eb).ok_or("LV too large")?,
+            );
+            let (stripe_bytes, stripes) = match &s.kind {
+                SegKind::Striped {
+                    stripe_bytes,
+                    stripes,
+                } => (stripe_bytes, stripes),
+                SegKind::Mirror { raid, legs, metas } => {
+                    let (leg, at) = mirror_leg(vg, lv, s, *raid, legs, metas, found)?;
+                    pieces.push(Piece {
+                        start,
+                        len,
+                        chunk: len,
+                        stripes: vec![(leg, at)],
+                    });
+                    continue;
+                }
+                _ => continue,
             };
             let n = stripes.len() as u64;
             let mut mapped = Vec::new();
@@ -626,10 +866,6 @@ impl LvVolume {
                     ))?;
                 mapped.push((dev.clone(), at));
             }
-            let (start, len) = (
-                s.start.checked_mul(eb).ok_or("LV too large")?,
-                s.count.checked_mul(eb).ok_or("LV too large")?,
-            );
             pieces.push(Piece {
                 start,
                 len,
@@ -818,8 +1054,8 @@ pub fn lv_pvs(vg: &Vg, lv: &Lv) -> Vec<usize> {
     let mut seen = 0;
     while let Some(l) = todo.pop() {
         seen += 1;
-        if seen > 16 {
-            break; // pools name sub-LVs; a cycle is damage
+        if seen > 256 {
+            break; // pools and mirrors name sub-LVs; a cycle is damage
         }
         for s in &l.segments {
             match &s.kind {
@@ -832,6 +1068,10 @@ pub fn lv_pvs(vg: &Vg, lv: &Lv) -> Vec<usize> {
                         .iter()
                         .filter(|x| &x.name == metadata || &x.name == data),
                 ),
+                SegKind::Mirror { legs, metas, .. } => todo.extend(vg.lvs.iter().filter(|x| {
+                    legs.iter().any(|(l, _)| l == &x.name)
+                        || metas.iter().flatten().any(|m| m == &x.name)
+                })),
                 SegKind::Other(_) => {}
             }
         }
@@ -858,7 +1098,8 @@ fn used_extents(vg: &Vg, pv: usize) -> Option<Vec<(u64, u64)>> {
                         .map(|&(_, first)| (first, first.saturating_add(each))),
                 );
             }
-            SegKind::Thin { .. } | SegKind::ThinPool { .. } => {}
+            // These take their extents through sub-LVs.
+            SegKind::Thin { .. } | SegKind::ThinPool { .. } | SegKind::Mirror { .. } => {}
             SegKind::Other(_) => return None,
         }
     }
@@ -970,7 +1211,7 @@ status = ["VISIBLE"]
 segment1 {
 start_extent = 0
 extent_count = 1
-type = "raid1"
+type = "raid5"
 }
 }
 pool {
@@ -1000,7 +1241,7 @@ version = 1
         assert_eq!(vg.id, "abcdefghij");
         assert_eq!(vg.pvs[1].pe_start, 1024);
         assert_eq!(vg.lvs[0].segments[0].start, 0, "segments sorted");
-        assert_eq!(vg.lvs[2].unsupported(), Some("raid1"));
+        assert_eq!(vg.lvs[2].unsupported(), Some("raid5"));
         assert!(vg.lvs[3].is_pool() && vg.lvs[3].unsupported().is_none());
         assert_eq!(
             lv_pvs(&vg, &vg.lvs[3]),
@@ -1015,7 +1256,7 @@ version = 1
     #[test]
     fn unused_extents_are_those_no_segment_names() {
         let mut vg = parse_vg(TEXT).unwrap();
-        assert_eq!(unused_extents(&vg, "p0"), None, "a raid1 segment: unknown");
+        assert_eq!(unused_extents(&vg, "p0"), None, "a raid5 segment: unknown");
         vg.lvs.retain(|l| l.name != "mirror");
         // pv0: lin uses 3..5, str's first stripe 0..2 (4 extents over 2 stripes).
         assert_eq!(
@@ -1035,10 +1276,10 @@ version = 1
     #[test]
     fn a_thin_lv_with_an_external_origin_is_not_mapped() {
         let text = TEXT.replace(
-            "mirror {\nstatus = [\"VISIBLE\"]\nsegment1 {\nstart_extent = 0\nextent_count = 1\ntype = \"raid1\"\n}\n}",
+            "mirror {\nstatus = [\"VISIBLE\"]\nsegment1 {\nstart_extent = 0\nextent_count = 1\ntype = \"raid5\"\n}\n}",
             "ext {\nstatus = [\"VISIBLE\"]\nsegment1 {\nstart_extent = 0\nextent_count = 1\ntype = \"thin\"\nthin_pool = \"pool\"\ndevice_id = 4\nexternal_origin = \"lin\"\n}\n}",
         );
-        assert_ne!(text, TEXT, "the raid1 LV replaced");
+        assert_ne!(text, TEXT, "the raid5 LV replaced");
         let vg = parse_vg(&text).unwrap();
         let ext = vg.lvs.iter().find(|l| l.name == "ext").unwrap();
         assert_eq!(ext.unsupported(), Some("thin with an external origin"));
@@ -1048,7 +1289,7 @@ version = 1
     #[test]
     fn lvs_within_one_pv_and_their_device_ranges() {
         let mut vg = parse_vg(TEXT).unwrap();
-        assert_eq!(lvs_within(&vg, "p0"), None, "a raid1 segment: unknown");
+        assert_eq!(lvs_within(&vg, "p0"), None, "a raid5 segment: unknown");
         vg.lvs.retain(|l| l.name != "mirror");
         // lin spans pv0 and pv1, str stripes over both, pool is not striped.
         assert_eq!(lvs_within(&vg, "p0"), Some(vec![]));
