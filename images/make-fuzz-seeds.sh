@@ -38,6 +38,11 @@ mke2fs -q -F -b 1024 -N 64 -U 6d2d8e3c-0f4b-4b1e-9a57-2f0c4c9b1a01 \
   -E hash_seed=1f6a4c2e-3b5d-4e7f-8091-a2b3c4d5e6f7 -t ext4 -O bigalloc,^has_journal \
   -C 4096 -d "$tmp/src" "$out/seed8.img"
 debugfs -w -f "$tmp/pin-times" "$out/seed8.img" > /dev/null 2>&1
+# Orphans (a snapshot of a running server holds them): inode 12 unlinked but on the
+# orphan list, inode 13 after it, still linked (a truncate in flight).
+cp "$out/seed2.img" "$out/seed10.img"
+printf 'sif <12> links_count 0\nsif <12> dtime 13\nssv last_orphan 12\n' > "$tmp/orphans"
+debugfs -w -f "$tmp/orphans" "$out/seed10.img" > /dev/null 2>&1
 # Two ext4 volumes that need journal recovery (committed transactions, a revoke),
 # written with debugfs's journal commands: plain jbd2 and with v3 checksums. 3 MiB:
 # the smallest volume that takes the smallest journal (1024 blocks).
