@@ -79,6 +79,10 @@ enum Cmd {
         /// Write only partition K of the device (numbered as the mount's partK.img).
         #[arg(long, value_name = "K")]
         partition: Option<u32>,
+        /// Write only this raw image of the device, named as under the mount's
+        /// N/DEVICE/ (e.g. lvm/VG-LV.img, md/NAME.img): one LV or array brought back.
+        #[arg(long, value_name = "PATH")]
+        volume: Option<PathBuf>,
     },
     /// Mount every recovery point read-only through FUSE.
     Mount {
@@ -279,11 +283,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             only_differing,
             partition,
+            volume,
         } => {
             let opts = disksafe::restore::RestoreOptions {
                 only_differing,
                 progress: std::io::stderr().is_terminal(),
                 partition,
+                volume,
             };
             let n = disksafe::restore::restore(&safe, &point, &device, &output, opts)?;
             if only_differing {

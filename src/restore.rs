@@ -21,6 +21,7 @@ use std::sync::mpsc::sync_channel;
 use anyhow::{bail, Context};
 use rayon::prelude::*;
 
+use crate::readat::ReadAt;
 use crate::safe_reader::{device_in_point, Safe};
 
 /// Blocks decoded per step; large enough to keep every core decompressing.
@@ -38,7 +39,7 @@ enum Out {
 }
 
 /// How `restore` writes its output.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     /// Read the (existing) output first and write only the blocks that differ: a disk
     /// brought back to a point with few writes.
@@ -48,6 +49,10 @@ pub struct RestoreOptions {
     /// Write only this partition of the device (MBR or GPT, numbered as the mount
     /// numbers `partK.img`): one volume brought back without touching the others.
     pub partition: Option<u32>,
+    /// Write only this raw image of the device, named as the mount names it under
+    /// the device's directory (`lvm/VG-LV.img`, `md/NAME.img`, ...): an LV or array
+    /// brought back on its own.
+    pub volume: Option<std::path::PathBuf>,
 }
 
 /// What a restore did, for its closing line.
@@ -160,6 +165,57 @@ fn partition_range(
     }
 }
 
+/// The raw image `rel` under device `device` at `point`, as the mount shows it.
+fn open_volume(
+    safe_dir: &Path,
+    point: i64,
+    device: &str,
+    rel: &Path,
+) -> anyhow::Result<std::sync::Arc<dyn ReadAt>> {
+    let safe = std::sync::Arc::new(Safe::open(safe_dir)?);
+    let cache = std::sync::Arc::new(crate::cache::CachedSafe::new(safe, 64 << 20));
+    let fs = crate::fs::SafeFs::new(
+        cache,
+        crate::fs::FsOptions {
+            only_point: Some(point),
+            allow_other: false,
+            no_replay: false,
+            show_system: false,
+            keyring: std::sync::Arc::new(crate::volumes::luks::Keyring::new(Vec::new())),
+        },
+    )?;
+    fs.volume_at(&Path::new(device).join(rel))
+        .with_context(|| format!("point {point}: volume {}", rel.display()))
+}
+
+/// Reads blocks `first..first+n` of `vol` (`size` bytes) into `buf`, noting the
+/// all-zero ones.
+fn read_volume(
+    vol: &dyn ReadAt,
+    first: u64,
+    n: u64,
+    bs: u64,
+    size: u64,
+    mut buf: Vec<u8>,
+) -> anyhow::Result<Decoded> {
+    let off = first * bs;
+    let len = run_len(first, n, bs, size);
+    buf.truncate(len);
+    vol.read_exact_at(off, &mut buf)
+        .with_context(|| format!("reading the volume at byte {off}"))?;
+    buf.resize((n * bs) as usize, 0);
+    let zero = buf
+        .chunks(bs as usize)
+        .map(|b| b.iter().all(|&x| x == 0))
+        .collect();
+    Ok(Decoded {
+        off,
+        len,
+        buf,
+        zero,
+    })
+}
+
 /// Restores DEVICE at POINT to OUTPUT (`-` for stdout).
 pub fn restore(
     safe_dir: &Path,
@@ -172,9 +228,18 @@ pub fn restore(
     let p = safe.point(point)?;
     let d = device_in_point(&p, device)?;
     let bs = safe.params().block_size as u64;
-    // The device bytes written: all of them, or one partition's.
+    // A volume restored reads through its own mapping, offsets counted from its start.
+    let vol = match &opts.volume {
+        Some(_) if opts.partition.is_some() => {
+            bail!("--volume and --partition each choose what to write; give one")
+        }
+        Some(rel) => Some(open_volume(safe_dir, p.id, device, rel)?),
+        None => None,
+    };
+    let src_size = vol.as_ref().map_or(d.size, |v| v.size());
+    // The source bytes written: all of them, or one partition's.
     let (base, size) = match opts.partition {
-        None => (0, d.size),
+        None => (0, src_size),
         Some(k) => partition_range(safe_dir, p.id, &d, k)?,
     };
     let end = base + size;
@@ -188,9 +253,10 @@ pub fn restore(
             .unwrap()
             .progress_chars("=> "),
         );
-        b.set_message(match opts.partition {
-            Some(k) => format!("{device}@{} part{k}", p.id),
-            None => format!("{device}@{}", p.id),
+        b.set_message(match (&opts.volume, opts.partition) {
+            (Some(v), _) => format!("{device}@{} {}", p.id, v.display()),
+            (None, Some(k)) => format!("{device}@{} part{k}", p.id),
+            (None, None) => format!("{device}@{}", p.id),
         });
         b
     } else {
@@ -215,11 +281,12 @@ pub fn restore(
         let (rx, cur_rx) = (rx, cur_rx);
         let safe = &safe;
         let d = &d;
+        let vol = &vol;
         if let Some((f, sparse)) = reader {
             s.spawn(move || {
                 for (first, n) in runs(base, end, bs) {
                     let off = first * bs;
-                    let len = run_len(first, n, bs, d.size);
+                    let len = run_len(first, n, bs, src_size);
                     let mut buf = vec![0u8; len];
                     let (lo, hi) = clip(off, len, base, end);
                     let r = read_output(&f, sparse, &mut buf[lo..hi], off + lo as u64 - base)
@@ -235,7 +302,17 @@ pub fn restore(
             for (first, n) in runs(base, end, bs) {
                 let mut buf = recycle_rx.try_recv().unwrap_or_default();
                 buf.resize((n * bs) as usize, 0);
-                let r = decode(safe, p.id, d, first, n, bs, buf);
+                let r = match vol {
+                    Some(v) => {
+                        // The next run's blocks start decoding while this one is read.
+                        let next = (first + n) * bs;
+                        if next < end {
+                            v.prefetch(&[(next, (n * bs).min(end - next))]);
+                        }
+                        read_volume(&**v, first, n, bs, src_size, buf)
+                    }
+                    None => decode(safe, p.id, d, first, n, bs, buf),
+                };
                 let failed = r.is_err();
                 if tx.send(r).is_err() || failed {
                     return;
@@ -312,6 +389,18 @@ pub fn restore(
     if result.is_err() {
         if let Out::File { created: true, .. } = out {
             let _ = std::fs::remove_file(output);
+        }
+    } else if vol.is_some() {
+        // The volume's bytes may come from any device of the point.
+        for dev in &p.devices {
+            let bad = safe.unreadable(p.id, dev.id)?;
+            if !bad.is_empty() {
+                let total: u64 = bad.iter().map(|r| r.1).sum();
+                eprintln!(
+                    "warning: device {} at point {}: {total} byte(s) could not be read from the source at backup; whatever of the volume lies there is written as zeros",
+                    dev.name, p.id
+                );
+            }
         }
     } else {
         let mut bad = safe.unreadable(p.id, d.id)?;

@@ -1768,3 +1768,92 @@ fn mirrored_lvs_read_from_a_leg_in_sync() {
     let log = m.log_text();
     assert!(log.contains("read from leg mir_rimage_1 of 2"), "{log}");
 }
+
+/// `restore --volume lvm/VG-LV.img`: one LV (in two segments, another LV between
+/// them) written as it was at a point, to a new file and, with `--only-differing`,
+/// over a copy of its current bytes after part of it was overwritten: both equal the
+/// LV's bytes at backup (read where `lvs` places its segments), only the overwritten
+/// blocks are written, and the other LV is never touched. Bad names get one-line
+/// errors.
+#[test]
+fn one_lv_is_restored_on_its_own() {
+    if !have_lvm("one_lv_is_restored_on_its_own") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("d.img");
+    File::create(&disk).unwrap().set_len(48 << 20).unwrap();
+    let mut loops = Loops::default();
+    let Some(pv) = loops.attach(&disk, 0, 48 << 20) else {
+        eprintln!("SKIP one_lv_is_restored_on_its_own: no loop devices");
+        return;
+    };
+    let vg = format!("dsrv{}", std::process::id());
+    tool("pvcreate", &["-q", &pv]).expect("pvcreate");
+    lvm_run(&["vgcreate", "-q", "-s", "1m", &vg, &pv]);
+    for (name, size) in [("db", "8m"), ("other", "4m")] {
+        lvm_run(&["lvcreate", "-q", "-an", "-Zn", "-L", size, "-n", name, &vg]);
+    }
+    lvm_run(&["lvextend", "-q", "-L", "20m", &format!("{vg}/db")]);
+    let segs = segments(&vg);
+    assert_eq!(segs["db"].len(), 2, "db in two segments: {segs:?}");
+    let pe_start = first_extent_at(&pv);
+    let mut rng = StdRng::seed_from_u64(41);
+    let (src, img) = (t.path().join("src"), t.path().join("db.img"));
+    ext4_image(&src, &img, 20, 20 << 20, &mut rng);
+    let starts = BTreeMap::from([(pv.clone(), pe_start)]);
+    write_lv(&segs["db"], &std::fs::read(&img).unwrap(), &starts, 1 << 20);
+    let mut other = vec![0u8; 4 << 20];
+    rng.fill(&mut other[..]);
+    write_lv(&segs["other"], &other, &starts, 1 << 20);
+    drop(loops);
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("d={}", s(&disk))]);
+    let want = lv_bytes(&std::fs::read(&disk).unwrap(), &segs["db"], 0, pe_start);
+    assert_eq!(want, std::fs::read(&img).unwrap());
+    let vol = format!("lvm/{vg}-db.img");
+
+    let out = t.path().join("out.img");
+    ok(&["restore", s(&safe), "1", "d", s(&out), "--volume", &vol]);
+    assert!(std::fs::read(&out).unwrap() == want, "restored LV");
+
+    // The LV as it is now: 3 MiB of its second segment overwritten.
+    let mut now = want.clone();
+    let hit = 12 << 20;
+    rng.fill(&mut now[hit..hit + (3 << 20)]);
+    let cur = t.path().join("current.img");
+    std::fs::write(&cur, &now).unwrap();
+    let o = ds(&[
+        "restore",
+        s(&safe),
+        "1",
+        "d",
+        s(&cur),
+        "--volume",
+        &vol,
+        "--only-differing",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(std::fs::read(&cur).unwrap() == want, "rolled back");
+    assert!(
+        err.contains(&format!("({} bytes) differed", 3 << 20)),
+        "{err}"
+    );
+
+    let restore_fails = |more: &[&str]| {
+        let mut args = vec!["restore", s(&safe), "1", "d", s(&out), "--volume"];
+        args.extend_from_slice(more);
+        fails(&args)
+    };
+    let e = restore_fails(&["lvm/nope.img"]);
+    assert!(
+        e.contains("no such entry") && e.contains(&format!("{vg}-db.img")),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    let e = restore_fails(&[&vol, "--partition", "1"]);
+    assert!(e.contains("--volume and --partition"), "{e}");
+    let e = restore_fails(&["lvm"]);
+    assert!(e.contains("not a raw image"), "{e}");
+}

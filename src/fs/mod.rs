@@ -26,6 +26,7 @@ mod readahead;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -306,6 +307,27 @@ fn whole_volume(vol: Option<Arc<dyn ReadAt>>) -> Result<Image, Errno> {
     })
 }
 
+/// A raw image as a volume of its own.
+struct ImageVolume(Image);
+
+impl ReadAt for ImageVolume {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.0.len.saturating_sub(offset)) as usize;
+        self.0.read_exact(offset, &mut buf[..n])?;
+        Ok(n)
+    }
+
+    fn size(&self) -> u64 {
+        self.0.len
+    }
+
+    fn prefetch(&self, ranges: &[(u64, u64)]) {
+        for &(o, l) in ranges {
+            self.0.prefetch(o, l);
+        }
+    }
+}
+
 /// A PV found in a point: the device holding it and the volume it is.
 struct FoundPv {
     /// The devices holding it: one, or every member of an assembled md array.
@@ -464,6 +486,49 @@ impl SafeFs {
             luks: Mutex::new(HashMap::new()),
             streams,
         })
+    }
+
+    /// The raw image at `path` under the root (as the mount names it: `N/DEVICE/
+    /// lvm/VG-LV.img`, or `DEVICE/...` with `only_point`) as a volume: what `restore
+    /// --volume` writes, read without a mount.
+    pub fn volume_at(&self, path: &Path) -> anyhow::Result<Arc<dyn ReadAt>> {
+        let mut ino = 1;
+        let mut seen = PathBuf::new();
+        for part in path.components() {
+            let std::path::Component::Normal(name) = part else {
+                anyhow::bail!(
+                    "{}: only plain names, as the mount shows them",
+                    path.display()
+                );
+            };
+            seen.push(name);
+            let children = self
+                .children(ino)
+                .map_err(|_| anyhow::anyhow!("{}: not a directory", seen.display()))?;
+            ino = children
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|&(_, i)| i)
+                .ok_or_else(|| {
+                    let here: Vec<String> = children
+                        .iter()
+                        .map(|(n, _)| n.to_string_lossy().into_owned())
+                        .collect();
+                    anyhow::anyhow!(
+                        "{}: no such entry (there: {})",
+                        seen.display(),
+                        if here.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            here.join(", ")
+                        }
+                    )
+                })?;
+        }
+        let img = self
+            .image_of(ino)
+            .map_err(|_| anyhow::anyhow!("{}: not a raw image", path.display()))?;
+        Ok(Arc::new(ImageVolume(img)))
     }
 
     /// Re-reads the point list so points completed since the mount appear.
