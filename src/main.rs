@@ -83,6 +83,11 @@ enum Cmd {
         /// N/DEVICE/ (e.g. lvm/VG-LV.img, md/NAME.img): one LV or array brought back.
         #[arg(long, value_name = "PATH")]
         volume: Option<PathBuf>,
+        /// With --volume: a passphrase that opens LUKS volumes, so that their plaintext
+        /// (luks/NAME.img) can be written (the file's bytes, also tried without a
+        /// final newline; `-` reads standard input). Repeatable.
+        #[arg(long = "key-file", value_name = "FILE", requires = "volume")]
+        key_files: Vec<String>,
     },
     /// Mount every recovery point read-only through FUSE.
     Mount {
@@ -284,12 +289,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             only_differing,
             partition,
             volume,
+            key_files,
         } => {
             let opts = disksafe::restore::RestoreOptions {
                 only_differing,
                 progress: std::io::stderr().is_terminal(),
                 partition,
                 volume,
+                passphrases: disksafe::passphrase::read(&key_files)?,
             };
             let n = disksafe::restore::restore(&safe, &point, &device, &output, opts)?;
             if only_differing {

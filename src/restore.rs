@@ -53,6 +53,8 @@ pub struct RestoreOptions {
     /// the device's directory (`lvm/VG-LV.img`, `md/NAME.img`, ...): an LV or array
     /// brought back on its own.
     pub volume: Option<std::path::PathBuf>,
+    /// Passphrases for LUKS volumes, whose plaintext `volume` may name.
+    pub passphrases: Vec<Vec<u8>>,
 }
 
 /// What a restore did, for its closing line.
@@ -171,6 +173,7 @@ fn open_volume(
     point: i64,
     device: &str,
     rel: &Path,
+    passphrases: &[Vec<u8>],
 ) -> anyhow::Result<std::sync::Arc<dyn ReadAt>> {
     let safe = std::sync::Arc::new(Safe::open(safe_dir)?);
     let cache = std::sync::Arc::new(crate::cache::CachedSafe::new(safe, 64 << 20));
@@ -181,7 +184,7 @@ fn open_volume(
             allow_other: false,
             no_replay: false,
             show_system: false,
-            keyring: std::sync::Arc::new(crate::volumes::luks::Keyring::new(Vec::new())),
+            keyring: std::sync::Arc::new(crate::volumes::luks::Keyring::new(passphrases.to_vec())),
         },
     )?;
     fs.volume_at(&Path::new(device).join(rel))
@@ -233,7 +236,7 @@ pub fn restore(
         Some(_) if opts.partition.is_some() => {
             bail!("--volume and --partition each choose what to write; give one")
         }
-        Some(rel) => Some(open_volume(safe_dir, p.id, device, rel)?),
+        Some(rel) => Some(open_volume(safe_dir, p.id, device, rel, &opts.passphrases)?),
         None => None,
     };
     let src_size = vol.as_ref().map_or(d.size, |v| v.size());

@@ -263,6 +263,23 @@ fn luks_volumes_show_their_trees_with_the_passphrase() {
             sha256_file(&plain),
             "{dev}: the plaintext image"
         );
+        // restore --volume writes the same plaintext, given the passphrase.
+        let vol = format!("luks/luks-{uuid}.img");
+        let out = t.path().join(format!("restored-{dev}"));
+        ok(&[
+            "restore",
+            s(&safe),
+            "1",
+            dev,
+            s(&out),
+            "--volume",
+            &vol,
+            "--key-file",
+            s(&key),
+        ]);
+        assert_eq!(sha256_file(&out), sha256_file(&plain), "{dev}: restored");
+        let e = fails(&["restore", s(&safe), "1", dev, s(&out), "--volume", &vol]);
+        assert!(e.contains("no such entry"), "{e}");
     }
     assert!(mnt
         .dir
