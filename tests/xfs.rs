@@ -52,6 +52,31 @@ fn xfs_v4() {
     check("v4", &["-m", "crc=0"]);
 }
 
+/// A new XFS volume of `size` bytes at `img` (mkfs.xfs with `extra`), when FUSE, root
+/// and xfsprogs are here; else false, `what` skipped saying why.
+fn fresh_xfs(img: &Path, size: u64, extra: &[&str], what: &str) -> bool {
+    if !fuse_available() || Command::new("xfs_io").arg("-V").output().is_err() {
+        eprintln!("SKIP {what}: needs FUSE, root and xfsprogs");
+        return false;
+    }
+    File::create(img).unwrap().set_len(size).unwrap();
+    mkfs_xfs(img, extra);
+    true
+}
+
+/// Makes an XFS volume on `img` (mkfs.xfs's test overrides allow a small one).
+fn mkfs_xfs(img: &Path, extra: &[&str]) {
+    let ok = Command::new("mkfs.xfs")
+        .args(["-q", "-f"])
+        .args(extra)
+        .arg(img)
+        .envs([("TEST_DIR", "1"), ("TEST_DEV", "1"), ("QA_CHECK_FS", "1")])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfs.xfs");
+}
+
 /// What a snapshot of a running server holds: a volume busy with creates, fsyncs,
 /// renames, deletes and attribute changes, its log flushed and the machine "crashed"
 /// (`xfs_io -x -c 'shutdown -f'`, as xfstests crash it), so the latest metadata is
@@ -59,18 +84,9 @@ fn xfs_v4() {
 /// Makes `img` (`size` bytes) such a crashed volume; `None` (the caller skips,
 /// saying why) where the tools or the kernel's XFS are missing.
 fn crash_image(img: &Path, size: u64, mnt: &Path, rng: &mut StdRng) -> Option<()> {
-    if !fuse_available() || Command::new("xfs_io").arg("-V").output().is_err() {
-        eprintln!("SKIP xfs crash: needs FUSE, root and xfsprogs");
+    if !fresh_xfs(img, size, &[], "xfs crash") {
         return None;
     }
-    File::create(img).unwrap().set_len(size).unwrap();
-    let ok = Command::new("mkfs.xfs")
-        .args(["-q", "-f", s(img)])
-        .envs([("TEST_DIR", "1"), ("TEST_DEV", "1"), ("QA_CHECK_FS", "1")])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mkfs.xfs");
     let busy = kernel(img, mnt, "loop", |m| {
         fill(m, rng);
         assert!(run("sync", &[]));
@@ -169,18 +185,9 @@ fn xfs_crash_consistent_point_is_replayed_like_the_kernel() {
 fn xfs_files_unlinked_while_open_are_freed_like_the_kernel() {
     let t = tempfile::tempdir().unwrap();
     let (img, kmnt) = (t.path().join("xfs.img"), t.path().join("kernel"));
-    if !fuse_available() || Command::new("xfs_io").arg("-V").output().is_err() {
-        eprintln!("SKIP xfs unlinked: needs FUSE, root and xfsprogs");
+    if !fresh_xfs(&img, 64 << 20, &[], "xfs unlinked") {
         return;
     }
-    File::create(&img).unwrap().set_len(64 << 20).unwrap();
-    let ok = Command::new("mkfs.xfs")
-        .args(["-q", "-f", s(&img)])
-        .envs([("TEST_DIR", "1"), ("TEST_DEV", "1"), ("QA_CHECK_FS", "1")])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mkfs.xfs");
     let before = kernel(&img, &kmnt, "loop", |m| {
         let before = statvfs(m);
         let dir = m.join("tmp");
@@ -221,6 +228,52 @@ fn xfs_files_unlinked_while_open_are_freed_like_the_kernel() {
     let log = m.log_text();
     assert!(log.contains("300 inode(s) left unlinked"), "{log}");
     assert!(!log.contains(" 0 inode(s) in freed chunks"), "{log}");
+}
+
+/// A reflinked copy partly overwritten just before the crash: the CoW extent size
+/// hint left staging extents in the refcount btree, which every mount frees first.
+/// `df` on the point matches the kernel's after it did.
+#[test]
+fn xfs_cow_staging_extents_are_freed_like_the_kernel() {
+    let t = tempfile::tempdir().unwrap();
+    let (img, kmnt) = (t.path().join("xfs.img"), t.path().join("kernel"));
+    if !fresh_xfs(&img, 320 << 20, &["-m", "reflink=1"], "xfs CoW staging") {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(17);
+    let done = kernel(&img, &kmnt, "loop", |m| {
+        let mut d = vec![0u8; 8 << 20];
+        rng.fill(&mut d[..]);
+        std::fs::write(m.join("a"), &d).unwrap();
+        assert!(run("sync", &[]));
+        assert!(run(
+            "cp",
+            &["--reflink=always", s(&m.join("a")), s(&m.join("b"))]
+        ));
+        assert!(run("sync", &[]));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("b"))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[9u8; 12288], 400 << 10).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        run("xfs_io", &["-x", "-c", "shutdown -f", s(m)])
+    });
+    if done != Some(true) {
+        eprintln!("SKIP xfs CoW staging: the kernel does not mount XFS or refuses shutdown");
+        return;
+    }
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    let copy = t.path().join("copy.img");
+    std::fs::copy(&img, &copy).unwrap();
+    assert!(kernel(&copy, &kmnt, "loop", |_| ()).is_some(), "recovery");
+    let want = kernel(&copy, &kmnt, "loop,ro", statvfs).unwrap();
+    let m = Mounted::logging(&safe, t.path(), &[], "info");
+    assert_eq!(statvfs(&m.dir.join("1/vol/files")), want, "statvfs");
+    let log = m.log_text();
+    assert!(log.contains("CoW staging block(s) count as free"), "{log}");
 }
 
 /// A crashed volume's log damaged byte by byte: each walk (replay included) ends in

@@ -9,7 +9,7 @@
 use std::io;
 use std::sync::Arc;
 
-use super::{be16, be32, crc_ok, log, read_sb, Sb, INCOMPAT_KNOWN};
+use super::{be16, be32, crc_ok, log, read_sb, sbtree_block_ok, Sb, INCOMPAT_KNOWN};
 use crate::ntfs_ext::corrupt;
 use crate::readat::ReadAt;
 
@@ -150,11 +150,8 @@ impl Tree<'_> {
                 "block {bno} is no free-space btree block at level {level}"
             )));
         }
-        if sb.v5
-            && (u64::from_be_bytes(b[16..24].try_into().unwrap()) != at / 512
-                || b[32..48] != sb.meta_uuid
-                || be32(&b, 48) as u64 != ag
-                || self.check.crcs && !crc_ok(&b, 52))
+        if !sbtree_block_ok(&b, sb, ag, at, magic, level)
+            || sb.v5 && self.check.crcs && !crc_ok(&b, 52)
         {
             return Err(corrupt(format!(
                 "free-space btree block {bno} fails its checks"

@@ -12,6 +12,7 @@
 
 mod alloc;
 mod log;
+mod refcount;
 mod unlinked;
 
 use std::io;
@@ -87,6 +88,8 @@ struct Sb {
     maxicount: u64,
     sectsize: u64,
     rmapbt: bool,
+    /// Blocks may be shared between files (a refcount btree per AG).
+    reflink: bool,
     /// Inode chunks may be partly allocated (sparse inodes).
     spinodes: bool,
     uuid: [u8; 16],
@@ -172,6 +175,7 @@ impl Sb {
             meta_uuid,
             sectsize,
             rmapbt: v5 && be32(b, 0xD4) & 0x2 != 0,
+            reflink: v5 && be32(b, 0xD4) & 0x4 != 0,
             spinodes: incompat & 0x2 != 0,
             maxicount,
             bs,
@@ -219,6 +223,15 @@ impl Sb {
         }
         Ok((ag * self.agblocks + agbno) * self.bs + slot * self.isize)
     }
+}
+
+/// Whether `b`, read at byte `at` of AG `ag`, heads a short-form btree block of type
+/// `magic` at `level`: on v5 also its own address, the volume's UUID and its AG.
+fn sbtree_block_ok(b: &[u8], sb: &Sb, ag: u64, at: u64, magic: u32, level: u32) -> bool {
+    be32(b, 0) == magic
+        && be16(b, 4) as u32 == level
+        && (!sb.v5
+            || be64(b, 16) == at / 512 && b[32..48] == sb.meta_uuid && be32(b, 48) as u64 == ag)
 }
 
 /// XFS's CRC: crc32c of the block with its CRC field (at `off`) zeroed, stored
@@ -1215,8 +1228,9 @@ impl XfsFs {
         let (mut allocbt, mut fdblocks, mut icount, mut ifree) = (0u64, 0u64, 0u64, 0u64);
         let mut all = sb.agcount <= 1 << 16;
         let mut released = unlinked::Released::default();
+        let mut staging = 0u64;
         if all {
-            let (mut agf, mut agi) = ([0u8; 84], [0u8; 296]);
+            let (mut agf, mut agi) = ([0u8; 96], [0u8; 296]);
             for ag in 0..sb.agcount {
                 let at = ag * sb.agblocks * sb.bs + sb.sectsize;
                 // The AGIs' inode counts are used only after a replay.
@@ -1238,6 +1252,15 @@ impl XfsFs {
                 fdblocks += be32(&agf, 52) as u64 + be32(&agf, 48) as u64 + btree;
                 icount += be32(&agi, 16) as u64;
                 ifree += be32(&agi, 28) as u64;
+                if sb.reflink {
+                    match refcount::staging_blocks(&*self.dev, sb, ag, &agf) {
+                        Ok(n) => staging += n,
+                        Err(e) => tracing::warn!(
+                            "{}: AG {ag}: {e}; its CoW staging blocks count as used",
+                            self.label
+                        ),
+                    }
+                }
                 if !self.replayed {
                     continue;
                 }
@@ -1281,6 +1304,14 @@ impl XfsFs {
         } else {
             (sb.fdblocks, sb.icount, sb.ifree)
         };
+        // Every mount frees the CoW staging extents first.
+        if staging != 0 {
+            tracing::info!(
+                "{}: {staging} CoW staging block(s) count as free, as every mount frees them",
+                self.label
+            );
+        }
+        let fdblocks = fdblocks + staging;
         let free = fdblocks
             .min(sb.dblocks)
             .saturating_sub(sb.agcount * 8)

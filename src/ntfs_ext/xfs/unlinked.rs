@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io;
 
-use super::{be16, be32, be64, Sb, INODE_MAGIC};
+use super::{be16, be32, be64, sbtree_block_ok, Sb, INODE_MAGIC};
 use crate::ntfs_ext::corrupt;
 use crate::readat::ReadAt;
 
@@ -174,13 +174,7 @@ impl<'a> Inobt<'a> {
         for level in (0..self.levels).rev() {
             let at = (self.ag * sb.agblocks + bno) * sb.bs;
             self.dev.read_exact_at(at, &mut b)?;
-            if be32(&b, 0) != magic
-                || be16(&b, 4) as u32 != level
-                || sb.v5
-                    && (be64(&b, 16) != at / 512
-                        || b[32..48] != sb.meta_uuid
-                        || be32(&b, 48) as u64 != self.ag)
-            {
+            if !sbtree_block_ok(&b, sb, self.ag, at, magic, level) {
                 return Err(corrupt(format!(
                     "block {bno} is no inode btree block at level {level}"
                 )));
