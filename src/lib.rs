@@ -14,6 +14,7 @@ pub mod device;
 pub mod format;
 pub mod fs;
 pub mod ntfs_ext;
+pub mod parity;
 pub mod passphrase;
 pub mod readat;
 pub mod restore;

@@ -789,9 +789,11 @@ fn btrfs_random_fsync_histories_replay_like_the_kernel() {
 }
 
 /// A btrfs made on `n` loop devices with the given data and metadata profiles, filled
-/// by the kernel; backed up as one point of `n` devices (and, when `alone`, a second
-/// point holding only the first): every device's `files/` equals the kernel's view.
-fn multi_device(name: &str, n: usize, data: &str, meta: &str, alone: bool) {
+/// by the kernel; backed up as one point of `n` devices (and, given `present`, a
+/// second point holding only those, as after a disk failed): every device's `files/`
+/// equals the kernel's view, RAID5/6 stripes of missing devices rebuilt from parity
+/// (and checked against the data checksums as they are read).
+fn multi_device(name: &str, n: usize, data: &str, meta: &str, present: Option<&[usize]>) {
     if !mkfs_ready("btrfs", name) {
         return;
     }
@@ -846,8 +848,12 @@ fn multi_device(name: &str, n: usize, data: &str, meta: &str, alone: bool) {
     );
     let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
     backup(&args);
-    if alone {
-        backup(&[s(&safe), &format!("dev0={}", s(&imgs[0]))]);
+    // Point 2: some devices missing (a failed disk).
+    if let Some(present) = present {
+        let mut args = vec![s(&safe).to_string()];
+        args.extend(present.iter().map(|&i| format!("dev{i}={}", s(&imgs[i]))));
+        let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+        backup(&args);
     }
     let m = Mounted::new(&safe, t.path(), &[]);
     for i in 0..n {
@@ -858,12 +864,19 @@ fn multi_device(name: &str, n: usize, data: &str, meta: &str, alone: bool) {
             &format!("{name}, device {i}"),
         );
     }
-    if alone {
+    for &i in present.unwrap_or(&[]) {
         same_view(
             &want,
-            &m.dir.join("2/dev0/files"),
+            &m.dir.join(format!("2/dev{i}/files")),
             &m,
-            &format!("{name}, one device alone"),
+            &format!("{name}, devices {present:?} alone, under device {i}"),
+        );
+    }
+    if present.is_some() && data.starts_with("raid") && data != "raid1" {
+        assert!(
+            m.log_text().contains("rebuilt from parity"),
+            "{}",
+            m.log_text()
         );
     }
     drop(m);
@@ -959,27 +972,29 @@ fn multi_device(name: &str, n: usize, data: &str, meta: &str, alone: bool) {
 
 #[test]
 fn btrfs_raid0_data_over_two_devices() {
-    multi_device("raid0", 2, "raid0", "raid1", false);
+    multi_device("raid0", 2, "raid0", "raid1", None);
 }
 
 #[test]
 fn btrfs_raid10_over_four_devices() {
-    multi_device("raid10", 4, "raid10", "raid10", false);
+    multi_device("raid10", 4, "raid10", "raid10", None);
 }
 
 #[test]
 fn btrfs_raid5_data_over_three_devices() {
-    multi_device("raid5", 3, "raid5", "raid1", false);
+    // With one of the three missing, its stripes come back from parity.
+    multi_device("raid5", 3, "raid5", "raid1", Some(&[0, 2]));
 }
 
 #[test]
 fn btrfs_raid6_data_over_four_devices() {
-    multi_device("raid6", 4, "raid6", "raid1c3", false);
+    // With two of the four missing: from P, from Q, and from both.
+    multi_device("raid6", 4, "raid6", "raid1c3", Some(&[0, 3]));
 }
 
 #[test]
 fn btrfs_raid1_reads_from_one_device_alone() {
-    multi_device("raid1", 2, "raid1", "raid1", true);
+    multi_device("raid1", 2, "raid1", "raid1", Some(&[0]));
 }
 
 /// Byte ranges (offset, length).

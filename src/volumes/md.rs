@@ -691,127 +691,33 @@ impl Assembled {
 }
 
 impl Assembled {
-    /// A RAID6 chunk whose member is missing, rebuilt as md rebuilds it: from P like
-    /// RAID5 when P is there, else from Q; with a second data member missing too,
-    /// from P and Q together (H. P. Anvin, "The mathematics of RAID-6"). Q weighs
-    /// each data member by g^slot, slots counted from the member after Q.
+    /// A RAID6 chunk whose member is missing, rebuilt as md rebuilds it
+    /// ([`rebuild_slot`]); Q weighs each data member by g^slot, slots counted from
+    /// the member after Q.
     fn rebuild6(&self, place: &Place, off: u64, buf: &mut [u8]) -> io::Result<()> {
         let (n, p, q) = (self.disks, place.p.unwrap_or(0), place.q.unwrap_or(0));
         let d0 = if q == n - 1 { 0 } else { q + 1 };
-        let mut slots = Vec::with_capacity(n);
+        let read = |d: usize| -> io::Result<Option<Vec<u8>>> {
+            let Some(m) = &self.members[d] else {
+                return Ok(None);
+            };
+            let mut b = vec![0u8; buf.len()];
+            m.read_exact_at(off, &mut b)?;
+            Ok(Some(b))
+        };
+        let (mut data, mut x) = (Vec::with_capacity(n), 0);
         for i in 0..n {
             let d = (d0 + i) % n;
             if d != p && d != q {
-                slots.push(d);
-            }
-        }
-        let slot_of = |d: usize| slots.iter().position(|&x| x == d).unwrap_or(0);
-        let missing: Vec<usize> = slots
-            .iter()
-            .copied()
-            .filter(|&d| self.members[d].is_none())
-            .collect();
-        let (have_p, have_q) = (self.members[p].is_some(), self.members[q].is_some());
-        // P and Q with the missing data taken as zeros, each added to the stored one.
-        let (mut pxy, mut qxy) = (vec![0u8; buf.len()], vec![0u8; buf.len()]);
-        let mut tmp = vec![0u8; buf.len()];
-        for (slot, &d) in slots.iter().enumerate() {
-            let Some(m) = &self.members[d] else { continue };
-            m.read_exact_at(off, &mut tmp)?;
-            let g = gf::pow(slot);
-            for ((x, y), v) in pxy.iter_mut().zip(qxy.iter_mut()).zip(&tmp) {
-                *x ^= v;
-                *y ^= gf::mul(*v, g);
-            }
-        }
-        for (have, d, acc) in [(have_p, p, &mut pxy), (have_q, q, &mut qxy)] {
-            if have {
-                if let Some(m) = &self.members[d] {
-                    m.read_exact_at(off, &mut tmp)?;
+                if d == place.dev {
+                    x = data.len();
                 }
-                for (a, v) in acc.iter_mut().zip(&tmp) {
-                    *a ^= v;
-                }
+                data.push(read(d)?);
             }
         }
-        let x = slot_of(place.dev);
-        match (missing.len(), have_p, have_q) {
-            (1, true, _) => buf.copy_from_slice(&pxy),
-            (1, false, true) => {
-                let inv = gf::inv(gf::pow(x));
-                for (b, v) in buf.iter_mut().zip(&qxy) {
-                    *b = gf::mul(*v, inv);
-                }
-            }
-            (2, true, true) => {
-                let other = missing
-                    .iter()
-                    .copied()
-                    .find(|&d| d != place.dev)
-                    .unwrap_or(0);
-                let y = slot_of(other);
-                let gyx = gf::pow((y + 255 - x) % 255);
-                let den = gf::inv(gyx ^ 1);
-                let (a, b) = (gf::mul(gyx, den), gf::mul(gf::inv(gf::pow(x)), den));
-                for ((o, pv), qv) in buf.iter_mut().zip(&pxy).zip(&qxy) {
-                    *o = gf::mul(a, *pv) ^ gf::mul(b, *qv);
-                }
-            }
-            _ => {
-                return Err(io::Error::other(
-                    "md array: more members missing than RAID6 can rebuild",
-                ))
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Arithmetic in GF(2^8) with the polynomial x^8+x^4+x^3+x^2+1 (0x11d) and
-/// generator 2, as md's RAID6 computes Q.
-mod gf {
-    use std::sync::OnceLock;
-
-    /// Exponents (doubled, so products need no modulo) and logarithms.
-    fn tables() -> &'static ([u8; 512], [u8; 256]) {
-        static T: OnceLock<([u8; 512], [u8; 256])> = OnceLock::new();
-        T.get_or_init(|| {
-            let (mut exp, mut log) = ([0u8; 512], [0u8; 256]);
-            let mut x: u16 = 1;
-            for i in 0..255 {
-                exp[i] = x as u8;
-                exp[i + 255] = x as u8;
-                log[x as usize] = i as u8;
-                x <<= 1;
-                if x & 0x100 != 0 {
-                    x ^= 0x11d;
-                }
-            }
-            (exp, log)
-        })
-    }
-
-    /// g^e.
-    pub fn pow(e: usize) -> u8 {
-        tables().0[e % 255]
-    }
-
-    /// a·b.
-    pub fn mul(a: u8, b: u8) -> u8 {
-        if a == 0 || b == 0 {
-            return 0;
-        }
-        let (exp, log) = tables();
-        exp[log[a as usize] as usize + log[b as usize] as usize]
-    }
-
-    /// The inverse of a non-zero `a` (0 gives 0).
-    pub fn inv(a: u8) -> u8 {
-        if a == 0 {
-            return 0;
-        }
-        let (exp, log) = tables();
-        exp[255 - log[a as usize] as usize]
+        let (pb, qb) = (read(p)?, read(q)?);
+        crate::parity::rebuild_slot(&data, pb.as_deref(), qb.as_deref(), x, buf)
+            .map_err(|e| io::Error::other(format!("md array: {e}")))
     }
 }
 

@@ -771,6 +771,8 @@ pub struct BtrfsFs {
     numbers: Mutex<Numbers>,
     root_ino: u64,
     bad_csum: OnceLock<()>,
+    /// Set once stripes of a missing device were rebuilt (logged once).
+    rebuilt: OnceLock<()>,
     /// Items the fsync log's replay changed, per subvolume (merged into scans).
     edits: BTreeMap<u64, log::Edits>,
     /// The data checksum tree, when there is one.
@@ -837,6 +839,7 @@ impl BtrfsFs {
             numbers: Mutex::new(Numbers::default()),
             root_ino: 0,
             bad_csum: OnceLock::new(),
+            rebuilt: OnceLock::new(),
             edits: BTreeMap::new(),
             csums: None,
             log_csums: BTreeMap::new(),
@@ -1064,6 +1067,66 @@ impl BtrfsFs {
         Ok((copies, avail))
     }
 
+    /// Rebuilds logical bytes from `logical` whose RAID5/6 stripe lies on a missing
+    /// device, from the other stripes of its row and the parity (P, and Q for RAID6:
+    /// data stripe i weighed g^i, as the kernel's raid6 syndrome), up to the end of
+    /// that stripe; the bytes filled. An error where the chunk is not RAID5/6 or more
+    /// devices are missing than its parity covers.
+    fn rebuild56(&self, logical: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let (start, c) = self
+            .chunks
+            .range(..=logical)
+            .next_back()
+            .filter(|(s, c)| logical - **s < c.len && c.ty & (RAID5 | RAID6) != 0)
+            .ok_or_else(|| corrupt("not in a RAID5/6 chunk"))?;
+        let (n, sl) = (c.stripes.len() as u64, c.stripe_len);
+        let parity = if c.ty & RAID6 != 0 { 2 } else { 1 };
+        if sl == 0 || !sl.is_power_of_two() || n <= parity {
+            return Err(corrupt("implausible RAID5/6 chunk"));
+        }
+        let data = n - parity;
+        let within = logical - start;
+        let (nr, in_stripe) = (within / sl, within % sl);
+        let (row, idx) = (nr / data, nr % data);
+        let len = (buf.len() as u64).min(sl - in_stripe).min(c.len - within) as usize;
+        let at = row
+            .checked_mul(sl)
+            .and_then(|r| r.checked_add(in_stripe))
+            .ok_or_else(|| corrupt("RAID5/6 offset overflows"))?;
+        let read = |k: u64| -> io::Result<Option<Vec<u8>>> {
+            let (d, p) = c.stripes[((row + k) % n) as usize];
+            let Some(vol) = self.devs.get(&d) else {
+                return Ok(None);
+            };
+            let mut b = vec![0u8; len];
+            vol.read_exact_at(p.saturating_add(at), &mut b)?;
+            Ok(Some(b))
+        };
+        let stripes: Vec<Option<Vec<u8>>> = (0..data).map(read).collect::<io::Result<_>>()?;
+        let p = read(data)?;
+        let q = if parity == 2 { read(data + 1)? } else { None };
+        crate::parity::rebuild_slot(
+            &stripes,
+            p.as_deref(),
+            q.as_deref(),
+            idx as usize,
+            &mut buf[..len],
+        )
+        .map_err(|e| {
+            corrupt(format!(
+                "{}: btrfs RAID5/6 chunk at {start}: logical {logical}: {e}",
+                self.label
+            ))
+        })?;
+        if self.rebuilt.set(()).is_ok() {
+            tracing::warn!(
+                "{}: btrfs RAID5/6 stripes of missing devices are rebuilt from parity",
+                self.label
+            );
+        }
+        Ok(len)
+    }
+
     /// The device `devid` (found: `map` gives no others).
     fn vol(&self, devid: u64) -> &Arc<dyn ReadAt> {
         self.devs.get(&devid).unwrap_or(&self.dev)
@@ -1078,10 +1141,19 @@ impl BtrfsFs {
             .map(|(_, p)| (p, avail))
     }
 
-    /// Reads logical bytes (file data), from the first copy found.
+    /// Reads logical bytes (file data), from the first copy found, or rebuilt from
+    /// parity where a RAID5/6 stripe's device is missing.
     fn read_logical(&self, mut logical: u64, mut buf: &mut [u8]) -> io::Result<()> {
         while !buf.is_empty() {
-            let (copies, avail) = self.map(logical)?;
+            let (copies, avail) = match self.map(logical) {
+                Ok(m) => m,
+                Err(e) => {
+                    let n = self.rebuild56(logical, buf).map_err(|_| e)?;
+                    logical += n as u64;
+                    buf = &mut buf[n..];
+                    continue;
+                }
+            };
             let n = (buf.len() as u64).min(avail) as usize;
             let (d, at) = copies[0];
             self.vol(d).read_exact_at(at, &mut buf[..n])?;
@@ -1101,14 +1173,29 @@ impl BtrfsFs {
             return Ok(n);
         }
         let size = self.sb.nodesize as usize;
-        let (copies, avail) = self.map(logical)?;
+        // A node on a missing RAID5/6 device is rebuilt from parity.
+        let (copies, avail) = match self.map(logical) {
+            Ok(m) => (m.0.into_iter().map(Some).collect(), m.1),
+            Err(e) => {
+                let mut b = vec![0u8; size];
+                if self.rebuild56(logical, &mut b).map_err(|_| e)? < size {
+                    return Err(self.bad_node(logical, "crosses the end of its stripe"));
+                }
+                (vec![None], size as u64)
+            }
+        };
         if avail < size as u64 {
             return Err(self.bad_node(logical, "crosses the end of its chunk"));
         }
         let mut why = "";
-        for (d, at) in copies {
+        for copy in copies {
             let mut b = vec![0u8; size];
-            self.vol(d).read_exact_at(at, &mut b)?;
+            match copy {
+                Some((d, at)) => self.vol(d).read_exact_at(at, &mut b)?,
+                None => {
+                    self.rebuild56(logical, &mut b)?;
+                }
+            }
             if !self.sb.csum.verify(&b) {
                 why = "checksum mismatch";
                 if self.bad_csum.set(()).is_ok() {
