@@ -117,12 +117,7 @@ fn write_lv(segs: &[Seg], data: &[u8], pe_start: &BTreeMap<String, u64>, extent:
             let (dev, first) = &sg.stripes[(k % n) as usize];
             let at = pe_start[dev] + first * extent + (k / n) * chunk;
             let piece = &data[(sg.start + rel) as usize..(sg.start + rel + chunk) as usize];
-            File::options()
-                .write(true)
-                .open(dev)
-                .unwrap()
-                .write_all_at(piece, at)
-                .unwrap();
+            write_dev(dev, at, piece);
             rel += chunk;
         }
     }
@@ -362,6 +357,8 @@ fn thin_volumes_read_through_their_pool() {
     let meta = thin_restore(t.path(), &xml);
     dev.write_all_at(&std::fs::read(&meta).unwrap(), pe_start)
         .unwrap();
+    // Flushed: a parallel test's LVM scan may hold the device open past our close.
+    dev.sync_all().unwrap();
     drop(dev);
     drop(loops);
 
@@ -1619,14 +1616,7 @@ fn mirrored_lvs_read_from_a_leg_in_sync() {
     ext4_image(&src, &img, 24, 24 << 20, &mut rng);
     let (osrc, oimg) = (t.path().join("osrc"), t.path().join("old.img"));
     ext4_image(&osrc, &oimg, 12, 16 << 20, &mut rng);
-    let write_at = |dev: &str, at: u64, data: &[u8]| {
-        File::options()
-            .write(true)
-            .open(dev)
-            .unwrap()
-            .write_all_at(data, at)
-            .unwrap();
-    };
+    let write_at = write_dev;
     let (bytes, obytes) = (std::fs::read(&img).unwrap(), std::fs::read(&oimg).unwrap());
     for leg in ["mir_rimage_0", "mir_rimage_1"] {
         let (dev, at) = leg_at(leg);

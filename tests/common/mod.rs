@@ -292,9 +292,25 @@ impl Loops {
 impl Drop for Loops {
     fn drop(&mut self) {
         for d in &self.devs {
+            // What was written through the device reaches its image before the test
+            // reads the image: a close flushes only when it is the last one, and a
+            // parallel test's LVM or blkid scan may hold the device open.
+            if let Ok(f) = File::open(d) {
+                let _ = f.sync_all();
+            }
             let _ = Command::new("losetup").args(["-d", d]).status();
         }
     }
+}
+
+/// Writes `data` at byte `at` of block device (or file) `dev` and flushes it, so the
+/// bytes reach the image behind a loop device even while another process (a
+/// parallel test's LVM scan) holds the device open.
+pub fn write_dev(dev: &str, at: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = File::options().write(true).open(dev).unwrap();
+    f.write_all_at(data, at).unwrap();
+    f.sync_all().unwrap();
 }
 
 pub fn is_root() -> bool {
