@@ -1756,7 +1756,7 @@ fn skip_free_with_changed_blocks_counts_only_the_listed_free_space() {
 /// A snapshot of a server holding files it unlinked but keeps open (a database's
 /// temporary files): the copy's orphan list (or, with `orphan_file`, its orphan file)
 /// names them. The kernel deletes them when it mounts the copy, even read-only; the
-/// point's `df` must match that, on both kinds of volume.
+/// point's `df` must match that, with either kind of list and with bigalloc clusters.
 #[test]
 fn orphans_unlinked_while_open_are_deleted_like_the_kernel() {
     if !fuse_available() || !is_root() {
@@ -1766,6 +1766,7 @@ fn orphans_unlinked_while_open_are_deleted_like_the_kernel() {
     for (name, opts) in [
         ("list", &[][..]),
         ("orphan-file", &["-O", "orphan_file"][..]),
+        ("bigalloc", &["-O", "bigalloc", "-C", "16384"][..]),
     ] {
         let t = tempfile::tempdir().unwrap();
         let empty = t.path().join("empty");
