@@ -103,3 +103,94 @@ mod gf {
         exp[255 - log[a as usize] as usize]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// a·b in GF(2^8) mod x^8+x^4+x^3+x^2+1, shift and add: an oracle independent of
+    /// the tables.
+    fn slow_mul(mut a: u8, mut b: u8) -> u8 {
+        let mut p = 0u8;
+        while b != 0 {
+            if b & 1 != 0 {
+                p ^= a;
+            }
+            let carry = a & 0x80 != 0;
+            a <<= 1;
+            if carry {
+                a ^= 0x1d;
+            }
+            b >>= 1;
+        }
+        p
+    }
+
+    fn slow_pow(e: usize) -> u8 {
+        (0..e).fold(1u8, |x, _| slow_mul(x, 2))
+    }
+
+    #[test]
+    fn tables_agree_with_shift_and_add() {
+        for a in 0..=255u8 {
+            for b in [0u8, 1, 2, 3, 0x1d, 0x80, 0xff, a] {
+                assert_eq!(gf::mul(a, b), slow_mul(a, b), "{a}·{b}");
+            }
+            if a != 0 {
+                assert_eq!(slow_mul(a, gf::inv(a)), 1, "inverse of {a}");
+            }
+        }
+        for e in 0..300 {
+            assert_eq!(gf::pow(e), slow_pow(e % 255), "g^{e}");
+        }
+    }
+
+    /// Every way one or two of six data slots, P or Q can be missing: the slots
+    /// rebuilt equal the data P and Q were computed from.
+    #[test]
+    fn any_two_missing_are_rebuilt() {
+        let n = 6;
+        let len = 64;
+        let data: Vec<Vec<u8>> = (0..n)
+            .map(|i| (0..len).map(|j| (i * 37 + j * 11 + 5) as u8).collect())
+            .collect();
+        let p: Vec<u8> = (0..len)
+            .map(|j| data.iter().fold(0, |a, d| a ^ d[j]))
+            .collect();
+        let q: Vec<u8> = (0..len)
+            .map(|j| (0..n).fold(0, |a, i| a ^ slow_mul(data[i][j], slow_pow(i))))
+            .collect();
+        for x in 0..n {
+            // One data slot missing, with P; and with only Q.
+            for (pp, qq) in [
+                (Some(&p[..]), Some(&q[..])),
+                (None, Some(&q[..])),
+                (Some(&p[..]), None),
+            ] {
+                let mut d: Vec<Option<Vec<u8>>> = data.iter().cloned().map(Some).collect();
+                d[x] = None;
+                let mut out = vec![0u8; len];
+                rebuild_slot(&d, pp, qq, x, &mut out).unwrap();
+                assert_eq!(
+                    out,
+                    data[x],
+                    "slot {x} (P {}, Q {})",
+                    pp.is_some(),
+                    qq.is_some()
+                );
+            }
+            // Two data slots missing: P and Q together.
+            for y in (0..n).filter(|&y| y != x) {
+                let mut d: Vec<Option<Vec<u8>>> = data.iter().cloned().map(Some).collect();
+                d[x] = None;
+                d[y] = None;
+                let mut out = vec![0u8; len];
+                rebuild_slot(&d, Some(&p), Some(&q), x, &mut out).unwrap();
+                assert_eq!(out, data[x], "slot {x} with {y} missing too");
+                assert!(rebuild_slot(&d, Some(&p), None, x, &mut out).is_err());
+            }
+        }
+        let d: Vec<Option<Vec<u8>>> = data.iter().cloned().map(Some).collect();
+        assert!(rebuild_slot(&d, Some(&p), Some(&q), 0, &mut vec![0u8; len]).is_err());
+    }
+}
