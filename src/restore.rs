@@ -17,6 +17,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use rayon::prelude::*;
@@ -137,13 +138,12 @@ fn clip(off: u64, len: usize, base: u64, end: u64) -> (usize, usize) {
 /// Device byte range of partition `k` of device `d` at `point`, from its partition
 /// table read through the safe.
 fn partition_range(
-    safe_dir: &Path,
+    safe: &Arc<Safe>,
     point: i64,
     d: &crate::safe_reader::DeviceAt,
     k: u32,
 ) -> anyhow::Result<(u64, u64)> {
-    let safe = std::sync::Arc::new(Safe::open(safe_dir)?);
-    let cache = std::sync::Arc::new(crate::cache::CachedSafe::new(safe, 16 << 20));
+    let cache = Arc::new(crate::cache::CachedSafe::new(safe.clone(), 16 << 20));
     let dev = crate::device::PointDevice::new(cache, point, d.id, &d.name, d.size);
     let table = crate::volumes::read_table(&dev)
         .with_context(|| format!("device {} at point {point}: partition table", d.name))?;
@@ -169,14 +169,13 @@ fn partition_range(
 
 /// The raw image `rel` under device `device` at `point`, as the mount shows it.
 fn open_volume(
-    safe_dir: &Path,
+    safe: &Arc<Safe>,
     point: i64,
     device: &str,
     rel: &Path,
     passphrases: &[Vec<u8>],
-) -> anyhow::Result<std::sync::Arc<dyn ReadAt>> {
-    let safe = std::sync::Arc::new(Safe::open(safe_dir)?);
-    let cache = std::sync::Arc::new(crate::cache::CachedSafe::new(safe, 64 << 20));
+) -> anyhow::Result<Arc<dyn ReadAt>> {
+    let cache = Arc::new(crate::cache::CachedSafe::new(safe.clone(), 64 << 20));
     let fs = crate::fs::SafeFs::new(
         cache,
         crate::fs::FsOptions {
@@ -184,7 +183,7 @@ fn open_volume(
             allow_other: false,
             no_replay: false,
             show_system: false,
-            keyring: std::sync::Arc::new(crate::volumes::luks::Keyring::new(passphrases.to_vec())),
+            keyring: Arc::new(crate::volumes::luks::Keyring::new(passphrases.to_vec())),
         },
     )?;
     fs.volume_at(&Path::new(device).join(rel))
@@ -227,7 +226,7 @@ pub fn restore(
     output: &str,
     opts: RestoreOptions,
 ) -> anyhow::Result<Restored> {
-    let safe = Safe::open(safe_dir)?;
+    let safe = Arc::new(Safe::open(safe_dir)?);
     let p = safe.point(point)?;
     let d = device_in_point(&p, device)?;
     let bs = safe.params().block_size as u64;
@@ -236,14 +235,14 @@ pub fn restore(
         Some(_) if opts.partition.is_some() => {
             bail!("--volume and --partition each choose what to write; give one")
         }
-        Some(rel) => Some(open_volume(safe_dir, p.id, device, rel, &opts.passphrases)?),
+        Some(rel) => Some(open_volume(&safe, p.id, device, rel, &opts.passphrases)?),
         None => None,
     };
     let src_size = vol.as_ref().map_or(d.size, |v| v.size());
     // The source bytes written: all of them, or one partition's.
     let (base, size) = match opts.partition {
         None => (0, src_size),
-        Some(k) => partition_range(safe_dir, p.id, &d, k)?,
+        Some(k) => partition_range(&safe, p.id, &d, k)?,
     };
     let end = base + size;
     let mut out = open_output(output, size, opts.only_differing)?;

@@ -478,21 +478,13 @@ pub fn parse_vg(text: &str) -> Result<Vg, String> {
                 let count = seg.int("extent_count")?;
                 let kind = match seg.str("type")? {
                     "striped" => {
-                        let list = match seg.get("stripes") {
-                            Some(Value::List(l)) => l,
-                            _ => return Err(format!("LV {lname}: segment without stripes")),
-                        };
                         let mut stripes = Vec::new();
-                        for pair in list.chunks(2) {
-                            let (Value::Str(pv), Some(Value::Int(at))) = (&pair[0], pair.get(1))
-                            else {
-                                return Err(format!("LV {lname}: bad stripe list"));
-                            };
+                        for (pv, at) in name_extent_pairs(seg, "stripes", &format!("LV {lname}"))? {
                             let idx = pvs
                                 .iter()
-                                .position(|p| &p.key == pv)
+                                .position(|p| p.key == pv)
                                 .ok_or(format!("LV {lname}: unknown PV {pv}"))?;
-                            stripes.push((idx, (*at).max(0) as u64));
+                            stripes.push((idx, at));
                         }
                         let n = seg.int("stripe_count")? as usize;
                         let stripe_bytes = if n > 1 {
@@ -585,16 +577,7 @@ fn mirror_seg(seg: &Value, kind: &str, start: u64, lname: &str) -> Result<SegKin
             }
         }
         "mirror" => {
-            let Some(Value::List(list)) = seg.get("mirrors") else {
-                return Err(format!("LV {lname}: a mirror without legs"));
-            };
-            let mut legs = Vec::new();
-            for pair in list.chunks(2) {
-                let (Value::Str(name), Some(Value::Int(at))) = (&pair[0], pair.get(1)) else {
-                    return Err(format!("LV {lname}: bad mirror list"));
-                };
-                legs.push((name.clone(), (*at).max(0) as u64));
-            }
+            let legs = name_extent_pairs(seg, "mirrors", &format!("LV {lname}"))?;
             let n = seg.int("mirror_count")? as usize;
             if !(1..=64).contains(&n) || legs.len() != n {
                 return Err(format!("LV {lname}: {n} mirror legs do not match"));
@@ -607,6 +590,20 @@ fn mirror_seg(seg: &Value, kind: &str, start: u64, lname: &str) -> Result<SegKin
         }
         _ => return Err(format!("LV {lname}: not a mirror")),
     })
+}
+
+/// The (name, extent) pairs of list `key` of a segment: a striped segment's PVs and
+/// first extents, a mirror's legs and theirs.
+fn name_extent_pairs(seg: &Value, key: &str, what: &str) -> Result<Vec<(String, u64)>, String> {
+    let Some(Value::List(list)) = seg.get(key) else {
+        return Err(format!("{what}: no list `{key}`"));
+    };
+    list.chunks(2)
+        .map(|pair| match (&pair[0], pair.get(1)) {
+            (Value::Str(name), Some(Value::Int(at))) => Ok((name.clone(), (*at).max(0) as u64)),
+            _ => Err(format!("{what}: bad `{key}` list")),
+        })
+        .collect()
 }
 
 /// The strings of list `key` of a segment.

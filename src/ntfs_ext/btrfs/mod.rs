@@ -998,20 +998,24 @@ impl BtrfsFs {
         Ok(())
     }
 
-    /// Where logical byte `logical` lies: every copy's (device id, offset) on the
-    /// devices found (this one's first), and how many bytes from it stay in one stripe.
-    fn map(&self, logical: u64) -> io::Result<(Vec<(u64, u64)>, u64)> {
-        let (start, c) = self
-            .chunks
+    /// The chunk holding logical byte `logical`, with its start.
+    fn chunk_at(&self, logical: u64) -> Option<(u64, &Chunk)> {
+        self.chunks
             .range(..=logical)
             .next_back()
             .filter(|(s, c)| logical - **s < c.len)
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "{}: btrfs logical address {logical} is in no chunk",
-                    self.label
-                ))
-            })?;
+            .map(|(s, c)| (*s, c))
+    }
+
+    /// Where logical byte `logical` lies: every copy's (device id, offset) on the
+    /// devices found (this one's first), and how many bytes from it stay in one stripe.
+    fn map(&self, logical: u64) -> io::Result<(Vec<(u64, u64)>, u64)> {
+        let (start, c) = self.chunk_at(logical).ok_or_else(|| {
+            corrupt(format!(
+                "{}: btrfs logical address {logical} is in no chunk",
+                self.label
+            ))
+        })?;
         let within = logical - start;
         let left = c.len - within;
         let n = c.stripes.len() as u64;
@@ -1074,17 +1078,13 @@ impl BtrfsFs {
     /// devices are missing than its parity covers.
     fn rebuild56(&self, logical: u64, buf: &mut [u8]) -> io::Result<usize> {
         let (start, c) = self
-            .chunks
-            .range(..=logical)
-            .next_back()
-            .filter(|(s, c)| logical - **s < c.len && c.ty & (RAID5 | RAID6) != 0)
+            .chunk_at(logical)
+            .filter(|(_, c)| c.ty & (RAID5 | RAID6) != 0)
             .ok_or_else(|| corrupt("not in a RAID5/6 chunk"))?;
-        let (n, sl) = (c.stripes.len() as u64, c.stripe_len);
-        let parity = if c.ty & RAID6 != 0 { 2 } else { 1 };
-        if sl == 0 || !sl.is_power_of_two() || n <= parity {
+        let (n, sl, data) = (c.stripes.len() as u64, c.stripe_len, c.data_stripes());
+        if sl == 0 || !sl.is_power_of_two() || data == 0 || data >= n {
             return Err(corrupt("implausible RAID5/6 chunk"));
         }
-        let data = n - parity;
         let within = logical - start;
         let (nr, in_stripe) = (within / sl, within % sl);
         let (row, idx) = (nr / data, nr % data);
@@ -1104,7 +1104,7 @@ impl BtrfsFs {
         };
         let stripes: Vec<Option<Vec<u8>>> = (0..data).map(read).collect::<io::Result<_>>()?;
         let p = read(data)?;
-        let q = if parity == 2 { read(data + 1)? } else { None };
+        let q = if n - data == 2 { read(data + 1)? } else { None };
         crate::parity::rebuild_slot(
             &stripes,
             p.as_deref(),
@@ -1173,29 +1173,36 @@ impl BtrfsFs {
             return Ok(n);
         }
         let size = self.sb.nodesize as usize;
-        // A node on a missing RAID5/6 device is rebuilt from parity.
-        let (copies, avail) = match self.map(logical) {
-            Ok(m) => (m.0.into_iter().map(Some).collect(), m.1),
+        /// A copy to read, or the node rebuilt from parity (a missing RAID5/6 device).
+        enum Copy {
+            At(u64, u64),
+            Rebuilt(Vec<u8>),
+        }
+        let copies: Vec<Copy> = match self.map(logical) {
+            Ok((copies, avail)) => {
+                if avail < size as u64 {
+                    return Err(self.bad_node(logical, "crosses the end of its chunk"));
+                }
+                copies.into_iter().map(|(d, at)| Copy::At(d, at)).collect()
+            }
             Err(e) => {
                 let mut b = vec![0u8; size];
                 if self.rebuild56(logical, &mut b).map_err(|_| e)? < size {
                     return Err(self.bad_node(logical, "crosses the end of its stripe"));
                 }
-                (vec![None], size as u64)
+                vec![Copy::Rebuilt(b)]
             }
         };
-        if avail < size as u64 {
-            return Err(self.bad_node(logical, "crosses the end of its chunk"));
-        }
         let mut why = "";
         for copy in copies {
-            let mut b = vec![0u8; size];
-            match copy {
-                Some((d, at)) => self.vol(d).read_exact_at(at, &mut b)?,
-                None => {
-                    self.rebuild56(logical, &mut b)?;
+            let b = match copy {
+                Copy::At(d, at) => {
+                    let mut b = vec![0u8; size];
+                    self.vol(d).read_exact_at(at, &mut b)?;
+                    b
                 }
-            }
+                Copy::Rebuilt(b) => b,
+            };
             if !self.sb.csum.verify(&b) {
                 why = "checksum mismatch";
                 if self.bad_csum.set(()).is_ok() {

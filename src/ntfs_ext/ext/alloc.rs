@@ -13,7 +13,7 @@
 use std::io;
 use std::sync::Arc;
 
-use super::sb::{self, feat, u16le, u32le, Superblock, SB_OFFSET};
+use super::sb::{self, feat, u16le, Superblock, SB_OFFSET};
 use crate::ntfs_ext::{corrupt, subtract};
 use crate::readat::ReadAt;
 
@@ -184,14 +184,7 @@ fn read_groups(dev: &dyn ReadAt, sb: &Superblock, groups: u64) -> io::Result<Gro
             kinds.push(Group::Used);
             continue;
         }
-        let field = |lo: usize, hi: usize| {
-            let h = if sb.desc_size >= 64 {
-                u32le(&d, hi) as u64
-            } else {
-                0
-            };
-            u32le(&d, lo) as u64 | h << 32
-        };
+        let field = |lo, hi| sb::desc_block(sb, &d, lo, hi);
         let (block_bitmap, inode_bitmap, table) =
             (field(0x0, 0x20), field(0x4, 0x24), field(0x8, 0x28));
         meta.extend([(block_bitmap, 1), (inode_bitmap, 1), (table, itb)]);

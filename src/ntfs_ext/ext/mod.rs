@@ -378,8 +378,9 @@ impl ExtFs {
     /// metadata and the journal left out of the size, free counts summed over the
     /// group descriptors (the superblock's copies lag behind them), root's reserve
     /// and the kernel's own (2 %, at most 4096 clusters, with extents) out of what is
-    /// available; what cleaning up the orphans frees (`orphan.rs`) counts as free. Falls back to the superblock's numbers where the descriptors are
-    /// unreadable or too many.
+    /// available; what cleaning up the orphans frees (`orphan.rs`) counts as free.
+    /// Falls back to the superblock's numbers where the descriptors are unreadable or
+    /// too many.
     fn count_statfs(&self) -> StatFs {
         let sb = &self.sb;
         let shift = sb.cluster_shift;

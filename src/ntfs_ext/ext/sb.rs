@@ -401,16 +401,21 @@ pub fn raw_descriptor(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<V
     Ok(d)
 }
 
+/// A block number of descriptor `d` (its low half at `lo`, its high half at `hi`,
+/// which only 64-byte descriptors have).
+pub fn desc_block(sb: &Superblock, d: &[u8], lo: usize, hi: usize) -> u64 {
+    let h = if sb.desc_size >= 64 { u32le(d, hi) } else { 0 };
+    u32le(d, lo) as u64 | (h as u64) << 32
+}
+
 /// Reads the descriptor of group `g`.
 pub fn read_group(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<GroupDesc> {
     if g >= sb.groups() {
         return Err(corrupt(format!("group {g} does not exist")));
     }
     let d = raw_descriptor(dev, sb, g)?;
-    let mut table = u32le(&d, 0x8) as u64;
-    if sb.desc_size >= 64 {
-        table |= (u32le(&d, 0x28) as u64) << 32;
-    }
+    let block = |lo, hi| desc_block(sb, &d, lo, hi);
+    let table = block(0x8, 0x28);
     if table == 0 || table >= sb.blocks_count {
         return Err(corrupt(format!(
             "group descriptor {g}: inode table at block {table} is outside the volume"
@@ -424,13 +429,9 @@ pub fn read_group(dev: &dyn ReadAt, sb: &Superblock, g: u64) -> io::Result<Group
         let h = if sb.desc_size >= 64 { u16le(&d, hi) } else { 0 };
         u16le(&d, lo) as u32 | (h as u32) << 16
     };
-    let mut inode_bitmap = u32le(&d, 0x4) as u64;
-    if sb.desc_size >= 64 {
-        inode_bitmap |= (u32le(&d, 0x24) as u64) << 32;
-    }
     Ok(GroupDesc {
         inode_table: table,
-        inode_bitmap,
+        inode_bitmap: block(0x4, 0x24),
         flags: u16le(&d, 0x12),
         itable_unused,
         free_clusters: lo_hi(0xC, 0x2C),

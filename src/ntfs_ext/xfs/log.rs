@@ -704,10 +704,7 @@ impl Replayer<'_> {
             }
             buf[at..at + 4].copy_from_slice(next);
             if self.sb.v5 && buf[slot + 4] == 3 {
-                let d = &mut buf[slot..slot + isize];
-                d[0x64..0x68].fill(0);
-                let crc = crc32c::crc32c(d);
-                d[0x64..0x68].copy_from_slice(&crc.to_le_bytes());
+                seal_inode(&mut buf[slot..slot + isize]);
             }
         }
         Ok(())
@@ -831,9 +828,7 @@ impl Replayer<'_> {
             }
         }
         if v3 {
-            d[0x64..0x68].fill(0);
-            let crc = crc32c::crc32c(&d);
-            d[0x64..0x68].copy_from_slice(&crc.to_le_bytes());
+            seal_inode(&mut d);
         }
         // Whole BBs into the overlay.
         let first = at / BB * BB;
@@ -879,13 +874,20 @@ impl Replayer<'_> {
             if sb.v5 {
                 d[0x98..0xA0].copy_from_slice(&(first_ino + i as u64).to_be_bytes());
                 d[0xA0..0xB0].copy_from_slice(self.meta_uuid);
-                let crc = crc32c::crc32c(d);
-                d[0x64..0x68].copy_from_slice(&crc.to_le_bytes());
+                seal_inode(d);
             }
         }
         self.overlay.write(at, &chunk);
         Ok(())
     }
+}
+
+/// Sets a v3 inode's CRC (little-endian at 0x64) over its bytes, as the kernel does
+/// when it writes one back.
+fn seal_inode(d: &mut [u8]) {
+    d[0x64..0x68].fill(0);
+    let crc = crc32c::crc32c(d);
+    d[0x64..0x68].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Writes a logged inode core (in the writer's byte order) over the on-disk inode `d`

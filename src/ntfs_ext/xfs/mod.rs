@@ -1265,12 +1265,7 @@ impl XfsFs {
                     continue;
                 }
                 match unlinked::released(&*self.dev, sb, ag, &agi) {
-                    Ok(r) => {
-                        released.inodes += r.inodes;
-                        released.gone += r.gone;
-                        released.blocks += r.blocks;
-                        released.shared += r.shared;
-                    }
+                    Ok(r) => released += r,
                     Err(e) => tracing::warn!(
                         "{}: AG {ag}: {e}; free counts leave its unlinked inodes as used",
                         self.label

@@ -40,6 +40,15 @@ pub(super) struct Released {
     pub shared: u64,
 }
 
+impl std::ops::AddAssign for Released {
+    fn add_assign(&mut self, r: Released) {
+        self.inodes += r.inodes;
+        self.gone += r.gone;
+        self.blocks += r.blocks;
+        self.shared += r.shared;
+    }
+}
+
 /// What freeing the inodes on AG `ag`'s unlinked lists (`agi`: its AGI sector, after
 /// the replay) releases.
 pub(super) fn released(dev: &dyn ReadAt, sb: &Sb, ag: u64, agi: &[u8]) -> io::Result<Released> {
