@@ -381,6 +381,18 @@ pub enum SegKind {
         legs: Vec<(String, u64)>,
         metas: Vec<Option<String>>,
     },
+    /// RAID0/4/5/6/10 (dm-raid): chunks of `chunk` bytes laid over the image sub-LVs
+    /// in md's geometry (`level`, md's `layout` number), each image's dm-raid
+    /// superblock in its metadata sub-LV (none for plain `raid0`); `data_offset` the
+    /// segment's own, in bytes, where the metadata gives one.
+    Raid {
+        level: i32,
+        layout: u32,
+        chunk: u64,
+        images: Vec<String>,
+        metas: Vec<Option<String>>,
+        data_offset: Option<u64>,
+    },
     /// A segment type not mapped here.
     Other(String),
 }
@@ -530,6 +542,8 @@ pub fn parse_vg(text: &str) -> Result<Vg, String> {
                     },
                     t @ ("raid1" | "mirror") => mirror_seg(seg, t, start, lname)
                         .unwrap_or_else(|e| SegKind::Other(format!("{t} ({e})"))),
+                    t if t.starts_with("raid") => raid_seg(seg, t, lname)
+                        .unwrap_or_else(|e| SegKind::Other(format!("{t} ({e})"))),
                     other => SegKind::Other(other.to_string()),
                 };
                 segments.push(Segment { start, count, kind });
@@ -592,6 +606,84 @@ fn mirror_seg(seg: &Value, kind: &str, start: u64, lname: &str) -> Result<SegKin
     })
 }
 
+/// md's level and layout number for a dm-raid segment type LVM writes (`raid5` and
+/// `raid6` are LVM's names for `raid5_ls` and `raid6_zr`; dm-raid's `raid4` keeps
+/// parity on the first image). RAID10 is near copies only, as LVM makes it.
+fn raid_geometry(kind: &str) -> Option<(i32, u32)> {
+    Some(match kind {
+        "raid0" | "raid0_meta" => (0, 0),
+        "raid4" => (5, 4),
+        "raid5_la" => (5, 0),
+        "raid5_ra" => (5, 1),
+        "raid5" | "raid5_ls" => (5, 2),
+        "raid5_rs" => (5, 3),
+        "raid5_n" => (5, 5),
+        "raid6_n_6" => (6, 5),
+        "raid6" | "raid6_zr" => (6, 8),
+        "raid6_nr" => (6, 9),
+        "raid6_nc" => (6, 10),
+        "raid10" | "raid10_near" => (10, 0),
+        _ => return None,
+    })
+}
+
+/// A RAID0/4/5/6/10 segment: its geometry, image and metadata sub-LVs.
+fn raid_seg(seg: &Value, kind: &str, lname: &str) -> Result<SegKind, String> {
+    let what = format!("LV {lname}");
+    let (level, mut layout) = raid_geometry(kind).ok_or("layout not read")?;
+    let (images, metas): (Vec<String>, Vec<Option<String>>) = if kind == "raid0" {
+        let images = name_list(seg, "raid0_lvs", &what)?;
+        let n = images.len();
+        (images, vec![None; n])
+    } else {
+        let names = name_list(seg, "raids", &what)?;
+        if names.len() % 2 != 0 {
+            return Err("odd `raids` list".into());
+        }
+        (
+            names.chunks(2).map(|p| p[1].clone()).collect(),
+            names.chunks(2).map(|p| Some(p[0].clone())).collect(),
+        )
+    };
+    let n = images.len();
+    let count = seg
+        .int(if level == 0 {
+            "stripe_count"
+        } else {
+            "device_count"
+        })
+        .map_err(|e| format!("{what}: {e}"))?;
+    if !(2..=253).contains(&n) || count != n as u64 {
+        return Err(format!("{count} devices named, {n} listed"));
+    }
+    if level == 10 {
+        // LVM's default: two copies.
+        let copies = seg.int("data_copies").unwrap_or(2);
+        if !(2..=n as u64).contains(&copies) {
+            return Err(format!("{copies} copies over {n} images"));
+        }
+        layout = 1 << 8 | copies as u32;
+    }
+    let chunk = seg
+        .int("stripe_size")
+        .map_err(|e| format!("{what}: {e}"))?
+        .checked_mul(SECTOR)
+        .filter(|&c| c > 0)
+        .ok_or("bad stripe_size")?;
+    let data_offset = match seg.int("data_offset") {
+        Ok(d) => Some(d.checked_mul(SECTOR).ok_or("bad data_offset")?),
+        Err(_) => None,
+    };
+    Ok(SegKind::Raid {
+        level,
+        layout,
+        chunk,
+        images,
+        metas,
+        data_offset,
+    })
+}
+
 /// The (name, extent) pairs of list `key` of a segment: a striped segment's PVs and
 /// first extents, a mirror's legs and theirs.
 fn name_extent_pairs(seg: &Value, key: &str, what: &str) -> Result<Vec<(String, u64)>, String> {
@@ -633,8 +725,11 @@ struct LegSb {
     failed: u64,
     /// Fully recovered (disk_recovery_offset at its "done" value).
     in_sync: bool,
-    /// Where the data starts in the leg, in bytes.
-    data_offset: u64,
+    /// Where the data starts in the leg, in bytes (0 unless the v1.9.0 fields are
+    /// there).
+    data_offset: Option<u64>,
+    /// A reshape of the array is under way (v1.9.0 flags).
+    reshaping: bool,
 }
 
 fn leg_sb(b: &[u8; 512]) -> Option<LegSb> {
@@ -648,11 +743,8 @@ fn leg_sb(b: &[u8; 512]) -> Option<LegSb> {
         events: u64at(16),
         failed: u64at(24),
         in_sync: u64at(32) == u64::MAX,
-        data_offset: if u32at(4) & DM_RAID_V190 != 0 {
-            u64at(96).saturating_mul(SECTOR)
-        } else {
-            0
-        },
+        data_offset: (u32at(4) & DM_RAID_V190 != 0).then(|| u64at(96).saturating_mul(SECTOR)),
+        reshaping: u32at(4) & DM_RAID_V190 != 0 && u32at(60) & 1 != 0,
     })
 }
 
@@ -666,21 +758,15 @@ struct OpenLeg {
     sb: Option<LegSb>,
 }
 
-/// The leg a mirrored segment `s` of `lv` reads from, and the byte offset there of the
-/// segment's first byte. RAID1: among legs whose PVs are here, those whose dm-raid
-/// superblock is current (the highest event count), in sync and not failed in the
-/// freshest superblock's view, the first; legs never activated carry no superblock
-/// and count as equal. The older mirror target: the first leg here (its primary).
-/// A leg LVM is rebuilding is passed over while another is here.
-fn mirror_leg(
+/// The legs (RAID images) named whose PVs are here, each with the dm-raid superblock
+/// of its metadata sub-LV (`metas`, same order) where one is written, and why each
+/// other leg is not here.
+fn open_legs<'a>(
     vg: &Vg,
-    lv: &Lv,
-    s: &Segment,
-    raid: bool,
-    legs: &[(String, u64)],
+    names: impl Iterator<Item = &'a str>,
     metas: &[Option<String>],
     found: &HashMap<String, Arc<dyn ReadAt>>,
-) -> Result<(Arc<dyn ReadAt>, u64), String> {
+) -> (Vec<OpenLeg>, Vec<String>) {
     let by_name = |n: &str| {
         vg.lvs
             .iter()
@@ -691,10 +777,9 @@ fn mirror_leg(
                 vg.name
             ))
     };
-    let eb = vg.extent_bytes;
     let mut open: Vec<OpenLeg> = Vec::new();
     let mut why = Vec::new();
-    for (i, (name, _)) in legs.iter().enumerate() {
+    for (i, name) in names.enumerate() {
         let leg = match by_name(name).and_then(|l| Ok((l, LvVolume::open(vg, l, found)?))) {
             Ok(v) => v,
             Err(e) => {
@@ -719,18 +804,44 @@ fn mirror_leg(
             sb,
         });
     }
-    let freshest = open.iter().filter_map(|o| o.sb).max_by_key(|sb| sb.events);
-    let usable = |o: &&OpenLeg| match (raid, freshest, o.sb) {
-        // Superblocks written: only a current, in-sync leg the array counts as working.
-        (true, Some(f), Some(sb)) => {
+    (open, why)
+}
+
+/// Whether a RAID leg holds the array's current data: with superblocks written
+/// (`freshest` the one with the most events), only a current, in-sync leg the
+/// array counts as working; a leg without one beside legs with them was added and
+/// not yet synced; legs never activated carry none and count as equal.
+fn current(o: &OpenLeg, freshest: Option<LegSb>) -> bool {
+    match (freshest, o.sb) {
+        (Some(f), Some(sb)) => {
             sb.events == f.events
                 && sb.in_sync
                 && (sb.position >= 64 || f.failed >> sb.position & 1 == 0)
         }
-        // Some legs have superblocks, this one none: added and not yet synced.
-        (true, Some(_), None) => false,
+        (Some(_), None) => false,
         _ => true,
-    };
+    }
+}
+
+/// The leg a mirrored segment `s` of `lv` reads from, and the byte offset there of the
+/// segment's first byte. RAID1: among legs whose PVs are here, those whose dm-raid
+/// superblock is current (the highest event count), in sync and not failed in the
+/// freshest superblock's view, the first; legs never activated carry no superblock
+/// and count as equal. The older mirror target: the first leg here (its primary).
+/// A leg LVM is rebuilding is passed over while another is here.
+fn mirror_leg(
+    vg: &Vg,
+    lv: &Lv,
+    s: &Segment,
+    raid: bool,
+    legs: &[(String, u64)],
+    metas: &[Option<String>],
+    found: &HashMap<String, Arc<dyn ReadAt>>,
+) -> Result<(Arc<dyn ReadAt>, u64), String> {
+    let eb = vg.extent_bytes;
+    let (open, why) = open_legs(vg, legs.iter().map(|l| l.0.as_str()), metas, found);
+    let freshest = open.iter().filter_map(|o| o.sb).max_by_key(|sb| sb.events);
+    let usable = |o: &&OpenLeg| !raid || current(o, freshest);
     let pick = open
         .iter()
         .filter(usable)
@@ -757,7 +868,7 @@ fn mirror_leg(
             why.join("; ")
         );
     }
-    let data = pick.sb.map_or(0, |sb| sb.data_offset);
+    let data = pick.sb.and_then(|sb| sb.data_offset).unwrap_or(0);
     let at = legs[pick.index]
         .1
         .checked_mul(eb)
@@ -768,6 +879,84 @@ fn mirror_leg(
             legs[pick.index].0, lv.name
         ))?;
     Ok((pick.vol.clone(), at))
+}
+
+/// The array of a RAID0/4/5/6/10 segment `s` of `lv`, as dm-raid assembles it: each
+/// image sub-LV from its data offset (its dm-raid superblock's, else the
+/// segment's), in md's geometry. Images whose PVs are not here, that are stale or
+/// out of sync by their superblocks ([`current`]) or that LVM is rebuilding are
+/// left out, and read back from parity (RAID10: from another copy) where the level
+/// allows; the log names them.
+fn raid_array(
+    vg: &Vg,
+    lv: &Lv,
+    s: &Segment,
+    found: &HashMap<String, Arc<dyn ReadAt>>,
+) -> Result<Arc<dyn ReadAt>, String> {
+    let SegKind::Raid {
+        level,
+        layout,
+        chunk,
+        images,
+        metas,
+        data_offset,
+    } = &s.kind
+    else {
+        return Err(format!("LV {}: not a RAID segment", lv.name));
+    };
+    let (open, mut why) = open_legs(vg, images.iter().map(String::as_str), metas, found);
+    let freshest = open.iter().filter_map(|o| o.sb).max_by_key(|sb| sb.events);
+    if freshest.is_some_and(|f| f.reshaping) {
+        return Err(format!("RAID LV {}: a reshape is under way", lv.name));
+    }
+    let mut members: Vec<Option<Arc<dyn ReadAt>>> = vec![None; images.len()];
+    let mut room = u64::MAX;
+    for o in &open {
+        if !current(o, freshest) || o.rebuild {
+            why.push(format!(
+                "{}: {}",
+                images[o.index],
+                if o.rebuild {
+                    "being rebuilt"
+                } else {
+                    "stale or out of sync"
+                }
+            ));
+            continue;
+        }
+        let at =
+            o.sb.and_then(|sb| sb.data_offset)
+                .or(*data_offset)
+                .unwrap_or(0);
+        let len = o.vol.size().checked_sub(at).ok_or(format!(
+            "image {} is smaller than its data offset",
+            images[o.index]
+        ))?;
+        room = room.min(len / chunk * chunk);
+        members[o.index] = Some(Arc::new(crate::readat::Slice::new(o.vol.clone(), at, len)));
+    }
+    let used = (0..images.len()).map(Some).collect();
+    let array = super::md::Assembled::new(*level, *layout, *chunk, members, used, room)
+        .map_err(|e| format!("RAID LV {}: {e} ({})", lv.name, why.join("; ")))?;
+    let need = s.count.saturating_mul(vg.extent_bytes);
+    if array.size() < need {
+        return Err(format!(
+            "RAID LV {}: its images hold {} bytes of its {need}",
+            lv.name,
+            array.size()
+        ));
+    }
+    if !why.is_empty() {
+        tracing::warn!(
+            "VG {}: RAID LV {} read degraded, {} of {} images missing: {}",
+            vg.name,
+            lv.name,
+            array.missing().0,
+            images.len(),
+            why.join("; ")
+        );
+    }
+    Ok(Arc::new(array))
 }
 
 /// One mapped piece of an LV: `len` bytes at LV offset `start`, striped in chunks of
@@ -811,11 +1000,12 @@ impl LvVolume {
         if let Some(t) = lv.unsupported() {
             return Err(format!("segment type {t} is not read"));
         }
-        if !lv
-            .segments
-            .iter()
-            .all(|s| matches!(s.kind, SegKind::Striped { .. } | SegKind::Mirror { .. }))
-        {
+        if !lv.segments.iter().all(|s| {
+            matches!(
+                s.kind,
+                SegKind::Striped { .. } | SegKind::Mirror { .. } | SegKind::Raid { .. }
+            )
+        }) {
             return Err("not a striped, linear or mirrored volume".into());
         }
         let eb = vg.extent_bytes;
@@ -837,6 +1027,16 @@ impl LvVolume {
                         len,
                         chunk: len,
                         stripes: vec![(leg, at)],
+                    });
+                    continue;
+                }
+                SegKind::Raid { .. } => {
+                    let array = raid_array(vg, lv, s, found)?;
+                    pieces.push(Piece {
+                        start,
+                        len,
+                        chunk: len,
+                        stripes: vec![(array, 0)],
                     });
                     continue;
                 }
@@ -1069,6 +1269,9 @@ pub fn lv_pvs(vg: &Vg, lv: &Lv) -> Vec<usize> {
                     legs.iter().any(|(l, _)| l == &x.name)
                         || metas.iter().flatten().any(|m| m == &x.name)
                 })),
+                SegKind::Raid { images, metas, .. } => todo.extend(vg.lvs.iter().filter(|x| {
+                    images.contains(&x.name) || metas.iter().flatten().any(|m| m == &x.name)
+                })),
                 SegKind::Other(_) => {}
             }
         }
@@ -1096,7 +1299,10 @@ fn used_extents(vg: &Vg, pv: usize) -> Option<Vec<(u64, u64)>> {
                 );
             }
             // These take their extents through sub-LVs.
-            SegKind::Thin { .. } | SegKind::ThinPool { .. } | SegKind::Mirror { .. } => {}
+            SegKind::Thin { .. }
+            | SegKind::ThinPool { .. }
+            | SegKind::Mirror { .. }
+            | SegKind::Raid { .. } => {}
             SegKind::Other(_) => return None,
         }
     }
@@ -1208,7 +1414,7 @@ status = ["VISIBLE"]
 segment1 {
 start_extent = 0
 extent_count = 1
-type = "raid5"
+type = "cache"
 }
 }
 pool {
@@ -1238,7 +1444,7 @@ version = 1
         assert_eq!(vg.id, "abcdefghij");
         assert_eq!(vg.pvs[1].pe_start, 1024);
         assert_eq!(vg.lvs[0].segments[0].start, 0, "segments sorted");
-        assert_eq!(vg.lvs[2].unsupported(), Some("raid5"));
+        assert_eq!(vg.lvs[2].unsupported(), Some("cache"));
         assert!(vg.lvs[3].is_pool() && vg.lvs[3].unsupported().is_none());
         assert_eq!(
             lv_pvs(&vg, &vg.lvs[3]),
@@ -1253,7 +1459,7 @@ version = 1
     #[test]
     fn unused_extents_are_those_no_segment_names() {
         let mut vg = parse_vg(TEXT).unwrap();
-        assert_eq!(unused_extents(&vg, "p0"), None, "a raid5 segment: unknown");
+        assert_eq!(unused_extents(&vg, "p0"), None, "a cache segment: unknown");
         vg.lvs.retain(|l| l.name != "mirror");
         // pv0: lin uses 3..5, str's first stripe 0..2 (4 extents over 2 stripes).
         assert_eq!(
@@ -1273,10 +1479,10 @@ version = 1
     #[test]
     fn a_thin_lv_with_an_external_origin_is_not_mapped() {
         let text = TEXT.replace(
-            "mirror {\nstatus = [\"VISIBLE\"]\nsegment1 {\nstart_extent = 0\nextent_count = 1\ntype = \"raid5\"\n}\n}",
+            "mirror {\nstatus = [\"VISIBLE\"]\nsegment1 {\nstart_extent = 0\nextent_count = 1\ntype = \"cache\"\n}\n}",
             "ext {\nstatus = [\"VISIBLE\"]\nsegment1 {\nstart_extent = 0\nextent_count = 1\ntype = \"thin\"\nthin_pool = \"pool\"\ndevice_id = 4\nexternal_origin = \"lin\"\n}\n}",
         );
-        assert_ne!(text, TEXT, "the raid5 LV replaced");
+        assert_ne!(text, TEXT, "the cache LV replaced");
         let vg = parse_vg(&text).unwrap();
         let ext = vg.lvs.iter().find(|l| l.name == "ext").unwrap();
         assert_eq!(ext.unsupported(), Some("thin with an external origin"));
@@ -1286,7 +1492,7 @@ version = 1
     #[test]
     fn lvs_within_one_pv_and_their_device_ranges() {
         let mut vg = parse_vg(TEXT).unwrap();
-        assert_eq!(lvs_within(&vg, "p0"), None, "a raid5 segment: unknown");
+        assert_eq!(lvs_within(&vg, "p0"), None, "a cache segment: unknown");
         vg.lvs.retain(|l| l.name != "mirror");
         // lin spans pv0 and pv1, str stripes over both, pool is not striped.
         assert_eq!(lvs_within(&vg, "p0"), Some(vec![]));
@@ -1318,6 +1524,89 @@ version = 1
         };
         stripes[0] = (0, 4);
         assert_eq!(lvs_within(&vg, "p0"), None);
+    }
+
+    #[test]
+    fn raid_segments_give_md_geometry_and_sub_lvs() {
+        let seg = |body: &str| {
+            let text = TEXT.replace("type = \"cache\"", &format!("{body}\nstripe_size = 128"));
+            assert_ne!(text, TEXT);
+            let vg = parse_vg(&text).unwrap();
+            vg.lvs[2].segments[0].kind.clone()
+        };
+        let pairs = "raids = [\"m0\", \"i0\", \"m1\", \"i1\", \"m2\", \"i2\", \"m3\", \"i3\"]";
+        let raid = |level, layout, n: usize, metas: bool| SegKind::Raid {
+            level,
+            layout,
+            chunk: 64 << 10,
+            images: (0..n).map(|i| format!("i{i}")).collect(),
+            metas: (0..n).map(|i| metas.then(|| format!("m{i}"))).collect(),
+            data_offset: None,
+        };
+        for (kind, level, layout) in [
+            ("raid5", 5, 2),
+            ("raid5_la", 5, 0),
+            ("raid4", 5, 4),
+            ("raid5_n", 5, 5),
+            ("raid6", 6, 8),
+            ("raid6_nc", 6, 10),
+            ("raid6_n_6", 6, 5),
+        ] {
+            assert_eq!(
+                seg(&format!("type = \"{kind}\"\ndevice_count = 4\n{pairs}")),
+                raid(level, layout, 4, true),
+                "{kind}"
+            );
+        }
+        assert_eq!(
+            seg(&format!("type = \"raid10\"\ndevice_count = 4\n{pairs}")),
+            raid(10, 0x102, 4, true),
+            "two near copies by default"
+        );
+        assert_eq!(
+            seg(&format!(
+                "type = \"raid10\"\ndevice_count = 4\ndata_copies = 3\n{pairs}"
+            )),
+            raid(10, 0x103, 4, true)
+        );
+        assert_eq!(
+            seg("type = \"raid0\"\nstripe_count = 2\nraid0_lvs = [\"i0\", \"i1\"]"),
+            raid(0, 0, 2, false)
+        );
+        assert_eq!(
+            seg(&format!("type = \"raid0_meta\"\nstripe_count = 4\n{pairs}")),
+            raid(0, 0, 4, true)
+        );
+        let with_offset = seg(&format!(
+            "type = \"raid5\"\ndevice_count = 4\ndata_offset = 2048\n{pairs}"
+        ));
+        assert!(matches!(
+            with_offset,
+            SegKind::Raid {
+                data_offset: Some(0x10_0000),
+                ..
+            }
+        ));
+        for (body, why) in [
+            (
+                format!("type = \"raid6_ls_6\"\ndevice_count = 4\n{pairs}"),
+                "raid6_ls_6 (layout not read)",
+            ),
+            (
+                format!("type = \"raid5\"\ndevice_count = 3\n{pairs}"),
+                "raid5 (3 devices named, 4 listed)",
+            ),
+            (
+                "type = \"raid5\"\ndevice_count = 1\nraids = [\"m0\", \"i0\"]".into(),
+                "raid5 (1 devices named, 1 listed)",
+            ),
+            (
+                format!("type = \"raid10\"\ndevice_count = 4\ndata_copies = 5\n{pairs}"),
+                "raid10 (5 copies over 4 images)",
+            ),
+        ] {
+            assert_eq!(seg(&body), SegKind::Other(why.into()), "{body}");
+        }
     }
 
     #[test]

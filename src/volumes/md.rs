@@ -381,30 +381,9 @@ pub fn assemble(
     };
     let (level, layout, chunk, disks) =
         (first.level, first.layout, first.chunk, first.disks as usize);
-    let parity = match level {
-        0 | 10 => 0,
-        4 | 5 => 1,
-        6 => 2,
-        l => return Err(format!("{} is not assembled", level_name(l))),
-    };
-    if chunk == 0 || chunk % 512 != 0 || chunk > 1 << 30 || !(2..=256).contains(&disks) {
-        return Err(format!(
-            "implausible geometry: chunk {chunk} bytes, {disks} devices"
-        ));
-    }
+    check_geometry(level, layout, chunk, disks)?;
     if first.reshaping {
         return Err("a reshape is under way".into());
-    }
-    let (near, far, offset) = (
-        (layout & 0xFF) as usize,
-        ((layout >> 8) & 0xFF) as usize,
-        layout >> 16 != 0,
-    );
-    if level == 10 && (near == 0 || far == 0 || near * far > disks) {
-        return Err(format!("RAID10 layout {layout:#x} is not read"));
-    }
-    if matches!(level, 5 | 6) && layout > 5 || level == 4 && layout != 0 && layout != 5 {
-        return Err(format!("{} layout {layout} is not read", level_name(level)));
     }
     // Per role: the member (its index in `members`) and where its data starts.
     let mut by_role: Vec<Option<(usize, u64)>> = vec![None; disks];
@@ -446,43 +425,46 @@ pub fn assemble(
         }
         by_role[role as usize] = Some((i, m.offset));
     }
-    let missing = by_role.iter().filter(|m| m.is_none()).count();
-    let tolerated = match level {
-        4 | 5 => 1,
-        6 => 2,
-        _ => 0,
-    };
-    if missing > tolerated && level != 10 {
-        return Err(format!("{missing} of {disks} members missing"));
-    }
-    let rows = room / chunk;
-    let len = match level {
-        0 => rows * disks as u64,
-        10 => rows * disks as u64 / (near * far) as u64,
-        _ => rows * (disks - parity) as u64,
-    } * chunk;
-    if len == 0 {
-        return Err("no data".into());
-    }
-    Ok(Assembled {
+    let data = by_role
+        .iter()
+        .map(|r| r.map(|(i, o)| Arc::new(Slice::new(members[i].1.clone(), o, room)) as _))
+        .collect();
+    Assembled::new(
         level,
         layout,
         chunk,
-        disks,
-        near,
-        far,
-        far_rows: if offset { far as u64 } else { 1 },
-        used: by_role.iter().map(|r| r.map(|(i, _)| i)).collect(),
-        members: by_role
-            .iter()
-            .map(|r| {
-                r.map(|(i, o)| {
-                    Arc::new(Slice::new(members[i].1.clone(), o, room)) as Arc<dyn ReadAt>
-                })
-            })
-            .collect(),
-        len,
-    })
+        data,
+        by_role.iter().map(|r| r.map(|(i, _)| i)).collect(),
+        room,
+    )
+}
+
+/// Whether md reads an array of `level`, `layout`, `chunk` bytes and `disks`
+/// devices here; the error names what is not.
+fn check_geometry(level: i32, layout: u32, chunk: u64, disks: usize) -> Result<(), String> {
+    if !matches!(level, 0 | 4 | 5 | 6 | 10) {
+        return Err(format!("{} is not assembled", level_name(level)));
+    }
+    if chunk == 0 || chunk % 512 != 0 || chunk > 1 << 30 || !(2..=256).contains(&disks) {
+        return Err(format!(
+            "implausible geometry: chunk {chunk} bytes, {disks} devices"
+        ));
+    }
+    let (near, far) = ((layout & 0xFF) as usize, ((layout >> 8) & 0xFF) as usize);
+    if level == 10 && (near == 0 || far == 0 || near * far > disks) {
+        return Err(format!("RAID10 layout {layout:#x} is not read"));
+    }
+    let known = match level {
+        4 => layout == 0 || layout == 5,
+        5 => layout <= 5,
+        // The DDF layouts (8-10: rotating parity, Q over every position) too.
+        6 => layout <= 5 || (8..=10).contains(&layout),
+        _ => true,
+    };
+    if !known {
+        return Err(format!("{} layout {layout} is not read", level_name(level)));
+    }
+    Ok(())
 }
 
 /// An md array assembled from its members (see [`assemble`]).
@@ -513,6 +495,65 @@ struct Place {
 }
 
 impl Assembled {
+    /// An array in md's geometry (`level`, md's `layout` number, `chunk` bytes) over
+    /// one data volume per role (`None` where the member is missing), each `room`
+    /// bytes long; `used` names each role's member as the caller counts them. md's
+    /// layouts serve other writers of them too (dm-raid under LVM). Errors when the
+    /// geometry is not read or more members are missing than the level survives.
+    pub fn new(
+        level: i32,
+        layout: u32,
+        chunk: u64,
+        members: Vec<Option<Arc<dyn ReadAt>>>,
+        used: Vec<Option<usize>>,
+        room: u64,
+    ) -> Result<Assembled, String> {
+        let disks = members.len();
+        check_geometry(level, layout, chunk, disks)?;
+        let (near, far, offset) = (
+            (layout & 0xFF) as usize,
+            ((layout >> 8) & 0xFF) as usize,
+            layout >> 16 != 0,
+        );
+        let missing = members.iter().filter(|m| m.is_none()).count();
+        let tolerated = match level {
+            4 | 5 => 1,
+            6 => 2,
+            _ => 0,
+        };
+        if missing > tolerated && level != 10 || missing == disks {
+            return Err(format!("{missing} of {disks} members missing"));
+        }
+        if used.len() != disks {
+            return Err("members and their indexes disagree".into());
+        }
+        let rows = room / chunk;
+        let len = match level {
+            0 => rows.checked_mul(disks as u64),
+            10 => rows
+                .checked_mul(disks as u64)
+                .map(|r| r / (near * far) as u64),
+            _ => rows.checked_mul((disks - tolerated) as u64),
+        }
+        .and_then(|r| r.checked_mul(chunk))
+        .ok_or("array too large")?;
+        if len == 0 {
+            return Err("no data".into());
+        }
+        Ok(Assembled {
+            level,
+            layout,
+            chunk,
+            disks,
+            near,
+            far,
+            far_rows: if offset { far as u64 } else { 1 },
+            used,
+            members,
+            len,
+        })
+    }
+
     /// Members absent from the assembly (their chunks are rebuilt from the others),
     /// and the array's device count.
     pub fn missing(&self) -> (usize, usize) {
@@ -610,13 +651,16 @@ impl Assembled {
                     qd = None;
                 } else {
                     pd = match self.layout {
-                        0 | 2 => n - 1 - r,
-                        1 | 3 => r,
+                        0 | 2 | 10 => n - 1 - r,
+                        // ROTATING_ZERO_RESTART is right-asymmetric placement.
+                        1 | 3 | 8 => r,
+                        // ROTATING_N_RESTART: left-asymmetric, one stripe on.
+                        9 => n - 1 - ((stripe + 1) % n as u64) as usize,
                         _ => 0,
                     };
                     let q;
                     match self.layout {
-                        0 | 1 => {
+                        0 | 1 | 8 | 9 => {
                             if pd == n - 1 {
                                 dd += 1;
                                 q = 0;
@@ -630,6 +674,11 @@ impl Assembled {
                         2 | 3 => {
                             q = (pd + 1) % n;
                             dd = (pd + 2 + dd) % n;
+                        }
+                        // ROTATING_N_CONTINUE: left-symmetric with Q before P.
+                        10 => {
+                            q = (pd + n - 1) % n;
+                            dd = (pd + 1 + dd) % n;
                         }
                         _ => {
                             q = 1;
@@ -693,10 +742,12 @@ impl Assembled {
 impl Assembled {
     /// A RAID6 chunk whose member is missing, rebuilt as md rebuilds it
     /// ([`rebuild_slot`]); Q weighs each data member by g^slot, slots counted from
-    /// the member after Q.
+    /// the member after Q, or in the DDF layouts (8-10) by its position among all
+    /// members (P's and Q's slots then count as zeros).
     fn rebuild6(&self, place: &Place, off: u64, buf: &mut [u8]) -> io::Result<()> {
         let (n, p, q) = (self.disks, place.p.unwrap_or(0), place.q.unwrap_or(0));
-        let d0 = if q == n - 1 { 0 } else { q + 1 };
+        let ddf = (8..=10).contains(&self.layout);
+        let d0 = if q == n - 1 || ddf { 0 } else { q + 1 };
         let read = |d: usize| -> io::Result<Option<Vec<u8>>> {
             let Some(m) = &self.members[d] else {
                 return Ok(None);
@@ -713,6 +764,8 @@ impl Assembled {
                     x = data.len();
                 }
                 data.push(read(d)?);
+            } else if ddf {
+                data.push(Some(vec![0u8; buf.len()]));
             }
         }
         let (pb, qb) = (read(p)?, read(q)?);
@@ -1086,5 +1139,105 @@ mod tests {
             "data over the 1.0 superblock"
         );
         assert_eq!(read(vec![0; 100]), None);
+    }
+
+    /// An array of `n` members in RAID6 `layout` over `rows` rows of `chunk` bytes,
+    /// whose members are `vols` (None where missing).
+    fn raid6(layout: u32, chunk: u64, vols: Vec<Option<Vec<u8>>>) -> Result<Assembled, String> {
+        let room = vols
+            .iter()
+            .flatten()
+            .map(|v| v.len() as u64)
+            .min()
+            .unwrap_or(0);
+        let n = vols.len();
+        let members = vols
+            .into_iter()
+            .map(|v| v.map(|v| Arc::new(MemReader(v)) as Arc<dyn ReadAt>))
+            .collect();
+        Assembled::new(6, layout, chunk, members, (0..n).map(Some).collect(), room)
+    }
+
+    #[test]
+    fn ddf_raid6_layouts_place_p_q_and_data_as_md_does() {
+        // Five devices, stripes 0, 1 and 4: (P, Q, data devices in order), from md's
+        // raid5_compute_sector (zero restart: right-asymmetric; N restart: left-
+        // asymmetric one stripe on; N continue: left-symmetric with Q before P).
+        let want = [
+            (8, [(0, 1, [2, 3, 4]), (1, 2, [0, 3, 4]), (4, 0, [1, 2, 3])]),
+            (9, [(3, 4, [0, 1, 2]), (2, 3, [0, 1, 4]), (4, 0, [1, 2, 3])]),
+            (
+                10,
+                [(4, 3, [0, 1, 2]), (3, 2, [4, 0, 1]), (0, 4, [1, 2, 3])],
+            ),
+        ];
+        for (layout, stripes) in want {
+            let a = raid6(layout, 512, vec![Some(vec![0; 4096]); 5]).unwrap();
+            for ((p, q, data), stripe) in stripes.into_iter().zip([0u64, 1, 4]) {
+                for (k, d) in data.into_iter().enumerate() {
+                    let pl = a.place(stripe * 3 + k as u64);
+                    assert_eq!(
+                        (pl.p, pl.q, pl.dev, pl.row),
+                        (Some(p), Some(q), d, stripe),
+                        "layout {layout}, stripe {stripe}, data {k}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Q as the DDF layouts weigh it: each data chunk times 2^(its device's position),
+    /// by shifts and adds in GF(2^8) (x^8+x^4+x^3+x^2+1).
+    fn gf_mul_slow(mut a: u8, mut b: u8) -> u8 {
+        let mut r = 0;
+        while b != 0 {
+            if b & 1 != 0 {
+                r ^= a;
+            }
+            a = (a << 1) ^ if a & 0x80 != 0 { 0x1d } else { 0 };
+            b >>= 1;
+        }
+        r
+    }
+
+    #[test]
+    fn ddf_raid6_missing_members_are_rebuilt() {
+        let (n, chunk, rows) = (5usize, 512usize, 10usize);
+        for layout in [8, 9, 10] {
+            let whole = raid6(layout, chunk as u64, vec![Some(vec![0; rows * chunk]); n]).unwrap();
+            let mut vols = vec![vec![0u8; rows * chunk]; n];
+            let data: Vec<u8> = (0..rows * 3 * chunk)
+                .map(|i| (i * 7 + i / 509 + layout as usize) as u8)
+                .collect();
+            for row in 0..rows {
+                let (mut p, mut q) = (vec![0u8; chunk], vec![0u8; chunk]);
+                let mut pq = (0, 0);
+                for k in 0..3 {
+                    let c = (row * 3 + k) as u64;
+                    let pl = whole.place(c);
+                    let piece = &data[c as usize * chunk..][..chunk];
+                    vols[pl.dev][row * chunk..][..chunk].copy_from_slice(piece);
+                    let g = (0..pl.dev).fold(1u8, |x, _| gf_mul_slow(x, 2));
+                    for i in 0..chunk {
+                        p[i] ^= piece[i];
+                        q[i] ^= gf_mul_slow(piece[i], g);
+                    }
+                    pq = (pl.p.unwrap(), pl.q.unwrap());
+                }
+                vols[pq.0][row * chunk..][..chunk].copy_from_slice(&p);
+                vols[pq.1][row * chunk..][..chunk].copy_from_slice(&q);
+            }
+            for gone in [vec![], vec![0], vec![3], vec![0, 1], vec![2, 4], vec![1, 3]] {
+                let members = (0..n)
+                    .map(|i| (!gone.contains(&i)).then(|| vols[i].clone()))
+                    .collect();
+                let a = raid6(layout, chunk as u64, members).unwrap();
+                let mut got = vec![0u8; data.len()];
+                a.read_exact_at(0, &mut got).unwrap();
+                assert!(got == data, "layout {layout}, members {gone:?} missing");
+            }
+            let three = (0..n).map(|i| (i > 2).then(|| vols[i].clone())).collect();
+            assert!(raid6(layout, chunk as u64, three).is_err(), "three missing");
+        }
     }
 }

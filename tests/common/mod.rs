@@ -1376,8 +1376,9 @@ pub fn backup_members<P: AsRef<Path>>(safe: &Path, members: &[P]) -> Vec<String>
 
 /// Where chunk `c` of an array lies, as this test lays arrays out: (role, row) of the
 /// data, the P role for parity levels, and for RAID10 every copy. md's layouts (its
-/// raid5_compute_sector, raid0 and raid10 near copies); GRUB reading the members
-/// this writes is the check that they are md's.
+/// raid5_compute_sector, raid0 and raid10 near copies; RAID6 layout 8, dm-raid's
+/// `raid6_zr`, is right-asymmetric); GRUB reading the members this writes is the
+/// check that they are md's.
 pub fn layout_of(
     level: u32,
     layout: u32,
@@ -1402,16 +1403,18 @@ pub fn layout_of(
             // (2): data continues after parity; asymmetric (0): data keeps its
             // device order, stepping over parity (RAID6: Q follows P, wrapping to
             // the first device when P is last).
-            let p = if level == 6 {
+            let p = if level == 6 && layout == 8 {
+                stripe % n
+            } else if level == 6 {
                 n - 1 - stripe % n
             } else {
                 data - stripe % n
             };
             let skip = if level == 6 { 2 } else { 1 };
             let dev = match layout {
-                0 if level == 6 && p == n - 1 => d + 1,
-                0 if d >= p => d + skip,
-                0 => d,
+                0 | 8 if level == 6 && p == n - 1 => d + 1,
+                0 | 8 if d >= p => d + skip,
+                0 | 8 => d,
                 _ => (p + skip + d) % n,
             };
             (vec![(dev, stripe)], Some(p))
@@ -1441,17 +1444,16 @@ pub fn gf_pow2(e: usize) -> u8 {
     (0..e).fold(1, |x, _| gf_mul(x, 2))
 }
 
-/// Members of an md array (version-1.2 superblocks, data from 1 MiB) holding `fs`
-/// striped as [`layout_of`] lays it out, with RAID5's P and RAID6's P and Q.
-pub fn striped_members(
-    dir: &Path,
+/// The data areas of an array's `n` members holding `fs` striped as [`layout_of`]
+/// lays it out, with RAID5's P and RAID6's P and Q, and the rows of `chunk` bytes
+/// each takes.
+pub fn striped_areas(
     level: u32,
     layout: u32,
     n: usize,
     chunk: usize,
     fs: &[u8],
-    rng: &mut impl Rng,
-) -> Vec<std::path::PathBuf> {
+) -> (Vec<Vec<u8>>, usize) {
     let data = match level {
         0 | 10 => n,
         6 => n - 2,
@@ -1481,24 +1483,42 @@ pub fn striped_members(
         }
     }
     if level == 6 {
-        // Q: each data chunk times 2^slot in GF(2^8) (x^8+x^4+x^3+x^2+1), slots
-        // counted from the device after Q (left layouts: Q follows P).
+        // Q: each data chunk times 2^slot in GF(2^8) (x^8+x^4+x^3+x^2+1), Q on the
+        // device after P. Slots count from the device after Q (left layouts), or are
+        // the device's own position (layout 8, DDF's rotation as dm-raid uses it).
         for row in 0..rows {
-            let p = n - 1 - row % n;
+            let p = layout_of(level, layout, n, row * data).1.unwrap();
             let q = (p + 1) % n;
-            let d0 = if q == n - 1 { 0 } else { q + 1 };
+            let d0 = if q == n - 1 || layout == 8 { 0 } else { q + 1 };
             let data_devs: Vec<usize> = (0..n)
                 .map(|i| (d0 + i) % n)
                 .filter(|&d| d != p && d != q)
                 .collect();
             for (slot, &d) in data_devs.iter().enumerate() {
+                let weight = gf_pow2(if layout == 8 { d } else { slot });
                 for i in 0..chunk {
-                    let v = gf_mul(areas[d][row * chunk + i], gf_pow2(slot));
+                    let v = gf_mul(areas[d][row * chunk + i], weight);
                     areas[q][row * chunk + i] ^= v;
                 }
             }
         }
     }
+    (areas, rows)
+}
+
+/// Members of an md array (version-1.2 superblocks, data from 1 MiB) holding `fs`
+/// striped as [`striped_areas`] lays it out.
+pub fn striped_members(
+    dir: &Path,
+    level: u32,
+    layout: u32,
+    n: usize,
+    chunk: usize,
+    fs: &[u8],
+    rng: &mut impl Rng,
+) -> Vec<std::path::PathBuf> {
+    let (areas, rows) = striped_areas(level, layout, n, chunk, fs);
+    let per = rows * chunk;
     let base = md_superblock_of(
         level,
         layout,
