@@ -525,7 +525,7 @@ impl Finder {
             self.name = format!("VG {}", vg.name);
             for lv in vg.lvs.iter().filter(|l| l.visible) {
                 let on = lvm::lv_pvs(vg, lv);
-                if !lv.is_striped()
+                if !lv.is_striped_or_raid()
                     || on.len() < 2
                     || !on
                         .iter()
@@ -541,11 +541,10 @@ impl Finder {
                     }
                 };
                 let what = format!("LV {}/{}", vg.name, lv.name);
-                for (o, l) in self.volume(lv_vol.clone(), &what, 1, None) {
-                    for (pv, at, n) in lv_vol.pv_ranges(o, l) {
-                        if let Some(p) = members.iter().find(|p| Arc::ptr_eq(&p.vol, &pv)) {
-                            bytes[p.device].push((p.base + at, n));
-                        }
+                let free = merged(self.volume(lv_vol.clone(), &what, 1, None));
+                for (pv, at, n) in lv_vol.free_pv_ranges(&free) {
+                    if let Some(p) = members.iter().find(|p| Arc::ptr_eq(&p.vol, &pv)) {
+                        bytes[p.device].push((p.base + at, n));
                     }
                 }
             }

@@ -433,6 +433,14 @@ impl Lv {
             .all(|s| matches!(s.kind, SegKind::Striped { .. }))
     }
 
+    /// Whether every segment is striped, linear or RAID0/4/5/6/10: the LVs whose
+    /// free space maps back onto PVs ([`LvVolume::free_pv_ranges`]).
+    pub fn is_striped_or_raid(&self) -> bool {
+        self.segments
+            .iter()
+            .all(|s| matches!(s.kind, SegKind::Striped { .. } | SegKind::Raid { .. }))
+    }
+
     /// A thin pool holds no volume of its own to show (its thin LVs are shown).
     pub fn is_pool(&self) -> bool {
         self.segments
@@ -752,7 +760,7 @@ fn leg_sb(b: &[u8; 512]) -> Option<LegSb> {
 struct OpenLeg {
     /// Its place in the segment's list.
     index: usize,
-    vol: Arc<dyn ReadAt>,
+    vol: Arc<LvVolume>,
     /// LVM is rebuilding it.
     rebuild: bool,
     sb: Option<LegSb>,
@@ -878,7 +886,7 @@ fn mirror_leg(
             "leg {} is too small for LV {}",
             legs[pick.index].0, lv.name
         ))?;
-    Ok((pick.vol.clone(), at))
+    Ok((pick.vol.clone() as Arc<dyn ReadAt>, at))
 }
 
 /// The array of a RAID0/4/5/6/10 segment `s` of `lv`, as dm-raid assembles it: each
@@ -892,7 +900,7 @@ fn raid_array(
     lv: &Lv,
     s: &Segment,
     found: &HashMap<String, Arc<dyn ReadAt>>,
-) -> Result<Arc<dyn ReadAt>, String> {
+) -> Result<RaidPiece, String> {
     let SegKind::Raid {
         level,
         layout,
@@ -910,6 +918,7 @@ fn raid_array(
         return Err(format!("RAID LV {}: a reshape is under way", lv.name));
     }
     let mut members: Vec<Option<Arc<dyn ReadAt>>> = vec![None; images.len()];
+    let mut placed: Vec<Option<(Arc<LvVolume>, u64)>> = vec![None; images.len()];
     let mut room = u64::MAX;
     for o in &open {
         if !current(o, freshest) || o.rebuild {
@@ -934,8 +943,11 @@ fn raid_array(
         ))?;
         room = room.min(len / chunk * chunk);
         members[o.index] = Some(Arc::new(crate::readat::Slice::new(o.vol.clone(), at, len)));
+        placed[o.index] = Some((o.vol.clone(), at));
     }
-    let used = (0..images.len()).map(Some).collect();
+    let used = (0..images.len())
+        .map(|i| placed[i].as_ref().map(|_| i))
+        .collect();
     let array = super::md::Assembled::new(*level, *layout, *chunk, members, used, room)
         .map_err(|e| format!("RAID LV {}: {e} ({})", lv.name, why.join("; ")))?;
     let need = s.count.saturating_mul(vg.extent_bytes);
@@ -956,7 +968,17 @@ fn raid_array(
             why.join("; ")
         );
     }
-    Ok(Arc::new(array))
+    Ok(RaidPiece {
+        array: Arc::new(array),
+        images: placed,
+    })
+}
+
+/// A RAID segment's array, and each image with where its data starts (`None` where
+/// left out), through which the array's free space maps back onto PVs.
+struct RaidPiece {
+    array: Arc<super::md::Assembled>,
+    images: Vec<Option<(Arc<LvVolume>, u64)>>,
 }
 
 /// One mapped piece of an LV: `len` bytes at LV offset `start`, striped in chunks of
@@ -966,6 +988,10 @@ struct Piece {
     len: u64,
     chunk: u64,
     stripes: Vec<(Arc<dyn ReadAt>, u64)>,
+    /// A RAID0/4/5/6/10 segment: `stripes` is its array alone.
+    raid: Option<RaidPiece>,
+    /// A RAID1 or mirror segment: `stripes` is the leg read.
+    mirror: bool,
 }
 
 impl Piece {
@@ -1027,16 +1053,20 @@ impl LvVolume {
                         len,
                         chunk: len,
                         stripes: vec![(leg, at)],
+                        raid: None,
+                        mirror: true,
                     });
                     continue;
                 }
                 SegKind::Raid { .. } => {
-                    let array = raid_array(vg, lv, s, found)?;
+                    let raid = raid_array(vg, lv, s, found)?;
                     pieces.push(Piece {
                         start,
                         len,
                         chunk: len,
-                        stripes: vec![(array, 0)],
+                        stripes: vec![(raid.array.clone() as Arc<dyn ReadAt>, 0)],
+                        raid: Some(raid),
+                        mirror: false,
                     });
                     continue;
                 }
@@ -1068,6 +1098,8 @@ impl LvVolume {
                 len,
                 chunk: *stripe_bytes,
                 stripes: mapped,
+                raid: None,
+                mirror: false,
             });
         }
         let size = pieces.last().map_or(0, |p| p.start + p.len);
@@ -1087,6 +1119,36 @@ impl LvVolume {
             }
             Ok(())
         });
+        out
+    }
+
+    /// Where the LV's free byte ranges `free` (sorted) let PV bytes go unread, as
+    /// (PV, offset on it, length): striped and linear segments byte for byte, RAID
+    /// segments through their array's [`super::md::Assembled::free_member_ranges`]
+    /// (whole stripes, parity too, on parity levels) onto each image's PVs. Mirrored
+    /// segments give none: skipping one leg's free space alone would leave the legs
+    /// different once restored.
+    pub fn free_pv_ranges(&self, free: &[(u64, u64)]) -> Vec<(Arc<dyn ReadAt>, u64, u64)> {
+        let mut out = Vec::new();
+        for p in self.pieces.iter().filter(|p| !p.mirror) {
+            let end = p.start + p.len;
+            let clipped = free.iter().filter_map(|&(o, l)| {
+                let (a, b) = (o.max(p.start), o.saturating_add(l).min(end));
+                (a < b).then_some((a, b - a))
+            });
+            let Some(raid) = &p.raid else {
+                for (o, l) in clipped {
+                    out.extend(self.pv_ranges(o, l));
+                }
+                continue;
+            };
+            let rel: Vec<(u64, u64)> = clipped.map(|(o, l)| (o - p.start, l)).collect();
+            for (i, off, len) in raid.array.free_member_ranges(&rel) {
+                if let Some(Some((image, at))) = raid.images.get(i) {
+                    out.extend(image.pv_ranges(at + off, len));
+                }
+            }
+        }
         out
     }
 
