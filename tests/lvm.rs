@@ -2122,3 +2122,177 @@ fn grub_cmp(disks: &[&Path], vol: &str, src: &Path, f: &str, what: &str) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Cached LVs (dm-cache in writeback: the cache's copy of a block is the current
+/// one), one over a cache pool (data and metadata sub-LVs, metadata format 2, shut
+/// down cleanly) and one over a cache volume (`--cachevol`: metadata and data at
+/// offsets of one LV, not shut down cleanly), described as LVM describes
+/// them (vgcfgrestore: without device-mapper LVM makes neither), their metadata
+/// written by `cache_restore` (the thin-provisioning-tools' own encoder) from
+/// mappings of chosen origin blocks to cache blocks. An ext4 image is written to
+/// each origin; the blocks mapped dirty are then overwritten there with junk and
+/// their true contents put in the cache blocks, as a writeback cache leaves them.
+/// Each LV reads back as its image and its tree is the source tree; with the cache
+/// disk missing neither LV is shown (the origin alone is stale) and the log says why.
+#[test]
+fn cached_lvs_read_their_blocks_from_the_cache() {
+    let name = "cached_lvs_read_their_blocks_from_the_cache";
+    if !have_lvm(name) || !have_tool("cache_restore", "thin-provisioning-tools", name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (slow, fast) = (t.path().join("slow.img"), t.path().join("fast.img"));
+    File::create(&slow).unwrap().set_len(48 << 20).unwrap();
+    File::create(&fast).unwrap().set_len(32 << 20).unwrap();
+    let mut loops = Loops::default();
+    let (Some(ps), Some(pf)) = (
+        loops.attach(&slow, 0, 48 << 20),
+        loops.attach(&fast, 0, 32 << 20),
+    ) else {
+        eprintln!("SKIP {name}: no loop devices");
+        return;
+    };
+    let vg = format!("dscache{}", std::process::id());
+    tool("pvcreate", &["-q", &ps, &pf]).expect("pvcreate");
+    lvm_run(&["vgcreate", "-q", "-s", "1m", &vg, &ps, &pf]);
+    let linear = |count: u64, pv: &str, at: u64| {
+        format!("extent_count = {count}\ntype = \"striped\"\nstripe_count = 1\nstripes = [\"{pv}\", {at}]")
+    };
+    let lvs = [
+        lv_section(1, "db", true, "extent_count = 16\ntype = \"cache\"\ncache_pool = \"cpool\"\norigin = \"db_corig\""),
+        lv_section(2, "db_corig", false, &linear(16, "pv0", 0)),
+        lv_section(3, "cpool", false, "extent_count = 4\ntype = \"cache-pool\"\ndata = \"cpool_cdata\"\nmetadata = \"cpool_cmeta\"\nmetadata_format = 2\nchunk_size = 128\ncache_mode = \"writeback\"\npolicy = \"smq\""),
+        lv_section(4, "cpool_cdata", false, &linear(4, "pv1", 0)),
+        lv_section(5, "cpool_cmeta", false, &linear(4, "pv1", 4)),
+        lv_section(6, "web", true, "extent_count = 12\ntype = \"cache\"\ncache_pool = \"fast_cvol\"\norigin = \"web_corig\"\nmetadata_format = 2\nchunk_size = 256\ncache_mode = \"writeback\"\npolicy = \"smq\"\nmetadata_start = 0\nmetadata_len = 8192\ndata_start = 8192\ndata_len = 8192"),
+        lv_section(7, "web_corig", false, &linear(12, "pv0", 16)),
+        lv_section(8, "fast_cvol", false, &linear(8, "pv1", 8)),
+    ];
+    restore_with_lvs(t.path(), &vg, &lvs);
+    let segs = segments_all(&vg);
+    let place = |sub: &str| {
+        let (dev, first) = &segs[&format!("[{sub}]")];
+        (dev.clone(), first_extent_at(dev) + first * (1 << 20))
+    };
+    let mut rng = StdRng::seed_from_u64(63);
+    // (LV, cache block bytes, cache blocks, metadata version, clean shutdown,
+    // where its metadata and data lie)
+    let cases = [
+        (
+            "db",
+            64usize << 10,
+            64usize,
+            "2",
+            true,
+            place("cpool_cmeta"),
+            place("cpool_cdata"),
+        ),
+        ("web", 128 << 10, 32, "2", false, place("fast_cvol"), {
+            let (d, at) = place("fast_cvol");
+            (d, at + (4 << 20))
+        }),
+    ];
+    let mut srcs = BTreeMap::new();
+    for (lv, block, cblocks, version, clean, (mdev, mat), (ddev, dat)) in &cases {
+        let extents = segs_extents(lv);
+        let (src, img) = (
+            t.path().join(format!("{lv}-src")),
+            t.path().join(format!("{lv}.img")),
+        );
+        ext4_image(&src, &img, 30, (extents - 1) << 20, &mut rng);
+        let fs = std::fs::read(&img).unwrap();
+        let (oat_dev, oat) = place(&format!("{lv}_corig"));
+        write_dev(&oat_dev, oat, &fs);
+        // Origin blocks holding data, in a random order but the first (the ext4
+        // superblock's) first: the first half cached dirty (the origin's copy
+        // junk), the next few cached clean.
+        let blocks = fs.len() / block;
+        let mut used: Vec<usize> = (0..blocks)
+            .filter(|&b| fs[b * block..(b + 1) * block].iter().any(|&x| x != 0))
+            .collect();
+        for i in (2..used.len()).rev() {
+            used.swap(i, rng.gen_range(1..=i));
+        }
+        let dirty = (used.len() / 2).min(cblocks - 6);
+        let mut xml = format!("<superblock uuid=\"\" block_size=\"{}\" nr_cache_blocks=\"{cblocks}\" policy=\"smq\" hint_width=\"4\">\n<mappings>\n", block / 512);
+        let mut cache = vec![0u8; cblocks * block];
+        for (c, &ob) in used.iter().take(dirty + 5).enumerate() {
+            let cb = (c * 7) % cblocks; // scattered over the cache
+            let piece = &fs[ob * block..(ob + 1) * block];
+            cache[cb * block..(cb + 1) * block].copy_from_slice(piece);
+            let is_dirty = c < dirty;
+            xml += &format!(
+                "<mapping cache_block=\"{cb}\" origin_block=\"{ob}\" dirty=\"{is_dirty}\"/>\n"
+            );
+            if is_dirty {
+                let mut junk = vec![0u8; *block];
+                rng.fill(&mut junk[..]);
+                write_dev(&oat_dev, oat + (ob * block) as u64, &junk);
+            }
+        }
+        xml += "</mappings>\n</superblock>\n";
+        let xml_path = t.path().join(format!("{lv}.xml"));
+        std::fs::write(&xml_path, &xml).unwrap();
+        let meta = t.path().join(format!("{lv}-meta.bin"));
+        File::create(&meta).unwrap().set_len(4 << 20).unwrap();
+        let mut args = vec![
+            "-i",
+            s(&xml_path),
+            "-o",
+            s(&meta),
+            "--metadata-version",
+            version,
+        ];
+        if !clean {
+            args.push("--omit-clean-shutdown");
+        }
+        tool("cache_restore", &args).expect("cache_restore");
+        write_dev(mdev, *mat, &std::fs::read(&meta).unwrap());
+        write_dev(ddev, *dat, &cache);
+        srcs.insert(lv.to_string(), (src, fs, dirty));
+    }
+    drop(loops);
+    let safe = t.path().join("safe");
+    backup(&[
+        s(&safe),
+        &format!("slow={}", s(&slow)),
+        &format!("fast={}", s(&fast)),
+    ]);
+    backup(&[s(&safe), &format!("slow={}", s(&slow))]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    assert_eq!(
+        lv_names(&m.dir.join("1/slow/lvm"), &vg),
+        ["db", "db.img", "web", "web.img"],
+        "the pool, cache volume and origins stay hidden:\n{}",
+        m.log_text()
+    );
+    for (lv, (src, fs, dirty)) in &srcs {
+        assert!(*dirty >= 10, "{lv}: {dirty} dirty blocks");
+        for dev in ["slow", "fast"] {
+            let dir = m.dir.join(format!("1/{dev}/lvm/{vg}-{lv}"));
+            same_tree(&tree_digest(&dir), &tree_digest(src), lv);
+        }
+        let img = std::fs::read(m.dir.join(format!("1/slow/lvm/{vg}-{lv}.img"))).unwrap();
+        assert!(
+            img.len() >= fs.len() && img[..fs.len()] == fs[..],
+            "{lv}: the LV's bytes"
+        );
+        assert!(
+            !m.dir.join(format!("2/slow/lvm/{vg}-{lv}")).exists(),
+            "{lv}: no cache, not shown"
+        );
+    }
+    let log = m.log_text();
+    assert!(
+        log.contains("is not in this point"),
+        "the log says the cache is missing:\n{log}"
+    );
+}
+
+/// Extents of the LVs of [`cached_lvs_read_their_blocks_from_the_cache`].
+fn segs_extents(lv: &str) -> u64 {
+    match lv {
+        "db" => 16,
+        _ => 12,
+    }
+}

@@ -393,8 +393,31 @@ pub enum SegKind {
         metas: Vec<Option<String>>,
         data_offset: Option<u64>,
     },
+    /// A cached LV (dm-cache): origin LV `origin` with its cache in `pool`, a cache
+    /// pool LV or (with `area`) a cache volume holding metadata and data at byte
+    /// ranges of its own; `chunk` the cache block size where the segment gives it.
+    Cache {
+        origin: String,
+        pool: String,
+        chunk: Option<u64>,
+        area: Option<CacheArea>,
+    },
+    /// A cache pool: its data and metadata sub-LVs and cache block size in bytes.
+    CachePool {
+        data: String,
+        metadata: String,
+        chunk: u64,
+    },
     /// A segment type not mapped here.
     Other(String),
+}
+
+/// Where a cache volume (`lvconvert --cachevol`) keeps the cache's metadata and data:
+/// (offset, length) in bytes of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheArea {
+    pub metadata: (u64, u64),
+    pub data: (u64, u64),
 }
 
 /// `count` extents of an LV from extent `start`.
@@ -441,11 +464,12 @@ impl Lv {
             .all(|s| matches!(s.kind, SegKind::Striped { .. } | SegKind::Raid { .. }))
     }
 
-    /// A thin pool holds no volume of its own to show (its thin LVs are shown).
+    /// A thin or cache pool holds no volume of its own to show (its thin or cached
+    /// LVs are shown).
     pub fn is_pool(&self) -> bool {
         self.segments
             .iter()
-            .any(|s| matches!(s.kind, SegKind::ThinPool { .. }))
+            .any(|s| matches!(s.kind, SegKind::ThinPool { .. } | SegKind::CachePool { .. }))
     }
 }
 
@@ -496,7 +520,7 @@ pub fn parse_vg(text: &str) -> Result<Vg, String> {
             for (_, seg) in lv.sections() {
                 let start = seg.int("start_extent")?;
                 let count = seg.int("extent_count")?;
-                let kind = match seg.str("type")? {
+                let kind = match segment_type(seg.str("type")?) {
                     "striped" => {
                         let mut stripes = Vec::new();
                         for (pv, at) in name_extent_pairs(seg, "stripes", &format!("LV {lname}"))? {
@@ -550,6 +574,15 @@ pub fn parse_vg(text: &str) -> Result<Vg, String> {
                     },
                     t @ ("raid1" | "mirror") => mirror_seg(seg, t, start, lname)
                         .unwrap_or_else(|e| SegKind::Other(format!("{t} ({e})"))),
+                    "cache" => {
+                        cache_seg(seg).unwrap_or_else(|e| SegKind::Other(format!("cache ({e})")))
+                    }
+                    "cache-pool" => SegKind::CachePool {
+                        data: seg.str("data").or_else(|_| seg.str("pool"))?.to_string(),
+                        metadata: seg.str("metadata")?.to_string(),
+                        chunk: cache_chunk(seg.int("chunk_size")?)
+                            .ok_or(format!("LV {lname}: bad cache chunk size"))?,
+                    },
                     t if t.starts_with("raid") => raid_seg(seg, t, lname)
                         .unwrap_or_else(|e| SegKind::Other(format!("{t} ({e})"))),
                     other => SegKind::Other(other.to_string()),
@@ -611,6 +644,57 @@ fn mirror_seg(seg: &Value, kind: &str, start: u64, lname: &str) -> Result<SegKin
             }
         }
         _ => return Err(format!("LV {lname}: not a mirror")),
+    })
+}
+
+/// A segment's type without the feature flags LVM appends that this reader knows
+/// (`cache+CACHE_USES_CACHEVOL`, `cache-pool+METADATA_FORMAT`): with others, the
+/// whole string, a type not mapped.
+fn segment_type(t: &str) -> &str {
+    match t.split_once('+') {
+        Some((base @ ("cache" | "cache-pool"), flags))
+            if flags
+                .split('+')
+                .all(|f| matches!(f, "CACHE_USES_CACHEVOL" | "METADATA_FORMAT")) =>
+        {
+            base
+        }
+        _ => t,
+    }
+}
+
+/// A cache block size given in sectors, in bytes: dm-cache takes 32 KiB to 1 GiB in
+/// multiples of 32 KiB.
+fn cache_chunk(sectors: u64) -> Option<u64> {
+    sectors
+        .checked_mul(SECTOR)
+        .filter(|&c| (32 << 10..=1 << 30).contains(&c) && c % (32 << 10) == 0)
+}
+
+/// A cached LV's segment: its origin and cache sub-LVs (a cache volume's areas in
+/// sectors turned to bytes).
+fn cache_seg(seg: &Value) -> Result<SegKind, String> {
+    let bytes = |key: &str| -> Result<u64, String> {
+        seg.int(key)?
+            .checked_mul(SECTOR)
+            .ok_or(format!("bad {key}"))
+    };
+    let area = if seg.get("metadata_start").is_some() {
+        Some(CacheArea {
+            metadata: (bytes("metadata_start")?, bytes("metadata_len")?),
+            data: (bytes("data_start")?, bytes("data_len")?),
+        })
+    } else {
+        None
+    };
+    Ok(SegKind::Cache {
+        origin: seg.str("origin")?.to_string(),
+        pool: seg.str("cache_pool")?.to_string(),
+        chunk: match seg.int("chunk_size") {
+            Ok(c) => Some(cache_chunk(c).ok_or("bad chunk_size")?),
+            Err(_) => None,
+        },
+        area,
     })
 }
 
@@ -1263,47 +1347,115 @@ impl ReadAt for LvVolume {
     }
 }
 
-/// Opens any LV this reader maps: striped/linear ones over the PVs, thin ones through
-/// their pool (whose metadata and data sub-LVs are opened the same way). An error
-/// names what is missing or not read.
+/// Opens any LV this reader maps: striped, linear, mirrored and RAID ones over the
+/// PVs, thin ones through their pool, cached ones over their origin and cache (the
+/// sub-LVs opened the same way, so a cached thin pool's data reads through its
+/// cache). An error names what is missing or not read.
 pub fn open_lv(
     vg: &Vg,
     lv: &Lv,
     found: &HashMap<String, Arc<dyn ReadAt>>,
 ) -> Result<Arc<dyn ReadAt>, String> {
-    let thin = lv.segments.iter().find_map(|s| match &s.kind {
-        SegKind::Thin { pool, device_id } => Some((pool, *device_id, s.count)),
-        _ => None,
-    });
-    let Some((pool, device_id, extents)) = thin else {
-        return Ok(Arc::new(LvVolume::open(vg, lv, found)?));
-    };
+    open_lv_at(vg, lv, found, 0)
+}
+
+/// [`open_lv`] for an LV `depth` sub-LVs down.
+fn open_lv_at(
+    vg: &Vg,
+    lv: &Lv,
+    found: &HashMap<String, Arc<dyn ReadAt>>,
+    depth: usize,
+) -> Result<Arc<dyn ReadAt>, String> {
+    if depth > 4 {
+        return Err(format!("LV {}: sub-LVs nested too deep", lv.name));
+    }
     let by_name = |n: &str| {
         vg.lvs
             .iter()
             .find(|l| l.name == n)
             .ok_or(format!("LV {n} is not in VG {}", vg.name))
     };
-    let p = by_name(pool)?;
-    let Some((meta, data, chunk)) = p.segments.iter().find_map(|s| match &s.kind {
-        SegKind::ThinPool {
-            metadata,
-            data,
-            chunk,
-        } => Some((metadata, data, *chunk)),
-        _ => None,
-    }) else {
-        return Err(format!("{pool} is not a thin pool"));
-    };
-    // The sub-LVs are plain volumes (a pool inside a pool is not a thing LVM makes).
-    let meta: Arc<dyn ReadAt> = Arc::new(LvVolume::open(vg, by_name(meta)?, found)?);
-    let data: Arc<dyn ReadAt> = Arc::new(LvVolume::open(vg, by_name(data)?, found)?);
-    let size = extents
-        .checked_mul(vg.extent_bytes)
-        .ok_or("thin LV too large")?;
-    Ok(Arc::new(super::thin::ThinVolume::open(
-        meta, data, device_id, chunk, size,
-    )?))
+    let sub = |n: &str| open_lv_at(vg, by_name(n)?, found, depth + 1);
+    let eb = vg.extent_bytes;
+    for s in &lv.segments {
+        match &s.kind {
+            SegKind::Thin { pool, device_id } => {
+                let p = by_name(pool)?;
+                let Some((meta, data, chunk)) = p.segments.iter().find_map(|s| match &s.kind {
+                    SegKind::ThinPool {
+                        metadata,
+                        data,
+                        chunk,
+                    } => Some((metadata, data, *chunk)),
+                    _ => None,
+                }) else {
+                    return Err(format!("{pool} is not a thin pool"));
+                };
+                let size = s.count.checked_mul(eb).ok_or("thin LV too large")?;
+                return Ok(Arc::new(super::thin::ThinVolume::open(
+                    sub(meta)?,
+                    sub(data)?,
+                    *device_id,
+                    chunk,
+                    size,
+                )?));
+            }
+            SegKind::Cache {
+                origin,
+                pool,
+                chunk,
+                area,
+            } => {
+                if lv.segments.len() != 1 {
+                    return Err(format!("cached LV {} in several segments", lv.name));
+                }
+                let p = by_name(pool)?;
+                let pool_kind = p.segments.iter().find_map(|s| match &s.kind {
+                    SegKind::CachePool {
+                        data,
+                        metadata,
+                        chunk,
+                    } => Some((metadata, data, *chunk)),
+                    _ => None,
+                });
+                let (meta, data, block): (Arc<dyn ReadAt>, Arc<dyn ReadAt>, u64) =
+                    match (pool_kind, area) {
+                        (Some((m, d, c)), _) => (sub(m)?, sub(d)?, chunk.unwrap_or(c)),
+                        (None, Some(a)) => {
+                            let cv = sub(pool)?;
+                            let part = |(at, len): (u64, u64), what: &str| {
+                                if at.checked_add(len).is_none_or(|e| e > cv.size()) {
+                                    return Err(format!(
+                                        "cache volume {pool}: its {what} area lies past its end"
+                                    ));
+                                }
+                                Ok(Arc::new(crate::readat::Slice::new(cv.clone(), at, len))
+                                    as Arc<dyn ReadAt>)
+                            };
+                            (
+                                part(a.metadata, "metadata")?,
+                                part(a.data, "data")?,
+                                chunk.ok_or("a cache volume without a chunk size")?,
+                            )
+                        }
+                        (None, None) => {
+                            return Err(format!("{pool} is no cache pool or cache volume"))
+                        }
+                    };
+                let size = s.count.checked_mul(eb).ok_or("cached LV too large")?;
+                let v = super::cache::CacheVolume::open(meta, data, sub(origin)?, block, size)?;
+                tracing::debug!(
+                    "VG {}: cached LV {}: {} blocks read from the cache",
+                    vg.name,
+                    lv.name,
+                    v.cached_blocks()
+                );
+                return Ok(Arc::new(v));
+            }
+            _ => {}
+        }
+    }
+    Ok(Arc::new(LvVolume::open(vg, lv, found)?))
 }
 
 /// Indexes (into `vg.pvs`) of the PVs holding `lv`'s data, through a thin LV's pool.
@@ -1334,6 +1486,16 @@ pub fn lv_pvs(vg: &Vg, lv: &Lv) -> Vec<usize> {
                 SegKind::Raid { images, metas, .. } => todo.extend(vg.lvs.iter().filter(|x| {
                     images.contains(&x.name) || metas.iter().flatten().any(|m| m == &x.name)
                 })),
+                SegKind::Cache { origin, pool, .. } => todo.extend(
+                    vg.lvs
+                        .iter()
+                        .filter(|x| &x.name == origin || &x.name == pool),
+                ),
+                SegKind::CachePool { data, metadata, .. } => todo.extend(
+                    vg.lvs
+                        .iter()
+                        .filter(|x| &x.name == metadata || &x.name == data),
+                ),
                 SegKind::Other(_) => {}
             }
         }
@@ -1364,7 +1526,9 @@ fn used_extents(vg: &Vg, pv: usize) -> Option<Vec<(u64, u64)>> {
             SegKind::Thin { .. }
             | SegKind::ThinPool { .. }
             | SegKind::Mirror { .. }
-            | SegKind::Raid { .. } => {}
+            | SegKind::Raid { .. }
+            | SegKind::Cache { .. }
+            | SegKind::CachePool { .. } => {}
             SegKind::Other(_) => return None,
         }
     }
@@ -1476,7 +1640,7 @@ status = ["VISIBLE"]
 segment1 {
 start_extent = 0
 extent_count = 1
-type = "cache"
+type = "vdo"
 }
 }
 pool {
@@ -1506,7 +1670,7 @@ version = 1
         assert_eq!(vg.id, "abcdefghij");
         assert_eq!(vg.pvs[1].pe_start, 1024);
         assert_eq!(vg.lvs[0].segments[0].start, 0, "segments sorted");
-        assert_eq!(vg.lvs[2].unsupported(), Some("cache"));
+        assert_eq!(vg.lvs[2].unsupported(), Some("vdo"));
         assert!(vg.lvs[3].is_pool() && vg.lvs[3].unsupported().is_none());
         assert_eq!(
             lv_pvs(&vg, &vg.lvs[3]),
@@ -1521,7 +1685,7 @@ version = 1
     #[test]
     fn unused_extents_are_those_no_segment_names() {
         let mut vg = parse_vg(TEXT).unwrap();
-        assert_eq!(unused_extents(&vg, "p0"), None, "a cache segment: unknown");
+        assert_eq!(unused_extents(&vg, "p0"), None, "a vdo segment: unknown");
         vg.lvs.retain(|l| l.name != "mirror");
         // pv0: lin uses 3..5, str's first stripe 0..2 (4 extents over 2 stripes).
         assert_eq!(
@@ -1541,10 +1705,10 @@ version = 1
     #[test]
     fn a_thin_lv_with_an_external_origin_is_not_mapped() {
         let text = TEXT.replace(
-            "mirror {\nstatus = [\"VISIBLE\"]\nsegment1 {\nstart_extent = 0\nextent_count = 1\ntype = \"cache\"\n}\n}",
+            "mirror {\nstatus = [\"VISIBLE\"]\nsegment1 {\nstart_extent = 0\nextent_count = 1\ntype = \"vdo\"\n}\n}",
             "ext {\nstatus = [\"VISIBLE\"]\nsegment1 {\nstart_extent = 0\nextent_count = 1\ntype = \"thin\"\nthin_pool = \"pool\"\ndevice_id = 4\nexternal_origin = \"lin\"\n}\n}",
         );
-        assert_ne!(text, TEXT, "the cache LV replaced");
+        assert_ne!(text, TEXT, "the vdo LV replaced");
         let vg = parse_vg(&text).unwrap();
         let ext = vg.lvs.iter().find(|l| l.name == "ext").unwrap();
         assert_eq!(ext.unsupported(), Some("thin with an external origin"));
@@ -1554,7 +1718,7 @@ version = 1
     #[test]
     fn lvs_within_one_pv_and_their_device_ranges() {
         let mut vg = parse_vg(TEXT).unwrap();
-        assert_eq!(lvs_within(&vg, "p0"), None, "a cache segment: unknown");
+        assert_eq!(lvs_within(&vg, "p0"), None, "a vdo segment: unknown");
         vg.lvs.retain(|l| l.name != "mirror");
         // lin spans pv0 and pv1, str stripes over both, pool is not striped.
         assert_eq!(lvs_within(&vg, "p0"), Some(vec![]));
@@ -1591,7 +1755,7 @@ version = 1
     #[test]
     fn raid_segments_give_md_geometry_and_sub_lvs() {
         let seg = |body: &str| {
-            let text = TEXT.replace("type = \"cache\"", &format!("{body}\nstripe_size = 128"));
+            let text = TEXT.replace("type = \"vdo\"", &format!("{body}\nstripe_size = 128"));
             assert_ne!(text, TEXT);
             let vg = parse_vg(&text).unwrap();
             vg.lvs[2].segments[0].kind.clone()
@@ -1669,6 +1833,48 @@ version = 1
         ] {
             assert_eq!(seg(&body), SegKind::Other(why.into()), "{body}");
         }
+    }
+
+    #[test]
+    fn cache_segments_and_their_flags() {
+        let seg = |body: &str| {
+            let text = TEXT.replace("type = \"vdo\"", body);
+            parse_vg(&text).unwrap().lvs[2].segments[0].kind.clone()
+        };
+        assert_eq!(
+            seg("type = \"cache+CACHE_USES_CACHEVOL\"\ncache_pool = \"cv\"\norigin = \"o\"\nchunk_size = 128\nmetadata_start = 0\nmetadata_len = 8\ndata_start = 8\ndata_len = 2048"),
+            SegKind::Cache {
+                origin: "o".into(),
+                pool: "cv".into(),
+                chunk: Some(64 << 10),
+                area: Some(CacheArea {
+                    metadata: (0, 4096),
+                    data: (4096, 1 << 20)
+                }),
+            }
+        );
+        assert_eq!(
+            seg("type = \"cache-pool+METADATA_FORMAT\"\ndata = \"d\"\nmetadata = \"m\"\nchunk_size = 64"),
+            SegKind::CachePool {
+                data: "d".into(),
+                metadata: "m".into(),
+                chunk: 32 << 10
+            }
+        );
+        assert_eq!(
+            seg("type = \"cache+NEW_THING\"\ncache_pool = \"cv\"\norigin = \"o\""),
+            SegKind::Other("cache+NEW_THING".into()),
+            "unknown flags: not read"
+        );
+        assert!(matches!(
+            seg("type = \"cache\"\ncache_pool = \"cv\"\norigin = \"o\"\nchunk_size = 100"),
+            SegKind::Other(_)
+        ));
+        assert!(parse_vg(&TEXT.replace(
+            "type = \"vdo\"",
+            "type = \"cache-pool\"\ndata = \"d\"\nmetadata = \"m\"\nchunk_size = 7"
+        ))
+        .is_err());
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! entry counts and sizes are capped, CRCs are checked, and partitions reaching past the
 //! end of the device are clipped (and logged).
 
+pub mod cache;
 pub mod luks;
 pub mod lvm;
 pub mod md;
+mod pdata;
 pub mod thin;
 
 use std::collections::HashSet;

@@ -16,12 +16,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::readat::ReadAt;
 
-const BLOCK: usize = 4096;
+use super::pdata::{bad, csum, le32, le64, Node, BLOCK};
+
 const SB_MAGIC: u64 = 27_022_010;
 const SB_CSUM_XOR: u32 = 160_774;
-const NODE_CSUM_XOR: u32 = 121_107;
-const INTERNAL: u32 = 1;
-const LEAF: u32 = 2;
 /// Deepest btree walked (a 4 KiB node holds over 250 keys: 8 levels is beyond any pool).
 const MAX_DEPTH: usize = 8;
 const NODE_CACHE: usize = 512;
@@ -29,61 +27,6 @@ const NODE_CACHE: usize = 512;
 const HOLE_SCAN: u64 = 1 << 16;
 /// Most chunks one prefetch hint maps.
 const PREFETCH_CHUNKS: u64 = 1024;
-
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
-}
-fn le64(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
-}
-
-fn bad(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
-}
-
-/// The persistent-data checksum: CRC-32C's register without its final inversion,
-/// xored with a per-structure constant.
-fn csum(data: &[u8], xor: u32) -> u32 {
-    !crc32c::crc32c(data) ^ xor
-}
-
-/// A btree node already checked by [`ThinVolume::node`]: header, keys, values.
-struct Node<'a>(&'a [u8]);
-
-impl Node<'_> {
-    fn count(&self) -> usize {
-        le32(self.0, 16) as usize
-    }
-    fn key(&self, i: usize) -> u64 {
-        le64(self.0, 32 + i * 8)
-    }
-    /// The value's first 8 bytes (a child block, a mapping, a device's block count).
-    fn value(&self, i: usize) -> u64 {
-        let (max, vsize) = (le32(self.0, 20) as usize, le32(self.0, 24) as usize);
-        le64(self.0, 32 + max * 8 + i * vsize)
-    }
-    /// How many entries have keys at most `key` (keys are sorted).
-    fn at_most(&self, key: u64) -> usize {
-        let (mut lo, mut hi) = (0, self.count());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if self.key(mid) <= key {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        lo
-    }
-    /// Leaf or internal node; anything else is damage.
-    fn is_leaf(&self, b: u64) -> io::Result<bool> {
-        match le32(self.0, 4) {
-            LEAF => Ok(true),
-            INTERNAL => Ok(false),
-            f => Err(bad(format!("thin metadata block {b}: node flags {f:#x}"))),
-        }
-    }
-}
 
 /// A thin LV as a volume.
 pub struct ThinVolume {
@@ -202,26 +145,8 @@ impl ThinVolume {
             .ok_or_else(|| bad(format!("thin metadata block {b}")))?;
         let mut n = vec![0u8; BLOCK];
         self.meta.read_exact_at(at, &mut n)?;
-        if csum(&n[4..], NODE_CSUM_XOR) != le32(&n, 0) {
-            return Err(bad(format!("thin metadata block {b}: checksum mismatch")));
-        }
-        if le64(&n, 8) != b {
-            return Err(bad(format!(
-                "thin metadata block {b} names block {}",
-                le64(&n, 8)
-            )));
-        }
-        let (count, max, vsize) = (
-            le32(&n, 16) as usize,
-            le32(&n, 20) as usize,
-            le32(&n, 24) as usize,
-        );
         // Mapping values are 8 bytes, device details 24.
-        if !(vsize == 8 || vsize == 24) || count > max || 32 + max * (8 + vsize) > BLOCK {
-            return Err(bad(format!(
-                "thin metadata block {b}: {count}/{max} entries"
-            )));
-        }
+        super::pdata::check_node(&n, b, &[8, 24], "thin metadata")?;
         let n = Arc::new(n);
         self.nodes.lock().unwrap().put(b, n.clone());
         Ok(n)
@@ -499,6 +424,7 @@ impl ReadAt for ThinVolume {
 mod tests {
     use super::*;
     use crate::readat::MemReader;
+    use crate::volumes::pdata::{INTERNAL, LEAF, NODE_CSUM_XOR};
 
     /// A btree node at block `b` holding `entries` (key, value) with 8-byte values.
     fn node(b: u64, leaf: bool, entries: &[(u64, u64)]) -> Vec<u8> {
