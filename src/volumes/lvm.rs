@@ -1218,7 +1218,7 @@ impl LvVolume {
             let end = p.start + p.len;
             let clipped = free.iter().filter_map(|&(o, l)| {
                 let (a, b) = (o.max(p.start), o.saturating_add(l).min(end));
-                (a < b).then_some((a, b - a))
+                b.checked_sub(a).filter(|&n| n > 0).map(|n| (a, n))
             });
             let Some(raid) = &p.raid else {
                 for (o, l) in clipped {
