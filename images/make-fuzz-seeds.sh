@@ -387,6 +387,97 @@ EOT
     rm -f "$img"
   fi
 fi
+# A cached LV and a RAID5 LV (as root with lvm2, thin-provisioning-tools and
+# python3): on a 3 MiB PV of 64 KiB extents, made by editing LVM's own vgcfgbackup
+# text. LV c (8 extents) is cached by pool cpool (4 cache blocks of 64 KiB; its
+# metadata by cache_restore maps origin blocks 0 and 3 to cache blocks 2 and 0,
+# holding copies of them); LV r (8 extents) is a RAID5 of three images of 4
+# extents, the ext4 seed striped left-symmetric in 64 KiB chunks with parity.
+if [ "$(id -u)" = 0 ] && command -v pvcreate > /dev/null &&
+  command -v cache_restore > /dev/null && command -v python3 > /dev/null; then
+  img="$out/disk-lvmcache.img"
+  truncate -s 3M "$img"
+  if loop=$(losetup -f --show "$img" 2> /dev/null); then
+    export LVM_SUPPRESS_FD_WARNINGS=1
+    vg="dsfuzzcache$$"
+    if pvcreate -q --metadatasize 128k --dataalignment 256k "$loop" > /dev/null 2>&1 &&
+      vgcreate -q -s 64k "$vg" "$loop" > /dev/null 2>&1 &&
+      vgcfgbackup --driverloaded n -q -f "$tmp/vgc.txt" "$vg" > /dev/null 2>&1; then
+      python3 - "$tmp/vgc.txt" << 'EOT'
+import sys
+p = sys.argv[1]
+t = open(p).read()
+def lv(n, name, status, seg):
+    return ('%s {\nid = "lv%04d-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa"\nstatus = [%s]\nflags = []\n'
+            'segment_count = 1\nsegment1 {\nstart_extent = 0\n%s\n}\n}\n' % (name, n, status, seg))
+vis, hid = '"READ", "WRITE", "VISIBLE"', '"READ", "WRITE"'
+lin = lambda n, at: 'extent_count = %d\ntype = "striped"\nstripe_count = 1\nstripes = ["pv0", %d]' % (n, at)
+lvs = (lv(1, "c", vis, 'extent_count = 8\ntype = "cache"\ncache_pool = "cpool"\norigin = "c_corig"')
+       + lv(2, "c_corig", hid, lin(8, 0))
+       + lv(3, "cpool", hid, 'extent_count = 4\ntype = "cache-pool"\ndata = "cpool_cdata"\n'
+            'metadata = "cpool_cmeta"\nmetadata_format = 2\nchunk_size = 128\ncache_mode = "writeback"')
+       + lv(4, "cpool_cdata", hid, lin(4, 8))
+       + lv(5, "cpool_cmeta", hid, lin(4, 12))
+       + lv(6, "r", vis, 'extent_count = 8\ntype = "raid5"\ndevice_count = 3\nstripe_size = 128\n'
+            'region_size = 1024\nraids = ["r_rmeta_0", "r_rimage_0", "r_rmeta_1", "r_rimage_1", '
+            '"r_rmeta_2", "r_rimage_2"]'))
+for i in range(3):
+    lvs += lv(7 + 2 * i, "r_rmeta_%d" % i, hid, lin(1, 16 + 5 * i))
+    lvs += lv(8 + 2 * i, "r_rimage_%d" % i, hid, lin(4, 17 + 5 * i))
+end = t.rfind("}")
+t = t[:end] + "logical_volumes {\n" + lvs + "}\n" + t[end:]
+open(p, "w").write(t.replace("seqno = 1", "seqno = 2", 1))
+EOT
+      {
+        echo '<superblock uuid="" block_size="128" nr_cache_blocks="4" policy="smq" hint_width="4">'
+        echo '<mappings>'
+        echo '<mapping cache_block="2" origin_block="0" dirty="true"/>'
+        echo '<mapping cache_block="0" origin_block="3" dirty="false"/>'
+        echo '</mappings>'
+        echo '</superblock>'
+      } > "$tmp/cache.xml"
+      truncate -s 256K "$tmp/cmeta.bin"
+      if vgcfgrestore --driverloaded n -q --force -f "$tmp/vgc.txt" "$vg" > /dev/null 2>&1 &&
+        cache_restore -q -i "$tmp/cache.xml" -o "$tmp/cmeta.bin" > /dev/null 2>&1; then
+        pe=$(pvs --driverloaded n --noheadings --units b --nosuffix -o pe_start "$loop" 2> /dev/null | tr -d ' ')
+        python3 - "$img" "$out/seed2.img" "$tmp/cmeta.bin" "$pe" << 'EOT'
+import sys
+img, seed, meta, pe = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+E = 64 << 10
+fs = open(seed, "rb").read()[: 8 * E].ljust(8 * E, b"\0")
+with open(img, "r+b") as f:
+    def put(extent, data):
+        f.seek(pe + extent * E)
+        f.write(data)
+    put(0, fs)  # the origin
+    put(8 + 2, fs[:E])  # cache block 2: origin block 0
+    put(8 + 0, fs[3 * E : 4 * E])  # cache block 0: origin block 3
+    put(12, open(meta, "rb").read())
+    # RAID5, left-symmetric, three images: chunk c in stripe c // 2, parity on
+    # image 2 - stripe % 3, data on the images after it in turn.
+    images = [bytearray(4 * E) for _ in range(3)]
+    for c in range(8):
+        stripe, d = divmod(c, 2)
+        par = 2 - stripe % 3
+        dev = (par + 1 + d) % 3
+        chunk = fs[c * E : (c + 1) * E]
+        images[dev][stripe * E : (stripe + 1) * E] = chunk
+        for i in range(E):
+            images[par][stripe * E + i] ^= chunk[i]
+    for i in range(3):
+        put(17 + 5 * i, bytes(images[i]))
+EOT
+      else
+        rm -f "$img"
+      fi
+    else
+      rm -f "$img"
+    fi
+    losetup -d "$loop"
+  else
+    rm -f "$img"
+  fi
+fi
 # A WOF-compressed file ("Compact OS", XPRESS4K, 10000 bytes): chunk 0 is XPRESS (all
 # 512 symbols 9 bits long; the literal 'A', then symbol 271, a match at offset 1 whose
 # length 4092 + 3 follows in bytes: "A" x 4096), chunks 1 and 2 are stored raw.

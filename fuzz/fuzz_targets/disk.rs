@@ -4,8 +4,8 @@
 //! checked to lie sorted and inside the volume; and the whole device's, as the backup
 //! asks for it through every layer), the array data of md RAID1 members,
 //! and the LVM logical volumes of any PVs among them mapped and walked too. Seeds:
-//! small partitioned disks, volumes, an md member, a PV and a thin pool from
-//! `images/make-fuzz-seeds.sh`.
+//! small partitioned disks, volumes, an md member, a PV, a thin pool, and a PV with a
+//! cached LV and a RAID5 LV from `images/make-fuzz-seeds.sh`.
 #![no_main]
 
 use std::collections::HashMap;
