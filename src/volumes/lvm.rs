@@ -714,6 +714,10 @@ fn raid_geometry(kind: &str) -> Option<(i32, u32)> {
         "raid6" | "raid6_zr" => (6, 8),
         "raid6_nr" => (6, 9),
         "raid6_nc" => (6, 10),
+        "raid6_la_6" => (6, 16),
+        "raid6_ra_6" => (6, 17),
+        "raid6_ls_6" => (6, 18),
+        "raid6_rs_6" => (6, 19),
         "raid10" | "raid10_near" => (10, 0),
         _ => return None,
     })
@@ -1777,6 +1781,7 @@ version = 1
             ("raid6", 6, 8),
             ("raid6_nc", 6, 10),
             ("raid6_n_6", 6, 5),
+            ("raid6_ls_6", 6, 18),
         ] {
             assert_eq!(
                 seg(&format!("type = \"{kind}\"\ndevice_count = 4\n{pairs}")),
@@ -1815,8 +1820,8 @@ version = 1
         ));
         for (body, why) in [
             (
-                format!("type = \"raid6_ls_6\"\ndevice_count = 4\n{pairs}"),
-                "raid6_ls_6 (layout not read)",
+                format!("type = \"raid6_zz\"\ndevice_count = 4\n{pairs}"),
+                "raid6_zz (layout not read)",
             ),
             (
                 format!("type = \"raid5\"\ndevice_count = 3\n{pairs}"),

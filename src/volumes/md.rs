@@ -457,8 +457,9 @@ fn check_geometry(level: i32, layout: u32, chunk: u64, disks: usize) -> Result<(
     let known = match level {
         4 => layout == 0 || layout == 5,
         5 => layout <= 5,
-        // The DDF layouts (8-10: rotating parity, Q over every position) too.
-        6 => layout <= 5 || (8..=10).contains(&layout),
+        // The DDF layouts (8-10: rotating parity, Q over every position) and the
+        // migration ones (16-20: Q alone on the last device) too.
+        6 => layout <= 5 || (8..=10).contains(&layout) || (16..=20).contains(&layout),
         _ => true,
     };
     if !known {
@@ -637,6 +638,22 @@ impl Assembled {
                     // Parity on the last device(s) (RAID4, PARITY_N): data in order.
                     pd = data;
                     qd = (self.level == 6).then_some(data + 1);
+                } else if self.level == 6 && self.layout >= 16 {
+                    // The "_6" layouts (md's RAID5-to-6 migration): a RAID5 layout
+                    // (16-19: left/right asymmetric/symmetric, 20: parity first)
+                    // over all devices but the last, which holds Q.
+                    let r5 = (stripe % (n as u64 - 1)) as usize;
+                    pd = match self.layout {
+                        16 | 18 => data - r5,
+                        17 | 19 => r5,
+                        _ => 0,
+                    };
+                    match self.layout {
+                        16 | 17 => dd += (dd >= pd) as usize,
+                        18 | 19 => dd = (pd + 1 + dd) % (n - 1),
+                        _ => dd += 1,
+                    }
+                    qd = Some(n - 1);
                 } else if self.level == 5 {
                     pd = match self.layout {
                         0 | 2 => data - r,
@@ -1159,7 +1176,7 @@ mod tests {
     }
 
     #[test]
-    fn ddf_raid6_layouts_place_p_q_and_data_as_md_does() {
+    fn ddf_and_migration_raid6_layouts_place_p_q_and_data_as_md_does() {
         // Five devices, stripes 0, 1 and 4: (P, Q, data devices in order), from md's
         // raid5_compute_sector (zero restart: right-asymmetric; N restart: left-
         // asymmetric one stripe on; N continue: left-symmetric with Q before P).
@@ -1169,6 +1186,27 @@ mod tests {
             (
                 10,
                 [(4, 3, [0, 1, 2]), (3, 2, [4, 0, 1]), (0, 4, [1, 2, 3])],
+            ),
+            // The "_6" migration layouts: RAID5's over devices 0-3, Q on device 4.
+            (
+                16,
+                [(3, 4, [0, 1, 2]), (2, 4, [0, 1, 3]), (3, 4, [0, 1, 2])],
+            ),
+            (
+                17,
+                [(0, 4, [1, 2, 3]), (1, 4, [0, 2, 3]), (0, 4, [1, 2, 3])],
+            ),
+            (
+                18,
+                [(3, 4, [0, 1, 2]), (2, 4, [3, 0, 1]), (3, 4, [0, 1, 2])],
+            ),
+            (
+                19,
+                [(0, 4, [1, 2, 3]), (1, 4, [2, 3, 0]), (0, 4, [1, 2, 3])],
+            ),
+            (
+                20,
+                [(0, 4, [1, 2, 3]), (0, 4, [1, 2, 3]), (0, 4, [1, 2, 3])],
             ),
         ];
         for (layout, stripes) in want {
@@ -1186,8 +1224,7 @@ mod tests {
         }
     }
 
-    /// Q as the DDF layouts weigh it: each data chunk times 2^(its device's position),
-    /// by shifts and adds in GF(2^8) (x^8+x^4+x^3+x^2+1).
+    /// a·b in GF(2^8) (x^8+x^4+x^3+x^2+1) by shifts and adds.
     fn gf_mul_slow(mut a: u8, mut b: u8) -> u8 {
         let mut r = 0;
         while b != 0 {
@@ -1200,10 +1237,13 @@ mod tests {
         r
     }
 
+    /// Members of the DDF layouts and the "_6" ones rebuilt from P and Q. Q weighs
+    /// each data chunk by 2^slot: in the DDF layouts the slot is the device's
+    /// position, in the others its rank among the stripe's data devices.
     #[test]
-    fn ddf_raid6_missing_members_are_rebuilt() {
+    fn ddf_and_migration_raid6_missing_members_are_rebuilt() {
         let (n, chunk, rows) = (5usize, 512usize, 10usize);
-        for layout in [8, 9, 10] {
+        for layout in [8, 9, 10, 16, 17, 18, 19, 20] {
             let whole = raid6(layout, chunk as u64, vec![Some(vec![0; rows * chunk]); n]).unwrap();
             let mut vols = vec![vec![0u8; rows * chunk]; n];
             let data: Vec<u8> = (0..rows * 3 * chunk)
@@ -1212,12 +1252,21 @@ mod tests {
             for row in 0..rows {
                 let (mut p, mut q) = (vec![0u8; chunk], vec![0u8; chunk]);
                 let mut pq = (0, 0);
+                let mut devs: Vec<usize> = (0..3)
+                    .map(|k| whole.place((row * 3 + k) as u64).dev)
+                    .collect();
+                devs.sort_unstable();
                 for k in 0..3 {
                     let c = (row * 3 + k) as u64;
                     let pl = whole.place(c);
                     let piece = &data[c as usize * chunk..][..chunk];
                     vols[pl.dev][row * chunk..][..chunk].copy_from_slice(piece);
-                    let g = (0..pl.dev).fold(1u8, |x, _| gf_mul_slow(x, 2));
+                    let slot = if layout < 16 {
+                        pl.dev
+                    } else {
+                        devs.iter().position(|&d| d == pl.dev).unwrap()
+                    };
+                    let g = (0..slot).fold(1u8, |x, _| gf_mul_slow(x, 2));
                     for i in 0..chunk {
                         p[i] ^= piece[i];
                         q[i] ^= gf_mul_slow(piece[i], g);
