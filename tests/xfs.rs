@@ -593,3 +593,86 @@ fn xfs_skip_free_reads_the_btrees_the_log_leaves() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// An XFS whose log is on another device (`mkfs.xfs -l logdev=`), crashed busy as
+/// [`crash_image`] crashes one: backed up with its log device in the same point,
+/// the log is found among the point's devices (by the filesystem's UUID in its
+/// record headers) and replayed, and the tree and `df` equal the kernel's recovery
+/// of copies of both (mounted with `logdev=`). Without the log device the volume is
+/// shown as recorded, and the log says why.
+#[test]
+fn xfs_external_log_is_found_and_replayed() {
+    let name = "xfs_external_log_is_found_and_replayed";
+    let t = tempfile::tempdir().unwrap();
+    let (img, log, kmnt) = (
+        t.path().join("xfs.img"),
+        t.path().join("log.img"),
+        t.path().join("kernel"),
+    );
+    File::create(&log).unwrap().set_len(16 << 20).unwrap();
+    let logdev = format!("logdev={},size=16m", s(&log));
+    if !fresh_xfs(&img, 160 << 20, &["-l", &logdev], name) {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(29);
+    let mut loops = Loops::default();
+    let Some(ldev) = loops.attach(&log, 0, 16 << 20) else {
+        eprintln!("SKIP {name}: no loop devices");
+        return;
+    };
+    let busy = kernel(&img, &kmnt, &format!("loop,logdev={ldev}"), |m| {
+        fill(m, &mut rng);
+        assert!(run("sync", &[]));
+        let late = m.join("late");
+        std::fs::create_dir(&late).unwrap();
+        for i in 0..200 {
+            std::fs::write(late.join(format!("f{i}")), vec![i as u8; 100 + i * 50]).unwrap();
+        }
+        std::fs::rename(m.join("tree"), m.join("tree-renamed")).unwrap();
+        File::open(&late).unwrap().sync_all().unwrap();
+        run("xfs_io", &["-x", "-c", "shutdown -f", s(m)])
+    });
+    drop(loops);
+    match busy {
+        Some(true) => {}
+        _ => {
+            eprintln!("SKIP {name}: the kernel does not mount XFS here or refuses shutdown");
+            return;
+        }
+    }
+    let safe = t.path().join("safe");
+    backup(&[
+        s(&safe),
+        &format!("vol={}", s(&img)),
+        &format!("log={}", s(&log)),
+    ]);
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    // The kernel's recovery of copies of both.
+    let (copy, log_copy) = (t.path().join("copy.img"), t.path().join("log-copy.img"));
+    std::fs::copy(&img, &copy).unwrap();
+    std::fs::copy(&log, &log_copy).unwrap();
+    let mut loops = Loops::default();
+    let lcopy = loops.attach(&log_copy, 0, 16 << 20).unwrap();
+    let want = kernel(&copy, &kmnt, &format!("loop,noatime,logdev={lcopy}"), view).unwrap();
+    let want_df = kernel(&copy, &kmnt, &format!("loop,ro,logdev={lcopy}"), statvfs).unwrap();
+    drop(loops);
+    assert!(
+        want.contains_key("late/f199"),
+        "the crash image holds the late work"
+    );
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let files = m.dir.join("1/vol/files");
+    same_view(&want, &files, &m, "external log");
+    assert_eq!(statvfs(&files), want_df, "statvfs");
+    assert!(m.log_text().contains("replayed"), "{}", m.log_text());
+    // Point 2 has no log device: shown as recorded (what the home locations held,
+    // the logged work missing).
+    assert!(m.dir.join("2/vol/files").is_dir());
+    assert!(!m.dir.join("2/vol/files/late/f199").exists());
+    assert!(
+        m.log_text()
+            .contains("log is on another device, not found in this point"),
+        "{}",
+        m.log_text()
+    );
+}

@@ -1553,8 +1553,11 @@ impl SafeFs {
                 return None;
             }
         };
-        // A btrfs volume spanning devices finds the others among the point's volumes.
-        let members = if crate::ntfs_ext::btrfs::spans_devices(&*vol) {
+        // A btrfs volume spanning devices finds the others among the point's volumes,
+        // an XFS its external log.
+        let members = if crate::ntfs_ext::btrfs::spans_devices(&*vol)
+            || crate::ntfs_ext::xfs::has_external_log(&*vol)
+        {
             let all = self.point_volumes(point).into_iter().map(|v| v.2);
             crate::ntfs_ext::Members(all.collect())
         } else {

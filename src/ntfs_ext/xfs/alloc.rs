@@ -32,7 +32,7 @@ pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u6
         return Err(corrupt("its log is on another device"));
     }
     let (dev, crcs): (Arc<dyn ReadAt>, bool) =
-        match log::replay(dev.clone(), &sb, &sb.uuid, &sb.meta_uuid, label)? {
+        match log::replay(dev.clone(), None, &sb, &sb.uuid, &sb.meta_uuid, label)? {
             Some((replayed, _)) => (Arc::new(replayed), false),
             None => (dev, sb.v5),
         };

@@ -384,13 +384,42 @@ struct Live {
     order: Order,
 }
 
-/// Finds the log's extent on the volume, its head and tail; `Ok(None)` when it was
-/// cleanly unmounted (or never written, or is on another device).
-fn live_log(dev: &dyn ReadAt, sb: &Sb, uuid: &[u8; 16]) -> io::Result<Option<Live>> {
-    if sb.logstart == 0 {
-        return Ok(None); // external log: checked by the caller
+/// The device holding the log and where it starts there: inside the volume, or from
+/// the start of `ext`, the external log device (`None` when it has none or that
+/// device is not known).
+fn log_place<'a>(
+    dev: &'a dyn ReadAt,
+    sb: &Sb,
+    ext: Option<&'a dyn ReadAt>,
+) -> io::Result<Option<(&'a dyn ReadAt, u64)>> {
+    if sb.logstart != 0 {
+        return Ok(Some((dev, sb.fsb_bytes(sb.logstart, sb.logblocks)?)));
     }
-    let start = sb.fsb_bytes(sb.logstart, sb.logblocks)?;
+    let Some(ext) = ext else {
+        return Ok(None);
+    };
+    if sb
+        .logblocks
+        .checked_mul(sb.bs)
+        .is_none_or(|l| l > ext.size())
+    {
+        return Err(corrupt("the external log is larger than its device"));
+    }
+    Ok(Some((ext, 0)))
+}
+
+/// Finds the log's extent (on the volume, or on `ext` when it is external), its head
+/// and tail; `Ok(None)` when it was cleanly unmounted (or never written, or is on a
+/// device not given).
+fn live_log(
+    dev: &dyn ReadAt,
+    sb: &Sb,
+    uuid: &[u8; 16],
+    ext: Option<&dyn ReadAt>,
+) -> io::Result<Option<Live>> {
+    let Some((dev, start)) = log_place(dev, sb, ext)? else {
+        return Ok(None);
+    };
     let bbs = sb.logblocks * sb.bs / BB;
     if bbs < 64 {
         return Err(corrupt(format!("log of {bbs} blocks")));
@@ -430,26 +459,36 @@ fn live_log(dev: &dyn ReadAt, sb: &Sb, uuid: &[u8; 16]) -> io::Result<Option<Liv
     }))
 }
 
-/// Whether the log holds work a mount would replay (without replaying it).
-pub fn needs_recovery(dev: &dyn ReadAt, sb: &Sb, uuid: &[u8; 16]) -> io::Result<bool> {
-    Ok(live_log(dev, sb, uuid)?.is_some())
+/// Whether the log (on `ext` when external) holds work a mount would replay
+/// (without replaying it).
+pub fn needs_recovery(
+    dev: &dyn ReadAt,
+    sb: &Sb,
+    uuid: &[u8; 16],
+    ext: Option<&dyn ReadAt>,
+) -> io::Result<bool> {
+    Ok(live_log(dev, sb, uuid, ext)?.is_some())
 }
 
 /// Replays the live part of the log (see [`live_log`]) into an overlay; `Ok(None)`
 /// when there is none.
 pub fn replay(
     dev: Arc<dyn ReadAt>,
+    ext: Option<&dyn ReadAt>,
     sb: &Sb,
     uuid: &[u8; 16],
     meta_uuid: &[u8; 16],
     label: &str,
 ) -> io::Result<Option<(Replayed, Summary)>> {
-    let Some(live) = live_log(&*dev, sb, uuid)? else {
+    let Some(live) = live_log(&*dev, sb, uuid, ext)? else {
+        return Ok(None);
+    };
+    let Some((log_dev, _)) = log_place(&*dev, sb, ext)? else {
         return Ok(None);
     };
     let (log, head, tail, o) = (
         Log {
-            dev: &*dev,
+            dev: log_dev,
             start: live.start,
             bbs: live.bbs,
         },

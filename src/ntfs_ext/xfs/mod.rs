@@ -371,9 +371,41 @@ pub struct XfsFs {
     replayed: bool,
 }
 
+/// Says whether the volume holds an XFS whose log is on another device (`mkfs.xfs -l
+/// logdev=`), so the mount hands it the point's other volumes to find it among.
+pub fn has_external_log(dev: &dyn ReadAt) -> bool {
+    let mut b = [0u8; 0x40];
+    dev.read_exact_at(0, &mut b).is_ok() && &b[0..4] == b"XFSB" && be64(&b, 0x30) == 0
+}
+
+/// The external log device of `sb` among `members`: one large enough whose first
+/// blocks hold a log record header (magic, version) naming this filesystem's UUID.
+fn external_log(sb: &Sb, members: &[Arc<dyn ReadAt>]) -> Option<Arc<dyn ReadAt>> {
+    let need = sb.logblocks.checked_mul(sb.bs)?;
+    members
+        .iter()
+        .find(|m| {
+            if m.size() < need {
+                return false;
+            }
+            // Records may wrap past the ring's end: a header within the first
+            // blocks, not necessarily at block 0.
+            let mut b = vec![0u8; 64 * 512];
+            let n = (m.size().min(b.len() as u64)) as usize;
+            if m.read_exact_at(0, &mut b[..n]).is_err() {
+                return false;
+            }
+            b[..n].chunks_exact(512).any(|h| {
+                be32(h, 0) == 0xFEED_BABE && matches!(be32(h, 8), 1 | 2) && h[304..320] == sb.uuid
+            })
+        })
+        .cloned()
+}
+
 impl XfsFs {
     /// Opens the volume from its primary superblock, replaying its log in memory
-    /// unless told not to; the root inode must parse.
+    /// (an external log found among `opts.members`) unless told not to; the root
+    /// inode must parse.
     pub fn open(dev: Arc<dyn ReadAt>, opts: &TreeOptions) -> io::Result<XfsFs> {
         let label = &opts.label;
         let (sb, raw) = read_sb(&*dev, label)?;
@@ -388,11 +420,18 @@ impl XfsFs {
         }
         tracing::debug!("{label}: {sb:?}");
         let mut fs = XfsFs::with(dev.clone(), sb, opts, false);
-        if fs.sb.logstart == 0 {
-            tracing::debug!("{label}: XFS log is on another device; not replayed");
+        let ext = if fs.sb.logstart == 0 {
+            external_log(&fs.sb, &opts.members.0)
+        } else {
+            None
+        };
+        if fs.sb.logstart == 0 && ext.is_none() {
+            tracing::warn!(
+                "{label}: XFS log is on another device, not found in this point; shown as recorded (no replay)"
+            );
         } else if opts.no_replay {
             // Only whether the log is dirty: nothing is replayed.
-            match log::needs_recovery(&*dev, &fs.sb, &fs.sb.uuid) {
+            match log::needs_recovery(&*dev, &fs.sb, &fs.sb.uuid, ext.as_deref()) {
                 Ok(false) => {}
                 Ok(true) => {
                     tracing::warn!("{label}: XFS log needs recovery; shown as recorded (no replay)")
@@ -400,7 +439,14 @@ impl XfsFs {
                 Err(e) => tracing::warn!("{label}: XFS log unreadable ({e}); shown as recorded"),
             }
         } else {
-            match log::replay(dev, &fs.sb, &fs.sb.uuid, &fs.sb.meta_uuid, label) {
+            match log::replay(
+                dev,
+                ext.as_deref(),
+                &fs.sb,
+                &fs.sb.uuid,
+                &fs.sb.meta_uuid,
+                label,
+            ) {
                 Ok(None) => {}
                 Ok(Some((replayed, s))) => {
                     let dev: Arc<dyn ReadAt> = Arc::new(replayed);
