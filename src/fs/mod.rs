@@ -1554,9 +1554,10 @@ impl SafeFs {
             }
         };
         // A btrfs volume spanning devices finds the others among the point's volumes,
-        // an XFS its external log.
+        // an XFS its external log, an ext3/4 its external journal.
         let members = if crate::ntfs_ext::btrfs::spans_devices(&*vol)
             || crate::ntfs_ext::xfs::has_external_log(&*vol)
+            || crate::ntfs_ext::ext::has_external_journal(&*vol)
         {
             let all = self.point_volumes(point).into_iter().map(|v| v.2);
             crate::ntfs_ext::Members(all.collect())

@@ -391,15 +391,29 @@ pub fn replay(
 /// A volume with replayed journal blocks laid over it.
 pub struct Overlay {
     base: Arc<dyn ReadAt>,
+    /// Where the logged copies are: the volume, or an external journal device.
+    journal: Arc<dyn ReadAt>,
     block_size: u64,
     blocks: HashMap<u64, (u64, bool)>,
 }
 
 impl Overlay {
-    /// Lays `replay` over `base`.
+    /// Lays `replay` over `base`, whose journal is inside it.
     pub fn new(base: Arc<dyn ReadAt>, block_size: u64, replay: Replay) -> Overlay {
+        Overlay::with_journal(base.clone(), base, block_size, replay)
+    }
+
+    /// Lays `replay` over `base`, the logged copies read from `journal` (an external
+    /// journal device, or `base` itself).
+    pub fn with_journal(
+        base: Arc<dyn ReadAt>,
+        journal: Arc<dyn ReadAt>,
+        block_size: u64,
+        replay: Replay,
+    ) -> Overlay {
         Overlay {
             base,
+            journal,
             block_size,
             blocks: replay.blocks,
         }
@@ -422,7 +436,7 @@ impl ReadAt for Overlay {
             // Extend over consecutive blocks that are not overlaid.
             if let Some(&(jp, escape)) = self.blocks.get(&blk) {
                 let mut b = vec![0u8; bs as usize];
-                self.base.read_exact_at(jp * bs, &mut b)?;
+                self.journal.read_exact_at(jp * bs, &mut b)?;
                 if escape {
                     b[..4].copy_from_slice(&MAGIC.to_be_bytes());
                 }

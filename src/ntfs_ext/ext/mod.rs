@@ -229,6 +229,57 @@ pub struct Replayed {
     pub fast_commit_blocks: Vec<(u64, u64)>,
 }
 
+/// Says whether the volume holds an ext3/4 whose journal is on another device
+/// (`mke2fs -J device=`), so the mount hands it the point's other volumes to find
+/// it among.
+pub fn has_external_journal(dev: &dyn ReadAt) -> bool {
+    let mut b = [0u8; 1024];
+    let le32 = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    dev.read_exact_at(SB_OFFSET, &mut b).is_ok()
+        && b[0x38..0x3A] == [0x53, 0xEF]
+        && le32(&b, 0x5C) & feat::COMPAT_HAS_JOURNAL != 0
+        && le32(&b, 0x60) & feat::INCOMPAT_JOURNAL_DEV == 0
+        && le32(&b, 0xE0) == 0
+}
+
+/// The external journal of the volume whose superblock is `sb`, among `members`:
+/// an ext journal device (its own superblock flagged JOURNAL_DEV) with the UUID `sb`
+/// names and the same block size; with the block its journal starts at (the one
+/// after the block holding that superblock, as the kernel places it).
+fn external_journal(
+    sb: &Superblock,
+    members: &[Arc<dyn ReadAt>],
+) -> Option<(Arc<dyn ReadAt>, u64)> {
+    let le32 = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    members.iter().find_map(|m| {
+        let mut b = [0u8; 1024];
+        m.read_exact_at(SB_OFFSET, &mut b).ok()?;
+        let ok = b[0x38..0x3A] == [0x53, 0xEF]
+            && le32(&b, 0x60) & feat::INCOMPAT_JOURNAL_DEV != 0
+            && b[0x68..0x78] == sb.journal_uuid
+            && le32(&b, 0x18) <= 6
+            && 1024u32 << le32(&b, 0x18) == sb.block_size;
+        ok.then(|| (m.clone(), SB_OFFSET / sb.block_size as u64 + 1))
+    })
+}
+
+/// An external journal's blocks: its superblock (journal block 0) at the start
+/// found, the log's blocks at their own numbers (jbd2 numbers an external journal's
+/// blocks from the device's start, its first log block just after the superblock).
+struct External(u64);
+
+impl journal::JournalMap for External {
+    fn physical(&self, n: u64) -> io::Result<u64> {
+        if n == 0 {
+            Ok(self.0)
+        } else if n > self.0 {
+            Ok(n)
+        } else {
+            Err(corrupt(format!("journal block {n} is before the log")))
+        }
+    }
+}
+
 /// The volume as replaying its journal leaves it (in memory); `None` when the journal
 /// is clean. Lets a check compare the replay block by block with
 /// `e2fsck -E journal_only`'s, and free space be read after it.
@@ -284,12 +335,29 @@ impl ExtFs {
         if needs_recovery && opts.no_replay {
             tracing::warn!("{label}: journal needs recovery; shown as recorded (no replay)");
         } else if needs_recovery {
-            if fs.sb.incompat & feat::INCOMPAT_JOURNAL_DEV != 0 || fs.sb.journal_inum == 0 {
+            let external =
+                fs.sb.incompat & feat::INCOMPAT_JOURNAL_DEV != 0 || fs.sb.journal_inum == 0;
+            let found = if external {
+                external_journal(&fs.sb, &opts.members.0)
+            } else {
+                None
+            };
+            if external && found.is_none() {
                 tracing::warn!(
-                    "{label}: journal needs recovery but is external; shown as recorded"
+                    "{label}: journal needs recovery but is on another device, not found in this point; shown as recorded"
                 );
             } else {
-                match fs.replay() {
+                let replayed = match &found {
+                    Some((jdev, start)) => journal::replay(
+                        &**jdev,
+                        fs.sb.block_size as u64,
+                        fs.sb.inode_size as usize,
+                        &External(*start),
+                        &label,
+                    ),
+                    None => fs.replay(),
+                };
+                match replayed {
                     Ok(Some(mut r)) => {
                         let (n, blocks) = (r.transactions, r.blocks.len());
                         let fc_ops = std::mem::take(&mut r.fast_commits);
@@ -300,8 +368,13 @@ impl ExtFs {
                                 r.bad_blocks
                             );
                         }
-                        let overlay: Arc<dyn ReadAt> =
-                            Arc::new(journal::Overlay::new(dev, fs.sb.block_size as u64, r));
+                        let journal_dev = found.as_ref().map_or(dev.clone(), |f| f.0.clone());
+                        let overlay: Arc<dyn ReadAt> = Arc::new(journal::Overlay::with_journal(
+                            dev,
+                            journal_dev,
+                            fs.sb.block_size as u64,
+                            r,
+                        ));
                         let mut raw = [0u8; 1024];
                         overlay.read_exact_at(SB_OFFSET, &mut raw)?;
                         let sb = Superblock::parse(&raw, &label)?;

@@ -78,6 +78,8 @@ pub struct Superblock {
     pub ro_compat: u32,
     pub uuid: [u8; 16],
     pub journal_inum: u32,
+    /// The external journal device's UUID (when `journal_inum` is 0).
+    pub journal_uuid: [u8; 16],
     pub desc_size: u16,
     pub first_meta_bg: u32,
     pub backup_bgs: [u32; 2],
@@ -204,6 +206,7 @@ impl Superblock {
             ro_compat,
             uuid,
             journal_inum: u32le(b, 0xE0),
+            journal_uuid: b[0xD0..0xE0].try_into().unwrap(),
             desc_size,
             first_meta_bg: u32le(b, 0x104),
             backup_bgs: [u32le(b, 0x24C), u32le(b, 0x250)],
