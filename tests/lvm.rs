@@ -2032,6 +2032,13 @@ fn raid_lvs_read_as_dm_raid_lays_them_out() {
     ] {
         assert!(log.contains(want), "the log says {want:?}:\n{log}");
     }
+    // An LV is mapped once per point however often it is listed or read, and what
+    // its mapping logs names the point.
+    let degraded_at_2 = log
+        .lines()
+        .filter(|l| l.contains("point{id=2}") && l.contains("RAID LV r5 read degraded"))
+        .count();
+    assert_eq!(degraded_at_2, 1, "{log}");
     drop(m);
     // --skip-free: each LV's filesystem is searched through its array, and what it
     // calls free goes unread on the images (RAID5/6: whole stripes, parity too).

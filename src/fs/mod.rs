@@ -416,6 +416,12 @@ struct TreeSlot {
     used: AtomicU64,
 }
 
+/// LVs kept opened (see `SafeFs::lv_opened`).
+const LV_OPENED: usize = 32;
+
+/// An LV of a point: (point, VG key, LV name).
+type LvKey = (i64, String, String);
+
 /// The mounted filesystem.
 pub struct SafeFs {
     cache: Arc<CachedSafe>,
@@ -439,6 +445,10 @@ pub struct SafeFs {
     luks: Mutex<HashMap<i64, Arc<Vec<OpenLuks>>>>,
     /// Warnings about a volume already logged (a volume is met by several paths).
     warned: Mutex<std::collections::HashSet<String>>,
+    /// LVs opened lately, by point, VG key and name (`None`: could not be): a RAID,
+    /// mirror or cached LV is mapped (superblocks judged, a cache's map read) and
+    /// logged once, not at every listing or open; bounded, whatever the points.
+    lv_opened: Mutex<lru::LruCache<LvKey, Option<Arc<dyn ReadAt>>>>,
     /// Readahead streams per image or large tree-file inode (files are opened without
     /// a handle).
     streams: readahead::Streams,
@@ -483,6 +493,9 @@ impl SafeFs {
             lvm: Mutex::new(HashMap::new()),
             md: Mutex::new(HashMap::new()),
             warned: Mutex::new(std::collections::HashSet::new()),
+            lv_opened: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(LV_OPENED).unwrap(),
+            )),
             luks: Mutex::new(HashMap::new()),
             streams,
         })
@@ -1135,8 +1148,21 @@ impl SafeFs {
         Some(Arc::new(Slice::new(vol, p.start, p.len)))
     }
 
-    /// Maps an LV onto the PVs of its point; `None` (logged) when it cannot be.
+    /// Maps an LV onto the PVs of its point; `None` (logged) when it cannot be. What
+    /// the mapping logs (a degraded array, a leg left out) names the point.
     fn lv_volume(&self, point: i64, vg: &str, lv: &str) -> Option<Arc<dyn ReadAt>> {
+        let key = (point, vg.to_string(), lv.to_string());
+        if let Some(v) = self.lv_opened.lock().unwrap().get(&key) {
+            return v.clone();
+        }
+        let _span = tracing::warn_span!("point", id = point).entered();
+        let v = self.open_lv_volume(point, vg, lv);
+        self.lv_opened.lock().unwrap().put(key, v.clone());
+        v
+    }
+
+    /// [`SafeFs::lv_volume`] without the cache.
+    fn open_lv_volume(&self, point: i64, vg: &str, lv: &str) -> Option<Arc<dyn ReadAt>> {
         let found = self.point_lvm(point);
         let f = found.vgs.iter().find(|v| v.key == vg)?;
         let vg = &f.vg;
