@@ -2130,17 +2130,18 @@ fn grub_cmp(disks: &[&Path], vol: &str, src: &Path, f: &str, what: &str) {
     );
 }
 
-/// Cached LVs (dm-cache in writeback: the cache's copy of a block is the current
-/// one), one over a cache pool (data and metadata sub-LVs, metadata format 2, shut
-/// down cleanly) and one over a cache volume (`--cachevol`: metadata and data at
-/// offsets of one LV, not shut down cleanly), described as LVM describes
+/// Cached LVs, one in writeback over a cache pool (data and metadata sub-LVs,
+/// metadata format 2, shut down cleanly: the cache's copy of a dirty block is the
+/// current one) and one in writethrough over a cache volume (`--cachevol`: metadata
+/// and data at offsets of one LV, not shut down cleanly), described as LVM describes
 /// them (vgcfgrestore: without device-mapper LVM makes neither), their metadata
 /// written by `cache_restore` (the thin-provisioning-tools' own encoder) from
 /// mappings of chosen origin blocks to cache blocks. An ext4 image is written to
-/// each origin; the blocks mapped dirty are then overwritten there with junk and
-/// their true contents put in the cache blocks, as a writeback cache leaves them.
-/// Each LV reads back as its image and its tree is the source tree; with the cache
-/// disk missing neither LV is shown (the origin alone is stale) and the log says why.
+/// each origin and the mapped blocks' contents to the cache; the writeback LV's
+/// blocks mapped dirty are then overwritten on its origin with junk, as a writeback
+/// cache leaves them. Each LV reads back as its image and its tree is the source
+/// tree. With the cache disk missing, the writeback LV is not shown (its origin alone
+/// is stale) and the writethrough one is read from its origin; the log says so.
 #[test]
 fn cached_lvs_read_their_blocks_from_the_cache() {
     let name = "cached_lvs_read_their_blocks_from_the_cache";
@@ -2171,7 +2172,7 @@ fn cached_lvs_read_their_blocks_from_the_cache() {
         lv_section(3, "cpool", false, "extent_count = 4\ntype = \"cache-pool\"\ndata = \"cpool_cdata\"\nmetadata = \"cpool_cmeta\"\nmetadata_format = 2\nchunk_size = 128\ncache_mode = \"writeback\"\npolicy = \"smq\""),
         lv_section(4, "cpool_cdata", false, &linear(4, "pv1", 0)),
         lv_section(5, "cpool_cmeta", false, &linear(4, "pv1", 4)),
-        lv_section(6, "web", true, "extent_count = 12\ntype = \"cache\"\ncache_pool = \"fast_cvol\"\norigin = \"web_corig\"\nmetadata_format = 2\nchunk_size = 256\ncache_mode = \"writeback\"\npolicy = \"smq\"\nmetadata_start = 0\nmetadata_len = 8192\ndata_start = 8192\ndata_len = 8192"),
+        lv_section(6, "web", true, "extent_count = 12\ntype = \"cache\"\ncache_pool = \"fast_cvol\"\norigin = \"web_corig\"\nmetadata_format = 2\nchunk_size = 256\ncache_mode = \"writethrough\"\npolicy = \"smq\"\nmetadata_start = 0\nmetadata_len = 8192\ndata_start = 8192\ndata_len = 8192"),
         lv_section(7, "web_corig", false, &linear(12, "pv0", 16)),
         lv_section(8, "fast_cvol", false, &linear(8, "pv1", 8)),
     ];
@@ -2182,25 +2183,25 @@ fn cached_lvs_read_their_blocks_from_the_cache() {
         (dev.clone(), first_extent_at(dev) + first * (1 << 20))
     };
     let mut rng = StdRng::seed_from_u64(63);
-    // (LV, cache block bytes, cache blocks, metadata version, clean shutdown,
-    // where its metadata and data lie)
+    // (LV, cache block bytes, cache blocks, writeback, clean shutdown, where its
+    // metadata and data lie)
     let cases = [
         (
             "db",
             64usize << 10,
             64usize,
-            "2",
+            true,
             true,
             place("cpool_cmeta"),
             place("cpool_cdata"),
         ),
-        ("web", 128 << 10, 32, "2", false, place("fast_cvol"), {
+        ("web", 128 << 10, 32, false, false, place("fast_cvol"), {
             let (d, at) = place("fast_cvol");
             (d, at + (4 << 20))
         }),
     ];
     let mut srcs = BTreeMap::new();
-    for (lv, block, cblocks, version, clean, (mdev, mat), (ddev, dat)) in &cases {
+    for (lv, block, cblocks, writeback, clean, (mdev, mat), (ddev, dat)) in &cases {
         let extents = segs_extents(lv);
         let (src, img) = (
             t.path().join(format!("{lv}-src")),
@@ -2211,8 +2212,8 @@ fn cached_lvs_read_their_blocks_from_the_cache() {
         let (oat_dev, oat) = place(&format!("{lv}_corig"));
         write_dev(&oat_dev, oat, &fs);
         // Origin blocks holding data, in a random order but the first (the ext4
-        // superblock's) first: the first half cached dirty (the origin's copy
-        // junk), the next few cached clean.
+        // superblock's) first: in writeback the first half cached dirty (the
+        // origin's copy junk), the next few cached clean; in writethrough ten clean.
         let blocks = fs.len() / block;
         let mut used: Vec<usize> = (0..blocks)
             .filter(|&b| fs[b * block..(b + 1) * block].iter().any(|&x| x != 0))
@@ -2220,14 +2221,18 @@ fn cached_lvs_read_their_blocks_from_the_cache() {
         for i in (2..used.len()).rev() {
             used.swap(i, rng.gen_range(1..=i));
         }
-        let dirty = (used.len() / 2).min(cblocks - 6);
+        let dirty = if *writeback {
+            (used.len() / 2).min(cblocks - 6)
+        } else {
+            5
+        };
         let mut xml = format!("<superblock uuid=\"\" block_size=\"{}\" nr_cache_blocks=\"{cblocks}\" policy=\"smq\" hint_width=\"4\">\n<mappings>\n", block / 512);
         let mut cache = vec![0u8; cblocks * block];
         for (c, &ob) in used.iter().take(dirty + 5).enumerate() {
             let cb = (c * 7) % cblocks; // scattered over the cache
             let piece = &fs[ob * block..(ob + 1) * block];
             cache[cb * block..(cb + 1) * block].copy_from_slice(piece);
-            let is_dirty = c < dirty;
+            let is_dirty = c < dirty && *writeback;
             xml += &format!(
                 "<mapping cache_block=\"{cb}\" origin_block=\"{ob}\" dirty=\"{is_dirty}\"/>\n"
             );
@@ -2248,7 +2253,7 @@ fn cached_lvs_read_their_blocks_from_the_cache() {
             "-o",
             s(&meta),
             "--metadata-version",
-            version,
+            "2",
         ];
         if !clean {
             args.push("--omit-clean-shutdown");
@@ -2256,7 +2261,7 @@ fn cached_lvs_read_their_blocks_from_the_cache() {
         tool("cache_restore", &args).expect("cache_restore");
         write_dev(mdev, *mat, &std::fs::read(&meta).unwrap());
         write_dev(ddev, *dat, &cache);
-        srcs.insert(lv.to_string(), (src, fs, dirty));
+        srcs.insert(lv.to_string(), (src, fs, *writeback, dirty));
     }
     drop(loops);
     let safe = t.path().join("safe");
@@ -2273,8 +2278,8 @@ fn cached_lvs_read_their_blocks_from_the_cache() {
         "the pool, cache volume and origins stay hidden:\n{}",
         m.log_text()
     );
-    for (lv, (src, fs, dirty)) in &srcs {
-        assert!(*dirty >= 10, "{lv}: {dirty} dirty blocks");
+    for (lv, (src, fs, writeback, dirty)) in &srcs {
+        assert!(!writeback || *dirty >= 10, "{lv}: {dirty} dirty blocks");
         for dev in ["slow", "fast"] {
             let dir = m.dir.join(format!("1/{dev}/lvm/{vg}-{lv}"));
             same_tree(&tree_digest(&dir), &tree_digest(src), lv);
@@ -2284,15 +2289,26 @@ fn cached_lvs_read_their_blocks_from_the_cache() {
             img.len() >= fs.len() && img[..fs.len()] == fs[..],
             "{lv}: the LV's bytes"
         );
-        assert!(
-            !m.dir.join(format!("2/slow/lvm/{vg}-{lv}")).exists(),
-            "{lv}: no cache, not shown"
-        );
+        let without_cache = m.dir.join(format!("2/slow/lvm/{vg}-{lv}"));
+        if *writeback {
+            assert!(!without_cache.exists(), "{lv}: no cache, not shown");
+        } else {
+            same_tree(
+                &tree_digest(&without_cache),
+                &tree_digest(src),
+                &format!("{lv} from its origin"),
+            );
+        }
     }
     let log = m.log_text();
     assert!(
         log.contains("is not in this point"),
         "the log says the cache is missing:\n{log}"
+    );
+    assert!(
+        log.contains("cached LV web: its cache is not read")
+            && log.contains("read from its origin, which writethrough keeps current"),
+        "{log}"
     );
 }
 

@@ -395,18 +395,23 @@ pub enum SegKind {
     },
     /// A cached LV (dm-cache): origin LV `origin` with its cache in `pool`, a cache
     /// pool LV or (with `area`) a cache volume holding metadata and data at byte
-    /// ranges of its own; `chunk` the cache block size where the segment gives it.
+    /// ranges of its own; `chunk` the cache block size where the segment gives it;
+    /// `writethrough` when its `cache_mode` keeps the origin current
+    /// (writethrough, passthrough).
     Cache {
         origin: String,
         pool: String,
         chunk: Option<u64>,
         area: Option<CacheArea>,
+        writethrough: bool,
     },
-    /// A cache pool: its data and metadata sub-LVs and cache block size in bytes.
+    /// A cache pool: its data and metadata sub-LVs, cache block size in bytes, and
+    /// whether its `cache_mode` keeps the origins current.
     CachePool {
         data: String,
         metadata: String,
         chunk: u64,
+        writethrough: bool,
     },
     /// A segment type not mapped here.
     Other(String),
@@ -582,6 +587,7 @@ pub fn parse_vg(text: &str) -> Result<Vg, String> {
                         metadata: seg.str("metadata")?.to_string(),
                         chunk: cache_chunk(seg.int("chunk_size")?)
                             .ok_or(format!("LV {lname}: bad cache chunk size"))?,
+                        writethrough: writethrough(seg),
                     },
                     t if t.starts_with("raid") => raid_seg(seg, t, lname)
                         .unwrap_or_else(|e| SegKind::Other(format!("{t} ({e})"))),
@@ -663,6 +669,12 @@ fn segment_type(t: &str) -> &str {
     }
 }
 
+/// Whether a segment's `cache_mode` keeps the origin current (every write reaches
+/// it): writethrough and passthrough do, writeback (or a mode not given) may not.
+fn writethrough(seg: &Value) -> bool {
+    matches!(seg.str("cache_mode"), Ok("writethrough" | "passthrough"))
+}
+
 /// A cache block size given in sectors, in bytes: dm-cache takes 32 KiB to 1 GiB in
 /// multiples of 32 KiB.
 fn cache_chunk(sectors: u64) -> Option<u64> {
@@ -695,6 +707,7 @@ fn cache_seg(seg: &Value) -> Result<SegKind, String> {
             Err(_) => None,
         },
         area,
+        writethrough: writethrough(seg),
     })
 }
 
@@ -1409,6 +1422,7 @@ fn open_lv_at(
                 pool,
                 chunk,
                 area,
+                writethrough,
             } => {
                 if lv.segments.len() != 1 {
                     return Err(format!("cached LV {} in several segments", lv.name));
@@ -1419,42 +1433,65 @@ fn open_lv_at(
                         data,
                         metadata,
                         chunk,
-                    } => Some((metadata, data, *chunk)),
+                        writethrough,
+                    } => Some((metadata, data, *chunk, *writethrough)),
                     _ => None,
                 });
-                let (meta, data, block): (Arc<dyn ReadAt>, Arc<dyn ReadAt>, u64) =
-                    match (pool_kind, area) {
-                        (Some((m, d, c)), _) => (sub(m)?, sub(d)?, chunk.unwrap_or(c)),
-                        (None, Some(a)) => {
-                            let cv = sub(pool)?;
-                            let part = |(at, len): (u64, u64), what: &str| {
-                                if at.checked_add(len).is_none_or(|e| e > cv.size()) {
-                                    return Err(format!(
+                let origin_current = *writethrough || pool_kind.is_some_and(|k| k.3);
+                let cached = || -> Result<Arc<dyn ReadAt>, String> {
+                    let (meta, data, block): (Arc<dyn ReadAt>, Arc<dyn ReadAt>, u64) =
+                        match (pool_kind, area) {
+                            (Some((m, d, c, _)), _) => (sub(m)?, sub(d)?, chunk.unwrap_or(c)),
+                            (None, Some(a)) => {
+                                let cv = sub(pool)?;
+                                let part = |(at, len): (u64, u64), what: &str| {
+                                    if at.checked_add(len).is_none_or(|e| e > cv.size()) {
+                                        return Err(format!(
                                         "cache volume {pool}: its {what} area lies past its end"
                                     ));
-                                }
-                                Ok(Arc::new(crate::readat::Slice::new(cv.clone(), at, len))
-                                    as Arc<dyn ReadAt>)
-                            };
-                            (
-                                part(a.metadata, "metadata")?,
-                                part(a.data, "data")?,
-                                chunk.ok_or("a cache volume without a chunk size")?,
-                            )
+                                    }
+                                    Ok(Arc::new(crate::readat::Slice::new(cv.clone(), at, len))
+                                        as Arc<dyn ReadAt>)
+                                };
+                                (
+                                    part(a.metadata, "metadata")?,
+                                    part(a.data, "data")?,
+                                    chunk.ok_or("a cache volume without a chunk size")?,
+                                )
+                            }
+                            (None, None) => {
+                                return Err(format!("{pool} is no cache pool or cache volume"))
+                            }
+                        };
+                    let size = s.count.checked_mul(eb).ok_or("cached LV too large")?;
+                    let v = super::cache::CacheVolume::open(meta, data, sub(origin)?, block, size)?;
+                    tracing::debug!(
+                        "VG {}: cached LV {}: {} blocks read from the cache",
+                        vg.name,
+                        lv.name,
+                        v.cached_blocks()
+                    );
+                    Ok(Arc::new(v))
+                };
+                return match cached() {
+                    Ok(v) => Ok(v),
+                    // Writethrough: every write reached the origin, which alone is the
+                    // LV when its cache cannot be read.
+                    Err(e) if origin_current => {
+                        tracing::warn!(
+                            "VG {}: cached LV {}: its cache is not read ({e}); read from its origin, which writethrough keeps current",
+                            vg.name,
+                            lv.name
+                        );
+                        let o = sub(origin)?;
+                        let size = s.count.checked_mul(eb).ok_or("cached LV too large")?;
+                        if o.size() < size {
+                            return Err(format!("cached LV {}: its origin is too small", lv.name));
                         }
-                        (None, None) => {
-                            return Err(format!("{pool} is no cache pool or cache volume"))
-                        }
-                    };
-                let size = s.count.checked_mul(eb).ok_or("cached LV too large")?;
-                let v = super::cache::CacheVolume::open(meta, data, sub(origin)?, block, size)?;
-                tracing::debug!(
-                    "VG {}: cached LV {}: {} blocks read from the cache",
-                    vg.name,
-                    lv.name,
-                    v.cached_blocks()
-                );
-                return Ok(Arc::new(v));
+                        Ok(Arc::new(crate::readat::Slice::new(o, 0, size)))
+                    }
+                    Err(e) => Err(e),
+                };
             }
             _ => {}
         }
@@ -1856,14 +1893,16 @@ version = 1
                     metadata: (0, 4096),
                     data: (4096, 1 << 20)
                 }),
+                writethrough: false,
             }
         );
         assert_eq!(
-            seg("type = \"cache-pool+METADATA_FORMAT\"\ndata = \"d\"\nmetadata = \"m\"\nchunk_size = 64"),
+            seg("type = \"cache-pool+METADATA_FORMAT\"\ndata = \"d\"\nmetadata = \"m\"\nchunk_size = 64\ncache_mode = \"writethrough\""),
             SegKind::CachePool {
                 data: "d".into(),
                 metadata: "m".into(),
-                chunk: 32 << 10
+                chunk: 32 << 10,
+                writethrough: true,
             }
         );
         assert_eq!(
