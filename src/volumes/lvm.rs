@@ -1417,86 +1417,103 @@ fn open_lv_at(
                     size,
                 )?));
             }
-            SegKind::Cache {
-                origin,
-                pool,
-                chunk,
-                area,
-                writethrough,
-            } => {
+            SegKind::Cache { .. } => {
                 if lv.segments.len() != 1 {
                     return Err(format!("cached LV {} in several segments", lv.name));
                 }
-                let p = by_name(pool)?;
-                let pool_kind = p.segments.iter().find_map(|s| match &s.kind {
-                    SegKind::CachePool {
-                        data,
-                        metadata,
-                        chunk,
-                        writethrough,
-                    } => Some((metadata, data, *chunk, *writethrough)),
-                    _ => None,
-                });
-                let origin_current = *writethrough || pool_kind.is_some_and(|k| k.3);
-                let cached = || -> Result<Arc<dyn ReadAt>, String> {
-                    let (meta, data, block): (Arc<dyn ReadAt>, Arc<dyn ReadAt>, u64) =
-                        match (pool_kind, area) {
-                            (Some((m, d, c, _)), _) => (sub(m)?, sub(d)?, chunk.unwrap_or(c)),
-                            (None, Some(a)) => {
-                                let cv = sub(pool)?;
-                                let part = |(at, len): (u64, u64), what: &str| {
-                                    if at.checked_add(len).is_none_or(|e| e > cv.size()) {
-                                        return Err(format!(
-                                        "cache volume {pool}: its {what} area lies past its end"
-                                    ));
-                                    }
-                                    Ok(Arc::new(crate::readat::Slice::new(cv.clone(), at, len))
-                                        as Arc<dyn ReadAt>)
-                                };
-                                (
-                                    part(a.metadata, "metadata")?,
-                                    part(a.data, "data")?,
-                                    chunk.ok_or("a cache volume without a chunk size")?,
-                                )
-                            }
-                            (None, None) => {
-                                return Err(format!("{pool} is no cache pool or cache volume"))
-                            }
-                        };
-                    let size = s.count.checked_mul(eb).ok_or("cached LV too large")?;
-                    let v = super::cache::CacheVolume::open(meta, data, sub(origin)?, block, size)?;
-                    tracing::debug!(
-                        "VG {}: cached LV {}: {} blocks read from the cache",
-                        vg.name,
-                        lv.name,
-                        v.cached_blocks()
-                    );
-                    Ok(Arc::new(v))
-                };
-                return match cached() {
-                    Ok(v) => Ok(v),
-                    // Writethrough: every write reached the origin, which alone is the
-                    // LV when its cache cannot be read.
-                    Err(e) if origin_current => {
-                        tracing::warn!(
-                            "VG {}: cached LV {}: its cache is not read ({e}); read from its origin, which writethrough keeps current",
-                            vg.name,
-                            lv.name
-                        );
-                        let o = sub(origin)?;
-                        let size = s.count.checked_mul(eb).ok_or("cached LV too large")?;
-                        if o.size() < size {
-                            return Err(format!("cached LV {}: its origin is too small", lv.name));
-                        }
-                        Ok(Arc::new(crate::readat::Slice::new(o, 0, size)))
-                    }
-                    Err(e) => Err(e),
-                };
+                return open_cached(vg, lv, s, &sub);
             }
             _ => {}
         }
     }
     Ok(Arc::new(LvVolume::open(vg, lv, found)?))
+}
+
+/// Opens a sub-LV by name.
+type OpenSub<'a> = dyn Fn(&str) -> Result<Arc<dyn ReadAt>, String> + 'a;
+
+/// A cached LV (segment `s` of `lv`, its only one): its origin read through the
+/// cache's map ([`super::cache::CacheVolume`]), `sub` opening the sub-LVs. When
+/// the cache cannot be read (its disk not in the point, its metadata damaged), a
+/// writethrough or passthrough LV is read from its origin, which every write
+/// reached; a writeback one is not read.
+fn open_cached(vg: &Vg, lv: &Lv, s: &Segment, sub: &OpenSub) -> Result<Arc<dyn ReadAt>, String> {
+    let SegKind::Cache {
+        origin,
+        pool,
+        chunk,
+        area,
+        writethrough,
+    } = &s.kind
+    else {
+        return Err(format!("LV {}: not a cached segment", lv.name));
+    };
+    let size = s
+        .count
+        .checked_mul(vg.extent_bytes)
+        .ok_or("cached LV too large")?;
+    let pool_kind = vg
+        .lvs
+        .iter()
+        .find(|l| &l.name == pool)
+        .ok_or(format!("LV {pool} is not in VG {}", vg.name))?
+        .segments
+        .iter()
+        .find_map(|s| match &s.kind {
+            SegKind::CachePool {
+                data,
+                metadata,
+                chunk,
+                writethrough,
+            } => Some((metadata, data, *chunk, *writethrough)),
+            _ => None,
+        });
+    let cached = || -> Result<Arc<dyn ReadAt>, String> {
+        let (meta, data, block) = match (pool_kind, area) {
+            (Some((m, d, c, _)), _) => (sub(m)?, sub(d)?, chunk.unwrap_or(c)),
+            (None, Some(a)) => {
+                let cv = sub(pool)?;
+                let part = |(at, len): (u64, u64), what: &str| {
+                    if at.checked_add(len).is_none_or(|e| e > cv.size()) {
+                        return Err(format!(
+                            "cache volume {pool}: its {what} area lies past its end"
+                        ));
+                    }
+                    Ok(Arc::new(crate::readat::Slice::new(cv.clone(), at, len)) as Arc<dyn ReadAt>)
+                };
+                (
+                    part(a.metadata, "metadata")?,
+                    part(a.data, "data")?,
+                    chunk.ok_or("a cache volume without a chunk size")?,
+                )
+            }
+            (None, None) => return Err(format!("{pool} is no cache pool or cache volume")),
+        };
+        let v = super::cache::CacheVolume::open(meta, data, sub(origin)?, block, size)?;
+        tracing::debug!(
+            "VG {}: cached LV {}: {} blocks read from the cache",
+            vg.name,
+            lv.name,
+            v.cached_blocks()
+        );
+        Ok(Arc::new(v))
+    };
+    match cached() {
+        Ok(v) => Ok(v),
+        Err(e) if *writethrough || pool_kind.is_some_and(|k| k.3) => {
+            tracing::warn!(
+                "VG {}: cached LV {}: its cache is not read ({e}); read from its origin, which writethrough keeps current",
+                vg.name,
+                lv.name
+            );
+            let o = sub(origin)?;
+            if o.size() < size {
+                return Err(format!("cached LV {}: its origin is too small", lv.name));
+            }
+            Ok(Arc::new(crate::readat::Slice::new(o, 0, size)))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Indexes (into `vg.pvs`) of the PVs holding `lv`'s data, through a thin LV's pool.
