@@ -468,6 +468,24 @@ fn check_geometry(level: i32, layout: u32, chunk: u64, disks: usize) -> Result<(
     Ok(())
 }
 
+/// md's RAID5 placement (raid5_compute_sector) over `n` devices: for data slot `dd`
+/// of stripe `stripe`, the parity's device and the slot's, in RAID5 layout 0-3 (left
+/// or right, asymmetric or symmetric) or 4 (PARITY_0).
+fn raid5_place(layout: u32, n: usize, stripe: u64, dd: usize) -> (usize, usize) {
+    let r = (stripe % n as u64) as usize;
+    let pd = match layout {
+        0 | 2 => n - 1 - r,
+        1 | 3 => r,
+        _ => 0,
+    };
+    let dd = match layout {
+        0 | 1 => dd + (dd >= pd) as usize,
+        2 | 3 => (pd + 1 + dd) % n,
+        _ => dd + 1,
+    };
+    (pd, dd)
+}
+
 /// An md array assembled from its members (see [`assemble`]).
 pub struct Assembled {
     level: i32,
@@ -639,32 +657,12 @@ impl Assembled {
                     pd = data;
                     qd = (self.level == 6).then_some(data + 1);
                 } else if self.level == 6 && self.layout >= 16 {
-                    // The "_6" layouts (md's RAID5-to-6 migration): a RAID5 layout
-                    // (16-19: left/right asymmetric/symmetric, 20: parity first)
-                    // over all devices but the last, which holds Q.
-                    let r5 = (stripe % (n as u64 - 1)) as usize;
-                    pd = match self.layout {
-                        16 | 18 => data - r5,
-                        17 | 19 => r5,
-                        _ => 0,
-                    };
-                    match self.layout {
-                        16 | 17 => dd += (dd >= pd) as usize,
-                        18 | 19 => dd = (pd + 1 + dd) % (n - 1),
-                        _ => dd += 1,
-                    }
+                    // The "_6" layouts (md's RAID5-to-6 migration): RAID5's layout
+                    // 0-4 (layout - 16) over all devices but the last, which holds Q.
+                    (pd, dd) = raid5_place(self.layout - 16, n - 1, stripe, dd);
                     qd = Some(n - 1);
                 } else if self.level == 5 {
-                    pd = match self.layout {
-                        0 | 2 => data - r,
-                        1 | 3 => r,
-                        _ => 0, // PARITY_0
-                    };
-                    match self.layout {
-                        0 | 1 => dd += (dd >= pd) as usize,
-                        2 | 3 => dd = (pd + 1 + dd) % n,
-                        _ => dd += 1,
-                    }
+                    (pd, dd) = raid5_place(self.layout, n, stripe, dd);
                     qd = None;
                 } else {
                     pd = match self.layout {
