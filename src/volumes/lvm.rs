@@ -834,8 +834,8 @@ struct LegSb {
     failed: u64,
     /// Fully recovered (disk_recovery_offset at its "done" value).
     in_sync: bool,
-    /// Where the data starts in the leg, in bytes (0 unless the v1.9.0 fields are
-    /// there).
+    /// Where the data starts in the leg, in bytes (`None` unless the v1.9.0 fields
+    /// are there).
     data_offset: Option<u64>,
     /// A reshape of the array is under way (v1.9.0 flags).
     reshaping: bool,
@@ -867,15 +867,24 @@ struct OpenLeg {
     sb: Option<LegSb>,
 }
 
-/// The legs (RAID images) named whose PVs are here, each with the dm-raid superblock
-/// of its metadata sub-LV (`metas`, same order) where one is written, and why each
-/// other leg is not here.
+/// The legs (RAID images) of a segment.
+struct Legs {
+    /// Those whose PVs are here, each with the dm-raid superblock of its metadata
+    /// sub-LV where one is written.
+    open: Vec<OpenLeg>,
+    /// Why each other leg is not here.
+    why: Vec<String>,
+    /// The superblock with the most events, the array's view ([`current`]).
+    freshest: Option<LegSb>,
+}
+
+/// The legs named, their metadata sub-LVs in `metas` (same order), as [`Legs`].
 fn open_legs<'a>(
     vg: &Vg,
     names: impl Iterator<Item = &'a str>,
     metas: &[Option<String>],
     found: &HashMap<String, Arc<dyn ReadAt>>,
-) -> (Vec<OpenLeg>, Vec<String>) {
+) -> Legs {
     let by_name = |n: &str| {
         vg.lvs
             .iter()
@@ -913,7 +922,12 @@ fn open_legs<'a>(
             sb,
         });
     }
-    (open, why)
+    let freshest = open.iter().filter_map(|o| o.sb).max_by_key(|sb| sb.events);
+    Legs {
+        open,
+        why,
+        freshest,
+    }
 }
 
 /// Whether a RAID leg holds the array's current data: with superblocks written
@@ -948,8 +962,11 @@ fn mirror_leg(
     found: &HashMap<String, Arc<dyn ReadAt>>,
 ) -> Result<(Arc<dyn ReadAt>, u64), String> {
     let eb = vg.extent_bytes;
-    let (open, why) = open_legs(vg, legs.iter().map(|l| l.0.as_str()), metas, found);
-    let freshest = open.iter().filter_map(|o| o.sb).max_by_key(|sb| sb.events);
+    let Legs {
+        open,
+        why,
+        freshest,
+    } = open_legs(vg, legs.iter().map(|l| l.0.as_str()), metas, found);
     let usable = |o: &&OpenLeg| !raid || current(o, freshest);
     let pick = open
         .iter()
@@ -1013,12 +1030,14 @@ fn raid_array(
     else {
         return Err(format!("LV {}: not a RAID segment", lv.name));
     };
-    let (open, mut why) = open_legs(vg, images.iter().map(String::as_str), metas, found);
-    let freshest = open.iter().filter_map(|o| o.sb).max_by_key(|sb| sb.events);
+    let Legs {
+        open,
+        mut why,
+        freshest,
+    } = open_legs(vg, images.iter().map(String::as_str), metas, found);
     if freshest.is_some_and(|f| f.reshaping) {
         return Err(format!("RAID LV {}: a reshape is under way", lv.name));
     }
-    let mut members: Vec<Option<Arc<dyn ReadAt>>> = vec![None; images.len()];
     let mut placed: Vec<Option<(Arc<LvVolume>, u64)>> = vec![None; images.len()];
     let mut room = u64::MAX;
     for o in &open {
@@ -1043,9 +1062,16 @@ fn raid_array(
             images[o.index]
         ))?;
         room = room.min(len / chunk * chunk);
-        members[o.index] = Some(Arc::new(crate::readat::Slice::new(o.vol.clone(), at, len)));
         placed[o.index] = Some((o.vol.clone(), at));
     }
+    let members = placed
+        .iter()
+        .map(|p| {
+            p.as_ref().map(|(vol, at)| {
+                Arc::new(crate::readat::Slice::new(vol.clone(), *at, room)) as Arc<dyn ReadAt>
+            })
+        })
+        .collect();
     let used = (0..images.len())
         .map(|i| placed[i].as_ref().map(|_| i))
         .collect();
