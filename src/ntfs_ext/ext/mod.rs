@@ -20,7 +20,7 @@ use crate::ntfs_ext::corrupt;
 use crate::ntfs_ext::tree::{DirEntry, FsTree, NodeKind, Stat, StatFs, TreeOptions};
 use crate::readat::ReadAt;
 use inode::{Inode, Run};
-use sb::{feat, GroupDesc, Superblock, SB_OFFSET};
+use sb::{feat, u16le, u32le, GroupDesc, Superblock, MAGIC, SB_OFFSET};
 
 pub use alloc::free_ranges;
 
@@ -57,7 +57,7 @@ pub fn probe(dev: &dyn ReadAt) -> io::Result<bool> {
     }
     let mut m = [0u8; 2];
     dev.read_exact_at(SB_OFFSET + 0x38, &mut m)?;
-    Ok(u16::from_le_bytes(m) == 0xEF53)
+    Ok(u16::from_le_bytes(m) == MAGIC)
 }
 
 struct DirCache {
@@ -234,12 +234,11 @@ pub struct Replayed {
 /// it among.
 pub fn has_external_journal(dev: &dyn ReadAt) -> bool {
     let mut b = [0u8; 1024];
-    let le32 = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
     dev.read_exact_at(SB_OFFSET, &mut b).is_ok()
-        && b[0x38..0x3A] == [0x53, 0xEF]
-        && le32(&b, 0x5C) & feat::COMPAT_HAS_JOURNAL != 0
-        && le32(&b, 0x60) & feat::INCOMPAT_JOURNAL_DEV == 0
-        && le32(&b, 0xE0) == 0
+        && u16le(&b, 0x38) == MAGIC
+        && u32le(&b, 0x5C) & feat::COMPAT_HAS_JOURNAL != 0
+        && u32le(&b, 0x60) & feat::INCOMPAT_JOURNAL_DEV == 0
+        && u32le(&b, 0xE0) == 0
 }
 
 /// The external journal of the volume whose superblock is `sb`, among `members`:
@@ -250,15 +249,14 @@ fn external_journal(
     sb: &Superblock,
     members: &[Arc<dyn ReadAt>],
 ) -> Option<(Arc<dyn ReadAt>, u64)> {
-    let le32 = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
     members.iter().find_map(|m| {
         let mut b = [0u8; 1024];
         m.read_exact_at(SB_OFFSET, &mut b).ok()?;
-        let ok = b[0x38..0x3A] == [0x53, 0xEF]
-            && le32(&b, 0x60) & feat::INCOMPAT_JOURNAL_DEV != 0
+        let ok = u16le(&b, 0x38) == MAGIC
+            && u32le(&b, 0x60) & feat::INCOMPAT_JOURNAL_DEV != 0
             && b[0x68..0x78] == sb.journal_uuid
-            && le32(&b, 0x18) <= 6
-            && 1024u32 << le32(&b, 0x18) == sb.block_size;
+            && u32le(&b, 0x18) <= 6
+            && 1024u32 << u32le(&b, 0x18) == sb.block_size;
         ok.then(|| (m.clone(), SB_OFFSET / sb.block_size as u64 + 1))
     })
 }

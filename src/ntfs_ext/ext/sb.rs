@@ -105,10 +105,13 @@ pub struct Superblock {
 /// Offset of the primary superblock on the volume.
 pub const SB_OFFSET: u64 = 1024;
 
+/// The superblock's magic number (at 0x38).
+pub const MAGIC: u16 = 0xEF53;
+
 impl Superblock {
     /// Parses and checks the superblock; a bad checksum is logged, not fatal.
     pub fn parse(b: &[u8; 1024], label: &str) -> io::Result<Superblock> {
-        if u16le(b, 0x38) != 0xEF53 {
+        if u16le(b, 0x38) != MAGIC {
             return Err(corrupt("no ext2/3/4 superblock (bad magic)"));
         }
         let log_bs = u32le(b, 0x18);

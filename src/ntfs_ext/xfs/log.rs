@@ -376,7 +376,9 @@ impl Trans {
 }
 
 /// Where the part of a log that recovery must replay lies.
-struct Live {
+struct Live<'a> {
+    /// The device holding the log (the volume, or its external log device).
+    dev: &'a dyn ReadAt,
     start: u64,
     bbs: u64,
     head: u64,
@@ -411,12 +413,12 @@ fn log_place<'a>(
 /// Finds the log's extent (on the volume, or on `ext` when it is external), its head
 /// and tail; `Ok(None)` when it was cleanly unmounted (or never written, or is on a
 /// device not given).
-fn live_log(
-    dev: &dyn ReadAt,
+fn live_log<'a>(
+    dev: &'a dyn ReadAt,
     sb: &Sb,
     uuid: &[u8; 16],
-    ext: Option<&dyn ReadAt>,
-) -> io::Result<Option<Live>> {
+    ext: Option<&'a dyn ReadAt>,
+) -> io::Result<Option<Live<'a>>> {
     let Some((dev, start)) = log_place(dev, sb, ext)? else {
         return Ok(None);
     };
@@ -450,6 +452,7 @@ fn live_log(
         return Ok(None);
     }
     Ok(Some(Live {
+        dev,
         start,
         bbs,
         head,
@@ -483,12 +486,9 @@ pub fn replay(
     let Some(live) = live_log(&*dev, sb, uuid, ext)? else {
         return Ok(None);
     };
-    let Some((log_dev, _)) = log_place(&*dev, sb, ext)? else {
-        return Ok(None);
-    };
     let (log, head, tail, o) = (
         Log {
-            dev: log_dev,
+            dev: live.dev,
             start: live.start,
             bbs: live.bbs,
         },
