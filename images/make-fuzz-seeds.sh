@@ -301,26 +301,54 @@ EOT
     rm -f "$img"
   fi
 fi
-# An LVM PV (as root with lvm2 and loop devices): a 128 KiB metadata area, 64 KiB
-# extents, one linear LV of 8 extents holding the ext4 seed. LVM stamps random UUIDs
-# and the time into its metadata; nothing is activated (no device-mapper needed).
+# Makes image $1 ($2 bytes) an LVM PV (a 128 KiB metadata area) of a new VG $3 of
+# 64 KiB extents through a loop device, left in $loop for the caller to detach;
+# fails (the image removed) where loop devices or LVM's tools do. LVM stamps random
+# UUIDs and the time into its metadata; nothing is activated (no device-mapper).
+lvm_pv() {
+  truncate -s "$2" "$1"
+  if ! loop=$(losetup -f --show "$1" 2> /dev/null); then
+    rm -f "$1"
+    return 1
+  fi
+  export LVM_SUPPRESS_FD_WARNINGS=1
+  if pvcreate -q --metadatasize 128k --dataalignment 256k "$loop" > /dev/null 2>&1 &&
+    vgcreate -q -s 64k "$3" "$loop" > /dev/null 2>&1; then
+    return 0
+  fi
+  losetup -d "$loop"
+  rm -f "$1"
+  return 1
+}
+# LVM's own vgcfgbackup text gains LV sections (what LVM will not create without
+# device-mapper) through these, for vgcfgrestore: `lv` writes one LV of one
+# segment, `lin` a linear segment on pv0, `add_lvs` puts them in the text.
+cat > "$tmp/lvtext.py" << 'EOT'
+def lv(n, name, status, seg):
+    return ('%s {\nid = "lv%04d-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa"\nstatus = [%s]\nflags = []\n'
+            'segment_count = 1\nsegment1 {\nstart_extent = 0\n%s\n}\n}\n' % (name, n, status, seg))
+vis, hid = '"READ", "WRITE", "VISIBLE"', '"READ", "WRITE"'
+def lin(n, at):
+    return 'extent_count = %d\ntype = "striped"\nstripe_count = 1\nstripes = ["pv0", %d]' % (n, at)
+def add_lvs(path, lvs):
+    t = open(path).read()
+    end = t.rfind("}")
+    t = t[:end] + "logical_volumes {\n" + lvs + "}\n" + t[end:]
+    open(path, "w").write(t.replace("seqno = 1", "seqno = 2", 1))
+EOT
+# An LVM PV (as root with lvm2 and loop devices): one linear LV of 8 extents holding
+# the ext4 seed, on LVM's smallest PV.
 if [ "$(id -u)" = 0 ] && command -v pvcreate > /dev/null; then
   img="$out/disk-lvm.img"
-  truncate -s 2M "$img" # LVM's smallest PV
-  if loop=$(losetup -f --show "$img" 2> /dev/null); then
-    export LVM_SUPPRESS_FD_WARNINGS=1
-    vg="dsfuzz$$"
-    if pvcreate -q --metadatasize 128k --dataalignment 256k "$loop" > /dev/null 2>&1 &&
-      vgcreate -q -s 64k "$vg" "$loop" > /dev/null 2>&1 &&
-      lvcreate --driverloaded n -q -an -Zn -l 8 -n lv "$vg" > /dev/null 2>&1; then
+  vg="dsfuzz$$"
+  if lvm_pv "$img" 2M "$vg"; then
+    if lvcreate --driverloaded n -q -an -Zn -l 8 -n lv "$vg" > /dev/null 2>&1; then
       pe=$(pvs --driverloaded n --noheadings --units b --nosuffix -o pe_start "$loop" 2> /dev/null | tr -d ' ')
       dd if="$out/seed2.img" of="$img" bs=512 seek=$((pe / 512)) conv=notrunc status=none
     else
       rm -f "$img"
     fi
     losetup -d "$loop"
-  else
-    rm -f "$img"
   fi
 fi
 # A thin pool (as root with lvm2, thin-provisioning-tools and python3): on a 3 MiB PV
@@ -330,29 +358,18 @@ fi
 if [ "$(id -u)" = 0 ] && command -v pvcreate > /dev/null &&
   command -v thin_restore > /dev/null && command -v python3 > /dev/null; then
   img="$out/disk-thin.img"
-  truncate -s 3M "$img"
-  if loop=$(losetup -f --show "$img" 2> /dev/null); then
-    export LVM_SUPPRESS_FD_WARNINGS=1
-    vg="dsfuzzthin$$"
-    if pvcreate -q --metadatasize 128k --dataalignment 256k "$loop" > /dev/null 2>&1 &&
-      vgcreate -q -s 64k "$vg" "$loop" > /dev/null 2>&1 &&
-      vgcfgbackup --driverloaded n -q -f "$tmp/vg.txt" "$vg" > /dev/null 2>&1; then
-      python3 - "$tmp/vg.txt" << 'EOT'
+  vg="dsfuzzthin$$"
+  if lvm_pv "$img" 3M "$vg"; then
+    if vgcfgbackup --driverloaded n -q -f "$tmp/vg.txt" "$vg" > /dev/null 2>&1; then
+      PYTHONPATH="$tmp" python3 - "$tmp/vg.txt" << 'EOT'
 import sys
-p = sys.argv[1]
-t = open(p).read()
-def lv(n, name, status, seg):
-    return ('%s {\nid = "lv%04d-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa"\nstatus = [%s]\nflags = []\n'
-            'segment_count = 1\nsegment1 {\nstart_extent = 0\n%s\n}\n}\n' % (name, n, status, seg))
-vis, hid = '"READ", "WRITE", "VISIBLE"', '"READ", "WRITE"'
-lvs = (lv(1, "pool", vis, 'extent_count = 16\ntype = "thin-pool"\nmetadata = "pool_tmeta"\n'
-          'pool = "pool_tdata"\ntransaction_id = 1\nchunk_size = 128')
-       + lv(2, "pool_tmeta", hid, 'extent_count = 4\ntype = "striped"\nstripe_count = 1\nstripes = ["pv0", 0]')
-       + lv(3, "pool_tdata", hid, 'extent_count = 16\ntype = "striped"\nstripe_count = 1\nstripes = ["pv0", 4]')
-       + lv(4, "t", vis, 'extent_count = 8\ntype = "thin"\nthin_pool = "pool"\ntransaction_id = 0\ndevice_id = 1'))
-end = t.rfind("}")
-t = t[:end] + "logical_volumes {\n" + lvs + "}\n" + t[end:]
-open(p, "w").write(t.replace("seqno = 1", "seqno = 2", 1))
+from lvtext import lv, vis, hid, lin, add_lvs
+add_lvs(sys.argv[1],
+        lv(1, "pool", vis, 'extent_count = 16\ntype = "thin-pool"\nmetadata = "pool_tmeta"\n'
+           'pool = "pool_tdata"\ntransaction_id = 1\nchunk_size = 128')
+        + lv(2, "pool_tmeta", hid, lin(4, 0))
+        + lv(3, "pool_tdata", hid, lin(16, 4))
+        + lv(4, "t", vis, 'extent_count = 8\ntype = "thin"\nthin_pool = "pool"\ntransaction_id = 0\ndevice_id = 1'))
 EOT
       slots="9 2 14 5 0 11 7 12"
       {
@@ -383,8 +400,6 @@ EOT
       rm -f "$img"
     fi
     losetup -d "$loop"
-  else
-    rm -f "$img"
   fi
 fi
 # A cached LV and a RAID5 LV (as root with lvm2, thin-provisioning-tools and
@@ -396,22 +411,12 @@ fi
 if [ "$(id -u)" = 0 ] && command -v pvcreate > /dev/null &&
   command -v cache_restore > /dev/null && command -v python3 > /dev/null; then
   img="$out/disk-lvmcache.img"
-  truncate -s 3M "$img"
-  if loop=$(losetup -f --show "$img" 2> /dev/null); then
-    export LVM_SUPPRESS_FD_WARNINGS=1
-    vg="dsfuzzcache$$"
-    if pvcreate -q --metadatasize 128k --dataalignment 256k "$loop" > /dev/null 2>&1 &&
-      vgcreate -q -s 64k "$vg" "$loop" > /dev/null 2>&1 &&
-      vgcfgbackup --driverloaded n -q -f "$tmp/vgc.txt" "$vg" > /dev/null 2>&1; then
-      python3 - "$tmp/vgc.txt" << 'EOT'
+  vg="dsfuzzcache$$"
+  if lvm_pv "$img" 3M "$vg"; then
+    if vgcfgbackup --driverloaded n -q -f "$tmp/vgc.txt" "$vg" > /dev/null 2>&1; then
+      PYTHONPATH="$tmp" python3 - "$tmp/vgc.txt" << 'EOT'
 import sys
-p = sys.argv[1]
-t = open(p).read()
-def lv(n, name, status, seg):
-    return ('%s {\nid = "lv%04d-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa"\nstatus = [%s]\nflags = []\n'
-            'segment_count = 1\nsegment1 {\nstart_extent = 0\n%s\n}\n}\n' % (name, n, status, seg))
-vis, hid = '"READ", "WRITE", "VISIBLE"', '"READ", "WRITE"'
-lin = lambda n, at: 'extent_count = %d\ntype = "striped"\nstripe_count = 1\nstripes = ["pv0", %d]' % (n, at)
+from lvtext import lv, vis, hid, lin, add_lvs
 lvs = (lv(1, "c", vis, 'extent_count = 8\ntype = "cache"\ncache_pool = "cpool"\norigin = "c_corig"')
        + lv(2, "c_corig", hid, lin(8, 0))
        + lv(3, "cpool", hid, 'extent_count = 4\ntype = "cache-pool"\ndata = "cpool_cdata"\n'
@@ -424,9 +429,7 @@ lvs = (lv(1, "c", vis, 'extent_count = 8\ntype = "cache"\ncache_pool = "cpool"\n
 for i in range(3):
     lvs += lv(7 + 2 * i, "r_rmeta_%d" % i, hid, lin(1, 16 + 5 * i))
     lvs += lv(8 + 2 * i, "r_rimage_%d" % i, hid, lin(4, 17 + 5 * i))
-end = t.rfind("}")
-t = t[:end] + "logical_volumes {\n" + lvs + "}\n" + t[end:]
-open(p, "w").write(t.replace("seqno = 1", "seqno = 2", 1))
+add_lvs(sys.argv[1], lvs)
 EOT
       {
         echo '<superblock uuid="" block_size="128" nr_cache_blocks="4" policy="smq" hint_width="4">'
@@ -474,8 +477,6 @@ EOT
       rm -f "$img"
     fi
     losetup -d "$loop"
-  else
-    rm -f "$img"
   fi
 fi
 # A WOF-compressed file ("Compact OS", XPRESS4K, 10000 bytes): chunk 0 is XPRESS (all
