@@ -55,7 +55,7 @@ pub struct RestoreOptions {
     /// brought back on its own.
     pub volume: Option<std::path::PathBuf>,
     /// Passphrases for LUKS volumes, whose plaintext `volume` may name.
-    pub passphrases: Vec<Vec<u8>>,
+    pub passphrases: Vec<crate::passphrase::Secret>,
 }
 
 /// What a restore did, for its closing line.
@@ -173,7 +173,7 @@ fn open_volume(
     point: i64,
     device: &str,
     rel: &Path,
-    passphrases: &[Vec<u8>],
+    passphrases: &[crate::passphrase::Secret],
 ) -> anyhow::Result<Arc<dyn ReadAt>> {
     let cache = Arc::new(crate::cache::CachedSafe::new(safe.clone(), 64 << 20));
     let fs = crate::fs::SafeFs::new(

@@ -11,9 +11,10 @@
 mod common;
 
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use common::*;
 use rand::{rngs::StdRng, SeedableRng};
@@ -278,6 +279,23 @@ fn luks_volumes_show_their_trees_with_the_passphrase() {
             s(&key),
         ]);
         assert_eq!(sha256_file(&out), sha256_file(&plain), "{dev}: restored");
+        // The same with the passphrase piped on standard input (`--key-file -`).
+        std::fs::remove_file(&out).unwrap();
+        let mut c = Command::new(bin())
+            .args(["restore", s(&safe), "1", dev, s(&out), "--volume", &vol])
+            .args(["--key-file", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(b"correct horse").unwrap();
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            sha256_file(&out),
+            sha256_file(&plain),
+            "{dev}: key on stdin"
+        );
         let e = fails(&["restore", s(&safe), "1", dev, s(&out), "--volume", &vol]);
         assert!(e.contains("no such entry"), "{e}");
     }

@@ -33,7 +33,7 @@ const MAX_DEPTH: u32 = 4;
 pub(super) fn free_blocks(
     devices: &[(&str, &Path)],
     block_size: u64,
-    passphrases: &[Vec<u8>],
+    passphrases: &[crate::passphrase::Secret],
 ) -> Vec<Vec<(u64, u64)>> {
     let mut open = Vec::new();
     let mut index = Vec::new();

@@ -95,7 +95,7 @@ pub struct BackupOptions {
     /// Record blocks the source's filesystems mark free as zeros, unread.
     pub skip_free: bool,
     /// Passphrases that let `skip_free` look inside LUKS volumes.
-    pub passphrases: Vec<Vec<u8>>,
+    pub passphrases: Vec<crate::passphrase::Secret>,
 }
 
 /// The size of a regular file or block device, since block devices report 0 in metadata.

@@ -45,21 +45,30 @@ pub struct MountArgs {
     /// Internal: we are the background server started by `mount`.
     pub daemon_child: bool,
     /// Passphrases to try on LUKS volumes.
-    pub passphrases: Vec<Vec<u8>>,
+    pub passphrases: Vec<crate::passphrase::Secret>,
 }
+
+/// Hex digits of the passphrase lines `mount` writes to its background server.
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The passphrases the parent `mount` hands its background server on standard input,
 /// one hex-encoded line each.
-pub fn keys_from_parent() -> anyhow::Result<Vec<Vec<u8>>> {
+pub fn keys_from_parent() -> anyhow::Result<Vec<crate::passphrase::Secret>> {
+    use std::io::BufRead;
     let mut out = Vec::new();
-    for line in std::io::stdin().lines() {
-        let line = line?;
+    let mut stdin = std::io::stdin().lock();
+    let mut line = zeroize::Zeroizing::new(String::new());
+    loop {
+        line.clear();
+        if stdin.read_line(&mut line)? == 0 {
+            break;
+        }
         let hex = line.trim().as_bytes();
         if hex.len() % 2 != 0 {
             bail!("malformed passphrase line from the parent");
         }
         let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        let mut p = Vec::with_capacity(hex.len() / 2);
+        let mut p = crate::passphrase::Secret::new(Vec::with_capacity(hex.len() / 2));
         for pair in hex.chunks(2) {
             match (digit(pair[0]), digit(pair[1])) {
                 (Some(a), Some(b)) => p.push(a << 4 | b),
@@ -224,14 +233,16 @@ fn spawn_server(args: &MountArgs, only_point: Option<i64>, mp: &Path) -> anyhow:
     let mut child = cmd.spawn().context("starting the mount server")?;
     if let Some(mut stdin) = child.stdin.take() {
         // Passphrases never go on the command line, where `ps` would show them.
-        let mut text = String::new();
+        // Sized up front: a growing buffer would leave copies behind unwiped.
+        let len = args.passphrases.iter().map(|p| 2 * p.len() + 1).sum();
+        let mut text = zeroize::Zeroizing::new(Vec::<u8>::with_capacity(len));
         for p in &args.passphrases {
-            for b in p {
-                text.push_str(&format!("{b:02x}"));
+            for &b in p.iter() {
+                text.extend_from_slice(&[HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
             }
-            text.push('\n');
+            text.push(b'\n');
         }
-        stdin.write_all(text.as_bytes())?;
+        stdin.write_all(&text)?;
     }
     let mut line = String::new();
     let mut out = BufReader::new(child.stdout.take().unwrap());

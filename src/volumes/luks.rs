@@ -22,6 +22,7 @@ use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 use base64::Engine;
 use sha2::Digest;
 
+use crate::passphrase::Secret;
 use crate::readat::ReadAt;
 
 const MAGIC1: &[u8; 6] = b"LUKS\xba\xbe";
@@ -624,7 +625,8 @@ impl Cipher {
             "plain64" => (Iv::Plain64, None),
             "plain" => (Iv::Plain, None),
             "essiv:sha256" if mode == "cbc" => {
-                (Iv::Plain64, Some(Aes::new(&sha2::Sha256::digest(key))?))
+                let salt = zeroize::Zeroizing::new(<[u8; 32]>::from(sha2::Sha256::digest(key)));
+                (Iv::Plain64, Some(Aes::new(&*salt)?))
             }
             _ => return Err(unsupported()),
         };
@@ -710,8 +712,8 @@ fn xor(b: &mut aes::Block, t: u128) {
 
 /// The anti-forensic merge: every stripe but the last diffused into the next, the
 /// last XORed in, gives the key.
-fn af_merge(material: &[u8], key_len: usize, stripes: usize, hash: Hash) -> Vec<u8> {
-    let mut d = vec![0u8; key_len];
+fn af_merge(material: &[u8], key_len: usize, stripes: usize, hash: Hash) -> Secret {
+    let mut d = Secret::new(vec![0u8; key_len]);
     for s in 0..stripes {
         let stripe = &material[s * key_len..(s + 1) * key_len];
         for (x, y) in d.iter_mut().zip(stripe) {
@@ -728,7 +730,7 @@ fn af_merge(material: &[u8], key_len: usize, stripes: usize, hash: Hash) -> Vec<
 fn diffuse(d: &mut [u8], hash: Hash) {
     let n = hash.len();
     for (i, piece) in d.chunks_mut(n).enumerate() {
-        let h = hash.digest(&[&(i as u32).to_be_bytes(), piece]);
+        let h = Secret::new(hash.digest(&[&(i as u32).to_be_bytes(), piece]));
         let len = piece.len();
         piece.copy_from_slice(&h[..len]);
     }
@@ -736,7 +738,7 @@ fn diffuse(d: &mut [u8], hash: Hash) {
 
 impl Header {
     /// The volume key when `pass` opens one of its keyslots.
-    fn open_with(&self, vol: &dyn ReadAt, pass: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    fn open_with(&self, vol: &dyn ReadAt, pass: &[u8]) -> io::Result<Option<Secret>> {
         for s in &self.slots {
             if s.stripes == 0
                 || s.stripes > MAX_STRIPES
@@ -749,9 +751,9 @@ impl Header {
             if need > s.area_len || s.area.checked_add(need).is_none_or(|e| e > vol.size()) {
                 continue;
             }
-            let mut derived = vec![0u8; s.cipher_key];
+            let mut derived = Secret::new(vec![0u8; s.cipher_key]);
             s.kdf.derive(pass, &mut derived)?;
-            let mut material = vec![0u8; need as usize];
+            let mut material = Secret::new(vec![0u8; need as usize]);
             vol.read_exact_at(s.area, &mut material)?;
             let c = match Cipher::new(&s.cipher, &derived) {
                 Ok(c) => c,
@@ -904,19 +906,19 @@ pub enum Opened {
 }
 
 /// A volume key a passphrase opened.
-type VolumeKey = Arc<Vec<u8>>;
+type VolumeKey = Arc<Secret>;
 
 /// The passphrases a user gave, and the volume keys they opened (slow KDFs run once
 /// per distinct header, not once per recovery point).
 #[derive(Default)]
 pub struct Keyring {
-    passphrases: Vec<Vec<u8>>,
+    passphrases: Vec<Secret>,
     keys: Mutex<HashMap<[u8; 32], Option<VolumeKey>>>,
 }
 
 impl Keyring {
     /// A keyring trying each of `passphrases` in turn.
-    pub fn new(passphrases: Vec<Vec<u8>>) -> Keyring {
+    pub fn new(passphrases: Vec<Secret>) -> Keyring {
         Keyring {
             passphrases,
             keys: Mutex::new(HashMap::new()),
@@ -1079,7 +1081,7 @@ mod tests {
             &json(KDF, SEGMENT, 1 << 40),
             1 << 20,
         )));
-        let ring = Keyring::new(vec![b"x".to_vec()]);
+        let ring = Keyring::new(vec![Secret::new(b"x".to_vec())]);
         match ring.open(&v) {
             Opened::Locked(why) => assert!(why.contains("no passphrase"), "{why}"),
             _ => panic!("opened"),
