@@ -17,6 +17,24 @@ const HOLE_SCAN_MAX: u64 = 1 << 22;
 /// image is then reported fully allocated): 2^20 blocks, 64 GiB at 64 KiB.
 const COUNT_MAX: u64 = 1 << 20;
 
+/// A read touching bytes the backup could not read from its source: `restore` writes
+/// zeros for these (and names them) where any other error fails it.
+#[derive(Debug)]
+pub struct Unreadable(String);
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreadable {}
+
+/// Whether `e` is (or passes on unchanged) an [`Unreadable`] read.
+pub fn is_unreadable(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<Unreadable>())
+}
+
 /// A device as it was at a point, readable by offset.
 pub struct PointDevice {
     cache: Arc<CachedSafe>,
@@ -65,13 +83,13 @@ impl PointDevice {
         };
         let i = ranges.partition_point(|r| r.0 + r.1 <= offset);
         match ranges.get(i) {
-            Some(&(start, len)) if start < end => Err(self.err(
+            Some(&(start, len)) if start < end => Err(io::Error::other(Unreadable(format!(
+                "point {}, device {}, offset {}: bytes {start}..{} could not be read from the source when this point was taken",
+                self.point,
+                self.name,
                 start.max(offset),
-                format!(
-                    "bytes {start}..{} could not be read from the source when this point was taken",
-                    start + len
-                ),
-            )),
+                start + len
+            )))),
             _ => Ok(()),
         }
     }

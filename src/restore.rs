@@ -73,6 +73,9 @@ struct Decoded {
     len: usize,
     buf: Vec<u8>,
     zero: Vec<bool>,
+    /// Byte ranges of a volume read as zeros: they lie on source bytes the backup
+    /// could not read.
+    unreadable: Vec<(u64, u64)>,
 }
 
 /// The bytes of a decoded run inside the window being restored: buffer offsets
@@ -203,8 +206,15 @@ fn read_volume(
     let off = first * bs;
     let len = run_len(first, n, bs, size);
     buf.truncate(len);
-    vol.read_exact_at(off, &mut buf)
-        .with_context(|| format!("reading the volume at byte {off}"))?;
+    let mut unreadable = Vec::new();
+    match vol.read_exact_at(off, &mut buf) {
+        Ok(()) => {}
+        Err(e) if crate::device::is_unreadable(&e) => {
+            salvage(vol, off, &mut buf, SALVAGE_PIECES[0], &mut unreadable)
+                .with_context(|| format!("reading the volume at byte {off}"))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading the volume at byte {off}")),
+    }
     buf.resize((n * bs) as usize, 0);
     let zero = buf
         .chunks(bs as usize)
@@ -215,7 +225,45 @@ fn read_volume(
         len,
         buf,
         zero,
+        unreadable,
     })
+}
+
+/// Piece sizes a volume read that touched unreadable source bytes is retried in:
+/// pages, then sectors, as the backup salvaged the source.
+const SALVAGE_PIECES: [usize; 2] = [4096, 512];
+
+/// Reads `buf` (volume bytes from `off`) piece by piece of `SALVAGE_PIECES[level]`
+/// bytes: pieces that still touch unreadable source bytes are split further, down to
+/// sectors, and those are zeros, noted in `out`; any other error fails.
+fn salvage(
+    vol: &dyn ReadAt,
+    off: u64,
+    buf: &mut [u8],
+    piece: usize,
+    out: &mut Vec<(u64, u64)>,
+) -> std::io::Result<()> {
+    for (i, chunk) in buf.chunks_mut(piece).enumerate() {
+        let at = off + (i * piece) as u64;
+        match vol.read_exact_at(at, chunk) {
+            Ok(()) => {}
+            Err(e) if crate::device::is_unreadable(&e) => match SALVAGE_PIECES
+                .iter()
+                .find(|&&p| p < piece && p < chunk.len())
+            {
+                Some(&smaller) => salvage(vol, at, chunk, smaller, out)?,
+                None => {
+                    chunk.fill(0);
+                    match out.last_mut() {
+                        Some((o, l)) if *o + *l == at => *l += chunk.len() as u64,
+                        _ => out.push((at, chunk.len() as u64)),
+                    }
+                }
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Restores DEVICE at POINT to OUTPUT (`-` for stdout).
@@ -277,6 +325,8 @@ pub fn restore(
         )),
         _ => None,
     };
+    // Volume byte ranges written as zeros (they lie on unreadable source bytes).
+    let mut zeroed: Vec<(u64, u64)> = Vec::new();
     let result = std::thread::scope(|s| -> anyhow::Result<Restored> {
         // Owned here, so that a writer failing early (a full output) drops them and
         // the threads feeding them stop instead of waiting to send for ever.
@@ -324,6 +374,12 @@ pub fn restore(
         let mut done = Restored::default();
         for r in rx.iter() {
             let dec = r?;
+            for &(o, l) in &dec.unreadable {
+                match zeroed.last_mut() {
+                    Some((zo, zl)) if *zo + *zl == o => *zl += l,
+                    _ => zeroed.push((o, l)),
+                }
+            }
             let data = &dec.buf[..dec.len];
             let (lo, hi) = clip(dec.off, dec.len, base, end);
             let w = Window {
@@ -392,35 +448,25 @@ pub fn restore(
         if let Out::File { created: true, .. } = out {
             let _ = std::fs::remove_file(output);
         }
-    } else if vol.is_some() {
-        // The volume's bytes may come from any device of the point.
-        for dev in &p.devices {
-            let bad = safe.unreadable(p.id, dev.id)?;
-            if !bad.is_empty() {
-                let total: u64 = bad.iter().map(|r| r.1).sum();
-                eprintln!(
-                    "warning: device {} at point {}: {total} byte(s) could not be read from the source at backup; whatever of the volume lies there is written as zeros",
-                    dev.name, p.id
-                );
-            }
-        }
+    } else if let Some(rel) = &opts.volume {
+        // Only what the volume's reads met: its bytes may lie on any device of the
+        // point, and a redundant array reads around what one member lacks.
+        warn_zeros(&zeroed, |total, n| {
+            format!(
+                "volume {} of device {device} at point {}: {total} byte(s) in {n} range(s) (volume offsets) lie on source bytes the backup could not read; they are written as zeros:",
+                rel.display(),
+                p.id
+            )
+        });
     } else {
         let mut bad = safe.unreadable(p.id, d.id)?;
         bad.retain(|&(o, l)| o < end && base < o + l);
-        if !bad.is_empty() {
-            let total: u64 = bad.iter().map(|r| r.1).sum();
-            eprintln!(
-                "warning: device {device} at point {}: {total} byte(s) in {} range(s) (device offsets) could not be read from the source at backup; they are written as zeros:",
-                p.id,
-                bad.len()
-            );
-            for (off, len) in bad.iter().take(20) {
-                eprintln!("  bytes {off}..{}", off + len);
-            }
-            if bad.len() > 20 {
-                eprintln!("  ... and {} more range(s)", bad.len() - 20);
-            }
-        }
+        warn_zeros(&bad, |total, n| {
+            format!(
+                "device {device} at point {}: {total} byte(s) in {n} range(s) (device offsets) could not be read from the source at backup; they are written as zeros:",
+                p.id
+            )
+        });
     }
     result.map_err(|e| {
         e.context(format!(
@@ -428,6 +474,22 @@ pub fn restore(
             p.id
         ))
     })
+}
+
+/// Warns of byte ranges written as zeros: the line `head(total bytes, ranges)` says
+/// what they are, then the first ranges follow.
+fn warn_zeros(ranges: &[(u64, u64)], head: impl Fn(u64, usize) -> String) {
+    if ranges.is_empty() {
+        return;
+    }
+    let total: u64 = ranges.iter().map(|r| r.1).sum();
+    eprintln!("warning: {}", head(total, ranges.len()));
+    for (off, len) in ranges.iter().take(20) {
+        eprintln!("  bytes {off}..{}", off + len);
+    }
+    if ranges.len() > 20 {
+        eprintln!("  ... and {} more range(s)", ranges.len() - 20);
+    }
 }
 
 /// Fills `buf` with the output's bytes from offset `at`; a regular (`sparse`) file
@@ -608,5 +670,6 @@ fn decode(
         len,
         buf,
         zero,
+        unreadable: Vec::new(),
     })
 }

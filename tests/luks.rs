@@ -20,25 +20,11 @@ use common::*;
 use rand::{rngs::StdRng, SeedableRng};
 
 /// A fast KDF for test volumes.
+use common::run_out as run;
 use common::LUKS_FAST as FAST;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Runs a tool; its stdout. Panics with its stderr when it fails.
-fn run(cmd: &str, args: &[&str]) -> String {
-    let o = Command::new(cmd)
-        .args(args)
-        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        o.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 /// An ext4 image of `size` MiB with `block` bytes per block, made from a new tree at
@@ -333,76 +319,6 @@ fn luks_volumes_show_their_trees_with_the_passphrase() {
             assert!(log.contains(&want), "the log names {want:?}:\n{log}");
         }
     }
-}
-
-/// Whether Python's `cryptography` (the independent decryptor) is here; says why not.
-fn have_openssl_python(test: &str) -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import cryptography"])
-        .status()
-        .is_ok_and(|st| st.success());
-    if !ok {
-        eprintln!("SKIP {test}: python3-cryptography is not installed");
-    }
-    ok
-}
-
-/// Decrypts the data segment of the LUKS2 aes-xts-plain64 volume `img` into `out`
-/// with Python's `cryptography` (OpenSSL), keyed with the volume key cryptsetup
-/// dumps: an independent reading of the plaintext.
-fn decrypt_with_openssl(img: &Path, key: &Path, out: &Path) {
-    let dump = run(
-        "cryptsetup",
-        &[
-            "luksDump",
-            "--dump-volume-key",
-            "--batch-mode",
-            "--key-file",
-            s(key),
-            s(img),
-        ],
-    );
-    let hex: String = dump
-        .split("MK dump:")
-        .nth(1)
-        .expect("a volume key dump")
-        .split_whitespace()
-        .take_while(|w| w.len() == 2 && w.chars().all(|c| c.is_ascii_hexdigit()))
-        .collect();
-    let info = run("cryptsetup", &["luksDump", s(img)]);
-    let field = |name: &str| -> u64 {
-        let line = info
-            .lines()
-            .find(|l| l.trim_start().starts_with(name))
-            .unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
-    let (offset, sector) = (field("offset:"), field("sector:"));
-    let script = r#"
-import sys
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-img, out, key = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])
-off, sec = int(sys.argv[4]), int(sys.argv[5])
-data = open(img, 'rb').read()[off:]
-res = bytearray()
-for i in range(0, len(data) - len(data) % sec, sec):
-    tweak = (i // 512).to_bytes(16, 'little')
-    d = Cipher(algorithms.AES(key), modes.XTS(tweak)).decryptor()
-    res += d.update(data[i:i + sec]) + d.finalize()
-open(out, 'wb').write(res)
-"#;
-    run(
-        "python3",
-        &[
-            "-c",
-            script,
-            s(img),
-            s(out),
-            &hex,
-            &offset.to_string(),
-            &sector.to_string(),
-        ],
-    );
 }
 
 /// `backup --skip-free --key-file` leaves out what the filesystem inside a LUKS volume

@@ -337,3 +337,109 @@ fn a_version_1_safe_is_read_and_upgraded_by_its_next_writer() {
         sha256_file(&a)
     );
 }
+
+/// Serves `data` as `DIR/disk` (the returned session unmounts when dropped), failing
+/// reads that touch `bad` with EIO.
+fn serve_failing(dir: &Path, data: Vec<u8>, bad: &[(u64, u64)]) -> fuser::BackgroundSession {
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![fuser::MountOption::RO];
+    fuser::Session::new(
+        Failing {
+            data,
+            bad: Arc::new(Mutex::new(bad.to_vec())),
+            errno: Arc::new(Mutex::new(Errno::EIO)),
+        },
+        dir,
+        &config,
+    )
+    .unwrap()
+    .spawn()
+    .unwrap()
+}
+
+/// `restore --volume` of a LUKS volume whose ciphertext has unreadable sectors writes
+/// zeros for the plaintext sectors they hold, names those ranges in volume offsets,
+/// and writes every other byte as OpenSSL decrypts it (a damaged block would still
+/// fail it: only unreadable source bytes are salvaged).
+#[test]
+fn a_volume_restore_writes_zeros_where_its_source_was_unreadable() {
+    let name = "a_volume_restore_writes_zeros_where_its_source_was_unreadable";
+    if !have_fuse(name)
+        || !have_tool("cryptsetup", "cryptsetup-bin", name)
+        || !have_openssl_python(name)
+    {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("luks.img");
+    let mut data = vec![0u8; 20 << 20];
+    StdRng::seed_from_u64(53).fill(&mut data[..]);
+    std::fs::write(&img, &data).unwrap();
+    let key = t.path().join("key");
+    std::fs::write(&key, b"unreadable horse").unwrap();
+    run_out(
+        "cryptsetup",
+        &[
+            "luksFormat",
+            "--batch-mode",
+            "--type",
+            "luks2",
+            "--sector-size",
+            "512",
+            "--key-file",
+            s(&key),
+            LUKS_FAST[0],
+            LUKS_FAST[1],
+            LUKS_FAST[2],
+            LUKS_FAST[3],
+            s(&img),
+        ],
+    );
+    let uuid = run_out("cryptsetup", &["luksUUID", s(&img)]);
+    let data = std::fs::read(&img).unwrap();
+    let plain = t.path().join("plain");
+    decrypt_with_openssl(&img, &key, &plain);
+    let start = (data.len() - std::fs::metadata(&plain).unwrap().len() as usize) as u64;
+    // Device offsets inside the encrypted data: one sector, two pages, a run across
+    // a 64 KiB block.
+    let bad = vec![
+        (start + 1954 * 512, 512),
+        (start + (1 << 20) + 3 * 4096, 8192),
+        (start + (3 << 20) - 35 * 512, 140 * 512),
+    ];
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let server = serve_failing(&src, data, &bad);
+    let safe = t.path().join("safe");
+    let dev = format!("d={}", s(&src.join("disk")));
+    let o = ds(&["backup", s(&safe), &dev, "--skip-unreadable"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(server);
+
+    let out = t.path().join("restored");
+    let vol = format!("luks/luks-{uuid}.img");
+    let r = ds(&[
+        "restore",
+        s(&safe),
+        "1",
+        "d",
+        s(&out),
+        "--volume",
+        &vol,
+        "--key-file",
+        s(&key),
+    ]);
+    let said = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{said}");
+    let in_volume: Vec<(u64, u64)> = bad.iter().map(|&(o, l)| (o - start, l)).collect();
+    for (o, l) in &in_volume {
+        assert!(said.contains(&format!("bytes {o}..{}", o + l)), "{said}");
+    }
+    assert!(said.contains("(volume offsets)"), "{said}");
+    let want = zeroed(&std::fs::read(&plain).unwrap(), &in_volume);
+    assert_eq!(
+        sha256_file(&out),
+        sha256(&want),
+        "the plaintext with the unreadable sectors zeroed"
+    );
+}
