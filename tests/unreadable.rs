@@ -443,3 +443,90 @@ fn a_volume_restore_writes_zeros_where_its_source_was_unreadable() {
         "the plaintext with the unreadable sectors zeroed"
     );
 }
+
+/// An md array whose members were backed up from failing disks reads around the
+/// unreadable sectors as md does: RAID5 rebuilds a failing member's chunks from the
+/// others and P, RAID6 stripes where two members fail from P and Q, RAID10 from the
+/// other copy. The array reads as the bytes it was striped from (the layout GRUB
+/// checks in tests/md.rs), with a warning naming each failure, and `restore --volume`
+/// writes it whole, with no zeros.
+#[test]
+fn arrays_read_around_members_unreadable_sectors() {
+    let name = "arrays_read_around_members_unreadable_sectors";
+    if !have_fuse(name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(54);
+    let mut fs = vec![0u8; 6 << 20];
+    rng.fill(&mut fs[..]);
+    // Member offsets (data from 1 MiB): a sector, two pages, a run over a chunk's end.
+    let bad = [
+        ((1 << 20) + 77 * 512, 512),
+        ((1 << 20) + (1 << 20) + 3 * 4096, 8192),
+        ((1 << 20) + (2 << 20) - 35 * 512, 140 * 512),
+    ];
+    // (level, layout, devices, chunk, failing members)
+    let cases = [
+        (5, 2, 3, 64 << 10, vec![1]),
+        (6, 2, 4, 32 << 10, vec![1, 2]),
+        (10, 0x102, 3, 64 << 10, vec![0]),
+    ];
+    for (case, (level, layout, n, chunk, failing)) in cases.into_iter().enumerate() {
+        let what = format!("RAID{level} over {n}, members {failing:?} failing");
+        let dir = t.path().join(format!("case{case}"));
+        std::fs::create_dir(&dir).unwrap();
+        let members = striped_members(&dir, level, layout, n, chunk, &fs, &mut rng);
+        let mut servers = Vec::new();
+        let mut sources = Vec::new();
+        for (i, m) in members.iter().enumerate() {
+            if failing.contains(&i) {
+                let mnt = dir.join(format!("failing{i}"));
+                std::fs::create_dir(&mnt).unwrap();
+                servers.push(serve_failing(&mnt, std::fs::read(m).unwrap(), &bad));
+                sources.push(format!("m{i}={}", s(&mnt.join("disk"))));
+            } else {
+                sources.push(format!("m{i}={}", s(m)));
+            }
+        }
+        let safe = dir.join("safe");
+        let mut args = vec!["backup", s(&safe), "--skip-unreadable"];
+        args.extend(sources.iter().map(|x| x.as_str()));
+        let o = ds(&args);
+        assert!(
+            o.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        drop(servers);
+
+        let mnt = Mounted::new(&safe, t.path(), &[]);
+        let img = std::fs::read(mnt.dir.join("1/m0/md/a.img"))
+            .unwrap_or_else(|e| panic!("{what}: reading the array: {e}"));
+        assert!(img[..fs.len()] == fs[..], "{what}: the array's bytes");
+        let log = mnt.log_text();
+        assert!(
+            log.contains("read from the other members instead")
+                && log.contains("could not be read from the source"),
+            "{what}: the log names the failures:\n{log}"
+        );
+        drop(mnt);
+        let out = dir.join("restored");
+        let r = ds(&[
+            "restore",
+            s(&safe),
+            "1",
+            "m0",
+            s(&out),
+            "--volume",
+            "md/a.img",
+        ]);
+        let said = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "{what}: {said}");
+        assert!(!said.contains("written as zeros"), "{what}: {said}");
+        assert!(
+            std::fs::read(&out).unwrap()[..fs.len()] == fs[..],
+            "{what}: restored"
+        );
+    }
+}

@@ -713,24 +713,43 @@ impl Assembled {
     }
 
     /// Reads `buf.len()` bytes at `at` of row `row` of the member in role `dev`,
-    /// rebuilding it from the others and P when the member is missing (RAID10: from
-    /// its next near copy).
+    /// rebuilding it from the others when the member is missing, or, as md does, when
+    /// its read fails (bytes its backup could not read, a damaged block): the read
+    /// then succeeds with a warning naming the failure, or fails with it.
     fn read_piece(&self, place: &Place, at: u64, buf: &mut [u8]) -> io::Result<()> {
         let off = place.row * self.chunk + at;
-        if let Some(m) = &self.members[place.dev] {
-            return m.read_exact_at(off, buf);
+        let Some(m) = &self.members[place.dev] else {
+            return self.rebuild(place, at, buf);
+        };
+        let Err(e) = m.read_exact_at(off, buf) else {
+            return Ok(());
+        };
+        if !matches!(self.level, 4..=6 | 10) || self.rebuild(place, at, buf).is_err() {
+            return Err(e);
         }
+        tracing::warn!("md array: {e}; read from the other members instead");
+        Ok(())
+    }
+
+    /// [`Assembled::read_piece`] without the member in role `place.dev`: from its
+    /// next near copy (RAID10), or the others and parity.
+    fn rebuild(&self, place: &Place, at: u64, buf: &mut [u8]) -> io::Result<()> {
+        let off = place.row * self.chunk + at;
         if self.level == 10 {
+            let mut failed = None;
             for i in 1..self.near {
                 let k = (place.dev + i) % self.disks;
                 let row = place.row + ((place.dev + i) / self.disks) as u64 * self.far_rows;
                 if let Some(m) = &self.members[k] {
-                    return m.read_exact_at(row * self.chunk + at, buf);
+                    match m.read_exact_at(row * self.chunk + at, buf) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => failed = Some(e),
+                    }
                 }
             }
-            return Err(io::Error::other(
-                "md array: every copy of this chunk is missing",
-            ));
+            return Err(failed.unwrap_or_else(|| {
+                io::Error::other("md array: every copy of this chunk is missing")
+            }));
         }
         if self.level == 6 {
             return self.rebuild6(place, off, buf);
@@ -763,13 +782,14 @@ impl Assembled {
         let (n, p, q) = (self.disks, place.p.unwrap_or(0), place.q.unwrap_or(0));
         let ddf = (8..=10).contains(&self.layout);
         let d0 = if q == n - 1 || ddf { 0 } else { q + 1 };
+        // The slot rebuilt and members that are missing or fail to read are the
+        // unknowns (up to two).
         let read = |d: usize| -> io::Result<Option<Vec<u8>>> {
-            let Some(m) = &self.members[d] else {
+            let Some(m) = self.members[d].as_ref().filter(|_| d != place.dev) else {
                 return Ok(None);
             };
             let mut b = vec![0u8; buf.len()];
-            m.read_exact_at(off, &mut b)?;
-            Ok(Some(b))
+            Ok(m.read_exact_at(off, &mut b).ok().map(|()| b))
         };
         let (mut data, mut x) = (Vec::with_capacity(n), 0);
         for i in 0..n {
