@@ -447,7 +447,8 @@ fn a_volume_restore_writes_zeros_where_its_source_was_unreadable() {
 /// An md array whose members were backed up from failing disks reads around the
 /// unreadable sectors as md does: RAID5 rebuilds a failing member's chunks from the
 /// others and P, RAID6 stripes where two members fail from P and Q, RAID10 from the
-/// other copy. The array reads as the bytes it was striped from (the layout GRUB
+/// other copy, whole copies (RAID1, RAID10 near=2 over two) from the other member's
+/// copy, also where both fail in different places within one read. The array reads as the bytes it was striped from (the layout GRUB
 /// checks in tests/md.rs), with a warning naming each failure, and `restore --volume`
 /// writes it whole, with no zeros.
 #[test]
@@ -466,13 +467,16 @@ fn arrays_read_around_members_unreadable_sectors() {
         ((1 << 20) + (1 << 20) + 3 * 4096, 8192),
         ((1 << 20) + (2 << 20) - 35 * 512, 140 * 512),
     ];
-    // (level, layout, devices, chunk, failing members)
+    // (level, layout, devices, chunk, failing members, each failing member's ranges
+    // moved by its index times this): RAID10 near=2 over two is a whole copy on each
+    // member (as RAID1), read from the member's own data, around it from the other.
     let cases = [
-        (5, 2, 3, 64 << 10, vec![1]),
-        (6, 2, 4, 32 << 10, vec![1, 2]),
-        (10, 0x102, 3, 64 << 10, vec![0]),
+        (5, 2, 3, 64 << 10, vec![1], 0),
+        (6, 2, 4, 32 << 10, vec![1, 2], 0),
+        (10, 0x102, 3, 64 << 10, vec![0], 0),
+        (10, 0x102, 2, 64 << 10, vec![0, 1], 72 << 10),
     ];
-    for (case, (level, layout, n, chunk, failing)) in cases.into_iter().enumerate() {
+    for (case, (level, layout, n, chunk, failing, shift)) in cases.into_iter().enumerate() {
         let what = format!("RAID{level} over {n}, members {failing:?} failing");
         let dir = t.path().join(format!("case{case}"));
         std::fs::create_dir(&dir).unwrap();
@@ -483,7 +487,11 @@ fn arrays_read_around_members_unreadable_sectors() {
             if failing.contains(&i) {
                 let mnt = dir.join(format!("failing{i}"));
                 std::fs::create_dir(&mnt).unwrap();
-                servers.push(serve_failing(&mnt, std::fs::read(m).unwrap(), &bad));
+                let moved: Vec<(u64, u64)> = bad
+                    .iter()
+                    .map(|&(o, l)| (o + i as u64 * shift, l))
+                    .collect();
+                servers.push(serve_failing(&mnt, std::fs::read(m).unwrap(), &moved));
                 sources.push(format!("m{i}={}", s(&mnt.join("disk"))));
             } else {
                 sources.push(format!("m{i}={}", s(m)));
@@ -501,13 +509,21 @@ fn arrays_read_around_members_unreadable_sectors() {
         drop(servers);
 
         let mnt = Mounted::new(&safe, t.path(), &[]);
-        let img = std::fs::read(mnt.dir.join("1/m0/md/a.img"))
-            .unwrap_or_else(|e| panic!("{what}: reading the array: {e}"));
-        assert!(img[..fs.len()] == fs[..], "{what}: the array's bytes");
+        for i in 0..n {
+            let img = std::fs::read(mnt.dir.join(format!("1/m{i}/md/a.img")))
+                .unwrap_or_else(|e| panic!("{what}: reading the array from m{i}: {e}"));
+            assert!(
+                img[..fs.len()] == fs[..],
+                "{what}: the array's bytes from m{i}"
+            );
+        }
         let log = mnt.log_text();
         assert!(
-            log.contains("read from the other members instead")
-                && log.contains("could not be read from the source"),
+            log.contains(if shift > 0 {
+                "read from the other copies instead"
+            } else {
+                "read from the other members instead"
+            }) && log.contains("could not be read from the source"),
             "{what}: the log names the failures:\n{log}"
         );
         drop(mnt);

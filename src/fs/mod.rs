@@ -142,9 +142,31 @@ struct Nodes {
 /// from members spread over its devices, and what each device's `md/` lists.
 struct PointMd {
     arrays: crate::volumes::md::Arrays,
+    /// Members holding a whole current copy of their array (RAID1), with its data:
+    /// each reads around its own failures from the others.
+    copies: Vec<(crate::volumes::md::Member, Arc<dyn ReadAt>)>,
     /// Name, the devices holding members, the array.
     assembled: Vec<(String, Vec<i64>, Arc<dyn ReadAt>)>,
     shown: Vec<MdShown>,
+}
+
+/// The array data of RAID1 member `m` (on `vol`), reading around its failures from
+/// the other current copies of its array in `copies`, as md does.
+fn copy_with_others(
+    copies: &[(crate::volumes::md::Member, Arc<dyn ReadAt>)],
+    m: &crate::volumes::md::Member,
+    vol: &Arc<dyn ReadAt>,
+    what: String,
+) -> Arc<dyn ReadAt> {
+    let legs = std::iter::once(m.data(vol))
+        .chain(
+            copies
+                .iter()
+                .filter(|(c, _)| c.array == m.array && c != m)
+                .map(|(_, d)| d.clone()),
+        )
+        .collect();
+    crate::volumes::mirror::Mirrored::over(what, legs)
 }
 
 /// An md array listed under a device's `md/`.
@@ -794,6 +816,11 @@ impl SafeFs {
                 });
             }
         }
+        let usable: Vec<(md::Member, Arc<dyn ReadAt>)> = copies
+            .iter()
+            .filter(|(m, _)| arrays.unusable(m).is_none())
+            .map(|(m, (_, _, _, vol))| (m.clone(), m.data(vol)))
+            .collect();
         for (m, (dev, part, _, vol)) in copies {
             if arrays.unusable(&m).is_some() {
                 continue;
@@ -806,15 +833,18 @@ impl SafeFs {
                 }
                 name = format!("{base}-{n}");
             }
+            let data =
+                copy_with_others(&usable, &m, &vol, format!("point {point}, md array {name}"));
             shown.push(MdShown {
                 dev,
                 name,
                 at: MdAt::Copy(dev, part),
-                data: m.data(&vol),
+                data,
             });
         }
         let found = Arc::new(PointMd {
             arrays,
+            copies: usable,
             assembled,
             shown,
         });
@@ -837,7 +867,8 @@ impl SafeFs {
             // Read through the assembled array instead.
             return MdView::NotRead;
         }
-        match self.point_md(point).arrays.unusable(&m) {
+        let md = self.point_md(point);
+        match md.arrays.unusable(&m) {
             Some(why) => {
                 self.warn_once(format!(
                     "{what}: md member (superblock {}) {why}; its contents are not read as a filesystem or PV",
@@ -845,7 +876,10 @@ impl SafeFs {
                 ));
                 MdView::NotRead
             }
-            None => MdView::Array(m.data(vol), m.name, m.offset == 0, m.array),
+            None => {
+                let data = copy_with_others(&md.copies, &m, vol, format!("{what}, md array"));
+                MdView::Array(data, m.name, m.offset == 0, m.array)
+            }
         }
     }
 

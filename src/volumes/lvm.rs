@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
-use crate::readat::ReadAt;
+use crate::readat::{ReadAt, Slice};
 
 const LABEL_ID: &[u8; 8] = b"LABELONE";
 const LABEL_TYPE: &[u8; 8] = b"LVM2 001";
@@ -994,17 +994,37 @@ fn mirror_leg(
             why.join("; ")
         );
     }
-    let data = pick.sb.and_then(|sb| sb.data_offset).unwrap_or(0);
-    let at = legs[pick.index]
-        .1
-        .checked_mul(eb)
-        .and_then(|b| b.checked_add(data))
-        .filter(|&b| b.saturating_add(s.count.saturating_mul(eb)) <= pick.vol.size())
-        .ok_or(format!(
-            "leg {} is too small for LV {}",
-            legs[pick.index].0, lv.name
-        ))?;
-    Ok((pick.vol.clone() as Arc<dyn ReadAt>, at))
+    let len = s.count.saturating_mul(eb);
+    let place = |o: &OpenLeg| {
+        let data = o.sb.and_then(|sb| sb.data_offset).unwrap_or(0);
+        legs[o.index]
+            .1
+            .checked_mul(eb)
+            .and_then(|b| b.checked_add(data))
+            .filter(|&b| b.saturating_add(len) <= o.vol.size())
+            .ok_or(format!(
+                "leg {} is too small for LV {}",
+                legs[o.index].0, lv.name
+            ))
+    };
+    let at = place(pick)?;
+    // dm-raid reads around a failing leg from the other in-sync legs (never from one
+    // being rebuilt, which holds old bytes past its rebuild point); the old mirror
+    // target's legs carry no such state here, so it reads its primary alone.
+    let others: Vec<(Arc<LvVolume>, u64)> = open
+        .iter()
+        .filter(|o| raid && o.index != pick.index && !o.rebuild && usable(o))
+        .filter_map(|o| Some((o.vol.clone(), place(o).ok()?)))
+        .collect();
+    if others.is_empty() {
+        return Ok((pick.vol.clone() as Arc<dyn ReadAt>, at));
+    }
+    let copies = std::iter::once((pick.vol.clone(), at))
+        .chain(others)
+        .map(|(v, at)| Arc::new(Slice::new(v, at, len)) as Arc<dyn ReadAt>)
+        .collect();
+    let what = format!("VG {}: RAID1 LV {}", vg.name, lv.name);
+    Ok((super::mirror::Mirrored::over(what, copies), 0))
 }
 
 /// The array of a RAID0/4/5/6/10 segment `s` of `lv`, as dm-raid assembles it: each

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod luks;
 pub mod lvm;
 pub mod md;
+pub mod mirror;
 mod pdata;
 pub mod thin;
 
