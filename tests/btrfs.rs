@@ -488,6 +488,12 @@ fn damaged_logs_give_errors_not_panics(img: &[u8]) {
 /// Where a file's first data byte lies in the image: its btrfs logical address from
 /// `filefrag` (FIEMAP), mapped to the device with `btrfs-map-logical`.
 fn first_byte_on_disk(img: &Path, file: &Path) -> Option<u64> {
+    copies_on_disk(img, file)?.first().copied()
+}
+
+/// Where each copy of a file's first data byte lies in the image (DUP: two), as
+/// [`first_byte_on_disk`] finds the first.
+fn copies_on_disk(img: &Path, file: &Path) -> Option<Vec<u64>> {
     let o = Command::new("filefrag")
         .args(["-v", "-b1"])
         .arg(file)
@@ -510,10 +516,16 @@ fn first_byte_on_disk(img: &Path, file: &Path) -> Option<u64> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&o.stdout);
-    // "mirror 1 logical 30408704 physical 30408704 device /tmp/..."
-    let w: Vec<&str> = text.split_whitespace().collect();
-    let p = w.iter().position(|x| *x == "physical")?;
-    w.get(p + 1)?.parse().ok()
+    // "mirror 1 logical 30408704 physical 30408704 device /tmp/..." per copy
+    let found: Vec<u64> = text
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let p = w.iter().position(|x| *x == "physical")?;
+            w.get(p + 1)?.parse().ok()
+        })
+        .collect();
+    (!found.is_empty()).then_some(found)
 }
 
 /// A file's sha256, or the errno reading it gave.
@@ -585,6 +597,80 @@ fn btrfs_damaged_data_gives_eio_like_the_kernel() {
     );
     // The mount stays up: the healthy file reads again.
     assert_eq!(read_or_errno(&files.join("healthy")), kernel_reads[2]);
+}
+
+/// DUP data (two copies on one device): a file damaged in one copy reads from the
+/// other, as the kernel reads it; damaged in both copies at different sectors (a
+/// page and the next; the first and second sectors of a compressed extent, which is
+/// read whole), each sector from the copy that holds it intact (the kernel repairs
+/// sector by sector too); at the same sector in both, EIO like the kernel.
+#[test]
+fn btrfs_dup_data_reads_around_a_damaged_copy_like_the_kernel() {
+    if !mkfs_ready("btrfs", "DUP data") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("fs.img");
+    File::create(&img).unwrap().set_len(300 << 20).unwrap();
+    assert!(run(
+        "mkfs.btrfs",
+        &["-q", "-f", "-d", "dup", "-m", "dup", s(&img)]
+    ));
+    let kmnt = t.path().join("kernel");
+    let mut rng = StdRng::seed_from_u64(5);
+    let names = ["one", "both", "same", "zone", "healthy"];
+    let at = kernel_mount("btrfs", &img, &kmnt, "loop", |m| {
+        let z = m.join("zone");
+        File::create(&z).unwrap();
+        btrfs(&["property", "set", s(&z), "compression", "zstd"]);
+        write_data(&z, 300_000, true, &mut rng);
+        for f in ["one", "both", "same", "healthy"] {
+            write_data(&m.join(f), 256 << 10, false, &mut rng);
+        }
+        assert!(run("sync", &["-f", s(m)]));
+        let sums = names.map(|f| read_or_errno(&m.join(f)));
+        let copies = ["one", "both", "same", "zone"].map(|f| copies_on_disk(&img, &m.join(f)));
+        (sums, copies)
+    });
+    let Some((before, [Some(one), Some(both), Some(same), Some(zone)])) = at else {
+        eprintln!("SKIP btrfs DUP data: no kernel btrfs, filefrag or btrfs-map-logical");
+        return;
+    };
+    for c in [&one, &both, &same, &zone] {
+        assert_eq!(c.len(), 2, "two copies of DUP data: {c:?}");
+    }
+    for p in [
+        one[0] + 5000,
+        both[0] + 5000,
+        both[1] + 9000,
+        same[0] + 5000,
+        same[1] + 5000,
+        zone[0] + 100,
+        zone[1] + 5000,
+    ] {
+        flip_byte(&img, p, 0x40);
+    }
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    let kernel_reads = kernel_mount("btrfs", &img, &kmnt, "loop,ro", |k| {
+        names.map(|f| read_or_errno(&k.join(f)))
+    })
+    .unwrap();
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let files = m.dir.join("1/vol/files");
+    let ours = names.map(|f| read_or_errno(&files.join(f)));
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(
+            ours[i], kernel_reads[i],
+            "{name}: disksafe's read against the kernel's"
+        );
+    }
+    for i in [0, 1, 3, 4] {
+        assert_eq!(ours[i], before[i], "{}: the bytes written", names[i]);
+    }
+    assert_eq!(ours[2], Err(Some(libc::EIO)), "same: both copies damaged");
+    let log = m.log_text();
+    assert!(log.contains("read from another copy instead"), "{log}");
 }
 
 /// One random change under `root` (files `f*`, directories `d*`), then, often, an

@@ -1141,21 +1141,29 @@ impl BtrfsFs {
             .map(|(_, p)| (p, avail))
     }
 
-    /// Reads logical bytes (file data), from the first copy found, or rebuilt from
-    /// parity where a RAID5/6 stripe's device is missing.
-    fn read_logical(&self, mut logical: u64, mut buf: &mut [u8]) -> io::Result<()> {
+    /// Reads logical bytes (file data) from copy `mirror` of each piece (0: this
+    /// device's where it holds one, else the first found), or rebuilt from parity
+    /// where a RAID5/6 stripe's device is missing (copy 0 only).
+    fn read_logical(&self, mut logical: u64, mut buf: &mut [u8], mirror: usize) -> io::Result<()> {
         while !buf.is_empty() {
             let (copies, avail) = match self.map(logical) {
                 Ok(m) => m,
-                Err(e) => {
+                Err(e) if mirror == 0 => {
                     let n = self.rebuild56(logical, buf).map_err(|_| e)?;
                     logical += n as u64;
                     buf = &mut buf[n..];
                     continue;
                 }
+                Err(e) => return Err(e),
             };
             let n = (buf.len() as u64).min(avail) as usize;
-            let (d, at) = copies[0];
+            let &(d, at) = copies.get(mirror).ok_or_else(|| {
+                corrupt(format!(
+                    "{}: btrfs logical {logical} has no copy {}",
+                    self.label,
+                    mirror + 1
+                ))
+            })?;
             self.vol(d).read_exact_at(at, &mut buf[..n])?;
             logical += n as u64;
             buf = &mut buf[n..];
@@ -1193,18 +1201,22 @@ impl BtrfsFs {
                 vec![Copy::Rebuilt(b)]
             }
         };
-        let mut why = "";
+        let mut why = String::new();
         for copy in copies {
             let b = match copy {
                 Copy::At(d, at) => {
                     let mut b = vec![0u8; size];
-                    self.vol(d).read_exact_at(at, &mut b)?;
+                    if let Err(e) = self.vol(d).read_exact_at(at, &mut b) {
+                        tracing::warn!("{}: btrfs node at {logical}: {e}", self.label);
+                        why = e.to_string();
+                        continue;
+                    }
                     b
                 }
                 Copy::Rebuilt(b) => b,
             };
             if !self.sb.csum.verify(&b) {
-                why = "checksum mismatch";
+                why = "checksum mismatch".into();
                 if self.bad_csum.set(()).is_ok() {
                     tracing::warn!("{}: btrfs node at {logical}: checksum mismatch", self.label);
                 }
@@ -1216,10 +1228,10 @@ impl BtrfsFs {
                     self.nodes.put(logical, n.clone());
                     return Ok(n);
                 }
-                Err(e) => why = e,
+                Err(e) => why = e.into(),
             }
         }
-        Err(self.bad_node(logical, why))
+        Err(self.bad_node(logical, &why))
     }
 
     fn bad_node(&self, logical: u64, why: &str) -> io::Error {
@@ -1755,6 +1767,40 @@ impl BtrfsFs {
         Ok(m)
     }
 
+    /// Reads file data at logical `at` (whole sectors when `verify`), checked against
+    /// the csum tree when `verify`, as the kernel reads it: from the first copy, and
+    /// when that fails to read or to match its checksums, from the other copies
+    /// (DUP, RAID1*, RAID10), whole or, failing that, sector by sector from
+    /// whichever copy gives each (with a warning naming the first failure); else
+    /// that failure.
+    fn read_data(&self, at: u64, buf: &mut [u8], verify: bool) -> io::Result<()> {
+        let from = |at: u64, buf: &mut [u8], mirror: usize| {
+            self.read_logical(at, buf, mirror)?;
+            if verify {
+                self.check_data(at, buf)?;
+            }
+            Ok::<(), io::Error>(())
+        };
+        let Err(e) = from(at, buf, 0) else {
+            return Ok(());
+        };
+        let copies = self.map(at).map_or(1, |(c, _)| c.len());
+        if copies < 2 {
+            return Err(e);
+        }
+        if !(1..copies).any(|m| from(at, buf, m).is_ok()) {
+            let sector = self.sb.sectorsize as usize;
+            for (i, piece) in buf.chunks_mut(sector).enumerate() {
+                let at = at + (i * sector) as u64;
+                if !(0..copies).any(|m| from(at, piece, m).is_ok()) {
+                    return Err(e);
+                }
+            }
+        }
+        tracing::warn!("{e}; read from another copy instead");
+        Ok(())
+    }
+
     /// Checks sector-aligned data read from logical `at` against the csum tree, as the
     /// kernel does on every read: a mismatch is an error naming the bytes (the kernel
     /// answers EIO too); sectors without a checksum (written without) pass.
@@ -1820,10 +1866,7 @@ impl BtrfsFs {
             return Ok(v);
         }
         let mut raw = vec![0u8; disk_len as usize];
-        self.read_logical(disk, &mut raw)?;
-        if verify {
-            self.check_data(disk, &raw)?;
-        }
+        self.read_data(disk, &mut raw, verify)?;
         let v = Arc::new(self.decompress(&raw, comp, MAX_COMPRESSED as usize)?);
         self.unzipped.put((disk, disk_len), v.clone());
         Ok(v)
@@ -1901,17 +1944,15 @@ impl BtrfsFs {
                         let z = (at + dst.len() as u64).div_ceil(sector) * sector;
                         if a == at && z - a == dst.len() as u64 {
                             // Already whole sectors (a page-aligned read): in place.
-                            self.read_logical(at, dst)?;
-                            self.check_data(at, dst)?;
+                            self.read_data(at, dst, true)?;
                         } else {
                             let mut whole = vec![0u8; (z - a) as usize];
-                            self.read_logical(a, &mut whole)?;
-                            self.check_data(a, &whole)?;
+                            self.read_data(a, &mut whole, true)?;
                             let from = (at - a) as usize;
                             dst.copy_from_slice(&whole[from..from + dst.len()]);
                         }
                     } else {
-                        self.read_logical(at, dst)?;
+                        self.read_data(at, dst, false)?;
                     }
                 }
                 Data::Regular {
