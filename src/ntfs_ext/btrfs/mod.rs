@@ -56,6 +56,10 @@ const EMPTY_SUBVOL_DIR: u64 = 2;
 /// of them.
 const STRIPED: u64 = 0x8 | 0x40 | 0x80 | 0x100; // RAID0, RAID10, RAID5, RAID6
 const RAID10: u64 = 0x40;
+/// [`BtrfsFs::rebuild56`]: take the data stripe asked for as unknown.
+const NOT_DATA: u8 = 1;
+/// [`BtrfsFs::rebuild56`]: take the row's P as unknown (RAID6 rebuilds from Q).
+const NOT_P: u8 = 2;
 const RAID5: u64 = 0x80;
 const RAID6: u64 = 0x100;
 /// Incompat features whose on-disk effects this reader handles.
@@ -1076,7 +1080,10 @@ impl BtrfsFs {
     /// data stripe i weighed g^i, as the kernel's raid6 syndrome), up to the end of
     /// that stripe; the bytes filled. An error where the chunk is not RAID5/6 or more
     /// devices are missing than its parity covers.
-    fn rebuild56(&self, logical: u64, buf: &mut [u8]) -> io::Result<usize> {
+    /// `without` names stripes to take as unknown though their device is here (their
+    /// bytes failed their checksums): [`NOT_DATA`] the one holding `logical`,
+    /// [`NOT_P`] the row's P, so that Q rebuilds it.
+    fn rebuild56(&self, logical: u64, buf: &mut [u8], without: u8) -> io::Result<usize> {
         let (start, c) = self
             .chunk_at(logical)
             .filter(|(_, c)| c.ty & (RAID5 | RAID6) != 0)
@@ -1094,6 +1101,9 @@ impl BtrfsFs {
             .and_then(|r| r.checked_add(in_stripe))
             .ok_or_else(|| corrupt("RAID5/6 offset overflows"))?;
         let read = |k: u64| -> io::Result<Option<Vec<u8>>> {
+            if k == idx && without & NOT_DATA != 0 || k == data && without & NOT_P != 0 {
+                return Ok(None);
+            }
             let (d, p) = c.stripes[((row + k) % n) as usize];
             let Some(vol) = self.devs.get(&d) else {
                 return Ok(None);
@@ -1149,7 +1159,7 @@ impl BtrfsFs {
             let (copies, avail) = match self.map(logical) {
                 Ok(m) => m,
                 Err(e) if mirror == 0 => {
-                    let n = self.rebuild56(logical, buf).map_err(|_| e)?;
+                    let n = self.rebuild56(logical, buf, 0).map_err(|_| e)?;
                     logical += n as u64;
                     buf = &mut buf[n..];
                     continue;
@@ -1195,7 +1205,7 @@ impl BtrfsFs {
             }
             Err(e) => {
                 let mut b = vec![0u8; size];
-                if self.rebuild56(logical, &mut b).map_err(|_| e)? < size {
+                if self.rebuild56(logical, &mut b, 0).map_err(|_| e)? < size {
                     return Err(self.bad_node(logical, "crosses the end of its stripe"));
                 }
                 vec![Copy::Rebuilt(b)]
@@ -1769,13 +1779,29 @@ impl BtrfsFs {
 
     /// Reads file data at logical `at` (whole sectors when `verify`), checked against
     /// the csum tree when `verify`, as the kernel reads it: from the first copy, and
-    /// when that fails to read or to match its checksums, from the other copies
-    /// (DUP, RAID1*, RAID10), whole or, failing that, sector by sector from
-    /// whichever copy gives each (with a warning naming the first failure); else
-    /// that failure.
+    /// when that fails to read or to match its checksums, from the other ways to
+    /// the same bytes — the other copies (DUP, RAID1*, RAID10), or RAID5/6 rows
+    /// rebuilt without the failing stripe (from P, then RAID6's Q) — whole or,
+    /// failing that, sector by sector from whichever way gives each (with a warning
+    /// naming the first failure); else that failure.
     fn read_data(&self, at: u64, buf: &mut [u8], verify: bool) -> io::Result<()> {
-        let from = |at: u64, buf: &mut [u8], mirror: usize| {
-            self.read_logical(at, buf, mirror)?;
+        let parity = match self.chunk_at(at) {
+            Some((_, c)) if c.ty & RAID6 != 0 => 2,
+            Some((_, c)) if c.ty & RAID5 != 0 => 1,
+            _ => 0,
+        };
+        let copies = if parity > 0 {
+            1
+        } else {
+            self.map(at).map_or(1, |(c, _)| c.len())
+        };
+        let from = |at: u64, buf: &mut [u8], way: usize| {
+            match way.checked_sub(copies) {
+                None => self.read_logical(at, buf, way)?,
+                Some(p) => {
+                    self.read_rebuilt(at, buf, if p == 0 { NOT_DATA } else { NOT_DATA | NOT_P })?
+                }
+            }
             if verify {
                 self.check_data(at, buf)?;
             }
@@ -1784,20 +1810,37 @@ impl BtrfsFs {
         let Err(e) = from(at, buf, 0) else {
             return Ok(());
         };
-        let copies = self.map(at).map_or(1, |(c, _)| c.len());
-        if copies < 2 {
+        let ways = copies + parity;
+        if ways < 2 {
             return Err(e);
         }
-        if !(1..copies).any(|m| from(at, buf, m).is_ok()) {
+        if !(1..ways).any(|m| from(at, buf, m).is_ok()) {
             let sector = self.sb.sectorsize as usize;
             for (i, piece) in buf.chunks_mut(sector).enumerate() {
                 let at = at + (i * sector) as u64;
-                if !(0..copies).any(|m| from(at, piece, m).is_ok()) {
+                if !(0..ways).any(|m| from(at, piece, m).is_ok()) {
                     return Err(e);
                 }
             }
         }
-        tracing::warn!("{e}; read from another copy instead");
+        tracing::warn!("{e}; read from another copy or rebuilt from parity instead");
+        Ok(())
+    }
+
+    /// Reads RAID5/6 logical bytes rebuilt from their rows `without` some stripes
+    /// ([`BtrfsFs::rebuild56`]), stripe by stripe.
+    fn read_rebuilt(&self, mut logical: u64, mut buf: &mut [u8], without: u8) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = self.rebuild56(logical, buf, without)?;
+            if n == 0 {
+                return Err(corrupt(format!(
+                    "{}: btrfs RAID5/6 rebuild made no progress",
+                    self.label
+                )));
+            }
+            logical += n as u64;
+            buf = &mut buf[n..];
+        }
         Ok(())
     }
 
