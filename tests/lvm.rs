@@ -1567,8 +1567,10 @@ fn luks_inside_an_lv_opens() {
 /// source tree, and GRUB's LVM driver reads the same files from the disks. With one
 /// disk missing the other leg serves (and the log says so). With dm-raid superblocks
 /// on the metadata sub-LVs naming leg 0 failed and behind in events, and leg 0's data
-/// overwritten, leg 1 is read. `--skip-free` leaves out only the extents `pvs
-/// --segments` calls free, never a leg or metadata sub-LV.
+/// overwritten, leg 1 is read. With both legs in sync and disk a's leg unreadable in
+/// places (a `--skip-unreadable` backup of a failing disk), those reads come from the
+/// other leg. `--skip-free` leaves out only the extents `pvs --segments` calls free,
+/// never a leg or metadata sub-LV.
 #[test]
 fn mirrored_lvs_read_from_a_leg_in_sync() {
     if !have_lvm("mirrored_lvs") {
@@ -1709,6 +1711,35 @@ fn mirrored_lvs_read_from_a_leg_in_sync() {
     write_at(&dl, l0, &junk);
     drop(loops);
     backup(&[s(&safe), &format!("a={}", s(&a)), &format!("b={}", s(&b))]);
+    // Point 4: both legs in sync again, leg 0 whole again, and disk a failing in three
+    // places inside leg 0 (a --skip-unreadable backup): those reads come from leg 1.
+    let file_of = |dev: &str| if dev == pa { a.clone() } else { b.clone() };
+    write_at(s(&file_of(&d0)), m0, &sb(0, 14, 0));
+    write_at(s(&file_of(&d1)), m1, &sb(1, 14, 0));
+    write_at(s(&file_of(&dl)), l0, &bytes);
+    let bad = [
+        (l0 + 3 * 4096, 4096),
+        (l0 + (1 << 20) + 7 * 512, 512),
+        (l0 + (5 << 20), 96 << 10),
+    ];
+    let failing = t.path().join("failing-a");
+    std::fs::create_dir(&failing).unwrap();
+    let server =
+        common::failing::serve_failing(&failing, std::fs::read(file_of(&dl)).unwrap(), &bad);
+    let (fa, fb) = if file_of(&dl) == a {
+        (failing.join("disk"), b.clone())
+    } else {
+        (a.clone(), failing.join("disk"))
+    };
+    let o = ds(&[
+        "backup",
+        s(&safe),
+        &format!("a={}", s(&fa)),
+        &format!("b={}", s(&fb)),
+        "--skip-unreadable",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(server);
 
     let m = Mounted::new(&safe, t.path(), &[]);
     let lvdir = |p: u32, dev: &str, name: &str| m.dir.join(format!("{p}/{dev}/lvm/{vg}-{name}"));
@@ -1747,6 +1778,21 @@ fn mirrored_lvs_read_from_a_leg_in_sync() {
     );
     let log = m.log_text();
     assert!(log.contains("read from leg mir_rimage_1 of 2"), "{log}");
+    assert_eq!(
+        sha256_file(&lvdir(4, "a", "mir.img")),
+        sha256_file(&img),
+        "leg 0 unreadable in places"
+    );
+    same_tree(
+        &tree_digest(&lvdir(4, "b", "mir")),
+        &tree_digest(&src),
+        "leg 0 unreadable in places",
+    );
+    let log = m.log_text();
+    assert!(
+        log.contains("RAID1 LV mir") && log.contains("read from the other copies instead"),
+        "{log}"
+    );
 }
 
 /// `restore --volume lvm/VG-LV.img`: one LV (in two segments, another LV between

@@ -6,119 +6,17 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
 
+use common::failing::*;
 use common::*;
-use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
-};
+use fuser::Errno;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Sorted (offset, len) ranges a read must not touch.
-type Bad = Arc<Mutex<Vec<(u64, u64)>>>;
-
-struct Failing {
-    data: Vec<u8>,
-    bad: Bad,
-    /// The error a read touching a bad range gets.
-    errno: Arc<Mutex<Errno>>,
-}
-
-fn attr(ino: u64, size: u64) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(ino),
-        size,
-        blocks: size / 512,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: if ino == 1 {
-            FileType::Directory
-        } else {
-            FileType::RegularFile
-        },
-        perm: if ino == 1 { 0o555 } else { 0o444 },
-        nlink: 1,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
-    }
-}
-
-const TTL: Duration = Duration::from_secs(1);
-
-impl fuser::Filesystem for Failing {
-    fn lookup(&self, _r: &Request, p: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if p.0 == 1 && name == "disk" {
-            reply.entry(&TTL, &attr(2, self.data.len() as u64), Generation(0))
-        } else {
-            reply.error(Errno::ENOENT)
-        }
-    }
-    fn getattr(&self, _r: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let size = if ino.0 == 1 {
-            0
-        } else {
-            self.data.len() as u64
-        };
-        reply.attr(&TTL, &attr(ino.0, size))
-    }
-    fn open(&self, _r: &Request, _i: INodeNo, _f: OpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO)
-    }
-    fn read(
-        &self,
-        _r: &Request,
-        _i: INodeNo,
-        _fh: FileHandle,
-        off: u64,
-        size: u32,
-        _f: OpenFlags,
-        _l: Option<fuser::LockOwner>,
-        reply: ReplyData,
-    ) {
-        let len = self.data.len() as u64;
-        let end = (off + size as u64).min(len);
-        if off >= end {
-            return reply.data(&[]);
-        }
-        let touches = self
-            .bad
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|&(b, l)| b < end && off < b + l);
-        if touches {
-            reply.error(*self.errno.lock().unwrap())
-        } else {
-            reply.data(&self.data[off as usize..end as usize])
-        }
-    }
-    fn readdir(
-        &self,
-        _r: &Request,
-        _i: INodeNo,
-        _fh: FileHandle,
-        off: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        if off == 0 {
-            let _ = reply.add(INodeNo(2), 1, FileType::RegularFile, "disk");
-        }
-        reply.ok()
-    }
 }
 
 /// The source as a healthy disk would give it, with the unreadable ranges zeroed.
@@ -336,25 +234,6 @@ fn a_version_1_safe_is_read_and_upgraded_by_its_next_writer() {
         restored_sha(&safe, &p2.to_string(), "a", t.path()),
         sha256_file(&a)
     );
-}
-
-/// Serves `data` as `DIR/disk` (the returned session unmounts when dropped), failing
-/// reads that touch `bad` with EIO.
-fn serve_failing(dir: &Path, data: Vec<u8>, bad: &[(u64, u64)]) -> fuser::BackgroundSession {
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![fuser::MountOption::RO];
-    fuser::Session::new(
-        Failing {
-            data,
-            bad: Arc::new(Mutex::new(bad.to_vec())),
-            errno: Arc::new(Mutex::new(Errno::EIO)),
-        },
-        dir,
-        &config,
-    )
-    .unwrap()
-    .spawn()
-    .unwrap()
 }
 
 /// `restore --volume` of a LUKS volume whose ciphertext has unreadable sectors writes

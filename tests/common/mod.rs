@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: run the real binary, make images, hash.
 #![allow(dead_code)]
 
+pub mod failing;
+
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
