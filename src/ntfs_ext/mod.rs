@@ -22,9 +22,21 @@ pub fn open_tree(
     dev: Arc<dyn ReadAt>,
     opts: &TreeOptions,
 ) -> std::io::Result<Option<Arc<dyn FsTree>>> {
-    if ext::probe(&*dev)? {
-        let fs = ext::ExtFs::open(dev, opts)?;
-        return Ok(Some(Arc::new(fs)));
+    // An ext volume whose primary superblock fails (unreadable, damaged) is read
+    // through a backup copy when one is found, else the failure stands.
+    let ext_failed = match ext::probe(&*dev) {
+        Ok(true) => match ext::ExtFs::open(dev.clone(), opts) {
+            Ok(fs) => return Ok(Some(Arc::new(fs))),
+            Err(e) => Some(e),
+        },
+        Ok(false) => None,
+        Err(e) => Some(e),
+    };
+    if let Some(e) = ext_failed {
+        return match ext::open_backup(&dev, opts, &e.to_string()) {
+            Some(Ok(fs)) => Ok(Some(Arc::new(fs))),
+            _ => Err(e),
+        };
     }
     if xfs::probe(&*dev)? {
         return Ok(Some(Arc::new(xfs::XfsFs::open(dev, opts)?)));
@@ -41,7 +53,11 @@ pub fn open_tree(
     if fat::probe(&*dev)? {
         return Ok(Some(Arc::new(fat::FatFs::open(dev, opts)?)));
     }
-    Ok(None)
+    // Nothing here: an ext volume whose start was wiped, if a backup says so.
+    match ext::open_backup(&dev, opts, "no superblock at the volume's start") {
+        Some(fs) => Ok(Some(Arc::new(fs?))),
+        None => Ok(None),
+    }
 }
 
 /// Hints the device to fetch scattered byte ranges (a parser warming its metadata):

@@ -3,6 +3,7 @@
 //! inline data, xattrs, metadata checksums, and in-memory journal replay.
 
 mod alloc;
+mod backup_sb;
 mod dir;
 mod fast_commit;
 mod inode;
@@ -96,6 +97,9 @@ pub struct ExtFs {
     /// `--no-replay`, which shows the volume as recorded).
     clean_orphans: bool,
     orphans: OnceLock<orphan::Cleanup>,
+    /// The group descriptors come from a backup copy ([`open_backup`]): their
+    /// "inode table unused" flags may be older than the inodes, so they hide none.
+    stale_descriptors: bool,
 }
 
 struct JMap<'a> {
@@ -278,6 +282,29 @@ impl journal::JournalMap for External {
     }
 }
 
+/// The volume read through a backup superblock and descriptor table when its
+/// primary superblock is damaged or gone (`why` says how it failed; see
+/// [`backup_sb`]), with a warning; `None` when no backup applies.
+pub fn open_backup(
+    dev: &Arc<dyn ReadAt>,
+    opts: &TreeOptions,
+    why: &str,
+) -> Option<io::Result<ExtFs>> {
+    let b = backup_sb::FromBackup::find(dev)?;
+    tracing::warn!(
+        "{}: ext primary superblock unusable ({why}); read through the backup superblock at block {} of {} bytes, as `mount -o sb={}` reads it (its group descriptors may be older than the volume)",
+        opts.label,
+        b.block,
+        b.block_size,
+        b.block * b.block_size as u64 / 1024
+    );
+    let mut r = ExtFs::open(Arc::new(b), opts);
+    if let Ok(fs) = &mut r {
+        fs.stale_descriptors = true;
+    }
+    Some(r)
+}
+
 /// The volume as replaying its journal leaves it (in memory); `None` when the journal
 /// is clean. Lets a check compare the replay block by block with
 /// `e2fsck -E journal_only`'s, and free space be read after it.
@@ -421,6 +448,7 @@ impl ExtFs {
             fc: None,
             clean_orphans: !opts.no_replay,
             orphans: OnceLock::new(),
+            stale_descriptors: false,
         }
     }
 
@@ -525,7 +553,7 @@ impl ExtFs {
         let g = (ino - 1) / self.sb.inodes_per_group as u64;
         let idx = (ino - 1) % self.sb.inodes_per_group as u64;
         let gd = self.group(g)?;
-        if gd.inode_uninit(&self.sb) {
+        if gd.inode_uninit(&self.sb) && !self.stale_descriptors {
             return Err(corrupt(format!(
                 "inode {ino} lies in a group with no initialised inodes"
             )));
