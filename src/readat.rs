@@ -197,3 +197,98 @@ pub fn push_range(ranges: &mut Vec<(u64, u64)>, start: u64, len: u64) {
         _ => ranges.push((start, len)),
     }
 }
+
+/// A volume with some byte ranges replaced in memory (a damaged structure read from
+/// its backup copy, as a repair tool would write it, without writing anything).
+pub struct Patched {
+    inner: std::sync::Arc<dyn ReadAt>,
+    /// (volume offset, bytes served there instead), not overlapping.
+    patches: Vec<(u64, Vec<u8>)>,
+}
+
+impl Patched {
+    /// `inner` with each `(offset, bytes)` of `patches` read from memory.
+    pub fn new(inner: std::sync::Arc<dyn ReadAt>, patches: Vec<(u64, Vec<u8>)>) -> Patched {
+        Patched { inner, patches }
+    }
+}
+
+impl ReadAt for Patched {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let size = self.size();
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min((size - offset) as usize);
+        let end = offset + n as u64;
+        let buf = &mut buf[..n];
+        // Outside every patch: read through; else piece by piece.
+        let mut at = offset;
+        while at < end {
+            let here = self
+                .patches
+                .iter()
+                .find(|(o, b)| *o <= at && at < o + b.len() as u64);
+            let next = self
+                .patches
+                .iter()
+                .map(|(o, _)| *o)
+                .filter(|&o| o > at)
+                .min()
+                .unwrap_or(end)
+                .min(end);
+            match here {
+                Some((o, b)) => {
+                    let stop = (o + b.len() as u64).min(end);
+                    let from = (at - o) as usize;
+                    let k = (stop - at) as usize;
+                    buf[(at - offset) as usize..(stop - offset) as usize]
+                        .copy_from_slice(&b[from..from + k]);
+                    at = stop;
+                }
+                None => {
+                    self.inner.read_exact_at(
+                        at,
+                        &mut buf[(at - offset) as usize..(next - offset) as usize],
+                    )?;
+                    at = next;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn prefetch(&self, ranges: &[(u64, u64)]) {
+        self.inner.prefetch(ranges)
+    }
+
+    fn prefetches(&self) -> bool {
+        self.inner.prefetches()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patched_ranges_read_from_memory_and_the_rest_through() {
+        let base: Vec<u8> = (0..100u8).collect();
+        let p = Patched::new(
+            std::sync::Arc::new(MemReader(base.clone())),
+            vec![(10, vec![200; 5]), (40, vec![201; 10])],
+        );
+        let mut want = base;
+        want[10..15].fill(200);
+        want[40..50].fill(201);
+        for (at, len) in [(0, 100), (12, 30), (45, 3), (9, 2), (49, 51)] {
+            let mut b = vec![0u8; len];
+            p.read_exact_at(at as u64, &mut b).unwrap();
+            assert_eq!(b, want[at..at + len], "{at}+{len}");
+        }
+    }
+}

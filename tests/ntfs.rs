@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -1575,4 +1575,61 @@ fn set_ntfs_dirty(img: &Path) {
         }
         a += u32::from_le_bytes(rec[a + 4..a + 8].try_into().unwrap()) as usize;
     }
+}
+
+/// An NTFS volume whose first sector is lost is read through the backup boot sector
+/// mkntfs (like Windows) keeps in the volume's last sector: with 512-byte sectors and
+/// the first sector zeroed, with 4096-byte sectors and a first sector that keeps its
+/// signature but names no cluster size. Each tree equals ntfs-3g's view of the same
+/// volume before the damage, and the log says the backup was used.
+#[test]
+fn ntfs_lost_boot_sector_is_read_through_its_backup() {
+    if !ntfs_tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(19);
+    let src = t.path().join("src");
+    make_source(&src, &mut rng, 50);
+    let safe = t.path().join("safe");
+    let mut devs = Vec::new();
+    let cases: [(u32, &str); 2] = [(512, "zeroed"), (4096, "garbage")];
+    for (sector, damage) in cases {
+        let img = t.path().join(format!("{damage}.img"));
+        make_ntfs(&img, 64 << 20, sector, 4096, |m| {
+            fill_ntfs(m, &src, &mut rng, 5, true);
+        });
+        std::fs::copy(&img, t.path().join(format!("{damage}-intact.img"))).unwrap();
+        let f = OpenOptions::new().write(true).open(&img).unwrap();
+        if damage == "zeroed" {
+            f.write_all_at(&[0u8; 512], 0).unwrap();
+        } else {
+            f.write_all_at(&[0u8], 0x0D).unwrap();
+        }
+        drop(f);
+        devs.push(format!("{damage}={}", s(&img)));
+    }
+    let args: Vec<&str> = std::iter::once(s(&safe))
+        .chain(devs.iter().map(|d| d.as_str()))
+        .collect();
+    backup(&args);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    for (_, damage) in cases {
+        let oracle = Ntfs3g::mount(
+            &t.path().join(format!("{damage}-intact.img")),
+            &t.path().join(format!("ref-{damage}")),
+            "ro,streams_interface=xattr",
+        );
+        assert_same(
+            &oracle.dir,
+            &m.dir.join(format!("1/{damage}/files")),
+            &["reparse", "opaque"],
+        );
+    }
+    let log = m.log_text();
+    assert_eq!(
+        log_count(&log, "read through its backup in the volume's last sector"),
+        2,
+        "{log}"
+    );
 }

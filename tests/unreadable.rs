@@ -6,8 +6,10 @@
 
 mod common;
 
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use common::failing::*;
@@ -340,8 +342,11 @@ fn arrays_read_around_members_unreadable_sectors() {
     let mut rng = StdRng::seed_from_u64(54);
     let mut fs = vec![0u8; 6 << 20];
     rng.fill(&mut fs[..]);
-    // Member offsets (data from 1 MiB): a sector, two pages, a run over a chunk's end.
+    // Member offsets (data from 1 MiB): the first sector (where a 1.1 superblock
+    // would be; the 1.2 one at 4 KiB is still found), a sector, two pages, a run over
+    // a chunk's end.
     let bad = [
+        (0, 512),
         ((1 << 20) + 77 * 512, 512),
         ((1 << 20) + (1 << 20) + 3 * 4096, 8192),
         ((1 << 20) + (2 << 20) - 35 * 512, 140 * 512),
@@ -424,4 +429,63 @@ fn arrays_read_around_members_unreadable_sectors() {
             "{what}: restored"
         );
     }
+}
+
+/// Volumes whose own first sectors a failing disk would not give read through their
+/// backups: an NTFS volume with its first sector unreadable (its backup boot sector
+/// at the end), an ext4 with its superblock's sector unreadable (group 1's copy).
+/// Each tree equals the kernel's (ext4) or ntfs-3g's (NTFS) view of the volume.
+#[test]
+fn unreadable_first_sectors_are_read_through_backups() {
+    let name = "unreadable_first_sectors_are_read_through_backups";
+    if !have_fuse(name) || !ntfs_tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(55);
+    let src = t.path().join("src");
+    make_tree(&src, 30, &mut rng);
+    let ntfs = t.path().join("ntfs.img");
+    make_ntfs(&ntfs, 32 << 20, 512, 4096, |m| {
+        assert!(Command::new("cp")
+            .args(["-r", &format!("{}/.", s(&src)), s(m)])
+            .status()
+            .unwrap()
+            .success());
+    });
+    let ext = t.path().join("ext.img");
+    File::create(&ext).unwrap().set_len(200 << 20).unwrap();
+    assert!(run("mkfs.ext4", &["-q", "-F", "-d", s(&src), s(&ext)]));
+    let cases = [("ntfs", &ntfs, (0u64, 512u64)), ("ext", &ext, (1024, 512))];
+    let safe = t.path().join("safe");
+    let mut servers = Vec::new();
+    for (dev, img, bad) in &cases {
+        let dir = t.path().join(format!("failing-{dev}"));
+        std::fs::create_dir(&dir).unwrap();
+        servers.push(serve_failing(&dir, std::fs::read(img).unwrap(), &[*bad]));
+        let o = ds(&[
+            "backup",
+            s(&safe),
+            &format!("{dev}={}", s(&dir.join("disk"))),
+            "--skip-unreadable",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    drop(servers);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let ours = |p: i64, dev: &str| tree_digest(&m.dir.join(format!("{p}/{dev}/files")));
+    let oracle = Ntfs3g::mount(&ntfs, &t.path().join("ref-ntfs"), "ro");
+    same_tree(&ours(1, "ntfs"), &tree_digest(&oracle.dir), "ntfs");
+    drop(oracle);
+    let kernel = kernel_mount("ext4", &ext, &t.path().join("ref-ext"), "loop,ro", |k| {
+        tree_digest(k)
+    })
+    .expect("the kernel mounts ext4");
+    same_tree(&ours(2, "ext"), &kernel, "ext");
+    let log = m.log_text();
+    assert!(
+        log.contains("NTFS boot sector unusable")
+            && log.contains("ext primary superblock unusable"),
+        "{log}"
+    );
 }

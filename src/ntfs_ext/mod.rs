@@ -17,47 +17,67 @@ use crate::readat::ReadAt;
 pub use tree::{DirEntry, FsTree, Members, NodeKind, Stat, StatFs, Timespec, TreeOptions};
 
 /// Opens the file tree of a volume if it holds a filesystem we can read; `Ok(None)`
-/// when no known filesystem is there.
+/// when no known filesystem is there. An ext or NTFS volume whose own superblock or
+/// boot sector fails (unreadable, damaged, wiped) is read through its backup copy
+/// when one is found.
 pub fn open_tree(
     dev: Arc<dyn ReadAt>,
     opts: &TreeOptions,
 ) -> std::io::Result<Option<Arc<dyn FsTree>>> {
-    // An ext volume whose primary superblock fails (unreadable, damaged) is read
-    // through a backup copy when one is found, else the failure stands.
-    let ext_failed = match ext::probe(&*dev) {
-        Ok(true) => match ext::ExtFs::open(dev.clone(), opts) {
-            Ok(fs) => return Ok(Some(Arc::new(fs))),
-            Err(e) => Some(e),
-        },
-        Ok(false) => None,
-        Err(e) => Some(e),
+    // The first probe that could not read its sector: the answer when nothing else
+    // (a backup copy included) is found.
+    let mut unread: Option<std::io::Error> = None;
+    let mut probe = |p: std::io::Result<bool>| match p {
+        Ok(found) => found,
+        Err(e) => {
+            unread.get_or_insert(e);
+            false
+        }
     };
-    if let Some(e) = ext_failed {
-        return match ext::open_backup(&dev, opts, &e.to_string()) {
-            Some(Ok(fs)) => Ok(Some(Arc::new(fs))),
-            _ => Err(e),
+    if probe(ext::probe(&*dev)) {
+        return match ext::ExtFs::open(dev.clone(), opts) {
+            Ok(fs) => Ok(Some(Arc::new(fs))),
+            Err(e) => match ext::open_backup(&dev, opts, &e.to_string()) {
+                Some(Ok(fs)) => Ok(Some(Arc::new(fs))),
+                _ => Err(e),
+            },
         };
     }
-    if xfs::probe(&*dev)? {
+    if probe(xfs::probe(&*dev)) {
         return Ok(Some(Arc::new(xfs::XfsFs::open(dev, opts)?)));
     }
-    if btrfs::probe(&*dev)? {
+    if probe(btrfs::probe(&*dev)) {
         return Ok(Some(btrfs::BtrfsFs::open(dev, opts)?));
     }
-    if ntfs::probe(&*dev)? {
-        return Ok(Some(ntfs::NtfsFs::open(dev, opts)?));
+    if probe(ntfs::probe(&*dev)) {
+        return match ntfs::NtfsFs::open(dev.clone(), opts) {
+            Ok(fs) => Ok(Some(fs)),
+            Err(e) => match ntfs::open_backup(&dev, opts, &e.to_string()) {
+                Some(Ok(fs)) => Ok(Some(fs)),
+                _ => Err(e),
+            },
+        };
     }
-    if fat::exfat::probe(&*dev)? {
+    if probe(fat::exfat::probe(&*dev)) {
         return Ok(Some(Arc::new(fat::exfat::ExFatFs::open(dev, opts)?)));
     }
-    if fat::probe(&*dev)? {
+    if probe(fat::probe(&*dev)) {
         return Ok(Some(Arc::new(fat::FatFs::open(dev, opts)?)));
     }
-    // Nothing here: an ext volume whose start was wiped, if a backup says so.
-    match ext::open_backup(&dev, opts, "no superblock at the volume's start") {
-        Some(fs) => Ok(Some(Arc::new(fs?))),
-        None => Ok(None),
+    // Nothing here: an ext or NTFS volume whose start is unreadable or was wiped,
+    // if a backup copy says so.
+    let why = unread
+        .as_ref()
+        .map_or("no superblock at the volume's start".to_string(), |e| {
+            e.to_string()
+        });
+    if let Some(fs) = ext::open_backup(&dev, opts, &why) {
+        return Ok(Some(Arc::new(fs?)));
     }
+    if let Some(fs) = ntfs::open_backup(&dev, opts, &why) {
+        return Ok(Some(fs?));
+    }
+    unread.map_or(Ok(None), Err)
 }
 
 /// Hints the device to fetch scattered byte ranges (a parser warming its metadata):

@@ -930,6 +930,9 @@ impl Keyring {
         let h = match header(&**vol) {
             Ok(Some(h)) => h,
             Ok(None) => return Opened::NotLuks,
+            // A first sector the backup could not read says nothing of what the volume
+            // is: the filesystems' own backups may still tell.
+            Err(e) if crate::device::is_unreadable(&e) => return Opened::NotLuks,
             Err(e) => return Opened::Locked(format!("LUKS header: {e}")),
         };
         let what = format!("LUKS{} volume {}", h.version, h.uuid);

@@ -135,14 +135,22 @@ pub fn member(vol: &dyn ReadAt) -> io::Result<Option<Member>> {
             continue;
         };
         let mut b = vec![0u8; 4096];
-        vol.read_exact_at(at, &mut b)?;
+        match vol.read_exact_at(at, &mut b) {
+            // Bytes a failing disk's backup could not give hold no superblock we can
+            // see; the other places still may.
+            Err(e) if crate::device::is_unreadable(&e) => continue,
+            r => r?,
+        }
         if le32(&b, 0) == MAGIC && le32(&b, 4) == 1 {
             return Ok(version1(&b, at, size, version));
         }
     }
     if let Some(at) = end_v090.filter(|at| at + 4096 <= size) {
         let mut b = vec![0u8; 4096];
-        vol.read_exact_at(at, &mut b)?;
+        match vol.read_exact_at(at, &mut b) {
+            Err(e) if crate::device::is_unreadable(&e) => return Ok(None),
+            r => r?,
+        }
         if le32(&b, 0) == MAGIC && le32(&b, 4) == 0 && matches!(le32(&b, 8), 90 | 91) {
             return Ok(version090(&b, at));
         }

@@ -4,18 +4,16 @@
 //! descriptor table that follows it, laid in memory over the primary's places. The
 //! backup descriptors are as old as the last resize or fsck wrote them.
 
-use std::io;
 use std::sync::Arc;
 
 use super::sb::{ext4_crc, feat, u16le, u32le, Superblock, MAGIC, SB_OFFSET};
-use crate::readat::ReadAt;
+use crate::readat::{Patched, ReadAt};
 
 /// The volume with a backup superblock and descriptor table over the primaries'
-/// bytes; reads elsewhere go to the volume.
+/// bytes, and where the backup was found.
 pub struct FromBackup {
-    inner: Arc<dyn ReadAt>,
-    /// Byte ranges served from memory: (volume offset, bytes).
-    patches: Vec<(u64, Vec<u8>)>,
+    /// The volume as read through the backup.
+    pub volume: Patched,
     /// The backup's block number, for messages.
     pub block: u64,
     /// Its block size.
@@ -91,68 +89,12 @@ impl FromBackup {
         // The primary table follows the primary superblock's block.
         let primary = (SB_OFFSET / bs + 1) * bs;
         Some(FromBackup {
-            inner: dev.clone(),
-            patches: vec![(SB_OFFSET, raw.to_vec()), (primary, table)],
+            volume: Patched::new(
+                dev.clone(),
+                vec![(SB_OFFSET, raw.to_vec()), (primary, table)],
+            ),
             block,
             block_size: sb.block_size,
         })
-    }
-}
-
-impl ReadAt for FromBackup {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let size = self.size();
-        if offset >= size || buf.is_empty() {
-            return Ok(0);
-        }
-        let n = buf.len().min((size - offset) as usize);
-        let end = offset + n as u64;
-        let buf = &mut buf[..n];
-        // Outside every patch: read through; else piece by piece.
-        let mut at = offset;
-        while at < end {
-            let here = self
-                .patches
-                .iter()
-                .find(|(o, b)| *o <= at && at < o + b.len() as u64);
-            let next = self
-                .patches
-                .iter()
-                .map(|(o, _)| *o)
-                .filter(|&o| o > at)
-                .min()
-                .unwrap_or(end)
-                .min(end);
-            match here {
-                Some((o, b)) => {
-                    let stop = (o + b.len() as u64).min(end);
-                    let from = (at - o) as usize;
-                    let k = (stop - at) as usize;
-                    buf[(at - offset) as usize..(stop - offset) as usize]
-                        .copy_from_slice(&b[from..from + k]);
-                    at = stop;
-                }
-                None => {
-                    self.inner.read_exact_at(
-                        at,
-                        &mut buf[(at - offset) as usize..(next - offset) as usize],
-                    )?;
-                    at = next;
-                }
-            }
-        }
-        Ok(n)
-    }
-
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-
-    fn prefetch(&self, ranges: &[(u64, u64)]) {
-        self.inner.prefetch(ranges)
-    }
-
-    fn prefetches(&self) -> bool {
-        self.inner.prefetches()
     }
 }

@@ -298,7 +298,7 @@ pub fn open_backup(
         b.block_size,
         b.block * b.block_size as u64 / 1024
     );
-    let mut r = ExtFs::open(Arc::new(b), opts);
+    let mut r = ExtFs::open(Arc::new(b.volume), opts);
     if let Ok(fs) = &mut r {
         fs.stale_descriptors = true;
     }

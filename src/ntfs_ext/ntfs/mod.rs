@@ -76,6 +76,51 @@ pub fn probe(dev: &dyn ReadAt) -> io::Result<bool> {
     Ok(record::is_ntfs(&b))
 }
 
+/// The volume read through its backup boot sector when its own first sector is
+/// unreadable, damaged (`why` says how it failed) or wiped: the copy mkntfs and
+/// Windows keep in the volume's last sector (512 or 4096 bytes), checked by its
+/// signature, its geometry and a sector count that ends the volume just before it,
+/// as a repair would copy it back (in memory here). `None` when no
+/// such copy is there or the first sector holds something else.
+pub fn open_backup(
+    dev: &Arc<dyn ReadAt>,
+    opts: &TreeOptions,
+    why: &str,
+) -> Option<io::Result<Arc<NtfsFs>>> {
+    let size = dev.size();
+    let mut first = [0u8; 512];
+    let gone = match dev.read_exact_at(0, &mut first) {
+        Err(_) => true,
+        Ok(()) => record::is_ntfs(&first) || first.iter().all(|&b| b == 0),
+    };
+    if !gone {
+        return None;
+    }
+    for ss in [512u64, 4096] {
+        let Some(at) = size.checked_sub(ss).filter(|&a| a >= ss) else {
+            continue;
+        };
+        let mut b = [0u8; 512];
+        if dev.read_exact_at(at, &mut b).is_err() || Boot::parse(&b).is_err() {
+            continue;
+        }
+        let sectors = u64::from_le_bytes(b[0x28..0x30].try_into().unwrap());
+        let ends = sectors
+            .checked_mul(ss)
+            .filter(|&e| e <= at && at - e < 1 << 20);
+        if u16::from_le_bytes([b[0x0B], b[0x0C]]) as u64 != ss || ends.is_none() {
+            continue;
+        }
+        tracing::warn!(
+            "{}: NTFS boot sector unusable ({why}); read through its backup in the volume's last sector (byte {at})",
+            opts.label
+        );
+        let patched = crate::readat::Patched::new(dev.clone(), vec![(0, b.to_vec())]);
+        return Some(NtfsFs::open(Arc::new(patched), opts));
+    }
+    None
+}
+
 /// Where a stream's bytes are.
 #[derive(Debug, Clone)]
 enum Data {
