@@ -489,3 +489,58 @@ fn unreadable_first_sectors_are_read_through_backups() {
         "{log}"
     );
 }
+
+/// A GPT disk whose primary table a failing disk did not give is read through its
+/// backup header and entries at the end, as `sfdisk` places the partitions: with
+/// LBA 1 unreadable, and with the whole start (protective MBR, header, entries)
+/// unreadable. Each partition image equals its slice of the source.
+#[test]
+fn gpt_whose_start_is_unreadable_is_read_from_its_backup() {
+    let name = "gpt_whose_start_is_unreadable_is_read_from_its_backup";
+    if !have_fuse(name) || !have_tool("sfdisk", "fdisk", name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("disk.img");
+    let mut data = vec![0u8; 24 << 20];
+    StdRng::seed_from_u64(56).fill(&mut data[4 << 20..]);
+    std::fs::write(&img, &data).unwrap();
+    sfdisk_script(
+        &img,
+        "label: gpt\nstart=2048, size=8192\nstart=12288, size=16384\n",
+    );
+    let parts = sfdisk_parts(&img);
+    assert_eq!(parts.len(), 2);
+    let data = std::fs::read(&img).unwrap();
+    let safe = t.path().join("safe");
+    let cases = [vec![(512u64, 512u64)], vec![(0, 34 * 512)]];
+    for bad in &cases {
+        let dir = t.path().join(format!("failing{}", bad[0].0));
+        std::fs::create_dir(&dir).unwrap();
+        let server = serve_failing(&dir, data.clone(), bad);
+        let o = ds(&[
+            "backup",
+            s(&safe),
+            &format!("d={}", s(&dir.join("disk"))),
+            "--skip-unreadable",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        drop(server);
+    }
+    let m = Mounted::new(&safe, t.path(), &[]);
+    for point in 1..=cases.len() {
+        for &(n, start, len) in &parts {
+            let got = std::fs::read(m.dir.join(format!("{point}/d/part{n}.img")))
+                .unwrap_or_else(|e| panic!("point {point}, part{n}: {e}"));
+            assert!(
+                got[..] == data[start as usize..(start + len) as usize],
+                "point {point}, part{n}: its slice of the source"
+            );
+        }
+    }
+    assert!(
+        m.log_text().contains("using the backup GPT header"),
+        "{}",
+        m.log_text()
+    );
+}

@@ -101,7 +101,9 @@ fn gpt_at(dev: &dyn ReadAt, ss: u64, lba: u64) -> io::Result<Option<Table>> {
         return Ok(None);
     }
     let mut hdr = vec![0u8; ss as usize];
-    dev.read_exact_at(lba * ss, &mut hdr)?;
+    if !read_or_unreadable(dev, lba * ss, &mut hdr)? {
+        return Ok(None);
+    }
     if &hdr[0..8] != b"EFI PART" {
         return Ok(None);
     }
@@ -132,7 +134,10 @@ fn gpt_at(dev: &dyn ReadAt, ss: u64, lba: u64) -> io::Result<Option<Table>> {
         return Ok(None);
     }
     let mut arr = vec![0u8; bytes as usize];
-    dev.read_exact_at(start, &mut arr)?;
+    if !read_or_unreadable(dev, start, &mut arr)? {
+        tracing::warn!("GPT entry array at LBA {entries_lba} could not be read at backup");
+        return Ok(None);
+    }
     if crc32fast::hash(&arr) != entries_crc {
         tracing::warn!("GPT entry array at LBA {entries_lba} has a bad CRC");
         return Ok(None);
@@ -177,9 +182,12 @@ fn read_gpt(dev: &dyn ReadAt, ss: u64) -> io::Result<Option<Table>> {
         return Ok(None);
     }
     let last = sectors - 1;
+    // The backup is used when the start says GPT (a header signature at LBA 1, a
+    // protective MBR) or cannot say anything (sectors a failing disk's backup did
+    // not give), never over a plain MBR's disk, which may keep an old GPT's backup.
     let mut probe = [0u8; 8];
-    dev.read_exact_at(ss, &mut probe)?;
-    if &probe == b"EFI PART" || has_protective_mbr(dev)? {
+    let signed = !read_or_unreadable(dev, ss, &mut probe)? || &probe == b"EFI PART";
+    if signed || has_protective_mbr(dev)?.unwrap_or(true) {
         if let Some(t) = gpt_at(dev, ss, last)? {
             tracing::warn!("primary GPT unusable; using the backup GPT header");
             return Ok(Some(t));
@@ -188,10 +196,25 @@ fn read_gpt(dev: &dyn ReadAt, ss: u64) -> io::Result<Option<Table>> {
     Ok(None)
 }
 
-fn has_protective_mbr(dev: &dyn ReadAt) -> io::Result<bool> {
+/// Fills `buf` from `at`: `Ok(false)` when those bytes could not be read from the
+/// source at backup (nothing is known of them), other errors as they are.
+fn read_or_unreadable(dev: &dyn ReadAt, at: u64, buf: &mut [u8]) -> io::Result<bool> {
+    match dev.read_exact_at(at, buf) {
+        Ok(()) => Ok(true),
+        Err(e) if crate::device::is_unreadable(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether sector 0 is a protective MBR; `None` when it could not be read at backup.
+fn has_protective_mbr(dev: &dyn ReadAt) -> io::Result<Option<bool>> {
     let mut mbr = [0u8; 512];
-    dev.read_exact_at(0, &mut mbr)?;
-    Ok(mbr[510] == 0x55 && mbr[511] == 0xAA && (0..4).any(|i| mbr[446 + i * 16 + 4] == 0xEE))
+    if !read_or_unreadable(dev, 0, &mut mbr)? {
+        return Ok(None);
+    }
+    Ok(Some(
+        mbr[510] == 0x55 && mbr[511] == 0xAA && (0..4).any(|i| mbr[446 + i * 16 + 4] == 0xEE),
+    ))
 }
 
 /// Builds a partition from sector numbers, clipping at the device end; `None` when it
