@@ -1633,3 +1633,48 @@ fn ntfs_lost_boot_sector_is_read_through_its_backup() {
         "{log}"
     );
 }
+
+/// $MFT's first records (itself, $MFTMirr, $LogFile, $Volume) lost to damage are read
+/// from $MFTMirr, as Windows falls back on it: with $MFT's first cluster (records
+/// 0-3) zeroed, the tree equals ntfs-3g's view of the volume before the damage and
+/// the log says where the records came from.
+#[test]
+fn ntfs_lost_first_mft_records_are_read_from_the_mirror() {
+    if !ntfs_tools() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(21);
+    let src = t.path().join("src");
+    make_source(&src, &mut rng, 50);
+    let img = t.path().join("v.img");
+    make_ntfs(&img, 64 << 20, 512, 4096, |m| {
+        fill_ntfs(m, &src, &mut rng, 5, true);
+    });
+    let intact = t.path().join("intact.img");
+    std::fs::copy(&img, &intact).unwrap();
+    let mut boot = [0u8; 512];
+    File::open(&img)
+        .unwrap()
+        .read_exact_at(&mut boot, 0)
+        .unwrap();
+    let cluster = u16::from_le_bytes([boot[0x0B], boot[0x0C]]) as u64 * boot[0x0D] as u64;
+    let mft = u64::from_le_bytes(boot[0x30..0x38].try_into().unwrap()) * cluster;
+    let f = OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all_at(&vec![0u8; cluster as usize], mft).unwrap();
+    drop(f);
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("v={}", s(&img))]);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let oracle = Ntfs3g::mount(&intact, &t.path().join("ref"), "ro,streams_interface=xattr");
+    assert_same(
+        &oracle.dir,
+        &m.dir.join("1/v/files"),
+        &["reparse", "opaque"],
+    );
+    let log = m.log_text();
+    assert!(
+        log.contains("MFT record 0") && log.contains("read from $MFTMirr instead"),
+        "{log}"
+    );
+}

@@ -121,6 +121,24 @@ pub fn open_backup(
     None
 }
 
+/// Records $MFTMirr keeps a copy of ($MFT, $MFTMirr, $LogFile, $Volume).
+const MIRRORED: u64 = 4;
+
+/// MFT record `n` (below [`MIRRORED`]) as $MFTMirr keeps it: what Windows and ntfs-3g
+/// fall back on when $MFT's own copy is unreadable or torn.
+fn mirror_record(dev: &dyn ReadAt, boot: &Boot, n: u64) -> io::Result<Record> {
+    let rs = boot.record_size as u64;
+    let at = boot
+        .mft_mirr_lcn
+        .checked_mul(boot.cluster_size)
+        .and_then(|a| a.checked_add(n * rs))
+        .ok_or_else(|| corrupt("boot sector: $MFTMirr location overflows"))?;
+    let mut buf = vec![0u8; rs as usize];
+    dev.read_exact_at(at, &mut buf)?;
+    record::apply_fixups(&mut buf, b"FILE", &|| format!("$MFTMirr record {n}"))?;
+    Record::parse(&buf, n)
+}
+
 /// Where a stream's bytes are.
 #[derive(Debug, Clone)]
 enum Data {
@@ -465,9 +483,20 @@ impl NtfsFs {
             .checked_mul(boot.cluster_size)
             .ok_or_else(|| corrupt("boot sector: $MFT location overflows"))?;
         let mut buf = vec![0u8; rs];
-        dev.read_exact_at(at, &mut buf)?;
-        record::apply_fixups(&mut buf, b"FILE", &|| "MFT record 0".into())?;
-        let rec0 = Record::parse(&buf, 0)?;
+        let own = dev
+            .read_exact_at(at, &mut buf)
+            .and_then(|()| record::apply_fixups(&mut buf, b"FILE", &|| "MFT record 0".into()))
+            .and_then(|()| Record::parse(&buf, 0));
+        let rec0 = match own {
+            Ok(r) => r,
+            Err(e) => match mirror_record(dev, boot, 0) {
+                Ok(r) => {
+                    tracing::warn!("{e}; read from $MFTMirr instead");
+                    r
+                }
+                Err(_) => return Err(e),
+            },
+        };
         let unnamed_data = |r: &Record, vcn: u64| -> Option<record::NonResident> {
             r.attrs.iter().find_map(|a| match &a.body {
                 Body::NonResident(n)
@@ -550,15 +579,25 @@ impl NtfsFs {
                 "MFT record {n} lies past $MFT's initialized size"
             )));
         }
-        read_runs(
+        let own = read_runs(
             &*self.dev,
             self.boot.cluster_size,
             &self.mft.runs,
             n * rs,
             &mut buf,
-        )?;
-        record::apply_fixups(&mut buf, b"FILE", &|| format!("MFT record {n}"))?;
-        Record::parse(&buf, n)
+        )
+        .and_then(|()| record::apply_fixups(&mut buf, b"FILE", &|| format!("MFT record {n}")))
+        .and_then(|()| Record::parse(&buf, n));
+        match own {
+            Err(e) if n < MIRRORED => match mirror_record(&*self.dev, &self.boot, n) {
+                Ok(r) => {
+                    tracing::warn!("{}: {e}; read from $MFTMirr instead", self.label);
+                    Ok(r)
+                }
+                Err(_) => Err(e),
+            },
+            r => r,
+        }
     }
 
     /// The parsed file of base record `n` (cached).

@@ -83,6 +83,8 @@ pub struct Boot {
     pub total_clusters: u64,
     /// First cluster of $MFT.
     pub mft_lcn: u64,
+    /// First cluster of $MFTMirr (the copy of $MFT's first records).
+    pub mft_mirr_lcn: u64,
     /// Bytes per MFT record.
     pub record_size: u32,
 }
@@ -140,6 +142,7 @@ impl Boot {
         }
         let total_sectors = le64(b, 0x28)?;
         let mft_lcn = le64(b, 0x30)?;
+        let mft_mirr_lcn = le64(b, 0x38)?;
         let record_size = size_code(b[0x40], cluster_size, "MFT record")?;
         size_code(b[0x44], cluster_size, "index record")?;
         if record_size < 1024 && record_size < sector_size {
@@ -151,6 +154,7 @@ impl Boot {
             cluster_size,
             total_clusters: total_sectors / spc,
             mft_lcn,
+            mft_mirr_lcn,
             record_size,
         })
     }
