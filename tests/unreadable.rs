@@ -544,3 +544,68 @@ fn gpt_whose_start_is_unreadable_is_read_from_its_backup() {
         m.log_text()
     );
 }
+
+/// A FAT32 volume from a failing disk: its boot sector unreadable (read through the
+/// backup in sector 6) and a sector of its first FAT unreadable (those entries read
+/// from the second FAT, which FAT32 keeps mirrored). The tree equals the one mtools
+/// wrote, and the log names both fallbacks.
+#[test]
+fn fat32_with_unreadable_boot_and_fat_sectors_reads_from_their_copies() {
+    let name = "fat32_with_unreadable_boot_and_fat_sectors_reads_from_their_copies";
+    if !have_fuse(name)
+        || !have_tool("mkfs.vfat", "dosfstools", name)
+        || !have_tool("mcopy", "mtools", name)
+    {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(57);
+    let src = t.path().join("src");
+    make_tree(&src, 40, &mut rng);
+    // FAT keeps no symbolic links (mcopy would copy what one points to).
+    std::fs::remove_file(src.join("link")).unwrap();
+    let img = t.path().join("fat.img");
+    File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    assert!(run("mkfs.vfat", &["-F", "32", "-s", "1", s(&img)]));
+    let names: Vec<String> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    let st = Command::new("mcopy")
+        .args(["-s", "-i", s(&img)])
+        .args(&names)
+        .arg("::/")
+        .current_dir(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let data = std::fs::read(&img).unwrap();
+    let reserved = u16::from_le_bytes([data[14], data[15]]) as u64;
+    // The boot sector, and the FAT's second sector (entries for clusters 128-255).
+    let bad = [(0u64, 512u64), (reserved * 512 + 512, 512)];
+    let dir = t.path().join("failing");
+    std::fs::create_dir(&dir).unwrap();
+    let server = serve_failing(&dir, data, &bad);
+    let safe = t.path().join("safe");
+    let o = ds(&[
+        "backup",
+        s(&safe),
+        &format!("v={}", s(&dir.join("disk"))),
+        "--skip-unreadable",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(server);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    same_tree(
+        &tree_digest(&m.dir.join("1/v/files")),
+        &tree_digest(&src),
+        "fat32",
+    );
+    let log = m.log_text();
+    assert!(
+        log.contains("read through its backup in sector 6")
+            && log.contains("FAT: ")
+            && log.contains("read from the other copies instead"),
+        "{log}"
+    );
+}

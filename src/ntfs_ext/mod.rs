@@ -17,9 +17,9 @@ use crate::readat::ReadAt;
 pub use tree::{DirEntry, FsTree, Members, NodeKind, Stat, StatFs, Timespec, TreeOptions};
 
 /// Opens the file tree of a volume if it holds a filesystem we can read; `Ok(None)`
-/// when no known filesystem is there. An ext or NTFS volume whose own superblock or
-/// boot sector fails (unreadable, damaged, wiped) is read through its backup copy
-/// when one is found.
+/// when no known filesystem is there. An ext, NTFS or FAT32 volume whose own
+/// superblock or boot sector fails (unreadable, damaged, wiped) is read through its
+/// backup copy when one is found.
 pub fn open_tree(
     dev: Arc<dyn ReadAt>,
     opts: &TreeOptions,
@@ -76,6 +76,9 @@ pub fn open_tree(
     }
     if let Some(fs) = ntfs::open_backup(&dev, opts, &why) {
         return Ok(Some(fs?));
+    }
+    if let Some(fs) = fat::open_backup(&dev, opts, &why) {
+        return Ok(Some(Arc::new(fs?)));
     }
     unread.map_or(Ok(None), Err)
 }

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use crate::cache::{Weigh, WeightedLru};
 use crate::ntfs_ext::tree::{DirEntry, FsTree, NodeKind, Stat, StatFs, Timespec, TreeOptions};
 use crate::ntfs_ext::{corrupt, run_spans};
-use crate::readat::ReadAt;
+use crate::readat::{ReadAt, Slice};
+use crate::volumes::mirror::Mirrored;
 
 const ROOT: u64 = 1;
 const ATTR_VOLUME: u8 = 0x08;
@@ -277,6 +278,39 @@ pub fn free_ranges(dev: Arc<dyn ReadAt>, label: &str) -> io::Result<Vec<(u64, u6
     Ok(out)
 }
 
+/// A FAT32 volume whose boot sector is unreadable (a failing disk's backup did not
+/// give it) or wiped, read through the backup boot sector FAT32 keeps in sector 6
+/// (checked: a FAT32 layout that fits, naming sector 6 as its backup, with the boot
+/// signature); `None` when there is none or sector 0 holds something.
+pub fn open_backup(
+    dev: &Arc<dyn ReadAt>,
+    opts: &TreeOptions,
+    why: &str,
+) -> Option<io::Result<FatFs>> {
+    let mut first = [0u8; 512];
+    if dev.read_exact_at(0, &mut first).is_ok() && first.iter().any(|&b| b != 0) {
+        return None;
+    }
+    for bps in [512u64, 4096] {
+        let mut b = [0u8; 512];
+        if dev.read_exact_at(6 * bps, &mut b).is_err() {
+            continue;
+        }
+        let fits = Layout::parse(&b, dev.size())
+            .is_ok_and(|l| l.kind == FatKind::Fat32 && l.cluster % bps == 0);
+        if !fits || le16(&b, 11) as u64 != bps || le16(&b, 50) != 6 || b[510..512] != [0x55, 0xAA] {
+            continue;
+        }
+        tracing::warn!(
+            "{}: FAT32 boot sector unusable ({why}); read through its backup in sector 6",
+            opts.label
+        );
+        let patched = crate::readat::Patched::new(dev.clone(), vec![(0, b.to_vec())]);
+        return Some(FatFs::open(Arc::new(patched), opts));
+    }
+    None
+}
+
 /// Whether the volume starts with a FAT boot sector.
 pub fn probe(dev: &dyn ReadAt) -> io::Result<bool> {
     if dev.size() < 512 {
@@ -464,6 +498,9 @@ type Runs = Arc<Vec<(u64, u64, u64)>>;
 /// An open FAT volume.
 pub struct FatFs {
     dev: Arc<dyn ReadAt>,
+    /// The FAT in use, and when the copies are kept mirrored the others behind it:
+    /// a piece the first cannot give is read from another (as fsck.fat would).
+    fat_copies: Arc<dyn ReadAt>,
     layout: Layout,
     label: String,
     uid: u32,
@@ -483,8 +520,14 @@ impl FatFs {
             .map_err(|e| corrupt(format!("{}: not a FAT volume: {e}", opts.label)))?;
         tracing::debug!("{}: {:?}", opts.label, layout);
         let budget = || opts.budget.clone();
+        let copies = std::iter::once(layout.fat)
+            .chain(layout.copies.iter().copied().filter(|&c| c != layout.fat))
+            .map(|at| Arc::new(Slice::new(dev.clone(), at, layout.fat_bytes)) as Arc<dyn ReadAt>)
+            .collect();
+        let fat_copies = Mirrored::over(format!("{}: FAT", opts.label), copies);
         Ok(FatFs {
             dev,
+            fat_copies,
             layout,
             label: opts.label.clone(),
             uid: opts.uid,
@@ -508,7 +551,7 @@ impl FatFs {
                 let start = chunk * FAT_CHUNK;
                 let len = FAT_CHUNK.min(self.layout.fat_bytes - start) as usize;
                 let mut d = vec![0u8; len];
-                self.dev.read_exact_at(self.layout.fat + start, &mut d)?;
+                self.fat_copies.read_exact_at(start, &mut d)?;
                 let d = Arc::new(d);
                 self.fat.put(chunk, d.clone());
                 d
