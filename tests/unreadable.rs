@@ -609,3 +609,73 @@ fn fat32_with_unreadable_boot_and_fat_sectors_reads_from_their_copies() {
         "{log}"
     );
 }
+
+/// exFAT volumes whose main boot sector is lost read through the backup boot region
+/// (sector 12 on, checksummed): one whose first sector a failing disk did not give,
+/// one whose boot sector names an impossible sector size. Both trees equal the one
+/// exfat-fuse wrote, and the log names the backup.
+#[test]
+fn exfat_with_a_lost_boot_sector_reads_through_its_backup_region() {
+    let name = "exfat_with_a_lost_boot_sector_reads_through_its_backup_region";
+    if !have_fuse(name)
+        || !have_tool("mkfs.exfat", "exfatprogs", name)
+        || !have_tool("mount.exfat-fuse", "exfat-fuse", name)
+    {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(58);
+    let src = t.path().join("src");
+    make_tree(&src, 30, &mut rng);
+    std::fs::remove_file(src.join("link")).unwrap();
+    let img = t.path().join("exfat.img");
+    File::create(&img).unwrap().set_len(48 << 20).unwrap();
+    assert!(run("mkfs.exfat", &[s(&img)]));
+    {
+        let mut loops = Loops::default();
+        let Some(dev) = loops.attach(&img, 0, 48 << 20) else {
+            eprintln!("SKIP {name}: no loop devices");
+            return;
+        };
+        let mnt = t.path().join("exfat-fuse");
+        std::fs::create_dir(&mnt).unwrap();
+        assert!(run("mount.exfat-fuse", &[&dev, s(&mnt)]));
+        let copied = run("cp", &["-r", &format!("{}/.", s(&src)), s(&mnt)]);
+        assert!(run("umount", &[s(&mnt)]));
+        assert!(copied);
+    }
+    let data = std::fs::read(&img).unwrap();
+    let mut garbled = data.clone();
+    garbled[108] = 3; // 8-byte sectors: no exFAT volume has them
+    let garbled_img = t.path().join("garbled.img");
+    std::fs::write(&garbled_img, &garbled).unwrap();
+    let dir = t.path().join("failing");
+    std::fs::create_dir(&dir).unwrap();
+    let server = serve_failing(&dir, data, &[(0, 512)]);
+    let safe = t.path().join("safe");
+    let o = ds(&[
+        "backup",
+        s(&safe),
+        &format!("lost={}", s(&dir.join("disk"))),
+        &format!("garbled={}", s(&garbled_img)),
+        "--skip-unreadable",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(server);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let want = tree_digest(&src);
+    for dev in ["lost", "garbled"] {
+        same_tree(
+            &tree_digest(&m.dir.join(format!("1/{dev}/files"))),
+            &want,
+            dev,
+        );
+    }
+    let log = m.log_text();
+    assert_eq!(
+        log.matches("read through its backup boot region at sector 12")
+            .count(),
+        2,
+        "{log}"
+    );
+}

@@ -17,7 +17,7 @@ use crate::readat::ReadAt;
 pub use tree::{DirEntry, FsTree, Members, NodeKind, Stat, StatFs, Timespec, TreeOptions};
 
 /// Opens the file tree of a volume if it holds a filesystem we can read; `Ok(None)`
-/// when no known filesystem is there. An ext, NTFS or FAT32 volume whose own
+/// when no known filesystem is there. An ext, NTFS, FAT32 or exFAT volume whose own
 /// superblock or boot sector fails (unreadable, damaged, wiped) is read through its
 /// backup copy when one is found.
 pub fn open_tree(
@@ -59,7 +59,13 @@ pub fn open_tree(
         };
     }
     if probe(fat::exfat::probe(&*dev)) {
-        return Ok(Some(Arc::new(fat::exfat::ExFatFs::open(dev, opts)?)));
+        return match fat::exfat::ExFatFs::open(dev.clone(), opts) {
+            Ok(fs) => Ok(Some(Arc::new(fs))),
+            Err(e) => match fat::exfat::open_backup(&dev, opts, &e.to_string()) {
+                Some(Ok(fs)) => Ok(Some(Arc::new(fs))),
+                _ => Err(e),
+            },
+        };
     }
     if probe(fat::probe(&*dev)) {
         return Ok(Some(Arc::new(fat::FatFs::open(dev, opts)?)));
@@ -78,6 +84,9 @@ pub fn open_tree(
         return Ok(Some(fs?));
     }
     if let Some(fs) = fat::open_backup(&dev, opts, &why) {
+        return Ok(Some(Arc::new(fs?)));
+    }
+    if let Some(fs) = fat::exfat::open_backup(&dev, opts, &why) {
         return Ok(Some(Arc::new(fs?)));
     }
     unread.map_or(Ok(None), Err)

@@ -105,6 +105,58 @@ pub fn probe(dev: &dyn ReadAt) -> io::Result<bool> {
     Ok(&b[3..11] == b"EXFAT   ")
 }
 
+/// The boot checksum of a boot region's first 11 sectors (`region`), as exFAT
+/// defines it: every byte but VolumeFlags and PercentInUse, rotated in.
+fn boot_checksum(region: &[u8]) -> u32 {
+    region
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| !matches!(i, 106 | 107 | 112))
+        .fold(0u32, |sum, (_, &b)| {
+            sum.rotate_right(1).wrapping_add(b as u32)
+        })
+}
+
+/// An exFAT volume whose main boot region is unreadable (a failing disk's backup did
+/// not give it), damaged (`why`) or wiped, read through the backup boot region exFAT
+/// keeps from sector 12 (checked by its signature, sector size, layout and boot
+/// checksum); `None` when there is none or sector 0 holds something else.
+pub fn open_backup(
+    dev: &Arc<dyn ReadAt>,
+    opts: &TreeOptions,
+    why: &str,
+) -> Option<io::Result<ExFatFs>> {
+    let mut first = [0u8; 512];
+    if dev.read_exact_at(0, &mut first).is_ok()
+        && &first[3..11] != b"EXFAT   "
+        && first.iter().any(|&b| b != 0)
+    {
+        return None;
+    }
+    for shift in 9..=12u32 {
+        let ss = 1usize << shift;
+        let mut region = vec![0u8; 12 * ss];
+        if dev.read_exact_at(12 * ss as u64, &mut region).is_err() {
+            continue;
+        }
+        let b = &region[..512];
+        let sum = boot_checksum(&region[..11 * ss]);
+        let sums_match = region[11 * ss..]
+            .chunks_exact(4)
+            .all(|c| u32::from_le_bytes(c.try_into().unwrap()) == sum);
+        if b[108] as u32 != shift || !sums_match || Layout::parse(b, dev.size()).is_err() {
+            continue;
+        }
+        tracing::warn!(
+            "{}: exFAT boot sector unusable ({why}); read through its backup boot region at sector 12",
+            opts.label
+        );
+        let patched = crate::readat::Patched::new(dev.clone(), vec![(0, b.to_vec())]);
+        return Some(ExFatFs::open(Arc::new(patched), opts));
+    }
+    None
+}
+
 /// What a directory entry set says of a file or directory.
 #[derive(Debug, Clone)]
 struct Node {
