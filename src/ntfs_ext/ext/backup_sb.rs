@@ -62,7 +62,7 @@ fn candidate(dev: &dyn ReadAt, bs: u64) -> Option<(u64, [u8; 1024], Superblock)>
     let sb = Superblock::parse(&b, "").ok()?;
     // Group 1 starts where this copy lies.
     let group1 = sb.first_data_block as u64 + sb.blocks_per_group as u64;
-    (group1 == block && sb.blocks_count.checked_mul(bs)? <= dev.size() + bs)
+    (group1 == block && sb.blocks_count.checked_mul(bs)? <= dev.size().saturating_add(bs))
         .then_some((block, b, sb))
 }
 
