@@ -679,3 +679,63 @@ fn exfat_with_a_lost_boot_sector_reads_through_its_backup_region() {
         "{log}"
     );
 }
+
+/// XFS volumes whose primary superblock is lost read through allocation group 1's
+/// copy, found where mkfs.xfs places group 1: one whose first sector a failing disk
+/// did not give, one whose superblock names an impossible block size. Both trees
+/// equal the kernel's view of the volume before the damage.
+#[test]
+fn xfs_with_a_lost_primary_superblock_reads_through_a_secondary() {
+    let name = "xfs_with_a_lost_primary_superblock_reads_through_a_secondary";
+    if !have_fuse(name) || !have_tool("mkfs.xfs", "xfsprogs", name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(59);
+    let src = t.path().join("src");
+    make_tree(&src, 30, &mut rng);
+    let img = t.path().join("xfs.img");
+    File::create(&img).unwrap().set_len(320 << 20).unwrap();
+    assert!(run("mkfs.xfs", &["-q", s(&img)]));
+    let kmnt = t.path().join("kernel");
+    let Some(want) = kernel_mount("xfs", &img, &kmnt, "loop", |m| {
+        assert!(run("cp", &["-a", &format!("{}/.", s(&src)), s(m)]));
+        tree_digest(m)
+    }) else {
+        eprintln!("SKIP {name}: the kernel does not mount XFS here");
+        return;
+    };
+    let data = std::fs::read(&img).unwrap();
+    let mut garbled = data.clone();
+    garbled[4..8].copy_from_slice(&3u32.to_be_bytes()); // 3-byte blocks
+    let garbled_img = t.path().join("garbled.img");
+    std::fs::write(&garbled_img, &garbled).unwrap();
+    let dir = t.path().join("failing");
+    std::fs::create_dir(&dir).unwrap();
+    let server = serve_failing(&dir, data, &[(0, 512)]);
+    let safe = t.path().join("safe");
+    let o = ds(&[
+        "backup",
+        s(&safe),
+        &format!("lost={}", s(&dir.join("disk"))),
+        &format!("garbled={}", s(&garbled_img)),
+        "--skip-unreadable",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(server);
+    let m = Mounted::new(&safe, t.path(), &[]);
+    for dev in ["lost", "garbled"] {
+        same_tree(
+            &tree_digest(&m.dir.join(format!("1/{dev}/files"))),
+            &want,
+            dev,
+        );
+    }
+    let log = m.log_text();
+    assert_eq!(
+        log.matches("read through allocation group 1's copy")
+            .count(),
+        2,
+        "{log}"
+    );
+}

@@ -17,8 +17,8 @@ use crate::readat::ReadAt;
 pub use tree::{DirEntry, FsTree, Members, NodeKind, Stat, StatFs, Timespec, TreeOptions};
 
 /// Opens the file tree of a volume if it holds a filesystem we can read; `Ok(None)`
-/// when no known filesystem is there. An ext, NTFS, FAT32 or exFAT volume whose own
-/// superblock or boot sector fails (unreadable, damaged, wiped) is read through its
+/// when no known filesystem is there. An ext, XFS, NTFS, FAT32 or exFAT volume whose
+/// own superblock or boot sector fails (unreadable, damaged, wiped) is read through its
 /// backup copy when one is found.
 pub fn open_tree(
     dev: Arc<dyn ReadAt>,
@@ -44,7 +44,13 @@ pub fn open_tree(
         };
     }
     if probe(xfs::probe(&*dev)) {
-        return Ok(Some(Arc::new(xfs::XfsFs::open(dev, opts)?)));
+        return match xfs::XfsFs::open(dev.clone(), opts) {
+            Ok(fs) => Ok(Some(Arc::new(fs))),
+            Err(e) => match xfs::open_backup(&dev, opts, &e.to_string()) {
+                Some(Ok(fs)) => Ok(Some(Arc::new(fs))),
+                _ => Err(e),
+            },
+        };
     }
     if probe(btrfs::probe(&*dev)) {
         return Ok(Some(btrfs::BtrfsFs::open(dev, opts)?));
@@ -78,6 +84,9 @@ pub fn open_tree(
             e.to_string()
         });
     if let Some(fs) = ext::open_backup(&dev, opts, &why) {
+        return Ok(Some(Arc::new(fs?)));
+    }
+    if let Some(fs) = xfs::open_backup(&dev, opts, &why) {
         return Ok(Some(Arc::new(fs?)));
     }
     if let Some(fs) = ntfs::open_backup(&dev, opts, &why) {

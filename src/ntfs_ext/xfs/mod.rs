@@ -250,6 +250,65 @@ fn read_sb(dev: &dyn ReadAt, label: &str) -> io::Result<(Sb, [u8; 512])> {
     Ok((sb, b))
 }
 
+/// Block sizes and allocation-group counts whose secondary superblocks
+/// [`open_backup`] looks for: mkfs.xfs's own choices (ceil(blocks / count) blocks
+/// per group) over the whole device.
+const BACKUP_BLOCK_SIZES: [u64; 4] = [4096, 1024, 2048, 512];
+const BACKUP_AG_COUNTS: std::ops::RangeInclusive<u64> = 2..=256;
+
+/// An XFS volume whose primary superblock (allocation group 0's) is unreadable (a
+/// failing disk's backup did not give it) or damaged (`why`), read through
+/// allocation group 1's copy, as xfs_repair finds it: placed where mkfs.xfs puts
+/// group 1 on a device of this size, and checked by its magic, its own geometry,
+/// group 1's place, and (v5) its checksum. Its free counters are as old as the
+/// copy. `None` when none is found, or when the first sector reads and is no XFS
+/// superblock (up to a thousand places are looked at: not for every volume whose
+/// start is merely blank).
+pub fn open_backup(
+    dev: &Arc<dyn ReadAt>,
+    opts: &TreeOptions,
+    why: &str,
+) -> Option<io::Result<XfsFs>> {
+    let mut first = [0u8; 512];
+    if dev.read_exact_at(0, &mut first).is_ok() && be32(&first, 0) != SB_MAGIC {
+        return None;
+    }
+    let size = dev.size();
+    for bs in BACKUP_BLOCK_SIZES {
+        let blocks = size / bs;
+        for count in BACKUP_AG_COUNTS {
+            let agblocks = blocks.div_ceil(count);
+            let Some(at) = agblocks
+                .checked_mul(bs)
+                .filter(|&a| a > 0 && a + 512 <= size)
+            else {
+                continue;
+            };
+            let mut b = [0u8; 512];
+            if dev.read_exact_at(at, &mut b).is_err() {
+                continue;
+            }
+            let Ok(sb) = Sb::parse(&b) else {
+                continue;
+            };
+            if sb.bs != bs || sb.agblocks != agblocks || sb.agcount < 2 {
+                continue;
+            }
+            let mut sector = vec![0u8; sb.sectsize as usize];
+            if dev.read_exact_at(at, &mut sector).is_err() || sb.v5 && !crc_ok(&sector, 0xE0) {
+                continue;
+            }
+            tracing::warn!(
+                "{}: XFS primary superblock unusable ({why}); read through allocation group 1's copy at byte {at} (its free-space counters may be older than the volume)",
+                opts.label
+            );
+            let patched = crate::readat::Patched::new(dev.clone(), vec![(0, sector)]);
+            return Some(XfsFs::open(Arc::new(patched), opts));
+        }
+    }
+    None
+}
+
 /// Whether the volume starts with an XFS superblock.
 pub fn probe(dev: &dyn ReadAt) -> io::Result<bool> {
     let mut b = [0u8; 4];
