@@ -739,3 +739,70 @@ fn xfs_with_a_lost_primary_superblock_reads_through_a_secondary() {
         "{log}"
     );
 }
+
+/// A LUKS2 volume whose primary header a failing disk did not give, and one whose
+/// primary header was wiped, open from the secondary header (as cryptsetup finds
+/// it): each plaintext image equals OpenSSL's decryption of the intact volume with
+/// the key cryptsetup dumps from it.
+#[test]
+fn luks2_with_a_lost_primary_header_opens_from_the_secondary() {
+    let name = "luks2_with_a_lost_primary_header_opens_from_the_secondary";
+    if !have_fuse(name)
+        || !have_tool("cryptsetup", "cryptsetup-bin", name)
+        || !have_openssl_python(name)
+    {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("luks.img");
+    let mut data = vec![0u8; 20 << 20];
+    StdRng::seed_from_u64(60).fill(&mut data[..]);
+    std::fs::write(&img, &data).unwrap();
+    let key = t.path().join("key");
+    std::fs::write(&key, b"secondary horse").unwrap();
+    let mut args = vec![
+        "luksFormat",
+        "--batch-mode",
+        "--type",
+        "luks2",
+        "--key-file",
+        s(&key),
+    ];
+    args.extend(LUKS_FAST);
+    args.push(s(&img));
+    run_out("cryptsetup", &args);
+    let uuid = run_out("cryptsetup", &["luksUUID", s(&img)]);
+    let plain = t.path().join("plain");
+    decrypt_with_openssl(&img, &key, &plain);
+    let data = std::fs::read(&img).unwrap();
+    let mut wiped = data.clone();
+    wiped[..4096].fill(0);
+    let wiped_img = t.path().join("wiped.img");
+    std::fs::write(&wiped_img, &wiped).unwrap();
+    let dir = t.path().join("failing");
+    std::fs::create_dir(&dir).unwrap();
+    let server = serve_failing(&dir, data, &[(0, 4096)]);
+    let safe = t.path().join("safe");
+    let o = ds(&[
+        "backup",
+        s(&safe),
+        &format!("lost={}", s(&dir.join("disk"))),
+        &format!("wiped={}", s(&wiped_img)),
+        "--skip-unreadable",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(server);
+    let m = Mounted::new(&safe, t.path(), &["--key-file", s(&key)]);
+    for dev in ["lost", "wiped"] {
+        assert_eq!(
+            sha256_file(&m.dir.join(format!("1/{dev}/luks/luks-{uuid}.img"))),
+            sha256_file(&plain),
+            "{dev}: the plaintext"
+        );
+    }
+    assert!(
+        m.log_text().contains("using the secondary header"),
+        "{}",
+        m.log_text()
+    );
+}

@@ -221,7 +221,16 @@ pub fn header(vol: &dyn ReadAt) -> io::Result<Option<Header>> {
         return Ok(None);
     }
     let mut b = vec![0u8; 4096];
-    vol.read_exact_at(0, &mut b)?;
+    match vol.read_exact_at(0, &mut b) {
+        Ok(()) => {}
+        // The primary header unreadable (a failing disk's backup did not give it) or
+        // wiped: LUKS2's secondary copy, as cryptsetup looks for it.
+        Err(e) if crate::device::is_unreadable(&e) => return luks2_secondary_only(vol),
+        Err(e) => return Err(e),
+    }
+    if b.iter().all(|&x| x == 0) {
+        return luks2_secondary_only(vol);
+    }
     if &b[..6] != MAGIC1 {
         return Ok(None);
     }
@@ -314,6 +323,38 @@ fn luks2_copy(vol: &dyn ReadAt, at: u64, magic: &[u8; 6]) -> io::Result<Option<(
     Ok(Some((be64(&b, 16), all)))
 }
 
+/// Where LUKS2 may keep its secondary header: after a primary of 16 KiB to 4 MiB.
+const SECONDARY_AT: [u64; 9] = [
+    16 << 10,
+    32 << 10,
+    64 << 10,
+    128 << 10,
+    256 << 10,
+    512 << 10,
+    1 << 20,
+    2 << 20,
+    4 << 20,
+];
+
+/// A LUKS2 volume read from its secondary header alone (the primary unreadable or
+/// wiped); `None` when no intact secondary is at any of its places.
+fn luks2_secondary_only(vol: &dyn ReadAt) -> io::Result<Option<Header>> {
+    for at in SECONDARY_AT {
+        let found = match luks2_copy(vol, at, MAGIC2) {
+            Ok(f) => f,
+            Err(e) if crate::device::is_unreadable(&e) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some((_, all)) = found {
+            tracing::warn!(
+                "LUKS2 primary header unreadable or wiped; using the secondary header at byte {at}"
+            );
+            return luks2_from(all).map(Some);
+        }
+    }
+    Ok(None)
+}
+
 fn luks2(vol: &dyn ReadAt, b: &[u8]) -> io::Result<Header> {
     let primary = luks2_copy(vol, 0, MAGIC1)?;
     let size = be64(b, 8);
@@ -334,6 +375,11 @@ fn luks2(vol: &dyn ReadAt, b: &[u8]) -> io::Result<Header> {
         (None, Some(s)) => s,
         (None, None) => return Err(bad("LUKS2 header: both copies fail their checksum")),
     };
+    luks2_from(all)
+}
+
+/// The header from one checksummed copy's bytes (binary header, then JSON).
+fn luks2_from(all: Vec<u8>) -> io::Result<Header> {
     let json_end = all[4096..]
         .iter()
         .position(|&c| c == 0)
