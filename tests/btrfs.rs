@@ -673,16 +673,17 @@ fn btrfs_dup_data_reads_around_a_damaged_copy_like_the_kernel() {
     assert!(log.contains("read from another copy"), "{log}");
 }
 
-/// RAID5 and RAID6 data failing its checksum on a device that is there is rebuilt
-/// from the rest of its row, as the kernel reads it: a plain file and a compressed
-/// one, each damaged in one data stripe, read as written and as the kernel reads
-/// them, and the log says so.
+/// RAID5 and RAID6 data and metadata failing their checksums on a device that is
+/// there are rebuilt from the rest of their row, as the kernel reads them: a plain
+/// file and a compressed one, each damaged in one data stripe, and the top-level
+/// subvolume's tree root damaged too, read as written and as the kernel reads them,
+/// and the log says so.
 #[test]
 fn btrfs_raid56_data_is_rebuilt_around_damage_like_the_kernel() {
     if !mkfs_ready("btrfs", "RAID5/6 damaged data") {
         return;
     }
-    for (n, data, meta) in [(3, "raid5", "raid1"), (4, "raid6", "raid1c3")] {
+    for (n, data, meta) in [(3, "raid5", "raid5"), (4, "raid6", "raid6")] {
         let t = tempfile::tempdir().unwrap();
         let Some((imgs, loops, devs)) = btrfs_set(t.path(), n, data, meta, "RAID5/6 damaged data")
         else {
@@ -704,6 +705,21 @@ fn btrfs_raid56_data_is_rebuilt_around_damage_like_the_kernel() {
         write_data(&kmnt.join("healthy"), 256 << 10, false, &mut rng);
         assert!(run("sync", &["-f", s(&kmnt)]));
         let before = names.map(|f| read_or_errno(&kmnt.join(f)));
+        // Where logical byte `l` lies: device and offset (its data stripe).
+        let place = |l: u64| {
+            let o = Command::new("btrfs-map-logical")
+                .args(["-l", &l.to_string(), &devs[0]])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&o.stdout).to_string();
+            let w: Vec<&str> = text.split_whitespace().collect();
+            let p = w.iter().position(|x| *x == "physical").expect("a mapping");
+            let phys: u64 = w[p + 1].parse().unwrap();
+            (
+                w[w.iter().position(|x| *x == "device").unwrap() + 1].to_string(),
+                phys,
+            )
+        };
         // Where each damaged file's first byte lies: device and offset.
         let mut hits = Vec::new();
         for (f, off) in [("plain", 5000u64), ("zipped", 100)] {
@@ -718,18 +734,28 @@ fn btrfs_raid56_data_is_rebuilt_around_damage_like_the_kernel() {
                 .find(|l| l.trim_start().starts_with("0:"))
                 .and_then(|l| l.split(':').nth(2)?.split("..").next()?.trim().parse().ok())
                 .unwrap_or_else(|| panic!("filefrag of {f}: {text}"));
-            let o = Command::new("btrfs-map-logical")
-                .args(["-l", &logical.to_string(), &devs[0]])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&o.stdout).to_string();
-            let w: Vec<&str> = text.split_whitespace().collect();
-            let p = w.iter().position(|x| *x == "physical").expect("a mapping");
-            let phys: u64 = w[p + 1].parse().unwrap();
-            let dev = w[w.iter().position(|x| *x == "device").unwrap() + 1].to_string();
+            let (dev, phys) = place(logical);
             hits.push((dev, phys + off));
         }
         assert!(run("umount", &[s(&kmnt)]));
+        // And the top-level subvolume's tree root (a leaf here), for the names.
+        let o = Command::new("btrfs")
+            .args(["inspect-internal", "dump-tree", "-t", "5", &devs[0]])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let root: u64 = text
+            .lines()
+            .find_map(|l| {
+                let l = l.trim_start();
+                let rest = l
+                    .strip_prefix("leaf ")
+                    .or_else(|| l.strip_prefix("node "))?;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("dump-tree: {text}"));
+        let (dev, phys) = place(root);
+        hits.push((dev, phys + 200));
         for (dev, at) in &hits {
             let mut b = [0u8; 1];
             std::os::unix::fs::FileExt::read_exact_at(&File::open(dev).unwrap(), &mut b, *at)
@@ -758,6 +784,10 @@ fn btrfs_raid56_data_is_rebuilt_around_damage_like_the_kernel() {
         assert!(
             log.contains("checksum mismatch") && log.contains("rebuilt from parity instead"),
             "{data}: {log}"
+        );
+        assert!(
+            log.contains(&format!("btrfs node at {root}")),
+            "{data}: the tree root was rebuilt: {log}"
         );
     }
 }

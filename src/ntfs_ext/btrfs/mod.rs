@@ -1241,6 +1241,29 @@ impl BtrfsFs {
                 Err(e) => why = e.into(),
             }
         }
+        // A RAID5/6 node failing its checks on a device that is here: its row rebuilt
+        // without that stripe, from P, then from Q, as the kernel rebuilds it.
+        let striped = self
+            .chunk_at(logical)
+            .is_some_and(|(_, c)| c.ty & (RAID5 | RAID6) != 0);
+        if striped && !why.is_empty() {
+            for without in [NOT_DATA, NOT_DATA | NOT_P] {
+                let mut b = vec![0u8; size];
+                if self.read_rebuilt(logical, &mut b, without).is_err() || !self.sb.csum.verify(&b)
+                {
+                    continue;
+                }
+                if let Ok(n) = self.check_node(b, logical, level) {
+                    tracing::warn!(
+                        "{}: btrfs node at {logical}: {why}; rebuilt from parity instead",
+                        self.label
+                    );
+                    let n = Arc::new(n);
+                    self.nodes.put(logical, n.clone());
+                    return Ok(n);
+                }
+            }
+        }
         Err(self.bad_node(logical, &why))
     }
 
