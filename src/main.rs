@@ -45,6 +45,11 @@ enum Cmd {
         /// On read errors, keep what reads and record the rest as unreadable (failing disks).
         #[arg(long)]
         skip_unreadable: bool,
+        /// With --skip-unreadable: read each sector that fails this many more times
+        /// before recording it as unreadable (failing disks often give a sector on a
+        /// later try; default 0).
+        #[arg(long, value_name = "N", requires = "skip_unreadable", value_parser = clap::value_parser!(u32).range(0..=1000))]
+        retries: Option<u32>,
         /// Record blocks the source's filesystems (ext2/3/4, XFS, NTFS, FAT, exFAT; btrfs; in partitions, md arrays, LUKS and LVM volumes too) mark free as zeros, unread.
         #[arg(long)]
         skip_free: bool,
@@ -184,6 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             block_size,
             changed_blocks,
             skip_unreadable,
+            retries,
             skip_free,
             key_files,
         } => {
@@ -224,6 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 changed_blocks: cb,
                 progress: std::io::stderr().is_terminal(),
                 skip_unreadable,
+                retries: retries.unwrap_or(0),
                 skip_free,
                 passphrases: disksafe::passphrase::read(&key_files)?,
             };

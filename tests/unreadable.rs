@@ -73,6 +73,7 @@ fn unreadable_sectors_are_recorded_refused_and_read_again() {
             data: data.clone(),
             bad: bad.clone(),
             errno: errno.clone(),
+            flaky: Default::default(),
         },
         &src,
         &config,
@@ -805,4 +806,53 @@ fn luks2_with_a_lost_primary_header_opens_from_the_secondary() {
         "{}",
         m.log_text()
     );
+}
+
+/// `--retries N` reads a sector that keeps failing N more times before recording it:
+/// weak sectors that give on a later try are kept whole, one that fails more often
+/// than that is recorded as before. Without `--skip-unreadable` the flag is refused.
+#[test]
+fn retries_keep_sectors_that_read_on_a_later_try() {
+    let name = "retries_keep_sectors_that_read_on_a_later_try";
+    if !have_fuse(name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut data = vec![0u8; 4 << 20];
+    StdRng::seed_from_u64(61).fill(&mut data[..]);
+    // Two weak sectors failing their first 6 reads, one failing its first 40.
+    let weak = [(1000 * 512, 512, 6), ((2 << 20) + 4096, 512, 6)];
+    let worse = ((3 << 20) + 512, 512, 40);
+    let safe = t.path().join("safe");
+    let e = fails(&["backup", s(&safe), "--retries", "3", "x=/dev/null"]);
+    assert!(e.contains("--skip-unreadable"), "{e}");
+    for (case, retries) in [(1, "0"), (2, "10")] {
+        let dir = t.path().join(format!("flaky{case}"));
+        std::fs::create_dir(&dir).unwrap();
+        let mut all = weak.to_vec();
+        all.push(worse);
+        let server = serve_flaky(&dir, data.clone(), &[], &all);
+        let o = ds(&[
+            "backup",
+            s(&safe),
+            &format!("d={}", s(&dir.join("disk"))),
+            "--skip-unreadable",
+            "--retries",
+            retries,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        drop(server);
+        let want: Vec<(u64, u64)> = if retries == "0" {
+            all.iter().map(|&(o, l, _)| (o, l)).collect()
+        } else {
+            vec![(worse.0, worse.1)]
+        };
+        let total: u64 = want.iter().map(|r| r.1).sum();
+        assert_eq!(unreadable_bytes(&safe, case), total, "--retries {retries}");
+        assert_eq!(
+            restored_sha(&safe, &case.to_string(), "d", t.path()),
+            sha256(&zeroed(&data, &want)),
+            "--retries {retries}: every other byte kept"
+        );
+    }
 }

@@ -92,6 +92,9 @@ pub struct BackupOptions {
     /// Record what a failing source lets us read, the rest as unreadable ranges,
     /// instead of failing the backup.
     pub skip_unreadable: bool,
+    /// With `skip_unreadable`: further reads of a failing sector before it is
+    /// recorded as unreadable.
+    pub retries: u32,
     /// Record blocks the source's filesystems mark free as zeros, unread.
     pub skip_free: bool,
     /// Passphrases that let `skip_free` look inside LUKS volumes.
@@ -813,6 +816,7 @@ fn backup_device(
         zero_quick: w.zero_quick,
         sparse: file.metadata()?.file_type().is_file(),
         skip_unreadable,
+        retries: opts.retries,
         free,
     };
     // Only free blocks among those this point reads are recorded as zeros (with

@@ -32,6 +32,8 @@ pub struct Job<'a> {
     pub sparse: bool,
     /// On a read error, salvage what reads and report the rest instead of failing.
     pub skip_unreadable: bool,
+    /// Further reads of a sector that still fails before it counts as unreadable.
+    pub retries: u32,
     /// Blocks a filesystem marks free (first block, count; sorted, disjoint): taken as
     /// zeros without reading them (`--skip-free`).
     pub free: Vec<(u64, u64)>,
@@ -307,6 +309,7 @@ fn salvage(
             Err(_) if level + 1 < SALVAGE_UNITS.len() => {
                 salvage(job, piece, off + at as u64, level + 1, bad)?
             }
+            Err(_) if retry(job, piece, off + at as u64)? => {}
             Err(_) => {
                 piece.fill(0);
                 let start = off + at as u64;
@@ -316,6 +319,26 @@ fn salvage(
         at += n;
     }
     Ok(())
+}
+
+/// Reads a failing sector again, up to `job.retries` times: whether one read gave it.
+/// Errors that are not the medium's end the backup.
+fn retry(job: &Job, piece: &mut [u8], off: u64) -> anyhow::Result<bool> {
+    for n in 1..=job.retries {
+        match read_span(job, piece, off) {
+            Ok(()) => {
+                tracing::info!(
+                    "source {}: bytes {off}..{} read on retry {n}",
+                    job.path.display(),
+                    off + piece.len() as u64
+                );
+                return Ok(true);
+            }
+            Err(e) if !media_error(&e, SALVAGE_UNITS.len()) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(false)
 }
 
 fn process(

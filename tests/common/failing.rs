@@ -19,6 +19,8 @@ pub struct Failing {
     pub bad: Bad,
     /// The error a read touching a bad range gets.
     pub errno: Arc<Mutex<Errno>>,
+    /// Ranges that fail only their first N touching reads: (offset, len, N left).
+    pub flaky: Arc<Mutex<Vec<(u64, u64, u32)>>>,
 }
 
 fn attr(ino: u64, size: u64) -> FileAttr {
@@ -82,12 +84,18 @@ impl fuser::Filesystem for Failing {
         if off >= end {
             return reply.data(&[]);
         }
-        let touches = self
+        let mut touches = self
             .bad
             .lock()
             .unwrap()
             .iter()
             .any(|&(b, l)| b < end && off < b + l);
+        for (b, l, left) in self.flaky.lock().unwrap().iter_mut() {
+            if *b < end && off < *b + *l && *left > 0 {
+                *left -= 1;
+                touches = true;
+            }
+        }
         if touches {
             reply.error(*self.errno.lock().unwrap())
         } else {
@@ -112,6 +120,17 @@ impl fuser::Filesystem for Failing {
 /// Serves `data` as `DIR/disk` (the returned session unmounts when dropped), failing
 /// reads that touch `bad` with EIO.
 pub fn serve_failing(dir: &Path, data: Vec<u8>, bad: &[(u64, u64)]) -> fuser::BackgroundSession {
+    serve_flaky(dir, data, bad, &[])
+}
+
+/// As [`serve_failing`], with `flaky` ranges (offset, len, n) that fail only the
+/// first n reads touching them, as a failing disk's weak sectors do.
+pub fn serve_flaky(
+    dir: &Path,
+    data: Vec<u8>,
+    bad: &[(u64, u64)],
+    flaky: &[(u64, u64, u32)],
+) -> fuser::BackgroundSession {
     let mut config = fuser::Config::default();
     config.mount_options = vec![fuser::MountOption::RO];
     fuser::Session::new(
@@ -119,6 +138,7 @@ pub fn serve_failing(dir: &Path, data: Vec<u8>, bad: &[(u64, u64)]) -> fuser::Ba
             data,
             bad: Arc::new(Mutex::new(bad.to_vec())),
             errno: Arc::new(Mutex::new(Errno::EIO)),
+            flaky: Arc::new(Mutex::new(flaky.to_vec())),
         },
         dir,
         &config,
