@@ -35,70 +35,68 @@ pub fn open_tree(
         }
     };
     if probe(ext::probe(&*dev)) {
-        return match ext::ExtFs::open(dev.clone(), opts) {
-            Ok(fs) => Ok(Some(Arc::new(fs))),
-            Err(e) => match ext::open_backup(&dev, opts, &e.to_string()) {
-                Some(Ok(fs)) => Ok(Some(Arc::new(fs))),
-                _ => Err(e),
-            },
-        };
+        let fs = or_backup(ext::ExtFs::open(dev.clone(), opts), |why| {
+            ext::open_backup(&dev, opts, why)
+        })?;
+        return Ok(Some(Arc::new(fs)));
     }
     if probe(xfs::probe(&*dev)) {
-        return match xfs::XfsFs::open(dev.clone(), opts) {
-            Ok(fs) => Ok(Some(Arc::new(fs))),
-            Err(e) => match xfs::open_backup(&dev, opts, &e.to_string()) {
-                Some(Ok(fs)) => Ok(Some(Arc::new(fs))),
-                _ => Err(e),
-            },
-        };
+        let fs = or_backup(xfs::XfsFs::open(dev.clone(), opts), |why| {
+            xfs::open_backup(&dev, opts, why)
+        })?;
+        return Ok(Some(Arc::new(fs)));
     }
     if probe(btrfs::probe(&*dev)) {
         return Ok(Some(btrfs::BtrfsFs::open(dev, opts)?));
     }
     if probe(ntfs::probe(&*dev)) {
-        return match ntfs::NtfsFs::open(dev.clone(), opts) {
-            Ok(fs) => Ok(Some(fs)),
-            Err(e) => match ntfs::open_backup(&dev, opts, &e.to_string()) {
-                Some(Ok(fs)) => Ok(Some(fs)),
-                _ => Err(e),
-            },
-        };
+        let fs = or_backup(ntfs::NtfsFs::open(dev.clone(), opts), |why| {
+            ntfs::open_backup(&dev, opts, why)
+        })?;
+        return Ok(Some(fs));
     }
     if probe(fat::exfat::probe(&*dev)) {
-        return match fat::exfat::ExFatFs::open(dev.clone(), opts) {
-            Ok(fs) => Ok(Some(Arc::new(fs))),
-            Err(e) => match fat::exfat::open_backup(&dev, opts, &e.to_string()) {
-                Some(Ok(fs)) => Ok(Some(Arc::new(fs))),
-                _ => Err(e),
-            },
-        };
+        let fs = or_backup(fat::exfat::ExFatFs::open(dev.clone(), opts), |why| {
+            fat::exfat::open_backup(&dev, opts, why)
+        })?;
+        return Ok(Some(Arc::new(fs)));
     }
     if probe(fat::probe(&*dev)) {
         return Ok(Some(Arc::new(fat::FatFs::open(dev, opts)?)));
     }
-    // Nothing here: an ext or NTFS volume whose start is unreadable or was wiped,
-    // if a backup copy says so.
+    // Nothing claims the volume: one whose start is unreadable or was wiped, if a
+    // backup copy of its superblock or boot sector says what it is.
     let why = unread
         .as_ref()
         .map_or("no superblock at the volume's start".to_string(), |e| {
             e.to_string()
         });
-    if let Some(fs) = ext::open_backup(&dev, opts, &why) {
-        return Ok(Some(Arc::new(fs?)));
-    }
-    if let Some(fs) = xfs::open_backup(&dev, opts, &why) {
-        return Ok(Some(Arc::new(fs?)));
-    }
-    if let Some(fs) = ntfs::open_backup(&dev, opts, &why) {
-        return Ok(Some(fs?));
-    }
-    if let Some(fs) = fat::open_backup(&dev, opts, &why) {
-        return Ok(Some(Arc::new(fs?)));
-    }
-    if let Some(fs) = fat::exfat::open_backup(&dev, opts, &why) {
-        return Ok(Some(Arc::new(fs?)));
+    let backups: [&dyn Fn() -> Option<Opened>; 5] = [
+        &|| ext::open_backup(&dev, opts, &why).map(|r| r.map(|fs| Arc::new(fs) as _)),
+        &|| xfs::open_backup(&dev, opts, &why).map(|r| r.map(|fs| Arc::new(fs) as _)),
+        &|| ntfs::open_backup(&dev, opts, &why).map(|r| r.map(|fs| fs as _)),
+        &|| fat::open_backup(&dev, opts, &why).map(|r| r.map(|fs| Arc::new(fs) as _)),
+        &|| fat::exfat::open_backup(&dev, opts, &why).map(|r| r.map(|fs| Arc::new(fs) as _)),
+    ];
+    if let Some(found) = backups.iter().find_map(|b| b()) {
+        return found.map(Some);
     }
     unread.map_or(Ok(None), Err)
+}
+
+/// A tree opened, or why it did not.
+type Opened = std::io::Result<Arc<dyn FsTree>>;
+
+/// `opened`, or when it failed, the volume read through a backup copy `backup(why)`
+/// finds; the first failure stands when none is found or it fails too.
+fn or_backup<T>(
+    opened: std::io::Result<T>,
+    backup: impl FnOnce(&str) -> Option<std::io::Result<T>>,
+) -> std::io::Result<T> {
+    opened.or_else(|e| match backup(&e.to_string()) {
+        Some(Ok(fs)) => Ok(fs),
+        _ => Err(e),
+    })
 }
 
 /// Hints the device to fetch scattered byte ranges (a parser warming its metadata):
