@@ -21,6 +21,26 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// A new safe under `dir` whose point 1 holds `data` twice: as device `lost`, read
+/// from a disk failing in `lost`, and as device `name`, a file of `data` as `damage`
+/// leaves it.
+fn backup_lost_and_damaged(
+    dir: &Path,
+    data: Vec<u8>,
+    lost: (u64, u64),
+    name: &str,
+    damage: impl FnOnce(&mut Vec<u8>),
+) -> std::path::PathBuf {
+    let mut damaged = data.clone();
+    damage(&mut damaged);
+    let img = dir.join(format!("{name}.img"));
+    std::fs::write(&img, &damaged).unwrap();
+    let safe = dir.join("safe");
+    let plain = format!("{name}={}", s(&img));
+    backup_failing(&safe, dir, vec![("lost", data, vec![lost])], &[plain]);
+    safe
+}
+
 /// The source as a healthy disk would give it, with the unreadable ranges zeroed.
 fn zeroed(data: &[u8], bad: &[(u64, u64)]) -> Vec<u8> {
     let mut v = data.to_vec();
@@ -289,14 +309,8 @@ fn a_volume_restore_writes_zeros_where_its_source_was_unreadable() {
         (start + (1 << 20) + 3 * 4096, 8192),
         (start + (3 << 20) - 35 * 512, 140 * 512),
     ];
-    let src = t.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let server = serve_failing(&src, data, &bad);
     let safe = t.path().join("safe");
-    let dev = format!("d={}", s(&src.join("disk")));
-    let o = ds(&["backup", s(&safe), &dev, "--skip-unreadable"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    drop(server);
+    backup_failing(&safe, t.path(), vec![("d", data, bad.clone())], &[]);
 
     let out = t.path().join("restored");
     let vol = format!("luks/luks-{uuid}.img");
@@ -366,32 +380,22 @@ fn arrays_read_around_members_unreadable_sectors() {
         let dir = t.path().join(format!("case{case}"));
         std::fs::create_dir(&dir).unwrap();
         let members = striped_members(&dir, level, layout, n, chunk, &fs, &mut rng);
-        let mut servers = Vec::new();
-        let mut sources = Vec::new();
+        let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+        let mut failing_disks = Vec::new();
+        let mut plain = Vec::new();
         for (i, m) in members.iter().enumerate() {
             if failing.contains(&i) {
-                let mnt = dir.join(format!("failing{i}"));
-                std::fs::create_dir(&mnt).unwrap();
                 let moved: Vec<(u64, u64)> = bad
                     .iter()
                     .map(|&(o, l)| (o + i as u64 * shift, l))
                     .collect();
-                servers.push(serve_failing(&mnt, std::fs::read(m).unwrap(), &moved));
-                sources.push(format!("m{i}={}", s(&mnt.join("disk"))));
+                failing_disks.push((names[i].as_str(), std::fs::read(m).unwrap(), moved));
             } else {
-                sources.push(format!("m{i}={}", s(m)));
+                plain.push(format!("{}={}", names[i], s(m)));
             }
         }
         let safe = dir.join("safe");
-        let mut args = vec!["backup", s(&safe), "--skip-unreadable"];
-        args.extend(sources.iter().map(|x| x.as_str()));
-        let o = ds(&args);
-        assert!(
-            o.status.success(),
-            "{what}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        drop(servers);
+        backup_failing(&safe, &dir, failing_disks, &plain);
 
         let mnt = Mounted::new(&safe, t.path(), &[]);
         for i in 0..n {
@@ -459,20 +463,10 @@ fn unreadable_first_sectors_are_read_through_backups() {
     assert!(run("mkfs.ext4", &["-q", "-F", "-d", s(&src), s(&ext)]));
     let cases = [("ntfs", &ntfs, (0u64, 512u64)), ("ext", &ext, (1024, 512))];
     let safe = t.path().join("safe");
-    let mut servers = Vec::new();
     for (dev, img, bad) in &cases {
-        let dir = t.path().join(format!("failing-{dev}"));
-        std::fs::create_dir(&dir).unwrap();
-        servers.push(serve_failing(&dir, std::fs::read(img).unwrap(), &[*bad]));
-        let o = ds(&[
-            "backup",
-            s(&safe),
-            &format!("{dev}={}", s(&dir.join("disk"))),
-            "--skip-unreadable",
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let data = std::fs::read(img).unwrap();
+        backup_failing(&safe, t.path(), vec![(dev, data, vec![*bad])], &[]);
     }
-    drop(servers);
     let m = Mounted::new(&safe, t.path(), &[]);
     let ours = |p: i64, dev: &str| tree_digest(&m.dir.join(format!("{p}/{dev}/files")));
     let oracle = Ntfs3g::mount(&ntfs, &t.path().join("ref-ntfs"), "ro");
@@ -516,17 +510,7 @@ fn gpt_whose_start_is_unreadable_is_read_from_its_backup() {
     let safe = t.path().join("safe");
     let cases = [vec![(512u64, 512u64)], vec![(0, 34 * 512)]];
     for bad in &cases {
-        let dir = t.path().join(format!("failing{}", bad[0].0));
-        std::fs::create_dir(&dir).unwrap();
-        let server = serve_failing(&dir, data.clone(), bad);
-        let o = ds(&[
-            "backup",
-            s(&safe),
-            &format!("d={}", s(&dir.join("disk"))),
-            "--skip-unreadable",
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        drop(server);
+        backup_failing(&safe, t.path(), vec![("d", data.clone(), bad.clone())], &[]);
     }
     let m = Mounted::new(&safe, t.path(), &[]);
     for point in 1..=cases.len() {
@@ -584,18 +568,8 @@ fn fat32_with_unreadable_boot_and_fat_sectors_reads_from_their_copies() {
     let reserved = u16::from_le_bytes([data[14], data[15]]) as u64;
     // The boot sector, and the FAT's second sector (entries for clusters 128-255).
     let bad = [(0u64, 512u64), (reserved * 512 + 512, 512)];
-    let dir = t.path().join("failing");
-    std::fs::create_dir(&dir).unwrap();
-    let server = serve_failing(&dir, data, &bad);
     let safe = t.path().join("safe");
-    let o = ds(&[
-        "backup",
-        s(&safe),
-        &format!("v={}", s(&dir.join("disk"))),
-        "--skip-unreadable",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    drop(server);
+    backup_failing(&safe, t.path(), vec![("v", data, bad.to_vec())], &[]);
     let m = Mounted::new(&safe, t.path(), &[]);
     same_tree(
         &tree_digest(&m.dir.join("1/v/files")),
@@ -646,23 +620,8 @@ fn exfat_with_a_lost_boot_sector_reads_through_its_backup_region() {
         assert!(copied);
     }
     let data = std::fs::read(&img).unwrap();
-    let mut garbled = data.clone();
-    garbled[108] = 3; // 8-byte sectors: no exFAT volume has them
-    let garbled_img = t.path().join("garbled.img");
-    std::fs::write(&garbled_img, &garbled).unwrap();
-    let dir = t.path().join("failing");
-    std::fs::create_dir(&dir).unwrap();
-    let server = serve_failing(&dir, data, &[(0, 512)]);
-    let safe = t.path().join("safe");
-    let o = ds(&[
-        "backup",
-        s(&safe),
-        &format!("lost={}", s(&dir.join("disk"))),
-        &format!("garbled={}", s(&garbled_img)),
-        "--skip-unreadable",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    drop(server);
+    // 8-byte sectors: no exFAT volume has them.
+    let safe = backup_lost_and_damaged(t.path(), data, (0, 512), "garbled", |v| v[108] = 3);
     let m = Mounted::new(&safe, t.path(), &[]);
     let want = tree_digest(&src);
     for dev in ["lost", "garbled"] {
@@ -707,23 +666,10 @@ fn xfs_with_a_lost_primary_superblock_reads_through_a_secondary() {
         return;
     };
     let data = std::fs::read(&img).unwrap();
-    let mut garbled = data.clone();
-    garbled[4..8].copy_from_slice(&3u32.to_be_bytes()); // 3-byte blocks
-    let garbled_img = t.path().join("garbled.img");
-    std::fs::write(&garbled_img, &garbled).unwrap();
-    let dir = t.path().join("failing");
-    std::fs::create_dir(&dir).unwrap();
-    let server = serve_failing(&dir, data, &[(0, 512)]);
-    let safe = t.path().join("safe");
-    let o = ds(&[
-        "backup",
-        s(&safe),
-        &format!("lost={}", s(&dir.join("disk"))),
-        &format!("garbled={}", s(&garbled_img)),
-        "--skip-unreadable",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    drop(server);
+    // 3-byte blocks.
+    let safe = backup_lost_and_damaged(t.path(), data, (0, 512), "garbled", |v| {
+        v[4..8].copy_from_slice(&3u32.to_be_bytes())
+    });
     let m = Mounted::new(&safe, t.path(), &[]);
     for dev in ["lost", "garbled"] {
         same_tree(
@@ -776,23 +722,7 @@ fn luks2_with_a_lost_primary_header_opens_from_the_secondary() {
     let plain = t.path().join("plain");
     decrypt_with_openssl(&img, &key, &plain);
     let data = std::fs::read(&img).unwrap();
-    let mut wiped = data.clone();
-    wiped[..4096].fill(0);
-    let wiped_img = t.path().join("wiped.img");
-    std::fs::write(&wiped_img, &wiped).unwrap();
-    let dir = t.path().join("failing");
-    std::fs::create_dir(&dir).unwrap();
-    let server = serve_failing(&dir, data, &[(0, 4096)]);
-    let safe = t.path().join("safe");
-    let o = ds(&[
-        "backup",
-        s(&safe),
-        &format!("lost={}", s(&dir.join("disk"))),
-        &format!("wiped={}", s(&wiped_img)),
-        "--skip-unreadable",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    drop(server);
+    let safe = backup_lost_and_damaged(t.path(), data, (0, 4096), "wiped", |v| v[..4096].fill(0));
     let m = Mounted::new(&safe, t.path(), &["--key-file", s(&key)]);
     for dev in ["lost", "wiped"] {
         assert_eq!(

@@ -147,3 +147,29 @@ pub fn serve_flaky(
     .spawn()
     .unwrap()
 }
+
+/// A disk to back up while it fails: its name, its bytes, the ranges reads fail in.
+pub type FailingDisk<'a> = (&'a str, Vec<u8>, Vec<(u64, u64)>);
+
+/// Backs up into `safe` one new point holding each of `failing` (NAME, bytes, ranges
+/// that fail: served as failing disks under `dir` while the backup runs) and the
+/// `plain` NAME=PATH sources, with `--skip-unreadable`; asserts that it succeeds.
+pub fn backup_failing(safe: &Path, dir: &Path, failing: Vec<FailingDisk>, plain: &[String]) {
+    let mut servers = Vec::new();
+    let mut args = vec![
+        "backup".to_string(),
+        safe.to_str().unwrap().to_string(),
+        "--skip-unreadable".to_string(),
+    ];
+    for (name, data, bad) in failing {
+        let mnt = dir.join(format!("failing-{name}-{}", rand::random::<u32>()));
+        std::fs::create_dir(&mnt).unwrap();
+        servers.push(serve_failing(&mnt, data, &bad));
+        args.push(format!("{name}={}", mnt.join("disk").display()));
+    }
+    args.extend(plain.iter().cloned());
+    let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+    let o = super::ds(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(servers);
+}
