@@ -198,6 +198,40 @@ pub fn push_range(ranges: &mut Vec<(u64, u64)>, start: u64, len: u64) {
     }
 }
 
+/// What [`read_in_pieces`] does with a piece that fails at its last unit.
+pub type LostPiece<'a> = dyn FnMut(u64, &mut [u8], io::Error) -> io::Result<()> + 'a;
+
+/// Reads `buf` (bytes from `offset`) with `read`; where that fails and `split` says
+/// the failure is worth it, again in pieces of each of `units` in turn (aligned to
+/// the unit), so that one bad sector costs only itself. A piece still failing at
+/// the last unit goes to `lost(at, piece, error)`, whose error ends the read; a
+/// failure `split` refuses ends it at once.
+pub fn read_in_pieces(
+    offset: u64,
+    buf: &mut [u8],
+    units: &[u64],
+    read: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
+    split: &dyn Fn(&io::Error) -> bool,
+    lost: &mut LostPiece,
+) -> io::Result<()> {
+    let e = match read(offset, buf) {
+        Ok(()) => return Ok(()),
+        Err(e) if !split(&e) => return Err(e),
+        Err(e) => e,
+    };
+    let Some((&unit, rest)) = units.split_first() else {
+        return lost(offset, buf, e);
+    };
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset + done as u64;
+        let take = ((unit - at % unit) as usize).min(buf.len() - done);
+        read_in_pieces(at, &mut buf[done..done + take], rest, read, split, lost)?;
+        done += take;
+    }
+    Ok(())
+}
+
 /// A volume with some byte ranges replaced in memory (a damaged structure read from
 /// its backup copy, as a repair tool would write it, without writing anything).
 pub struct Patched {

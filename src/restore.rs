@@ -207,14 +207,19 @@ fn read_volume(
     let len = run_len(first, n, bs, size);
     buf.truncate(len);
     let mut unreadable = Vec::new();
-    match vol.read_exact_at(off, &mut buf) {
-        Ok(()) => {}
-        Err(e) if crate::device::is_unreadable(&e) => {
-            salvage(vol, off, &mut buf, SALVAGE_PIECES[0], &mut unreadable)
-                .with_context(|| format!("reading the volume at byte {off}"))?
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading the volume at byte {off}")),
-    }
+    crate::readat::read_in_pieces(
+        off,
+        &mut buf,
+        &SALVAGE_PIECES,
+        &mut |at, piece| vol.read_exact_at(at, piece),
+        &crate::device::is_unreadable,
+        &mut |at, piece, _| {
+            piece.fill(0);
+            crate::readat::push_range(&mut unreadable, at, piece.len() as u64);
+            Ok(())
+        },
+    )
+    .with_context(|| format!("reading the volume at byte {off}"))?;
     buf.resize((n * bs) as usize, 0);
     let zero = buf
         .chunks(bs as usize)
@@ -230,41 +235,9 @@ fn read_volume(
 }
 
 /// Piece sizes a volume read that touched unreadable source bytes is retried in:
-/// pages, then sectors, as the backup salvaged the source.
-const SALVAGE_PIECES: [usize; 2] = [4096, 512];
-
-/// Reads `buf` (volume bytes from `off`) piece by piece of `SALVAGE_PIECES[level]`
-/// bytes: pieces that still touch unreadable source bytes are split further, down to
-/// sectors, and those are zeros, noted in `out`; any other error fails.
-fn salvage(
-    vol: &dyn ReadAt,
-    off: u64,
-    buf: &mut [u8],
-    piece: usize,
-    out: &mut Vec<(u64, u64)>,
-) -> std::io::Result<()> {
-    for (i, chunk) in buf.chunks_mut(piece).enumerate() {
-        let at = off + (i * piece) as u64;
-        match vol.read_exact_at(at, chunk) {
-            Ok(()) => {}
-            Err(e) if crate::device::is_unreadable(&e) => match SALVAGE_PIECES
-                .iter()
-                .find(|&&p| p < piece && p < chunk.len())
-            {
-                Some(&smaller) => salvage(vol, at, chunk, smaller, out)?,
-                None => {
-                    chunk.fill(0);
-                    match out.last_mut() {
-                        Some((o, l)) if *o + *l == at => *l += chunk.len() as u64,
-                        _ => out.push((at, chunk.len() as u64)),
-                    }
-                }
-            },
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
+/// pages, then sectors, as the backup salvaged the source; what still fails at a
+/// sector is written as zeros.
+const SALVAGE_PIECES: [u64; 2] = [4096, 512];
 
 /// Restores DEVICE at POINT to OUTPUT (`-` for stdout).
 pub fn restore(
@@ -375,10 +348,7 @@ pub fn restore(
         for r in rx.iter() {
             let dec = r?;
             for &(o, l) in &dec.unreadable {
-                match zeroed.last_mut() {
-                    Some((zo, zl)) if *zo + *zl == o => *zl += l,
-                    _ => zeroed.push((o, l)),
-                }
+                crate::readat::push_range(&mut zeroed, o, l);
             }
             let data = &dec.buf[..dec.len];
             let (lo, hi) = clip(dec.off, dec.len, base, end);

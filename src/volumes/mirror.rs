@@ -31,41 +31,22 @@ impl Mirrored {
 const PIECES: [u64; 2] = [4096, 512];
 
 impl Mirrored {
-    /// Fills `buf` from the first copy that reads it; else the first copy's error.
-    fn read_any(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    /// Fills `buf` from the first copy that reads it: `None` when that is the first
+    /// copy, else the first copy's error; the first copy's error when none does.
+    fn read_any(&self, offset: u64, buf: &mut [u8]) -> io::Result<Option<io::Error>> {
         let mut first = None;
         for leg in &self.legs {
             if leg.size() < offset + buf.len() as u64 {
                 continue;
             }
             match leg.read_exact_at(offset, buf) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(first),
                 Err(e) => {
                     first.get_or_insert(e);
                 }
             }
         }
         Err(first.unwrap_or_else(|| io::Error::other("no copy is large enough")))
-    }
-
-    /// As [`Mirrored::read_any`], piece by piece of `PIECES[level..]` (aligned to
-    /// the piece size) when the whole fails.
-    fn in_pieces(&self, offset: u64, buf: &mut [u8], level: usize) -> io::Result<()> {
-        let e = match self.read_any(offset, buf) {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        let Some(&piece) = PIECES.get(level) else {
-            return Err(e);
-        };
-        let mut done = 0;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let take = ((piece - at % piece) as usize).min(buf.len() - done);
-            self.in_pieces(at, &mut buf[done..done + take], level + 1)?;
-            done += take;
-        }
-        Ok(())
     }
 }
 
@@ -76,11 +57,24 @@ impl ReadAt for Mirrored {
             return Ok(0);
         }
         let n = buf.len().min((size - offset) as usize);
-        let Err(e) = self.legs[0].read_exact_at(offset, &mut buf[..n]) else {
-            return Ok(n);
-        };
-        self.in_pieces(offset, &mut buf[..n], 0)?;
-        tracing::warn!("{}: {e}; read from the other copies instead", self.what);
+        // The first copy's failure, when another copy served instead.
+        let mut fell_back = None;
+        crate::readat::read_in_pieces(
+            offset,
+            &mut buf[..n],
+            &PIECES,
+            &mut |at, piece| {
+                if let Some(e) = self.read_any(at, piece)? {
+                    fell_back.get_or_insert(e);
+                }
+                Ok(())
+            },
+            &|_| true,
+            &mut |_, _, e| Err(e),
+        )?;
+        if let Some(e) = fell_back {
+            tracing::warn!("{}: {e}; read from the other copies instead", self.what);
+        }
         Ok(n)
     }
 
