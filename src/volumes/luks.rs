@@ -221,14 +221,9 @@ pub fn header(vol: &dyn ReadAt) -> io::Result<Option<Header>> {
         return Ok(None);
     }
     let mut b = vec![0u8; 4096];
-    match vol.read_exact_at(0, &mut b) {
-        Ok(()) => {}
-        // The primary header unreadable (a failing disk's backup did not give it) or
-        // wiped: LUKS2's secondary copy, as cryptsetup looks for it.
-        Err(e) if crate::device::is_unreadable(&e) => return luks2_secondary_only(vol),
-        Err(e) => return Err(e),
-    }
-    if b.iter().all(|&x| x == 0) {
+    // The primary header unreadable (a failing disk's backup did not give it) or
+    // wiped: LUKS2's secondary copy, as cryptsetup looks for it.
+    if !super::read_or_unreadable(vol, 0, &mut b)? || b.iter().all(|&x| x == 0) {
         return luks2_secondary_only(vol);
     }
     if &b[..6] != MAGIC1 {

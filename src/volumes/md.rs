@@ -135,11 +135,10 @@ pub fn member(vol: &dyn ReadAt) -> io::Result<Option<Member>> {
             continue;
         };
         let mut b = vec![0u8; 4096];
-        match vol.read_exact_at(at, &mut b) {
-            // Bytes a failing disk's backup could not give hold no superblock we can
-            // see; the other places still may.
-            Err(e) if crate::device::is_unreadable(&e) => continue,
-            r => r?,
+        // Bytes a failing disk's backup could not give hold no superblock we can see;
+        // the other places still may.
+        if !super::read_or_unreadable(vol, at, &mut b)? {
+            continue;
         }
         if le32(&b, 0) == MAGIC && le32(&b, 4) == 1 {
             return Ok(version1(&b, at, size, version));
@@ -147,9 +146,8 @@ pub fn member(vol: &dyn ReadAt) -> io::Result<Option<Member>> {
     }
     if let Some(at) = end_v090.filter(|at| at + 4096 <= size) {
         let mut b = vec![0u8; 4096];
-        match vol.read_exact_at(at, &mut b) {
-            Err(e) if crate::device::is_unreadable(&e) => return Ok(None),
-            r => r?,
+        if !super::read_or_unreadable(vol, at, &mut b)? {
+            return Ok(None);
         }
         if le32(&b, 0) == MAGIC && le32(&b, 4) == 0 && matches!(le32(&b, 8), 90 | 91) {
             return Ok(version090(&b, at));
