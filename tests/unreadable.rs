@@ -94,6 +94,7 @@ fn unreadable_sectors_are_recorded_refused_and_read_again() {
             bad: bad.clone(),
             errno: errno.clone(),
             flaky: Default::default(),
+            log: Default::default(),
         },
         &src,
         &config,
@@ -785,4 +786,71 @@ fn retries_keep_sectors_that_read_on_a_later_try() {
             "--retries {retries}: every other byte kept"
         );
     }
+}
+
+/// A bad area on a failing disk is left at once and read last, as rescue tools do: the
+/// first pass reads what reads and skips further past each failure (a window that
+/// doubles), the second reads what was put off, and only then is the bad area read
+/// page by page and sector by sector; the point still keeps every byte that reads.
+#[test]
+fn a_bad_area_is_skipped_and_read_last() {
+    let name = "a_bad_area_is_skipped_and_read_last";
+    if !have_fuse(name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mib = 1u64 << 20;
+    let batch = 4 * mib; // 64 blocks of 64 KiB
+    let mut data = vec![0u8; 96 << 20];
+    StdRng::seed_from_u64(62).fill(&mut data[..]);
+    // A worn area, 16..48 MiB (eight batches): one bad sector in every 256 KiB.
+    let bad: Vec<(u64, u64)> = (16 * mib..48 * mib)
+        .step_by(256 << 10)
+        .map(|o| (o + 7 * 512, 512))
+        .collect();
+    let dir = t.path().join("src");
+    std::fs::create_dir(&dir).unwrap();
+    let (server, log) = serve_logged(&dir, data.clone(), &bad, &[]);
+    let safe = t.path().join("safe");
+    let o = ds(&[
+        "backup",
+        s(&safe),
+        &format!("d={}", s(&dir.join("disk"))),
+        "--skip-unreadable",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(server);
+    let log = log.lock().unwrap().clone();
+    let total: u64 = bad.iter().map(|r| r.1).sum();
+    assert_eq!(unreadable_bytes(&safe, 1), total);
+    assert_eq!(
+        restored_sha(&safe, "1", "d", t.path()),
+        sha256(&zeroed(&data, &bad)),
+        "every readable byte kept"
+    );
+    // Pieces of the area (page or sector reads that fail; the passes before read
+    // whole batches, split by the kernel) are read only after every good byte is:
+    // each request after the first such piece lies inside the area.
+    let first_piece = log
+        .iter()
+        .position(|r| r.2 && r.1 <= 4096)
+        .expect("pieces read");
+    let inside = |r: &(u64, u32, bool)| r.0 >= 16 * mib && r.0 + r.1 as u64 <= 48 * mib;
+    assert!(
+        log[first_piece..].iter().all(inside),
+        "reads outside the bad area after its pieces began (request {first_piece})"
+    );
+    // Each pass reads a batch from its start (the kernel splits it into requests):
+    // the area's batches read in all three passes, less those the first pass's
+    // window skipped, which are read from their start only twice.
+    let starts = |k: u64| {
+        log.iter()
+            .filter(|r| r.0 == k * batch && r.1 > 4096)
+            .count()
+    };
+    let area: Vec<usize> = (4..12).map(starts).collect();
+    assert!(
+        area.iter().all(|&n| n == 2 || n == 3) && area.iter().filter(|&&n| n == 2).count() >= 2,
+        "reads from the start of each batch of the area: {area:?}"
+    );
 }

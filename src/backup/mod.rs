@@ -818,6 +818,7 @@ fn backup_device(
         skip_unreadable,
         retries: opts.retries,
         free,
+        backward: false,
     };
     // Only free blocks among those this point reads are recorded as zeros (with
     // --changed-blocks the rest are neither read nor recorded).

@@ -37,6 +37,8 @@ pub struct Job<'a> {
     /// Blocks a filesystem marks free (first block, count; sorted, disjoint): taken as
     /// zeros without reading them (`--skip-free`).
     pub free: Vec<(u64, u64)>,
+    /// Plan each run's batches from its end back (a later pass over a failing source).
+    pub backward: bool,
 }
 
 /// The end (exclusive) of the free run holding block `b`, if one does.
@@ -131,6 +133,119 @@ pub struct Processed {
     pub unreadable: Vec<(u64, u64)>,
 }
 
+/// A failing source (`skip_unreadable`) is read in three passes, as rescue tools do,
+/// so that a worn area is left at once instead of being read sector by sector while
+/// the rest of the disk waits. The first reads what reads and puts off a batch whose
+/// read fails whole, with the batches after it up to a window that doubles with each
+/// failure in a row (up to a hundredth of the source, or 16 batches on a small one);
+/// the second reads what was put off from its end back (reaching the good blocks the
+/// window skipped before the worn area's again), putting off only batches that fail;
+/// the third reads those, salvaging page by page and sector by sector.
+struct Defer {
+    /// Batches put off (first block, count), in the order they were.
+    put_off: Vec<(u64, u64)>,
+    /// Batches starting in `from..until` are put off without being read.
+    from: u64,
+    until: u64,
+    /// Blocks skipped past the next failure (none in the second pass).
+    skip: u64,
+    max_skip: u64,
+}
+
+impl Defer {
+    /// For a source of `blocks`; `window`: skip past failures (the first pass).
+    fn new(blocks: u64, window: bool) -> Defer {
+        let max_skip = if window {
+            (blocks / 100).max(16 * BATCH)
+        } else {
+            0
+        };
+        Defer {
+            put_off: Vec::new(),
+            from: 0,
+            until: 0,
+            skip: max_skip.min(BATCH),
+            max_skip,
+        }
+    }
+
+    fn put(&mut self, b: &Batch) {
+        match self.put_off.last_mut() {
+            Some(r) if r.0 + r.1 == b.start => r.1 += b.count,
+            _ => self.put_off.push((b.start, b.count)),
+        }
+    }
+
+    /// Whether `b` lies in the window skipped after a failure (then it is put off).
+    fn skips(&mut self, b: &Batch) -> bool {
+        let inside = (self.from..self.until).contains(&b.start);
+        if inside {
+            self.put(b);
+        }
+        inside
+    }
+
+    /// `b` failed to read: put it off and skip further past it.
+    fn failed(&mut self, b: &Batch) {
+        self.put(b);
+        if self.max_skip == 0 {
+            return;
+        }
+        let end = b.start + b.count;
+        if !(self.from..=self.until).contains(&b.start) {
+            self.from = b.start;
+        }
+        self.until = self.until.max(end + self.skip);
+        self.skip = (self.skip * 2).min(self.max_skip);
+    }
+
+    /// `b` read: past the skipped window, the next failure starts a small window again.
+    fn read(&mut self, b: &Batch) {
+        if b.start >= self.until {
+            self.skip = self.max_skip.min(BATCH);
+        }
+    }
+
+    /// What was put off, as sorted runs of blocks.
+    fn runs(mut self) -> Vec<(u64, u64)> {
+        self.put_off.sort_unstable();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for (s, n) in self.put_off {
+            match runs.last_mut() {
+                Some(r) if r.0 + r.1 >= s => r.1 = r.1.max(s + n - r.0),
+                _ => runs.push((s, n)),
+            }
+        }
+        runs
+    }
+}
+
+/// Reads batch `b` in a first pass: `None` when it is put off (see [`Defer`]).
+fn read_or_put_off(
+    job: &Job,
+    b: &Batch,
+    buf: &mut IoBuf,
+    defer: Option<&Mutex<Defer>>,
+) -> anyhow::Result<Option<Vec<(u64, u64)>>> {
+    let Some(defer) = defer else {
+        return read_batch(job, b, buf, true).map(Some);
+    };
+    if defer.lock().unwrap().skips(b) {
+        return Ok(None);
+    }
+    match read_batch(job, b, buf, false) {
+        Ok(bad) => {
+            defer.lock().unwrap().read(b);
+            Ok(Some(bad))
+        }
+        Err(e) if media_error(&e, 0) => {
+            defer.lock().unwrap().failed(b);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Offset of the next data at or after `off` in a regular file (SEEK_DATA), or `None`
 /// when the rest is a hole; filesystems without hole support report data everywhere.
 fn next_data(file: &File, off: u64) -> Option<u64> {
@@ -178,9 +293,15 @@ fn plan_batch(
 }
 
 /// Reads a batch's bytes into `data` (zero-padded past the end of the source). With
-/// `skip_unreadable`, a failing read is retried in smaller units and what still fails
-/// is zero-filled and returned as (offset, len) ranges.
-fn read_batch(job: &Job, b: &Batch, buf: &mut IoBuf) -> anyhow::Result<Vec<(u64, u64)>> {
+/// `skip_unreadable` and `salvage`, a failing read is retried in smaller units and
+/// what still fails is zero-filled and returned as (offset, len) ranges; without
+/// `salvage` the medium's error is returned (a first pass puts the batch off).
+fn read_batch(
+    job: &Job,
+    b: &Batch,
+    buf: &mut IoBuf,
+    salvage: bool,
+) -> anyhow::Result<Vec<(u64, u64)>> {
     let bs = job.params.block_size as u64;
     let total = (b.count * bs) as usize;
     buf.resize(total);
@@ -212,18 +333,29 @@ fn read_batch(job: &Job, b: &Batch, buf: &mut IoBuf) -> anyhow::Result<Vec<(u64,
             }
         };
         let end = ((stop * bs) as usize).min(len);
-        bad.extend(read_part(job, &mut data[at..end], off + at as u64)?);
+        bad.extend(read_part(
+            job,
+            &mut data[at..end],
+            off + at as u64,
+            salvage,
+        )?);
         i = stop;
     }
     Ok(bad)
 }
 
-/// Reads `data` at source offset `off`, salvaging with `skip_unreadable`; returns what
-/// could not be read.
-fn read_part(job: &Job, data: &mut [u8], off: u64) -> anyhow::Result<Vec<(u64, u64)>> {
+/// Reads `data` at source offset `off`, salvaging with `skip_unreadable` and
+/// `salvage_now`; returns what could not be read.
+fn read_part(
+    job: &Job,
+    data: &mut [u8],
+    off: u64,
+    salvage_now: bool,
+) -> anyhow::Result<Vec<(u64, u64)>> {
     let len = data.len();
     match read_span(job, &mut data[..len], off) {
         Ok(()) => Ok(Vec::new()),
+        Err(e) if job.skip_unreadable && media_error(&e, 0) && !salvage_now => Err(e),
         Err(e) if job.skip_unreadable && media_error(&e, 0) => {
             let mut bad = Vec::new();
             salvage(job, &mut data[..len], off, 0, &mut bad)?;
@@ -390,9 +522,51 @@ fn process(
 }
 
 /// Scans `job.runs`, calling `consume` on the writer thread for every processed batch.
+/// With `skip_unreadable`, in passes: what reads first, then what failed (see
+/// [`Defer`]), so a block may come after blocks past it.
 pub fn run(
-    job: Job,
+    mut job: Job,
     mut consume: impl FnMut(Processed) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if !job.skip_unreadable {
+        return run_pass(&job, None, &mut consume);
+    }
+    for (window, next) in [
+        (true, "reading it again from its end back"),
+        (
+            false,
+            "reading it page by page, and sector by sector where that fails",
+        ),
+    ] {
+        let blocks = job.size.div_ceil(job.params.block_size as u64);
+        let defer = Mutex::new(Defer::new(blocks, window));
+        run_pass(&job, Some(&defer), &mut consume)?;
+        let runs = defer.into_inner().unwrap().runs();
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let bs = job.params.block_size as u64;
+        let bytes: u64 = runs
+            .iter()
+            .map(|&(s, n)| ((s + n) * bs).min(job.size) - s * bs)
+            .sum();
+        tracing::warn!(
+            "source {}: {} in {} place(s) put off after read errors; {next}",
+            job.path.display(),
+            crate::size::human(bytes),
+            runs.len()
+        );
+        job.runs = runs;
+        job.backward = window;
+    }
+    run_pass(&job, None, &mut consume)
+}
+
+/// One pass over `job.runs`; `defer` puts off what fails to read instead of salvaging.
+fn run_pass(
+    job: &Job,
+    defer: Option<&Mutex<Defer>>,
+    consume: &mut impl FnMut(Processed) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -400,7 +574,6 @@ pub fn run(
     let (batch_tx, batch_rx) = sync_channel::<Batch>(workers * 4);
     let batch_rx: Arc<Mutex<Receiver<Batch>>> = Arc::new(Mutex::new(batch_rx));
     let (out_tx, out_rx) = sync_channel::<anyhow::Result<Processed>>(workers * 2);
-    let job = &job;
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let planner_tx = out_tx.clone();
         scope.spawn(move || {
@@ -415,6 +588,24 @@ pub fn run(
                 None => None,
             };
             let bs = job.params.block_size as u64;
+            if job.backward {
+                for &(first, count) in job.runs.iter().rev() {
+                    let mut e = first + count;
+                    while e > first {
+                        let n = BATCH.min(e - first);
+                        match plan_batch(job, safe.as_ref(), e - n, n) {
+                            Ok(batch) => {
+                                if batch_tx.send(batch).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => return fail(e),
+                        }
+                        e -= n;
+                    }
+                }
+                return;
+            }
             for &(first, count) in &job.runs {
                 let end = first + count;
                 let mut b = first;
@@ -479,14 +670,18 @@ pub fn run(
                 loop {
                     let next = rx.lock().unwrap().recv();
                     let Ok(batch) = next else { return };
-                    let r = read_batch(job, &batch, &mut data).and_then(|unreadable| {
-                        process(&batch, data.bytes(), params, &zero_quick, &mut cctx).map(
-                            |outcomes| Processed {
-                                outcomes,
-                                unreadable,
-                            },
-                        )
-                    });
+                    let r = match read_or_put_off(job, &batch, &mut data, defer) {
+                        Ok(None) => continue,
+                        Ok(Some(unreadable)) => {
+                            process(&batch, data.bytes(), params, &zero_quick, &mut cctx).map(
+                                |outcomes| Processed {
+                                    outcomes,
+                                    unreadable,
+                                },
+                            )
+                        }
+                        Err(e) => Err(e),
+                    };
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
                         return;
@@ -499,7 +694,7 @@ pub fn run(
         drop(batch_rx);
         let mut result = Ok(());
         for r in out_rx.iter() {
-            match r.and_then(&mut consume) {
+            match r.and_then(&mut *consume) {
                 Ok(()) => {}
                 Err(e) => {
                     result = Err(e);
@@ -511,4 +706,65 @@ pub fn run(
         drop(out_rx);
         result
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds batches 0..n in order, failing those in the `bad` [start, end) ranges: (batches read that failed,
+    /// runs put off).
+    fn first_pass(n: u64, bad: &[(u64, u64)], window: bool) -> (Vec<u64>, Vec<(u64, u64)>) {
+        let mut d = Defer::new(n * BATCH, window);
+        let mut failed = Vec::new();
+        for k in 0..n {
+            let b = Batch {
+                start: k * BATCH,
+                count: BATCH,
+                hole: false,
+                prev: Vec::new(),
+            };
+            if d.skips(&b) {
+                continue;
+            }
+            if bad.iter().any(|&(a, z)| (a..z).contains(&k)) {
+                failed.push(k);
+                d.failed(&b);
+            } else {
+                d.read(&b);
+            }
+        }
+        (failed, d.runs())
+    }
+
+    #[test]
+    fn the_window_doubles_past_failures_and_closes_after_a_good_read() {
+        // 4 fails: 5 skipped; 6 fails: 7-8 skipped; 9 fails: 10-13 skipped; 14 reads.
+        let (failed, runs) = first_pass(40, &[(4, 12)], true);
+        assert_eq!(failed, [4, 6, 9]);
+        assert_eq!(runs, [(4 * BATCH, 10 * BATCH)]);
+        // A later failure after good reads starts from one batch again: 30 fails, 31
+        // skipped, 32 fails, 33-34 skipped.
+        let (failed, runs) = first_pass(60, &[(4, 12), (30, 34)], true);
+        assert_eq!(failed, [4, 6, 9, 30, 32]);
+        assert_eq!(runs, [(4 * BATCH, 10 * BATCH), (30 * BATCH, 5 * BATCH)]);
+        // Without a window (the second pass) only failing batches are put off.
+        let (failed, runs) = first_pass(40, &[(4, 12)], false);
+        assert_eq!(failed, (4..12).collect::<Vec<_>>());
+        assert_eq!(runs, [(4 * BATCH, 8 * BATCH)]);
+    }
+
+    #[test]
+    fn the_window_grows_to_a_hundredth_of_the_source_at_most() {
+        // 16 batches at most on a small source: a long bad area is tried every 16
+        // batches or so, not ever more rarely.
+        let (failed, _) = first_pass(400, &[(0, 400)], true);
+        let gaps: Vec<u64> = failed.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps[..5], [2, 3, 5, 9, 17]);
+        assert!(gaps[5..].iter().all(|&g| g == 17), "{gaps:?}");
+        // A hundredth of a large one.
+        let (failed, _) = first_pass(6400, &[(0, 6400)], true);
+        let gaps: Vec<u64> = failed.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(*gaps.iter().max().unwrap(), 65, "{gaps:?}");
+    }
 }

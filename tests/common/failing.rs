@@ -21,6 +21,7 @@ pub struct Failing {
     pub errno: Arc<Mutex<Errno>>,
     /// Ranges that fail only their first N touching reads: (offset, len, N left).
     pub flaky: Arc<Mutex<Vec<(u64, u64, u32)>>>,
+    pub log: ReadLog,
 }
 
 fn attr(ino: u64, size: u64) -> FileAttr {
@@ -96,6 +97,7 @@ impl fuser::Filesystem for Failing {
                 touches = true;
             }
         }
+        self.log.lock().unwrap().push((off, size, touches));
         if touches {
             reply.error(*self.errno.lock().unwrap())
         } else {
@@ -131,21 +133,37 @@ pub fn serve_flaky(
     bad: &[(u64, u64)],
     flaky: &[(u64, u64, u32)],
 ) -> fuser::BackgroundSession {
+    serve_logged(dir, data, bad, flaky).0
+}
+
+/// Every read a served disk was asked, in order: (offset, size, whether it failed).
+pub type ReadLog = Arc<Mutex<Vec<(u64, u32, bool)>>>;
+
+/// As [`serve_flaky`], also handing back the log of the reads asked.
+pub fn serve_logged(
+    dir: &Path,
+    data: Vec<u8>,
+    bad: &[(u64, u64)],
+    flaky: &[(u64, u64, u32)],
+) -> (fuser::BackgroundSession, ReadLog) {
     let mut config = fuser::Config::default();
     config.mount_options = vec![fuser::MountOption::RO];
-    fuser::Session::new(
+    let log = ReadLog::default();
+    let session = fuser::Session::new(
         Failing {
             data,
             bad: Arc::new(Mutex::new(bad.to_vec())),
             errno: Arc::new(Mutex::new(Errno::EIO)),
             flaky: Arc::new(Mutex::new(flaky.to_vec())),
+            log: log.clone(),
         },
         dir,
         &config,
     )
     .unwrap()
     .spawn()
-    .unwrap()
+    .unwrap();
+    (session, log)
 }
 
 /// A disk to back up while it fails: its name, its bytes, the ranges reads fail in.
