@@ -359,12 +359,23 @@ fn read_part(
         Err(e) if job.skip_unreadable && media_error(&e, 0) => {
             let mut bad = Vec::new();
             salvage(job, &mut data[..len], off, 0, &mut bad)?;
-            for r in &bad {
+            // A few ranges are named; a worn area's many are summed up in one line.
+            if bad.len() <= 4 {
+                for r in &bad {
+                    tracing::warn!(
+                        "source {}: bytes {}..{} unreadable ({e:#}); recorded as unreadable",
+                        job.path.display(),
+                        r.0,
+                        r.0 + r.1
+                    );
+                }
+            } else {
                 tracing::warn!(
-                    "source {}: bytes {}..{} unreadable ({e:#}); recorded as unreadable",
+                    "source {}: {} bytes in {} ranges between bytes {off} and {} unreadable ({e:#}); recorded as unreadable",
                     job.path.display(),
-                    r.0,
-                    r.0 + r.1
+                    bad.iter().map(|r| r.1).sum::<u64>(),
+                    bad.len(),
+                    off + len as u64
                 );
             }
             Ok(bad)
