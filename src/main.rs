@@ -94,6 +94,29 @@ enum Cmd {
         #[arg(long = "key-file", value_name = "FILE", requires = "volume")]
         key_files: Vec<String>,
     },
+    /// Copy a file or directory out of a point as the mount shows it, without FUSE
+    /// (metadata kept as `cp -a` keeps it).
+    Extract {
+        /// The safe directory.
+        safe: PathBuf,
+        /// Point id or `latest`.
+        point: String,
+        /// What to copy, named as under the mount's point directory: DEVICE/partK/DIR,
+        /// DEVICE/files/FILE, DEVICE/lvm/VG-LV/..., or a raw image such as DEVICE/disk.img.
+        path: PathBuf,
+        /// Where to: into it when an existing directory, else as this new name.
+        dest: PathBuf,
+        /// Copy file trees as recorded, without replaying their journals (forensics).
+        #[arg(long)]
+        no_replay: bool,
+        /// Show NTFS metadata files ($MFT, $LogFile, $Extend, ...) (forensics).
+        #[arg(long)]
+        show_system: bool,
+        /// A passphrase for LUKS volumes on the way to PATH: the file's bytes (also
+        /// tried without a final newline), or `-` for standard input. Repeatable.
+        #[arg(long = "key-file", value_name = "FILE")]
+        key_files: Vec<String>,
+    },
     /// Mount every recovery point read-only through FUSE.
     Mount {
         /// The safe directory.
@@ -316,6 +339,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else if output != "-" {
                 eprintln!("restored {} to {output}", human(n.bytes));
             }
+        }
+        Cmd::Extract {
+            safe,
+            point,
+            path,
+            dest,
+            no_replay,
+            show_system,
+            key_files,
+        } => {
+            let opts = disksafe::extract::ExtractOptions {
+                passphrases: disksafe::passphrase::read(&key_files)?,
+                no_replay,
+                show_system,
+            };
+            let x = disksafe::extract::extract(&safe, &point, &path, &dest, opts)?;
+            if x.xattr_refused_count > 0 {
+                eprintln!(
+                    "warning: {} extended attribute(s) not kept: the destination refused them (e.g. {})",
+                    x.xattr_refused_count,
+                    x.xattr_refused.join("; ")
+                );
+            }
+            eprintln!(
+                "extracted {} file(s) ({}), {} director{}, {} other entr{} to {}",
+                x.files,
+                human(x.bytes),
+                x.dirs,
+                if x.dirs == 1 { "y" } else { "ies" },
+                x.other,
+                if x.other == 1 { "y" } else { "ies" },
+                dest.display()
+            );
         }
         Cmd::Mount {
             safe,

@@ -43,6 +43,9 @@ use crate::ntfs_ext::{FsTree, NodeKind, TreeOptions};
 use crate::readat::{ReadAt, Slice};
 use crate::safe_reader::PointInfo;
 
+/// An extended attribute: name and value.
+pub type Xattr = (Vec<u8>, Vec<u8>);
+
 /// Inode numbers at or above this belong to file trees.
 const TREE_SHIFT: u32 = 40;
 const TREE_MASK: u64 = (1 << TREE_SHIFT) - 1;
@@ -527,6 +530,16 @@ impl SafeFs {
     /// lvm/VG-LV.img`, or `DEVICE/...` with `only_point`) as a volume: what `restore
     /// --volume` writes, read without a mount.
     pub fn volume_at(&self, path: &Path) -> anyhow::Result<Arc<dyn ReadAt>> {
+        let ino = self.resolve(path)?;
+        let img = self
+            .image_of(ino)
+            .map_err(|_| anyhow::anyhow!("{}: not a raw image", path.display()))?;
+        Ok(Arc::new(ImageVolume(img)))
+    }
+
+    /// The inode at `path` (names as the mount shows them, from its root; into file
+    /// trees too), so commands can reach what the mount shows without mounting it.
+    pub fn resolve(&self, path: &Path) -> anyhow::Result<u64> {
         let mut ino = 1;
         let mut seen = PathBuf::new();
         for part in path.components() {
@@ -537,6 +550,20 @@ impl SafeFs {
                 );
             };
             seen.push(name);
+            if self.tree_of(ino).is_some() {
+                ino = match self.lookup_child(ino, name) {
+                    Ok(i) => i,
+                    Err(e) if e == Errno::ENOENT => {
+                        anyhow::bail!("{}: no such entry", seen.display())
+                    }
+                    Err(e) => anyhow::bail!(
+                        "{}: {}",
+                        seen.display(),
+                        std::io::Error::from_raw_os_error(e.code())
+                    ),
+                };
+                continue;
+            }
             let children = self
                 .children(ino)
                 .map_err(|_| anyhow::anyhow!("{}: not a directory", seen.display()))?;
@@ -560,10 +587,128 @@ impl SafeFs {
                     )
                 })?;
         }
-        let img = self
-            .image_of(ino)
-            .map_err(|_| anyhow::anyhow!("{}: not a raw image", path.display()))?;
-        Ok(Arc::new(ImageVolume(img)))
+        Ok(ino)
+    }
+
+    /// The child `name` of directory `parent`, as a lookup through the mount finds it.
+    fn lookup_child(&self, parent: u64, name: &OsStr) -> Result<u64, Errno> {
+        if let Some((tree, dir, _)) = self.tree_of(parent) {
+            let base = parent & !TREE_MASK;
+            return match tree.lookup(dir, name.as_encoded_bytes()) {
+                Ok(Some(child)) if child > TREE_MASK => {
+                    tracing::error!("lookup in tree inode {parent}: inode {child} out of range");
+                    Err(Errno::EIO)
+                }
+                Ok(Some(child)) => Ok(base | child),
+                Ok(None) => Err(Errno::ENOENT),
+                Err(e) => Err(self.tree_errno(parent, "lookup", e)),
+            };
+        }
+        let children = self.children(parent)?;
+        children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, ino)| ino)
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// Attributes of `ino`, as stat through the mount gives them.
+    pub fn stat(&self, ino: u64) -> Result<FileAttr, Errno> {
+        self.attr(ino).map(|(a, _)| a)
+    }
+
+    /// The entries of directory `ino` (without `.` and `..`).
+    pub fn list(&self, ino: u64) -> Result<Vec<(OsString, u64)>, Errno> {
+        let mut out = Vec::new();
+        self.each_entry(ino, 2, |child, _, _, name| {
+            out.push((name.to_os_string(), child));
+            false
+        })?;
+        Ok(out)
+    }
+
+    /// Reads file `ino` at `offset` into `buf`: the bytes read (fewer only at its end).
+    pub fn read_file(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        if let Some((tree, fino, _)) = self.tree_of(ino) {
+            self.tree_readahead(ino, &tree, fino, offset, buf.len() as u64);
+            let mut done = 0;
+            while done < buf.len() {
+                match tree.read(fino, offset + done as u64, &mut buf[done..]) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) => return Err(self.tree_errno(ino, "read", e)),
+                }
+            }
+            return Ok(done);
+        }
+        let img = self.image_of(ino)?;
+        if offset >= img.len {
+            return Ok(0);
+        }
+        let n = (buf.len() as u64).min(img.len - offset) as usize;
+        self.readahead(ino, &img, offset, n as u64);
+        match img.read_exact(offset, &mut buf[..n]) {
+            Ok(()) => Ok(n),
+            Err(e) => {
+                tracing::error!("read failed: {e}");
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// SEEK_DATA (`data`) or SEEK_HOLE from `offset` in file `ino`: `None` past the
+    /// last data (or the end).
+    pub fn seek_file(&self, ino: u64, offset: u64, data: bool) -> Result<Option<u64>, Errno> {
+        if let Some((tree, fino, _)) = self.tree_of(ino) {
+            return tree
+                .seek(fino, offset, data)
+                .map_err(|e| self.tree_errno(ino, "lseek", e));
+        }
+        let img = self.image_of(ino)?;
+        if offset >= img.len {
+            return Ok(None);
+        }
+        img.seek(offset, data).map_err(|e| {
+            tracing::error!("lseek failed: {e}");
+            Errno::EIO
+        })
+    }
+
+    /// The target of symlink `ino`.
+    pub fn read_link(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        if let Some((tree, fino, _)) = self.tree_of(ino) {
+            return tree
+                .read_link(fino)
+                .map_err(|e| self.tree_errno(ino, "readlink", e));
+        }
+        match self.kind(ino) {
+            Some(Kind::Latest) => self
+                .latest_target()
+                .map(String::into_bytes)
+                .ok_or(Errno::ENOENT),
+            Some(Kind::TimeLink(t)) => Ok(format!("../{t}").into_bytes()),
+            Some(_) => Err(Errno::EINVAL),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    /// The extended attributes of `ino` (names and values), as the mount lists them.
+    pub fn xattrs(&self, ino: u64) -> Result<Vec<Xattr>, Errno> {
+        let Some((tree, fino, _)) = self.tree_of(ino) else {
+            return Ok(Vec::new());
+        };
+        let names = tree
+            .xattr_names(fino)
+            .map_err(|e| self.tree_errno(ino, "listxattr", e))?;
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            match tree.xattr(fino, &n) {
+                Ok(Some(v)) => out.push((n, v)),
+                Ok(None) => {}
+                Err(e) => return Err(self.tree_errno(ino, "getxattr", e)),
+            }
+        }
+        Ok(out)
     }
 
     /// Re-reads the point list so points completed since the mount appear.
@@ -2083,32 +2228,10 @@ impl fuser::Filesystem for SafeFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if let Some((tree, dir, _)) = self.tree_of(parent.0) {
-            let base = parent.0 & !TREE_MASK;
-            return match tree.lookup(dir, name.as_encoded_bytes()) {
-                Ok(Some(child)) if child > TREE_MASK => {
-                    tracing::error!(
-                        "lookup in tree inode {}: inode {child} out of range",
-                        parent.0
-                    );
-                    reply.error(Errno::EIO)
-                }
-                Ok(Some(child)) => match self.attr(base | child) {
-                    Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
-                    Err(e) => reply.error(e),
-                },
-                Ok(None) => reply.error(Errno::ENOENT),
-                Err(e) => reply.error(self.tree_errno(parent.0, "lookup", e)),
-            };
-        }
-        let children = match self.children(parent.0) {
-            Ok(c) => c,
-            Err(e) => return reply.error(e),
-        };
-        let Some(&(_, ino)) = children.iter().find(|(n, _)| n == name) else {
-            return reply.error(Errno::ENOENT);
-        };
-        match self.attr(ino) {
+        match self
+            .lookup_child(parent.0, name)
+            .and_then(|ino| self.attr(ino))
+        {
             Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -2122,20 +2245,9 @@ impl fuser::Filesystem for SafeFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        if let Some((tree, fino, _)) = self.tree_of(ino.0) {
-            return match tree.read_link(fino) {
-                Ok(t) => reply.data(&t),
-                Err(e) => reply.error(self.tree_errno(ino.0, "readlink", e)),
-            };
-        }
-        match self.kind(ino.0) {
-            Some(Kind::Latest) => match self.latest_target() {
-                Some(t) => reply.data(t.as_bytes()),
-                None => reply.error(Errno::ENOENT),
-            },
-            Some(Kind::TimeLink(t)) => reply.data(format!("../{t}").as_bytes()),
-            Some(_) => reply.error(Errno::EINVAL),
-            None => reply.error(Errno::ENOENT),
+        match self.read_link(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -2200,28 +2312,10 @@ impl fuser::Filesystem for SafeFs {
             return reply.error(Errno::EINVAL);
         }
         // A negative offset is past any end, as the kernel's own lseek takes it.
-        let offset = offset as u64;
-        if let Some((tree, fino, _)) = self.tree_of(ino.0) {
-            return match tree.seek(fino, offset, whence == libc::SEEK_DATA) {
-                Ok(Some(o)) => reply.offset(o as i64),
-                Ok(None) => reply.error(Errno::ENXIO),
-                Err(e) => reply.error(self.tree_errno(ino.0, "lseek", e)),
-            };
-        }
-        let img = match self.image_of(ino.0) {
-            Ok(img) => img,
-            Err(e) => return reply.error(e),
-        };
-        if offset >= img.len {
-            return reply.error(Errno::ENXIO);
-        }
-        match img.seek(offset, whence == libc::SEEK_DATA) {
+        match self.seek_file(ino.0, offset as u64, whence == libc::SEEK_DATA) {
             Ok(Some(o)) => reply.offset(o as i64),
             Ok(None) => reply.error(Errno::ENXIO),
-            Err(e) => {
-                tracing::error!("lseek failed, answering EIO: {e}");
-                reply.error(Errno::EIO)
-            }
+            Err(e) => reply.error(e),
         }
     }
 

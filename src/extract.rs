@@ -1,0 +1,444 @@
+//! `disksafe extract`: a file or directory of a point copied out as the mount shows it,
+//! without FUSE (in a container, or where /dev/fuse or fusermount3 is missing), with
+//! the metadata `cp -a` keeps: modes, owners (as root), times, symlinks, hard links,
+//! holes, device nodes and extended attributes (ACLs among them).
+//!
+//! What a point's file tree says is hostile input for the machine it is copied onto:
+//! names are checked before they become paths (no `/`, `.`, `..` or empty names), files
+//! are created exclusively and never through a symlink, and a directory met twice (a
+//! loop) is not entered again.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CString, OsStr};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use fuser::{FileAttr, FileType};
+
+use crate::fs::{FsOptions, SafeFs};
+use crate::passphrase::Secret;
+use crate::safe_reader::Safe;
+
+/// How `extract` reads the point.
+pub struct ExtractOptions {
+    /// Passphrases for LUKS volumes on the way to PATH.
+    pub passphrases: Vec<Secret>,
+    /// File trees as recorded, without journal replay (as `mount --no-replay`).
+    pub no_replay: bool,
+    /// NTFS metadata files shown (as `mount --show-system`).
+    pub show_system: bool,
+}
+
+/// What was copied.
+#[derive(Debug, Default)]
+pub struct Extracted {
+    pub files: u64,
+    pub dirs: u64,
+    /// Symlinks, hard links to a file already copied, device nodes, fifos, sockets.
+    pub other: u64,
+    /// File bytes written (holes not counted).
+    pub bytes: u64,
+    /// Extended attributes the destination refused (name, path, error), first few.
+    pub xattr_refused: Vec<String>,
+    pub xattr_refused_count: u64,
+}
+
+/// Read size for file data.
+const CHUNK: usize = 1 << 20;
+
+/// Copies PATH (as under the mount's point directory) of point POINT of the safe to
+/// DEST: into it when DEST is an existing directory, else as DEST.
+pub fn extract(
+    safe_dir: &Path,
+    point: &str,
+    path: &Path,
+    dest: &Path,
+    opts: ExtractOptions,
+) -> anyhow::Result<Extracted> {
+    let safe = Arc::new(Safe::open(safe_dir)?);
+    let p = safe.point(point)?;
+    let cache = Arc::new(crate::cache::CachedSafe::new(safe.clone(), 256 << 20));
+    let fs = SafeFs::new(
+        cache,
+        FsOptions {
+            only_point: Some(p.id),
+            allow_other: false,
+            no_replay: opts.no_replay,
+            show_system: opts.show_system,
+            keyring: Arc::new(crate::volumes::luks::Keyring::new(opts.passphrases)),
+        },
+    )?;
+    let Some(name) = path.file_name() else {
+        bail!(
+            "{}: name a device's file or directory, e.g. DEVICE/part1/home",
+            path.display()
+        );
+    };
+    let ino = fs
+        .resolve(path)
+        .with_context(|| format!("point {}", p.id))?;
+    let attr = fs.stat(ino).map_err(|e| errno(e, path))?;
+    let target = if dest.is_dir() {
+        dest.join(name)
+    } else {
+        dest.to_path_buf()
+    };
+    if target.symlink_metadata().is_ok() {
+        bail!("{}: already exists; not overwritten", target.display());
+    }
+    let mut x = Extractor {
+        fs: &fs,
+        out: Extracted::default(),
+        links: HashMap::new(),
+        dirs_seen: HashSet::new(),
+        failed: 0,
+        root: unsafe { libc::geteuid() } == 0,
+    };
+    x.copy_tree(ino, attr, target.clone());
+    if x.failed > 0 {
+        bail!(
+            "{} entr{} could not be extracted (listed above); the rest is in {}",
+            x.failed,
+            if x.failed == 1 { "y" } else { "ies" },
+            target.display()
+        );
+    }
+    Ok(x.out)
+}
+
+fn errno(e: fuser::Errno, what: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}: {}",
+        what.display(),
+        io::Error::from_raw_os_error(e.code())
+    )
+}
+
+fn io_err(e: fuser::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.code())
+}
+
+/// A name from a file tree that is safe to use as one path component here.
+fn plain_name(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty() && b != b"." && b != b".." && !b.contains(&b'/') && !b.contains(&0)
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn timespec(t: SystemTime) -> libc::timespec {
+    let (secs, nsecs) = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            // Before 1970: whole seconds down, nanoseconds up from there.
+            let mut secs = -(d.as_secs() as i64);
+            let mut nsecs = d.subsec_nanos();
+            if nsecs > 0 {
+                secs -= 1;
+                nsecs = 1_000_000_000 - nsecs;
+            }
+            (secs, nsecs)
+        }
+    };
+    libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: nsecs as libc::c_long,
+    }
+}
+
+/// Work left on the walk: an entry to copy, or a directory whose own metadata is set
+/// once its entries are in (writing them would change its times).
+enum Step {
+    Copy(u64, FileAttr, PathBuf),
+    Finish(FileAttr, PathBuf),
+}
+
+struct Extractor<'a> {
+    fs: &'a SafeFs,
+    out: Extracted,
+    /// Files with more than one link: the first copy's path, for the others' links.
+    links: HashMap<u64, PathBuf>,
+    /// Directories entered, so a loop in a damaged tree ends.
+    dirs_seen: HashSet<u64>,
+    failed: u64,
+    root: bool,
+}
+
+impl Extractor<'_> {
+    fn fail(&mut self, path: &Path, e: impl std::fmt::Display) {
+        eprintln!("error: {}: {e}", path.display());
+        self.failed += 1;
+    }
+
+    fn copy_tree(&mut self, ino: u64, attr: FileAttr, target: PathBuf) {
+        let mut steps = vec![Step::Copy(ino, attr, target)];
+        while let Some(step) = steps.pop() {
+            match step {
+                Step::Finish(attr, path) => {
+                    if let Err(e) = self.finish_dir(&attr, &path) {
+                        self.fail(&path, e);
+                    }
+                }
+                Step::Copy(ino, attr, path) if attr.kind == FileType::Directory => {
+                    if !self.dirs_seen.insert(ino) {
+                        self.fail(&path, "directory met again (a loop in the tree); skipped");
+                        continue;
+                    }
+                    let entries = match self.fs.list(ino) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            self.fail(&path, io_err(e));
+                            continue;
+                        }
+                    };
+                    // Owner-only while it fills, whatever its own mode.
+                    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                        self.fail(&path, e);
+                        continue;
+                    }
+                    self.out.dirs += 1;
+                    steps.push(Step::Finish(attr, path.clone()));
+                    for (name, child) in entries.into_iter().rev() {
+                        let at = path.join(&name);
+                        if !plain_name(&name) {
+                            self.fail(&at, "not a plain name; skipped");
+                            continue;
+                        }
+                        match self.fs.stat(child) {
+                            Ok(a) => steps.push(Step::Copy(child, a, at)),
+                            Err(e) => self.fail(&at, io_err(e)),
+                        }
+                    }
+                }
+                Step::Copy(ino, attr, path) => {
+                    if let Err(e) = self.copy_entry(ino, &attr, &path) {
+                        self.fail(&path, e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies a non-directory entry with its metadata.
+    fn copy_entry(&mut self, ino: u64, attr: &FileAttr, path: &Path) -> io::Result<()> {
+        if attr.nlink > 1 {
+            if let Some(first) = self.links.get(&ino) {
+                std::fs::hard_link(first, path)?;
+                self.out.other += 1;
+                return Ok(());
+            }
+        }
+        match attr.kind {
+            FileType::RegularFile => self.copy_file(ino, attr, path)?,
+            FileType::Symlink => {
+                let to = self.fs.read_link(ino).map_err(io_err)?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&to), path)?;
+                self.set_meta(ino, attr, path, None)?;
+                self.out.other += 1;
+            }
+            kind => {
+                let ty = match kind {
+                    FileType::CharDevice => libc::S_IFCHR,
+                    FileType::BlockDevice => libc::S_IFBLK,
+                    FileType::NamedPipe => libc::S_IFIFO,
+                    FileType::Socket => libc::S_IFSOCK,
+                    _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+                };
+                let c = cpath(path)?;
+                // SAFETY: a valid C string and plain integers.
+                check(unsafe { libc::mknod(c.as_ptr(), ty | 0o600, attr.rdev as libc::dev_t) })?;
+                // Set by path: opening a fifo or device would block or touch it, and
+                // mknod just made this path.
+                self.set_meta(ino, attr, path, None)?;
+                self.out.other += 1;
+            }
+        }
+        if attr.nlink > 1 {
+            self.links.insert(ino, path.to_path_buf());
+        }
+        Ok(())
+    }
+
+    /// Copies a regular file's data (holes kept) and metadata; a file that cannot be
+    /// read whole is removed rather than left looking complete.
+    fn copy_file(&mut self, ino: u64, attr: &FileAttr, path: &Path) -> io::Result<()> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        let r = self.copy_data(ino, attr.size, &f);
+        let r = r.and_then(|()| self.set_meta(ino, attr, path, Some(&f)));
+        if r.is_err() {
+            drop(f);
+            let _ = std::fs::remove_file(path);
+        } else {
+            self.out.files += 1;
+        }
+        r
+    }
+
+    fn copy_data(&mut self, ino: u64, size: u64, f: &File) -> io::Result<()> {
+        let mut buf = vec![0u8; CHUNK];
+        let mut off = 0;
+        while off < size {
+            let Some(data) = self.fs.seek_file(ino, off, true).map_err(io_err)? else {
+                break;
+            };
+            if data >= size {
+                break;
+            }
+            let hole = self
+                .fs
+                .seek_file(ino, data, false)
+                .map_err(io_err)?
+                .unwrap_or(size)
+                .clamp(data + 1, size);
+            let mut at = data;
+            while at < hole {
+                let n = ((hole - at) as usize).min(CHUNK);
+                let got = self.fs.read_file(ino, at, &mut buf[..n]).map_err(io_err)?;
+                if got < n {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("ended at byte {}, before its size {size}", at + got as u64),
+                    ));
+                }
+                f.write_all_at(&buf[..n], at)?;
+                self.out.bytes += n as u64;
+                at += n as u64;
+            }
+            off = hole;
+        }
+        f.set_len(size)
+    }
+
+    /// A directory's metadata, once its entries are in.
+    fn finish_dir(&mut self, attr: &FileAttr, path: &Path) -> io::Result<()> {
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(path)?;
+        let ino = attr.ino.0;
+        self.set_meta(ino, attr, path, Some(&f))
+    }
+
+    /// Owner (as root), mode, extended attributes and times, in that order: a change
+    /// of owner clears set-id bits, and setting the others changes no data time. With
+    /// `f`, through the open file; else by path, not following a symlink.
+    fn set_meta(
+        &mut self,
+        ino: u64,
+        attr: &FileAttr,
+        path: &Path,
+        f: Option<&File>,
+    ) -> io::Result<()> {
+        use std::os::unix::io::AsRawFd;
+        let c = cpath(path)?;
+        let fd = f.map(|f| f.as_raw_fd());
+        let symlink = attr.kind == FileType::Symlink;
+        if self.root {
+            // SAFETY: valid descriptor or C string, plain integers.
+            check(match fd {
+                Some(fd) => unsafe { libc::fchown(fd, attr.uid, attr.gid) },
+                None => unsafe { libc::lchown(c.as_ptr(), attr.uid, attr.gid) },
+            })?;
+        }
+        let mode = (attr.perm as libc::mode_t) & 0o7777;
+        let mode = if self.root { mode } else { mode & 0o1777 };
+        if !symlink {
+            // SAFETY: as above; a non-symlink path made by this walk.
+            check(match fd {
+                Some(fd) => unsafe { libc::fchmod(fd, mode) },
+                None => unsafe { libc::chmod(c.as_ptr(), mode) },
+            })?;
+        }
+        for (name, value) in self.fs.xattrs(ino).map_err(io_err)? {
+            let Ok(n) = CString::new(name.clone()) else {
+                continue;
+            };
+            // SAFETY: valid descriptor or C strings, a buffer with its length.
+            let r = match fd {
+                Some(fd) => unsafe {
+                    libc::fsetxattr(fd, n.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+                },
+                None => unsafe {
+                    libc::lsetxattr(
+                        c.as_ptr(),
+                        n.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        0,
+                    )
+                },
+            };
+            if r != 0 {
+                let e = io::Error::last_os_error();
+                self.out.xattr_refused_count += 1;
+                if self.out.xattr_refused.len() < 3 {
+                    self.out.xattr_refused.push(format!(
+                        "{} on {}: {e}",
+                        String::from_utf8_lossy(&name),
+                        path.display()
+                    ));
+                }
+            }
+        }
+        let times = [timespec(attr.atime), timespec(attr.mtime)];
+        // SAFETY: valid descriptor or C string and a two-element array.
+        check(match fd {
+            Some(fd) => unsafe { libc::futimens(fd, times.as_ptr()) },
+            None => unsafe {
+                libc::utimensat(
+                    libc::AT_FDCWD,
+                    c.as_ptr(),
+                    times.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_would_leave_the_directory_are_refused() {
+        for bad in ["", ".", "..", "a/b", "../x", "/etc"] {
+            assert!(!plain_name(OsStr::new(bad)), "{bad:?}");
+        }
+        assert!(!plain_name(OsStr::from_bytes(b"a\0b")));
+        for good in ["a", "...", ".hidden", "a b", "ü"] {
+            assert!(plain_name(OsStr::new(good)), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn times_before_1970_keep_their_nanoseconds() {
+        let t = UNIX_EPOCH - std::time::Duration::new(10, 250_000_000);
+        let ts = timespec(t);
+        assert_eq!((ts.tv_sec, ts.tv_nsec), (-11, 750_000_000));
+        let ts = timespec(UNIX_EPOCH + std::time::Duration::new(5, 7));
+        assert_eq!((ts.tv_sec, ts.tv_nsec), (5, 7));
+    }
+}

@@ -1,0 +1,269 @@
+//! `disksafe extract`: files copied out of a point without FUSE, checked against the
+//! kernel's view of the same volume and against the tree mkfs was given.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Each path's view less what a copy cannot keep: the change time (stamped by the
+/// kernel as the copy is made), inode flags (`cp -a` keeps none), blocks allocated
+/// (the destination filesystem's own), a directory's size (its format's), and for
+/// preallocated files the holes (unwritten extents read as zeros, copied as holes).
+fn copyable(view: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    view.iter()
+        .map(|(p, v)| {
+            let dir = v.starts_with("mode 40");
+            let mut out = Vec::new();
+            let mut words = v.split(' ').peekable();
+            while let Some(w) = words.next() {
+                match w {
+                    "ctime" | "flags" | "blocks" => {
+                        words.next();
+                    }
+                    "size" if dir => {
+                        words.next();
+                    }
+                    "seeks" if p.starts_with("prealloc") => {
+                        // A list: skip to its end.
+                        for x in words.by_ref() {
+                            if x.ends_with(']') {
+                                break;
+                            }
+                        }
+                    }
+                    _ => out.push(w),
+                }
+            }
+            (p.clone(), out.join(" "))
+        })
+        .collect()
+}
+
+/// A volume the kernel filled with everything the tree tests check (hard links,
+/// devices, a fifo and a socket, xattrs and ACLs, sparse and preallocated files,
+/// times with nanoseconds and before 1970) comes out as the kernel shows it, but for
+/// what a copy cannot keep; the safe is not changed.
+#[test]
+fn extract_copies_a_tree_as_the_kernel_shows_it() {
+    let name = "extract_copies_a_tree_as_the_kernel_shows_it";
+    // XFS: the volume must take 40 xattrs on one file and one of 3000 bytes.
+    if !mkfs_ready("xfs", name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("fs.img");
+    File::create(&img).unwrap().set_len(320 << 20).unwrap();
+    assert!(run("mkfs.xfs", &["-q", "-f", s(&img)]), "mkfs.xfs");
+    let kmnt = t.path().join("kernel");
+    let mut rng = StdRng::seed_from_u64(71);
+    if kernel_mount("xfs", &img, &kmnt, "loop", |m| {
+        fill_posix(m, 4 << 20, &mut rng)
+    })
+    .is_none()
+    {
+        eprintln!("SKIP {name}: the kernel does not mount XFS images here");
+        return;
+    }
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    let before = sha256_file(&safe.join("safe.db"));
+    let want = kernel_mount("xfs", &img, &kmnt, "loop,ro", view).unwrap();
+    assert!(want.len() > 3000, "only {} paths", want.len());
+    // Onto another XFS volume, which takes all those xattrs (ext4 would refuse the
+    // 3000-byte one beside 40 others: the destination's limit, not the copy's).
+    let out_img = t.path().join("out.img");
+    File::create(&out_img).unwrap().set_len(320 << 20).unwrap();
+    assert!(run("mkfs.xfs", &["-q", "-f", s(&out_img)]), "mkfs.xfs");
+    let dest = t.path().join("out");
+    kernel_mount("xfs", &out_img, &dest, "loop", |dest| {
+        compare(&safe, dest, &want)
+    })
+    .unwrap();
+    assert_eq!(
+        sha256_file(&safe.join("safe.db")),
+        before,
+        "the safe unchanged"
+    );
+}
+
+/// Extracts the volume's tree into `dest` and compares it with the kernel's `want`.
+fn compare(safe: &Path, dest: &Path, want: &BTreeMap<String, String>) {
+    let o = ds(&["extract", s(safe), "latest", "vol/files", s(dest)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(o.stdout.is_empty(), "nothing on stdout");
+    assert!(!err.contains("not kept"), "{err}");
+    // Access times and holes as copied, taken before `view` reads the files: reading
+    // moves the access time of those whose atime is older than their mtime, and
+    // makes the destination's unwritten extents with pages cached count as data (a
+    // second name of a file read already would show them).
+    let root = dest.join("files");
+    let mut before = BTreeMap::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            let rel = p.strip_prefix(&root).unwrap().to_string_lossy().to_string();
+            let holes = m.is_file().then(|| format!("{:?}", seeks(&p, m.size())));
+            before.insert(
+                rel,
+                (format!("atime {}.{}", m.atime(), m.atime_nsec()), holes),
+            );
+        }
+    }
+    let mut got = view(&root);
+    for (p, v) in got.iter_mut() {
+        let (atime, holes) = &before[p];
+        let at = v.find(" atime ").unwrap();
+        let end = v[at + 7..].find(' ').map_or(v.len(), |e| at + 7 + e);
+        v.replace_range(at + 1..end, atime);
+        if let Some(holes) = holes {
+            let at = v.find(" seeks [").unwrap() + 7;
+            let end = at + v[at..].find(']').unwrap() + 1;
+            v.replace_range(at..end, holes);
+        }
+    }
+    let (want, got) = (copyable(want), copyable(&got));
+    let diffs: Vec<String> = want
+        .iter()
+        .filter(|(p, v)| got.get(*p) != Some(v))
+        .map(|(p, v)| format!("{p}:\n  kernel  {v}\n  extract {:?}", got.get(p)))
+        .chain(
+            got.keys()
+                .filter(|p| !want.contains_key(*p))
+                .map(|p| format!("{p}: only in the copy")),
+        )
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}
+
+/// One directory or one file comes out as mkfs was given it; what cannot be done
+/// fails with a one-line error; a file behind a damaged block is named, not left
+/// behind half-written, and the rest is copied.
+#[test]
+fn extract_copies_parts_and_reports_what_it_cannot() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let mut rng = StdRng::seed_from_u64(72);
+    make_tree(&src, 30, &mut rng);
+    let mut victim = vec![0u8; 300 << 10];
+    rng.fill(&mut victim[..]);
+    std::fs::write(src.join("sub/victim"), &victim).unwrap();
+    let img = t.path().join("fs.img");
+    File::create(&img).unwrap().set_len(32 << 20).unwrap();
+    let o = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-d"])
+        .arg(&src)
+        .arg(&img)
+        .output()
+        .expect("mkfs.ext4 (package e2fsprogs) is needed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), "--compression", "0", &format!("vol={}", s(&img))]);
+
+    // A directory into an existing one; a file as a new name.
+    let dest = t.path().join("out");
+    std::fs::create_dir(&dest).unwrap();
+    ok(&["extract", s(&safe), "1", "vol/files/sub", s(&dest)]);
+    same_tree(
+        &tree_digest(&dest.join("sub")),
+        &tree_digest(&src.join("sub")),
+        "sub",
+    );
+    let one = t.path().join("one.bin");
+    ok(&["extract", s(&safe), "1", "vol/files/file 0.bin", s(&one)]);
+    assert_eq!(sha256_file(&one), sha256_file(&src.join("file 0.bin")));
+    // A raw image is a file too.
+    let disk = t.path().join("disk.img");
+    ok(&["extract", s(&safe), "1", "vol/disk.img", s(&disk)]);
+    assert_eq!(sha256_file(&disk), sha256_file(&img));
+
+    // Nothing is overwritten; unknown names and points are named, in one line each.
+    for (point, path, to, want) in [
+        ("1", "vol/files/file 0.bin", &one, "already exists"),
+        (
+            "1",
+            "vol/files/nope",
+            &dest,
+            "vol/files/nope: no such entry",
+        ),
+        ("1", "other/files", &dest, "no such entry (there: vol)"),
+        ("9", "vol/files", &dest, "no recovery point 9"),
+        ("1", ".", &dest, "name a device's file or directory"),
+    ] {
+        let e = fails(&["extract", s(&safe), point, path, s(to)]);
+        assert!(e.contains(want), "{point} {path}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    }
+
+    // Damage the safe's copy of a block in the middle of the victim (its 64 KiB lie
+    // inside the victim's 300 KiB, which mkfs writes in one run).
+    let bmap = Command::new("debugfs")
+        .args(["-R", "bmap /sub/victim 40"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let phys: u64 = String::from_utf8_lossy(&bmap.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let block_no = phys * 4096 / 65536;
+    let db = rusqlite::Connection::open(safe.join("safe.db")).unwrap();
+    let (pack, offset): (i64, i64) = db
+        .query_row(
+            "SELECT b.pack, b.offset FROM block_map m JOIN blocks b ON b.id = m.block
+             JOIN devices d ON d.id = m.device WHERE d.name = 'vol' AND m.block_no = ?1",
+            [block_no as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    drop(db);
+    let in_block = phys * 4096 % 65536;
+    flip_byte(
+        &safe.join(format!("packs/{pack:08}.pack")),
+        offset as u64 + 48 + in_block + 10,
+        1,
+    );
+    let all = t.path().join("all");
+    let o = ds(&["extract", s(&safe), "1", "vol/files", s(&all)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("all/sub/victim: Input/output error"),
+        "the file named: {err}"
+    );
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .contains("1 entry could not be extracted"),
+        "{err}"
+    );
+    assert!(
+        !all.join("sub/victim").exists(),
+        "no half-written copy left"
+    );
+    let mut want = tree_digest(&src);
+    want.remove("sub/victim");
+    same_tree(&tree_digest(&all), &want, "the rest");
+}
