@@ -33,6 +33,8 @@ pub struct ExtractOptions {
     pub no_replay: bool,
     /// NTFS metadata files shown (as `mount --show-system`).
     pub show_system: bool,
+    /// Draw a progress line on stderr.
+    pub progress: bool,
 }
 
 /// What was copied.
@@ -92,8 +94,20 @@ pub fn extract(
     if target.symlink_metadata().is_ok() {
         bail!("{}: already exists; not overwritten", target.display());
     }
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec} {msg}")
+                .unwrap(),
+        );
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let mut x = Extractor {
         fs: &fs,
+        bar: bar.clone(),
         out: Extracted::default(),
         links: HashMap::new(),
         dirs_seen: HashSet::new(),
@@ -101,6 +115,7 @@ pub fn extract(
         root: unsafe { libc::geteuid() } == 0,
     };
     x.copy_tree(ino, attr, target.clone());
+    bar.finish_and_clear();
     if x.failed > 0 {
         bail!(
             "{} entr{} could not be extracted (listed above); the rest is in {}",
@@ -172,6 +187,7 @@ enum Step {
 
 struct Extractor<'a> {
     fs: &'a SafeFs,
+    bar: indicatif::ProgressBar,
     out: Extracted,
     /// Files with more than one link: the first copy's path, for the others' links.
     links: HashMap<u64, PathBuf>,
@@ -183,7 +199,8 @@ struct Extractor<'a> {
 
 impl Extractor<'_> {
     fn fail(&mut self, path: &Path, e: impl std::fmt::Display) {
-        eprintln!("error: {}: {e}", path.display());
+        self.bar
+            .suspend(|| eprintln!("error: {}: {e}", path.display()));
         self.failed += 1;
     }
 
@@ -292,6 +309,7 @@ impl Extractor<'_> {
             let _ = std::fs::remove_file(path);
         } else {
             self.out.files += 1;
+            self.bar.set_message(format!("{} files", self.out.files));
         }
         r
     }
@@ -324,6 +342,7 @@ impl Extractor<'_> {
                 }
                 f.write_all_at(&buf[..n], at)?;
                 self.out.bytes += n as u64;
+                self.bar.inc(n as u64);
                 at += n as u64;
             }
             off = hole;

@@ -353,6 +353,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 passphrases: disksafe::passphrase::read(&key_files)?,
                 no_replay,
                 show_system,
+                progress: std::io::stderr().is_terminal(),
             };
             let x = disksafe::extract::extract(&safe, &point, &path, &dest, opts)?;
             if x.xattr_refused_count > 0 {
