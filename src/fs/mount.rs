@@ -68,10 +68,10 @@ pub fn keys_from_parent() -> anyhow::Result<Vec<crate::passphrase::Secret>> {
             bail!("malformed passphrase line from the parent");
         }
         let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        let mut p = crate::passphrase::Secret::new(Vec::with_capacity(hex.len() / 2));
-        for pair in hex.chunks(2) {
+        let mut p = crate::passphrase::Secret::zeroed(hex.len() / 2);
+        for (i, pair) in hex.chunks(2).enumerate() {
             match (digit(pair[0]), digit(pair[1])) {
-                (Some(a), Some(b)) => p.push(a << 4 | b),
+                (Some(a), Some(b)) => p[i] = a << 4 | b,
                 _ => bail!("malformed passphrase line from the parent"),
             }
         }

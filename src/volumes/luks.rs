@@ -22,7 +22,7 @@ use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 use base64::Engine;
 use sha2::Digest;
 
-use crate::passphrase::Secret;
+use crate::passphrase::{LockedBox, Secret};
 use crate::readat::ReadAt;
 
 const MAGIC1: &[u8; 6] = b"LUKS\xba\xbe";
@@ -591,17 +591,17 @@ fn parse_json(
 
 /// AES with a 128-, 192- or 256-bit key.
 enum Aes {
-    A128(Box<aes::Aes128>),
-    A192(Box<aes::Aes192>),
-    A256(Box<aes::Aes256>),
+    A128(LockedBox<aes::Aes128>),
+    A192(LockedBox<aes::Aes192>),
+    A256(LockedBox<aes::Aes256>),
 }
 
 impl Aes {
     fn new(key: &[u8]) -> io::Result<Aes> {
         Ok(match key.len() {
-            16 => Aes::A128(Box::new(aes::Aes128::new_from_slice(key).unwrap())),
-            24 => Aes::A192(Box::new(aes::Aes192::new_from_slice(key).unwrap())),
-            32 => Aes::A256(Box::new(aes::Aes256::new_from_slice(key).unwrap())),
+            16 => Aes::A128(LockedBox::new(aes::Aes128::new_from_slice(key).unwrap())),
+            24 => Aes::A192(LockedBox::new(aes::Aes192::new_from_slice(key).unwrap())),
+            32 => Aes::A256(LockedBox::new(aes::Aes256::new_from_slice(key).unwrap())),
             n => return Err(bad(format!("AES key of {n} bytes"))),
         })
     }
@@ -754,7 +754,7 @@ fn xor(b: &mut aes::Block, t: u128) {
 /// The anti-forensic merge: every stripe but the last diffused into the next, the
 /// last XORed in, gives the key.
 fn af_merge(material: &[u8], key_len: usize, stripes: usize, hash: Hash) -> Secret {
-    let mut d = Secret::new(vec![0u8; key_len]);
+    let mut d = Secret::zeroed(key_len);
     for s in 0..stripes {
         let stripe = &material[s * key_len..(s + 1) * key_len];
         for (x, y) in d.iter_mut().zip(stripe) {
@@ -792,9 +792,9 @@ impl Header {
             if need > s.area_len || s.area.checked_add(need).is_none_or(|e| e > vol.size()) {
                 continue;
             }
-            let mut derived = Secret::new(vec![0u8; s.cipher_key]);
+            let mut derived = Secret::zeroed(s.cipher_key);
             s.kdf.derive(pass, &mut derived)?;
-            let mut material = Secret::new(vec![0u8; need as usize]);
+            let mut material = Secret::zeroed(need as usize);
             vol.read_exact_at(s.area, &mut material)?;
             let c = match Cipher::new(&s.cipher, &derived) {
                 Ok(c) => c,
