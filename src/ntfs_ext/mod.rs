@@ -102,6 +102,21 @@ fn or_backup<T>(
 /// Hints the device to fetch scattered byte ranges (a parser warming its metadata):
 /// sorted and merged across gaps under 64 KiB so the device fetches them in few
 /// batches, at most `max_ranges` of them.
+/// Whether a volume's first sector leaves its format's backup to be read: it cannot be
+/// read, it is the format's own (`ours`) yet did not open, or (with `zeros`) it was
+/// wiped. Anything else is something else's, which a backup copy must not cover.
+pub(crate) fn start_gone_or_ours(
+    dev: &dyn ReadAt,
+    ours: impl Fn(&[u8; 512]) -> bool,
+    zeros: bool,
+) -> bool {
+    let mut first = [0u8; 512];
+    match dev.read_exact_at(0, &mut first) {
+        Err(_) => true,
+        Ok(()) => ours(&first) || (zeros && first.iter().all(|&b| b == 0)),
+    }
+}
+
 pub(crate) fn prefetch_spans(dev: &dyn ReadAt, mut spans: Vec<(u64, u64)>, max_ranges: usize) {
     spans.sort_unstable();
     let mut merged: Vec<(u64, u64)> = Vec::new();

@@ -126,11 +126,7 @@ pub fn open_backup(
     opts: &TreeOptions,
     why: &str,
 ) -> Option<io::Result<ExFatFs>> {
-    let mut first = [0u8; 512];
-    if dev.read_exact_at(0, &mut first).is_ok()
-        && &first[3..11] != b"EXFAT   "
-        && first.iter().any(|&b| b != 0)
-    {
+    if !crate::ntfs_ext::start_gone_or_ours(&**dev, |b| &b[3..11] == b"EXFAT   ", true) {
         return None;
     }
     for shift in 9..=12u32 {

@@ -287,8 +287,9 @@ pub fn open_backup(
     opts: &TreeOptions,
     why: &str,
 ) -> Option<io::Result<FatFs>> {
-    let mut first = [0u8; 512];
-    if dev.read_exact_at(0, &mut first).is_ok() && first.iter().any(|&b| b != 0) {
+    // A FAT32 boot sector that failed to parse is not told from other bytes: only an
+    // unreadable or wiped one leaves the backup to be read.
+    if !super::start_gone_or_ours(&**dev, |_| false, true) {
         return None;
     }
     for bps in [512u64, 4096] {

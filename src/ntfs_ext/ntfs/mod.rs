@@ -88,12 +88,7 @@ pub fn open_backup(
     why: &str,
 ) -> Option<io::Result<Arc<NtfsFs>>> {
     let size = dev.size();
-    let mut first = [0u8; 512];
-    let gone = match dev.read_exact_at(0, &mut first) {
-        Err(_) => true,
-        Ok(()) => record::is_ntfs(&first) || first.iter().all(|&b| b == 0),
-    };
-    if !gone {
+    if !super::start_gone_or_ours(&**dev, |b| record::is_ntfs(b), true) {
         return None;
     }
     for ss in [512u64, 4096] {

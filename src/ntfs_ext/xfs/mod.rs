@@ -269,8 +269,9 @@ pub fn open_backup(
     opts: &TreeOptions,
     why: &str,
 ) -> Option<io::Result<XfsFs>> {
-    let mut first = [0u8; 512];
-    if dev.read_exact_at(0, &mut first).is_ok() && be32(&first, 0) != SB_MAGIC {
+    // Not over zeros: the search tries hundreds of places, too many for every blank
+    // volume.
+    if !crate::ntfs_ext::start_gone_or_ours(&**dev, |b| be32(b, 0) == SB_MAGIC, false) {
         return None;
     }
     let size = dev.size();
