@@ -196,6 +196,10 @@ enum Cmd {
     Verify {
         /// The safe directory.
         safe: PathBuf,
+        /// Check only what this point needs (id or `latest`): its blocks, once each,
+        /// and damage named for it alone. Repeatable.
+        #[arg(long, value_name = "ID")]
+        point: Vec<String>,
     },
 }
 
@@ -472,8 +476,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Cmd::Verify { safe } => {
-            let report = disksafe::verify::verify(&safe)?;
+        Cmd::Verify { safe, point } => {
+            let report = disksafe::verify::verify_points(&safe, &point)?;
             disksafe::verify::print(&report);
             if !report.intact() {
                 eprintln!(

@@ -52,7 +52,23 @@ impl Report {
 
 /// Checks the whole safe; never writes to it.
 pub fn verify(dir: &Path) -> anyhow::Result<Report> {
+    verify_points(dir, &[])
+}
+
+/// Checks what the given points need (every point when `points` is empty): the index,
+/// the packs' headers, and each stored block those points read, once; damage is
+/// named for those points only. Never writes to the safe.
+pub fn verify_points(dir: &Path, points: &[String]) -> anyhow::Result<Report> {
     let safe = Safe::open(dir)?;
+    let chosen: Option<HashSet<i64>> = if points.is_empty() {
+        None
+    } else {
+        let mut ids = HashSet::new();
+        for p in points {
+            ids.insert(safe.point(p)?.id);
+        }
+        Some(ids)
+    };
     let mut report = Report::default();
     let bs = safe.params().block_size as u64;
 
@@ -98,94 +114,16 @@ pub fn verify(dir: &Path) -> anyhow::Result<Report> {
         }
     }
 
-    // Every stored block, in id order, checked on all cores.
-    let mut damaged: HashMap<i64, String> = HashMap::new();
-    let mut last = 0i64;
-    loop {
-        let rows: Vec<BlockLoc> = safe.with_conn(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT id, pack, offset, stored_len, raw_len, codec, hash, quick FROM blocks
-                 WHERE id > ?1 ORDER BY id LIMIT 4096",
-            )?;
-            let v = st
-                .query_map([last], |r| {
-                    let h: Vec<u8> = r.get(6)?;
-                    let mut hash = [0u8; 32];
-                    if h.len() == 32 {
-                        hash.copy_from_slice(&h);
-                    }
-                    let q: Vec<u8> = r.get(7)?;
-                    let mut quick = [0u8; 16];
-                    if q.len() == 16 {
-                        quick.copy_from_slice(&q);
-                    }
-                    Ok(BlockLoc {
-                        id: r.get(0)?,
-                        pack: r.get(1)?,
-                        offset: r.get::<_, i64>(2)? as u64,
-                        stored_len: r.get::<_, i64>(3)? as u32,
-                        raw_len: r.get::<_, i64>(4)? as u32,
-                        codec: r.get::<_, i64>(5)? as u8,
-                        hash,
-                        quick,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
-            Ok(v)
-        })?;
-        let Some(l) = rows.last() else { break };
-        last = l.id;
-        report.blocks_checked += rows.len() as u64;
-        let bad: Vec<(BlockLoc, String)> = rows
-            .par_iter()
-            .filter_map(|loc| {
-                check(&safe, loc, packs.get(&loc.pack).copied()).map(|why| (*loc, why))
-            })
-            .collect();
-        // A `forget` running meanwhile may have freed (and punched out) a block this
-        // batch listed, or moved it into a rewritten pack: a block the index no longer
-        // holds is not damage, and a moved one is checked where it is now.
-        let now = safe.with_conn(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT b.pack, b.offset, p.committed_len FROM blocks b
-                 LEFT JOIN packs p ON p.id = b.pack WHERE b.id = ?1",
-            )?;
-            let mut out = Vec::with_capacity(bad.len());
-            for (loc, why) in bad {
-                let at = st
-                    .query_row([loc.id], |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, Option<i64>>(2)?,
-                        ))
-                    })
-                    .optional()?;
-                if let Some((pack, offset, len)) = at {
-                    out.push((loc, why, pack, offset, len));
-                }
-            }
-            Ok(out)
-        })?;
-        let bad: Vec<(i64, String)> = now
-            .into_iter()
-            .filter_map(|(loc, why, pack, offset, len)| {
-                if pack == loc.pack && offset.max(0) as u64 == loc.offset {
-                    return Some((loc.id, why));
-                }
-                let moved = BlockLoc {
-                    pack,
-                    offset: offset.max(0) as u64,
-                    ..loc
-                };
-                check(&safe, &moved, len.map(|l| l.max(0) as u64)).map(|why| (loc.id, why))
-            })
-            .collect();
-        damaged.extend(bad);
-    }
+    let points = safe.points()?;
+    let mut damaged = match &chosen {
+        None => check_all(&safe, &packs, &mut report)?,
+        Some(ids) => {
+            let pts: Vec<_> = points.iter().filter(|p| ids.contains(&p.id)).collect();
+            check_points(&safe, &packs, &pts, bs, &mut report)?
+        }
+    };
 
     // Every map entry: names an existing block; and damaged blocks mapped to ranges.
-    let points = safe.points()?;
     let sizes: HashMap<(i64, i64), u64> = points
         .iter()
         .flat_map(|p| p.devices.iter().map(move |d| ((p.id, d.id), d.size)))
@@ -194,7 +132,10 @@ pub fn verify(dir: &Path) -> anyhow::Result<Report> {
         .iter()
         .flat_map(|p| p.devices.iter().map(|d| (d.id, d.name.clone())))
         .collect();
-    let complete: HashSet<i64> = points.iter().map(|p| p.id).collect();
+    // Damage is named for the points checked (every complete one by default).
+    let complete: HashSet<i64> = chosen
+        .clone()
+        .unwrap_or_else(|| points.iter().map(|p| p.id).collect());
     let by_device: HashMap<i64, Vec<i64>> = {
         let mut m: HashMap<i64, Vec<i64>> = HashMap::new();
         for p in &points {
@@ -204,23 +145,25 @@ pub fn verify(dir: &Path) -> anyhow::Result<Report> {
         }
         m
     };
-    let missing: HashSet<i64> = safe.with_conn(|c| {
-        let mut st = c.prepare(
-            "SELECT DISTINCT m.block FROM block_map m LEFT JOIN blocks b ON b.id = m.block
-             WHERE m.block != 0 AND b.id IS NULL",
-        )?;
-        let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-        Ok(v)
-    })?;
-    for id in &missing {
-        damaged.insert(
-            *id,
-            format!("the index names block {id}, which the safe does not hold"),
-        );
+    if chosen.is_none() {
+        let missing: HashSet<i64> = safe.with_conn(|c| {
+            let mut st = c.prepare(
+                "SELECT DISTINCT m.block FROM block_map m LEFT JOIN blocks b ON b.id = m.block
+                 WHERE m.block != 0 AND b.id IS NULL",
+            )?;
+            let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Ok(v)
+        })?;
+        for id in &missing {
+            damaged.insert(
+                *id,
+                format!("the index names block {id}, which the safe does not hold"),
+            );
+        }
+        report.map_entries = safe.with_conn(|c| {
+            c.query_row("SELECT COUNT(*) FROM block_map", [], |r| r.get::<_, i64>(0))
+        })? as u64;
     }
-    report.map_entries = safe
-        .with_conn(|c| c.query_row("SELECT COUNT(*) FROM block_map", [], |r| r.get::<_, i64>(0)))?
-        as u64;
 
     if !damaged.is_empty() {
         // One ordered pass: a row is valid from its point until the next row of the
@@ -293,6 +236,199 @@ pub fn verify(dir: &Path) -> anyhow::Result<Report> {
         }
     }
     Ok(report)
+}
+
+/// Every stored block, in id order, checked on all cores: damaged block ids and why.
+fn check_all(
+    safe: &Safe,
+    packs: &HashMap<i64, u64>,
+    report: &mut Report,
+) -> anyhow::Result<HashMap<i64, String>> {
+    let mut damaged: HashMap<i64, String> = HashMap::new();
+    let mut last = 0i64;
+    loop {
+        let rows: Vec<BlockLoc> = safe.with_conn(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, pack, offset, stored_len, raw_len, codec, hash, quick FROM blocks
+                 WHERE id > ?1 ORDER BY id LIMIT 4096",
+            )?;
+            let v = st
+                .query_map([last], |r| {
+                    let h: Vec<u8> = r.get(6)?;
+                    let mut hash = [0u8; 32];
+                    if h.len() == 32 {
+                        hash.copy_from_slice(&h);
+                    }
+                    let q: Vec<u8> = r.get(7)?;
+                    let mut quick = [0u8; 16];
+                    if q.len() == 16 {
+                        quick.copy_from_slice(&q);
+                    }
+                    Ok(BlockLoc {
+                        id: r.get(0)?,
+                        pack: r.get(1)?,
+                        offset: r.get::<_, i64>(2)? as u64,
+                        stored_len: r.get::<_, i64>(3)? as u32,
+                        raw_len: r.get::<_, i64>(4)? as u32,
+                        codec: r.get::<_, i64>(5)? as u8,
+                        hash,
+                        quick,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(v)
+        })?;
+        let Some(l) = rows.last() else { break };
+        last = l.id;
+        report.blocks_checked += rows.len() as u64;
+        damaged.extend(check_locs(safe, packs, &rows)?);
+    }
+    Ok(damaged)
+}
+
+/// Checks `locs` on all cores; a block found damaged is looked up again, since a
+/// `forget` running meanwhile may have freed it (then it is no damage) or moved it
+/// into a rewritten pack (then it is checked where it is now).
+fn check_locs(
+    safe: &Safe,
+    packs: &HashMap<i64, u64>,
+    locs: &[BlockLoc],
+) -> anyhow::Result<Vec<(i64, String)>> {
+    let bad: Vec<(BlockLoc, String)> = locs
+        .par_iter()
+        .filter_map(|loc| check(safe, loc, packs.get(&loc.pack).copied()).map(|why| (*loc, why)))
+        .collect();
+    let now = safe.with_conn(|c| {
+        let mut st = c.prepare_cached(
+            "SELECT b.pack, b.offset, p.committed_len FROM blocks b
+             LEFT JOIN packs p ON p.id = b.pack WHERE b.id = ?1",
+        )?;
+        let mut out = Vec::with_capacity(bad.len());
+        for (loc, why) in bad {
+            let at = st
+                .query_row([loc.id], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
+                .optional()?;
+            if let Some((pack, offset, len)) = at {
+                out.push((loc, why, pack, offset, len));
+            }
+        }
+        Ok(out)
+    })?;
+    Ok(now
+        .into_iter()
+        .filter_map(|(loc, why, pack, offset, len)| {
+            if pack == loc.pack && offset.max(0) as u64 == loc.offset {
+                return Some((loc.id, why));
+            }
+            let moved = BlockLoc {
+                pack,
+                offset: offset.max(0) as u64,
+                ..loc
+            };
+            check(safe, &moved, len.map(|l| l.max(0) as u64)).map(|why| (loc.id, why))
+        })
+        .collect())
+}
+
+/// Block map rows read per query when walking a point's devices.
+const POINT_CHUNK: u64 = 65_536;
+
+/// The stored blocks `points` read, each checked once (a bitmap of block ids keeps
+/// memory at a bit per block of the safe): damaged block ids and why. A block the
+/// index names but does not hold is damage too.
+fn check_points(
+    safe: &Safe,
+    packs: &HashMap<i64, u64>,
+    points: &[&crate::safe_reader::PointInfo],
+    bs: u64,
+    report: &mut Report,
+) -> anyhow::Result<HashMap<i64, String>> {
+    let max_id: i64 = safe
+        .with_conn(|c| c.query_row("SELECT COALESCE(MAX(id), 0) FROM blocks", [], |r| r.get(0)))?;
+    let mut seen = vec![0u64; (max_id.max(0) as usize) / 64 + 1];
+    let mut damaged = HashMap::new();
+    for p in points {
+        for d in &p.devices {
+            let blocks = d.size.div_ceil(bs);
+            let mut from = 0;
+            while from < blocks {
+                let end = (from + POINT_CHUNK).min(blocks);
+                let rows: Vec<(i64, Option<BlockLoc>)> = safe.with_conn(|c| {
+                    let mut st = c.prepare_cached(
+                        "SELECT m.block, b.id, b.pack, b.offset, b.stored_len, b.raw_len, b.codec,
+                                b.hash, b.quick
+                         FROM block_map m LEFT JOIN blocks b ON b.id = m.block
+                         WHERE m.device = ?1 AND m.block_no >= ?3 AND m.block_no < ?4
+                           AND m.point <= ?2 AND m.block != 0
+                           AND NOT EXISTS (SELECT 1 FROM block_map n
+                                           WHERE n.device = ?1 AND n.block_no = m.block_no
+                                             AND n.point > m.point AND n.point <= ?2)",
+                    )?;
+                    let v = st
+                        .query_map(
+                            rusqlite::params![d.id, p.id, from as i64, end as i64],
+                            |r| {
+                                let blk: i64 = r.get(0)?;
+                                if r.get::<_, Option<i64>>(1)?.is_none() {
+                                    return Ok((blk, None));
+                                }
+                                let h: Vec<u8> = r.get(7)?;
+                                let q: Vec<u8> = r.get(8)?;
+                                Ok((
+                                    blk,
+                                    Some(BlockLoc {
+                                        id: blk,
+                                        pack: r.get(2)?,
+                                        offset: r.get::<_, i64>(3)? as u64,
+                                        stored_len: r.get::<_, i64>(4)? as u32,
+                                        raw_len: r.get::<_, i64>(5)? as u32,
+                                        codec: r.get::<_, i64>(6)? as u8,
+                                        hash: h.try_into().unwrap_or([0; 32]),
+                                        quick: q.try_into().unwrap_or([0; 16]),
+                                    }),
+                                ))
+                            },
+                        )?
+                        .collect::<Result<_, _>>()?;
+                    Ok(v)
+                })?;
+                report.map_entries += rows.len() as u64;
+                let mut todo = Vec::new();
+                for (blk, loc) in rows {
+                    let i = blk.max(0) as usize;
+                    if i / 64 < seen.len() && seen[i / 64] & (1 << (i % 64)) != 0 {
+                        continue;
+                    }
+                    if i / 64 < seen.len() {
+                        seen[i / 64] |= 1 << (i % 64);
+                    }
+                    match loc {
+                        Some(loc) => todo.push(loc),
+                        None => {
+                            damaged.insert(
+                                blk,
+                                format!(
+                                    "the index names block {blk}, which the safe does not hold"
+                                ),
+                            );
+                        }
+                    }
+                }
+                // In pack order: each pack read front to back.
+                todo.sort_unstable_by_key(|l| (l.pack, l.offset));
+                report.blocks_checked += todo.len() as u64;
+                damaged.extend(check_locs(safe, packs, &todo)?);
+                from = end;
+            }
+        }
+    }
+    Ok(damaged)
 }
 
 /// Prints one line per problem and per damaged range, for the `verify` command.

@@ -707,3 +707,94 @@ fn skip_free_without_a_known_filesystem_keeps_every_byte() {
         assert_eq!(restored_sha(&safe, "1", name, t.path()), sha256_file(img));
     }
 }
+
+/// Distinct non-zero 64 KiB blocks of a file: what a point of it holds in the safe.
+fn distinct_blocks(p: &Path) -> usize {
+    let data = std::fs::read(p).unwrap();
+    let set: std::collections::HashSet<&[u8]> = data
+        .chunks(65536)
+        .filter(|c| c.iter().any(|&b| b != 0))
+        .collect();
+    set.len()
+}
+
+/// `verify --point` reads what that point needs, once per distinct block, and names
+/// damage for that point alone: a block only an older point uses is no damage of the
+/// newer one.
+#[test]
+fn verify_of_one_point_checks_its_blocks_and_names_only_it() {
+    let t = tempfile::tempdir().unwrap();
+    let safe = t.path().join("safe");
+    let a = t.path().join("a.img");
+    let mut rng = StdRng::seed_from_u64(41);
+    make_image(&a, 2 << 20, &mut rng);
+    // Block 3 random before point 1, so its stored copy is one point 2 replaces.
+    let mut b3 = vec![0u8; 65536];
+    rng.fill(&mut b3[..]);
+    let f = OpenOptions::new().write(true).open(&a).unwrap();
+    f.write_all_at(&b3, 3 * 65536).unwrap();
+    // One block's content three times: stored once, checked once.
+    let mut same = vec![0u8; 65536];
+    rng.fill(&mut same[..]);
+    for b in [20, 25, 30] {
+        f.write_all_at(&same, b * 65536).unwrap();
+    }
+    backup(&[s(&safe), "--compression", "0", s(&a)]);
+    let first = distinct_blocks(&a);
+    rng.fill(&mut b3[..]);
+    f.write_all_at(&b3, 3 * 65536).unwrap();
+    backup(&[s(&safe), "--compression", "0", s(&a)]);
+    let second = distinct_blocks(&a);
+    let checked = |out: &str| -> usize {
+        out.trim()
+            .strip_prefix("ok: ")
+            .and_then(|r| r.split(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(checked(&ok(&["verify", s(&safe), "--point", "1"])), first);
+    assert_eq!(
+        checked(&ok(&["verify", s(&safe), "--point", "latest"])),
+        second
+    );
+
+    // Damage point 1's copy of block 3 (stored raw: a byte of its data).
+    let db = rusqlite::Connection::open(safe.join("safe.db")).unwrap();
+    let (pack, offset): (i64, i64) = db
+        .query_row(
+            "SELECT b.pack, b.offset FROM block_map m JOIN blocks b ON b.id = m.block
+             WHERE m.point = 1 AND m.block_no = 3",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    drop(db);
+    flip_byte(
+        &safe.join(format!("packs/{pack:08}.pack")),
+        offset as u64 + 48 + 1000,
+        1,
+    );
+    assert!(ok(&["verify", s(&safe), "--point", "2"]).starts_with("ok:"));
+    let want = "damaged: point 1 device a.img bytes 196608-262144";
+    for args in [
+        vec!["--point", "1"],
+        vec!["--point", "1", "--point", "2"],
+        vec![],
+    ] {
+        let mut all = vec!["verify", s(&safe)];
+        all.extend(&args);
+        let o = ds(&all);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(!o.status.success(), "{args:?}");
+        assert_eq!(
+            out.lines().filter(|l| l.starts_with("damaged")).count(),
+            1,
+            "{out}"
+        );
+        assert!(out.contains(want), "{args:?}: {out}");
+    }
+    let e = fails(&["verify", s(&safe), "--point", "7"]);
+    assert!(e.contains("no recovery point 7"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+}
