@@ -54,15 +54,8 @@ pub struct Extracted {
 /// Read size for file data.
 const CHUNK: usize = 1 << 20;
 
-/// Copies PATH (as under the mount's point directory) of point POINT of the safe to
-/// DEST: into it when DEST is an existing directory, else as DEST.
-pub fn extract(
-    safe_dir: &Path,
-    point: &str,
-    path: &Path,
-    dest: &Path,
-    opts: ExtractOptions,
-) -> anyhow::Result<Extracted> {
+/// The point's tree as the mount shows it, without mounting: (filesystem, point id).
+fn open_point(safe_dir: &Path, point: &str, opts: ExtractOptions) -> anyhow::Result<(SafeFs, i64)> {
     let safe = Arc::new(Safe::open(safe_dir)?);
     let p = safe.point(point)?;
     let cache = Arc::new(crate::cache::CachedSafe::new(safe.clone(), 256 << 20));
@@ -76,6 +69,116 @@ pub fn extract(
             keyring: Arc::new(crate::volumes::luks::Keyring::new(opts.passphrases)),
         },
     )?;
+    Ok((fs, p.id))
+}
+
+/// `ls -l`'s type and permission letters for `a`.
+fn mode_string(a: &FileAttr) -> String {
+    let t = match a.kind {
+        FileType::Directory => 'd',
+        FileType::Symlink => 'l',
+        FileType::CharDevice => 'c',
+        FileType::BlockDevice => 'b',
+        FileType::NamedPipe => 'p',
+        FileType::Socket => 's',
+        FileType::RegularFile => '-',
+    };
+    let p = a.perm as u32;
+    let mut out = String::from(t);
+    for (shift, special, lower, upper) in [
+        (6, 0o4000, 's', 'S'),
+        (3, 0o2000, 's', 'S'),
+        (0, 0o1000, 't', 'T'),
+    ] {
+        let bits = (p >> shift) & 7;
+        out.push(if bits & 4 != 0 { 'r' } else { '-' });
+        out.push(if bits & 2 != 0 { 'w' } else { '-' });
+        out.push(match (bits & 1 != 0, p & special != 0) {
+            (true, true) => lower,
+            (false, true) => upper,
+            (true, false) => 'x',
+            (false, false) => '-',
+        });
+    }
+    out
+}
+
+/// Lines as `ls -l` shows them (times in UTC) for PATH of point POINT, or for its
+/// entries when it is a directory; names are written as stored (bytes).
+pub fn list(
+    safe_dir: &Path,
+    point: &str,
+    path: &Path,
+    opts: ExtractOptions,
+    out: &mut dyn io::Write,
+) -> anyhow::Result<()> {
+    let (fs, id) = open_point(safe_dir, point, opts)?;
+    let ino = fs.resolve(path).with_context(|| format!("point {id}"))?;
+    let attr = fs.stat(ino).map_err(|e| errno(e, path))?;
+    let entries = if attr.kind == FileType::Directory {
+        let mut v = fs.list(ino).map_err(|e| errno(e, path))?;
+        v.sort();
+        v
+    } else {
+        vec![(
+            path.file_name().unwrap_or(path.as_os_str()).to_os_string(),
+            ino,
+        )]
+    };
+    for (name, child) in entries {
+        let a = match fs.stat(child) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: {}: {}", path.join(&name).display(), io_err(e));
+                continue;
+            }
+        };
+        let t = timespec(a.mtime);
+        let size = match a.kind {
+            FileType::CharDevice | FileType::BlockDevice => {
+                format!(
+                    "{}, {}",
+                    libc::major(a.rdev as libc::dev_t),
+                    libc::minor(a.rdev as libc::dev_t)
+                )
+            }
+            _ => a.size.to_string(),
+        };
+        out.write_all(
+            format!(
+                "{} {:>3} {:>5} {:>5} {:>12} {} ",
+                mode_string(&a),
+                a.nlink,
+                a.uid,
+                a.gid,
+                size,
+                crate::format::utc_string(t.tv_sec as i64),
+            )
+            .as_bytes(),
+        )?;
+        out.write_all(name.as_bytes())?;
+        if a.kind == FileType::Symlink {
+            if let Ok(to) = fs.read_link(child) {
+                out.write_all(b" -> ")?;
+                out.write_all(&to)?;
+            }
+        }
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// Copies PATH (as under the mount's point directory) of point POINT of the safe to
+/// DEST: into it when DEST is an existing directory, else as DEST.
+pub fn extract(
+    safe_dir: &Path,
+    point: &str,
+    path: &Path,
+    dest: &Path,
+    opts: ExtractOptions,
+) -> anyhow::Result<Extracted> {
+    let progress = opts.progress;
+    let (fs, point_id) = open_point(safe_dir, point, opts)?;
     let Some(name) = path.file_name() else {
         bail!(
             "{}: name a device's file or directory, e.g. DEVICE/part1/home",
@@ -84,7 +187,7 @@ pub fn extract(
     };
     let ino = fs
         .resolve(path)
-        .with_context(|| format!("point {}", p.id))?;
+        .with_context(|| format!("point {point_id}"))?;
     let attr = fs.stat(ino).map_err(|e| errno(e, path))?;
     let target = if dest.is_dir() {
         dest.join(name)
@@ -94,7 +197,7 @@ pub fn extract(
     if target.symlink_metadata().is_ok() {
         bail!("{}: already exists; not overwritten", target.display());
     }
-    let bar = if opts.progress {
+    let bar = if progress {
         let b = indicatif::ProgressBar::new_spinner();
         b.set_style(
             indicatif::ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec} {msg}")

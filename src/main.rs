@@ -117,6 +117,24 @@ enum Cmd {
         #[arg(long = "key-file", value_name = "FILE")]
         key_files: Vec<String>,
     },
+    /// List a directory of a point (or one entry) as `ls -l` shows it, without FUSE.
+    Ls {
+        /// The safe directory.
+        safe: PathBuf,
+        /// Point id or `latest`.
+        point: String,
+        /// As under the mount's point directory (the point's devices when omitted).
+        path: Option<PathBuf>,
+        /// File trees as recorded, without replaying their journals (forensics).
+        #[arg(long)]
+        no_replay: bool,
+        /// Show NTFS metadata files ($MFT, $LogFile, $Extend, ...) (forensics).
+        #[arg(long)]
+        show_system: bool,
+        /// A passphrase for LUKS volumes on the way to PATH (as extract takes it).
+        #[arg(long = "key-file", value_name = "FILE")]
+        key_files: Vec<String>,
+    },
     /// Mount every recovery point read-only through FUSE.
     Mount {
         /// The safe directory.
@@ -343,6 +361,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else if output != "-" {
                 eprintln!("restored {} to {output}", human(n.bytes));
             }
+        }
+        Cmd::Ls {
+            safe,
+            point,
+            path,
+            no_replay,
+            show_system,
+            key_files,
+        } => {
+            let opts = disksafe::extract::ExtractOptions {
+                passphrases: disksafe::passphrase::read(&key_files)?,
+                no_replay,
+                show_system,
+                progress: false,
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let path = path.unwrap_or_default();
+            disksafe::extract::list(&safe, &point, &path, opts, &mut out)?;
+            std::io::Write::flush(&mut out)?;
         }
         Cmd::Extract {
             safe,

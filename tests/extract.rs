@@ -267,3 +267,105 @@ fn extract_copies_parts_and_reports_what_it_cannot() {
     want.remove("sub/victim");
     same_tree(&tree_digest(&all), &want, "the rest");
 }
+
+/// One `ls -l` line split into (mode, uid, gid, size, time, name); `None` for others.
+fn ls_fields(line: &str) -> Option<(String, String, String, String, String, String)> {
+    let mut rest = line;
+    let mut f = Vec::new();
+    for _ in 0..6 {
+        rest = rest.trim_start();
+        let end = rest.find(' ')?;
+        f.push(rest[..end].to_string());
+        rest = &rest[end..];
+    }
+    let name = rest.strip_prefix(' ')?.to_string();
+    Some((
+        f[0].clone(),
+        f[2].clone(),
+        f[3].clone(),
+        f[4].clone(),
+        f[5].clone(),
+        name,
+    ))
+}
+
+/// `ls` shows a point's entries as `ls -l` shows the tree mkfs was given (type and
+/// permissions, owner, size, mtime, symlink targets), and the point's devices at its
+/// root; unknown paths are one-line errors.
+#[test]
+fn ls_lists_a_point_as_ls_shows_the_source() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let mut rng = StdRng::seed_from_u64(73);
+    make_tree(&src, 24, &mut rng);
+    std::fs::set_permissions(
+        src.join("sub/file 1.bin"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4751),
+    )
+    .unwrap();
+    let img = t.path().join("fs.img");
+    File::create(&img).unwrap().set_len(32 << 20).unwrap();
+    assert!(
+        run("mkfs.ext4", &["-q", "-F", "-d", s(&src), s(&img)]),
+        "mkfs.ext4"
+    );
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+
+    let root = ok(&["ls", s(&safe), "1"]);
+    assert_eq!(root.lines().count(), 1, "{root}");
+    assert!(
+        root.trim_end().ends_with(" vol") && root.starts_with('d'),
+        "{root}"
+    );
+    let vol = ok(&["ls", s(&safe), "latest", "vol"]);
+    let names: Vec<String> = vol.lines().filter_map(ls_fields).map(|f| f.5).collect();
+    assert_eq!(names, ["disk.img", "files"], "{vol}");
+
+    for dir in ["", "sub", "sub/deeper"] {
+        let o = Command::new("ls")
+            .args(["-ln", "--time-style=+%Y-%m-%dT%H:%M:%SZ"])
+            .arg(src.join(dir))
+            .env("TZ", "UTC0")
+            .output()
+            .unwrap();
+        let want: BTreeMap<String, _> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(ls_fields)
+            .map(|f| (f.5.clone(), f))
+            .collect();
+        let path = format!("vol/files/{dir}");
+        let got: BTreeMap<String, _> = ok(&["ls", s(&safe), "1", path.trim_end_matches('/')])
+            .lines()
+            .filter_map(ls_fields)
+            .filter(|f| f.5 != "lost+found")
+            .map(|f| (f.5.clone(), f))
+            .collect();
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{dir}"
+        );
+        for (name, w) in &want {
+            let g = &got[name];
+            let dir_entry = w.0.starts_with('d');
+            assert_eq!(
+                (&g.0, &g.1, &g.2, &g.4),
+                (&w.0, &w.1, &w.2, &w.4),
+                "{dir}/{name}: mode, owner, mtime"
+            );
+            if !dir_entry {
+                assert_eq!(g.3, w.3, "{dir}/{name}: size");
+            }
+        }
+    }
+    // One file's own line.
+    let one = ok(&["ls", s(&safe), "1", "vol/files/sub/file 1.bin"]);
+    assert!(
+        one.starts_with("-rwsr-x--x ") && one.trim_end().ends_with(" file 1.bin"),
+        "{one}"
+    );
+    let e = fails(&["ls", s(&safe), "1", "vol/files/none"]);
+    assert!(e.contains("vol/files/none: no such entry"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+}
