@@ -369,3 +369,66 @@ fn ls_lists_a_point_as_ls_shows_the_source() {
     assert!(e.contains("vol/files/none: no such entry"), "{e}");
     assert_eq!(e.trim().lines().count(), 1, "{e}");
 }
+
+/// A tree whose entry names try to leave DEST (an ext directory entry rewritten to
+/// `../../evil`: no checksums on this volume to give it away) writes nothing outside
+/// DEST; the entry is refused by name (the ext reader already skips the directory
+/// block holding it, with a warning) and the rest comes out.
+#[test]
+fn names_that_would_leave_dest_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::write(src.join("a/b/file 0.bin"), b"escape").unwrap();
+    std::fs::write(src.join("a/kept"), b"kept").unwrap();
+    let img = t.path().join("fs.img");
+    File::create(&img).unwrap().set_len(8 << 20).unwrap();
+    assert!(
+        run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-O",
+                "^metadata_csum,^dir_index",
+                "-d",
+                s(&src),
+                s(&img)
+            ]
+        ),
+        "mkfs.ext4"
+    );
+    let mut bytes = std::fs::read(&img).unwrap();
+    let at = bytes
+        .windows(10)
+        .position(|w| w == b"file 0.bin")
+        .expect("the entry's name in the image");
+    assert!(
+        bytes[at + 10..].windows(10).all(|w| w != b"file 0.bin"),
+        "one copy"
+    );
+    bytes[at..at + 10].copy_from_slice(b"../../evil");
+    std::fs::write(&img, &bytes).unwrap();
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    let dest = t.path().join("out/x/y");
+    std::fs::create_dir_all(&dest).unwrap();
+    let o = ds(&["extract", s(&safe), "1", "vol/files/a", s(&dest)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    for escaped in [
+        t.path().join("evil"),
+        t.path().join("out/evil"),
+        t.path().join("out/x/evil"),
+    ] {
+        assert!(!escaped.exists(), "{} written: {err}", escaped.display());
+    }
+    assert_eq!(std::fs::read(dest.join("a/kept")).unwrap(), b"kept");
+    // Refused by the parser (which skips the damaged directory block, saying why) or
+    // by extract (named, exit non-zero).
+    assert!(
+        err.contains("name contains '/'")
+            || (!o.status.success() && err.contains("not a plain name")),
+        "{err}"
+    );
+    assert!(!dest.join("a/b/file 0.bin").exists());
+}
