@@ -189,6 +189,9 @@ pub fn extract(
         .resolve(path)
         .with_context(|| format!("point {point_id}"))?;
     let attr = fs.stat(ino).map_err(|e| errno(e, path))?;
+    if dest == Path::new("-") {
+        return to_stdout(&fs, ino, &attr, path);
+    }
     let target = if dest.is_dir() {
         dest.join(name)
     } else {
@@ -228,6 +231,43 @@ pub fn extract(
         );
     }
     Ok(x.out)
+}
+
+/// Writes file `ino` to standard output (DEST `-`), for a pipe into another tool.
+fn to_stdout(fs: &SafeFs, ino: u64, attr: &FileAttr, path: &Path) -> anyhow::Result<Extracted> {
+    use std::io::Write;
+    if attr.kind != FileType::RegularFile {
+        bail!(
+            "{}: only a file goes to standard output; give a directory as DEST",
+            path.display()
+        );
+    }
+    let mut out = io::stdout().lock();
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = 0;
+    while at < attr.size {
+        let n = ((attr.size - at) as usize).min(CHUNK);
+        let got = fs
+            .read_file(ino, at, &mut buf[..n])
+            .map_err(|e| errno(e, path))?;
+        if got < n {
+            bail!(
+                "{}: ended at byte {}, before its size {}",
+                path.display(),
+                at + got as u64,
+                attr.size
+            );
+        }
+        out.write_all(&buf[..n])
+            .context("writing to standard output")?;
+        at += n as u64;
+    }
+    out.flush().context("writing to standard output")?;
+    Ok(Extracted {
+        files: 1,
+        bytes: attr.size,
+        ..Default::default()
+    })
 }
 
 fn errno(e: fuser::Errno, what: &Path) -> anyhow::Error {

@@ -104,7 +104,8 @@ enum Cmd {
         /// What to copy, named as under the mount's point directory: DEVICE/partK/DIR,
         /// DEVICE/files/FILE, DEVICE/lvm/VG-LV/..., or a raw image such as DEVICE/disk.img.
         path: PathBuf,
-        /// Where to: into it when an existing directory, else as this new name.
+        /// Where to: into it when an existing directory, else as this new name; `-`
+        /// writes a file to standard output.
         dest: PathBuf,
         /// Copy file trees as recorded, without replaying their journals (forensics).
         #[arg(long)]
@@ -403,6 +404,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     x.xattr_refused_count,
                     x.xattr_refused.join("; ")
                 );
+            }
+            if dest == std::path::Path::new("-") {
+                return Ok(ExitCode::SUCCESS);
             }
             eprintln!(
                 "extracted {} file(s) ({}), {} director{}, {} other entr{} to {}",

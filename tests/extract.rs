@@ -193,6 +193,21 @@ fn extract_copies_parts_and_reports_what_it_cannot() {
     let one = t.path().join("one.bin");
     ok(&["extract", s(&safe), "1", "vol/files/file 0.bin", s(&one)]);
     assert_eq!(sha256_file(&one), sha256_file(&src.join("file 0.bin")));
+    // To standard output, for a pipe: the file's bytes only; a directory is refused.
+    let o = ds(&[
+        "extract",
+        s(&safe),
+        "1",
+        "vol/files/sub/deeper/file 2.bin",
+        "-",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.stdout,
+        std::fs::read(src.join("sub/deeper/file 2.bin")).unwrap()
+    );
+    let e = fails(&["extract", s(&safe), "1", "vol/files/sub", "-"]);
+    assert!(e.contains("only a file goes to standard output"), "{e}");
     // A raw image is a file too.
     let disk = t.path().join("disk.img");
     ok(&["extract", s(&safe), "1", "vol/disk.img", s(&disk)]);
