@@ -2365,3 +2365,56 @@ fn segs_extents(lv: &str) -> u64 {
         _ => 12,
     }
 }
+
+/// A PV whose label sector could not be read (a `--skip-unreadable` backup of a disk
+/// failing there) is found from the metadata area pvcreate put at 4 KiB, and its LV
+/// shows the tree mkfs was given; a PV whose label was wiped (as pvremove does, the
+/// metadata left) is not taken for one.
+#[test]
+fn a_pv_with_an_unreadable_label_is_found_from_its_metadata() {
+    let name = "a_pv_with_an_unreadable_label_is_found_from_its_metadata";
+    if !have_lvm(name) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("pv.img");
+    File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    let mut rng = StdRng::seed_from_u64(91);
+    let Some(lv) = one_lv_in(
+        &img,
+        (0, 64 << 20),
+        "ul",
+        "data",
+        (24, 20),
+        t.path(),
+        &mut rng,
+        name,
+    ) else {
+        return;
+    };
+    let data = std::fs::read(&img).unwrap();
+    assert_eq!(&data[512..520], b"LABELONE", "the label in sector 1");
+    let safe = t.path().join("safe");
+    common::failing::backup_failing(
+        &safe,
+        t.path(),
+        vec![("pv", data.clone(), vec![(512, 512)])],
+        &[],
+    );
+    // Point 2: the same disk with its label sector wiped instead.
+    let mut wiped = data;
+    wiped[512..1024].fill(0);
+    let wiped_img = t.path().join("wiped.img");
+    std::fs::write(&wiped_img, &wiped).unwrap();
+    backup(&[s(&safe), &format!("pv={}", s(&wiped_img))]);
+
+    let m = Mounted::new(&safe, t.path(), &[]);
+    let lvdir = m.dir.join(format!("1/pv/lvm/{}-data", lv.vg));
+    assert_lv_shown(&lvdir, &lv.src, &lv.img, "unreadable label");
+    assert!(
+        m.log_text().contains("identified from its metadata area"),
+        "{}",
+        m.log_text()
+    );
+    assert!(!m.dir.join("2/pv/lvm").exists(), "a wiped label is no PV");
+}

@@ -65,7 +65,11 @@ pub fn read_label(dev: &dyn ReadAt) -> io::Result<Option<PvLabel>> {
         return Ok(None);
     }
     let mut b = [0u8; 4 * SECTOR as usize];
-    dev.read_exact_at(0, &mut b)?;
+    match dev.read_exact_at(0, &mut b) {
+        Ok(()) => {}
+        Err(e) if crate::device::is_unreadable(&e) => return Ok(label_from_metadata(dev)),
+        Err(e) => return Err(e),
+    }
     for (i, s) in b.chunks_exact(SECTOR as usize).enumerate() {
         if &s[..8] != LABEL_ID || &s[24..32] != LABEL_TYPE {
             continue;
@@ -104,6 +108,52 @@ pub fn read_label(dev: &dyn ReadAt) -> io::Result<Option<PvLabel>> {
         }));
     }
     Ok(None)
+}
+
+/// Where pvcreate puts the first metadata area (and its header).
+const FIRST_MDA: u64 = 4096;
+
+/// A PV whose label sectors could not be read (a failing disk's first sectors): the
+/// label is rebuilt from the metadata area pvcreate places at 4 KiB, when that area's
+/// header and text check out and its VG has exactly one PV that fits this device.
+/// Only an unreadable label is read past: a wiped one (pvremove wipes the label, not
+/// the metadata) is no PV.
+fn label_from_metadata(dev: &dyn ReadAt) -> Option<PvLabel> {
+    let mut h = [0u8; SECTOR as usize];
+    dev.read_exact_at(FIRST_MDA, &mut h).ok()?;
+    if &h[4..20] != MDA_MAGIC || le64(&h, 24) != FIRST_MDA {
+        return None;
+    }
+    let size = le64(&h, 32);
+    let text = read_area(dev, FIRST_MDA, size).ok()??;
+    let vg = parse_vg(&text).ok()?;
+    let fits: Vec<&PvDesc> = vg
+        .pvs
+        .iter()
+        .filter(|p| {
+            p.pe_count
+                .checked_mul(vg.extent_bytes)
+                .and_then(|n| n.checked_add(p.pe_start))
+                .is_some_and(|end| end <= dev.size())
+        })
+        .collect();
+    let [pv] = fits[..] else {
+        tracing::warn!(
+            "LVM label sectors unreadable; the metadata area at byte {FIRST_MDA} names VG {} with {} PVs that could be this one, so none is assumed",
+            vg.name,
+            fits.len()
+        );
+        return None;
+    };
+    tracing::warn!(
+        "LVM label sectors unreadable; PV {} of VG {} identified from its metadata area at byte {FIRST_MDA}",
+        pv.uuid,
+        vg.name
+    );
+    Some(PvLabel {
+        uuid: pv.uuid.clone(),
+        mdas: vec![(FIRST_MDA, size)],
+    })
 }
 
 /// The newest VG metadata text among a PV's metadata areas, with its sequence number;
