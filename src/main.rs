@@ -177,7 +177,8 @@ enum Cmd {
         /// The mount point.
         mountpoint: PathBuf,
     },
-    /// A tour on sample data it makes itself: back up, list, restore, verify, mount, forget.
+    /// A tour on sample data it makes itself: back up, list, restore, verify, mount,
+    /// ls and extract, forget.
     Demo {
         /// Keep the demo's files here instead of a temporary directory.
         #[arg(long)]
