@@ -62,11 +62,9 @@ fn open_point(safe_dir: &Path, point: &str, opts: ExtractOptions) -> anyhow::Res
     let fs = SafeFs::new(
         cache,
         FsOptions {
-            only_point: Some(p.id),
-            allow_other: false,
             no_replay: opts.no_replay,
             show_system: opts.show_system,
-            keyring: Arc::new(crate::volumes::luks::Keyring::new(opts.passphrases)),
+            ..FsOptions::for_point(p.id, opts.passphrases)
         },
     )?;
     Ok((fs, p.id))

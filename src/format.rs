@@ -308,6 +308,15 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m as u32, d as u32)
 }
 
+/// Items joined by commas for an error message, or `none`: what a user can pick from.
+pub fn list_or_none<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> String {
+    let v: Vec<S> = items.into_iter().collect();
+    if v.is_empty() {
+        return "none".to_string();
+    }
+    v.iter().map(|s| s.as_ref()).collect::<Vec<_>>().join(", ")
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time, the one time format users see.
 pub fn utc_string(secs: i64) -> String {
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));

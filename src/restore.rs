@@ -156,15 +156,11 @@ fn partition_range(
     match t.partitions.iter().find(|p| p.number == k) {
         Some(p) => Ok((p.start, p.len)),
         None => {
-            let have: Vec<String> = t.partitions.iter().map(|p| p.number.to_string()).collect();
+            let have = t.partitions.iter().map(|p| p.number.to_string());
             bail!(
                 "device {} at point {point} has no partition {k} (it has {})",
                 d.name,
-                if have.is_empty() {
-                    "none".to_string()
-                } else {
-                    have.join(", ")
-                }
+                crate::format::list_or_none(have)
             )
         }
     }
@@ -181,13 +177,7 @@ fn open_volume(
     let cache = Arc::new(crate::cache::CachedSafe::new(safe.clone(), 64 << 20));
     let fs = crate::fs::SafeFs::new(
         cache,
-        crate::fs::FsOptions {
-            only_point: Some(point),
-            allow_other: false,
-            no_replay: false,
-            show_system: false,
-            keyring: Arc::new(crate::volumes::luks::Keyring::new(passphrases.to_vec())),
-        },
+        crate::fs::FsOptions::for_point(point, passphrases.to_vec()),
     )?;
     fs.volume_at(&Path::new(device).join(rel))
         .with_context(|| format!("point {point}: volume {}", rel.display()))

@@ -412,6 +412,20 @@ pub struct FsOptions {
     pub keyring: Arc<crate::volumes::luks::Keyring>,
 }
 
+impl FsOptions {
+    /// One point shown at the root, nothing else changed: what commands that read a
+    /// point without mounting it (restore --volume, ls, extract) start from.
+    pub fn for_point(point: i64, passphrases: Vec<crate::passphrase::Secret>) -> FsOptions {
+        FsOptions {
+            only_point: Some(point),
+            allow_other: false,
+            no_replay: false,
+            show_system: false,
+            keyring: Arc::new(crate::volumes::luks::Keyring::new(passphrases)),
+        }
+    }
+}
+
 /// A volume whose file tree was probed: (point, device, partition) or (point, VG id,
 /// LV name).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -572,18 +586,11 @@ impl SafeFs {
                 .find(|(n, _)| n == name)
                 .map(|&(_, i)| i)
                 .ok_or_else(|| {
-                    let here: Vec<String> = children
-                        .iter()
-                        .map(|(n, _)| n.to_string_lossy().into_owned())
-                        .collect();
+                    let here = children.iter().map(|(n, _)| n.to_string_lossy());
                     anyhow::anyhow!(
                         "{}: no such entry (there: {})",
                         seen.display(),
-                        if here.is_empty() {
-                            "nothing".to_string()
-                        } else {
-                            here.join(", ")
-                        }
+                        crate::format::list_or_none(here)
                     )
                 })?;
         }
