@@ -359,65 +359,34 @@ fn check_points(
             let mut from = 0;
             while from < blocks {
                 let end = (from + POINT_CHUNK).min(blocks);
-                let rows: Vec<(i64, Option<BlockLoc>)> = safe.with_conn(|c| {
-                    let mut st = c.prepare_cached(
-                        "SELECT m.block, b.id, b.pack, b.offset, b.stored_len, b.raw_len, b.codec,
-                                b.hash, b.quick
-                         FROM block_map m LEFT JOIN blocks b ON b.id = m.block
-                         WHERE m.device = ?1 AND m.block_no >= ?3 AND m.block_no < ?4
-                           AND m.point <= ?2 AND m.block != 0
-                           AND NOT EXISTS (SELECT 1 FROM block_map n
-                                           WHERE n.device = ?1 AND n.block_no = m.block_no
-                                             AND n.point > m.point AND n.point <= ?2)",
-                    )?;
-                    let v = st
-                        .query_map(
-                            rusqlite::params![d.id, p.id, from as i64, end as i64],
-                            |r| {
-                                let blk: i64 = r.get(0)?;
-                                if r.get::<_, Option<i64>>(1)?.is_none() {
-                                    return Ok((blk, None));
-                                }
-                                let h: Vec<u8> = r.get(7)?;
-                                let q: Vec<u8> = r.get(8)?;
-                                Ok((
-                                    blk,
-                                    Some(BlockLoc {
-                                        id: blk,
-                                        pack: r.get(2)?,
-                                        offset: r.get::<_, i64>(3)? as u64,
-                                        stored_len: r.get::<_, i64>(4)? as u32,
-                                        raw_len: r.get::<_, i64>(5)? as u32,
-                                        codec: r.get::<_, i64>(6)? as u8,
-                                        hash: h.try_into().unwrap_or([0; 32]),
-                                        quick: q.try_into().unwrap_or([0; 16]),
-                                    }),
-                                ))
-                            },
-                        )?
-                        .collect::<Result<_, _>>()?;
-                    Ok(v)
-                })?;
-                report.map_entries += rows.len() as u64;
+                let locs: Vec<BlockLoc> = safe
+                    .block_run(d.id, p.id, from, end - from)?
+                    .into_iter()
+                    .flatten()
+                    .filter(|l| !l.is_zero())
+                    .collect();
+                report.map_entries += locs.len() as u64;
                 let mut todo = Vec::new();
-                for (blk, loc) in rows {
-                    let i = blk.max(0) as usize;
-                    if i / 64 < seen.len() && seen[i / 64] & (1 << (i % 64)) != 0 {
-                        continue;
-                    }
-                    if i / 64 < seen.len() {
-                        seen[i / 64] |= 1 << (i % 64);
-                    }
-                    match loc {
-                        Some(loc) => todo.push(loc),
-                        None => {
-                            damaged.insert(
-                                blk,
-                                format!(
-                                    "the index names block {blk}, which the safe does not hold"
-                                ),
-                            );
+                for loc in locs {
+                    // Ids past the bitmap (blocks a backup added meanwhile) are checked
+                    // each time met.
+                    let i = loc.id.max(0) as usize;
+                    if let Some(word) = seen.get_mut(i / 64) {
+                        if *word & (1 << (i % 64)) != 0 {
+                            continue;
                         }
+                        *word |= 1 << (i % 64);
+                    }
+                    if loc.is_missing() {
+                        damaged.insert(
+                            loc.id,
+                            format!(
+                                "the index names block {}, which the safe does not hold",
+                                loc.id
+                            ),
+                        );
+                    } else {
+                        todo.push(loc);
                     }
                 }
                 // In pack order: each pack read front to back.

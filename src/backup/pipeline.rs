@@ -170,10 +170,7 @@ impl Defer {
     }
 
     fn put(&mut self, b: &Batch) {
-        match self.put_off.last_mut() {
-            Some(r) if r.0 + r.1 == b.start => r.1 += b.count,
-            _ => self.put_off.push((b.start, b.count)),
-        }
+        crate::readat::push_range(&mut self.put_off, b.start, b.count);
     }
 
     /// Whether `b` lies in the window skipped after a failure (then it is put off).
@@ -207,16 +204,8 @@ impl Defer {
     }
 
     /// What was put off, as sorted runs of blocks.
-    fn runs(mut self) -> Vec<(u64, u64)> {
-        self.put_off.sort_unstable();
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for (s, n) in self.put_off {
-            match runs.last_mut() {
-                Some(r) if r.0 + r.1 >= s => r.1 = r.1.max(s + n - r.0),
-                _ => runs.push((s, n)),
-            }
-        }
-        runs
+    fn runs(self) -> Vec<(u64, u64)> {
+        crate::ntfs_ext::merged(self.put_off)
     }
 }
 
@@ -599,18 +588,21 @@ fn run_pass(
                 None => None,
             };
             let bs = job.params.block_size as u64;
+            // Plans one batch and hands it on; false when the pass is to stop.
+            let send = |start: u64, n: u64| match plan_batch(job, safe.as_ref(), start, n) {
+                Ok(batch) => batch_tx.send(batch).is_ok(),
+                Err(e) => {
+                    fail(e);
+                    false
+                }
+            };
             if job.backward {
                 for &(first, count) in job.runs.iter().rev() {
                     let mut e = first + count;
                     while e > first {
                         let n = BATCH.min(e - first);
-                        match plan_batch(job, safe.as_ref(), e - n, n) {
-                            Ok(batch) => {
-                                if batch_tx.send(batch).is_err() {
-                                    return;
-                                }
-                            }
-                            Err(e) => return fail(e),
+                        if !send(e - n, n) {
+                            return;
                         }
                         e -= n;
                     }
@@ -648,13 +640,8 @@ fn run_pass(
                         }
                     }
                     let n = BATCH.min(end - b);
-                    match plan_batch(job, safe.as_ref(), b, n) {
-                        Ok(batch) => {
-                            if batch_tx.send(batch).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => return fail(e),
+                    if !send(b, n) {
+                        return;
                     }
                     b += n;
                 }

@@ -57,6 +57,11 @@ impl BlockLoc {
     pub fn is_zero(&self) -> bool {
         self.id == ZERO_BLOCK
     }
+
+    /// Whether the map names a block the index does not hold (a damaged index).
+    pub fn is_missing(&self) -> bool {
+        self.pack == MISSING_PACK
+    }
 }
 
 /// One device as recorded in one point.
