@@ -215,6 +215,7 @@ pub fn extract(
         out: Extracted::default(),
         links: HashMap::new(),
         dirs_seen: HashSet::new(),
+        buf: vec![0u8; CHUNK],
         failed: 0,
         root: unsafe { libc::geteuid() } == 0,
     };
@@ -245,17 +246,8 @@ fn to_stdout(fs: &SafeFs, ino: u64, attr: &FileAttr, path: &Path) -> anyhow::Res
     let mut at = 0;
     while at < attr.size {
         let n = ((attr.size - at) as usize).min(CHUNK);
-        let got = fs
-            .read_file(ino, at, &mut buf[..n])
-            .map_err(|e| errno(e, path))?;
-        if got < n {
-            bail!(
-                "{}: ended at byte {}, before its size {}",
-                path.display(),
-                at + got as u64,
-                attr.size
-            );
-        }
+        read_chunk(fs, ino, at, &mut buf[..n], attr.size)
+            .with_context(|| path.display().to_string())?;
         out.write_all(&buf[..n])
             .context("writing to standard output")?;
         at += n as u64;
@@ -268,12 +260,21 @@ fn to_stdout(fs: &SafeFs, ino: u64, attr: &FileAttr, path: &Path) -> anyhow::Res
     })
 }
 
+/// Reads `buf.len()` bytes of file `ino` at `at`; a file that ends short of them
+/// (before its `size`) is an error, not a shorter copy.
+fn read_chunk(fs: &SafeFs, ino: u64, at: u64, buf: &mut [u8], size: u64) -> io::Result<()> {
+    let got = fs.read_file(ino, at, buf).map_err(io_err)?;
+    if got < buf.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("ended at byte {}, before its size {size}", at + got as u64),
+        ));
+    }
+    Ok(())
+}
+
 fn errno(e: fuser::Errno, what: &Path) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{}: {}",
-        what.display(),
-        io::Error::from_raw_os_error(e.code())
-    )
+    anyhow::anyhow!("{}: {}", what.display(), io_err(e))
 }
 
 fn io_err(e: fuser::Errno) -> io::Error {
@@ -334,6 +335,8 @@ struct Extractor<'a> {
     links: HashMap<u64, PathBuf>,
     /// Directories entered, so a loop in a damaged tree ends.
     dirs_seen: HashSet<u64>,
+    /// File data on its way, one buffer for every file.
+    buf: Vec<u8>,
     failed: u64,
     root: bool,
 }
@@ -456,7 +459,6 @@ impl Extractor<'_> {
     }
 
     fn copy_data(&mut self, ino: u64, size: u64, f: &File) -> io::Result<()> {
-        let mut buf = vec![0u8; CHUNK];
         let mut off = 0;
         while off < size {
             let Some(data) = self.fs.seek_file(ino, off, true).map_err(io_err)? else {
@@ -474,14 +476,9 @@ impl Extractor<'_> {
             let mut at = data;
             while at < hole {
                 let n = ((hole - at) as usize).min(CHUNK);
-                let got = self.fs.read_file(ino, at, &mut buf[..n]).map_err(io_err)?;
-                if got < n {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("ended at byte {}, before its size {size}", at + got as u64),
-                    ));
-                }
-                f.write_all_at(&buf[..n], at)?;
+                let buf = &mut self.buf[..n];
+                read_chunk(self.fs, ino, at, buf, size)?;
+                f.write_all_at(buf, at)?;
                 self.out.bytes += n as u64;
                 self.bar.inc(n as u64);
                 at += n as u64;

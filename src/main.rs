@@ -107,16 +107,8 @@ enum Cmd {
         /// Where to: into it when an existing directory, else as this new name; `-`
         /// writes a file to standard output.
         dest: PathBuf,
-        /// Copy file trees as recorded, without replaying their journals (forensics).
-        #[arg(long)]
-        no_replay: bool,
-        /// Show NTFS metadata files ($MFT, $LogFile, $Extend, ...) (forensics).
-        #[arg(long)]
-        show_system: bool,
-        /// A passphrase for LUKS volumes on the way to PATH: the file's bytes (also
-        /// tried without a final newline), or `-` for standard input. Repeatable.
-        #[arg(long = "key-file", value_name = "FILE")]
-        key_files: Vec<String>,
+        #[command(flatten)]
+        view: PointView,
     },
     /// List a directory of a point (or one entry) as `ls -l` shows it, without FUSE.
     Ls {
@@ -126,15 +118,8 @@ enum Cmd {
         point: String,
         /// As under the mount's point directory (the point's devices when omitted).
         path: Option<PathBuf>,
-        /// File trees as recorded, without replaying their journals (forensics).
-        #[arg(long)]
-        no_replay: bool,
-        /// Show NTFS metadata files ($MFT, $LogFile, $Extend, ...) (forensics).
-        #[arg(long)]
-        show_system: bool,
-        /// A passphrase for LUKS volumes on the way to PATH (as extract takes it).
-        #[arg(long = "key-file", value_name = "FILE")]
-        key_files: Vec<String>,
+        #[command(flatten)]
+        view: PointView,
     },
     /// Mount every recovery point read-only through FUSE.
     Mount {
@@ -221,6 +206,32 @@ enum Cmd {
         #[arg(long, value_name = "ID")]
         point: Vec<String>,
     },
+}
+
+/// How `ls` and `extract` see a point: the mount's view options.
+#[derive(clap::Args)]
+struct PointView {
+    /// File trees as recorded, without replaying their journals (forensics).
+    #[arg(long)]
+    no_replay: bool,
+    /// Show NTFS metadata files ($MFT, $LogFile, $Extend, ...) (forensics).
+    #[arg(long)]
+    show_system: bool,
+    /// A passphrase for LUKS volumes on the way to PATH: the file's bytes (also tried
+    /// without a final newline), or `-` for standard input. Repeatable.
+    #[arg(long = "key-file", value_name = "FILE")]
+    key_files: Vec<String>,
+}
+
+impl PointView {
+    fn options(self, progress: bool) -> anyhow::Result<disksafe::extract::ExtractOptions> {
+        Ok(disksafe::extract::ExtractOptions {
+            passphrases: disksafe::passphrase::read(&self.key_files)?,
+            no_replay: self.no_replay,
+            show_system: self.show_system,
+            progress,
+        })
+    }
 }
 
 fn rfc3339(secs: i64) -> String {
@@ -368,16 +379,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             safe,
             point,
             path,
-            no_replay,
-            show_system,
-            key_files,
+            view,
         } => {
-            let opts = disksafe::extract::ExtractOptions {
-                passphrases: disksafe::passphrase::read(&key_files)?,
-                no_replay,
-                show_system,
-                progress: false,
-            };
+            let opts = view.options(false)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let path = path.unwrap_or_default();
             disksafe::extract::list(&safe, &point, &path, opts, &mut out)?;
@@ -388,16 +392,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             point,
             path,
             dest,
-            no_replay,
-            show_system,
-            key_files,
+            view,
         } => {
-            let opts = disksafe::extract::ExtractOptions {
-                passphrases: disksafe::passphrase::read(&key_files)?,
-                no_replay,
-                show_system,
-                progress: std::io::stderr().is_terminal(),
-            };
+            let opts = view.options(std::io::stderr().is_terminal())?;
             let x = disksafe::extract::extract(&safe, &point, &path, &dest, opts)?;
             if x.xattr_refused_count > 0 {
                 eprintln!(

@@ -657,7 +657,7 @@ impl SafeFs {
         match img.read_exact(offset, &mut buf[..n]) {
             Ok(()) => Ok(n),
             Err(e) => {
-                tracing::error!("read failed: {e}");
+                tracing::error!("read failed, answering EIO: {e}");
                 Err(Errno::EIO)
             }
         }
@@ -2276,27 +2276,10 @@ impl fuser::Filesystem for SafeFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        if let Some((tree, fino, _)) = self.tree_of(ino.0) {
-            self.tree_readahead(ino.0, &tree, fino, offset, size as u64);
-            return with_read_buf(size as usize, |buf| match tree.read(fino, offset, buf) {
+        with_read_buf(size as usize, |buf| {
+            match self.read_file(ino.0, offset, buf) {
                 Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(self.tree_errno(ino.0, "read", e)),
-            });
-        }
-        let img = match self.image_of(ino.0) {
-            Ok(img) => img,
-            Err(e) => return reply.error(e),
-        };
-        if offset >= img.len {
-            return reply.data(&[]);
-        }
-        let n = (size as u64).min(img.len - offset) as usize;
-        self.readahead(ino.0, &img, offset, n as u64);
-        with_read_buf(n, |buf| match img.read_exact(offset, buf) {
-            Ok(()) => reply.data(buf),
-            Err(e) => {
-                tracing::error!("read failed, answering EIO: {e}");
-                reply.error(Errno::EIO)
+                Err(e) => reply.error(e),
             }
         })
     }
