@@ -139,16 +139,7 @@ fn compare(safe: &Path, dest: &Path, want: &BTreeMap<String, String>) {
         }
     }
     let (want, got) = (copyable(want), copyable(&got));
-    let diffs: Vec<String> = want
-        .iter()
-        .filter(|(p, v)| got.get(*p) != Some(v))
-        .map(|(p, v)| format!("{p}:\n  kernel  {v}\n  extract {:?}", got.get(p)))
-        .chain(
-            got.keys()
-                .filter(|p| !want.contains_key(*p))
-                .map(|p| format!("{p}: only in the copy")),
-        )
-        .collect();
+    let diffs = view_diffs(&want, &got, |_, v, _| v.to_string());
     assert!(
         diffs.is_empty(),
         "{} differences:\n{}",

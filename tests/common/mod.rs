@@ -937,6 +937,24 @@ pub fn view(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// The paths where `got` differs from the kernel's `want` (each pair of values passed
+/// through `mask(path, value, kernel's value)` first), one description each.
+pub fn view_diffs(
+    want: &BTreeMap<String, String>,
+    got: &BTreeMap<String, String>,
+    mask: impl Fn(&str, &str, &str) -> String,
+) -> Vec<String> {
+    want.iter()
+        .filter(|(p, v)| got.get(*p).map(|g| mask(p, g, v)) != Some(mask(p, v, v)))
+        .map(|(p, v)| format!("{p}:\n  kernel   {v}\n  disksafe {:?}", got.get(p)))
+        .chain(
+            got.keys()
+                .filter(|p| !want.contains_key(*p))
+                .map(|p| format!("{p}: only in disksafe")),
+        )
+        .collect()
+}
+
 /// Asserts the mount's view of `files` equals the kernel's `want`, naming each path
 /// that differs (and showing the server's log if the walk itself fails).
 pub fn same_view(want: &BTreeMap<String, String>, files: &Path, m: &Mounted, name: &str) {
@@ -958,16 +976,7 @@ pub fn same_view_masked(
             m.log_text()
         )
     });
-    let diffs: Vec<String> = want
-        .iter()
-        .filter(|(p, v)| got.get(*p).map(|g| mask(p, g, v)) != Some(mask(p, v, v)))
-        .map(|(p, v)| format!("{p}:\n  kernel   {v}\n  disksafe {:?}", got.get(p)))
-        .chain(
-            got.keys()
-                .filter(|p| !want.contains_key(*p))
-                .map(|p| format!("{p}: only in disksafe")),
-        )
-        .collect();
+    let diffs = view_diffs(want, &got, mask);
     assert!(
         diffs.is_empty(),
         "{name}: {} differences:\n{}",
