@@ -113,6 +113,7 @@ pub fn list(
     let (fs, id) = open_point(safe_dir, point, opts)?;
     let ino = fs.resolve(path).with_context(|| format!("point {id}"))?;
     let attr = fs.stat(ino).map_err(|e| errno(e, path))?;
+    let left_before = fs.left_out();
     let entries = if attr.kind == FileType::Directory {
         let mut v = fs.list(ino).map_err(|e| errno(e, path))?;
         v.sort();
@@ -163,7 +164,22 @@ pub fn list(
         }
         out.write_all(b"\n")?;
     }
+    let left_out = fs.left_out() - left_before;
+    if left_out > 0 {
+        out.flush()?;
+        bail!("{}: {}", path.display(), left_out_message(left_out));
+    }
     Ok(())
+}
+
+/// Why a listing or copy is incomplete though every read succeeded: the file tree
+/// itself is damaged where it lists names.
+fn left_out_message(n: u64) -> String {
+    format!(
+        "{n} damaged directory entr{} or block{} of the point's file tree left out (named in the warnings above)",
+        if n == 1 { "y" } else { "ies" },
+        if n == 1 { "" } else { "s" }
+    )
 }
 
 /// Copies PATH (as under the mount's point directory) of point POINT of the safe to
@@ -219,15 +235,25 @@ pub fn extract(
         failed: 0,
         root: unsafe { libc::geteuid() } == 0,
     };
+    // Listings parsed from here on are the copied tree's own (resolving PATH read
+    // only its ancestors).
+    let left_before = fs.left_out();
     x.copy_tree(ino, attr, target.clone());
     bar.finish_and_clear();
+    let left_out = fs.left_out() - left_before;
+    let mut why = Vec::new();
     if x.failed > 0 {
-        bail!(
-            "{} entr{} could not be extracted (listed above); the rest is in {}",
+        why.push(format!(
+            "{} entr{} could not be extracted (listed above)",
             x.failed,
-            if x.failed == 1 { "y" } else { "ies" },
-            target.display()
-        );
+            if x.failed == 1 { "y" } else { "ies" }
+        ));
+    }
+    if left_out > 0 {
+        why.push(left_out_message(left_out));
+    }
+    if !why.is_empty() {
+        bail!("{}; the rest is in {}", why.join("; "), target.display());
     }
     Ok(x.out)
 }

@@ -376,6 +376,41 @@ fn ls_lists_a_point_as_ls_shows_the_source() {
     assert_eq!(e.trim().lines().count(), 1, "{e}");
 }
 
+/// An 8 MiB ext4 image of `src` at `img` without metadata checksums or hashed
+/// directories (so a test's rewritten directory bytes are what the reader meets) and
+/// with 2048 inodes; returns its bytes.
+fn unchecked_ext4(src: &Path, img: &Path) -> Vec<u8> {
+    File::create(img).unwrap().set_len(8 << 20).unwrap();
+    let args = [
+        "-q",
+        "-F",
+        "-N",
+        "2048",
+        "-O",
+        "^metadata_csum,^dir_index",
+        "-d",
+    ];
+    let mut a = args.to_vec();
+    a.extend([s(src), s(img)]);
+    assert!(run("mkfs.ext4", &a), "mkfs.ext4");
+    std::fs::read(img).unwrap()
+}
+
+/// Where `name` is in `bytes`, asserting it is there exactly once.
+fn only_at(bytes: &[u8], name: &[u8]) -> usize {
+    let at = bytes
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("the entry's name in the image");
+    assert!(
+        bytes[at + name.len()..]
+            .windows(name.len())
+            .all(|w| w != name),
+        "one copy"
+    );
+    at
+}
+
 /// A tree whose entry names try to leave DEST (an ext directory entry rewritten to
 /// `../../evil`: no checksums on this volume to give it away) writes nothing outside
 /// DEST; the entry is refused by name (the ext reader already skips the directory
@@ -388,31 +423,8 @@ fn names_that_would_leave_dest_are_refused() {
     std::fs::write(src.join("a/b/file 0.bin"), b"escape").unwrap();
     std::fs::write(src.join("a/kept"), b"kept").unwrap();
     let img = t.path().join("fs.img");
-    File::create(&img).unwrap().set_len(8 << 20).unwrap();
-    assert!(
-        run(
-            "mkfs.ext4",
-            &[
-                "-q",
-                "-F",
-                "-O",
-                "^metadata_csum,^dir_index",
-                "-d",
-                s(&src),
-                s(&img)
-            ]
-        ),
-        "mkfs.ext4"
-    );
-    let mut bytes = std::fs::read(&img).unwrap();
-    let at = bytes
-        .windows(10)
-        .position(|w| w == b"file 0.bin")
-        .expect("the entry's name in the image");
-    assert!(
-        bytes[at + 10..].windows(10).all(|w| w != b"file 0.bin"),
-        "one copy"
-    );
+    let mut bytes = unchecked_ext4(&src, &img);
+    let at = only_at(&bytes, b"file 0.bin");
     bytes[at..at + 10].copy_from_slice(b"../../evil");
     std::fs::write(&img, &bytes).unwrap();
     let safe = t.path().join("safe");
@@ -429,12 +441,86 @@ fn names_that_would_leave_dest_are_refused() {
         assert!(!escaped.exists(), "{} written: {err}", escaped.display());
     }
     assert_eq!(std::fs::read(dest.join("a/kept")).unwrap(), b"kept");
-    // Refused by the parser (which skips the damaged directory block, saying why) or
-    // by extract (named, exit non-zero).
+    // Refused by the parser (which skips the damaged directory block, saying why, and
+    // counts it) or by extract (named); either way the exit says the copy is short.
+    assert!(!o.status.success(), "{err}");
     assert!(
-        err.contains("name contains '/'")
-            || (!o.status.success() && err.contains("not a plain name")),
+        (err.contains("name contains '/'") && err.contains("left out"))
+            || err.contains("not a plain name"),
         "{err}"
     );
     assert!(!dest.join("a/b/file 0.bin").exists());
+}
+
+/// Where the point's own file tree is damaged (a directory block that does not parse,
+/// an entry naming an inode not in use), `extract` and `ls` copy and list the rest,
+/// each damaged part named in a warning, and exit non-zero saying the result is short:
+/// a restore must not report success with files quietly missing.
+#[test]
+fn a_damaged_directory_makes_extract_and_ls_fail() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("d1")).unwrap();
+    std::fs::create_dir_all(src.join("d2")).unwrap();
+    std::fs::write(src.join("d1/alpha-entry.txt"), b"alpha").unwrap();
+    std::fs::write(src.join("d1/beta-entry.txt"), b"beta").unwrap();
+    std::fs::write(src.join("d2/gone-entry.txt"), b"gone").unwrap();
+    std::fs::write(src.join("d2/kept-entry.txt"), b"kept").unwrap();
+    std::fs::write(src.join("top.txt"), b"top").unwrap();
+    let img = t.path().join("fs.img");
+    let mut bytes = unchecked_ext4(&src, &img);
+    // d1's block: a record length that cannot be (below an entry's header) — the
+    // block does not parse.
+    let at = only_at(&bytes, b"alpha-entry.txt");
+    bytes[at - 4..at - 2].copy_from_slice(&5u16.to_le_bytes());
+    // d2's entry: inode 1999 (not in use on this volume) and no file type, so the
+    // reader must look at the inode to type it.
+    let at = only_at(&bytes, b"gone-entry.txt");
+    bytes[at - 8..at - 4].copy_from_slice(&1999u32.to_le_bytes());
+    bytes[at - 1] = 0;
+    std::fs::write(&img, &bytes).unwrap();
+    let safe = t.path().join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+
+    let dest = t.path().join("out");
+    std::fs::create_dir(&dest).unwrap();
+    let o = ds(&["extract", s(&safe), "1", "vol/files", s(&dest)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("2 damaged directory entries or blocks of the point's file tree left out"),
+        "{err}"
+    );
+    assert!(err.contains("block at 0:"), "the d1 block named: {err}");
+    assert!(
+        err.contains("entry \"gone-entry.txt\" names inode 1999, which is not in use"),
+        "{err}"
+    );
+    // All else equals the source: d1 empty, d2 without the damaged entry.
+    let mut want = tree_digest(&src);
+    want.retain(|k, _| !k.starts_with("d1/") && k != "d2/gone-entry.txt");
+    same_tree(&tree_digest(&dest.join("files")), &want, "extracted");
+
+    // ls: the damaged listings list what they can and fail; a sound one succeeds.
+    let o = ds(&["ls", s(&safe), "1", "vol/files/d2"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        out.lines().count() == 1 && out.contains(" kept-entry.txt"),
+        "{out}"
+    );
+    assert!(
+        err.contains(
+            "vol/files/d2: 1 damaged directory entry or block of the point's file tree left out"
+        ),
+        "{err}"
+    );
+    let e = fails(&["ls", s(&safe), "1", "vol/files/d1"]);
+    assert!(e.contains("1 damaged directory entry or block"), "{e}");
+    let out = ok(&["ls", s(&safe), "1", "vol/files"]);
+    let names: Vec<&str> = out.lines().filter_map(|l| l.rsplit(' ').next()).collect();
+    assert_eq!(names, ["d1", "d2", "lost+found", "top.txt"], "{out}");
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use disksafe::ntfs_ext::{open_tree, walk_everything, MemVolume, TreeOptions};
+use disksafe::ntfs_ext::{open_tree, walk_everything, LeftOut, MemVolume, TreeOptions};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// A small NTFS image holding an index with several nodes, compressed, sparse and
@@ -188,11 +188,17 @@ fn an_index_node_pointing_at_itself_is_a_cycle_error() {
 
 /// An index node past the end of its directory's `$INDEX_ALLOCATION` (what a volume
 /// read while its index grew can hold: the record still says the smaller size) costs
-/// the names under that node, not the listing: the rest is listed, with a warning.
+/// the names under that node, not the listing: the rest is listed, with a warning,
+/// and counted as left out (what makes `extract` and `ls` exit non-zero).
 #[test]
 fn an_index_node_past_the_index_costs_only_its_names() {
     let Some(base) = base_image() else { return };
-    let tree = open_tree(Arc::new(MemVolume(base.clone())), &TreeOptions::default())
+    let counted = |left_out: &LeftOut| TreeOptions {
+        left_out: left_out.clone(),
+        ..TreeOptions::default()
+    };
+    let sound = LeftOut::default();
+    let tree = open_tree(Arc::new(MemVolume(base.clone())), &counted(&sound))
         .unwrap()
         .unwrap();
     // "dir" in the image ntfs-3g builds, "many_subdirs" in the testfs1 fixture.
@@ -207,6 +213,7 @@ fn an_index_node_past_the_index_costs_only_its_names() {
         .map(|e| e.name.clone())
         .collect();
     assert!(all.len() >= 300, "{} names", all.len());
+    assert_eq!(sound.count(), 0, "nothing left out of a sound index");
     // Shrink the directory's $INDEX_ALLOCATION (data and initialized size) by one index
     // block, so the last node lies past the index.
     let mut img = base.clone();
@@ -235,7 +242,8 @@ fn an_index_node_past_the_index_costs_only_its_names() {
     assert!(shrunk, "the directory's record has an $INDEX_ALLOCATION");
     fixups(&mut rec, true);
     img[at..at + 1024].copy_from_slice(&rec);
-    let tree = open_tree(Arc::new(MemVolume(img.clone())), &TreeOptions::default())
+    let torn = LeftOut::default();
+    let tree = open_tree(Arc::new(MemVolume(img.clone())), &counted(&torn))
         .unwrap()
         .unwrap();
     let some: Vec<Vec<u8>> = tree
@@ -254,5 +262,6 @@ fn an_index_node_past_the_index_costs_only_its_names() {
         some.iter().all(|n| all.contains(n)),
         "only names the index holds"
     );
+    assert_eq!(torn.count(), 1, "the node past the index counted once");
     let _ = walk_everything(img, 1 << 16);
 }

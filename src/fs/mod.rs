@@ -491,6 +491,8 @@ pub struct SafeFs {
     /// Readahead streams per image or large tree-file inode (files are opened without
     /// a handle).
     streams: readahead::Streams,
+    /// What every tree opened left out of its listings as damaged.
+    left_out: crate::ntfs_ext::LeftOut,
 }
 
 fn time(secs: i64) -> SystemTime {
@@ -537,6 +539,7 @@ impl SafeFs {
             )),
             luks: Mutex::new(HashMap::new()),
             streams,
+            left_out: Default::default(),
         })
     }
 
@@ -622,6 +625,12 @@ impl SafeFs {
     /// Attributes of `ino`, as stat through the mount gives them.
     pub fn stat(&self, ino: u64) -> Result<FileAttr, Errno> {
         self.attr(ino).map(|(a, _)| a)
+    }
+
+    /// Entries and directory blocks the file trees opened so far left out of their
+    /// listings as damaged (each logged), so a copy can tell it is incomplete.
+    pub fn left_out(&self) -> u64 {
+        self.left_out.count()
     }
 
     /// The entries of directory `ino` (without `.` and `..`).
@@ -1784,6 +1793,7 @@ impl SafeFs {
             show_system: self.opts.show_system,
             budget: Some(self.cache.tree_budget().clone()),
             members,
+            left_out: self.left_out.clone(),
         };
         let root = match crate::ntfs_ext::open_tree(vol.clone(), &opts) {
             Ok(Some(tree)) => {

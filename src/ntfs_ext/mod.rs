@@ -14,7 +14,7 @@ pub mod xfs;
 use std::sync::Arc;
 
 use crate::readat::ReadAt;
-pub use tree::{DirEntry, FsTree, Members, NodeKind, Stat, StatFs, Timespec, TreeOptions};
+pub use tree::{DirEntry, FsTree, LeftOut, Members, NodeKind, Stat, StatFs, Timespec, TreeOptions};
 
 /// Opens the file tree of a volume if it holds a filesystem we can read; `Ok(None)`
 /// when no known filesystem is there. An ext, XFS, NTFS, FAT32 or exFAT volume whose

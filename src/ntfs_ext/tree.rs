@@ -142,6 +142,27 @@ pub struct TreeOptions {
     /// The other volumes of the same point, where a filesystem spanning devices (btrfs
     /// RAID) finds the rest of itself; empty when the volume stands alone.
     pub members: Members,
+    /// Where the tree counts what it leaves out of listings as damaged.
+    pub left_out: LeftOut,
+}
+
+/// A count of directory entries and blocks that trees left out of their listings
+/// because the volume's own structures are damaged (each logged as it is met), so a
+/// copy of a tree can say it is incomplete instead of succeeding quietly. Clones share
+/// one count.
+#[derive(Debug, Clone, Default)]
+pub struct LeftOut(Arc<std::sync::atomic::AtomicU64>);
+
+impl LeftOut {
+    /// Counts `n` more entries or blocks left out.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many were left out so far.
+    pub fn count(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Volumes a multi-device filesystem may find its other devices among.

@@ -765,6 +765,8 @@ pub struct BtrfsFs {
     devs: HashMap<u64, Arc<dyn ReadAt>>,
     sb: Sb,
     label: String,
+    /// Where listings count entries left out as damaged.
+    left_out: crate::ntfs_ext::LeftOut,
     chunks: BTreeMap<u64, Chunk>,
     nodes: WeightedLru<u64, Arc<Node>>,
     inodes: WeightedLru<u64, Arc<Inode>>,
@@ -833,6 +835,7 @@ impl BtrfsFs {
             dev,
             devs,
             label,
+            left_out: opts.left_out.clone(),
             chunks: BTreeMap::new(),
             nodes: WeightedLru::with_budget(NODE_CACHE, budget()),
             inodes: WeightedLru::with_budget(INODE_CACHE, budget()),
@@ -1672,12 +1675,18 @@ impl BtrfsFs {
             })?;
         }
         let mut entries = Vec::with_capacity(raw.len());
+        // Logs and counts an entry left out, and why.
+        let skip = |name: &[u8], why: String| {
+            tracing::warn!(
+                "{}: btrfs directory {obj} of subvolume {tree}: entry {:?} skipped: {why}",
+                self.label,
+                String::from_utf8_lossy(name)
+            );
+            self.left_out.add(1);
+        };
         for (loc, ty, name) in raw {
             if !valid_name(&name) {
-                tracing::warn!(
-                    "{}: btrfs directory {obj} of subvolume {tree}: entry with an invalid name skipped",
-                    self.label
-                );
+                skip(&name, "an invalid name".into());
                 continue;
             }
             let child = match loc.ty {
@@ -1685,31 +1694,27 @@ impl BtrfsFs {
                 ROOT_ITEM => match self.tree_root(loc.obj) {
                     Ok(r) => self.number(loc.obj, r.dirid),
                     Err(e) => {
-                        tracing::warn!(
-                            "{}: btrfs subvolume {:?} ({e}); skipped",
-                            self.label,
-                            String::from_utf8_lossy(&name)
-                        );
+                        skip(&name, format!("its subvolume: {e}"));
                         continue;
                     }
                 },
-                _ => continue,
+                t => {
+                    skip(&name, format!("it points at an item of type {t}"));
+                    continue;
+                }
             };
             let Some(child) = child else {
-                tracing::warn!(
-                    "{}: btrfs: more objects than the mount can number; {:?} skipped",
-                    self.label,
-                    String::from_utf8_lossy(&name)
-                );
+                skip(&name, "more objects than the mount can number".into());
                 continue;
             };
             let kind = if loc.ty == ROOT_ITEM {
-                NodeKind::Dir
+                Some(NodeKind::Dir)
             } else {
-                match NodeKind::from_dirent(ty) {
-                    Some(k) => k,
-                    None => continue,
-                }
+                NodeKind::from_dirent(ty)
+            };
+            let Some(kind) = kind else {
+                skip(&name, format!("unknown file type {ty}"));
+                continue;
             };
             entries.push(DirEntry {
                 name,

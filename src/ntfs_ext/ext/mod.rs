@@ -86,6 +86,8 @@ pub struct ExtFs {
     dev: Arc<dyn ReadAt>,
     sb: Superblock,
     label: String,
+    /// Where listings count entries left out as damaged.
+    left_out: crate::ntfs_ext::LeftOut,
     groups: Mutex<HashMap<u64, GroupDesc>>,
     inodes: WeightedLru<u64, Arc<Inode>>,
     dirs: WeightedLru<u64, Arc<DirCache>>,
@@ -439,6 +441,7 @@ impl ExtFs {
             dev,
             sb,
             label,
+            left_out: opts.left_out.clone(),
             groups: Mutex::new(HashMap::new()),
             // Per opened volume, and within the budget all volumes of a mount share.
             inodes: WeightedLru::with_budget(INODE_CACHE, budget()),
@@ -744,6 +747,7 @@ impl ExtFs {
                         "{}: directory {dir} block at {off}: {e}; skipped",
                         self.label
                     );
+                    self.left_out.add(1);
                 }
                 off += bs as u64;
             }
@@ -754,9 +758,22 @@ impl ExtFs {
         for r in raw {
             let kind = match (filetype, dir::kind_of(r.ftype)) {
                 (true, Some(k)) => k,
-                _ => match self.inode(r.ino as u64).ok().and_then(|i| i.kind()) {
-                    Some(k) => k,
-                    None => continue,
+                _ => match self.inode(r.ino as u64).map(|i| i.kind()) {
+                    Ok(Some(k)) => k,
+                    got => {
+                        tracing::warn!(
+                            "{}: directory {dir}: entry {:?} names inode {}, which {}; skipped",
+                            self.label,
+                            String::from_utf8_lossy(&r.name),
+                            r.ino,
+                            match got {
+                                Err(e) => format!("cannot be read ({e})"),
+                                Ok(_) => "is not in use (no file type)".to_string(),
+                            }
+                        );
+                        self.left_out.add(1);
+                        continue;
+                    }
                 },
             };
             if index.insert(r.name.clone(), r.ino as u64).is_none() {

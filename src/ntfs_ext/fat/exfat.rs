@@ -257,6 +257,8 @@ pub struct ExFatFs {
     dev: Arc<dyn ReadAt>,
     layout: Layout,
     label: String,
+    /// Where listings count entries left out as damaged.
+    left_out: crate::ntfs_ext::LeftOut,
     uid: u32,
     gid: u32,
     fat: WeightedLru<u64, Arc<Vec<u8>>>,
@@ -280,6 +282,7 @@ impl ExFatFs {
             dev,
             layout,
             label: opts.label.clone(),
+            left_out: opts.left_out.clone(),
             uid: opts.uid,
             gid: opts.gid,
             fat: WeightedLru::with_budget(FAT_CACHE, budget()),
@@ -468,6 +471,7 @@ impl ExFatFs {
                 && set_checksum(set) == le16(set, 2)
                 && set[64..].chunks_exact(32).all(|n| n[0] == 0xC1);
             if !ok {
+                self.left_out.add(1);
                 if self.bad_set.set(()).is_ok() {
                     tracing::warn!(
                         "{}: a directory entry set fails its checks and is skipped (further ones not logged)",

@@ -328,6 +328,8 @@ pub struct NtfsFs {
     dev: Arc<dyn ReadAt>,
     boot: Boot,
     label: String,
+    /// Where listings count entries left out as damaged.
+    left_out: crate::ntfs_ext::LeftOut,
     uid: u32,
     gid: u32,
     show_system: bool,
@@ -415,6 +417,7 @@ impl NtfsFs {
             dev,
             boot,
             label: opts.label.clone(),
+            left_out: opts.left_out.clone(),
             uid: opts.uid,
             gid: opts.gid,
             show_system: opts.show_system,
@@ -1504,6 +1507,7 @@ impl NtfsFs {
                         // names under it, not the listing; a read that failed below
                         // (a damaged block of the safe) still fails it.
                         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                            self.left_out.add(1);
                             self.warn_once(format!("badnode:{}:{c}", dir.rec), || {
                                 format!(
                                     "directory {}: {e}; listed without the names under it",
@@ -1521,6 +1525,7 @@ impl NtfsFs {
                 let name = names::to_bytes(&k.name);
                 let ino = mref(e.file);
                 if ino >= self.records {
+                    self.left_out.add(1);
                     self.warn_once(format!("badref:{}:{ino}", dir.rec), || {
                         format!(
                             "directory {} names record {ino}, past the end of $MFT; entry skipped",

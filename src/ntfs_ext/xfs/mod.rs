@@ -421,6 +421,8 @@ pub struct XfsFs {
     dev: Arc<dyn ReadAt>,
     sb: Sb,
     label: String,
+    /// Where listings count entries left out as damaged.
+    left_out: crate::ntfs_ext::LeftOut,
     inodes: WeightedLru<u64, Arc<Inode>>,
     dirs: WeightedLru<u64, Arc<Listing>>,
     maps: WeightedLru<u64, Arc<ExtentMap>>,
@@ -551,6 +553,7 @@ impl XfsFs {
             dev,
             sb,
             label: opts.label.clone(),
+            left_out: opts.left_out.clone(),
             inodes: WeightedLru::with_budget(INODE_CACHE, budget()),
             dirs: WeightedLru::with_budget(DIR_CACHE, budget()),
             maps: WeightedLru::with_budget(EXTENT_CACHE, budget()),
@@ -812,6 +815,7 @@ impl XfsFs {
                             "{}: directory {ino}, block {d}: {e}; its entries are skipped",
                             self.label
                         );
+                        self.left_out.add(1);
                     }
                 }
             }
@@ -830,6 +834,7 @@ impl XfsFs {
                     "{}: directory {ino}: inode number {child} is too large to show; skipped",
                     self.label
                 );
+                self.left_out.add(1);
                 continue;
             }
             if !valid_name(&name) {
@@ -837,14 +842,27 @@ impl XfsFs {
                     "{}: directory {ino}: entry with an invalid name skipped",
                     self.label
                 );
+                self.left_out.add(1);
                 continue;
             }
             let kind = match ftype.and_then(NodeKind::from_dirent) {
                 Some(k) => k,
                 // No file type in the entry (v4 without ftype): from the inode.
-                None => match self.inode(child).ok().and_then(|c| c.kind()) {
-                    Some(k) => k,
-                    None => continue,
+                None => match self.inode(child).map(|c| c.kind()) {
+                    Ok(Some(k)) => k,
+                    r => {
+                        tracing::warn!(
+                            "{}: directory {ino}: entry {:?} names inode {child}, which {}; skipped",
+                            self.label,
+                            String::from_utf8_lossy(&name),
+                            match r {
+                                Err(e) => format!("cannot be read ({e})"),
+                                Ok(_) => "is not in use (no file type)".to_string(),
+                            }
+                        );
+                        self.left_out.add(1);
+                        continue;
+                    }
                 },
             };
             entries.push(DirEntry {
