@@ -243,7 +243,20 @@ fn files_tour(dir: &Path, seed: &mut u64) -> anyhow::Result<()> {
         show_system: false,
         progress: false,
     };
-    println!("demo: disksafe ls files-safe latest fs/files/data (no mount needed):");
+    println!("demo: disksafe find files-safe latest --name '*.csv' (no mount needed):");
+    let mut found = Vec::new();
+    let csv = crate::extract::FindOptions {
+        name: Some("*.csv".into()),
+        ..Default::default()
+    };
+    crate::extract::find(&safe, "latest", Path::new(""), opts(), &csv, &mut found)?;
+    anyhow::ensure!(
+        found == b"fs/files/data/report.csv\n",
+        "find printed {:?}",
+        String::from_utf8_lossy(&found)
+    );
+    println!("demo:   {}", String::from_utf8_lossy(&found).trim_end());
+    println!("demo: disksafe ls files-safe latest fs/files/data:");
     let mut listing = Vec::new();
     crate::extract::list(
         &safe,

@@ -7,6 +7,8 @@
 //! names are checked before they become paths (no `/`, `.`, `..` or empty names), files
 //! are created exclusively and never through a symlink, and a directory met twice (a
 //! loop) is not entered again.
+//!
+//! `ls` and `find` read a point the same way, to find what to extract without a mount.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
@@ -14,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -124,52 +126,187 @@ pub fn list(
             ino,
         )]
     };
+    let mut failed = 0u64;
     for (name, child) in entries {
-        let a = match fs.stat(child) {
-            Ok(a) => a,
+        match fs.stat(child) {
+            Ok(a) => ls_line(&fs, child, &a, name.as_bytes(), out)?,
             Err(e) => {
                 eprintln!("error: {}: {}", path.join(&name).display(), io_err(e));
+                failed += 1;
+            }
+        }
+    }
+    out.flush()?;
+    incomplete(path, failed, fs.left_out() - left_before)
+}
+
+/// An error saying what a listing missed, if it missed anything: entries that failed
+/// to stat (named above) and parts the tree left out as damaged.
+fn incomplete(path: &Path, failed: u64, left_out: u64) -> anyhow::Result<()> {
+    let mut why = Vec::new();
+    if failed > 0 {
+        why.push(format!(
+            "{failed} entr{} could not be read (named above)",
+            if failed == 1 { "y" } else { "ies" }
+        ));
+    }
+    if left_out > 0 {
+        why.push(left_out_message(left_out));
+    }
+    if why.is_empty() {
+        return Ok(());
+    }
+    bail!("{}: {}", path.display(), why.join("; "))
+}
+
+/// One `ls -l` line for an entry of attributes `a`, named `name` (bytes as stored).
+fn ls_line(
+    fs: &SafeFs,
+    ino: u64,
+    a: &FileAttr,
+    name: &[u8],
+    out: &mut dyn io::Write,
+) -> io::Result<()> {
+    let t = timespec(a.mtime);
+    let size = match a.kind {
+        FileType::CharDevice | FileType::BlockDevice => {
+            format!(
+                "{}, {}",
+                libc::major(a.rdev as libc::dev_t),
+                libc::minor(a.rdev as libc::dev_t)
+            )
+        }
+        _ => a.size.to_string(),
+    };
+    out.write_all(
+        format!(
+            "{} {:>3} {:>5} {:>5} {:>12} {} ",
+            mode_string(a),
+            a.nlink,
+            a.uid,
+            a.gid,
+            size,
+            crate::format::utc_string(t.tv_sec),
+        )
+        .as_bytes(),
+    )?;
+    out.write_all(name)?;
+    if a.kind == FileType::Symlink {
+        if let Ok(to) = fs.read_link(ino) {
+            out.write_all(b" -> ")?;
+            out.write_all(&to)?;
+        }
+    }
+    out.write_all(b"\n")
+}
+
+/// What `find` prints.
+#[derive(Debug, Default)]
+pub struct FindOptions {
+    /// A shell pattern (fnmatch, as `find -name`) the entry's own name must match.
+    pub name: Option<String>,
+    /// `ls -l`'s type letters the entry must be one of (`f` for plain files, as
+    /// `find -type`).
+    pub types: Option<String>,
+    /// `ls -l` lines with the path in place of the name.
+    pub long: bool,
+    /// Paths ended by NUL instead of a newline (names may hold newlines).
+    pub print0: bool,
+}
+
+/// Paths under PATH of point POINT (PATH itself first), as `find` prints them: each
+/// directory's entries in name order, depth first, so a file can be found in a point
+/// without mounting it and then handed to `extract`.
+pub fn find(
+    safe_dir: &Path,
+    point: &str,
+    path: &Path,
+    opts: ExtractOptions,
+    what: &FindOptions,
+    out: &mut dyn io::Write,
+) -> anyhow::Result<()> {
+    let (fs, id) = open_point(safe_dir, point, opts)?;
+    let ino = fs.resolve(path).with_context(|| format!("point {id}"))?;
+    let pattern = match &what.name {
+        Some(p) => Some(
+            CString::new(p.as_bytes())
+                .map_err(|_| anyhow::anyhow!("--name: a pattern cannot hold NUL"))?,
+        ),
+        None => None,
+    };
+    if let Some(t) = &what.types {
+        if let Some(bad) = t.chars().find(|c| !"fdlcbps".contains(*c)) {
+            bail!("--type {t}: '{bad}' is not one of f, d, l, c, b, p, s");
+        }
+    }
+    let left_before = fs.left_out();
+    // Paths as `extract` takes them: without PATH, the point's devices and what is
+    // under them (the point itself not printed).
+    let start = path
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        .map(|c| c.as_os_str().as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b'/');
+    let mut failed = 0u64;
+    let mut seen = HashSet::new();
+    // Depth first; bounded by the directories a tree holds, each entered once.
+    let mut stack: Vec<(Vec<u8>, u64)> = vec![(start, ino)];
+    while let Some((at, ino)) = stack.pop() {
+        let a = match fs.stat(ino) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: {}: {}", String::from_utf8_lossy(&at), io_err(e));
+                failed += 1;
                 continue;
             }
         };
-        let t = timespec(a.mtime);
-        let size = match a.kind {
-            FileType::CharDevice | FileType::BlockDevice => {
-                format!(
-                    "{}, {}",
-                    libc::major(a.rdev as libc::dev_t),
-                    libc::minor(a.rdev as libc::dev_t)
-                )
-            }
-            _ => a.size.to_string(),
-        };
-        out.write_all(
-            format!(
-                "{} {:>3} {:>5} {:>5} {:>12} {} ",
-                mode_string(&a),
-                a.nlink,
-                a.uid,
-                a.gid,
-                size,
-                crate::format::utc_string(t.tv_sec as i64),
-            )
-            .as_bytes(),
-        )?;
-        out.write_all(name.as_bytes())?;
-        if a.kind == FileType::Symlink {
-            if let Ok(to) = fs.read_link(child) {
-                out.write_all(b" -> ")?;
-                out.write_all(&to)?;
+        let name = at.rsplit(|&b| b == b'/').next().unwrap_or(&at);
+        let listed = !at.is_empty();
+        let type_ok = what.types.as_ref().is_none_or(|t| {
+            let letter = match mode_string(&a).as_bytes()[0] {
+                b'-' => 'f',
+                c => c as char,
+            };
+            t.contains(letter)
+        });
+        let name_ok = pattern.as_ref().is_none_or(|p| {
+            CString::new(name).is_ok_and(|n| {
+                // SAFETY: both are NUL-terminated strings that live across the call.
+                unsafe { libc::fnmatch(p.as_ptr(), n.as_ptr(), 0) == 0 }
+            })
+        });
+        if listed && type_ok && name_ok {
+            if what.long {
+                ls_line(&fs, ino, &a, &at, out)?;
+            } else {
+                out.write_all(&at)?;
+                out.write_all(if what.print0 { b"\0" } else { b"\n" })?;
             }
         }
-        out.write_all(b"\n")?;
+        if a.kind != FileType::Directory || !seen.insert(ino) {
+            continue;
+        }
+        match fs.list(ino) {
+            Ok(mut v) => {
+                v.sort();
+                for (n, child) in v.into_iter().rev() {
+                    let mut p = at.clone();
+                    if listed {
+                        p.push(b'/');
+                    }
+                    p.extend_from_slice(n.as_bytes());
+                    stack.push((p, child));
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {}: {}", String::from_utf8_lossy(&at), io_err(e));
+                failed += 1;
+            }
+        }
     }
-    let left_out = fs.left_out() - left_before;
-    if left_out > 0 {
-        out.flush()?;
-        bail!("{}: {}", path.display(), left_out_message(left_out));
-    }
-    Ok(())
+    out.flush()?;
+    incomplete(path, failed, fs.left_out() - left_before)
 }
 
 /// Why a listing or copy is incomplete though every read succeeded: the file tree

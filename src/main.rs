@@ -121,6 +121,33 @@ enum Cmd {
         #[command(flatten)]
         view: PointView,
     },
+    /// Find files in a point by name or type, as `find` prints them, without FUSE;
+    /// the paths it prints are what `extract` takes.
+    Find {
+        /// The safe directory.
+        safe: PathBuf,
+        /// Point id or `latest`.
+        point: String,
+        /// Where to start, as under the mount's point directory (the whole point when
+        /// omitted).
+        path: Option<PathBuf>,
+        /// Only entries whose own name matches this shell pattern (as `find -name`;
+        /// quote it).
+        #[arg(long, value_name = "PATTERN")]
+        name: Option<String>,
+        /// Only entries of these types: f (file), d, l, c, b, p, s; several letters for
+        /// any of them.
+        #[arg(long = "type", value_name = "LETTERS")]
+        types: Option<String>,
+        /// `ls -l` lines (times in UTC) with the path in place of the name.
+        #[arg(short, long, conflicts_with = "print0")]
+        long: bool,
+        /// End each path with NUL instead of a newline (for `xargs -0`).
+        #[arg(long)]
+        print0: bool,
+        #[command(flatten)]
+        view: PointView,
+    },
     /// Mount every recovery point read-only through FUSE.
     Mount {
         /// The safe directory.
@@ -386,6 +413,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = path.unwrap_or_default();
             disksafe::extract::list(&safe, &point, &path, opts, &mut out)?;
             std::io::Write::flush(&mut out)?;
+        }
+        Cmd::Find {
+            safe,
+            point,
+            path,
+            name,
+            types,
+            long,
+            print0,
+            view,
+        } => {
+            let opts = view.options(false)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let what = disksafe::extract::FindOptions {
+                name,
+                types,
+                long,
+                print0,
+            };
+            let path = path.unwrap_or_default();
+            disksafe::extract::find(&safe, &point, &path, opts, &what, &mut out)?;
         }
         Cmd::Extract {
             safe,

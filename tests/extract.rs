@@ -295,6 +295,20 @@ fn ls_fields(line: &str) -> Option<(String, String, String, String, String, Stri
     ))
 }
 
+/// A safe at `dir/safe` whose point 1 is device `vol`: a 32 MiB ext4 of `src` that
+/// mkfs made at `dir/fs.img`.
+fn ext4_point(dir: &Path, src: &Path) -> std::path::PathBuf {
+    let img = dir.join("fs.img");
+    File::create(&img).unwrap().set_len(32 << 20).unwrap();
+    assert!(
+        run("mkfs.ext4", &["-q", "-F", "-d", s(src), s(&img)]),
+        "mkfs.ext4"
+    );
+    let safe = dir.join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    safe
+}
+
 /// `ls` shows a point's entries as `ls -l` shows the tree mkfs was given (type and
 /// permissions, owner, size, mtime, symlink targets), and the point's devices at its
 /// root; unknown paths are one-line errors.
@@ -309,14 +323,7 @@ fn ls_lists_a_point_as_ls_shows_the_source() {
         std::os::unix::fs::PermissionsExt::from_mode(0o4751),
     )
     .unwrap();
-    let img = t.path().join("fs.img");
-    File::create(&img).unwrap().set_len(32 << 20).unwrap();
-    assert!(
-        run("mkfs.ext4", &["-q", "-F", "-d", s(&src), s(&img)]),
-        "mkfs.ext4"
-    );
-    let safe = t.path().join("safe");
-    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    let safe = ext4_point(t.path(), &src);
 
     let root = ok(&["ls", s(&safe), "1"]);
     assert_eq!(root.lines().count(), 1, "{root}");
@@ -453,11 +460,11 @@ fn names_that_would_leave_dest_are_refused() {
 }
 
 /// Where the point's own file tree is damaged (a directory block that does not parse,
-/// an entry naming an inode not in use), `extract` and `ls` copy and list the rest,
-/// each damaged part named in a warning, and exit non-zero saying the result is short:
-/// a restore must not report success with files quietly missing.
+/// an entry naming an inode not in use), `extract`, `ls` and `find` copy and list the
+/// rest, each damaged part named in a warning, and exit non-zero saying the result is
+/// short: a restore must not report success with files quietly missing.
 #[test]
-fn a_damaged_directory_makes_extract_and_ls_fail() {
+fn a_damaged_directory_makes_extract_ls_and_find_fail() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     std::fs::create_dir_all(src.join("d1")).unwrap();
@@ -523,4 +530,153 @@ fn a_damaged_directory_makes_extract_and_ls_fail() {
     let out = ok(&["ls", s(&safe), "1", "vol/files"]);
     let names: Vec<&str> = out.lines().filter_map(|l| l.rsplit(' ').next()).collect();
     assert_eq!(names, ["d1", "d2", "lost+found", "top.txt"], "{out}");
+    // find: the same.
+    let o = ds(&["find", s(&safe), "1", "vol/files", "--type", "f"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(!o.status.success(), "{err}");
+    assert_eq!(out, "vol/files/d2/kept-entry.txt\nvol/files/top.txt\n");
+    assert!(
+        err.contains("2 damaged directory entries or blocks"),
+        "{err}"
+    );
+}
+
+/// `find`'s paths, NUL-ended, as a sorted list.
+fn nul_list(out: &[u8]) -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = out
+        .split(|&b| b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.to_vec())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `disksafe find` prints what GNU find prints over the tree mkfs was given (by name
+/// pattern, by type, everything; names with a newline whole under `--print0`), under
+/// the paths `extract` takes; `--long` gives `ls -l` lines; bad input is a one-line
+/// error.
+#[test]
+fn find_prints_what_find_prints_over_the_source() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let mut rng = StdRng::seed_from_u64(31);
+    make_tree(&src, 24, &mut rng);
+    std::fs::create_dir_all(src.join("Docs/old reports")).unwrap();
+    for n in [
+        "a.txt",
+        "B.TXT",
+        "two\nlines.txt",
+        "old reports/q1.txt",
+        "notes",
+    ] {
+        std::fs::write(src.join("Docs").join(n), n.as_bytes()).unwrap();
+    }
+    std::os::unix::fs::symlink("a.txt", src.join("Docs/latest.txt")).unwrap();
+    let safe = ext4_point(t.path(), &src);
+
+    // GNU find over the source, its paths moved under vol/files.
+    let gnu = |args: &[&str]| {
+        let o = Command::new("find")
+            .current_dir(&src)
+            .arg(".")
+            .args(args)
+            .arg("-print0")
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let mut v: Vec<Vec<u8>> = nul_list(&o.stdout)
+            .into_iter()
+            .map(|p| {
+                let mut q = b"vol/files".to_vec();
+                q.extend_from_slice(&p[1..]);
+                q
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let ours = |args: &[&str]| {
+        let mut a = vec!["find", s(&safe), "1", "vol/files", "--print0"];
+        a.extend_from_slice(args);
+        let o = ds(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut v = nul_list(&o.stdout);
+        // mkfs adds lost+found, which the source has not.
+        v.retain(|p| !p.starts_with(b"vol/files/lost+found"));
+        v
+    };
+    for (gnu_args, our_args) in [
+        (&["-name", "*.txt"][..], &["--name", "*.txt"][..]),
+        (&["-name", "*.[Tt][Xx][Tt]"], &["--name", "*.[Tt][Xx][Tt]"]),
+        (&["-name", "file ?.bin"], &["--name", "file ?.bin"]),
+        (&["-type", "d"], &["--type", "d"]),
+        (
+            &["(", "-type", "l", "-o", "-type", "d", ")"],
+            &["--type", "ld"],
+        ),
+        (
+            &["-type", "f", "-name", "*s*"],
+            &["--type", "f", "--name", "*s*"],
+        ),
+        (&[], &[]),
+    ] {
+        let want = gnu(gnu_args);
+        assert!(!want.is_empty(), "{gnu_args:?}");
+        assert_eq!(ours(our_args), want, "find {gnu_args:?}");
+    }
+
+    // Depth first, each directory's entries in name order, the start first; newline
+    // ended by default.
+    let out = ok(&["find", s(&safe), "1", "vol/files/Docs/", "--type", "fd"]);
+    assert_eq!(
+        out,
+        "vol/files/Docs\nvol/files/Docs/B.TXT\nvol/files/Docs/a.txt\nvol/files/Docs/notes\n\
+         vol/files/Docs/old reports\nvol/files/Docs/old reports/q1.txt\nvol/files/Docs/two\nlines.txt\n"
+    );
+    // Without PATH: the whole point, paths as extract takes them.
+    let all = ok(&["find", s(&safe), "1", "--name", "q1.txt"]);
+    assert_eq!(all, "vol/files/Docs/old reports/q1.txt\n");
+    let dest = t.path().join("q1");
+    ok(&["extract", s(&safe), "1", all.trim_end(), s(&dest)]);
+    assert_eq!(std::fs::read(&dest).unwrap(), b"old reports/q1.txt");
+    // --long: ls -l fields and the path.
+    let long = ok(&[
+        "find",
+        s(&safe),
+        "1",
+        "vol/files/Docs",
+        "-l",
+        "--name",
+        "*.txt",
+    ]);
+    let lines: Vec<&str> = long.lines().collect();
+    // a.txt, latest.txt, q1.txt, and two\nlines.txt over two lines.
+    assert_eq!(lines.len(), 5, "{long}");
+    let a_txt = lines
+        .iter()
+        .find(|l| l.ends_with(" vol/files/Docs/a.txt"))
+        .expect("a.txt listed");
+    assert_eq!(
+        ls_fields(a_txt).map(|f| (f.0, f.3)),
+        Some(("-rw-r--r--".to_string(), "5".to_string())),
+        "{a_txt}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("lrwxrwxrwx ")
+                && l.ends_with(" vol/files/Docs/latest.txt -> a.txt")),
+        "{long}"
+    );
+
+    let e = fails(&["find", s(&safe), "1", "vol/files", "--type", "fx"]);
+    assert!(e.contains("'x' is not one of"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    let e = fails(&["find", s(&safe), "1", "vol/nothing"]);
+    assert!(e.contains("vol/nothing"), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
 }
