@@ -58,18 +58,37 @@ const CHUNK: usize = 1 << 20;
 
 /// The point's tree as the mount shows it, without mounting: (filesystem, point id).
 fn open_point(safe_dir: &Path, point: &str, opts: ExtractOptions) -> anyhow::Result<(SafeFs, i64)> {
+    let mut v = open_points(safe_dir, &[point], opts)?;
+    Ok(v.remove(0))
+}
+
+/// Several points' trees over one safe and one block cache (blocks the points share
+/// are read once), each as `open_point` gives it.
+pub(crate) fn open_points(
+    safe_dir: &Path,
+    points: &[&str],
+    opts: ExtractOptions,
+) -> anyhow::Result<Vec<(SafeFs, i64)>> {
     let safe = Arc::new(Safe::open(safe_dir)?);
-    let p = safe.point(point)?;
     let cache = Arc::new(crate::cache::CachedSafe::new(safe.clone(), 256 << 20));
-    let fs = SafeFs::new(
-        cache,
-        FsOptions {
-            no_replay: opts.no_replay,
-            show_system: opts.show_system,
-            ..FsOptions::for_point(p.id, opts.passphrases)
-        },
-    )?;
-    Ok((fs, p.id))
+    let first = FsOptions {
+        no_replay: opts.no_replay,
+        show_system: opts.show_system,
+        ..FsOptions::for_point(0, opts.passphrases)
+    };
+    let mut out = Vec::new();
+    for point in points {
+        let p = safe.point(point)?;
+        let fs = SafeFs::new(
+            cache.clone(),
+            FsOptions {
+                only_point: Some(p.id),
+                ..first.clone()
+            },
+        )?;
+        out.push((fs, p.id));
+    }
+    Ok(out)
 }
 
 /// `ls -l`'s type and permission letters for `a`.
@@ -142,7 +161,7 @@ pub fn list(
 
 /// An error saying what a listing missed, if it missed anything: entries that failed
 /// to stat (named above) and parts the tree left out as damaged.
-fn incomplete(path: &Path, failed: u64, left_out: u64) -> anyhow::Result<()> {
+pub(crate) fn incomplete(path: &Path, failed: u64, left_out: u64) -> anyhow::Result<()> {
     let mut why = Vec::new();
     if failed > 0 {
         why.push(format!(
@@ -436,11 +455,11 @@ fn read_chunk(fs: &SafeFs, ino: u64, at: u64, buf: &mut [u8], size: u64) -> io::
     Ok(())
 }
 
-fn errno(e: fuser::Errno, what: &Path) -> anyhow::Error {
+pub(crate) fn errno(e: fuser::Errno, what: &Path) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", what.display(), io_err(e))
 }
 
-fn io_err(e: fuser::Errno) -> io::Error {
+pub(crate) fn io_err(e: fuser::Errno) -> io::Error {
     io::Error::from_raw_os_error(e.code())
 }
 

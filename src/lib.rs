@@ -11,6 +11,7 @@ pub mod backup;
 pub mod cache;
 pub mod demo;
 pub mod device;
+pub mod diff;
 pub mod extract;
 pub mod format;
 pub mod fs;

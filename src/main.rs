@@ -148,6 +148,24 @@ enum Cmd {
         #[command(flatten)]
         view: PointView,
     },
+    /// What changed between two points under a path, one line per entry as restic
+    /// prints it: + added, - removed, M content, U metadata only, T type; without FUSE.
+    Diff {
+        /// The safe directory.
+        safe: PathBuf,
+        /// The older point: an id or `latest`.
+        from: String,
+        /// The newer point: an id or `latest`.
+        to: String,
+        /// Where to compare, as under the mount's point directory (DEVICE/partK/DIR;
+        /// the whole points when omitted).
+        path: Option<PathBuf>,
+        /// Compare file bytes (files of equal size) instead of modification times.
+        #[arg(long)]
+        content: bool,
+        #[command(flatten)]
+        view: PointView,
+    },
     /// Mount every recovery point read-only through FUSE.
     Mount {
         /// The safe directory.
@@ -190,7 +208,7 @@ enum Cmd {
         mountpoint: PathBuf,
     },
     /// A tour on sample data it makes itself: back up, list, restore, verify, mount,
-    /// ls and extract, forget.
+    /// find, ls and extract, forget.
     Demo {
         /// Keep the demo's files here instead of a temporary directory.
         #[arg(long)]
@@ -413,6 +431,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = path.unwrap_or_default();
             disksafe::extract::list(&safe, &point, &path, opts, &mut out)?;
             std::io::Write::flush(&mut out)?;
+        }
+        Cmd::Diff {
+            safe,
+            from,
+            to,
+            path,
+            content,
+            view,
+        } => {
+            let opts = view.options(false)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let how = disksafe::diff::DiffOptions { content };
+            let path = path.unwrap_or_default();
+            let c = disksafe::diff::diff(&safe, &from, &to, &path, opts, &how, &mut out)?;
+            eprintln!(
+                "{} added, {} removed, {} changed, {} with metadata changed only, {} changed type",
+                c.added, c.removed, c.modified, c.metadata, c.retyped
+            );
         }
         Cmd::Find {
             safe,

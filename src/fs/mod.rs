@@ -397,6 +397,19 @@ impl FoundVg {
     }
 }
 
+/// A path [`SafeFs::resolve`] did not find, so callers can tell "not in this point"
+/// from a failure to read it.
+#[derive(Debug)]
+pub struct NoSuchEntry(pub String);
+
+impl std::fmt::Display for NoSuchEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoSuchEntry {}
+
 /// Options of the mounted tree.
 #[derive(Debug, Clone)]
 pub struct FsOptions {
@@ -555,7 +568,8 @@ impl SafeFs {
     }
 
     /// The inode at `path` (names as the mount shows them, from its root; into file
-    /// trees too), so commands can reach what the mount shows without mounting it.
+    /// trees too), so commands can reach what the mount shows without mounting it. A
+    /// name that is not there is a [`NoSuchEntry`] error, told apart from failures.
     pub fn resolve(&self, path: &Path) -> anyhow::Result<u64> {
         let mut ino = 1;
         let mut seen = PathBuf::new();
@@ -571,7 +585,7 @@ impl SafeFs {
                 ino = match self.lookup_child(ino, name) {
                     Ok(i) => i,
                     Err(e) if e == Errno::ENOENT => {
-                        anyhow::bail!("{}: no such entry", seen.display())
+                        return Err(NoSuchEntry(format!("{}: no such entry", seen.display())).into())
                     }
                     Err(e) => anyhow::bail!(
                         "{}: {}",
@@ -590,11 +604,11 @@ impl SafeFs {
                 .map(|&(_, i)| i)
                 .ok_or_else(|| {
                     let here = children.iter().map(|(n, _)| n.to_string_lossy());
-                    anyhow::anyhow!(
+                    NoSuchEntry(format!(
                         "{}: no such entry (there: {})",
                         seen.display(),
                         crate::format::list_or_none(here)
-                    )
+                    ))
                 })?;
         }
         Ok(ino)
@@ -706,6 +720,12 @@ impl SafeFs {
             Some(_) => Err(Errno::EINVAL),
             None => Err(Errno::ENOENT),
         }
+    }
+
+    /// Whether `ino` belongs to a parsed file tree rather than to the product's own
+    /// layout (points, devices, raw images), whose times are the point's, not a file's.
+    pub fn in_file_tree(&self, ino: u64) -> bool {
+        self.tree_of(ino).is_some()
     }
 
     /// The extended attributes of `ino` (names and values), as the mount lists them.
