@@ -283,6 +283,48 @@ fn files_tour(dir: &Path, seed: &mut u64) -> anyhow::Result<()> {
         x.files,
         human(x.bytes)
     );
+
+    // A second point after a file is added and one removed (by e2fsprogs' debugfs,
+    // no mount), and what `diff` says changed.
+    let added = dir.join("added.txt");
+    std::fs::write(&added, b"written after the first point\n")?;
+    let script = dir.join("debugfs.cmds");
+    std::fs::write(
+        &script,
+        format!("cd data\nwrite {} added.txt\nrm big.bin\n", added.display()),
+    )?;
+    let o = std::process::Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script)
+        .arg(&img)
+        .output()
+        .context("debugfs (package e2fsprogs) is not installed")?;
+    anyhow::ensure!(o.status.success(), "debugfs failed");
+    let src = SourceSpec::parse(&format!("fs={}", img.display()))?;
+    backup::backup(&safe, &[src], &BackupOptions::default())?;
+    println!(
+        "demo: disksafe diff files-safe 1 2 fs/files (after debugfs added one file, removed one):"
+    );
+    let mut lines = Vec::new();
+    let c = crate::diff::diff(
+        &safe,
+        "1",
+        "2",
+        Path::new("fs/files"),
+        opts(),
+        &crate::diff::DiffOptions::default(),
+        &mut lines,
+    )?;
+    anyhow::ensure!(
+        lines == b"+    fs/files/data/added.txt\n-    fs/files/data/big.bin\n",
+        "diff printed {:?}",
+        String::from_utf8_lossy(&lines)
+    );
+    for line in String::from_utf8_lossy(&lines).lines() {
+        println!("demo:   {line}");
+    }
+    println!("demo:   ({} added, {} removed)", c.added, c.removed);
     Ok(())
 }
 

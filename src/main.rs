@@ -208,7 +208,7 @@ enum Cmd {
         mountpoint: PathBuf,
     },
     /// A tour on sample data it makes itself: back up, list, restore, verify, mount,
-    /// find, ls and extract, forget.
+    /// find, ls, extract and diff, forget.
     Demo {
         /// Keep the demo's files here instead of a temporary directory.
         #[arg(long)]
