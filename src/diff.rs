@@ -33,10 +33,15 @@ pub struct DiffOptions {
 /// Entries found changed, by kind.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
+    /// In TO only (`+`).
     pub added: u64,
+    /// In FROM only (`-`).
     pub removed: u64,
+    /// Content changed (`M`).
     pub modified: u64,
+    /// Only metadata changed (`U`).
     pub metadata: u64,
+    /// Type changed (`T`).
     pub retyped: u64,
 }
 

@@ -42,7 +42,9 @@ pub struct ExtractOptions {
 /// What was copied.
 #[derive(Debug, Default)]
 pub struct Extracted {
+    /// Plain files written.
     pub files: u64,
+    /// Directories made.
     pub dirs: u64,
     /// Symlinks, hard links to a file already copied, device nodes, fifos, sockets.
     pub other: u64,
@@ -50,6 +52,7 @@ pub struct Extracted {
     pub bytes: u64,
     /// Extended attributes the destination refused (name, path, error), first few.
     pub xattr_refused: Vec<String>,
+    /// How many the destination refused in all.
     pub xattr_refused_count: u64,
 }
 
@@ -224,6 +227,9 @@ fn ls_line(
 pub struct FindOptions {
     /// A shell pattern (fnmatch, as `find -name`) the entry's own name must match.
     pub name: Option<String>,
+    /// Match `name` ignoring the case of ASCII letters (as `find -iname` in the C
+    /// locale): Windows names differ in case from what users type.
+    pub ignore_case: bool,
     /// `ls -l`'s type letters the entry must be one of (`f` for plain files, as
     /// `find -type`).
     pub types: Option<String>,
@@ -252,6 +258,11 @@ pub fn find(
                 .map_err(|_| anyhow::anyhow!("--name: a pattern cannot hold NUL"))?,
         ),
         None => None,
+    };
+    let flags = if what.ignore_case {
+        libc::FNM_CASEFOLD
+    } else {
+        0
     };
     if let Some(t) = &what.types {
         if let Some(bad) = t.chars().find(|c| !"fdlcbps".contains(*c)) {
@@ -292,7 +303,7 @@ pub fn find(
         let name_ok = pattern.as_ref().is_none_or(|p| {
             CString::new(name).is_ok_and(|n| {
                 // SAFETY: both are NUL-terminated strings that live across the call.
-                unsafe { libc::fnmatch(p.as_ptr(), n.as_ptr(), 0) == 0 }
+                unsafe { libc::fnmatch(p.as_ptr(), n.as_ptr(), flags) == 0 }
             })
         });
         if listed && type_ok && name_ok {

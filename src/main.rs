@@ -135,6 +135,9 @@ enum Cmd {
         /// quote it).
         #[arg(long, value_name = "PATTERN")]
         name: Option<String>,
+        /// As --name, ignoring the case of ASCII letters (as `find -iname`).
+        #[arg(long, value_name = "PATTERN", conflicts_with = "name")]
+        iname: Option<String>,
         /// Only entries of these types: f (file), d, l, c, b, p, s; several letters for
         /// any of them.
         #[arg(long = "type", value_name = "LETTERS")]
@@ -455,6 +458,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             point,
             path,
             name,
+            iname,
             types,
             long,
             print0,
@@ -463,7 +467,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = view.options(false)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let what = disksafe::extract::FindOptions {
-                name,
+                ignore_case: iname.is_some(),
+                name: name.or(iname),
                 types,
                 long,
                 print0,

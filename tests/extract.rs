@@ -612,6 +612,8 @@ fn find_prints_what_find_prints_over_the_source() {
     for (gnu_args, our_args) in [
         (&["-name", "*.txt"][..], &["--name", "*.txt"][..]),
         (&["-name", "*.[Tt][Xx][Tt]"], &["--name", "*.[Tt][Xx][Tt]"]),
+        (&["-iname", "*.txt"], &["--iname", "*.txt"]),
+        (&["-iname", "B*"], &["--iname", "B*"]),
         (&["-name", "file ?.bin"], &["--name", "file ?.bin"]),
         (&["-type", "d"], &["--type", "d"]),
         (
