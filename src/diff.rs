@@ -16,11 +16,11 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path};
+use std::path::Path;
 
 use fuser::{FileAttr, FileType};
 
-use crate::extract::{incomplete, io_err, open_points, ExtractOptions};
+use crate::extract::{incomplete, io_err, open_points, shown_path, ExtractOptions};
 use crate::fs::SafeFs;
 
 /// How `diff` compares.
@@ -78,12 +78,7 @@ pub fn diff(
     if ra.is_none() && rb.is_none() {
         anyhow::bail!("{}: in neither point {ida} nor point {idb}", path.display());
     }
-    let start: Vec<u8> = path
-        .components()
-        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
-        .map(|c| c.as_os_str().as_bytes())
-        .collect::<Vec<_>>()
-        .join(&b'/');
+    let start = shown_path(path);
     let before = (fa.left_out(), fb.left_out());
     let mut w = Walk {
         fa: &fa,

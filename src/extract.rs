@@ -239,6 +239,16 @@ pub struct FindOptions {
     pub print0: bool,
 }
 
+/// PATH as `find` and `diff` print it and `extract` takes it: its names joined by
+/// single slashes (`a//b/` is `a/b`; the point itself is empty).
+pub(crate) fn shown_path(path: &Path) -> Vec<u8> {
+    path.components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        .map(|c| c.as_os_str().as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b'/')
+}
+
 /// Paths under PATH of point POINT (PATH itself first), as `find` prints them: each
 /// directory's entries in name order, depth first, so a file can be found in a point
 /// without mounting it and then handed to `extract`.
@@ -272,12 +282,7 @@ pub fn find(
     let left_before = fs.left_out();
     // Paths as `extract` takes them: without PATH, the point's devices and what is
     // under them (the point itself not printed).
-    let start = path
-        .components()
-        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
-        .map(|c| c.as_os_str().as_bytes())
-        .collect::<Vec<_>>()
-        .join(&b'/');
+    let start = shown_path(path);
     let mut failed = 0u64;
     let mut seen = HashSet::new();
     // Depth first; bounded by the directories a tree holds, each entered once.
