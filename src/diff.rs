@@ -13,6 +13,7 @@
 //! names are listed). Raw images and the layout's own directories carry the point's
 //! time, so only their size (and with `--content`, bytes) count.
 
+use std::cmp::Ordering;
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -20,7 +21,7 @@ use std::path::Path;
 
 use fuser::{FileAttr, FileType};
 
-use crate::extract::{incomplete, io_err, open_points, shown_path, ExtractOptions};
+use crate::extract::{incomplete, io_err, open_points, read_chunk, shown_path, ExtractOptions};
 use crate::fs::SafeFs;
 
 /// How `diff` compares.
@@ -137,7 +138,7 @@ impl Walk<'_> {
                 (None, Some(_)) => Some('+'),
                 (Some(_), None) => Some('-'),
                 (Some(a), Some(b)) if a.kind != b.kind => Some('T'),
-                (Some(a), Some(b)) => self.compare(&p, a, b)?,
+                (Some(a), Some(b)) => self.compare(&p, a, b),
             };
             if let (Some(l), true) = (letter, listed) {
                 match l {
@@ -172,19 +173,19 @@ impl Walk<'_> {
             while i < ca.len() || j < cb.len() {
                 let order = match (ca.get(i), cb.get(j)) {
                     (Some(x), Some(y)) => x.0.cmp(&y.0),
-                    (Some(_), None) => std::cmp::Ordering::Less,
-                    _ => std::cmp::Ordering::Greater,
+                    (Some(_), None) => Ordering::Less,
+                    _ => Ordering::Greater,
                 };
                 match order {
-                    std::cmp::Ordering::Less => {
+                    Ordering::Less => {
                         merged.push((ca[i].0.clone(), Some(ca[i].1), None));
                         i += 1;
                     }
-                    std::cmp::Ordering::Greater => {
+                    Ordering::Greater => {
                         merged.push((cb[j].0.clone(), None, Some(cb[j].1)));
                         j += 1;
                     }
-                    std::cmp::Ordering::Equal => {
+                    Ordering::Equal => {
                         merged.push((ca[i].0.clone(), Some(ca[i].1), Some(cb[j].1)));
                         i += 1;
                         j += 1;
@@ -232,28 +233,28 @@ impl Walk<'_> {
     }
 
     /// `M`, `U` or nothing for an entry of the same type in both points.
-    fn compare(&mut self, p: &Pair, a: &FileAttr, b: &FileAttr) -> io::Result<Option<char>> {
+    fn compare(&mut self, p: &Pair, a: &FileAttr, b: &FileAttr) -> Option<char> {
         let (ia, ib) = (p.a.unwrap_or(0), p.b.unwrap_or(0));
         let in_tree = self.fa.in_file_tree(ia) && self.fb.in_file_tree(ib);
         let content_differs = match a.kind {
             FileType::RegularFile if a.size != b.size => true,
-            FileType::RegularFile if self.how.content => !self.same_bytes(p, a.size)?,
+            FileType::RegularFile if self.how.content => !self.same_bytes(p, a.size),
             FileType::RegularFile => in_tree && a.mtime != b.mtime,
             FileType::Symlink => match (self.fa.read_link(ia), self.fb.read_link(ib)) {
                 (Ok(x), Ok(y)) => x != y,
                 (Err(e), _) | (_, Err(e)) => {
                     self.fail(&p.path, io_err(e));
-                    return Ok(None);
+                    return None;
                 }
             },
             FileType::CharDevice | FileType::BlockDevice => a.rdev != b.rdev,
             _ => false,
         };
         if content_differs {
-            return Ok(Some('M'));
+            return Some('M');
         }
         if !in_tree {
-            return Ok(None);
+            return None;
         }
         let times_moved = a.kind != FileType::Directory && a.mtime != b.mtime;
         let meta_differs = a.perm != b.perm
@@ -271,35 +272,28 @@ impl Walk<'_> {
                     false
                 }
             };
-        Ok(meta_differs.then_some('U'))
+        meta_differs.then_some('U')
     }
 
     /// Whether a file of `size` bytes reads the same in both points (a read failure
     /// is named and counted, and taken as equal so nothing is claimed about it).
-    fn same_bytes(&mut self, p: &Pair, size: u64) -> io::Result<bool> {
+    fn same_bytes(&mut self, p: &Pair, size: u64) -> bool {
         let (ia, ib) = (p.a.unwrap_or(0), p.b.unwrap_or(0));
         let mut off = 0u64;
         while off < size {
             let want = CHUNK.min((size - off) as usize);
             let (x, y) = (&mut self.bufs.0[..want], &mut self.bufs.1[..want]);
-            let got = (self.fa.read_file(ia, off, x), self.fb.read_file(ib, off, y));
-            match got {
-                (Ok(n), Ok(m)) if n == want && m == want => {}
-                (Ok(_), Ok(_)) => {
-                    let why = io::Error::new(io::ErrorKind::UnexpectedEof, "shorter than its size");
-                    self.fail(&p.path, why);
-                    return Ok(true);
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    self.fail(&p.path, io_err(e));
-                    return Ok(true);
-                }
+            let read = read_chunk(self.fa, ia, off, x, size)
+                .and_then(|()| read_chunk(self.fb, ib, off, y, size));
+            if let Err(e) = read {
+                self.fail(&p.path, e);
+                return true;
             }
             if x != y {
-                return Ok(false);
+                return false;
             }
             off += want as u64;
         }
-        Ok(true)
+        true
     }
 }

@@ -74,7 +74,9 @@ pub(crate) fn open_points(
 ) -> anyhow::Result<Vec<(SafeFs, i64)>> {
     let safe = Arc::new(Safe::open(safe_dir)?);
     let cache = Arc::new(crate::cache::CachedSafe::new(safe.clone(), 256 << 20));
-    let first = FsOptions {
+    // One keyring for all (a LUKS volume is unlocked once); each point's own id is
+    // set below.
+    let shared = FsOptions {
         no_replay: opts.no_replay,
         show_system: opts.show_system,
         ..FsOptions::for_point(0, opts.passphrases)
@@ -86,7 +88,7 @@ pub(crate) fn open_points(
             cache.clone(),
             FsOptions {
                 only_point: Some(p.id),
-                ..first.clone()
+                ..shared.clone()
             },
         )?;
         out.push((fs, p.id));
@@ -94,9 +96,9 @@ pub(crate) fn open_points(
     Ok(out)
 }
 
-/// `ls -l`'s type and permission letters for `a`.
-fn mode_string(a: &FileAttr) -> String {
-    let t = match a.kind {
+/// `ls -l`'s type letter for `kind` (`-` for a plain file).
+fn type_letter(kind: FileType) -> char {
+    match kind {
         FileType::Directory => 'd',
         FileType::Symlink => 'l',
         FileType::CharDevice => 'c',
@@ -104,9 +106,13 @@ fn mode_string(a: &FileAttr) -> String {
         FileType::NamedPipe => 'p',
         FileType::Socket => 's',
         FileType::RegularFile => '-',
-    };
+    }
+}
+
+/// `ls -l`'s type and permission letters for `a`.
+fn mode_string(a: &FileAttr) -> String {
     let p = a.perm as u32;
-    let mut out = String::from(t);
+    let mut out = String::from(type_letter(a.kind));
     for (shift, special, lower, upper) in [
         (6, 0o4000, 's', 'S'),
         (3, 0o2000, 's', 'S'),
@@ -165,20 +171,31 @@ pub fn list(
 /// An error saying what a listing missed, if it missed anything: entries that failed
 /// to stat (named above) and parts the tree left out as damaged.
 pub(crate) fn incomplete(path: &Path, failed: u64, left_out: u64) -> anyhow::Result<()> {
+    match shortfall(failed, "read", left_out) {
+        Some(why) => bail!("{}: {why}", path.display()),
+        None => Ok(()),
+    }
+}
+
+/// What a walk missed, if anything: `failed` entries (each named above) that could
+/// not be `done` (read, extracted), and parts the tree left out as damaged (each
+/// named in a warning), which every read succeeded without.
+fn shortfall(failed: u64, done: &str, left_out: u64) -> Option<String> {
     let mut why = Vec::new();
     if failed > 0 {
         why.push(format!(
-            "{failed} entr{} could not be read (named above)",
+            "{failed} entr{} could not be {done} (named above)",
             if failed == 1 { "y" } else { "ies" }
         ));
     }
     if left_out > 0 {
-        why.push(left_out_message(left_out));
+        why.push(format!(
+            "{left_out} damaged directory entr{} or block{} of the point's file tree left out (named in the warnings above)",
+            if left_out == 1 { "y" } else { "ies" },
+            if left_out == 1 { "" } else { "s" }
+        ));
     }
-    if why.is_empty() {
-        return Ok(());
-    }
-    bail!("{}: {}", path.display(), why.join("; "))
+    (!why.is_empty()).then(|| why.join("; "))
 }
 
 /// One `ls -l` line for an entry of attributes `a`, named `name` (bytes as stored).
@@ -284,6 +301,10 @@ pub fn find(
     // under them (the point itself not printed).
     let start = shown_path(path);
     let mut failed = 0u64;
+    let mut fail = |at: &[u8], e: fuser::Errno| {
+        eprintln!("error: {}: {}", String::from_utf8_lossy(at), io_err(e));
+        failed += 1;
+    };
     let mut seen = HashSet::new();
     // Depth first; bounded by the directories a tree holds, each entered once.
     let mut stack: Vec<(Vec<u8>, u64)> = vec![(start, ino)];
@@ -291,19 +312,17 @@ pub fn find(
         let a = match fs.stat(ino) {
             Ok(a) => a,
             Err(e) => {
-                eprintln!("error: {}: {}", String::from_utf8_lossy(&at), io_err(e));
-                failed += 1;
+                fail(&at, e);
                 continue;
             }
         };
         let name = at.rsplit(|&b| b == b'/').next().unwrap_or(&at);
         let listed = !at.is_empty();
         let type_ok = what.types.as_ref().is_none_or(|t| {
-            let letter = match mode_string(&a).as_bytes()[0] {
-                b'-' => 'f',
-                c => c as char,
-            };
-            t.contains(letter)
+            t.contains(match type_letter(a.kind) {
+                '-' => 'f',
+                c => c,
+            })
         });
         let name_ok = pattern.as_ref().is_none_or(|p| {
             CString::new(name).is_ok_and(|n| {
@@ -334,24 +353,11 @@ pub fn find(
                     stack.push((p, child));
                 }
             }
-            Err(e) => {
-                eprintln!("error: {}: {}", String::from_utf8_lossy(&at), io_err(e));
-                failed += 1;
-            }
+            Err(e) => fail(&at, e),
         }
     }
     out.flush()?;
     incomplete(path, failed, fs.left_out() - left_before)
-}
-
-/// Why a listing or copy is incomplete though every read succeeded: the file tree
-/// itself is damaged where it lists names.
-fn left_out_message(n: u64) -> String {
-    format!(
-        "{n} damaged directory entr{} or block{} of the point's file tree left out (named in the warnings above)",
-        if n == 1 { "y" } else { "ies" },
-        if n == 1 { "" } else { "s" }
-    )
 }
 
 /// Copies PATH (as under the mount's point directory) of point POINT of the safe to
@@ -412,20 +418,8 @@ pub fn extract(
     let left_before = fs.left_out();
     x.copy_tree(ino, attr, target.clone());
     bar.finish_and_clear();
-    let left_out = fs.left_out() - left_before;
-    let mut why = Vec::new();
-    if x.failed > 0 {
-        why.push(format!(
-            "{} entr{} could not be extracted (listed above)",
-            x.failed,
-            if x.failed == 1 { "y" } else { "ies" }
-        ));
-    }
-    if left_out > 0 {
-        why.push(left_out_message(left_out));
-    }
-    if !why.is_empty() {
-        bail!("{}; the rest is in {}", why.join("; "), target.display());
+    if let Some(why) = shortfall(x.failed, "extracted", fs.left_out() - left_before) {
+        bail!("{why}; the rest is in {}", target.display());
     }
     Ok(x.out)
 }
@@ -460,7 +454,13 @@ fn to_stdout(fs: &SafeFs, ino: u64, attr: &FileAttr, path: &Path) -> anyhow::Res
 
 /// Reads `buf.len()` bytes of file `ino` at `at`; a file that ends short of them
 /// (before its `size`) is an error, not a shorter copy.
-fn read_chunk(fs: &SafeFs, ino: u64, at: u64, buf: &mut [u8], size: u64) -> io::Result<()> {
+pub(crate) fn read_chunk(
+    fs: &SafeFs,
+    ino: u64,
+    at: u64,
+    buf: &mut [u8],
+    size: u64,
+) -> io::Result<()> {
     let got = fs.read_file(ino, at, buf).map_err(io_err)?;
     if got < buf.len() {
         return Err(io::Error::new(

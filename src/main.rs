@@ -256,7 +256,7 @@ enum Cmd {
     },
 }
 
-/// How `ls` and `extract` see a point: the mount's view options.
+/// How `ls`, `find`, `diff` and `extract` see a point: the mount's view options.
 #[derive(clap::Args)]
 struct PointView {
     /// File trees as recorded, without replaying their journals (forensics).
@@ -433,7 +433,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let path = path.unwrap_or_default();
             disksafe::extract::list(&safe, &point, &path, opts, &mut out)?;
-            std::io::Write::flush(&mut out)?;
         }
         Cmd::Diff {
             safe,

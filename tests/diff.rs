@@ -119,15 +119,8 @@ fn diff_reports_what_the_kernel_saw_change() {
     let src = t.path().join("src");
     let mut rng = StdRng::seed_from_u64(44);
     make_tree(&src, 12, &mut rng);
+    let safe = ext4_point(t.path(), &src);
     let img = t.path().join("fs.img");
-    File::create(&img).unwrap().set_len(32 << 20).unwrap();
-    assert!(
-        run("mkfs.ext4", &["-q", "-F", "-d", s(&src), s(&img)]),
-        "mkfs.ext4"
-    );
-    let safe = t.path().join("safe");
-    let dev = format!("vol={}", s(&img));
-    backup(&[s(&safe), &dev]);
     let mnt = t.path().join("mnt");
     let Some(before) = kernel_mount("ext4", &img, &mnt, "ro", view) else {
         eprintln!(
@@ -173,7 +166,7 @@ fn diff_reports_what_the_kernel_saw_change() {
     })
     .expect("read-write mount");
     let after = kernel_mount("ext4", &img, &mnt, "ro", view).unwrap();
-    backup(&[s(&safe), &dev]);
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
 
     for content in [false, true] {
         let want = expected(&before, &after, "vol/files", content);

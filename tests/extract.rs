@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -295,20 +295,6 @@ fn ls_fields(line: &str) -> Option<(String, String, String, String, String, Stri
     ))
 }
 
-/// A safe at `dir/safe` whose point 1 is device `vol`: a 32 MiB ext4 of `src` that
-/// mkfs made at `dir/fs.img`.
-fn ext4_point(dir: &Path, src: &Path) -> std::path::PathBuf {
-    let img = dir.join("fs.img");
-    File::create(&img).unwrap().set_len(32 << 20).unwrap();
-    assert!(
-        run("mkfs.ext4", &["-q", "-F", "-d", s(src), s(&img)]),
-        "mkfs.ext4"
-    );
-    let safe = dir.join("safe");
-    backup(&[s(&safe), &format!("vol={}", s(&img))]);
-    safe
-}
-
 /// `ls` shows a point's entries as `ls -l` shows the tree mkfs was given (type and
 /// permissions, owner, size, mtime, symlink targets), and the point's devices at its
 /// root; unknown paths are one-line errors.
@@ -383,11 +369,13 @@ fn ls_lists_a_point_as_ls_shows_the_source() {
     assert_eq!(e.trim().lines().count(), 1, "{e}");
 }
 
-/// An 8 MiB ext4 image of `src` at `img` without metadata checksums or hashed
-/// directories (so a test's rewritten directory bytes are what the reader meets) and
-/// with 2048 inodes; returns its bytes.
-fn unchecked_ext4(src: &Path, img: &Path) -> Vec<u8> {
-    File::create(img).unwrap().set_len(8 << 20).unwrap();
+/// A safe at `dir/safe` whose point 1 is device `vol`: an 8 MiB ext4 of `src` at
+/// `dir/fs.img` without metadata checksums or hashed directories (so the bytes
+/// `damage` rewrites before the backup are what the reader meets) and with 2048
+/// inodes.
+fn unchecked_ext4_point(dir: &Path, src: &Path, damage: impl FnOnce(&mut [u8])) -> PathBuf {
+    let img = dir.join("fs.img");
+    File::create(&img).unwrap().set_len(8 << 20).unwrap();
     let args = [
         "-q",
         "-F",
@@ -398,9 +386,14 @@ fn unchecked_ext4(src: &Path, img: &Path) -> Vec<u8> {
         "-d",
     ];
     let mut a = args.to_vec();
-    a.extend([s(src), s(img)]);
+    a.extend([s(src), s(&img)]);
     assert!(run("mkfs.ext4", &a), "mkfs.ext4");
-    std::fs::read(img).unwrap()
+    let mut bytes = std::fs::read(&img).unwrap();
+    damage(&mut bytes);
+    std::fs::write(&img, &bytes).unwrap();
+    let safe = dir.join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    safe
 }
 
 /// Where `name` is in `bytes`, asserting it is there exactly once.
@@ -429,13 +422,10 @@ fn names_that_would_leave_dest_are_refused() {
     std::fs::create_dir_all(src.join("a/b")).unwrap();
     std::fs::write(src.join("a/b/file 0.bin"), b"escape").unwrap();
     std::fs::write(src.join("a/kept"), b"kept").unwrap();
-    let img = t.path().join("fs.img");
-    let mut bytes = unchecked_ext4(&src, &img);
-    let at = only_at(&bytes, b"file 0.bin");
-    bytes[at..at + 10].copy_from_slice(b"../../evil");
-    std::fs::write(&img, &bytes).unwrap();
-    let safe = t.path().join("safe");
-    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    let safe = unchecked_ext4_point(t.path(), &src, |bytes| {
+        let at = only_at(bytes, b"file 0.bin");
+        bytes[at..at + 10].copy_from_slice(b"../../evil");
+    });
     let dest = t.path().join("out/x/y");
     std::fs::create_dir_all(&dest).unwrap();
     let o = ds(&["extract", s(&safe), "1", "vol/files/a", s(&dest)]);
@@ -474,20 +464,17 @@ fn a_damaged_directory_makes_extract_ls_and_find_fail() {
     std::fs::write(src.join("d2/gone-entry.txt"), b"gone").unwrap();
     std::fs::write(src.join("d2/kept-entry.txt"), b"kept").unwrap();
     std::fs::write(src.join("top.txt"), b"top").unwrap();
-    let img = t.path().join("fs.img");
-    let mut bytes = unchecked_ext4(&src, &img);
-    // d1's block: a record length that cannot be (below an entry's header) — the
-    // block does not parse.
-    let at = only_at(&bytes, b"alpha-entry.txt");
-    bytes[at - 4..at - 2].copy_from_slice(&5u16.to_le_bytes());
-    // d2's entry: inode 1999 (not in use on this volume) and no file type, so the
-    // reader must look at the inode to type it.
-    let at = only_at(&bytes, b"gone-entry.txt");
-    bytes[at - 8..at - 4].copy_from_slice(&1999u32.to_le_bytes());
-    bytes[at - 1] = 0;
-    std::fs::write(&img, &bytes).unwrap();
-    let safe = t.path().join("safe");
-    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    let safe = unchecked_ext4_point(t.path(), &src, |bytes| {
+        // d1's block: a record length that cannot be (below an entry's header) — the
+        // block does not parse.
+        let at = only_at(bytes, b"alpha-entry.txt");
+        bytes[at - 4..at - 2].copy_from_slice(&5u16.to_le_bytes());
+        // d2's entry: inode 1999 (not in use on this volume) and no file type, so the
+        // reader must look at the inode to type it.
+        let at = only_at(bytes, b"gone-entry.txt");
+        bytes[at - 8..at - 4].copy_from_slice(&1999u32.to_le_bytes());
+        bytes[at - 1] = 0;
+    });
 
     let dest = t.path().join("out");
     std::fs::create_dir(&dest).unwrap();

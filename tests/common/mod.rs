@@ -482,6 +482,20 @@ pub fn same_tree(
     assert!(diff.is_empty(), "{what}: {diff:?}");
 }
 
+/// A safe at `dir/safe` whose point 1 is device `vol`: a 32 MiB ext4 of `src` that
+/// mkfs made at `dir/fs.img`.
+pub fn ext4_point(dir: &Path, src: &Path) -> PathBuf {
+    let img = dir.join("fs.img");
+    File::create(&img).unwrap().set_len(32 << 20).unwrap();
+    assert!(
+        run("mkfs.ext4", &["-q", "-F", "-d", s(src), s(&img)]),
+        "mkfs.ext4"
+    );
+    let safe = dir.join("safe");
+    backup(&[s(&safe), &format!("vol={}", s(&img))]);
+    safe
+}
+
 /// Creates `root` with the file sizes every tree test carries: `big.bin` (3 MiB of
 /// random bytes), `tiny` (one byte) and `empty`.
 pub fn size_extremes(root: &Path, rng: &mut impl Rng) {
